@@ -1,0 +1,1 @@
+"""Score and threshold calibration: planned, see the calibration issue. Nothing here yet."""

@@ -1,0 +1,154 @@
+"""`clipad`: thin Typer commands over the clipad packages.
+
+Errors that the user can act on are printed as one line with a non-zero exit; a traceback
+only with ``clipad --debug ...``.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+app = typer.Typer(
+    name="clipad",
+    help="Zero-shot industrial anomaly detection with CLIP-AD: reference, evaluation, export and runtime.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+_state = {"debug": False}
+
+
+# Weight options, shared by every command that loads a model.
+ModelOpt = Annotated[str, typer.Option("--model", help="open_clip architecture (clipad-tiny: the small test config).")]
+PretrainedOpt = Annotated[str, typer.Option("--pretrained", help="open_clip pretrained tag; downloaded once, then cached.")]
+WeightsOpt = Annotated[Optional[Path], typer.Option("--weights", help="Offline open_clip state dict (.safetensors, or a torch file read with weights_only=True).")]
+RandomOpt = Annotated[bool, typer.Option("--random-weights", help="Seeded random weights (smoke tests; heatmaps are meaningless).")]
+SeedOpt = Annotated[int, typer.Option("--seed", help="Seed for --random-weights.")]
+CacheOpt = Annotated[Optional[Path], typer.Option("--cache-dir", help="Where open_clip caches downloaded weights.")]
+DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")]
+
+
+def _weight_spec(model: str, pretrained: str, weights: Optional[Path], random_weights: bool, seed: int, cache_dir: Optional[Path]):
+    from clipad_export.models import WeightSpec
+
+    return WeightSpec(model=model, pretrained=pretrained, weights=weights, random_weights=random_weights, seed=seed, cache_dir=cache_dir)
+
+
+@app.callback()
+def _root(debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks on errors.")] = False) -> None:
+    _state["debug"] = debug
+
+
+@app.command()
+def synth(
+    out: Annotated[Path, typer.Option("--out", help="Output folder (MVTec AD layout).")] = Path("synth"),
+    n_train: Annotated[int, typer.Option(help="Good training images per category.")] = 4,
+    n_good: Annotated[int, typer.Option(help="Good test images per category.")] = 6,
+    n_defect: Annotated[int, typer.Option(help="Test images per defect type and category.")] = 4,
+    width: Annotated[int, typer.Option(help="Image width in pixels.")] = 160,
+    height: Annotated[int, typer.Option(help="Image height in pixels.")] = 128,
+    seed: Annotated[int, typer.Option(help="Random seed; the same arguments give identical files.")] = 0,
+    force: Annotated[bool, typer.Option("--force", help="Replace a non-empty --out.")] = False,
+) -> None:
+    """Write a small deterministic synthetic dataset (textures and objects with pasted defects and exact masks)."""
+    from clipad_export.data.synth import make_synthetic
+
+    counts = make_synthetic(out, n_train, n_good, n_defect, width, height, seed, force)
+    total = sum(counts.values())
+    typer.echo(f"wrote {total} test images in {len(counts)} categories ({', '.join(counts)}) to {out}")
+
+
+@app.command("eval")
+def eval_(
+    dataset: Annotated[str, typer.Option("--dataset", help="mvtec, visa or folder.")],
+    root: Annotated[Path, typer.Option("--root", help="Dataset root folder.")],
+    categories: Annotated[Optional[str], typer.Option("--categories", help="Comma-separated categories (default: all).")] = None,
+    mode: Annotated[str, typer.Option("--mode", help="sdp, or sdp+ with --heads.")] = "sdp",
+    heads: Annotated[Optional[Path], typer.Option("--heads", help="SDP+ heads (.safetensors, or the official .pth layout).")] = None,
+    rvs: Annotated[str, typer.Option("--rvs", help="Representative vector method: mean, pca, kde, dbscan, mean_shift.")] = "dbscan",
+    prompts: Annotated[str, typer.Option("--prompts", help="Prompt set (industrial, hemorrhage, tumor, polyp) or a YAML/JSON file.")] = "industrial",
+    sigma: Annotated[Optional[float], typer.Option("--sigma", help="Gaussian smoothing sigma (default 8; 2 for SDP+ on VisA).")] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 8,
+    out: Annotated[Path, typer.Option("--out", help="results.json path.")] = Path("results.json"),
+    model: ModelOpt = "ViT-B-16-plus-240",
+    pretrained: PretrainedOpt = "laion400m_e31",
+    weights: WeightsOpt = None,
+    random_weights: RandomOpt = False,
+    seed: SeedOpt = 0,
+    cache_dir: CacheOpt = None,
+    device: DeviceOpt = "auto",
+    quiet: Annotated[bool, typer.Option("--quiet", help="No progress bars.")] = False,
+) -> None:
+    """Evaluate SDP/SDP+ on a dataset's test split; writes results.json and prints a Table-1 style table."""
+    from clipad_export.data import check_masks, load_split
+    from clipad_export.errors import ClipadError
+    from clipad_export.evaluate import EvalConfig, evaluate, format_table, write_results
+    from clipad_export.heads import load_heads
+    from clipad_export.models import load_model, resolve_device
+    from clipad_export.progress import progress_bars
+    from clipad_export.prompts import load_prompt_set
+    from clipad_export.rvs import METHODS
+
+    if mode not in ("sdp", "sdp+"):
+        raise ClipadError(f"--mode must be sdp or sdp+, got '{mode}'")
+    if mode == "sdp+" and heads is None:
+        raise ClipadError("--mode sdp+ needs --heads FILE (train them with `clipad train`)")
+    if rvs not in METHODS:
+        raise ClipadError(f"--rvs must be one of {', '.join(METHODS)}, got '{rvs}'")
+    prompt_set = load_prompt_set(prompts)
+    cats = [c.strip() for c in categories.split(",") if c.strip()] if categories else None
+    split = load_split(dataset, root, cats)
+    check_masks(split)
+    loaded = load_model(_weight_spec(model, pretrained, weights, random_weights, seed, cache_dir), resolve_device(device))
+    width, embed_dim = loaded.clip.visual.conv1.out_channels, loaded.clip.visual.proj.shape[1]
+    head_weights = load_heads(heads, width, embed_dim) if mode == "sdp+" else None
+    cfg = EvalConfig(dataset=dataset, heads=head_weights, rvs=rvs, prompts=prompt_set, sigma=sigma, batch_size=batch_size)
+    n = sum(len(v) for v in split.values())
+    typer.echo(f"evaluating {mode} on {n} images in {len(split)} categories with {model} ({loaded.spec.describe()}), sigma {cfg.effective_sigma():g}", err=True)
+    if random_weights:
+        typer.echo("note: random weights give meaningless heatmaps; use them for smoke tests only", err=True)
+    with progress_bars(enabled=not quiet) as tasks:
+        results = evaluate(loaded, split, cfg, tasks)
+    write_results(results, out)
+    typer.echo(format_table(results))
+    skipped = results["mean"]["n_skipped"]
+    if skipped:
+        typer.echo(f"skipped {skipped} unreadable images (listed in {out})", err=True)
+    typer.echo(f"results written to {out}", err=True)
+
+
+def run(argv: list[str]) -> int:
+    """Run the CLI on ``argv`` and return the exit code (errors as one line on stderr)."""
+    from clipad_export.errors import ClipadError
+
+    _state["debug"] = "--debug" in argv[:1]
+    try:
+        app(args=argv, prog_name="clipad")  # usage errors are reported by Typer itself
+        return 0
+    except SystemExit as err:
+        return err.code if isinstance(err.code, int) else (0 if err.code is None else 1)
+    except KeyboardInterrupt:
+        typer.echo("interrupted", err=True)
+        return 130
+    except ClipadError as err:
+        if _state["debug"]:
+            raise
+        typer.echo(f"error: {err}", err=True)
+        return 1
+    except Exception as err:  # an unexpected failure: still one line unless --debug
+        if _state["debug"]:
+            raise
+        typer.echo(f"error: {type(err).__name__}: {err} (run `clipad --debug ...` for the traceback)", err=True)
+        return 1
+
+
+def main() -> None:
+    sys.exit(run(sys.argv[1:]))
+
+
+if __name__ == "__main__":
+    main()

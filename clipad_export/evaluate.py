@@ -1,0 +1,166 @@
+"""`clipad eval`: SDP/SDP+ over a dataset's test split, with the paper's metrics.
+
+Per category: the text matrix from RVS, the SDP model, every test image at model resolution
+(the shared squash resize), masks resized as in method.md section 2, then image metrics on the
+paper's fused score (per-category min-max of image_prob and of the smoothed map's maximum,
+section 6) and on the raw image_prob, and pixel metrics at model resolution.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .atomic import write_text_atomic
+from .data import Sample
+from .errors import ClipadError
+from .fusion import fused_score, transductive_ranges
+from .heads import Heads
+from .metrics import binary_metrics, mean_of, pixel_metrics
+from .models import LoadedModel
+from .preprocess import ImageReadError, load_mask, read_image, resize_to_model
+from .progress import Tasks
+from .prompts import PROMPT_SETS, PromptSet
+from .rvs import DEFAULT_METHOD, n_sentences, text_vectors
+from .sdp import DEFAULT_SIGMA, SDPModel
+
+MAX_LISTED_SKIPS = 20
+
+
+@dataclass
+class EvalConfig:
+    dataset: str = "mvtec"
+    heads: Heads | None = None
+    rvs: str = DEFAULT_METHOD
+    prompts: PromptSet = PROMPT_SETS["industrial"]
+    sigma: float | None = None  # None: official default (2 for SDP+ on VisA, else 8)
+    batch_size: int = 8
+
+    def effective_sigma(self) -> float:
+        if self.sigma is not None:
+            return self.sigma
+        return 2.0 if self.heads is not None and self.dataset == "visa" else DEFAULT_SIGMA
+
+
+@dataclass
+class CategoryOutput:
+    """Raw per-image outputs of one category (kept for tests and later calibration)."""
+
+    labels: np.ndarray  # int [N]
+    image_prob: np.ndarray  # float32 [N]
+    map_max: np.ndarray  # float32 [N]
+    maps: np.ndarray  # float32 [N, H, W]
+    masks: np.ndarray | None  # bool [N, H, W]; None when an anomalous image has no mask
+    skipped: list[str] = field(default_factory=list)
+
+
+def _load_batch(samples: list[Sample], size: int, skipped: list[str]) -> tuple[list[np.ndarray], list[Sample], list[np.ndarray | None]]:
+    images, kept, masks = [], [], []
+    for s in samples:
+        try:
+            pil = read_image(s.image)
+        except ImageReadError as err:
+            skipped.append(str(err))
+            continue
+        images.append(resize_to_model(pil, size))
+        kept.append(s)
+        if s.label == 0:
+            masks.append(np.zeros((size, size), dtype=bool))
+        else:
+            masks.append(load_mask(s.mask, size, expect_size=pil.size) if s.mask is not None else None)
+    return images, kept, masks
+
+
+@torch.no_grad()
+def run_category(model: SDPModel, samples: list[Sample], batch_size: int, advance=lambda n: None) -> CategoryOutput:
+    """Run ``model`` over ``samples`` in batches; unreadable images are skipped and listed."""
+    size, device = model.image_size, model.text.device
+    labels, probs, maps, masks, skipped = [], [], [], [], []
+    for i in range(0, len(samples), batch_size):
+        images, kept, batch_masks = _load_batch(samples[i : i + batch_size], size, skipped)
+        if images:
+            amap, prob = model(torch.from_numpy(np.stack(images)).to(device))
+            maps.append(amap.cpu().numpy())
+            probs.append(prob.cpu().numpy())
+            labels.extend(s.label for s in kept)
+            masks.extend(batch_masks)
+        advance(min(batch_size, len(samples) - i))
+    if not maps:
+        raise ClipadError(f"no readable image in category '{samples[0].category}' ({len(skipped)} unreadable)")
+    all_maps = np.concatenate(maps)
+    all_masks = None if any(m is None for m in masks) else np.stack(masks)
+    return CategoryOutput(np.array(labels), np.concatenate(probs), all_maps.reshape(len(all_maps), -1).max(1), all_maps, all_masks, skipped)
+
+
+def category_metrics(out: CategoryOutput) -> dict:
+    """The results.json entry of one category (metrics as fractions; None where undefined)."""
+    pr, mr = transductive_ranges(out.image_prob, out.map_max)
+    entry = {
+        "image": binary_metrics(out.labels, fused_score(out.image_prob, out.map_max, pr, mr)),
+        "pixel": pixel_metrics(out.masks, out.maps) if out.masks is not None else {"auroc": None, "f1_max": None, "ap": None, "aupro": None},
+        "image_prob": binary_metrics(out.labels, out.image_prob),
+        "n_images": int(len(out.labels)),
+        "n_skipped": len(out.skipped),
+        "skipped": out.skipped[:MAX_LISTED_SKIPS],
+        "notes": [],
+    }
+    if out.masks is None:
+        entry["notes"].append("pixel metrics skipped: an anomalous image has no mask")
+    if not 0 < out.labels.sum() < len(out.labels):
+        entry["notes"].append("image metrics undefined: the category needs both normal and anomalous images")
+    return entry
+
+
+def evaluate(loaded: LoadedModel, split: dict[str, list[Sample]], cfg: EvalConfig, tasks: Tasks) -> dict:
+    """Evaluate every category of ``split``; returns the results.json structure."""
+    results: dict = {}
+    for cat, samples in split.items():
+        t0 = time.perf_counter()
+        tv = text_vectors(
+            loaded.clip, loaded.tokenizer, cat, cfg.rvs, cfg.dataset, cfg.prompts,
+            on_batch=tasks.add(f"{cat}: text vectors", n_sentences(cfg.prompts)),
+        )
+        t1 = time.perf_counter()
+        model = SDPModel(
+            loaded.clip.visual, torch.from_numpy(tv.matrix), loaded.image_size, cfg.effective_sigma(), cfg.heads,
+            loaded.mean, loaded.std,
+        )
+        out = run_category(model, samples, cfg.batch_size, tasks.add(f"{cat}: images", len(samples)))
+        t2 = time.perf_counter()
+        entry = category_metrics(out)
+        entry["rvs"] = tv.summary()
+        entry["timing_s"] = {"text": round(t1 - t0, 3), "images": round(t2 - t1, 3), "per_image": round((t2 - t1) / max(len(samples), 1), 4)}
+        results[cat] = entry
+    cats = list(results.values())
+    results["mean"] = {k: mean_of([c[k] for c in cats]) for k in ("image", "pixel", "image_prob")}
+    results["mean"]["n_images"] = sum(c["n_images"] for c in cats)
+    results["mean"]["n_skipped"] = sum(c["n_skipped"] for c in cats)
+    return results
+
+
+def write_results(results: dict, path: str | Path) -> None:
+    write_text_atomic(path, json.dumps(results, indent=2) + "\n")
+
+
+def _pct(v: float | None) -> str:
+    return "   -" if v is None else f"{100 * v:5.1f}"
+
+
+def format_table(results: dict) -> str:
+    """Paper Table 1 layout, in percent: image AUROC/F1-max/AP (fused score), pixel AUROC/F1-max/AP/AUPRO."""
+    head = f"{'category':<14} | {'I-AUROC':>7} {'I-F1max':>7} {'I-AP':>7} | {'P-AUROC':>7} {'P-F1max':>7} {'P-AP':>7} {'AUPRO':>7} | {'prob-AUROC':>10}"
+    lines = [head, "-" * len(head)]
+    for name, r in results.items():
+        if name == "mean":
+            lines.append("-" * len(head))
+        i, p, q = r["image"], r["pixel"], r["image_prob"]
+        lines.append(
+            f"{name:<14} | {_pct(i['auroc']):>7} {_pct(i['f1_max']):>7} {_pct(i['ap']):>7} | "
+            f"{_pct(p['auroc']):>7} {_pct(p['f1_max']):>7} {_pct(p['ap']):>7} {_pct(p['aupro']):>7} | {_pct(q['auroc']):>10}"
+        )
+    return "\n".join(lines)

@@ -1,0 +1,120 @@
+"""SDP and SDP+ anomaly maps and the image probability, from the dual-path taps.
+
+method.md sections 5-7. With T = [t_normal, t_abnormal] (unit columns, [D, 2]):
+- feature surgery per stage j, with Z the L2-normalised surgery tokens and p = softmax(Z_cls T)
+  (no temperature, this stage's own cls): sim_j = p_1 (Z T_1) - p_0 (Z T_0). This is the exact
+  closed form of the official broadcast code (w = p / mean(p), redundant feature = class mean).
+- M_raw = up_half(sum_j sim_j) at image resolution; M_SDP = G_sigma(M_raw).
+- SDP+: A_j = sigmoid(up_ac(100 (U_j T_1 - U_j T_0))), U_j the normalised head output on the raw
+  taps' patch tokens; softmax over two upsampled logits equals this sigmoid because upsampling
+  is linear. M_plus = G_sigma(M_raw + sum_j A_j).
+- image_prob = softmax(100 Z_4,cls T)[1] (the hard-coded 100, not the model's logit_scale).
+
+The paper differs (method.md section 10, items 5-9): the code's weights multiply the main term,
+there is no temperature in feature surgery, the logits use 100 and are upsampled before the
+softmax. We follow the code.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .heads import Heads
+from .maps import apply_separable, as_tensor, bilinear_matrix, gaussian_matrix
+from .preprocess import OPENAI_MEAN, OPENAI_STD, normalize
+from .surgery import DualPathViT, Taps
+
+LOGIT_SCALE = 100.0  # hard-coded in the official code (method.md 6, 7.2)
+DEFAULT_SIGMA = 8.0
+
+Mode = Literal["sdp", "sdp+"]
+
+
+def feature_surgery(surgery: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+    """Summed per-stage feature-surgery similarity of the abnormal class.
+
+    surgery: float32 [B, S, T, D]; text: float32 [D, 2] -> float32 [B, T - 1] (patch tokens).
+    """
+    z = F.normalize(surgery, dim=-1)
+    cos = torch.matmul(z, text)  # [B, S, T, 2]
+    p = torch.softmax(cos[:, :, :1, :], dim=-1)  # each stage's own cls, no temperature
+    sim = p[..., 1:2] * cos[:, :, 1:, 1:2] - p[..., 0:1] * cos[:, :, 1:, 0:1]
+    return sim.sum(dim=1)[..., 0]
+
+
+def image_prob(surgery: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+    """softmax(100 * cos(CLIP image embedding, T))[abnormal]: float32 [B]."""
+    z = F.normalize(surgery[:, -1, 0], dim=-1)
+    return torch.softmax(LOGIT_SCALE * torch.matmul(z, text), dim=-1)[:, 1]
+
+
+def head_logit_diff(ori: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+    """SDP+ per-stage logit difference l_1 - l_0 on patch tokens.
+
+    ori: [B, S, T, W]; weight: [S, D, W]; bias: [S, D]; text: [D, 2] -> [B, S, T - 1].
+    """
+    u = torch.einsum("bstw,sdw->bstd", ori[:, :, 1:], weight) + bias[None, :, None, :]
+    logits = LOGIT_SCALE * torch.matmul(F.normalize(u, dim=-1), text)
+    return logits[..., 1] - logits[..., 0]
+
+
+class SDPModel(nn.Module):
+    """CLIP-AD inference for one category: uint8 images in, anomaly map and image probability out.
+
+    ``forward(images)``: uint8 RGB [B, H, W, 3] at model resolution ->
+    (anomaly_map float32 [B, H, W], image_prob float32 [B]). The text vectors, the heads and the
+    upsampling/blur matrices are constants of the module, so the same module is the PyTorch
+    reference and the graph that gets exported.
+    """
+
+    def __init__(
+        self,
+        visual: nn.Module,
+        text: torch.Tensor,
+        image_size: int,
+        sigma: float = DEFAULT_SIGMA,
+        heads: Heads | None = None,
+        mean: tuple[float, ...] = OPENAI_MEAN,
+        std: tuple[float, ...] = OPENAI_STD,
+    ):
+        super().__init__()
+        self.vit = DualPathViT(visual)
+        self.image_size = image_size
+        self.sigma = float(sigma)
+        self.mean, self.std = tuple(mean), tuple(std)
+        self.mode: Mode = "sdp+" if heads is not None else "sdp"
+        g, n = self.vit.grid, image_size
+        dev = visual.proj.device
+        self.register_buffer("text", text.detach().to(dev, torch.float32).clone())
+        up = bilinear_matrix(g, n, align_corners=False)
+        blur = gaussian_matrix(n, sigma)
+        self.register_buffer("up_half", as_tensor(up).to(dev))
+        self.register_buffer("blur", as_tensor(blur).to(dev))
+        self.register_buffer("blur_up", as_tensor(blur @ up).to(dev))  # SDP: one K X K^T
+        if heads is not None:
+            self.register_buffer("up_ac", as_tensor(bilinear_matrix(g, n, align_corners=True)).to(dev))
+            self.register_buffer("head_weight", heads.weight.detach().to(dev, torch.float32).clone())
+            self.register_buffer("head_bias", heads.bias.detach().to(dev, torch.float32).clone())
+
+    def taps(self, images: torch.Tensor) -> Taps:
+        """uint8 RGB [B, H, W, 3] -> Taps (normalisation happens here, inside the model)."""
+        return self.vit(normalize(images, self.mean, self.std))
+
+    def maps_from_taps(self, taps: Taps) -> tuple[torch.Tensor, torch.Tensor]:
+        """Taps -> (anomaly_map [B, H, W], image_prob [B])."""
+        b, g = taps.surgery.shape[0], self.vit.grid
+        sim = feature_surgery(taps.surgery, self.text).reshape(b, g, g)
+        if self.mode == "sdp":
+            amap = apply_separable(sim, self.blur_up)
+        else:
+            diff = head_logit_diff(taps.ori, self.head_weight, self.head_bias, self.text)
+            ft = torch.sigmoid(apply_separable(diff.reshape(b, -1, g, g), self.up_ac)).sum(dim=1)
+            amap = apply_separable(apply_separable(sim, self.up_half) + ft, self.blur)
+        return amap, image_prob(taps.surgery, self.text)
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.maps_from_taps(self.taps(images))

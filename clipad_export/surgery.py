@@ -1,0 +1,128 @@
+"""The staged dual-path ViT forward (SDP's "architecture surgery"), as explicit tensor ops.
+
+method.md section 4. Every block computes, from LN1 of the *original* residual stream:
+- the original attention, softmax(q k^T / sqrt(d_h)) v, out-projection, residual, then MLP;
+- the V-V attention, softmax(v v^T / sqrt(d_h)) v per head (same scale, v with its in_proj
+  bias), out-projection *with* bias; no LN2, no FFN, no residual.
+
+The V-V outputs accumulate into the surgery path S, which is reset at the first block of each
+of 4 stages (blocks 1, 4, 7, 10 of a 12-block ViT), so stage j is the sum of its blocks' V-V
+outputs (section 4.3). The taps are the ones the official code really returns (section 4.4):
+because of an in-place update, the "original" features of stages 1-3 are X_mid (residual
+after the attention sub-layer, before the MLP) of the *first block of the next stage*, and of
+stage 4 the final X_L. Each stage's surgery tokens get their cls row from that tap, then the
+shared final ln_post and projection (section 4.5).
+
+No module swapping, no in-place ops, no data-dependent control flow: it traces to ONNX with a
+dynamic batch dimension.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+N_STAGES = 4
+
+
+class Taps(NamedTuple):
+    """Per-stage features of a batch.
+
+    surgery: float32 [B, 4, T, D] - stage surgery tokens after ln_post and proj (T = 1 + patches,
+             D = embed dim); ``surgery[:, 3, 0]`` is the standard CLIP image embedding.
+    ori:     float32 [B, 4, T, W] - raw residual-stream taps (W = width), no LayerNorm.
+    """
+
+    surgery: torch.Tensor
+    ori: torch.Tensor
+
+
+def split_heads(x: torch.Tensor, heads: int) -> torch.Tensor:
+    """[B, T, W] -> [B, heads, T, W // heads]."""
+    b, t, w = x.shape
+    return x.reshape(b, t, heads, w // heads).transpose(1, 2)
+
+
+def merge_heads(x: torch.Tensor) -> torch.Tensor:
+    """[B, heads, T, d_h] -> [B, T, heads * d_h]."""
+    b, h, t, d = x.shape
+    return x.transpose(1, 2).reshape(b, t, h * d)
+
+
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
+    """softmax(q k^T * scale) v per head; q, k, v: [B, heads, T, d_h] -> [B, heads, T, d_h]."""
+    return torch.softmax(torch.matmul(q, k.transpose(-1, -2)) * scale, dim=-1).matmul(v)
+
+
+def vv_attention(v: torch.Tensor, scale: float) -> torch.Tensor:
+    """The surgery path's V-V self-attention: softmax(v v^T * scale) v per head (method.md 4.2)."""
+    return attention(v, v, v, scale)
+
+
+class DualPathViT(nn.Module):
+    """Wraps an open_clip ``VisionTransformer`` (weights shared, not copied) and returns the taps."""
+
+    def __init__(self, visual: nn.Module):
+        super().__init__()
+        blocks = getattr(getattr(visual, "transformer", None), "resblocks", None)
+        if blocks is None or not hasattr(visual, "conv1"):
+            raise ValueError("SDP needs an open_clip VisionTransformer (ViT); this model's visual tower is not one")
+        if len(blocks) % N_STAGES:
+            raise ValueError(f"SDP needs a block count divisible by {N_STAGES}, got {len(blocks)}")
+        if getattr(visual, "attn_pool", None) is not None or getattr(visual, "final_ln_after_pool", False):
+            raise ValueError("SDP supports ViTs with token pooling and a final LayerNorm over all tokens")
+        for blk in blocks:
+            if not isinstance(blk.attn, nn.MultiheadAttention) or hasattr(blk, "ln_1_kv"):
+                raise ValueError("SDP supports open_clip's standard ResidualAttentionBlock only")
+        self.visual = visual
+        self.stage_len = len(blocks) // N_STAGES
+        self.heads = blocks[0].attn.num_heads
+        self.width = visual.conv1.out_channels
+        self.scale = (self.width // self.heads) ** -0.5
+        self.grid = int(visual.positional_embedding.shape[0] - 1) ** 0.5
+        self.grid = int(round(self.grid))
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """Normalised image [B, 3, H, W] -> ln_pre(tokens + pos) [B, T, W]."""
+        v = self.visual
+        x = v.conv1(x).flatten(2).transpose(1, 2)
+        cls = v.class_embedding.view(1, 1, -1).expand(x.shape[0], -1, -1)
+        x = torch.cat([cls, x], dim=1) + v.positional_embedding
+        return v.ln_pre(x)
+
+    def block(self, blk: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One block on the original stream X_{l-1} [B, T, W] -> (X_mid, X_l, VV_l), each [B, T, W]."""
+        attn = blk.attn
+        h = blk.ln_1(x)
+        q, k, v = F.linear(h, attn.in_proj_weight, attn.in_proj_bias).chunk(3, dim=-1)
+        q, k, v = (split_heads(t, self.heads) for t in (q, k, v))
+        out = F.linear(merge_heads(attention(q, k, v, self.scale)), attn.out_proj.weight, attn.out_proj.bias)
+        vv = F.linear(merge_heads(vv_attention(v, self.scale)), attn.out_proj.weight, attn.out_proj.bias)
+        x_mid = x + blk.ls_1(out)
+        x_out = x_mid + blk.ls_2(blk.mlp(blk.ln_2(x_mid)))
+        return x_mid, x_out, vv
+
+    def forward(self, x: torch.Tensor) -> Taps:
+        """Normalised image float32 [B, 3, H, W] -> Taps."""
+        x = self.embed(x)
+        s = self.stage_len
+        stage_sums: list[torch.Tensor] = []
+        ori: list[torch.Tensor] = []
+        path = x  # placeholder; the first block always resets the path
+        for i, blk in enumerate(self.visual.transformer.resblocks):
+            x_mid, x, vv = self.block(blk, x)
+            first_of_stage = i % s == 0
+            path = vv if first_of_stage else path + vv
+            if first_of_stage and i > 0:
+                ori.append(x_mid)  # section 4.4: the previous stage's "ori" tap
+            if (i + 1) % s == 0:
+                stage_sums.append(path)
+        ori.append(x)  # stage 4: the true final output X_L
+        surgery = []
+        for path_j, ori_j in zip(stage_sums, ori):
+            tokens = torch.cat([ori_j[:, :1], path_j[:, 1:]], dim=1)  # cls row from the tap (4.5)
+            surgery.append(self.visual.ln_post(tokens) @ self.visual.proj)
+        return Taps(surgery=torch.stack(surgery, dim=1), ori=torch.stack(ori, dim=1))

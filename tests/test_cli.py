@@ -1,0 +1,146 @@
+"""`clipad synth` and `clipad eval` end to end, and their handling of bad input."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import cli
+from clipad_export.heads import save_heads
+from tests.test_sdp import random_heads
+
+TINY = ["--model", "clipad-tiny", "--random-weights", "--quiet"]
+
+
+def run(capsys, *args: str) -> tuple[int, str, str]:
+    code = cli.run([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def assert_one_line_error(code: int, err: str, *fragments: str) -> None:
+    lines = [l for l in err.splitlines() if l.strip()]
+    assert code == 1, err
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    assert "Traceback" not in err
+    for f in fragments:
+        assert f in lines[0], lines[0]
+
+
+def check_results(path: Path, categories: list[str]) -> dict:
+    res = json.loads(path.read_text())
+    assert list(res) == categories + ["mean"]
+    for name in categories + ["mean"]:
+        assert set(res[name]["image"]) == {"auroc", "f1_max", "ap"}
+        assert set(res[name]["pixel"]) == {"auroc", "f1_max", "ap", "aupro"}
+        for v in list(res[name]["image"].values()) + list(res[name]["pixel"].values()):
+            assert 0.0 <= v <= 1.0
+    return res
+
+
+def test_synth_then_eval_tiny(tmp_path, capsys):
+    code, out, _ = run(capsys, "synth", "--out", tmp_path / "d", "--n-good", 2, "--n-defect", 1)
+    assert code == 0 and "wrote 8 test images" in out
+    code, out, err = run(capsys, "eval", "--dataset", "mvtec", "--root", tmp_path / "d", "--out", tmp_path / "r.json", *TINY)
+    assert code == 0, err
+    assert "fabric" in out and "washer" in out and "I-AUROC" in out and "AUPRO" in out
+    res = check_results(tmp_path / "r.json", ["fabric", "washer"])
+    assert res["fabric"]["n_images"] == 4 and res["mean"]["n_skipped"] == 0
+    assert "random weights" in err
+
+
+def test_eval_sdp_plus_with_heads(tmp_path, capsys, synth_root, tiny):
+    visual = tiny.clip.visual
+    save_heads(tmp_path / "h.safetensors", random_heads(visual.conv1.out_channels, visual.proj.shape[1]))
+    code, _, err = run(
+        capsys, "eval", "--dataset", "mvtec", "--root", synth_root, "--categories", "washer",
+        "--mode", "sdp+", "--heads", tmp_path / "h.safetensors", "--rvs", "mean", "--out", tmp_path / "r.json", *TINY,
+    )
+    assert code == 0, err
+    check_results(tmp_path / "r.json", ["washer"])
+
+
+def test_eval_bad_heads_and_weights(tmp_path, capsys, synth_root):
+    save_heads(tmp_path / "h.safetensors", random_heads(32, 64))
+    args = ["eval", "--dataset", "mvtec", "--root", synth_root, "--out", tmp_path / "r.json"]
+    code, _, err = run(capsys, *args, "--mode", "sdp+", "--heads", tmp_path / "h.safetensors", *TINY)
+    assert_one_line_error(code, err, "'fc.0.weight' is [64, 32], this model needs [64, 64]")
+    code, _, err = run(capsys, *args, "--mode", "sdp+", *TINY)
+    assert_one_line_error(code, err, "--heads")
+    Image.new("L", (4, 4)).save(tmp_path / "not_weights.png")
+    code, _, err = run(capsys, *args, "--model", "clipad-tiny", "--weights", tmp_path / "not_weights.png")
+    assert_one_line_error(code, err, "cannot read weights file")
+    assert not (tmp_path / "r.json").exists()
+
+
+def test_eval_bad_dataset_input(tmp_path, capsys, synth_root):
+    out = tmp_path / "r.json"
+    base = ["eval", "--dataset", "mvtec", "--out", out, *TINY]
+    code, _, err = run(capsys, *base, "--root", tmp_path / "nowhere")
+    assert_one_line_error(code, err, "dataset root not found")
+    (tmp_path / "empty").mkdir()
+    code, _, err = run(capsys, *base, "--root", tmp_path / "empty")
+    assert_one_line_error(code, err, "dataset root is empty")
+    code, _, err = run(capsys, *base, "--root", synth_root, "--categories", "bottle")
+    assert_one_line_error(code, err, "category 'bottle' not found", "fabric, washer")
+    assert not out.exists()
+
+
+def test_eval_skips_and_counts_corrupt_images(tmp_path, capsys, synth_root):
+    root = tmp_path / "d"
+    shutil.copytree(synth_root, root)
+    (root / "fabric/test/good/001.png").write_bytes(b"\x89PNG broken")
+    code, _, err = run(capsys, "eval", "--dataset", "mvtec", "--root", root, "--categories", "fabric", "--out", tmp_path / "r.json", *TINY)
+    assert code == 0, err
+    res = json.loads((tmp_path / "r.json").read_text())
+    assert res["fabric"]["n_skipped"] == 1 and res["fabric"]["n_images"] == 6
+    assert "001.png" in res["fabric"]["skipped"][0]
+    assert "skipped 1 unreadable" in err
+
+
+def test_eval_mask_size_mismatch(tmp_path, capsys, synth_root):
+    root = tmp_path / "d"
+    shutil.copytree(synth_root, root)
+    Image.fromarray(np.zeros((10, 10), np.uint8)).save(root / "washer/ground_truth/spot/000_mask.png")
+    out = tmp_path / "r.json"
+    code, _, err = run(capsys, "eval", "--dataset", "mvtec", "--root", root, "--out", out, *TINY)
+    assert_one_line_error(code, err, "000_mask.png is 10x10 but its image is 160x128")
+    assert not out.exists()
+
+
+def test_installed_entry_point_prints_one_line(tmp_path):
+    """The real console script: no traceback, non-zero exit, one line naming the weight options."""
+    exe = Path(sys.executable).with_name("clipad")
+    proc = subprocess.run(
+        [str(exe), "eval", "--dataset", "mvtec", "--root", str(tmp_path), "--quiet", "--cache-dir", str(tmp_path / "cache")],
+        capture_output=True, text=True, timeout=300, env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"},
+    )
+    assert_one_line_error(proc.returncode, proc.stderr, "dataset root is empty")
+    (tmp_path / "x").mkdir()
+    (tmp_path / "x" / "good").mkdir()
+    Image.new("RGB", (8, 8)).save(tmp_path / "x" / "good" / "a.png")
+    proc = subprocess.run(
+        [str(exe), "eval", "--dataset", "folder", "--root", str(tmp_path / "x"), "--quiet", "--cache-dir", str(tmp_path / "cache")],
+        capture_output=True, text=True, timeout=300, env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"},
+    )
+    assert_one_line_error(proc.returncode, proc.stderr, "--weights FILE", "--random-weights")
+    assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.slow
+def test_eval_full_size_model_end_to_end(tmp_path, capsys, synth_root):
+    """ViT-B-16-plus-240 with random weights on one synthetic category (about 2 minutes on 2 cores)."""
+    code, out, err = run(
+        capsys, "eval", "--dataset", "mvtec", "--root", synth_root, "--categories", "washer",
+        "--random-weights", "--quiet", "--out", tmp_path / "r.json",
+    )
+    assert code == 0, err
+    res = check_results(tmp_path / "r.json", ["washer"])
+    assert res["washer"]["n_images"] == 7 and "ViT-B-16-plus-240" in err
