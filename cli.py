@@ -115,6 +115,9 @@ def eval_(
         results = evaluate(loaded, split, cfg, tasks)
     write_results(results, out)
     typer.echo(format_table(results))
+    for cat, entry in results.items():
+        for note in entry.get("rvs", {}).get("notes", []) + entry.get("notes", []):
+            typer.echo(f"note: {cat}: {note}", err=True)
     skipped = results["mean"]["n_skipped"]
     if skipped:
         typer.echo(f"skipped {skipped} unreadable images (listed in {out})", err=True)

@@ -118,3 +118,10 @@ class SDPModel(nn.Module):
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.maps_from_taps(self.taps(images))
+
+    def forward_fp16(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The official GPU precision for the ViT (fp16 autocast, CUDA only), with the map
+        post-processing kept in float32 (the official blur runs in scipy, in float64)."""
+        with torch.autocast(device_type="cuda", dtype=torch.float16):
+            taps = self.taps(images)
+        return self.maps_from_taps(Taps(taps.surgery.float(), taps.ori.float()))

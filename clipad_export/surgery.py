@@ -82,8 +82,7 @@ class DualPathViT(nn.Module):
         self.heads = blocks[0].attn.num_heads
         self.width = visual.conv1.out_channels
         self.scale = (self.width // self.heads) ** -0.5
-        self.grid = int(visual.positional_embedding.shape[0] - 1) ** 0.5
-        self.grid = int(round(self.grid))
+        self.grid = int(round((visual.positional_embedding.shape[0] - 1) ** 0.5))  # patches per side
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """Normalised image [B, 3, H, W] -> ln_pre(tokens + pos) [B, T, W]."""

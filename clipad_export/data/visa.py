@@ -29,5 +29,6 @@ def read(root: Path) -> dict[str, list[Sample]]:
                 continue
             anomalous = row["label"].strip().lower() == "anomaly"
             mask = root / row["mask"] if anomalous and row["mask"].strip() else None
+            mask = mask if mask is not None and mask.is_file() else None  # no mask: pixel metrics skipped
             out[cat].append(Sample(root / row["image"], int(anomalous), mask, row["label"], cat))
     return out
