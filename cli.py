@@ -124,6 +124,95 @@ def eval_(
     typer.echo(f"results written to {out}", err=True)
 
 
+@app.command()
+def export(
+    category: Annotated[str, typer.Option("--category", help="Category name (names the artifacts and Triton models).")],
+    object_name: Annotated[Optional[str], typer.Option("--object-name", help="Object name in the prompts (default: the category, verbatim).")] = None,
+    mode: Annotated[str, typer.Option("--mode", help="sdp, or sdp+ with --heads.")] = "sdp",
+    heads: Annotated[Optional[Path], typer.Option("--heads", help="SDP+ heads (.safetensors, or the official .pth layout).")] = None,
+    rvs: Annotated[str, typer.Option("--rvs", help="Representative vector method: mean, pca, kde, dbscan, mean_shift.")] = "dbscan",
+    rvs_profile: Annotated[str, typer.Option("--rvs-profile", help="DBSCAN parameters: visa (eps 1.5, 25) or mvtec (eps 0.5, 15; any other name).")] = "mvtec",
+    prompts: Annotated[str, typer.Option("--prompts", help="Prompt set (industrial, hemorrhage, tumor, polyp) or a YAML/JSON file.")] = "industrial",
+    sigma: Annotated[float, typer.Option("--sigma", help="Gaussian smoothing sigma of the map.")] = 8.0,
+    max_batch: Annotated[int, typer.Option("--max-batch", help="Largest batch the artifacts serve.")] = 8,
+    precision: Annotated[str, typer.Option("--precision", help="fp32, fp16 (mixed graph) or all.")] = "all",
+    engine: Annotated[bool, typer.Option("--engine", help="Also build a TensorRT engine (needs TensorRT and a GPU).")] = False,
+    triton_repo: Annotated[Optional[Path], typer.Option("--triton-repo", help="Also write a Triton model repository here.")] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", help="Artifact directory (default artifacts/<category>).")] = None,
+    model: ModelOpt = "ViT-B-16-plus-240",
+    pretrained: PretrainedOpt = "laion400m_e31",
+    weights: WeightsOpt = None,
+    random_weights: RandomOpt = False,
+    seed: SeedOpt = 0,
+    cache_dir: CacheOpt = None,
+    device: DeviceOpt = "cpu",
+    quiet: Annotated[bool, typer.Option("--quiet", help="No progress bars.")] = False,
+) -> None:
+    """Export one category: RVS text vectors baked into an ONNX graph (FP32 and mixed FP16), parity-checked."""
+    from clipad_export.errors import ClipadError
+    from clipad_export.export import ExportConfig, export as run_export, validate
+    from clipad_export.models import load_model, resolve_device
+    from clipad_export.progress import progress_bars
+    from clipad_export.prompts import load_prompt_set
+    from clipad_export.rvs import METHODS
+
+    if mode not in ("sdp", "sdp+"):
+        raise ClipadError(f"--mode must be sdp or sdp+, got '{mode}'")
+    if mode == "sdp+" and heads is None:
+        raise ClipadError("--mode sdp+ needs --heads FILE")
+    if mode == "sdp" and heads is not None:
+        raise ClipadError("--heads is only used with --mode sdp+")
+    if rvs not in METHODS:
+        raise ClipadError(f"--rvs must be one of {', '.join(METHODS)}, got '{rvs}'")
+    cfg = ExportConfig(
+        category=category, out=out or Path("artifacts") / category, object_name=object_name, heads_path=heads, rvs=rvs,
+        rvs_profile=rvs_profile, prompts_source=prompts, sigma=sigma, max_batch=max_batch, precision=precision,
+        engine=engine, triton_repo=triton_repo,
+    )
+    validate(cfg)
+    cfg.prompts = load_prompt_set(prompts)
+    loaded = load_model(_weight_spec(model, pretrained, weights, random_weights, seed, cache_dir), resolve_device(device))
+    if random_weights:
+        typer.echo("note: random weights give meaningless heatmaps; use them for smoke tests only", err=True)
+    with progress_bars(enabled=not quiet) as tasks:
+        art = run_export(loaded, cfg, tasks)
+    for warning in art.manifest["warnings"]:
+        typer.echo(f"WARNING: {warning}", err=True)
+    par = art.manifest["parity"]
+    for p in art.manifest["precisions"]:
+        f = par[p]
+        typer.echo(f"parity {p} (vs {f['against']}): rel L2 {f['rel_l2']:.1e}, image_prob err {f['prob_max_abs']:.1e}, "
+                   f"top-1% agreement {f['top1pct_agreement']:.3f}")
+    typer.echo(f"artifacts written to {art.root}")
+    if triton_repo is not None:
+        typer.echo(f"Triton model repository written to {triton_repo}")
+
+
+@app.command()
+def parity(
+    artifacts: Annotated[Path, typer.Option("--artifacts", help="Artifact directory from `clipad export`.")],
+    backends: Annotated[str, typer.Option("--backends", help="Comma-separated: onnxruntime, tensorrt, torch.")] = "onnxruntime",
+    images: Annotated[Optional[Path], typer.Option("--images", help="Folder of images to compare on (default: built-in synthetic inputs).")] = None,
+    device: DeviceOpt = "cpu",
+    json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write the rows as JSON.")] = None,
+) -> None:
+    """Compare the exported backends with the PyTorch reference and print a table."""
+    import json
+
+    from clipad_export.artifacts import load_artifacts
+    from clipad_export.atomic import write_text_atomic
+    from clipad_export.parity import format_rows, load_parity_images, parity_images, run_parity
+
+    art = load_artifacts(artifacts)
+    x = load_parity_images(str(images), art.image_size) if images else parity_images(art.image_size, 3)
+    rows = run_parity(art, [b.strip() for b in backends.split(",") if b.strip()], x, device)
+    typer.echo(format_rows(rows))
+    if json_out is not None:
+        write_text_atomic(json_out, json.dumps(rows, indent=2) + "\n")
+    if not all(r["within_tolerance"] for r in rows):
+        raise typer.Exit(1)
+
+
 def run(argv: list[str]) -> int:
     """Run the CLI on ``argv`` and return the exit code (errors as one line on stderr)."""
     from clipad_export.errors import ClipadError

@@ -84,7 +84,7 @@ def normalize(images: torch.Tensor, mean: tuple[float, ...] = OPENAI_MEAN, std: 
 
     Written with plain tensor ops so it traces into the exported graph.
     """
-    x = images.permute(0, 3, 1, 2).to(torch.float32) / 255.0
+    x = images.to(torch.float32).permute(0, 3, 1, 2) / 255.0  # cast first: TensorRT takes uint8 only into a Cast
     m = torch.tensor(mean, dtype=torch.float32, device=images.device).view(1, 3, 1, 1)
     s = torch.tensor(std, dtype=torch.float32, device=images.device).view(1, 3, 1, 1)
     return (x - m) / s

@@ -101,8 +101,14 @@ class SDPModel(nn.Module):
             self.register_buffer("head_bias", heads.bias.detach().to(dev, torch.float32).clone())
 
     def taps(self, images: torch.Tensor) -> Taps:
-        """uint8 RGB [B, H, W, 3] -> Taps (normalisation happens here, inside the model)."""
-        return self.vit(normalize(images, self.mean, self.std))
+        """uint8 RGB [B, H, W, 3] -> Taps (normalisation happens here, inside the model).
+
+        The stage projection is called outside the ViT module so that the FP16 export, which
+        keeps everything outside the ViT in FP32, keeps it too: the maps are differences of
+        cosines and FP16 rounding of the projected tokens shows in them.
+        """
+        raw = self.vit(normalize(images, self.mean, self.std), project=False)
+        return Taps(surgery=self.vit.project(raw.surgery), ori=raw.ori)
 
     def maps_from_taps(self, taps: Taps) -> tuple[torch.Tensor, torch.Tensor]:
         """Taps -> (anomaly_map [B, H, W], image_prob [B])."""

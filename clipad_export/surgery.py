@@ -104,8 +104,16 @@ class DualPathViT(nn.Module):
         x_out = x_mid + blk.ls_2(blk.mlp(blk.ln_2(x_mid)))
         return x_mid, x_out, vv
 
-    def forward(self, x: torch.Tensor) -> Taps:
-        """Normalised image float32 [B, 3, H, W] -> Taps."""
+    def project(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Shared final ln_post and projection: [..., T, W] -> [..., T, D] (section 4.5)."""
+        return self.visual.ln_post(tokens) @ self.visual.proj
+
+    def forward(self, x: torch.Tensor, project: bool = True) -> Taps:
+        """Normalised image float32 [B, 3, H, W] -> Taps.
+
+        With ``project=False`` the surgery tokens are returned before ln_post/proj, [B, 4, T, W]
+        (SDPModel projects them itself so that the export keeps that step in FP32).
+        """
         x = self.embed(x)
         s = self.stage_len
         stage_sums: list[torch.Tensor] = []
@@ -120,8 +128,6 @@ class DualPathViT(nn.Module):
             if (i + 1) % s == 0:
                 stage_sums.append(path)
         ori.append(x)  # stage 4: the true final output X_L
-        surgery = []
-        for path_j, ori_j in zip(stage_sums, ori):
-            tokens = torch.cat([ori_j[:, :1], path_j[:, 1:]], dim=1)  # cls row from the tap (4.5)
-            surgery.append(self.visual.ln_post(tokens) @ self.visual.proj)
-        return Taps(surgery=torch.stack(surgery, dim=1), ori=torch.stack(ori, dim=1))
+        # cls row from each stage's tap (4.5)
+        tokens = torch.stack([torch.cat([o[:, :1], p[:, 1:]], dim=1) for p, o in zip(stage_sums, ori)], dim=1)
+        return Taps(surgery=self.project(tokens) if project else tokens, ori=torch.stack(ori, dim=1))

@@ -1,1 +1,1 @@
-"""Streaming runtime (backends, sources, sinks): planned, see the runtime issue. Nothing here yet."""
+"""The runtime: backends that serve an artifact directory (the streaming loop comes with the runtime issue)."""

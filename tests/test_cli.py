@@ -26,12 +26,14 @@ def run(capsys, *args: str) -> tuple[int, str, str]:
 
 
 def assert_one_line_error(code: int, err: str, *fragments: str) -> None:
+    """Exit 1, and the error is one line (after any notes printed before the failure)."""
     lines = [l for l in err.splitlines() if l.strip()]
     assert code == 1, err
-    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    errors = [l for l in lines if l.startswith("error: ")]
+    assert len(errors) == 1 and lines[-1] == errors[0], err
     assert "Traceback" not in err
     for f in fragments:
-        assert f in lines[0], lines[0]
+        assert f in errors[0], errors[0]
 
 
 def check_results(path: Path, categories: list[str]) -> dict:

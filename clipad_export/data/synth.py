@@ -74,6 +74,17 @@ def _save(arr: np.ndarray, path: Path) -> None:
     Image.fromarray(arr).save(path, optimize=False)
 
 
+def sample_images(n: int, width: int = 160, height: int = 128, seed: int = 0) -> list[np.ndarray]:
+    """n in-memory uint8 RGB images [height, width, 3], alternating categories, each with a defect."""
+    rng = np.random.default_rng([seed, 99])
+    out = []
+    for i in range(n):
+        make = _fabric if i % 2 == 0 else _washer
+        kind = DEFECTS[(i // 2) % len(DEFECTS)]
+        out.append(_paint(rng, make(rng, width, height), _defect_mask(rng, kind, width, height), kind))
+    return out
+
+
 def make_synthetic(
     out: str | Path,
     n_train: int = 4,

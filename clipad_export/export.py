@@ -1,0 +1,296 @@
+"""`clipad export`: one category's self-contained artifacts, with parity checked every time.
+
+Steps (each shown in the progress display): text vectors with RVS (computed once, baked in),
+the reference SDPModel, the FP32 ONNX graph, optionally the mixed FP16 graph, parity of each
+graph in ONNX Runtime against the reference on deterministic inputs at batch 1 and 3 (the
+export fails when a tolerance is exceeded), optionally a TensorRT engine and a Triton model
+repository, then the manifest. Everything is written into a staging directory and renamed
+into place at the end.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from . import __version__
+from .artifacts import (
+    FORMAT_VERSION, MANIFEST, ONNX_FP16, ONNX_FP32, PLAN, PLAN_META, TEXT_FEATURES, Artifacts, hash_files, staging_dir,
+)
+from .errors import ClipadError
+from .heads import Heads, load_heads, save_heads
+from .models import LoadedModel, WeightSpec, file_sha256, load_model
+from .parity import TOLERANCES, compare, parity_images, violations
+from .progress import Tasks
+from .prompts import PromptSet
+from .rvs import dbscan_params, n_sentences, text_vectors
+from .sdp import DEFAULT_SIGMA, SDPModel
+
+HEADS_FILE = "heads.safetensors"
+CATEGORY_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+PRECISIONS = ("fp32", "fp16", "all")
+
+
+@dataclass
+class ExportConfig:
+    category: str
+    out: Path
+    object_name: str | None = None
+    heads_path: Path | None = None
+    rvs: str = "dbscan"
+    rvs_profile: str = "mvtec"
+    prompts: PromptSet | None = None
+    prompts_source: str = "industrial"
+    sigma: float = DEFAULT_SIGMA
+    max_batch: int = 8
+    precision: str = "all"
+    engine: bool = False
+    triton_repo: Path | None = None
+
+    @property
+    def mode(self) -> str:
+        return "sdp+" if self.heads_path is not None else "sdp"
+
+    @property
+    def precisions(self) -> list[str]:
+        return ["fp32", "fp16"] if self.precision == "all" else (["fp32"] if self.precision == "fp32" else ["fp32", "fp16"])
+
+
+def validate(cfg: ExportConfig, loaded: LoadedModel | None = None) -> None:
+    """Checks that are cheap, before any slow work; one line each."""
+    if not CATEGORY_RE.match(cfg.category):
+        raise ClipadError(f"--category '{cfg.category}' must be letters, digits, '_', '.' or '-' (it names files and Triton models)")
+    if cfg.object_name is not None and not cfg.object_name.strip():
+        raise ClipadError("--object-name is empty")
+    if cfg.max_batch < 1:
+        raise ClipadError(f"--max-batch must be at least 1, got {cfg.max_batch}")
+    if cfg.precision not in PRECISIONS:
+        raise ClipadError(f"--precision must be one of {', '.join(PRECISIONS)}, got '{cfg.precision}'")
+    if cfg.heads_path is not None and not Path(cfg.heads_path).is_file():
+        raise ClipadError(f"heads file not found: {cfg.heads_path}")
+    if cfg.engine:
+        from .tensorrt_build import require_tensorrt
+
+        require_tensorrt()
+    if cfg.triton_repo is not None:
+        from .triton import require_model_config
+
+        require_model_config()
+    parent = Path(cfg.out).resolve().parent
+    probe = parent
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir() or not _writable(probe):
+        raise ClipadError(f"cannot write to {parent} (--out {cfg.out})")
+    if loaded is not None and cfg.prompts is not None:
+        _check_prompt_length(loaded, cfg)
+
+
+def _writable(path: Path) -> bool:
+    import os
+
+    return os.access(path, os.W_OK | os.X_OK)
+
+
+def _check_prompt_length(loaded: LoadedModel, cfg: ExportConfig) -> None:
+    """The tokenizer silently truncates at its context length; an object name that long is an error."""
+    name = cfg.object_name or cfg.category
+    normal, abnormal = cfg.prompts.sentences(name)
+    longest = max(normal + abnormal, key=len)
+    context = int(loaded.tokenizer([longest]).shape[1])
+    encode = getattr(loaded.tokenizer, "encode", None)
+    if encode is not None and len(encode(longest)) + 2 > context:  # + start and end tokens
+        raise ClipadError(f"object name '{name}' makes prompts longer than the text encoder's {context} tokens; use a shorter --object-name")
+
+
+def prompt_set_sha256(ps: PromptSet) -> str:
+    blob = json.dumps({"normal": ps.normal, "abnormal": ps.abnormal, "templates": ps.templates}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def weights_record(loaded: LoadedModel) -> dict[str, Any]:
+    spec = loaded.spec
+    if spec.random_weights:
+        return {"source": "random", "seed": spec.seed}
+    if spec.weights is not None:
+        return {"source": "file", "path": str(Path(spec.weights).resolve()), "sha256": loaded.weights_sha256}
+    return {"source": "open_clip", "tag": spec.pretrained}
+
+
+def _versions() -> dict[str, str]:
+    import onnx
+    import onnxruntime
+    import open_clip
+
+    return {"clipad": __version__, "torch": torch.__version__, "open_clip": open_clip.__version__,
+            "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__}
+
+
+def _ort_outputs(path: Path, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    amap, prob = session.run(None, {"image": images})
+    return amap, prob
+
+
+def graph_parity(model: SDPModel, onnx_paths: dict[str, Path]) -> dict[str, dict]:
+    """Parity of each graph at batch 3 and batch 1: the FP32 graph against the reference, the
+    FP16 graph against the FP32 graph. Each entry lists its tolerance ``violations``."""
+    images = parity_images(model.image_size, 3)
+    with torch.no_grad():
+        ref_map, ref_prob = (t.cpu().numpy() for t in model(torch.from_numpy(images).to(model.text.device)))
+    figures: dict[str, dict] = {}
+    base = (ref_map, ref_prob)
+    for precision, path in onnx_paths.items():
+        full = _ort_outputs(path, images)
+        single = _ort_outputs(path, images[:1])
+        f = compare(base[0], base[1], *full)
+        f1 = compare(base[0][:1], base[1][:1], *single)
+        if precision == "fp32":
+            base = full
+        f["batch1_rel_l2"] = f1["rel_l2"]
+        f["against"] = "pytorch reference" if precision == "fp32" else "fp32 onnx"
+        f["inputs"] = "3 synthetic images (2 parts with defects, 1 noise), batch 3 and batch 1"
+        bad = violations(f, precision)
+        if f1["rel_l2"] > TOLERANCES[precision]["rel_l2"]:
+            bad.append(f"batch-1 rel_l2 {f1['rel_l2']:.2e} > {TOLERANCES[precision]['rel_l2']:.0e}")
+        f["violations"] = bad
+        figures[precision] = f
+    return figures
+
+
+def export(loaded: LoadedModel, cfg: ExportConfig, tasks: Tasks) -> Artifacts:
+    """Run the whole export; returns the finished artifact directory."""
+    from .onnx_export import export_onnx, io_spec
+
+    validate(cfg, loaded)
+    object_name = cfg.object_name or cfg.category
+    visual = loaded.clip.visual
+    width, embed_dim = visual.conv1.out_channels, visual.proj.shape[1]
+    heads: Heads | None = load_heads(cfg.heads_path, width, embed_dim) if cfg.heads_path else None
+    timings: dict[str, float] = {}
+    warnings: list[str] = []
+
+    t0 = time.perf_counter()
+    tv = text_vectors(loaded.clip, loaded.tokenizer, object_name, cfg.rvs, cfg.rvs_profile, cfg.prompts,
+                      on_batch=tasks.add("text vectors", n_sentences(cfg.prompts)))
+    timings["text_s"] = time.perf_counter() - t0
+    model = SDPModel(visual, torch.from_numpy(tv.matrix), loaded.image_size, cfg.sigma, heads, loaded.mean, loaded.std).eval()
+
+    with staging_dir(cfg.out) as stage:
+        np.save(stage / TEXT_FEATURES, np.ascontiguousarray(tv.matrix.T, dtype=np.float32))
+        if heads is not None:
+            save_heads(stage / HEADS_FILE, heads)
+        step = tasks.add("ONNX export", 1)
+        t0 = time.perf_counter()
+        export_onnx(model, stage / ONNX_FP32)
+        timings["onnx_s"] = time.perf_counter() - t0
+        step(1)
+        paths = {"fp32": stage / ONNX_FP32}
+        fp16_info = None
+        if "fp16" in cfg.precisions:
+            from .fp16 import convert_fp16
+
+            step = tasks.add("FP16 graph", 1)
+            t0 = time.perf_counter()
+            fp16_info = convert_fp16(stage / ONNX_FP32, stage / ONNX_FP16)
+            timings["fp16_s"] = time.perf_counter() - t0
+            step(1)
+            paths["fp16"] = stage / ONNX_FP16
+        step = tasks.add("parity (ONNX Runtime)", 1)
+        t0 = time.perf_counter()
+        parity = graph_parity(model, paths)
+        timings["parity_s"] = time.perf_counter() - t0
+        step(1)
+        for precision, f in parity.items():
+            if not f["violations"]:
+                continue
+            reason = f"parity failed for the {precision} graph ({'; '.join(f['violations'])})"
+            if precision == "fp32" or cfg.precision == "fp16":
+                raise ClipadError(reason + "; nothing was written")
+            # --precision all: keep the FP32 artifacts, drop the FP16 graph, say so loudly.
+            (stage / ONNX_FP16).unlink()
+            f["dropped"] = True
+            warnings.append(reason + "; model.fp16.onnx was not kept")
+        if "fp16" in parity and fp16_info:
+            parity["fp16"]["nodes"] = fp16_info
+        if cfg.precision == "fp16":  # fp32 graph was only the source of the fp16 one
+            (stage / ONNX_FP32).unlink()
+        manifest: dict[str, Any] = {
+            "format_version": FORMAT_VERSION,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "category": cfg.category,
+            "object_name": object_name,
+            "model": loaded.spec.model,
+            "weights": weights_record(loaded),
+            "mode": cfg.mode,
+            "heads_sha256": file_sha256(Path(cfg.heads_path)) if heads else None,
+            "rvs": {"method": cfg.rvs, "profile": cfg.rvs_profile,
+                    "dbscan": dict(zip(("eps", "min_samples"), dbscan_params(cfg.rvs_profile))) if cfg.rvs == "dbscan" else None,
+                    "used": [tv.normal.used, tv.abnormal.used], "notes": tv.summary()["notes"]},
+            "prompts": {"set": cfg.prompts.name, "source": cfg.prompts_source, "sha256": prompt_set_sha256(cfg.prompts),
+                        "n_normal": len(cfg.prompts.normal) * len(cfg.prompts.templates),
+                        "n_abnormal": len(cfg.prompts.abnormal) * len(cfg.prompts.templates)},
+            "image_size": loaded.image_size,
+            "mean": list(loaded.mean), "std": list(loaded.std),
+            "sigma": cfg.sigma,
+            "max_batch": cfg.max_batch,
+            "precisions": [p for p in paths if (stage / (ONNX_FP32 if p == "fp32" else ONNX_FP16)).is_file()],
+            "onnx": {**io_spec(paths["fp16"] if cfg.precision == "fp16" else paths["fp32"]), "opset": 17},
+            "parity": {"tolerances": {p: TOLERANCES[p] for p in parity}, **parity},
+            "calibration": None,
+            "timings_s": {k: round(v, 2) for k, v in timings.items()},
+            "warnings": warnings,
+            "versions": _versions(),
+        }
+        if cfg.engine:
+            from .tensorrt_build import build_engine
+
+            step = tasks.add("TensorRT engine", 1)
+            manifest["engine"] = build_engine(stage, manifest)
+            step(1)
+        files = [TEXT_FEATURES, ONNX_FP32, ONNX_FP16, PLAN, PLAN_META, HEADS_FILE]
+        manifest["files"] = hash_files(stage, files)
+        artifacts = Artifacts(stage, manifest)
+        artifacts.save_manifest()
+    final = Artifacts(Path(cfg.out), manifest)
+    if cfg.triton_repo is not None:
+        from .triton import write_triton_repo
+
+        write_triton_repo(final, cfg.triton_repo)
+    return final
+
+
+def reference_model(artifacts: Artifacts, device: str | torch.device = "cpu") -> SDPModel:
+    """Rebuild the PyTorch reference of an artifact directory from its manifest."""
+    m = artifacts.manifest
+    w = m["weights"]
+    if w["source"] == "random":
+        spec = WeightSpec(model=m["model"], random_weights=True, seed=int(w["seed"]))
+    elif w["source"] == "file":
+        spec = WeightSpec(model=m["model"], weights=Path(w["path"]))
+    else:
+        spec = WeightSpec(model=m["model"], pretrained=w["tag"])
+    loaded = load_model(spec, device)
+    if w["source"] == "file" and loaded.weights_sha256 != w["sha256"]:
+        raise ClipadError(f"weights file {w['path']} changed since export (sha256 differs); re-export")
+    heads = None
+    if m["mode"] == "sdp+":
+        visual = loaded.clip.visual
+        heads = load_heads(artifacts.verified_path(HEADS_FILE), visual.conv1.out_channels, visual.proj.shape[1])
+    text = torch.from_numpy(artifacts.text_features().T.copy())
+    return SDPModel(loaded.clip.visual, text, m["image_size"], m["sigma"], heads, tuple(m["mean"]), tuple(m["std"])).eval()
+
+
+def copy_into(artifacts: Artifacts, name: str, dst: Path) -> None:
+    shutil.copy2(artifacts.verified_path(name), dst)

@@ -1,0 +1,54 @@
+"""One backend interface for every consumer (parity, runtime, bench): a batch of uint8 RGB
+frames at model resolution in, ``anomaly_map`` float32 [B, H, W] and ``image_prob`` float32 [B]
+out. Backends check the manifest's sha256 of their model file before loading it.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+import numpy as np
+
+from clipad_export.artifacts import Artifacts
+from clipad_export.errors import ClipadError
+
+BACKENDS = ("torch", "onnxruntime", "tensorrt")
+
+
+class Backend(ABC):
+    name: str = ""
+    precision: str = "fp32"
+    max_batch: int = 1
+
+    @abstractmethod
+    def _infer(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """images: uint8 [b, H, W, 3] with b <= max_batch."""
+
+    def __call__(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """uint8 RGB [B, H, W, 3] -> (float32 [B, H, W], float32 [B]); batches above max_batch are split."""
+        if images.dtype != np.uint8 or images.ndim != 4 or images.shape[3] != 3:
+            raise ClipadError(f"backend input must be uint8 [B, H, W, 3], got {images.dtype} {list(images.shape)}")
+        maps, probs = [], []
+        for i in range(0, len(images), self.max_batch):
+            m, p = self._infer(np.ascontiguousarray(images[i : i + self.max_batch]))
+            maps.append(np.asarray(m, dtype=np.float32))
+            probs.append(np.asarray(p, dtype=np.float32))
+        return np.concatenate(maps), np.concatenate(probs)
+
+    def describe(self) -> str:
+        return f"{self.name} {self.precision}"
+
+
+def open_backend(artifacts: Artifacts, name: str, precision: str = "fp32", device: str = "auto") -> Backend:
+    """The named backend for ``artifacts``; one line when it cannot run here."""
+    if name == "onnxruntime":
+        from .onnxruntime_backend import OnnxRuntimeBackend
+
+        return OnnxRuntimeBackend(artifacts, precision, device)
+    if name == "torch":
+        from .torch_backend import TorchBackend
+
+        return TorchBackend(artifacts, precision, device)
+    if name == "tensorrt":
+        raise ClipadError("the tensorrt backend comes with the runtime issue; parity of a plan needs it (not verified here)")
+    raise ClipadError(f"unknown backend '{name}' (one of {', '.join(BACKENDS)})")

@@ -1,0 +1,37 @@
+"""ONNX Runtime backend: TensorRT EP, then CUDA EP, then CPU EP, whichever really loads."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from clipad_export.artifacts import ONNX_FP16, ONNX_FP32, Artifacts
+from clipad_export.errors import ClipadError
+
+from . import Backend
+
+PREFERRED = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
+
+
+class OnnxRuntimeBackend(Backend):
+    name = "onnxruntime"
+
+    def __init__(self, artifacts: Artifacts, precision: str = "fp32", device: str = "auto"):
+        import onnxruntime as ort
+
+        if precision not in ("fp32", "fp16"):
+            raise ClipadError(f"onnxruntime runs fp32 or fp16 graphs, not '{precision}'")
+        path = artifacts.verified_path(ONNX_FP32 if precision == "fp32" else ONNX_FP16)
+        available = ort.get_available_providers()
+        wanted = ["CPUExecutionProvider"] if device == "cpu" else [p for p in PREFERRED if p in available]
+        self.session = ort.InferenceSession(str(path), providers=wanted)
+        # get_available_providers() lists GPU providers that then fail to load; trust the session.
+        self.providers = self.session.get_providers()
+        self.precision = precision
+        self.max_batch = artifacts.max_batch
+
+    def _infer(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        amap, prob = self.session.run(None, {"image": images})
+        return amap, prob
+
+    def describe(self) -> str:
+        return f"onnxruntime {self.precision} ({self.providers[0]})"

@@ -1,0 +1,36 @@
+"""The PyTorch reference as a backend, rebuilt from the artifact manifest (CPU or CUDA)."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from clipad_export.artifacts import Artifacts
+from clipad_export.errors import ClipadError
+from clipad_export.export import reference_model
+from clipad_export.models import resolve_device
+
+from . import Backend
+
+
+class TorchBackend(Backend):
+    name = "torch"
+
+    def __init__(self, artifacts: Artifacts, precision: str = "fp32", device: str = "auto"):
+        self.device = resolve_device(device)
+        if precision == "fp16" and self.device.type != "cuda":
+            raise ClipadError("the torch backend runs fp16 (autocast) on CUDA only")
+        if precision not in ("fp32", "fp16"):
+            raise ClipadError(f"the torch backend runs fp32 or fp16, not '{precision}'")
+        self.model = reference_model(artifacts, self.device)
+        self.precision = precision
+        self.max_batch = artifacts.max_batch
+
+    @torch.no_grad()
+    def _infer(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        x = torch.from_numpy(images).to(self.device)
+        amap, prob = self.model.forward_fp16(x) if self.precision == "fp16" else self.model(x)
+        return amap.cpu().numpy(), prob.cpu().numpy()
+
+    def describe(self) -> str:
+        return f"torch {self.precision} ({self.device})"
