@@ -30,6 +30,26 @@ RandomOpt = Annotated[bool, typer.Option("--random-weights", help="Seeded random
 SeedOpt = Annotated[int, typer.Option("--seed", help="Seed for --random-weights.")]
 CacheOpt = Annotated[Optional[Path], typer.Option("--cache-dir", help="Where open_clip caches downloaded weights.")]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")]
+# Method options, shared by eval and export.
+ModeOpt = Annotated[str, typer.Option("--mode", help="sdp, or sdp+ with --heads.")]
+HeadsOpt = Annotated[Optional[Path], typer.Option("--heads", help="SDP+ heads (.safetensors, or the official .pth layout).")]
+RvsOpt = Annotated[str, typer.Option("--rvs", help="Representative vector method: mean, pca, kde, dbscan, mean_shift.")]
+PromptsOpt = Annotated[str, typer.Option("--prompts", help="Prompt set (industrial, hemorrhage, tumor, polyp) or a YAML/JSON file.")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", help="No progress bars.")]
+
+
+def _check_method(mode: str, heads: Optional[Path], rvs: str) -> None:
+    from clipad_export.errors import ClipadError
+    from clipad_export.rvs import METHODS
+
+    if mode not in ("sdp", "sdp+"):
+        raise ClipadError(f"--mode must be sdp or sdp+, got '{mode}'")
+    if mode == "sdp+" and heads is None:
+        raise ClipadError("--mode sdp+ needs --heads FILE")
+    if mode == "sdp" and heads is not None:
+        raise ClipadError("--heads is only used with --mode sdp+")
+    if rvs not in METHODS:
+        raise ClipadError(f"--rvs must be one of {', '.join(METHODS)}, got '{rvs}'")
 
 
 def _weight_spec(model: str, pretrained: str, weights: Optional[Path], random_weights: bool, seed: int, cache_dir: Optional[Path]):
@@ -67,10 +87,10 @@ def eval_(
     dataset: Annotated[str, typer.Option("--dataset", help="mvtec, visa or folder.")],
     root: Annotated[Path, typer.Option("--root", help="Dataset root folder.")],
     categories: Annotated[Optional[str], typer.Option("--categories", help="Comma-separated categories (default: all).")] = None,
-    mode: Annotated[str, typer.Option("--mode", help="sdp, or sdp+ with --heads.")] = "sdp",
-    heads: Annotated[Optional[Path], typer.Option("--heads", help="SDP+ heads (.safetensors, or the official .pth layout).")] = None,
-    rvs: Annotated[str, typer.Option("--rvs", help="Representative vector method: mean, pca, kde, dbscan, mean_shift.")] = "dbscan",
-    prompts: Annotated[str, typer.Option("--prompts", help="Prompt set (industrial, hemorrhage, tumor, polyp) or a YAML/JSON file.")] = "industrial",
+    mode: ModeOpt = "sdp",
+    heads: HeadsOpt = None,
+    rvs: RvsOpt = "dbscan",
+    prompts: PromptsOpt = "industrial",
     sigma: Annotated[Optional[float], typer.Option("--sigma", help="Gaussian smoothing sigma (default 8; 2 for SDP+ on VisA).")] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 8,
     out: Annotated[Path, typer.Option("--out", help="results.json path.")] = Path("results.json"),
@@ -81,24 +101,17 @@ def eval_(
     seed: SeedOpt = 0,
     cache_dir: CacheOpt = None,
     device: DeviceOpt = "auto",
-    quiet: Annotated[bool, typer.Option("--quiet", help="No progress bars.")] = False,
+    quiet: QuietOpt = False,
 ) -> None:
     """Evaluate SDP/SDP+ on a dataset's test split; writes results.json and prints a Table-1 style table."""
     from clipad_export.data import check_masks, load_split
-    from clipad_export.errors import ClipadError
     from clipad_export.evaluate import EvalConfig, evaluate, format_table, write_results
     from clipad_export.heads import load_heads
     from clipad_export.models import load_model, resolve_device
     from clipad_export.progress import progress_bars
     from clipad_export.prompts import load_prompt_set
-    from clipad_export.rvs import METHODS
 
-    if mode not in ("sdp", "sdp+"):
-        raise ClipadError(f"--mode must be sdp or sdp+, got '{mode}'")
-    if mode == "sdp+" and heads is None:
-        raise ClipadError("--mode sdp+ needs --heads FILE (train them with `clipad train`)")
-    if rvs not in METHODS:
-        raise ClipadError(f"--rvs must be one of {', '.join(METHODS)}, got '{rvs}'")
+    _check_method(mode, heads, rvs)
     prompt_set = load_prompt_set(prompts)
     cats = [c.strip() for c in categories.split(",") if c.strip()] if categories else None
     split = load_split(dataset, root, cats)
@@ -128,11 +141,11 @@ def eval_(
 def export(
     category: Annotated[str, typer.Option("--category", help="Category name (names the artifacts and Triton models).")],
     object_name: Annotated[Optional[str], typer.Option("--object-name", help="Object name in the prompts (default: the category, verbatim).")] = None,
-    mode: Annotated[str, typer.Option("--mode", help="sdp, or sdp+ with --heads.")] = "sdp",
-    heads: Annotated[Optional[Path], typer.Option("--heads", help="SDP+ heads (.safetensors, or the official .pth layout).")] = None,
-    rvs: Annotated[str, typer.Option("--rvs", help="Representative vector method: mean, pca, kde, dbscan, mean_shift.")] = "dbscan",
+    mode: ModeOpt = "sdp",
+    heads: HeadsOpt = None,
+    rvs: RvsOpt = "dbscan",
     rvs_profile: Annotated[str, typer.Option("--rvs-profile", help="DBSCAN parameters: visa (eps 1.5, 25) or mvtec (eps 0.5, 15; any other name).")] = "mvtec",
-    prompts: Annotated[str, typer.Option("--prompts", help="Prompt set (industrial, hemorrhage, tumor, polyp) or a YAML/JSON file.")] = "industrial",
+    prompts: PromptsOpt = "industrial",
     sigma: Annotated[float, typer.Option("--sigma", help="Gaussian smoothing sigma of the map.")] = 8.0,
     max_batch: Annotated[int, typer.Option("--max-batch", help="Largest batch the artifacts serve.")] = 8,
     precision: Annotated[str, typer.Option("--precision", help="fp32, fp16 (mixed graph) or all.")] = "all",
@@ -146,24 +159,15 @@ def export(
     seed: SeedOpt = 0,
     cache_dir: CacheOpt = None,
     device: DeviceOpt = "cpu",
-    quiet: Annotated[bool, typer.Option("--quiet", help="No progress bars.")] = False,
+    quiet: QuietOpt = False,
 ) -> None:
     """Export one category: RVS text vectors baked into an ONNX graph (FP32 and mixed FP16), parity-checked."""
-    from clipad_export.errors import ClipadError
     from clipad_export.export import ExportConfig, export as run_export, validate
     from clipad_export.models import load_model, resolve_device
     from clipad_export.progress import progress_bars
     from clipad_export.prompts import load_prompt_set
-    from clipad_export.rvs import METHODS
 
-    if mode not in ("sdp", "sdp+"):
-        raise ClipadError(f"--mode must be sdp or sdp+, got '{mode}'")
-    if mode == "sdp+" and heads is None:
-        raise ClipadError("--mode sdp+ needs --heads FILE")
-    if mode == "sdp" and heads is not None:
-        raise ClipadError("--heads is only used with --mode sdp+")
-    if rvs not in METHODS:
-        raise ClipadError(f"--rvs must be one of {', '.join(METHODS)}, got '{rvs}'")
+    _check_method(mode, heads, rvs)
     cfg = ExportConfig(
         category=category, out=out or Path("artifacts") / category, object_name=object_name, heads_path=heads, rvs=rvs,
         rvs_profile=rvs_profile, prompts_source=prompts, sigma=sigma, max_batch=max_batch, precision=precision,

@@ -31,6 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from clipad_export.models import WeightSpec, load_model  # noqa: E402
+from clipad_export.parity import compare  # noqa: E402
 from clipad_export.sdp import SDPModel  # noqa: E402
 
 MODEL = "ViT-B-16-plus-240"
@@ -84,19 +85,7 @@ def flops(fn) -> int:
 
 
 def parity(ref_map, ref_prob, amap, prob) -> dict:
-    ref_map, amap = ref_map.double().cpu(), amap.double().cpu()
-    k = max(1, int(0.01 * ref_map[0].numel()))
-    agree = []
-    for r, m in zip(ref_map, amap):
-        top_r = set(torch.topk(r.flatten(), k).indices.tolist())
-        top_m = set(torch.topk(m.flatten(), k).indices.tolist())
-        agree.append(len(top_r & top_m) / k)
-    return {
-        "max_abs": float((amap - ref_map).abs().max()),
-        "rel_l2": float((amap - ref_map).norm() / ref_map.norm()),
-        "prob_max_abs": float((prob.double().cpu() - ref_prob.double()).abs().max()),
-        "top1pct_agreement": float(np.mean(agree)),
-    }
+    return compare(*(t.detach().float().cpu().numpy() for t in (ref_map, ref_prob, amap, prob)))
 
 
 def main() -> int:
