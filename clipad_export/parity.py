@@ -95,13 +95,13 @@ def run_parity(artifacts, backends: list[str], images: np.ndarray, device: str =
     ref_map, ref_prob = reference(images)
     rows = []
     for name in backends:
-        precisions = artifacts.manifest["precisions"] if name == "onnxruntime" else ["fp32"]
+        precisions = {"onnxruntime": artifacts.manifest["precisions"], "tensorrt": [None]}.get(name, ["fp32"])
         for precision in precisions:
             backend = open_backend(artifacts, name, precision, device)
             amap, prob = backend(images)
             figures = compare(ref_map, ref_prob, amap, prob)
-            rows.append({"backend": backend.describe(), "precision": precision, "n_images": len(images), **figures,
-                         "within_tolerance": not violations(figures, precision)})
+            rows.append({"backend": backend.describe(), "precision": backend.precision, "n_images": len(images), **figures,
+                         "within_tolerance": not violations(figures, backend.precision)})
     return rows
 
 

@@ -40,3 +40,17 @@ def test_engine_build_sidecar_and_fp16_layers(tmp_path, capsys):
     assert art.manifest["files"]["model.plan"] == file_sha256(tmp_path / "a" / "model.plan")
     check_plan_compat(meta, tensorrt.__version__, gpu_identity())
     assert (tmp_path / "repo" / "washer_trt" / "1" / "model.plan").is_file()
+
+
+def test_engine_parity_through_the_tensorrt_backend(tmp_path, capsys):
+    from clipad_export.artifacts import load_artifacts
+    from clipad_export.parity import parity_images, run_parity
+    from tests.test_cli import run
+
+    code, _, err = run(capsys, "export", "--category", "washer", "--model", "clipad-tiny", "--random-weights", "--quiet",
+                       "--engine", "--out", tmp_path / "a")
+    assert code == 0, err
+    art = load_artifacts(tmp_path / "a")
+    rows = run_parity(art, ["tensorrt"], parity_images(art.image_size, 3), "cuda")
+    assert rows[0]["backend"].startswith("tensorrt") and rows[0]["n_images"] == 3
+    assert rows[0]["rel_l2"] < 5e-2 and rows[0]["prob_max_abs"] < 5e-3

@@ -278,3 +278,8 @@ def test_full_size_export_parity(tmp_path, capsys):
     assert p16["rel_l2"] < 0.1 and p16["prob_max_abs"] <= 2e-3  # measured, and not wildly off
     assert ("fp16" in m["precisions"]) == (not p16["violations"])
     assert ("fp16" in m["precisions"]) or any("fp16" in w for w in m["warnings"])
+
+
+def test_parity_tensorrt_without_plan(exported, capsys):
+    code, _, err = run(capsys, "parity", "--artifacts", exported["sdp"].root, "--backends", "tensorrt")
+    assert_one_line_error(code, err, "no model.plan", "clipad export --engine")

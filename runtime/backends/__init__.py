@@ -50,5 +50,9 @@ def open_backend(artifacts: Artifacts, name: str, precision: str = "fp32", devic
 
         return TorchBackend(artifacts, precision, device)
     if name == "tensorrt":
-        raise ClipadError("the tensorrt backend comes with the runtime issue; parity of a plan needs it (not verified here)")
+        from .tensorrt_backend import TensorRTBackend
+
+        if not artifacts.has("model.plan"):
+            raise ClipadError(f"{artifacts.root} has no model.plan; build one with `clipad export --engine`")
+        return TensorRTBackend(artifacts, precision, device)
     raise ClipadError(f"unknown backend '{name}' (one of {', '.join(BACKENDS)})")
