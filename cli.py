@@ -217,6 +217,102 @@ def parity(
         raise typer.Exit(1)
 
 
+def _artifacts_dir(artifacts: Optional[Path]) -> Path:
+    """--artifacts, or the only artifact directory under ./artifacts."""
+    from clipad_export.errors import ClipadError
+
+    if artifacts is not None:
+        return artifacts
+    found = sorted(p.parent for p in Path("artifacts").glob("*/manifest.json"))
+    if len(found) == 1:
+        return found[0]
+    raise ClipadError("--artifacts DIR is needed" + (f" (several under artifacts/: {', '.join(p.name for p in found)})" if found else " (run `clipad export` first)"))
+
+
+BackendOpt = Annotated[str, typer.Option("--backend", help="auto (fastest available), tensorrt, onnxruntime or torch.")]
+ArtifactsOpt = Annotated[Optional[Path], typer.Option("--artifacts", help="Artifact directory (default: the only one under ./artifacts).")]
+
+
+@app.command("run")
+def run_(
+    camera: Annotated[Optional[list[int]], typer.Option("--camera", help="Camera index (repeatable).")] = None,
+    source: Annotated[Optional[list[str]], typer.Option("--source", help="Video file, image folder or glob, rtsp/http URL (repeatable).")] = None,
+    artifacts: ArtifactsOpt = None,
+    backend: BackendOpt = "auto",
+    device: DeviceOpt = "auto",
+    save: Annotated[Optional[Path], typer.Option("--save", help="Overlay video (.mp4 or .avi).")] = None,
+    events: Annotated[Optional[Path], typer.Option("--events", help="JSON Lines, one object per processed frame.")] = None,
+    snapshots: Annotated[Optional[Path], typer.Option("--snapshots", help="Folder for anomalous frames: original, overlay, raw map.")] = None,
+    max_frames: Annotated[Optional[int], typer.Option("--max-frames", min=1, help="Stop after this many frames.")] = None,
+    status_every: Annotated[float, typer.Option("--status-every", help="Seconds between status lines.")] = 5.0,
+) -> None:
+    """Stream frames from cameras, videos or folders through the exported model; emit heatmaps and records."""
+    from clipad_export.artifacts import load_artifacts
+    from runtime.backends import select_backend
+    from runtime.pipeline import Pipeline
+    from runtime.scoring import Calibration
+    from runtime.sinks import EventsSink, SnapshotSink, VideoSink
+    from runtime.sources import open_sources
+
+    from clipad_export.errors import ClipadError
+
+    if not camera and not source:
+        raise ClipadError("give --camera N or --source PATH_OR_URL (repeatable)")
+    art = load_artifacts(_artifacts_dir(artifacts))
+    be = select_backend(art, backend, device)
+    typer.echo(f"backend: {be.describe()} (max batch {be.max_batch})", err=True)
+    cal = Calibration.from_manifest(art.manifest)
+    if cal is None:
+        typer.echo("uncalibrated: score and label are null until `clipad calibrate` has run", err=True)
+    sinks = []
+    if events is not None:
+        sinks.append(EventsSink(events))
+    if save is not None:
+        sinks.append(VideoSink(save))
+    if snapshots is not None:
+        sinks.append(SnapshotSink(snapshots))
+    sources, problems = open_sources(camera or [], source or [])
+    for p in problems:
+        typer.echo(f"warning: {p}", err=True)
+    pipe = Pipeline(be, sources, art.image_size, cal, sinks, max_frames, status_every,
+                    needs_view=save is not None or snapshots is not None)
+    summary = pipe.run()
+    typer.echo(f"summary: {summary.line()} (stopped by {summary.stopped_by})", err=True)
+    if summary.error:
+        raise ClipadError(summary.error)
+
+
+@app.command()
+def predict(
+    source: Annotated[str, typer.Argument(help="Image file, folder or glob.")],
+    artifacts: ArtifactsOpt = None,
+    backend: BackendOpt = "auto",
+    device: DeviceOpt = "auto",
+    out: Annotated[Path, typer.Option("--out", help="Output folder for predictions.jsonl.")] = Path("predictions"),
+    save_maps: Annotated[bool, typer.Option("--save-maps", help="Also write maps/<stem>.npy (float32, model resolution).")] = False,
+    save_overlays: Annotated[bool, typer.Option("--save-overlays", help="Also write overlays/<stem>.png.")] = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Score images: one record per image in OUT/predictions.jsonl."""
+    from clipad_export.artifacts import load_artifacts
+    from clipad_export.progress import progress_bars
+    from runtime.backends import select_backend
+    from runtime.predict import predict as run_predict
+    from runtime.scoring import Calibration
+
+    art = load_artifacts(_artifacts_dir(artifacts))
+    be = select_backend(art, backend, device)
+    typer.echo(f"backend: {be.describe()}", err=True)
+    cal = Calibration.from_manifest(art.manifest)
+    if cal is None:
+        typer.echo("uncalibrated: score and label are null until `clipad calibrate` has run", err=True)
+    with progress_bars(enabled=not quiet) as tasks:
+        res = run_predict(be, source, out, art.image_size, cal, tasks, save_maps, save_overlays)
+    for e in res["skipped_files"]:
+        typer.echo(f"warning: {e}", err=True)
+    typer.echo(f"{res['images']} predictions written to {out / 'predictions.jsonl'}" + (f", {res['skipped']} unreadable skipped" if res["skipped"] else ""))
+
+
 def run(argv: list[str]) -> int:
     """Run the CLI on ``argv`` and return the exit code (errors as one line on stderr)."""
     from clipad_export.errors import ClipadError

@@ -56,3 +56,38 @@ def open_backend(artifacts: Artifacts, name: str, precision: str = "fp32", devic
             raise ClipadError(f"{artifacts.root} has no model.plan; build one with `clipad export --engine`")
         return TensorRTBackend(artifacts, precision, device)
     raise ClipadError(f"unknown backend '{name}' (one of {', '.join(BACKENDS)})")
+
+
+def select_backend(artifacts: Artifacts, name: str = "auto", device: str = "auto") -> Backend:
+    """``auto``: TensorRT when a usable plan is there, else ONNX Runtime, else the torch reference.
+
+    ONNX Runtime takes the FP16 graph when a GPU execution provider is available and the graph
+    exists, the FP32 one otherwise.
+    """
+    if name != "auto":
+        precision = "fp16" if name == "onnxruntime" and _ort_gpu() and "fp16" in artifacts.manifest["precisions"] else "fp32"
+        return open_backend(artifacts, name, precision, device)
+    problems = []
+    if artifacts.has("model.plan"):
+        try:
+            return open_backend(artifacts, "tensorrt", None, device)
+        except ClipadError as err:
+            problems.append(f"tensorrt: {err}")
+    try:
+        precision = "fp16" if _ort_gpu() and "fp16" in artifacts.manifest["precisions"] else "fp32"
+        return open_backend(artifacts, "onnxruntime", precision, device)
+    except ClipadError as err:
+        problems.append(f"onnxruntime: {err}")
+    try:
+        return open_backend(artifacts, "torch", "fp32", device)
+    except ClipadError as err:
+        problems.append(f"torch: {err}")
+    raise ClipadError("no backend can serve these artifacts: " + "; ".join(problems))
+
+
+def _ort_gpu() -> bool:
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        return False
+    return any(p in ort.get_available_providers() for p in ("CUDAExecutionProvider", "TensorrtExecutionProvider"))

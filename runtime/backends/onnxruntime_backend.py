@@ -15,9 +15,11 @@ PREFERRED = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecution
 class OnnxRuntimeBackend(Backend):
     name = "onnxruntime"
 
-    def __init__(self, artifacts: Artifacts, precision: str = "fp32", device: str = "auto"):
+    def __init__(self, artifacts: Artifacts, precision: str | None = "fp32", device: str = "auto"):
         import onnxruntime as ort
 
+        if precision is None:
+            precision = "fp32"
         if precision not in ("fp32", "fp16"):
             raise ClipadError(f"onnxruntime runs fp32 or fp16 graphs, not '{precision}'")
         path = artifacts.verified_path(ONNX_FP32 if precision == "fp32" else ONNX_FP16)

@@ -1,0 +1,101 @@
+"""Where processed frames go: events (JSON Lines), an overlay video, snapshots of anomalous frames.
+
+Every sink takes the same record (the events contract) plus the frame and its map.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from clipad_export.errors import ClipadError
+
+from .colour import to_bgr
+from .overlay import overlay, put_label
+
+
+class SinkError(ClipadError):
+    """A sink cannot write any more (full or read-only disk); the run stops cleanly."""
+
+
+class EventsSink:
+    """One JSON object per processed frame, flushed at once: a crash loses at most the frame in flight."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.file = open(self.path, "w", encoding="utf-8")
+        except OSError as err:
+            raise ClipadError(f"cannot write events file {path}: {err.strerror or err}") from None
+        self.written = 0
+
+    def write(self, record: dict, frame: np.ndarray, amap: np.ndarray, view: np.ndarray | None) -> None:
+        try:
+            self.file.write(json.dumps(record) + "\n")
+            self.file.flush()
+        except OSError as err:
+            raise SinkError(f"events file {self.path}: {err.strerror or err}; stopped after {self.written} events") from None
+        self.written += 1
+
+    def close(self) -> None:
+        try:
+            self.file.close()
+        except OSError:
+            pass
+
+
+class VideoSink:
+    """The overlay video (mp4v in .mp4, MJPG in .avi), at the first frame's size."""
+
+    def __init__(self, path: str | Path, fps: float = 10.0):
+        self.path, self.fps, self.writer = Path(path), fps, None
+
+    def write(self, record: dict, frame: np.ndarray, amap: np.ndarray, view: np.ndarray | None) -> None:
+        img = view if view is not None else frame
+        if self.writer is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fourcc = cv2.VideoWriter_fourcc(*("MJPG" if self.path.suffix.lower() == ".avi" else "mp4v"))
+            self.size = (img.shape[1], img.shape[0])
+            self.writer = cv2.VideoWriter(str(self.path), fourcc, self.fps, self.size)
+            if not self.writer.isOpened():
+                raise SinkError(f"cannot write video {self.path}")
+        if (img.shape[1], img.shape[0]) != self.size:
+            img = cv2.resize(img, self.size)
+        self.writer.write(to_bgr(img))
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.release()
+
+
+class SnapshotSink:
+    """For anomalous frames (label, or without calibration never): original, overlay, raw map."""
+
+    def __init__(self, folder: str | Path):
+        self.folder = Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+
+    def write(self, record: dict, frame: np.ndarray, amap: np.ndarray, view: np.ndarray | None) -> None:
+        if record["label"] != "anomalous":
+            return
+        stem = f"{Path(str(record['source'])).stem}_{record['frame']:06d}"
+        cv2.imwrite(str(self.folder / f"{stem}_frame.png"), to_bgr(frame))
+        if view is not None:
+            cv2.imwrite(str(self.folder / f"{stem}_overlay.png"), to_bgr(view))
+        np.save(self.folder / f"{stem}_map.npy", amap.astype(np.float32))
+
+    def close(self) -> None:
+        pass
+
+
+def render_view(frame: np.ndarray, amap: np.ndarray, record: dict, lo: float, hi: float, fps: float | None = None) -> np.ndarray:
+    """The overlay frame with its score line (shared by the video, snapshots and viewers)."""
+    score = record["score"]
+    text = f"score {score:.3f} {record['label']}" if score is not None else f"p {record['image_prob']:.3f} max {record['map_max']:.3g} (uncalibrated)"
+    if fps is not None:
+        text += f"  {fps:.1f} fps"
+    return put_label(overlay(frame, amap, lo, hi), text)

@@ -1,0 +1,255 @@
+"""Frame sources: image folders/globs and video files (every frame, in order) and live
+cameras/streams (only the latest frame, kept by a grabber thread, with reconnects).
+
+Every frame leaves here as RGB uint8 at its original size (runtime.colour.to_rgb is the only
+conversion); the model-resolution resize happens later, in clipad_export.preprocess.
+"""
+
+from __future__ import annotations
+
+import glob
+import threading
+import time
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from clipad_export.data import IMAGE_SUFFIXES
+from clipad_export.errors import ClipadError
+
+from .colour import to_rgb
+
+VIDEO_SUFFIXES = {".mp4", ".avi", ".mkv", ".mov", ".m4v", ".webm", ".mpg", ".mpeg", ".wmv"}
+STREAM_SCHEMES = ("rtsp://", "rtsps://", "http://", "https://", "rtmp://", "udp://", "tcp://")
+OPEN_TIMEOUT_MS = 5000
+READ_TIMEOUT_MS = 5000
+MAX_BAD_FRAMES_IN_A_ROW = 25
+
+
+@dataclass
+class Frame:
+    """One captured frame: RGB uint8 [H, W, 3] at the source's own size."""
+
+    source: str
+    index: int
+    time: float
+    image: np.ndarray
+
+
+@dataclass
+class SourceStats:
+    frames: int = 0
+    bad_frames: int = 0
+    dropped: int = 0
+    reconnects: int = 0
+    events: list[str] = field(default_factory=list)
+
+
+class Source(ABC):
+    live = False
+
+    def __init__(self, name: str):
+        self.name = name
+        self.stats = SourceStats()
+
+    @abstractmethod
+    def read(self, timeout: float = 1.0) -> Frame | None:
+        """The next frame; None when a file source is exhausted or a live one has nothing new."""
+
+    @property
+    def exhausted(self) -> bool:
+        return False
+
+    def close(self) -> None:
+        pass
+
+
+def _read_image_file(path: Path) -> np.ndarray | None:
+    data = np.fromfile(str(path), dtype=np.uint8)
+    img = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
+    return None if img is None else to_rgb(img)
+
+
+class ImageFilesSource(Source):
+    """An image file, a folder (recursively, sorted) or a glob; unreadable files are skipped and counted."""
+
+    def __init__(self, spec: str):
+        super().__init__(spec)
+        p = Path(spec)
+        if p.is_dir():
+            files = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
+        elif p.is_file():
+            files = [p]
+        else:
+            files = sorted(Path(f) for f in glob.glob(spec, recursive=True) if Path(f).suffix.lower() in IMAGE_SUFFIXES)
+        if not files:
+            raise ClipadError(f"no images found at {spec}")
+        self.files = files
+        self._next = 0
+
+    @property
+    def exhausted(self) -> bool:
+        return self._next >= len(self.files)
+
+    @property
+    def position(self) -> int:
+        """How many files have been read or skipped."""
+        return self._next
+
+    def read(self, timeout: float = 1.0) -> Frame | None:
+        while self._next < len(self.files):
+            path = self.files[self._next]
+            self._next += 1
+            img = _read_image_file(path)
+            if img is None:
+                self.stats.bad_frames += 1
+                self.stats.events.append(f"unreadable image skipped: {path}")
+                continue
+            self.stats.frames += 1
+            return Frame(str(path), self._next - 1, time.time(), img)
+        return None
+
+
+class VideoFileSource(Source):
+    """Every frame of a video file, in order; undecodable frames mid-stream are skipped and counted."""
+
+    def __init__(self, path: str):
+        super().__init__(path)
+        if not Path(path).is_file():
+            raise ClipadError(f"video file not found: {path}")
+        self.cap = cv2.VideoCapture(path)
+        if not self.cap.isOpened():
+            raise ClipadError(f"cannot open video {path} (not a video OpenCV's FFmpeg can read?)")
+        self.total = int(self.cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
+        self._index = 0
+        self._done = False
+
+    @property
+    def exhausted(self) -> bool:
+        return self._done
+
+    def read(self, timeout: float = 1.0) -> Frame | None:
+        bad_in_a_row = 0
+        while not self._done:
+            ok, img = self.cap.read()
+            if ok and img is not None:
+                idx = self._index
+                self._index += 1
+                self.stats.frames += 1
+                return Frame(self.name, idx, time.time(), to_rgb(img))
+            # a failed read before the announced end is a bad frame; skip it and go on
+            if self._index + bad_in_a_row + 1 < self.total and bad_in_a_row < MAX_BAD_FRAMES_IN_A_ROW:
+                bad_in_a_row += 1
+                self.stats.bad_frames += 1
+                self.cap.grab()
+                continue
+            self._done = True
+        return None
+
+    def close(self) -> None:
+        self.cap.release()
+
+
+class LiveSource(Source):
+    """A camera index or stream URL. A grabber thread keeps only the newest frame (older unread
+    frames count as dropped); a lost stream is reopened with exponential backoff."""
+
+    live = True
+
+    def __init__(self, spec: int | str, name: str | None = None, backoff: tuple[float, float] = (0.5, 8.0)):
+        super().__init__(name or (f"camera:{spec}" if isinstance(spec, int) else str(spec)))
+        self.spec = spec
+        self.backoff = backoff
+        self._cond = threading.Condition()
+        self._latest: Frame | None = None
+        self._fresh = False
+        self._stop = threading.Event()
+        self._index = 0
+        self.connected = False
+        self.cap = self._open()
+        if self.cap is None:
+            what = f"no camera at index {spec}" if isinstance(spec, int) else f"cannot open stream {spec}"
+            raise ClipadError(f"{what} (opened nothing within {OPEN_TIMEOUT_MS / 1000:g} s)")
+        self._thread = threading.Thread(target=self._grab_loop, name=f"grab-{self.name}", daemon=True)
+        self._thread.start()
+
+    def _open(self):
+        params = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, OPEN_TIMEOUT_MS, cv2.CAP_PROP_READ_TIMEOUT_MSEC, READ_TIMEOUT_MS]
+        cap = cv2.VideoCapture(self.spec, cv2.CAP_ANY, params)
+        if not cap.isOpened():
+            cap.release()
+            return None
+        self.connected = True
+        return cap
+
+    def _grab_loop(self) -> None:
+        delay = self.backoff[0]
+        while not self._stop.is_set():
+            if self.cap is None:
+                if self._stop.wait(delay):
+                    break
+                self.cap = self._open()
+                if self.cap is None:
+                    delay = min(delay * 2, self.backoff[1])
+                    continue
+                self.stats.reconnects += 1
+                self.stats.events.append(f"{self.name}: reconnected")
+                delay = self.backoff[0]
+            ok, img = self.cap.read()
+            if not ok or img is None:
+                self.cap.release()
+                self.cap = None
+                self.connected = False
+                self.stats.events.append(f"{self.name}: stream lost, reconnecting")
+                continue
+            frame = Frame(self.name, self._index, time.time(), to_rgb(img))
+            self._index += 1
+            with self._cond:
+                if self._fresh:
+                    self.stats.dropped += 1
+                self._latest, self._fresh = frame, True
+                self._cond.notify_all()
+
+    def read(self, timeout: float = 1.0) -> Frame | None:
+        with self._cond:
+            if not self._fresh:
+                self._cond.wait(timeout)
+            if not self._fresh:
+                return None
+            self._fresh = False
+            self.stats.frames += 1
+            return self._latest
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=READ_TIMEOUT_MS / 1000 + 1)
+        if self.cap is not None:
+            self.cap.release()
+
+
+def open_source(spec: str) -> Source:
+    """A --source value: stream URL, video file, image file, folder or glob."""
+    if spec.startswith(STREAM_SCHEMES):
+        return LiveSource(spec)
+    p = Path(spec)
+    if p.is_file() and p.suffix.lower() in VIDEO_SUFFIXES:
+        return VideoFileSource(spec)
+    if p.exists() or any(c in spec for c in "*?["):
+        return ImageFilesSource(spec)
+    raise ClipadError(f"source not found: {spec} (a video file, image file, folder, glob, or rtsp/http URL)")
+
+
+def open_sources(cameras: list[int], specs: list[str]) -> tuple[list[Source], list[str]]:
+    """Open every source; failures are reported and skipped unless nothing at all opens."""
+    opened, problems = [], []
+    for spec in [*cameras, *specs]:
+        try:
+            opened.append(LiveSource(spec) if isinstance(spec, int) else open_source(spec))
+        except ClipadError as err:
+            problems.append(str(err))
+    if not opened:
+        raise ClipadError(problems[0] if len(problems) == 1 else "no source could be opened: " + "; ".join(problems))
+    return opened, problems
