@@ -229,6 +229,21 @@ def _artifacts_dir(artifacts: Optional[Path]) -> Path:
     raise ClipadError("--artifacts DIR is needed" + (f" (several under artifacts/: {', '.join(p.name for p in found)})" if found else " (run `clipad export` first)"))
 
 
+def _open_served(artifacts: Optional[Path], backend: str, device: str):
+    """Artifacts, the chosen backend (said on stderr) and the calibration (or a note that there is none)."""
+    from clipad_export.artifacts import load_artifacts
+    from runtime.backends import select_backend
+    from runtime.scoring import Calibration
+
+    art = load_artifacts(_artifacts_dir(artifacts))
+    be = select_backend(art, backend, device)
+    typer.echo(f"backend: {be.describe()} (max batch {be.max_batch})", err=True)
+    cal = Calibration.from_manifest(art.manifest)
+    if cal is None:
+        typer.echo("uncalibrated: score and label are null until `clipad calibrate` has run", err=True)
+    return art, be, cal
+
+
 BackendOpt = Annotated[str, typer.Option("--backend", help="auto (fastest available), tensorrt, onnxruntime or torch.")]
 ArtifactsOpt = Annotated[Optional[Path], typer.Option("--artifacts", help="Artifact directory (default: the only one under ./artifacts).")]
 
@@ -247,23 +262,14 @@ def run_(
     status_every: Annotated[float, typer.Option("--status-every", help="Seconds between status lines.")] = 5.0,
 ) -> None:
     """Stream frames from cameras, videos or folders through the exported model; emit heatmaps and records."""
-    from clipad_export.artifacts import load_artifacts
-    from runtime.backends import select_backend
+    from clipad_export.errors import ClipadError
     from runtime.pipeline import Pipeline
-    from runtime.scoring import Calibration
     from runtime.sinks import EventsSink, SnapshotSink, VideoSink
     from runtime.sources import open_sources
 
-    from clipad_export.errors import ClipadError
-
     if not camera and not source:
         raise ClipadError("give --camera N or --source PATH_OR_URL (repeatable)")
-    art = load_artifacts(_artifacts_dir(artifacts))
-    be = select_backend(art, backend, device)
-    typer.echo(f"backend: {be.describe()} (max batch {be.max_batch})", err=True)
-    cal = Calibration.from_manifest(art.manifest)
-    if cal is None:
-        typer.echo("uncalibrated: score and label are null until `clipad calibrate` has run", err=True)
+    art, be, cal = _open_served(artifacts, backend, device)
     sinks = []
     if events is not None:
         sinks.append(EventsSink(events))
@@ -294,18 +300,10 @@ def predict(
     quiet: QuietOpt = False,
 ) -> None:
     """Score images: one record per image in OUT/predictions.jsonl."""
-    from clipad_export.artifacts import load_artifacts
     from clipad_export.progress import progress_bars
-    from runtime.backends import select_backend
     from runtime.predict import predict as run_predict
-    from runtime.scoring import Calibration
 
-    art = load_artifacts(_artifacts_dir(artifacts))
-    be = select_backend(art, backend, device)
-    typer.echo(f"backend: {be.describe()}", err=True)
-    cal = Calibration.from_manifest(art.manifest)
-    if cal is None:
-        typer.echo("uncalibrated: score and label are null until `clipad calibrate` has run", err=True)
+    art, be, cal = _open_served(artifacts, backend, device)
     with progress_bars(enabled=not quiet) as tasks:
         res = run_predict(be, source, out, art.image_size, cal, tasks, save_maps, save_overlays)
     for e in res["skipped_files"]:
