@@ -311,6 +311,23 @@ def predict(
     typer.echo(f"{res['images']} predictions written to {out / 'predictions.jsonl'}" + (f", {res['skipped']} unreadable skipped" if res["skipped"] else ""))
 
 
+@app.command()
+def demo(
+    out: Annotated[Path, typer.Option("--out", help="Folder for everything the demo writes.")] = Path("clipad-demo"),
+    model: Annotated[str, typer.Option("--model", help="clipad-tiny (seconds) or ViT-B-16-plus-240 (minutes).")] = "clipad-tiny",
+    frames: Annotated[int, typer.Option("--frames", min=1, help="Frames in the demo video.")] = 40,
+    quiet: QuietOpt = False,
+) -> None:
+    """Offline end-to-end run with random weights: synthetic data and video, export, stream, predict, report."""
+    from clipad_export.progress import progress_bars
+    from runtime.demo import run_demo
+
+    typer.echo("clipad demo: random weights, so the heatmaps are meaningless; this checks the toolchain end to end", err=True)
+    with progress_bars(enabled=not quiet) as tasks:
+        report = run_demo(out, model, frames, tasks, log=lambda s: typer.echo(s, err=True))
+    typer.echo(f"demo finished in {report['seconds']} s: report {out / 'report.md'}, overlay video {out / 'overlay.mp4'}")
+
+
 def run(argv: list[str]) -> int:
     """Run the CLI on ``argv`` and return the exit code (errors as one line on stderr)."""
     from clipad_export.errors import ClipadError

@@ -252,3 +252,17 @@ def test_sigterm_stops_cleanly(art, tmp_path):
 def test_auto_backend_says_which(art):
     be = select_backend(art, "auto", "cpu")
     assert be.name == "onnxruntime" and "CPUExecutionProvider" in be.describe()
+
+
+def test_demo_runs_offline_end_to_end(tmp_path, capsys):
+    code, out, err = run(capsys, "demo", "--out", tmp_path / "d", "--frames", 12, "--quiet")
+    assert code == 0, err
+    d = tmp_path / "d"
+    report = json.loads((d / "report.json").read_text())
+    assert report["runtime"]["frames"] == 12 and report["predictions"] == 7
+    assert "meaningless" in (d / "report.md").read_text() and "meaningless" in err
+    assert len((d / "events.jsonl").read_text().splitlines()) == 12
+    cap = cv2.VideoCapture(str(d / "overlay.mp4"))
+    assert int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) == 12
+    assert load_artifacts(d / "artifacts" / "washer").manifest["weights"]["source"] == "random"
+    assert "report" in out
