@@ -258,30 +258,44 @@ def run_(
     save: Annotated[Optional[Path], typer.Option("--save", help="Overlay video (.mp4 or .avi).")] = None,
     events: Annotated[Optional[Path], typer.Option("--events", help="JSON Lines, one object per processed frame.")] = None,
     snapshots: Annotated[Optional[Path], typer.Option("--snapshots", help="Folder for anomalous frames: original, overlay, raw map.")] = None,
+    show: Annotated[bool, typer.Option("--show", help="OpenCV window with the overlay (needs a GUI OpenCV and a display).")] = False,
+    serve: Annotated[Optional[str], typer.Option("--serve", help="HOST:PORT of a live web viewer (e.g. 127.0.0.1:8080).")] = None,
     max_frames: Annotated[Optional[int], typer.Option("--max-frames", min=1, help="Stop after this many frames.")] = None,
     status_every: Annotated[float, typer.Option("--status-every", help="Seconds between status lines.")] = 5.0,
 ) -> None:
     """Stream frames from cameras, videos or folders through the exported model; emit heatmaps and records."""
     from clipad_export.errors import ClipadError
     from runtime.pipeline import Pipeline
-    from runtime.sinks import EventsSink, SnapshotSink, VideoSink
+    from runtime.server import ServeSink
+    from runtime.sinks import EventsSink, ShowSink, SnapshotSink, VideoSink
     from runtime.sources import open_sources
 
     if not camera and not source:
         raise ClipadError("give --camera N or --source PATH_OR_URL (repeatable)")
     art, be, cal = _open_served(artifacts, backend, device)
-    sinks = []
-    if events is not None:
-        sinks.append(EventsSink(events))
-    if save is not None:
-        sinks.append(VideoSink(save))
-    if snapshots is not None:
-        sinks.append(SnapshotSink(snapshots))
-    sources, problems = open_sources(camera or [], source or [])
+    sinks: list = []
+    try:
+        if events is not None:
+            sinks.append(EventsSink(events))
+        if save is not None:
+            sinks.append(VideoSink(save))
+        if snapshots is not None:
+            sinks.append(SnapshotSink(snapshots))
+        if show:
+            sinks.append(ShowSink())
+        if serve is not None:
+            served = ServeSink(serve, calibrated=cal is not None)
+            sinks.append(served)
+            typer.echo(f"live viewer: {served.viewer.address}", err=True)
+        sources, problems = open_sources(camera or [], source or [])
+    except BaseException:
+        for sink in sinks:
+            sink.close()
+        raise
     for p in problems:
         typer.echo(f"warning: {p}", err=True)
     pipe = Pipeline(be, sources, art.image_size, cal, sinks, max_frames, status_every,
-                    needs_view=save is not None or snapshots is not None)
+                    needs_view=any(x is not None for x in (save, snapshots, serve)) or show)
     summary = pipe.run()
     typer.echo(f"summary: {summary.line()} (stopped by {summary.stopped_by})", err=True)
     if summary.error:

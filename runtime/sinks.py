@@ -99,3 +99,28 @@ def render_view(frame: np.ndarray, amap: np.ndarray, record: dict, lo: float, hi
     if fps is not None:
         text += f"  {fps:.1f} fps"
     return put_label(overlay(frame, amap, lo, hi), text)
+
+
+class ShowSink:
+    """An OpenCV window with the overlay, score and fps (needs a GUI build of OpenCV and a display)."""
+
+    WINDOW = "clipad"
+
+    def __init__(self):
+        import os
+        import sys
+
+        hint = "use --serve 127.0.0.1:8080 and a browser instead"
+        if sys.platform.startswith("linux") and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
+            raise ClipadError(f"--show needs a display (DISPLAY is not set); {hint}")
+        try:
+            cv2.namedWindow(self.WINDOW, cv2.WINDOW_NORMAL)
+        except cv2.error:
+            raise ClipadError(f"--show needs OpenCV with GUI support (this install has opencv-python-headless); {hint}") from None
+
+    def write(self, record: dict, frame: np.ndarray, amap: np.ndarray, view: np.ndarray | None) -> None:
+        cv2.imshow(self.WINDOW, to_bgr(view if view is not None else frame))
+        cv2.waitKey(1)
+
+    def close(self) -> None:
+        cv2.destroyAllWindows()

@@ -1,0 +1,94 @@
+"""The live viewer (`clipad run --serve`) in a real headless Chromium: the page loads, the MJPEG
+image updates, the score plot moves; and a port already in use is one clear line."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import threading
+import time
+
+import pytest
+
+from clipad_export.errors import ClipadError
+from runtime.backends import open_backend
+from runtime.pipeline import Pipeline
+from runtime.server import ServeSink
+from runtime.sources import LiveSource
+from tests.test_cli import assert_one_line_error, run
+from tests.test_runtime import art, write_video  # noqa: F401 (module fixture)
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+def _free_port() -> int:
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (.ci/run installs it)")
+def test_viewer_page_stream_and_plot_in_chromium(art, tmp_path):  # noqa: F811
+    playwright = pytest.importorskip("playwright.sync_api", reason="playwright is a dev dependency")
+    write_video(tmp_path / "v.avi", 24)
+    port = _free_port()
+    sink = ServeSink(f"127.0.0.1:{port}", calibrated=False)
+    source = LiveSource(str(tmp_path / "v.avi"), name="loop")  # loops: a live camera stand-in
+    pipe = Pipeline(open_backend(art, "onnxruntime", "fp32", "cpu"), [source], art.image_size, None, [sink],
+                    status_every=1e9, log=lambda s: None, needs_view=True)
+    worker = threading.Thread(target=pipe.run, daemon=True)
+    worker.start()
+    try:
+        with playwright.sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+            page = browser.new_page()
+            page.goto(f"http://127.0.0.1:{port}/")
+            assert page.title() == "clipad live"
+            page.wait_for_function("window.plotPoints >= 2", timeout=30000)
+
+            grab = """() => { const img = document.getElementById('live');
+                const c = document.createElement('canvas'); c.width = img.naturalWidth; c.height = img.naturalHeight;
+                const g = c.getContext('2d'); g.drawImage(img, 0, 0);
+                const d = g.getImageData(0, 0, c.width, c.height).data; let h = 0;
+                for (let i = 0; i < d.length; i += 97) h = (h * 31 + d[i]) >>> 0; return [c.width, h]; }"""
+            page.wait_for_function("document.getElementById('live').naturalWidth > 0", timeout=30000)
+            w1, h1 = page.evaluate(grab)
+            frames1, points1 = page.evaluate("[window.lastFrame, window.plotPoints]")
+            changed = False
+            for _ in range(40):
+                time.sleep(0.25)
+                w2, h2 = page.evaluate(grab)
+                if h2 != h1:
+                    changed = True
+                    break
+            assert w1 == 160 and changed, "the MJPEG image did not update"
+            page.wait_for_function(f"window.lastFrame > {frames1}", timeout=30000)
+            points2 = page.evaluate("window.plotPoints")
+            assert points2 >= points1
+            assert "uncalibrated" in page.inner_text("#score")
+            page.screenshot(path=str(tmp_path / "viewer.png"))
+            browser.close()
+    finally:
+        pipe.stop.set()
+        worker.join(timeout=30)
+    assert not worker.is_alive()
+
+
+def test_port_in_use_is_one_line(art, tmp_path, capsys):  # noqa: F811
+    blocker = socket.socket()
+    blocker.bind(("127.0.0.1", 0))
+    blocker.listen(1)
+    port = blocker.getsockname()[1]
+    try:
+        with pytest.raises(ClipadError, match=f"cannot serve on 127.0.0.1:{port}"):
+            ServeSink(f"127.0.0.1:{port}", calibrated=False)
+        write_video(tmp_path / "v.avi", 2)
+        code, _, err = run(capsys, "run", "--source", tmp_path / "v.avi", "--artifacts", art.root,
+                           "--serve", f"127.0.0.1:{port}", "--events", tmp_path / "ev.jsonl")
+        assert_one_line_error(code, err, f"cannot serve on 127.0.0.1:{port}")
+    finally:
+        blocker.close()
