@@ -16,19 +16,11 @@ from runtime.pipeline import Pipeline
 from runtime.server import ServeSink
 from runtime.sources import LiveSource
 from tests.test_cli import assert_one_line_error, run
-from tests.test_runtime import art, write_video  # noqa: F401 (module fixture)
+from tests.test_runtime import _closed_port as _free_port, art, write_video  # noqa: F401 (module fixture)
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-
-
-def _free_port() -> int:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (.ci/run installs it)")
