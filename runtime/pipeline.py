@@ -42,6 +42,7 @@ class Summary:
     frames: int = 0
     seconds: float = 0.0
     latency_ms: dict[str, list[float]] = field(default_factory=lambda: {s: [] for s in STAGES})
+    frame_age_ms: list[float] = field(default_factory=list)  # oldest frame of each batch, at inference start
     dropped: int = 0
     bad_frames: int = 0
     reconnects: int = 0
@@ -173,6 +174,7 @@ class Pipeline:
                         self._report_source_events()
                         continue
                 t0 = time.perf_counter()
+                s.frame_age_ms.append((time.time() - min(f.time for f in batch.frames)) * 1000)
                 amap, prob = self.backend(batch.images)
                 t1 = time.perf_counter()
                 scores = score_batch(amap, prob, self.cal)

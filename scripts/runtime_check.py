@@ -88,6 +88,30 @@ def main() -> int:
     res["seconds_per_frame_bare"] = round(1 / bare, 4)
     print(json.dumps(res), flush=True)
 
+    per_backend = {}
+    candidates = [("torch", "fp32"), *[("onnxruntime", p) for p in art.manifest["precisions"]]]
+    if art.has("model.plan"):
+        candidates.append(("tensorrt", None))
+    for name, precision in candidates:
+        try:
+            b = open_backend(art, name, precision, "cpu" if name != "tensorrt" else "cuda")
+        except Exception as err:  # noqa: BLE001 - report what is not available here
+            per_backend[f"{name} {precision}"] = f"not available: {err}"
+            continue
+        row = {}
+        for bs, reps in ((1, 5), (b.max_batch, 3)):
+            x = batch[:bs]
+            b(x)
+            times = []
+            for _ in range(reps):
+                t0 = time.perf_counter()
+                b(x)
+                times.append((time.perf_counter() - t0) / bs)
+            row[f"batch{bs}_s_per_frame"] = round(float(np.median(times)), 4)
+        per_backend[b.describe()] = row
+    res["seconds_per_frame"] = per_backend
+    print(json.dumps(per_backend), flush=True)
+
     if args.soak:
         live = LiveSource(str(video), name="loop")
         sink = Collect()
@@ -112,7 +136,10 @@ def main() -> int:
             "rss_growth_mb": round(rss_mb() - warm[0], 1) if warm else None,
             "dropped": s.dropped, "reconnects": s.reconnects,
             "max_latency_ms": round(max(r["latency_ms"] for r in sink.records), 2),
+            "max_frame_age_at_inference_ms": round(max(s.frame_age_ms), 2),
+            "p99_frame_age_at_inference_ms": round(float(np.percentile(s.frame_age_ms, 99)), 2),
             "inference_p99_ms": round(inf_p99, 2),
+            "source_frames_per_s": round((s.dropped + s.frames) / s.seconds, 1),
         }
     print(json.dumps(res, indent=2))
     return 0

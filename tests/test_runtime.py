@@ -223,9 +223,11 @@ def test_live_source_keeps_only_the_latest_frame(art, tmp_path):
     pipe.sinks = [type("Collect", (), {"write": lambda self, r, *a: records.append(r), "close": lambda self: None})()]
     summary = pipe.run()
     assert summary.frames == 6 and summary.dropped > 20
-    frame_period = 1.0 / 200  # generous: decoding this video runs far faster than 200 fps
-    for r in records:
-        assert r["latency_ms"] / 1000 <= delay + 0.1 + frame_period + delay  # inferred frame's age at result time
+    # When inference starts, the frame is at most one inference period (plus one camera frame
+    # and scheduling slack) old: it was grabbed while the previous batch was being inferred.
+    assert max(summary.frame_age_ms) / 1000 <= delay + 0.1
+    for r in records:  # and at result time, at most that plus its own inference
+        assert r["latency_ms"] / 1000 <= 2 * delay + 0.2
 
 
 def test_sigterm_stops_cleanly(art, tmp_path):
@@ -249,6 +251,14 @@ def test_sigterm_stops_cleanly(art, tmp_path):
     assert int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) == len(lines)
 
 
+def test_show_without_a_display_says_what_to_do(art, tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("DISPLAY", raising=False)
+    monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
+    write_video(tmp_path / "v.avi", 2)
+    code, _, err = run(capsys, "run", "--source", tmp_path / "v.avi", "--artifacts", art.root, "--show")
+    assert_one_line_error(code, err, "--show needs a display", "--serve")
+
+
 def test_auto_backend_says_which(art):
     be = select_backend(art, "auto", "cpu")
     assert be.name == "onnxruntime" and "CPUExecutionProvider" in be.describe()
@@ -266,3 +276,33 @@ def test_demo_runs_offline_end_to_end(tmp_path, capsys):
     assert int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) == 12
     assert load_artifacts(d / "artifacts" / "washer").manifest["weights"]["source"] == "random"
     assert "report" in out
+
+
+def test_hanging_stream_times_out(art, capsys):
+    """A server that accepts the connection and never answers: a read timeout, not a hang."""
+    import threading
+
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(4)
+    held = []
+    threading.Thread(target=lambda: [held.append(srv.accept()) for _ in range(4)], daemon=True).start()
+    try:
+        t0 = time.time()
+        code, _, err = run(capsys, "run", "--source", f"rtsp://127.0.0.1:{srv.getsockname()[1]}/line1", "--artifacts", art.root)
+        assert_one_line_error(code, err, "cannot open stream", "within 5 s")
+        assert time.time() - t0 < 30
+    finally:
+        srv.close()
+
+
+def test_lost_stream_is_reopened_and_reported(art, tmp_path):
+    """A live source whose stream ends (a short file) is reopened with backoff and says so."""
+    write_video(tmp_path / "v.avi", 5)
+    src = LiveSource(str(tmp_path / "v.avi"), name="cam", backoff=(0.05, 0.2))
+    logs = []
+    pipe = Pipeline(open_backend(art, "onnxruntime", "fp32", "cpu"), [src], art.image_size, None, [], max_frames=12,
+                    status_every=999, log=logs.append)
+    summary = pipe.run()
+    assert summary.frames == 12 and summary.reconnects >= 1
+    assert any("stream lost" in line for line in logs) and any("reconnected" in line for line in logs)
