@@ -40,6 +40,32 @@ def fp32_nodes(graph: onnx.GraphProto) -> list[str]:
     return sorted(keep)
 
 
+def drop_duplicate_nodes(graph: onnx.GraphProto) -> int:
+    """Remove nodes that recompute an output an identical node already produces.
+
+    Some onnxruntime releases' converter (seen with 1.30) inserts the same FP32 Cast once per
+    consumer under one output name, which breaks single assignment. Identical duplicates are
+    dropped; anything else producing a name twice is an error. Returns how many were dropped.
+    """
+    seen: dict[str, onnx.NodeProto] = {}
+    kept, dropped = [], 0
+    for n in graph.node:
+        clash = [o for o in n.output if o in seen]
+        if not clash:
+            kept.append(n)
+            seen.update({o: n for o in n.output})
+            continue
+        prev = seen[clash[0]]
+        same = (prev.op_type == n.op_type and list(prev.input) == list(n.input) and list(prev.output) == list(n.output)
+                and [a.SerializeToString() for a in prev.attribute] == [a.SerializeToString() for a in n.attribute])
+        if not same:
+            raise ValueError(f"two different nodes produce '{clash[0]}' ({prev.name}, {n.name})")
+        dropped += 1
+    del graph.node[:]
+    graph.node.extend(kept)
+    return dropped
+
+
 def toposort(graph: onnx.GraphProto) -> None:
     """Reorder nodes so each comes after the producers of its inputs (the converter's inserted
     Casts can land after their consumers)."""
@@ -69,6 +95,7 @@ def convert_fp16(src: str | Path, dst: str | Path) -> dict[str, int]:
     keep = fp32_nodes(model.graph)
     n_nodes = len(model.graph.node)
     mixed = convert_float_to_float16(model, keep_io_types=True, node_block_list=keep, disable_shape_infer=False)
+    drop_duplicate_nodes(mixed.graph)
     toposort(mixed.graph)
     onnx.save(mixed, str(dst))
     onnx.checker.check_model(str(dst))

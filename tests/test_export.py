@@ -283,3 +283,23 @@ def test_full_size_export_parity(tmp_path, capsys):
 def test_parity_tensorrt_without_plan(exported, capsys):
     code, _, err = run(capsys, "parity", "--artifacts", exported["sdp"].root, "--backends", "tensorrt")
     assert_one_line_error(code, err, "no model.plan", "clipad export --engine")
+
+
+def test_duplicate_casts_from_older_converters_are_repaired():
+    """onnxruntime 1.30's float16 converter emits one identical Cast per consumer under a single
+    output name; the repair keeps one, and refuses two different producers of a name."""
+    from onnx import TensorProto, helper
+
+    from clipad_export.fp16 import drop_duplicate_nodes, toposort
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT16, [2])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])
+    cast = lambda: helper.make_node("Cast", ["x"], ["x32"], to=TensorProto.FLOAT, name="c")  # noqa: E731
+    graph = helper.make_graph([cast(), cast(), helper.make_node("Add", ["x32", "x32"], ["y"], name="a")], "g", [x], [y])
+    assert drop_duplicate_nodes(graph) == 1
+    toposort(graph)
+    onnx.checker.check_model(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+    other = helper.make_node("Cast", ["x"], ["x32"], to=TensorProto.DOUBLE, name="d")
+    graph.node.insert(1, other)
+    with pytest.raises(ValueError, match="two different nodes produce 'x32'"):
+        drop_duplicate_nodes(graph)
