@@ -32,6 +32,13 @@ def to_rgb(frame: np.ndarray, order: str = "bgr") -> np.ndarray:
     return cv2.cvtColor(frame, cv2.COLOR_BGR2RGB) if order == "bgr" else np.ascontiguousarray(frame)
 
 
+def pil_to_rgb(image) -> np.ndarray:
+    """A decoded PIL image (any mode) -> RGB uint8 [H, W, 3], through ``to_rgb``."""
+    if image.mode in ("L", "RGB", "RGBA", "I;16"):
+        return to_rgb(np.asarray(image), order="rgb")
+    return to_rgb(np.asarray(image.convert("RGB")), order="rgb")
+
+
 def to_bgr(rgb: np.ndarray) -> np.ndarray:
     """RGB uint8 [H, W, 3] -> BGR for OpenCV writers and windows."""
     return cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)

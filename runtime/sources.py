@@ -20,7 +20,7 @@ import numpy as np
 from clipad_export.data import IMAGE_SUFFIXES
 from clipad_export.errors import ClipadError
 
-from .colour import to_rgb
+from .colour import pil_to_rgb, to_rgb
 
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mkv", ".mov", ".m4v", ".webm", ".mpg", ".mpeg", ".wmv"}
 STREAM_SCHEMES = ("rtsp://", "rtsps://", "http://", "https://", "rtmp://", "udp://", "tcp://")
@@ -68,9 +68,13 @@ class Source(ABC):
 
 
 def _read_image_file(path: Path) -> np.ndarray | None:
-    data = np.fromfile(str(path), dtype=np.uint8)
-    img = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
-    return None if img is None else to_rgb(img)
+    """Decoded with PIL, as `clipad eval` decodes (so JPEG decoding cannot differ between them)."""
+    from clipad_export.preprocess import ImageReadError, read_image
+
+    try:
+        return pil_to_rgb(read_image(path))
+    except ImageReadError:
+        return None
 
 
 class ImageFilesSource(Source):
