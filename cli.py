@@ -73,11 +73,12 @@ def synth(
     height: Annotated[int, typer.Option(help="Image height in pixels.")] = 128,
     seed: Annotated[int, typer.Option(help="Random seed; the same arguments give identical files.")] = 0,
     force: Annotated[bool, typer.Option("--force", help="Replace a non-empty --out.")] = False,
+    defect_scale: Annotated[float, typer.Option("--defect-scale", min=0.2, help="Enlarge the pasted defects (1 = default sizes).")] = 1.0,
 ) -> None:
     """Write a small deterministic synthetic dataset (textures and objects with pasted defects and exact masks)."""
     from clipad_export.data.synth import make_synthetic
 
-    counts = make_synthetic(out, n_train, n_good, n_defect, width, height, seed, force)
+    counts = make_synthetic(out, n_train, n_good, n_defect, width, height, seed, force, defect_scale)
     total = sum(counts.values())
     typer.echo(f"wrote {total} test images in {len(counts)} categories ({', '.join(counts)}) to {out}")
 
@@ -340,6 +341,45 @@ def demo(
     with progress_bars(enabled=not quiet) as tasks:
         report = run_demo(out, model, frames, tasks, log=lambda s: typer.echo(s, err=True))
     typer.echo(f"demo finished in {report['seconds']} s: report {out / 'report.md'}, overlay video {out / 'overlay.mp4'}")
+
+
+@app.command()
+def train(
+    dataset: Annotated[str, typer.Option("--dataset", help="mvtec, visa or folder (its test split, as the official recipe).")],
+    root: Annotated[Path, typer.Option("--root", help="Dataset root folder.")],
+    out: Annotated[Path, typer.Option("--out", help="Heads file (.safetensors); checkpoint, log and feature cache go beside it.")],
+    categories: Annotated[Optional[str], typer.Option("--categories", help="Comma-separated categories (default: all).")] = None,
+    epochs: Annotated[int, typer.Option("--epochs", min=1)] = 5,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 8,
+    lr: Annotated[float, typer.Option("--lr")] = 1e-4,
+    train_seed: Annotated[int, typer.Option("--train-seed", help="Seed of the heads' initialisation.")] = 42,
+    rvs: RvsOpt = "dbscan",
+    resume: Annotated[Optional[Path], typer.Option("--resume", help="Checkpoint (<out>.ckpt.pt) to continue from.")] = None,
+    model: ModelOpt = "ViT-B-16-plus-240",
+    pretrained: PretrainedOpt = "laion400m_e31",
+    weights: WeightsOpt = None,
+    random_weights: RandomOpt = False,
+    seed: SeedOpt = 0,
+    cache_dir: CacheOpt = None,
+    device: DeviceOpt = "auto",
+    quiet: QuietOpt = False,
+) -> None:
+    """Train the four SDP+ heads offline (CLIP frozen; backbone features cached once)."""
+    from clipad_export.data import check_masks, load_split
+    from clipad_export.models import load_model, resolve_device
+    from clipad_export.progress import progress_bars
+    from clipad_export.train import TrainConfig, train as run_train
+
+    _check_method("sdp", None, rvs)
+    cats = [c.strip() for c in categories.split(",") if c.strip()] if categories else None
+    split = load_split(dataset, root, cats)
+    check_masks(split)
+    loaded = load_model(_weight_spec(model, pretrained, weights, random_weights, seed, cache_dir), resolve_device(device))
+    cfg = TrainConfig(out=out, epochs=epochs, batch_size=batch_size, lr=lr, seed=train_seed, rvs=rvs, dataset=dataset)
+    with progress_bars(enabled=not quiet) as tasks:
+        log = run_train(loaded, split, cfg, tasks, resume)
+    last = log["epochs"][-1]
+    typer.echo(f"trained {len(log['epochs'])} epochs (last loss {last['loss']:.4f}); heads written to {out}")
 
 
 def run(argv: list[str]) -> int:

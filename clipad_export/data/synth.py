@@ -47,17 +47,17 @@ def _washer(rng: np.random.Generator, w: int, h: int) -> np.ndarray:
     return np.clip(img, 0, 255).astype(np.uint8)
 
 
-def _defect_mask(rng: np.random.Generator, kind: str, w: int, h: int) -> np.ndarray:
+def _defect_mask(rng: np.random.Generator, kind: str, w: int, h: int, scale: float = 1.0) -> np.ndarray:
     mask = Image.new("L", (w, h), 0)
     draw = ImageDraw.Draw(mask)
     cx, cy = rng.uniform(0.3 * w, 0.7 * w), rng.uniform(0.3 * h, 0.7 * h)
     if kind == "scratch":
         ang = rng.uniform(0, np.pi)
-        length = rng.uniform(0.2, 0.35) * min(w, h)
+        length = min(rng.uniform(0.2, 0.35) * scale, 0.8) * min(w, h)
         dx, dy = np.cos(ang) * length / 2, np.sin(ang) * length / 2
-        draw.line([(cx - dx, cy - dy), (cx + dx, cy + dy)], fill=255, width=int(rng.integers(3, 6)))
+        draw.line([(cx - dx, cy - dy), (cx + dx, cy + dy)], fill=255, width=int(rng.integers(3, 6) * scale))
     else:
-        rx, ry = rng.uniform(5, 11), rng.uniform(5, 11)
+        rx, ry = rng.uniform(5, 11) * scale, rng.uniform(5, 11) * scale
         draw.ellipse([cx - rx, cy - ry, cx + rx, cy + ry], fill=255)
     return np.asarray(mask) > 0
 
@@ -94,10 +94,12 @@ def make_synthetic(
     height: int = 128,
     seed: int = 0,
     force: bool = False,
+    defect_scale: float = 1.0,
 ) -> dict[str, int]:
     """Write the dataset to ``out`` (atomically: built in a temp dir, then renamed).
 
-    Returns the number of test images per category.
+    ``defect_scale`` enlarges the pasted defects (1 = the default sizes). Returns the number of
+    test images per category.
     """
     out = Path(out)
     nonempty = (out.is_dir() and any(out.iterdir())) or out.is_file()
@@ -119,7 +121,7 @@ def make_synthetic(
                 _save(make(rng, width, height), root / "test" / "good" / f"{i:03d}.png")
             for kind in DEFECTS:
                 for i in range(n_defect):
-                    mask = _defect_mask(rng, kind, width, height)
+                    mask = _defect_mask(rng, kind, width, height, defect_scale)
                     _save(_paint(rng, make(rng, width, height), mask, kind), root / "test" / kind / f"{i:03d}.png")
                     _save((mask * 255).astype(np.uint8), root / "ground_truth" / kind / f"{i:03d}_mask.png")
             counts[cat] = n_good + n_defect * len(DEFECTS)

@@ -1,0 +1,110 @@
+"""`clipad train` on the tiny model (random backbone) and a synthetic set: learning happens,
+the feature cache is keyed and reused, resume continues or refuses, bad training sets fail."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from clipad_export.data import load_split
+from clipad_export.data.synth import make_synthetic
+from clipad_export.errors import ClipadError
+from clipad_export.evaluate import run_category
+from clipad_export.heads import load_heads
+from clipad_export.metrics import pixel_metrics
+from clipad_export.progress import Tasks
+from clipad_export.rvs import text_vectors
+from clipad_export.sdp import SDPModel
+from clipad_export.train import TrainConfig, data_key, init_heads, train
+from tests.test_cli import assert_one_line_error, run
+
+
+@pytest.fixture(scope="module")
+def sets(tmp_path_factory):
+    root = tmp_path_factory.mktemp("train")
+    # Defects 3x the default size: the tiny model's 6x6 patch grid cannot see the default ones.
+    make_synthetic(root / "tr", n_train=0, n_good=4, n_defect=6, seed=0, defect_scale=3)
+    make_synthetic(root / "te", n_train=0, n_good=4, n_defect=4, seed=1, defect_scale=3)
+    return root, load_split("mvtec", root / "tr"), load_split("mvtec", root / "te")
+
+
+def held_out_pixel_auroc(tiny, split, heads) -> float:
+    vals = []
+    for cat, samples in split.items():
+        text = torch.from_numpy(text_vectors(tiny.clip, tiny.tokenizer, cat, "dbscan").matrix)
+        out = run_category(SDPModel(tiny.clip.visual, text, tiny.image_size, 2.0, heads), samples, 8)
+        vals.append(pixel_metrics(out.masks, out.maps)["auroc"])
+    return float(np.mean(vals))
+
+
+def test_training_learns(tiny, sets, tmp_path):
+    """Measured here: held-out pixel AUROC 0.44 with the untrained heads, 0.94 after 30 epochs."""
+    _, tr, te = sets
+    before = held_out_pixel_auroc(tiny, te, init_heads(64, 64, 42))
+    log = train(tiny, tr, TrainConfig(out=tmp_path / "h.safetensors", epochs=30, lr=1e-3), Tasks(None))
+    after = held_out_pixel_auroc(tiny, te, load_heads(tmp_path / "h.safetensors", 64, 64))
+    assert before < 0.6 and after > 0.85, (before, after)
+    assert log["epochs"][-1]["loss"] < log["epochs"][0]["loss"]
+    meta = load_heads(tmp_path / "h.safetensors", 64, 64).metadata
+    assert meta["model"] == "clipad-tiny" and meta["epochs"] == "30" and "last epoch" in meta["selection"]
+    saved = json.loads((tmp_path / "h.log.json").read_text())
+    assert len(saved["epochs"]) == 30 and saved["cache_built"]
+
+
+def test_cache_is_reused_and_rebuilt_when_data_change(tiny, sets, tmp_path):
+    root, tr, _ = sets
+    cfg = TrainConfig(out=tmp_path / "h.safetensors", epochs=1, cache_dir=tmp_path / "cache")
+    assert train(tiny, tr, cfg, Tasks(None))["cache_built"]
+    assert not train(tiny, tr, cfg, Tasks(None))["cache_built"]  # same key: reused
+    key = data_key(tiny, [s for c in tr for s in tr[c]])
+    img = tr["fabric"][0].image
+    os.utime(img, ns=(1, 1))  # a changed file changes the key
+    tr2 = load_split("mvtec", root / "tr")
+    assert data_key(tiny, [s for c in tr2 for s in tr2[c]]) != key
+    assert train(tiny, tr2, cfg, Tasks(None))["cache_built"]
+
+
+def test_resume_continues_and_refuses_other_configs(tiny, sets, tmp_path):
+    _, tr, _ = sets
+    full = train(tiny, tr, TrainConfig(out=tmp_path / "a.safetensors", epochs=3, lr=1e-3, cache_dir=tmp_path / "c"), Tasks(None))
+    train(tiny, tr, TrainConfig(out=tmp_path / "b.safetensors", epochs=2, lr=1e-3, cache_dir=tmp_path / "c"), Tasks(None))
+    resumed = train(tiny, tr, TrainConfig(out=tmp_path / "b.safetensors", epochs=3, lr=1e-3, cache_dir=tmp_path / "c"),
+                    Tasks(None), resume=tmp_path / "b.ckpt.pt")
+    a, b = load_heads(tmp_path / "a.safetensors", 64, 64), load_heads(tmp_path / "b.safetensors", 64, 64)
+    torch.testing.assert_close(a.weight, b.weight)  # deterministic on CPU: 2 + 1 epochs == 3 epochs
+    assert [e["epoch"] for e in resumed["epochs"]] == [1, 2, 3] and full["epochs"][-1]["loss"] == pytest.approx(resumed["epochs"][-1]["loss"])
+    with pytest.raises(ClipadError, match="another configuration"):
+        train(tiny, tr, TrainConfig(out=tmp_path / "x.safetensors", epochs=3, lr=5e-3, cache_dir=tmp_path / "c"),
+              Tasks(None), resume=tmp_path / "b.ckpt.pt")
+
+
+def test_bad_training_sets(tmp_path, capsys):
+    make_synthetic(tmp_path / "d", n_train=0, n_good=2, n_defect=1)
+    for p in (tmp_path / "d").rglob("*"):
+        if p.is_dir() and p.name in ("scratch", "spot") and p.parent.name == "test":
+            for f in p.iterdir():
+                f.unlink()
+    code, _, err = run(capsys, "train", "--dataset", "mvtec", "--root", tmp_path / "d", "--out", tmp_path / "h.safetensors",
+                       "--model", "clipad-tiny", "--random-weights", "--quiet")
+    assert_one_line_error(code, err, "no anomalous images")
+    make_synthetic(tmp_path / "m", n_train=0, n_good=2, n_defect=1)
+    for f in (tmp_path / "m").rglob("*_mask.png"):
+        f.unlink()
+    code, _, err = run(capsys, "train", "--dataset", "mvtec", "--root", tmp_path / "m", "--out", tmp_path / "h.safetensors",
+                       "--model", "clipad-tiny", "--random-weights", "--quiet")
+    assert_one_line_error(code, err, "without masks")
+    assert not (tmp_path / "h.safetensors").exists()
+
+
+def test_train_command_output_feeds_export(tmp_path, capsys, sets):
+    root, _, _ = sets
+    code, out, err = run(capsys, "train", "--dataset", "mvtec", "--root", root / "tr", "--out", tmp_path / "h.safetensors",
+                         "--epochs", 1, "--model", "clipad-tiny", "--random-weights", "--quiet")
+    assert code == 0, err
+    code, _, err = run(capsys, "export", "--category", "washer", "--mode", "sdp+", "--heads", tmp_path / "h.safetensors",
+                       "--precision", "fp32", "--out", tmp_path / "art", "--model", "clipad-tiny", "--random-weights", "--quiet")
+    assert code == 0, err
