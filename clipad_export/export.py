@@ -24,7 +24,7 @@ import torch
 
 from . import __version__
 from .artifacts import (
-    FORMAT_VERSION, MANIFEST, ONNX_FP16, ONNX_FP32, PLAN, PLAN_META, TEXT_FEATURES, Artifacts, hash_files, staging_dir,
+    FORMAT_VERSION, ONNX_FP16, ONNX_FP32, PLAN, PLAN_META, TEXT_FEATURES, Artifacts, hash_files, staging_dir,
 )
 from .errors import ClipadError
 from .heads import Heads, load_heads, save_heads

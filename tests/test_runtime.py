@@ -27,7 +27,7 @@ from clipad_export.prompts import PROMPT_SETS
 from runtime.backends import open_backend, select_backend
 from runtime.colour import to_rgb
 from runtime.pipeline import Pipeline
-from runtime.sources import LiveSource, VideoFileSource
+from runtime.sources import LiveSource
 from tests.test_cli import assert_one_line_error, run
 
 EVENT_KEYS = {"frame": int, "source": str, "time": float, "image_prob": float, "map_max": float, "latency_ms": float}
