@@ -355,6 +355,9 @@ def train(
     train_seed: Annotated[int, typer.Option("--train-seed", help="Seed of the heads' initialisation.")] = 42,
     rvs: RvsOpt = "dbscan",
     resume: Annotated[Optional[Path], typer.Option("--resume", help="Checkpoint (<out>.ckpt.pt) to continue from.")] = None,
+    val_dataset: Annotated[Optional[str], typer.Option("--val-dataset", help="Held-out validation set's layout (mvtec, visa, folder): selects the epoch.")] = None,
+    val_root: Annotated[Optional[Path], typer.Option("--val-root", help="Validation dataset root.")] = None,
+    val_categories: Annotated[Optional[str], typer.Option("--val-categories", help="Comma-separated validation categories.")] = None,
     model: ModelOpt = "ViT-B-16-plus-240",
     pretrained: PretrainedOpt = "laion400m_e31",
     weights: WeightsOpt = None,
@@ -375,11 +378,21 @@ def train(
     split = load_split(dataset, root, cats)
     check_masks(split)
     loaded = load_model(_weight_spec(model, pretrained, weights, random_weights, seed, cache_dir), resolve_device(device))
+    from clipad_export.errors import ClipadError
+
+    val_split = None
+    if (val_dataset is None) != (val_root is None):
+        raise ClipadError("--val-dataset and --val-root go together")
+    if val_dataset is not None:
+        vcats = [c.strip() for c in val_categories.split(",") if c.strip()] if val_categories else None
+        val_split = load_split(val_dataset, val_root, vcats)
+        check_masks(val_split)
     cfg = TrainConfig(out=out, epochs=epochs, batch_size=batch_size, lr=lr, seed=train_seed, rvs=rvs, dataset=dataset)
     with progress_bars(enabled=not quiet) as tasks:
-        log = run_train(loaded, split, cfg, tasks, resume)
+        log = run_train(loaded, split, cfg, tasks, resume, val_split, val_dataset or "mvtec")
     last = log["epochs"][-1]
-    typer.echo(f"trained {len(log['epochs'])} epochs (last loss {last['loss']:.4f}); heads written to {out}")
+    chosen = f", kept epoch {log['selected_epoch']} (best validation image AUROC)" if "selected_epoch" in log else ", kept the last epoch"
+    typer.echo(f"trained {len(log['epochs'])} epochs (last loss {last['loss']:.4f}){chosen}; heads written to {out}")
 
 
 def run(argv: list[str]) -> int:

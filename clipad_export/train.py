@@ -8,9 +8,11 @@ Per stage the loss is focal + dice on the two-way softmax of the upsampled 100 *
 Each epoch writes a checkpoint (heads and optimiser state) atomically; ``--resume`` continues
 from it and refuses one made with another configuration.
 
-Not yet here (see the training issue): validation-based checkpoint selection (--val-*), and
-the official protocol's selection on the target test set is not offered either: the output is
-the last epoch's heads.
+Checkpoint selection: the official protocol keeps the epoch with the best image AUROC on the
+*target* test set. clipad instead offers a held-out validation set (``--val-dataset``/``--val-root``):
+after every epoch it computes the full SDP+ image and pixel AUROC there, keeps the epoch with
+the best image AUROC, and records the rule in the output's metadata; without one it keeps the
+last epoch and says so.
 """
 
 from __future__ import annotations
@@ -37,7 +39,10 @@ from .preprocess import ImageReadError, load_mask, normalize, read_image, resize
 from .progress import Tasks
 from .prompts import PROMPT_SETS
 from .rvs import text_vectors
-from .sdp import LOGIT_SCALE
+from .fusion import fused_score, transductive_ranges
+from .maps import gaussian_matrix
+from .metrics import binary_metrics, pixel_metrics
+from .sdp import DEFAULT_SIGMA, LOGIT_SCALE, feature_surgery, image_prob
 from .surgery import N_STAGES, DualPathViT
 
 
@@ -78,12 +83,20 @@ class FeatureCache:
         self.ori = np.load(root / "ori.npy", mmap_mode="r")
         self.masks = np.load(root / "masks.npy", mmap_mode="r")
         self.cats = np.load(root / "cats.npy")
+        self.sims = np.load(root / "sims.npy") if (root / "sims.npy").is_file() else None
+        self.probs = np.load(root / "probs.npy") if (root / "probs.npy").is_file() else None
 
     @classmethod
     def get_or_build(cls, loaded: LoadedModel, samples: list[Sample], categories: list[str], cache_dir: Path,
-                     tasks: Tasks, batch_size: int = 8) -> tuple["FeatureCache", bool]:
-        """Reuse the cache with this key, or build it (atomically); returns (cache, built)."""
+                     tasks: Tasks, batch_size: int = 8, texts: torch.Tensor | None = None) -> tuple["FeatureCache", bool]:
+        """Reuse the cache with this key, or build it (atomically); returns (cache, built).
+
+        With ``texts`` ([n_categories, D, 2]) it also stores what validation needs besides the
+        taps: the summed feature-surgery patch map [N, g, g] and image_prob [N].
+        """
         key = data_key(loaded, samples)
+        if texts is not None:
+            key += "-val" + hashlib.sha256(texts.cpu().numpy().tobytes()).hexdigest()[:8]
         root = cache_dir / key
         if (root / "meta.json").is_file():
             return cls(root), False
@@ -103,6 +116,8 @@ class FeatureCache:
         ori = np.lib.format.open_memmap(stage / "ori.npy", mode="w+", dtype=np.float16, shape=(n, N_STAGES, grid * grid, width))
         masks = np.lib.format.open_memmap(stage / "masks.npy", mode="w+", dtype=np.uint8, shape=(n, size, size))
         cats = np.array([categories.index(s.category) for s in readable], dtype=np.int16)
+        sims = np.zeros((n, grid, grid), np.float32) if texts is not None else None
+        probs = np.zeros((n,), np.float32) if texts is not None else None
         advance = tasks.add("features (backbone, once)", n)
         device = loaded.device
         with torch.no_grad():
@@ -116,11 +131,20 @@ class FeatureCache:
                 x = normalize(torch.from_numpy(np.stack(imgs)).to(device), loaded.mean, loaded.std)
                 taps = vit(x, project=False)
                 ori[i : i + len(chunk)] = taps.ori[:, :, 1:].to(torch.float16).cpu().numpy()
+                if texts is not None:
+                    surgery = vit.project(taps.surgery)
+                    for k, s in enumerate(chunk):
+                        t = texts[categories.index(s.category)]
+                        sims[i + k] = feature_surgery(surgery[k : k + 1], t).reshape(grid, grid).cpu().numpy()
+                        probs[i + k] = float(image_prob(surgery[k : k + 1], t))
                 masks[i : i + len(chunk)] = np.stack(ms).astype(np.uint8)
                 advance(len(chunk))
         ori.flush()
         masks.flush()
         np.save(stage / "cats.npy", cats)
+        if texts is not None:
+            np.save(stage / "sims.npy", sims)
+            np.save(stage / "probs.npy", probs)
         (stage / "meta.json").write_text(json.dumps({"key": key, "n": n, "categories": categories, "skipped": skipped,
                                                      "model": loaded.spec.model, "weights": loaded.spec.describe()}))
         stage.rename(root)
@@ -151,6 +175,37 @@ def sdp_plus_loss(probs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return total
 
 
+@torch.no_grad()
+def validate(cache: "FeatureCache", texts: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, size: int,
+             sigma: float, batch_size: int = 8) -> dict:
+    """SDP+ metrics of the current heads on a validation cache (per category, then the mean):
+    image AUROC of the paper's fused score and pixel AUROC, as `clipad eval` computes them."""
+    device = weight.device
+    grid = cache.sims.shape[1]
+    up = as_tensor(bilinear_matrix(grid, size, align_corners=False)).to(device)
+    up_ac = as_tensor(bilinear_matrix(grid, size, align_corners=True)).to(device)
+    blur = as_tensor(gaussian_matrix(size, sigma)).to(device)
+    maps = []
+    for i in range(0, cache.meta["n"], batch_size):
+        ori = torch.from_numpy(np.asarray(cache.ori[i : i + batch_size], dtype=np.float32)).to(device)
+        text = texts[torch.from_numpy(cache.cats[i : i + batch_size].astype(np.int64)).to(device)]
+        ft = stage_probabilities(ori, weight, bias, text, up_ac).sum(1)
+        raw = apply_separable(torch.from_numpy(cache.sims[i : i + batch_size]).to(device), up)
+        maps.append(apply_separable(raw + ft, blur).cpu().numpy())
+    maps = np.concatenate(maps)
+    masks = np.asarray(cache.masks) > 0
+    per_cat = []
+    for c in range(len(cache.meta["categories"])):
+        idx = np.flatnonzero(cache.cats == c)
+        labels = masks[idx].reshape(len(idx), -1).any(1).astype(int)
+        mmax = maps[idx].reshape(len(idx), -1).max(1)
+        score = fused_score(cache.probs[idx], mmax, *transductive_ranges(cache.probs[idx], mmax))
+        per_cat.append({"image_auroc": binary_metrics(labels, score)["auroc"],
+                        "pixel_auroc": pixel_metrics(masks[idx], maps[idx])["auroc"]})
+    mean = lambda k: float(np.mean([r[k] for r in per_cat if r[k] is not None])) if any(r[k] is not None for r in per_cat) else None  # noqa: E731
+    return {"image_auroc": mean("image_auroc"), "pixel_auroc": mean("pixel_auroc")}
+
+
 def init_heads(width: int, embed_dim: int, seed: int) -> Heads:
     """PyTorch's default nn.Linear initialisation, seeded."""
     torch.manual_seed(seed)
@@ -159,7 +214,7 @@ def init_heads(width: int, embed_dim: int, seed: int) -> Heads:
 
 
 def train(loaded: LoadedModel, split: dict[str, list[Sample]], cfg: TrainConfig, tasks: Tasks,
-          resume: Path | None = None) -> dict:
+          resume: Path | None = None, val_split: dict[str, list[Sample]] | None = None, val_dataset: str = "mvtec") -> dict:
     """Train the heads and write ``cfg.out`` (safetensors), its checkpoint and its JSON log."""
     samples = [s for cat in split for s in split[cat]]
     if not any(s.label == 1 for s in samples):
@@ -178,6 +233,15 @@ def train(loaded: LoadedModel, split: dict[str, list[Sample]], cfg: TrainConfig,
                                                        PROMPT_SETS["industrial"]).matrix) for c in categories]).to(device)
     up_ac = as_tensor(bilinear_matrix(DualPathViT(visual).grid, loaded.image_size, align_corners=True)).to(device)
     fingerprint = cfg.fingerprint(cache.meta["key"])
+    val = None
+    if val_split is not None:
+        val_cats = list(val_split)
+        val_texts = torch.stack([torch.from_numpy(text_vectors(loaded.clip, loaded.tokenizer, c, cfg.rvs, val_dataset,
+                                                               PROMPT_SETS["industrial"]).matrix) for c in val_cats]).to(device)
+        val_cache, _ = FeatureCache.get_or_build(loaded, [s for c in val_cats for s in val_split[c]], val_cats, cache_dir,
+                                                 tasks, texts=val_texts)
+        val = (val_cache, val_texts, 2.0 if val_dataset == "visa" else DEFAULT_SIGMA)
+    best = None  # (image AUROC, epoch, weight, bias)
     heads = init_heads(width, embed_dim, cfg.seed)
     weight = heads.weight.clone().to(device).requires_grad_(True)
     bias = heads.bias.clone().to(device).requires_grad_(True)
@@ -202,6 +266,9 @@ def train(loaded: LoadedModel, split: dict[str, list[Sample]], cfg: TrainConfig,
             bias.copy_(ck["bias"])
         opt.load_state_dict(ck["optimizer"])
         start_epoch = int(ck["epoch"])
+        if ck.get("best") and val is not None:
+            b = ck["best"]
+            best = (float(b["score"]), int(b["epoch"]), b["weight"], b["bias"])
         if log_path.is_file():
             log["epochs"] = json.loads(log_path.read_text()).get("epochs", [])[:start_epoch]
     n = cache.meta["n"]
@@ -223,15 +290,28 @@ def train(loaded: LoadedModel, split: dict[str, list[Sample]], cfg: TrainConfig,
             losses.append(float(loss.detach()))
             advance(len(ori))
         seconds = time.perf_counter() - t0
-        log["epochs"].append({"epoch": epoch + 1, "loss": float(np.mean(losses)), "seconds": round(seconds, 3)})
+        entry = {"epoch": epoch + 1, "loss": float(np.mean(losses)), "seconds": round(seconds, 3)}
+        if val is not None:
+            entry["validation"] = validate(val[0], val[1], weight.detach(), bias.detach(), loaded.image_size, val[2], cfg.batch_size)
+            score = entry["validation"]["image_auroc"] or 0.0
+            if best is None or score > best[0]:
+                best = (score, epoch + 1, weight.detach().cpu().clone(), bias.detach().cpu().clone())
+        log["epochs"].append(entry)
         with atomic_path(ckpt_path) as tmp:
             torch.save({"weight": weight.detach().cpu(), "bias": bias.detach().cpu(), "optimizer": opt.state_dict(),
-                        "epoch": epoch + 1, "fingerprint": fingerprint}, tmp)
+                        "epoch": epoch + 1, "fingerprint": fingerprint,
+                        "best": None if best is None else {"score": best[0], "epoch": best[1], "weight": best[2], "bias": best[3]}}, tmp)
         write_text_atomic(log_path, json.dumps(log, indent=2) + "\n")
-    out = Heads(weight.detach().cpu(), bias.detach().cpu(), {
+    final_w, final_b, selection = weight.detach().cpu(), bias.detach().cpu(), "last epoch (no validation set)"
+    if best is not None:
+        final_w, final_b = best[2], best[3]
+        selection = f"best validation image AUROC ({best[0]:.4f}) at epoch {best[1]} on a held-out set ({', '.join(val[0].meta['categories'])})"
+        log["selected_epoch"] = best[1]
+    out = Heads(final_w, final_b, {
         "model": loaded.spec.model, "weights": loaded.spec.describe(), "taps": "X_mid of stage-start blocks 2-4 and X_L (method.md 4.4)",
         "training_data": json.dumps({c: len(split[c]) for c in categories}), "epochs": str(cfg.epochs),
-        "selection": "last epoch (no validation set)", "rvs": cfg.rvs, "fingerprint": fingerprint})
+        "selection": selection, "rvs": cfg.rvs, "fingerprint": fingerprint,
+        "validation": json.dumps([e.get("validation") for e in log["epochs"]])})
     save_heads(cfg.out, out)
     write_text_atomic(log_path, json.dumps(log, indent=2) + "\n")
     return log

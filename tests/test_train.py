@@ -108,3 +108,21 @@ def test_train_command_output_feeds_export(tmp_path, capsys, sets):
     code, _, err = run(capsys, "export", "--category", "washer", "--mode", "sdp+", "--heads", tmp_path / "h.safetensors",
                        "--precision", "fp32", "--out", tmp_path / "art", "--model", "clipad-tiny", "--random-weights", "--quiet")
     assert code == 0, err
+
+
+def test_validation_selects_and_records_the_epoch(tiny, sets, tmp_path, capsys):
+    root, _, _ = sets
+    code, out, err = run(capsys, "train", "--dataset", "mvtec", "--root", root / "tr", "--out", tmp_path / "h.safetensors",
+                         "--epochs", 4, "--lr", 1e-3, "--val-dataset", "mvtec", "--val-root", root / "te",
+                         "--model", "clipad-tiny", "--random-weights", "--quiet")
+    assert code == 0, err
+    log = json.loads((tmp_path / "h.log.json").read_text())
+    vals = [e["validation"]["image_auroc"] for e in log["epochs"]]
+    assert all(0 <= v <= 1 for v in vals) and all(0 <= e["validation"]["pixel_auroc"] <= 1 for e in log["epochs"])
+    assert log["selected_epoch"] == 1 + int(np.argmax(vals))
+    meta = load_heads(tmp_path / "h.safetensors", 64, 64).metadata
+    assert f"at epoch {log['selected_epoch']}" in meta["selection"] and "validation" in meta
+    assert f"kept epoch {log['selected_epoch']}" in out
+    code, _, err = run(capsys, "train", "--dataset", "mvtec", "--root", root / "tr", "--out", tmp_path / "x.safetensors",
+                       "--val-dataset", "mvtec", "--model", "clipad-tiny", "--random-weights", "--quiet")
+    assert_one_line_error(code, err, "--val-dataset and --val-root go together")
