@@ -17,13 +17,12 @@ import numpy as np
 import torch
 
 from .atomic import write_text_atomic
-from .data import Sample
+from .data import Sample, load_batch
 from .errors import ClipadError
 from .fusion import fused_score, transductive_ranges
 from .heads import Heads
 from .metrics import binary_metrics, mean_of, pixel_metrics
 from .models import LoadedModel
-from .preprocess import ImageReadError, load_mask, read_image, resize_to_model
 from .progress import Tasks
 from .prompts import PROMPT_SETS, PromptSet
 from .rvs import DEFAULT_METHOD, n_sentences, text_vectors
@@ -59,30 +58,13 @@ class CategoryOutput:
     skipped: list[str] = field(default_factory=list)
 
 
-def _load_batch(samples: list[Sample], size: int, skipped: list[str]) -> tuple[list[np.ndarray], list[Sample], list[np.ndarray | None]]:
-    images, kept, masks = [], [], []
-    for s in samples:
-        try:
-            pil = read_image(s.image)
-        except ImageReadError as err:
-            skipped.append(str(err))
-            continue
-        images.append(resize_to_model(pil, size))
-        kept.append(s)
-        if s.label == 0:
-            masks.append(np.zeros((size, size), dtype=bool))
-        else:
-            masks.append(load_mask(s.mask, size, expect_size=pil.size) if s.mask is not None else None)
-    return images, kept, masks
-
-
 @torch.no_grad()
 def run_category(model: SDPModel, samples: list[Sample], batch_size: int, advance=lambda n: None) -> CategoryOutput:
     """Run ``model`` over ``samples`` in batches; unreadable images are skipped and listed."""
     size, device = model.image_size, model.text.device
     labels, probs, maps, masks, skipped = [], [], [], [], []
     for i in range(0, len(samples), batch_size):
-        images, kept, batch_masks = _load_batch(samples[i : i + batch_size], size, skipped)
+        images, kept, batch_masks = load_batch(samples[i : i + batch_size], size, skipped)
         if images:
             amap, prob = model(torch.from_numpy(np.stack(images)).to(device))
             maps.append(amap.cpu().numpy())

@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,7 +61,7 @@ class ExportConfig:
 
     @property
     def precisions(self) -> list[str]:
-        return ["fp32", "fp16"] if self.precision == "all" else (["fp32"] if self.precision == "fp32" else ["fp32", "fp16"])
+        return ["fp32"] if self.precision == "fp32" else ["fp32", "fp16"]  # fp16 is converted from fp32
 
 
 def validate(cfg: ExportConfig, loaded: LoadedModel | None = None) -> None:
@@ -290,7 +289,3 @@ def reference_model(artifacts: Artifacts, device: str | torch.device = "cpu") ->
         heads = load_heads(artifacts.verified_path(HEADS_FILE), visual.conv1.out_channels, visual.proj.shape[1])
     text = torch.from_numpy(artifacts.text_features().T.copy())
     return SDPModel(loaded.clip.visual, text, m["image_size"], m["sigma"], heads, tuple(m["mean"]), tuple(m["std"])).eval()
-
-
-def copy_into(artifacts: Artifacts, name: str, dst: Path) -> None:
-    shutil.copy2(artifacts.verified_path(name), dst)

@@ -29,13 +29,13 @@ import torch
 import torch.nn.functional as F
 
 from .atomic import atomic_path, write_text_atomic
-from .data import Sample
+from .data import Sample, load_batch
 from .errors import ClipadError
 from .heads import Heads, save_heads
 from .losses import dice_loss, focal_loss
 from .maps import apply_separable, as_tensor, bilinear_matrix
 from .models import LoadedModel
-from .preprocess import ImageReadError, load_mask, normalize, read_image, resize_to_model
+from .preprocess import normalize
 from .progress import Tasks
 from .prompts import PROMPT_SETS
 from .rvs import text_vectors
@@ -105,29 +105,23 @@ class FeatureCache:
         stage = cache_dir / f"{key}.partial"
         shutil.rmtree(stage, ignore_errors=True)
         stage.mkdir(parents=True)
-        readable, skipped = [], []
-        for s in samples:
-            try:
-                read_image(s.image)
-                readable.append(s)
-            except ImageReadError as err:
-                skipped.append(str(err))
-        n = len(readable)
-        ori = np.lib.format.open_memmap(stage / "ori.npy", mode="w+", dtype=np.float16, shape=(n, N_STAGES, grid * grid, width))
-        masks = np.lib.format.open_memmap(stage / "masks.npy", mode="w+", dtype=np.uint8, shape=(n, size, size))
-        cats = np.array([categories.index(s.category) for s in readable], dtype=np.int16)
-        sims = np.zeros((n, grid, grid), np.float32) if texts is not None else None
-        probs = np.zeros((n,), np.float32) if texts is not None else None
-        advance = tasks.add("features (backbone, once)", n)
+        skipped: list[str] = []
+        total = len(samples)  # rows for every sample; unreadable ones are skipped, n counts the rest
+        ori = np.lib.format.open_memmap(stage / "ori.npy", mode="w+", dtype=np.float16, shape=(total, N_STAGES, grid * grid, width))
+        masks = np.lib.format.open_memmap(stage / "masks.npy", mode="w+", dtype=np.uint8, shape=(total, size, size))
+        kept_all: list[Sample] = []
+        sims = np.zeros((total, grid, grid), np.float32) if texts is not None else None
+        probs = np.zeros((total,), np.float32) if texts is not None else None
+        advance = tasks.add("features (backbone, once)", total)
         device = loaded.device
         with torch.no_grad():
-            for i in range(0, n, batch_size):
-                chunk = readable[i : i + batch_size]
-                imgs, ms = [], []
-                for s in chunk:
-                    pil = read_image(s.image)
-                    imgs.append(resize_to_model(pil, size))
-                    ms.append(load_mask(s.mask, size, pil.size) if s.mask is not None else np.zeros((size, size), bool))
+            for start in range(0, total, batch_size):
+                imgs, chunk, ms = load_batch(samples[start : start + batch_size], size, skipped)
+                advance(min(batch_size, total - start))
+                if not chunk:
+                    continue
+                i = len(kept_all)
+                kept_all.extend(chunk)
                 x = normalize(torch.from_numpy(np.stack(imgs)).to(device), loaded.mean, loaded.std)
                 taps = vit(x, project=False)
                 ori[i : i + len(chunk)] = taps.ori[:, :, 1:].to(torch.float16).cpu().numpy()
@@ -137,14 +131,14 @@ class FeatureCache:
                         t = texts[categories.index(s.category)]
                         sims[i + k] = feature_surgery(surgery[k : k + 1], t).reshape(grid, grid).cpu().numpy()
                         probs[i + k] = float(image_prob(surgery[k : k + 1], t))
-                masks[i : i + len(chunk)] = np.stack(ms).astype(np.uint8)
-                advance(len(chunk))
+                masks[i : i + len(chunk)] = np.stack([m if m is not None else np.zeros((size, size), bool) for m in ms]).astype(np.uint8)
         ori.flush()
         masks.flush()
-        np.save(stage / "cats.npy", cats)
+        n = len(kept_all)
+        np.save(stage / "cats.npy", np.array([categories.index(s.category) for s in kept_all], dtype=np.int16))
         if texts is not None:
-            np.save(stage / "sims.npy", sims)
-            np.save(stage / "probs.npy", probs)
+            np.save(stage / "sims.npy", sims[:n])
+            np.save(stage / "probs.npy", probs[:n])
         (stage / "meta.json").write_text(json.dumps({"key": key, "n": n, "categories": categories, "skipped": skipped,
                                                      "model": loaded.spec.model, "weights": loaded.spec.describe()}))
         stage.rename(root)
@@ -193,7 +187,7 @@ def validate(cache: "FeatureCache", texts: torch.Tensor, weight: torch.Tensor, b
         raw = apply_separable(torch.from_numpy(cache.sims[i : i + batch_size]).to(device), up)
         maps.append(apply_separable(raw + ft, blur).cpu().numpy())
     maps = np.concatenate(maps)
-    masks = np.asarray(cache.masks) > 0
+    masks = np.asarray(cache.masks[: cache.meta["n"]]) > 0
     per_cat = []
     for c in range(len(cache.meta["categories"])):
         idx = np.flatnonzero(cache.cats == c)

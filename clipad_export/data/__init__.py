@@ -78,3 +78,29 @@ def check_masks(split: dict[str, list[Sample]]) -> None:
                 continue  # unreadable files are reported (and images skipped) during the run
             if isize != msize:
                 raise ClipadError(f"mask {s.mask} is {msize[0]}x{msize[1]} but its image is {isize[0]}x{isize[1]}")
+
+
+def load_batch(samples: list[Sample], size: int, skipped: list[str]):
+    """Read samples for the model: (images uint8 [S, S, 3] list, the samples kept, masks).
+
+    Unreadable images are skipped and their errors appended to ``skipped``. A mask is bool
+    [S, S]: zeros for normal images, None for an anomalous image without a mask file.
+    """
+    import numpy as np
+
+    from ..preprocess import ImageReadError, load_mask, read_image, resize_to_model
+
+    images, kept, masks = [], [], []
+    for s in samples:
+        try:
+            pil = read_image(s.image)
+        except ImageReadError as err:
+            skipped.append(str(err))
+            continue
+        images.append(resize_to_model(pil, size))
+        kept.append(s)
+        if s.label == 0:
+            masks.append(np.zeros((size, size), dtype=bool))
+        else:
+            masks.append(load_mask(s.mask, size, expect_size=pil.size) if s.mask is not None else None)
+    return images, kept, masks
