@@ -149,7 +149,7 @@ def export(
     prompts: PromptsOpt = "industrial",
     sigma: Annotated[float, typer.Option("--sigma", help="Gaussian smoothing sigma of the map.")] = 8.0,
     max_batch: Annotated[int, typer.Option("--max-batch", help="Largest batch the artifacts serve.")] = 8,
-    precision: Annotated[str, typer.Option("--precision", help="fp32, fp16 (mixed graph) or all.")] = "all",
+    precision: Annotated[str, typer.Option("--precision", help="fp32, fp16 (mixed graph) or all; int8 with --engine builds the engine from a calibrated model.int8.onnx in --out.")] = "all",
     engine: Annotated[bool, typer.Option("--engine", help="Also build a TensorRT engine (needs TensorRT and a GPU).")] = False,
     triton_repo: Annotated[Optional[Path], typer.Option("--triton-repo", help="Also write a Triton model repository here.")] = None,
     out: Annotated[Optional[Path], typer.Option("--out", help="Artifact directory (default artifacts/<category>).")] = None,
@@ -168,6 +168,9 @@ def export(
     from clipad_export.progress import progress_bars
     from clipad_export.prompts import load_prompt_set
 
+    if precision == "int8":
+        _int8_engine(engine, out or Path("artifacts") / category)
+        return
     _check_method(mode, heads, rvs)
     cfg = ExportConfig(
         category=category, out=out or Path("artifacts") / category, object_name=object_name, heads_path=heads, rvs=rvs,
@@ -191,6 +194,23 @@ def export(
     typer.echo(f"artifacts written to {art.root}")
     if triton_repo is not None:
         typer.echo(f"Triton model repository written to {triton_repo}")
+
+
+def _int8_engine(engine: bool, out: Path) -> None:
+    """`clipad export --engine --precision int8`: the engine from the calibrated INT8 graph, in place."""
+    from clipad_export.artifacts import ONNX_INT8, load_artifacts
+    from clipad_export.errors import ClipadError
+    from clipad_export.tensorrt_build import add_int8_engine, require_tensorrt
+
+    if not engine:
+        raise ClipadError("--precision int8 builds a TensorRT engine from model.int8.onnx: add --engine "
+                          "(ONNX Runtime runs model.int8.onnx as it is: --backend onnxruntime)")
+    art = load_artifacts(out)
+    if not art.has(ONNX_INT8):
+        raise ClipadError(f"{out} has no {ONNX_INT8}: run `clipad calibrate --artifacts {out} --int8 --images DIR` first")
+    require_tensorrt()
+    meta = add_int8_engine(art)
+    typer.echo(f"INT8 engine written to {out / 'model.plan'} (TensorRT {meta['tensorrt']}, {meta['gpu']}, {meta['build_s']} s)")
 
 
 @app.command()
@@ -281,7 +301,7 @@ def run_(
         if save is not None:
             sinks.append(VideoSink(save))
         if snapshots is not None:
-            sinks.append(SnapshotSink(snapshots))
+            sinks.append(SnapshotSink(snapshots, cal))
         if show:
             sinks.append(ShowSink())
         if serve is not None:
@@ -327,6 +347,101 @@ def predict(
 
 
 @app.command()
+def calibrate(
+    artifacts: ArtifactsOpt = None,
+    good: Annotated[Optional[str], typer.Option("--good", help="Good images of the part: folder, file or glob.")] = None,
+    anomalous: Annotated[Optional[str], typer.Option("--anomalous", help="Labelled anomalous images: the threshold becomes F1-optimal.")] = None,
+    masks: Annotated[Optional[Path], typer.Option("--masks", help="Masks of the anomalous images (same relative path; name or name_mask).")] = None,
+    target_fpr: Annotated[float, typer.Option("--target-fpr", help="False-positive rate on good images (good images only).")] = 0.01,
+    int8: Annotated[bool, typer.Option("--int8", help="Also write model.int8.onnx (static QDQ quantisation).")] = False,
+    images: Annotated[Optional[str], typer.Option("--images", help="INT8 calibration images (default: --good).")] = None,
+    int8_max_images: Annotated[int, typer.Option("--int8-max-images", min=1, help="At most this many INT8 calibration images.")] = 64,
+    min_agreement: Annotated[float, typer.Option("--min-agreement", help="Keep the INT8 graph only at this top-1% agreement with FP32 or more.")] = 0.9,
+    backend: BackendOpt = "auto",
+    device: DeviceOpt = "auto",
+    quiet: QuietOpt = False,
+) -> None:
+    """Fix per-category score constants and thresholds from calibration images (and optionally an INT8 graph)."""
+    from calibration.calibrate import calibrate as run_calibrate
+    from clipad_export.artifacts import load_artifacts
+    from clipad_export.errors import ClipadError
+    from clipad_export.progress import progress_bars
+    from runtime.backends import select_backend
+
+    if good is None and not int8:
+        raise ClipadError("give --good IMAGES (score constants and thresholds) and/or --int8 --images IMAGES")
+    if (anomalous is not None or masks is not None) and good is None:
+        raise ClipadError("--anomalous and --masks need --good as well")
+    if int8 and images is None and good is None:
+        raise ClipadError("--int8 needs calibration images: --images DIR (or --good DIR)")
+    art = load_artifacts(_artifacts_dir(artifacts))
+    with progress_bars(enabled=not quiet) as tasks:
+        if int8:
+            from calibration.int8 import load_images, make_int8
+
+            imgs = load_images(images or good, art.image_size, int8_max_images, tasks)
+            f = make_int8(art, imgs, tasks, min_agreement)
+            typer.echo(f"model.int8.onnx written ({len(imgs)} calibration images): vs FP32 rel L2 {f['rel_l2']:.2e}, "
+                       f"image_prob err {f['prob_max_abs']:.2e}, top-1% agreement {f['top1pct_agreement']:.3f}")
+        if good is not None:
+            be = select_backend(art, backend, device)
+            typer.echo(f"backend: {be.describe()}", err=True)
+            entry, warnings = run_calibrate(art, be, good, tasks, anomalous, masks, target_fpr)
+            for w in warnings:
+                typer.echo(f"warning: {w}", err=True)
+            a, n = entry["achieved"], entry["set"]
+            extra = f", F1 {a['f1']:.3f}, recall {a['recall']:.3f}" if "f1" in a else ""
+            typer.echo(f"calibrated on {n['good']} good + {n['anomalous']} anomalous images ({entry['method']}): "
+                       f"threshold {entry['threshold']:.4f} on the fused score, false-positive rate there {a['fpr']:.3f}{extra}; "
+                       f"pixel threshold {entry['pixel_threshold']:.4g}; written to {art.root / 'manifest.json'}")
+
+
+def _csv(value: str, what: str, cast=str) -> list:
+    """'a,b' -> [cast(a), cast(b)]; a one-line error for a value that does not convert."""
+    from clipad_export.errors import ClipadError
+
+    try:
+        return [cast(v.strip()) for v in value.split(",") if v.strip()]
+    except ValueError:
+        raise ClipadError(f"{what} takes comma-separated values, got '{value}'") from None
+
+
+@app.command()
+def bench(
+    artifacts: ArtifactsOpt = None,
+    backends: Annotated[str, typer.Option("--backends", help="Comma-separated: torch, onnxruntime, tensorrt (unavailable ones are reported with the reason).")] = "torch,onnxruntime,tensorrt",
+    precision: Annotated[str, typer.Option("--precision", help="Comma-separated: fp32, fp16, int8.")] = "fp32,fp16,int8",
+    batch: Annotated[str, typer.Option("--batch", help="Comma-separated batch sizes.")] = "1,8",
+    iterations: Annotated[int, typer.Option("--iterations", help="Timed calls per row.")] = 20,
+    warmup: Annotated[int, typer.Option("--warmup", help="Untimed calls before them.")] = 3,
+    device: DeviceOpt = "auto",
+    no_parity: Annotated[bool, typer.Option("--no-parity", help="Skip the parity figures against the PyTorch reference.")] = False,
+    json_out: Annotated[Optional[Path], typer.Option("--json", help="Write every figure and sample as JSON.")] = None,
+    plot: Annotated[Optional[Path], typer.Option("--plot", help="Latency and throughput against batch size (PNG).")] = None,
+    quiet: QuietOpt = False,
+) -> None:
+    """Latency, throughput, memory, start-up and parity per backend, precision and batch; FLOP floor and dual-path cost."""
+    from clipad_export.artifacts import load_artifacts
+    from clipad_export.progress import progress_bars
+    from runtime.bench import BenchConfig, format_markdown, run_bench, validate, write_json, write_plot
+
+    cfg = BenchConfig(backends=_csv(backends, "--backends"), precisions=_csv(precision, "--precision"),
+                      batches=_csv(batch, "--batch", int), iterations=iterations, warmup=warmup, device=device,
+                      parity=not no_parity)
+    validate(cfg)
+    art = load_artifacts(_artifacts_dir(artifacts))
+    with progress_bars(enabled=not quiet) as tasks:
+        res = run_bench(art, cfg, tasks)
+    typer.echo(format_markdown(res))
+    if json_out is not None:
+        write_json(res, json_out)
+        typer.echo(f"JSON written to {json_out}", err=True)
+    if plot is not None:
+        write_plot(res, plot)
+        typer.echo(f"plot written to {plot}", err=True)
+
+
+@app.command()
 def demo(
     out: Annotated[Path, typer.Option("--out", help="Folder for everything the demo writes.")] = Path("clipad-demo"),
     model: Annotated[str, typer.Option("--model", help="clipad-tiny (seconds) or ViT-B-16-plus-240 (minutes).")] = "clipad-tiny",
@@ -355,6 +470,7 @@ def train(
     train_seed: Annotated[int, typer.Option("--train-seed", help="Seed of the heads' initialisation.")] = 42,
     rvs: RvsOpt = "dbscan",
     resume: Annotated[Optional[Path], typer.Option("--resume", help="Checkpoint (<out>.ckpt.pt) to continue from.")] = None,
+    cache_dtype: Annotated[str, typer.Option("--cache-dtype", help="Feature cache precision: float16 (half the disk, same heads) or float32.")] = "float16",
     val_dataset: Annotated[Optional[str], typer.Option("--val-dataset", help="Held-out validation set's layout (mvtec, visa, folder): selects the epoch.")] = None,
     val_root: Annotated[Optional[Path], typer.Option("--val-root", help="Validation dataset root.")] = None,
     val_categories: Annotated[Optional[str], typer.Option("--val-categories", help="Comma-separated validation categories.")] = None,
@@ -387,7 +503,8 @@ def train(
         vcats = [c.strip() for c in val_categories.split(",") if c.strip()] if val_categories else None
         val_split = load_split(val_dataset, val_root, vcats)
         check_masks(val_split)
-    cfg = TrainConfig(out=out, epochs=epochs, batch_size=batch_size, lr=lr, seed=train_seed, rvs=rvs, dataset=dataset)
+    cfg = TrainConfig(out=out, epochs=epochs, batch_size=batch_size, lr=lr, seed=train_seed, rvs=rvs, dataset=dataset,
+                      cache_dtype=cache_dtype)
     with progress_bars(enabled=not quiet) as tasks:
         log = run_train(loaded, split, cfg, tasks, resume, val_split, val_dataset or "mvtec")
     last = log["epochs"][-1]

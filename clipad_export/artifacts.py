@@ -1,7 +1,7 @@
 """The artifact directory: its manifest, its files, and the one reader every consumer uses.
 
 Layout (contract): ``manifest.json``; ``text_features.npy`` float32 [2, embed_dim] (row 0
-normal, row 1 abnormal, unit rows); ``model.onnx``; optionally ``model.fp16.onnx``,
+normal, row 1 abnormal, unit rows); ``model.onnx``; optionally ``model.fp16.onnx``, ``model.int8.onnx``,
 ``model.plan`` + ``model.plan.json``. The manifest records how the artifacts were made, the
 graph's inputs and outputs, parity figures, calibration constants (null until calibrated) and
 the sha256 of every file; readers verify a file's hash before they use it.
@@ -31,6 +31,7 @@ MANIFEST = "manifest.json"
 TEXT_FEATURES = "text_features.npy"
 ONNX_FP32 = "model.onnx"
 ONNX_FP16 = "model.fp16.onnx"
+ONNX_INT8 = "model.int8.onnx"  # written by `clipad calibrate --int8`
 PLAN = "model.plan"
 PLAN_META = "model.plan.json"
 

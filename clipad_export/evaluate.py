@@ -79,6 +79,17 @@ def run_category(model: SDPModel, samples: list[Sample], batch_size: int, advanc
     return CategoryOutput(np.array(labels), np.concatenate(probs), all_maps.reshape(len(all_maps), -1).max(1), all_maps, all_masks, skipped)
 
 
+def mean_pixel_auroc(loaded: LoadedModel, split: dict[str, list[Sample]], heads: Heads | None, sigma: float = 2.0) -> float:
+    """Pixel AUROC of SDP (or SDP+ with ``heads``) per category of ``split`` (dbscan text
+    vectors), averaged: the quick learning check of the training tests and script."""
+    vals = []
+    for cat, samples in split.items():
+        text = torch.from_numpy(text_vectors(loaded.clip, loaded.tokenizer, cat, "dbscan").matrix)
+        out = run_category(SDPModel(loaded.clip.visual, text, loaded.image_size, sigma, heads), samples, 8)
+        vals.append(pixel_metrics(out.masks, out.maps)["auroc"])
+    return float(np.mean(vals))
+
+
 def category_metrics(out: CategoryOutput) -> dict:
     """The results.json entry of one category (metrics as fractions; None where undefined)."""
     pr, mr = transductive_ranges(out.image_prob, out.map_max)

@@ -21,6 +21,9 @@ from .preprocess import resize_to_model
 TOLERANCES = {
     "fp32": {"rel_l2": 1e-4, "prob_max_abs": 1e-4, "top1pct_agreement": 0.99},
     "fp16": {"rel_l2": 1e-2, "prob_max_abs": 2e-3, "top1pct_agreement": 0.95},
+    # INT8 (calibration/int8.py) is gated on agreement, as the calibration issue asks; the two
+    # error bounds only catch a broken graph, whose errors are O(1).
+    "int8": {"rel_l2": 0.25, "prob_max_abs": 0.25, "top1pct_agreement": 0.9},
 }
 
 

@@ -20,13 +20,15 @@ where TensorRT cannot.
 from __future__ import annotations
 
 import json
+import os
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import onnx
 
-from .artifacts import ONNX_FP16, ONNX_FP32, PLAN, PLAN_META
+from .artifacts import ONNX_FP16, ONNX_FP32, ONNX_INT8, PLAN, PLAN_META, Artifacts
 from .errors import ClipadError
 from .models import file_sha256
 
@@ -133,23 +135,30 @@ def _layer_precisions(trt, engine) -> dict[str, int]:
             continue
         outs = layer.get("Outputs") or []
         fmt = " ".join(str(o.get("Format/Datatype", "")) for o in outs if isinstance(o, dict))
-        kind = "fp16" if "Half" in fmt or "FP16" in fmt else ("fp32" if "Float" in fmt or "FP32" in fmt else "other")
+        kind = ("fp16" if "Half" in fmt or "FP16" in fmt else "int8" if "Int8" in fmt or "INT8" in fmt
+                else "fp32" if "Float" in fmt or "FP32" in fmt else "other")
         counts[kind] = counts.get(kind, 0) + 1
     return counts
 
 
-def build_engine(stage: Path, manifest: dict[str, Any], workspace_gib: int = 4) -> dict[str, Any]:
-    """Build ``model.plan`` + ``model.plan.json`` in ``stage``; returns the sidecar's content."""
+def build_engine(stage: Path, manifest: dict[str, Any], workspace_gib: int = 4, int8: bool = False,
+                 out_dir: Path | None = None) -> dict[str, Any]:
+    """Build ``model.plan`` + ``model.plan.json`` from the graphs in ``stage`` into ``out_dir``
+    (default ``stage``); returns the sidecar's content.
+
+    ``int8``: build from ``model.int8.onnx`` (QDQ, `clipad calibrate --int8`) as explicit
+    quantisation in a strongly typed network, where TensorRT wants no precision flags.
+    """
     trt = require_tensorrt()
     gpu = gpu_identity()
     version = trt.__version__
-    want_fp16 = "fp16" in manifest["precisions"]
-    strongly_typed = trt_major(version) >= 11 and want_fp16
-    if trt_major(version) >= 11 and not want_fp16:
-        strongly_typed = True  # TRT 11 networks are always strongly typed; FP32 graph -> FP32 engine
-    src = stage / (ONNX_FP16 if strongly_typed and want_fp16 else ONNX_FP32)
+    want_fp16 = "fp16" in manifest["precisions"] and not int8
+    # TRT 11 networks are always strongly typed (an FP32 graph gives an FP32 engine); Q/DQ graphs too.
+    strongly_typed = trt_major(version) >= 11 or int8
+    src = stage / (ONNX_INT8 if int8 else ONNX_FP16 if strongly_typed and want_fp16 else ONNX_FP32)
     if not src.is_file():
-        raise ClipadError(f"cannot build the engine: {src.name} was not exported (use --precision all)")
+        raise ClipadError(f"cannot build the engine: {src.name} was not exported"
+                          + (" (make it with `clipad calibrate --int8`)" if int8 else " (use --precision all)"))
     problems = unsupported_ops(src)
     if problems:
         raise ClipadError(f"TensorRT cannot parse {src.name}: {problems[0]} ({len(problems)} problems)")
@@ -179,7 +188,8 @@ def build_engine(stage: Path, manifest: dict[str, Any], workspace_gib: int = 4) 
     if plan is None:
         raise ClipadError("TensorRT failed to build the engine (see the TensorRT log above)")
     build_s = time.perf_counter() - t0
-    (stage / PLAN).write_bytes(bytes(plan))
+    out_dir = out_dir or stage
+    (out_dir / PLAN).write_bytes(bytes(plan))
     cache_file.parent.mkdir(parents=True, exist_ok=True)
     cache_file.write_bytes(bytes(config.get_timing_cache().serialize()))
 
@@ -188,6 +198,8 @@ def build_engine(stage: Path, manifest: dict[str, Any], workspace_gib: int = 4) 
     total = sum(layers.values()) or 1
     if want_fp16 and layers.get("fp16", 0) == 0:
         raise ClipadError("the TensorRT engine has no FP16 layer although FP16 was requested; nothing was written")
+    if int8 and layers.get("int8", 0) == 0:
+        raise ClipadError("the TensorRT engine has no INT8 layer although the graph is quantised; nothing was written")
     meta = {
         "tensorrt": version,
         **gpu,
@@ -196,11 +208,25 @@ def build_engine(stage: Path, manifest: dict[str, Any], workspace_gib: int = 4) 
         "profile": {"min": 1, "opt": 1, "max": max_batch},
         "onnx": src.name,
         "onnx_sha256": file_sha256(src),
-        "precision": "fp16" if want_fp16 else "fp32",
+        "precision": "int8" if int8 else "fp16" if want_fp16 else "fp32",
         "strongly_typed": strongly_typed,
         "layers": layers,
         "fp16_layer_fraction": round(layers.get("fp16", 0) / total, 4),
         "build_s": round(build_s, 1),
     }
-    (stage / PLAN_META).write_text(json.dumps(meta, indent=2) + "\n")
+    (out_dir / PLAN_META).write_text(json.dumps(meta, indent=2) + "\n")
+    return meta
+
+
+def add_int8_engine(art: Artifacts, workspace_gib: int = 4) -> dict[str, Any]:
+    """Build the engine from ``model.int8.onnx`` into an existing artifact directory: built in a
+    temporary folder there, renamed into place, and the manifest (hashes, engine) written last."""
+    art.verified_path(ONNX_INT8)
+    with tempfile.TemporaryDirectory(dir=art.root) as tmp:
+        meta = build_engine(art.root, art.manifest, workspace_gib, int8=True, out_dir=Path(tmp))
+        for name in (PLAN, PLAN_META):
+            os.replace(Path(tmp) / name, art.root / name)
+    art.manifest["files"].update({n: file_sha256(art.root / n) for n in (PLAN, PLAN_META)})
+    art.manifest["engine"] = meta
+    art.save_manifest()
     return meta

@@ -32,7 +32,7 @@ from .atomic import atomic_path, write_text_atomic
 from .data import Sample, load_batch
 from .errors import ClipadError
 from .heads import Heads, save_heads
-from .losses import dice_loss, focal_loss
+from .losses import SDPPlusLoss, dice_loss, focal_loss
 from .maps import apply_separable, as_tensor, bilinear_matrix
 from .models import LoadedModel
 from .preprocess import normalize
@@ -56,9 +56,10 @@ class TrainConfig:
     rvs: str = "dbscan"
     dataset: str = "mvtec"
     cache_dir: Path | None = None
+    cache_dtype: str = "float16"
 
     def fingerprint(self, data_key: str) -> str:
-        d = {k: v for k, v in asdict(self).items() if k in ("batch_size", "lr", "seed", "rvs", "dataset")}
+        d = {k: v for k, v in asdict(self).items() if k in ("batch_size", "lr", "seed", "rvs", "dataset", "cache_dtype")}
         return hashlib.sha256(json.dumps({**d, "data": data_key}, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -74,8 +75,11 @@ def data_key(loaded: LoadedModel, samples: list[Sample]) -> str:
     return h.hexdigest()[:24]
 
 
+CACHE_DTYPES = ("float16", "float32")
+
+
 class FeatureCache:
-    """ori patch tokens float16 [N, 4, P, W], masks uint8 [N, S, S], category ids int16 [N]."""
+    """ori patch tokens float16 (or float32) [N, 4, P, W], masks uint8 [N, S, S], category ids int16 [N]."""
 
     def __init__(self, root: Path):
         self.root = root
@@ -88,13 +92,18 @@ class FeatureCache:
 
     @classmethod
     def get_or_build(cls, loaded: LoadedModel, samples: list[Sample], categories: list[str], cache_dir: Path,
-                     tasks: Tasks, batch_size: int = 8, texts: torch.Tensor | None = None) -> tuple["FeatureCache", bool]:
+                     tasks: Tasks, batch_size: int = 8, texts: torch.Tensor | None = None,
+                     dtype: str = "float16") -> tuple["FeatureCache", bool]:
         """Reuse the cache with this key, or build it (atomically); returns (cache, built).
+
+        float16 is the default: training from it matches a float32 cache (docs/benchmarks.md).
 
         With ``texts`` ([n_categories, D, 2]) it also stores what validation needs besides the
         taps: the summed feature-surgery patch map [N, g, g] and image_prob [N].
         """
-        key = data_key(loaded, samples)
+        if dtype not in CACHE_DTYPES:
+            raise ClipadError(f"cache dtype must be one of {', '.join(CACHE_DTYPES)}, not '{dtype}'")
+        key = data_key(loaded, samples) + ("" if dtype == "float16" else f"-{dtype}")
         if texts is not None:
             key += "-val" + hashlib.sha256(texts.cpu().numpy().tobytes()).hexdigest()[:8]
         root = cache_dir / key
@@ -107,7 +116,7 @@ class FeatureCache:
         stage.mkdir(parents=True)
         skipped: list[str] = []
         total = len(samples)  # rows for every sample; unreadable ones are skipped, n counts the rest
-        ori = np.lib.format.open_memmap(stage / "ori.npy", mode="w+", dtype=np.float16, shape=(total, N_STAGES, grid * grid, width))
+        ori = np.lib.format.open_memmap(stage / "ori.npy", mode="w+", dtype=dtype, shape=(total, N_STAGES, grid * grid, width))
         masks = np.lib.format.open_memmap(stage / "masks.npy", mode="w+", dtype=np.uint8, shape=(total, size, size))
         kept_all: list[Sample] = []
         sims = np.zeros((total, grid, grid), np.float32) if texts is not None else None
@@ -124,7 +133,7 @@ class FeatureCache:
                 kept_all.extend(chunk)
                 x = normalize(torch.from_numpy(np.stack(imgs)).to(device), loaded.mean, loaded.std)
                 taps = vit(x, project=False)
-                ori[i : i + len(chunk)] = taps.ori[:, :, 1:].to(torch.float16).cpu().numpy()
+                ori[i : i + len(chunk)] = taps.ori[:, :, 1:].to(getattr(torch, dtype)).cpu().numpy()
                 if texts is not None:
                     surgery = vit.project(taps.surgery)
                     for k, s in enumerate(chunk):
@@ -145,28 +154,30 @@ class FeatureCache:
         return cls(root), True
 
 
-def stage_probabilities(ori: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, text: torch.Tensor,
-                        up_ac: torch.Tensor) -> torch.Tensor:
-    """Anomaly probability per stage at image resolution.
+def stage_logits(ori: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, text: torch.Tensor,
+                 up_ac: torch.Tensor) -> torch.Tensor:
+    """Upsampled anomaly-minus-normal logits per stage, [B, 4, S, S]; their sigmoid is the
+    two-way softmax's anomaly channel (interpolation is linear, method.md section 7.2).
 
     ori: [B, 4, P, W] patch tokens; weight [4, D, W]; bias [4, D]; text: per-sample [B, D, 2];
-    up_ac: [S, g] -> [B, 4, S, S] (sigmoid of the upsampled logit difference = two-way softmax).
+    up_ac: [S, g] (bilinear, align_corners=True).
     """
     u = F.normalize(torch.einsum("bspw,sdw->bspd", ori, weight) + bias[None, :, None, :], dim=-1)
     logits = LOGIT_SCALE * torch.einsum("bspd,bdk->bspk", u, text)
     b, s, p = logits.shape[:3]
     g = int(round(p ** 0.5))
-    diff = (logits[..., 1] - logits[..., 0]).reshape(b, s, g, g)
-    return torch.sigmoid(apply_separable(diff, up_ac))
+    return apply_separable((logits[..., 1] - logits[..., 0]).reshape(b, s, g, g), up_ac)
 
 
 def sdp_plus_loss(probs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Sum over stages of focal (two-channel) + dice (anomaly channel); probs [B, 4, S, S]."""
-    total = probs.new_zeros(())
-    for j in range(probs.shape[1]):
-        a = probs[:, j]
-        total = total + focal_loss(torch.stack([1 - a, a], dim=1), target) + dice_loss(a, target)
-    return total
+    """Sum over stages of focal (two-channel) + dice (anomaly channel); probs [B, 4, S, S], target [B, S, S].
+
+    The reference form (training uses SDPPlusLoss, its closed-form-gradient twin). Computed for
+    all stages at once: both losses are means over equally sized groups (pixels; images), so
+    n_stages times the loss over the stacked stages is the sum of the stage losses.
+    """
+    t = target[:, None]
+    return probs.shape[1] * (focal_loss(probs, t) + dice_loss(probs, t))
 
 
 @torch.no_grad()
@@ -181,9 +192,9 @@ def validate(cache: "FeatureCache", texts: torch.Tensor, weight: torch.Tensor, b
     blur = as_tensor(gaussian_matrix(size, sigma)).to(device)
     maps = []
     for i in range(0, cache.meta["n"], batch_size):
-        ori = torch.from_numpy(np.asarray(cache.ori[i : i + batch_size], dtype=np.float32)).to(device)
+        ori = torch.from_numpy(np.array(cache.ori[i : i + batch_size], dtype=np.float32)).to(device)
         text = texts[torch.from_numpy(cache.cats[i : i + batch_size].astype(np.int64)).to(device)]
-        ft = stage_probabilities(ori, weight, bias, text, up_ac).sum(1)
+        ft = torch.sigmoid(stage_logits(ori, weight, bias, text, up_ac)).sum(1)
         raw = apply_separable(torch.from_numpy(cache.sims[i : i + batch_size]).to(device), up)
         maps.append(apply_separable(raw + ft, blur).cpu().numpy())
     maps = np.concatenate(maps)
@@ -200,6 +211,39 @@ def validate(cache: "FeatureCache", texts: torch.Tensor, weight: torch.Tensor, b
     return {"image_auroc": mean("image_auroc"), "pixel_auroc": mean("pixel_auroc")}
 
 
+def heads_step(ori: torch.Tensor, target: torch.Tensor, text: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
+               up_ac: torch.Tensor, opt: torch.optim.Optimizer, scaler: torch.amp.GradScaler) -> float:
+    """One optimiser step on a batch; returns the loss. ori float32 [B, 4, P, W], target [B, S, S] in {0, 1}.
+
+    Autocast to float16 when the scaler is enabled (CUDA); the loss itself is taken in float32.
+    """
+    with torch.autocast(device_type=ori.device.type, dtype=torch.float16, enabled=scaler.is_enabled()):
+        loss = SDPPlusLoss.apply(stage_logits(ori, weight, bias, text, up_ac), target)
+    opt.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.step(opt)
+    scaler.update()
+    return float(loss.detach())
+
+
+def keep_freed_buffers() -> None:
+    """Let glibc keep freed map-sized buffers for reuse instead of returning them to the OS.
+
+    Every training step allocates a dozen [B, 4, S, S] maps. Above glibc's mmap threshold each is
+    a fresh mapping whose pages fault in again (costly under virtualisation); measured here this
+    made the closed-form loss 2x slower. A no-op where glibc's mallopt is not available.
+    """
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.mallopt(-3, 256 << 20)  # M_MMAP_THRESHOLD
+        libc.mallopt(-1, 512 << 20)  # M_TRIM_THRESHOLD
+    except (OSError, AttributeError):
+        pass
+
+
 def init_heads(width: int, embed_dim: int, seed: int) -> Heads:
     """PyTorch's default nn.Linear initialisation, seeded."""
     torch.manual_seed(seed)
@@ -210,6 +254,7 @@ def init_heads(width: int, embed_dim: int, seed: int) -> Heads:
 def train(loaded: LoadedModel, split: dict[str, list[Sample]], cfg: TrainConfig, tasks: Tasks,
           resume: Path | None = None, val_split: dict[str, list[Sample]] | None = None, val_dataset: str = "mvtec") -> dict:
     """Train the heads and write ``cfg.out`` (safetensors), its checkpoint and its JSON log."""
+    keep_freed_buffers()
     samples = [s for cat in split for s in split[cat]]
     if not any(s.label == 1 for s in samples):
         raise ClipadError("the training set has no anomalous images: SDP+ heads need defects with masks")
@@ -221,7 +266,7 @@ def train(loaded: LoadedModel, split: dict[str, list[Sample]], cfg: TrainConfig,
     width, embed_dim = visual.conv1.out_channels, visual.proj.shape[1]
     cache_dir = cfg.cache_dir or Path(cfg.out).with_suffix(".cache")
     t0 = time.perf_counter()
-    cache, built = FeatureCache.get_or_build(loaded, samples, categories, cache_dir, tasks)
+    cache, built = FeatureCache.get_or_build(loaded, samples, categories, cache_dir, tasks, dtype=cfg.cache_dtype)
     cache_s = time.perf_counter() - t0
     texts = torch.stack([torch.from_numpy(text_vectors(loaded.clip, loaded.tokenizer, c, cfg.rvs, cfg.dataset,
                                                        PROMPT_SETS["industrial"]).matrix) for c in categories]).to(device)
@@ -240,8 +285,7 @@ def train(loaded: LoadedModel, split: dict[str, list[Sample]], cfg: TrainConfig,
     weight = heads.weight.clone().to(device).requires_grad_(True)
     bias = heads.bias.clone().to(device).requires_grad_(True)
     opt = torch.optim.Adam([weight, bias], lr=cfg.lr)
-    use_amp = device.type == "cuda"
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda")
     ckpt_path = Path(cfg.out).with_suffix(".ckpt.pt")
     log_path = Path(cfg.out).with_suffix(".log.json")
     log = {"config": {k: str(v) for k, v in asdict(cfg).items()}, "fingerprint": fingerprint, "cache": str(cache.root),
@@ -271,17 +315,10 @@ def train(loaded: LoadedModel, split: dict[str, list[Sample]], cfg: TrainConfig,
         advance = tasks.add(f"epoch {epoch + 1}/{cfg.epochs}", n)
         losses = []
         for i in range(0, n, cfg.batch_size):  # no shuffling, as the official recipe
-            ori = torch.from_numpy(np.asarray(cache.ori[i : i + cfg.batch_size], dtype=np.float32)).to(device)
+            ori = torch.from_numpy(np.array(cache.ori[i : i + cfg.batch_size], dtype=np.float32)).to(device)
             target = torch.from_numpy(np.asarray(cache.masks[i : i + cfg.batch_size], dtype=np.float32)).to(device)
             text = texts[torch.from_numpy(cache.cats[i : i + cfg.batch_size].astype(np.int64)).to(device)]
-            with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=use_amp):
-                probs = stage_probabilities(ori, weight, bias, text, up_ac)
-            loss = sdp_plus_loss(probs.float(), target)
-            opt.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(opt)
-            scaler.update()
-            losses.append(float(loss.detach()))
+            losses.append(heads_step(ori, target, text, weight, bias, up_ac, opt, scaler))
             advance(len(ori))
         seconds = time.perf_counter() - t0
         entry = {"epoch": epoch + 1, "loss": float(np.mean(losses)), "seconds": round(seconds, 3)}

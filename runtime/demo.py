@@ -14,6 +14,7 @@ from pathlib import Path
 
 import cv2
 
+from calibration.calibrate import calibrate
 from clipad_export.data.synth import make_synthetic, sample_images
 from clipad_export.export import ExportConfig, export
 from clipad_export.models import TINY_MODEL, WeightSpec, load_model
@@ -46,7 +47,7 @@ def run_demo(out: Path, model: str = TINY_MODEL, frames: int = 40, tasks: Tasks 
     t0 = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
     data = out / "data"
-    make_synthetic(data, n_train=0, n_good=3, n_defect=2, force=True)
+    make_synthetic(data, n_train=20, n_good=3, n_defect=2, force=True)
     log(f"synthetic dataset: {data}")
     video = out / "input.avi"
     write_demo_video(video, frames)
@@ -56,7 +57,10 @@ def run_demo(out: Path, model: str = TINY_MODEL, frames: int = 40, tasks: Tasks 
                                       max_batch=8, precision="all"), tasks)
     log(f"artifacts: {art.root}")
     backend = select_backend(art, "auto", "cpu")
+    good = data / CATEGORY / "train" / "good"
+    calibrate(art, backend, str(good), tasks, target_fpr=0.1)
     cal = Calibration.from_manifest(art.manifest)
+    log(f"calibrated on {good} (20 good images, false-positive rate 0.1)")
     sinks = [EventsSink(out / "events.jsonl"), VideoSink(out / "overlay.mp4")]
     summary = Pipeline(backend, [VideoFileSource(str(video))], art.image_size, cal, sinks, status_every=1e9,
                        log=lambda s: None, needs_view=True).run()
@@ -71,6 +75,8 @@ def run_demo(out: Path, model: str = TINY_MODEL, frames: int = 40, tasks: Tasks 
         "precisions_kept": art.manifest["precisions"],
         "runtime": {"frames": summary.frames, "fps": round(summary.fps, 1), "summary": summary.line()},
         "predictions": preds["images"],
+        "labelled_anomalous": sum(json.loads(line)["label"] == "anomalous"
+                                  for line in (out / "predictions" / "predictions.jsonl").read_text().splitlines()),
         "seconds": round(time.perf_counter() - t0, 1),
     }
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
@@ -84,13 +90,15 @@ def _markdown(r: dict, out: Path) -> str:
     return f"""# clipad demo
 
 **Random weights: the heatmaps and scores below are meaningless.** This run shows that the
-toolchain works on this machine: synthesis, export with parity, streaming, prediction.
+toolchain works on this machine: synthesis, export with parity, calibration, streaming, prediction.
 
 - model: {r['model']}, backend: {r['backend']}, graphs kept: {', '.join(r['precisions_kept'])}
 - export parity against the PyTorch reference:
 {par}
 - runtime over `input.avi`: {r['runtime']['summary']}
-- predictions: {r['predictions']} images in `predictions/predictions.jsonl`, overlays in `predictions/overlays/`
+- calibration: 20 good images, threshold for a false-positive rate of 0.1
+- predictions: {r['predictions']} images in `predictions/predictions.jsonl` ({r['labelled_anomalous']} labelled anomalous),
+  overlays in `predictions/overlays/`
 - total time: {r['seconds']} s
 
 Files: `{out}/overlay.mp4` (heatmap overlay video), `events.jsonl` (one record per frame),
@@ -99,5 +107,6 @@ Files: `{out}/overlay.mp4` (heatmap overlay video), `events.jsonl` (one record p
 With real weights (an open_clip state dict copied to this machine):
 
     clipad export --category bottle --weights vit_b16plus_240_laion400m_e31.safetensors
+    clipad calibrate --artifacts artifacts/bottle --good good_bottles/
     clipad run --camera 0 --artifacts artifacts/bottle --events events.jsonl --save overlay.mp4
 """

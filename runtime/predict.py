@@ -16,7 +16,7 @@ from .backends import Backend
 from .colour import to_bgr
 from .overlay import overlay
 from .scoring import Calibration, score_batch
-from .sources import ImageFilesSource
+from .sources import ImageFilesSource, file_batches
 
 
 def _unique_stem(path: str, used: set[str]) -> str:
@@ -31,7 +31,9 @@ def _unique_stem(path: str, used: set[str]) -> str:
 
 def predict(backend: Backend, source: str, out: Path, image_size: int, cal: Calibration | None, tasks: Tasks,
             save_maps: bool = False, save_overlays: bool = False) -> dict:
-    """Write OUT/predictions.jsonl (+ maps/<stem>.npy, overlays/<stem>.png); returns counts."""
+    """Write OUT/predictions.jsonl (+ maps/<stem>.npy and, calibrated, maps/<stem>_mask.png; overlays/<stem>.png).
+
+    Returns counts."""
     src = ImageFilesSource(source)
     out.mkdir(parents=True, exist_ok=True)
     if save_maps:
@@ -42,13 +44,8 @@ def predict(backend: Backend, source: str, out: Path, image_size: int, cal: Cali
     used: set[str] = set()
     n = 0
     with atomic_path(out / "predictions.jsonl") as tmp, open(tmp, "w", encoding="utf-8") as f:
-        while not src.exhausted:
-            frames, before = [], src.position
-            while len(frames) < backend.max_batch and not src.exhausted:
-                fr = src.read()
-                if fr is not None:
-                    frames.append(fr)
-            advance(src.position - before)  # skipped files count as done
+        for frames, consumed in file_batches(src, backend.max_batch):
+            advance(consumed)  # skipped files count as done
             if not frames:
                 break
             amap, prob = backend(np.stack([resize_to_model(fr.image, image_size) for fr in frames]))
@@ -57,6 +54,8 @@ def predict(backend: Backend, source: str, out: Path, image_size: int, cal: Cali
                 stem = _unique_stem(fr.source, used)
                 if save_maps:
                     np.save(out / "maps" / f"{stem}.npy", m.astype(np.float32))
+                    if cal is not None:
+                        cv2.imwrite(str(out / "maps" / f"{stem}_mask.png"), cal.mask(m).astype(np.uint8) * 255)
                 if save_overlays:
                     cv2.imwrite(str(out / "overlays" / f"{stem}.png"), to_bgr(overlay(fr.image, m, float(m.min()), float(m.max()))))
                 n += 1

@@ -1,37 +1,28 @@
-"""From a backend's outputs to a record's scores: image_prob, map maximum, and (once the
-artifacts are calibrated) the fused score and the label."""
+"""From a backend's outputs to a record's scores: image_prob, map maximum and, once the
+artifacts are calibrated (calibration/constants.py), the fused score, the normalised score in
+[0, 1] (0.5 at the threshold), the label and the defect area of the mask."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 
-from clipad_export.fusion import fused_score
+from calibration.constants import Calibration
 
-
-@dataclass(frozen=True)
-class Calibration:
-    """Constants fixed by `clipad calibrate` (calibration issue); absent until then."""
-
-    prob_range: tuple[float, float]
-    max_range: tuple[float, float]
-    threshold: float
-
-    @classmethod
-    def from_manifest(cls, manifest: dict) -> "Calibration | None":
-        c = manifest.get("calibration")
-        if not c:
-            return None
-        return cls(tuple(c["image_prob_range"]), tuple(c["map_max_range"]), float(c["threshold"]))
+__all__ = ["Calibration", "score_batch"]
 
 
 def score_batch(amap: np.ndarray, prob: np.ndarray, cal: Calibration | None) -> list[dict]:
-    """Per image: image_prob, map_max, score (fused, or None) and label ("anomalous"/"normal"/None)."""
+    """amap float32 [B, H, W], prob float32 [B] -> one dict per image.
+
+    Keys: image_prob, map_max, fused, score, label ("anomalous"/"normal") and defect_area (fraction
+    of pixels at or above the pixel threshold); the last four are None when uncalibrated.
+    """
     map_max = amap.reshape(len(amap), -1).max(axis=1)
-    fused = fused_score(prob, map_max, cal.prob_range, cal.max_range) if cal else [None] * len(prob)
-    out = []
-    for p, m, s in zip(prob, map_max, fused):
-        label = None if s is None else ("anomalous" if s >= cal.threshold else "normal")
-        out.append({"image_prob": float(p), "map_max": float(m), "score": None if s is None else float(s), "label": label})
-    return out
+    if cal is None:
+        return [{"image_prob": float(p), "map_max": float(m), "fused": None, "score": None, "label": None,
+                 "defect_area": None} for p, m in zip(prob, map_max)]
+    fused, score, anomalous = cal.decide(prob, map_max)
+    area = cal.mask(amap).reshape(len(amap), -1).mean(axis=1)
+    return [{"image_prob": float(p), "map_max": float(m), "fused": float(f), "score": float(s),
+             "label": "anomalous" if a else "normal", "defect_area": float(d)}
+            for p, m, f, s, a, d in zip(prob, map_max, fused, score, anomalous, area)]

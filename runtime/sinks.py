@@ -15,6 +15,7 @@ from clipad_export.errors import ClipadError
 
 from .colour import to_bgr
 from .overlay import overlay, put_label
+from .scoring import Calibration
 
 
 class SinkError(ClipadError):
@@ -73,11 +74,12 @@ class VideoSink:
 
 
 class SnapshotSink:
-    """For anomalous frames (label, or without calibration never): original, overlay, raw map."""
+    """For anomalous frames (label, or without calibration never): original, overlay, raw map, mask."""
 
-    def __init__(self, folder: str | Path):
+    def __init__(self, folder: str | Path, calibration: Calibration | None = None):
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
+        self.cal = calibration
 
     def write(self, record: dict, frame: np.ndarray, amap: np.ndarray, view: np.ndarray | None) -> None:
         if record["label"] != "anomalous":
@@ -87,6 +89,8 @@ class SnapshotSink:
         if view is not None:
             cv2.imwrite(str(self.folder / f"{stem}_overlay.png"), to_bgr(view))
         np.save(self.folder / f"{stem}_map.npy", amap.astype(np.float32))
+        if self.cal is not None:  # the mask at model resolution, 255 = defect
+            cv2.imwrite(str(self.folder / f"{stem}_mask.png"), self.cal.mask(amap).astype(np.uint8) * 255)
 
     def close(self) -> None:
         pass

@@ -13,6 +13,7 @@ import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 import cv2
 import numpy as np
@@ -115,6 +116,18 @@ class ImageFilesSource(Source):
             self.stats.frames += 1
             return Frame(str(path), self._next - 1, time.time(), img)
         return None
+
+
+def file_batches(src: ImageFilesSource, size: int) -> Iterator[tuple[list[Frame], int]]:
+    """Batches of up to ``size`` readable frames, in file order, each with how many files it
+    consumed (unreadable ones included, for progress); the last batch may be empty."""
+    while not src.exhausted:
+        frames, before = [], src.position
+        while len(frames) < size and not src.exhausted:
+            fr = src.read()
+            if fr is not None:
+                frames.append(fr)
+        yield frames, src.position - before
 
 
 class VideoFileSource(Source):

@@ -3,8 +3,10 @@
 - pipeline efficiency: frames per second of `clipad run`'s pipeline over a video file against
   the bare backend on the same (pre-decoded, pre-resized) frames at the same batch size;
 - soak: a live source (a video read in a loop by the grabber thread) for N frames: RSS growth
-  after warm-up, dropped frames, and the oldest inferred frame against one inference period;
-- seconds per frame of each backend available here.
+  after warm-up, dropped frames, and the oldest inferred frame against one inference period.
+
+Per-backend latency and throughput are `clipad bench`'s job (it replaced this script's
+seconds-per-frame section and scripts/export_check.py).
 
     python scripts/runtime_check.py --artifacts artifacts/washer [--frames 200] [--soak 10000]
 """
@@ -87,30 +89,6 @@ def main() -> int:
     res["pipeline_efficiency"] = round(summary.fps / bare, 3)
     res["seconds_per_frame_bare"] = round(1 / bare, 4)
     print(json.dumps(res), flush=True)
-
-    per_backend = {}
-    candidates = [("torch", "fp32"), *[("onnxruntime", p) for p in art.manifest["precisions"]]]
-    if art.has("model.plan"):
-        candidates.append(("tensorrt", None))
-    for name, precision in candidates:
-        try:
-            b = open_backend(art, name, precision, "cpu" if name != "tensorrt" else "cuda")
-        except Exception as err:  # noqa: BLE001 - report what is not available here
-            per_backend[f"{name} {precision}"] = f"not available: {err}"
-            continue
-        row = {}
-        for bs, reps in ((1, 5), (b.max_batch, 3)):
-            x = batch[:bs]
-            b(x)
-            times = []
-            for _ in range(reps):
-                t0 = time.perf_counter()
-                b(x)
-                times.append((time.perf_counter() - t0) / bs)
-            row[f"batch{bs}_s_per_frame"] = round(float(np.median(times)), 4)
-        per_backend[b.describe()] = row
-    res["seconds_per_frame"] = per_backend
-    print(json.dumps(per_backend), flush=True)
 
     if args.soak:
         live = LiveSource(str(video), name="loop")

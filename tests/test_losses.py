@@ -6,7 +6,8 @@ import math
 
 import torch
 
-from clipad_export.losses import dice_loss, focal_loss
+from clipad_export.losses import SDPPlusLoss, dice_loss, focal_loss
+from clipad_export.train import sdp_plus_loss
 
 
 def test_focal_loss_direct_formula():
@@ -23,7 +24,7 @@ def test_focal_loss_direct_formula():
                 pt = oh[0] * float(probs[b, 0, i, j]) + oh[1] * float(probs[b, 1, i, j]) + 1e-5
                 total += -((1 - pt) ** 2) * math.log(pt)
                 n += 1
-    assert abs(float(focal_loss(probs, target)) - total / n) < 1e-12
+    assert abs(float(focal_loss(probs[:, 1], target)) - total / n) < 1e-12
 
 
 def test_dice_loss_direct_formula():
@@ -33,3 +34,24 @@ def test_dice_loss_direct_formula():
     d1 = (0 + 1) / (2 + 0 + 1)
     assert abs(float(dice_loss(a, t)) - (1 - (d0 + d1) / 2)) < 1e-12
     assert float(dice_loss(t, t)) < 1e-12  # perfect prediction
+
+
+def test_sdp_plus_loss_is_the_sum_of_the_stage_losses():
+    g = torch.Generator().manual_seed(3)
+    probs = torch.rand(3, 4, 10, 10, generator=g, dtype=torch.float64)
+    target = (torch.rand(3, 10, 10, generator=g) > 0.7).double()
+    per_stage = sum(focal_loss(probs[:, j], target) + dice_loss(probs[:, j], target)
+                    for j in range(4))
+    torch.testing.assert_close(sdp_plus_loss(probs, target), per_stage, rtol=1e-12, atol=1e-12)
+
+
+def test_closed_form_loss_matches_autograd_through_the_reference():
+    g = torch.Generator().manual_seed(5)
+    z = (3 * torch.randn(2, 4, 12, 12, generator=g, dtype=torch.float64)).requires_grad_(True)
+    target = (torch.rand(2, 12, 12, generator=g) > 0.7).double()
+    ref = sdp_plus_loss(torch.sigmoid(z), target)
+    (ref_grad,) = torch.autograd.grad(ref, z)
+    fast = SDPPlusLoss.apply(z, target)
+    (fast_grad,) = torch.autograd.grad(3.0 * fast, z)  # an upstream gradient scales it
+    torch.testing.assert_close(fast, ref, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(fast_grad, 3.0 * ref_grad, rtol=1e-9, atol=1e-12)

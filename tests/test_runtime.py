@@ -141,7 +141,7 @@ def test_predict_contract_and_maps(art, tmp_path, capsys):
     preds = [json.loads(l) for l in (tmp_path / "p" / "predictions.jsonl").read_text().splitlines()]
     assert len(preds) == 4 and "1 unreadable skipped" in out
     for p in preds:
-        assert set(p) == {"source", "image_prob", "map_max", "score", "label"}
+        assert set(p) == {"source", "image_prob", "map_max", "fused", "score", "label", "defect_area"}
     m = np.load(tmp_path / "p" / "maps" / "exact.npy")
     assert m.shape == (size, size) and m.dtype == np.float32
     assert np.array_equal(resize_to_model(exact, size), exact)  # model-resolution input is not resampled

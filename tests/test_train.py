@@ -13,12 +13,10 @@ import torch
 from clipad_export.data import load_split
 from clipad_export.data.synth import make_synthetic
 from clipad_export.errors import ClipadError
-from clipad_export.evaluate import run_category
+from clipad_export.evaluate import mean_pixel_auroc
 from clipad_export.heads import load_heads
-from clipad_export.metrics import pixel_metrics
+from clipad_export.models import WeightSpec, load_model
 from clipad_export.progress import Tasks
-from clipad_export.rvs import text_vectors
-from clipad_export.sdp import SDPModel
 from clipad_export.train import TrainConfig, data_key, init_heads, train
 from tests.test_cli import assert_one_line_error, run
 
@@ -32,21 +30,12 @@ def sets(tmp_path_factory):
     return root, load_split("mvtec", root / "tr"), load_split("mvtec", root / "te")
 
 
-def held_out_pixel_auroc(tiny, split, heads) -> float:
-    vals = []
-    for cat, samples in split.items():
-        text = torch.from_numpy(text_vectors(tiny.clip, tiny.tokenizer, cat, "dbscan").matrix)
-        out = run_category(SDPModel(tiny.clip.visual, text, tiny.image_size, 2.0, heads), samples, 8)
-        vals.append(pixel_metrics(out.masks, out.maps)["auroc"])
-    return float(np.mean(vals))
-
-
 def test_training_learns(tiny, sets, tmp_path):
     """Measured here: held-out pixel AUROC 0.44 with the untrained heads, 0.94 after 30 epochs."""
     _, tr, te = sets
-    before = held_out_pixel_auroc(tiny, te, init_heads(64, 64, 42))
+    before = mean_pixel_auroc(tiny, te, init_heads(64, 64, 42))
     log = train(tiny, tr, TrainConfig(out=tmp_path / "h.safetensors", epochs=30, lr=1e-3), Tasks(None))
-    after = held_out_pixel_auroc(tiny, te, load_heads(tmp_path / "h.safetensors", 64, 64))
+    after = mean_pixel_auroc(tiny, te, load_heads(tmp_path / "h.safetensors", 64, 64))
     assert before < 0.6 and after > 0.85, (before, after)
     assert log["epochs"][-1]["loss"] < log["epochs"][0]["loss"]
     meta = load_heads(tmp_path / "h.safetensors", 64, 64).metadata
@@ -66,6 +55,39 @@ def test_cache_is_reused_and_rebuilt_when_data_change(tiny, sets, tmp_path):
     tr2 = load_split("mvtec", root / "tr")
     assert data_key(tiny, [s for c in tr2 for s in tr2[c]]) != key
     assert train(tiny, tr2, cfg, Tasks(None))["cache_built"]
+
+
+def test_cache_from_another_model_is_not_reused(tiny, sets, tmp_path):
+    """Same files, other weights (another random seed): another key, so the cache is rebuilt
+    and holds that model's features, not the first model's."""
+    _, tr, _ = sets
+    other = load_model(WeightSpec(model="clipad-tiny", random_weights=True, seed=2))
+    samples = [s for c in tr for s in tr[c]]
+    assert data_key(other, samples) != data_key(tiny, samples)
+    cfg = TrainConfig(out=tmp_path / "h.safetensors", epochs=1, cache_dir=tmp_path / "cache")
+    first, second = train(tiny, tr, cfg, Tasks(None)), train(other, tr, cfg, Tasks(None))
+    assert first["cache_built"] and second["cache_built"] and first["cache"] != second["cache"]
+    a = np.load(os.path.join(first["cache"], "ori.npy"))
+    b = np.load(os.path.join(second["cache"], "ori.npy"))
+    assert a.shape == b.shape and not np.allclose(a, b)
+
+
+def test_float16_cache_trains_the_same_heads_as_float32(tiny, sets, tmp_path):
+    """The float16 cache is the default because it changes nothing that matters: the heads
+    trained from it match those from a float32 cache (measured here: relative difference of the weights 3.9e-6 after 5 epochs)."""
+    _, tr, te = sets
+    heads = {}
+    for dtype in ("float16", "float32"):
+        log = train(tiny, tr, TrainConfig(out=tmp_path / f"{dtype}.safetensors", epochs=5, lr=1e-3, cache_dtype=dtype,
+                                          cache_dir=tmp_path / "cache"), Tasks(None))
+        assert np.load(os.path.join(log["cache"], "ori.npy"), mmap_mode="r").dtype == np.dtype(dtype)
+        heads[dtype] = load_heads(tmp_path / f"{dtype}.safetensors", 64, 64)
+    rel = float((heads["float16"].weight - heads["float32"].weight).norm() / heads["float32"].weight.norm())
+    assert rel < 1e-3, rel
+    before = mean_pixel_auroc(tiny, te, init_heads(64, 64, 42))
+    diff = abs(mean_pixel_auroc(tiny, te, heads["float16"]) - mean_pixel_auroc(tiny, te, heads["float32"]))
+    assert diff < 0.01, diff
+    assert before != pytest.approx(mean_pixel_auroc(tiny, te, heads["float32"]), abs=1e-3)  # training moved the metric
 
 
 def test_resume_continues_and_refuses_other_configs(tiny, sets, tmp_path):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from clipad_export.artifacts import ONNX_FP16, ONNX_FP32, Artifacts
+from clipad_export.artifacts import ONNX_FP16, ONNX_FP32, ONNX_INT8, Artifacts
 from clipad_export.errors import ClipadError
 
 from . import Backend
@@ -20,9 +20,12 @@ class OnnxRuntimeBackend(Backend):
 
         if precision is None:
             precision = "fp32"
-        if precision not in ("fp32", "fp16"):
-            raise ClipadError(f"onnxruntime runs fp32 or fp16 graphs, not '{precision}'")
-        path = artifacts.verified_path(ONNX_FP32 if precision == "fp32" else ONNX_FP16)
+        graphs = {"fp32": ONNX_FP32, "fp16": ONNX_FP16, "int8": ONNX_INT8}
+        if precision not in graphs:
+            raise ClipadError(f"onnxruntime runs fp32, fp16 or int8 graphs, not '{precision}'")
+        if precision == "int8" and not artifacts.has(ONNX_INT8):
+            raise ClipadError(f"{artifacts.root} has no {ONNX_INT8}; make one with `clipad calibrate --int8 --images DIR`")
+        path = artifacts.verified_path(graphs[precision])
         available = ort.get_available_providers()
         wanted = ["CPUExecutionProvider"] if device == "cpu" else [p for p in PREFERRED if p in available]
         self.session = ort.InferenceSession(str(path), providers=wanted)

@@ -1,0 +1,196 @@
+"""`clipad calibrate`: run the exported model over calibration images and fix the constants.
+
+Images are read, converted and resized exactly as the runtime reads them (ImageFilesSource and
+the shared resize), through the same backend interface, so the constants describe the numbers
+the runtime will see. The constants go into the manifest with one atomic write.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from clipad_export.artifacts import Artifacts
+from clipad_export.data import IMAGE_SUFFIXES
+from clipad_export.errors import ClipadError
+from clipad_export.fusion import fused_score
+from clipad_export.models import file_sha256
+from clipad_export.preprocess import ImageReadError, load_mask, resize_to_model
+from clipad_export.progress import Tasks
+from runtime.backends import Backend
+from runtime.sources import ImageFilesSource, file_batches
+
+from .constants import CALIBRATION_VERSION, MODEL_FILES
+from .thresholds import f1_threshold, fpr_threshold, min_images_for_fpr
+
+PIXELS_PER_IMAGE = 16384  # pixels sampled per image for the pixel threshold (all when fewer)
+
+
+@dataclass
+class Observations:
+    """What the model gave on the calibration images, in file order.
+
+    image_prob, map_max: float32 [N]; label: int8 [N] (0 good, 1 anomalous); pixels: float32
+    [N, K] sampled anomaly_map values and pixel_label bool [N, K] (None without masks); files.
+    """
+
+    image_prob: np.ndarray
+    map_max: np.ndarray
+    label: np.ndarray
+    pixels: np.ndarray
+    pixel_label: np.ndarray | None
+    files: list[str]
+    skipped: list[str] = field(default_factory=list)
+
+
+def spec_root(spec: str) -> Path:
+    """The folder image paths are relative to: the folder itself, a file's folder, or a glob's
+    leading part without wildcards (``test/*/*.png`` -> ``test``)."""
+    p = Path(spec)
+    if p.is_dir():
+        return p
+    if p.is_file():
+        return p.parent
+    parts = []
+    for part in p.parts:
+        if any(c in part for c in "*?["):
+            break
+        parts.append(part)
+    return Path(*parts) if parts else Path(".")
+
+
+def find_mask(image: Path, spec: str, masks_root: Path) -> Path | None:
+    """The mask of ``image`` (found via ``spec``): the same path relative to the spec's root
+    under ``masks_root``, named like the image or with a ``_mask`` suffix (MVTec), any extension."""
+    rel = image.relative_to(spec_root(spec))
+    for stem in (rel.stem, rel.stem + "_mask"):
+        for suffix in sorted(IMAGE_SUFFIXES):
+            p = masks_root / rel.parent / (stem + suffix)
+            if p.is_file():
+                return p
+    return None
+
+
+def observe(backend: Backend, good: str, anomalous: str | None, masks: Path | None, image_size: int,
+            tasks: Tasks) -> Observations:
+    """Run ``backend`` over the good (label 0) and anomalous (label 1) images."""
+    sample_idx = None
+    if image_size * image_size > PIXELS_PER_IMAGE:
+        sample_idx = np.sort(np.random.default_rng(0).choice(image_size * image_size, PIXELS_PER_IMAGE, replace=False))
+    probs, maxes, labels, pixels, pixel_labels, files, skipped = [], [], [], [], [], [], []
+    sets = [(good, 0)] + ([(anomalous, 1)] if anomalous else [])
+    sources = [(ImageFilesSource(spec), label, spec) for spec, label in sets]
+    advance = tasks.add("calibration images", sum(len(s.files) for s, _, _ in sources))
+    for src, label, spec in sources:
+        for frames, consumed in file_batches(src, backend.max_batch):
+            advance(consumed)
+            if not frames:
+                continue
+            amap, prob = backend(np.stack([resize_to_model(f.image, image_size) for f in frames]))
+            flat = amap.reshape(len(amap), -1)
+            probs.append(prob)
+            maxes.append(flat.max(axis=1))
+            labels += [label] * len(frames)
+            files += [f.source for f in frames]
+            pixels.append(flat if sample_idx is None else flat[:, sample_idx])
+            if masks is not None:
+                for f in frames:
+                    if label == 0:
+                        m = np.zeros(image_size * image_size, bool)
+                    else:
+                        path = find_mask(Path(f.source), spec, masks)
+                        if path is None:
+                            raise ClipadError(f"no mask for {f.source} under {masks} (same relative path, name or name_mask)")
+                        try:
+                            m = load_mask(path, image_size).ravel()
+                        except ImageReadError as err:
+                            raise ClipadError(f"cannot read mask {path}: {err}") from None
+                    pixel_labels.append(m if sample_idx is None else m[sample_idx])
+        skipped += src.stats.events
+    if not files:
+        raise ClipadError("none of the calibration images could be read")
+    return Observations(np.concatenate(probs), np.concatenate(maxes), np.array(labels, np.int8), np.concatenate(pixels),
+                        np.stack(pixel_labels) if masks is not None else None, files, skipped)
+
+
+def _range(values: np.ndarray, name: str) -> tuple[float, float]:
+    lo, hi = float(np.min(values)), float(np.max(values))
+    if not hi > lo:
+        raise ClipadError(f"all {len(values)} calibration images give the same {name} ({lo:.6g}): cannot normalise; "
+                          "use varied images of the part (are they copies of one image?)")
+    return lo, hi
+
+
+def set_hash(files: list[str], extra: list[Path]) -> str:
+    """sha256 over the content hashes of the calibration images (and masks), order-independent."""
+    digests = sorted(file_sha256(Path(f)) for f in [*files, *map(str, extra)])
+    return hashlib.sha256("\n".join(digests).encode()).hexdigest()
+
+
+def constants(obs: Observations, target_fpr: float) -> tuple[dict, list[str]]:
+    """The manifest's calibration entry (without provenance) and warnings for the user."""
+    warnings = []
+    good = obs.label == 0
+    if not good.any():
+        raise ClipadError("calibration needs good images (--good)")
+    prob_range = _range(obs.image_prob, "image_prob")
+    max_range = _range(obs.map_max, "anomaly map maximum")
+    fused = fused_score(obs.image_prob, obs.map_max, prob_range, max_range)
+    score_range = _range(fused, "fused score")
+    n_good, n_bad = int(good.sum()), int((~good).sum())
+    achieved: dict[str, float] = {}
+    if n_bad:
+        threshold, f1 = f1_threshold(obs.label, fused)
+        method = "F1-optimal on the labelled images"
+        achieved["f1"] = f1
+    else:
+        need = min_images_for_fpr(target_fpr)
+        if n_good < need:
+            warnings.append(f"only {n_good} good images: a false-positive rate of {target_fpr:g} needs at least {need} "
+                            f"(about {10 * need} for +-30%); the threshold sits above the highest good score")
+        threshold = fpr_threshold(fused[good], target_fpr)
+        method = f"false-positive rate {target_fpr:g} on the good images"
+    achieved["fpr"] = float(np.mean(fused[good] >= threshold))
+    if n_bad:
+        achieved["recall"] = float(np.mean(fused[~good] >= threshold))
+    if obs.pixel_label is not None:
+        pixel_threshold, pixel_f1 = f1_threshold(obs.pixel_label, obs.pixels)
+        pixel_method = "F1-optimal on the masks' pixels"
+        achieved["pixel_f1"] = pixel_f1
+    else:
+        pixel_threshold = fpr_threshold(obs.pixels[good], target_fpr)
+        pixel_method = f"false-positive rate {target_fpr:g} on the good images' pixels"
+    achieved["pixel_fpr"] = float(np.mean(obs.pixels[good] >= pixel_threshold))
+    entry = {
+        "version": CALIBRATION_VERSION,
+        "image_prob_range": list(prob_range), "map_max_range": list(max_range),
+        "threshold": threshold, "score_range": list(score_range), "pixel_threshold": float(pixel_threshold),
+        "method": method, "pixel_method": pixel_method, "target_fpr": target_fpr, "achieved": achieved,
+        "set": {"good": n_good, "anomalous": n_bad, "skipped": len(obs.skipped)},
+    }
+    return entry, warnings
+
+
+def calibrate(art: Artifacts, backend: Backend, good: str, tasks: Tasks, anomalous: str | None = None,
+              masks: Path | None = None, target_fpr: float = 0.01) -> tuple[dict, list[str]]:
+    """Observe, fix the constants and write them into the manifest; returns (entry, warnings)."""
+    if masks is not None and anomalous is None:
+        raise ClipadError("--masks goes with --anomalous")
+    if not 0 < target_fpr < 1:
+        raise ClipadError(f"--target-fpr must be in (0, 1), not {target_fpr}")
+    obs = observe(backend, good, anomalous, masks, art.image_size, tasks)
+    entry, warnings = constants(obs, target_fpr)
+    mask_files = [p for f, lab in zip(obs.files, obs.label) if lab == 1 and masks is not None
+                  for p in [find_mask(Path(f), anomalous, masks)] if p is not None]
+    entry["set"]["sha256"] = set_hash(obs.files, mask_files)
+    entry["backend"] = backend.describe()
+    entry["model_files"] = {n: art.manifest["files"].get(n) for n in MODEL_FILES}
+    entry["created"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    warnings += [f"skipped: {s}" for s in obs.skipped]
+    art.manifest["calibration"] = entry
+    art.save_manifest()
+    return entry, warnings

@@ -1,0 +1,68 @@
+"""The calibration constants as the manifest stores them (``manifest["calibration"]``), and the
+one place that turns a backend's outputs into a decision with them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from clipad_export.artifacts import ONNX_FP32, TEXT_FEATURES
+from clipad_export.errors import ClipadError
+from clipad_export.fusion import Range, fused_score
+
+from .thresholds import normalised_score
+
+CALIBRATION_VERSION = 1
+# The files whose content the constants depend on: the graph (ViT, heads, blur) and the text vectors.
+MODEL_FILES = (ONNX_FP32, TEXT_FEATURES)
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """Per-category constants fixed by `clipad calibrate`.
+
+    prob_range / max_range: (min, max) of image_prob and of the map maximum over the calibration
+    images (the paper's set-wide min-max, made inductive, method.md section 6); threshold: on the
+    fused score; score_range: the fused score's (min, max) there, for the normalised score;
+    pixel_threshold: on anomaly_map values, for masks.
+    """
+
+    prob_range: Range
+    max_range: Range
+    threshold: float
+    score_range: Range
+    pixel_threshold: float
+
+    @classmethod
+    def from_manifest(cls, manifest: dict) -> "Calibration | None":
+        """The constants, or None when uncalibrated; a ClipadError when they belong to another model."""
+        c = manifest.get("calibration")
+        if not c:
+            return None
+        if c.get("version") != CALIBRATION_VERSION:
+            raise ClipadError(f"the calibration has format {c.get('version')}, this clipad reads {CALIBRATION_VERSION}: "
+                              "run `clipad calibrate` again")
+        files = manifest.get("files", {})
+        changed = [n for n in MODEL_FILES if c.get("model_files", {}).get(n) != files.get(n)]
+        if changed:
+            raise ClipadError(f"the calibration constants were made for another model ({', '.join(changed)} changed since "
+                              "calibration): run `clipad calibrate` again")
+        return cls(tuple(c["image_prob_range"]), tuple(c["map_max_range"]), float(c["threshold"]),
+                   tuple(c["score_range"]), float(c["pixel_threshold"]))
+
+    def fused(self, image_prob: np.ndarray, map_max: np.ndarray) -> np.ndarray:
+        """float64 [N]: the paper's fusion with the calibrated ranges."""
+        return fused_score(image_prob, map_max, self.prob_range, self.max_range)
+
+    def decide(self, image_prob: np.ndarray, map_max: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(fused float64 [N], normalised score float64 [N] in [0, 1], anomalous bool [N]).
+
+        The label compares the fused score with the threshold itself (normalised >= 0.5 up to rounding).
+        """
+        fused = self.fused(image_prob, map_max)
+        return fused, normalised_score(fused, self.threshold, self.score_range), fused >= self.threshold
+
+    def mask(self, amap: np.ndarray) -> np.ndarray:
+        """bool [..., H, W]: pixels at or above the pixel threshold."""
+        return np.asarray(amap) >= self.pixel_threshold

@@ -1,0 +1,126 @@
+"""``model.int8.onnx``: static INT8 quantisation of the FP32 graph with calibration images.
+
+QDQ format (QuantizeLinear/DequantizeLinear pairs around each quantised op), which ONNX Runtime
+runs on CPU and TensorRT reads as explicit quantisation. TensorRT wants symmetric quantisation
+(zero point 0) and signed INT8, so activations and weights are both symmetric INT8, weights per
+output channel. Only the ViT's matrix products are quantised (MatMul, Gemm, Conv), and the nodes
+the FP16 graph keeps in FP32 (clipad_export/fp16.py: LayerNorm, both attention softmaxes with
+their logit MatMuls, and everything after the ViT) stay in FP32 here too.
+
+The graph is kept only when its top-1% pixel agreement with the FP32 graph is >= 0.9.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from clipad_export.artifacts import ONNX_FP32, ONNX_INT8, Artifacts
+from clipad_export.atomic import atomic_path
+from clipad_export.errors import ClipadError
+from clipad_export.fp16 import fp32_nodes
+from clipad_export.models import file_sha256
+from clipad_export.parity import TOLERANCES, compare, parity_images
+from clipad_export.preprocess import resize_to_model
+from clipad_export.progress import Tasks
+from runtime.sources import ImageFilesSource, file_batches
+
+MIN_AGREEMENT = TOLERANCES["int8"]["top1pct_agreement"]
+QUANTISED_OPS = ["MatMul", "Gemm", "Conv"]
+
+
+def quantise(src: Path, dst: Path, images: np.ndarray, tasks: Tasks) -> None:
+    """Write the QDQ INT8 graph of ``src`` to ``dst``; images: uint8 [N, S, S, 3] (the graph's input)."""
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+
+    advance = tasks.add("int8 calibration", len(images))
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.i = 0
+
+        def get_next(self) -> dict | None:
+            if self.i >= len(images):
+                return None
+            self.i += 1
+            advance(1)
+            return {"image": images[self.i - 1 : self.i]}
+
+    exclude = fp32_nodes(onnx.load(str(src), load_external_data=False).graph)
+    quantize_static(
+        str(src), str(dst), Reader(), quant_format=QuantFormat.QDQ, op_types_to_quantize=QUANTISED_OPS,
+        per_channel=True, activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, nodes_to_exclude=exclude,
+        calibrate_method=CalibrationMethod.MinMax,
+        # Symmetric for TensorRT. MinMax keeps only per-tensor reductions per image, so memory stays
+        # small (ORT 1.32 drops data when CalibMaxIntermediateOutputs is set, so it is not).
+        extra_options={"ActivationSymmetric": True, "WeightSymmetric": True},
+    )
+
+
+def load_images(spec: str, size: int, limit: int, tasks: Tasks) -> np.ndarray:
+    """Up to ``limit`` images from a file, folder or glob, read and resized as the runtime does:
+    uint8 [N, size, size, 3]."""
+    src = ImageFilesSource(spec)
+    src.files = src.files[:limit]
+    advance = tasks.add("reading int8 calibration images", len(src.files))
+    out = []
+    for frames, consumed in file_batches(src, 16):
+        advance(consumed)
+        out += [resize_to_model(f.image, size) for f in frames]
+    if not out:
+        raise ClipadError(f"none of the images at {spec} could be read")
+    return np.stack(out)
+
+
+def _run(path: Path, images: np.ndarray, max_batch: int) -> tuple[np.ndarray, np.ndarray]:
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    maps, probs = [], []
+    for i in range(0, len(images), max_batch):
+        m, p = sess.run(None, {"image": images[i : i + max_batch]})
+        maps.append(m)
+        probs.append(p)
+    return np.concatenate(maps), np.concatenate(probs)
+
+
+def make_int8(art: Artifacts, images: np.ndarray, tasks: Tasks, min_agreement: float = MIN_AGREEMENT) -> dict:
+    """Quantise with ``images`` (uint8 [N, S, S, 3]), check against the FP32 graph on the
+    export's parity images and up to 8 calibration images, and add the graph to the artifacts.
+
+    Returns the parity figures; raises ClipadError (writing nothing) when the top-1% pixel
+    agreement is below ``min_agreement``.
+    """
+    src = art.verified_path(ONNX_FP32)
+    with tempfile.TemporaryDirectory(dir=art.root) as tmp:
+        dst = Path(tmp) / ONNX_INT8
+        quantise(src, dst, images, tasks)
+        check = np.concatenate([parity_images(art.image_size, 3), images[:8]])
+        ref_map, ref_prob = _run(src, check, art.max_batch)
+        amap, prob = _run(dst, check, art.max_batch)
+        figures = {**compare(ref_map, ref_prob, amap, prob), "against": "fp32 onnx", "n_images": len(check),
+                   "calibration_images": len(images)}
+        if figures["top1pct_agreement"] < min_agreement:
+            raise ClipadError(f"the INT8 graph's top-1% pixel agreement with FP32 is {figures['top1pct_agreement']:.3f} "
+                              f"(< {min_agreement}; rel L2 {figures['rel_l2']:.2e}): not written, keep using FP32")
+        with atomic_path(art.root / ONNX_INT8) as out:
+            Path(dst).replace(out)
+    m = art.manifest
+    m["files"][ONNX_INT8] = file_sha256(art.root / ONNX_INT8)
+    m["parity"]["int8"] = figures
+    m["parity"].setdefault("tolerances", {})["int8"] = TOLERANCES["int8"]
+    m["precisions"] = [p for p in m["precisions"] if p != "int8"] + ["int8"]
+    m["int8"] = {"min_agreement": min_agreement, "format": "QDQ, symmetric INT8 activations and per-channel weights", "ops": QUANTISED_OPS,
+                 "calibration": "MinMax", "source_sha256": m["files"][ONNX_FP32]}
+    art.save_manifest()
+    return figures
+

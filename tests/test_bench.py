@@ -1,0 +1,200 @@
+"""`clipad bench` on the tiny model: the timing harness (counts, warm-up exclusion, percentiles),
+the JSON schema, the table and the plot, unavailable combinations, the analytic FLOP count
+against torch's FlopCounterMode, and bad input. No speed is asserted."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import time
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.utils.flop_counter import FlopCounterMode
+
+import cli
+from clipad_export.export import ExportConfig, export
+from clipad_export.flops import ViTDims, flops_breakdown, original_block_flops, plain_encoding_flops
+from clipad_export.parity import parity_images
+from clipad_export.preprocess import normalize
+from clipad_export.progress import Tasks
+from clipad_export.prompts import PROMPT_SETS
+from clipad_export.sdp import SDPModel
+from runtime.backends import Backend, open_backend
+from runtime.bench import SCHEMA_VERSION, percentiles, time_backend, time_calls
+from tests.test_cli import assert_one_line_error, run
+from tests.test_sdp import random_heads
+
+ITERATIONS, WARMUP, BATCHES = 3, 1, (1, 2)
+
+
+@pytest.fixture(scope="module")
+def artifacts(tmp_path_factory, tiny):
+    """An sdp export of the tiny model with its FP32 and FP16 graphs, max batch 4."""
+    cfg = ExportConfig(category="washer", out=tmp_path_factory.mktemp("bench") / "washer",
+                       prompts=PROMPT_SETS["industrial"], max_batch=4, precision="all")
+    return export(tiny, cfg, Tasks(None))
+
+
+@pytest.fixture(scope="module")
+def bench_run(artifacts, tmp_path_factory):
+    """One `clipad bench` over every backend and precision: (exit code, stdout, JSON, PNG path)."""
+    out = tmp_path_factory.mktemp("bench-out")
+    args = ["bench", "--artifacts", str(artifacts.root), "--backends", "torch,onnxruntime,tensorrt",
+            "--precision", "fp32,fp16,int8", "--batch", ",".join(map(str, BATCHES)), "--iterations", str(ITERATIONS),
+            "--warmup", str(WARMUP), "--device", "cpu", "--json", str(out / "bench.json"), "--plot", str(out / "bench.png"),
+            "--quiet"]
+    stdout, stderr = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+        code = cli.run(args)
+    assert code == 0, stderr.getvalue()
+    return code, stdout.getvalue(), json.loads((out / "bench.json").read_text()), out / "bench.png"
+
+
+class CountingBackend(Backend):
+    """A real backend behind a call counter; its first ``slow_calls`` calls sleep ``delay`` s first."""
+
+    name = "counting"
+
+    def __init__(self, inner: Backend, slow_calls: int, delay: float):
+        self.inner, self.slow_calls, self.delay = inner, slow_calls, delay
+        self.precision, self.max_batch, self.calls = inner.precision, inner.max_batch, 0
+
+    def _infer(self, images):
+        self.calls += 1
+        if self.calls <= self.slow_calls:
+            time.sleep(self.delay)
+        return self.inner._infer(images)
+
+
+def test_warmup_calls_are_made_but_not_recorded(artifacts):
+    inner = open_backend(artifacts, "onnxruntime", "fp32", "cpu")
+    backend = CountingBackend(inner, slow_calls=2, delay=1.0)
+    images = parity_images(artifacts.image_size, 2)
+    samples = time_backend(backend, images, warmup=2, iterations=5)
+    assert backend.calls == 7 and len(samples) == 5
+    # the two slow (warm-up) calls took over 1000 ms each; none of them is among the samples
+    assert max(samples) < 1000.0
+
+
+def test_time_calls_counts_and_syncs():
+    calls, syncs = [], []
+    samples = time_calls(lambda: calls.append(1), warmup=4, iterations=6, sync=lambda: syncs.append(1))
+    assert len(calls) == 10 and len(samples) == 6 and len(syncs) == 7  # once after warm-up, then per timed call
+    assert all(s >= 0 for s in samples)
+
+
+def test_percentiles_from_samples():
+    samples = np.random.default_rng(0).permutation(np.arange(1, 101, dtype=float))  # 1..100, shuffled
+    p = percentiles(list(samples))
+    # linear interpolation at rank q (n - 1): 1 + q * 99
+    assert p == pytest.approx({"p50": 50.5, "p90": 90.1, "p99": 99.01, "min": 1.0, "max": 100.0, "mean": 50.5, "n": 100})
+
+
+def test_json_schema_and_values(bench_run, artifacts):
+    _, _, res, _ = bench_run
+    assert res["schema_version"] == SCHEMA_VERSION
+    for key in ("created", "artifacts", "model", "mode", "image_size", "machine", "settings", "host_memory_method",
+                "definitions", "flops", "matmul_ceiling", "dual_path", "goals", "rows"):
+        assert key in res, key
+    assert {"cpu", "cpu_count", "torch", "onnxruntime", "gpu"} <= set(res["machine"])
+    assert res["model"] == "clipad-tiny" and res["settings"]["iterations"] == ITERATIONS
+    assert res["matmul_ceiling"]["cpu_fp32"]["gflops_per_s"] > 0
+    combos = {(r["backend"], r["precision"]) for r in res["rows"]}
+    assert combos == {(b, p) for b in ("torch", "onnxruntime", "tensorrt") for p in ("fp32", "fp16", "int8")}
+    ok = [r for r in res["rows"] if r["status"] == "ok"]
+    assert {(r["backend"], r["precision"], r["batch"]) for r in ok} >= {(b, "fp32", n) for b in ("torch", "onnxruntime") for n in BATCHES}
+    for r in ok:
+        lat = r["latency_ms"]
+        assert len(r["samples_ms"]) == lat["n"] == ITERATIONS
+        assert 0 < lat["min"] <= lat["p50"] <= lat["p90"] <= lat["p99"] <= lat["max"]
+        assert r["images_per_s"] == pytest.approx(r["batch"] / lat["p50"] * 1000)
+        assert r["gflops_per_s"] == pytest.approx(res["flops"]["per_image"]["total"] * r["images_per_s"] / 1e9)
+        assert 0 < r["fraction_of_ceiling"] and r["ceiling"] == "cpu_fp32"
+        assert r["start_up_s"] > 0 and r["peak_host_mb"] > 0 and r["gpu_mb"] is None and r["device"] == "cpu"
+        assert {"rel_l2", "prob_max_abs", "top1pct_agreement", "max_abs", "within_tolerance"} <= set(r["parity"])
+        if r["precision"] == "fp32":
+            assert r["parity"]["within_tolerance"] is True
+    for r in res["rows"]:
+        assert r["status"] == "ok" or (r["reason"] and r["batch"] is None)
+    trt = [r for r in res["rows"] if r["backend"] == "tensorrt"]
+    assert all(r["status"] == "unavailable" and "model.plan" in r["reason"] for r in trt)
+    torch16 = next(r for r in res["rows"] if (r["backend"], r["precision"]) == ("torch", "fp16"))
+    assert torch16["status"] == "unavailable" and "CUDA" in torch16["reason"]
+    dims = ViTDims(**res["flops"]["dims"])
+    assert res["flops"]["per_image"] == flops_breakdown(dims, "sdp")
+    (dual,) = res["dual_path"]
+    assert dual["ratio"] == pytest.approx(dual["dual_path_ms"]["p50"] / dual["plain_encoding_ms"]["p50"])
+    assert dual["dual_path_ms"]["n"] == dual["plain_encoding_ms"]["n"] == ITERATIONS
+    assert any(g["goal"].startswith("onnxruntime fp32 / torch fp32") for g in res["goals"])
+
+
+def test_markdown_table_has_a_line_per_row(bench_run):
+    _, out, res, _ = bench_run
+    table = [line for line in out.splitlines() if line.startswith("| ") and not line.startswith("| backend")]
+    assert len(table) == len(res["rows"])
+    assert sum("unavailable: " in line for line in table) == sum(r["status"] == "unavailable" for r in res["rows"])
+    assert "Dual path vs plain encoding" in out and "Matmul ceiling" in out and "FLOPs per image" in out
+
+
+def test_plot_is_a_png(bench_run):
+    png = bench_run[3]
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with Image.open(png) as im:
+        assert im.format == "PNG" and im.size[0] > 400
+
+
+@pytest.mark.parametrize("mode", ["sdp", "sdp+"])
+def test_flops_match_flop_counter(tiny, uint8_images, mode):
+    """The reference spells every product out, so FlopCounterMode sees all of them."""
+    visual = tiny.clip.visual
+    heads = random_heads(visual.conv1.out_channels, visual.proj.shape[1]) if mode == "sdp+" else None
+    text = torch.nn.functional.normalize(torch.randn(visual.proj.shape[1], 2), dim=0)
+    model = SDPModel(visual, text, tiny.image_size, heads=heads).eval()
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(uint8_images(2, tiny.image_size))
+    assert counter.get_total_flops() == 2 * flops_breakdown(ViTDims.from_visual(visual, tiny.image_size), mode)["total"]
+
+
+def test_plain_encoding_flops_match_flop_counter(tiny, uint8_images):
+    """open_clip's fused attention hides from FlopCounterMode; the math SDPA kernel does not."""
+    visual = tiny.clip.visual
+    fast = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        with torch.no_grad(), sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
+            visual(normalize(uint8_images(2, tiny.image_size)))
+    finally:
+        torch.backends.mha.set_fastpath_enabled(fast)
+    assert counter.get_total_flops() == 2 * plain_encoding_flops(ViTDims.from_visual(visual, tiny.image_size))
+
+
+def test_flops_by_hand_for_the_tiny_config(tiny):
+    d = ViTDims.from_visual(tiny.clip.visual, tiny.image_size)
+    assert (d.width, d.layers, d.mlp, d.tokens, d.embed_dim) == (64, 8, 256, 37, 64)
+    # qkv 2*37*64*192 + q k^T and A v 2*(2*37*37*64) + out 2*37*64*64 + MLP 2*(2*37*64*256)
+    assert original_block_flops(d) == 909_312 + 350_464 + 303_104 + 2_424_832
+    assert flops_breakdown(d)["patch_embed"] == 2 * 36 * 64 * 768
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["--artifacts", "/nonexistent/bench"], "not a clipad artifact directory"),
+    (["--batch", "0"], "--batch sizes must be >= 1"),
+    (["--batch", "1,x"], "--batch takes comma-separated values"),
+    (["--backends", "torch,openvino"], "unknown backend 'openvino'"),
+    (["--precision", "fp8"], "unknown precision 'fp8'"),
+])
+def test_bad_input_is_one_line(capsys, artifacts, args, fragment):
+    base = [] if "--artifacts" in args else ["--artifacts", str(artifacts.root)]
+    code, _, err = run(capsys, "bench", *base, *args, "--quiet")
+    assert_one_line_error(code, err, fragment)
+
+
+def test_nothing_available_is_one_line(capsys, artifacts):
+    code, _, err = run(capsys, "bench", "--artifacts", artifacts.root, "--backends", "tensorrt", "--iterations", "1",
+                       "--warmup", "0", "--no-parity", "--quiet")
+    assert_one_line_error(code, err, "no backend/precision could run here", "model.plan")
