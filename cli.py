@@ -250,22 +250,26 @@ def _artifacts_dir(artifacts: Optional[Path]) -> Path:
     raise ClipadError("--artifacts DIR is needed" + (f" (several under artifacts/: {', '.join(p.name for p in found)})" if found else " (run `clipad export` first)"))
 
 
-def _open_served(artifacts: Optional[Path], backend: str, device: str):
+def _open_served(artifacts: Optional[Path], backend: str, device: str, precision: str = "auto"):
     """Artifacts, the chosen backend (said on stderr) and the calibration (or a note that there is none)."""
     from clipad_export.artifacts import load_artifacts
     from runtime.backends import select_backend
     from runtime.scoring import Calibration
 
     art = load_artifacts(_artifacts_dir(artifacts))
-    be = select_backend(art, backend, device)
+    be = select_backend(art, backend, device, precision)
     typer.echo(f"backend: {be.describe()} (max batch {be.max_batch})", err=True)
     cal = Calibration.from_manifest(art.manifest)
     if cal is None:
         typer.echo("uncalibrated: score and label are null until `clipad calibrate` has run", err=True)
+    elif art.manifest["calibration"].get("backend") != be.describe():
+        typer.echo(f"note: calibrated with {art.manifest['calibration'].get('backend')}, serving with {be.describe()}: "
+                   "scores differ by the backends' parity; calibrate with the serving backend for exact thresholds", err=True)
     return art, be, cal
 
 
 BackendOpt = Annotated[str, typer.Option("--backend", help="auto (fastest available), tensorrt, onnxruntime or torch.")]
+ServePrecisionOpt = Annotated[str, typer.Option("--precision", help="auto (fp16 on a GPU provider, else fp32), fp32, fp16 or int8 (model.int8.onnx).")]
 ArtifactsOpt = Annotated[Optional[Path], typer.Option("--artifacts", help="Artifact directory (default: the only one under ./artifacts).")]
 
 
@@ -275,6 +279,7 @@ def run_(
     source: Annotated[Optional[list[str]], typer.Option("--source", help="Video file, image folder or glob, rtsp/http URL (repeatable).")] = None,
     artifacts: ArtifactsOpt = None,
     backend: BackendOpt = "auto",
+    precision: ServePrecisionOpt = "auto",
     device: DeviceOpt = "auto",
     save: Annotated[Optional[Path], typer.Option("--save", help="Overlay video (.mp4 or .avi).")] = None,
     events: Annotated[Optional[Path], typer.Option("--events", help="JSON Lines, one object per processed frame.")] = None,
@@ -293,7 +298,7 @@ def run_(
 
     if not camera and not source:
         raise ClipadError("give --camera N or --source PATH_OR_URL (repeatable)")
-    art, be, cal = _open_served(artifacts, backend, device)
+    art, be, cal = _open_served(artifacts, backend, device, precision)
     sinks: list = []
     try:
         if events is not None:
@@ -328,6 +333,7 @@ def predict(
     source: Annotated[str, typer.Argument(help="Image file, folder or glob.")],
     artifacts: ArtifactsOpt = None,
     backend: BackendOpt = "auto",
+    precision: ServePrecisionOpt = "auto",
     device: DeviceOpt = "auto",
     out: Annotated[Path, typer.Option("--out", help="Output folder for predictions.jsonl.")] = Path("predictions"),
     save_maps: Annotated[bool, typer.Option("--save-maps", help="Also write maps/<stem>.npy (float32, model resolution).")] = False,
@@ -338,7 +344,7 @@ def predict(
     from clipad_export.progress import progress_bars
     from runtime.predict import predict as run_predict
 
-    art, be, cal = _open_served(artifacts, backend, device)
+    art, be, cal = _open_served(artifacts, backend, device, precision)
     with progress_bars(enabled=not quiet) as tasks:
         res = run_predict(be, source, out, art.image_size, cal, tasks, save_maps, save_overlays)
     for e in res["skipped_files"]:
@@ -358,6 +364,7 @@ def calibrate(
     int8_max_images: Annotated[int, typer.Option("--int8-max-images", min=1, help="At most this many INT8 calibration images.")] = 64,
     min_agreement: Annotated[float, typer.Option("--min-agreement", help="Keep the INT8 graph only at this top-1% agreement with FP32 or more.")] = 0.9,
     backend: BackendOpt = "auto",
+    precision: ServePrecisionOpt = "auto",
     device: DeviceOpt = "auto",
     quiet: QuietOpt = False,
 ) -> None:
@@ -384,7 +391,7 @@ def calibrate(
             typer.echo(f"model.int8.onnx written ({len(imgs)} calibration images): vs FP32 rel L2 {f['rel_l2']:.2e}, "
                        f"image_prob err {f['prob_max_abs']:.2e}, top-1% agreement {f['top1pct_agreement']:.3f}")
         if good is not None:
-            be = select_backend(art, backend, device)
+            be = select_backend(art, backend, device, precision)
             typer.echo(f"backend: {be.describe()}", err=True)
             entry, warnings = run_calibrate(art, be, good, tasks, anomalous, masks, target_fpr)
             for w in warnings:

@@ -206,6 +206,14 @@ def test_int8_graph_is_measured_gated_and_served(setup, tmp_path, capsys):
     assert {"QuantizeLinear", "DequantizeLinear"} <= ops
     code, out, err = run(capsys, "parity", "--artifacts", art, "--backends", "onnxruntime")
     assert "int8" in out
+    # served on request only, and calibrated with it when asked
+    code, _, err = run(capsys, "calibrate", "--artifacts", art, "--good", setup / "cal", "--precision", "int8", "--quiet")
+    assert code == 0 and "backend: onnxruntime int8" in err, err
+    code, _, err = run(capsys, "predict", str(setup / "held"), "--artifacts", art, "--out", tmp_path / "p", "--quiet")
+    assert code == 0 and "onnxruntime fp32" in err and "note: calibrated with onnxruntime int8" in err, err
+    code, _, err = run(capsys, "predict", str(setup / "held"), "--artifacts", art, "--out", tmp_path / "p", "--precision",
+                       "int8", "--quiet")
+    assert code == 0 and "onnxruntime int8" in err and "note:" not in err, err
 
 
 def test_int8_engine_needs_the_int8_graph_and_tensorrt(setup, tmp_path, capsys):

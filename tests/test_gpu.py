@@ -44,3 +44,26 @@ def test_fp16_autocast_stays_close_to_fp32():
         half, _ = model.forward_fp16(x)
     assert half.dtype == torch.float32
     assert rel_l2(half, ref) < 5e-2
+
+
+def test_training_on_cuda_uses_amp_and_learns(tmp_path):
+    """SDP+ training on CUDA runs under autocast with a gradient scaler and ends close to the
+    same training in FP32 on the CPU (same data, seed and epochs)."""
+    from clipad_export.data import load_split
+    from clipad_export.data.synth import make_synthetic
+    from clipad_export.heads import load_heads
+    from clipad_export.progress import Tasks
+    from clipad_export.train import TrainConfig, train
+
+    make_synthetic(tmp_path / "d", n_train=0, n_good=4, n_defect=6, seed=0, defect_scale=3)
+    split = load_split("mvtec", tmp_path / "d")
+    spec = WeightSpec(model=TINY_MODEL, random_weights=True, seed=1)
+    logs = {}
+    for device in ("cuda", "cpu"):
+        cfg = TrainConfig(out=tmp_path / f"{device}.safetensors", epochs=10, lr=1e-3, cache_dir=tmp_path / f"c-{device}")
+        logs[device] = train(load_model(spec, device), split, cfg, Tasks(None))
+    losses = [e["loss"] for e in logs["cuda"]["epochs"]]
+    assert losses[-1] < losses[0]
+    assert abs(losses[-1] - logs["cpu"]["epochs"][-1]["loss"]) < 0.05 * logs["cpu"]["epochs"][-1]["loss"]
+    gpu, cpu = (load_heads(tmp_path / f"{d}.safetensors", 64, 64) for d in ("cuda", "cpu"))
+    assert rel_l2(gpu.weight, cpu.weight) < 0.05

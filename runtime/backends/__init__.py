@@ -58,30 +58,40 @@ def open_backend(artifacts: Artifacts, name: str, precision: str = "fp32", devic
     raise ClipadError(f"unknown backend '{name}' (one of {', '.join(BACKENDS)})")
 
 
-def select_backend(artifacts: Artifacts, name: str = "auto", device: str = "auto") -> Backend:
+def select_backend(artifacts: Artifacts, name: str = "auto", device: str = "auto", precision: str = "auto") -> Backend:
     """``auto``: TensorRT when a usable plan is there, else ONNX Runtime, else the torch reference.
 
-    ONNX Runtime takes the FP16 graph when a GPU execution provider is available and the graph
-    exists, the FP32 one otherwise.
+    ``precision`` ``auto``: ONNX Runtime takes the FP16 graph when a GPU execution provider is
+    available and the graph exists, the FP32 one otherwise (never INT8 unasked). An explicit
+    precision (fp32, fp16, int8) is passed to the backend, which says in one line if it cannot.
     """
+    def ort_precision() -> str:
+        if precision != "auto":
+            return precision
+        return "fp16" if _ort_gpu() and "fp16" in artifacts.manifest["precisions"] else "fp32"
+
     if name != "auto":
-        precision = "fp16" if name == "onnxruntime" and _ort_gpu() and "fp16" in artifacts.manifest["precisions"] else "fp32"
-        return open_backend(artifacts, name, precision, device)
+        if precision == "auto":
+            return open_backend(artifacts, name, ort_precision() if name == "onnxruntime" else ("fp32" if name == "torch" else None), device)
+        be = open_backend(artifacts, name, precision, device)
+        if be.precision != precision:  # a TensorRT plan has the precision it was built with
+            raise ClipadError(f"the {name} model here is {be.precision}, not {precision}")
+        return be
     problems = []
-    if artifacts.has("model.plan"):
+    if artifacts.has("model.plan") and precision in ("auto", artifacts.manifest.get("engine", {}).get("precision")):
         try:
             return open_backend(artifacts, "tensorrt", None, device)
         except ClipadError as err:
             problems.append(f"tensorrt: {err}")
     try:
-        precision = "fp16" if _ort_gpu() and "fp16" in artifacts.manifest["precisions"] else "fp32"
-        return open_backend(artifacts, "onnxruntime", precision, device)
+        return open_backend(artifacts, "onnxruntime", ort_precision(), device)
     except ClipadError as err:
         problems.append(f"onnxruntime: {err}")
-    try:
-        return open_backend(artifacts, "torch", "fp32", device)
-    except ClipadError as err:
-        problems.append(f"torch: {err}")
+    if precision in ("auto", "fp32"):
+        try:
+            return open_backend(artifacts, "torch", "fp32", device)
+        except ClipadError as err:
+            problems.append(f"torch: {err}")
     raise ClipadError("no backend can serve these artifacts: " + "; ".join(problems))
 
 
