@@ -497,12 +497,14 @@ def train(
     from clipad_export.train import TrainConfig, train as run_train
 
     _check_method("sdp", None, rvs)
+    from clipad_export.errors import ClipadError
+    from clipad_export.train import CACHE_DTYPES
+
+    if cache_dtype not in CACHE_DTYPES:
+        raise ClipadError(f"--cache-dtype must be one of {', '.join(CACHE_DTYPES)}, not '{cache_dtype}'")
     cats = [c.strip() for c in categories.split(",") if c.strip()] if categories else None
     split = load_split(dataset, root, cats)
     check_masks(split)
-    loaded = load_model(_weight_spec(model, pretrained, weights, random_weights, seed, cache_dir), resolve_device(device))
-    from clipad_export.errors import ClipadError
-
     val_split = None
     if (val_dataset is None) != (val_root is None):
         raise ClipadError("--val-dataset and --val-root go together")
@@ -510,6 +512,7 @@ def train(
         vcats = [c.strip() for c in val_categories.split(",") if c.strip()] if val_categories else None
         val_split = load_split(val_dataset, val_root, vcats)
         check_masks(val_split)
+    loaded = load_model(_weight_spec(model, pretrained, weights, random_weights, seed, cache_dir), resolve_device(device))
     cfg = TrainConfig(out=out, epochs=epochs, batch_size=batch_size, lr=lr, seed=train_seed, rvs=rvs, dataset=dataset,
                       cache_dtype=cache_dtype)
     with progress_bars(enabled=not quiet) as tasks:

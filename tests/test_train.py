@@ -148,3 +148,11 @@ def test_validation_selects_and_records_the_epoch(tiny, sets, tmp_path, capsys):
     code, _, err = run(capsys, "train", "--dataset", "mvtec", "--root", root / "tr", "--out", tmp_path / "x.safetensors",
                        "--val-dataset", "mvtec", "--model", "clipad-tiny", "--random-weights", "--quiet")
     assert_one_line_error(code, err, "--val-dataset and --val-root go together")
+
+
+def test_bad_cache_dtype_is_refused_before_any_work(tmp_path, capsys, sets):
+    root, _, _ = sets
+    code, _, err = run(capsys, "train", "--dataset", "mvtec", "--root", root / "tr", "--out", tmp_path / "h.safetensors",
+                       "--cache-dtype", "float8", "--model", "clipad-tiny", "--random-weights", "--quiet")
+    assert_one_line_error(code, err, "--cache-dtype must be one of float16, float32")
+    assert not (tmp_path / "h.cache").exists()
