@@ -178,6 +178,7 @@ def export(
         engine=engine, triton_repo=triton_repo,
     )
     validate(cfg)
+    previous = _previous_calibration(cfg.out)
     cfg.prompts = load_prompt_set(prompts)
     loaded = load_model(_weight_spec(model, pretrained, weights, random_weights, seed, cache_dir), resolve_device(device))
     if random_weights:
@@ -192,8 +193,23 @@ def export(
         typer.echo(f"parity {p} (vs {f['against']}): rel L2 {f['rel_l2']:.1e}, image_prob err {f['prob_max_abs']:.1e}, "
                    f"top-1% agreement {f['top1pct_agreement']:.3f}")
     typer.echo(f"artifacts written to {art.root}")
+    if previous:
+        typer.echo(f"note: the earlier artifacts here had {previous}; a new export starts uncalibrated: "
+                   f"run `clipad calibrate --artifacts {art.root}` again", err=True)
     if triton_repo is not None:
         typer.echo(f"Triton model repository written to {triton_repo}")
+
+
+def _previous_calibration(out: Path) -> str:
+    """What a re-export into ``out`` replaces that only `clipad calibrate` makes ('' if nothing)."""
+    import json
+
+    try:
+        m = json.loads((out / "manifest.json").read_text())
+    except (OSError, ValueError):
+        return ""
+    parts = (["calibration constants"] if m.get("calibration") else []) + (["an INT8 graph"] if "int8" in m.get("precisions", []) else [])
+    return " and ".join(parts)
 
 
 def _int8_engine(engine: bool, out: Path) -> None:

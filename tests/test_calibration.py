@@ -228,3 +228,11 @@ def test_int8_engine_needs_the_int8_graph_and_tensorrt(setup, tmp_path, capsys):
                    "--min-agreement", 0, "--quiet")[0] == 0
         assert_one_line_error(*run(capsys, *args, "--engine")[::2], "needs TensorRT")
         assert not (art / "model.plan").exists()
+
+
+def test_re_export_says_that_calibration_must_be_redone(setup, tmp_path, capsys):
+    art = fresh(setup, tmp_path)
+    assert run(capsys, "calibrate", "--artifacts", art, "--good", setup / "cal", "--quiet")[0] == 0
+    code, _, err = run(capsys, "export", "--category", "fabric", "--precision", "fp32", "--out", art, *TINY)
+    assert code == 0 and "had calibration constants" in err and "run `clipad calibrate" in err, err
+    assert load_artifacts(art).manifest["calibration"] is None
