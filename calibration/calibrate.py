@@ -157,7 +157,9 @@ def constants(obs: Observations, target_fpr: float) -> tuple[dict, list[str]]:
     achieved["fpr"] = float(np.mean(fused[good] >= threshold))
     if n_bad:
         achieved["recall"] = float(np.mean(fused[~good] >= threshold))
-    if obs.pixel_label is not None:
+    if obs.pixel_label is not None and not obs.pixel_label.any():
+        warnings.append("the masks mark no defect pixel: the pixel threshold comes from the good images instead")
+    if obs.pixel_label is not None and obs.pixel_label.any():
         pixel_threshold, pixel_f1 = f1_threshold(obs.pixel_label, obs.pixels)
         pixel_method = "F1-optimal on the masks' pixels"
         achieved["pixel_f1"] = pixel_f1

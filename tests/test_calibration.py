@@ -236,3 +236,18 @@ def test_re_export_says_that_calibration_must_be_redone(setup, tmp_path, capsys)
     code, _, err = run(capsys, "export", "--category", "fabric", "--precision", "fp32", "--out", art, *TINY)
     assert code == 0 and "had calibration constants" in err and "run `clipad calibrate" in err, err
     assert load_artifacts(art).manifest["calibration"] is None
+
+
+def test_empty_masks_fall_back_to_the_good_pixels(setup, tmp_path, capsys):
+    art = fresh(setup, tmp_path)
+    bad, masks = tmp_path / "bad", tmp_path / "masks"
+    bad.mkdir()
+    masks.mkdir()
+    for f in sorted((setup / "s" / "fabric" / "test" / "scratch").iterdir())[:3]:
+        shutil.copy(f, bad / f.name)
+        Image.new("L", (160, 128), 0).save(masks / f"{f.stem}_mask.png")
+    code, _, err = run(capsys, "calibrate", "--artifacts", art, "--good", setup / "cal", "--anomalous", bad, "--masks", masks,
+                       "--quiet")
+    assert code == 0 and "masks mark no defect pixel" in err, err
+    c = load_artifacts(art).manifest["calibration"]
+    assert c["pixel_method"].startswith("false-positive rate") and "f1" in c["achieved"]
