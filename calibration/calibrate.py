@@ -17,7 +17,7 @@ import numpy as np
 from clipad_export.artifacts import Artifacts
 from clipad_export.data import IMAGE_SUFFIXES
 from clipad_export.errors import ClipadError
-from clipad_export.fusion import fused_score
+from clipad_export.fusion import fused_score, map_max
 from clipad_export.models import file_sha256
 from clipad_export.preprocess import ImageReadError, load_mask, resize_to_model
 from clipad_export.progress import Tasks
@@ -35,7 +35,8 @@ class Observations:
     """What the model gave on the calibration images, in file order.
 
     image_prob, map_max: float32 [N]; label: int8 [N] (0 good, 1 anomalous); pixels: float32
-    [N, K] sampled anomaly_map values and pixel_label bool [N, K] (None without masks); files.
+    [N, K] sampled anomaly_map values and pixel_label bool [N, K] (None without masks); files and
+    the mask files read.
     """
 
     image_prob: np.ndarray
@@ -44,6 +45,7 @@ class Observations:
     pixels: np.ndarray
     pixel_label: np.ndarray | None
     files: list[str]
+    mask_files: list[Path] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
 
 
@@ -81,7 +83,7 @@ def observe(backend: Backend, good: str, anomalous: str | None, masks: Path | No
     sample_idx = None
     if image_size * image_size > PIXELS_PER_IMAGE:
         sample_idx = np.sort(np.random.default_rng(0).choice(image_size * image_size, PIXELS_PER_IMAGE, replace=False))
-    probs, maxes, labels, pixels, pixel_labels, files, skipped = [], [], [], [], [], [], []
+    probs, maxes, labels, pixels, pixel_labels, files, mask_files, skipped = [], [], [], [], [], [], [], []
     sets = [(good, 0)] + ([(anomalous, 1)] if anomalous else [])
     sources = [(ImageFilesSource(spec), label, spec) for spec, label in sets]
     advance = tasks.add("calibration images", sum(len(s.files) for s, _, _ in sources))
@@ -93,7 +95,7 @@ def observe(backend: Backend, good: str, anomalous: str | None, masks: Path | No
             amap, prob = backend(np.stack([resize_to_model(f.image, image_size) for f in frames]))
             flat = amap.reshape(len(amap), -1)
             probs.append(prob)
-            maxes.append(flat.max(axis=1))
+            maxes.append(map_max(amap))
             labels += [label] * len(frames)
             files += [f.source for f in frames]
             pixels.append(flat if sample_idx is None else flat[:, sample_idx])
@@ -105,6 +107,7 @@ def observe(backend: Backend, good: str, anomalous: str | None, masks: Path | No
                         path = find_mask(Path(f.source), spec, masks)
                         if path is None:
                             raise ClipadError(f"no mask for {f.source} under {masks} (same relative path, name or name_mask)")
+                        mask_files.append(path)
                         try:
                             m = load_mask(path, image_size).ravel()
                         except ImageReadError as err:
@@ -114,7 +117,7 @@ def observe(backend: Backend, good: str, anomalous: str | None, masks: Path | No
     if not files:
         raise ClipadError("none of the calibration images could be read")
     return Observations(np.concatenate(probs), np.concatenate(maxes), np.array(labels, np.int8), np.concatenate(pixels),
-                        np.stack(pixel_labels) if masks is not None else None, files, skipped)
+                        np.stack(pixel_labels) if masks is not None else None, files, mask_files, skipped)
 
 
 def _range(values: np.ndarray, name: str) -> tuple[float, float]:
@@ -157,9 +160,10 @@ def constants(obs: Observations, target_fpr: float) -> tuple[dict, list[str]]:
     achieved["fpr"] = float(np.mean(fused[good] >= threshold))
     if n_bad:
         achieved["recall"] = float(np.mean(fused[~good] >= threshold))
-    if obs.pixel_label is not None and not obs.pixel_label.any():
+    defect_pixels = obs.pixel_label is not None and obs.pixel_label.any()
+    if obs.pixel_label is not None and not defect_pixels:
         warnings.append("the masks mark no defect pixel: the pixel threshold comes from the good images instead")
-    if obs.pixel_label is not None and obs.pixel_label.any():
+    if defect_pixels:
         pixel_threshold, pixel_f1 = f1_threshold(obs.pixel_label, obs.pixels)
         pixel_method = "F1-optimal on the masks' pixels"
         achieved["pixel_f1"] = pixel_f1
@@ -186,9 +190,7 @@ def calibrate(art: Artifacts, backend: Backend, good: str, tasks: Tasks, anomalo
         raise ClipadError(f"--target-fpr must be in (0, 1), not {target_fpr}")
     obs = observe(backend, good, anomalous, masks, art.image_size, tasks)
     entry, warnings = constants(obs, target_fpr)
-    mask_files = [p for f, lab in zip(obs.files, obs.label) if lab == 1 and masks is not None
-                  for p in [find_mask(Path(f), anomalous, masks)] if p is not None]
-    entry["set"]["sha256"] = set_hash(obs.files, mask_files)
+    entry["set"]["sha256"] = set_hash(obs.files, obs.mask_files)
     entry["backend"] = backend.describe()
     entry["model_files"] = {n: art.manifest["files"].get(n) for n in MODEL_FILES}
     entry["created"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")

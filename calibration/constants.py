@@ -66,3 +66,7 @@ class Calibration:
     def mask(self, amap: np.ndarray) -> np.ndarray:
         """bool [..., H, W]: pixels at or above the pixel threshold."""
         return np.asarray(amap) >= self.pixel_threshold
+
+    def mask_image(self, amap: np.ndarray) -> np.ndarray:
+        """uint8 [H, W], 255 where defect: the mask as predict and snapshots save it."""
+        return self.mask(amap).astype(np.uint8) * 255

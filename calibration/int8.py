@@ -113,7 +113,7 @@ def make_int8(art: Artifacts, images: np.ndarray, tasks: Tasks, min_agreement: f
             raise ClipadError(f"the INT8 graph's top-1% pixel agreement with FP32 is {figures['top1pct_agreement']:.3f} "
                               f"(< {min_agreement}; rel L2 {figures['rel_l2']:.2e}): not written, keep using FP32")
         with atomic_path(art.root / ONNX_INT8) as out:
-            Path(dst).replace(out)
+            dst.replace(out)
     m = art.manifest
     m["files"][ONNX_INT8] = file_sha256(art.root / ONNX_INT8)
     m["parity"]["int8"] = figures

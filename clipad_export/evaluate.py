@@ -19,7 +19,7 @@ import torch
 from .atomic import write_text_atomic
 from .data import Sample, load_batch
 from .errors import ClipadError
-from .fusion import fused_score, transductive_ranges
+from .fusion import fused_score, map_max, transductive_ranges
 from .heads import Heads
 from .metrics import binary_metrics, mean_of, pixel_metrics
 from .models import LoadedModel
@@ -76,7 +76,7 @@ def run_category(model: SDPModel, samples: list[Sample], batch_size: int, advanc
         raise ClipadError(f"no readable image in category '{samples[0].category}' ({len(skipped)} unreadable)")
     all_maps = np.concatenate(maps)
     all_masks = None if any(m is None for m in masks) else np.stack(masks)
-    return CategoryOutput(np.array(labels), np.concatenate(probs), all_maps.reshape(len(all_maps), -1).max(1), all_maps, all_masks, skipped)
+    return CategoryOutput(np.array(labels), np.concatenate(probs), map_max(all_maps), all_maps, all_masks, skipped)
 
 
 def mean_pixel_auroc(loaded: LoadedModel, split: dict[str, list[Sample]], heads: Heads | None, sigma: float = 2.0) -> float:

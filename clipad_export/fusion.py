@@ -13,6 +13,12 @@ import numpy as np
 Range = tuple[float, float]
 
 
+def map_max(amap: np.ndarray) -> np.ndarray:
+    """The map-level signal m_img: max over pixels of each (smoothed) map; [N, H, W] -> [N]."""
+    amap = np.asarray(amap)
+    return amap.reshape(len(amap), -1).max(axis=1)
+
+
 def minmax(x: np.ndarray, lo: float, hi: float) -> np.ndarray:
     """(x - lo) / (hi - lo); a zero-width range maps everything to 0."""
     x = np.asarray(x, dtype=np.float64)

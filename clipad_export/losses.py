@@ -38,6 +38,17 @@ def dice_loss(anomaly: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return 1 - d.mean()
 
 
+def sdp_plus_loss(probs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Sum over stages of focal (two-channel) + dice (anomaly channel); probs [B, 4, S, S], target [B, S, S].
+
+    The reference form (training uses SDPPlusLoss below, its closed-form-gradient twin). Computed for
+    all stages at once: both losses are means over equally sized groups (pixels; images), so
+    n_stages times the loss over the stacked stages is the sum of the stage losses.
+    """
+    t = target[:, None]
+    return probs.shape[1] * (focal_loss(probs, t) + dice_loss(probs, t))
+
+
 class SDPPlusLoss(torch.autograd.Function):
     """The summed SDP+ training loss from the stage logits, with its gradient in closed form.
 

@@ -31,17 +31,16 @@ import torch.nn.functional as F
 from .atomic import atomic_path, write_text_atomic
 from .data import Sample, load_batch
 from .errors import ClipadError
+from .fusion import fused_score, map_max, transductive_ranges
 from .heads import Heads, save_heads
-from .losses import SDPPlusLoss, dice_loss, focal_loss
-from .maps import apply_separable, as_tensor, bilinear_matrix
+from .losses import SDPPlusLoss
+from .maps import apply_separable, as_tensor, bilinear_matrix, gaussian_matrix
+from .metrics import binary_metrics, pixel_metrics
 from .models import LoadedModel
 from .preprocess import normalize
 from .progress import Tasks
 from .prompts import PROMPT_SETS
 from .rvs import text_vectors
-from .fusion import fused_score, transductive_ranges
-from .maps import gaussian_matrix
-from .metrics import binary_metrics, pixel_metrics
 from .sdp import DEFAULT_SIGMA, LOGIT_SCALE, feature_surgery, image_prob
 from .surgery import N_STAGES, DualPathViT
 
@@ -169,17 +168,6 @@ def stage_logits(ori: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, te
     return apply_separable((logits[..., 1] - logits[..., 0]).reshape(b, s, g, g), up_ac)
 
 
-def sdp_plus_loss(probs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Sum over stages of focal (two-channel) + dice (anomaly channel); probs [B, 4, S, S], target [B, S, S].
-
-    The reference form (training uses SDPPlusLoss, its closed-form-gradient twin). Computed for
-    all stages at once: both losses are means over equally sized groups (pixels; images), so
-    n_stages times the loss over the stacked stages is the sum of the stage losses.
-    """
-    t = target[:, None]
-    return probs.shape[1] * (focal_loss(probs, t) + dice_loss(probs, t))
-
-
 @torch.no_grad()
 def validate(cache: "FeatureCache", texts: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, size: int,
              sigma: float, batch_size: int = 8) -> dict:
@@ -203,7 +191,7 @@ def validate(cache: "FeatureCache", texts: torch.Tensor, weight: torch.Tensor, b
     for c in range(len(cache.meta["categories"])):
         idx = np.flatnonzero(cache.cats == c)
         labels = masks[idx].reshape(len(idx), -1).any(1).astype(int)
-        mmax = maps[idx].reshape(len(idx), -1).max(1)
+        mmax = map_max(maps[idx])
         score = fused_score(cache.probs[idx], mmax, *transductive_ranges(cache.probs[idx], mmax))
         per_cat.append({"image_auroc": binary_metrics(labels, score)["auroc"],
                         "pixel_auroc": pixel_metrics(masks[idx], maps[idx])["auroc"]})

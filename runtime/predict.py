@@ -55,7 +55,7 @@ def predict(backend: Backend, source: str, out: Path, image_size: int, cal: Cali
                 if save_maps:
                     np.save(out / "maps" / f"{stem}.npy", m.astype(np.float32))
                     if cal is not None:
-                        cv2.imwrite(str(out / "maps" / f"{stem}_mask.png"), cal.mask(m).astype(np.uint8) * 255)
+                        cv2.imwrite(str(out / "maps" / f"{stem}_mask.png"), cal.mask_image(m))
                 if save_overlays:
                     cv2.imwrite(str(out / "overlays" / f"{stem}.png"), to_bgr(overlay(fr.image, m, float(m.min()), float(m.max()))))
                 n += 1

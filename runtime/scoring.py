@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 
 from calibration.constants import Calibration
+from clipad_export.fusion import map_max
 
 __all__ = ["Calibration", "score_batch"]
 
@@ -17,12 +18,12 @@ def score_batch(amap: np.ndarray, prob: np.ndarray, cal: Calibration | None) -> 
     Keys: image_prob, map_max, fused, score, label ("anomalous"/"normal") and defect_area (fraction
     of pixels at or above the pixel threshold); the last four are None when uncalibrated.
     """
-    map_max = amap.reshape(len(amap), -1).max(axis=1)
+    maxima = map_max(amap)
     if cal is None:
         return [{"image_prob": float(p), "map_max": float(m), "fused": None, "score": None, "label": None,
-                 "defect_area": None} for p, m in zip(prob, map_max)]
-    fused, score, anomalous = cal.decide(prob, map_max)
+                 "defect_area": None} for p, m in zip(prob, maxima)]
+    fused, score, anomalous = cal.decide(prob, maxima)
     area = cal.mask(amap).reshape(len(amap), -1).mean(axis=1)
     return [{"image_prob": float(p), "map_max": float(m), "fused": float(f), "score": float(s),
              "label": "anomalous" if a else "normal", "defect_area": float(d)}
-            for p, m, f, s, a, d in zip(prob, map_max, fused, score, anomalous, area)]
+            for p, m, f, s, a, d in zip(prob, maxima, fused, score, anomalous, area)]

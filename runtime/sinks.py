@@ -89,8 +89,8 @@ class SnapshotSink:
         if view is not None:
             cv2.imwrite(str(self.folder / f"{stem}_overlay.png"), to_bgr(view))
         np.save(self.folder / f"{stem}_map.npy", amap.astype(np.float32))
-        if self.cal is not None:  # the mask at model resolution, 255 = defect
-            cv2.imwrite(str(self.folder / f"{stem}_mask.png"), self.cal.mask(amap).astype(np.uint8) * 255)
+        if self.cal is not None:  # at model resolution
+            cv2.imwrite(str(self.folder / f"{stem}_mask.png"), self.cal.mask_image(amap))
 
     def close(self) -> None:
         pass
