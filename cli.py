@@ -39,8 +39,8 @@ QuietOpt = Annotated[bool, typer.Option("--quiet", help="No progress bars.")]
 
 
 def _check_method(mode: str, heads: Optional[Path], rvs: str) -> None:
-    from clipad_export.errors import ClipadError
-    from clipad_export.rvs import METHODS
+    from clipad.core.errors import ClipadError
+    from clipad.model.rvs import METHODS
 
     if mode not in ("sdp", "sdp+"):
         raise ClipadError(f"--mode must be sdp or sdp+, got '{mode}'")
@@ -53,7 +53,7 @@ def _check_method(mode: str, heads: Optional[Path], rvs: str) -> None:
 
 
 def _weight_spec(model: str, pretrained: str, weights: Optional[Path], random_weights: bool, seed: int, cache_dir: Optional[Path]):
-    from clipad_export.models import WeightSpec
+    from clipad.model.loading import WeightSpec
 
     return WeightSpec(model=model, pretrained=pretrained, weights=weights, random_weights=random_weights, seed=seed, cache_dir=cache_dir)
 
@@ -76,7 +76,7 @@ def synth(
     defect_scale: Annotated[float, typer.Option("--defect-scale", min=0.2, help="Enlarge the pasted defects (1 = default sizes).")] = 1.0,
 ) -> None:
     """Write a small deterministic synthetic dataset (textures and objects with pasted defects and exact masks)."""
-    from clipad_export.data.synth import make_synthetic
+    from clipad.data.synth import make_synthetic
 
     counts = make_synthetic(out, n_train, n_good, n_defect, width, height, seed, force, defect_scale)
     total = sum(counts.values())
@@ -105,12 +105,12 @@ def eval_(
     quiet: QuietOpt = False,
 ) -> None:
     """Evaluate SDP/SDP+ on a dataset's test split; writes results.json and prints a Table-1 style table."""
-    from clipad_export.data import check_masks, load_split
-    from clipad_export.evaluate import EvalConfig, evaluate, format_table, write_results
-    from clipad_export.heads import load_heads
-    from clipad_export.models import load_model, resolve_device
-    from clipad_export.progress import progress_bars
-    from clipad_export.prompts import load_prompt_set
+    from clipad.core.progress import progress_bars
+    from clipad.data import check_masks, load_split
+    from clipad.evaluation.evaluate import EvalConfig, evaluate, format_table, write_results
+    from clipad.model.heads import load_heads
+    from clipad.model.loading import load_model, resolve_device
+    from clipad.model.prompts import load_prompt_set
 
     _check_method(mode, heads, rvs)
     prompt_set = load_prompt_set(prompts)
@@ -163,10 +163,11 @@ def export(
     quiet: QuietOpt = False,
 ) -> None:
     """Export one category: RVS text vectors baked into an ONNX graph (FP32 and mixed FP16), parity-checked."""
-    from clipad_export.export import ExportConfig, export as run_export, validate
-    from clipad_export.models import load_model, resolve_device
-    from clipad_export.progress import progress_bars
-    from clipad_export.prompts import load_prompt_set
+    from clipad.core.progress import progress_bars
+    from clipad.deploy.export import ExportConfig, validate
+    from clipad.deploy.export import export as run_export
+    from clipad.model.loading import load_model, resolve_device
+    from clipad.model.prompts import load_prompt_set
 
     if precision == "int8":
         _int8_engine(engine, out or Path("artifacts") / category)
@@ -214,9 +215,9 @@ def _previous_calibration(out: Path) -> str:
 
 def _int8_engine(engine: bool, out: Path) -> None:
     """`clipad export --engine --precision int8`: the engine from the calibrated INT8 graph, in place."""
-    from clipad_export.artifacts import ONNX_INT8, load_artifacts
-    from clipad_export.errors import ClipadError
-    from clipad_export.tensorrt_build import add_int8_engine, require_tensorrt
+    from clipad.core.errors import ClipadError
+    from clipad.deploy.artifacts import ONNX_INT8, load_artifacts
+    from clipad.deploy.tensorrt_build import add_int8_engine, require_tensorrt
 
     if not engine:
         raise ClipadError("--precision int8 builds a TensorRT engine from model.int8.onnx: add --engine "
@@ -240,9 +241,9 @@ def parity(
     """Compare the exported backends with the PyTorch reference and print a table."""
     import json
 
-    from clipad_export.artifacts import load_artifacts
-    from clipad_export.atomic import write_text_atomic
-    from clipad_export.parity import format_rows, load_parity_images, parity_images, run_parity
+    from clipad.core.atomic import write_text_atomic
+    from clipad.deploy.artifacts import load_artifacts
+    from clipad.deploy.parity import format_rows, load_parity_images, parity_images, run_parity
 
     art = load_artifacts(artifacts)
     x = load_parity_images(str(images), art.image_size) if images else parity_images(art.image_size, 3)
@@ -256,7 +257,7 @@ def parity(
 
 def _artifacts_dir(artifacts: Optional[Path]) -> Path:
     """--artifacts, or the only artifact directory under ./artifacts."""
-    from clipad_export.errors import ClipadError
+    from clipad.core.errors import ClipadError
 
     if artifacts is not None:
         return artifacts
@@ -268,9 +269,9 @@ def _artifacts_dir(artifacts: Optional[Path]) -> Path:
 
 def _open_served(artifacts: Optional[Path], backend: str, device: str, precision: str = "auto"):
     """Artifacts, the chosen backend (said on stderr) and the calibration (or a note that there is none)."""
-    from clipad_export.artifacts import load_artifacts
-    from runtime.backends import select_backend
-    from runtime.scoring import Calibration
+    from clipad.deploy.artifacts import load_artifacts
+    from clipad.runtime.backends import select_backend
+    from clipad.runtime.scoring import Calibration
 
     art = load_artifacts(_artifacts_dir(artifacts))
     be = select_backend(art, backend, device, precision)
@@ -306,11 +307,11 @@ def run_(
     status_every: Annotated[float, typer.Option("--status-every", help="Seconds between status lines.")] = 5.0,
 ) -> None:
     """Stream frames from cameras, videos or folders through the exported model; emit heatmaps and records."""
-    from clipad_export.errors import ClipadError
-    from runtime.pipeline import Pipeline
-    from runtime.server import ServeSink
-    from runtime.sinks import EventsSink, ShowSink, SnapshotSink, VideoSink
-    from runtime.sources import open_sources
+    from clipad.core.errors import ClipadError
+    from clipad.runtime.pipeline import Pipeline
+    from clipad.runtime.server import ServeSink
+    from clipad.runtime.sinks import EventsSink, ShowSink, SnapshotSink, VideoSink
+    from clipad.runtime.sources import open_sources
 
     if not camera and not source:
         raise ClipadError("give --camera N or --source PATH_OR_URL (repeatable)")
@@ -357,8 +358,8 @@ def predict(
     quiet: QuietOpt = False,
 ) -> None:
     """Score images: one record per image in OUT/predictions.jsonl."""
-    from clipad_export.progress import progress_bars
-    from runtime.predict import predict as run_predict
+    from clipad.core.progress import progress_bars
+    from clipad.runtime.predict import predict as run_predict
 
     art, be, cal = _open_served(artifacts, backend, device, precision)
     with progress_bars(enabled=not quiet) as tasks:
@@ -385,11 +386,11 @@ def calibrate(
     quiet: QuietOpt = False,
 ) -> None:
     """Fix per-category score constants and thresholds from calibration images (and optionally an INT8 graph)."""
-    from calibration.calibrate import calibrate as run_calibrate
-    from clipad_export.artifacts import load_artifacts
-    from clipad_export.errors import ClipadError
-    from clipad_export.progress import progress_bars
-    from runtime.backends import select_backend
+    from clipad.calibration.calibrate import calibrate as run_calibrate
+    from clipad.core.errors import ClipadError
+    from clipad.core.progress import progress_bars
+    from clipad.deploy.artifacts import load_artifacts
+    from clipad.runtime.backends import select_backend
 
     if good is None and not int8:
         raise ClipadError("give --good IMAGES (score constants and thresholds) and/or --int8 --images IMAGES")
@@ -400,7 +401,7 @@ def calibrate(
     art = load_artifacts(_artifacts_dir(artifacts))
     with progress_bars(enabled=not quiet) as tasks:
         if int8:
-            from calibration.int8 import load_images, make_int8
+            from clipad.calibration.int8 import load_images, make_int8
 
             imgs = load_images(images or good, art.image_size, int8_max_images, tasks)
             f = make_int8(art, imgs, tasks, min_agreement)
@@ -421,7 +422,7 @@ def calibrate(
 
 def _csv(value: str, what: str, cast=str) -> list:
     """'a,b' -> [cast(a), cast(b)]; a one-line error for a value that does not convert."""
-    from clipad_export.errors import ClipadError
+    from clipad.core.errors import ClipadError
 
     try:
         return [cast(v.strip()) for v in value.split(",") if v.strip()]
@@ -444,9 +445,9 @@ def bench(
     quiet: QuietOpt = False,
 ) -> None:
     """Latency, throughput, memory, start-up and parity per backend, precision and batch; FLOP floor and dual-path cost."""
-    from clipad_export.artifacts import load_artifacts
-    from clipad_export.progress import progress_bars
-    from runtime.bench import BenchConfig, format_markdown, run_bench, validate, write_json, write_plot
+    from clipad.core.progress import progress_bars
+    from clipad.deploy.artifacts import load_artifacts
+    from clipad.runtime.bench import BenchConfig, format_markdown, run_bench, validate, write_json, write_plot
 
     cfg = BenchConfig(backends=_csv(backends, "--backends"), precisions=_csv(precision, "--precision"),
                       batches=_csv(batch, "--batch", int), iterations=iterations, warmup=warmup, device=device,
@@ -472,8 +473,8 @@ def demo(
     quiet: QuietOpt = False,
 ) -> None:
     """Offline end-to-end run with random weights: synthetic data and video, export, stream, predict, report."""
-    from clipad_export.progress import progress_bars
-    from runtime.demo import run_demo
+    from clipad.core.progress import progress_bars
+    from clipad.runtime.demo import run_demo
 
     typer.echo("clipad demo: random weights, so the heatmaps are meaningless; this checks the toolchain end to end", err=True)
     with progress_bars(enabled=not quiet) as tasks:
@@ -507,14 +508,15 @@ def train(
     quiet: QuietOpt = False,
 ) -> None:
     """Train the four SDP+ heads offline (CLIP frozen; backbone features cached once)."""
-    from clipad_export.data import check_masks, load_split
-    from clipad_export.models import load_model, resolve_device
-    from clipad_export.progress import progress_bars
-    from clipad_export.train import TrainConfig, train as run_train
+    from clipad.core.progress import progress_bars
+    from clipad.data import check_masks, load_split
+    from clipad.model.loading import load_model, resolve_device
+    from clipad.training.train import TrainConfig
+    from clipad.training.train import train as run_train
 
     _check_method("sdp", None, rvs)
-    from clipad_export.errors import ClipadError
-    from clipad_export.train import CACHE_DTYPES
+    from clipad.core.errors import ClipadError
+    from clipad.training.train import CACHE_DTYPES
 
     if cache_dtype not in CACHE_DTYPES:
         raise ClipadError(f"--cache-dtype must be one of {', '.join(CACHE_DTYPES)}, not '{cache_dtype}'")
@@ -540,7 +542,7 @@ def train(
 
 def run(argv: list[str]) -> int:
     """Run the CLI on ``argv`` and return the exit code (errors as one line on stderr)."""
-    from clipad_export.errors import ClipadError
+    from clipad.core.errors import ClipadError
 
     _state["debug"] = "--debug" in argv[:1]
     try:

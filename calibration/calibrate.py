@@ -14,18 +14,17 @@ from pathlib import Path
 
 import numpy as np
 
-from clipad_export.artifacts import Artifacts
-from clipad_export.data import IMAGE_SUFFIXES
-from clipad_export.errors import ClipadError
-from clipad_export.fusion import fused_score, map_max
-from clipad_export.models import file_sha256
-from clipad_export.preprocess import ImageReadError, load_mask, resize_to_model
-from clipad_export.progress import Tasks
-from runtime.backends import Backend
-from runtime.sources import ImageFilesSource, file_batches
-
-from .constants import CALIBRATION_VERSION, MODEL_FILES
-from .thresholds import f1_threshold, fpr_threshold, min_images_for_fpr
+from clipad.calibration.constants import CALIBRATION_VERSION, MODEL_FILES
+from clipad.calibration.thresholds import f1_threshold, fpr_threshold, min_images_for_fpr
+from clipad.core.errors import ClipadError
+from clipad.core.hashing import file_sha256
+from clipad.core.progress import Tasks
+from clipad.data import IMAGE_SUFFIXES
+from clipad.data.images import ImageReadError, load_mask, resize_to_model
+from clipad.deploy.artifacts import Artifacts
+from clipad.model.fusion import fused_score, map_max
+from clipad.runtime.backends import Backend
+from clipad.runtime.sources import ImageFilesSource, file_batches
 
 PIXELS_PER_IMAGE = 16384  # pixels sampled per image for the pixel threshold (all when fewer)
 

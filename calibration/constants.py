@@ -7,11 +7,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from clipad_export.artifacts import ONNX_FP32, TEXT_FEATURES
-from clipad_export.errors import ClipadError
-from clipad_export.fusion import Range, fused_score
-
-from .thresholds import normalised_score
+from clipad.calibration.thresholds import normalised_score
+from clipad.core.errors import ClipadError
+from clipad.deploy.artifacts import ONNX_FP32, TEXT_FEATURES
+from clipad.model.fusion import Range, fused_score
 
 CALIBRATION_VERSION = 1
 # The files whose content the constants depend on: the graph (ViT, heads, blur) and the text vectors.

@@ -4,7 +4,7 @@ QDQ format (QuantizeLinear/DequantizeLinear pairs around each quantised op), whi
 runs on CPU and TensorRT reads as explicit quantisation. TensorRT wants symmetric quantisation
 (zero point 0) and signed INT8, so activations and weights are both symmetric INT8, weights per
 output channel. Only the ViT's matrix products are quantised (MatMul, Gemm, Conv), and the nodes
-the FP16 graph keeps in FP32 (clipad_export/fp16.py: LayerNorm, both attention softmaxes with
+the FP16 graph keeps in FP32 (clipad/deploy/fp16.py: LayerNorm, both attention softmaxes with
 their logit MatMuls, and everything after the ViT) stay in FP32 here too.
 
 The graph is kept only when its top-1% pixel agreement with the FP32 graph is >= 0.9.
@@ -18,15 +18,15 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from clipad_export.artifacts import ONNX_FP32, ONNX_INT8, Artifacts
-from clipad_export.atomic import atomic_path
-from clipad_export.errors import ClipadError
-from clipad_export.fp16 import fp32_nodes
-from clipad_export.models import file_sha256
-from clipad_export.parity import TOLERANCES, compare, parity_images
-from clipad_export.preprocess import resize_to_model
-from clipad_export.progress import Tasks
-from runtime.sources import ImageFilesSource, file_batches
+from clipad.core.atomic import atomic_path
+from clipad.core.errors import ClipadError
+from clipad.core.hashing import file_sha256
+from clipad.core.progress import Tasks
+from clipad.data.images import resize_to_model
+from clipad.deploy.artifacts import ONNX_FP32, ONNX_INT8, Artifacts
+from clipad.deploy.fp16 import fp32_nodes
+from clipad.deploy.parity import TOLERANCES, compare, parity_images
+from clipad.runtime.sources import ImageFilesSource, file_batches
 
 MIN_AGREEMENT = TOLERANCES["int8"]["top1pct_agreement"]
 QUANTISED_OPS = ["MatMul", "Gemm", "Conv"]

@@ -9,7 +9,7 @@ import math
 
 import numpy as np
 
-from clipad_export.errors import ClipadError
+from clipad.core.errors import ClipadError
 
 
 def min_images_for_fpr(target_fpr: float) -> int:

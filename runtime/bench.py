@@ -29,15 +29,14 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
-from clipad_export.artifacts import Artifacts
-from clipad_export.atomic import atomic_path, write_text_atomic
-from clipad_export.errors import ClipadError
-from clipad_export.flops import ViTDims, flops_breakdown, plain_encoding_flops
-from clipad_export.parity import TOLERANCES, compare, parity_images, violations
-from clipad_export.preprocess import normalize
-from clipad_export.progress import Tasks
-
-from .backends import BACKENDS, Backend, open_backend
+from clipad.core.atomic import atomic_path, write_text_atomic
+from clipad.core.errors import ClipadError
+from clipad.core.progress import Tasks
+from clipad.deploy.artifacts import Artifacts
+from clipad.deploy.parity import TOLERANCES, compare, parity_images, violations
+from clipad.model.flops import ViTDims, flops_breakdown, plain_encoding_flops
+from clipad.model.preprocess import normalize
+from clipad.runtime.backends import BACKENDS, Backend, open_backend
 
 SCHEMA_VERSION = 1
 PRECISIONS = ("fp32", "fp16", "int8")
@@ -383,8 +382,8 @@ def run_bench(art: Artifacts, cfg: BenchConfig, tasks: Tasks) -> dict[str, Any]:
     matmul ceilings, then each backend/precision opened alone (the reference released first so
     that it does not count in their memory) and timed at every batch size.
     """
-    from clipad_export.export import reference_model
-    from clipad_export.models import resolve_device
+    from clipad.deploy.export import reference_model
+    from clipad.model.loading import resolve_device
 
     validate(cfg)
     device = resolve_device(cfg.device)

@@ -14,20 +14,19 @@ from pathlib import Path
 
 import cv2
 
-from calibration.calibrate import calibrate
-from clipad_export.data.synth import make_synthetic, sample_images
-from clipad_export.export import ExportConfig, export
-from clipad_export.models import TINY_MODEL, WeightSpec, load_model
-from clipad_export.progress import Tasks
-from clipad_export.prompts import PROMPT_SETS
-
-from .backends import select_backend
-from .colour import to_bgr
-from .pipeline import Pipeline
-from .predict import predict
-from .scoring import Calibration
-from .sinks import EventsSink, VideoSink
-from .sources import VideoFileSource
+from clipad.calibration.calibrate import calibrate
+from clipad.core.progress import Tasks
+from clipad.data.colour import to_bgr
+from clipad.data.synth import make_synthetic, sample_images
+from clipad.deploy.export import ExportConfig, export
+from clipad.model.loading import TINY_MODEL, WeightSpec, load_model
+from clipad.model.prompts import PROMPT_SETS
+from clipad.runtime.backends import select_backend
+from clipad.runtime.pipeline import Pipeline
+from clipad.runtime.predict import predict
+from clipad.runtime.scoring import Calibration
+from clipad.runtime.sinks import EventsSink, VideoSink
+from clipad.runtime.sources import VideoFileSource
 
 CATEGORY = "washer"
 

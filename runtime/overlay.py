@@ -5,7 +5,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from .colour import to_rgb
+from clipad.data.colour import to_rgb
 
 
 def map_to_frame(amap: np.ndarray, height: int, width: int) -> np.ndarray:

@@ -18,12 +18,11 @@ from typing import Callable
 
 import numpy as np
 
-from clipad_export.preprocess import resize_to_model
-
-from .backends import Backend
-from .scoring import Calibration, score_batch
-from .sinks import SinkError, render_view
-from .sources import Frame, Source
+from clipad.data.images import resize_to_model
+from clipad.runtime.backends import Backend
+from clipad.runtime.scoring import Calibration, score_batch
+from clipad.runtime.sinks import SinkError, render_view
+from clipad.runtime.sources import Frame, Source
 
 STAGES = ("capture", "preprocess", "inference", "postprocess")
 _DONE = object()

@@ -8,15 +8,14 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from clipad_export.atomic import atomic_path
-from clipad_export.preprocess import resize_to_model
-from clipad_export.progress import Tasks
-
-from .backends import Backend
-from .colour import to_bgr
-from .overlay import overlay
-from .scoring import Calibration, score_batch
-from .sources import ImageFilesSource, file_batches
+from clipad.core.atomic import atomic_path
+from clipad.core.progress import Tasks
+from clipad.data.colour import to_bgr
+from clipad.data.images import resize_to_model
+from clipad.runtime.backends import Backend
+from clipad.runtime.overlay import overlay
+from clipad.runtime.scoring import Calibration, score_batch
+from clipad.runtime.sources import ImageFilesSource, file_batches
 
 
 def _unique_stem(path: str, used: set[str]) -> str:

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from calibration.constants import Calibration
-from clipad_export.fusion import map_max
+from clipad.calibration.constants import Calibration
+from clipad.model.fusion import map_max
 
 __all__ = ["Calibration", "score_batch"]
 

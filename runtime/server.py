@@ -19,9 +19,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import cv2
 import numpy as np
 
-from clipad_export.errors import ClipadError
-
-from .colour import to_bgr
+from clipad.core.errors import ClipadError
+from clipad.data.colour import to_bgr
 
 HISTORY = 600
 

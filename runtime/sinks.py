@@ -11,11 +11,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from clipad_export.errors import ClipadError
-
-from .colour import to_bgr
-from .overlay import overlay, put_label
-from .scoring import Calibration
+from clipad.core.errors import ClipadError
+from clipad.data.colour import to_bgr
+from clipad.runtime.overlay import overlay, put_label
+from clipad.runtime.scoring import Calibration
 
 
 class SinkError(ClipadError):

@@ -2,7 +2,7 @@
 cameras/streams (only the latest frame, kept by a grabber thread, with reconnects).
 
 Every frame leaves here as RGB uint8 at its original size (runtime.colour.to_rgb is the only
-conversion); the model-resolution resize happens later, in clipad_export.preprocess.
+conversion); the model-resolution resize happens later, in clipad.data.images.
 """
 
 from __future__ import annotations
@@ -18,10 +18,9 @@ from typing import Iterator
 import cv2
 import numpy as np
 
-from clipad_export.data import IMAGE_SUFFIXES
-from clipad_export.errors import ClipadError
-
-from .colour import pil_to_rgb, to_rgb
+from clipad.core.errors import ClipadError
+from clipad.data import IMAGE_SUFFIXES
+from clipad.data.colour import pil_to_rgb, to_rgb
 
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mkv", ".mov", ".m4v", ".webm", ".mpg", ".mpeg", ".wmv"}
 STREAM_SCHEMES = ("rtsp://", "rtsps://", "http://", "https://", "rtmp://", "udp://", "tcp://")
@@ -70,7 +69,7 @@ class Source(ABC):
 
 def _read_image_file(path: Path) -> np.ndarray | None:
     """Decoded with PIL, as `clipad eval` decodes (so JPEG decoding cannot differ between them)."""
-    from clipad_export.preprocess import ImageReadError, read_image
+    from clipad.data.images import ImageReadError, read_image
 
     try:
         return pil_to_rgb(read_image(path))

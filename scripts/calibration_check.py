@@ -24,15 +24,13 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-import cli  # noqa: E402
-from clipad_export.artifacts import load_artifacts  # noqa: E402
-from clipad_export.data.synth import make_synthetic  # noqa: E402
-from clipad_export.parity import compare  # noqa: E402
-from clipad_export.preprocess import resize_to_model  # noqa: E402
-from runtime.backends import open_backend  # noqa: E402
-from runtime.sources import ImageFilesSource  # noqa: E402
+from clipad import cli
+from clipad.data.images import resize_to_model
+from clipad.data.synth import make_synthetic
+from clipad.deploy.artifacts import load_artifacts
+from clipad.deploy.parity import compare
+from clipad.runtime.backends import open_backend
+from clipad.runtime.sources import ImageFilesSource
 
 
 def clipad(*args) -> None:

@@ -74,7 +74,7 @@ def main() -> int:
     else:
         model, batches, device, iterations, warmup = "ViT-B-16-plus-240", "1,8,32", "cuda", 30, 5
         backends = ["torch"] + (["onnxruntime"] if ort_gpu() else []) + (["tensorrt"] if importable("tensorrt") else [])
-    clipad = [sys.executable, str(ROOT / "cli.py")]
+    clipad = [sys.executable, "-m", "clipad"]
     res: dict = {
         "date": time.strftime("%Y-%m-%d"),
         "gpu": torch.cuda.get_device_name(0) if device == "cuda" else "none (dry run)",

@@ -24,14 +24,12 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from clipad_export.artifacts import load_artifacts  # noqa: E402
-from clipad_export.data.synth import sample_images  # noqa: E402
-from clipad_export.preprocess import resize_to_model  # noqa: E402
-from runtime.backends import open_backend  # noqa: E402
-from runtime.pipeline import Pipeline  # noqa: E402
-from runtime.sources import LiveSource, VideoFileSource  # noqa: E402
+from clipad.data.images import resize_to_model
+from clipad.data.synth import sample_images
+from clipad.deploy.artifacts import load_artifacts
+from clipad.runtime.backends import open_backend
+from clipad.runtime.pipeline import Pipeline
+from clipad.runtime.sources import LiveSource, VideoFileSource
 
 
 def rss_mb() -> float:

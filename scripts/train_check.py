@@ -24,20 +24,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from clipad_export.data import load_batch, load_split  # noqa: E402
-from clipad_export.data.synth import make_synthetic  # noqa: E402
-from clipad_export.evaluate import mean_pixel_auroc  # noqa: E402
-from clipad_export.heads import load_heads  # noqa: E402
-from clipad_export.maps import as_tensor, bilinear_matrix  # noqa: E402
-from clipad_export.models import WeightSpec, load_model  # noqa: E402
-from clipad_export.preprocess import normalize  # noqa: E402
-from clipad_export.progress import Tasks  # noqa: E402
-from clipad_export.prompts import PROMPT_SETS  # noqa: E402
-from clipad_export.rvs import text_vectors  # noqa: E402
-from clipad_export.surgery import DualPathViT  # noqa: E402
-from clipad_export.train import TrainConfig, heads_step, init_heads, keep_freed_buffers, train  # noqa: E402
+from clipad.core.progress import Tasks
+from clipad.data import load_batch, load_split
+from clipad.data.synth import make_synthetic
+from clipad.evaluation.evaluate import mean_pixel_auroc
+from clipad.model.heads import load_heads
+from clipad.model.loading import WeightSpec, load_model
+from clipad.model.maps import as_tensor, bilinear_matrix
+from clipad.model.preprocess import normalize
+from clipad.model.prompts import PROMPT_SETS
+from clipad.model.rvs import text_vectors
+from clipad.model.surgery import DualPathViT
+from clipad.training.train import TrainConfig, heads_step, init_heads, keep_freed_buffers, train
 
 
 def backbone_epoch(loaded, samples, categories, texts, batch_size: int) -> float:

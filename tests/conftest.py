@@ -9,8 +9,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # an offline download otherwise re
 import pytest
 import torch
 
-from clipad_export.data.synth import make_synthetic
-from clipad_export.models import TINY_MODEL, LoadedModel, WeightSpec, load_model
+from clipad.data.synth import make_synthetic
+from clipad.model.loading import TINY_MODEL, LoadedModel, WeightSpec, load_model
 
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 

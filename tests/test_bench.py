@@ -16,16 +16,16 @@ from PIL import Image
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
-import cli
-from clipad_export.export import ExportConfig, export
-from clipad_export.flops import ViTDims, flops_breakdown, original_block_flops, plain_encoding_flops
-from clipad_export.parity import parity_images
-from clipad_export.preprocess import normalize
-from clipad_export.progress import Tasks
-from clipad_export.prompts import PROMPT_SETS
-from clipad_export.sdp import SDPModel
-from runtime.backends import Backend, open_backend
-from runtime.bench import SCHEMA_VERSION, percentiles, time_backend, time_calls
+from clipad import cli
+from clipad.core.progress import Tasks
+from clipad.deploy.export import ExportConfig, export
+from clipad.deploy.parity import parity_images
+from clipad.model.flops import ViTDims, flops_breakdown, original_block_flops, plain_encoding_flops
+from clipad.model.preprocess import normalize
+from clipad.model.prompts import PROMPT_SETS
+from clipad.model.sdp import SDPModel
+from clipad.runtime.backends import Backend, open_backend
+from clipad.runtime.bench import SCHEMA_VERSION, percentiles, time_backend, time_calls
 from tests.test_cli import assert_one_line_error, run
 from tests.test_sdp import random_heads
 

@@ -13,17 +13,12 @@ import pytest
 from PIL import Image
 from sklearn.metrics import f1_score
 
-from calibration.thresholds import (
-    f1_threshold,
-    fpr_threshold,
-    min_images_for_fpr,
-    normalised_score,
-)
-from clipad_export.artifacts import load_artifacts
-from clipad_export.data.synth import make_synthetic
-from clipad_export.preprocess import resize_to_model
-from runtime.backends import open_backend
-from runtime.sources import ImageFilesSource
+from clipad.calibration.thresholds import f1_threshold, fpr_threshold, min_images_for_fpr, normalised_score
+from clipad.data.images import resize_to_model
+from clipad.data.synth import make_synthetic
+from clipad.deploy.artifacts import load_artifacts
+from clipad.runtime.backends import open_backend
+from clipad.runtime.sources import ImageFilesSource
 from tests.test_cli import assert_one_line_error, run
 
 TINY = ("--model", "clipad-tiny", "--random-weights", "--quiet")
@@ -38,7 +33,7 @@ def setup(tmp_path_factory):
         (root / name).mkdir()
         for f in files:
             shutil.copy(f, root / name / f.name)
-    import cli
+    from clipad import cli
 
     assert cli.run([str(a) for a in ("export", "--category", "fabric", "--precision", "fp32", "--out", root / "art", *TINY)]) == 0
     return root
@@ -107,7 +102,7 @@ def test_labelled_threshold_is_the_f1_optimal_one(setup, tmp_path, capsys):
     best = cands[int(np.argmax(f1s))]
     assert c["threshold"] == pytest.approx(best, abs=1e-9) and c["achieved"]["f1"] == pytest.approx(max(f1s))
     # The pixel threshold beats a grid of alternatives on the same pixels (F1 on the masks).
-    from clipad_export.preprocess import load_mask
+    from clipad.data.images import load_mask
 
     masks = [load_mask(s / "ground_truth" / p.parent.name / f"{p.stem}_mask.png", 96)
              for p in sorted(s.glob("test/[!g]*/*.png"))]

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import cli
-from clipad_export.heads import save_heads
+from clipad import cli
+from clipad.model.heads import save_heads
 from tests.test_sdp import random_heads
 
 TINY = ["--model", "clipad-tiny", "--random-weights", "--quiet"]

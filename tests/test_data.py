@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from clipad_export.data import load_split
-from clipad_export.data.synth import make_synthetic
-from clipad_export.errors import ClipadError
-from clipad_export.preprocess import load_mask, resize_mask, resize_to_model
+from clipad.core.errors import ClipadError
+from clipad.data import load_split
+from clipad.data.images import load_mask, resize_mask, resize_to_model
+from clipad.data.synth import make_synthetic
 
 
 def _png(path, arr):

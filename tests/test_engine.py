@@ -12,7 +12,6 @@ import pytest
 
 try:
     import tensorrt  # noqa: F401
-
     import torch
 
     HAVE = torch.cuda.is_available()
@@ -24,9 +23,9 @@ pytestmark = pytest.mark.skipif(not HAVE, reason=WHY)
 
 
 def test_engine_build_sidecar_and_fp16_layers(tmp_path, capsys):
-    from clipad_export.artifacts import load_artifacts
-    from clipad_export.models import file_sha256
-    from clipad_export.tensorrt_build import check_plan_compat, gpu_identity
+    from clipad.core.hashing import file_sha256
+    from clipad.deploy.artifacts import load_artifacts
+    from clipad.deploy.tensorrt_build import check_plan_compat, gpu_identity
     from tests.test_cli import run
 
     code, _, err = run(capsys, "export", "--category", "washer", "--model", "clipad-tiny", "--random-weights", "--quiet",
@@ -43,8 +42,8 @@ def test_engine_build_sidecar_and_fp16_layers(tmp_path, capsys):
 
 
 def test_engine_parity_through_the_tensorrt_backend(tmp_path, capsys):
-    from clipad_export.artifacts import load_artifacts
-    from clipad_export.parity import parity_images, run_parity
+    from clipad.deploy.artifacts import load_artifacts
+    from clipad.deploy.parity import parity_images, run_parity
     from tests.test_cli import run
 
     code, _, err = run(capsys, "export", "--category", "washer", "--model", "clipad-tiny", "--random-weights", "--quiet",

@@ -16,18 +16,18 @@ import onnx
 import pytest
 import torch
 
-import cli
-from clipad_export.artifacts import load_artifacts, staging_dir
-from clipad_export.errors import ClipadError
-from clipad_export.export import ExportConfig, export, reference_model
-from clipad_export.heads import save_heads
-from clipad_export.models import file_sha256
-from clipad_export.progress import Tasks
-from clipad_export.prompts import PROMPT_SETS
-from clipad_export.rvs import text_vectors
-from clipad_export.tensorrt_build import check_plan_compat, unsupported_ops
-from clipad_export.triton import config_text, validate_config
-from runtime.backends import open_backend
+from clipad import cli
+from clipad.core.errors import ClipadError
+from clipad.core.hashing import file_sha256
+from clipad.core.progress import Tasks
+from clipad.deploy.artifacts import load_artifacts, staging_dir
+from clipad.deploy.export import ExportConfig, export, reference_model
+from clipad.deploy.tensorrt_build import check_plan_compat, unsupported_ops
+from clipad.deploy.triton_repo import config_text, validate_config
+from clipad.model.heads import save_heads
+from clipad.model.prompts import PROMPT_SETS
+from clipad.model.rvs import text_vectors
+from clipad.runtime.backends import open_backend
 from tests.test_cli import assert_one_line_error, run
 from tests.test_sdp import random_heads
 
@@ -109,7 +109,7 @@ def test_tampered_file_is_refused(tmp_path, exported):
 
 @pytest.fixture(scope="module")
 def fp16_graph(exported, tmp_path_factory):
-    from clipad_export.fp16 import convert_fp16
+    from clipad.deploy.fp16 import convert_fp16
 
     path = tmp_path_factory.mktemp("fp16") / "model.fp16.onnx"
     convert_fp16(exported["sdp+"].root / "model.onnx", path)
@@ -134,7 +134,7 @@ def test_fp16_graph_keeps_sensitive_ops_in_fp32(fp16_graph):
 
 
 def test_fp16_parity_failure_drops_the_graph_or_fails(tiny, tmp_path, monkeypatch, capsys):
-    from clipad_export import parity
+    from clipad.deploy import parity
 
     monkeypatch.setitem(parity.TOLERANCES, "fp16", {"rel_l2": 0.0, "prob_max_abs": 0.0, "top1pct_agreement": 1.1})
     code, out, err = run(capsys, "export", "--category", "washer", "--out", tmp_path / "a", *TINY)
@@ -206,7 +206,7 @@ def test_staging_dir_leaves_nothing_on_failure(tmp_path):
 def test_export_killed_midway_leaves_no_artifact_dir(tmp_path):
     out = tmp_path / "art"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "cli", "export", "--category", "washer", "--out", str(out), *TINY],
+        [sys.executable, "-m", "clipad", "export", "--category", "washer", "--out", str(out), *TINY],
         cwd=Path(__file__).parents[1], env={**os.environ, "HF_HUB_OFFLINE": "1"},
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
@@ -289,7 +289,7 @@ def test_duplicate_casts_from_older_converters_are_repaired():
     output name; the repair keeps one, and refuses two different producers of a name."""
     from onnx import TensorProto, helper
 
-    from clipad_export.fp16 import drop_duplicate_nodes, toposort
+    from clipad.deploy.fp16 import drop_duplicate_nodes, toposort
 
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT16, [2])
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])

@@ -8,8 +8,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from clipad_export.models import TINY_MODEL, WeightSpec, load_model
-from clipad_export.sdp import SDPModel
+from clipad.model.loading import TINY_MODEL, WeightSpec, load_model
+from clipad.model.sdp import SDPModel
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU; CI and the build machines have none")
 
@@ -49,11 +49,11 @@ def test_fp16_autocast_stays_close_to_fp32():
 def test_training_on_cuda_uses_amp_and_learns(tmp_path):
     """SDP+ training on CUDA runs under autocast with a gradient scaler and ends close to the
     same training in FP32 on the CPU (same data, seed and epochs)."""
-    from clipad_export.data import load_split
-    from clipad_export.data.synth import make_synthetic
-    from clipad_export.heads import load_heads
-    from clipad_export.progress import Tasks
-    from clipad_export.train import TrainConfig, train
+    from clipad.core.progress import Tasks
+    from clipad.data import load_split
+    from clipad.data.synth import make_synthetic
+    from clipad.model.heads import load_heads
+    from clipad.training.train import TrainConfig, train
 
     make_synthetic(tmp_path / "d", n_train=0, n_good=4, n_defect=6, seed=0, defect_scale=3)
     split = load_split("mvtec", tmp_path / "d")

@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from clipad_export.losses import SDPPlusLoss, dice_loss, focal_loss, sdp_plus_loss
+from clipad.training.losses import SDPPlusLoss, dice_loss, focal_loss, sdp_plus_loss
 
 
 def test_focal_loss_direct_formula():

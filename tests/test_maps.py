@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from scipy.ndimage import gaussian_filter
 
-from clipad_export.maps import apply_separable, as_tensor, bilinear_matrix, gaussian_matrix
+from clipad.model.maps import apply_separable, as_tensor, bilinear_matrix, gaussian_matrix
 
 
 @pytest.mark.parametrize("align_corners", [False, True])

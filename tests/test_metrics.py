@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from sklearn.metrics import average_precision_score, f1_score, roc_auc_score
 
-from clipad_export.fusion import fused_score, minmax, transductive_ranges
-from clipad_export.metrics import aupro, binary_metrics, mean_of, pixel_metrics
+from clipad.evaluation.metrics import aupro, binary_metrics, mean_of, pixel_metrics
+from clipad.model.fusion import fused_score, minmax, transductive_ranges
 
 
 def brute_f1_max(labels, scores):

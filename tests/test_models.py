@@ -8,8 +8,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from clipad_export.errors import ClipadError
-from clipad_export.models import TINY_MODEL, WeightSpec, load_model
+from clipad.core.errors import ClipadError
+from clipad.model.loading import TINY_MODEL, WeightSpec, load_model
 
 
 def test_random_weights_are_seeded():

@@ -18,16 +18,16 @@ import cv2
 import numpy as np
 import pytest
 
-from clipad_export.artifacts import load_artifacts
-from clipad_export.data.synth import sample_images
-from clipad_export.export import ExportConfig, export
-from clipad_export.preprocess import resize_to_model
-from clipad_export.progress import Tasks
-from clipad_export.prompts import PROMPT_SETS
-from runtime.backends import open_backend, select_backend
-from runtime.colour import to_rgb
-from runtime.pipeline import Pipeline
-from runtime.sources import LiveSource
+from clipad.core.progress import Tasks
+from clipad.data.colour import to_rgb
+from clipad.data.images import resize_to_model
+from clipad.data.synth import sample_images
+from clipad.deploy.artifacts import load_artifacts
+from clipad.deploy.export import ExportConfig, export
+from clipad.model.prompts import PROMPT_SETS
+from clipad.runtime.backends import open_backend, select_backend
+from clipad.runtime.pipeline import Pipeline
+from clipad.runtime.sources import LiveSource
 from tests.test_cli import assert_one_line_error, run
 
 EVENT_KEYS = {"frame": int, "source": str, "time": float, "image_prob": float, "map_max": float, "latency_ms": float}
@@ -234,7 +234,7 @@ def test_sigterm_stops_cleanly(art, tmp_path):
     write_video(tmp_path / "v.avi", 400)
     events, video = tmp_path / "ev.jsonl", tmp_path / "o.avi"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "cli", "run", "--source", str(tmp_path / "v.avi"), "--artifacts", str(art.root),
+        [sys.executable, "-m", "clipad", "run", "--source", str(tmp_path / "v.avi"), "--artifacts", str(art.root),
          "--backend", "torch", "--device", "cpu", "--events", str(events), "--save", str(video)],
         cwd=Path(__file__).parents[1], env={**os.environ, "HF_HUB_OFFLINE": "1"}, stderr=subprocess.PIPE, text=True,
     )

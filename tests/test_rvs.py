@@ -7,9 +7,9 @@ import json
 import numpy as np
 import pytest
 
-from clipad_export.errors import ClipadError
-from clipad_export.prompts import PROMPT_SETS, TEMPLATES, load_prompt_set
-from clipad_export.rvs import dbscan_params, representative_vector, text_vectors
+from clipad.core.errors import ClipadError
+from clipad.model.prompts import PROMPT_SETS, TEMPLATES, load_prompt_set
+from clipad.model.rvs import dbscan_params, representative_vector, text_vectors
 
 FP16_TOL = 2e-3
 

@@ -13,9 +13,9 @@ import torch
 import torch.nn.functional as F
 from scipy.ndimage import gaussian_filter
 
-from clipad_export.errors import ClipadError
-from clipad_export.heads import Heads, load_heads, save_heads
-from clipad_export.sdp import SDPModel, feature_surgery, image_prob
+from clipad.core.errors import ClipadError
+from clipad.model.heads import Heads, load_heads, save_heads
+from clipad.model.sdp import SDPModel, feature_surgery, image_prob
 
 
 def random_text(dim: int, seed: int = 0) -> torch.Tensor:

@@ -15,9 +15,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from clipad_export.models import randomize_parameters
-from clipad_export.preprocess import normalize
-from clipad_export.surgery import DualPathViT
+from clipad.model.loading import randomize_parameters
+from clipad.model.preprocess import normalize
+from clipad.model.surgery import DualPathViT
 
 
 def _ln(x, mod):
@@ -129,7 +129,7 @@ def test_batch_elements_are_independent(tiny, uint8_images):
 
 
 def test_randomize_changes_every_parameter():
-    from clipad_export.models import _open_clip
+    from clipad.model.loading import _open_clip
 
     oc = _open_clip()
     torch.manual_seed(0)

@@ -15,7 +15,7 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from clipad_export.sdp import SDPModel
+from clipad.model.sdp import SDPModel
 from tests.test_sdp import random_heads, random_text
 
 

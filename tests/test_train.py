@@ -10,14 +10,14 @@ import numpy as np
 import pytest
 import torch
 
-from clipad_export.data import load_split
-from clipad_export.data.synth import make_synthetic
-from clipad_export.errors import ClipadError
-from clipad_export.evaluate import mean_pixel_auroc
-from clipad_export.heads import load_heads
-from clipad_export.models import WeightSpec, load_model
-from clipad_export.progress import Tasks
-from clipad_export.train import TrainConfig, data_key, init_heads, train
+from clipad.core.errors import ClipadError
+from clipad.core.progress import Tasks
+from clipad.data import load_split
+from clipad.data.synth import make_synthetic
+from clipad.evaluation.evaluate import mean_pixel_auroc
+from clipad.model.heads import load_heads
+from clipad.model.loading import WeightSpec, load_model
+from clipad.training.train import TrainConfig, data_key, init_heads, train
 from tests.test_cli import assert_one_line_error, run
 
 

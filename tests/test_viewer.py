@@ -10,13 +10,14 @@ import time
 
 import pytest
 
-from clipad_export.errors import ClipadError
-from runtime.backends import open_backend
-from runtime.pipeline import Pipeline
-from runtime.server import ServeSink
-from runtime.sources import LiveSource
+from clipad.core.errors import ClipadError
+from clipad.runtime.backends import open_backend
+from clipad.runtime.pipeline import Pipeline
+from clipad.runtime.server import ServeSink
+from clipad.runtime.sources import LiveSource
 from tests.test_cli import assert_one_line_error, run
-from tests.test_runtime import _closed_port as _free_port, art, write_video  # noqa: F401 (module fixture)
+from tests.test_runtime import _closed_port as _free_port  # noqa: F401 (module fixture)
+from tests.test_runtime import art, write_video  # noqa: F401 (module fixture)
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import ClipadError
+from clipad.core.errors import ClipadError
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
 DATASETS = ("mvtec", "visa", "folder")
@@ -53,7 +53,7 @@ def select(found: dict[str, list[Sample]], categories: list[str] | None, root: P
 
 def load_split(kind: str, root: str | Path, categories: list[str] | None = None) -> dict[str, list[Sample]]:
     """The test split of dataset ``kind`` (mvtec, visa or folder) under ``root``."""
-    from . import folder, mvtec, visa
+    from clipad.data import folder, mvtec, visa
 
     root = Path(root)
     check_root(root)
@@ -88,7 +88,7 @@ def load_batch(samples: list[Sample], size: int, skipped: list[str]):
     """
     import numpy as np
 
-    from ..preprocess import ImageReadError, load_mask, read_image, resize_to_model
+    from clipad.data.images import ImageReadError, load_mask, read_image, resize_to_model
 
     images, kept, masks = [], [], []
     for s in samples:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from . import Sample, is_image
+from clipad.data import Sample, is_image
 
 MASK_SUFFIX = "_mask"
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from . import Sample, is_image
+from clipad.data import Sample, is_image
 
 
 def read(root: Path) -> dict[str, list[Sample]]:

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from ..errors import ClipadError
+from clipad.core.errors import ClipadError
 
 CATEGORIES = ("fabric", "washer")
 DEFECTS = ("scratch", "spot")

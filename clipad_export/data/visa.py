@@ -6,8 +6,8 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
-from ..errors import ClipadError
-from . import Sample
+from clipad.core.errors import ClipadError
+from clipad.data import Sample
 
 SPLIT_CSV = Path("split_csv") / "1cls.csv"
 

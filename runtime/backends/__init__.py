@@ -9,8 +9,8 @@ from abc import ABC, abstractmethod
 
 import numpy as np
 
-from clipad_export.artifacts import Artifacts
-from clipad_export.errors import ClipadError
+from clipad.core.errors import ClipadError
+from clipad.deploy.artifacts import Artifacts
 
 BACKENDS = ("torch", "onnxruntime", "tensorrt")
 
@@ -42,15 +42,15 @@ class Backend(ABC):
 def open_backend(artifacts: Artifacts, name: str, precision: str = "fp32", device: str = "auto") -> Backend:
     """The named backend for ``artifacts``; one line when it cannot run here."""
     if name == "onnxruntime":
-        from .onnxruntime_backend import OnnxRuntimeBackend
+        from clipad.runtime.backends.onnxruntime_backend import OnnxRuntimeBackend
 
         return OnnxRuntimeBackend(artifacts, precision, device)
     if name == "torch":
-        from .torch_backend import TorchBackend
+        from clipad.runtime.backends.torch_backend import TorchBackend
 
         return TorchBackend(artifacts, precision, device)
     if name == "tensorrt":
-        from .tensorrt_backend import TensorRTBackend
+        from clipad.runtime.backends.tensorrt_backend import TensorRTBackend
 
         if not artifacts.has("model.plan"):
             raise ClipadError(f"{artifacts.root} has no model.plan; build one with `clipad export --engine`")

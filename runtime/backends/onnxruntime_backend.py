@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from clipad_export.artifacts import ONNX_FP16, ONNX_FP32, ONNX_INT8, Artifacts
-from clipad_export.errors import ClipadError
-
-from . import Backend
+from clipad.core.errors import ClipadError
+from clipad.deploy.artifacts import ONNX_FP16, ONNX_FP32, ONNX_INT8, Artifacts
+from clipad.runtime.backends import Backend
 
 PREFERRED = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
 

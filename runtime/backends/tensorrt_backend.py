@@ -14,11 +14,10 @@ import json
 
 import numpy as np
 
-from clipad_export.artifacts import PLAN, PLAN_META, Artifacts
-from clipad_export.errors import ClipadError
-from clipad_export.tensorrt_build import check_plan_compat, gpu_identity, require_tensorrt
-
-from . import Backend
+from clipad.core.errors import ClipadError
+from clipad.deploy.artifacts import PLAN, PLAN_META, Artifacts
+from clipad.deploy.tensorrt_build import check_plan_compat, gpu_identity, require_tensorrt
+from clipad.runtime.backends import Backend
 
 
 def _check(result):

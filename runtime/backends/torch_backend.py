@@ -5,12 +5,11 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from clipad_export.artifacts import Artifacts
-from clipad_export.errors import ClipadError
-from clipad_export.export import reference_model
-from clipad_export.models import resolve_device
-
-from . import Backend
+from clipad.core.errors import ClipadError
+from clipad.deploy.artifacts import Artifacts
+from clipad.deploy.export import reference_model
+from clipad.model.loading import resolve_device
+from clipad.runtime.backends import Backend
 
 
 class TorchBackend(Backend):

@@ -13,8 +13,8 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from .artifacts import ONNX_FP32, ONNX_FP16, PLAN, Artifacts
-from .errors import ClipadError
+from clipad.core.errors import ClipadError
+from clipad.deploy.artifacts import ONNX_FP16, ONNX_FP32, PLAN, Artifacts
 
 TRITON_DTYPES = {"uint8": "TYPE_UINT8", "float32": "TYPE_FP32", "float16": "TYPE_FP16"}
 

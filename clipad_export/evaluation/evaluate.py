@@ -16,17 +16,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .atomic import write_text_atomic
-from .data import Sample, load_batch
-from .errors import ClipadError
-from .fusion import fused_score, map_max, transductive_ranges
-from .heads import Heads
-from .metrics import binary_metrics, mean_of, pixel_metrics
-from .models import LoadedModel
-from .progress import Tasks
-from .prompts import PROMPT_SETS, PromptSet
-from .rvs import DEFAULT_METHOD, n_sentences, text_vectors
-from .sdp import DEFAULT_SIGMA, SDPModel
+from clipad.core.atomic import write_text_atomic
+from clipad.core.errors import ClipadError
+from clipad.core.progress import Tasks
+from clipad.data import Sample, load_batch
+from clipad.evaluation.metrics import binary_metrics, mean_of, pixel_metrics
+from clipad.model.fusion import fused_score, map_max, transductive_ranges
+from clipad.model.heads import Heads
+from clipad.model.loading import LoadedModel
+from clipad.model.prompts import PROMPT_SETS, PromptSet
+from clipad.model.rvs import DEFAULT_METHOD, n_sentences, text_vectors
+from clipad.model.sdp import DEFAULT_SIGMA, SDPModel
 
 MAX_LISTED_SKIPS = 20
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .data.synth import sample_images
-from .preprocess import resize_to_model
+from clipad.data.images import resize_to_model
+from clipad.data.synth import sample_images
 
 # Export fails when a graph exceeds these (the FP32 graph against the PyTorch reference; the
 # FP16 graph against the FP32 graph). FP32: float32 reassociation in ONNX Runtime's fused
@@ -70,9 +70,9 @@ def load_parity_images(folder: str, size: int, limit: int = 8) -> np.ndarray:
     """Up to ``limit`` images of a folder (sorted), through the shared resize: uint8 [n, size, size, 3]."""
     from pathlib import Path
 
-    from .data import is_image
-    from .errors import ClipadError
-    from .preprocess import ImageReadError, load_image
+    from clipad.core.errors import ClipadError
+    from clipad.data import is_image
+    from clipad.data.images import ImageReadError, load_image
 
     root = Path(folder)
     if not root.is_dir():
@@ -92,7 +92,7 @@ def load_parity_images(folder: str, size: int, limit: int = 8) -> np.ndarray:
 
 def run_parity(artifacts, backends: list[str], images: np.ndarray, device: str = "cpu") -> list[dict]:
     """Compare each backend/precision with the FP32 PyTorch reference on ``images``; one row each."""
-    from runtime.backends import open_backend
+    from clipad.runtime.backends import open_backend
 
     reference = open_backend(artifacts, "torch", "fp32", device)
     ref_map, ref_prob = reference(images)

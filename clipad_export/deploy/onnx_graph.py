@@ -1,6 +1,6 @@
 """Export the reference SDPModel as one ONNX graph: uint8 image in, map and probability out.
 
-The exported module *is* the reference (clipad_export.sdp.SDPModel): normalisation, the
+The exported module *is* the reference (clipad.model.sdp.SDPModel): normalisation, the
 dual-path ViT, feature surgery, the SDP+ heads, both upsampling conventions and the blur (as
 constant matrix products, method.md section 9) and the image probability, with the text
 vectors and heads as constants. Nothing is re-implemented for export, so the graph cannot
@@ -16,8 +16,8 @@ from pathlib import Path
 import onnx
 import torch
 
-from .errors import ClipadError
-from .sdp import SDPModel
+from clipad.core.errors import ClipadError
+from clipad.model.sdp import SDPModel
 
 OPSET = 17
 INPUT = "image"

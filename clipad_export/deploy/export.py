@@ -21,18 +21,27 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import __version__
-from .artifacts import (
-    FORMAT_VERSION, ONNX_FP16, ONNX_FP32, PLAN, PLAN_META, TEXT_FEATURES, Artifacts, hash_files, staging_dir,
+from clipad import __version__
+from clipad.core.errors import ClipadError
+from clipad.core.hashing import file_sha256
+from clipad.core.progress import Tasks
+from clipad.deploy.artifacts import (
+    FORMAT_VERSION,
+    ONNX_FP16,
+    ONNX_FP32,
+    PLAN,
+    PLAN_META,
+    TEXT_FEATURES,
+    Artifacts,
+    hash_files,
+    staging_dir,
 )
-from .errors import ClipadError
-from .heads import Heads, load_heads, save_heads
-from .models import LoadedModel, WeightSpec, file_sha256, load_model
-from .parity import TOLERANCES, compare, parity_images, violations
-from .progress import Tasks
-from .prompts import PromptSet
-from .rvs import dbscan_params, n_sentences, text_vectors
-from .sdp import DEFAULT_SIGMA, SDPModel
+from clipad.deploy.parity import TOLERANCES, compare, parity_images, violations
+from clipad.model.heads import Heads, load_heads, save_heads
+from clipad.model.loading import LoadedModel, WeightSpec, load_model
+from clipad.model.prompts import PromptSet
+from clipad.model.rvs import dbscan_params, n_sentences, text_vectors
+from clipad.model.sdp import DEFAULT_SIGMA, SDPModel
 
 HEADS_FILE = "heads.safetensors"
 CATEGORY_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -77,11 +86,11 @@ def validate(cfg: ExportConfig, loaded: LoadedModel | None = None) -> None:
     if cfg.heads_path is not None and not Path(cfg.heads_path).is_file():
         raise ClipadError(f"heads file not found: {cfg.heads_path}")
     if cfg.engine:
-        from .tensorrt_build import require_tensorrt
+        from clipad.deploy.tensorrt_build import require_tensorrt
 
         require_tensorrt()
     if cfg.triton_repo is not None:
-        from .triton import require_model_config
+        from clipad.deploy.triton_repo import require_model_config
 
         require_model_config()
     parent = Path(cfg.out).resolve().parent
@@ -170,7 +179,7 @@ def graph_parity(model: SDPModel, onnx_paths: dict[str, Path]) -> dict[str, dict
 
 def export(loaded: LoadedModel, cfg: ExportConfig, tasks: Tasks) -> Artifacts:
     """Run the whole export; returns the finished artifact directory."""
-    from .onnx_export import export_onnx, io_spec
+    from clipad.deploy.onnx_graph import export_onnx, io_spec
 
     validate(cfg, loaded)
     object_name = cfg.object_name or cfg.category
@@ -198,7 +207,7 @@ def export(loaded: LoadedModel, cfg: ExportConfig, tasks: Tasks) -> Artifacts:
         paths = {"fp32": stage / ONNX_FP32}
         fp16_info = None
         if "fp16" in cfg.precisions:
-            from .fp16 import convert_fp16
+            from clipad.deploy.fp16 import convert_fp16
 
             step = tasks.add("FP16 graph", 1)
             t0 = time.perf_counter()
@@ -253,7 +262,7 @@ def export(loaded: LoadedModel, cfg: ExportConfig, tasks: Tasks) -> Artifacts:
             "versions": _versions(),
         }
         if cfg.engine:
-            from .tensorrt_build import build_engine
+            from clipad.deploy.tensorrt_build import build_engine
 
             step = tasks.add("TensorRT engine", 1)
             manifest["engine"] = build_engine(stage, manifest)
@@ -264,7 +273,7 @@ def export(loaded: LoadedModel, cfg: ExportConfig, tasks: Tasks) -> Artifacts:
         artifacts.save_manifest()
     final = Artifacts(Path(cfg.out), manifest)
     if cfg.triton_repo is not None:
-        from .triton import write_triton_repo
+        from clipad.deploy.triton_repo import write_triton_repo
 
         write_triton_repo(final, cfg.triton_repo)
     return final

@@ -12,13 +12,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import torch
 from PIL import Image, UnidentifiedImageError
 
-from .errors import ClipadError
-
-OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
-OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
+from clipad.core.errors import ClipadError
 
 
 class ImageReadError(ClipadError):
@@ -77,14 +73,3 @@ def load_mask(path: str | Path, size: int, expect_size: tuple[int, int] | None =
             f"mask {path} is {mask.size[0]}x{mask.size[1]} but its image is {expect_size[0]}x{expect_size[1]}"
         )
     return resize_mask(mask, size)
-
-
-def normalize(images: torch.Tensor, mean: tuple[float, ...] = OPENAI_MEAN, std: tuple[float, ...] = OPENAI_STD) -> torch.Tensor:
-    """uint8 RGB [B, H, W, 3] -> float32 [B, 3, H, W], divided by 255 and mean/std normalised.
-
-    Written with plain tensor ops so it traces into the exported graph.
-    """
-    x = images.to(torch.float32).permute(0, 3, 1, 2) / 255.0  # cast first: TensorRT takes uint8 only into a Cast
-    m = torch.tensor(mean, dtype=torch.float32, device=images.device).view(1, 3, 1, 1)
-    s = torch.tensor(std, dtype=torch.float32, device=images.device).view(1, 3, 1, 1)
-    return (x - m) / s

@@ -14,7 +14,7 @@ image side (method.md sections 4-7):
 - projection, 4 stages, all tokens: 2 x 4 T W D (ln_post then proj)
 - feature surgery and image_prob:   cosines 2 x 4 T D 2, image cosines 2 D 2
 - SDP+ heads:                       linear 2 x 4 (T-1) W D, cosines 2 x 4 (T-1) D 2
-- upsampling and blur as matrices (clipad_export/maps.py, ``rows @ X @ cols^T``):
+- upsampling and blur as matrices (clipad/model/maps.py, ``rows @ X @ cols^T``):
   SDP: K X K^T with K [n, g]: 2 n g g + 2 n g n;
   SDP+: that for the SDP map and for each of the 4 head logit maps, then G Y G^T with
   G [n, n]: 2 n^3 x 2.

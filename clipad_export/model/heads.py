@@ -13,9 +13,9 @@ from pathlib import Path
 
 import torch
 
-from .atomic import atomic_path
-from .errors import ClipadError
-from .surgery import N_STAGES
+from clipad.core.atomic import atomic_path
+from clipad.core.errors import ClipadError
+from clipad.model.surgery import N_STAGES
 
 
 @dataclass

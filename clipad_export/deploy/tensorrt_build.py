@@ -28,9 +28,9 @@ from typing import Any
 
 import onnx
 
-from .artifacts import ONNX_FP16, ONNX_FP32, ONNX_INT8, PLAN, PLAN_META, Artifacts
-from .errors import ClipadError
-from .models import file_sha256
+from clipad.core.errors import ClipadError
+from clipad.core.hashing import file_sha256
+from clipad.deploy.artifacts import ONNX_FP16, ONNX_FP32, ONNX_INT8, PLAN, PLAN_META, Artifacts
 
 # Supported element types per operator, from the TensorRT 10.15 ONNX parser matrix, for every
 # operator the clipad graphs use or could plausibly gain. UINT8 is allowed only as a network

@@ -25,7 +25,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from .prompts import PROMPT_SETS, PromptSet
+from clipad.model.prompts import PROMPT_SETS, PromptSet
 
 METHODS = ("mean", "pca", "kde", "dbscan", "mean_shift")
 DEFAULT_METHOD = "dbscan"

@@ -23,10 +23,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .heads import Heads
-from .maps import apply_separable, as_tensor, bilinear_matrix, gaussian_matrix
-from .preprocess import OPENAI_MEAN, OPENAI_STD, normalize
-from .surgery import DualPathViT, Taps
+from clipad.model.heads import Heads
+from clipad.model.maps import apply_separable, as_tensor, bilinear_matrix, gaussian_matrix
+from clipad.model.preprocess import OPENAI_MEAN, OPENAI_STD, normalize
+from clipad.model.surgery import DualPathViT, Taps
 
 LOGIT_SCALE = 100.0  # hard-coded in the official code (method.md 6, 7.2)
 DEFAULT_SIGMA = 8.0

@@ -7,7 +7,6 @@ open_clip like any built-in architecture, so tests take the same code path as re
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
 import os
@@ -18,8 +17,9 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from .errors import ClipadError
-from .preprocess import OPENAI_MEAN, OPENAI_STD
+from clipad.core.errors import ClipadError
+from clipad.core.hashing import file_sha256
+from clipad.model.preprocess import OPENAI_MEAN, OPENAI_STD
 
 DEFAULT_MODEL = "ViT-B-16-plus-240"
 DEFAULT_PRETRAINED = "laion400m_e31"
@@ -156,14 +156,6 @@ def load_state_dict_checked(module: nn.Module, state: dict[str, torch.Tensor], s
             parts.append(f"{len(unexpected)} unexpected keys (e.g. {unexpected[0]})")
         raise ClipadError(f"{source} does not fit {what}: " + "; ".join(parts))
     module.load_state_dict(state, strict=True)
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def resolve_device(device: str) -> torch.device:

@@ -28,21 +28,21 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .atomic import atomic_path, write_text_atomic
-from .data import Sample, load_batch
-from .errors import ClipadError
-from .fusion import fused_score, map_max, transductive_ranges
-from .heads import Heads, save_heads
-from .losses import SDPPlusLoss
-from .maps import apply_separable, as_tensor, bilinear_matrix, gaussian_matrix
-from .metrics import binary_metrics, pixel_metrics
-from .models import LoadedModel
-from .preprocess import normalize
-from .progress import Tasks
-from .prompts import PROMPT_SETS
-from .rvs import text_vectors
-from .sdp import DEFAULT_SIGMA, LOGIT_SCALE, feature_surgery, image_prob
-from .surgery import N_STAGES, DualPathViT
+from clipad.core.atomic import atomic_path, write_text_atomic
+from clipad.core.errors import ClipadError
+from clipad.core.progress import Tasks
+from clipad.data import Sample, load_batch
+from clipad.evaluation.metrics import binary_metrics, pixel_metrics
+from clipad.model.fusion import fused_score, map_max, transductive_ranges
+from clipad.model.heads import Heads, save_heads
+from clipad.model.loading import LoadedModel
+from clipad.model.maps import apply_separable, as_tensor, bilinear_matrix, gaussian_matrix
+from clipad.model.preprocess import normalize
+from clipad.model.prompts import PROMPT_SETS
+from clipad.model.rvs import text_vectors
+from clipad.model.sdp import DEFAULT_SIGMA, LOGIT_SCALE, feature_surgery, image_prob
+from clipad.model.surgery import N_STAGES, DualPathViT
+from clipad.training.losses import SDPPlusLoss
 
 
 @dataclass

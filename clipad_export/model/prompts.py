@@ -16,7 +16,7 @@ from pathlib import Path
 
 import yaml
 
-from .errors import ClipadError
+from clipad.core.errors import ClipadError
 
 NORMAL_STATES = (
     "flawless {}", "perfect {}", "unblemished {}", "{} without flaw", "{} without defect",

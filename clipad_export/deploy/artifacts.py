@@ -22,9 +22,9 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from .atomic import write_text_atomic
-from .errors import ClipadError
-from .models import file_sha256
+from clipad.core.atomic import write_text_atomic
+from clipad.core.errors import ClipadError
+from clipad.core.hashing import file_sha256
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"

@@ -1,0 +1,5 @@
+"""``python -m clipad``: the same as the ``clipad`` command."""
+
+from clipad.cli import main
+
+main()

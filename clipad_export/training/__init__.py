@@ -1,0 +1,1 @@
+"""`clipad train`: SDP+ heads trained from cached backbone features with the official losses."""
