@@ -242,11 +242,12 @@ def parity(
     import json
 
     from clipad.core.atomic import write_text_atomic
+    from clipad.data.images import read_model_images
     from clipad.deploy.artifacts import load_artifacts
-    from clipad.deploy.parity import format_rows, load_parity_images, parity_images, run_parity
+    from clipad.deploy.parity import format_rows, parity_images, run_parity
 
     art = load_artifacts(artifacts)
-    x = load_parity_images(str(images), art.image_size) if images else parity_images(art.image_size, 3)
+    x = read_model_images(images, art.image_size, 8) if images else parity_images(art.image_size, 3)
     rows = run_parity(art, [b.strip() for b in backends.split(",") if b.strip()], x, device)
     typer.echo(format_rows(rows))
     if json_out is not None:
@@ -364,9 +365,9 @@ def predict(
     art, be, cal = _open_served(artifacts, backend, device, precision)
     with progress_bars(enabled=not quiet) as tasks:
         res = run_predict(be, source, out, art.image_size, cal, tasks, save_maps, save_overlays)
-    for e in res["skipped_files"]:
+    for e in res.skipped:
         typer.echo(f"warning: {e}", err=True)
-    typer.echo(f"{res['images']} predictions written to {out / 'predictions.jsonl'}" + (f", {res['skipped']} unreadable skipped" if res["skipped"] else ""))
+    typer.echo(f"{res.images} predictions written to {out / 'predictions.jsonl'}" + (f", {len(res.skipped)} unreadable skipped" if res.skipped else ""))
 
 
 @app.command()
@@ -401,9 +402,10 @@ def calibrate(
     art = load_artifacts(_artifacts_dir(artifacts))
     with progress_bars(enabled=not quiet) as tasks:
         if int8:
-            from clipad.calibration.int8 import load_images, make_int8
+            from clipad.calibration.int8 import make_int8
+            from clipad.data.images import read_model_images
 
-            imgs = load_images(images or good, art.image_size, int8_max_images, tasks)
+            imgs = read_model_images(images or good, art.image_size, int8_max_images)
             f = make_int8(art, imgs, tasks, min_agreement)
             typer.echo(f"model.int8.onnx written ({len(imgs)} calibration images): vs FP32 rel L2 {f['rel_l2']:.2e}, "
                        f"image_prob err {f['prob_max_abs']:.2e}, top-1% agreement {f['top1pct_agreement']:.3f}")

@@ -1,7 +1,7 @@
 """`clipad calibrate`: run the exported model over calibration images and fix the constants.
 
-Images are read, converted and resized exactly as the runtime reads them (ImageFilesSource and
-the shared resize), through the same backend interface, so the constants describe the numbers
+Images are read, converted and resized exactly as the runtime reads them (the one image path,
+``clipad.data.images``), through the same backend interface, so the constants describe the numbers
 the runtime will see. The constants go into the manifest with one atomic write.
 """
 
@@ -19,12 +19,10 @@ from clipad.calibration.thresholds import f1_threshold, fpr_threshold, min_image
 from clipad.core.errors import ClipadError
 from clipad.core.hashing import file_sha256
 from clipad.core.progress import Tasks
-from clipad.data import IMAGE_SUFFIXES
-from clipad.data.images import ImageReadError, load_mask, resize_to_model
+from clipad.data.images import IMAGE_SUFFIXES, ImageReadError, iter_image_batches, list_images, load_mask
 from clipad.deploy.artifacts import Artifacts
 from clipad.model.fusion import fused_score, map_max
 from clipad.runtime.backends import Backend
-from clipad.runtime.sources import ImageFilesSource, file_batches
 
 PIXELS_PER_IMAGE = 16384  # pixels sampled per image for the pixel threshold (all when fewer)
 
@@ -84,35 +82,35 @@ def observe(backend: Backend, good: str, anomalous: str | None, masks: Path | No
         sample_idx = np.sort(np.random.default_rng(0).choice(image_size * image_size, PIXELS_PER_IMAGE, replace=False))
     probs, maxes, labels, pixels, pixel_labels, files, mask_files, skipped = [], [], [], [], [], [], [], []
     sets = [(good, 0)] + ([(anomalous, 1)] if anomalous else [])
-    sources = [(ImageFilesSource(spec), label, spec) for spec, label in sets]
-    advance = tasks.add("calibration images", sum(len(s.files) for s, _, _ in sources))
-    for src, label, spec in sources:
-        for frames, consumed in file_batches(src, backend.max_batch):
-            advance(consumed)
-            if not frames:
+    listed = [(list_images(spec), label, spec) for spec, label in sets]
+    advance = tasks.add("calibration images", sum(len(paths) for paths, _, _ in listed))
+    for paths, label, spec in listed:
+        for batch in iter_image_batches(paths, image_size, backend.max_batch):
+            advance(batch.consumed)
+            skipped += batch.skipped
+            if not batch.paths:
                 continue
-            amap, prob = backend(np.stack([resize_to_model(f.image, image_size) for f in frames]))
+            amap, prob = backend(batch.images)
             flat = amap.reshape(len(amap), -1)
             probs.append(prob)
             maxes.append(map_max(amap))
-            labels += [label] * len(frames)
-            files += [f.source for f in frames]
+            labels += [label] * len(batch.paths)
+            files += [str(p) for p in batch.paths]
             pixels.append(flat if sample_idx is None else flat[:, sample_idx])
             if masks is not None:
-                for f in frames:
+                for path in batch.paths:
                     if label == 0:
                         m = np.zeros(image_size * image_size, bool)
                     else:
-                        path = find_mask(Path(f.source), spec, masks)
-                        if path is None:
-                            raise ClipadError(f"no mask for {f.source} under {masks} (same relative path, name or name_mask)")
-                        mask_files.append(path)
+                        mask_path = find_mask(path, spec, masks)
+                        if mask_path is None:
+                            raise ClipadError(f"no mask for {path} under {masks} (same relative path, name or name_mask)")
+                        mask_files.append(mask_path)
                         try:
-                            m = load_mask(path, image_size).ravel()
+                            m = load_mask(mask_path, image_size).ravel()
                         except ImageReadError as err:
-                            raise ClipadError(f"cannot read mask {path}: {err}") from None
+                            raise ClipadError(f"cannot read mask {mask_path}: {err}") from None
                     pixel_labels.append(m if sample_idx is None else m[sample_idx])
-        skipped += src.stats.events
     if not files:
         raise ClipadError("none of the calibration images could be read")
     return Observations(np.concatenate(probs), np.concatenate(maxes), np.array(labels, np.int8), np.concatenate(pixels),

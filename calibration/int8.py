@@ -22,11 +22,9 @@ from clipad.core.atomic import atomic_path
 from clipad.core.errors import ClipadError
 from clipad.core.hashing import file_sha256
 from clipad.core.progress import Tasks
-from clipad.data.images import resize_to_model
 from clipad.deploy.artifacts import ONNX_FP32, ONNX_INT8, Artifacts
 from clipad.deploy.fp16 import fp32_nodes
 from clipad.deploy.parity import TOLERANCES, compare, parity_images
-from clipad.runtime.sources import ImageFilesSource, file_batches
 
 MIN_AGREEMENT = TOLERANCES["int8"]["top1pct_agreement"]
 QUANTISED_OPS = ["MatMul", "Gemm", "Conv"]
@@ -64,21 +62,6 @@ def quantise(src: Path, dst: Path, images: np.ndarray, tasks: Tasks) -> None:
         # small (ORT 1.32 drops data when CalibMaxIntermediateOutputs is set, so it is not).
         extra_options={"ActivationSymmetric": True, "WeightSymmetric": True},
     )
-
-
-def load_images(spec: str, size: int, limit: int, tasks: Tasks) -> np.ndarray:
-    """Up to ``limit`` images from a file, folder or glob, read and resized as the runtime does:
-    uint8 [N, size, size, 3]."""
-    src = ImageFilesSource(spec)
-    src.files = src.files[:limit]
-    advance = tasks.add("reading int8 calibration images", len(src.files))
-    out = []
-    for frames, consumed in file_batches(src, 16):
-        advance(consumed)
-        out += [resize_to_model(f.image, size) for f in frames]
-    if not out:
-        raise ClipadError(f"none of the images at {spec} could be read")
-    return np.stack(out)
 
 
 def _run(path: Path, images: np.ndarray, max_batch: int) -> tuple[np.ndarray, np.ndarray]:

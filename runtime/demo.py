@@ -73,7 +73,7 @@ def run_demo(out: Path, model: str = TINY_MODEL, frames: int = 40, tasks: Tasks 
                    for p in ("fp32", "fp16") if p in art.manifest["parity"]},
         "precisions_kept": art.manifest["precisions"],
         "runtime": {"frames": summary.frames, "fps": round(summary.fps, 1), "summary": summary.line()},
-        "predictions": preds["images"],
+        "predictions": preds.images,
         "labelled_anomalous": sum(json.loads(line)["label"] == "anomalous"
                                   for line in (out / "predictions" / "predictions.jsonl").read_text().splitlines()),
         "seconds": round(time.perf_counter() - t0, 1),

@@ -1,4 +1,4 @@
-"""The frame loop: sources -> resize (the one shared resize) -> backend -> scores -> sinks.
+"""The frame loop: sources -> the one image path (model_batch) -> backend -> scores -> sinks.
 
 File sources are read ahead by a capture thread (capture and resize overlap with inference);
 live sources are sampled just before each inference, so the frame being inferred is never
@@ -18,10 +18,11 @@ from typing import Callable
 
 import numpy as np
 
-from clipad.data.images import resize_to_model
+from clipad.calibration.constants import Calibration
+from clipad.data.images import model_batch
 from clipad.runtime.backends import Backend
-from clipad.runtime.scoring import Calibration, score_batch
-from clipad.runtime.sinks import SinkError, render_view
+from clipad.runtime.scoring import score_batch
+from clipad.runtime.sinks import Sink, SinkError, render_view
 from clipad.runtime.sources import Frame, Source
 
 STAGES = ("capture", "preprocess", "inference", "postprocess")
@@ -69,7 +70,7 @@ class Pipeline:
         sources: list[Source],
         image_size: int,
         calibration: Calibration | None,
-        sinks: list,
+        sinks: list[Sink],
         max_frames: int | None = None,
         status_every: float = 5.0,
         log: Callable[[str], None] = lambda s: print(s, file=sys.stderr, flush=True),
@@ -107,7 +108,7 @@ class Pipeline:
         if not frames:
             return Batch([], np.zeros((0, self.size, self.size, 3), np.uint8), 0.0, 0.0) if self.live else None
         t1 = time.perf_counter()
-        images = np.stack([resize_to_model(f.image, self.size) for f in frames])
+        images = model_batch([f.image for f in frames], self.size)
         t2 = time.perf_counter()
         return Batch(frames, images, (t1 - t0) * 1000, (t2 - t1) * 1000)
 
@@ -176,13 +177,10 @@ class Pipeline:
                 s.frame_age_ms.append((time.time() - min(f.time for f in batch.frames)) * 1000)
                 amap, prob = self.backend(batch.images)
                 t1 = time.perf_counter()
-                scores = score_batch(amap, prob, self.cal)
+                scores = score_batch(amap, prob, self.cal, [f.source for f in batch.frames])
                 now = time.time()
-                records = []
-                for f, sc in zip(batch.frames, scores):
-                    records.append({"frame": f.index, "source": f.source, "time": f.time, **sc,
-                                    "latency_ms": round((now - f.time) * 1000, 3)})
-                inbox.put((batch.frames, amap, records))
+                preds = [p.with_stream(f.index, f.time, round((now - f.time) * 1000, 3)) for f, p in zip(batch.frames, scores)]
+                inbox.put((batch.frames, amap, preds))
                 s.frames += len(batch.frames)
                 s.latency_ms["capture"].append(batch.capture_ms)
                 s.latency_ms["preprocess"].append(batch.preprocess_ms)

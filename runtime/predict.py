@@ -1,25 +1,38 @@
-"""`clipad predict`: images in, one prediction record per image (and optionally maps, overlays)."""
+"""`clipad predict`: image files in, one prediction record per image (and optionally maps, masks,
+overlays), through the one image path and the one scoring step."""
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import cv2
 import numpy as np
 
+from clipad.calibration.constants import Calibration
 from clipad.core.atomic import atomic_path
 from clipad.core.progress import Tasks
 from clipad.data.colour import to_bgr
-from clipad.data.images import resize_to_model
+from clipad.data.images import iter_image_batches, list_images
 from clipad.runtime.backends import Backend
 from clipad.runtime.overlay import overlay
-from clipad.runtime.scoring import Calibration, score_batch
-from clipad.runtime.sources import ImageFilesSource, file_batches
+from clipad.runtime.records import OutputFiles
+from clipad.runtime.scoring import score_batch
+
+PREDICTIONS = "predictions.jsonl"
 
 
-def _unique_stem(path: str, used: set[str]) -> str:
-    stem, n = Path(path).stem, 1
+@dataclass
+class PredictResult:
+    """images: records written; skipped: unreadable files (one message each)."""
+
+    images: int = 0
+    skipped: list[str] = field(default_factory=list)
+
+
+def _unique_stem(path: Path, used: set[str]) -> str:
+    stem, n = path.stem, 1
     name = stem
     while name in used:
         n += 1
@@ -29,33 +42,39 @@ def _unique_stem(path: str, used: set[str]) -> str:
 
 
 def predict(backend: Backend, source: str, out: Path, image_size: int, cal: Calibration | None, tasks: Tasks,
-            save_maps: bool = False, save_overlays: bool = False) -> dict:
-    """Write OUT/predictions.jsonl (+ maps/<stem>.npy and, calibrated, maps/<stem>_mask.png; overlays/<stem>.png).
-
-    Returns counts."""
-    src = ImageFilesSource(source)
+            save_maps: bool = False, save_overlays: bool = False) -> PredictResult:
+    """Write OUT/predictions.jsonl, one record per readable image in file order; with
+    ``save_maps`` also maps/<stem>.npy (float32 [S, S]) and, calibrated, maps/<stem>_mask.png;
+    with ``save_overlays`` overlays/<stem>.png. Each record names the files it wrote."""
+    files = list_images(source)
     out.mkdir(parents=True, exist_ok=True)
-    if save_maps:
-        (out / "maps").mkdir(exist_ok=True)
-    if save_overlays:
-        (out / "overlays").mkdir(exist_ok=True)
-    advance = tasks.add("predict", len(src.files))
+    for wanted, sub in ((save_maps, "maps"), (save_overlays, "overlays")):
+        if wanted:
+            (out / sub).mkdir(exist_ok=True)
+    advance = tasks.add("predict", len(files))
     used: set[str] = set()
-    n = 0
-    with atomic_path(out / "predictions.jsonl") as tmp, open(tmp, "w", encoding="utf-8") as f:
-        for frames, consumed in file_batches(src, backend.max_batch):
-            advance(consumed)  # skipped files count as done
-            if not frames:
-                break
-            amap, prob = backend(np.stack([resize_to_model(fr.image, image_size) for fr in frames]))
-            for fr, m, rec in zip(frames, amap, score_batch(amap, prob, cal)):
-                f.write(json.dumps({"source": fr.source, **rec}) + "\n")
-                stem = _unique_stem(fr.source, used)
+    result = PredictResult()
+    with atomic_path(out / PREDICTIONS) as tmp, open(tmp, "w", encoding="utf-8") as f:
+        for batch in iter_image_batches(files, image_size, backend.max_batch, keep_originals=save_overlays):
+            advance(batch.consumed)  # skipped files count as done
+            result.skipped += batch.skipped
+            if not batch.paths:
+                continue
+            amap, prob = backend(batch.images)
+            preds = score_batch(amap, prob, cal, [str(p) for p in batch.paths])
+            for i, (path, m, pred) in enumerate(zip(batch.paths, amap, preds)):
+                stem = _unique_stem(path, used)
+                written = OutputFiles()
                 if save_maps:
-                    np.save(out / "maps" / f"{stem}.npy", m.astype(np.float32))
+                    written = OutputFiles(map=f"maps/{stem}.npy")
+                    np.save(out / written.map, m.astype(np.float32))
                     if cal is not None:
-                        cv2.imwrite(str(out / "maps" / f"{stem}_mask.png"), cal.mask_image(m))
+                        written = OutputFiles(map=written.map, mask=f"maps/{stem}_mask.png")
+                        cv2.imwrite(str(out / written.mask), cal.mask_image(m))
                 if save_overlays:
-                    cv2.imwrite(str(out / "overlays" / f"{stem}.png"), to_bgr(overlay(fr.image, m, float(m.min()), float(m.max()))))
-                n += 1
-    return {"images": n, "skipped": src.stats.bad_frames, "skipped_files": src.stats.events}
+                    written = OutputFiles(written.map, written.mask, f"overlays/{stem}.png")
+                    view = overlay(batch.originals[i], m, float(m.min()), float(m.max()))
+                    cv2.imwrite(str(out / written.overlay), to_bgr(view))
+                f.write(json.dumps(pred.with_files(written).prediction()) + "\n")
+                result.images += 1
+    return result

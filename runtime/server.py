@@ -21,6 +21,7 @@ import numpy as np
 
 from clipad.core.errors import ClipadError
 from clipad.data.colour import to_bgr
+from clipad.runtime.records import Prediction
 
 HISTORY = 600
 
@@ -136,15 +137,15 @@ class Viewer:
             return {"frames": self.frames, "fps": self.frames / elapsed, "calibrated": self.calibrated,
                     "last": self.last, "history": list(self.history)}
 
-    def publish(self, view: np.ndarray, record: dict) -> None:
+    def publish(self, view: np.ndarray, pred: Prediction) -> None:
         ok, buf = cv2.imencode(".jpg", to_bgr(view), [cv2.IMWRITE_JPEG_QUALITY, 80])
         with self.cond:
             if ok:
                 self.jpeg = buf.tobytes()
                 self.seq += 1
             self.frames += 1
-            self.last = record
-            self.history.append({"time": record["time"], "score": record["score"], "map_max": record["map_max"]})
+            self.last = pred.event()
+            self.history.append({"time": pred.time, "score": pred.score, "map_max": pred.map_max})
             self.cond.notify_all()
 
     def close(self) -> None:
@@ -164,8 +165,8 @@ class ServeSink:
             raise ClipadError(f"--serve takes HOST:PORT (e.g. 127.0.0.1:8080), got '{spec}'")
         self.viewer = Viewer(host or "127.0.0.1", int(port), calibrated)
 
-    def write(self, record: dict, frame: np.ndarray, amap: np.ndarray, view: np.ndarray | None) -> None:
-        self.viewer.publish(view if view is not None else frame, record)
+    def write(self, pred: Prediction, frame: np.ndarray, amap: np.ndarray, view: np.ndarray | None) -> None:
+        self.viewer.publish(view if view is not None else frame, pred)
 
     def close(self) -> None:
         self.viewer.close()

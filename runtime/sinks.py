@@ -1,20 +1,34 @@
-"""Where processed frames go: events (JSON Lines), an overlay video, snapshots of anomalous frames.
+"""Where processed frames go: events (JSON Lines), an overlay video, snapshots of anomalous
+frames, an OpenCV window (and the web viewer in ``server``).
 
-Every sink takes the same record (the events contract) plus the frame and its map.
+Every sink implements ``Sink``: it gets the same ``Prediction`` plus the frame (RGB uint8 at its
+own size), its anomaly map (float32 [S, S] at model resolution) and the rendered overlay view.
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Protocol
 
 import cv2
 import numpy as np
 
+from clipad.calibration.constants import Calibration
 from clipad.core.errors import ClipadError
 from clipad.data.colour import to_bgr
 from clipad.runtime.overlay import overlay, put_label
-from clipad.runtime.scoring import Calibration
+from clipad.runtime.records import Prediction
+
+
+class Sink(Protocol):
+    """A consumer of processed frames; ``close`` releases its files or windows."""
+
+    def write(self, pred: Prediction, frame: np.ndarray, amap: np.ndarray, view: np.ndarray | None) -> None:
+        """pred: the frame's record; frame: RGB uint8 [H, W, 3]; amap: float32 [S, S]; view: the
+        overlay RGB uint8 [H, W, 3] when any sink needs it, else None."""
+
+    def close(self) -> None: ...
 
 
 class SinkError(ClipadError):
@@ -33,9 +47,9 @@ class EventsSink:
             raise ClipadError(f"cannot write events file {path}: {err.strerror or err}") from None
         self.written = 0
 
-    def write(self, record: dict, frame: np.ndarray, amap: np.ndarray, view: np.ndarray | None) -> None:
+    def write(self, pred: Prediction, frame: np.ndarray, amap: np.ndarray, view: np.ndarray | None) -> None:
         try:
-            self.file.write(json.dumps(record) + "\n")
+            self.file.write(json.dumps(pred.event()) + "\n")
             self.file.flush()
         except OSError as err:
             raise SinkError(f"events file {self.path}: {err.strerror or err}; stopped after {self.written} events") from None
@@ -54,7 +68,7 @@ class VideoSink:
     def __init__(self, path: str | Path, fps: float = 10.0):
         self.path, self.fps, self.writer = Path(path), fps, None
 
-    def write(self, record: dict, frame: np.ndarray, amap: np.ndarray, view: np.ndarray | None) -> None:
+    def write(self, pred: Prediction, frame: np.ndarray, amap: np.ndarray, view: np.ndarray | None) -> None:
         img = view if view is not None else frame
         if self.writer is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -80,10 +94,10 @@ class SnapshotSink:
         self.folder.mkdir(parents=True, exist_ok=True)
         self.cal = calibration
 
-    def write(self, record: dict, frame: np.ndarray, amap: np.ndarray, view: np.ndarray | None) -> None:
-        if record["label"] != "anomalous":
+    def write(self, pred: Prediction, frame: np.ndarray, amap: np.ndarray, view: np.ndarray | None) -> None:
+        if not pred.anomalous:
             return
-        stem = f"{Path(str(record['source'])).stem}_{record['frame']:06d}"
+        stem = f"{Path(pred.source).stem}_{pred.frame:06d}"
         cv2.imwrite(str(self.folder / f"{stem}_frame.png"), to_bgr(frame))
         if view is not None:
             cv2.imwrite(str(self.folder / f"{stem}_overlay.png"), to_bgr(view))
@@ -95,10 +109,12 @@ class SnapshotSink:
         pass
 
 
-def render_view(frame: np.ndarray, amap: np.ndarray, record: dict, lo: float, hi: float, fps: float | None = None) -> np.ndarray:
+def render_view(frame: np.ndarray, amap: np.ndarray, pred: Prediction, lo: float, hi: float, fps: float | None = None) -> np.ndarray:
     """The overlay frame with its score line (shared by the video, snapshots and viewers)."""
-    score = record["score"]
-    text = f"score {score:.3f} {record['label']}" if score is not None else f"p {record['image_prob']:.3f} max {record['map_max']:.3g} (uncalibrated)"
+    if pred.score is not None:
+        text = f"score {pred.score:.3f} {pred.label}"
+    else:
+        text = f"p {pred.image_prob:.3f} max {pred.map_max:.3g} (uncalibrated)"
     if fps is not None:
         text += f"  {fps:.1f} fps"
     return put_label(overlay(frame, amap, lo, hi), text)
@@ -121,7 +137,7 @@ class ShowSink:
         except cv2.error:
             raise ClipadError(f"--show needs OpenCV with GUI support (this install has opencv-python-headless); {hint}") from None
 
-    def write(self, record: dict, frame: np.ndarray, amap: np.ndarray, view: np.ndarray | None) -> None:
+    def write(self, pred: Prediction, frame: np.ndarray, amap: np.ndarray, view: np.ndarray | None) -> None:
         cv2.imshow(self.WINDOW, to_bgr(view if view is not None else frame))
         cv2.waitKey(1)
 

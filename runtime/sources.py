@@ -1,26 +1,26 @@
 """Frame sources: image folders/globs and video files (every frame, in order) and live
 cameras/streams (only the latest frame, kept by a grabber thread, with reconnects).
 
-Every frame leaves here as RGB uint8 at its original size (runtime.colour.to_rgb is the only
-conversion); the model-resolution resize happens later, in clipad.data.images.
+Every frame leaves here as RGB uint8 at its original size: image files are decoded by
+``clipad.data.images.read_rgb`` (as `clipad eval` decodes them), video and camera frames
+converted by ``clipad.data.colour.to_rgb``; the model-resolution resize happens in the pipeline,
+through ``clipad.data.images.model_batch``.
 """
 
 from __future__ import annotations
 
-import glob
 import threading
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 import cv2
 import numpy as np
 
 from clipad.core.errors import ClipadError
-from clipad.data import IMAGE_SUFFIXES
-from clipad.data.colour import pil_to_rgb, to_rgb
+from clipad.data.colour import to_rgb
+from clipad.data.images import ImageReadError, list_images, read_rgb
 
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mkv", ".mov", ".m4v", ".webm", ".mpg", ".mpeg", ".wmv"}
 STREAM_SCHEMES = ("rtsp://", "rtsps://", "http://", "https://", "rtmp://", "udp://", "tcp://")
@@ -67,31 +67,12 @@ class Source(ABC):
         pass
 
 
-def _read_image_file(path: Path) -> np.ndarray | None:
-    """Decoded with PIL, as `clipad eval` decodes (so JPEG decoding cannot differ between them)."""
-    from clipad.data.images import ImageReadError, read_image
-
-    try:
-        return pil_to_rgb(read_image(path))
-    except ImageReadError:
-        return None
-
-
 class ImageFilesSource(Source):
     """An image file, a folder (recursively, sorted) or a glob; unreadable files are skipped and counted."""
 
     def __init__(self, spec: str):
         super().__init__(spec)
-        p = Path(spec)
-        if p.is_dir():
-            files = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
-        elif p.is_file():
-            files = [p]
-        else:
-            files = sorted(Path(f) for f in glob.glob(spec, recursive=True) if Path(f).suffix.lower() in IMAGE_SUFFIXES)
-        if not files:
-            raise ClipadError(f"no images found at {spec}")
-        self.files = files
+        self.files = list_images(spec)
         self._next = 0
 
     @property
@@ -107,26 +88,15 @@ class ImageFilesSource(Source):
         while self._next < len(self.files):
             path = self.files[self._next]
             self._next += 1
-            img = _read_image_file(path)
-            if img is None:
+            try:
+                img = read_rgb(path)
+            except ImageReadError:
                 self.stats.bad_frames += 1
                 self.stats.events.append(f"unreadable image skipped: {path}")
                 continue
             self.stats.frames += 1
             return Frame(str(path), self._next - 1, time.time(), img)
         return None
-
-
-def file_batches(src: ImageFilesSource, size: int) -> Iterator[tuple[list[Frame], int]]:
-    """Batches of up to ``size`` readable frames, in file order, each with how many files it
-    consumed (unreadable ones included, for progress); the last batch may be empty."""
-    while not src.exhausted:
-        frames, before = [], src.position
-        while len(frames) < size and not src.exhausted:
-            fr = src.read()
-            if fr is not None:
-                frames.append(fr)
-        yield frames, src.position - before
 
 
 class VideoFileSource(Source):

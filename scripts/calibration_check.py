@@ -25,12 +25,11 @@ from pathlib import Path
 import numpy as np
 
 from clipad import cli
-from clipad.data.images import resize_to_model
+from clipad.data.images import read_model_images
 from clipad.data.synth import make_synthetic
 from clipad.deploy.artifacts import load_artifacts
 from clipad.deploy.parity import compare
 from clipad.runtime.backends import open_backend
-from clipad.runtime.sources import ImageFilesSource
 
 
 def clipad(*args) -> None:
@@ -88,7 +87,7 @@ def main() -> int:
     art = load_artifacts(art_dir)
     res["int8_parity_in_manifest"] = art.manifest["parity"]["int8"]
     # the last 16 held-out images: never among the INT8 calibration images (the first ones with --n-cal 0)
-    x = np.stack([resize_to_model(f.image, art.image_size) for f in iter(ImageFilesSource(str(out / "held")).read, None)][-16:])
+    x = read_model_images(out / "held", art.image_size)[-16:]
     fp32, int8 = open_backend(art, "onnxruntime", "fp32", "cpu"), open_backend(art, "onnxruntime", "int8", "cpu")
     ref, q = fp32(x), int8(x)
     res["int8_vs_fp32_held_out_16"] = compare(ref[0], ref[1], q[0], q[1])

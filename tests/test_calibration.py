@@ -14,11 +14,10 @@ from PIL import Image
 from sklearn.metrics import f1_score
 
 from clipad.calibration.thresholds import f1_threshold, fpr_threshold, min_images_for_fpr, normalised_score
-from clipad.data.images import resize_to_model
+from clipad.data.images import list_images, load_image
 from clipad.data.synth import make_synthetic
 from clipad.deploy.artifacts import load_artifacts
 from clipad.runtime.backends import open_backend
-from clipad.runtime.sources import ImageFilesSource
 from tests.test_cli import assert_one_line_error, run
 
 TINY = ("--model", "clipad-tiny", "--random-weights", "--quiet")
@@ -48,7 +47,7 @@ def outputs(art_dir, spec):
     """image_prob, map_max and maps straight from the backend (the independent side of the checks)."""
     art = load_artifacts(art_dir)
     be = open_backend(art, "onnxruntime", "fp32", "cpu")
-    x = np.stack([resize_to_model(f.image, art.image_size) for f in iter(ImageFilesSource(str(spec)).read, None)])
+    x = np.stack([load_image(p, art.image_size) for p in list_images(spec)])
     amap, prob = be(x)
     return prob.astype(np.float64), amap.reshape(len(amap), -1).max(1).astype(np.float64), amap
 
@@ -192,7 +191,7 @@ def test_int8_graph_is_measured_gated_and_served(setup, tmp_path, capsys):
     f = m.manifest["parity"]["int8"]
     assert "model.int8.onnx" in m.manifest["files"] and m.manifest["precisions"][-1] == "int8"
     assert f["top1pct_agreement"] >= 0.5 and 0 < f["rel_l2"] < 1  # quantised: close, not equal
-    x = np.stack([resize_to_model(Image.open(p), 96) for p in sorted((setup / "held").iterdir())[:4]])
+    x = np.stack([load_image(p, 96) for p in sorted((setup / "held").iterdir())[:4]])
     amap, prob = open_backend(m, "onnxruntime", "int8", "cpu")(x)
     assert amap.shape == (4, 96, 96) and np.isfinite(amap).all()
     import onnx

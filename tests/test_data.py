@@ -10,7 +10,7 @@ from PIL import Image
 
 from clipad.core.errors import ClipadError
 from clipad.data import load_split
-from clipad.data.images import load_mask, resize_mask, resize_to_model
+from clipad.data.images import load_image, load_mask, resize_mask, resize_to_model
 from clipad.data.synth import make_synthetic
 
 
@@ -102,10 +102,13 @@ def test_reader_errors(tmp_path, synth_root):
         load_split("visa", synth_root)
 
 
-def test_resize_is_squash_bicubic_in_native_mode():
+def test_resize_is_squash_bicubic_in_native_mode(tmp_path):
+    """Decode -> RGB -> resize gives a greyscale file the bytes of the official order (resize in
+    'L', then replicate), and an RGB array plain PIL bicubic."""
     rng = np.random.default_rng(0)
     grey = rng.integers(0, 256, (50, 80), dtype=np.uint8)
-    out = resize_to_model(Image.fromarray(grey, mode="L"), 24)
+    Image.fromarray(grey, mode="L").save(tmp_path / "grey.png")
+    out = load_image(tmp_path / "grey.png", 24)
     assert out.shape == (24, 24, 3) and out.dtype == np.uint8
     expect = np.asarray(Image.fromarray(grey).resize((24, 24), Image.Resampling.BICUBIC))
     for c in range(3):  # resized in 'L', then replicated

@@ -141,7 +141,11 @@ def test_predict_contract_and_maps(art, tmp_path, capsys):
     preds = [json.loads(l) for l in (tmp_path / "p" / "predictions.jsonl").read_text().splitlines()]
     assert len(preds) == 4 and "1 unreadable skipped" in out
     for p in preds:
-        assert set(p) == {"source", "image_prob", "map_max", "fused", "score", "label", "defect_area"}
+        assert set(p) == {"source", "image_prob", "map_max", "fused", "score", "label", "defect_area", "files"}
+        # every record names the files it wrote, relative to --out, so repeated stems stay linked
+        assert (tmp_path / "p" / p["files"]["map"]).is_file() and (tmp_path / "p" / p["files"]["overlay"]).is_file()
+        assert p["files"]["mask"] is None  # uncalibrated: no mask
+        assert Path(p["files"]["map"]).stem == Path(p["source"]).stem
     m = np.load(tmp_path / "p" / "maps" / "exact.npy")
     assert m.shape == (size, size) and m.dtype == np.float32
     assert np.array_equal(resize_to_model(exact, size), exact)  # model-resolution input is not resampled
@@ -227,7 +231,7 @@ def test_live_source_keeps_only_the_latest_frame(art, tmp_path):
     # and scheduling slack) old: it was grabbed while the previous batch was being inferred.
     assert max(summary.frame_age_ms) / 1000 <= delay + 0.1
     for r in records:  # and at result time, at most that plus its own inference
-        assert r["latency_ms"] / 1000 <= 2 * delay + 0.2
+        assert r.latency_ms / 1000 <= 2 * delay + 0.2
 
 
 def test_sigterm_stops_cleanly(art, tmp_path):

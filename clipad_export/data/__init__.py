@@ -10,8 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from clipad.core.errors import ClipadError
+from clipad.data.images import ImageReadError, load_mask, read_rgb, resize_to_model
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
 DATASETS = ("mvtec", "visa", "folder")
 
 
@@ -24,10 +24,6 @@ class Sample:
     mask: Path | None
     defect: str
     category: str
-
-
-def is_image(path: Path) -> bool:
-    return path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".")
 
 
 def check_root(root: Path) -> None:
@@ -81,26 +77,26 @@ def check_masks(split: dict[str, list[Sample]]) -> None:
 
 
 def load_batch(samples: list[Sample], size: int, skipped: list[str]):
-    """Read samples for the model: (images uint8 [S, S, 3] list, the samples kept, masks).
+    """Read samples for the model through the one image path: (images uint8 [S, S, 3] list, the
+    samples kept, masks).
 
     Unreadable images are skipped and their errors appended to ``skipped``. A mask is bool
     [S, S]: zeros for normal images, None for an anomalous image without a mask file.
     """
     import numpy as np
 
-    from clipad.data.images import ImageReadError, load_mask, read_image, resize_to_model
-
     images, kept, masks = [], [], []
     for s in samples:
         try:
-            pil = read_image(s.image)
+            rgb = read_rgb(s.image)
         except ImageReadError as err:
             skipped.append(str(err))
             continue
-        images.append(resize_to_model(pil, size))
+        images.append(resize_to_model(rgb, size))
         kept.append(s)
         if s.label == 0:
             masks.append(np.zeros((size, size), dtype=bool))
         else:
-            masks.append(load_mask(s.mask, size, expect_size=pil.size) if s.mask is not None else None)
+            h, w = rgb.shape[:2]
+            masks.append(load_mask(s.mask, size, expect_size=(w, h)) if s.mask is not None else None)
     return images, kept, masks

@@ -33,9 +33,19 @@ def to_rgb(frame: np.ndarray, order: str = "bgr") -> np.ndarray:
 
 
 def pil_to_rgb(image) -> np.ndarray:
-    """A decoded PIL image (any mode) -> RGB uint8 [H, W, 3], through ``to_rgb``."""
-    if image.mode in ("L", "RGB", "RGBA", "I;16"):
+    """A decoded PIL image (any mode) -> RGB uint8 [H, W, 3], through ``to_rgb``.
+
+    Grey, RGB and RGBA go straight through ``to_rgb``; 16-bit and 32-bit integer greys are
+    scaled as 16-bit (values clipped to 65535, then / 257); palette, LA, CMYK and the other modes
+    are expanded by PIL's own conversion to RGB first (palettes become their colours, alpha is
+    dropped).
+    """
+    if image.mode in ("L", "RGB", "RGBA"):
         return to_rgb(np.asarray(image), order="rgb")
+    if image.mode.startswith("I"):  # I;16, I;16B, I;16L, I (32-bit)
+        return to_rgb(np.clip(np.asarray(image), 0, 65535).astype(np.uint16), order="rgb")
+    if image.mode == "F":
+        return to_rgb(np.asarray(image, dtype=np.float32), order="rgb")
     return to_rgb(np.asarray(image.convert("RGB")), order="rgb")
 
 

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from clipad.data import Sample, is_image
+from clipad.data import Sample
+from clipad.data.images import is_image_file
 
 MASK_SUFFIX = "_mask"
 
@@ -15,7 +16,7 @@ def _category(cat_dir: Path) -> list[Sample]:
     samples = []
     for defect_dir in sorted(p for p in cat_dir.iterdir() if p.is_dir()):
         normal = defect_dir.name == "good"
-        files = sorted(p for p in defect_dir.iterdir() if is_image(p))
+        files = sorted(p for p in defect_dir.iterdir() if is_image_file(p))
         masks = {p.stem[: -len(MASK_SUFFIX)]: p for p in files if p.stem.endswith(MASK_SUFFIX)}
         for img in files:
             if img.stem.endswith(MASK_SUFFIX):

@@ -1,28 +1,65 @@
-"""The one image resize, mask resize and pixel normalisation used by every path.
+"""The one image path: files and frames -> model-size uint8 RGB batches, and the mask resize.
 
-method.md section 2: images are squashed to the model resolution (both sides, aspect ratio not
-kept) with PIL bicubic in the file's own mode, and converted to RGB *after* the resize; masks
-are binarised (> 0), resized with PIL bilinear and thresholded at 0.5. Normalisation uses the
-OpenAI mean/std and happens inside the model (and inside the exported graph), so everything
-outside the model handles uint8 RGB only.
+Every consumer goes through here: `clipad eval` and `clipad train` (dataset samples), `clipad
+predict`, `clipad calibrate`, the INT8 calibration, `clipad parity --images` and `clipad run`
+(image files, video frames and camera frames). The order is always
+
+    decode (PIL for files; OpenCV for video and cameras)
+      -> RGB uint8 (``clipad.data.colour.to_rgb``: grey replicated, alpha dropped, 16-bit / 257)
+      -> squash-resize to size x size with PIL bicubic (aspect ratio not kept)
+
+so the same file gives the model the same bytes in evaluation and in serving. For RGB and
+greyscale files this equals the official order (resize in the file's own mode, then RGB;
+method.md sections 2 and 13); for palette, 16-bit and RGBA files it avoids the official order's
+nearest-neighbour resize, clipping and alpha handling. Masks are binarised (> 0), resized with
+PIL bilinear and thresholded at 0.5.
+
+Normalisation (mean/std) is not done here: it happens inside the model and inside the exported
+graph (``clipad.model.preprocess``), so everything outside the model handles uint8 RGB only.
 """
 
 from __future__ import annotations
 
+import glob
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator, Sequence
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from clipad.core.errors import ClipadError
+from clipad.data.colour import pil_to_rgb
+
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"})
 
 
 class ImageReadError(ClipadError):
     """An image or mask file that cannot be decoded."""
 
 
+def is_image_file(path: Path) -> bool:
+    """A regular, non-hidden file with an image suffix (the one file filter of every reader)."""
+    return path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".")
+
+
+def list_images(spec: str | Path) -> list[Path]:
+    """The image files named by ``spec``: one file, a folder (recursively, sorted) or a glob
+    (``**`` recursive, sorted). ClipadError when there are none."""
+    p = Path(spec)
+    if p.is_dir():
+        files = sorted(f for f in p.rglob("*") if is_image_file(f))
+    elif p.is_file():
+        files = [p]
+    else:
+        files = sorted(f for f in map(Path, glob.glob(str(spec), recursive=True)) if is_image_file(f))
+    if not files:
+        raise ClipadError(f"no images found at {spec}")
+    return files
+
+
 def read_image(path: str | Path) -> Image.Image:
-    """Open and fully decode an image file in its own mode (no RGB conversion yet)."""
+    """Open and fully decode an image file in its own mode (masks and image sizes use this)."""
     try:
         with Image.open(path) as im:
             im.load()
@@ -31,24 +68,73 @@ def read_image(path: str | Path) -> Image.Image:
         raise ImageReadError(f"cannot read image {path}: {err}") from None
 
 
-def resize_to_model(image: Image.Image | np.ndarray, size: int) -> np.ndarray:
-    """Squash-resize to ``size`` x ``size`` and return RGB uint8 [size, size, 3].
+def read_rgb(path: str | Path) -> np.ndarray:
+    """Decode an image file to RGB uint8 [H, W, 3] at its own size."""
+    return pil_to_rgb(read_image(path))
 
-    ``image`` is a PIL image in any mode, or a uint8 array [H, W] (grey) or [H, W, 3] (RGB).
-    PIL's bicubic (antialiased when downscaling, 8-bit rounding) runs in the image's own mode,
-    then the result becomes RGB, as the official transform does (method.md section 2).
-    """
-    if isinstance(image, np.ndarray):
-        if image.dtype != np.uint8 or image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[2] != 3):
-            raise ClipadError(f"expected a uint8 [H, W] or [H, W, 3] RGB array, got {image.dtype} {list(image.shape)}")
-        image = Image.fromarray(image)
-    resized = image.resize((size, size), Image.Resampling.BICUBIC)
-    return np.asarray(resized.convert("RGB"), dtype=np.uint8)
+
+def resize_to_model(rgb: np.ndarray, size: int) -> np.ndarray:
+    """Squash-resize an RGB uint8 [H, W, 3] image to uint8 [size, size, 3] with PIL bicubic
+    (antialiased when downscaling, 8-bit rounding); a frame already at size is returned as is."""
+    if rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
+        raise ClipadError(f"expected an RGB uint8 [H, W, 3] image, got {rgb.dtype} {list(rgb.shape)}")
+    if rgb.shape[0] == size and rgb.shape[1] == size:
+        return rgb
+    return np.asarray(Image.fromarray(rgb).resize((size, size), Image.Resampling.BICUBIC), dtype=np.uint8)
+
+
+def model_batch(frames: Sequence[np.ndarray], size: int) -> np.ndarray:
+    """RGB uint8 frames of any sizes -> the model's input batch uint8 [B, size, size, 3]."""
+    if not frames:
+        return np.zeros((0, size, size, 3), np.uint8)
+    return np.stack([resize_to_model(f, size) for f in frames])
 
 
 def load_image(path: str | Path, size: int) -> np.ndarray:
     """Read an image file and resize it for the model: uint8 RGB [size, size, 3]."""
-    return resize_to_model(read_image(path), size)
+    return resize_to_model(read_rgb(path), size)
+
+
+@dataclass
+class ImageBatch:
+    """A batch read from files. images: uint8 [B, size, size, 3] for ``paths`` (the readable
+    ones, in order); ``originals``: the decoded RGB images at their own size when asked for;
+    ``skipped``: one message per unreadable file of this batch; ``consumed``: files read or skipped."""
+
+    paths: list[Path]
+    images: np.ndarray
+    originals: list[np.ndarray] | None = None
+    skipped: list[str] = field(default_factory=list)
+    consumed: int = 0
+
+
+def iter_image_batches(paths: Sequence[Path], size: int, batch_size: int, keep_originals: bool = False) -> Iterator[ImageBatch]:
+    """Read ``paths`` in order, ``batch_size`` files at a time; unreadable files are skipped and
+    reported in the batch that met them (a batch may then be smaller, or empty)."""
+    for start in range(0, len(paths), batch_size):
+        chunk = paths[start : start + batch_size]
+        kept, rgbs, skipped = [], [], []
+        for p in chunk:
+            try:
+                rgbs.append(read_rgb(p))
+            except ImageReadError as err:
+                skipped.append(str(err))
+                continue
+            kept.append(Path(p))
+        yield ImageBatch(kept, model_batch(rgbs, size), rgbs if keep_originals else None, skipped, len(chunk))
+
+
+def read_model_images(spec: str | Path, size: int, limit: int | None = None) -> np.ndarray:
+    """Up to ``limit`` readable images named by ``spec`` (see ``list_images``), for the model:
+    uint8 [N, size, size, 3]. ClipadError when none can be read."""
+    out: list[np.ndarray] = []
+    for batch in iter_image_batches(list_images(spec), size, 16):
+        out.extend(batch.images)
+        if limit is not None and len(out) >= limit:
+            break
+    if not out:
+        raise ClipadError(f"none of the images at {spec} could be read")
+    return np.stack(out[:limit])
 
 
 def resize_mask(mask: Image.Image | np.ndarray, size: int) -> np.ndarray:

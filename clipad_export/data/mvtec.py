@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from clipad.data import Sample, is_image
+from clipad.data import Sample
+from clipad.data.images import is_image_file
 
 
 def read(root: Path) -> dict[str, list[Sample]]:
@@ -14,7 +15,7 @@ def read(root: Path) -> dict[str, list[Sample]]:
         samples = []
         for defect_dir in sorted(p for p in (cat_dir / "test").iterdir() if p.is_dir()):
             normal = defect_dir.name == "good"
-            for img in sorted(p for p in defect_dir.iterdir() if is_image(p)):
+            for img in sorted(p for p in defect_dir.iterdir() if is_image_file(p)):
                 mask = None
                 if not normal:
                     cand = cat_dir / "ground_truth" / defect_dir.name / f"{img.stem}_mask.png"

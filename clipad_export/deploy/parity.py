@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from clipad.data.images import resize_to_model
+from clipad.data.images import model_batch
 from clipad.data.synth import sample_images
 
 # Export fails when a graph exceeds these (the FP32 graph against the PyTorch reference; the
@@ -61,33 +61,9 @@ def violations(figures: dict[str, float], precision: str) -> list[str]:
 
 def parity_images(size: int, n: int = 3, seed: int = 0) -> np.ndarray:
     """Deterministic uint8 RGB [n, size, size, 3] (n >= 2): synthetic parts with defects, then noise."""
-    parts = [resize_to_model(im, size) for im in sample_images(n - 1, seed=seed)]
-    noise = np.random.default_rng(seed).integers(0, 256, (size, size, 3), dtype=np.uint8)
-    return np.stack(parts + [noise])
-
-
-def load_parity_images(folder: str, size: int, limit: int = 8) -> np.ndarray:
-    """Up to ``limit`` images of a folder (sorted), through the shared resize: uint8 [n, size, size, 3]."""
-    from pathlib import Path
-
-    from clipad.core.errors import ClipadError
-    from clipad.data import is_image
-    from clipad.data.images import ImageReadError, load_image
-
-    root = Path(folder)
-    if not root.is_dir():
-        raise ClipadError(f"--images folder not found: {root}")
-    out = []
-    for p in sorted(p for p in root.rglob("*") if is_image(p)):
-        try:
-            out.append(load_image(p, size))
-        except ImageReadError:
-            continue
-        if len(out) == limit:
-            break
-    if not out:
-        raise ClipadError(f"no readable images in {root}")
-    return np.stack(out)
+    parts = model_batch(sample_images(n - 1, seed=seed), size)
+    noise = np.random.default_rng(seed).integers(0, 256, (1, size, size, 3), dtype=np.uint8)
+    return np.concatenate([parts, noise])
 
 
 def run_parity(artifacts, backends: list[str], images: np.ndarray, device: str = "cpu") -> list[dict]:

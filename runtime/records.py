@@ -1,0 +1,75 @@
+"""The one prediction record: what every sink, the viewer, `clipad predict` and the events file get.
+
+A ``Prediction`` is built once per image by the scoring step (``clipad.runtime.scoring``) and
+written unchanged by every consumer, so events, predictions, snapshots and the live page can
+never disagree about a frame. JSON keys and their order are the events contract (README).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Any, Literal
+
+Label = Literal["normal", "anomalous"]
+
+
+@dataclass(frozen=True)
+class OutputFiles:
+    """Files written for one prediction, relative to the output folder (None: not written).
+
+    Stems such as MVTec's ``000.png`` repeat across folders; they are saved as ``000.npy``,
+    ``000_2.npy``, ... and these names link each file back to its source."""
+
+    map: str | None = None
+    mask: str | None = None
+    overlay: str | None = None
+
+    def to_json(self) -> dict[str, str | None]:
+        return {"map": self.map, "mask": self.mask, "overlay": self.overlay}
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """One scored image or frame.
+
+    image_prob: the model's abnormal-class probability; map_max: the anomaly map's maximum (the
+    map-level signal); fused, score (in [0, 1], 0.5 at the threshold), label and defect_area
+    (fraction of pixels at or above the pixel threshold): None until the artifacts are calibrated.
+    frame, time and latency_ms: the frame's index in its source, its capture time (Unix seconds)
+    and the time from capture to scores (ms), for streamed frames; None for `clipad predict`.
+    """
+
+    source: str
+    image_prob: float
+    map_max: float
+    fused: float | None = None
+    score: float | None = None
+    label: Label | None = None
+    defect_area: float | None = None
+    frame: int | None = None
+    time: float | None = None
+    latency_ms: float | None = None
+    files: OutputFiles | None = field(default=None)
+
+    @property
+    def anomalous(self) -> bool:
+        return self.label == "anomalous"
+
+    def with_stream(self, frame: int, time: float, latency_ms: float) -> "Prediction":
+        return replace(self, frame=frame, time=time, latency_ms=latency_ms)
+
+    def with_files(self, files: OutputFiles) -> "Prediction":
+        return replace(self, files=files)
+
+    def event(self) -> dict[str, Any]:
+        """The events-file object (one line of events.jsonl, and /status.json's ``last``)."""
+        return {"frame": self.frame, "source": self.source, "time": self.time, "image_prob": self.image_prob,
+                "map_max": self.map_max, "fused": self.fused, "score": self.score, "label": self.label,
+                "defect_area": self.defect_area, "latency_ms": self.latency_ms}
+
+    def prediction(self) -> dict[str, Any]:
+        """The predictions.jsonl object of `clipad predict`."""
+        out: dict[str, Any] = {"source": self.source, "image_prob": self.image_prob, "map_max": self.map_max,
+                               "fused": self.fused, "score": self.score, "label": self.label, "defect_area": self.defect_area}
+        out["files"] = (self.files or OutputFiles()).to_json()
+        return out
