@@ -1,18 +1,39 @@
-"""One backend interface for every consumer (parity, runtime, bench): a batch of uint8 RGB
-frames at model resolution in, ``anomaly_map`` float32 [B, H, W] and ``image_prob`` float32 [B]
-out. Backends check the manifest's sha256 of their model file before loading it.
+"""One backend interface for every consumer (parity, runtime, calibration, bench): a batch of
+uint8 RGB frames at model resolution in, ``anomaly_map`` float32 [B, H, W] and ``image_prob``
+float32 [B] out. Backends check the manifest's sha256 of their model file before loading it,
+release what they hold in ``close()`` (also as context managers), and describe themselves with
+a ``BackendInfo``.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Literal, get_args
 
 import numpy as np
 
 from clipad.core.errors import ClipadError
 from clipad.deploy.artifacts import Artifacts
 
-BACKENDS = ("torch", "onnxruntime", "tensorrt")
+BackendName = Literal["torch", "onnxruntime", "tensorrt"]
+BACKENDS: tuple[str, ...] = get_args(BackendName)
+Device = Literal["cpu", "cuda"]
+
+
+@dataclass(frozen=True)
+class BackendInfo:
+    """What a backend is and where it runs. device: where its work really runs (ONNX Runtime:
+    its first loaded provider); detail: the provider or torch device, for people."""
+
+    name: str
+    precision: str
+    device: Device
+    detail: str
+    max_batch: int
+
+    def describe(self) -> str:
+        return f"{self.name} {self.precision}" + (f" ({self.detail})" if self.detail else "")
 
 
 class Backend(ABC):
@@ -35,8 +56,20 @@ class Backend(ABC):
             probs.append(np.asarray(p, dtype=np.float32))
         return np.concatenate(maps), np.concatenate(probs)
 
+    def info(self) -> BackendInfo:
+        return BackendInfo(self.name, self.precision, "cpu", "", self.max_batch)
+
     def describe(self) -> str:
-        return f"{self.name} {self.precision}"
+        return self.info().describe()
+
+    def close(self) -> None:
+        """Release sessions, engines and device memory; calling it again does nothing."""
+
+    def __enter__(self) -> "Backend":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 def open_backend(artifacts: Artifacts, name: str, precision: str = "fp32", device: str = "auto") -> Backend:

@@ -6,7 +6,7 @@ import numpy as np
 
 from clipad.core.errors import ClipadError
 from clipad.deploy.artifacts import ONNX_FP16, ONNX_FP32, ONNX_INT8, Artifacts
-from clipad.runtime.backends import Backend
+from clipad.runtime.backends import Backend, BackendInfo
 
 PREFERRED = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
 
@@ -37,5 +37,9 @@ class OnnxRuntimeBackend(Backend):
         amap, prob = self.session.run(None, {"image": images})
         return amap, prob
 
-    def describe(self) -> str:
-        return f"onnxruntime {self.precision} ({self.providers[0]})"
+    def info(self) -> BackendInfo:
+        device = "cpu" if self.providers[0] == "CPUExecutionProvider" else "cuda"
+        return BackendInfo(self.name, self.precision, device, self.providers[0], self.max_batch)
+
+    def close(self) -> None:
+        self.session = None

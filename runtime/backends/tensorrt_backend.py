@@ -17,7 +17,7 @@ import numpy as np
 from clipad.core.errors import ClipadError
 from clipad.deploy.artifacts import PLAN, PLAN_META, Artifacts
 from clipad.deploy.tensorrt_build import check_plan_compat, gpu_identity, require_tensorrt
-from clipad.runtime.backends import Backend
+from clipad.runtime.backends import Backend, BackendInfo
 
 
 def _check(result):
@@ -94,6 +94,9 @@ class TensorRTBackend(Backend):
         _check(cudart.cudaMemcpyAsync(prob.host_ptr, prob.device, b * prob.nbytes // self.max_batch, d2h, self.stream))
         _check(cudart.cudaStreamSynchronize(self.stream))
         return amap.host[:b].copy(), prob.host[:b].copy()
+
+    def info(self) -> BackendInfo:
+        return BackendInfo(self.name, self.precision, "cuda", "TensorRT plan", self.max_batch)
 
     def close(self) -> None:
         from cuda.bindings import runtime as cudart

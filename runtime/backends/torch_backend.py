@@ -9,7 +9,7 @@ from clipad.core.errors import ClipadError
 from clipad.deploy.artifacts import Artifacts
 from clipad.deploy.export import reference_model
 from clipad.model.loading import resolve_device
-from clipad.runtime.backends import Backend
+from clipad.runtime.backends import Backend, BackendInfo
 
 
 class TorchBackend(Backend):
@@ -31,5 +31,8 @@ class TorchBackend(Backend):
         amap, prob = self.model.forward_fp16(x) if self.precision == "fp16" else self.model(x)
         return amap.cpu().numpy(), prob.cpu().numpy()
 
-    def describe(self) -> str:
-        return f"torch {self.precision} ({self.device})"
+    def info(self) -> BackendInfo:
+        return BackendInfo(self.name, self.precision, self.device.type, str(self.device), self.max_batch)
+
+    def close(self) -> None:
+        self.model = None
