@@ -6,8 +6,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from clipad.data import Sample
 from clipad.data.images import is_image_file
+from clipad.data.samples import Sample
 
 MASK_SUFFIX = "_mask"
 

@@ -7,7 +7,7 @@ import csv
 from pathlib import Path
 
 from clipad.core.errors import ClipadError
-from clipad.data import Sample
+from clipad.data.samples import Sample
 
 SPLIT_CSV = Path("split_csv") / "1cls.csv"
 

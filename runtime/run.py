@@ -1,0 +1,93 @@
+"""`clipad run`: sources and sinks assembled around one pipeline.
+
+``RunConfig`` says what to read and where results go; ``run_stream`` opens the sinks, then the
+sources (so a failure to open anything leaves nothing running), runs the pipeline until the
+input ends, ``--max-frames``, a signal or a sink failure, and closes everything.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from clipad.core.errors import ClipadError
+from clipad.runtime.pipeline import Pipeline, Summary
+from clipad.runtime.serving import Served
+from clipad.runtime.sinks import EventsSink, ShowSink, Sink, SnapshotSink, VideoSink
+from clipad.runtime.sources import open_sources
+
+
+@dataclass
+class RunConfig:
+    """cameras: camera indices; sources: video files, image folders/globs, stream URLs; events:
+    JSON Lines file; save: overlay video; snapshots: folder for anomalous frames; show: OpenCV
+    window; serve: HOST:PORT of the live viewer."""
+
+    cameras: list[int] = field(default_factory=list)
+    sources: list[str] = field(default_factory=list)
+    events: Path | None = None
+    save: Path | None = None
+    snapshots: Path | None = None
+    show: bool = False
+    serve: str | None = None
+    max_frames: int | None = None
+    status_every: float = 5.0
+
+    def check(self) -> None:
+        """One-line errors for settings that cannot run, before any model work."""
+        if not self.cameras and not self.sources:
+            raise ClipadError("give --camera N or --source PATH_OR_URL (repeatable)")
+
+    @property
+    def needs_view(self) -> bool:
+        """Whether any sink shows the rendered overlay."""
+        return self.show or any(x is not None for x in (self.save, self.snapshots, self.serve))
+
+
+def open_sinks(cfg: RunConfig, served: Served, log: Callable[[str], None]) -> list[Sink]:
+    """The sinks ``cfg`` asks for, in a fixed order; on failure the ones opened are closed."""
+    from clipad.runtime.server import ServeSink
+
+    sinks: list[Sink] = []
+    try:
+        if cfg.events is not None:
+            sinks.append(EventsSink(cfg.events))
+        if cfg.save is not None:
+            sinks.append(VideoSink(cfg.save))
+        if cfg.snapshots is not None:
+            sinks.append(SnapshotSink(cfg.snapshots, served.calibration))
+        if cfg.show:
+            sinks.append(ShowSink())
+        if cfg.serve is not None:
+            viewer = ServeSink(cfg.serve, calibrated=served.calibration is not None)
+            sinks.append(viewer)
+            log(f"live viewer: {viewer.viewer.address}")
+    except BaseException:
+        for sink in sinks:
+            sink.close()
+        raise
+    return sinks
+
+
+def run_stream(cfg: RunConfig, served: Served, log: Callable[[str], None]) -> Summary:
+    """Stream every source through ``served`` into the sinks; returns the run's summary.
+
+    A sink failure (full disk, ...) ends the run with a ClipadError after everything is closed."""
+    cfg.check()
+    sinks = open_sinks(cfg, served, log)
+    try:
+        sources, problems = open_sources(cfg.cameras, cfg.sources)
+    except BaseException:
+        for sink in sinks:
+            sink.close()
+        raise
+    for p in problems:
+        log(f"warning: {p}")
+    pipe = Pipeline(served.backend, sources, served.artifacts.image_size, served.calibration, sinks, cfg.max_frames,
+                    cfg.status_every, log=log, needs_view=cfg.needs_view)
+    summary = pipe.run()
+    log(f"summary: {summary.line()} (stopped by {summary.stopped_by})")
+    if summary.error:
+        raise ClipadError(summary.error)
+    return summary

@@ -1,0 +1,60 @@
+"""What every serving command opens first: the artifacts, the backend and the calibration.
+
+`clipad run`, `clipad predict` and `clipad calibrate` share one policy: find the artifact
+directory, pick the backend (``select_backend``), read the calibration constants (refusing
+constants made for another model), and say what the user should know about that choice.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from clipad.calibration.constants import Calibration
+from clipad.core.errors import ClipadError
+from clipad.deploy.artifacts import MANIFEST, Artifacts, load_artifacts
+from clipad.runtime.backends import Backend, select_backend
+
+DEFAULT_ARTIFACTS = Path("artifacts")
+
+
+def find_artifacts(path: Path | None) -> Path:
+    """``path``, or the only artifact directory under ./artifacts (one line otherwise)."""
+    if path is not None:
+        return path
+    found = sorted(p.parent for p in DEFAULT_ARTIFACTS.glob(f"*/{MANIFEST}"))
+    if len(found) == 1:
+        return found[0]
+    several = f" (several under {DEFAULT_ARTIFACTS}/: {', '.join(p.name for p in found)})" if found else " (run `clipad export` first)"
+    raise ClipadError("--artifacts DIR is needed" + several)
+
+
+@dataclass
+class Served:
+    """An opened serving setup. ``notes``: what the user should be told about it, one line each."""
+
+    artifacts: Artifacts
+    backend: Backend
+    calibration: Calibration | None
+    notes: list[str] = field(default_factory=list)
+
+    def close(self) -> None:
+        self.backend.close()
+
+
+def open_served(artifacts: Path | None, backend: str = "auto", device: str = "auto", precision: str = "auto",
+                need_calibration: bool = True) -> Served:
+    """Artifacts, the chosen backend and (with ``need_calibration``) the calibration constants."""
+    art = load_artifacts(find_artifacts(artifacts))
+    be = select_backend(art, backend, device, precision)
+    notes = [f"backend: {be.describe()} (max batch {be.max_batch})"]
+    cal = None
+    if need_calibration:
+        cal = Calibration.from_manifest(art.manifest)
+        calibrated_with = art.manifest["calibration"].get("backend") if cal is not None else None
+        if cal is None:
+            notes.append("uncalibrated: score and label are null until `clipad calibrate` has run")
+        elif calibrated_with != be.describe():
+            notes.append(f"note: calibrated with {calibrated_with}, serving with {be.describe()}: scores differ by the "
+                         "backends' parity; calibrate with the serving backend for exact thresholds")
+    return Served(art, be, cal, notes)
