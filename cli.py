@@ -149,7 +149,7 @@ def export(
     prompts: PromptsOpt = "industrial",
     sigma: Annotated[float, typer.Option("--sigma", help="Gaussian smoothing sigma of the map.")] = 8.0,
     max_batch: Annotated[int, typer.Option("--max-batch", help="Largest batch the artifacts serve.")] = 8,
-    precision: Annotated[str, typer.Option("--precision", help="fp32, fp16 (mixed graph) or all; int8 with --engine builds the engine from a calibrated model.int8.onnx in --out.")] = "all",
+    precision: Annotated[str, typer.Option("--precision", help="fp32; fp16 (FP32 and mixed FP16 graphs, the export fails when the FP16 graph misses its parity limits); all (the same, an FP16 graph outside its limits is dropped with a warning); int8 with --engine builds the engine from the calibrated INT8 graph in --out.")] = "all",
     engine: Annotated[bool, typer.Option("--engine", help="Also build a TensorRT engine (needs TensorRT and a GPU).")] = False,
     triton_repo: Annotated[Optional[Path], typer.Option("--triton-repo", help="Also write a Triton model repository here.")] = None,
     out: Annotated[Optional[Path], typer.Option("--out", help="Artifact directory (default artifacts/<category>).")] = None,
@@ -163,14 +163,24 @@ def export(
     quiet: QuietOpt = False,
 ) -> None:
     """Export one category: RVS text vectors baked into an ONNX graph (FP32 and mixed FP16), parity-checked."""
+    from clipad.core.errors import ClipadError
     from clipad.core.progress import progress_bars
+    from clipad.deploy.artifacts import made_by_calibrate
     from clipad.deploy.export import ExportConfig, validate
     from clipad.deploy.export import export as run_export
+    from clipad.deploy.manifest import ONNX_INT8, PLAN
     from clipad.model.loading import load_model, resolve_device
     from clipad.model.prompts import load_prompt_set
 
     if precision == "int8":
-        _int8_engine(engine, out or Path("artifacts") / category)
+        from clipad.deploy.tensorrt_build import int8_engine
+
+        if not engine:
+            raise ClipadError(f"--precision int8 builds a TensorRT engine from {ONNX_INT8}: add --engine "
+                              f"(ONNX Runtime runs {ONNX_INT8} as it is: --backend onnxruntime)")
+        target = out or Path("artifacts") / category
+        meta = int8_engine(target)
+        typer.echo(f"INT8 engine written to {target / PLAN} (TensorRT {meta.tensorrt}, {meta.gpu}, {meta.build_s} s)")
         return
     _check_method(mode, heads, rvs)
     cfg = ExportConfig(
@@ -179,55 +189,25 @@ def export(
         engine=engine, triton_repo=triton_repo,
     )
     validate(cfg)
-    previous = _previous_calibration(cfg.out)
+    previous = " and ".join(made_by_calibrate(cfg.out))
     cfg.prompts = load_prompt_set(prompts)
     loaded = load_model(_weight_spec(model, pretrained, weights, random_weights, seed, cache_dir), resolve_device(device))
     if random_weights:
         typer.echo("note: random weights give meaningless heatmaps; use them for smoke tests only", err=True)
     with progress_bars(enabled=not quiet) as tasks:
         art = run_export(loaded, cfg, tasks)
-    for warning in art.manifest["warnings"]:
+    for warning in art.manifest.warnings:
         typer.echo(f"WARNING: {warning}", err=True)
-    par = art.manifest["parity"]
-    for p in art.manifest["precisions"]:
-        f = par[p]
-        typer.echo(f"parity {p} (vs {f['against']}): rel L2 {f['rel_l2']:.1e}, image_prob err {f['prob_max_abs']:.1e}, "
-                   f"top-1% agreement {f['top1pct_agreement']:.3f}")
+    for p in art.manifest.precisions:
+        f = art.manifest.parity.figures(p)
+        typer.echo(f"parity {p} (vs {f.against}): rel L2 {f.rel_l2:.1e}, image_prob err {f.prob_max_abs:.1e}, "
+                   f"top-1% agreement {f.top1pct_agreement:.3f}")
     typer.echo(f"artifacts written to {art.root}")
     if previous:
         typer.echo(f"note: the earlier artifacts here had {previous}; a new export starts uncalibrated: "
                    f"run `clipad calibrate --artifacts {art.root}` again", err=True)
     if triton_repo is not None:
         typer.echo(f"Triton model repository written to {triton_repo}")
-
-
-def _previous_calibration(out: Path) -> str:
-    """What a re-export into ``out`` replaces that only `clipad calibrate` makes ('' if nothing)."""
-    import json
-
-    try:
-        m = json.loads((out / "manifest.json").read_text())
-    except (OSError, ValueError):
-        return ""
-    parts = (["calibration constants"] if m.get("calibration") else []) + (["an INT8 graph"] if "int8" in m.get("precisions", []) else [])
-    return " and ".join(parts)
-
-
-def _int8_engine(engine: bool, out: Path) -> None:
-    """`clipad export --engine --precision int8`: the engine from the calibrated INT8 graph, in place."""
-    from clipad.core.errors import ClipadError
-    from clipad.deploy.artifacts import ONNX_INT8, load_artifacts
-    from clipad.deploy.tensorrt_build import add_int8_engine, require_tensorrt
-
-    if not engine:
-        raise ClipadError("--precision int8 builds a TensorRT engine from model.int8.onnx: add --engine "
-                          "(ONNX Runtime runs model.int8.onnx as it is: --backend onnxruntime)")
-    art = load_artifacts(out)
-    if not art.has(ONNX_INT8):
-        raise ClipadError(f"{out} has no {ONNX_INT8}: run `clipad calibrate --artifacts {out} --int8 --images DIR` first")
-    require_tensorrt()
-    meta = add_int8_engine(art)
-    typer.echo(f"INT8 engine written to {out / 'model.plan'} (TensorRT {meta['tensorrt']}, {meta['gpu']}, {meta['build_s']} s)")
 
 
 @app.command()
@@ -238,52 +218,27 @@ def parity(
     device: DeviceOpt = "cpu",
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write the rows as JSON.")] = None,
 ) -> None:
-    """Compare the exported backends with the PyTorch reference and print a table."""
+    """Compare the exported backends with the FP32 PyTorch reference (on the CPU) and print a table."""
     import json
 
     from clipad.core.atomic import write_text_atomic
     from clipad.data.images import read_model_images
     from clipad.deploy.artifacts import load_artifacts
-    from clipad.deploy.parity import format_rows, parity_images, run_parity
+    from clipad.deploy.parity import parity_images
+    from clipad.runtime.parity import format_rows, run_parity
 
     art = load_artifacts(artifacts)
     x = read_model_images(images, art.image_size, 8) if images else parity_images(art.image_size, 3)
     rows = run_parity(art, [b.strip() for b in backends.split(",") if b.strip()], x, device)
     typer.echo(format_rows(rows))
     if json_out is not None:
-        write_text_atomic(json_out, json.dumps(rows, indent=2) + "\n")
-    if not all(r["within_tolerance"] for r in rows):
+        write_text_atomic(json_out, json.dumps([r.to_json() for r in rows], indent=2) + "\n")
+    if any(r.within_tolerance is False for r in rows):  # None: no limit defined for that precision
         raise typer.Exit(1)
 
 
-def _artifacts_dir(artifacts: Optional[Path]) -> Path:
-    """--artifacts, or the only artifact directory under ./artifacts."""
-    from clipad.core.errors import ClipadError
-
-    if artifacts is not None:
-        return artifacts
-    found = sorted(p.parent for p in Path("artifacts").glob("*/manifest.json"))
-    if len(found) == 1:
-        return found[0]
-    raise ClipadError("--artifacts DIR is needed" + (f" (several under artifacts/: {', '.join(p.name for p in found)})" if found else " (run `clipad export` first)"))
-
-
-def _open_served(artifacts: Optional[Path], backend: str, device: str, precision: str = "auto"):
-    """Artifacts, the chosen backend (said on stderr) and the calibration (or a note that there is none)."""
-    from clipad.deploy.artifacts import load_artifacts
-    from clipad.runtime.backends import select_backend
-    from clipad.runtime.scoring import Calibration
-
-    art = load_artifacts(_artifacts_dir(artifacts))
-    be = select_backend(art, backend, device, precision)
-    typer.echo(f"backend: {be.describe()} (max batch {be.max_batch})", err=True)
-    cal = Calibration.from_manifest(art.manifest)
-    if cal is None:
-        typer.echo("uncalibrated: score and label are null until `clipad calibrate` has run", err=True)
-    elif art.manifest["calibration"].get("backend") != be.describe():
-        typer.echo(f"note: calibrated with {art.manifest['calibration'].get('backend')}, serving with {be.describe()}: "
-                   "scores differ by the backends' parity; calibrate with the serving backend for exact thresholds", err=True)
-    return art, be, cal
+def _say(line: str) -> None:
+    typer.echo(line, err=True)
 
 
 BackendOpt = Annotated[str, typer.Option("--backend", help="auto (fastest available), tensorrt, onnxruntime or torch.")]
@@ -308,42 +263,16 @@ def run_(
     status_every: Annotated[float, typer.Option("--status-every", help="Seconds between status lines.")] = 5.0,
 ) -> None:
     """Stream frames from cameras, videos or folders through the exported model; emit heatmaps and records."""
-    from clipad.core.errors import ClipadError
-    from clipad.runtime.pipeline import Pipeline
-    from clipad.runtime.server import ServeSink
-    from clipad.runtime.sinks import EventsSink, ShowSink, SnapshotSink, VideoSink
-    from clipad.runtime.sources import open_sources
+    from clipad.runtime.run import RunConfig, run_stream
+    from clipad.runtime.serving import open_served
 
-    if not camera and not source:
-        raise ClipadError("give --camera N or --source PATH_OR_URL (repeatable)")
-    art, be, cal = _open_served(artifacts, backend, device, precision)
-    sinks: list = []
-    try:
-        if events is not None:
-            sinks.append(EventsSink(events))
-        if save is not None:
-            sinks.append(VideoSink(save))
-        if snapshots is not None:
-            sinks.append(SnapshotSink(snapshots, cal))
-        if show:
-            sinks.append(ShowSink())
-        if serve is not None:
-            served = ServeSink(serve, calibrated=cal is not None)
-            sinks.append(served)
-            typer.echo(f"live viewer: {served.viewer.address}", err=True)
-        sources, problems = open_sources(camera or [], source or [])
-    except BaseException:
-        for sink in sinks:
-            sink.close()
-        raise
-    for p in problems:
-        typer.echo(f"warning: {p}", err=True)
-    pipe = Pipeline(be, sources, art.image_size, cal, sinks, max_frames, status_every,
-                    needs_view=any(x is not None for x in (save, snapshots, serve)) or show)
-    summary = pipe.run()
-    typer.echo(f"summary: {summary.line()} (stopped by {summary.stopped_by})", err=True)
-    if summary.error:
-        raise ClipadError(summary.error)
+    cfg = RunConfig(cameras=camera or [], sources=source or [], events=events, save=save, snapshots=snapshots, show=show,
+                    serve=serve, max_frames=max_frames, status_every=status_every)
+    cfg.check()  # before any model work
+    served = open_served(artifacts, backend, device, precision)
+    for note in served.notes:
+        _say(note)
+    run_stream(cfg, served, _say)
 
 
 @app.command()
@@ -360,14 +289,19 @@ def predict(
 ) -> None:
     """Score images: one record per image in OUT/predictions.jsonl."""
     from clipad.core.progress import progress_bars
+    from clipad.runtime.predict import PREDICTIONS
     from clipad.runtime.predict import predict as run_predict
+    from clipad.runtime.serving import open_served
 
-    art, be, cal = _open_served(artifacts, backend, device, precision)
+    served = open_served(artifacts, backend, device, precision)
+    for note in served.notes:
+        _say(note)
     with progress_bars(enabled=not quiet) as tasks:
-        res = run_predict(be, source, out, art.image_size, cal, tasks, save_maps, save_overlays)
+        res = run_predict(served.backend, source, out, served.artifacts.image_size, served.calibration, tasks, save_maps, save_overlays)
     for e in res.skipped:
-        typer.echo(f"warning: {e}", err=True)
-    typer.echo(f"{res.images} predictions written to {out / 'predictions.jsonl'}" + (f", {len(res.skipped)} unreadable skipped" if res.skipped else ""))
+        _say(f"warning: {e}")
+    skipped = f", {len(res.skipped)} unreadable skipped" if res.skipped else ""
+    typer.echo(f"{res.images} predictions written to {out / PREDICTIONS}{skipped}")
 
 
 @app.command()
@@ -387,39 +321,39 @@ def calibrate(
     quiet: QuietOpt = False,
 ) -> None:
     """Fix per-category score constants and thresholds from calibration images (and optionally an INT8 graph)."""
+    from clipad.calibration.calibrate import CalibrateConfig
     from clipad.calibration.calibrate import calibrate as run_calibrate
-    from clipad.core.errors import ClipadError
+    from clipad.calibration.int8 import make_int8
     from clipad.core.progress import progress_bars
+    from clipad.data.images import read_model_images
     from clipad.deploy.artifacts import load_artifacts
-    from clipad.runtime.backends import select_backend
+    from clipad.deploy.manifest import MANIFEST, ONNX_INT8
+    from clipad.runtime.serving import find_artifacts, open_served
 
-    if good is None and not int8:
-        raise ClipadError("give --good IMAGES (score constants and thresholds) and/or --int8 --images IMAGES")
-    if (anomalous is not None or masks is not None) and good is None:
-        raise ClipadError("--anomalous and --masks need --good as well")
-    if int8 and images is None and good is None:
-        raise ClipadError("--int8 needs calibration images: --images DIR (or --good DIR)")
-    art = load_artifacts(_artifacts_dir(artifacts))
+    cfg = CalibrateConfig(good=good, anomalous=anomalous, masks=masks, target_fpr=target_fpr, int8=int8, int8_images=images,
+                          int8_max_images=int8_max_images, min_agreement=min_agreement)
+    cfg.check()
+    art_dir = find_artifacts(artifacts)
     with progress_bars(enabled=not quiet) as tasks:
-        if int8:
-            from clipad.calibration.int8 import make_int8
-            from clipad.data.images import read_model_images
-
-            imgs = read_model_images(images or good, art.image_size, int8_max_images)
-            f = make_int8(art, imgs, tasks, min_agreement)
-            typer.echo(f"model.int8.onnx written ({len(imgs)} calibration images): vs FP32 rel L2 {f['rel_l2']:.2e}, "
-                       f"image_prob err {f['prob_max_abs']:.2e}, top-1% agreement {f['top1pct_agreement']:.3f}")
-        if good is not None:
-            be = select_backend(art, backend, device, precision)
-            typer.echo(f"backend: {be.describe()}", err=True)
-            entry, warnings = run_calibrate(art, be, good, tasks, anomalous, masks, target_fpr)
+        if cfg.int8:
+            art = load_artifacts(art_dir)
+            imgs = read_model_images(cfg.int8_source, art.image_size, cfg.int8_max_images)
+            f = make_int8(art, imgs, tasks, cfg.min_agreement)
+            typer.echo(f"{ONNX_INT8} written ({len(imgs)} calibration images): vs FP32 rel L2 {f.rel_l2:.2e}, "
+                       f"image_prob err {f.prob_max_abs:.2e}, top-1% agreement {f.top1pct_agreement:.3f}")
+        if cfg.good is not None:
+            served = open_served(art_dir, backend, device, precision, need_calibration=False)
+            _say(served.notes[0])
+            with served.backend:
+                entry, warnings = run_calibrate(served.artifacts, served.backend, cfg.good, tasks, cfg.anomalous, cfg.masks,
+                                                cfg.target_fpr)
             for w in warnings:
-                typer.echo(f"warning: {w}", err=True)
-            a, n = entry["achieved"], entry["set"]
+                _say(f"warning: {w}")
+            a, n = entry.achieved, entry.set
             extra = f", F1 {a['f1']:.3f}, recall {a['recall']:.3f}" if "f1" in a else ""
-            typer.echo(f"calibrated on {n['good']} good + {n['anomalous']} anomalous images ({entry['method']}): "
-                       f"threshold {entry['threshold']:.4f} on the fused score, false-positive rate there {a['fpr']:.3f}{extra}; "
-                       f"pixel threshold {entry['pixel_threshold']:.4g}; written to {art.root / 'manifest.json'}")
+            typer.echo(f"calibrated on {n.good} good + {n.anomalous} anomalous images ({entry.method}): "
+                       f"threshold {entry.threshold:.4f} on the fused score, false-positive rate there {a['fpr']:.3f}{extra}; "
+                       f"pixel threshold {entry.pixel_threshold:.4g}; written to {art_dir / MANIFEST}")
 
 
 def _csv(value: str, what: str, cast=str) -> list:
@@ -450,12 +384,13 @@ def bench(
     from clipad.core.progress import progress_bars
     from clipad.deploy.artifacts import load_artifacts
     from clipad.runtime.bench import BenchConfig, format_markdown, run_bench, validate, write_json, write_plot
+    from clipad.runtime.serving import find_artifacts
 
     cfg = BenchConfig(backends=_csv(backends, "--backends"), precisions=_csv(precision, "--precision"),
                       batches=_csv(batch, "--batch", int), iterations=iterations, warmup=warmup, device=device,
                       parity=not no_parity)
     validate(cfg)
-    art = load_artifacts(_artifacts_dir(artifacts))
+    art = load_artifacts(find_artifacts(artifacts))
     with progress_bars(enabled=not quiet) as tasks:
         res = run_bench(art, cfg, tasks)
     typer.echo(format_markdown(res))
@@ -518,7 +453,7 @@ def train(
 
     _check_method("sdp", None, rvs)
     from clipad.core.errors import ClipadError
-    from clipad.training.train import CACHE_DTYPES
+    from clipad.training.cache import CACHE_DTYPES
 
     if cache_dtype not in CACHE_DTYPES:
         raise ClipadError(f"--cache-dtype must be one of {', '.join(CACHE_DTYPES)}, not '{cache_dtype}'")

@@ -11,6 +11,7 @@ import hashlib
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 
@@ -21,10 +22,56 @@ from clipad.core.hashing import file_sha256
 from clipad.core.progress import Tasks
 from clipad.data.images import IMAGE_SUFFIXES, ImageReadError, iter_image_batches, list_images, load_mask
 from clipad.deploy.artifacts import Artifacts
+from clipad.deploy.manifest import CalibrationConstants, CalibrationEntry
 from clipad.model.fusion import fused_score, map_max
-from clipad.runtime.backends import Backend
 
 PIXELS_PER_IMAGE = 16384  # pixels sampled per image for the pixel threshold (all when fewer)
+
+
+@dataclass
+class CalibrateConfig:
+    """What `clipad calibrate` does: score constants from ``good`` (and labelled ``anomalous``
+    images with ``masks``) at ``target_fpr``, and/or the INT8 graph from ``int8_images`` (default
+    ``good``), at most ``int8_max_images``, kept at ``min_agreement`` or more."""
+
+    good: str | None = None
+    anomalous: str | None = None
+    masks: Path | None = None
+    target_fpr: float = 0.01
+    int8: bool = False
+    int8_images: str | None = None
+    int8_max_images: int = 64
+    min_agreement: float = 0.9
+
+    def check(self) -> None:
+        """One-line errors for combinations that cannot work, before any model work."""
+        if self.good is None and not self.int8:
+            raise ClipadError("give --good IMAGES (score constants and thresholds) and/or --int8 --images IMAGES")
+        if (self.anomalous is not None or self.masks is not None) and self.good is None:
+            raise ClipadError("--anomalous and --masks need --good as well")
+        if self.masks is not None and self.anomalous is None:
+            raise ClipadError("--masks goes with --anomalous")
+        if not 0 < self.target_fpr < 1:
+            raise ClipadError(f"--target-fpr must be in (0, 1), not {self.target_fpr}")
+        if self.int8 and self.int8_images is None and self.good is None:
+            raise ClipadError("--int8 needs calibration images: --images DIR (or --good DIR)")
+
+    @property
+    def int8_source(self) -> str | None:
+        return self.int8_images or self.good
+
+
+class ScoringModel(Protocol):
+    """What calibration needs of a served model; every ``clipad.runtime`` backend is one.
+
+    ``model(images)``: uint8 RGB [B, S, S, 3] -> (anomaly_map float32 [B, S, S], image_prob
+    float32 [B]); ``describe()`` names it for the manifest."""
+
+    max_batch: int
+
+    def __call__(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]: ...
+
+    def describe(self) -> str: ...
 
 
 @dataclass
@@ -74,7 +121,7 @@ def find_mask(image: Path, spec: str, masks_root: Path) -> Path | None:
     return None
 
 
-def observe(backend: Backend, good: str, anomalous: str | None, masks: Path | None, image_size: int,
+def observe(backend: ScoringModel, good: str, anomalous: str | None, masks: Path | None, image_size: int,
             tasks: Tasks) -> Observations:
     """Run ``backend`` over the good (label 0) and anomalous (label 1) images."""
     sample_idx = None
@@ -131,8 +178,8 @@ def set_hash(files: list[str], extra: list[Path]) -> str:
     return hashlib.sha256("\n".join(digests).encode()).hexdigest()
 
 
-def constants(obs: Observations, target_fpr: float) -> tuple[dict, list[str]]:
-    """The manifest's calibration entry (without provenance) and warnings for the user."""
+def constants(obs: Observations, target_fpr: float) -> tuple[CalibrationConstants, list[str]]:
+    """The manifest's calibration entry without provenance, and warnings for the user."""
     warnings = []
     good = obs.label == 0
     if not good.any():
@@ -168,30 +215,30 @@ def constants(obs: Observations, target_fpr: float) -> tuple[dict, list[str]]:
         pixel_threshold = fpr_threshold(obs.pixels[good], target_fpr)
         pixel_method = f"false-positive rate {target_fpr:g} on the good images' pixels"
     achieved["pixel_fpr"] = float(np.mean(obs.pixels[good] >= pixel_threshold))
-    entry = {
-        "version": CALIBRATION_VERSION,
-        "image_prob_range": list(prob_range), "map_max_range": list(max_range),
-        "threshold": threshold, "score_range": list(score_range), "pixel_threshold": float(pixel_threshold),
-        "method": method, "pixel_method": pixel_method, "target_fpr": target_fpr, "achieved": achieved,
-        "set": {"good": n_good, "anomalous": n_bad, "skipped": len(obs.skipped)},
-    }
+    entry = CalibrationConstants.create(
+        version=CALIBRATION_VERSION,
+        image_prob_range=list(prob_range), map_max_range=list(max_range),
+        threshold=float(threshold), score_range=list(score_range), pixel_threshold=float(pixel_threshold),
+        method=method, pixel_method=pixel_method, target_fpr=target_fpr, achieved={k: float(v) for k, v in achieved.items()},
+        set={"good": n_good, "anomalous": n_bad, "skipped": len(obs.skipped)},
+    )
     return entry, warnings
 
 
-def calibrate(art: Artifacts, backend: Backend, good: str, tasks: Tasks, anomalous: str | None = None,
-              masks: Path | None = None, target_fpr: float = 0.01) -> tuple[dict, list[str]]:
-    """Observe, fix the constants and write them into the manifest; returns (entry, warnings)."""
-    if masks is not None and anomalous is None:
-        raise ClipadError("--masks goes with --anomalous")
-    if not 0 < target_fpr < 1:
-        raise ClipadError(f"--target-fpr must be in (0, 1), not {target_fpr}")
+def calibrate(art: Artifacts, backend: ScoringModel, good: str, tasks: Tasks, anomalous: str | None = None,
+              masks: Path | None = None, target_fpr: float = 0.01) -> tuple[CalibrationEntry, list[str]]:
+    """Observe, fix the constants and write them into the manifest (one atomic write); returns
+    (the manifest's new calibration entry, warnings)."""
+    CalibrateConfig(good=good, anomalous=anomalous, masks=masks, target_fpr=target_fpr).check()
     obs = observe(backend, good, anomalous, masks, art.image_size, tasks)
-    entry, warnings = constants(obs, target_fpr)
-    entry["set"]["sha256"] = set_hash(obs.files, obs.mask_files)
-    entry["backend"] = backend.describe()
-    entry["model_files"] = {n: art.manifest["files"].get(n) for n in MODEL_FILES}
-    entry["created"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    fixed, warnings = constants(obs, target_fpr)
+    entry = CalibrationEntry.create(**{
+        **fixed.model_dump(),
+        "set": fixed.set.replace(sha256=set_hash(obs.files, obs.mask_files)),
+        "backend": backend.describe(),
+        "model_files": {n: art.manifest.files.get(n) for n in MODEL_FILES},
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    })
     warnings += [f"skipped: {s}" for s in obs.skipped]
-    art.manifest["calibration"] = entry
-    art.save_manifest()
+    art.update(art.manifest.with_calibration(entry))
     return entry, warnings

@@ -1,5 +1,5 @@
-"""The calibration constants as the manifest stores them (``manifest["calibration"]``), and the
-one place that turns a backend's outputs into a decision with them."""
+"""The calibration constants as the manifest stores them (``Manifest.calibration``, a
+``CalibrationEntry``), and the one place that turns a backend's outputs into a decision with them."""
 
 from __future__ import annotations
 
@@ -9,10 +9,11 @@ import numpy as np
 
 from clipad.calibration.thresholds import normalised_score
 from clipad.core.errors import ClipadError
-from clipad.deploy.artifacts import ONNX_FP32, TEXT_FEATURES
+from clipad.deploy.manifest import CALIBRATION_VERSION, ONNX_FP32, TEXT_FEATURES, CalibrationEntry, Manifest
 from clipad.model.fusion import Range, fused_score
 
-CALIBRATION_VERSION = 1
+__all__ = ["CALIBRATION_VERSION", "MODEL_FILES", "Calibration"]
+
 # The files whose content the constants depend on: the graph (ViT, heads, blur) and the text vectors.
 MODEL_FILES = (ONNX_FP32, TEXT_FEATURES)
 
@@ -34,21 +35,20 @@ class Calibration:
     pixel_threshold: float
 
     @classmethod
-    def from_manifest(cls, manifest: dict) -> "Calibration | None":
-        """The constants, or None when uncalibrated; a ClipadError when they belong to another model."""
-        c = manifest.get("calibration")
-        if not c:
+    def from_manifest(cls, manifest: Manifest) -> "Calibration | None":
+        """The constants, or None when uncalibrated; a ClipadError when they belong to another
+        model or have another format version."""
+        c = manifest.calibration
+        if c is None:
             return None
-        if c.get("version") != CALIBRATION_VERSION:
-            raise ClipadError(f"the calibration has format {c.get('version')}, this clipad reads {CALIBRATION_VERSION}: "
+        if not isinstance(c, CalibrationEntry):  # kept verbatim by the manifest, readable by no one here
+            raise ClipadError(f"the calibration has format {c.version}, this clipad reads {CALIBRATION_VERSION}: "
                               "run `clipad calibrate` again")
-        files = manifest.get("files", {})
-        changed = [n for n in MODEL_FILES if c.get("model_files", {}).get(n) != files.get(n)]
+        changed = [n for n in MODEL_FILES if c.model_files.get(n) != manifest.files.get(n)]
         if changed:
             raise ClipadError(f"the calibration constants were made for another model ({', '.join(changed)} changed since "
                               "calibration): run `clipad calibrate` again")
-        return cls(tuple(c["image_prob_range"]), tuple(c["map_max_range"]), float(c["threshold"]),
-                   tuple(c["score_range"]), float(c["pixel_threshold"]))
+        return cls(tuple(c.image_prob_range), tuple(c.map_max_range), c.threshold, tuple(c.score_range), c.pixel_threshold)
 
     def fused(self, image_prob: np.ndarray, map_max: np.ndarray) -> np.ndarray:
         """float64 [N]: the paper's fusion with the calibrated ranges."""

@@ -22,8 +22,9 @@ from clipad.core.atomic import atomic_path
 from clipad.core.errors import ClipadError
 from clipad.core.hashing import file_sha256
 from clipad.core.progress import Tasks
-from clipad.deploy.artifacts import ONNX_FP32, ONNX_INT8, Artifacts
+from clipad.deploy.artifacts import Artifacts
 from clipad.deploy.fp16 import fp32_nodes
+from clipad.deploy.manifest import ONNX_FP32, ONNX_INT8, Int8Entry, ParityFigures, Tolerance
 from clipad.deploy.parity import TOLERANCES, compare, parity_images
 
 MIN_AGREEMENT = TOLERANCES["int8"]["top1pct_agreement"]
@@ -76,7 +77,7 @@ def _run(path: Path, images: np.ndarray, max_batch: int) -> tuple[np.ndarray, np
     return np.concatenate(maps), np.concatenate(probs)
 
 
-def make_int8(art: Artifacts, images: np.ndarray, tasks: Tasks, min_agreement: float = MIN_AGREEMENT) -> dict:
+def make_int8(art: Artifacts, images: np.ndarray, tasks: Tasks, min_agreement: float = MIN_AGREEMENT) -> ParityFigures:
     """Quantise with ``images`` (uint8 [N, S, S, 3]), check against the FP32 graph on the
     export's parity images and up to 8 calibration images, and add the graph to the artifacts.
 
@@ -84,26 +85,21 @@ def make_int8(art: Artifacts, images: np.ndarray, tasks: Tasks, min_agreement: f
     agreement is below ``min_agreement``.
     """
     src = art.verified_path(ONNX_FP32)
+    # Made first, so that an invalid setting (a negative agreement) is refused before any work.
+    entry = Int8Entry.create(min_agreement=min_agreement, format="QDQ, symmetric INT8 activations and per-channel weights",
+                             ops=QUANTISED_OPS, calibration="MinMax", source_sha256=art.manifest.files[ONNX_FP32])
     with tempfile.TemporaryDirectory(dir=art.root) as tmp:
         dst = Path(tmp) / ONNX_INT8
         quantise(src, dst, images, tasks)
         check = np.concatenate([parity_images(art.image_size, 3), images[:8]])
         ref_map, ref_prob = _run(src, check, art.max_batch)
         amap, prob = _run(dst, check, art.max_batch)
-        figures = {**compare(ref_map, ref_prob, amap, prob), "against": "fp32 onnx", "n_images": len(check),
-                   "calibration_images": len(images)}
-        if figures["top1pct_agreement"] < min_agreement:
-            raise ClipadError(f"the INT8 graph's top-1% pixel agreement with FP32 is {figures['top1pct_agreement']:.3f} "
-                              f"(< {min_agreement}; rel L2 {figures['rel_l2']:.2e}): not written, keep using FP32")
+        figures = ParityFigures.create(**compare(ref_map, ref_prob, amap, prob), against="fp32 onnx", n_images=len(check),
+                                       calibration_images=len(images))
+        if figures.top1pct_agreement < min_agreement:
+            raise ClipadError(f"the INT8 graph's top-1% pixel agreement with FP32 is {figures.top1pct_agreement:.3f} "
+                              f"(< {min_agreement}; rel L2 {figures.rel_l2:.2e}): not written, keep using FP32")
         with atomic_path(art.root / ONNX_INT8) as out:
             dst.replace(out)
-    m = art.manifest
-    m["files"][ONNX_INT8] = file_sha256(art.root / ONNX_INT8)
-    m["parity"]["int8"] = figures
-    m["parity"].setdefault("tolerances", {})["int8"] = TOLERANCES["int8"]
-    m["precisions"] = [p for p in m["precisions"] if p != "int8"] + ["int8"]
-    m["int8"] = {"min_agreement": min_agreement, "format": "QDQ, symmetric INT8 activations and per-channel weights", "ops": QUANTISED_OPS,
-                 "calibration": "MinMax", "source_sha256": m["files"][ONNX_FP32]}
-    art.save_manifest()
+    art.update(art.manifest.with_int8(file_sha256(art.root / ONNX_INT8), figures, Tolerance.create(**TOLERANCES["int8"]), entry))
     return figures
-

@@ -69,9 +69,9 @@ def run_demo(out: Path, model: str = TINY_MODEL, frames: int = 40, tasks: Tasks 
         "model": model,
         "weights": "random (seed 0): the heatmaps and scores are meaningless",
         "backend": backend.describe(),
-        "parity": {p: {k: art.manifest["parity"][p][k] for k in ("rel_l2", "prob_max_abs", "top1pct_agreement")}
-                   for p in ("fp32", "fp16") if p in art.manifest["parity"]},
-        "precisions_kept": art.manifest["precisions"],
+        "parity": {p: {k: getattr(f, k) for k in ("rel_l2", "prob_max_abs", "top1pct_agreement")}
+                   for p in ("fp32", "fp16") if (f := art.manifest.parity.figures(p)) is not None},
+        "precisions_kept": list(art.manifest.precisions),
         "runtime": {"frames": summary.frames, "fps": round(summary.fps, 1), "summary": summary.line()},
         "predictions": preds.images,
         "labelled_anomalous": sum(json.loads(line)["label"] == "anomalous"

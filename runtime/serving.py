@@ -12,7 +12,8 @@ from pathlib import Path
 
 from clipad.calibration.constants import Calibration
 from clipad.core.errors import ClipadError
-from clipad.deploy.artifacts import MANIFEST, Artifacts, load_artifacts
+from clipad.deploy.artifacts import Artifacts, load_artifacts
+from clipad.deploy.manifest import MANIFEST
 from clipad.runtime.backends import Backend, select_backend
 
 DEFAULT_ARTIFACTS = Path("artifacts")
@@ -51,7 +52,7 @@ def open_served(artifacts: Path | None, backend: str = "auto", device: str = "au
     cal = None
     if need_calibration:
         cal = Calibration.from_manifest(art.manifest)
-        calibrated_with = art.manifest["calibration"].get("backend") if cal is not None else None
+        calibrated_with = art.manifest.calibration.backend if cal is not None else None
         if cal is None:
             notes.append("uncalibrated: score and label are null until `clipad calibrate` has run")
         elif calibrated_with != be.describe():

@@ -1,4 +1,4 @@
-"""Figures for the calibration issue, in one run on this machine, for one model:
+"""Calibration figures, in one run on this machine, for one model:
 
 - good-only calibration at several target false-positive rates: the rate achieved on the
   calibration images and on held-out good images (the runtime's labels via `clipad predict`);
@@ -61,7 +61,7 @@ def main() -> int:
     t0 = time.perf_counter()
     if args.artifacts:
         shutil.copytree(args.artifacts, art_dir)
-        args.model = load_artifacts(art_dir).manifest["model"]
+        args.model = load_artifacts(art_dir).manifest.model
     else:
         clipad("export", "--category", "fabric", "--precision", "fp32", "--out", art_dir, "--model", args.model,
                "--random-weights", "--quiet")
@@ -70,13 +70,13 @@ def main() -> int:
     for target in (0.01, 0.05, 0.1) if args.n_cal else ():  # --n-cal 0: INT8 figures only
         clipad("calibrate", "--artifacts", art_dir, "--good", out / "cal", "--target-fpr", target, "--backend", "onnxruntime",
                "--quiet")
-        c = load_artifacts(art_dir).manifest["calibration"]
+        c = load_artifacts(art_dir).manifest.calibration
         clipad("predict", out / "held", "--artifacts", art_dir, "--out", out / "p", "--backend", "onnxruntime", "--quiet")
         recs = [json.loads(line) for line in (out / "p" / "predictions.jsonl").read_text().splitlines()]
         held = float(np.mean([r["label"] == "anomalous" for r in recs]))
         sd = float(np.sqrt(target * (1 - target) * (1 / args.n_cal + 1 / args.n_held)))
-        res["fpr"].append({"target": target, "calibration": c["achieved"]["fpr"], "held_out": held,
-                           "binomial_sd": round(sd, 4), "pixel_fpr_calibration": c["achieved"]["pixel_fpr"]})
+        res["fpr"].append({"target": target, "calibration": c.achieved["fpr"], "held_out": held,
+                           "binomial_sd": round(sd, 4), "pixel_fpr_calibration": c.achieved["pixel_fpr"]})
         print(res["fpr"][-1], flush=True)
 
     t0 = time.perf_counter()
@@ -85,7 +85,7 @@ def main() -> int:
            "--min-agreement", 0.0, "--quiet")
     res["int8_quantise_s"] = round(time.perf_counter() - t0, 1)
     art = load_artifacts(art_dir)
-    res["int8_parity_in_manifest"] = art.manifest["parity"]["int8"]
+    res["int8_parity_in_manifest"] = art.manifest.parity.int8.model_dump()
     # the last 16 held-out images: never among the INT8 calibration images (the first ones with --n-cal 0)
     x = read_model_images(out / "held", art.image_size)[-16:]
     fp32, int8 = open_backend(art, "onnxruntime", "fp32", "cpu"), open_backend(art, "onnxruntime", "int8", "cpu")

@@ -66,7 +66,7 @@ def main() -> int:
     for i in range(args.frames):
         writer.write(cv2.cvtColor(images[i % len(images)], cv2.COLOR_RGB2BGR))
     writer.release()
-    res: dict = {"artifacts": str(args.artifacts), "model": art.manifest["model"], "backend": be.describe(),
+    res: dict = {"artifacts": str(args.artifacts), "model": art.manifest.model, "backend": be.describe(),
                  "max_batch": be.max_batch, "frames": args.frames}
 
     # bare backend on the same frames, pre-decoded and pre-resized

@@ -1,4 +1,4 @@
-"""Figures for the training issue, in one run on this machine, per model:
+"""Training figures, in one run on this machine, per model:
 
 - an epoch that runs the frozen backbone on every batch (what training without a cache does),
   timed separately, against epochs trained from the feature cache (the cache's speedup);
@@ -27,7 +27,7 @@ import torch
 from clipad.core.progress import Tasks
 from clipad.data import load_batch, load_split
 from clipad.data.synth import make_synthetic
-from clipad.evaluation.evaluate import mean_pixel_auroc
+from clipad.evaluation.evaluate import EvalConfig, evaluate
 from clipad.model.heads import load_heads
 from clipad.model.loading import WeightSpec, load_model
 from clipad.model.maps import as_tensor, bilinear_matrix
@@ -56,6 +56,11 @@ def backbone_epoch(loaded, samples, categories, texts, batch_size: int) -> float
         text = texts[torch.tensor([categories.index(s.category) for s in chunk])]
         heads_step(ori, target, text, weight, bias, up_ac, opt, scaler)
     return time.perf_counter() - t0
+
+
+def held_out_pixel_auroc(loaded, split, heads) -> float:
+    """Mean per-category pixel AUROC of SDP+ with ``heads``, as `clipad eval --sigma 2` reports it."""
+    return evaluate(loaded, split, EvalConfig(heads=heads, sigma=2.0), Tasks(None))["mean"]["pixel"]["auroc"]
 
 
 def check_model(name: str, out: Path, epochs: int, batch_size: int) -> dict:
@@ -89,9 +94,9 @@ def check_model(name: str, out: Path, epochs: int, batch_size: int) -> dict:
     res["heads_rel_diff_fp16_vs_fp32"] = float((h16.weight - h32.weight).norm() / h32.weight.norm())
     res["cached_over_backbone_epoch"] = round(float(np.median(res["float16"]["cached_epochs_s"][1:] or res["float16"]["cached_epochs_s"])) / backbone_s, 4)
     if tiny:
-        res["held_out_pixel_auroc"] = {"untrained": mean_pixel_auroc(loaded, test, init_heads(width, dim, 42)),
-                                       "float16_cache": mean_pixel_auroc(loaded, test, h16),
-                                       "float32_cache": mean_pixel_auroc(loaded, test, h32)}
+        res["held_out_pixel_auroc"] = {"untrained": held_out_pixel_auroc(loaded, test, init_heads(width, dim, 42)),
+                                       "float16_cache": held_out_pixel_auroc(loaded, test, h16),
+                                       "float32_cache": held_out_pixel_auroc(loaded, test, h32)}
     return res
 
 

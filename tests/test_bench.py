@@ -26,6 +26,7 @@ from clipad.model.prompts import PROMPT_SETS
 from clipad.model.sdp import SDPModel
 from clipad.runtime.backends import Backend, open_backend
 from clipad.runtime.bench import SCHEMA_VERSION, percentiles, time_backend, time_calls
+from clipad.runtime.parity import run_parity
 from tests.test_cli import assert_one_line_error, run
 from tests.test_sdp import random_heads
 
@@ -132,6 +133,19 @@ def test_json_schema_and_values(bench_run, artifacts):
     assert dual["dual_path_ms"]["n"] == dual["plain_encoding_ms"]["n"] == ITERATIONS
     assert any(g["goal"].startswith("onnxruntime fp32 / torch fp32") for g in res["goals"])
 
+
+def test_parity_figures_are_those_of_clipad_parity(bench_run, artifacts):
+    """bench's parity column and `clipad parity` come from one driver: same frames, same CPU
+    reference, same figures; `clipad parity --json` keeps its keys."""
+    _, _, res, _ = bench_run
+    rows = run_parity(artifacts, ["onnxruntime"], parity_images(artifacts.image_size, 3), "cpu")
+    assert [list(r.to_json()) for r in rows] == [["backend", "precision", "n_images", "max_abs", "rel_l2", "prob_max_abs",
+                                                  "top1pct_agreement", "within_tolerance"]] * len(rows)
+    for row in rows:
+        bench = next(r["parity"] for r in res["rows"] if (r["backend"], r["precision"], r["status"]) == ("onnxruntime", row.precision, "ok"))
+        assert bench["against"] == "torch fp32 (cpu)" and bench["n_images"] == row.n_images == 3
+        assert bench["within_tolerance"] == row.within_tolerance
+        assert {k: bench[k] for k in row.figures.to_json()} == pytest.approx(row.figures.to_json())
 
 def test_markdown_table_has_a_line_per_row(bench_run):
     _, out, res, _ = bench_run

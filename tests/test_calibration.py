@@ -183,14 +183,14 @@ def test_int8_graph_is_measured_gated_and_served(setup, tmp_path, capsys):
     code, _, err = run(capsys, "calibrate", "--artifacts", art, "--int8", "--images", setup / "cal", "--int8-max-images", 16,
                        "--min-agreement", 1.01, "--quiet")
     assert_one_line_error(code, err, "not written, keep using FP32")
-    assert not (art / "model.int8.onnx").exists() and "int8" not in load_artifacts(art).manifest["precisions"]
+    assert not (art / "model.int8.onnx").exists() and "int8" not in load_artifacts(art).manifest.precisions
     code, out, err = run(capsys, "calibrate", "--artifacts", art, "--int8", "--images", setup / "cal", "--int8-max-images", 16,
                          "--min-agreement", 0.5, "--quiet")
     assert code == 0, err
     m = load_artifacts(art)
-    f = m.manifest["parity"]["int8"]
-    assert "model.int8.onnx" in m.manifest["files"] and m.manifest["precisions"][-1] == "int8"
-    assert f["top1pct_agreement"] >= 0.5 and 0 < f["rel_l2"] < 1  # quantised: close, not equal
+    f = m.manifest.parity.int8
+    assert "model.int8.onnx" in m.manifest.files and m.manifest.precisions[-1] == "int8"
+    assert f.top1pct_agreement >= 0.5 and 0 < f.rel_l2 < 1  # quantised: close, not equal
     x = np.stack([load_image(p, 96) for p in sorted((setup / "held").iterdir())[:4]])
     amap, prob = open_backend(m, "onnxruntime", "int8", "cpu")(x)
     assert amap.shape == (4, 96, 96) and np.isfinite(amap).all()
@@ -229,7 +229,7 @@ def test_re_export_says_that_calibration_must_be_redone(setup, tmp_path, capsys)
     assert run(capsys, "calibrate", "--artifacts", art, "--good", setup / "cal", "--quiet")[0] == 0
     code, _, err = run(capsys, "export", "--category", "fabric", "--precision", "fp32", "--out", art, *TINY)
     assert code == 0 and "had calibration constants" in err and "run `clipad calibrate" in err, err
-    assert load_artifacts(art).manifest["calibration"] is None
+    assert load_artifacts(art).manifest.calibration is None
 
 
 def test_empty_masks_fall_back_to_the_good_pixels(setup, tmp_path, capsys):
@@ -243,5 +243,5 @@ def test_empty_masks_fall_back_to_the_good_pixels(setup, tmp_path, capsys):
     code, _, err = run(capsys, "calibrate", "--artifacts", art, "--good", setup / "cal", "--anomalous", bad, "--masks", masks,
                        "--quiet")
     assert code == 0 and "masks mark no defect pixel" in err, err
-    c = load_artifacts(art).manifest["calibration"]
-    assert c["pixel_method"].startswith("false-positive rate") and "f1" in c["achieved"]
+    c = load_artifacts(art).manifest.calibration
+    assert c.pixel_method.startswith("false-positive rate") and "f1" in c.achieved

@@ -36,14 +36,15 @@ def test_engine_build_sidecar_and_fp16_layers(tmp_path, capsys):
     assert meta["profile"] == {"min": 1, "opt": 1, "max": 4}
     assert meta["onnx_sha256"] == file_sha256(tmp_path / "a" / meta["onnx"])
     assert meta["layers"].get("fp16", 0) > 0 and 0 < meta["fp16_layer_fraction"] <= 1
-    assert art.manifest["files"]["model.plan"] == file_sha256(tmp_path / "a" / "model.plan")
+    assert art.manifest.files["model.plan"] == file_sha256(tmp_path / "a" / "model.plan")
     check_plan_compat(meta, tensorrt.__version__, gpu_identity())
     assert (tmp_path / "repo" / "washer_trt" / "1" / "model.plan").is_file()
 
 
 def test_engine_parity_through_the_tensorrt_backend(tmp_path, capsys):
     from clipad.deploy.artifacts import load_artifacts
-    from clipad.deploy.parity import parity_images, run_parity
+    from clipad.deploy.parity import parity_images
+    from clipad.runtime.parity import run_parity
     from tests.test_cli import run
 
     code, _, err = run(capsys, "export", "--category", "washer", "--model", "clipad-tiny", "--random-weights", "--quiet",
@@ -51,5 +52,5 @@ def test_engine_parity_through_the_tensorrt_backend(tmp_path, capsys):
     assert code == 0, err
     art = load_artifacts(tmp_path / "a")
     rows = run_parity(art, ["tensorrt"], parity_images(art.image_size, 3), "cuda")
-    assert rows[0]["backend"].startswith("tensorrt") and rows[0]["n_images"] == 3
-    assert rows[0]["rel_l2"] < 5e-2 and rows[0]["prob_max_abs"] < 5e-3
+    assert rows[0].backend.startswith("tensorrt") and rows[0].n_images == 3
+    assert rows[0].figures.rel_l2 < 5e-2 and rows[0].figures.prob_max_abs < 5e-3

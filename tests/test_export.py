@@ -66,7 +66,7 @@ def test_reference_rebuild_is_the_exported_model(exported, tiny):
     """The manifest holds everything needed to rebuild the reference (weights, text, heads, sigma)."""
     art = exported["sdp+"]
     m = art.manifest
-    assert m["mode"] == "sdp+" and m["weights"] == {"source": "random", "seed": 1}
+    assert m.mode == "sdp+" and m.weights.model_dump() == {"source": "random", "seed": 1}
     tv = text_vectors(tiny.clip, tiny.tokenizer, "washer", "dbscan", "mvtec")
     np.testing.assert_allclose(art.text_features(), tv.matrix.T, rtol=1e-6, atol=1e-7)
 
@@ -74,25 +74,26 @@ def test_reference_rebuild_is_the_exported_model(exported, tiny):
 def test_manifest_contract_and_hashes(exported, tiny):
     art = exported["sdp"]
     m = art.manifest
+    on_disk = json.loads((art.root / "manifest.json").read_text())
     for key in ("format_version", "category", "object_name", "model", "weights", "mode", "rvs", "prompts", "image_size",
                 "sigma", "onnx", "parity", "calibration", "files", "versions", "max_batch"):
-        assert key in m, key
-    assert m["calibration"] is None and m["object_name"] == "washer" and m["model"] == "clipad-tiny"
-    assert m["rvs"]["dbscan"] == {"eps": 0.5, "min_samples": 15}
-    assert m["prompts"]["n_normal"] == 198 and len(m["prompts"]["sha256"]) == 64
-    assert m["onnx"]["inputs"] == [{"name": "image", "dtype": "uint8", "shape": ["batch", 96, 96, 3]}]
-    assert [o["name"] for o in m["onnx"]["outputs"]] == ["anomaly_map", "image_prob"]
-    assert set(m["versions"]) >= {"torch", "open_clip", "onnx", "onnxruntime"}
-    expected = {"text_features.npy", "model.onnx"} | ({"model.fp16.onnx"} if "fp16" in m["precisions"] else set())
-    assert set(m["files"]) == expected
-    if "fp16" not in m["precisions"]:  # dropped for parity: recorded and warned about
-        assert m["parity"]["fp16"]["dropped"] and m["parity"]["fp16"]["violations"] and m["warnings"]
-    for name, digest in m["files"].items():
+        assert key in on_disk, key
+    assert m.calibration is None and m.object_name == "washer" and m.model == "clipad-tiny"
+    assert m.rvs.dbscan.model_dump() == {"eps": 0.5, "min_samples": 15}
+    assert m.prompts.n_normal == 198 and len(m.prompts.sha256) == 64
+    assert m.onnx.model_dump()["inputs"] == [{"name": "image", "dtype": "uint8", "shape": ["batch", 96, 96, 3]}]
+    assert [o.name for o in m.onnx.outputs] == ["anomaly_map", "image_prob"]
+    assert set(m.versions) >= {"torch", "open_clip", "onnx", "onnxruntime"}
+    expected = {"text_features.npy", "model.onnx"} | ({"model.fp16.onnx"} if "fp16" in m.precisions else set())
+    assert set(m.files) == expected
+    if "fp16" not in m.precisions:  # dropped for parity: recorded and warned about
+        assert m.parity.fp16.dropped and m.parity.fp16.violations and m.warnings
+    for name, digest in m.files.items():
         assert file_sha256(art.root / name) == digest
     tf = np.load(art.root / "text_features.npy")
     assert tf.shape == (2, tiny.clip.visual.proj.shape[1]) and tf.dtype == np.float32
     np.testing.assert_allclose(np.linalg.norm(tf, axis=1), 1, rtol=1e-3)  # dbscan vectors are unit in fp16 (method.md 3.3)
-    assert m["parity"]["fp32"]["rel_l2"] <= m["parity"]["tolerances"]["fp32"]["rel_l2"]
+    assert m.parity.fp32.rel_l2 <= m.parity.tolerances["fp32"].rel_l2
     assert oct(os.stat(art.root / "manifest.json").st_mode)[-3:] != "600"
 
 
@@ -140,10 +141,30 @@ def test_fp16_parity_failure_drops_the_graph_or_fails(tiny, tmp_path, monkeypatc
     code, out, err = run(capsys, "export", "--category", "washer", "--out", tmp_path / "a", *TINY)
     assert code == 0 and "WARNING: parity failed for the fp16 graph" in err
     m = load_artifacts(tmp_path / "a").manifest
-    assert m["precisions"] == ["fp32"] and not (tmp_path / "a" / "model.fp16.onnx").exists()
+    assert m.precisions == ["fp32"] and not (tmp_path / "a" / "model.fp16.onnx").exists()
     code, _, err = run(capsys, "export", "--category", "washer", "--precision", "fp16", "--out", tmp_path / "b", *TINY)
     assert_one_line_error(code, err, "parity failed for the fp16 graph")
     assert not (tmp_path / "b").exists()
+
+
+def test_fp16_export_keeps_the_fp32_graph(tiny, tmp_path, monkeypatch):
+    """--precision fp16 keeps model.onnx, the FP16 graph's source: INT8 calibration, the
+    calibration constants' identity and FP32 serving need it. It differs from `all` only in
+    strictness (tested above); the tolerance is opened here so that the FP16 graph passes."""
+    from clipad.calibration.constants import MODEL_FILES
+    from clipad.deploy import parity
+
+    monkeypatch.setitem(parity.TOLERANCES, "fp16", {"rel_l2": 1.0, "prob_max_abs": 1.0, "top1pct_agreement": 0.0})
+    art = export(tiny, ExportConfig(category="washer", out=tmp_path / "a", prompts=PROMPT_SETS["industrial"], precision="fp16"),
+                 Tasks(None))
+    m = load_artifacts(art.root).manifest
+    assert m.precisions == ["fp32", "fp16"]
+    assert set(m.files) == {"text_features.npy", "model.onnx", "model.fp16.onnx"}
+    assert all(m.files[n] == file_sha256(art.root / n) for n in MODEL_FILES)  # what calibration records
+    x = np.random.default_rng(0).integers(0, 256, (2, tiny.image_size, tiny.image_size, 3), dtype=np.uint8)
+    amap32, _ = open_backend(art, "onnxruntime", "fp32", "cpu")(x)
+    amap16, _ = open_backend(art, "onnxruntime", "fp16", "cpu")(x)
+    assert amap32.shape == amap16.shape == (2, tiny.image_size, tiny.image_size)
 
 
 def test_exported_graphs_pass_the_tensorrt_parser_check(exported, fp16_graph):
@@ -182,10 +203,11 @@ def test_plan_compatibility_check():
 def test_triton_repository_and_config_validation(exported):
     repo = exported["sdp"].root.parent / "triton-sdp"
     text = (repo / "washer_onnx" / "config.pbtxt").read_text()
-    io, mb = exported["sdp"].manifest["onnx"], exported["sdp"].manifest["max_batch"]
+    io, mb = exported["sdp"].manifest.onnx, exported["sdp"].manifest.max_batch
     cfg = validate_config(text, io, mb)
     assert cfg.platform == "onnxruntime_onnx" and cfg.max_batch_size == 4 and cfg.HasField("dynamic_batching")
-    assert file_sha256(repo / "washer_onnx" / "1" / "model.onnx") == exported["sdp"].manifest["files"]["model.onnx"]
+    assert file_sha256(repo / "washer_onnx" / "1" / "model.onnx") == exported["sdp"].manifest.files["model.onnx"]
+    assert cfg.default_model_filename == "model.onnx"  # the config names the file it serves
     assert not (repo / "washer_trt").exists()  # no plan, no tensorrt model
     wrong = config_text("washer_onnx", "onnxruntime_onnx", mb, io).replace("dims: [ 96, 96, 3 ]", "dims: [ 96, 96 ]")
     with pytest.raises(ClipadError, match="dims"):
@@ -243,6 +265,8 @@ def test_export_bad_input(tmp_path, capsys):
     assert_one_line_error(code, err, "heads file not found")
     code, _, err = run(capsys, *base, "--category", "bottle", "--max-batch", 0)
     assert_one_line_error(code, err, "--max-batch must be at least 1")
+    code, _, err = run(capsys, *base, "--category", "bottle", "--sigma", -1)
+    assert_one_line_error(code, err, "--sigma must be a finite number >= 0")
     (tmp_path / "file.txt").write_text("x")
     code, _, err = run(capsys, "export", "--category", "bottle", "--out", tmp_path / "file.txt" / "art", *TINY)
     assert_one_line_error(code, err, "cannot write to")
@@ -271,12 +295,12 @@ def test_full_size_export_parity(tmp_path, capsys):
     code, out, err = run(capsys, "export", "--category", "bottle", "--random-weights", "--quiet", "--out", tmp_path / "a")
     assert code == 0, err
     m = load_artifacts(tmp_path / "a").manifest
-    assert m["image_size"] == 240 and m["precisions"][0] == "fp32"
-    p32, p16 = m["parity"]["fp32"], m["parity"]["fp16"]
-    assert p32["rel_l2"] <= 1e-4 and p32["prob_max_abs"] <= 1e-5 and p32["top1pct_agreement"] >= 0.99
-    assert p16["rel_l2"] < 0.1 and p16["prob_max_abs"] <= 2e-3  # measured, and not wildly off
-    assert ("fp16" in m["precisions"]) == (not p16["violations"])
-    assert ("fp16" in m["precisions"]) or any("fp16" in w for w in m["warnings"])
+    assert m.image_size == 240 and m.precisions[0] == "fp32"
+    p32, p16 = m.parity.fp32, m.parity.fp16
+    assert p32.rel_l2 <= 1e-4 and p32.prob_max_abs <= 1e-5 and p32.top1pct_agreement >= 0.99
+    assert p16.rel_l2 < 0.1 and p16.prob_max_abs <= 2e-3  # measured, and not wildly off
+    assert ("fp16" in m.precisions) == (not p16.violations)
+    assert ("fp16" in m.precisions) or any("fp16" in w for w in m.warnings)
 
 
 def test_parity_tensorrt_without_plan(exported, capsys):

@@ -220,7 +220,9 @@ def test_live_source_keeps_only_the_latest_frame(art, tmp_path):
     period plus one camera frame when inference starts."""
     write_video(tmp_path / "v.avi", 200)
     src = LiveSource(str(tmp_path / "v.avi"), name="fast")
-    delay = 0.2
+    # A generous delay keeps the bounds meaningful under load: a queueing source would make the
+    # k-th batch's frame about k inference periods old, far above one period plus slack.
+    delay = 0.4
     pipe = Pipeline(SlowBackend(open_backend(art, "onnxruntime", "fp32", "cpu"), delay), [src], art.image_size, None, [],
                     max_frames=6, status_every=999, log=lambda s: None)
     records = []
@@ -229,9 +231,9 @@ def test_live_source_keeps_only_the_latest_frame(art, tmp_path):
     assert summary.frames == 6 and summary.dropped > 20
     # When inference starts, the frame is at most one inference period (plus one camera frame
     # and scheduling slack) old: it was grabbed while the previous batch was being inferred.
-    assert max(summary.frame_age_ms) / 1000 <= delay + 0.1
+    assert max(summary.frame_age_ms) / 1000 <= delay + 0.3
     for r in records:  # and at result time, at most that plus its own inference
-        assert r.latency_ms / 1000 <= 2 * delay + 0.2
+        assert r.latency_ms / 1000 <= 2 * delay + 0.3
 
 
 def test_sigterm_stops_cleanly(art, tmp_path):
@@ -278,7 +280,7 @@ def test_demo_runs_offline_end_to_end(tmp_path, capsys):
     assert len((d / "events.jsonl").read_text().splitlines()) == 12
     cap = cv2.VideoCapture(str(d / "overlay.mp4"))
     assert int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) == 12
-    assert load_artifacts(d / "artifacts" / "washer").manifest["weights"]["source"] == "random"
+    assert load_artifacts(d / "artifacts" / "washer").manifest.weights.source == "random"
     assert "report" in out
 
 

@@ -15,7 +15,7 @@ from scipy.ndimage import gaussian_filter
 
 from clipad.core.errors import ClipadError
 from clipad.model.heads import Heads, load_heads, save_heads
-from clipad.model.sdp import SDPModel, feature_surgery, image_prob
+from clipad.model.sdp import SDPModel, default_sigma, feature_surgery, head_logit_diff, image_prob
 
 
 def random_text(dim: int, seed: int = 0) -> torch.Tensor:
@@ -60,6 +60,25 @@ def test_image_prob_uses_factor_100_on_final_cls():
     logits = 100 * (z @ text.double())
     ref = torch.exp(logits[:, 1]) / torch.exp(logits).sum(-1)
     torch.testing.assert_close(image_prob(surgery, text).double(), ref, rtol=1e-5, atol=1e-7)
+
+
+def test_head_logit_diff_takes_shared_or_per_sample_text():
+    """Training batches mix categories, so the text comes per sample there; the reference has one
+    category's text for the whole batch. Both forms give the same logits for the same text."""
+    g = torch.Generator().manual_seed(2)
+    patches = torch.randn(3, 4, 9, 12, generator=g)
+    heads = random_heads(12, 6)
+    texts = torch.stack([random_text(6, seed) for seed in range(3)])
+    per_sample = head_logit_diff(patches, heads.weight, heads.bias, texts)
+    assert per_sample.shape == (3, 4, 9)
+    for b in range(3):
+        shared = head_logit_diff(patches[b : b + 1], heads.weight, heads.bias, texts[b])
+        torch.testing.assert_close(per_sample[b : b + 1], shared)
+
+
+def test_default_sigma_is_2_only_for_sdp_plus_on_visa():
+    assert default_sigma("sdp+", "visa") == 2.0
+    assert default_sigma("sdp", "visa") == default_sigma("sdp+", "mvtec") == default_sigma("sdp", "mvtec") == 8.0
 
 
 def reference_maps(model: SDPModel, taps, heads: Heads | None) -> tuple[np.ndarray, np.ndarray]:

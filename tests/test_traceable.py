@@ -1,7 +1,7 @@
 """The reference traces to ONNX as it is: explicit ops, no in-place aliasing, dynamic batch.
 
-The export issue builds the product graph; this guards the property the reference promises
-(issue: "explicit tensor operations that trace to ONNX cleanly"), using the TorchScript
+`clipad export` builds the product graph from the reference; this guards the property that makes
+that possible (explicit tensor operations that trace to ONNX cleanly), using the TorchScript
 exporter at opset 17 and ONNX Runtime on the CPU.
 """
 

@@ -14,10 +14,13 @@ from clipad.core.errors import ClipadError
 from clipad.core.progress import Tasks
 from clipad.data import load_split
 from clipad.data.synth import make_synthetic
-from clipad.evaluation.evaluate import mean_pixel_auroc
+from clipad.evaluation.evaluate import EvalConfig, evaluate
 from clipad.model.heads import load_heads
 from clipad.model.loading import WeightSpec, load_model
-from clipad.training.train import TrainConfig, data_key, init_heads, train
+from clipad.model.rvs import text_vectors
+from clipad.training.cache import FeatureCache, data_key
+from clipad.training.train import TrainConfig, init_heads, train, validate
+from tests.helpers import mean_pixel_auroc
 from tests.test_cli import assert_one_line_error, run
 
 
@@ -148,6 +151,22 @@ def test_validation_selects_and_records_the_epoch(tiny, sets, tmp_path, capsys):
     code, _, err = run(capsys, "train", "--dataset", "mvtec", "--root", root / "tr", "--out", tmp_path / "x.safetensors",
                        "--val-dataset", "mvtec", "--model", "clipad-tiny", "--random-weights", "--quiet")
     assert_one_line_error(code, err, "--val-dataset and --val-root go together")
+
+
+def test_validation_scores_what_eval_scores(tiny, sets, tmp_path):
+    """Validation assembles its maps with the reference's AnomalyMaps from the cached feature-surgery
+    maps and patch tokens, so its metrics are `clipad eval`'s for the same heads and sigma (from a
+    float32 cache; the float16 default would round the patch tokens)."""
+    _, _, te = sets
+    cats = list(te)
+    texts = torch.stack([torch.from_numpy(text_vectors(tiny.clip, tiny.tokenizer, c, "dbscan", "mvtec").matrix) for c in cats])
+    cache, _ = FeatureCache.get_or_build(tiny, [s for c in cats for s in te[c]], cats, tmp_path, Tasks(None), texts=texts,
+                                         dtype="float32")
+    heads = init_heads(64, 64, 7)
+    val = validate(cache, texts, heads.weight, heads.bias, tiny.image_size, 8.0)
+    ref = evaluate(tiny, te, EvalConfig(heads=heads, sigma=8.0), Tasks(None))["mean"]
+    assert val["image_auroc"] == pytest.approx(ref["image"]["auroc"], abs=1e-6)
+    assert val["pixel_auroc"] == pytest.approx(ref["pixel"]["auroc"], abs=1e-6)
 
 
 def test_bad_cache_dtype_is_refused_before_any_work(tmp_path, capsys, sets):

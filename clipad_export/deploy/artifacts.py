@@ -1,10 +1,12 @@
-"""The artifact directory: its manifest, its files, and the one reader every consumer uses.
+"""The artifact directory: the one reader every consumer uses, and the staging of an export.
 
-Layout (contract): ``manifest.json``; ``text_features.npy`` float32 [2, embed_dim] (row 0
-normal, row 1 abnormal, unit rows); ``model.onnx``; optionally ``model.fp16.onnx``, ``model.int8.onnx``,
-``model.plan`` + ``model.plan.json``. The manifest records how the artifacts were made, the
-graph's inputs and outputs, parity figures, calibration constants (null until calibrated) and
-the sha256 of every file; readers verify a file's hash before they use it.
+Layout (contract; file names and the manifest's schema are in ``clipad.deploy.manifest``):
+``manifest.json``; ``text_features.npy`` float32 [2, embed_dim] (row 0 normal, row 1 abnormal,
+unit rows); ``model.onnx``; optionally ``model.fp16.onnx``, ``model.int8.onnx``,
+``model.plan`` + ``model.plan.json``, and ``heads.safetensors`` (sdp+). The manifest records how
+the artifacts were made, the graph's inputs and outputs, parity figures, calibration constants
+(null until calibrated) and the sha256 of every file; readers verify a file's hash before they
+use it.
 
 An export is built in a sibling ``<out>.partial-<pid>`` directory and renamed into place only
 when complete, so an interrupted export never leaves a half-written artifact directory.
@@ -12,46 +14,53 @@ when complete, so an interrupted export never leaves a half-written artifact dir
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Iterator
 
 import numpy as np
 
-from clipad.core.atomic import write_text_atomic
 from clipad.core.errors import ClipadError
 from clipad.core.hashing import file_sha256
-
-FORMAT_VERSION = 1
-MANIFEST = "manifest.json"
-TEXT_FEATURES = "text_features.npy"
-ONNX_FP32 = "model.onnx"
-ONNX_FP16 = "model.fp16.onnx"
-ONNX_INT8 = "model.int8.onnx"  # written by `clipad calibrate --int8`
-PLAN = "model.plan"
-PLAN_META = "model.plan.json"
+from clipad.deploy.manifest import (  # noqa: F401  (file names re-exported for the artifacts' users)
+    ARTIFACT_FILES,
+    FORMAT_VERSION,
+    HEADS_FILE,
+    MANIFEST,
+    ONNX_FILES,
+    ONNX_FP16,
+    ONNX_FP32,
+    ONNX_INT8,
+    PLAN,
+    PLAN_META,
+    TEXT_FEATURES,
+    EngineMeta,
+    Manifest,
+)
 
 
 @dataclass
 class Artifacts:
-    """An artifact directory with its parsed manifest."""
+    """An artifact directory and its typed manifest.
+
+    ``manifest`` is immutable; ``update`` writes a changed one (atomically) and keeps it.
+    """
 
     root: Path
-    manifest: dict[str, Any]
+    manifest: Manifest
 
     def path(self, name: str) -> Path:
         return self.root / name
 
     def has(self, name: str) -> bool:
-        return name in self.manifest.get("files", {}) and (self.root / name).is_file()
+        return name in self.manifest.files and (self.root / name).is_file()
 
     def verified_path(self, name: str) -> Path:
         """The file's path after checking it against the manifest's sha256 (one line on mismatch)."""
-        expected = self.manifest.get("files", {}).get(name)
+        expected = self.manifest.files.get(name)
         path = self.root / name
         if expected is None or not path.is_file():
             raise ClipadError(f"{self.root} has no {name} (export it first)")
@@ -63,35 +72,45 @@ class Artifacts:
         """float32 [2, embed_dim], hash-checked."""
         return np.load(self.verified_path(TEXT_FEATURES), allow_pickle=False)
 
+    def plan_meta(self) -> EngineMeta:
+        """The TensorRT plan's sidecar (``model.plan.json``), hash-checked and validated."""
+        return EngineMeta.read(self.verified_path(PLAN_META))
+
     @property
     def image_size(self) -> int:
-        return int(self.manifest["image_size"])
+        return self.manifest.image_size
 
     @property
     def max_batch(self) -> int:
-        return int(self.manifest["max_batch"])
+        return self.manifest.max_batch
 
-    def save_manifest(self) -> None:
-        write_text_atomic(self.root / MANIFEST, json.dumps(self.manifest, indent=2) + "\n")
+    def update(self, manifest: Manifest) -> None:
+        """Write ``manifest`` as this directory's manifest.json (atomically) and use it from now on."""
+        manifest.write(self.root / MANIFEST)
+        self.manifest = manifest
 
 
 def load_artifacts(root: str | Path) -> Artifacts:
-    """Read and sanity-check an artifact directory's manifest."""
+    """Read and validate an artifact directory's manifest (one line naming the field when invalid)."""
     root = Path(root)
-    mpath = root / MANIFEST
-    if not mpath.is_file():
+    if not (root / MANIFEST).is_file():
         raise ClipadError(f"{root} is not a clipad artifact directory (no {MANIFEST}); run `clipad export` first")
+    return Artifacts(root, Manifest.read(root / MANIFEST))
+
+
+def made_by_calibrate(root: str | Path) -> list[str]:
+    """What the artifact directory at ``root`` holds that only `clipad calibrate` makes, and a
+    re-export there would replace: "calibration constants", "an INT8 graph" (empty when nothing,
+    or when there is no readable manifest: then there is nothing to lose either)."""
     try:
-        manifest = json.loads(mpath.read_text())
-    except (OSError, ValueError) as err:
-        raise ClipadError(f"cannot read {mpath}: {err}") from None
-    version = manifest.get("format_version")
-    if version != FORMAT_VERSION:
-        raise ClipadError(f"{mpath} has format version {version}; this clipad reads version {FORMAT_VERSION}: re-export")
-    return Artifacts(root, manifest)
+        manifest = Manifest.read(Path(root) / MANIFEST)
+    except ClipadError:
+        return []
+    return (["calibration constants"] if manifest.calibrated else []) + (["an INT8 graph"] if "int8" in manifest.precisions else [])
 
 
-def hash_files(root: Path, names: list[str]) -> dict[str, str]:
+def hash_files(root: Path, names: tuple[str, ...] | list[str] = ARTIFACT_FILES) -> dict[str, str]:
+    """name -> sha256 of each of ``names`` that exists in ``root``."""
     return {n: file_sha256(root / n) for n in names if (root / n).is_file()}
 
 

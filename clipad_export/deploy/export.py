@@ -12,29 +12,34 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Literal, get_args
 
 import numpy as np
 import torch
 
 from clipad import __version__
+from clipad.core.choices import Mode, Precision, RvsMethod
 from clipad.core.errors import ClipadError
 from clipad.core.hashing import file_sha256
 from clipad.core.progress import Tasks
-from clipad.deploy.artifacts import (
+from clipad.deploy.artifacts import Artifacts, hash_files, staging_dir
+from clipad.deploy.manifest import (
+    CATEGORY_RE,
     FORMAT_VERSION,
+    HEADS_FILE,
+    MANIFEST,
+    ONNX_FILES,
     ONNX_FP16,
     ONNX_FP32,
-    PLAN,
-    PLAN_META,
     TEXT_FEATURES,
-    Artifacts,
-    hash_files,
-    staging_dir,
+    FileWeights,
+    Manifest,
+    OpenClipWeights,
+    ParityFigures,
+    RandomWeights,
 )
 from clipad.deploy.parity import TOLERANCES, compare, parity_images, violations
 from clipad.model.heads import Heads, load_heads, save_heads
@@ -43,9 +48,12 @@ from clipad.model.prompts import PromptSet
 from clipad.model.rvs import dbscan_params, n_sentences, text_vectors
 from clipad.model.sdp import DEFAULT_SIGMA, SDPModel
 
-HEADS_FILE = "heads.safetensors"
-CATEGORY_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-PRECISIONS = ("fp32", "fp16", "all")
+# fp32: the FP32 graph only. fp16 and all: the FP32 graph (kept: INT8 calibration, the calibration
+# constants' identity and FP32 serving need it) and the mixed FP16 graph converted from it; they
+# differ only when the FP16 graph misses its parity limits: all drops it with a warning, fp16
+# fails the export.
+ExportPrecision = Literal["fp32", "fp16", "all"]
+PRECISIONS: tuple[str, ...] = get_args(ExportPrecision)
 
 
 @dataclass
@@ -54,22 +62,22 @@ class ExportConfig:
     out: Path
     object_name: str | None = None
     heads_path: Path | None = None
-    rvs: str = "dbscan"
+    rvs: RvsMethod = "dbscan"
     rvs_profile: str = "mvtec"
     prompts: PromptSet | None = None
     prompts_source: str = "industrial"
     sigma: float = DEFAULT_SIGMA
     max_batch: int = 8
-    precision: str = "all"
+    precision: ExportPrecision = "all"
     engine: bool = False
     triton_repo: Path | None = None
 
     @property
-    def mode(self) -> str:
+    def mode(self) -> Mode:
         return "sdp+" if self.heads_path is not None else "sdp"
 
     @property
-    def precisions(self) -> list[str]:
+    def precisions(self) -> list[Precision]:
         return ["fp32"] if self.precision == "fp32" else ["fp32", "fp16"]  # fp16 is converted from fp32
 
 
@@ -81,6 +89,8 @@ def validate(cfg: ExportConfig, loaded: LoadedModel | None = None) -> None:
         raise ClipadError("--object-name is empty")
     if cfg.max_batch < 1:
         raise ClipadError(f"--max-batch must be at least 1, got {cfg.max_batch}")
+    if not cfg.sigma >= 0 or cfg.sigma == float("inf"):
+        raise ClipadError(f"--sigma must be a finite number >= 0 (0: no smoothing), got {cfg.sigma}")
     if cfg.precision not in PRECISIONS:
         raise ClipadError(f"--precision must be one of {', '.join(PRECISIONS)}, got '{cfg.precision}'")
     if cfg.heads_path is not None and not Path(cfg.heads_path).is_file():
@@ -125,13 +135,13 @@ def prompt_set_sha256(ps: PromptSet) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
-def weights_record(loaded: LoadedModel) -> dict[str, Any]:
+def weights_record(loaded: LoadedModel) -> RandomWeights | FileWeights | OpenClipWeights:
     spec = loaded.spec
     if spec.random_weights:
-        return {"source": "random", "seed": spec.seed}
+        return RandomWeights(source="random", seed=spec.seed)
     if spec.weights is not None:
-        return {"source": "file", "path": str(Path(spec.weights).resolve()), "sha256": loaded.weights_sha256}
-    return {"source": "open_clip", "tag": spec.pretrained}
+        return FileWeights(source="file", path=str(Path(spec.weights).resolve()), sha256=loaded.weights_sha256)
+    return OpenClipWeights(source="open_clip", tag=spec.pretrained)
 
 
 def _versions() -> dict[str, str]:
@@ -151,7 +161,7 @@ def _ort_outputs(path: Path, images: np.ndarray) -> tuple[np.ndarray, np.ndarray
     return amap, prob
 
 
-def graph_parity(model: SDPModel, onnx_paths: dict[str, Path]) -> dict[str, dict]:
+def graph_parity(model: SDPModel, onnx_paths: dict[str, Path]) -> dict[str, ParityFigures]:
     """Parity of each graph at batch 3 and batch 1: the FP32 graph against the reference, the
     FP16 graph against the FP32 graph. Each entry lists its tolerance ``violations``."""
     images = parity_images(model.image_size, 3)
@@ -173,7 +183,7 @@ def graph_parity(model: SDPModel, onnx_paths: dict[str, Path]) -> dict[str, dict
         if f1["rel_l2"] > TOLERANCES[precision]["rel_l2"]:
             bad.append(f"batch-1 rel_l2 {f1['rel_l2']:.2e} > {TOLERANCES[precision]['rel_l2']:.0e}")
         f["violations"] = bad
-        figures[precision] = f
+        figures[precision] = ParityFigures.create(**f)
     return figures
 
 
@@ -220,57 +230,55 @@ def export(loaded: LoadedModel, cfg: ExportConfig, tasks: Tasks) -> Artifacts:
         parity = graph_parity(model, paths)
         timings["parity_s"] = time.perf_counter() - t0
         step(1)
-        for precision, f in parity.items():
-            if not f["violations"]:
+        for precision, f in list(parity.items()):
+            if not f.violations:
                 continue
-            reason = f"parity failed for the {precision} graph ({'; '.join(f['violations'])})"
+            reason = f"parity failed for the {precision} graph ({'; '.join(f.violations)})"
             if precision == "fp32" or cfg.precision == "fp16":
                 raise ClipadError(reason + "; nothing was written")
             # --precision all: keep the FP32 artifacts, drop the FP16 graph, say so loudly.
             (stage / ONNX_FP16).unlink()
-            f["dropped"] = True
-            warnings.append(reason + "; model.fp16.onnx was not kept")
+            parity[precision] = f.replace(dropped=True)
+            warnings.append(reason + f"; {ONNX_FP16} was not kept")
         if "fp16" in parity and fp16_info:
-            parity["fp16"]["nodes"] = fp16_info
-        if cfg.precision == "fp16":  # fp32 graph was only the source of the fp16 one
-            (stage / ONNX_FP32).unlink()
-        manifest: dict[str, Any] = {
-            "format_version": FORMAT_VERSION,
-            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "category": cfg.category,
-            "object_name": object_name,
-            "model": loaded.spec.model,
-            "weights": weights_record(loaded),
-            "mode": cfg.mode,
-            "heads_sha256": file_sha256(Path(cfg.heads_path)) if heads else None,
-            "rvs": {"method": cfg.rvs, "profile": cfg.rvs_profile,
-                    "dbscan": dict(zip(("eps", "min_samples"), dbscan_params(cfg.rvs_profile))) if cfg.rvs == "dbscan" else None,
-                    "used": [tv.normal.used, tv.abnormal.used], "notes": tv.summary()["notes"]},
-            "prompts": {"set": cfg.prompts.name, "source": cfg.prompts_source, "sha256": prompt_set_sha256(cfg.prompts),
-                        "n_normal": len(cfg.prompts.normal) * len(cfg.prompts.templates),
-                        "n_abnormal": len(cfg.prompts.abnormal) * len(cfg.prompts.templates)},
-            "image_size": loaded.image_size,
-            "mean": list(loaded.mean), "std": list(loaded.std),
-            "sigma": cfg.sigma,
-            "max_batch": cfg.max_batch,
-            "precisions": [p for p in paths if (stage / (ONNX_FP32 if p == "fp32" else ONNX_FP16)).is_file()],
-            "onnx": {**io_spec(paths["fp16"] if cfg.precision == "fp16" else paths["fp32"]), "opset": 17},
-            "parity": {"tolerances": {p: TOLERANCES[p] for p in parity}, **parity},
-            "calibration": None,
-            "timings_s": {k: round(v, 2) for k, v in timings.items()},
-            "warnings": warnings,
-            "versions": _versions(),
-        }
+            parity["fp16"] = parity["fp16"].replace(nodes=fp16_info)
+        manifest = Manifest.create(
+            format_version=FORMAT_VERSION,
+            created=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            category=cfg.category,
+            object_name=object_name,
+            model=loaded.spec.model,
+            weights=weights_record(loaded),
+            mode=cfg.mode,
+            heads_sha256=file_sha256(Path(cfg.heads_path)) if heads else None,
+            rvs={"method": cfg.rvs, "profile": cfg.rvs_profile,
+                 "dbscan": dict(zip(("eps", "min_samples"), dbscan_params(cfg.rvs_profile))) if cfg.rvs == "dbscan" else None,
+                 "used": [tv.normal.used, tv.abnormal.used], "notes": tv.summary()["notes"]},
+            prompts={"set": cfg.prompts.name, "source": cfg.prompts_source, "sha256": prompt_set_sha256(cfg.prompts),
+                     "n_normal": len(cfg.prompts.normal) * len(cfg.prompts.templates),
+                     "n_abnormal": len(cfg.prompts.abnormal) * len(cfg.prompts.templates)},
+            image_size=loaded.image_size,
+            mean=list(loaded.mean), std=list(loaded.std),
+            sigma=cfg.sigma,
+            max_batch=cfg.max_batch,
+            precisions=[p for p in paths if (stage / ONNX_FILES[p]).is_file()],
+            # Both graphs take and give the same tensors (the FP16 graph casts inside), so the FP32 graph's spec is the one.
+            onnx={**io_spec(paths["fp32"]), "opset": 17},
+            parity={"tolerances": {p: TOLERANCES[p] for p in parity}, **parity},
+            calibration=None,
+            timings_s={k: round(v, 2) for k, v in timings.items()},
+            warnings=warnings,
+            versions=_versions(),
+            files=hash_files(stage),
+        )
         if cfg.engine:
             from clipad.deploy.tensorrt_build import build_engine
 
             step = tasks.add("TensorRT engine", 1)
-            manifest["engine"] = build_engine(stage, manifest)
+            meta = build_engine(stage, manifest)
+            manifest = manifest.with_engine(meta, hash_files(stage))
             step(1)
-        files = [TEXT_FEATURES, ONNX_FP32, ONNX_FP16, PLAN, PLAN_META, HEADS_FILE]
-        manifest["files"] = hash_files(stage, files)
-        artifacts = Artifacts(stage, manifest)
-        artifacts.save_manifest()
+        manifest.write(stage / MANIFEST)
     final = Artifacts(Path(cfg.out), manifest)
     if cfg.triton_repo is not None:
         from clipad.deploy.triton_repo import write_triton_repo
@@ -282,19 +290,19 @@ def export(loaded: LoadedModel, cfg: ExportConfig, tasks: Tasks) -> Artifacts:
 def reference_model(artifacts: Artifacts, device: str | torch.device = "cpu") -> SDPModel:
     """Rebuild the PyTorch reference of an artifact directory from its manifest."""
     m = artifacts.manifest
-    w = m["weights"]
-    if w["source"] == "random":
-        spec = WeightSpec(model=m["model"], random_weights=True, seed=int(w["seed"]))
-    elif w["source"] == "file":
-        spec = WeightSpec(model=m["model"], weights=Path(w["path"]))
+    w = m.weights
+    if isinstance(w, RandomWeights):
+        spec = WeightSpec(model=m.model, random_weights=True, seed=w.seed)
+    elif isinstance(w, FileWeights):
+        spec = WeightSpec(model=m.model, weights=Path(w.path))
     else:
-        spec = WeightSpec(model=m["model"], pretrained=w["tag"])
+        spec = WeightSpec(model=m.model, pretrained=w.tag)
     loaded = load_model(spec, device)
-    if w["source"] == "file" and loaded.weights_sha256 != w["sha256"]:
-        raise ClipadError(f"weights file {w['path']} changed since export (sha256 differs); re-export")
+    if isinstance(w, FileWeights) and loaded.weights_sha256 != w.sha256:
+        raise ClipadError(f"weights file {w.path} changed since export (sha256 differs); re-export")
     heads = None
-    if m["mode"] == "sdp+":
+    if m.mode == "sdp+":
         visual = loaded.clip.visual
         heads = load_heads(artifacts.verified_path(HEADS_FILE), visual.conv1.out_channels, visual.proj.shape[1])
     text = torch.from_numpy(artifacts.text_features().T.copy())
-    return SDPModel(loaded.clip.visual, text, m["image_size"], m["sigma"], heads, tuple(m["mean"]), tuple(m["std"])).eval()
+    return SDPModel(loaded.clip.visual, text, m.image_size, m.sigma, heads, tuple(m.mean), tuple(m.std)).eval()

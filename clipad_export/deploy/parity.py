@@ -1,13 +1,19 @@
-"""Comparing a backend's outputs with the PyTorch reference (written once; used by export,
-`clipad parity` and the GPU check).
+"""Comparing a model's outputs with the PyTorch reference's: the figures, their limits and the
+inputs (written once; used by export, the INT8 graph, `clipad parity` and `clipad bench`).
 
 Figures per comparison: max abs error and relative L2 error of anomaly_map, max abs error of
 image_prob, and the agreement of the top-1% most anomalous pixels (|top_ref & top_other| / k
 per image, averaged). Inputs are deterministic: synthetic parts with pasted defects, so the
 maps have structure, plus one noise image.
+
+Opening backends and comparing them with the reference (`clipad parity`) is the runtime's job:
+``clipad.runtime.parity``.
 """
 
 from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Mapping
 
 import numpy as np
 
@@ -21,14 +27,35 @@ from clipad.data.synth import sample_images
 TOLERANCES = {
     "fp32": {"rel_l2": 1e-4, "prob_max_abs": 1e-4, "top1pct_agreement": 0.99},
     "fp16": {"rel_l2": 1e-2, "prob_max_abs": 2e-3, "top1pct_agreement": 0.95},
-    # INT8 (calibration/int8.py) is gated on agreement, as the calibration issue asks; the two
-    # error bounds only catch a broken graph, whose errors are O(1).
+    # INT8 (calibration/int8.py) is gated on agreement; the two error bounds only catch a
+    # broken graph, whose errors are O(1).
     "int8": {"rel_l2": 0.25, "prob_max_abs": 0.25, "top1pct_agreement": 0.9},
 }
 
 
-def compare(ref_map: np.ndarray, ref_prob: np.ndarray, amap: np.ndarray, prob: np.ndarray) -> dict[str, float]:
-    """ref_map, amap: [B, H, W]; ref_prob, prob: [B] -> the four parity figures."""
+@dataclass(frozen=True)
+class Comparison:
+    """The four figures of one comparison. max_abs and rel_l2: anomaly_map (map units, and a
+    fraction of the reference map's L2 norm); prob_max_abs: image_prob (probability units);
+    top1pct_agreement: fraction in [0, 1]. The manifest's record of a graph's parity
+    (``clipad.deploy.manifest.ParityFigures``) is these figures plus what they were measured against."""
+
+    max_abs: float
+    rel_l2: float
+    prob_max_abs: float
+    top1pct_agreement: float
+
+    def to_json(self) -> dict[str, float]:
+        """The manifest's and `clipad parity --json`'s keys, in this order."""
+        return asdict(self)
+
+    def within(self, precision: str) -> bool | None:
+        """Inside ``TOLERANCES[precision]``; None where no limit is defined for the precision."""
+        return None if precision not in TOLERANCES else not violations(self.to_json(), precision)
+
+
+def measure(ref_map: np.ndarray, ref_prob: np.ndarray, amap: np.ndarray, prob: np.ndarray) -> Comparison:
+    """ref_map, amap: [B, H, W]; ref_prob, prob: [B] -> the four figures (computed in float64)."""
     r = np.asarray(ref_map, dtype=np.float64)
     m = np.asarray(amap, dtype=np.float64)
     if r.shape != m.shape:
@@ -39,15 +66,20 @@ def compare(ref_map: np.ndarray, ref_prob: np.ndarray, amap: np.ndarray, prob: n
         top_a = np.argpartition(-a, k - 1)[:k]
         top_b = np.argpartition(-b, k - 1)[:k]
         agree.append(len(np.intersect1d(top_a, top_b)) / k)
-    return {
-        "max_abs": float(np.abs(m - r).max()),
-        "rel_l2": float(np.linalg.norm(m - r) / max(np.linalg.norm(r), 1e-30)),
-        "prob_max_abs": float(np.abs(np.asarray(prob, np.float64) - np.asarray(ref_prob, np.float64)).max()),
-        "top1pct_agreement": float(np.mean(agree)),
-    }
+    return Comparison(
+        max_abs=float(np.abs(m - r).max()),
+        rel_l2=float(np.linalg.norm(m - r) / max(np.linalg.norm(r), 1e-30)),
+        prob_max_abs=float(np.abs(np.asarray(prob, np.float64) - np.asarray(ref_prob, np.float64)).max()),
+        top1pct_agreement=float(np.mean(agree)),
+    )
 
 
-def violations(figures: dict[str, float], precision: str) -> list[str]:
+def compare(ref_map: np.ndarray, ref_prob: np.ndarray, amap: np.ndarray, prob: np.ndarray) -> dict[str, float]:
+    """``measure`` as a plain dict, for callers that add their own keys before writing the manifest."""
+    return measure(ref_map, ref_prob, amap, prob).to_json()
+
+
+def violations(figures: Mapping[str, float], precision: str) -> list[str]:
     """Human-readable list of the tolerances ``figures`` break (empty when within)."""
     tol = TOLERANCES[precision]
     out = []
@@ -64,30 +96,3 @@ def parity_images(size: int, n: int = 3, seed: int = 0) -> np.ndarray:
     parts = model_batch(sample_images(n - 1, seed=seed), size)
     noise = np.random.default_rng(seed).integers(0, 256, (1, size, size, 3), dtype=np.uint8)
     return np.concatenate([parts, noise])
-
-
-def run_parity(artifacts, backends: list[str], images: np.ndarray, device: str = "cpu") -> list[dict]:
-    """Compare each backend/precision with the FP32 PyTorch reference on ``images``; one row each."""
-    from clipad.runtime.backends import open_backend
-
-    reference = open_backend(artifacts, "torch", "fp32", device)
-    ref_map, ref_prob = reference(images)
-    rows = []
-    for name in backends:
-        precisions = {"onnxruntime": artifacts.manifest["precisions"], "tensorrt": [None]}.get(name, ["fp32"])
-        for precision in precisions:
-            backend = open_backend(artifacts, name, precision, device)
-            amap, prob = backend(images)
-            figures = compare(ref_map, ref_prob, amap, prob)
-            rows.append({"backend": backend.describe(), "precision": backend.precision, "n_images": len(images), **figures,
-                         "within_tolerance": not violations(figures, backend.precision)})
-    return rows
-
-
-def format_rows(rows: list[dict]) -> str:
-    head = f"{'backend':<36} {'max abs':>10} {'rel L2':>10} {'prob err':>10} {'top-1% agree':>13}  ok"
-    lines = [head, "-" * len(head)]
-    for r in rows:
-        lines.append(f"{r['backend']:<36} {r['max_abs']:>10.2e} {r['rel_l2']:>10.2e} {r['prob_max_abs']:>10.2e} "
-                     f"{r['top1pct_agreement']:>13.3f}  {'yes' if r['within_tolerance'] else 'NO'}")
-    return "\n".join(lines)

@@ -24,13 +24,14 @@ import os
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import onnx
 
 from clipad.core.errors import ClipadError
 from clipad.core.hashing import file_sha256
-from clipad.deploy.artifacts import ONNX_FP16, ONNX_FP32, ONNX_INT8, PLAN, PLAN_META, Artifacts
+from clipad.deploy.artifacts import Artifacts, hash_files, load_artifacts
+from clipad.deploy.manifest import ONNX_FP16, ONNX_FP32, ONNX_INT8, PLAN, PLAN_META, EngineMeta, Manifest
 
 # Supported element types per operator, from the TensorRT 10.15 ONNX parser matrix, for every
 # operator the clipad graphs use or could plausibly gain. UINT8 is allowed only as a network
@@ -109,13 +110,18 @@ def gpu_identity() -> dict[str, Any]:
     return {"gpu": torch.cuda.get_device_name(0), "compute_capability": f"{major}.{minor}"}
 
 
-def check_plan_compat(meta: dict[str, Any], trt_version: str, gpu: dict[str, Any]) -> None:
-    """Refuse a plan built by another TensorRT version or on another GPU model, in one line."""
+def check_plan_compat(meta: EngineMeta | Mapping[str, Any], trt_version: str, gpu: dict[str, Any]) -> None:
+    """Refuse a plan built by another TensorRT version or on another GPU model, in one line.
+
+    ``meta``: the plan's sidecar, or a mapping with its tensorrt, gpu and compute_capability keys.
+    """
+    if isinstance(meta, EngineMeta):
+        meta = meta.model_dump()
     built = f"TensorRT {meta.get('tensorrt')} on {meta.get('gpu')} (sm {meta.get('compute_capability')})"
     here = f"TensorRT {trt_version} on {gpu['gpu']} (sm {gpu['compute_capability']})"
     if meta.get("tensorrt") != trt_version or meta.get("gpu") != gpu["gpu"] or meta.get("compute_capability") != gpu["compute_capability"]:
         raise ClipadError(
-            f"model.plan was built with {built}, this machine has {here}; TensorRT plans only run where they were "
+            f"{PLAN} was built with {built}, this machine has {here}; TensorRT plans only run where they were "
             "built: rebuild here with `clipad export --engine` (same options; see the manifest)"
         )
 
@@ -141,8 +147,8 @@ def _layer_precisions(trt, engine) -> dict[str, int]:
     return counts
 
 
-def build_engine(stage: Path, manifest: dict[str, Any], workspace_gib: int = 4, int8: bool = False,
-                 out_dir: Path | None = None) -> dict[str, Any]:
+def build_engine(stage: Path, manifest: Manifest, workspace_gib: int = 4, int8: bool = False,
+                 out_dir: Path | None = None) -> EngineMeta:
     """Build ``model.plan`` + ``model.plan.json`` from the graphs in ``stage`` into ``out_dir``
     (default ``stage``); returns the sidecar's content.
 
@@ -152,13 +158,13 @@ def build_engine(stage: Path, manifest: dict[str, Any], workspace_gib: int = 4, 
     trt = require_tensorrt()
     gpu = gpu_identity()
     version = trt.__version__
-    want_fp16 = "fp16" in manifest["precisions"] and not int8
+    want_fp16 = "fp16" in manifest.precisions and not int8
     # TRT 11 networks are always strongly typed (an FP32 graph gives an FP32 engine); Q/DQ graphs too.
     strongly_typed = trt_major(version) >= 11 or int8
     src = stage / (ONNX_INT8 if int8 else ONNX_FP16 if strongly_typed and want_fp16 else ONNX_FP32)
     if not src.is_file():
         raise ClipadError(f"cannot build the engine: {src.name} was not exported"
-                          + (" (make it with `clipad calibrate --int8`)" if int8 else " (use --precision all)"))
+                          + (" (make it with `clipad calibrate --int8`)" if int8 else " (export with --precision all or fp16)"))
     problems = unsupported_ops(src)
     if problems:
         raise ClipadError(f"TensorRT cannot parse {src.name}: {problems[0]} ({len(problems)} problems)")
@@ -176,7 +182,7 @@ def build_engine(stage: Path, manifest: dict[str, Any], workspace_gib: int = 4, 
     config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED
     if want_fp16 and not strongly_typed:
         config.set_flag(trt.BuilderFlag.FP16)  # TensorRT 10
-    size, max_batch = manifest["image_size"], manifest["max_batch"]
+    size, max_batch = manifest.image_size, manifest.max_batch
     profile = builder.create_optimization_profile()
     profile.set_shape("image", (1, size, size, 3), (1, size, size, 3), (max_batch, size, size, 3))
     config.add_optimization_profile(profile)
@@ -200,25 +206,25 @@ def build_engine(stage: Path, manifest: dict[str, Any], workspace_gib: int = 4, 
         raise ClipadError("the TensorRT engine has no FP16 layer although FP16 was requested; nothing was written")
     if int8 and layers.get("int8", 0) == 0:
         raise ClipadError("the TensorRT engine has no INT8 layer although the graph is quantised; nothing was written")
-    meta = {
-        "tensorrt": version,
+    meta = EngineMeta.create(
+        tensorrt=version,
         **gpu,
-        "category": manifest["category"],
-        "input": {"name": "image", "dtype": "uint8", "shape": ["batch", size, size, 3]},
-        "profile": {"min": 1, "opt": 1, "max": max_batch},
-        "onnx": src.name,
-        "onnx_sha256": file_sha256(src),
-        "precision": "int8" if int8 else "fp16" if want_fp16 else "fp32",
-        "strongly_typed": strongly_typed,
-        "layers": layers,
-        "fp16_layer_fraction": round(layers.get("fp16", 0) / total, 4),
-        "build_s": round(build_s, 1),
-    }
-    (out_dir / PLAN_META).write_text(json.dumps(meta, indent=2) + "\n")
+        category=manifest.category,
+        input={"name": "image", "dtype": "uint8", "shape": ["batch", size, size, 3]},
+        profile={"min": 1, "opt": 1, "max": max_batch},
+        onnx=src.name,
+        onnx_sha256=file_sha256(src),
+        precision="int8" if int8 else "fp16" if want_fp16 else "fp32",
+        strongly_typed=strongly_typed,
+        layers=layers,
+        fp16_layer_fraction=round(layers.get("fp16", 0) / total, 4),
+        build_s=round(build_s, 1),
+    )
+    meta.write(out_dir / PLAN_META)
     return meta
 
 
-def add_int8_engine(art: Artifacts, workspace_gib: int = 4) -> dict[str, Any]:
+def add_int8_engine(art: Artifacts, workspace_gib: int = 4) -> EngineMeta:
     """Build the engine from ``model.int8.onnx`` into an existing artifact directory: built in a
     temporary folder there, renamed into place, and the manifest (hashes, engine) written last."""
     art.verified_path(ONNX_INT8)
@@ -226,7 +232,15 @@ def add_int8_engine(art: Artifacts, workspace_gib: int = 4) -> dict[str, Any]:
         meta = build_engine(art.root, art.manifest, workspace_gib, int8=True, out_dir=Path(tmp))
         for name in (PLAN, PLAN_META):
             os.replace(Path(tmp) / name, art.root / name)
-    art.manifest["files"].update({n: file_sha256(art.root / n) for n in (PLAN, PLAN_META)})
-    art.manifest["engine"] = meta
-    art.save_manifest()
+    art.update(art.manifest.with_engine(meta, hash_files(art.root, [PLAN, PLAN_META])))
     return meta
+
+
+def int8_engine(root: str | Path, workspace_gib: int = 4) -> EngineMeta:
+    """`clipad export --engine --precision int8`: the engine from the calibrated INT8 graph of the
+    artifact directory ``root``, in place (one line when there is no INT8 graph or no TensorRT)."""
+    art = load_artifacts(root)
+    if not art.has(ONNX_INT8):
+        raise ClipadError(f"{root} has no {ONNX_INT8}: run `clipad calibrate --artifacts {root} --int8 --images DIR` first")
+    require_tensorrt()
+    return add_int8_engine(art, workspace_gib)

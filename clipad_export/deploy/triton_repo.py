@@ -2,7 +2,9 @@
 
 Layout: ``<repo>/<category>_onnx/{config.pbtxt, 1/model.onnx}`` (onnxruntime backend) and, when
 the artifacts hold a TensorRT plan, ``<repo>/<category>_trt/{config.pbtxt, 1/model.plan}``
-(tensorrt_plan). Batch is the first dimension, so dims leave it out; ``image_prob`` has no other
+(tensorrt_plan). Each version folder holds the artifact file under its own name, and the config
+names it (``default_model_filename``), so the repository does not depend on Triton's default
+names. Batch is the first dimension, so dims leave it out; ``image_prob`` has no other
 dimension, which Triton expresses as dims [1] with an empty reshape. Each config is parsed with
 Triton's own ModelConfig protobuf (from tritonclient) and checked against the ONNX graph's
 inputs and outputs before the repository is renamed into place.
@@ -14,7 +16,8 @@ import shutil
 from pathlib import Path
 
 from clipad.core.errors import ClipadError
-from clipad.deploy.artifacts import ONNX_FP16, ONNX_FP32, PLAN, Artifacts
+from clipad.deploy.artifacts import Artifacts
+from clipad.deploy.manifest import ONNX_FP16, ONNX_FP32, PLAN, OnnxSpec, TensorSpec
 
 TRITON_DTYPES = {"uint8": "TYPE_UINT8", "float32": "TYPE_FP32", "float16": "TYPE_FP16"}
 
@@ -27,25 +30,27 @@ def require_model_config():
     return model_config_pb2
 
 
-def config_text(name: str, platform: str, max_batch: int, io: dict) -> str:
-    """config.pbtxt for one model; ``io`` is the manifest's ONNX io spec (batch dim first)."""
+def config_text(name: str, platform: str, max_batch: int, io: OnnxSpec, model_file: str | None = None) -> str:
+    """config.pbtxt for one model; ``io`` is the manifest's ONNX io spec (batch dim first);
+    ``model_file``: the file name in the version folder, when not Triton's default."""
 
-    def tensor(t: dict) -> str:
-        dims = [int(d) for d in t["shape"][1:]]
+    def tensor(t: TensorSpec) -> str:
+        dims = [int(d) for d in t.shape[1:]]
         extra = ""
         if not dims:  # batch-only tensor
             dims, extra = [1], " reshape: { shape: [ ] }"
-        return f'  {{ name: "{t["name"]}" data_type: {TRITON_DTYPES[t["dtype"]]} dims: [ {", ".join(map(str, dims))} ]{extra} }}'
+        return f'  {{ name: "{t.name}" data_type: {TRITON_DTYPES[t.dtype]} dims: [ {", ".join(map(str, dims))} ]{extra} }}'
 
     lines = [
         f'name: "{name}"',
         f'platform: "{platform}"',
+        *([f'default_model_filename: "{model_file}"'] if model_file else []),
         f"max_batch_size: {max_batch}",
         "input [",
-        ",\n".join(tensor(t) for t in io["inputs"]),
+        ",\n".join(tensor(t) for t in io.inputs),
         "]",
         "output [",
-        ",\n".join(tensor(t) for t in io["outputs"]),
+        ",\n".join(tensor(t) for t in io.outputs),
         "]",
         "dynamic_batching { max_queue_delay_microseconds: 2000 }",
         "instance_group [ { kind: KIND_GPU count: 1 } ]",
@@ -53,7 +58,7 @@ def config_text(name: str, platform: str, max_batch: int, io: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def validate_config(text: str, io: dict, max_batch: int):
+def validate_config(text: str, io: OnnxSpec, max_batch: int):
     """Parse with Triton's ModelConfig and check names, dtypes, dims and batch against ``io``."""
     from google.protobuf import text_format
 
@@ -64,15 +69,15 @@ def validate_config(text: str, io: dict, max_batch: int):
         raise ClipadError(f"generated Triton config does not parse: {err}") from None
     if cfg.max_batch_size != max_batch:
         raise ClipadError(f"Triton config max_batch_size {cfg.max_batch_size} != {max_batch}")
-    for kind, declared, expected in (("input", cfg.input, io["inputs"]), ("output", cfg.output, io["outputs"])):
-        if [t.name for t in declared] != [t["name"] for t in expected]:
+    for kind, declared, expected in (("input", cfg.input, io.inputs), ("output", cfg.output, io.outputs)):
+        if [t.name for t in declared] != [t.name for t in expected]:
             raise ClipadError(f"Triton config {kind} names {[t.name for t in declared]} differ from the graph's")
         for t, e in zip(declared, expected):
-            if pb.DataType.Name(t.data_type) != TRITON_DTYPES[e["dtype"]]:
-                raise ClipadError(f"Triton config {kind} {t.name}: {pb.DataType.Name(t.data_type)} vs graph {e['dtype']}")
+            if pb.DataType.Name(t.data_type) != TRITON_DTYPES[e.dtype]:
+                raise ClipadError(f"Triton config {kind} {t.name}: {pb.DataType.Name(t.data_type)} vs graph {e.dtype}")
             shape = list(t.reshape.shape) if t.HasField("reshape") else list(t.dims)
-            if shape != [int(d) for d in e["shape"][1:]]:
-                raise ClipadError(f"Triton config {kind} {t.name}: dims {shape} vs graph {e['shape'][1:]}")
+            if shape != [int(d) for d in e.shape[1:]]:
+                raise ClipadError(f"Triton config {kind} {t.name}: dims {shape} vs graph {e.shape[1:]}")
     return cfg
 
 
@@ -80,24 +85,24 @@ def write_triton_repo(artifacts: Artifacts, repo: str | Path) -> list[str]:
     """Write (or replace) this category's models in ``repo``; returns the model names."""
     repo = Path(repo)
     m = artifacts.manifest
-    io, max_batch, cat = m["onnx"], m["max_batch"], m["category"]
-    onnx_file = ONNX_FP32 if artifacts.has(ONNX_FP32) else ONNX_FP16
-    models = [(f"{cat}_onnx", "onnxruntime_onnx", onnx_file, "model.onnx")]
+    io, max_batch, cat = m.onnx, m.max_batch, m.category
+    onnx_file = ONNX_FP32 if artifacts.has(ONNX_FP32) else ONNX_FP16  # FP16 only in artifacts exported before model.onnx was kept
+    models = [(f"{cat}_onnx", "onnxruntime_onnx", onnx_file)]
     if artifacts.has(PLAN):
-        models.append((f"{cat}_trt", "tensorrt_plan", PLAN, "model.plan"))
+        models.append((f"{cat}_trt", "tensorrt_plan", PLAN))
     written = []
     try:
         repo.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise ClipadError(f"cannot create Triton repository {repo}: {err.strerror or err}") from None
-    for name, platform, src, dst in models:
-        text = config_text(name, platform, max_batch, io)
+    for name, platform, src in models:
+        text = config_text(name, platform, max_batch, io, src)
         validate_config(text, io, max_batch)
         stage = repo / f".{name}.partial"
         shutil.rmtree(stage, ignore_errors=True)
         (stage / "1").mkdir(parents=True)
         (stage / "config.pbtxt").write_text(text)
-        shutil.copy2(artifacts.verified_path(src), stage / "1" / dst)
+        shutil.copy2(artifacts.verified_path(src), stage / "1" / src)
         final = repo / name
         if final.exists():
             shutil.rmtree(final)

@@ -26,7 +26,7 @@ from clipad.model.heads import Heads
 from clipad.model.loading import LoadedModel
 from clipad.model.prompts import PROMPT_SETS, PromptSet
 from clipad.model.rvs import DEFAULT_METHOD, n_sentences, text_vectors
-from clipad.model.sdp import DEFAULT_SIGMA, SDPModel
+from clipad.model.sdp import SDPModel, default_sigma
 
 MAX_LISTED_SKIPS = 20
 
@@ -37,18 +37,18 @@ class EvalConfig:
     heads: Heads | None = None
     rvs: str = DEFAULT_METHOD
     prompts: PromptSet = PROMPT_SETS["industrial"]
-    sigma: float | None = None  # None: official default (2 for SDP+ on VisA, else 8)
+    sigma: float | None = None  # None: default_sigma(mode, dataset)
     batch_size: int = 8
 
     def effective_sigma(self) -> float:
         if self.sigma is not None:
             return self.sigma
-        return 2.0 if self.heads is not None and self.dataset == "visa" else DEFAULT_SIGMA
+        return default_sigma("sdp+" if self.heads is not None else "sdp", self.dataset)
 
 
 @dataclass
 class CategoryOutput:
-    """Raw per-image outputs of one category (kept for tests and later calibration)."""
+    """Raw per-image outputs of one category (kept for tests and for callers that need the maps)."""
 
     labels: np.ndarray  # int [N]
     image_prob: np.ndarray  # float32 [N]
@@ -77,17 +77,6 @@ def run_category(model: SDPModel, samples: list[Sample], batch_size: int, advanc
     all_maps = np.concatenate(maps)
     all_masks = None if any(m is None for m in masks) else np.stack(masks)
     return CategoryOutput(np.array(labels), np.concatenate(probs), map_max(all_maps), all_maps, all_masks, skipped)
-
-
-def mean_pixel_auroc(loaded: LoadedModel, split: dict[str, list[Sample]], heads: Heads | None, sigma: float = 2.0) -> float:
-    """Pixel AUROC of SDP (or SDP+ with ``heads``) per category of ``split`` (dbscan text
-    vectors), averaged: the quick learning check of the training tests and script."""
-    vals = []
-    for cat, samples in split.items():
-        text = torch.from_numpy(text_vectors(loaded.clip, loaded.tokenizer, cat, "dbscan").matrix)
-        out = run_category(SDPModel(loaded.clip.visual, text, loaded.image_size, sigma, heads), samples, 8)
-        vals.append(pixel_metrics(out.masks, out.maps)["auroc"])
-    return float(np.mean(vals))
 
 
 def category_metrics(out: CategoryOutput) -> dict:

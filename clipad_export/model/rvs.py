@@ -25,9 +25,10 @@ from typing import Callable
 import numpy as np
 import torch
 
+from clipad.core.choices import RVS_METHODS
 from clipad.model.prompts import PROMPT_SETS, PromptSet
 
-METHODS = ("mean", "pca", "kde", "dbscan", "mean_shift")
+METHODS = RVS_METHODS
 DEFAULT_METHOD = "dbscan"
 
 

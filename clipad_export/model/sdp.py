@@ -13,16 +13,19 @@ method.md sections 5-7. With T = [t_normal, t_abnormal] (unit columns, [D, 2]):
 The paper differs (method.md section 10, items 5-9): the code's weights multiply the main term,
 there is no temperature in feature surgery, the logits use 100 and are upsampled before the
 softmax. We follow the code.
+
+Every step exists once: ``head_logit_diff`` is also what SDP+ training differentiates, and
+``AnomalyMaps`` (the map assembly from a surgery map and patch tokens) is also what training's
+validation scores; ``default_sigma`` is the one smoothing rule of `clipad eval` and training.
 """
 
 from __future__ import annotations
-
-from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from clipad.core.choices import Mode
 from clipad.model.heads import Heads
 from clipad.model.maps import apply_separable, as_tensor, bilinear_matrix, gaussian_matrix
 from clipad.model.preprocess import OPENAI_MEAN, OPENAI_STD, normalize
@@ -30,8 +33,17 @@ from clipad.model.surgery import DualPathViT, Taps
 
 LOGIT_SCALE = 100.0  # hard-coded in the official code (method.md 6, 7.2)
 DEFAULT_SIGMA = 8.0
+VISA_SDP_PLUS_SIGMA = 2.0
 
-Mode = Literal["sdp", "sdp+"]
+
+
+def default_sigma(mode: Mode, dataset: str) -> float:
+    """The official smoothing sigma: 2 for SDP+ on VisA, 8 otherwise (method.md 7.2, 10 item 8).
+
+    SDP keeps 8 on every dataset (section 10 item 6); only the fused SDP+ map has a VisA value.
+    Validation during training smooths with the validation set's sigma (section 7.3).
+    """
+    return VISA_SDP_PLUS_SIGMA if mode == "sdp+" and dataset == "visa" else DEFAULT_SIGMA
 
 
 def feature_surgery(surgery: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
@@ -52,14 +64,61 @@ def image_prob(surgery: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
     return torch.softmax(LOGIT_SCALE * torch.matmul(z, text), dim=-1)[:, 1]
 
 
-def head_logit_diff(ori: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
-    """SDP+ per-stage logit difference l_1 - l_0 on patch tokens.
+def head_logit_diff(patches: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+    """SDP+ per-stage logit difference L_j[1] - L_j[0] = 100 (U_j T_1 - U_j T_0) (method.md 7.2).
 
-    ori: [B, S, T, W]; weight: [S, D, W]; bias: [S, D]; text: [D, 2] -> [B, S, T - 1].
+    patches: [B, S, P, W], the raw taps' patch tokens (cls removed: the heads never see it,
+    section 7.1); weight: [S, D, W]; bias: [S, D]; text: [D, 2] shared by the batch, or
+    [B, D, 2] per sample (training batches mix categories) -> [B, S, P]. Float32, or float16
+    under autocast.
     """
-    u = torch.einsum("bstw,sdw->bstd", ori[:, :, 1:], weight) + bias[None, :, None, :]
-    logits = LOGIT_SCALE * torch.matmul(F.normalize(u, dim=-1), text)
+    u = F.normalize(torch.einsum("bspw,sdw->bspd", patches, weight) + bias[None, :, None, :], dim=-1)
+    cos = torch.matmul(u, text) if text.dim() == 2 else torch.einsum("bspd,bdk->bspk", u, text)
+    logits = LOGIT_SCALE * cos
     return logits[..., 1] - logits[..., 0]
+
+
+class AnomalyMaps(nn.Module):
+    """The anomaly map of one category from a feature-surgery map and (SDP+) patch tokens.
+
+    ``forward(sim, patches)``: sim float32 [B, g, g], the summed feature-surgery map of section 5
+    on the patch grid; patches float32 [B, 4, P, W] (P = g * g), the raw taps' patch tokens, for
+    SDP+ only -> anomaly_map float32 [B, H, W] (H = W = image_size).
+
+    - SDP: G (A_hp sim A_hp^T) G^T, as one product with K = G A_hp (method.md 9).
+    - SDP+: G (A_hp sim A_hp^T + sum_j sigmoid(A_ac D_j A_ac^T)) G^T, D_j the heads' logit
+      difference (sections 7.2, 9): the logits are upsampled with align_corners true, the
+      surgery map half-pixel, and one blur acts on the sum.
+
+    The text T (float32 [D, 2]), the heads and the upsampling/blur matrices are buffers, so the
+    module traces into constant MatMuls. ``text`` is kept in both modes: SDPModel reads its
+    category's T from here.
+    """
+
+    def __init__(self, grid: int, image_size: int, sigma: float, text: torch.Tensor, heads: Heads | None = None):
+        super().__init__()
+        self.grid, self.image_size, self.sigma = grid, image_size, float(sigma)
+        self.mode: Mode = "sdp+" if heads is not None else "sdp"
+        self.register_buffer("text", text.detach().to(torch.float32).clone())
+        up = bilinear_matrix(grid, image_size, align_corners=False)
+        blur = gaussian_matrix(image_size, sigma)
+        if heads is None:
+            self.register_buffer("blur_up", as_tensor(blur @ up))
+        else:
+            self.register_buffer("up_half", as_tensor(up))
+            self.register_buffer("blur", as_tensor(blur))
+            self.register_buffer("up_ac", as_tensor(bilinear_matrix(grid, image_size, align_corners=True)))
+            self.register_buffer("head_weight", heads.weight.detach().to(torch.float32).clone())
+            self.register_buffer("head_bias", heads.bias.detach().to(torch.float32).clone())
+
+    def forward(self, sim: torch.Tensor, patches: torch.Tensor | None = None) -> torch.Tensor:
+        if (patches is None) != (self.mode == "sdp"):
+            raise ValueError("patch tokens go with the heads: SDP+ maps need them, SDP maps take none")
+        if patches is None:
+            return apply_separable(sim, self.blur_up)
+        diff = head_logit_diff(patches, self.head_weight, self.head_bias, self.text)
+        ft = torch.sigmoid(apply_separable(diff.reshape(sim.shape[0], -1, self.grid, self.grid), self.up_ac)).sum(dim=1)
+        return apply_separable(apply_separable(sim, self.up_half) + ft, self.blur)
 
 
 class SDPModel(nn.Module):
@@ -67,8 +126,8 @@ class SDPModel(nn.Module):
 
     ``forward(images)``: uint8 RGB [B, H, W, 3] at model resolution ->
     (anomaly_map float32 [B, H, W], image_prob float32 [B]). The text vectors, the heads and the
-    upsampling/blur matrices are constants of the module, so the same module is the PyTorch
-    reference and the graph that gets exported.
+    upsampling/blur matrices are constants of the module (held by its ``maps``, an AnomalyMaps),
+    so the same module is the PyTorch reference and the graph that gets exported.
     """
 
     def __init__(
@@ -86,19 +145,18 @@ class SDPModel(nn.Module):
         self.image_size = image_size
         self.sigma = float(sigma)
         self.mean, self.std = tuple(mean), tuple(std)
-        self.mode: Mode = "sdp+" if heads is not None else "sdp"
-        g, n = self.vit.grid, image_size
-        dev = visual.proj.device
-        self.register_buffer("text", text.detach().to(dev, torch.float32).clone())
-        up = bilinear_matrix(g, n, align_corners=False)
-        blur = gaussian_matrix(n, sigma)
-        self.register_buffer("up_half", as_tensor(up).to(dev))
-        self.register_buffer("blur", as_tensor(blur).to(dev))
-        self.register_buffer("blur_up", as_tensor(blur @ up).to(dev))  # SDP: one K X K^T
-        if heads is not None:
-            self.register_buffer("up_ac", as_tensor(bilinear_matrix(g, n, align_corners=True)).to(dev))
-            self.register_buffer("head_weight", heads.weight.detach().to(dev, torch.float32).clone())
-            self.register_buffer("head_bias", heads.bias.detach().to(dev, torch.float32).clone())
+        # Outside the ViT submodule on purpose: the FP16 export keeps every node outside "/vit/" in FP32.
+        self.maps = AnomalyMaps(self.vit.grid, image_size, sigma, text, heads).to(visual.proj.device)
+
+    @property
+    def text(self) -> torch.Tensor:
+        """The category's text vectors T, float32 [D, 2] (column 0 normal, 1 abnormal)."""
+        return self.maps.text
+
+    @property
+    def mode(self) -> Mode:
+        """The method: "sdp", or "sdp+" when the module holds heads."""
+        return self.maps.mode
 
     def taps(self, images: torch.Tensor) -> Taps:
         """uint8 RGB [B, H, W, 3] -> Taps (normalisation happens here, inside the model).
@@ -111,16 +169,11 @@ class SDPModel(nn.Module):
         return Taps(surgery=self.vit.project(raw.surgery), ori=raw.ori)
 
     def maps_from_taps(self, taps: Taps) -> tuple[torch.Tensor, torch.Tensor]:
-        """Taps -> (anomaly_map [B, H, W], image_prob [B])."""
+        """Taps -> (anomaly_map float32 [B, H, W], image_prob float32 [B])."""
         b, g = taps.surgery.shape[0], self.vit.grid
         sim = feature_surgery(taps.surgery, self.text).reshape(b, g, g)
-        if self.mode == "sdp":
-            amap = apply_separable(sim, self.blur_up)
-        else:
-            diff = head_logit_diff(taps.ori, self.head_weight, self.head_bias, self.text)
-            ft = torch.sigmoid(apply_separable(diff.reshape(b, -1, g, g), self.up_ac)).sum(dim=1)
-            amap = apply_separable(apply_separable(sim, self.up_half) + ft, self.blur)
-        return amap, image_prob(taps.surgery, self.text)
+        patches = taps.ori[:, :, 1:] if self.mode == "sdp+" else None
+        return self.maps(sim, patches), image_prob(taps.surgery, self.text)
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.maps_from_taps(self.taps(images))

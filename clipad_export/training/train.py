@@ -1,10 +1,12 @@
 """`clipad train`: SDP+ heads trained offline on a labelled dataset (method.md section 7.3).
 
 CLIP stays frozen, so the backbone runs once per image: the raw residual taps' patch tokens
-(the heads' only input) are cached on disk as float16 memory maps, keyed by model, weights,
-image size and the file list, and every epoch trains the four linear heads from the cache.
-Per stage the loss is focal + dice on the two-way softmax of the upsampled 100 * cos logits
-(align_corners=True); the stage losses are summed. Adam, no shuffling (as the official code).
+(the heads' only input) are cached on disk (clipad.training.cache), and every epoch trains the
+four linear heads from the cache. Per stage the loss is focal + dice on the two-way softmax of
+the upsampled 100 * cos logits (align_corners=True); the stage losses are summed. Adam, no
+shuffling (as the official code). The logits and the validation maps are the reference's own
+(clipad.model.sdp: head_logit_diff, AnomalyMaps), so training optimises what `clipad eval`
+and the exported graph compute.
 Each epoch writes a checkpoint (heads and optimiser state) atomically; ``--resume`` continues
 from it and refuses one made with another configuration.
 
@@ -19,29 +21,27 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from clipad.core.atomic import atomic_path, write_text_atomic
 from clipad.core.errors import ClipadError
 from clipad.core.progress import Tasks
-from clipad.data import Sample, load_batch
+from clipad.data import Sample
 from clipad.evaluation.metrics import binary_metrics, pixel_metrics
 from clipad.model.fusion import fused_score, map_max, transductive_ranges
 from clipad.model.heads import Heads, save_heads
 from clipad.model.loading import LoadedModel
-from clipad.model.maps import apply_separable, as_tensor, bilinear_matrix, gaussian_matrix
-from clipad.model.preprocess import normalize
+from clipad.model.maps import apply_separable, as_tensor, bilinear_matrix
 from clipad.model.prompts import PROMPT_SETS
 from clipad.model.rvs import text_vectors
-from clipad.model.sdp import DEFAULT_SIGMA, LOGIT_SCALE, feature_surgery, image_prob
+from clipad.model.sdp import AnomalyMaps, default_sigma, head_logit_diff
 from clipad.model.surgery import N_STAGES, DualPathViT
+from clipad.training.cache import FeatureCache
 from clipad.training.losses import SDPPlusLoss
 
 
@@ -62,151 +62,57 @@ class TrainConfig:
         return hashlib.sha256(json.dumps({**d, "data": data_key}, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def data_key(loaded: LoadedModel, samples: list[Sample]) -> str:
-    """Identifies a feature cache: model, weights, resolution and every file (path, size, mtime)."""
-    h = hashlib.sha256()
-    h.update(json.dumps([loaded.spec.model, loaded.spec.describe(), loaded.weights_sha256, loaded.image_size]).encode())
-    for s in samples:
-        for p in (s.image, s.mask):
-            if p is not None:
-                st = Path(p).stat()
-                h.update(f"{p}|{st.st_size}|{st.st_mtime_ns}|{s.label}|{s.category}".encode())
-    return h.hexdigest()[:24]
-
-
-CACHE_DTYPES = ("float16", "float32")
-
-
-class FeatureCache:
-    """ori patch tokens float16 (or float32) [N, 4, P, W], masks uint8 [N, S, S], category ids int16 [N]."""
-
-    def __init__(self, root: Path):
-        self.root = root
-        self.meta = json.loads((root / "meta.json").read_text())
-        self.ori = np.load(root / "ori.npy", mmap_mode="r")
-        self.masks = np.load(root / "masks.npy", mmap_mode="r")
-        self.cats = np.load(root / "cats.npy")
-        self.sims = np.load(root / "sims.npy") if (root / "sims.npy").is_file() else None
-        self.probs = np.load(root / "probs.npy") if (root / "probs.npy").is_file() else None
-
-    @classmethod
-    def get_or_build(cls, loaded: LoadedModel, samples: list[Sample], categories: list[str], cache_dir: Path,
-                     tasks: Tasks, batch_size: int = 8, texts: torch.Tensor | None = None,
-                     dtype: str = "float16") -> tuple["FeatureCache", bool]:
-        """Reuse the cache with this key, or build it (atomically); returns (cache, built).
-
-        float16 is the default: training from it matches a float32 cache (docs/benchmarks.md).
-
-        With ``texts`` ([n_categories, D, 2]) it also stores what validation needs besides the
-        taps: the summed feature-surgery patch map [N, g, g] and image_prob [N].
-        """
-        if dtype not in CACHE_DTYPES:
-            raise ClipadError(f"cache dtype must be one of {', '.join(CACHE_DTYPES)}, not '{dtype}'")
-        key = data_key(loaded, samples) + ("" if dtype == "float16" else f"-{dtype}")
-        if texts is not None:
-            key += "-val" + hashlib.sha256(texts.cpu().numpy().tobytes()).hexdigest()[:8]
-        root = cache_dir / key
-        if (root / "meta.json").is_file():
-            return cls(root), False
-        vit = DualPathViT(loaded.clip.visual)
-        size, width, grid = loaded.image_size, vit.width, vit.grid
-        stage = cache_dir / f"{key}.partial"
-        shutil.rmtree(stage, ignore_errors=True)
-        stage.mkdir(parents=True)
-        skipped: list[str] = []
-        total = len(samples)  # rows for every sample; unreadable ones are skipped, n counts the rest
-        ori = np.lib.format.open_memmap(stage / "ori.npy", mode="w+", dtype=dtype, shape=(total, N_STAGES, grid * grid, width))
-        masks = np.lib.format.open_memmap(stage / "masks.npy", mode="w+", dtype=np.uint8, shape=(total, size, size))
-        kept_all: list[Sample] = []
-        sims = np.zeros((total, grid, grid), np.float32) if texts is not None else None
-        probs = np.zeros((total,), np.float32) if texts is not None else None
-        advance = tasks.add("features (backbone, once)", total)
-        device = loaded.device
-        with torch.no_grad():
-            for start in range(0, total, batch_size):
-                imgs, chunk, ms = load_batch(samples[start : start + batch_size], size, skipped)
-                advance(min(batch_size, total - start))
-                if not chunk:
-                    continue
-                i = len(kept_all)
-                kept_all.extend(chunk)
-                x = normalize(torch.from_numpy(np.stack(imgs)).to(device), loaded.mean, loaded.std)
-                taps = vit(x, project=False)
-                ori[i : i + len(chunk)] = taps.ori[:, :, 1:].to(getattr(torch, dtype)).cpu().numpy()
-                if texts is not None:
-                    surgery = vit.project(taps.surgery)
-                    for k, s in enumerate(chunk):
-                        t = texts[categories.index(s.category)]
-                        sims[i + k] = feature_surgery(surgery[k : k + 1], t).reshape(grid, grid).cpu().numpy()
-                        probs[i + k] = float(image_prob(surgery[k : k + 1], t))
-                masks[i : i + len(chunk)] = np.stack([m if m is not None else np.zeros((size, size), bool) for m in ms]).astype(np.uint8)
-        ori.flush()
-        masks.flush()
-        n = len(kept_all)
-        np.save(stage / "cats.npy", np.array([categories.index(s.category) for s in kept_all], dtype=np.int16))
-        if texts is not None:
-            np.save(stage / "sims.npy", sims[:n])
-            np.save(stage / "probs.npy", probs[:n])
-        (stage / "meta.json").write_text(json.dumps({"key": key, "n": n, "categories": categories, "skipped": skipped,
-                                                     "model": loaded.spec.model, "weights": loaded.spec.describe()}))
-        stage.rename(root)
-        return cls(root), True
-
-
-def stage_logits(ori: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, text: torch.Tensor,
-                 up_ac: torch.Tensor) -> torch.Tensor:
-    """Upsampled anomaly-minus-normal logits per stage, [B, 4, S, S]; their sigmoid is the
-    two-way softmax's anomaly channel (interpolation is linear, method.md section 7.2).
-
-    ori: [B, 4, P, W] patch tokens; weight [4, D, W]; bias [4, D]; text: per-sample [B, D, 2];
-    up_ac: [S, g] (bilinear, align_corners=True).
-    """
-    u = F.normalize(torch.einsum("bspw,sdw->bspd", ori, weight) + bias[None, :, None, :], dim=-1)
-    logits = LOGIT_SCALE * torch.einsum("bspd,bdk->bspk", u, text)
-    b, s, p = logits.shape[:3]
-    g = int(round(p ** 0.5))
-    return apply_separable((logits[..., 1] - logits[..., 0]).reshape(b, s, g, g), up_ac)
-
-
 @torch.no_grad()
-def validate(cache: "FeatureCache", texts: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, size: int,
+def validate(cache: FeatureCache, texts: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, size: int,
              sigma: float, batch_size: int = 8) -> dict:
     """SDP+ metrics of the current heads on a validation cache (per category, then the mean):
-    image AUROC of the paper's fused score and pixel AUROC, as `clipad eval` computes them."""
+    image AUROC of the paper's fused score and pixel AUROC, as `clipad eval` computes them.
+
+    texts: float32 [n_categories, D, 2]; weight: [4, D, W]; bias: [4, D]. Each category's maps
+    come from the reference's AnomalyMaps with that category's text and the current heads, fed
+    the cached feature-surgery map and patch tokens -> {"image_auroc", "pixel_auroc"} (None
+    where no category defines it).
+    """
     device = weight.device
     grid = cache.sims.shape[1]
-    up = as_tensor(bilinear_matrix(grid, size, align_corners=False)).to(device)
-    up_ac = as_tensor(bilinear_matrix(grid, size, align_corners=True)).to(device)
-    blur = as_tensor(gaussian_matrix(size, sigma)).to(device)
-    maps = []
-    for i in range(0, cache.meta["n"], batch_size):
-        ori = torch.from_numpy(np.array(cache.ori[i : i + batch_size], dtype=np.float32)).to(device)
-        text = texts[torch.from_numpy(cache.cats[i : i + batch_size].astype(np.int64)).to(device)]
-        ft = torch.sigmoid(stage_logits(ori, weight, bias, text, up_ac)).sum(1)
-        raw = apply_separable(torch.from_numpy(cache.sims[i : i + batch_size]).to(device), up)
-        maps.append(apply_separable(raw + ft, blur).cpu().numpy())
-    maps = np.concatenate(maps)
     masks = np.asarray(cache.masks[: cache.meta["n"]]) > 0
     per_cat = []
     for c in range(len(cache.meta["categories"])):
         idx = np.flatnonzero(cache.cats == c)
+        if not len(idx):
+            continue
+        anomaly_maps = AnomalyMaps(grid, size, sigma, texts[c], Heads(weight, bias)).to(device)
+        maps = []
+        for i in range(0, len(idx), batch_size):
+            rows = idx[i : i + batch_size]
+            patches = torch.from_numpy(np.array(cache.ori[rows], dtype=np.float32)).to(device)
+            sim = torch.from_numpy(cache.sims[rows]).to(device)
+            maps.append(anomaly_maps(sim, patches).cpu().numpy())
+        maps = np.concatenate(maps)
         labels = masks[idx].reshape(len(idx), -1).any(1).astype(int)
-        mmax = map_max(maps[idx])
+        mmax = map_max(maps)
         score = fused_score(cache.probs[idx], mmax, *transductive_ranges(cache.probs[idx], mmax))
         per_cat.append({"image_auroc": binary_metrics(labels, score)["auroc"],
-                        "pixel_auroc": pixel_metrics(masks[idx], maps[idx])["auroc"]})
+                        "pixel_auroc": pixel_metrics(masks[idx], maps)["auroc"]})
     mean = lambda k: float(np.mean([r[k] for r in per_cat if r[k] is not None])) if any(r[k] is not None for r in per_cat) else None  # noqa: E731
     return {"image_auroc": mean("image_auroc"), "pixel_auroc": mean("pixel_auroc")}
 
 
 def heads_step(ori: torch.Tensor, target: torch.Tensor, text: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
                up_ac: torch.Tensor, opt: torch.optim.Optimizer, scaler: torch.amp.GradScaler) -> float:
-    """One optimiser step on a batch; returns the loss. ori float32 [B, 4, P, W], target [B, S, S] in {0, 1}.
+    """One optimiser step on a batch; returns the loss.
 
-    Autocast to float16 when the scaler is enabled (CUDA); the loss itself is taken in float32.
+    ori: float32 [B, 4, P, W] patch tokens; target: [B, S, S] in {0, 1}; text: per sample
+    [B, D, 2]; weight [4, D, W] and bias [4, D]: the heads being trained; up_ac: [S, g]
+    (bilinear, align_corners=True). Autocast to float16 when the scaler is enabled (CUDA); the
+    loss itself is taken in float32.
     """
+    g = up_ac.shape[1]
     with torch.autocast(device_type=ori.device.type, dtype=torch.float16, enabled=scaler.is_enabled()):
-        loss = SDPPlusLoss.apply(stage_logits(ori, weight, bias, text, up_ac), target)
+        # The loss reads the upsampled logit difference: sigmoid of it is the two-way softmax's
+        # anomaly channel, since interpolation is linear (method.md 7.2).
+        z = apply_separable(head_logit_diff(ori, weight, bias, text).unflatten(-1, (g, g)), up_ac)
+        loss = SDPPlusLoss.apply(z, target)
     opt.zero_grad(set_to_none=True)
     scaler.scale(loss).backward()
     scaler.step(opt)
@@ -267,7 +173,7 @@ def train(loaded: LoadedModel, split: dict[str, list[Sample]], cfg: TrainConfig,
                                                                PROMPT_SETS["industrial"]).matrix) for c in val_cats]).to(device)
         val_cache, _ = FeatureCache.get_or_build(loaded, [s for c in val_cats for s in val_split[c]], val_cats, cache_dir,
                                                  tasks, texts=val_texts)
-        val = (val_cache, val_texts, 2.0 if val_dataset == "visa" else DEFAULT_SIGMA)
+        val = (val_cache, val_texts, default_sigma("sdp+", val_dataset))
     best = None  # (image AUROC, epoch, weight, bias)
     heads = init_heads(width, embed_dim, cfg.seed)
     weight = heads.weight.clone().to(device).requires_grad_(True)

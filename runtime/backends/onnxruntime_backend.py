@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 
 from clipad.core.errors import ClipadError
-from clipad.deploy.artifacts import ONNX_FP16, ONNX_FP32, ONNX_INT8, Artifacts
-from clipad.runtime.backends import Backend, BackendInfo
+from clipad.deploy.artifacts import Artifacts
+from clipad.deploy.manifest import ONNX_FILES, ONNX_INT8
+from clipad.runtime.backends.base import Backend, BackendInfo
 
 PREFERRED = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
 
@@ -19,12 +20,11 @@ class OnnxRuntimeBackend(Backend):
 
         if precision is None:
             precision = "fp32"
-        graphs = {"fp32": ONNX_FP32, "fp16": ONNX_FP16, "int8": ONNX_INT8}
-        if precision not in graphs:
+        if precision not in ONNX_FILES:
             raise ClipadError(f"onnxruntime runs fp32, fp16 or int8 graphs, not '{precision}'")
         if precision == "int8" and not artifacts.has(ONNX_INT8):
             raise ClipadError(f"{artifacts.root} has no {ONNX_INT8}; make one with `clipad calibrate --int8 --images DIR`")
-        path = artifacts.verified_path(graphs[precision])
+        path = artifacts.verified_path(ONNX_FILES[precision])
         available = ort.get_available_providers()
         wanted = ["CPUExecutionProvider"] if device == "cpu" else [p for p in PREFERRED if p in available]
         self.session = ort.InferenceSession(str(path), providers=wanted)

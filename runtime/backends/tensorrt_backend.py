@@ -10,14 +10,14 @@ has not been run there (README: what is verified).
 from __future__ import annotations
 
 import ctypes
-import json
 
 import numpy as np
 
 from clipad.core.errors import ClipadError
-from clipad.deploy.artifacts import PLAN, PLAN_META, Artifacts
+from clipad.deploy.artifacts import Artifacts
+from clipad.deploy.manifest import PLAN
 from clipad.deploy.tensorrt_build import check_plan_compat, gpu_identity, require_tensorrt
-from clipad.runtime.backends import Backend, BackendInfo
+from clipad.runtime.backends.base import Backend, BackendInfo
 
 
 def _check(result):
@@ -59,16 +59,16 @@ class TensorRTBackend(Backend):
             from cuda.bindings import runtime as cudart
         except ImportError:
             raise ClipadError("the tensorrt backend needs cuda-python (pip install 'clipad[gpu]')") from None
-        meta = json.loads(artifacts.verified_path(PLAN_META).read_text())
+        meta = artifacts.plan_meta()
         check_plan_compat(meta, trt.__version__, gpu_identity())
         plan = artifacts.verified_path(PLAN).read_bytes()
         self.logger = trt.Logger(trt.Logger.WARNING)
         self.engine = trt.Runtime(self.logger).deserialize_cuda_engine(plan)
         if self.engine is None:
-            raise ClipadError("TensorRT could not load model.plan (see the TensorRT log above); rebuild it with `clipad export --engine`")
+            raise ClipadError(f"TensorRT could not load {PLAN} (see the TensorRT log above); rebuild it with `clipad export --engine`")
         self.context = self.engine.create_execution_context()
-        self.precision = meta["precision"]
-        self.max_batch = int(meta["profile"]["max"])
+        self.precision = meta.precision
+        self.max_batch = meta.profile.max
         size = artifacts.image_size
         self.stream = _check(cudart.cudaStreamCreate())
         self.buffers = {

@@ -9,7 +9,7 @@ from clipad.core.errors import ClipadError
 from clipad.deploy.artifacts import Artifacts
 from clipad.deploy.export import reference_model
 from clipad.model.loading import resolve_device
-from clipad.runtime.backends import Backend, BackendInfo
+from clipad.runtime.backends.base import Backend, BackendInfo
 
 
 class TorchBackend(Backend):

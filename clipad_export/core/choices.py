@@ -1,0 +1,18 @@
+"""The closed sets of choices that cross module boundaries, as ``Literal`` types with their values.
+
+Defined here, below everything and without torch, so that the reference (``clipad.model``), the
+manifest (``clipad.deploy.manifest``), calibration, the runtime and the CLI name them once.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, get_args
+
+Mode = Literal["sdp", "sdp+"]  # SDP (zero-shot), SDP+ (with the four trained heads)
+MODES: tuple[str, ...] = get_args(Mode)
+
+Precision = Literal["fp32", "fp16", "int8"]  # of a graph, an engine or a served backend
+PRECISIONS: tuple[str, ...] = get_args(Precision)
+
+RvsMethod = Literal["mean", "pca", "kde", "dbscan", "mean_shift"]  # method.md section 3.3
+RVS_METHODS: tuple[str, ...] = get_args(RvsMethod)

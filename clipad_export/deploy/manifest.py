@@ -1,0 +1,572 @@
+"""The artifact manifest (``manifest.json``): its typed schema, and the one reader and writer.
+
+Every artifact file name is defined here, once. ``Manifest`` is the whole file as immutable,
+validated records; nothing else parses or writes ``manifest.json``. Changes are made with the
+``with_*`` methods, which return a new, re-validated manifest, and written with ``write``
+(atomic: a reader sees the old file or the new one, never a mix).
+
+JSON layout (format version 1, unchanged from the untyped manifest, so older artifacts load):
+
+- ``format_version`` 1, ``created``, ``category``, ``object_name``, ``model`` (open_clip name);
+- ``weights``: ``{"source": "random", "seed"}`` | ``{"source": "file", "path", "sha256"}`` |
+  ``{"source": "open_clip", "tag"}``;
+- ``mode`` ("sdp" | "sdp+"), ``heads_sha256`` (sdp+ only, else null);
+- ``rvs``: method, profile, dbscan ``{eps, min_samples}`` or null, ``used`` [normal, abnormal]
+  (differs from method after a fallback), ``notes``;
+- ``prompts``: set, source, sha256, n_normal, n_abnormal;
+- ``image_size`` (px, > 0), ``mean``/``std`` (3 floats each), ``sigma`` (>= 0; 0 = no blur),
+  ``max_batch`` (>= 1), ``precisions`` (the servable graphs, in the order they were added);
+- ``onnx``: the graph's ``inputs``/``outputs`` (name, dtype, shape with "batch" first) and opset;
+- ``parity``: ``tolerances`` per precision, then the figures of each checked graph;
+- ``calibration``: null until `clipad calibrate`; ``int8``: how ``model.int8.onnx`` was made;
+- ``engine``: the TensorRT sidecar's content (``model.plan.json``), when there is a plan;
+- ``timings_s``, ``warnings``, ``versions``; ``files``: sha256 of every artifact file.
+
+Errors are one line naming the field: ``<dir>/manifest.json: max_batch: must be >= 1``.
+This module imports neither torch nor open_clip: serving reads it.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Annotated, Any, ClassVar, Literal, Mapping, Self, TypeVar
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    PlainValidator,
+    Tag,
+    ValidationError,
+    model_serializer,
+    model_validator,
+)
+
+from clipad.core.atomic import write_text_atomic
+from clipad.core.choices import Mode, Precision, RvsMethod
+from clipad.core.errors import ClipadError
+
+FORMAT_VERSION = 1
+CALIBRATION_VERSION = 1
+
+# Every file of an artifact directory, named once.
+MANIFEST = "manifest.json"
+TEXT_FEATURES = "text_features.npy"  # float32 [2, embed_dim]: row 0 normal, row 1 abnormal
+ONNX_FP32 = "model.onnx"
+ONNX_FP16 = "model.fp16.onnx"
+ONNX_INT8 = "model.int8.onnx"  # written by `clipad calibrate --int8`
+PLAN = "model.plan"
+PLAN_META = "model.plan.json"
+HEADS_FILE = "heads.safetensors"  # sdp+ only
+ARTIFACT_FILES = (TEXT_FEATURES, ONNX_FP32, ONNX_FP16, ONNX_INT8, PLAN, PLAN_META, HEADS_FILE)  # what ``files`` may list
+
+ONNX_FILES: dict[str, str] = {"fp32": ONNX_FP32, "fp16": ONNX_FP16, "int8": ONNX_INT8}  # precision -> its graph
+CATEGORY_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")  # a category names files and Triton models
+_SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+
+
+def _sha256(value: str) -> str:
+    if not _SHA256_RE.match(value):
+        raise ValueError("must be a sha256 (64 lowercase hex digits)")
+    return value
+
+
+def _artifact_file(value: str) -> str:
+    if value not in ARTIFACT_FILES:
+        raise ValueError(f"not an artifact file name (one of {', '.join(ARTIFACT_FILES)})")
+    return value
+
+
+def _category(value: str) -> str:
+    if not CATEGORY_RE.match(value):
+        raise ValueError("must be letters, digits, '_', '.' or '-'")
+    return value
+
+
+def _dim(value: Any) -> int | str:
+    # One check for both kinds of dimension, so an error names the dimension, not a union member.
+    if isinstance(value, bool) or not (isinstance(value, int) and value > 0 or isinstance(value, str) and value):
+        raise ValueError(f"must be a positive size or a dimension name (got {value!r})")
+    return value
+
+
+def _measured(value: float) -> float:
+    # NaN is kept: a broken graph's figures are recorded with the graph dropped, not refused.
+    if value < 0:
+        raise ValueError("must be >= 0")
+    return value
+
+
+def _ordered(value: list[float]) -> list[float]:
+    if not value[0] <= value[1]:
+        raise ValueError("must be [min, max] with min <= max")
+    return value
+
+
+Sha256 = Annotated[str, AfterValidator(_sha256)]
+ArtifactFile = Annotated[str, AfterValidator(_artifact_file)]
+NonEmpty = Annotated[str, Field(min_length=1)]
+Count = Annotated[int, Field(ge=0)]
+Positive = Annotated[int, Field(gt=0)]
+NonNegative = Annotated[float, Field(ge=0)]
+Fraction = Annotated[float, Field(ge=0, le=1)]
+Measured = Annotated[float, AfterValidator(_measured)]
+Dim = Annotated[int | str, PlainValidator(_dim)]
+Range = Annotated[list[float], Field(min_length=2, max_length=2), AfterValidator(_ordered)]
+
+
+class Record(BaseModel):
+    """Base of every manifest record: immutable, unknown keys refused, JSON keys = field names.
+
+    ``OMITTED_WHEN_NONE``: optional keys the layout leaves out, rather than writing null, when
+    they have no value (the untyped manifest only wrote them when it had one).
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid", protected_namespaces=())
+    OMITTED_WHEN_NONE: ClassVar[frozenset[str]] = frozenset()
+
+    @model_serializer(mode="wrap")
+    def serialize_layout(self, handler) -> dict[str, Any]:
+        data = handler(self)
+        for key in self.OMITTED_WHEN_NONE:
+            if key in data and data[key] is None:
+                del data[key]
+        return data
+
+    @classmethod
+    def create(cls, **fields: Any) -> Self:
+        """A validated record; a ClipadError naming the field when a value is not valid."""
+        try:
+            return cls.model_validate(fields)
+        except ValidationError as err:
+            raise ClipadError(f"{MANIFEST}: {describe_error(err)}") from None
+
+    def replace(self, **changes: Any) -> Self:
+        """A validated copy with ``changes`` (pydantic's model_copy would not validate them)."""
+        return self.create(**{**self.model_dump(), **changes})
+
+    # Transition: read-only dict-style access (``m["precisions"]``, ``m.get("engine")``) for code
+    # written against the untyped manifest. Values are plain JSON-shaped copies: changing one
+    # changes nothing; updates go through the ``with_*`` methods.
+    def __getitem__(self, key: str) -> Any:
+        return self.model_dump()[key]
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self.model_dump().get(key, default)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self.model_dump()
+
+
+class RandomWeights(Record):
+    source: Literal["random"]
+    seed: int
+
+
+class FileWeights(Record):
+    source: Literal["file"]
+    path: NonEmpty  # absolute path of the state dict at export time
+    sha256: Sha256
+
+
+class OpenClipWeights(Record):
+    source: Literal["open_clip"]
+    tag: NonEmpty  # open_clip pretrained tag
+
+
+Weights = Annotated[RandomWeights | FileWeights | OpenClipWeights, Field(discriminator="source")]
+
+
+class DbscanParams(Record):
+    eps: Annotated[float, Field(gt=0)]
+    min_samples: Positive
+
+
+class Rvs(Record):
+    """The representative-vector method; ``used``: [normal, abnormal] method really used."""
+
+    method: RvsMethod
+    profile: NonEmpty
+    dbscan: DbscanParams | None
+    used: Annotated[list[RvsMethod], Field(min_length=2, max_length=2)]
+    notes: list[str]
+
+
+class Prompts(Record):
+    """The prompt set and the number of sentences per side (states x templates)."""
+
+    set: NonEmpty
+    source: NonEmpty
+    sha256: Sha256
+    n_normal: Positive
+    n_abnormal: Positive
+
+
+class TensorSpec(Record):
+    """One graph input or output: shape with symbolic dims as strings ("batch" first)."""
+
+    name: NonEmpty
+    dtype: Literal["uint8", "float32", "float16"]
+    shape: list[Dim]
+
+
+class OnnxSpec(Record):
+    inputs: Annotated[list[TensorSpec], Field(min_length=1)]
+    outputs: Annotated[list[TensorSpec], Field(min_length=1)]
+    opset: Positive
+
+
+class Tolerance(Record):
+    """Limits of one precision: rel_l2 and prob_max_abs at most, top-1% agreement at least."""
+
+    rel_l2: NonNegative
+    prob_max_abs: NonNegative
+    top1pct_agreement: NonNegative
+
+
+class ParityFigures(Record):
+    """One graph against its reference (``against``): max abs and relative L2 error of
+    anomaly_map, max abs error of image_prob, top-1% pixel agreement.
+
+    Export figures add the batch-1 rel L2, the inputs and the ``violations``; a dropped FP16
+    graph has ``dropped`` true; ``nodes`` counts the FP16 graph's nodes by precision. INT8
+    figures add ``n_images`` compared and ``calibration_images`` used.
+    """
+
+    OMITTED_WHEN_NONE = frozenset({"batch1_rel_l2", "inputs", "violations", "dropped", "nodes", "n_images",
+                                   "calibration_images"})
+
+    max_abs: Measured
+    rel_l2: Measured
+    prob_max_abs: Measured
+    top1pct_agreement: Fraction
+    batch1_rel_l2: Measured | None = None
+    against: NonEmpty
+    inputs: str | None = None
+    violations: list[str] | None = None
+    dropped: bool | None = None
+    nodes: dict[str, Count] | None = None
+    n_images: Positive | None = None
+    calibration_images: Positive | None = None
+
+
+class Parity(Record):
+    """``tolerances`` per precision, then the figures of each graph that was checked."""
+
+    OMITTED_WHEN_NONE = frozenset({"fp32", "fp16", "int8"})
+
+    tolerances: dict[Precision, Tolerance]
+    fp32: ParityFigures | None = None
+    fp16: ParityFigures | None = None
+    int8: ParityFigures | None = None
+
+    def figures(self, precision: str) -> ParityFigures | None:
+        return getattr(self, precision) if precision in ONNX_FILES else None
+
+
+class CalibrationSet(Record):
+    """The calibration images: counts, and the sha256 over their content hashes (and masks)."""
+
+    OMITTED_WHEN_NONE = frozenset({"sha256"})
+
+    good: Count
+    anomalous: Count
+    skipped: Count
+    sha256: Sha256 | None = None
+
+
+class CalibrationConstants(Record):
+    """What `clipad calibrate` fixes, before provenance is added.
+
+    image_prob_range / map_max_range: (min, max) over the calibration images; threshold: on the
+    fused score; score_range: the fused score's (min, max); pixel_threshold: on anomaly_map
+    values; method / pixel_method: the threshold rules used; achieved: fpr, pixel_fpr, and
+    f1, recall, pixel_f1 when labelled.
+    """
+
+    version: Literal[1]
+    image_prob_range: Range
+    map_max_range: Range
+    threshold: float
+    score_range: Range
+    pixel_threshold: float
+    method: NonEmpty
+    pixel_method: NonEmpty
+    target_fpr: Annotated[float, Field(gt=0, lt=1)]
+    achieved: dict[str, float]
+    set: CalibrationSet
+
+
+class CalibrationEntry(CalibrationConstants):
+    """The manifest's ``calibration``: the constants plus the backend that produced the outputs,
+    the sha256 of the files the constants depend on (null for an absent file) and the time."""
+
+    backend: NonEmpty
+    model_files: dict[str, Sha256 | None]
+    created: str
+
+
+class ForeignCalibration(Record):
+    """A calibration entry of another format version, kept verbatim so that the artifacts still
+    load and `clipad calibrate` can replace it (``Calibration.from_manifest`` refuses it)."""
+
+    model_config = ConfigDict(extra="allow")
+    OMITTED_WHEN_NONE = frozenset({"version"})
+
+    version: Any = None
+
+
+def _calibration_kind(value: Any) -> str:
+    if isinstance(value, ForeignCalibration):
+        return "foreign"
+    version = value.get("version") if isinstance(value, dict) else getattr(value, "version", None)
+    return "current" if version == CALIBRATION_VERSION else "foreign"
+
+
+AnyCalibration = Annotated[
+    Annotated[CalibrationEntry, Tag("current")] | Annotated[ForeignCalibration, Tag("foreign")],
+    Discriminator(_calibration_kind),
+]
+
+
+class Int8Entry(Record):
+    """How ``model.int8.onnx`` was made: the agreement gate, format, quantised op types,
+    range method and the sha256 of the FP32 graph it was quantised from."""
+
+    min_agreement: NonNegative
+    format: NonEmpty
+    ops: list[str]
+    calibration: NonEmpty
+    source_sha256: Sha256
+
+
+class EngineProfile(Record):
+    min: Positive
+    opt: Positive
+    max: Positive
+
+    @model_validator(mode="after")
+    def check_order(self) -> Self:
+        if not self.min <= self.opt <= self.max:
+            raise ValueError("must have min <= opt <= max")
+        return self
+
+
+class EngineMeta(Record):
+    """A TensorRT plan's sidecar (``model.plan.json``, also the manifest's ``engine``): where it
+    was built (TensorRT version, GPU, compute capability), its input and batch profile, the
+    source graph and its sha256, precision, layer counts by output type and build time."""
+
+    tensorrt: NonEmpty
+    gpu: NonEmpty
+    compute_capability: NonEmpty
+    category: NonEmpty
+    input: TensorSpec
+    profile: EngineProfile
+    onnx: ArtifactFile
+    onnx_sha256: Sha256
+    precision: Precision
+    strongly_typed: bool
+    layers: dict[str, Count]
+    fp16_layer_fraction: Fraction
+    build_s: NonNegative
+
+    @classmethod
+    def read(cls, path: str | Path) -> "EngineMeta":
+        """Parse a sidecar file; one line naming the field when it is not valid."""
+        return _parse(cls, _read_json(Path(path)), Path(path))
+
+    def write(self, path: str | Path) -> None:
+        write_text_atomic(path, json.dumps(self.model_dump(), indent=2) + "\n")
+
+
+class Manifest(Record):
+    """The whole ``manifest.json`` (see the module docstring for the layout)."""
+
+    OMITTED_WHEN_NONE = frozenset({"engine", "int8"})
+
+    format_version: Literal[1]
+    created: str
+    category: Annotated[str, AfterValidator(_category)]
+    object_name: NonEmpty
+    model: NonEmpty
+    weights: Weights
+    mode: Mode
+    heads_sha256: Sha256 | None
+    rvs: Rvs
+    prompts: Prompts
+    image_size: Positive
+    mean: Annotated[list[float], Field(min_length=3, max_length=3)]
+    std: Annotated[list[Annotated[float, Field(gt=0)]], Field(min_length=3, max_length=3)]
+    sigma: NonNegative
+    max_batch: Annotated[int, Field(ge=1)]
+    precisions: Annotated[list[Precision], Field(min_length=1)]
+    onnx: OnnxSpec
+    parity: Parity
+    calibration: AnyCalibration | None
+    timings_s: dict[str, NonNegative]
+    warnings: list[str]
+    versions: dict[str, str]
+    engine: EngineMeta | None = None
+    files: dict[ArtifactFile, Sha256]
+    int8: Int8Entry | None = None
+
+    @model_validator(mode="after")
+    def check_consistency(self) -> Self:
+        # Each check names the field that is wrong; all of them held for every export so far.
+        if len(set(self.precisions)) != len(self.precisions):
+            raise ValueError(f"precisions: listed twice in {self.precisions}")
+        for p in self.precisions:
+            if ONNX_FILES[p] not in self.files:
+                raise ValueError(f"files: no {ONNX_FILES[p]} although precisions lists {p}")
+            if self.parity.figures(p) is None:
+                raise ValueError(f"parity.{p}: missing although precisions lists {p}")
+        if (self.mode == "sdp+") != (self.heads_sha256 is not None and HEADS_FILE in self.files):
+            raise ValueError(f"heads_sha256: mode {self.mode} needs heads (sha256 and {HEADS_FILE}) exactly when it is sdp+")
+        if (self.engine is not None) != (PLAN in self.files and PLAN_META in self.files):
+            raise ValueError(f"engine: present exactly when files lists {PLAN} and {PLAN_META}")
+        if (self.int8 is not None) != ("int8" in self.precisions):
+            raise ValueError("int8: present exactly when precisions lists int8")
+        return self
+
+    # --- reading and writing -------------------------------------------------------------
+
+    @classmethod
+    def read(cls, path: str | Path) -> "Manifest":
+        """Parse and validate ``path``; one line (ClipadError) naming the field when it is not valid,
+        or saying to re-export when it has another format version."""
+        path = Path(path)
+        data = _read_json(path)
+        version = data.get("format_version")
+        if version != FORMAT_VERSION or isinstance(version, bool):
+            raise ClipadError(f"{path} has format version {version}; this clipad reads version {FORMAT_VERSION}: re-export")
+        return _parse(cls, data, path)
+
+    def to_json(self) -> str:
+        """The file's text: JSON, indent 2, trailing newline (NaN figures written as NaN, as json does)."""
+        return json.dumps(self.model_dump(), indent=2) + "\n"
+
+    def write(self, path: str | Path) -> None:
+        """Write atomically: readers see the previous file or this one, never a partial one."""
+        write_text_atomic(path, self.to_json())
+
+    # --- updates: each returns a new, validated manifest ---------------------------------
+
+    def with_files(self, hashes: Mapping[str, str]) -> "Manifest":
+        """``files`` with ``hashes`` (name -> sha256) added or replaced."""
+        return self.replace(files={**self.files, **hashes})
+
+    def with_calibration(self, entry: CalibrationEntry | None) -> "Manifest":
+        """The calibration constants replaced (None: uncalibrated)."""
+        return self.replace(calibration=entry)
+
+    def with_int8(self, graph_sha256: str, figures: ParityFigures, tolerance: Tolerance, entry: Int8Entry) -> "Manifest":
+        """``model.int8.onnx`` added: its hash, parity figures and tolerance, ``int8`` last in
+        ``precisions``, and how it was made."""
+        parity = self.parity.replace(tolerances={**self.parity.tolerances, "int8": tolerance}, int8=figures)
+        return self.replace(files={**self.files, ONNX_INT8: graph_sha256}, parity=parity, int8=entry,
+                            precisions=[p for p in self.precisions if p != "int8"] + ["int8"])
+
+    def with_engine(self, meta: EngineMeta, hashes: Mapping[str, str] | None = None) -> "Manifest":
+        """The TensorRT plan's sidecar as ``engine``; ``hashes``: the plan's and sidecar's sha256
+        (required when the manifest does not list them yet)."""
+        return self.replace(engine=meta, files={**self.files, **(hashes or {})})
+
+    # --- reading helpers ------------------------------------------------------------------
+
+    @property
+    def calibrated(self) -> bool:
+        return self.calibration is not None
+
+
+R = TypeVar("R", bound=Record)
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise ClipadError(f"cannot read {path}: {err}") from None
+    if not isinstance(data, dict):
+        raise ClipadError(f"cannot read {path}: not a JSON object")
+    return data
+
+
+def _parse(cls: type[R], data: dict, path: Path) -> R:
+    # Strict: a string where a number belongs is an error, not a conversion.
+    try:
+        return cls.model_validate(data, strict=True)
+    except ValidationError as err:
+        raise ClipadError(f"{path}: {describe_error(err)}") from None
+
+
+def describe_error(err: ValidationError) -> str:
+    """``field.path: what is wrong`` for the first problem, and how many more there are."""
+    errors = err.errors(include_url=False)
+    first = errors[0]
+    n = len(errors) - 1
+    more = f" (and {n} more problem{'s' if n > 1 else ''})" if n else ""
+    field = _field(first["loc"])
+    if first["type"] in ("union_tag_invalid", "union_tag_not_found"):  # name the tag's key, e.g. weights.source
+        field += "." + str(first.get("ctx", {}).get("discriminator", "")).strip("'")
+    message = _message(first)
+    return (f"{field}: {message}" if field else message) + more
+
+
+# Tagged unions put the chosen variant's tag into an error's location; it is no field name.
+_TAGGED = {"weights", "calibration"}
+
+
+def _field(loc: tuple) -> str:
+    out = ""
+    for i, part in enumerate(loc):
+        if i == 1 and loc[0] in _TAGGED:
+            continue
+        if part == "[key]":
+            continue
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def _message(e: dict) -> str:
+    kind, ctx, value = e["type"], e.get("ctx", {}), e.get("input")
+    got = repr(value)
+    got = f" (got {got[:40] + '...' if len(got) > 43 else got})"
+    simple = {
+        "missing": "missing",
+        "extra_forbidden": "unknown field",
+        "int_type": "must be an integer" + got,
+        "float_type": "must be a number" + got,
+        "string_type": "must be a string" + got,
+        "bool_type": "must be true or false" + got,
+        "list_type": "must be a list" + got,
+        "dict_type": "must be an object" + got,
+        "model_type": "must be an object" + got,
+        "model_attributes_type": "must be an object" + got,
+        "finite_number": "must be a finite number" + got,
+    }
+    if kind in simple:
+        return simple[kind]
+    if kind == "literal_error":
+        return f"must be {ctx.get('expected')}{got}"
+    if kind in ("greater_than_equal", "greater_than", "less_than_equal", "less_than"):
+        op, bound = {"greater_than_equal": (">=", "ge"), "greater_than": (">", "gt"), "less_than_equal": ("<=", "le"),
+                     "less_than": ("<", "lt")}[kind]
+        return f"must be {op} {ctx.get(bound)}{got}"
+    if kind in ("too_short", "too_long"):
+        return f"must have {'at least' if kind == 'too_short' else 'at most'} {ctx.get('min_length', ctx.get('max_length'))} items"
+    if kind == "string_too_short":
+        return "must not be empty"
+    if kind == "union_tag_invalid":
+        return f"must be one of {ctx.get('expected_tags')} (got {ctx.get('tag')!r})"
+    if kind == "union_tag_not_found":
+        return "missing"
+    if kind == "value_error":
+        return str(ctx.get("error", e["msg"]))
+    msg = e["msg"]
+    return msg[:1].lower() + msg[1:]
+

@@ -1,0 +1,16 @@
+"""`clipad bench`: latency, throughput, memory, start-up and parity of every backend and precision
+the artifacts can serve here, beside the FLOP floor and the dual path's cost.
+
+config (what to measure) -> run (the orchestration) -> rows (one backend/precision at every
+batch size) over timing (the clock, percentiles, memory) and floors (FLOPs, matmul ceiling,
+dual path); goals, machine and schema fill the JSON; report writes the table, JSON and plot.
+"""
+
+from clipad.runtime.bench.config import PRECISIONS, BenchConfig, validate
+from clipad.runtime.bench.report import format_markdown, write_json, write_plot
+from clipad.runtime.bench.run import run_bench
+from clipad.runtime.bench.schema import SCHEMA_VERSION
+from clipad.runtime.bench.timing import percentiles, time_backend, time_calls
+
+__all__ = ["PRECISIONS", "SCHEMA_VERSION", "BenchConfig", "format_markdown", "percentiles", "run_bench", "time_backend",
+           "time_calls", "validate", "write_json", "write_plot"]

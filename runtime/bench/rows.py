@@ -1,0 +1,114 @@
+"""The rows of `clipad bench`: one backend/precision opened alone, timed at every batch size,
+then compared with the reference; or one row saying why it cannot run here.
+
+A row is the JSON's dict: backend, precision, batch, status ("ok", "unavailable" or "failed"),
+reason, and for "ok" rows the figures that ``schema.DEFINITIONS`` defines.
+"""
+
+from __future__ import annotations
+
+import gc
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+
+from clipad.core.errors import ClipadError
+from clipad.deploy.artifacts import Artifacts
+from clipad.runtime.backends import Backend, open_backend
+from clipad.runtime.bench.config import BenchConfig
+from clipad.runtime.bench.floors import ceiling_key
+from clipad.runtime.bench.timing import HostMemory, percentiles, time_backend
+from clipad.runtime.parity import AGAINST, ParityRow, Reference, check_backend
+
+
+@dataclass
+class RowContext:
+    """What every row of one run shares. frames: uint8 [N, H, W, 3], N >= the largest batch;
+    flops_per_image: analytic FLOPs of one forward; ceilings: ``floors.ceilings``; reference:
+    the parity target, None without parity; advance: the progress bar, one step per batch size."""
+
+    cfg: BenchConfig
+    frames: np.ndarray
+    memory: HostMemory
+    flops_per_image: int
+    ceilings: dict[str, dict]
+    reference: Reference | None
+    advance: Callable[[int], None]
+
+
+def _reason(err: BaseException) -> str:
+    """The error's first line; prefixed with its type unless it is one of ours (already worded)."""
+    text = str(err).strip().splitlines()
+    msg = text[0] if text else ""
+    return msg if isinstance(err, ClipadError) else f"{type(err).__name__}: {msg}"
+
+
+def unavailable(name: str, precision: str, reason: str, status: str = "unavailable", batch: int | None = None) -> dict:
+    """A row that did not run: the whole combination (batch None) or one batch size ("failed")."""
+    return {"backend": name, "precision": precision, "batch": batch, "status": status, "reason": reason}
+
+
+def parity_json(row: ParityRow) -> dict:
+    """A row's ``parity``: the figures, within_tolerance, the reference and the number of images."""
+    return {**row.figures.to_json(), "within_tolerance": row.within_tolerance, "against": AGAINST, "n_images": row.n_images}
+
+
+def measure_batches(backend: Backend, start_up_s: float, ctx: RowContext) -> list[dict]:
+    """One row per batch size for an opened backend; ``start_up_s``: seconds it took to open."""
+    info = backend.info()
+    rows = []
+    for i, batch in enumerate(ctx.cfg.batches):
+        if i > 0:
+            ctx.memory.reset()  # the first batch's peak includes opening the backend
+        torch_cuda = info.name == "torch" and info.device == "cuda"
+        if torch_cuda:
+            torch.cuda.reset_peak_memory_stats()
+        try:
+            samples = time_backend(backend, ctx.frames[:batch], ctx.cfg.warmup, ctx.cfg.iterations)
+        except Exception as err:  # noqa: BLE001 - e.g. out of device memory: this row failed, the others go on
+            rows.append(unavailable(info.name, info.precision, _reason(err), "failed", batch))
+            ctx.advance(1)
+            continue
+        stats = percentiles(samples)
+        ips = batch / (stats["p50"] / 1000.0)
+        gflops = ctx.flops_per_image * ips / 1e9
+        key = ceiling_key(info.device, info.precision)
+        rows.append({
+            "backend": info.name, "precision": info.precision, "batch": batch, "status": "ok", "reason": None,
+            "describe": info.describe(), "device": info.device, "calls_per_batch": -(-batch // info.max_batch),
+            "latency_ms": stats, "samples_ms": samples, "images_per_s": ips, "gflops_per_s": gflops,
+            "ceiling": key,
+            "fraction_of_ceiling": gflops / ctx.ceilings[key]["gflops_per_s"] if key in ctx.ceilings else None,
+            "start_up_s": start_up_s, "peak_host_mb": ctx.memory.peak_mb(),
+            "gpu_mb": torch.cuda.max_memory_allocated() / 2**20 if torch_cuda else None, "parity": None,
+        })
+        ctx.advance(1)
+    return rows
+
+
+def bench_combination(art: Artifacts, name: str, precision: str, ctx: RowContext) -> list[dict]:
+    """Open one backend/precision (or say why not), time every batch size, then check parity."""
+    gc.collect()
+    ctx.memory.reset()
+    t0 = time.perf_counter()
+    try:
+        backend = open_backend(art, name, precision, ctx.cfg.device)
+    except Exception as err:  # noqa: BLE001 - ONNX Runtime's own errors derive from Exception only
+        ctx.advance(len(ctx.cfg.batches))
+        return [unavailable(name, precision, _reason(err))]
+    start_up_s = time.perf_counter() - t0
+    with backend:
+        served = backend.info().precision
+        if served != precision:  # a TensorRT plan has the precision it was built with
+            ctx.advance(len(ctx.cfg.batches))
+            return [unavailable(name, precision, f"{name} serves {served} from these artifacts, not {precision}")]
+        rows = measure_batches(backend, start_up_s, ctx)
+        if ctx.reference is not None and any(r["status"] == "ok" for r in rows):
+            parity = parity_json(check_backend(backend, ctx.reference))
+            for r in rows:
+                if r["status"] == "ok":
+                    r["parity"] = parity
+        return rows
