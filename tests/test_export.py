@@ -22,6 +22,7 @@ from clipad.core.hashing import file_sha256
 from clipad.core.progress import Tasks
 from clipad.deploy.artifacts import load_artifacts, staging_dir
 from clipad.deploy.export import ExportConfig, export, reference_model
+from clipad.deploy.parity import compare, parity_images
 from clipad.deploy.tensorrt_build import check_plan_compat, unsupported_ops
 from clipad.deploy.triton_repo import config_text, validate_config
 from clipad.model.heads import save_heads
@@ -71,6 +72,13 @@ def test_reference_rebuild_is_the_exported_model(exported, tiny):
     np.testing.assert_allclose(art.text_features(), tv.matrix.T, rtol=1e-6, atol=1e-7)
 
 
+def ort_run(path: Path, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    import onnxruntime as ort
+
+    amap, prob = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"image": images})
+    return amap, prob
+
+
 def test_manifest_contract_and_hashes(exported, tiny):
     art = exported["sdp"]
     m = art.manifest
@@ -84,10 +92,24 @@ def test_manifest_contract_and_hashes(exported, tiny):
     assert m.onnx.model_dump()["inputs"] == [{"name": "image", "dtype": "uint8", "shape": ["batch", 96, 96, 3]}]
     assert [o.name for o in m.onnx.outputs] == ["anomaly_map", "image_prob"]
     assert set(m.versions) >= {"torch", "open_clip", "onnx", "onnxruntime"}
-    expected = {"text_features.npy", "model.onnx"} | ({"model.fp16.onnx"} if "fp16" in m.precisions else set())
+    # The FP16 branch the export had to take follows from its recorded figures and limits, computed
+    # here independently of the export's own verdict; both branches are forced in the tests below.
+    f16, tol = m.parity.fp16, m.parity.tolerances["fp16"]
+    within = (f16.rel_l2 <= tol.rel_l2 and f16.batch1_rel_l2 <= tol.rel_l2 and f16.prob_max_abs <= tol.prob_max_abs
+              and f16.top1pct_agreement >= tol.top1pct_agreement)
+    assert ("fp16" in m.precisions) == within
+    expected = {"text_features.npy", "model.onnx"} | ({"model.fp16.onnx"} if within else set())
+    if m.mode == "sdp+":
+        expected.add("heads.safetensors")
     assert set(m.files) == expected
-    if "fp16" not in m.precisions:  # dropped for parity: recorded and warned about
-        assert m.parity.fp16.dropped and m.parity.fp16.violations and m.warnings
+    if within:  # kept: the recorded figures are the graph's, against the FP32 graph
+        x = parity_images(m.image_size, 3)
+        ref = ort_run(art.root / "model.onnx", x)
+        got = ort_run(art.root / "model.fp16.onnx", x)
+        assert f16.against == "fp32 onnx"
+        np.testing.assert_allclose(compare(*ref, *got)["rel_l2"], f16.rel_l2, rtol=1e-3)
+    else:  # dropped for parity: recorded and warned about
+        assert f16.dropped and f16.violations and any("fp16" in w for w in m.warnings)
     for name, digest in m.files.items():
         assert file_sha256(art.root / name) == digest
     tf = np.load(art.root / "text_features.npy")

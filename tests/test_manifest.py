@@ -369,16 +369,17 @@ def test_update_is_atomic(tmp_path, monkeypatch):
     assert Manifest.read(path) == versions[1] and load_artifacts(tmp_path).manifest == versions[1]
 
 
-def test_dict_style_reads_during_the_transition(tmp_path):
-    """Read-only: values are copies, so writing into one changes nothing."""
+def test_records_are_typed_and_immutable(tmp_path):
+    """Fields are read as attributes; a record cannot be changed in place (updates make new ones)."""
+    from pydantic import ValidationError
+
     m = Manifest.read(write(tmp_path, OLD_MANIFEST))
-    assert m["precisions"] == ["fp32", "fp16", "int8"] and m["parity"]["int8"]["n_images"] == 11
-    assert m.get("engine") is None and "engine" not in m and "calibration" in m
-    assert m["calibration"].get("backend") == "onnxruntime fp32 (CPUExecutionProvider)"
-    m["files"]["model.onnx"] = "0" * 64
-    assert m.files["model.onnx"] == OLD_MANIFEST["files"]["model.onnx"]
+    assert m.precisions == ["fp32", "fp16", "int8"] and m.parity.int8.n_images == 11
+    assert m.engine is None and m.calibration.backend == "onnxruntime fp32 (CPUExecutionProvider)"
+    with pytest.raises(ValidationError):
+        m.max_batch = 2
     with pytest.raises(TypeError):
-        m["max_batch"] = 2
+        m["precisions"]  # no dict-style access: the manifest is not a dict any more
 
 
 def test_made_by_calibrate(tmp_path):

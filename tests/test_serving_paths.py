@@ -75,7 +75,7 @@ def art16(tmp_path_factory, tiny):
     with pytest.MonkeyPatch.context() as mp:
         mp.setitem(parity.TOLERANCES, "fp16", {"rel_l2": 1.0, "prob_max_abs": 1.0, "top1pct_agreement": 0.0})
         a = _export(tiny, tmp_path_factory.mktemp("sp16") / "art", "fp16")
-    assert a.manifest["precisions"] == ["fp32", "fp16"] and a.has("model.fp16.onnx")
+    assert a.manifest.precisions == ["fp32", "fp16"] and a.has("model.fp16.onnx")
     return a
 
 
@@ -193,7 +193,7 @@ def test_snapshots_of_anomalous_frames_only(calibrated, images, tmp_path, capsys
     x = np.stack([load_image(p, size) for p in files])
     maps, _ = open_backend(calibrated, "onnxruntime", "fp32", "cpu")(x)
     assert min(np.abs(maps[i] - maps[j]).max() for i in range(len(maps)) for j in range(i)) > 1e-5  # maps tell frames apart
-    thr = calibrated.manifest["calibration"]["pixel_threshold"]
+    thr = calibrated.manifest.calibration.pixel_threshold
     expected_files = set()
     for e in events:
         path = Path(e["source"])

@@ -149,18 +149,6 @@ class Record(BaseModel):
         """A validated copy with ``changes`` (pydantic's model_copy would not validate them)."""
         return self.create(**{**self.model_dump(), **changes})
 
-    # Transition: read-only dict-style access (``m["precisions"]``, ``m.get("engine")``) for code
-    # written against the untyped manifest. Values are plain JSON-shaped copies: changing one
-    # changes nothing; updates go through the ``with_*`` methods.
-    def __getitem__(self, key: str) -> Any:
-        return self.model_dump()[key]
-
-    def get(self, key: str, default: Any = None) -> Any:
-        return self.model_dump().get(key, default)
-
-    def __contains__(self, key: object) -> bool:
-        return key in self.model_dump()
-
 
 class RandomWeights(Record):
     source: Literal["random"]
