@@ -38,20 +38,6 @@ PromptsOpt = Annotated[str, typer.Option("--prompts", help="Prompt set (industri
 QuietOpt = Annotated[bool, typer.Option("--quiet", help="No progress bars.")]
 
 
-def _check_method(mode: str, heads: Optional[Path], rvs: str) -> None:
-    from clipad.core.errors import ClipadError
-    from clipad.model.rvs import METHODS
-
-    if mode not in ("sdp", "sdp+"):
-        raise ClipadError(f"--mode must be sdp or sdp+, got '{mode}'")
-    if mode == "sdp+" and heads is None:
-        raise ClipadError("--mode sdp+ needs --heads FILE")
-    if mode == "sdp" and heads is not None:
-        raise ClipadError("--heads is only used with --mode sdp+")
-    if rvs not in METHODS:
-        raise ClipadError(f"--rvs must be one of {', '.join(METHODS)}, got '{rvs}'")
-
-
 def _weight_spec(model: str, pretrained: str, weights: Optional[Path], random_weights: bool, seed: int, cache_dir: Optional[Path]):
     from clipad.model.loading import WeightSpec
 
@@ -105,6 +91,7 @@ def eval_(
     quiet: QuietOpt = False,
 ) -> None:
     """Evaluate SDP/SDP+ on a dataset's test split; writes results.json and prints a Table-1 style table."""
+    from clipad.core.choices import check_method
     from clipad.core.progress import progress_bars
     from clipad.data import check_masks, load_split
     from clipad.evaluation.evaluate import EvalConfig, evaluate, format_table, write_results
@@ -112,7 +99,7 @@ def eval_(
     from clipad.model.loading import load_model, resolve_device
     from clipad.model.prompts import load_prompt_set
 
-    _check_method(mode, heads, rvs)
+    check_method(mode, heads is not None, rvs)
     prompt_set = load_prompt_set(prompts)
     cats = [c.strip() for c in categories.split(",") if c.strip()] if categories else None
     split = load_split(dataset, root, cats)
@@ -163,6 +150,7 @@ def export(
     quiet: QuietOpt = False,
 ) -> None:
     """Export one category: RVS text vectors baked into an ONNX graph (FP32 and mixed FP16), parity-checked."""
+    from clipad.core.choices import check_method
     from clipad.core.errors import ClipadError
     from clipad.core.progress import progress_bars
     from clipad.deploy.artifacts import made_by_calibrate
@@ -182,7 +170,7 @@ def export(
         meta = int8_engine(target)
         typer.echo(f"INT8 engine written to {target / PLAN} (TensorRT {meta.tensorrt}, {meta.gpu}, {meta.build_s} s)")
         return
-    _check_method(mode, heads, rvs)
+    check_method(mode, heads is not None, rvs)
     cfg = ExportConfig(
         category=category, out=out or Path("artifacts") / category, object_name=object_name, heads_path=heads, rvs=rvs,
         rvs_profile=rvs_profile, prompts_source=prompts, sigma=sigma, max_batch=max_batch, precision=precision,
@@ -445,13 +433,14 @@ def train(
     quiet: QuietOpt = False,
 ) -> None:
     """Train the four SDP+ heads offline (CLIP frozen; backbone features cached once)."""
+    from clipad.core.choices import check_method
     from clipad.core.progress import progress_bars
     from clipad.data import check_masks, load_split
     from clipad.model.loading import load_model, resolve_device
     from clipad.training.train import TrainConfig
     from clipad.training.train import train as run_train
 
-    _check_method("sdp", None, rvs)
+    check_method("sdp", False, rvs)
     from clipad.core.errors import ClipadError
     from clipad.training.cache import CACHE_DTYPES
 

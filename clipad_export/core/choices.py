@@ -16,3 +16,18 @@ PRECISIONS: tuple[str, ...] = get_args(Precision)
 
 RvsMethod = Literal["mean", "pca", "kde", "dbscan", "mean_shift"]  # method.md section 3.3
 RVS_METHODS: tuple[str, ...] = get_args(RvsMethod)
+
+
+def check_method(mode: str, has_heads: bool, rvs: str) -> None:
+    """One-line errors for a method choice that cannot work: an unknown mode or RVS method, SDP+
+    without heads, heads without SDP+."""
+    from clipad.core.errors import ClipadError
+
+    if mode not in MODES:
+        raise ClipadError(f"--mode must be {' or '.join(MODES)}, got '{mode}'")
+    if mode == "sdp+" and not has_heads:
+        raise ClipadError("--mode sdp+ needs --heads FILE")
+    if mode == "sdp" and has_heads:
+        raise ClipadError("--heads is only used with --mode sdp+")
+    if rvs not in RVS_METHODS:
+        raise ClipadError(f"--rvs must be one of {', '.join(RVS_METHODS)}, got '{rvs}'")

@@ -25,21 +25,7 @@ import numpy as np
 
 from clipad.core.errors import ClipadError
 from clipad.core.hashing import file_sha256
-from clipad.deploy.manifest import (  # noqa: F401  (file names re-exported for the artifacts' users)
-    ARTIFACT_FILES,
-    FORMAT_VERSION,
-    HEADS_FILE,
-    MANIFEST,
-    ONNX_FILES,
-    ONNX_FP16,
-    ONNX_FP32,
-    ONNX_INT8,
-    PLAN,
-    PLAN_META,
-    TEXT_FEATURES,
-    EngineMeta,
-    Manifest,
-)
+from clipad.deploy.manifest import ARTIFACT_FILES, MANIFEST, PLAN_META, TEXT_FEATURES, EngineMeta, Manifest
 
 
 @dataclass
