@@ -25,7 +25,7 @@ from clipad.core.progress import Tasks
 from clipad.deploy.artifacts import Artifacts
 from clipad.deploy.fp16 import fp32_nodes
 from clipad.deploy.manifest import ONNX_FP32, ONNX_INT8, Int8Entry, ParityFigures, Tolerance
-from clipad.deploy.parity import TOLERANCES, compare, parity_images
+from clipad.deploy.parity import TOLERANCES, compare, parity_images, run_graph
 
 MIN_AGREEMENT = TOLERANCES["int8"]["top1pct_agreement"]
 QUANTISED_OPS = ["MatMul", "Gemm", "Conv"]
@@ -65,18 +65,6 @@ def quantise(src: Path, dst: Path, images: np.ndarray, tasks: Tasks) -> None:
     )
 
 
-def _run(path: Path, images: np.ndarray, max_batch: int) -> tuple[np.ndarray, np.ndarray]:
-    import onnxruntime as ort
-
-    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    maps, probs = [], []
-    for i in range(0, len(images), max_batch):
-        m, p = sess.run(None, {"image": images[i : i + max_batch]})
-        maps.append(m)
-        probs.append(p)
-    return np.concatenate(maps), np.concatenate(probs)
-
-
 def make_int8(art: Artifacts, images: np.ndarray, tasks: Tasks, min_agreement: float = MIN_AGREEMENT) -> ParityFigures:
     """Quantise with ``images`` (uint8 [N, S, S, 3]), check against the FP32 graph on the
     export's parity images and up to 8 calibration images, and add the graph to the artifacts.
@@ -92,8 +80,8 @@ def make_int8(art: Artifacts, images: np.ndarray, tasks: Tasks, min_agreement: f
         dst = Path(tmp) / ONNX_INT8
         quantise(src, dst, images, tasks)
         check = np.concatenate([parity_images(art.image_size, 3), images[:8]])
-        ref_map, ref_prob = _run(src, check, art.max_batch)
-        amap, prob = _run(dst, check, art.max_batch)
+        ref_map, ref_prob = run_graph(src, check, art.max_batch)
+        amap, prob = run_graph(dst, check, art.max_batch)
         figures = ParityFigures.create(**compare(ref_map, ref_prob, amap, prob), against="fp32 onnx", n_images=len(check),
                                        calibration_images=len(images))
         if figures.top1pct_agreement < min_agreement:

@@ -41,7 +41,7 @@ from clipad.deploy.manifest import (
     ParityFigures,
     RandomWeights,
 )
-from clipad.deploy.parity import TOLERANCES, compare, parity_images, violations
+from clipad.deploy.parity import TOLERANCES, compare, parity_images, run_graph, violations
 from clipad.model.heads import Heads, load_heads, save_heads
 from clipad.model.loading import LoadedModel, WeightSpec, load_model
 from clipad.model.prompts import PromptSet
@@ -153,14 +153,6 @@ def _versions() -> dict[str, str]:
             "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__}
 
 
-def _ort_outputs(path: Path, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    import onnxruntime as ort
-
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    amap, prob = session.run(None, {"image": images})
-    return amap, prob
-
-
 def graph_parity(model: SDPModel, onnx_paths: dict[str, Path]) -> dict[str, ParityFigures]:
     """Parity of each graph at batch 3 and batch 1: the FP32 graph against the reference, the
     FP16 graph against the FP32 graph. Each entry lists its tolerance ``violations``."""
@@ -170,8 +162,8 @@ def graph_parity(model: SDPModel, onnx_paths: dict[str, Path]) -> dict[str, Pari
     figures: dict[str, dict] = {}
     base = (ref_map, ref_prob)
     for precision, path in onnx_paths.items():
-        full = _ort_outputs(path, images)
-        single = _ort_outputs(path, images[:1])
+        full = run_graph(path, images)
+        single = run_graph(path, images[:1])
         f = compare(base[0], base[1], *full)
         f1 = compare(base[0][:1], base[1][:1], *single)
         if precision == "fp32":

@@ -6,13 +6,15 @@ image_prob, and the agreement of the top-1% most anomalous pixels (|top_ref & to
 per image, averaged). Inputs are deterministic: synthetic parts with pasted defects, so the
 maps have structure, plus one noise image.
 
-Opening backends and comparing them with the reference (`clipad parity`) is the runtime's job:
-``clipad.runtime.parity``.
+``run_graph`` runs a graph file with ONNX Runtime on the CPU where no artifact directory exists
+yet (the export's parity, the INT8 gate). Opening backends and comparing them with the reference
+(`clipad parity`) is the runtime's job: ``clipad.runtime.parity``.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Mapping
 
 import numpy as np
@@ -96,3 +98,19 @@ def parity_images(size: int, n: int = 3, seed: int = 0) -> np.ndarray:
     parts = model_batch(sample_images(n - 1, seed=seed), size)
     noise = np.random.default_rng(seed).integers(0, 256, (1, size, size, 3), dtype=np.uint8)
     return np.concatenate([parts, noise])
+
+
+def run_graph(path: str | Path, images: np.ndarray, max_batch: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Run a graph file with ONNX Runtime on the CPU, in batches of ``max_batch`` (all at once when
+    None): uint8 [N, S, S, 3] -> (anomaly_map float32 [N, S, S], image_prob float32 [N]). Used where
+    no artifact directory exists yet (export parity, the INT8 gate); serving uses the backends."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    step = max_batch or max(len(images), 1)
+    maps, probs = [], []
+    for i in range(0, len(images), step):
+        amap, prob = session.run(None, {"image": images[i : i + step]})
+        maps.append(amap)
+        probs.append(prob)
+    return np.concatenate(maps), np.concatenate(probs)
