@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from clipad.core.errors import ClipadError
-from clipad.data.images import ImageReadError, load_mask, read_rgb, resize_to_model
+from clipad.data.images import iter_image_batches, load_mask
 
 
 @dataclass(frozen=True)
@@ -42,26 +42,26 @@ def check_masks(split: dict[str, list[Sample]]) -> None:
 
 
 def load_batch(samples: list[Sample], size: int, skipped: list[str]):
-    """Read samples for the model through the one image path: (images uint8 [S, S, 3] list, the
-    samples kept, masks).
+    """Read samples for the model through the one image path (``iter_image_batches``): (images
+    uint8 [S, S, 3] list, the samples kept, masks).
 
     Unreadable images are skipped and their errors appended to ``skipped``. A mask is bool
-    [S, S]: zeros for normal images, None for an anomalous image without a mask file.
+    [S, S]: zeros for normal images, None for an anomalous image without a mask file; a mask
+    whose size differs from its image's is a ClipadError.
     """
     import numpy as np
 
-    images, kept, masks = [], [], []
-    for s in samples:
-        try:
-            rgb = read_rgb(s.image)
-        except ImageReadError as err:
-            skipped.append(str(err))
-            continue
-        images.append(resize_to_model(rgb, size))
-        kept.append(s)
+    if not samples:
+        return [], [], []
+    by_path = {s.image: s for s in samples}
+    (batch,) = iter_image_batches([s.image for s in samples], size, len(samples), keep_originals=True)
+    skipped += batch.skipped
+    kept = [by_path[p] for p in batch.paths]
+    masks = []
+    for s, rgb in zip(kept, batch.originals):
         if s.label == 0:
             masks.append(np.zeros((size, size), dtype=bool))
         else:
             h, w = rgb.shape[:2]
             masks.append(load_mask(s.mask, size, expect_size=(w, h)) if s.mask is not None else None)
-    return images, kept, masks
+    return list(batch.images), kept, masks
