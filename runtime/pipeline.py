@@ -2,8 +2,14 @@
 
 File sources are read ahead by a capture thread (capture and resize overlap with inference);
 live sources are sampled just before each inference, so the frame being inferred is never
-older than one inference period plus one camera frame. Sinks run in a writer thread. Stage
-latencies are kept for the status line and the summary.
+older than one inference period plus one camera frame. Sinks run in a writer thread.
+
+Built to run for weeks: a failure in any thread reaches the main loop, which stops within about
+a second with the error in the summary (the CLI turns it into one line and a non-zero exit);
+every wait between threads has a timeout and checks that the other side is alive; statistics
+live in fixed memory (the last ``WINDOW`` batches per stage), so a status line costs the same at
+hour 1 and week 3. A backend error is retried ``BACKEND_RETRIES`` times; then the frames of that
+batch are recorded as errors and the run stops.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ import signal
 import sys
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -21,12 +28,23 @@ import numpy as np
 from clipad.calibration.constants import Calibration
 from clipad.data.images import model_batch
 from clipad.runtime.backends import Backend
+from clipad.runtime.records import Prediction
 from clipad.runtime.scoring import score_batch
 from clipad.runtime.sinks import Sink, SinkError, render_view
-from clipad.runtime.sources import Frame, Source
+from clipad.runtime.sources import Frame, Source, wait_for_frames
 
 STAGES = ("capture", "preprocess", "inference", "postprocess")
+WINDOW = 4096  # batches whose stage latencies the percentiles cover
+BACKEND_RETRIES = 2
+RETRY_DELAYS_S = (0.2, 1.0)
+POLL_S = 0.2  # how long a thread waits on a queue before checking the others again
+LIVE_WAIT_S = 0.5  # longest wait for any camera's next frame before checking for a stop
+STOP_SIGNALS = tuple(getattr(signal, n) for n in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, n))
 _DONE = object()
+
+
+def _window() -> deque:
+    return deque(maxlen=WINDOW)
 
 
 @dataclass
@@ -39,13 +57,18 @@ class Batch:
 
 @dataclass
 class Summary:
+    """frames: frames with a record (scored or error); errors: of those, frames without a score;
+    latency_ms / frame_age_ms: the last WINDOW batches; error: why the run stopped early."""
+
     frames: int = 0
+    errors: int = 0
     seconds: float = 0.0
-    latency_ms: dict[str, list[float]] = field(default_factory=lambda: {s: [] for s in STAGES})
-    frame_age_ms: list[float] = field(default_factory=list)  # oldest frame of each batch, at inference start
+    latency_ms: dict[str, deque] = field(default_factory=lambda: {s: _window() for s in STAGES})
+    frame_age_ms: deque = field(default_factory=_window)  # oldest frame of each batch, at inference start
     dropped: int = 0
     bad_frames: int = 0
     reconnects: int = 0
+    backend_retries: int = 0
     error: str | None = None
     stopped_by: str = "end of input"
 
@@ -60,7 +83,12 @@ class Summary:
         p = self.percentiles()
         stages = " ".join(f"{s} {p[s][0]:.1f}/{p[s][1]:.1f}" for s in STAGES)
         return (f"{self.frames} frames, {self.fps:.1f} fps | ms p50/p99: {stages} | dropped {self.dropped}, "
-                f"bad {self.bad_frames}, reconnects {self.reconnects}")
+                f"bad {self.bad_frames}, errors {self.errors}, reconnects {self.reconnects}")
+
+    def fail(self, message: str) -> None:
+        """Record the first failure (later ones are consequences)."""
+        if self.error is None:
+            self.error = message
 
 
 class Pipeline:
@@ -81,25 +109,39 @@ class Pipeline:
         self.status_every, self.log, self.needs_view = status_every, log, needs_view
         self.stop = threading.Event()
         self.summary = Summary()
+        self._sinks_failed = False
+        self._capture_error: str | None = None
         self.live = any(s.live for s in sources)
         self._counter = 0
-        self._reported_events = {id(s): 0 for s in sources}
 
     # -- capture ---------------------------------------------------------------------------
+    def _read(self, src: Source, timeout: float) -> Frame | None:
+        """One frame of ``src``; a source that raises ends the capture (the frames already read
+        are still inferred and recorded, then the run stops with the error)."""
+        try:
+            return src.read(timeout=timeout)
+        except Exception as err:  # noqa: BLE001 - a failing source must not pass for the end of its input
+            if self._capture_error is None:
+                self._capture_error = f"reading frames from {src.name} failed: {type(err).__name__}: {err}"
+            return None
+
     def _capture(self) -> Batch | None:
         t0 = time.perf_counter()
         frames: list[Frame] = []
         active = [s for s in self.sources if not s.exhausted]
         if not active:
             return None
+        live = [s for s in active if s.live]
+        if live:  # wait for the first camera with a frame, not for each camera in turn
+            wait_for_frames(live, LIVE_WAIT_S)
         for src in active:  # one frame per source: several cameras share one inference call
-            f = src.read(timeout=0.5 if src.live else 0)
+            f = self._read(src, 0)
             if f is not None:
                 frames.append(f)
         if not self.live:  # files: fill the batch round-robin
-            while len(frames) < self.backend.max_batch and any(not s.exhausted for s in self.sources):
+            while len(frames) < self.backend.max_batch and self._capture_error is None and any(not s.exhausted for s in self.sources):
                 for src in [s for s in self.sources if not s.exhausted]:
-                    f = src.read(0)
+                    f = self._read(src, 0)
                     if f is not None and len(frames) < self.backend.max_batch:
                         frames.append(f)
         if self.max_frames is not None:
@@ -114,34 +156,56 @@ class Pipeline:
 
     def _reader(self, out: queue.Queue) -> None:
         try:
-            while not self.stop.is_set():
+            while not self.stop.is_set() and self._capture_error is None:
                 batch = self._capture()
                 if batch is None or (self.max_frames is not None and self._counter >= self.max_frames and not batch.frames):
                     break
-                out.put(batch)
+                if not self._put(out, batch):
+                    return
                 if self.max_frames is not None and self._counter >= self.max_frames:
                     break
-        finally:
-            out.put(_DONE)
+        except Exception as err:  # noqa: BLE001 - any failure ends the run with its reason, never as "end of input"
+            if self._capture_error is None:
+                self._capture_error = f"reading frames failed: {type(err).__name__}: {err}"
+        self._put(out, _DONE)
+
+    def _put(self, q: queue.Queue, item) -> bool:
+        """Put ``item`` unless the run stops first (the consumer may be gone); True when put."""
+        while True:
+            try:
+                q.put(item, timeout=POLL_S)
+                return True
+            except queue.Full:
+                if self.stop.is_set():
+                    return False
 
     # -- sinks -----------------------------------------------------------------------------
     def _writer(self, inbox: queue.Queue) -> None:
+        """Feed every record to every sink. Any sink failure stops the run with its reason; the
+        queue is drained to the end either way, so the inference loop never waits on a dead writer."""
         while True:
             item = inbox.get()
             if item is _DONE:
                 return
-            if self.summary.error:
+            if self._sinks_failed:  # a sink cannot write any more: drain without writing
                 continue
             t0 = time.perf_counter()
             frames, amap, records = item
-            lo, hi = float(amap.min()), float(amap.max())
+            finite = amap[np.isfinite(amap)]
+            lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 0.0)
+            sink = None
             try:
                 for f, m, r in zip(frames, amap, records):
                     view = render_view(f.image, m, r, lo, hi, self.summary.fps) if self.needs_view else None
                     for sink in self.sinks:
                         sink.write(r, f.image, m, view)
             except SinkError as err:
-                self.summary.error = str(err)
+                self._sinks_failed = True
+                self.summary.fail(str(err))
+                self.stop.set()
+            except Exception as err:  # noqa: BLE001 - a sink's unexpected failure must not kill this thread silently
+                self._sinks_failed = True
+                self.summary.fail(f"{type(sink).__name__} failed: {type(err).__name__}: {err}")
                 self.stop.set()
             self.summary.latency_ms["postprocess"].append((time.perf_counter() - t0) * 1000)
 
@@ -161,31 +225,47 @@ class Pipeline:
         try:
             while not self.stop.is_set():
                 if reader is not None:
-                    batch = batches.get()
+                    try:
+                        batch = batches.get(timeout=POLL_S)
+                    except queue.Empty:
+                        if not reader.is_alive() and batches.empty():
+                            break
+                        continue
                     if batch is _DONE:
                         break
                 else:
                     batch = self._capture()
                     if batch is None:
                         break
+                    if not batch.frames and self._capture_error is not None:
+                        break
                     if not batch.frames:
                         if self.max_frames is not None and self._counter >= self.max_frames:
                             break
-                        self._report_source_events()
+                        self._report_events()
                         continue
                 t0 = time.perf_counter()
                 s.frame_age_ms.append((time.time() - min(f.time for f in batch.frames)) * 1000)
-                amap, prob = self.backend(batch.images)
+                outputs = self._infer(batch)
                 t1 = time.perf_counter()
-                scores = score_batch(amap, prob, self.cal, [f.source for f in batch.frames])
                 now = time.time()
+                if outputs is None:  # the backend kept failing: the frames are recorded as errors
+                    amap = np.zeros((len(batch.frames), self.size, self.size), np.float32)
+                    scores = [Prediction.failed(f.source, s.error or "backend failed") for f in batch.frames]
+                else:
+                    amap, prob = outputs
+                    scores = score_batch(amap, prob, self.cal, [f.source for f in batch.frames])
                 preds = [p.with_stream(f.index, f.time, round((now - f.time) * 1000, 3)) for f, p in zip(batch.frames, scores)]
-                inbox.put((batch.frames, amap, preds))
+                if not self._put_records(inbox, writer, (batch.frames, amap, preds)):
+                    break
                 s.frames += len(batch.frames)
+                s.errors += sum(p.label == "error" for p in preds)
                 s.latency_ms["capture"].append(batch.capture_ms)
                 s.latency_ms["preprocess"].append(batch.preprocess_ms)
                 s.latency_ms["inference"].append((t1 - t0) * 1000)
                 s.seconds = time.perf_counter() - start
+                if outputs is None or (reader is None and self._capture_error is not None):
+                    break
                 if self.max_frames is not None and s.frames >= self.max_frames:
                     s.stopped_by = "--max-frames"
                     break
@@ -193,7 +273,7 @@ class Pipeline:
                     last_status = time.perf_counter()
                     self._collect_source_stats()
                     self.log(s.line())
-                    self._report_source_events()
+                    self._report_events()
         finally:
             self.stop.set()
             if reader is not None:
@@ -202,17 +282,54 @@ class Pipeline:
                         batches.get(timeout=0.1)
                     except queue.Empty:
                         pass
-            inbox.put(_DONE)
-            writer.join()
+            self._put_records(inbox, writer, _DONE)
+            writer.join(timeout=60)
             for sink in self.sinks:
-                sink.close()
+                try:
+                    sink.close()
+                except Exception as err:  # noqa: BLE001 - close the others regardless
+                    s.fail(f"closing {type(sink).__name__} failed: {type(err).__name__}: {err}")
             for src in self.sources:
                 src.close()
             s.seconds = time.perf_counter() - start
             self._collect_source_stats()
-            self._report_source_events()
+            self._report_events()
             self._restore_signals()
+        if self._capture_error is not None:
+            s.fail(self._capture_error)
+        if s.error is not None and s.stopped_by == "end of input":
+            s.stopped_by = "error"
         return s
+
+    def _infer(self, batch: Batch) -> tuple[np.ndarray, np.ndarray] | None:
+        """The backend's outputs for ``batch``, retried on failure; None (and the run's error set)
+        when every try failed."""
+        for attempt in range(BACKEND_RETRIES + 1):
+            try:
+                return self.backend(batch.images)
+            except Exception as err:  # noqa: BLE001 - ONNX Runtime and CUDA errors derive from Exception only
+                reason = f"{type(err).__name__}: {str(err).strip().splitlines()[0] if str(err).strip() else ''}"
+                if attempt == BACKEND_RETRIES or self.stop.is_set():
+                    self.summary.fail(f"the backend failed {attempt + 1} times in a row ({reason}); "
+                                      f"the {len(batch.frames)} frames of that batch are recorded as errors")
+                    return None
+                self.summary.backend_retries += 1
+                self.log(f"warning: backend error ({reason}); retrying")
+                if self.stop.wait(RETRY_DELAYS_S[min(attempt, len(RETRY_DELAYS_S) - 1)]):
+                    self.summary.fail(f"stopped while retrying the backend ({reason})")
+                    return None
+        return None
+
+    def _put_records(self, inbox: queue.Queue, writer: threading.Thread, item) -> bool:
+        """Hand records to the writer; False when the writer is gone (its error is in the summary)."""
+        while True:
+            try:
+                inbox.put(item, timeout=POLL_S)
+                return True
+            except queue.Full:
+                if not writer.is_alive():
+                    self.summary.fail("the sink writer stopped unexpectedly")
+                    return False
 
     def _collect_source_stats(self) -> None:
         s = self.summary
@@ -220,12 +337,11 @@ class Pipeline:
         s.bad_frames = sum(x.stats.bad_frames for x in self.sources)
         s.reconnects = sum(x.stats.reconnects for x in self.sources)
 
-    def _report_source_events(self) -> None:
-        for src in self.sources:
-            seen = self._reported_events[id(src)]
-            for e in src.stats.events[seen:]:
-                self.log(e)
-            self._reported_events[id(src)] = len(src.stats.events)
+    def _report_events(self) -> None:
+        """Log what sources and sinks have to say (reconnects, lost streams, failed snapshots)."""
+        for queue_ in [src.stats.events for src in self.sources] + [getattr(sink, "notes", None) for sink in self.sinks]:
+            while queue_:
+                self.log(queue_.popleft())
 
     def _install_signals(self) -> None:
         self._old = {}
@@ -236,7 +352,7 @@ class Pipeline:
             self.summary.stopped_by = signal.Signals(signum).name
             self.stop.set()
 
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        for sig in STOP_SIGNALS:  # SIGHUP too: a closed terminal or a service manager's reload stops cleanly
             self._old[sig] = signal.signal(sig, handler)
 
     def _restore_signals(self) -> None:

@@ -7,10 +7,11 @@ never disagree about a frame. JSON keys and their order are the events contract 
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
-Label = Literal["normal", "anomalous"]
+Label = Literal["normal", "anomalous", "error"]  # "error": no score for this frame (see ``error``)
 
 
 @dataclass(frozen=True)
@@ -35,13 +36,16 @@ class Prediction:
     image_prob: the model's abnormal-class probability; map_max: the anomaly map's maximum (the
     map-level signal); fused, score (in [0, 1], 0.5 at the threshold), label and defect_area
     (fraction of pixels at or above the pixel threshold): None until the artifacts are calibrated.
+    A frame that could not be scored (the backend failed, or gave NaN or infinite values) has
+    label "error", ``error`` saying why, and None for every value that is not finite: it is
+    never "normal".
     frame, time and latency_ms: the frame's index in its source, its capture time (Unix seconds)
     and the time from capture to scores (ms), for streamed frames; None for `clipad predict`.
     """
 
     source: str
-    image_prob: float
-    map_max: float
+    image_prob: float | None
+    map_max: float | None
     fused: float | None = None
     score: float | None = None
     label: Label | None = None
@@ -50,6 +54,12 @@ class Prediction:
     time: float | None = None
     latency_ms: float | None = None
     files: OutputFiles | None = field(default=None)
+    error: str | None = None
+
+    @classmethod
+    def failed(cls, source: str, error: str) -> "Prediction":
+        """A frame that has no score, and why."""
+        return cls(source, None, None, label="error", error=error)
 
     @property
     def anomalous(self) -> bool:
@@ -65,11 +75,17 @@ class Prediction:
         """The events-file object (one line of events.jsonl, and /status.json's ``last``)."""
         return {"frame": self.frame, "source": self.source, "time": self.time, "image_prob": self.image_prob,
                 "map_max": self.map_max, "fused": self.fused, "score": self.score, "label": self.label,
-                "defect_area": self.defect_area, "latency_ms": self.latency_ms}
+                "defect_area": self.defect_area, "latency_ms": self.latency_ms, "error": self.error}
 
     def prediction(self) -> dict[str, Any]:
         """The predictions.jsonl object of `clipad predict`."""
         out: dict[str, Any] = {"source": self.source, "image_prob": self.image_prob, "map_max": self.map_max,
-                               "fused": self.fused, "score": self.score, "label": self.label, "defect_area": self.defect_area}
+                               "fused": self.fused, "score": self.score, "label": self.label, "defect_area": self.defect_area,
+                               "error": self.error}
         out["files"] = (self.files or OutputFiles()).to_json()
         return out
+
+
+def to_json_line(obj: dict[str, Any]) -> str:
+    """One strict JSON line (no NaN or Infinity tokens, which JSON readers reject)."""
+    return json.dumps(obj, allow_nan=False) + "\n"

@@ -21,14 +21,16 @@ from clipad.runtime.sources import open_sources
 @dataclass
 class RunConfig:
     """cameras: camera indices; sources: video files, image folders/globs, stream URLs; events:
-    JSON Lines file; save: overlay video; snapshots: folder for anomalous frames; show: OpenCV
-    window; serve: HOST:PORT of the live viewer."""
+    JSON Lines file; save: overlay video; snapshots: folder for anomalous frames, at most one
+    per source every ``snapshot_interval`` seconds (0: all); show: OpenCV window; serve: HOST:PORT
+    of the live viewer."""
 
     cameras: list[int] = field(default_factory=list)
     sources: list[str] = field(default_factory=list)
     events: Path | None = None
     save: Path | None = None
     snapshots: Path | None = None
+    snapshot_interval: float = 1.0
     show: bool = False
     serve: str | None = None
     max_frames: int | None = None
@@ -38,6 +40,8 @@ class RunConfig:
         """One-line errors for settings that cannot run, before any model work."""
         if not self.cameras and not self.sources:
             raise ClipadError("give --camera N or --source PATH_OR_URL (repeatable)")
+        if self.snapshot_interval < 0:
+            raise ClipadError(f"--snapshot-interval must be >= 0 seconds, got {self.snapshot_interval}")
 
     @property
     def needs_view(self) -> bool:
@@ -56,7 +60,7 @@ def open_sinks(cfg: RunConfig, served: Served, log: Callable[[str], None]) -> li
         if cfg.save is not None:
             sinks.append(VideoSink(cfg.save))
         if cfg.snapshots is not None:
-            sinks.append(SnapshotSink(cfg.snapshots, served.calibration))
+            sinks.append(SnapshotSink(cfg.snapshots, served.calibration, cfg.snapshot_interval))
         if cfg.show:
             sinks.append(ShowSink())
         if cfg.serve is not None:

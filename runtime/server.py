@@ -90,7 +90,7 @@ class Viewer:
                 if self.path in ("/", "/index.html"):
                     self._send(PAGE.encode(), "text/html; charset=utf-8")
                 elif self.path.startswith("/status.json"):
-                    self._send(json.dumps(viewer.status()).encode(), "application/json")
+                    self._send(json.dumps(viewer.status(), allow_nan=False).encode(), "application/json")
                 elif self.path.startswith("/stream.mjpg"):
                     self._stream()
                 else:

@@ -7,7 +7,10 @@ own size), its anomaly map (float32 [S, S] at model resolution) and the rendered
 
 from __future__ import annotations
 
-import json
+import hashlib
+import os
+import time
+from collections import deque
 from pathlib import Path
 from typing import Protocol
 
@@ -18,7 +21,7 @@ from clipad.calibration.constants import Calibration
 from clipad.core.errors import ClipadError
 from clipad.data.colour import to_bgr
 from clipad.runtime.overlay import overlay, put_label
-from clipad.runtime.records import Prediction
+from clipad.runtime.records import Prediction, to_json_line
 
 
 class Sink(Protocol):
@@ -36,30 +39,67 @@ class SinkError(ClipadError):
 
 
 class EventsSink:
-    """One JSON object per processed frame, flushed at once: a crash loses at most the frame in flight."""
+    """One JSON object per processed frame (the events contract), appended to the file.
+
+    Guarantees: every record is flushed to the operating system at once, so a crash or SIGKILL of
+    clipad loses at most the frame in flight; the file is fsynced at most once a second and at
+    close, so a power loss loses at most the last second of records. The file is opened for
+    appending (an earlier run's events are kept) and locked: a second run writing the same file
+    is refused in one line. Values that are not finite are written as null (strict JSON).
+    """
+
+    FSYNC_EVERY_S = 1.0
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self.file = open(self.path, "w", encoding="utf-8")
+            self.file = open(self.path, "a", encoding="utf-8")
         except OSError as err:
             raise ClipadError(f"cannot write events file {path}: {err.strerror or err}") from None
+        if not _lock(self.file):
+            self.file.close()
+            raise ClipadError(f"events file {path} is being written by another clipad run; give each run its own --events")
         self.written = 0
+        self._synced = time.monotonic()
 
     def write(self, pred: Prediction, frame: np.ndarray, amap: np.ndarray, view: np.ndarray | None) -> None:
         try:
-            self.file.write(json.dumps(pred.event()) + "\n")
+            self.file.write(to_json_line(pred.event()))
             self.file.flush()
+            if time.monotonic() - self._synced >= self.FSYNC_EVERY_S:
+                os.fsync(self.file.fileno())
+                self._synced = time.monotonic()
         except OSError as err:
             raise SinkError(f"events file {self.path}: {err.strerror or err}; stopped after {self.written} events") from None
         self.written += 1
 
     def close(self) -> None:
         try:
+            self.file.flush()
+            os.fsync(self.file.fileno())
+        except OSError:
+            pass
+        try:
             self.file.close()
         except OSError:
             pass
+
+
+def _lock(file) -> bool:
+    """An exclusive, non-blocking advisory lock on an open file; False when another process holds
+    it. Where locks are not supported (no fcntl, some network file systems) the file is used unlocked."""
+    try:
+        import fcntl
+    except ImportError:
+        return True
+    try:
+        fcntl.flock(file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    except OSError:
+        return True
+    return True
 
 
 class VideoSink:
@@ -87,23 +127,57 @@ class VideoSink:
 
 
 class SnapshotSink:
-    """For anomalous frames (label, or without calibration never): original, overlay, raw map, mask."""
+    """For anomalous frames (never without calibration): original, overlay, raw map, mask.
 
-    def __init__(self, folder: str | Path, calibration: Calibration | None = None):
+    Files are named ``<stem>_<source tag>_<frame>``, the tag a short hash of the full source name,
+    so two sources with the same file stem never overwrite each other. At most one snapshot per
+    source every ``interval`` seconds of capture time (0: every anomalous frame). A failed write
+    (full disk, ...) is counted and reported in ``notes``; the run goes on, since the events file
+    remains the record of every frame.
+    """
+
+    def __init__(self, folder: str | Path, calibration: Calibration | None = None, interval: float = 0.0):
         self.folder = Path(folder)
-        self.folder.mkdir(parents=True, exist_ok=True)
-        self.cal = calibration
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise ClipadError(f"cannot create snapshot folder {folder}: {err.strerror or err}") from None
+        self.cal, self.interval = calibration, interval
+        self.written = self.failed = self.skipped = 0
+        self.notes: deque[str] = deque(maxlen=100)
+        self._last: dict[str, float] = {}
+
+    @staticmethod
+    def stem(pred: Prediction) -> str:
+        tag = hashlib.sha1(pred.source.encode()).hexdigest()[:8]
+        return f"{Path(pred.source).stem}_{tag}_{pred.frame or 0:06d}"
 
     def write(self, pred: Prediction, frame: np.ndarray, amap: np.ndarray, view: np.ndarray | None) -> None:
         if not pred.anomalous:
             return
-        stem = f"{Path(pred.source).stem}_{pred.frame:06d}"
-        cv2.imwrite(str(self.folder / f"{stem}_frame.png"), to_bgr(frame))
-        if view is not None:
-            cv2.imwrite(str(self.folder / f"{stem}_overlay.png"), to_bgr(view))
-        np.save(self.folder / f"{stem}_map.npy", amap.astype(np.float32))
-        if self.cal is not None:  # at model resolution
-            cv2.imwrite(str(self.folder / f"{stem}_mask.png"), self.cal.mask_image(amap))
+        t = pred.time or 0.0
+        last = self._last.get(pred.source)
+        if last is not None and self.interval > 0 and t - last < self.interval:
+            self.skipped += 1
+            return
+        self._last[pred.source] = t
+        stem = self.stem(pred)
+        try:
+            ok = cv2.imwrite(str(self.folder / f"{stem}_frame.png"), to_bgr(frame))
+            if view is not None:
+                ok &= cv2.imwrite(str(self.folder / f"{stem}_overlay.png"), to_bgr(view))
+            np.save(self.folder / f"{stem}_map.npy", amap.astype(np.float32))
+            if self.cal is not None:  # at model resolution
+                ok &= cv2.imwrite(str(self.folder / f"{stem}_mask.png"), self.cal.mask_image(amap))
+            if not ok:
+                raise OSError("OpenCV could not write the image")
+        except (OSError, cv2.error) as err:
+            self.failed += 1
+            if self.failed == 1 or self.failed % 100 == 0:
+                self.notes.append(f"snapshot {stem} not written ({getattr(err, 'strerror', None) or err}); "
+                                  f"{self.failed} failed so far, the run goes on")
+            return
+        self.written += 1
 
     def close(self) -> None:
         pass
@@ -111,7 +185,9 @@ class SnapshotSink:
 
 def render_view(frame: np.ndarray, amap: np.ndarray, pred: Prediction, lo: float, hi: float, fps: float | None = None) -> np.ndarray:
     """The overlay frame with its score line (shared by the video, snapshots and viewers)."""
-    if pred.score is not None:
+    if pred.label == "error":
+        text = f"no score: {pred.error}"
+    elif pred.score is not None:
         text = f"score {pred.score:.3f} {pred.label}"
     else:
         text = f"p {pred.image_prob:.3f} max {pred.map_max:.3g} (uncalibrated)"

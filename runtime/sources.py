@@ -12,6 +12,7 @@ from __future__ import annotations
 import threading
 import time
 from abc import ABC, abstractmethod
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -45,7 +46,8 @@ class SourceStats:
     bad_frames: int = 0
     dropped: int = 0
     reconnects: int = 0
-    events: list[str] = field(default_factory=list)
+    lost: int = 0  # streams lost (failed reads, capture errors)
+    events: deque[str] = field(default_factory=lambda: deque(maxlen=1000))  # messages not yet reported
 
 
 class Source(ABC):
@@ -139,6 +141,17 @@ class VideoFileSource(Source):
         self.cap.release()
 
 
+# Notified whenever any live source has a new frame, so the pipeline waits on all cameras at once
+# (one silent camera must not slow the others down).
+_NEW_FRAME = threading.Condition()
+
+
+def wait_for_frames(sources: list["LiveSource"], timeout: float) -> bool:
+    """Wait until any of ``sources`` has an unread frame, at most ``timeout`` seconds; True if one has."""
+    with _NEW_FRAME:
+        return _NEW_FRAME.wait_for(lambda: any(s.has_frame for s in sources), timeout)
+
+
 class LiveSource(Source):
     """A camera index or stream URL. A grabber thread keeps only the newest frame (older unread
     frames count as dropped); a lost stream is reopened with exponential backoff."""
@@ -172,32 +185,57 @@ class LiveSource(Source):
         return cap
 
     def _grab_loop(self) -> None:
+        """Grab until closed. Anything that goes wrong (a failed read, an exception in the capture
+        library or the colour conversion) counts as a lost stream: reported, then reopened with
+        backoff, never the end of this camera."""
         delay = self.backoff[0]
         while not self._stop.is_set():
-            if self.cap is None:
+            try:
+                if self.cap is None:
+                    if self._stop.wait(delay):
+                        break
+                    self.cap = self._open()
+                    if self.cap is None:
+                        delay = min(delay * 2, self.backoff[1])
+                        continue
+                    self.stats.reconnects += 1
+                    self.stats.events.append(f"{self.name}: reconnected")
+                    delay = self.backoff[0]
+                ok, img = self.cap.read()
+                if not ok or img is None:
+                    self._lose("stream lost, reconnecting")
+                    continue
+                frame = Frame(self.name, self._index, time.time(), to_rgb(img))
+            except Exception as err:  # noqa: BLE001 - a capture thread that dies would lose the camera for good
+                self._lose(f"capture failed ({type(err).__name__}: {err}), reconnecting")
                 if self._stop.wait(delay):
                     break
-                self.cap = self._open()
-                if self.cap is None:
-                    delay = min(delay * 2, self.backoff[1])
-                    continue
-                self.stats.reconnects += 1
-                self.stats.events.append(f"{self.name}: reconnected")
-                delay = self.backoff[0]
-            ok, img = self.cap.read()
-            if not ok or img is None:
-                self.cap.release()
-                self.cap = None
-                self.connected = False
-                self.stats.events.append(f"{self.name}: stream lost, reconnecting")
+                delay = min(delay * 2, self.backoff[1])
                 continue
-            frame = Frame(self.name, self._index, time.time(), to_rgb(img))
             self._index += 1
             with self._cond:
                 if self._fresh:
                     self.stats.dropped += 1
                 self._latest, self._fresh = frame, True
                 self._cond.notify_all()
+            with _NEW_FRAME:
+                _NEW_FRAME.notify_all()
+
+    @property
+    def has_frame(self) -> bool:
+        """Whether a frame is waiting to be read."""
+        return self._fresh
+
+    def _lose(self, why: str) -> None:
+        self.stats.lost += 1
+        self.stats.events.append(f"{self.name}: {why}")
+        if self.cap is not None:
+            try:
+                self.cap.release()
+            except Exception:  # noqa: BLE001 - releasing a broken capture may fail too
+                pass
+        self.cap = None
+        self.connected = False
 
     def read(self, timeout: float = 1.0) -> Frame | None:
         with self._cond:

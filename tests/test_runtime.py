@@ -141,7 +141,8 @@ def test_predict_contract_and_maps(art, tmp_path, capsys):
     preds = [json.loads(l) for l in (tmp_path / "p" / "predictions.jsonl").read_text().splitlines()]
     assert len(preds) == 4 and "1 unreadable skipped" in out
     for p in preds:
-        assert set(p) == {"source", "image_prob", "map_max", "fused", "score", "label", "defect_area", "files"}
+        assert set(p) == {"source", "image_prob", "map_max", "fused", "score", "label", "defect_area", "error", "files"}
+        assert p["error"] is None
         # every record names the files it wrote, relative to --out, so repeated stems stay linked
         assert (tmp_path / "p" / p["files"]["map"]).is_file() and (tmp_path / "p" / p["files"]["overlay"]).is_file()
         assert p["files"]["mask"] is None  # uncalibrated: no mask
