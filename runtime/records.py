@@ -8,6 +8,7 @@ never disagree about a frame. JSON keys and their order are the events contract 
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
@@ -72,18 +73,24 @@ class Prediction:
         return replace(self, files=files)
 
     def event(self) -> dict[str, Any]:
-        """The events-file object (one line of events.jsonl, and /status.json's ``last``)."""
-        return {"frame": self.frame, "source": self.source, "time": self.time, "image_prob": self.image_prob,
-                "map_max": self.map_max, "fused": self.fused, "score": self.score, "label": self.label,
-                "defect_area": self.defect_area, "latency_ms": self.latency_ms, "error": self.error}
+        """The events-file object (one line of events.jsonl, and /status.json's ``last``); values
+        that are not finite become null, so the object is always strict JSON."""
+        return {"frame": self.frame, "source": self.source, "time": _finite(self.time), "image_prob": _finite(self.image_prob),
+                "map_max": _finite(self.map_max), "fused": _finite(self.fused), "score": _finite(self.score),
+                "label": self.label, "defect_area": _finite(self.defect_area), "latency_ms": _finite(self.latency_ms),
+                "error": self.error}
 
     def prediction(self) -> dict[str, Any]:
         """The predictions.jsonl object of `clipad predict`."""
-        out: dict[str, Any] = {"source": self.source, "image_prob": self.image_prob, "map_max": self.map_max,
-                               "fused": self.fused, "score": self.score, "label": self.label, "defect_area": self.defect_area,
-                               "error": self.error}
+        event = self.event()
+        out: dict[str, Any] = {k: event[k] for k in ("source", "image_prob", "map_max", "fused", "score", "label",
+                                                     "defect_area", "error")}
         out["files"] = (self.files or OutputFiles()).to_json()
         return out
+
+
+def _finite(value: float | None) -> float | None:
+    return value if value is None or math.isfinite(value) else None
 
 
 def to_json_line(obj: dict[str, Any]) -> str:

@@ -5,16 +5,27 @@
 - ``/stream.mjpg``: the overlay frames as multipart/x-mixed-replace JPEG;
 - ``/status.json``: frames, fps, the last record and the recent score history.
 
-Standard library only (ThreadingHTTPServer); binds 127.0.0.1 unless told otherwise.
+Standard library only (ThreadingHTTPServer); binds 127.0.0.1 unless told otherwise. Exposed to a
+factory network for weeks, it lets no one in by accident:
+- every connection has a socket timeout (idle or stalled clients are closed) and at most
+  ``MAX_CLIENTS`` are served at once (more get 503);
+- the Host header must name this server (an address it is bound to, or localhost for a loopback
+  bind), which defeats DNS rebinding from a browser on another site;
+- bound to anything but loopback, every request needs the access token printed once at start
+  (``?token=...`` in the URL; the page then keeps it in a same-site cookie).
 """
 
 from __future__ import annotations
 
+import hmac
+import ipaddress
 import json
+import secrets
 import threading
 import time
 from collections import deque
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs, urlsplit
 
 import cv2
 import numpy as np
@@ -24,6 +35,55 @@ from clipad.data.colour import to_bgr
 from clipad.runtime.records import Prediction
 
 HISTORY = 600
+MAX_CLIENTS = 32
+CLIENT_TIMEOUT_S = 15.0  # a client that neither sends its request nor reads the stream for this long is closed
+TOKEN_COOKIE = "clipad_token"
+
+
+def is_loopback(host: str) -> bool:
+    if host in ("localhost", ""):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def split_host(header: str) -> tuple[str, str]:
+    """A Host header -> (host, port or ""): ``127.0.0.1:8080``, ``localhost``, ``[::1]:8080``."""
+    header = header.strip()
+    if header.startswith("["):
+        host, _, rest = header[1:].partition("]")
+        return host, rest[1:] if rest.startswith(":") else ""
+    host, sep, port = header.rpartition(":")
+    return (host, port) if sep else (header, "")
+
+
+class _Server(ThreadingHTTPServer):
+    """A threading server that serves at most ``max_clients`` connections at once."""
+
+    daemon_threads = True
+    request_queue_size = 256  # listen backlog: a burst of clients is accepted (and answered 503 beyond the cap), not left in SYN retries
+
+    def __init__(self, address, handler, max_clients: int):
+        self.slots = threading.BoundedSemaphore(max_clients)
+        super().__init__(address, handler)
+
+    def process_request(self, request, client_address):
+        if not self.slots.acquire(blocking=False):
+            try:
+                request.sendall(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+            except OSError:
+                pass
+            self.shutdown_request(request)
+            return
+        super().process_request(request, client_address)
+
+    def process_request_thread(self, request, client_address):
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self.slots.release()
 
 PAGE = """<!doctype html>
 <html><head><meta charset="utf-8"><title>clipad live</title>
@@ -70,8 +130,12 @@ poll();
 class Viewer:
     """The shared state between the pipeline's writer thread and the HTTP handlers."""
 
-    def __init__(self, host: str, port: int, calibrated: bool):
+    def __init__(self, host: str, port: int, calibrated: bool, max_clients: int = MAX_CLIENTS,
+                 timeout: float = CLIENT_TIMEOUT_S, token: str | None = None):
+        """``token``: required on every request (None: a fresh one when bound to a non-loopback
+        address, none on loopback)."""
         self.calibrated = calibrated
+        self.token = token if token is not None else (None if is_loopback(host) else secrets.token_urlsafe(18))
         self.cond = threading.Condition()
         self.jpeg: bytes | None = None
         self.seq = 0
@@ -81,23 +145,43 @@ class Viewer:
         self.history: deque = deque(maxlen=HISTORY)
         self.closed = False
         viewer = self
+        viewer_timeout = timeout
 
         class Handler(BaseHTTPRequestHandler):
+            timeout = viewer_timeout  # socket timeout: idle and stalled clients are closed
+
             def log_message(self, *args):  # quiet: the runtime has its own status line
                 pass
 
             def do_GET(self):
-                if self.path in ("/", "/index.html"):
-                    self._send(PAGE.encode(), "text/html; charset=utf-8")
-                elif self.path.startswith("/status.json"):
+                url = urlsplit(self.path)
+                if not viewer.host_allowed(self.headers.get("Host", "")):
+                    self.send_error(403, "unknown Host")
+                    return
+                given = parse_qs(url.query).get("token", [None])[0] or self._cookie(TOKEN_COOKIE)
+                if viewer.token is not None and not (given and hmac.compare_digest(given, viewer.token)):
+                    self.send_error(401, "this viewer needs the access token printed at start")
+                    return
+                if url.path in ("/", "/index.html"):
+                    self._send(PAGE.encode(), "text/html; charset=utf-8", set_token=viewer.token is not None)
+                elif url.path == "/status.json":
                     self._send(json.dumps(viewer.status(), allow_nan=False).encode(), "application/json")
-                elif self.path.startswith("/stream.mjpg"):
+                elif url.path == "/stream.mjpg":
                     self._stream()
                 else:
                     self.send_error(404)
 
-            def _send(self, body: bytes, ctype: str):
+            def _cookie(self, name: str) -> str | None:
+                for part in self.headers.get("Cookie", "").split(";"):
+                    key, _, value = part.strip().partition("=")
+                    if key == name:
+                        return value
+                return None
+
+            def _send(self, body: bytes, ctype: str, set_token: bool = False):
                 self.send_response(200)
+                if set_token:
+                    self.send_header("Set-Cookie", f"{TOKEN_COOKIE}={viewer.token}; HttpOnly; SameSite=Strict; Path=/")
                 self.send_header("Content-Type", ctype)
                 self.send_header("Content-Length", str(len(body)))
                 self.send_header("Cache-Control", "no-store")
@@ -119,17 +203,26 @@ class Viewer:
                             continue
                         self.wfile.write(b"--frame\r\nContent-Type: image/jpeg\r\nContent-Length: "
                                          + str(len(jpeg)).encode() + b"\r\n\r\n" + jpeg + b"\r\n")
-                except (BrokenPipeError, ConnectionResetError):
+                except (BrokenPipeError, ConnectionResetError, TimeoutError):
                     pass
 
         try:
-            self.server = ThreadingHTTPServer((host, port), Handler)
+            self.server = _Server((host, port), Handler, max_clients)
         except OSError as err:
             raise ClipadError(f"cannot serve on {host}:{port}: {err.strerror or err}") from None
-        self.server.daemon_threads = True
-        self.address = f"http://{host}:{self.server.server_address[1]}/"
+        self.host, self.port = host, self.server.server_address[1]
+        self.address = f"http://{host}:{self.port}/" + (f"?token={self.token}" if self.token else "")
         self.thread = threading.Thread(target=self.server.serve_forever, name="viewer", daemon=True)
         self.thread.start()
+
+    def host_allowed(self, header: str) -> bool:
+        """On a loopback bind (no token), the Host header must be a loopback name with this port:
+        a page on another site that rebinds its DNS name to 127.0.0.1 is refused. Elsewhere the
+        token is the gate and any Host is accepted (machines reach the viewer by their own names)."""
+        if self.token is not None:
+            return True
+        host, port = split_host(header)
+        return (not port or port == str(self.port)) and is_loopback(host)
 
     def status(self) -> dict:
         with self.cond:
@@ -145,7 +238,7 @@ class Viewer:
                 self.seq += 1
             self.frames += 1
             self.last = pred.event()
-            self.history.append({"time": pred.time, "score": pred.score, "map_max": pred.map_max})
+            self.history.append({k: self.last[k] for k in ("time", "score", "map_max")})
             self.cond.notify_all()
 
     def close(self) -> None:

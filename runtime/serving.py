@@ -48,7 +48,7 @@ def open_served(artifacts: Path | None, backend: str = "auto", device: str = "au
     """Artifacts, the chosen backend and (with ``need_calibration``) the calibration constants."""
     art = load_artifacts(find_artifacts(artifacts))
     be = select_backend(art, backend, device, precision)
-    notes = [f"backend: {be.describe()} (max batch {be.max_batch})"]
+    notes = [f"backend: {be.describe()} (max batch {be.max_batch})", *be.notes]
     cal = None
     if need_calibration:
         cal = Calibration.from_manifest(art.manifest)

@@ -9,6 +9,7 @@ through ``clipad.data.images.model_batch``.
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from abc import ABC, abstractmethod
@@ -141,6 +142,14 @@ class VideoFileSource(Source):
         self.cap.release()
 
 
+_CREDENTIALS = re.compile(r"(?<=://)[^/@\s]+@")
+
+
+def redact(name: str) -> str:
+    """A source name without credentials: ``rtsp://user:pass@host/x`` -> ``rtsp://***@host/x``."""
+    return _CREDENTIALS.sub("***@", name)
+
+
 # Notified whenever any live source has a new frame, so the pipeline waits on all cameras at once
 # (one silent camera must not slow the others down).
 _NEW_FRAME = threading.Condition()
@@ -159,7 +168,8 @@ class LiveSource(Source):
     live = True
 
     def __init__(self, spec: int | str, name: str | None = None, backoff: tuple[float, float] = (0.5, 8.0)):
-        super().__init__(name or (f"camera:{spec}" if isinstance(spec, int) else str(spec)))
+        # The name is what events, status lines, the viewer and errors show: never credentials.
+        super().__init__(redact(name or (f"camera:{spec}" if isinstance(spec, int) else str(spec))))
         self.spec = spec
         self.backoff = backoff
         self._cond = threading.Condition()
@@ -170,14 +180,20 @@ class LiveSource(Source):
         self.connected = False
         self.cap = self._open()
         if self.cap is None:
-            what = f"no camera at index {spec}" if isinstance(spec, int) else f"cannot open stream {spec}"
-            raise ClipadError(f"{what} (opened nothing within {OPEN_TIMEOUT_MS / 1000:g} s)")
+            if isinstance(spec, int):
+                raise ClipadError(f"no camera at index {spec} (or it is busy)")
+            raise ClipadError(f"cannot open stream {redact(spec)} (opened nothing within {OPEN_TIMEOUT_MS / 1000:g} s)")
         self._thread = threading.Thread(target=self._grab_loop, name=f"grab-{self.name}", daemon=True)
         self._thread.start()
 
     def _open(self):
-        params = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, OPEN_TIMEOUT_MS, cv2.CAP_PROP_READ_TIMEOUT_MSEC, READ_TIMEOUT_MS]
-        cap = cv2.VideoCapture(self.spec, cv2.CAP_ANY, params)
+        if isinstance(self.spec, int):
+            # Camera indexes go to the platform's camera API (V4L2, DirectShow, ...), which does not
+            # take FFmpeg's open/read timeouts and may refuse to open with them.
+            cap = cv2.VideoCapture(self.spec)
+        else:  # streams and files: FFmpeg, whose timeouts keep a dead stream from hanging the grabber
+            params = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, OPEN_TIMEOUT_MS, cv2.CAP_PROP_READ_TIMEOUT_MSEC, READ_TIMEOUT_MS]
+            cap = cv2.VideoCapture(self.spec, cv2.CAP_FFMPEG, params)
         if not cap.isOpened():
             cap.release()
             return None

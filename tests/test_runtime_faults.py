@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -322,3 +323,17 @@ def test_a_silent_camera_does_not_slow_the_others(art, tmp_path):  # noqa: F811
     summary = run_in_thread(pipe.run)["result"]
     assert summary.frames == 10 and summary.error is None
     assert time.perf_counter() - t0 < 3.0  # one 0.5 s wait per batch for the silent camera would take >= 5 s
+
+
+def test_credentials_never_appear_in_source_names_or_errors(capsys):
+    from clipad.runtime.sources import redact
+
+    assert redact("rtsp://admin:s3cret@10.1.2.3:554/stream1") == "rtsp://***@10.1.2.3:554/stream1"
+    assert redact("http://user@cam/x.mjpg") == "http://***@cam/x.mjpg" and redact("/data/a@b.png") == "/data/a@b.png"
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()  # nothing listens there: the stream is refused
+    with pytest.raises(ClipadError) as err:
+        LiveSource(f"rtsp://admin:s3cret@127.0.0.1:{port}/stream1")
+    assert "s3cret" not in str(err.value) and "rtsp://***@127.0.0.1" in str(err.value)

@@ -283,7 +283,7 @@ class FailsOnCall:
 
     def __init__(self, inner, n: int, times: int = 10**9):
         self.inner, self.n, self.times, self.calls = inner, n, times, 0
-        self.max_batch, self.name, self.precision = inner.max_batch, inner.name, inner.precision
+        self.max_batch, self.name, self.precision, self.notes = inner.max_batch, inner.name, inner.precision, inner.notes
 
     def __call__(self, images):
         self.calls += 1

@@ -1,6 +1,10 @@
 """Opening and choosing backends: ONNX Runtime, the PyTorch reference and TensorRT, behind one
 interface (``base.Backend``) used by every consumer: the runtime, `clipad predict`, calibration,
 parity and bench. Backends check the manifest's sha256 of their model file before loading it.
+
+``device`` cpu keeps everything on the CPU: the TensorRT backend is refused before tensorrt,
+cuda-python or the plan is touched, ``auto`` never tries it, and ONNX Runtime gets the CPU
+execution provider only.
 """
 
 from __future__ import annotations
@@ -11,6 +15,10 @@ from clipad.deploy.manifest import PLAN
 from clipad.runtime.backends.base import BACKENDS, Backend, BackendInfo, BackendName, Device
 
 __all__ = ["BACKENDS", "Backend", "BackendInfo", "BackendName", "Device", "open_backend", "select_backend"]
+
+
+def _on_cpu(device: str) -> bool:
+    return device == "cpu"
 
 
 def open_backend(artifacts: Artifacts, name: str, precision: str = "fp32", device: str = "auto") -> Backend:
@@ -24,42 +32,76 @@ def open_backend(artifacts: Artifacts, name: str, precision: str = "fp32", devic
 
         return TorchBackend(artifacts, precision, device)
     if name == "tensorrt":
-        from clipad.runtime.backends.tensorrt_backend import TensorRTBackend
-
         if not artifacts.has(PLAN):
             raise ClipadError(f"{artifacts.root} has no {PLAN}; build one with `clipad export --engine`")
+        if _on_cpu(device):  # refused before tensorrt, cuda-python or the plan is touched
+            raise ClipadError("the tensorrt backend runs on an NVIDIA GPU only, not with --device cpu; "
+                              "use --backend onnxruntime or torch there")
+        from clipad.runtime.backends.tensorrt_backend import TensorRTBackend
+
         return TensorRTBackend(artifacts, precision, device)
     raise ClipadError(f"unknown backend '{name}' (one of {', '.join(BACKENDS)})")
 
 
-def select_backend(artifacts: Artifacts, name: str = "auto", device: str = "auto", precision: str = "auto") -> Backend:
-    """``auto``: TensorRT when a usable plan is there, else ONNX Runtime, else the torch reference.
+def _onnxruntime_auto(artifacts: Artifacts, device: str) -> Backend:
+    """ONNX Runtime with precision auto: the FP16 graph when a GPU execution provider really
+    loads for it, else the FP32 graph.
 
-    ``precision`` ``auto``: ONNX Runtime takes the FP16 graph when a GPU execution provider is
-    available and the graph exists, the FP32 one otherwise (never INT8 unasked). An explicit
-    precision (fp32, fp16, int8) is passed to the backend, which says in one line if it cannot.
+    ``get_available_providers()`` only says which providers the wheel was built with, so it only
+    decides whether trying the FP16 graph is worth a session. The FP16 session's own
+    ``get_providers()`` decides: when it fell back to the CPU EP, that session is closed and the
+    FP32 graph is served, with a note saying why (the FP16 graph on the CPU is slower than the
+    FP32 one and less accurate, so FP16 is never the better choice there).
     """
-    def ort_precision() -> str:
-        if precision != "auto":
-            return precision
-        return "fp16" if _ort_gpu() and "fp16" in artifacts.manifest.precisions else "fp32"
+    from clipad.runtime.backends.onnxruntime_backend import GPU_PROVIDERS
 
+    if _on_cpu(device) or "fp16" not in artifacts.manifest.precisions or not _ort_gpu_listed():
+        return open_backend(artifacts, "onnxruntime", "fp32", device)
+    try:
+        fp16 = open_backend(artifacts, "onnxruntime", "fp16", device)
+    except ClipadError as err:
+        why = f"the FP16 graph could not be opened ({err})"
+    else:
+        if fp16.info().device == "cuda":
+            return fp16
+        fp16.close()
+        why = (f"no GPU execution provider ({', '.join(GPU_PROVIDERS)}) loaded for the FP16 graph, which would have "
+               "run on CPUExecutionProvider")
+    fp32 = open_backend(artifacts, "onnxruntime", "fp32", device)
+    fp32.notes = (*fp32.notes, f"precision auto: FP32, because {why}")
+    return fp32
+
+
+def select_backend(artifacts: Artifacts, name: str = "auto", device: str = "auto", precision: str = "auto") -> Backend:
+    """``auto``: TensorRT when a usable plan is there (never with device cpu), else ONNX Runtime,
+    else the torch reference.
+
+    ``precision`` ``auto``: ONNX Runtime takes the FP16 graph when it exists and a GPU execution
+    provider really loads for it (the session's providers, not the wheel's list), the FP32 one
+    otherwise (never INT8 unasked). An explicit precision (fp32, fp16, int8) is passed to the
+    backend, which says in one line if it cannot.
+    """
     if name != "auto":
         if precision == "auto":
-            return open_backend(artifacts, name, ort_precision() if name == "onnxruntime" else ("fp32" if name == "torch" else None), device)
+            if name == "onnxruntime":
+                return _onnxruntime_auto(artifacts, device)
+            return open_backend(artifacts, name, "fp32" if name == "torch" else None, device)
         be = open_backend(artifacts, name, precision, device)
         if be.precision != precision:  # a TensorRT plan has the precision it was built with
+            be.close()
             raise ClipadError(f"the {name} model here is {be.precision}, not {precision}")
         return be
     problems = []
     engine = artifacts.manifest.engine
-    if artifacts.has(PLAN) and precision in ("auto", engine.precision if engine else None):
+    if not _on_cpu(device) and artifacts.has(PLAN) and precision in ("auto", engine.precision if engine else None):
         try:
             return open_backend(artifacts, "tensorrt", None, device)
         except ClipadError as err:
             problems.append(f"tensorrt: {err}")
     try:
-        return open_backend(artifacts, "onnxruntime", ort_precision(), device)
+        if precision == "auto":
+            return _onnxruntime_auto(artifacts, device)
+        return open_backend(artifacts, "onnxruntime", precision, device)
     except ClipadError as err:
         problems.append(f"onnxruntime: {err}")
     if precision in ("auto", "fp32"):
@@ -70,9 +112,13 @@ def select_backend(artifacts: Artifacts, name: str = "auto", device: str = "auto
     raise ClipadError("no backend can serve these artifacts: " + "; ".join(problems))
 
 
-def _ort_gpu() -> bool:
+def _ort_gpu_listed() -> bool:
+    """Whether this onnxruntime was built with a GPU execution provider. Necessary, not
+    sufficient: whether one loads is only known from a session (``_onnxruntime_auto``)."""
     try:
         import onnxruntime as ort
     except ImportError:
         return False
-    return any(p in ort.get_available_providers() for p in ("CUDAExecutionProvider", "TensorrtExecutionProvider"))
+    from clipad.runtime.backends.onnxruntime_backend import GPU_PROVIDERS
+
+    return any(p in ort.get_available_providers() for p in GPU_PROVIDERS)

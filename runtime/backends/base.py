@@ -36,6 +36,9 @@ class Backend(ABC):
     name: str = ""
     precision: str = "fp32"
     max_batch: int = 1
+    # What the user should be told about how this backend was chosen, one line each (e.g. that
+    # precision auto fell back to FP32); serving commands print them beside describe().
+    notes: tuple[str, ...] = ()
 
     @abstractmethod
     def _infer(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

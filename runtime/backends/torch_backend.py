@@ -27,6 +27,8 @@ class TorchBackend(Backend):
 
     @torch.no_grad()
     def _infer(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        if self.model is None:
+            raise ClipadError("the torch backend was closed")
         x = torch.from_numpy(images).to(self.device)
         amap, prob = self.model.forward_fp16(x) if self.precision == "fp16" else self.model(x)
         return amap.cpu().numpy(), prob.cpu().numpy()
@@ -35,4 +37,5 @@ class TorchBackend(Backend):
         return BackendInfo(self.name, self.precision, self.device.type, str(self.device), self.max_batch)
 
     def close(self) -> None:
+        """Drop the reference model (its CUDA memory returns to torch's cache); again does nothing."""
         self.model = None
