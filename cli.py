@@ -45,8 +45,24 @@ def _weight_spec(model: str, pretrained: str, weights: Optional[Path], random_we
 
 
 @app.callback()
-def _root(debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks on errors.")] = False) -> None:
+def _root(debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks and third-party warnings.")] = False) -> None:
     _state["debug"] = debug
+    if not debug:
+        _quiet_third_party()
+
+
+def _quiet_third_party() -> None:
+    """Keep OpenCV's capture warnings and huggingface_hub's retry messages out of the user's way:
+    clipad reports what went wrong in its own one line (``--debug`` shows them all)."""
+    import logging
+    import os
+
+    os.environ.setdefault("OPENCV_LOG_LEVEL", "SILENT")  # read when cv2 is first imported
+    if "cv2" in sys.modules:
+        import cv2
+
+        cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
+    logging.getLogger("huggingface_hub").setLevel(logging.ERROR)
 
 
 @app.command()
@@ -138,6 +154,7 @@ def export(
     max_batch: Annotated[int, typer.Option("--max-batch", help="Largest batch the artifacts serve.")] = 8,
     precision: Annotated[str, typer.Option("--precision", help="fp32; fp16 (FP32 and mixed FP16 graphs, the export fails when the FP16 graph misses its parity limits); all (the same, an FP16 graph outside its limits is dropped with a warning); int8 with --engine builds the engine from the calibrated INT8 graph in --out.")] = "all",
     engine: Annotated[bool, typer.Option("--engine", help="Also build a TensorRT engine (needs TensorRT and a GPU).")] = False,
+    opt_batch: Annotated[Optional[int], typer.Option("--opt-batch", help="With --engine: the batch size TensorRT tunes the engine's kernels for (default: min(8, max batch)); the engine serves batch 1 to the max batch.")] = None,
     triton_repo: Annotated[Optional[Path], typer.Option("--triton-repo", help="Also write a Triton model repository here.")] = None,
     out: Annotated[Optional[Path], typer.Option("--out", help="Artifact directory (default artifacts/<category>).")] = None,
     model: ModelOpt = "ViT-B-16-plus-240",
@@ -160,6 +177,8 @@ def export(
     from clipad.model.loading import load_model, resolve_device
     from clipad.model.prompts import load_prompt_set
 
+    if opt_batch is not None and not engine:
+        raise ClipadError("--opt-batch sets the TensorRT engine's optimisation profile: add --engine")
     if precision == "int8":
         from clipad.deploy.tensorrt_build import int8_engine
 
@@ -167,14 +186,15 @@ def export(
             raise ClipadError(f"--precision int8 builds a TensorRT engine from {ONNX_INT8}: add --engine "
                               f"(ONNX Runtime runs {ONNX_INT8} as it is: --backend onnxruntime)")
         target = out or Path("artifacts") / category
-        meta = int8_engine(target)
-        typer.echo(f"INT8 engine written to {target / PLAN} (TensorRT {meta.tensorrt}, {meta.gpu}, {meta.build_s} s)")
+        meta = int8_engine(target, opt_batch=opt_batch)
+        typer.echo(f"INT8 engine written to {target / PLAN} (TensorRT {meta.tensorrt}, {meta.gpu}, {meta.build_s} s, "
+                   f"batch {meta.profile.min}..{meta.profile.max} tuned for {meta.profile.opt})")
         return
     check_method(mode, heads is not None, rvs)
     cfg = ExportConfig(
         category=category, out=out or Path("artifacts") / category, object_name=object_name, heads_path=heads, rvs=rvs,
         rvs_profile=rvs_profile, prompts_source=prompts, sigma=sigma, max_batch=max_batch, precision=precision,
-        engine=engine, triton_repo=triton_repo,
+        engine=engine, opt_batch=opt_batch, triton_repo=triton_repo,
     )
     validate(cfg)
     previous = " and ".join(made_by_calibrate(cfg.out))
@@ -244,7 +264,8 @@ def run_(
     device: DeviceOpt = "auto",
     save: Annotated[Optional[Path], typer.Option("--save", help="Overlay video (.mp4 or .avi).")] = None,
     events: Annotated[Optional[Path], typer.Option("--events", help="JSON Lines, one object per processed frame.")] = None,
-    snapshots: Annotated[Optional[Path], typer.Option("--snapshots", help="Folder for anomalous frames: original, overlay, raw map.")] = None,
+    snapshots: Annotated[Optional[Path], typer.Option("--snapshots", help="Folder for anomalous frames: original, overlay, raw map, mask.")] = None,
+    snapshot_interval: Annotated[float, typer.Option("--snapshot-interval", help="At most one snapshot per source every this many seconds (0: every anomalous frame).")] = 1.0,
     show: Annotated[bool, typer.Option("--show", help="OpenCV window with the overlay (needs a GUI OpenCV and a display).")] = False,
     serve: Annotated[Optional[str], typer.Option("--serve", help="HOST:PORT of a live web viewer (e.g. 127.0.0.1:8080).")] = None,
     max_frames: Annotated[Optional[int], typer.Option("--max-frames", min=1, help="Stop after this many frames.")] = None,
@@ -254,7 +275,8 @@ def run_(
     from clipad.runtime.run import RunConfig, run_stream
     from clipad.runtime.serving import open_served
 
-    cfg = RunConfig(cameras=camera or [], sources=source or [], events=events, save=save, snapshots=snapshots, show=show,
+    cfg = RunConfig(cameras=camera or [], sources=source or [], events=events, save=save, snapshots=snapshots,
+                    snapshot_interval=snapshot_interval, show=show,
                     serve=serve, max_frames=max_frames, status_every=status_every)
     cfg.check()  # before any model work
     served = open_served(artifacts, backend, device, precision)
@@ -331,7 +353,8 @@ def calibrate(
                        f"image_prob err {f.prob_max_abs:.2e}, top-1% agreement {f.top1pct_agreement:.3f}")
         if cfg.good is not None:
             served = open_served(art_dir, backend, device, precision, need_calibration=False)
-            _say(served.notes[0])
+            for note in served.notes:  # without calibration notes: calibrate makes them
+                _say(note)
             with served.backend:
                 entry, warnings = run_calibrate(served.artifacts, served.backend, cfg.good, tasks, cfg.anomalous, cfg.masks,
                                                 cfg.target_fpr)

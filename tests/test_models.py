@@ -80,3 +80,26 @@ def test_pretrained_accepts_a_local_checkpoint_through_open_clip(tiny, tmp_path)
     save_file({k: v.contiguous() for k, v in tiny.clip.state_dict().items()}, str(path))
     loaded = load_model(WeightSpec(model=TINY_MODEL, pretrained=str(path)))
     assert torch.equal(loaded.clip.visual.proj, tiny.clip.visual.proj)
+
+
+def test_no_network_fails_within_seconds_without_retry_noise(tmp_path):
+    """Without network (here: a hub endpoint on a closed loopback port) and without cached weights,
+    `clipad export` fails in one line within seconds, not after a minute of hub retries."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    env = {k: v for k, v in os.environ.items() if k != "HF_HUB_OFFLINE"}
+    env.update(HF_ENDPOINT=f"http://127.0.0.1:{port}", HF_HOME=str(tmp_path / "hf"))
+    t0 = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "clipad", "export", "--category", "bottle", "--out", str(tmp_path / "a")],
+                          capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 1 and time.perf_counter() - t0 < 30
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "cannot be reached" in lines[0] and "--weights FILE" in lines[0], proc.stderr
+    assert not (tmp_path / "a").exists()

@@ -337,3 +337,17 @@ def test_credentials_never_appear_in_source_names_or_errors(capsys):
     with pytest.raises(ClipadError) as err:
         LiveSource(f"rtsp://admin:s3cret@127.0.0.1:{port}/stream1")
     assert "s3cret" not in str(err.value) and "rtsp://***@127.0.0.1" in str(err.value)
+
+
+def test_opencv_warnings_stay_out_of_the_way_unless_debug(art, tmp_path):  # noqa: F811
+    """A camera that does not exist: one line of clipad's own, no OpenCV warnings (they return with --debug)."""
+    def stderr(*extra):
+        proc = subprocess.run([sys.executable, "-m", "clipad", *extra, "run", "--camera", "97", "--artifacts", str(art.root),
+                               "--backend", "onnxruntime"], capture_output=True, text=True, timeout=120,
+                              env={**{k: v for k, v in os.environ.items() if k != "OPENCV_LOG_LEVEL"}, "HF_HUB_OFFLINE": "1"})
+        assert proc.returncode == 1
+        return proc.stderr
+
+    quiet = stderr()
+    assert "no camera at index 97" in quiet and "WARN" not in quiet and "global " not in quiet, quiet
+    assert "WARN" in stderr("--debug")  # OpenCV does warn on a missing camera: the quiet run hid it

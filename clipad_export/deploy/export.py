@@ -70,6 +70,7 @@ class ExportConfig:
     max_batch: int = 8
     precision: ExportPrecision = "all"
     engine: bool = False
+    opt_batch: int | None = None  # the engine profile's opt batch (None: tensorrt_build.default_opt_batch)
     triton_repo: Path | None = None
 
     @property
@@ -89,6 +90,10 @@ def validate(cfg: ExportConfig, loaded: LoadedModel | None = None) -> None:
         raise ClipadError("--object-name is empty")
     if cfg.max_batch < 1:
         raise ClipadError(f"--max-batch must be at least 1, got {cfg.max_batch}")
+    if cfg.opt_batch is not None:
+        from clipad.deploy.tensorrt_build import check_opt_batch
+
+        check_opt_batch(cfg.opt_batch, cfg.max_batch)
     if not cfg.sigma >= 0 or cfg.sigma == float("inf"):
         raise ClipadError(f"--sigma must be a finite number >= 0 (0: no smoothing), got {cfg.sigma}")
     if cfg.precision not in PRECISIONS:
@@ -267,7 +272,7 @@ def export(loaded: LoadedModel, cfg: ExportConfig, tasks: Tasks) -> Artifacts:
             from clipad.deploy.tensorrt_build import build_engine
 
             step = tasks.add("TensorRT engine", 1)
-            meta = build_engine(stage, manifest)
+            meta = build_engine(stage, manifest, opt_batch=cfg.opt_batch)
             manifest = manifest.with_engine(meta, hash_files(stage))
             step(1)
         manifest.write(stage / MANIFEST)

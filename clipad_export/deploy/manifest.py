@@ -333,6 +333,10 @@ class Int8Entry(Record):
 
 
 class EngineProfile(Record):
+    """Batch sizes of a plan's optimisation profile: ``min`` 1, ``opt`` the batch its kernels are
+    tuned for (`clipad export --opt-batch`; plans built before that option have 1), ``max`` the
+    manifest's max batch."""
+
     min: Positive
     opt: Positive
     max: Positive
@@ -347,7 +351,9 @@ class EngineProfile(Record):
 class EngineMeta(Record):
     """A TensorRT plan's sidecar (``model.plan.json``, also the manifest's ``engine``): where it
     was built (TensorRT version, GPU, compute capability), its input and batch profile, the
-    source graph and its sha256, precision, layer counts by output type and build time."""
+    source graph and its sha256, precision, whether the network was strongly typed (every plan
+    since the one-policy change; older TensorRT 10 FP16 plans were not), layer counts by kind
+    (``tensorrt_build.layer_kind``) and build time."""
 
     tensorrt: NonEmpty
     gpu: NonEmpty

@@ -215,7 +215,47 @@ def load_model(spec: WeightSpec, device: str | torch.device = "cpu") -> LoadedMo
     )
 
 
+HUB_PROBE_TIMEOUT_S = 3.0
+
+
+def _hub_reachable(timeout: float = HUB_PROBE_TIMEOUT_S) -> bool:
+    """Whether the Hugging Face endpoint (``HF_ENDPOINT``, for mirrors) accepts a TCP connection.
+
+    Without it, huggingface_hub retries for about a minute before failing; an air-gapped machine
+    should hear at once that it needs ``--weights``."""
+    import socket
+    from urllib.parse import urlsplit
+
+    from huggingface_hub import constants
+
+    url = urlsplit(constants.ENDPOINT)
+    try:
+        socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def _cached_pretrained(open_clip: Any, spec: WeightSpec) -> str | None:
+    """The local file of an open_clip pretrained tag when the Hugging Face cache already holds it."""
+    from huggingface_hub import try_to_load_from_cache
+
+    hub = open_clip.get_pretrained_cfg(spec.model, spec.pretrained).get("hf_hub", "")
+    if not hub:
+        return None
+    repo, filename = hub.rstrip("/").rsplit("/", 1) if not hub.endswith("/") else (hub.rstrip("/"), "")
+    names = [filename] if filename else ["open_clip_model.safetensors", "open_clip_pytorch_model.bin"]
+    for name in names:
+        found = try_to_load_from_cache(repo, name, cache_dir=str(spec.cache_dir) if spec.cache_dir else None)
+        if isinstance(found, str) and Path(found).is_file():
+            return found
+    return None
+
+
 def _create_pretrained(open_clip: Any, spec: WeightSpec) -> nn.Module:
+    """open_clip's model with a pretrained tag's weights: from the local cache when it holds them
+    (no network at all), else downloaded (huggingface_hub's progress bar on stderr) once the hub
+    answers; without network and cache, one line within seconds."""
     tags = open_clip.list_pretrained_tags_by_model(spec.model)
     if spec.pretrained not in tags and not Path(spec.pretrained).is_file():
         known = ", ".join(tags) or "none"
@@ -223,14 +263,20 @@ def _create_pretrained(open_clip: Any, spec: WeightSpec) -> nn.Module:
             f"open_clip has no pretrained tag '{spec.pretrained}' for {spec.model} (known: {known}); "
             "use --weights FILE or --random-weights"
         )
+    hint = ("Without network pass --weights FILE (an open_clip state dict, .safetensors or .pt), "
+            "or --random-weights for a smoke test")
+    source = spec.pretrained
+    if spec.pretrained in tags:
+        source = _cached_pretrained(open_clip, spec) or spec.pretrained
+        if source == spec.pretrained:
+            if os.environ.get("HF_HUB_OFFLINE"):
+                raise ClipadError(f"pretrained weights '{spec.pretrained}' for {spec.model} are not cached and "
+                                  f"HF_HUB_OFFLINE is set. {hint}")
+            if not _hub_reachable():
+                raise ClipadError(f"pretrained weights '{spec.pretrained}' for {spec.model} are not cached and the "
+                                  f"Hugging Face hub cannot be reached (no network?). {hint}")
     try:
-        return open_clip.create_model(
-            spec.model, pretrained=spec.pretrained, cache_dir=str(spec.cache_dir) if spec.cache_dir else None
-        )
+        return open_clip.create_model(spec.model, pretrained=source, cache_dir=str(spec.cache_dir) if spec.cache_dir else None)
     except Exception as err:
-        cause = "HF_HUB_OFFLINE is set and they are not cached" if os.environ.get("HF_HUB_OFFLINE") else str(err).split(". ")[0][:160]
-        raise ClipadError(
-            f"could not get pretrained weights '{spec.pretrained}' for {spec.model} ({cause}). "
-            "Without network pass --weights FILE (an open_clip state dict, .safetensors or .pt), "
-            "or --random-weights for a smoke test"
-        ) from None
+        cause = str(err).split(". ")[0][:160]
+        raise ClipadError(f"could not get pretrained weights '{spec.pretrained}' for {spec.model} ({cause}). {hint}") from None
