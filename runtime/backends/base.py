@@ -69,3 +69,15 @@ class Backend(ABC):
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def installed_version(*dists: str) -> str | None:
+    """The installed version of the first of ``dists`` (distribution names) that is installed."""
+    import importlib.metadata
+
+    for dist in dists:
+        try:
+            return importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return None

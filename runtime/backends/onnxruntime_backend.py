@@ -17,7 +17,6 @@ Option names are ONNX Runtime's own (an unknown name fails the session):
 
 from __future__ import annotations
 
-import importlib.metadata
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -28,7 +27,7 @@ import numpy as np
 from clipad.core.errors import ClipadError
 from clipad.deploy.artifacts import Artifacts
 from clipad.deploy.manifest import ONNX_FILES, ONNX_INT8
-from clipad.runtime.backends.base import Backend, BackendInfo
+from clipad.runtime.backends.base import Backend, BackendInfo, installed_version
 
 TRT_EP, CUDA_EP, CPU_EP = "TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"
 PREFERRED = (TRT_EP, CUDA_EP, CPU_EP)
@@ -41,15 +40,6 @@ DEVICES = ("auto", "cpu", "cuda")  # and cuda:N, as torch spells a GPU index
 # re-export replaces the whole artifact directory, cache included.
 ORT_TRT_CACHE = "ort_trt_cache"
 TRT_WORKSPACE_BYTES = 4 << 30  # as `clipad export --engine` (tensorrt_build.build_engine's workspace)
-
-
-def _installed_version(*dists: str) -> str | None:
-    for dist in dists:
-        try:
-            return importlib.metadata.version(dist)
-        except importlib.metadata.PackageNotFoundError:
-            continue
-    return None
 
 
 def parse_device(device: str) -> tuple[str, int]:
@@ -77,8 +67,8 @@ def trt_cache_dirs(artifacts: Artifacts, precision: str, ort_version: str | None
     so it is shared.
     """
     sha = artifacts.manifest.files.get(ONNX_FILES[precision], "")[:16] or "unhashed"
-    ort_version = ort_version or _installed_version("onnxruntime-gpu", "onnxruntime") or "unknown"
-    trt_version = trt_version or _installed_version("tensorrt", "tensorrt-cu13", "tensorrt-cu12", "tensorrt-libs") or "unknown"
+    ort_version = ort_version or installed_version("onnxruntime-gpu", "onnxruntime") or "unknown"
+    trt_version = trt_version or installed_version("tensorrt", "tensorrt-cu13", "tensorrt-cu12", "tensorrt-libs") or "unknown"
     root = artifacts.root / ORT_TRT_CACHE
     return root / f"{precision}-{sha}-ort{_safe(ort_version)}-trt{_safe(trt_version)}", root
 

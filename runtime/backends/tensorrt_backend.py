@@ -38,7 +38,7 @@ from clipad.core.errors import ClipadError
 from clipad.deploy.artifacts import Artifacts
 from clipad.deploy.manifest import PLAN, PLAN_META, EngineMeta, OnnxSpec
 from clipad.deploy.tensorrt_build import check_plan, gpu_identity, require_tensorrt
-from clipad.runtime.backends.base import Backend, BackendInfo
+from clipad.runtime.backends.base import Backend, BackendInfo, installed_version
 
 CUDA_PYTHON_MIN = (12, 6, 1)  # cuda.bindings.* exists from cuda-python 12.6.1 (its release notes: new module layout)
 REBUILD = "rebuild it with `clipad export --engine`"
@@ -79,15 +79,6 @@ def cuda_python_problem(import_error: str, installed: str | None, legacy_layout:
     return f"the tensorrt backend needs cuda-python, which is not installed: pip install '{need}' (or 'clipad[gpu]')"
 
 
-def _installed_version(*dists: str) -> str | None:
-    for dist in dists:
-        try:
-            return importlib.metadata.version(dist)
-        except importlib.metadata.PackageNotFoundError:
-            continue
-    return None
-
-
 def _legacy_cuda_layout() -> bool:
     try:
         return importlib.util.find_spec("cuda.cudart") is not None
@@ -100,7 +91,7 @@ def cuda_runtime():
     try:
         from cuda.bindings import runtime as cudart
     except ImportError as err:
-        raise ClipadError(cuda_python_problem(str(err), _installed_version("cuda-python", "cuda-bindings"),
+        raise ClipadError(cuda_python_problem(str(err), installed_version("cuda-python", "cuda-bindings"),
                                               _legacy_cuda_layout())) from None
     return cudart
 
