@@ -230,15 +230,16 @@ def calibrate(art: Artifacts, backend: ScoringModel, good: str, tasks: Tasks, an
     """Observe, fix the constants and write them into the manifest (one atomic write); returns
     (the manifest's new calibration entry, warnings)."""
     CalibrateConfig(good=good, anomalous=anomalous, masks=masks, target_fpr=target_fpr).check()
-    obs = observe(backend, good, anomalous, masks, art.image_size, tasks)
-    fixed, warnings = constants(obs, target_fpr)
-    entry = CalibrationEntry.create(**{
-        **fixed.model_dump(),
-        "set": fixed.set.replace(sha256=set_hash(obs.files, obs.mask_files)),
-        "backend": backend.describe(),
-        "model_files": {n: art.manifest.files.get(n) for n in MODEL_FILES},
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-    })
-    warnings += [f"skipped: {s}" for s in obs.skipped]
-    art.update(art.manifest.with_calibration(entry))
+    with art.writing():
+        obs = observe(backend, good, anomalous, masks, art.image_size, tasks)
+        fixed, warnings = constants(obs, target_fpr)
+        entry = CalibrationEntry.create(**{
+            **fixed.model_dump(),
+            "set": fixed.set.replace(sha256=set_hash(obs.files, obs.mask_files)),
+            "backend": backend.describe(),
+            "model_files": {n: art.manifest.files.get(n) for n in MODEL_FILES},
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        })
+        warnings += [f"skipped: {s}" for s in obs.skipped]
+        art.update(art.manifest.with_calibration(entry))
     return entry, warnings

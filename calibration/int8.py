@@ -72,22 +72,23 @@ def make_int8(art: Artifacts, images: np.ndarray, tasks: Tasks, min_agreement: f
     Returns the parity figures; raises ClipadError (writing nothing) when the top-1% pixel
     agreement is below ``min_agreement``.
     """
-    src = art.verified_path(ONNX_FP32)
-    # Made first, so that an invalid setting (a negative agreement) is refused before any work.
-    entry = Int8Entry.create(min_agreement=min_agreement, format="QDQ, symmetric INT8 activations and per-channel weights",
-                             ops=QUANTISED_OPS, calibration="MinMax", source_sha256=art.manifest.files[ONNX_FP32])
-    with tempfile.TemporaryDirectory(dir=art.root) as tmp:
-        dst = Path(tmp) / ONNX_INT8
-        quantise(src, dst, images, tasks)
-        check = np.concatenate([parity_images(art.image_size, 3), images[:8]])
-        ref_map, ref_prob = run_graph(src, check, art.max_batch)
-        amap, prob = run_graph(dst, check, art.max_batch)
-        figures = ParityFigures.create(**compare(ref_map, ref_prob, amap, prob), against="fp32 onnx", n_images=len(check),
-                                       calibration_images=len(images))
-        if figures.top1pct_agreement < min_agreement:
-            raise ClipadError(f"the INT8 graph's top-1% pixel agreement with FP32 is {figures.top1pct_agreement:.3f} "
-                              f"(< {min_agreement}; rel L2 {figures.rel_l2:.2e}): not written, keep using FP32")
-        with atomic_path(art.root / ONNX_INT8) as out:
-            dst.replace(out)
-    art.update(art.manifest.with_int8(file_sha256(art.root / ONNX_INT8), figures, Tolerance.create(**TOLERANCES["int8"]), entry))
+    with art.writing():
+        src = art.verified_path(ONNX_FP32)
+        # Made first, so that an invalid setting (a negative agreement) is refused before any work.
+        entry = Int8Entry.create(min_agreement=min_agreement, format="QDQ, symmetric INT8 activations and per-channel weights",
+                                 ops=QUANTISED_OPS, calibration="MinMax", source_sha256=art.manifest.files[ONNX_FP32])
+        with tempfile.TemporaryDirectory(dir=art.root) as tmp:
+            dst = Path(tmp) / ONNX_INT8
+            quantise(src, dst, images, tasks)
+            check = np.concatenate([parity_images(art.image_size, 3), images[:8]])
+            ref_map, ref_prob = run_graph(src, check, art.max_batch)
+            amap, prob = run_graph(dst, check, art.max_batch)
+            figures = ParityFigures.create(**compare(ref_map, ref_prob, amap, prob), against="fp32 onnx", n_images=len(check),
+                                           calibration_images=len(images))
+            if figures.top1pct_agreement < min_agreement:
+                raise ClipadError(f"the INT8 graph's top-1% pixel agreement with FP32 is {figures.top1pct_agreement:.3f} "
+                                  f"(< {min_agreement}; rel L2 {figures.rel_l2:.2e}): not written, keep using FP32")
+            with atomic_path(art.root / ONNX_INT8) as out:
+                dst.replace(out)
+        art.update(art.manifest.with_int8(file_sha256(art.root / ONNX_INT8), figures, Tolerance.create(**TOLERANCES["int8"]), entry))
     return figures

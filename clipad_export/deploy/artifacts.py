@@ -23,6 +23,7 @@ from typing import Iterator
 
 import numpy as np
 
+from clipad.core.atomic import fsync_path
 from clipad.core.errors import ClipadError
 from clipad.core.hashing import file_sha256
 from clipad.deploy.manifest import ARTIFACT_FILES, MANIFEST, PLAN_META, TEXT_FEATURES, EngineMeta, Manifest
@@ -70,6 +71,14 @@ class Artifacts:
     def max_batch(self) -> int:
         return self.manifest.max_batch
 
+    @contextmanager
+    def writing(self) -> Iterator["Artifacts"]:
+        """Hold the directory's writer lock (``artifact_lock``) and work on its manifest as it is on
+        disk now, so that an update made by another command before the lock is never lost."""
+        with artifact_lock(self.root):
+            self.manifest = Manifest.read(self.root / MANIFEST)
+            yield self
+
     def update(self, manifest: Manifest) -> None:
         """Write ``manifest`` as this directory's manifest.json (atomically) and use it from now on."""
         manifest.write(self.root / MANIFEST)
@@ -111,12 +120,62 @@ def _remove_stale_partials(out: Path) -> None:
             pass
 
 
+def exchange_dirs(a: Path, b: Path) -> bool:
+    """Swap two directories in one step (Linux renameat2 RENAME_EXCHANGE); False where the
+    platform or file system cannot, and nothing was changed."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    return renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0
+
+
+def lock_path(root: Path) -> Path:
+    """The lock file of an artifact directory: a sibling, so that replacing the directory keeps it."""
+    return root.parent / f".{root.name}.lock"
+
+
+@contextmanager
+def artifact_lock(root: str | Path) -> Iterator[None]:
+    """Hold the artifact directory's writer lock: one `clipad export` / `calibrate` at a time per
+    directory, so no update is lost; a second writer is refused in one line."""
+    root = Path(root)
+    try:
+        root.parent.mkdir(parents=True, exist_ok=True)
+        handle = open(lock_path(root), "a")
+    except OSError as err:
+        raise ClipadError(f"cannot write to {root.parent}: {err.strerror or err}") from None
+    try:
+        try:
+            import fcntl
+
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except ImportError:
+            pass  # no advisory locks on this platform
+        except BlockingIOError:
+            raise ClipadError(f"another clipad command (export or calibrate) is writing {root}; "
+                              "run this one when it has finished") from None
+        except OSError:
+            pass  # file systems without locks
+        yield
+    finally:
+        handle.close()  # releases the lock
+
+
 @contextmanager
 def staging_dir(out: str | Path) -> Iterator[Path]:
-    """Yield an empty staging directory; on success it replaces ``out`` in one rename.
+    """Yield an empty staging directory; on success it replaces ``out``.
 
     ``out`` may already hold an earlier export (it has a manifest); anything else there is
-    refused rather than overwritten.
+    refused rather than overwritten. Where the file system can swap two directories in one step,
+    ``out`` holds the old or the new export at every instant; elsewhere two renames leave a
+    moment in which ``out`` is absent (the old export then sits beside it as ``<out>.old-<pid>``).
     """
     out = Path(out)
     if out.exists() and not (out / MANIFEST).is_file() and (out.is_file() or any(out.iterdir())):
@@ -131,13 +190,19 @@ def staging_dir(out: str | Path) -> Iterator[Path]:
         raise ClipadError(f"cannot write to {out.parent}: {err.strerror or err}") from None
     try:
         yield stage
+        fsync_path(stage)
         if out.exists():
-            old = out.parent / f"{out.name}.old-{os.getpid()}"
-            out.rename(old)
-            stage.rename(out)
-            shutil.rmtree(old, ignore_errors=True)
+            if exchange_dirs(stage, out):  # stage now holds the old export, removed below
+                fsync_path(out.parent)
+            else:
+                old = out.parent / f"{out.name}.old-{os.getpid()}"
+                out.rename(old)
+                stage.rename(out)
+                fsync_path(out.parent)
+                shutil.rmtree(old, ignore_errors=True)
         else:
             stage.rename(out)
+            fsync_path(out.parent)
     finally:
         if stage.exists():
             shutil.rmtree(stage, ignore_errors=True)

@@ -25,7 +25,7 @@ from clipad.core.choices import Mode, Precision, RvsMethod
 from clipad.core.errors import ClipadError
 from clipad.core.hashing import file_sha256
 from clipad.core.progress import Tasks
-from clipad.deploy.artifacts import Artifacts, hash_files, staging_dir
+from clipad.deploy.artifacts import Artifacts, artifact_lock, hash_files, staging_dir
 from clipad.deploy.manifest import (
     CATEGORY_RE,
     FORMAT_VERSION,
@@ -202,80 +202,81 @@ def export(loaded: LoadedModel, cfg: ExportConfig, tasks: Tasks) -> Artifacts:
     timings["text_s"] = time.perf_counter() - t0
     model = SDPModel(visual, torch.from_numpy(tv.matrix), loaded.image_size, cfg.sigma, heads, loaded.mean, loaded.std).eval()
 
-    with staging_dir(cfg.out) as stage:
-        np.save(stage / TEXT_FEATURES, np.ascontiguousarray(tv.matrix.T, dtype=np.float32))
-        if heads is not None:
-            save_heads(stage / HEADS_FILE, heads)
-        step = tasks.add("ONNX export", 1)
-        t0 = time.perf_counter()
-        export_onnx(model, stage / ONNX_FP32)
-        timings["onnx_s"] = time.perf_counter() - t0
-        step(1)
-        paths = {"fp32": stage / ONNX_FP32}
-        fp16_info = None
-        if "fp16" in cfg.precisions:
-            from clipad.deploy.fp16 import convert_fp16
-
-            step = tasks.add("FP16 graph", 1)
+    with artifact_lock(cfg.out):  # one writer per artifact directory (calibrate waits its turn)
+        with staging_dir(cfg.out) as stage:
+            np.save(stage / TEXT_FEATURES, np.ascontiguousarray(tv.matrix.T, dtype=np.float32))
+            if heads is not None:
+                save_heads(stage / HEADS_FILE, heads)
+            step = tasks.add("ONNX export", 1)
             t0 = time.perf_counter()
-            fp16_info = convert_fp16(stage / ONNX_FP32, stage / ONNX_FP16)
-            timings["fp16_s"] = time.perf_counter() - t0
+            export_onnx(model, stage / ONNX_FP32)
+            timings["onnx_s"] = time.perf_counter() - t0
             step(1)
-            paths["fp16"] = stage / ONNX_FP16
-        step = tasks.add("parity (ONNX Runtime)", 1)
-        t0 = time.perf_counter()
-        parity = graph_parity(model, paths)
-        timings["parity_s"] = time.perf_counter() - t0
-        step(1)
-        for precision, f in list(parity.items()):
-            if not f.violations:
-                continue
-            reason = f"parity failed for the {precision} graph ({'; '.join(f.violations)})"
-            if precision == "fp32" or cfg.precision == "fp16":
-                raise ClipadError(reason + "; nothing was written")
-            # --precision all: keep the FP32 artifacts, drop the FP16 graph, say so loudly.
-            (stage / ONNX_FP16).unlink()
-            parity[precision] = f.replace(dropped=True)
-            warnings.append(reason + f"; {ONNX_FP16} was not kept")
-        if "fp16" in parity and fp16_info:
-            parity["fp16"] = parity["fp16"].replace(nodes=fp16_info)
-        manifest = Manifest.create(
-            format_version=FORMAT_VERSION,
-            created=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            category=cfg.category,
-            object_name=object_name,
-            model=loaded.spec.model,
-            weights=weights_record(loaded),
-            mode=cfg.mode,
-            heads_sha256=file_sha256(Path(cfg.heads_path)) if heads else None,
-            rvs={"method": cfg.rvs, "profile": cfg.rvs_profile,
-                 "dbscan": dict(zip(("eps", "min_samples"), dbscan_params(cfg.rvs_profile))) if cfg.rvs == "dbscan" else None,
-                 "used": [tv.normal.used, tv.abnormal.used], "notes": tv.summary()["notes"]},
-            prompts={"set": cfg.prompts.name, "source": cfg.prompts_source, "sha256": prompt_set_sha256(cfg.prompts),
-                     "n_normal": len(cfg.prompts.normal) * len(cfg.prompts.templates),
-                     "n_abnormal": len(cfg.prompts.abnormal) * len(cfg.prompts.templates)},
-            image_size=loaded.image_size,
-            mean=list(loaded.mean), std=list(loaded.std),
-            sigma=cfg.sigma,
-            max_batch=cfg.max_batch,
-            precisions=[p for p in paths if (stage / ONNX_FILES[p]).is_file()],
-            # Both graphs take and give the same tensors (the FP16 graph casts inside), so the FP32 graph's spec is the one.
-            onnx={**io_spec(paths["fp32"]), "opset": 17},
-            parity={"tolerances": {p: TOLERANCES[p] for p in parity}, **parity},
-            calibration=None,
-            timings_s={k: round(v, 2) for k, v in timings.items()},
-            warnings=warnings,
-            versions=_versions(),
-            files=hash_files(stage),
-        )
-        if cfg.engine:
-            from clipad.deploy.tensorrt_build import build_engine
+            paths = {"fp32": stage / ONNX_FP32}
+            fp16_info = None
+            if "fp16" in cfg.precisions:
+                from clipad.deploy.fp16 import convert_fp16
 
-            step = tasks.add("TensorRT engine", 1)
-            meta = build_engine(stage, manifest, opt_batch=cfg.opt_batch)
-            manifest = manifest.with_engine(meta, hash_files(stage))
+                step = tasks.add("FP16 graph", 1)
+                t0 = time.perf_counter()
+                fp16_info = convert_fp16(stage / ONNX_FP32, stage / ONNX_FP16)
+                timings["fp16_s"] = time.perf_counter() - t0
+                step(1)
+                paths["fp16"] = stage / ONNX_FP16
+            step = tasks.add("parity (ONNX Runtime)", 1)
+            t0 = time.perf_counter()
+            parity = graph_parity(model, paths)
+            timings["parity_s"] = time.perf_counter() - t0
             step(1)
-        manifest.write(stage / MANIFEST)
+            for precision, f in list(parity.items()):
+                if not f.violations:
+                    continue
+                reason = f"parity failed for the {precision} graph ({'; '.join(f.violations)})"
+                if precision == "fp32" or cfg.precision == "fp16":
+                    raise ClipadError(reason + "; nothing was written")
+                # --precision all: keep the FP32 artifacts, drop the FP16 graph, say so loudly.
+                (stage / ONNX_FP16).unlink()
+                parity[precision] = f.replace(dropped=True)
+                warnings.append(reason + f"; {ONNX_FP16} was not kept")
+            if "fp16" in parity and fp16_info:
+                parity["fp16"] = parity["fp16"].replace(nodes=fp16_info)
+            manifest = Manifest.create(
+                format_version=FORMAT_VERSION,
+                created=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                category=cfg.category,
+                object_name=object_name,
+                model=loaded.spec.model,
+                weights=weights_record(loaded),
+                mode=cfg.mode,
+                heads_sha256=file_sha256(Path(cfg.heads_path)) if heads else None,
+                rvs={"method": cfg.rvs, "profile": cfg.rvs_profile,
+                     "dbscan": dict(zip(("eps", "min_samples"), dbscan_params(cfg.rvs_profile))) if cfg.rvs == "dbscan" else None,
+                     "used": [tv.normal.used, tv.abnormal.used], "notes": tv.summary()["notes"]},
+                prompts={"set": cfg.prompts.name, "source": cfg.prompts_source, "sha256": prompt_set_sha256(cfg.prompts),
+                         "n_normal": len(cfg.prompts.normal) * len(cfg.prompts.templates),
+                         "n_abnormal": len(cfg.prompts.abnormal) * len(cfg.prompts.templates)},
+                image_size=loaded.image_size,
+                mean=list(loaded.mean), std=list(loaded.std),
+                sigma=cfg.sigma,
+                max_batch=cfg.max_batch,
+                precisions=[p for p in paths if (stage / ONNX_FILES[p]).is_file()],
+                # Both graphs take and give the same tensors (the FP16 graph casts inside), so the FP32 graph's spec is the one.
+                onnx={**io_spec(paths["fp32"]), "opset": 17},
+                parity={"tolerances": {p: TOLERANCES[p] for p in parity}, **parity},
+                calibration=None,
+                timings_s={k: round(v, 2) for k, v in timings.items()},
+                warnings=warnings,
+                versions=_versions(),
+                files=hash_files(stage),
+            )
+            if cfg.engine:
+                from clipad.deploy.tensorrt_build import build_engine
+
+                step = tasks.add("TensorRT engine", 1)
+                meta = build_engine(stage, manifest, opt_batch=cfg.opt_batch)
+                manifest = manifest.with_engine(meta, hash_files(stage))
+                step(1)
+            manifest.write(stage / MANIFEST)
     final = Artifacts(Path(cfg.out), manifest)
     if cfg.triton_repo is not None:
         from clipad.deploy.triton_repo import write_triton_repo

@@ -569,12 +569,13 @@ def sidecar(manifest: Manifest, src: Path, precision: str, opt_batch: int, trt_v
 def add_int8_engine(art: Artifacts, workspace_gib: int = WORKSPACE_GIB, opt_batch: int | None = None) -> EngineMeta:
     """Build the engine from ``model.int8.onnx`` into an existing artifact directory: built in a
     temporary folder there, renamed into place, and the manifest (hashes, engine) written last."""
-    art.verified_path(ONNX_INT8)
-    with tempfile.TemporaryDirectory(dir=art.root) as tmp:
-        meta = build_engine(art.root, art.manifest, workspace_gib, int8=True, out_dir=Path(tmp), opt_batch=opt_batch)
-        for name in (PLAN, PLAN_META):
-            os.replace(Path(tmp) / name, art.root / name)
-    art.update(art.manifest.with_engine(meta, hash_files(art.root, [PLAN, PLAN_META])))
+    with art.writing():
+        art.verified_path(ONNX_INT8)
+        with tempfile.TemporaryDirectory(dir=art.root) as tmp:
+            meta = build_engine(art.root, art.manifest, workspace_gib, int8=True, out_dir=Path(tmp), opt_batch=opt_batch)
+            for name in (PLAN, PLAN_META):
+                os.replace(Path(tmp) / name, art.root / name)
+        art.update(art.manifest.with_engine(meta, hash_files(art.root, [PLAN, PLAN_META])))
     return meta
 
 
