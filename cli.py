@@ -263,7 +263,9 @@ def run_(
     precision: ServePrecisionOpt = "auto",
     device: DeviceOpt = "auto",
     save: Annotated[Optional[Path], typer.Option("--save", help="Overlay video (.mp4 or .avi).")] = None,
-    events: Annotated[Optional[Path], typer.Option("--events", help="JSON Lines, one object per processed frame.")] = None,
+    events: Annotated[Optional[Path], typer.Option("--events", help="JSON Lines, one object per processed frame (appended).")] = None,
+    events_max_mb: Annotated[float, typer.Option("--events-max-mb", help="Rotate the events file at this size (events.jsonl.1 ... .5); 0: never.")] = 0.0,
+    segment_minutes: Annotated[float, typer.Option("--segment-minutes", help="Cut the --save video into files of this many minutes, so a hard stop loses at most the open one; 0: one file.")] = 0.0,
     snapshots: Annotated[Optional[Path], typer.Option("--snapshots", help="Folder for anomalous frames: original, overlay, raw map, mask.")] = None,
     snapshot_interval: Annotated[float, typer.Option("--snapshot-interval", help="At most one snapshot per source every this many seconds (0: every anomalous frame).")] = 1.0,
     show: Annotated[bool, typer.Option("--show", help="OpenCV window with the overlay (needs a GUI OpenCV and a display).")] = False,
@@ -275,7 +277,8 @@ def run_(
     from clipad.runtime.run import RunConfig, run_stream
     from clipad.runtime.serving import open_served
 
-    cfg = RunConfig(cameras=camera or [], sources=source or [], events=events, save=save, snapshots=snapshots,
+    cfg = RunConfig(cameras=camera or [], sources=source or [], events=events, events_max_mb=events_max_mb, save=save,
+                    segment_minutes=segment_minutes, snapshots=snapshots,
                     snapshot_interval=snapshot_interval, show=show,
                     serve=serve, max_frames=max_frames, status_every=status_every)
     cfg.check()  # before any model work

@@ -28,7 +28,9 @@ class RunConfig:
     cameras: list[int] = field(default_factory=list)
     sources: list[str] = field(default_factory=list)
     events: Path | None = None
+    events_max_mb: float = 0.0
     save: Path | None = None
+    segment_minutes: float = 0.0
     snapshots: Path | None = None
     snapshot_interval: float = 1.0
     show: bool = False
@@ -40,6 +42,8 @@ class RunConfig:
         """One-line errors for settings that cannot run, before any model work."""
         if not self.cameras and not self.sources:
             raise ClipadError("give --camera N or --source PATH_OR_URL (repeatable)")
+        if self.events_max_mb < 0 or self.segment_minutes < 0:
+            raise ClipadError("--events-max-mb and --segment-minutes must be >= 0 (0: off)")
         if self.snapshot_interval < 0:
             raise ClipadError(f"--snapshot-interval must be >= 0 seconds, got {self.snapshot_interval}")
 
@@ -56,9 +60,9 @@ def open_sinks(cfg: RunConfig, served: Served, log: Callable[[str], None]) -> li
     sinks: list[Sink] = []
     try:
         if cfg.events is not None:
-            sinks.append(EventsSink(cfg.events))
+            sinks.append(EventsSink(cfg.events, max_bytes=int(cfg.events_max_mb * 2**20)))
         if cfg.save is not None:
-            sinks.append(VideoSink(cfg.save))
+            sinks.append(VideoSink(cfg.save, segment_s=cfg.segment_minutes * 60))
         if cfg.snapshots is not None:
             sinks.append(SnapshotSink(cfg.snapshots, served.calibration, cfg.snapshot_interval))
         if cfg.show:

@@ -44,23 +44,31 @@ class EventsSink:
     Guarantees: every record is flushed to the operating system at once, so a crash or SIGKILL of
     clipad loses at most the frame in flight; the file is fsynced at most once a second and at
     close, so a power loss loses at most the last second of records. The file is opened for
-    appending (an earlier run's events are kept) and locked: a second run writing the same file
-    is refused in one line. Values that are not finite are written as null (strict JSON).
+    appending (an earlier run's events are kept) and a lock file beside it (``.<name>.lock``)
+    refuses a second run writing the same file in one line. Values that are not finite are written
+    as null (strict JSON). With ``max_bytes``, a file that reaches that size is rotated:
+    ``events.jsonl`` becomes ``events.jsonl.1`` (``.1`` becomes ``.2``, ...; ``keep`` files kept).
     """
 
     FSYNC_EVERY_S = 1.0
 
-    def __init__(self, path: str | Path):
-        self.path = Path(path)
+    def __init__(self, path: str | Path, max_bytes: int = 0, keep: int = 5):
+        self.path, self.max_bytes, self.keep = Path(path), max_bytes, keep
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self.file = open(self.path, "a", encoding="utf-8")
+            self._lock_file = open(self.path.parent / f".{self.path.name}.lock", "a")
         except OSError as err:
             raise ClipadError(f"cannot write events file {path}: {err.strerror or err}") from None
-        if not _lock(self.file):
-            self.file.close()
+        if not _lock(self._lock_file):
+            self._lock_file.close()
             raise ClipadError(f"events file {path} is being written by another clipad run; give each run its own --events")
+        try:
+            self.file = open(self.path, "a", encoding="utf-8")
+        except OSError as err:
+            self._lock_file.close()
+            raise ClipadError(f"cannot write events file {path}: {err.strerror or err}") from None
         self.written = 0
+        self.rotated = 0
         self._synced = time.monotonic()
 
     def write(self, pred: Prediction, frame: np.ndarray, amap: np.ndarray, view: np.ndarray | None) -> None:
@@ -70,9 +78,23 @@ class EventsSink:
             if time.monotonic() - self._synced >= self.FSYNC_EVERY_S:
                 os.fsync(self.file.fileno())
                 self._synced = time.monotonic()
+            if self.max_bytes and self.file.tell() >= self.max_bytes:
+                self._rotate()
         except OSError as err:
             raise SinkError(f"events file {self.path}: {err.strerror or err}; stopped after {self.written} events") from None
         self.written += 1
+
+    def _rotate(self) -> None:
+        """events.jsonl -> .1 -> .2 ... (the oldest beyond ``keep`` is dropped); a fresh file follows."""
+        os.fsync(self.file.fileno())
+        self.file.close()
+        for i in range(self.keep - 1, 0, -1):
+            older = self.path.with_name(f"{self.path.name}.{i}")
+            if older.exists():
+                os.replace(older, self.path.with_name(f"{self.path.name}.{i + 1}"))
+        os.replace(self.path, self.path.with_name(f"{self.path.name}.1"))
+        self.file = open(self.path, "a", encoding="utf-8")
+        self.rotated += 1
 
     def close(self) -> None:
         try:
@@ -80,10 +102,11 @@ class EventsSink:
             os.fsync(self.file.fileno())
         except OSError:
             pass
-        try:
-            self.file.close()
-        except OSError:
-            pass
+        for f in (self.file, self._lock_file):
+            try:
+                f.close()
+            except OSError:
+                pass
 
 
 def _lock(file) -> bool:
@@ -103,20 +126,41 @@ def _lock(file) -> bool:
 
 
 class VideoSink:
-    """The overlay video (mp4v in .mp4, MJPG in .avi), at the first frame's size."""
+    """The overlay video (mp4v in .mp4, MJPG in .avi), at the first frame's size.
 
-    def __init__(self, path: str | Path, fps: float = 10.0):
-        self.path, self.fps, self.writer = Path(path), fps, None
+    A video file is only complete once closed: after SIGKILL, the OOM killer or a power loss the
+    open file is usually not decodable. With ``segment_s`` the video is cut into files of that
+    many seconds of capture time, ``<stem>-0000<suffix>``, ``<stem>-0001<suffix>``, ..., so such
+    a stop loses at most the open segment.
+    """
+
+    def __init__(self, path: str | Path, fps: float = 10.0, segment_s: float = 0.0):
+        self.path, self.fps, self.segment_s, self.writer = Path(path), fps, segment_s, None
+        self.segments = 0
+        self._segment_start: float | None = None
+
+    def _target(self) -> Path:
+        if not self.segment_s:
+            return self.path
+        return self.path.with_name(f"{self.path.stem}-{self.segments:04d}{self.path.suffix}")
 
     def write(self, pred: Prediction, frame: np.ndarray, amap: np.ndarray, view: np.ndarray | None) -> None:
         img = view if view is not None else frame
+        t = pred.time if pred.time is not None else time.time()
+        if self.writer is not None and self.segment_s and t - self._segment_start >= self.segment_s:
+            self.writer.release()  # this segment is now a complete file
+            self.writer = None
+            self.segments += 1
         if self.writer is None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            target = self._target()
+            target.parent.mkdir(parents=True, exist_ok=True)
             fourcc = cv2.VideoWriter_fourcc(*("MJPG" if self.path.suffix.lower() == ".avi" else "mp4v"))
-            self.size = (img.shape[1], img.shape[0])
-            self.writer = cv2.VideoWriter(str(self.path), fourcc, self.fps, self.size)
+            if self.segments == 0 or not hasattr(self, "size"):
+                self.size = (img.shape[1], img.shape[0])
+            self.writer = cv2.VideoWriter(str(target), fourcc, self.fps, self.size)
             if not self.writer.isOpened():
-                raise SinkError(f"cannot write video {self.path}")
+                raise SinkError(f"cannot write video {target}")
+            self._segment_start = t
         if (img.shape[1], img.shape[0]) != self.size:
             img = cv2.resize(img, self.size)
         self.writer.write(to_bgr(img))
@@ -124,6 +168,7 @@ class VideoSink:
     def close(self) -> None:
         if self.writer is not None:
             self.writer.release()
+            self.writer = None
 
 
 class SnapshotSink:

@@ -15,6 +15,7 @@ import threading
 import time
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 from PIL import Image
@@ -27,7 +28,7 @@ from clipad.runtime.backends import open_backend
 from clipad.runtime.pipeline import WINDOW, Pipeline, Summary
 from clipad.runtime.records import Prediction
 from clipad.runtime.scoring import NON_FINITE, score_batch
-from clipad.runtime.sinks import EventsSink, SnapshotSink
+from clipad.runtime.sinks import EventsSink, SnapshotSink, VideoSink
 from clipad.runtime.sources import ImageFilesSource, LiveSource, VideoFileSource
 from tests.test_cli import assert_one_line_error, run
 from tests.test_runtime import art, write_video  # noqa: F401 (module fixture)
@@ -351,3 +352,50 @@ def test_opencv_warnings_stay_out_of_the_way_unless_debug(art, tmp_path):  # noq
     quiet = stderr()
     assert "no camera at index 97" in quiet and "WARN" not in quiet and "global " not in quiet, quiet
     assert "WARN" in stderr("--debug")  # OpenCV does warn on a missing camera: the quiet run hid it
+
+
+def test_events_rotate_at_their_size_limit(tmp_path):
+    ev = tmp_path / "ev.jsonl"
+    sink = EventsSink(ev, max_bytes=600, keep=50)
+    frame, amap = np.zeros((2, 2, 3), np.uint8), np.zeros((2, 2), np.float32)
+    for i in range(20):
+        sink.write(Prediction("cam", 0.5, 0.1, frame=i, time=float(i)), frame, amap, None)
+    sink.close()
+    rotated = sorted(tmp_path.glob("ev.jsonl.*"), key=lambda p: -int(p.suffix[1:]))  # oldest first
+    assert sink.rotated == len(rotated) >= 3 and all(p.stat().st_size >= 600 for p in rotated)
+    frames = [strict_json(line)["frame"] for p in [*rotated, ev] for line in p.read_text().splitlines()]
+    assert frames == list(range(20))  # nothing lost or duplicated across files
+
+
+def test_video_segments_are_complete_files(tmp_path):
+    sink = VideoSink(tmp_path / "o.avi", segment_s=1.0)
+    img = np.zeros((48, 64, 3), np.uint8)
+    for i, t in enumerate([0.0, 0.5, 1.0, 1.6, 2.5]):
+        sink.write(Prediction("cam", 0.5, 0.1, frame=i, time=t), img, np.zeros((4, 4), np.float32), None)
+    sink.close()
+    counts = [int(cv2.VideoCapture(str(tmp_path / f"o-{n:04d}.avi")).get(cv2.CAP_PROP_FRAME_COUNT)) for n in range(3)]
+    assert counts == [2, 2, 1] and not (tmp_path / "o.avi").exists()
+
+
+def test_sigkill_loses_at_most_the_open_video_segment(art, tmp_path):  # noqa: F811
+    write_video(tmp_path / "v.avi", 3000, size=(64, 48))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "clipad", "run", "--source", str(tmp_path / "v.avi"), "--artifacts", str(art.root),
+         "--backend", "onnxruntime", "--device", "cpu", "--save", str(tmp_path / "o.avi"), "--segment-minutes", "0.005",
+         "--status-every", "999"], cwd=REPO, env={**os.environ, "HF_HUB_OFFLINE": "1"}, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and proc.poll() is None and len(list(tmp_path.glob("o-*.avi"))) < 4:
+            time.sleep(0.05)
+        assert proc.poll() is None, "the run ended before it could be killed"
+    finally:
+        proc.kill()  # SIGKILL: no clean-up at all
+        proc.wait()
+    segments = sorted(tmp_path.glob("o-*.avi"))
+    assert len(segments) >= 4
+    for seg in segments[:-1]:  # every closed segment decodes completely
+        cap = cv2.VideoCapture(str(seg))
+        n = 0
+        while cap.read()[0]:
+            n += 1
+        assert n > 0 and n == int(cap.get(cv2.CAP_PROP_FRAME_COUNT)), seg
