@@ -131,21 +131,26 @@ class Pipeline:
         active = [s for s in self.sources if not s.exhausted]
         if not active:
             return None
+        # Frames are read only while the batch and --max-frames allow: a frame read is a frame
+        # inferred, so every frame a source gives is accounted for (inferred or dropped by it).
+        limit = self.backend.max_batch if self.max_frames is None else min(self.backend.max_batch, self.max_frames - self._counter)
         live = [s for s in active if s.live]
         if live:  # wait for the first camera with a frame, not for each camera in turn
             wait_for_frames(live, LIVE_WAIT_S)
         for src in active:  # one frame per source: several cameras share one inference call
+            if len(frames) >= limit:
+                break
             f = self._read(src, 0)
             if f is not None:
                 frames.append(f)
         if not self.live:  # files: fill the batch round-robin
-            while len(frames) < self.backend.max_batch and self._capture_error is None and any(not s.exhausted for s in self.sources):
+            while len(frames) < limit and self._capture_error is None and any(not s.exhausted for s in self.sources):
                 for src in [s for s in self.sources if not s.exhausted]:
+                    if len(frames) >= limit:
+                        break
                     f = self._read(src, 0)
-                    if f is not None and len(frames) < self.backend.max_batch:
+                    if f is not None:
                         frames.append(f)
-        if self.max_frames is not None:
-            frames = frames[: max(self.max_frames - self._counter, 0)]
         self._counter += len(frames)
         if not frames:
             return Batch([], np.zeros((0, self.size, self.size, 3), np.uint8), 0.0, 0.0) if self.live else None

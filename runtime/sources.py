@@ -266,8 +266,17 @@ class LiveSource(Source):
     def close(self) -> None:
         self._stop.set()
         self._thread.join(timeout=READ_TIMEOUT_MS / 1000 + 1)
+        with self._cond:
+            if self._fresh:  # grabbed but never read: counted as dropped, so every grabbed frame is accounted for
+                self.stats.dropped += 1
+                self._fresh = False
         if self.cap is not None:
             self.cap.release()
+
+    @property
+    def grabbed(self) -> int:
+        """Frames taken from the stream so far (read by the pipeline, or dropped)."""
+        return self._index
 
 
 def open_source(spec: str) -> Source:
