@@ -10,7 +10,6 @@ import pytest
 
 from clipad.calibration.calibrate import calibrate
 from clipad.calibration.int8 import make_int8
-from clipad.core.errors import ClipadError
 from clipad.core.progress import Tasks
 from clipad.data.images import read_model_images
 from clipad.deploy.artifacts import artifact_lock, exchange_dirs, load_artifacts

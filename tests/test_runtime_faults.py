@@ -30,6 +30,7 @@ from clipad.runtime.records import Prediction
 from clipad.runtime.scoring import NON_FINITE, score_batch
 from clipad.runtime.sinks import EventsSink, SnapshotSink, VideoSink
 from clipad.runtime.sources import ImageFilesSource, LiveSource, VideoFileSource
+from tests.helpers import signal_run
 from tests.test_cli import assert_one_line_error, run
 from tests.test_runtime import art, write_video  # noqa: F401 (module fixture)
 
@@ -238,23 +239,8 @@ def test_statistics_stay_in_fixed_memory():
 def test_sighup_stops_cleanly(art, tmp_path):  # noqa: F811
     write_video(tmp_path / "v.avi", 2000, size=(64, 48))
     events = tmp_path / "ev.jsonl"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "clipad", "run", "--source", str(tmp_path / "v.avi"), "--artifacts", str(art.root),
-         "--backend", "onnxruntime", "--device", "cpu", "--events", str(events), "--status-every", "999"],
-        cwd=REPO, env={**os.environ, "HF_HUB_OFFLINE": "1"}, stderr=subprocess.PIPE, text=True,
-    )
-    try:
-        deadline = time.time() + 120
-        while time.time() < deadline and proc.poll() is None and (not events.exists() or len(events.read_text().splitlines()) < 5):
-            time.sleep(0.05)
-        assert proc.poll() is None, "the run ended before SIGHUP could be sent"
-        proc.send_signal(signal.SIGHUP)
-        _, err = proc.communicate(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    assert proc.returncode == 0 and "stopped by SIGHUP" in err, err
+    code, err, _ = signal_run(tmp_path / "v.avi", art.root, events, signal.SIGHUP)
+    assert code == 0 and "stopped by SIGHUP" in err, err
     lines = events.read_text().splitlines()
     assert [strict_json(line)["frame"] for line in lines] == list(range(len(lines)))
 

@@ -10,13 +10,9 @@ is tested.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
-import subprocess
-import sys
 import threading
-import time
 from pathlib import Path
 
 import cv2
@@ -35,6 +31,7 @@ from clipad.runtime.pipeline import BACKEND_RETRIES, Pipeline
 from clipad.runtime.records import Prediction
 from clipad.runtime.sinks import EventsSink, SnapshotSink
 from clipad.runtime.sources import LiveSource, VideoFileSource
+from tests.helpers import signal_run
 from tests.test_cli import assert_one_line_error, run
 
 CPU_LINE = "backend: onnxruntime fp32 (CPUExecutionProvider)"
@@ -380,25 +377,9 @@ def test_sigint_stops_cleanly(art, tmp_path):
     n = 3000
     write_video(tmp_path / "v.avi", n, size=(64, 48))
     events = tmp_path / "ev.jsonl"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "clipad", "run", "--source", str(tmp_path / "v.avi"), "--artifacts", str(art.root),
-         "--backend", "onnxruntime", "--device", "cpu", "--events", str(events), "--status-every", "999"],
-        cwd=REPO, env={**os.environ, "HF_HUB_OFFLINE": "1"}, stderr=subprocess.PIPE, text=True,
-    )
-    try:
-        deadline = time.time() + 120
-        while time.time() < deadline and proc.poll() is None and (not events.exists() or len(events.read_text().splitlines()) < 5):
-            time.sleep(0.05)
-        assert proc.poll() is None, "the run ended before SIGINT could be sent"
-        t0 = time.time()
-        proc.send_signal(signal.SIGINT)
-        _, err = proc.communicate(timeout=30)
-        assert time.time() - t0 < 30
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    assert proc.returncode == 0, err
+    code, err, seconds = signal_run(tmp_path / "v.avi", art.root, events, signal.SIGINT)
+    assert seconds < 30
+    assert code == 0, err
     assert "Traceback" not in err and "stopped by SIGINT" in err, err
     text = events.read_text()
     assert text.endswith("\n")
