@@ -180,7 +180,7 @@ def export(
     if opt_batch is not None and not engine:
         raise ClipadError("--opt-batch sets the TensorRT engine's optimisation profile: add --engine")
     if precision == "int8":
-        from clipad.deploy.tensorrt_build import int8_engine
+        from clipad.deploy.tensorrt.build import int8_engine
 
         if not engine:
             raise ClipadError(f"--precision int8 builds a TensorRT engine from {ONNX_INT8}: add --engine "

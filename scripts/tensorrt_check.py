@@ -41,7 +41,7 @@ ROOT = Path(__file__).resolve().parents[1]
 MODELS = {"clipad-tiny": "8", "ViT-B-16-plus-240": "32"}  # model -> max batch
 BATCHES = {"clipad-tiny": "1,8", "ViT-B-16-plus-240": "1,8,32"}
 OPCHECK = ("import json, sys\n"
-           "from clipad.deploy.tensorrt_build import unsupported_ops\n"
+           "from clipad.deploy.tensorrt.parser_check import unsupported_ops\n"
            "r = {f: unsupported_ops(f) for f in sys.argv[1:]}\n"
            "print(json.dumps(r, indent=2))\n"
            "sys.exit(1 if any(r.values()) else 0)\n")

@@ -49,7 +49,7 @@ def test_fp16_engine_sidecar_profile_and_layers(fp16_engine):
 
     from clipad.core.hashing import file_sha256
     from clipad.deploy.artifacts import load_artifacts
-    from clipad.deploy.tensorrt_build import check_plan, gpu_identity
+    from clipad.deploy.tensorrt.plan import check_plan, gpu_identity
 
     art = load_artifacts(fp16_engine / "a")
     meta = json.loads((fp16_engine / "a" / "model.plan.json").read_text())
@@ -78,7 +78,7 @@ def test_int8_engine_from_the_calibrated_graph(tmp_path, capsys, synth_root):
     import tensorrt
 
     from clipad.deploy.artifacts import load_artifacts
-    from clipad.deploy.tensorrt_build import check_plan, gpu_identity
+    from clipad.deploy.tensorrt.plan import check_plan, gpu_identity
     from tests.test_cli import run
 
     a = tmp_path / "a"

@@ -23,7 +23,8 @@ from clipad.core.progress import Tasks
 from clipad.deploy.artifacts import load_artifacts, staging_dir
 from clipad.deploy.export import ExportConfig, export, reference_model
 from clipad.deploy.parity import compare, parity_images
-from clipad.deploy.tensorrt_build import check_plan_compat, unsupported_ops
+from clipad.deploy.tensorrt.parser_check import unsupported_ops
+from clipad.deploy.tensorrt.plan import check_plan_compat
 from clipad.deploy.triton_repo import config_text, validate_config
 from clipad.model.heads import save_heads
 from clipad.model.prompts import PROMPT_SETS

@@ -179,7 +179,7 @@ DROPPED_FP16 = {
     "dropped": True, "nodes": {"nodes": 1498, "fp32_nodes": 273, "fp16_nodes": 1225},
 }
 
-# A sidecar as tensorrt_build.build_engine writes it (TensorRT cannot run here, so written by hand).
+# A sidecar as tensorrt.build.build_engine writes it (TensorRT cannot run here, so written by hand).
 ENGINE = {
     "tensorrt": "10.13.0", "gpu": "NVIDIA L4", "compute_capability": "8.9", "category": "washer",
     "input": {"name": "image", "dtype": "uint8", "shape": ["batch", 96, 96, 3]}, "profile": {"min": 1, "opt": 1, "max": 4},

@@ -20,9 +20,9 @@ from onnx import TensorProto, helper, numpy_helper
 
 from clipad import cli
 from clipad.core.errors import ClipadError
-from clipad.deploy import tensorrt_build as tb
 from clipad.deploy.artifacts import load_artifacts
 from clipad.deploy.manifest import PLAN_META, EngineMeta
+from clipad.deploy.tensorrt import build, inspector, parser_check, plan
 from tests.test_cli import assert_one_line_error, run
 
 # --------------------------------------------------------------------------------------------
@@ -79,17 +79,17 @@ def inspector_json(version: int, type_key: str = "Datatype") -> dict:
 @pytest.mark.parametrize("version,type_key", [(10, None), (11, "Datatype"), (11, "DataType")])
 def test_inspector_reader_counts_both_versions_alike(version, type_key):
     info = json.loads(json.dumps(inspector_json(version, type_key)))  # as get_engine_information's string parses
-    assert tb.count_layer_precisions(info) == EXPECTED
-    assert [tb.layer_kind(layer) for layer in info["Layers"]] == [kind for *_, kind in LAYERS]
-    assert tb.count_layer_precisions(info["Layers"]) == EXPECTED  # the bare list (trtexec --exportLayerInfo style)
+    assert inspector.count_layer_precisions(info) == EXPECTED
+    assert [inspector.layer_kind(layer) for layer in info["Layers"]] == [kind for *_, kind in LAYERS]
+    assert inspector.count_layer_precisions(info["Layers"]) == EXPECTED  # the bare list (trtexec --exportLayerInfo style)
 
 
 def test_inspector_split_keys_prefer_the_data_type():
     # TensorRT 11: the data type decides even when the format name would say something else.
     layer = {"Name": "x", "Inputs": [], "Outputs": [{"Name": "y", "Format": "Row major linear FP32 format (kLINEAR)", "Datatype": "Half"}]}
-    assert tb.layer_kind(layer) == "fp16"
+    assert inspector.layer_kind(layer) == "fp16"
     layer["Outputs"][0] = {"Name": "y", "Format": "Channel major FP16 format where channel % 8 == 0"}  # no type key
-    assert tb.layer_kind(layer) == "fp16"
+    assert inspector.layer_kind(layer) == "fp16"
 
 
 @pytest.mark.parametrize("text,kind", [
@@ -100,17 +100,17 @@ def test_inspector_split_keys_prefer_the_data_type():
     ("Unknown format", None),
 ])
 def test_type_names(text, kind):
-    assert tb.tensor_type(text) == kind
+    assert inspector.tensor_type(text) == kind
 
 
 def test_inspector_without_types_is_an_error_not_an_fp32_engine():
     # LAYER_NAMES_ONLY verbosity gives names only; an unknown future key spelling gives no types.
     with pytest.raises(ClipadError, match="no layer data types .*layers are str"):
-        tb.count_layer_precisions({"Layers": ["conv1 + relu", "matmul"]})
+        inspector.count_layer_precisions({"Layers": ["conv1 + relu", "matmul"]})
     odd = {"Layers": [{"Name": "a", "Inputs": [], "Outputs": [{"Name": "t", "ElementType": "Half"}]}]}
     with pytest.raises(ClipadError, match="tensor keys: ElementType, Name"):
-        tb.count_layer_precisions(odd)
-    assert tb.count_layer_precisions({"Layers": []}) == {}
+        inspector.count_layer_precisions(odd)
+    assert inspector.count_layer_precisions({"Layers": []}) == {}
 
 
 # --------------------------------------------------------------------------------------------
@@ -138,7 +138,7 @@ def test_op_check_passes_the_graphs_clipad_writes(calibrated, tmp_path):
     if (calibrated / "model.fp16.onnx").is_file():
         graphs.append(calibrated / "model.fp16.onnx")
     for path in graphs:
-        assert tb.unsupported_ops(path) == [], path.name
+        assert parser_check.unsupported_ops(path) == [], path.name
 
 
 def test_int8_graph_is_what_the_parser_check_reasons_about(calibrated):
@@ -189,22 +189,22 @@ def _qdq_matmul(tmp_path, zero=None, act_scale=None, weight_axis=1, weight_scale
 
 
 def test_qdq_rules_by_input(tmp_path):
-    assert tb.unsupported_ops(_qdq_matmul(tmp_path)) == []  # int8 zero point 0, per-channel weights on axis 1
-    assert tb.unsupported_ops(_qdq_matmul(tmp_path, weight_axis=0)) == []  # per-channel on axis 0 (4 scales)
+    assert parser_check.unsupported_ops(_qdq_matmul(tmp_path)) == []  # int8 zero point 0, per-channel weights on axis 1
+    assert parser_check.unsupported_ops(_qdq_matmul(tmp_path, weight_axis=0)) == []  # per-channel on axis 0 (4 scales)
 
     uint8_zero = numpy_helper.from_array(np.array(0, np.uint8), "x_zero_u8")
-    problems = tb.unsupported_ops(_qdq_matmul(tmp_path, zero=uint8_zero))
+    problems = parser_check.unsupported_ops(_qdq_matmul(tmp_path, zero=uint8_zero))
     assert any(p.startswith("QuantizeLinear (q): uint8 zero point") for p in problems), problems
     assert any(p.startswith("DequantizeLinear (dq): uint8 input 'xq'") for p in problems), problems
 
     nonzero = numpy_helper.from_array(np.array(3, np.int8), "x_zero_3")
-    problems = tb.unsupported_ops(_qdq_matmul(tmp_path, zero=nonzero))
+    problems = parser_check.unsupported_ops(_qdq_matmul(tmp_path, zero=nonzero))
     assert any("QuantizeLinear (q): zero point 'x_zero_3' is not zero" in p for p in problems), problems
 
-    problems = tb.unsupported_ops(_qdq_matmul(tmp_path, act_scale=-0.05))
+    problems = parser_check.unsupported_ops(_qdq_matmul(tmp_path, act_scale=-0.05))
     assert any("coefficients <= 0" in p for p in problems), problems
 
-    problems = tb.unsupported_ops(_qdq_matmul(tmp_path, weight_scale=np.full(5, 0.1, np.float32)))
+    problems = parser_check.unsupported_ops(_qdq_matmul(tmp_path, weight_scale=np.full(5, 0.1, np.float32)))
     assert any("5 scales for axis 1 of 'w_q' with shape [4, 3]" in p for p in problems), problems
 
 
@@ -217,7 +217,7 @@ def test_per_channel_activations_and_int32_bias_are_flagged(tmp_path):
              helper.make_node("DequantizeLinear", ["xq", "s", "z"], ["xd"], axis=1, name="dq"),
              helper.make_node("DequantizeLinear", ["b_q", "b_s"], ["b"], axis=0, name="bias_dq"),  # ORT's QuantizeBias
              helper.make_node("Add", ["xd", "b"], ["y"], name="add")]
-    problems = tb.unsupported_ops(_save(tmp_path, nodes, [x], [y], inits))
+    problems = parser_check.unsupported_ops(_save(tmp_path, nodes, [x], [y], inits))
     assert any(p.startswith("QuantizeLinear (q): per-channel scale on 'x'") for p in problems), problems
     assert any(p.startswith("DequantizeLinear (bias_dq): int32 input 'b_q'") for p in problems), problems
 
@@ -230,7 +230,7 @@ def test_op_check_still_flags_unsupported_graphs(tmp_path):
              helper.make_node("Hardmax", ["f"], ["h"], name="hardmax"),  # no TensorRT importer ("N" in the matrix)
              helper.make_node("Reshape", ["h", "shape"], ["y"], name="reshape")]
     shape = numpy_helper.from_array(np.array([1, 4], np.float32), "shape")  # float shape input
-    problems = tb.unsupported_ops(_save(tmp_path, nodes, [x], [y], [shape]))
+    problems = parser_check.unsupported_ops(_save(tmp_path, nodes, [x], [y], [shape]))
     assert any(p.startswith("Cast (to_u8): uint8 output 'u' inside the network") for p in problems), problems
     assert any(p.startswith("Cast (from_u8): uint8 input 'u'") for p in problems), problems
     assert any(p.startswith("Hardmax (hardmax): not in TensorRT") for p in problems), problems
@@ -241,7 +241,7 @@ def test_uint8_network_input_into_cast_is_fine(tmp_path):
     x = helper.make_tensor_value_info("image", TensorProto.UINT8, [1, 4])
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])
     path = _save(tmp_path, [helper.make_node("Cast", ["image"], ["y"], to=TensorProto.FLOAT, name="c")], [x], [y])
-    assert tb.unsupported_ops(path) == []
+    assert parser_check.unsupported_ops(path) == []
 
 
 # --------------------------------------------------------------------------------------------
@@ -251,22 +251,22 @@ def test_uint8_network_input_into_cast_is_fine(tmp_path):
 
 @pytest.mark.parametrize("version", ["10.0.1", "10.11.0", "10.13.3", "10.16.0", "11.0.0", "11.1.0"])
 def test_source_graph_is_the_same_on_every_major(version):
-    assert tb.plan_source(version, ["fp32", "fp16"]) == ("model.fp16.onnx", "fp16")
-    assert tb.plan_source(version, ["fp32"]) == ("model.onnx", "fp32")  # --precision fp32, or the FP16 graph dropped
-    assert tb.plan_source(version, ["fp32", "fp16", "int8"], int8=True) == ("model.int8.onnx", "int8")
-    assert tb.plan_source(version, ["fp32", "int8"]) == ("model.onnx", "fp32")  # INT8 only when asked for
+    assert plan.plan_source(version, ["fp32", "fp16"]) == ("model.fp16.onnx", "fp16")
+    assert plan.plan_source(version, ["fp32"]) == ("model.onnx", "fp32")  # --precision fp32, or the FP16 graph dropped
+    assert plan.plan_source(version, ["fp32", "fp16", "int8"], int8=True) == ("model.int8.onnx", "int8")
+    assert plan.plan_source(version, ["fp32", "int8"]) == ("model.onnx", "fp32")  # INT8 only when asked for
 
 
 def test_old_tensorrt_and_network_flags():
     with pytest.raises(ClipadError, match="TensorRT 8.6.1 is too old.*TensorRT 10 or newer"):
-        tb.plan_source("8.6.1", ["fp32", "fp16"])
+        plan.plan_source("8.6.1", ["fp32", "fp16"])
     # kSTRONGLY_TYPED is 1 in TensorRT 10 (bit 1); in 11 it is 0, deprecated and ignored: no flag.
-    assert tb.network_flags("10.13.0", 1) == 2
-    assert tb.network_flags("11.1.0", 0) == 0
+    assert plan.network_flags("10.13.0", 1) == 2
+    assert plan.network_flags("11.1.0", 0) == 0
 
 
 def test_no_precision_builder_flag_anywhere():
-    source = inspect.getsource(tb)
+    source = "".join(inspect.getsource(m) for m in (build, plan, inspector, parser_check))
     assert "set_flag(" not in source and not re.search(r"trt\.BuilderFlag", source)
 
 
@@ -276,11 +276,11 @@ def test_no_precision_builder_flag_anywhere():
 
 
 def test_opt_batch_default_and_validation():
-    assert [tb.default_opt_batch(m) for m in (1, 4, 8, 32)] == [1, 4, 8, 8]
-    assert tb.check_opt_batch(None, 32) == 8 and tb.check_opt_batch(3, 4) == 3 and tb.check_opt_batch(4, 4) == 4
+    assert [plan.default_opt_batch(m) for m in (1, 4, 8, 32)] == [1, 4, 8, 8]
+    assert plan.check_opt_batch(None, 32) == 8 and plan.check_opt_batch(3, 4) == 3 and plan.check_opt_batch(4, 4) == 4
     for bad in (0, 5, True):
         with pytest.raises(ClipadError, match=r"--opt-batch must be between 1 and the max batch \(4\)"):
-            tb.check_opt_batch(bad, 4)
+            plan.check_opt_batch(bad, 4)
 
 
 def test_opt_batch_options_of_export(calibrated, tmp_path, capsys):
@@ -304,7 +304,7 @@ def sidecar(calibrated, tmp_path):
     """The sidecar build_engine writes for an FP16 plan of the calibrated artifacts (the build needs TensorRT)."""
     art = load_artifacts(calibrated)
     src = "model.fp16.onnx" if art.has("model.fp16.onnx") else "model.onnx"
-    meta = tb.sidecar(art.manifest, calibrated / src, "fp16", tb.default_opt_batch(art.manifest.max_batch), "10.13.0", GPU,
+    meta = build.sidecar(art.manifest, calibrated / src, "fp16", plan.default_opt_batch(art.manifest.max_batch), "10.13.0", GPU,
                       {"fp16": 90, "fp32": 30}, 12.3)
     meta.write(tmp_path / PLAN_META)
     return art, EngineMeta.read(tmp_path / PLAN_META)
@@ -316,8 +316,8 @@ def test_sidecar_records_the_profile_and_passes_the_checks(sidecar, tmp_path):
     assert data["profile"] == {"min": 1, "opt": 4, "max": 4} and data["strongly_typed"] is True
     assert data["input"] == {"name": "image", "dtype": "uint8", "shape": ["batch", 96, 96, 3]}
     assert data["fp16_layer_fraction"] == 0.75
-    assert tb.profile_shapes(meta) == {"min": (1, 96, 96, 3), "opt": (4, 96, 96, 3), "max": (4, 96, 96, 3)}
-    tb.check_plan(meta, art.manifest, "10.13.0", GPU)
+    assert plan.profile_shapes(meta) == {"min": (1, 96, 96, 3), "opt": (4, 96, 96, 3), "max": (4, 96, 96, 3)}
+    plan.check_plan(meta, art.manifest, "10.13.0", GPU)
 
 
 def test_plans_for_other_shapes_or_graphs_are_refused(sidecar):
@@ -325,16 +325,16 @@ def test_plans_for_other_shapes_or_graphs_are_refused(sidecar):
     m = art.manifest
     bigger = meta.replace(profile={"min": 1, "opt": 8, "max": 8})
     with pytest.raises(ClipadError, match=r"model.plan was built for other shapes: batch 1..8 \(opt 8\), the artifacts serve batch 1..4; rebuild"):
-        tb.check_plan_shapes(bigger, m)
+        plan.check_plan_shapes(bigger, m)
     other_size = meta.replace(input={"name": "image", "dtype": "uint8", "shape": ["batch", 240, 240, 3]})
     with pytest.raises(ClipadError, match="input shape batchx240x240x3, the artifacts' is batchx96x96x3"):
-        tb.check_plan_shapes(other_size, m)
+        plan.check_plan_shapes(other_size, m)
     with pytest.raises(ClipadError, match=r"input pixels \(uint8\), the graph's is image \(uint8\) \(and 1 more\)"):
-        tb.check_plan_shapes(other_size.replace(input={"name": "pixels", "dtype": "uint8", "shape": ["batch", 240, 240, 3]}), m)
+        plan.check_plan_shapes(other_size.replace(input={"name": "pixels", "dtype": "uint8", "shape": ["batch", 240, 240, 3]}), m)
     with pytest.raises(ClipadError, match="model.plan is stale: model.onnx has changed since the plan was built from it"):
-        tb.check_plan_source(meta.replace(onnx="model.onnx", onnx_sha256="0" * 64), m)
+        plan.check_plan_source(meta.replace(onnx="model.onnx", onnx_sha256="0" * 64), m)
     with pytest.raises(ClipadError, match="built with TensorRT 10.13.0 on NVIDIA L4"):
-        tb.check_plan(meta, m, "11.1.0", GPU)
+        plan.check_plan(meta, m, "11.1.0", GPU)
 
 
 def test_sidecars_from_before_the_opt_batch_still_load(sidecar, tmp_path):
@@ -344,4 +344,4 @@ def test_sidecars_from_before_the_opt_batch_still_load(sidecar, tmp_path):
     (tmp_path / "old.json").write_text(json.dumps(old))
     loaded = EngineMeta.read(tmp_path / "old.json")
     assert loaded.profile.opt == 1
-    tb.check_plan_shapes(loaded, art.manifest)  # its shapes still fit; only its tuning batch differs
+    plan.check_plan_shapes(loaded, art.manifest)  # its shapes still fit; only its tuning batch differs

@@ -70,7 +70,7 @@ class ExportConfig:
     max_batch: int = 8
     precision: ExportPrecision = "all"
     engine: bool = False
-    opt_batch: int | None = None  # the engine profile's opt batch (None: tensorrt_build.default_opt_batch)
+    opt_batch: int | None = None  # the engine profile's opt batch (None: tensorrt.plan.default_opt_batch)
     triton_repo: Path | None = None
 
     @property
@@ -91,7 +91,7 @@ def validate(cfg: ExportConfig, loaded: LoadedModel | None = None) -> None:
     if cfg.max_batch < 1:
         raise ClipadError(f"--max-batch must be at least 1, got {cfg.max_batch}")
     if cfg.opt_batch is not None:
-        from clipad.deploy.tensorrt_build import check_opt_batch
+        from clipad.deploy.tensorrt.plan import check_opt_batch
 
         check_opt_batch(cfg.opt_batch, cfg.max_batch)
     if not cfg.sigma >= 0 or cfg.sigma == float("inf"):
@@ -101,7 +101,7 @@ def validate(cfg: ExportConfig, loaded: LoadedModel | None = None) -> None:
     if cfg.heads_path is not None and not Path(cfg.heads_path).is_file():
         raise ClipadError(f"heads file not found: {cfg.heads_path}")
     if cfg.engine:
-        from clipad.deploy.tensorrt_build import require_tensorrt
+        from clipad.deploy.tensorrt.plan import require_tensorrt
 
         require_tensorrt()
     if cfg.triton_repo is not None:
@@ -270,7 +270,7 @@ def export(loaded: LoadedModel, cfg: ExportConfig, tasks: Tasks) -> Artifacts:
                 files=hash_files(stage),
             )
             if cfg.engine:
-                from clipad.deploy.tensorrt_build import build_engine
+                from clipad.deploy.tensorrt.build import build_engine
 
                 step = tasks.add("TensorRT engine", 1)
                 meta = build_engine(stage, manifest, opt_batch=cfg.opt_batch)

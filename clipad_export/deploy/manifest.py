@@ -353,7 +353,7 @@ class EngineMeta(Record):
     was built (TensorRT version, GPU, compute capability), its input and batch profile, the
     source graph and its sha256, precision, whether the network was strongly typed (every plan
     since the one-policy change; older TensorRT 10 FP16 plans were not), layer counts by kind
-    (``tensorrt_build.layer_kind``) and build time."""
+    (``tensorrt.inspector.layer_kind``) and build time."""
 
     tensorrt: NonEmpty
     gpu: NonEmpty

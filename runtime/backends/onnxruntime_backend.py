@@ -39,7 +39,7 @@ DEVICES = ("auto", "cpu", "cuda")  # and cuda:N, as torch spells a GPU index
 # hash-checked; readers check files by name, so an extra directory changes nothing), and a
 # re-export replaces the whole artifact directory, cache included.
 ORT_TRT_CACHE = "ort_trt_cache"
-TRT_WORKSPACE_BYTES = 4 << 30  # as `clipad export --engine` (tensorrt_build.build_engine's workspace)
+TRT_WORKSPACE_BYTES = 4 << 30  # as `clipad export --engine` (tensorrt.build.build_engine's workspace)
 
 
 def parse_device(device: str) -> tuple[str, int]:
@@ -76,9 +76,9 @@ def trt_cache_dirs(artifacts: Artifacts, precision: str, ort_version: str | None
 def profile_batches(artifacts: Artifacts) -> tuple[int, int, int]:
     """(min, opt, max) batch of the TensorRT EP's optimisation profile: 1; the opt batch the
     TensorRT plan records when there is one (both engines tuned alike), else the default opt
-    batch of `clipad export --engine` (one rule: tensorrt_build.default_opt_batch, imported
+    batch of `clipad export --engine` (one rule: tensorrt.plan.default_opt_batch, imported
     only here, where a TensorRT EP is in use); the artifacts' max batch."""
-    from clipad.deploy.tensorrt_build import default_opt_batch
+    from clipad.deploy.tensorrt.plan import default_opt_batch
 
     max_batch = artifacts.max_batch
     engine = artifacts.manifest.engine

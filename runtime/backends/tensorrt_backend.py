@@ -37,7 +37,7 @@ import numpy as np
 from clipad.core.errors import ClipadError
 from clipad.deploy.artifacts import Artifacts
 from clipad.deploy.manifest import PLAN, PLAN_META, EngineMeta, OnnxSpec
-from clipad.deploy.tensorrt_build import check_plan, gpu_identity, require_tensorrt
+from clipad.deploy.tensorrt.plan import check_plan, gpu_identity, require_tensorrt
 from clipad.runtime.backends.base import Backend, BackendInfo, installed_version
 
 CUDA_PYTHON_MIN = (12, 6, 1)  # cuda.bindings.* exists from cuda-python 12.6.1 (its release notes: new module layout)
