@@ -44,3 +44,23 @@ def signal_run(video, artifacts, events, sig: int, min_events: int = 5, extra: t
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def run_in_thread(fn, timeout: float = 30.0) -> dict:
+    """Run ``fn`` in a thread and fail if it is still running after ``timeout`` s (a hang);
+    returns {"result": ...} or {"error": the exception}."""
+    import threading
+
+    out: dict = {}
+
+    def target():
+        try:
+            out["result"] = fn()
+        except BaseException as err:  # noqa: BLE001 - kept for the test to inspect
+            out["error"] = err
+
+    t = threading.Thread(target=target, daemon=True)
+    t.start()
+    t.join(timeout)
+    assert not t.is_alive(), f"still running {timeout} s later (a hang)"
+    return out

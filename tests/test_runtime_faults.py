@@ -11,7 +11,6 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -30,7 +29,7 @@ from clipad.runtime.records import Prediction
 from clipad.runtime.scoring import NON_FINITE, score_batch
 from clipad.runtime.sinks import EventsSink, SnapshotSink, VideoSink
 from clipad.runtime.sources import ImageFilesSource, LiveSource, VideoFileSource
-from tests.helpers import signal_run
+from tests.helpers import run_in_thread, signal_run
 from tests.test_cli import assert_one_line_error, run
 from tests.test_runtime import art, write_video  # noqa: F401 (module fixture)
 
@@ -45,20 +44,6 @@ def strict_json(line: str) -> dict:
     return json.loads(line, parse_constant=refuse)
 
 
-def run_in_thread(fn, timeout: float = 30.0):
-    out: dict = {}
-
-    def target():
-        try:
-            out["result"] = fn()
-        except BaseException as err:  # noqa: BLE001 - kept for the test to inspect
-            out["error"] = err
-
-    t = threading.Thread(target=target, daemon=True)
-    t.start()
-    t.join(timeout)
-    assert not t.is_alive(), f"the run did not end within {timeout} s"
-    return out
 
 
 class BrokenSink:

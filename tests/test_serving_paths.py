@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import shutil
 import signal
-import threading
 from pathlib import Path
 
 import cv2
@@ -31,7 +30,7 @@ from clipad.runtime.pipeline import BACKEND_RETRIES, Pipeline
 from clipad.runtime.records import Prediction
 from clipad.runtime.sinks import EventsSink, SnapshotSink
 from clipad.runtime.sources import LiveSource, VideoFileSource
-from tests.helpers import signal_run
+from tests.helpers import run_in_thread, signal_run
 from tests.test_cli import assert_one_line_error, run
 
 CPU_LINE = "backend: onnxruntime fp32 (CPUExecutionProvider)"
@@ -295,20 +294,6 @@ class FailsOnCall:
         self.inner.close()
 
 
-def _run_in_thread(fn, timeout: float = 30.0):
-    out: dict = {}
-
-    def target():
-        try:
-            out["result"] = fn()
-        except BaseException as err:  # noqa: BLE001 - recorded for the test
-            out["error"] = err
-
-    t = threading.Thread(target=target, daemon=True)
-    t.start()
-    t.join(timeout)
-    assert not t.is_alive(), f"still running {timeout} s after the backend failed"
-    return out
 
 
 @pytest.mark.parametrize("kind", ["video file", "live"])
@@ -323,7 +308,7 @@ def test_a_lasting_backend_error_ends_the_run_and_records_the_batch(art, tmp_pat
     ev = tmp_path / "ev.jsonl"
     logged: list[str] = []
     pipe = Pipeline(be, [src], art.image_size, None, [EventsSink(ev)], status_every=999, log=logged.append)
-    out = _run_in_thread(pipe.run)
+    out = run_in_thread(pipe.run)
     summary = out["result"]
     assert be.calls == 2 + 1 + BACKEND_RETRIES  # two good calls, the failing one and its retries
     assert "device lost" in summary.error and "recorded as errors" in summary.error
@@ -346,7 +331,7 @@ def test_a_transient_backend_error_is_retried(art, tmp_path):
     ev = tmp_path / "ev.jsonl"
     pipe = Pipeline(be, [VideoFileSource(str(tmp_path / "v.avi"))], art.image_size, None, [EventsSink(ev)],
                     status_every=999, log=lambda s: None)
-    summary = _run_in_thread(pipe.run)["result"]
+    summary = run_in_thread(pipe.run)["result"]
     assert summary.error is None and summary.backend_retries == 1 and summary.stopped_by == "end of input"
     events = [json.loads(line) for line in ev.read_text().splitlines()]
     assert [e["frame"] for e in events] == list(range(20)) and not any(e["label"] == "error" for e in events)
@@ -361,7 +346,7 @@ def test_backend_error_mid_run_through_clipad_run(art, tmp_path, capsys, monkeyp
     monkeypatch.setattr(serving, "select_backend", lambda *a, **k: FailsOnCall(real(*a, **k), 3))
     write_video(tmp_path / "v.avi", 40)
     ev = tmp_path / "ev.jsonl"
-    out = _run_in_thread(lambda: run(capsys, "run", "--source", tmp_path / "v.avi", "--artifacts", art.root, "--backend",
+    out = run_in_thread(lambda: run(capsys, "run", "--source", tmp_path / "v.avi", "--artifacts", art.root, "--backend",
                                      "onnxruntime", "--events", ev))
     code, _, err = out["result"]
     assert code == 1 and "device lost" in err and "summary: " in err, err
