@@ -111,7 +111,7 @@ def main() -> int:
             "rss_mb_after_warmup": round(warm[0], 1) if warm else None, "rss_mb_end": round(rss_mb(), 1),
             "rss_growth_mb": round(rss_mb() - warm[0], 1) if warm else None,
             "dropped": s.dropped, "reconnects": s.reconnects,
-            "max_latency_ms": round(max(r["latency_ms"] for r in sink.records), 2),
+            "max_latency_ms": round(max(r.latency_ms for r in sink.records), 2),
             "max_frame_age_at_inference_ms": round(max(s.frame_age_ms), 2),
             "p99_frame_age_at_inference_ms": round(float(np.percentile(s.frame_age_ms, 99)), 2),
             "inference_p99_ms": round(inf_p99, 2),
