@@ -196,8 +196,10 @@ class Pipeline:
                 continue
             t0 = time.perf_counter()
             frames, amap, records = item
-            finite = amap[np.isfinite(amap)]
-            lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 0.0)
+            lo = hi = 0.0
+            if self.needs_view:  # the overlay's colour scale, over the batch's finite values
+                finite = amap[np.isfinite(amap)]
+                lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 0.0)
             sink = None
             try:
                 for f, m, r in zip(frames, amap, records):

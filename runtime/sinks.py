@@ -137,6 +137,7 @@ class VideoSink:
     def __init__(self, path: str | Path, fps: float = 10.0, segment_s: float = 0.0):
         self.path, self.fps, self.segment_s, self.writer = Path(path), fps, segment_s, None
         self.segments = 0
+        self.size: tuple[int, int] | None = None  # (width, height) of the first frame; every segment keeps it
         self._segment_start: float | None = None
 
     def _target(self) -> Path:
@@ -155,7 +156,7 @@ class VideoSink:
             target = self._target()
             target.parent.mkdir(parents=True, exist_ok=True)
             fourcc = cv2.VideoWriter_fourcc(*("MJPG" if self.path.suffix.lower() == ".avi" else "mp4v"))
-            if self.segments == 0 or not hasattr(self, "size"):
+            if self.size is None:
                 self.size = (img.shape[1], img.shape[0])
             self.writer = cv2.VideoWriter(str(target), fourcc, self.fps, self.size)
             if not self.writer.isOpened():

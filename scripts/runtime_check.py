@@ -24,19 +24,13 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from clipad.core.memory import rss_mb
 from clipad.data.images import resize_to_model
 from clipad.data.synth import sample_images
 from clipad.deploy.artifacts import load_artifacts
 from clipad.runtime.backends import open_backend
 from clipad.runtime.pipeline import Pipeline
 from clipad.runtime.sources import LiveSource, VideoFileSource
-
-
-def rss_mb() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 class Collect:

@@ -32,6 +32,7 @@ import cv2
 import numpy as np
 
 from clipad.calibration.constants import Calibration
+from clipad.core.memory import rss_mb
 from clipad.core.progress import Tasks
 from clipad.data.synth import sample_images
 from clipad.deploy.export import ExportConfig, export
@@ -41,13 +42,6 @@ from clipad.runtime.backends import open_backend
 from clipad.runtime.pipeline import Pipeline
 from clipad.runtime.sinks import EventsSink, SnapshotSink
 from clipad.runtime.sources import LiveSource
-
-
-def rss_mb() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 class ScheduledCapture:

@@ -13,19 +13,12 @@ import json
 import socket
 import threading
 import time
-from pathlib import Path
 
 import numpy as np
 
+from clipad.core.memory import rss_mb
 from clipad.runtime.records import Prediction
 from clipad.runtime.server import Viewer
-
-
-def rss_mb() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def closed_by_server(s: socket.socket) -> bool:
