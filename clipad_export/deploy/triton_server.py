@@ -219,3 +219,28 @@ class LocalTriton:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def serve_until_stopped(server: LocalTriton, log) -> int:
+    """Start ``server``, report its URLs through ``log`` and wait until it exits or this process gets
+    SIGINT/SIGTERM (then stop it cleanly); the server's exit code, 0 after a requested stop."""
+    stop = {"signal": None}
+
+    def handler(signum, _frame):
+        stop["signal"] = signum
+
+    old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        with server:
+            log(f"tritonserver ready: {server.grpc_url} {server.http_url} metrics http://127.0.0.1:{server.ports.metrics}/metrics "
+                f"models {', '.join(server.models)} (log {server.log_path}); Ctrl-C stops it")
+            while stop["signal"] is None and server.proc is not None and server.proc.poll() is None:
+                time.sleep(0.2)
+            if stop["signal"] is None:
+                code = server.proc.returncode if server.proc is not None else 1
+                raise ClipadError(f"tritonserver exited with code {code}: {server.log_tail()}")
+            server.stop()
+            return 0
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
