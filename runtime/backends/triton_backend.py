@@ -26,6 +26,7 @@ from __future__ import annotations
 import os
 import threading
 import uuid
+import weakref
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from urllib.parse import urlparse
@@ -174,6 +175,15 @@ class _Client:
             pass
 
 
+def _close_clients(clients: list[_Client]) -> None:
+    """Close and forget ``clients`` (in place): also run at exit for a backend never closed, so no
+    shared-memory region outlives the process."""
+    old = list(clients)
+    clients.clear()
+    for c in old:
+        c.close()
+
+
 class TritonBackend(Backend):
     name = "triton"
 
@@ -195,6 +205,7 @@ class TritonBackend(Backend):
         self._device = "cuda" if "KIND_GPU" in kinds else "cpu"
         self._local = threading.local()
         self._clients: list[_Client] = []
+        self._finalizer = weakref.finalize(self, _close_clients, self._clients)
         self._lock = threading.Lock()
         self._generation = 0
         self._pool = ThreadPoolExecutor(self.target.inflight, thread_name_prefix="triton") if self.target.inflight > 1 else None
@@ -268,10 +279,10 @@ class TritonBackend(Backend):
     def _reset(self) -> None:
         """Drop every client (and its shared memory): the next request connects afresh."""
         with self._lock:
-            old, self._clients = self._clients, []
+            old = list(self._clients)
+            self._clients.clear()
             self._generation += 1
-        for c in old:
-            c.close()
+        _close_clients(old)
 
     def _infer(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         chunks = [images[i:i + self.model_max_batch] for i in range(0, len(images), self.model_max_batch)]
