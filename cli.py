@@ -256,7 +256,7 @@ UrlOpt = Annotated[Optional[str], typer.Option("--url", help="With --backend tri
 TritonModelOpt = Annotated[Optional[str], typer.Option("--triton-model", help="With --backend triton: the Triton model name (default <category>_python, written by `clipad export --triton-repo`; <category>_onnx or _trt on a GPU Triton). Not --model, which names the open_clip architecture elsewhere.")]
 TritonVersionOpt = Annotated[str, typer.Option("--triton-version", help="With --backend triton: model version (default: the server's version policy).")]
 TritonTimeoutOpt = Annotated[float, typer.Option("--triton-timeout", help="With --backend triton: seconds per request.")]
-TritonInflightOpt = Annotated[int, typer.Option("--triton-inflight", min=1, help="With --backend triton: requests in flight per client (a batch is split into requests of the model's max batch).")]
+TritonInflightOpt = Annotated[int, typer.Option("--triton-inflight", min=1, help="With --backend triton: requests in flight per client: each batch is split into this many requests, which the server batches again with those of other clients.")]
 TritonShmOpt = Annotated[bool, typer.Option("--triton-shm", help="With --backend triton: system shared memory for tensors (client and server on one host).")]
 
 

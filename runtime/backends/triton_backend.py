@@ -9,9 +9,10 @@ every Triton build) is ready, its config's inputs, outputs and max batch equal t
 and its ``clipad_sha256`` parameter equals the manifest's hash of the file it names
 (``clipad_file``), so a server serving another export is refused.
 
-A call splits its batch into requests of at most the model's max batch and sends up to
-``inflight`` of them at once (one client per worker thread), so one client keeps several
-requests in a remote server's queue; ``max_batch`` is the model's times ``inflight``. Every
+A call (at most the model's max batch) is split into up to ``inflight`` requests of about equal
+size, sent at once (one client per worker thread): one client keeps several requests in a
+remote server's queue, and the server's dynamic batcher forms its batches from the requests of
+all clients (with ``inflight`` 1 every call is one request). Every
 request has a timeout. When the server cannot answer (down, restarting, timed out) the call
 raises ``BackendUnavailable``: the pipeline retries with backoff, records that batch's frames
 as errors and goes on; the next call connects again (clients are rebuilt after a failure,
@@ -195,8 +196,7 @@ class TritonBackend(Backend):
             raise ClipadError(f"the manifest lists {len(m.onnx.outputs)} outputs, the Triton backend expects anomaly_map and image_prob")
         self._io = (m.onnx.inputs[0], list(m.onnx.outputs))
         config = self._check_server(artifacts)
-        self.model_max_batch = m.max_batch
-        self.max_batch = m.max_batch * self.target.inflight
+        self.max_batch = m.max_batch
         file = config["parameters"][FILE_PARAM]["string_value"]
         self.precision = m.engine.precision if file == PLAN and m.engine else PRECISION_OF_FILE.get(file, "fp32")
         if precision not in (None, "auto") and precision != self.precision:
@@ -261,7 +261,7 @@ class TritonBackend(Backend):
     def _client(self) -> _Client:
         c = getattr(self._local, "client", None)
         if c is None or getattr(self._local, "generation", -1) != self._generation:
-            c = _Client(self.target, self._io, self.model_max_batch)
+            c = _Client(self.target, self._io, self.max_batch)
             with self._lock:
                 self._clients.append(c)
             self._local.client, self._local.generation = c, self._generation
@@ -285,7 +285,7 @@ class TritonBackend(Backend):
         _close_clients(old)
 
     def _infer(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        chunks = [images[i:i + self.model_max_batch] for i in range(0, len(images), self.model_max_batch)]
+        chunks = np.array_split(images, min(self.target.inflight, len(images)))
         if self._pool is None or len(chunks) == 1:
             results = [self._request(c) for c in chunks]
         else:
