@@ -28,13 +28,14 @@ N_CLIENTS = 8
 FRAMES = 240  # per client: long enough that every client is mid-run when the server goes away
 
 try:
-    import pytriton  # noqa: F401
+    from clipad.deploy.triton_server import find_install
 
+    find_install()
     MISSING = None
-except ImportError:
-    MISSING = "nvidia-pytriton is not installed (pip install --no-deps nvidia-pytriton): no tritonserver binary"
+except ClipadError as err:
+    MISSING = str(err)
     if os.environ.get("CLIPAD_REQUIRE_TRITON") == "1":
-        raise RuntimeError(f"CLIPAD_REQUIRE_TRITON=1 but {MISSING}")
+        raise RuntimeError(f"CLIPAD_REQUIRE_TRITON=1 but {MISSING}") from None
 pytestmark = pytest.mark.skipif(MISSING is not None, reason=MISSING or "")
 
 

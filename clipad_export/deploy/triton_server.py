@@ -33,6 +33,8 @@ from clipad.core.errors import ClipadError
 START_TIMEOUT_S = 120.0
 STOP_TIMEOUT_S = 30.0  # SIGKILL after this
 EXIT_TIMEOUT_S = 5  # the server's own wait for in-flight requests after SIGTERM
+NOT_INSTALLED = ("a local Triton server needs the nvidia-pytriton wheel: pip install --no-deps nvidia-pytriton "
+                 "(--no-deps: it pins numpy<2, and only its tritonserver binary is used)")
 _BACKEND_OF_PLATFORM = {"onnxruntime_onnx": "onnxruntime", "tensorrt_plan": "tensorrt"}
 
 
@@ -48,12 +50,13 @@ class TritonInstall:
 
 def find_install() -> TritonInstall:
     """The ``nvidia-pytriton`` wheel's server for this Python; one line when it is not installed."""
-    try:
-        import pytriton
-    except ImportError:
-        raise ClipadError("a local Triton server needs the nvidia-pytriton wheel: pip install --no-deps nvidia-pytriton "
-                          "(see README, Scale-out with Triton)") from None
-    root = Path(pytriton.__file__).parent / "tritonserver"
+    import importlib.util
+
+    # Located, not imported: pytriton's own package needs dependencies that --no-deps leaves out.
+    spec = importlib.util.find_spec("pytriton")
+    if spec is None or not spec.submodule_search_locations:
+        raise ClipadError(NOT_INSTALLED)
+    root = Path(list(spec.submodule_search_locations)[0]) / "tritonserver"
     py = f"{sys.version_info.major}.{sys.version_info.minor}"
     found = TritonInstall(root / "bin" / "tritonserver", root.parents[1] / "nvidia_pytriton.libs", root / "backends",
                           root / "python_backend_stubs" / py / "triton_python_backend_stub")
