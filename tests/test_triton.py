@@ -243,3 +243,21 @@ def test_restart_gap_is_in_the_events_and_counters_and_clients_reconnect(load_ru
         summary = next(line for line in c.stderr.splitlines() if line.startswith("summary: "))
         assert f"{FRAMES} frames" in summary and f"errors {len(errors)}," in summary, summary
         assert "backend unavailable" in c.stderr
+
+
+def test_calibrate_predict_and_bench_through_triton(exported, server, tmp_path):
+    art = tmp_path / "art"
+    shutil.copytree(exported[0].root, art)
+    good = _image_folder(tmp_path / "good", 12)
+    proc = _cli("calibrate", "--artifacts", str(art), "--good", str(good), "--backend", "triton", "--url", server.grpc_url,
+                "--quiet")
+    assert proc.returncode == 0 and "calibrated on 12 good" in proc.stdout, proc.stderr
+    proc = _cli("predict", str(good), "--artifacts", str(art), "--backend", "triton", "--url", server.http_url,
+                "--out", str(tmp_path / "pred"), "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    recs = [json.loads(line) for line in (tmp_path / "pred" / "predictions.jsonl").read_text().splitlines()]
+    assert len(recs) == 12 and all(r["label"] in ("normal", "anomalous") for r in recs)
+    proc = _cli("bench", "--artifacts", str(art), "--backends", "triton", "--precision", "fp32", "--batch", "1",
+                "--iterations", "2", "--warmup", "1", "--no-parity", "--url", server.grpc_url, "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    assert "| triton fp32 (washer_python at grpc://" in proc.stdout, proc.stdout

@@ -29,7 +29,7 @@ import threading
 import uuid
 import weakref
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from urllib.parse import urlparse
 
 import numpy as np
@@ -191,7 +191,7 @@ class TritonBackend(Backend):
     def __init__(self, artifacts: Artifacts, target: TritonTarget, precision: str | None = None):
         target.check()
         m = artifacts.manifest
-        self.target = target if target.model else TritonTarget(**{**target.__dict__, "model": f"{m.category}_python"})
+        self.target = target if target.model else replace(target, model=f"{m.category}_python")
         if len(m.onnx.outputs) != 2:
             raise ClipadError(f"the manifest lists {len(m.onnx.outputs)} outputs, the Triton backend expects anomaly_map and image_prob")
         self._io = (m.onnx.inputs[0], list(m.onnx.outputs))
@@ -220,17 +220,18 @@ class TritonBackend(Backend):
         except Exception as err:  # noqa: BLE001 - tritonclient raises its own and socket errors
             raise ClipadError(f"cannot reach the Triton server at {t.url}: {_first_line(err)}") from None
         c = probe.client
+        kw = {"client_timeout": t.timeout_s} if t.protocol == "grpc" else {}  # HTTP: the client's network_timeout
         try:
             try:
-                live, ready = c.is_server_live(), c.is_server_ready()
+                live, ready = c.is_server_live(**kw), c.is_server_ready(**kw)
             except Exception as err:  # noqa: BLE001
                 raise ClipadError(f"no Triton server answers at {t.url} ({_first_line(err)})") from None
             if not (live and ready):
                 raise ClipadError(f"the Triton server at {t.url} is {'not ready' if live else 'not live'}")
-            if not c.is_model_ready(t.model, t.version):
+            if not c.is_model_ready(t.model, t.version, **kw):
                 raise ClipadError(f"the Triton server at {t.url} has no ready model '{t.model}'"
                                   f"{' version ' + t.version if t.version else ''} ({self._ready_models(c, t.protocol)})")
-            config = c.get_model_config(t.model, t.version, **({"as_json": True} if t.protocol == "grpc" else {}))
+            config = c.get_model_config(t.model, t.version, **({"as_json": True, **kw} if t.protocol == "grpc" else {}))
             config = config.get("config", config)
         finally:
             probe.close()
