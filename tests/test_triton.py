@@ -262,3 +262,25 @@ def test_calibrate_predict_and_bench_through_triton(exported, server, tmp_path):
                 "--iterations", "2", "--warmup", "1", "--no-parity", "--url", server.grpc_url, "--quiet")
     assert proc.returncode == 0, proc.stderr
     assert "| triton fp32 (washer_python at grpc://" in proc.stdout, proc.stdout
+
+
+SERVE_TRITON = r"""
+import json, sys
+import numpy as np
+from clipad.deploy.artifacts import load_artifacts
+from clipad.runtime.backends import select_backend
+from clipad.runtime.backends.triton_backend import TritonTarget
+art = load_artifacts(sys.argv[1])
+with select_backend(art, "triton", "cpu", "auto", TritonTarget(sys.argv[2])) as be:
+    amap, prob = be(np.zeros((2, art.image_size, art.image_size, 3), np.uint8))
+heavy = sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "open_clip", "torchvision"))
+print(json.dumps({"shape": list(amap.shape), "heavy": heavy}))
+"""
+
+
+def test_the_triton_client_does_not_import_torch(exported, server):
+    proc = subprocess.run([sys.executable, "-c", SERVE_TRITON, str(exported[0].root), server.grpc_url], capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    res = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert res["shape"] == [2, exported[0].image_size, exported[0].image_size] and res["heavy"] == []
