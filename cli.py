@@ -221,10 +221,15 @@ def export(
 @app.command()
 def parity(
     artifacts: Annotated[Path, typer.Option("--artifacts", help="Artifact directory from `clipad export`.")],
-    backends: Annotated[str, typer.Option("--backends", help="Comma-separated: onnxruntime, tensorrt, torch.")] = "onnxruntime",
+    backends: Annotated[str, typer.Option("--backends", help="Comma-separated: onnxruntime, tensorrt, torch, triton (with --url).")] = "onnxruntime",
     images: Annotated[Optional[Path], typer.Option("--images", help="Folder of images to compare on (default: built-in synthetic inputs).")] = None,
     device: DeviceOpt = "cpu",
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write the rows as JSON.")] = None,
+    url: UrlOpt = None,
+    triton_model: TritonModelOpt = None,
+    triton_version: TritonVersionOpt = "",
+    triton_timeout: TritonTimeoutOpt = 10.0,
+    triton_shm: TritonShmOpt = False,
 ) -> None:
     """Compare the exported backends with the FP32 PyTorch reference (on the CPU) and print a table."""
     import json
@@ -235,9 +240,11 @@ def parity(
     from clipad.deploy.parity import parity_images
     from clipad.runtime.parity import format_rows, run_parity
 
+    names = [b.strip() for b in backends.split(",") if b.strip()]
+    triton = _triton("triton" if "triton" in names else "", url, triton_model, triton_version, triton_timeout, 1, triton_shm)
     art = load_artifacts(artifacts)
     x = read_model_images(images, art.image_size, 8) if images else parity_images(art.image_size, 3)
-    rows = run_parity(art, [b.strip() for b in backends.split(",") if b.strip()], x, device)
+    rows = run_parity(art, names, x, device, triton)
     typer.echo(format_rows(rows))
     if json_out is not None:
         write_text_atomic(json_out, json.dumps([r.to_json() for r in rows], indent=2) + "\n")

@@ -116,7 +116,11 @@ class _Client:
         self.input, self.outputs = io
         self.regions: list[tuple[str, object, int]] = []
         if target.shm:
-            self._register_shm(max_batch)
+            try:
+                self._register_shm(max_batch)
+            except BaseException:
+                self.close()
+                raise
 
     def _bytes(self, t: TensorSpec, batch: int) -> int:
         return int(np.prod([batch, *(int(d) for d in t.shape[1:])])) * np.dtype(t.dtype).itemsize
@@ -209,8 +213,13 @@ class TritonBackend(Backend):
         self._lock = threading.Lock()
         self._generation = 0
         self._pool = ThreadPoolExecutor(self.target.inflight, thread_name_prefix="triton") if self.target.inflight > 1 else None
-        if self.target.shm:
-            self._client()  # register now, so a server on another host is refused at open
+        if self.target.shm:  # register now, so a server on another host is refused at open
+            try:
+                self._client()
+            except Exception as err:  # noqa: BLE001 - tritonclient's and the OS's errors
+                self.close()
+                raise ClipadError(f"--triton-shm: cannot share memory with the server at {self.target.url} "
+                                  f"(client and server must share a host): {_first_line(err)}") from None
 
     def _check_server(self, artifacts: Artifacts) -> dict:
         """The model's config (JSON form), after every check of the module docstring."""
