@@ -262,6 +262,8 @@ def test_calibrate_predict_and_bench_through_triton(exported, server, tmp_path):
                 "--iterations", "2", "--warmup", "1", "--no-parity", "--url", server.grpc_url, "--quiet")
     assert proc.returncode == 0, proc.stderr
     assert "| triton fp32 (washer_python at grpc://" in proc.stdout, proc.stdout
+    proc = _cli("parity", "--artifacts", str(art), "--backends", "triton", "--url", server.grpc_url)
+    assert proc.returncode == 0 and "triton fp32 (washer_python" in proc.stdout, proc.stdout + proc.stderr
 
 
 SERVE_TRITON = r"""

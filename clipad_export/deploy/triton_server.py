@@ -21,6 +21,7 @@ import signal
 import socket
 import subprocess
 import sys
+import sysconfig
 import tempfile
 import time
 import urllib.error
@@ -148,8 +149,13 @@ class LocalTriton:
 
     def environment(self) -> dict[str, str]:
         env = dict(os.environ)
-        libs = str(self.install.libs)
-        env["LD_LIBRARY_PATH"] = libs + (os.pathsep + env["LD_LIBRARY_PATH"] if env.get("LD_LIBRARY_PATH") else "")
+        libs = [str(self.install.libs)]
+        # The stub links libpython3.X.so.1.0: take this interpreter's when it has a shared one
+        # (pyenv, conda), else the system's (Debian: the libpython3.X package).
+        libdir, ldlib = sysconfig.get_config_var("LIBDIR"), sysconfig.get_config_var("LDLIBRARY")
+        if libdir and ldlib and ldlib.endswith(".so") and (Path(libdir) / ldlib).exists():
+            libs.append(libdir)
+        env["LD_LIBRARY_PATH"] = os.pathsep.join(libs + ([env["LD_LIBRARY_PATH"]] if env.get("LD_LIBRARY_PATH") else []))
         env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
         return env
 
@@ -198,16 +204,16 @@ class LocalTriton:
             try:
                 proc.wait(timeout_s)
             except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+                pass
+        _kill_group(proc)
         return proc.returncode
 
     def kill(self) -> None:
-        """SIGKILL the server (a crash, for fault tests); ``start()`` brings it back on the same ports."""
+        """SIGKILL the server and its stubs (a crash, for fault tests); ``start()`` brings it back on
+        the same ports."""
         proc, self.proc = self.proc, None
-        if proc is not None and proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        if proc is not None:
+            _kill_group(proc)
 
     def close(self) -> None:
         self.stop()
@@ -222,6 +228,41 @@ class LocalTriton:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _group_stub_regions(pgid: int) -> list[str]:
+    """The shared-memory regions of the Python-backend stubs in process group ``pgid`` (each stub
+    gets its region's name as its second argument)."""
+    regions = []
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            if os.getpgid(int(d.name)) != pgid:
+                continue
+            argv = (d / "cmdline").read_bytes().split(b"\0")
+        except (OSError, ProcessLookupError):
+            continue
+        if argv and argv[0].endswith(b"triton_python_backend_stub") and len(argv) > 2:
+            regions.append(argv[2].decode(errors="replace"))
+    return regions
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    """SIGKILL what is left of the server's process group (it leads its own session): stubs
+    outlive a killed server otherwise, and so do their shared-memory regions, removed here."""
+    regions = _group_stub_regions(proc.pid)
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    proc.wait()
+    deadline = time.monotonic() + 5
+    while _group_stub_regions(proc.pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    for name in regions:
+        if "/" not in name:
+            Path("/dev/shm", name).unlink(missing_ok=True)
 
 
 def serve_until_stopped(server: LocalTriton, log) -> int:
