@@ -286,3 +286,33 @@ def test_the_triton_client_does_not_import_torch(exported, server):
     assert proc.returncode == 0, proc.stderr
     res = json.loads(proc.stdout.strip().splitlines()[-1])
     assert res["shape"] == [2, exported[0].image_size, exported[0].image_size] and res["heavy"] == []
+
+
+def test_triton_server_command_serves_until_sigterm(exported, tmp_path):
+    import signal
+
+    from clipad.deploy.triton_server import free_port
+
+    repo = tmp_path / "repo"  # a copy: no other server's stub names it
+    shutil.copytree(exported[1], repo)
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "clipad", "triton-server", "--repo", str(repo), "--grpc-port", str(port)],
+                            cwd=ROOT, stderr=subprocess.PIPE, text=True)
+    try:
+        line = proc.stderr.readline()
+        assert line.startswith(f"tritonserver ready: grpc://127.0.0.1:{port} ") and "models washer_python" in line, line
+        proc.send_signal(signal.SIGTERM)
+        _, rest = proc.communicate(timeout=60)
+        assert proc.returncode == 0, rest
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert not [p for p in Path("/proc").iterdir() if p.name.isdigit() and _is_stub_of(p, repo)]
+
+
+def _is_stub_of(proc_dir: Path, repo: Path) -> bool:
+    try:
+        return str(repo).encode() in (proc_dir / "cmdline").read_bytes()
+    except OSError:
+        return False
