@@ -221,10 +221,15 @@ def export(
 @app.command()
 def parity(
     artifacts: Annotated[Path, typer.Option("--artifacts", help="Artifact directory from `clipad export`.")],
-    backends: Annotated[str, typer.Option("--backends", help="Comma-separated: onnxruntime, tensorrt, torch.")] = "onnxruntime",
+    backends: Annotated[str, typer.Option("--backends", help="Comma-separated: onnxruntime, tensorrt, torch, triton (with --url).")] = "onnxruntime",
     images: Annotated[Optional[Path], typer.Option("--images", help="Folder of images to compare on (default: built-in synthetic inputs).")] = None,
     device: DeviceOpt = "cpu",
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write the rows as JSON.")] = None,
+    url: UrlOpt = None,
+    triton_model: TritonModelOpt = None,
+    triton_version: TritonVersionOpt = "",
+    triton_timeout: TritonTimeoutOpt = 10.0,
+    triton_shm: TritonShmOpt = False,
 ) -> None:
     """Compare the exported backends with the FP32 PyTorch reference (on the CPU) and print a table."""
     import json
@@ -235,9 +240,11 @@ def parity(
     from clipad.deploy.parity import parity_images
     from clipad.runtime.parity import format_rows, run_parity
 
+    names = [b.strip() for b in backends.split(",") if b.strip()]
+    triton = _triton("triton" if "triton" in names else "", url, triton_model, triton_version, triton_timeout, 1, triton_shm)
     art = load_artifacts(artifacts)
     x = read_model_images(images, art.image_size, 8) if images else parity_images(art.image_size, 3)
-    rows = run_parity(art, [b.strip() for b in backends.split(",") if b.strip()], x, device)
+    rows = run_parity(art, names, x, device, triton)
     typer.echo(format_rows(rows))
     if json_out is not None:
         write_text_atomic(json_out, json.dumps([r.to_json() for r in rows], indent=2) + "\n")
@@ -249,7 +256,32 @@ def _say(line: str) -> None:
     typer.echo(line, err=True)
 
 
-BackendOpt = Annotated[str, typer.Option("--backend", help="auto (fastest available), tensorrt, onnxruntime or torch.")]
+BackendOpt = Annotated[str, typer.Option("--backend", help="auto (fastest available), tensorrt, onnxruntime, torch, or triton (a Triton server at --url; never chosen by auto).")]
+# The Triton backend's options. The model option is --triton-model, not --model: elsewhere --model
+# names the open_clip architecture, and one name should not mean two things.
+UrlOpt = Annotated[Optional[str], typer.Option("--url", help="With --backend triton: the server, grpc://HOST:8001 or http://HOST:8000.")]
+TritonModelOpt = Annotated[Optional[str], typer.Option("--triton-model", help="With --backend triton: the Triton model name (default <category>_python, written by `clipad export --triton-repo`; <category>_onnx or _trt on a GPU Triton). Not --model, which names the open_clip architecture elsewhere.")]
+TritonVersionOpt = Annotated[str, typer.Option("--triton-version", help="With --backend triton: model version (default: the server's version policy).")]
+TritonTimeoutOpt = Annotated[float, typer.Option("--triton-timeout", help="With --backend triton: seconds per request.")]
+TritonInflightOpt = Annotated[int, typer.Option("--triton-inflight", min=1, help="With --backend triton: requests in flight per client: each batch is split into this many requests, which the server batches again with those of other clients.")]
+TritonShmOpt = Annotated[bool, typer.Option("--triton-shm", help="With --backend triton: system shared memory for tensors (client and server on one host).")]
+
+
+def _triton(backend: str, url: Optional[str], model: Optional[str], version: str, timeout: float, inflight: int, shm: bool):
+    """The Triton target of ``--backend triton`` (None otherwise); one line for options without it."""
+    from clipad.core.errors import ClipadError
+
+    if backend != "triton":
+        if url is not None or model is not None:
+            raise ClipadError("--url and --triton-model go with --backend triton")
+        return None
+    from clipad.runtime.backends.triton_backend import TritonTarget
+
+    if url is None:
+        raise ClipadError("--backend triton needs --url grpc://HOST:PORT or http://HOST:PORT")
+    target = TritonTarget(url, model, version, timeout, inflight, shm)
+    target.check()
+    return target
 ServePrecisionOpt = Annotated[str, typer.Option("--precision", help="auto (fp16 on a GPU provider, else fp32), fp32, fp16 or int8 (model.int8.onnx).")]
 ArtifactsOpt = Annotated[Optional[Path], typer.Option("--artifacts", help="Artifact directory (default: the only one under ./artifacts).")]
 
@@ -272,6 +304,12 @@ def run_(
     serve: Annotated[Optional[str], typer.Option("--serve", help="HOST:PORT of a live web viewer (e.g. 127.0.0.1:8080).")] = None,
     max_frames: Annotated[Optional[int], typer.Option("--max-frames", min=1, help="Stop after this many frames.")] = None,
     status_every: Annotated[float, typer.Option("--status-every", help="Seconds between status lines.")] = 5.0,
+    url: UrlOpt = None,
+    triton_model: TritonModelOpt = None,
+    triton_version: TritonVersionOpt = "",
+    triton_timeout: TritonTimeoutOpt = 10.0,
+    triton_inflight: TritonInflightOpt = 2,
+    triton_shm: TritonShmOpt = False,
 ) -> None:
     """Stream frames from cameras, videos or folders through the exported model; emit heatmaps and records."""
     from clipad.runtime.run import RunConfig, run_stream
@@ -282,7 +320,8 @@ def run_(
                     snapshot_interval=snapshot_interval, show=show,
                     serve=serve, max_frames=max_frames, status_every=status_every)
     cfg.check()  # before any model work
-    served = open_served(artifacts, backend, device, precision)
+    triton = _triton(backend, url, triton_model, triton_version, triton_timeout, triton_inflight, triton_shm)
+    served = open_served(artifacts, backend, device, precision, triton=triton)
     for note in served.notes:
         _say(note)
     run_stream(cfg, served, _say)
@@ -299,6 +338,12 @@ def predict(
     save_maps: Annotated[bool, typer.Option("--save-maps", help="Also write maps/<stem>.npy (float32, model resolution).")] = False,
     save_overlays: Annotated[bool, typer.Option("--save-overlays", help="Also write overlays/<stem>.png.")] = False,
     quiet: QuietOpt = False,
+    url: UrlOpt = None,
+    triton_model: TritonModelOpt = None,
+    triton_version: TritonVersionOpt = "",
+    triton_timeout: TritonTimeoutOpt = 10.0,
+    triton_inflight: TritonInflightOpt = 2,
+    triton_shm: TritonShmOpt = False,
 ) -> None:
     """Score images: one record per image in OUT/predictions.jsonl."""
     from clipad.core.progress import progress_bars
@@ -306,7 +351,8 @@ def predict(
     from clipad.runtime.predict import predict as run_predict
     from clipad.runtime.serving import open_served
 
-    served = open_served(artifacts, backend, device, precision)
+    triton = _triton(backend, url, triton_model, triton_version, triton_timeout, triton_inflight, triton_shm)
+    served = open_served(artifacts, backend, device, precision, triton=triton)
     for note in served.notes:
         _say(note)
     with progress_bars(enabled=not quiet) as tasks:
@@ -332,6 +378,12 @@ def calibrate(
     precision: ServePrecisionOpt = "auto",
     device: DeviceOpt = "auto",
     quiet: QuietOpt = False,
+    url: UrlOpt = None,
+    triton_model: TritonModelOpt = None,
+    triton_version: TritonVersionOpt = "",
+    triton_timeout: TritonTimeoutOpt = 10.0,
+    triton_inflight: TritonInflightOpt = 2,
+    triton_shm: TritonShmOpt = False,
 ) -> None:
     """Fix per-category score constants and thresholds from calibration images (and optionally an INT8 graph)."""
     from clipad.calibration.calibrate import CalibrateConfig
@@ -346,6 +398,7 @@ def calibrate(
     cfg = CalibrateConfig(good=good, anomalous=anomalous, masks=masks, target_fpr=target_fpr, int8=int8, int8_images=images,
                           int8_max_images=int8_max_images, min_agreement=min_agreement)
     cfg.check()
+    triton = _triton(backend, url, triton_model, triton_version, triton_timeout, triton_inflight, triton_shm)
     art_dir = find_artifacts(artifacts)
     with progress_bars(enabled=not quiet) as tasks:
         if cfg.int8:
@@ -355,7 +408,7 @@ def calibrate(
             typer.echo(f"{ONNX_INT8} written ({len(imgs)} calibration images): vs FP32 rel L2 {f.rel_l2:.2e}, "
                        f"image_prob err {f.prob_max_abs:.2e}, top-1% agreement {f.top1pct_agreement:.3f}")
         if cfg.good is not None:
-            served = open_served(art_dir, backend, device, precision, need_calibration=False)
+            served = open_served(art_dir, backend, device, precision, need_calibration=False, triton=triton)
             for note in served.notes:  # without calibration notes: calibrate makes them
                 _say(note)
             with served.backend:
@@ -383,7 +436,7 @@ def _csv(value: str, what: str, cast=str) -> list:
 @app.command()
 def bench(
     artifacts: ArtifactsOpt = None,
-    backends: Annotated[str, typer.Option("--backends", help="Comma-separated: torch, onnxruntime, tensorrt (unavailable ones are reported with the reason).")] = "torch,onnxruntime,tensorrt",
+    backends: Annotated[str, typer.Option("--backends", help="Comma-separated: torch, onnxruntime, tensorrt, triton (with --url; unavailable ones are reported with the reason).")] = "torch,onnxruntime,tensorrt",
     precision: Annotated[str, typer.Option("--precision", help="Comma-separated: fp32, fp16, int8.")] = "fp32,fp16,int8",
     batch: Annotated[str, typer.Option("--batch", help="Comma-separated batch sizes.")] = "1,8",
     iterations: Annotated[int, typer.Option("--iterations", help="Timed calls per row.")] = 20,
@@ -393,6 +446,12 @@ def bench(
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Write every figure and sample as JSON.")] = None,
     plot: Annotated[Optional[Path], typer.Option("--plot", help="Latency and throughput against batch size (PNG).")] = None,
     quiet: QuietOpt = False,
+    url: UrlOpt = None,
+    triton_model: TritonModelOpt = None,
+    triton_version: TritonVersionOpt = "",
+    triton_timeout: TritonTimeoutOpt = 10.0,
+    triton_inflight: TritonInflightOpt = 2,
+    triton_shm: TritonShmOpt = False,
 ) -> None:
     """Latency, throughput, memory, start-up and parity per backend, precision and batch; FLOP floor and dual-path cost."""
     from clipad.core.progress import progress_bars
@@ -403,6 +462,8 @@ def bench(
     cfg = BenchConfig(backends=_csv(backends, "--backends"), precisions=_csv(precision, "--precision"),
                       batches=_csv(batch, "--batch", int), iterations=iterations, warmup=warmup, device=device,
                       parity=not no_parity)
+    cfg.triton = _triton("triton" if "triton" in cfg.backends else "", url, triton_model, triton_version, triton_timeout,
+                         triton_inflight, triton_shm)
     validate(cfg)
     art = load_artifacts(find_artifacts(artifacts))
     with progress_bars(enabled=not quiet) as tasks:
@@ -414,6 +475,23 @@ def bench(
     if plot is not None:
         write_plot(res, plot)
         typer.echo(f"plot written to {plot}", err=True)
+
+
+@app.command("triton-server")
+def triton_server(
+    repo: Annotated[Path, typer.Option("--repo", help="Triton model repository (from `clipad export --triton-repo`).")],
+    http_port: Annotated[int, typer.Option("--http-port", help="HTTP port on 127.0.0.1 (0: a free one).")] = 0,
+    grpc_port: Annotated[int, typer.Option("--grpc-port", help="gRPC port on 127.0.0.1 (0: a free one).")] = 0,
+    metrics_port: Annotated[int, typer.Option("--metrics-port", help="Metrics port on 127.0.0.1 (0: a free one).")] = 0,
+    models: Annotated[Optional[str], typer.Option("--models", help="Comma-separated models to load (default: every one this build can load: the _python ones).")] = None,
+    log: Annotated[Optional[Path], typer.Option("--log", help="Server log file (default: a temporary one).")] = None,
+) -> None:
+    """Run a local Triton server on loopback (the nvidia-pytriton wheel's binary) until Ctrl-C: for development and tests."""
+    from clipad.deploy.triton_server import LocalTriton, Ports, free_port, serve_until_stopped
+
+    ports = Ports(http_port or free_port(), grpc_port or free_port(), metrics_port or free_port())
+    names = _csv(models, "--models") if models else None
+    serve_until_stopped(LocalTriton(repo, names, ports, log_path=log), _say)
 
 
 @app.command()

@@ -72,17 +72,19 @@ def check_backend(backend: Backend, ref: Reference) -> ParityRow:
 def served_precisions(artifacts: Artifacts, name: str) -> list[str | None]:
     """The precisions ``clipad parity`` checks for a backend: every ONNX graph of the artifacts,
     the plan's own precision for TensorRT (None: whatever it was built with), FP32 for torch."""
-    return {"onnxruntime": list(artifacts.manifest.precisions), "tensorrt": [None]}.get(name, ["fp32"])
+    return {"onnxruntime": list(artifacts.manifest.precisions), "tensorrt": [None], "triton": [None]}.get(name, ["fp32"])
 
 
-def run_parity(artifacts: Artifacts, backends: Sequence[str], images: np.ndarray, device: str = "cpu") -> list[ParityRow]:
+def run_parity(artifacts: Artifacts, backends: Sequence[str], images: np.ndarray, device: str = "cpu",
+               triton=None) -> list[ParityRow]:
     """Each named backend at each precision it serves, opened on ``device`` one at a time,
-    against the CPU reference on uint8 [N, H, W, 3] ``images``; one row each."""
+    against the CPU reference on uint8 [N, H, W, 3] ``images``; one row each. ``triton``: the
+    server of backend triton (whose model has the precision of the file it serves)."""
     ref = reference_outputs(artifacts, images)
     rows = []
     for name in backends:
         for precision in served_precisions(artifacts, name):
-            with open_backend(artifacts, name, precision, device) as backend:
+            with open_backend(artifacts, name, precision, device, triton) as backend:
                 rows.append(check_backend(backend, ref))
     return rows
 

@@ -9,7 +9,9 @@ a second with the error in the summary (the CLI turns it into one line and a non
 every wait between threads has a timeout and checks that the other side is alive; statistics
 live in fixed memory (the last ``WINDOW`` batches per stage), so a status line costs the same at
 hour 1 and week 3. A backend error is retried ``BACKEND_RETRIES`` times; then the frames of that
-batch are recorded as errors and the run stops.
+batch are recorded as errors and the run stops, unless the backend said it is only unavailable
+for now (``BackendUnavailable``: a remote server down or restarting): then the run goes on with
+the next batch, and the gap shows as error records and in the error count.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ import numpy as np
 
 from clipad.calibration.constants import Calibration
 from clipad.data.images import model_batch
-from clipad.runtime.backends import Backend
+from clipad.runtime.backends import Backend, BackendUnavailable
 from clipad.runtime.records import Prediction
 from clipad.runtime.scoring import score_batch
 from clipad.runtime.sinks import Sink, SinkError, render_view
@@ -113,6 +115,7 @@ class Pipeline:
         self._capture_error: str | None = None
         self.live = any(s.live for s in sources)
         self._counter = 0
+        self._unavailable: str | None = None  # why the last batch got no outputs, when the backend may come back
 
     # -- capture ---------------------------------------------------------------------------
     def _read(self, src: Source, timeout: float) -> Frame | None:
@@ -258,7 +261,7 @@ class Pipeline:
                 now = time.time()
                 if outputs is None:  # the backend kept failing: the frames are recorded as errors
                     amap = np.zeros((len(batch.frames), self.size, self.size), np.float32)
-                    scores = [Prediction.failed(f.source, s.error or "backend failed") for f in batch.frames]
+                    scores = [Prediction.failed(f.source, s.error or self._unavailable or "backend failed") for f in batch.frames]
                 else:
                     amap, prob = outputs
                     scores = score_batch(amap, prob, self.cal, [f.source for f in batch.frames])
@@ -271,7 +274,7 @@ class Pipeline:
                 s.latency_ms["preprocess"].append(batch.preprocess_ms)
                 s.latency_ms["inference"].append((t1 - t0) * 1000)
                 s.seconds = time.perf_counter() - start
-                if outputs is None or (reader is None and self._capture_error is not None):
+                if (outputs is None and s.error is not None) or (reader is None and self._capture_error is not None):
                     break
                 if self.max_frames is not None and s.frames >= self.max_frames:
                     s.stopped_by = "--max-frames"
@@ -316,6 +319,11 @@ class Pipeline:
                 return self.backend(batch.images)
             except Exception as err:  # noqa: BLE001 - ONNX Runtime and CUDA errors derive from Exception only
                 reason = f"{type(err).__name__}: {str(err).strip().splitlines()[0] if str(err).strip() else ''}"
+                if attempt == BACKEND_RETRIES and isinstance(err, BackendUnavailable) and not self.stop.is_set():
+                    self._unavailable = reason
+                    self.log(f"warning: backend unavailable ({reason}); the {len(batch.frames)} frames of that batch "
+                             "are recorded as errors, going on")
+                    return None
                 if attempt == BACKEND_RETRIES or self.stop.is_set():
                     self.summary.fail(f"the backend failed {attempt + 1} times in a row ({reason}); "
                                       f"the {len(batch.frames)} frames of that batch are recorded as errors")

@@ -1,13 +1,21 @@
 """A Triton Inference Server model repository from an artifact directory.
 
-Layout: ``<repo>/<category>_onnx/{config.pbtxt, 1/model.onnx}`` (onnxruntime backend) and, when
-the artifacts hold a TensorRT plan, ``<repo>/<category>_trt/{config.pbtxt, 1/model.plan}``
+Layout: ``<repo>/<category>_onnx/{config.pbtxt, 1/model.onnx}`` (onnxruntime backend),
+``<repo>/<category>_python/{config.pbtxt, 1/model.py, 1/model.onnx}`` (Triton's Python backend
+running the same graph with onnxruntime: it loads on every Triton build, CPU-only ones included)
+and, when the artifacts hold a TensorRT plan, ``<repo>/<category>_trt/{config.pbtxt, 1/model.plan}``
 (tensorrt_plan). Each version folder holds the artifact file under its own name, and the config
 names it (``default_model_filename``), so the repository does not depend on Triton's default
 names. Batch is the first dimension, so dims leave it out; ``image_prob`` has no other
 dimension, which Triton expresses as dims [1] with an empty reshape. Each config is parsed with
 Triton's own ModelConfig protobuf (from tritonclient) and checked against the ONNX graph's
 inputs and outputs before the repository is renamed into place.
+
+Every config carries the manifest's sha256 of the file it serves (``parameters``:
+``clipad_file`` and ``clipad_sha256``): the Python model refuses to load a graph with another
+hash, and the Triton client backend refuses a server model whose hash is not its manifest's.
+Dynamic batching prefers the batch the artifacts are tuned for (the plan's opt batch, else
+min(8, max batch)) and the max batch.
 """
 
 from __future__ import annotations
@@ -17,8 +25,11 @@ from pathlib import Path
 
 from clipad.core.errors import ClipadError
 from clipad.deploy.artifacts import Artifacts
-from clipad.deploy.manifest import ONNX_FP16, ONNX_FP32, PLAN, OnnxSpec, TensorSpec
+from clipad.deploy.manifest import ONNX_FP16, ONNX_FP32, PLAN, Manifest, OnnxSpec, TensorSpec
 
+PYTHON_MODEL = Path(__file__).with_name("triton_model") / "model.py"  # package data, copied into <cat>_python/1/
+HASH_PARAM, FILE_PARAM = "clipad_sha256", "clipad_file"
+QUEUE_DELAY_US = 2000
 TRITON_DTYPES = {"uint8": "TYPE_UINT8", "float32": "TYPE_FP32", "float16": "TYPE_FP16"}
 
 
@@ -30,9 +41,18 @@ def require_model_config():
     return model_config_pb2
 
 
-def config_text(name: str, platform: str, max_batch: int, io: OnnxSpec, model_file: str | None = None) -> str:
+def preferred_batches(m: Manifest) -> list[int]:
+    """Dynamic batching's preferred sizes: the batch the artifacts are tuned for and the max batch."""
+    opt = m.engine.profile.opt if m.engine is not None else min(8, m.max_batch)
+    return sorted({opt, m.max_batch})
+
+
+def config_text(name: str, platform: str, max_batch: int, io: OnnxSpec, model_file: str | None = None,
+                sha256: str | None = None, preferred: list[int] | None = None, queue_delay_us: int = QUEUE_DELAY_US) -> str:
     """config.pbtxt for one model; ``io`` is the manifest's ONNX io spec (batch dim first);
-    ``model_file``: the file name in the version folder, when not Triton's default."""
+    ``model_file``: the file name in the version folder, when not Triton's default; ``sha256``:
+    the manifest's hash of that file (a ``parameters`` entry); ``platform`` ``python`` writes a
+    Python-backend model (``backend: "python"``, on CPU instances)."""
 
     def tensor(t: TensorSpec) -> str:
         dims = [int(d) for d in t.shape[1:]]
@@ -41,10 +61,18 @@ def config_text(name: str, platform: str, max_batch: int, io: OnnxSpec, model_fi
             dims, extra = [1], " reshape: { shape: [ ] }"
         return f'  {{ name: "{t.name}" data_type: {TRITON_DTYPES[t.dtype]} dims: [ {", ".join(map(str, dims))} ]{extra} }}'
 
+    python = platform == "python"
+    batching = f"max_queue_delay_microseconds: {queue_delay_us}"
+    if preferred:
+        batching = f"preferred_batch_size: [ {', '.join(map(str, preferred))} ] " + batching
+    params = []
+    if sha256 is not None:
+        params = [f'parameters {{ key: "{FILE_PARAM}" value: {{ string_value: "{model_file}" }} }}',
+                  f'parameters {{ key: "{HASH_PARAM}" value: {{ string_value: "{sha256}" }} }}']
     lines = [
         f'name: "{name}"',
-        f'platform: "{platform}"',
-        *([f'default_model_filename: "{model_file}"'] if model_file else []),
+        'backend: "python"' if python else f'platform: "{platform}"',
+        *([f'default_model_filename: "{model_file}"'] if model_file and not python else []),
         f"max_batch_size: {max_batch}",
         "input [",
         ",\n".join(tensor(t) for t in io.inputs),
@@ -52,8 +80,9 @@ def config_text(name: str, platform: str, max_batch: int, io: OnnxSpec, model_fi
         "output [",
         ",\n".join(tensor(t) for t in io.outputs),
         "]",
-        "dynamic_batching { max_queue_delay_microseconds: 2000 }",
-        "instance_group [ { kind: KIND_GPU count: 1 } ]",
+        f"dynamic_batching {{ {batching} }}",
+        f"instance_group [ {{ kind: {'KIND_CPU' if python else 'KIND_GPU'} count: 1 }} ]",
+        *params,
     ]
     return "\n".join(lines) + "\n"
 
@@ -87,7 +116,7 @@ def write_triton_repo(artifacts: Artifacts, repo: str | Path) -> list[str]:
     m = artifacts.manifest
     io, max_batch, cat = m.onnx, m.max_batch, m.category
     onnx_file = ONNX_FP32 if artifacts.has(ONNX_FP32) else ONNX_FP16  # FP16 only in artifacts exported before model.onnx was kept
-    models = [(f"{cat}_onnx", "onnxruntime_onnx", onnx_file)]
+    models = [(f"{cat}_onnx", "onnxruntime_onnx", onnx_file), (f"{cat}_python", "python", onnx_file)]
     if artifacts.has(PLAN):
         models.append((f"{cat}_trt", "tensorrt_plan", PLAN))
     written = []
@@ -96,13 +125,15 @@ def write_triton_repo(artifacts: Artifacts, repo: str | Path) -> list[str]:
     except OSError as err:
         raise ClipadError(f"cannot create Triton repository {repo}: {err.strerror or err}") from None
     for name, platform, src in models:
-        text = config_text(name, platform, max_batch, io, src)
+        text = config_text(name, platform, max_batch, io, src, m.files[src], preferred_batches(m))
         validate_config(text, io, max_batch)
         stage = repo / f".{name}.partial"
         shutil.rmtree(stage, ignore_errors=True)
         (stage / "1").mkdir(parents=True)
         (stage / "config.pbtxt").write_text(text)
         shutil.copy2(artifacts.verified_path(src), stage / "1" / src)
+        if platform == "python":
+            shutil.copy2(PYTHON_MODEL, stage / "1" / "model.py")
         final = repo / name
         if final.exists():
             shutil.rmtree(final)

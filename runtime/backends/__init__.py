@@ -12,17 +12,24 @@ from __future__ import annotations
 from clipad.core.errors import ClipadError
 from clipad.deploy.artifacts import Artifacts
 from clipad.deploy.manifest import PLAN
-from clipad.runtime.backends.base import BACKENDS, Backend, BackendInfo, BackendName, Device
+from clipad.runtime.backends.base import BACKENDS, Backend, BackendInfo, BackendName, BackendUnavailable, Device
 
-__all__ = ["BACKENDS", "Backend", "BackendInfo", "BackendName", "Device", "open_backend", "select_backend"]
+__all__ = ["BACKENDS", "Backend", "BackendInfo", "BackendName", "BackendUnavailable", "Device", "open_backend", "select_backend"]
 
 
 def _on_cpu(device: str) -> bool:
     return device == "cpu"
 
 
-def open_backend(artifacts: Artifacts, name: str, precision: str = "fp32", device: str = "auto") -> Backend:
-    """The named backend for ``artifacts``; one line when it cannot run here."""
+def open_backend(artifacts: Artifacts, name: str, precision: str = "fp32", device: str = "auto", triton=None) -> Backend:
+    """The named backend for ``artifacts``; one line when it cannot run here. ``triton``: the
+    server of the triton backend (``triton_backend.TritonTarget``)."""
+    if name == "triton":
+        if triton is None:
+            raise ClipadError("--backend triton needs --url grpc://HOST:PORT or http://HOST:PORT")
+        from clipad.runtime.backends.triton_backend import TritonBackend
+
+        return TritonBackend(artifacts, triton, precision)
     if name == "onnxruntime":
         from clipad.runtime.backends.onnxruntime_backend import OnnxRuntimeBackend
 
@@ -72,7 +79,7 @@ def _onnxruntime_auto(artifacts: Artifacts, device: str) -> Backend:
     return fp32
 
 
-def select_backend(artifacts: Artifacts, name: str = "auto", device: str = "auto", precision: str = "auto") -> Backend:
+def select_backend(artifacts: Artifacts, name: str = "auto", device: str = "auto", precision: str = "auto", triton=None) -> Backend:
     """``auto``: TensorRT when a usable plan is there (never with device cpu), else ONNX Runtime,
     else the torch reference.
 
@@ -81,6 +88,8 @@ def select_backend(artifacts: Artifacts, name: str = "auto", device: str = "auto
     otherwise (never INT8 unasked). An explicit precision (fp32, fp16, int8) is passed to the
     backend, which says in one line if it cannot.
     """
+    if name == "triton":  # the server's model decides the precision; an explicit one is checked against it
+        return open_backend(artifacts, name, precision, device, triton)
     if name != "auto":
         if precision == "auto":
             if name == "onnxruntime":

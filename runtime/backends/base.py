@@ -12,9 +12,14 @@ import numpy as np
 
 from clipad.core.errors import ClipadError
 
-BackendName = Literal["torch", "onnxruntime", "tensorrt"]
+BackendName = Literal["torch", "onnxruntime", "tensorrt", "triton"]  # triton: a remote server, never chosen by auto
 BACKENDS: tuple[str, ...] = get_args(BackendName)
 Device = Literal["cpu", "cuda"]
+
+
+class BackendUnavailable(ClipadError):
+    """The backend cannot answer now but may later (a remote server down or restarting): the
+    pipeline records the batch's frames as errors and goes on instead of stopping."""
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,8 @@ from clipad.runtime.backends import BACKENDS, BackendName
 @dataclass
 class BenchConfig:
     """Every backend x precision x batch combination, ``warmup`` untimed and ``iterations`` timed
-    calls each; ``device``: auto, cpu or cuda; ``parity``: also compare with the reference."""
+    calls each; ``device``: auto, cpu or cuda; ``parity``: also compare with the reference;
+    ``triton``: the server of backend triton (``backends.triton_backend.TritonTarget``)."""
 
     backends: list[BackendName]
     precisions: list[Precision]
@@ -21,6 +22,7 @@ class BenchConfig:
     warmup: int = 3
     device: str = "auto"
     parity: bool = True
+    triton: object | None = None
 
 
 def validate(cfg: BenchConfig) -> None:

@@ -95,7 +95,7 @@ def bench_combination(art: Artifacts, name: str, precision: str, ctx: RowContext
     ctx.memory.reset()
     t0 = time.perf_counter()
     try:
-        backend = open_backend(art, name, precision, ctx.cfg.device)
+        backend = open_backend(art, name, precision, ctx.cfg.device, ctx.cfg.triton)
     except Exception as err:  # noqa: BLE001 - ONNX Runtime's own errors derive from Exception only
         ctx.advance(len(ctx.cfg.batches))
         return [unavailable(name, precision, _reason(err))]

@@ -1,0 +1,315 @@
+"""Triton backend: the exported model served by a Triton Inference Server, over gRPC or HTTP.
+
+``--backend triton --url grpc://HOST:8001`` (or ``http://HOST:8000``). The server returns the
+raw outputs; scoring and the calibration constants stay in the client, as with every backend.
+
+At open, one line and no backend when anything disagrees: the server is live and ready, the
+model (default ``<category>_python``, the model of `clipad export --triton-repo` that loads on
+every Triton build) is ready, its config's inputs, outputs and max batch equal the manifest's,
+and its ``clipad_sha256`` parameter equals the manifest's hash of the file it names
+(``clipad_file``), so a server serving another export is refused.
+
+A call (at most the model's max batch) is split into up to ``inflight`` requests of about equal
+size, sent at once (one client per worker thread): one client keeps several requests in a
+remote server's queue, and the server's dynamic batcher forms its batches from the requests of
+all clients (with ``inflight`` 1 every call is one request). Every
+request has a timeout. When the server cannot answer (down, restarting, timed out) the call
+raises ``BackendUnavailable``: the pipeline retries with backoff, records that batch's frames
+as errors and goes on; the next call connects again (clients are rebuilt after a failure,
+shared-memory regions registered again).
+
+``shm``: system shared memory for inputs and outputs when client and server share a host
+(``tritonclient.utils.shared_memory``), one region set per worker thread.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import uuid
+import weakref
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
+from urllib.parse import urlparse
+
+import numpy as np
+
+from clipad.core.errors import ClipadError
+from clipad.deploy.artifacts import Artifacts
+from clipad.deploy.manifest import ONNX_FP16, ONNX_FP32, ONNX_INT8, PLAN, TensorSpec
+from clipad.runtime.backends.base import Backend, BackendInfo, BackendUnavailable
+
+TRITON_DTYPES = {"uint8": ("TYPE_UINT8", "UINT8"), "float32": ("TYPE_FP32", "FP32"), "float16": ("TYPE_FP16", "FP16")}
+PRECISION_OF_FILE = {ONNX_FP32: "fp32", ONNX_FP16: "fp16", ONNX_INT8: "int8"}
+HASH_PARAM, FILE_PARAM = "clipad_sha256", "clipad_file"  # as clipad.deploy.triton_repo writes them
+
+
+@dataclass(frozen=True)
+class TritonTarget:
+    """Where the model is served. url: grpc://HOST:PORT or http://HOST:PORT; model: the Triton
+    model name (None: ``<category>_python``); version: "" for the server's policy; timeout_s:
+    per request; inflight: requests in flight per client; shm: system shared memory (same host)."""
+
+    url: str
+    model: str | None = None
+    version: str = ""
+    timeout_s: float = 10.0
+    inflight: int = 2
+    shm: bool = False
+
+    def check(self) -> None:
+        parsed = urlparse(self.url)
+        if parsed.scheme not in ("grpc", "http") or not parsed.hostname or not parsed.port:
+            raise ClipadError(f"--url must be grpc://HOST:PORT or http://HOST:PORT, got '{self.url}'")
+        if self.timeout_s <= 0 or self.inflight < 1:
+            raise ClipadError("--triton-timeout must be > 0 and --triton-inflight >= 1")
+
+    @property
+    def protocol(self) -> str:
+        return urlparse(self.url).scheme
+
+    @property
+    def address(self) -> str:
+        p = urlparse(self.url)
+        return f"{p.hostname}:{p.port}"
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
+def _tensor_spec(t: dict) -> tuple[str, str, list[int]]:
+    """(name, data_type, dims as the model sees them) from a Triton config tensor (JSON form)."""
+    dims = t["reshape"].get("shape", []) if "reshape" in t else t.get("dims", [])  # JSON leaves an empty shape out
+    return t["name"], t.get("data_type", ""), [int(d) for d in dims]
+
+
+def config_difference(config: dict, inputs: list[TensorSpec], outputs: list[TensorSpec], max_batch: int) -> str | None:
+    """The first difference between a Triton model config (JSON form) and the manifest's io, or None."""
+    if int(config.get("max_batch_size", 0)) != max_batch:
+        return f"max_batch_size {config.get('max_batch_size', 0)} vs the manifest's {max_batch}"
+    for kind, declared, expected in (("input", config.get("input", []), inputs), ("output", config.get("output", []), outputs)):
+        got = [_tensor_spec(t) for t in declared]
+        if [g[0] for g in got] != [e.name for e in expected]:
+            return f"{kind}s {[g[0] for g in got]} vs the manifest's {[e.name for e in expected]}"
+        for (name, dtype, dims), e in zip(got, expected):
+            if dtype != TRITON_DTYPES[e.dtype][0]:
+                return f"{kind} {name}: {dtype} vs the manifest's {e.dtype}"
+            if dims != [int(d) for d in e.shape[1:]]:
+                return f"{kind} {name}: dims {dims} vs the manifest's {[int(d) for d in e.shape[1:]]}"
+    return None
+
+
+class _Client:
+    """One protocol client (and its shared-memory regions) for one worker thread."""
+
+    def __init__(self, target: TritonTarget, io: tuple[TensorSpec, list[TensorSpec]], max_batch: int):
+        self.target = target
+        if target.protocol == "grpc":
+            import tritonclient.grpc as tc
+        else:
+            import tritonclient.http as tc
+        self.tc = tc
+        self.client = tc.InferenceServerClient(target.address, **({} if target.protocol == "grpc" else {
+            "connection_timeout": target.timeout_s, "network_timeout": target.timeout_s}))
+        self.input, self.outputs = io
+        self.regions: list[tuple[str, object, int]] = []
+        if target.shm:
+            try:
+                self._register_shm(max_batch)
+            except BaseException:
+                self.close()
+                raise
+
+    def _bytes(self, t: TensorSpec, batch: int) -> int:
+        return int(np.prod([batch, *(int(d) for d in t.shape[1:])])) * np.dtype(t.dtype).itemsize
+
+    def _register_shm(self, max_batch: int) -> None:
+        import tritonclient.utils.shared_memory as shm
+
+        for t in [self.input, *self.outputs]:
+            name = f"clipad_{os.getpid()}_{uuid.uuid4().hex[:8]}_{t.name}"
+            size = self._bytes(t, max_batch)
+            handle = shm.create_shared_memory_region(name, f"/{name}", size)
+            self.regions.append((name, handle, size))
+            self.client.register_system_shared_memory(name, f"/{name}", size)
+
+    def infer(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        tc, b = self.tc, len(images)
+        inp = tc.InferInput(self.input.name, list(images.shape), TRITON_DTYPES[self.input.dtype][1])
+        outs = [tc.InferRequestedOutput(o.name) for o in self.outputs]
+        if self.regions:
+            import tritonclient.utils.shared_memory as shm
+
+            name, handle, _ = self.regions[0]
+            shm.set_shared_memory_region(handle, [images])
+            inp.set_shared_memory(name, images.nbytes)
+            for o, t, (oname, _, _) in zip(outs, self.outputs, self.regions[1:]):
+                o.set_shared_memory(oname, self._bytes(t, b))
+        else:
+            inp.set_data_from_numpy(images)
+        kw = {"client_timeout": self.target.timeout_s} if self.target.protocol == "grpc" else {}
+        res = self.client.infer(self.target.model, [inp], model_version=self.target.version, outputs=outs, **kw)
+        arrays = []
+        for t, (oname, handle, _) in zip(self.outputs, self.regions[1:] or [(None, None, 0)] * len(self.outputs)):
+            if handle is not None:
+                import tritonclient.utils.shared_memory as shm
+
+                shape = [b, *(int(d) for d in t.shape[1:])]
+                arrays.append(np.array(shm.get_contents_as_numpy(handle, np.dtype(t.dtype), shape)))
+            else:
+                arrays.append(res.as_numpy(t.name))
+        amap, prob = arrays[0], arrays[1]
+        return amap.reshape(b, *amap.shape[-2:]), prob.reshape(b)
+
+    def close(self) -> None:
+        if self.regions:
+            import tritonclient.utils.shared_memory as shm
+
+            for name, handle, _ in self.regions:
+                try:
+                    self.client.unregister_system_shared_memory(name)
+                except Exception:  # noqa: BLE001 - the server may be gone; the region is ours to free regardless
+                    pass
+                shm.destroy_shared_memory_region(handle)
+            self.regions = []
+        try:
+            self.client.close()
+        except Exception:  # noqa: BLE001 - closing a client of a dead server
+            pass
+
+
+def _close_clients(clients: list[_Client]) -> None:
+    """Close and forget ``clients`` (in place): also run at exit for a backend never closed, so no
+    shared-memory region outlives the process."""
+    old = list(clients)
+    clients.clear()
+    for c in old:
+        c.close()
+
+
+class TritonBackend(Backend):
+    name = "triton"
+
+    def __init__(self, artifacts: Artifacts, target: TritonTarget, precision: str | None = None):
+        target.check()
+        m = artifacts.manifest
+        self.target = target if target.model else replace(target, model=f"{m.category}_python")
+        if len(m.onnx.outputs) != 2:
+            raise ClipadError(f"the manifest lists {len(m.onnx.outputs)} outputs, the Triton backend expects anomaly_map and image_prob")
+        self._io = (m.onnx.inputs[0], list(m.onnx.outputs))
+        config = self._check_server(artifacts)
+        self.max_batch = m.max_batch
+        file = config["parameters"][FILE_PARAM]["string_value"]
+        self.precision = m.engine.precision if file == PLAN and m.engine else PRECISION_OF_FILE.get(file, "fp32")
+        if precision not in (None, "auto") and precision != self.precision:
+            raise ClipadError(f"the Triton model {self.target.model} serves {file} ({self.precision}), not {precision}")
+        kinds = {g.get("kind", "KIND_GPU") for g in config.get("instance_group", [])}
+        self._device = "cuda" if "KIND_GPU" in kinds else "cpu"
+        self._local = threading.local()
+        self._clients: list[_Client] = []
+        self._finalizer = weakref.finalize(self, _close_clients, self._clients)
+        self._lock = threading.Lock()
+        self._generation = 0
+        self._pool = ThreadPoolExecutor(self.target.inflight, thread_name_prefix="triton") if self.target.inflight > 1 else None
+        if self.target.shm:  # register now, so a server on another host is refused at open
+            try:
+                self._client()
+            except Exception as err:  # noqa: BLE001 - tritonclient's and the OS's errors
+                self.close()
+                raise ClipadError(f"--triton-shm: cannot share memory with the server at {self.target.url} "
+                                  f"(client and server must share a host): {_first_line(err)}") from None
+
+    def _check_server(self, artifacts: Artifacts) -> dict:
+        """The model's config (JSON form), after every check of the module docstring."""
+        t, m = self.target, artifacts.manifest
+        try:
+            probe = _Client(TritonTarget(t.url, t.model, t.version, t.timeout_s), self._io, 1)
+        except Exception as err:  # noqa: BLE001 - tritonclient raises its own and socket errors
+            raise ClipadError(f"cannot reach the Triton server at {t.url}: {_first_line(err)}") from None
+        c = probe.client
+        kw = {"client_timeout": t.timeout_s} if t.protocol == "grpc" else {}  # HTTP: the client's network_timeout
+        try:
+            try:
+                live, ready = c.is_server_live(**kw), c.is_server_ready(**kw)
+            except Exception as err:  # noqa: BLE001
+                raise ClipadError(f"no Triton server answers at {t.url} ({_first_line(err)})") from None
+            if not (live and ready):
+                raise ClipadError(f"the Triton server at {t.url} is {'not ready' if live else 'not live'}")
+            if not c.is_model_ready(t.model, t.version, **kw):
+                raise ClipadError(f"the Triton server at {t.url} has no ready model '{t.model}'"
+                                  f"{' version ' + t.version if t.version else ''} ({self._ready_models(c, t.protocol)})")
+            config = c.get_model_config(t.model, t.version, **({"as_json": True, **kw} if t.protocol == "grpc" else {}))
+            config = config.get("config", config)
+        finally:
+            probe.close()
+        diff = config_difference(config, m.onnx.inputs, m.onnx.outputs, m.max_batch)
+        if diff:
+            raise ClipadError(f"the Triton model '{t.model}' does not match {artifacts.root}: {diff}")
+        params = config.get("parameters", {})
+        file = params.get(FILE_PARAM, {}).get("string_value")
+        sha = params.get(HASH_PARAM, {}).get("string_value")
+        if not file or not sha:
+            raise ClipadError(f"the Triton model '{t.model}' has no {HASH_PARAM}/{FILE_PARAM} parameters: "
+                              "serve a repository written by `clipad export --triton-repo`")
+        if m.files.get(file) != sha:
+            raise ClipadError(f"the Triton model '{t.model}' serves a {file} with sha256 {sha[:12]}..., "
+                              f"the manifest in {artifacts.root} has {str(m.files.get(file))[:12]}...: another export")
+        return config
+
+    @staticmethod
+    def _ready_models(client, protocol: str) -> str:
+        try:
+            index = client.get_model_repository_index(**({"as_json": True} if protocol == "grpc" else {}))
+            index = index.get("models", []) if isinstance(index, dict) else index
+            ready = sorted(x["name"] for x in index if x.get("state") == "READY")
+        except Exception:  # noqa: BLE001 - only for the message
+            return "ready models unknown"
+        return "ready: " + (", ".join(ready) or "none")
+
+    def _client(self) -> _Client:
+        c = getattr(self._local, "client", None)
+        if c is None or getattr(self._local, "generation", -1) != self._generation:
+            c = _Client(self.target, self._io, self.max_batch)
+            with self._lock:
+                self._clients.append(c)
+            self._local.client, self._local.generation = c, self._generation
+        return c
+
+    def _request(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        try:
+            return self._client().infer(images)
+        except ClipadError:
+            raise
+        except Exception as err:  # noqa: BLE001 - any transport or server error: the server cannot answer now
+            self._reset()
+            raise BackendUnavailable(f"Triton server at {self.target.url}: {_first_line(err)}") from None
+
+    def _reset(self) -> None:
+        """Drop every client (and its shared memory): the next request connects afresh."""
+        with self._lock:
+            old = list(self._clients)
+            self._clients.clear()
+            self._generation += 1
+        _close_clients(old)
+
+    def _infer(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        chunks = np.array_split(images, min(self.target.inflight, len(images)))
+        if self._pool is None or len(chunks) == 1:
+            results = [self._request(c) for c in chunks]
+        else:
+            results = [f.result() for f in [self._pool.submit(self._request, c) for c in chunks]]
+        return np.concatenate([r[0] for r in results]), np.concatenate([r[1] for r in results])
+
+    def info(self) -> BackendInfo:
+        t = self.target
+        return BackendInfo(self.name, self.precision, self._device,
+                           f"{t.model}{' v' + t.version if t.version else ''} at {t.url}, {t.inflight} in flight"
+                           f"{', shared memory' if t.shm else ''}", self.max_batch)
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
+        self._reset()
