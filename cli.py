@@ -31,7 +31,7 @@ SeedOpt = Annotated[int, typer.Option("--seed", help="Seed for --random-weights.
 CacheOpt = Annotated[Optional[Path], typer.Option("--cache-dir", help="Where open_clip caches downloaded weights.")]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")]
 # Method options, shared by eval and export.
-ModeOpt = Annotated[str, typer.Option("--mode", help="sdp, or sdp+ with --heads.")]
+ModeOpt = Annotated[str, typer.Option("--mode", help="sdp, sdp+ with --heads, or reference (good images only: --reference / --shots).")]
 HeadsOpt = Annotated[Optional[Path], typer.Option("--heads", help="SDP+ heads (.safetensors, or the official .pth layout).")]
 RvsOpt = Annotated[str, typer.Option("--rvs", help="Representative vector method: mean, pca, kde, dbscan, mean_shift.")]
 PromptsOpt = Annotated[str, typer.Option("--prompts", help="Prompt set (industrial, hemorrhage, tumor, polyp) or a YAML/JSON file.")]
@@ -156,6 +156,9 @@ def export(
     engine: Annotated[bool, typer.Option("--engine", help="Also build a TensorRT engine (needs TensorRT and a GPU).")] = False,
     opt_batch: Annotated[Optional[int], typer.Option("--opt-batch", help="With --engine: the batch size TensorRT tunes the engine's kernels for (default: min(8, max batch)); the engine serves batch 1 to the max batch.")] = None,
     triton_repo: Annotated[Optional[Path], typer.Option("--triton-repo", help="Also write a Triton model repository here.")] = None,
+    reference: Annotated[Optional[str], typer.Option("--reference", help="Good images of the part (folder, file or glob): their patch tokens are baked into the graph (fused with zero-shot; --mode reference: alone).")] = None,
+    shots: Annotated[Optional[int], typer.Option("--shots", help="With --reference: use the first K images (sorted; default all).")] = None,
+    memory_patches: Annotated[int, typer.Option("--memory-patches", help="With --reference: at most N memory patches per stage (k-center coreset beyond).")] = 1024,
     out: Annotated[Optional[Path], typer.Option("--out", help="Artifact directory (default artifacts/<category>).")] = None,
     model: ModelOpt = "ViT-B-16-plus-240",
     pretrained: PretrainedOpt = "laion400m_e31",
@@ -191,10 +194,15 @@ def export(
                    f"batch {meta.profile.min}..{meta.profile.max} tuned for {meta.profile.opt})")
         return
     check_method(mode, heads is not None, rvs)
+    from clipad.deploy.reference_set import ReferenceConfig
+
+    if reference is None and (mode == "reference" or shots is not None):
+        raise ClipadError(f"{'--mode reference' if mode == 'reference' else '--shots'} needs --reference GOOD_IMAGES")
     cfg = ExportConfig(
         category=category, out=out or Path("artifacts") / category, object_name=object_name, heads_path=heads, rvs=rvs,
         rvs_profile=rvs_profile, prompts_source=prompts, sigma=sigma, max_batch=max_batch, precision=precision,
         engine=engine, opt_batch=opt_batch, triton_repo=triton_repo,
+        reference=ReferenceConfig(reference, shots, memory_patches, mode == "reference") if reference is not None else None,
     )
     validate(cfg)
     previous = " and ".join(made_by_calibrate(cfg.out))
