@@ -325,6 +325,34 @@ def predict(
     typer.echo(f"{res.images} predictions written to {out / PREDICTIONS}{skipped}")
 
 
+reference_app = typer.Typer(help="The normal-reference memory of an export (good images baked into the graph).", no_args_is_help=True)
+app.add_typer(reference_app, name="reference")
+
+
+@reference_app.command("add")
+def reference_add(
+    images: Annotated[str, typer.Argument(help="Good images to add: folder, file or glob.")],
+    artifacts: ArtifactsOpt = None,
+    device: DeviceOpt = "cpu",
+    quiet: QuietOpt = False,
+) -> None:
+    """Add good images to the reference memory: re-exports the graphs (parity re-run); calibration must be redone."""
+    from clipad.core.progress import progress_bars
+    from clipad.deploy.reference_add import add_reference
+    from clipad.model.loading import resolve_device
+    from clipad.runtime.serving import find_artifacts
+
+    with progress_bars(enabled=not quiet) as tasks:
+        art = add_reference(find_artifacts(artifacts), images, tasks, resolve_device(device))
+    for warning in art.manifest.warnings:
+        typer.echo(f"WARNING: {warning}", err=True)
+    r = art.manifest.reference
+    typer.echo(f"reference memory of {art.root}: {len(r.images)} images, {r.patches_per_stage} patches per stage "
+               f"(coverage radius <= {max(r.coreset_radius):.3g}); parity "
+               + ", ".join(f"{p} rel L2 {art.manifest.parity.figures(p).rel_l2:.1e}" for p in art.manifest.precisions)
+               + "; a Triton repository made from the old graph must be written again (`clipad export --triton-repo`)")
+
+
 @app.command()
 def calibrate(
     artifacts: ArtifactsOpt = None,

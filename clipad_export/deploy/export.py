@@ -77,6 +77,7 @@ class ExportConfig:
     opt_batch: int | None = None  # the engine profile's opt batch (None: tensorrt.plan.default_opt_batch)
     triton_repo: Path | None = None
     reference: "ReferenceConfig | None" = None  # good images baked into the graph (method.md 14)
+    notes: tuple[str, ...] = ()  # warnings the caller adds to the manifest (`clipad reference add`)
 
     @property
     def mode(self) -> Mode:
@@ -203,7 +204,7 @@ def export(loaded: LoadedModel, cfg: ExportConfig, tasks: Tasks) -> Artifacts:
     width, embed_dim = visual.conv1.out_channels, visual.proj.shape[1]
     heads: Heads | None = load_heads(cfg.heads_path, width, embed_dim) if cfg.heads_path else None
     timings: dict[str, float] = {}
-    warnings: list[str] = []
+    warnings: list[str] = list(cfg.notes)
 
     t0 = time.perf_counter()
     tv = text_vectors(loaded.clip, loaded.tokenizer, object_name, cfg.rvs, cfg.rvs_profile, cfg.prompts,
