@@ -97,6 +97,9 @@ def eval_(
     sigma: Annotated[Optional[float], typer.Option("--sigma", help="Gaussian smoothing sigma (default 8; 2 for SDP+ on VisA).")] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 8,
     out: Annotated[Path, typer.Option("--out", help="results.json path.")] = Path("results.json"),
+    shots: Annotated[Optional[int], typer.Option("--shots", help="Normal-reference mode: K good training images per category and seed baked into the model (MVTec layout).")] = None,
+    shot_seeds: Annotated[str, typer.Option("--shot-seeds", help="With --shots: comma-separated seeds; mean and spread over them.")] = "0",
+    memory_patches: Annotated[int, typer.Option("--memory-patches", help="With --shots: at most N memory patches per stage.")] = 1024,
     model: ModelOpt = "ViT-B-16-plus-240",
     pretrained: PretrainedOpt = "laion400m_e31",
     weights: WeightsOpt = None,
@@ -106,7 +109,7 @@ def eval_(
     device: DeviceOpt = "auto",
     quiet: QuietOpt = False,
 ) -> None:
-    """Evaluate SDP/SDP+ on a dataset's test split; writes results.json and prints a Table-1 style table."""
+    """Evaluate SDP/SDP+ (or, with --shots, the normal-reference mode) on a dataset's test split; writes results.json and prints a Table-1 style table."""
     from clipad.core.choices import check_method
     from clipad.core.progress import progress_bars
     from clipad.data import check_masks, load_split
@@ -116,6 +119,11 @@ def eval_(
     from clipad.model.prompts import load_prompt_set
 
     check_method(mode, heads is not None, rvs)
+    if shots is None and mode == "reference":
+        from clipad.core.errors import ClipadError
+
+        raise ClipadError("--mode reference needs --shots K (good training images per category)")
+    seeds = _csv(shot_seeds, "--shot-seeds", int)
     prompt_set = load_prompt_set(prompts)
     cats = [c.strip() for c in categories.split(",") if c.strip()] if categories else None
     split = load_split(dataset, root, cats)
@@ -125,13 +133,23 @@ def eval_(
     head_weights = load_heads(heads, width, embed_dim) if mode == "sdp+" else None
     cfg = EvalConfig(dataset=dataset, heads=head_weights, rvs=rvs, prompts=prompt_set, sigma=sigma, batch_size=batch_size)
     n = sum(len(v) for v in split.values())
-    typer.echo(f"evaluating {mode} on {n} images in {len(split)} categories with {model} ({loaded.spec.describe()}), sigma {cfg.effective_sigma():g}", err=True)
+    what = mode if shots is None else (f"reference, K={shots}" if mode == "reference" else f"{mode} + reference, K={shots}")
+    typer.echo(f"evaluating {what} on {n} images in {len(split)} categories with {model} ({loaded.spec.describe()}), sigma {cfg.effective_sigma():g}", err=True)
     if random_weights:
         typer.echo("note: random weights give meaningless heatmaps; use them for smoke tests only", err=True)
     with progress_bars(enabled=not quiet) as tasks:
-        results = evaluate(loaded, split, cfg, tasks)
+        if shots is None:
+            results = evaluate(loaded, split, cfg, tasks)
+        else:
+            from clipad.evaluation.shots import evaluate_shots
+
+            results = evaluate_shots(loaded, split, cfg, root, shots, seeds, tasks, memory_patches, mode == "reference")
     write_results(results, out)
     typer.echo(format_table(results))
+    if shots is not None:
+        from clipad.evaluation.shots import format_spread
+
+        typer.echo(format_spread(results))
     for cat, entry in results.items():
         for note in entry.get("rvs", {}).get("notes", []) + entry.get("notes", []):
             typer.echo(f"note: {cat}: {note}", err=True)
