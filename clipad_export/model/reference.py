@@ -164,10 +164,9 @@ class ReferenceModel(SDPModel):
 
     @property
     def mode(self) -> Mode:
+        """"reference", or the zero-shot mode it is fused with ("sdp" / "sdp+"), which is what
+        the inherited ``maps_from_taps`` reads."""
         return "reference" if self.reference_only else self.maps.mode
-
-    def maps_from_taps(self, taps):
-        return SDPModel.maps_from_taps(_ZeroShotView(self), taps)
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if self.reference_only:
@@ -177,13 +176,6 @@ class ReferenceModel(SDPModel):
         zmap, zprob = self.maps_from_taps(taps)
         amap = zmap + self.reference(taps.ori[:, :, 1:])
         return amap, 0.5 * (zprob + normalised_max(amap, self.score))
-
-
-class _ZeroShotView:
-    """What ``SDPModel.maps_from_taps`` reads, with the zero-shot mode (sdp / sdp+)."""
-
-    def __init__(self, model: ReferenceModel):
-        self.vit, self.maps, self.text, self.mode = model.vit, model.maps, model.maps.text, model.maps.mode
 
 
 def patch_tokens(model: SDPModel, images: torch.Tensor) -> torch.Tensor:
