@@ -59,7 +59,8 @@ def exported(tiny, data, tmp_path_factory):
     out = {}
     for mode, only in (("fused", False), ("reference", True)):
         cfg = ExportConfig(category="fabric", out=root / mode, prompts=PROMPT_SETS["industrial"], max_batch=4,
-                           reference=ReferenceConfig(str(data / "fabric" / "train" / "good"), 3, 1024, only))
+                           reference=ReferenceConfig(str(data / "fabric" / "train" / "good"), 3, 1024, only),
+                           triton_repo=root / f"triton-{mode}")
         out[mode] = export(tiny, cfg, Tasks(None))
     return out
 
@@ -170,6 +171,18 @@ def test_graph_matches_torch_and_manifest(exported, tiny, data, uint8_images, mo
     assert unsupported_ops(art.root / ONNX_FP32) == []
     # the manifest round-trips with its record
     assert Manifest.read(art.root / MANIFEST) == m
+
+
+@pytest.mark.parametrize("mode", ["fused", "reference"])
+def test_triton_repository_unchanged_in_contract(exported, mode):
+    from clipad.deploy.triton_repo import validate_config
+
+    art = exported[mode]
+    repo = art.root.parent / f"triton-{mode}"
+    cfg = validate_config((repo / "fabric_onnx" / "config.pbtxt").read_text(), art.manifest.onnx, art.manifest.max_batch)
+    assert cfg.platform == "onnxruntime_onnx" and cfg.max_batch_size == 4
+    assert [o.name for o in cfg.output] == ["anomaly_map", "image_prob"] and [i.name for i in cfg.input] == ["image"]
+    assert file_sha256(repo / "fabric_onnx" / "1" / "model.onnx") == art.manifest.files[ONNX_FP32]
 
 
 def test_fp16_keeps_the_memory_product_in_fp32(exported, tmp_path):
