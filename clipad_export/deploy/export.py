@@ -108,6 +108,8 @@ def validate(cfg: ExportConfig, loaded: LoadedModel | None = None) -> None:
         raise ClipadError(f"--precision must be one of {', '.join(PRECISIONS)}, got '{cfg.precision}'")
     if cfg.reference is not None:
         cfg.reference.check()
+        if cfg.reference.only and cfg.heads_path is not None:
+            raise ClipadError("--heads is only used with --mode sdp+ (the reference mode has no text path)")
     if cfg.heads_path is not None and not Path(cfg.heads_path).is_file():
         raise ClipadError(f"heads file not found: {cfg.heads_path}")
     if cfg.engine:
