@@ -1,7 +1,8 @@
 """`clipad export`: one category's self-contained artifacts, with parity checked every time.
 
 Steps (each shown in the progress display): text vectors with RVS (computed once, baked in),
-the reference SDPModel, the FP32 ONNX graph, optionally the mixed FP16 graph, parity of each
+the reference SDPModel (with ``--reference``, the good images' memory baked into it, method.md
+section 14), the FP32 ONNX graph, optionally the mixed FP16 graph, parity of each
 graph in ONNX Runtime against the reference on deterministic inputs at batch 1 and 3 (the
 export fails when a tolerance is exceeded), optionally a TensorRT engine and a Triton model
 repository, then the manifest. Everything is written into a staging directory and renamed
