@@ -135,6 +135,23 @@ def test_modes(base, data, tiny):
     assert ((oprob >= 0) & (oprob <= 1)).all()
 
 
+@pytest.mark.parametrize("only", [False, True])
+def test_flop_count_includes_the_memory_product(base, data, tiny, only):
+    """Fused: every product FlopCounterMode sees; reference mode: the same less the V-V path,
+    which the torch module runs but the exported graph drops."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from clipad.model.flops import ViTDims, flops_breakdown
+
+    model = bake(base, good_images(data, "fabric", tiny.image_size)[:3], 50, only).model
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(torch.from_numpy(good_images(data, "washer", tiny.image_size)[:2]))
+    dims = ViTDims.from_visual(tiny.clip.visual, tiny.image_size)
+    want = flops_breakdown(dims, model.mode, 50)
+    assert want["reference"] > 0
+    assert counter.get_total_flops() == 2 * (want["total"] + (flops_breakdown(dims)["vv_path"] if only else 0))
+
+
 def test_score_constants():
     sc = score_constants([0.2, 0.4, 0.3])
     assert sc.center == pytest.approx(0.4) and sc.scale == pytest.approx(np.std([0.2, 0.4, 0.3]))
