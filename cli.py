@@ -31,7 +31,7 @@ SeedOpt = Annotated[int, typer.Option("--seed", help="Seed for --random-weights.
 CacheOpt = Annotated[Optional[Path], typer.Option("--cache-dir", help="Where open_clip caches downloaded weights.")]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")]
 # Method options, shared by eval and export.
-ModeOpt = Annotated[str, typer.Option("--mode", help="sdp, or sdp+ with --heads.")]
+ModeOpt = Annotated[str, typer.Option("--mode", help="sdp, sdp+ with --heads, or reference (good images only: --reference / --shots).")]
 HeadsOpt = Annotated[Optional[Path], typer.Option("--heads", help="SDP+ heads (.safetensors, or the official .pth layout).")]
 RvsOpt = Annotated[str, typer.Option("--rvs", help="Representative vector method: mean, pca, kde, dbscan, mean_shift.")]
 PromptsOpt = Annotated[str, typer.Option("--prompts", help="Prompt set (industrial, hemorrhage, tumor, polyp) or a YAML/JSON file.")]
@@ -97,6 +97,9 @@ def eval_(
     sigma: Annotated[Optional[float], typer.Option("--sigma", help="Gaussian smoothing sigma (default 8; 2 for SDP+ on VisA).")] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 8,
     out: Annotated[Path, typer.Option("--out", help="results.json path.")] = Path("results.json"),
+    shots: Annotated[Optional[int], typer.Option("--shots", help="Normal-reference mode: K good training images per category and seed baked into the model (MVTec layout).")] = None,
+    shot_seeds: Annotated[str, typer.Option("--shot-seeds", help="With --shots: comma-separated seeds; mean and spread over them.")] = "0",
+    memory_patches: Annotated[int, typer.Option("--memory-patches", help="With --shots: at most N memory patches per stage.")] = 1024,
     model: ModelOpt = "ViT-B-16-plus-240",
     pretrained: PretrainedOpt = "laion400m_e31",
     weights: WeightsOpt = None,
@@ -106,7 +109,7 @@ def eval_(
     device: DeviceOpt = "auto",
     quiet: QuietOpt = False,
 ) -> None:
-    """Evaluate SDP/SDP+ on a dataset's test split; writes results.json and prints a Table-1 style table."""
+    """Evaluate SDP/SDP+ (or, with --shots, the normal-reference mode) on a dataset's test split; writes results.json and prints a Table-1 style table."""
     from clipad.core.choices import check_method
     from clipad.core.progress import progress_bars
     from clipad.data import check_masks, load_split
@@ -116,6 +119,11 @@ def eval_(
     from clipad.model.prompts import load_prompt_set
 
     check_method(mode, heads is not None, rvs)
+    if shots is None and mode == "reference":
+        from clipad.core.errors import ClipadError
+
+        raise ClipadError("--mode reference needs --shots K (good training images per category)")
+    seeds = _csv(shot_seeds, "--shot-seeds", int)
     prompt_set = load_prompt_set(prompts)
     cats = [c.strip() for c in categories.split(",") if c.strip()] if categories else None
     split = load_split(dataset, root, cats)
@@ -125,13 +133,23 @@ def eval_(
     head_weights = load_heads(heads, width, embed_dim) if mode == "sdp+" else None
     cfg = EvalConfig(dataset=dataset, heads=head_weights, rvs=rvs, prompts=prompt_set, sigma=sigma, batch_size=batch_size)
     n = sum(len(v) for v in split.values())
-    typer.echo(f"evaluating {mode} on {n} images in {len(split)} categories with {model} ({loaded.spec.describe()}), sigma {cfg.effective_sigma():g}", err=True)
+    what = mode if shots is None else (f"reference, K={shots}" if mode == "reference" else f"{mode} + reference, K={shots}")
+    typer.echo(f"evaluating {what} on {n} images in {len(split)} categories with {model} ({loaded.spec.describe()}), sigma {cfg.effective_sigma():g}", err=True)
     if random_weights:
         typer.echo("note: random weights give meaningless heatmaps; use them for smoke tests only", err=True)
     with progress_bars(enabled=not quiet) as tasks:
-        results = evaluate(loaded, split, cfg, tasks)
+        if shots is None:
+            results = evaluate(loaded, split, cfg, tasks)
+        else:
+            from clipad.evaluation.shots import evaluate_shots
+
+            results = evaluate_shots(loaded, split, cfg, root, shots, seeds, tasks, memory_patches, mode == "reference")
     write_results(results, out)
     typer.echo(format_table(results))
+    if shots is not None:
+        from clipad.evaluation.shots import format_spread
+
+        typer.echo(format_spread(results))
     for cat, entry in results.items():
         for note in entry.get("rvs", {}).get("notes", []) + entry.get("notes", []):
             typer.echo(f"note: {cat}: {note}", err=True)
@@ -156,6 +174,9 @@ def export(
     engine: Annotated[bool, typer.Option("--engine", help="Also build a TensorRT engine (needs TensorRT and a GPU).")] = False,
     opt_batch: Annotated[Optional[int], typer.Option("--opt-batch", help="With --engine: the batch size TensorRT tunes the engine's kernels for (default: min(8, max batch)); the engine serves batch 1 to the max batch.")] = None,
     triton_repo: Annotated[Optional[Path], typer.Option("--triton-repo", help="Also write a Triton model repository here.")] = None,
+    reference: Annotated[Optional[str], typer.Option("--reference", help="Good images of the part (folder, file or glob): their patch tokens are baked into the graph (fused with zero-shot; --mode reference: alone).")] = None,
+    shots: Annotated[Optional[int], typer.Option("--shots", help="With --reference: use the first K images (sorted; default all).")] = None,
+    memory_patches: Annotated[int, typer.Option("--memory-patches", help="With --reference: at most N memory patches per stage (k-center coreset beyond).")] = 1024,
     out: Annotated[Optional[Path], typer.Option("--out", help="Artifact directory (default artifacts/<category>).")] = None,
     model: ModelOpt = "ViT-B-16-plus-240",
     pretrained: PretrainedOpt = "laion400m_e31",
@@ -191,10 +212,15 @@ def export(
                    f"batch {meta.profile.min}..{meta.profile.max} tuned for {meta.profile.opt})")
         return
     check_method(mode, heads is not None, rvs)
+    from clipad.deploy.reference_set import ReferenceConfig
+
+    if reference is None and (mode == "reference" or shots is not None):
+        raise ClipadError(f"{'--mode reference' if mode == 'reference' else '--shots'} needs --reference GOOD_IMAGES")
     cfg = ExportConfig(
         category=category, out=out or Path("artifacts") / category, object_name=object_name, heads_path=heads, rvs=rvs,
         rvs_profile=rvs_profile, prompts_source=prompts, sigma=sigma, max_batch=max_batch, precision=precision,
         engine=engine, opt_batch=opt_batch, triton_repo=triton_repo,
+        reference=ReferenceConfig(reference, shots, memory_patches, mode == "reference") if reference is not None else None,
     )
     validate(cfg)
     previous = " and ".join(made_by_calibrate(cfg.out))
@@ -361,6 +387,34 @@ def predict(
         _say(f"warning: {e}")
     skipped = f", {len(res.skipped)} unreadable skipped" if res.skipped else ""
     typer.echo(f"{res.images} predictions written to {out / PREDICTIONS}{skipped}")
+
+
+reference_app = typer.Typer(help="The normal-reference memory of an export (good images baked into the graph).", no_args_is_help=True)
+app.add_typer(reference_app, name="reference")
+
+
+@reference_app.command("add")
+def reference_add(
+    images: Annotated[str, typer.Argument(help="Good images to add: folder, file or glob.")],
+    artifacts: ArtifactsOpt = None,
+    device: DeviceOpt = "cpu",
+    quiet: QuietOpt = False,
+) -> None:
+    """Add good images to the reference memory: re-exports the graphs (parity re-run); calibration must be redone."""
+    from clipad.core.progress import progress_bars
+    from clipad.deploy.reference_add import add_reference
+    from clipad.model.loading import resolve_device
+    from clipad.runtime.serving import find_artifacts
+
+    with progress_bars(enabled=not quiet) as tasks:
+        art = add_reference(find_artifacts(artifacts), images, tasks, resolve_device(device))
+    for warning in art.manifest.warnings:
+        typer.echo(f"WARNING: {warning}", err=True)
+    r = art.manifest.reference
+    typer.echo(f"reference memory of {art.root}: {len(r.images)} images, {r.patches_per_stage} patches per stage "
+               f"(coverage radius <= {max(r.coreset_radius):.3g}); parity "
+               + ", ".join(f"{p} rel L2 {art.manifest.parity.figures(p).rel_l2:.1e}" for p in art.manifest.precisions)
+               + "; a Triton repository made from the old graph must be written again (`clipad export --triton-repo`)")
 
 
 @app.command()

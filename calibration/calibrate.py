@@ -225,11 +225,24 @@ def constants(obs: Observations, target_fpr: float) -> tuple[CalibrationConstant
     return entry, warnings
 
 
+def refuse_reference_images(art: Artifacts, specs: list[str]) -> None:
+    """One line when a calibration image is one of the artifacts' reference images (method.md 14:
+    its reference distances are zero, so it would fix the ranges and threshold far too low)."""
+    from clipad.deploy.reference_set import reference_overlap
+
+    for spec in specs:
+        overlap = reference_overlap(art.manifest.reference, list_images(spec))
+        if overlap:
+            raise ClipadError(f"{len(overlap)} calibration image(s) at {spec} are reference images of these artifacts "
+                              f"(e.g. {overlap[0]}; sha256 match): their distances are zero; calibrate on other good images")
+
+
 def calibrate(art: Artifacts, backend: ScoringModel, good: str, tasks: Tasks, anomalous: str | None = None,
               masks: Path | None = None, target_fpr: float = 0.01) -> tuple[CalibrationEntry, list[str]]:
     """Observe, fix the constants and write them into the manifest (one atomic write); returns
     (the manifest's new calibration entry, warnings)."""
     CalibrateConfig(good=good, anomalous=anomalous, masks=masks, target_fpr=target_fpr).check()
+    refuse_reference_images(art, [spec for spec in (good, anomalous) if spec is not None])
     with art.writing():
         obs = observe(backend, good, anomalous, masks, art.image_size, tasks)
         fixed, warnings = constants(obs, target_fpr)

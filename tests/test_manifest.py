@@ -240,7 +240,7 @@ BAD = [
     ("absurd max_batch", lambda d: d.update(max_batch=0), "manifest.json: max_batch: must be >= 1"),
     ("absurd image_size", lambda d: d.update(image_size=-96), "manifest.json: image_size: must be > 0"),
     ("negative sigma", lambda d: d.update(sigma=-2.0), "manifest.json: sigma: must be >= 0"),
-    ("unknown mode", lambda d: d.update(mode="sdp++"), "manifest.json: mode: must be 'sdp' or 'sdp+' (got 'sdp++')"),
+    ("unknown mode", lambda d: d.update(mode="sdp++"), "manifest.json: mode: must be 'sdp', 'sdp+' or 'reference' (got 'sdp++')"),
     ("unknown precision", lambda d: d["precisions"].append("bf16"), "manifest.json: precisions[3]: must be 'fp32', 'fp16' or 'int8'"),
     ("string for a number", lambda d: d.update(max_batch="8"), "manifest.json: max_batch: must be an integer (got '8')"),
     ("bool for a number", lambda d: d.update(image_size=True), "manifest.json: image_size: must be an integer (got True)"),

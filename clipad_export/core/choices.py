@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Literal, get_args
 
-Mode = Literal["sdp", "sdp+"]  # SDP (zero-shot), SDP+ (with the four trained heads)
+Mode = Literal["sdp", "sdp+", "reference"]  # SDP (zero-shot), SDP+ (with the four trained heads), reference (good images only, method.md 14)
 MODES: tuple[str, ...] = get_args(Mode)
 
 Precision = Literal["fp32", "fp16", "int8"]  # of a graph, an engine or a served backend
@@ -27,7 +27,7 @@ def check_method(mode: str, has_heads: bool, rvs: str) -> None:
         raise ClipadError(f"--mode must be {' or '.join(MODES)}, got '{mode}'")
     if mode == "sdp+" and not has_heads:
         raise ClipadError("--mode sdp+ needs --heads FILE")
-    if mode == "sdp" and has_heads:
+    if mode in ("sdp", "reference") and has_heads:
         raise ClipadError("--heads is only used with --mode sdp+")
     if rvs not in RVS_METHODS:
         raise ClipadError(f"--rvs must be one of {', '.join(RVS_METHODS)}, got '{rvs}'")

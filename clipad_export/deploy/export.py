@@ -1,7 +1,8 @@
 """`clipad export`: one category's self-contained artifacts, with parity checked every time.
 
 Steps (each shown in the progress display): text vectors with RVS (computed once, baked in),
-the reference SDPModel, the FP32 ONNX graph, optionally the mixed FP16 graph, parity of each
+the reference SDPModel (with ``--reference``, the good images' memory baked into it, method.md
+section 14), the FP32 ONNX graph, optionally the mixed FP16 graph, parity of each
 graph in ONNX Runtime against the reference on deterministic inputs at batch 1 and 3 (the
 export fails when a tolerance is exceeded), optionally a TensorRT engine and a Triton model
 repository, then the manifest. Everything is written into a staging directory and renamed
@@ -15,7 +16,7 @@ import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, get_args
+from typing import TYPE_CHECKING, Literal, get_args
 
 import numpy as np
 import torch
@@ -34,6 +35,7 @@ from clipad.deploy.manifest import (
     ONNX_FILES,
     ONNX_FP16,
     ONNX_FP32,
+    REFERENCE_MEMORY,
     TEXT_FEATURES,
     FileWeights,
     Manifest,
@@ -47,6 +49,9 @@ from clipad.model.loading import LoadedModel, WeightSpec, load_model
 from clipad.model.prompts import PromptSet
 from clipad.model.rvs import dbscan_params, n_sentences, text_vectors
 from clipad.model.sdp import DEFAULT_SIGMA, SDPModel
+
+if TYPE_CHECKING:
+    from clipad.deploy.reference_set import ReferenceConfig
 
 # fp32: the FP32 graph only. fp16 and all: the FP32 graph (kept: INT8 calibration, the calibration
 # constants' identity and FP32 serving need it) and the mixed FP16 graph converted from it; they
@@ -72,9 +77,13 @@ class ExportConfig:
     engine: bool = False
     opt_batch: int | None = None  # the engine profile's opt batch (None: tensorrt.plan.default_opt_batch)
     triton_repo: Path | None = None
+    reference: "ReferenceConfig | None" = None  # good images baked into the graph (method.md 14)
+    notes: tuple[str, ...] = ()  # warnings the caller adds to the manifest (`clipad reference add`)
 
     @property
     def mode(self) -> Mode:
+        if self.reference is not None and self.reference.only:
+            return "reference"
         return "sdp+" if self.heads_path is not None else "sdp"
 
     @property
@@ -98,6 +107,10 @@ def validate(cfg: ExportConfig, loaded: LoadedModel | None = None) -> None:
         raise ClipadError(f"--sigma must be a finite number >= 0 (0: no smoothing), got {cfg.sigma}")
     if cfg.precision not in PRECISIONS:
         raise ClipadError(f"--precision must be one of {', '.join(PRECISIONS)}, got '{cfg.precision}'")
+    if cfg.reference is not None:
+        cfg.reference.check()
+        if cfg.reference.only and cfg.heads_path is not None:
+            raise ClipadError("--heads is only used with --mode sdp+ (the reference mode has no text path)")
     if cfg.heads_path is not None and not Path(cfg.heads_path).is_file():
         raise ClipadError(f"heads file not found: {cfg.heads_path}")
     if cfg.engine:
@@ -194,19 +207,35 @@ def export(loaded: LoadedModel, cfg: ExportConfig, tasks: Tasks) -> Artifacts:
     width, embed_dim = visual.conv1.out_channels, visual.proj.shape[1]
     heads: Heads | None = load_heads(cfg.heads_path, width, embed_dim) if cfg.heads_path else None
     timings: dict[str, float] = {}
-    warnings: list[str] = []
+    warnings: list[str] = list(cfg.notes)
 
     t0 = time.perf_counter()
     tv = text_vectors(loaded.clip, loaded.tokenizer, object_name, cfg.rvs, cfg.rvs_profile, cfg.prompts,
                       on_batch=tasks.add("text vectors", n_sentences(cfg.prompts)))
     timings["text_s"] = time.perf_counter() - t0
     model = SDPModel(visual, torch.from_numpy(tv.matrix), loaded.image_size, cfg.sigma, heads, loaded.mean, loaded.std).eval()
+    reference = baked = None
+    if cfg.reference is not None:
+        from clipad.deploy.reference_set import bake_reference
+
+        step = tasks.add("reference memory", 1)
+        t0 = time.perf_counter()
+        baked, reference = bake_reference(model, cfg.reference)
+        model = baked.model
+        timings["reference_s"] = time.perf_counter() - t0
+        step(1)
+        if not reference.score.maxima:
+            warnings.append(f"reference: {reference.score.method}")
 
     with artifact_lock(cfg.out):  # one writer per artifact directory (calibrate waits its turn)
         with staging_dir(cfg.out) as stage:
             np.save(stage / TEXT_FEATURES, np.ascontiguousarray(tv.matrix.T, dtype=np.float32))
             if heads is not None:
                 save_heads(stage / HEADS_FILE, heads)
+            if baked is not None:
+                from clipad.deploy.reference_set import save_memory
+
+                save_memory(stage / REFERENCE_MEMORY, baked.memory)
             step = tasks.add("ONNX export", 1)
             t0 = time.perf_counter()
             export_onnx(model, stage / ONNX_FP32)
@@ -268,6 +297,7 @@ def export(loaded: LoadedModel, cfg: ExportConfig, tasks: Tasks) -> Artifacts:
                 warnings=warnings,
                 versions=_versions(),
                 files=hash_files(stage),
+                reference=reference,
             )
             if cfg.engine:
                 from clipad.deploy.tensorrt.build import build_engine
@@ -289,13 +319,7 @@ def reference_model(artifacts: Artifacts, device: str | torch.device = "cpu") ->
     """Rebuild the PyTorch reference of an artifact directory from its manifest."""
     m = artifacts.manifest
     w = m.weights
-    if isinstance(w, RandomWeights):
-        spec = WeightSpec(model=m.model, random_weights=True, seed=w.seed)
-    elif isinstance(w, FileWeights):
-        spec = WeightSpec(model=m.model, weights=Path(w.path))
-    else:
-        spec = WeightSpec(model=m.model, pretrained=w.tag)
-    loaded = load_model(spec, device)
+    loaded = load_model(weight_spec(m), device)
     if isinstance(w, FileWeights) and loaded.weights_sha256 != w.sha256:
         raise ClipadError(f"weights file {w.path} changed since export (sha256 differs); re-export")
     heads = None
@@ -303,4 +327,23 @@ def reference_model(artifacts: Artifacts, device: str | torch.device = "cpu") ->
         visual = loaded.clip.visual
         heads = load_heads(artifacts.verified_path(HEADS_FILE), visual.conv1.out_channels, visual.proj.shape[1])
     text = torch.from_numpy(artifacts.text_features().T.copy())
-    return SDPModel(loaded.clip.visual, text, m.image_size, m.sigma, heads, tuple(m.mean), tuple(m.std)).eval()
+    model = SDPModel(loaded.clip.visual, text, m.image_size, m.sigma, heads, tuple(m.mean), tuple(m.std)).eval()
+    if m.reference is not None:
+        from clipad.deploy.reference_set import load_memory
+        from clipad.model.reference import ReferenceModel, ScoreConstants
+
+        memory = load_memory(artifacts.verified_path(REFERENCE_MEMORY), m.reference)
+        s = m.reference.score
+        model = ReferenceModel(model, memory.tokens, ScoreConstants(s.center, s.scale, list(s.maxima), s.method),
+                               reference_only=m.mode == "reference").eval()
+    return model
+
+
+def weight_spec(m: Manifest) -> WeightSpec:
+    """The WeightSpec that loads the weights a manifest records."""
+    w = m.weights
+    if isinstance(w, RandomWeights):
+        return WeightSpec(model=m.model, random_weights=True, seed=w.seed)
+    if isinstance(w, FileWeights):
+        return WeightSpec(model=m.model, weights=Path(w.path))
+    return WeightSpec(model=m.model, pretrained=w.tag)

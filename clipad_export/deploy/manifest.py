@@ -20,6 +20,7 @@ JSON layout (format version 1, unchanged from the untyped manifest, so older art
 - ``parity``: ``tolerances`` per precision, then the figures of each checked graph;
 - ``calibration``: null until `clipad calibrate`; ``int8``: how ``model.int8.onnx`` was made;
 - ``engine``: the TensorRT sidecar's content (``model.plan.json``), when there is a plan;
+- ``reference``: the baked normal-reference memory (``ReferenceEntry``), absent without one;
 - ``timings_s``, ``warnings``, ``versions``; ``files``: sha256 of every artifact file.
 
 Errors are one line naming the field: ``<dir>/manifest.json: max_batch: must be >= 1``.
@@ -62,7 +63,8 @@ ONNX_INT8 = "model.int8.onnx"  # written by `clipad calibrate --int8`
 PLAN = "model.plan"
 PLAN_META = "model.plan.json"
 HEADS_FILE = "heads.safetensors"  # sdp+ only
-ARTIFACT_FILES = (TEXT_FEATURES, ONNX_FP32, ONNX_FP16, ONNX_INT8, PLAN, PLAN_META, HEADS_FILE)  # what ``files`` may list
+REFERENCE_MEMORY = "reference_memory.safetensors"  # with a reference: float32 [stages, patches, width], unit rows
+ARTIFACT_FILES = (TEXT_FEATURES, ONNX_FP32, ONNX_FP16, ONNX_INT8, PLAN, PLAN_META, HEADS_FILE, REFERENCE_MEMORY)  # what ``files`` may list
 
 ONNX_FILES: dict[str, str] = {"fp32": ONNX_FP32, "fp16": ONNX_FP16, "int8": ONNX_INT8}  # precision -> its graph
 CATEGORY_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")  # a category names files and Triton models
@@ -378,10 +380,49 @@ class EngineMeta(Record):
         write_text_atomic(path, json.dumps(self.model_dump(), indent=2) + "\n")
 
 
+class ReferenceImage(Record):
+    """One reference image: its path relative to the reference set's common folder, and sha256."""
+
+    name: NonEmpty
+    sha256: Sha256
+
+
+class ReferenceScore(Record):
+    """The in-graph normalisation of the map maximum, s(m) = sigmoid((m - center) / scale), and
+    the leave-one-out maxima it was fixed from (method.md section 14)."""
+
+    center: float
+    scale: Annotated[float, Field(gt=0)]
+    maxima: list[float]
+    method: NonEmpty
+
+
+class ReferenceEntry(Record):
+    """The normal-reference memory baked into the graphs (method.md section 14): the images,
+    K (``shots``), the bound N per stage (``memory_patches``), the patches kept and the patches
+    they were chosen from per stage, the coverage radius per stage (cosine distance; after
+    `clipad reference add` an upper bound), the memory's bytes, the reference images' original
+    size [width, height], how stages combine, and the score constants."""
+
+    images: Annotated[list[ReferenceImage], Field(min_length=1)]
+    shots: Positive
+    memory_patches: Positive
+    patches_per_stage: Positive
+    source_patches: Positive
+    coreset_radius: list[NonNegative]
+    memory_bytes: Positive
+    source_size: Annotated[list[Positive], Field(min_length=2, max_length=2)]
+    stages: Literal["sum"]
+    score: ReferenceScore
+
+    def sha256s(self) -> set[str]:
+        return {i.sha256 for i in self.images}
+
+
 class Manifest(Record):
     """The whole ``manifest.json`` (see the module docstring for the layout)."""
 
-    OMITTED_WHEN_NONE = frozenset({"engine", "int8"})
+    OMITTED_WHEN_NONE = frozenset({"engine", "int8", "reference"})
 
     format_version: Literal[1]
     created: str
@@ -408,6 +449,7 @@ class Manifest(Record):
     engine: EngineMeta | None = None
     files: dict[ArtifactFile, Sha256]
     int8: Int8Entry | None = None
+    reference: ReferenceEntry | None = None
 
     @model_validator(mode="after")
     def check_consistency(self) -> Self:
@@ -425,6 +467,10 @@ class Manifest(Record):
             raise ValueError(f"engine: present exactly when files lists {PLAN} and {PLAN_META}")
         if (self.int8 is not None) != ("int8" in self.precisions):
             raise ValueError("int8: present exactly when precisions lists int8")
+        if (self.reference is not None) != (REFERENCE_MEMORY in self.files):
+            raise ValueError(f"reference: present exactly when files lists {REFERENCE_MEMORY}")
+        if self.mode == "reference" and self.reference is None:
+            raise ValueError("reference: mode reference needs a reference memory")
         return self
 
     # --- reading and writing -------------------------------------------------------------

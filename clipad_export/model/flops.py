@@ -88,10 +88,14 @@ def vv_block_flops(d: ViTDims) -> int:
     return 2 * (2 * t * t * w) + 2 * t * w * w
 
 
-def flops_breakdown(d: ViTDims, mode: str = "sdp") -> dict[str, int]:
+def flops_breakdown(d: ViTDims, mode: str = "sdp", memory_patches: int = 0) -> dict[str, int]:
     """FLOPs of one image through SDPModel, by part, and their ``total``.
 
-    ``mode``: "sdp" or "sdp+" (with the four heads).
+    ``mode``: "sdp", "sdp+" (with the four heads) or "reference" (the reference map alone: no
+    V-V path, projection or feature surgery, which drop out of its exported graph; the PyTorch
+    module still runs the V-V path, as DualPathViT always does). ``memory_patches``:
+    M per stage of a baked reference memory (method.md 14; 0: none): its similarity product and
+    its upsampling and blur.
     """
     t, w, e, n, g = d.tokens, d.width, d.embed_dim, d.image_size, d.grid
     parts = {
@@ -106,8 +110,12 @@ def flops_breakdown(d: ViTDims, mode: str = "sdp") -> dict[str, int]:
     if mode == "sdp+":
         parts["heads"] = 2 * N_STAGES * (t - 1) * w * e + 2 * N_STAGES * (t - 1) * e * N_CLASSES
         parts["upsample_blur"] = (1 + N_STAGES) * _separable(n, g) + _separable(n, n)
+    elif mode == "reference":
+        parts.update(vv_path=0, projection=0, feature_surgery=0, upsample_blur=0)
     elif mode != "sdp":
-        raise ValueError(f"mode must be sdp or sdp+, got '{mode}'")
+        raise ValueError(f"mode must be sdp, sdp+ or reference, got '{mode}'")
+    if memory_patches or mode == "reference":
+        parts["reference"] = 2 * N_STAGES * (t - 1) * w * memory_patches + _separable(n, g)
     parts["total"] = sum(parts.values())
     return parts
 

@@ -17,7 +17,9 @@ def flop_figures(reference: Any, image_size: int) -> dict[str, Any]:
     """FLOPs of one image through ``reference`` (SDPModel) by part, and of open_clip's plain
     encoding, from the ViT's dimensions (``clipad.model.flops``); the JSON's ``flops``."""
     dims = ViTDims.from_visual(reference.vit.visual, image_size)
-    return {"per_image": flops_breakdown(dims, reference.mode), "plain_encoding_per_image": plain_encoding_flops(dims),
+    memory = getattr(getattr(reference, "reference", None), "memory", None)  # a ReferenceModel's [S, M, W]
+    per_image = flops_breakdown(dims, reference.mode, 0 if memory is None else int(memory.shape[1]))
+    return {"per_image": per_image, "plain_encoding_per_image": plain_encoding_flops(dims),
             "dims": dims.__dict__, "convention": "multiply-add = 2 FLOPs; matrix products and the patch conv only"}
 
 

@@ -1,0 +1,121 @@
+"""`clipad eval --shots K`: the normal-reference mode under the usual few-shot protocol.
+
+Per category and shot seed: K good *training* images drawn at random (numpy's default_rng(seed),
+without replacement, from the sorted list), the memory baked from them exactly as `clipad export
+--reference` bakes it (``clipad.model.reference.bake``), then the test split scored and measured
+as `clipad eval` does (``run_category``, ``category_metrics``). Each category's entry holds the
+mean over seeds, the standard deviation over seeds (``shots.std``) and every seed's figures.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from clipad.core.errors import ClipadError
+from clipad.core.progress import Tasks
+from clipad.data import Sample
+from clipad.data.images import is_image_file, load_image
+from clipad.evaluation.evaluate import EvalConfig, category_metrics, run_category
+from clipad.evaluation.metrics import mean_of
+from clipad.model.loading import LoadedModel
+from clipad.model.reference import DEFAULT_MEMORY_PATCHES, bake
+from clipad.model.rvs import n_sentences, text_vectors
+from clipad.model.sdp import SDPModel
+
+METRIC_GROUPS = ("image", "pixel", "image_prob")
+
+
+def train_good_images(dataset: str, root: Path, category: str) -> list[Path]:
+    """The good training images of a category (MVTec AD layout: <category>/train/good)."""
+    if dataset != "mvtec":
+        raise ClipadError(f"--shots draws good training images from the MVTec AD layout (<category>/train/good); "
+                          f"--dataset {dataset} is not supported yet")
+    folder = Path(root) / category / "train" / "good"
+    files = sorted(p for p in folder.iterdir() if is_image_file(p)) if folder.is_dir() else []
+    if not files:
+        raise ClipadError(f"no good training images for category '{category}' in {folder}")
+    return files
+
+
+def draw(files: list[Path], k: int, seed: int) -> list[Path]:
+    """K of ``files`` for one shot seed; one line when there are fewer than K."""
+    if k > len(files):
+        raise ClipadError(f"--shots {k} is more than the {len(files)} good training images in {files[0].parent}")
+    idx = np.random.default_rng(seed).choice(len(files), size=k, replace=False)
+    return [files[i] for i in sorted(idx)]
+
+
+def _std(entries: list[dict]) -> dict:
+    out = {}
+    for group in METRIC_GROUPS:
+        keys = entries[0][group].keys()
+        out[group] = {}
+        for key in keys:
+            vals = [e[group][key] for e in entries if e[group][key] is not None]
+            out[group][key] = float(np.std(vals)) if vals else None
+    return out
+
+
+def evaluate_shots(loaded: LoadedModel, split: dict[str, list[Sample]], cfg: EvalConfig, root: Path, shots: int,
+                   seeds: list[int], tasks: Tasks, memory_patches: int = DEFAULT_MEMORY_PATCHES,
+                   reference_only: bool = False) -> dict:
+    """results.json structure: per category the mean over ``seeds`` plus ``shots``
+    {k, seeds, mode, std, per_seed, reference_images}; ``mean`` over categories."""
+    if shots < 1:
+        raise ClipadError(f"--shots must be at least 1, got {shots}")
+    if not seeds:
+        raise ClipadError("--shot-seeds needs at least one seed")
+    files = {cat: train_good_images(cfg.dataset, root, cat) for cat in split}  # every error before model work
+    for cat in split:
+        draw(files[cat], shots, seeds[0])
+    results: dict = {}
+    for cat, samples in split.items():
+        tv = text_vectors(loaded.clip, loaded.tokenizer, cat, cfg.rvs, cfg.dataset, cfg.prompts,
+                          on_batch=tasks.add(f"{cat}: text vectors", n_sentences(cfg.prompts)))
+        base = SDPModel(loaded.clip.visual, torch.from_numpy(tv.matrix), loaded.image_size, cfg.effective_sigma(), cfg.heads,
+                        loaded.mean, loaded.std).eval()
+        per_seed, chosen = [], {}
+        for seed in seeds:
+            t0 = time.perf_counter()
+            picked = draw(files[cat], shots, seed)
+            images = np.stack([load_image(p, loaded.image_size) for p in picked])
+            model = bake(base, images, memory_patches, reference_only).model
+            out = run_category(model, samples, cfg.batch_size, tasks.add(f"{cat} seed {seed}: images", len(samples)))
+            entry = category_metrics(out)
+            entry["timing_s"] = round(time.perf_counter() - t0, 3)
+            per_seed.append(entry)
+            chosen[str(seed)] = [p.name for p in picked]
+        first = per_seed[0]
+        results[cat] = {
+            **{g: mean_of([e[g] for e in per_seed]) for g in METRIC_GROUPS},
+            "n_images": first["n_images"], "n_skipped": first["n_skipped"], "skipped": first["skipped"], "notes": first["notes"],
+            "rvs": tv.summary(),
+            "shots": {"k": shots, "seeds": list(seeds), "mode": "reference" if reference_only else f"{base.mode} + reference",
+                      "memory_patches": memory_patches, "std": _std(per_seed),
+                      "per_seed": [{g: e[g] for g in (*METRIC_GROUPS, "timing_s")} for e in per_seed],
+                      "reference_images": chosen},
+        }
+    cats = list(results.values())
+    results["mean"] = {k: mean_of([c[k] for c in cats]) for k in METRIC_GROUPS}
+    results["mean"]["n_images"] = sum(c["n_images"] for c in cats)
+    results["mean"]["n_skipped"] = sum(c["n_skipped"] for c in cats)
+    return results
+
+
+def format_spread(results: dict) -> str:
+    """One line per category: mean +- std over the shot seeds of image and pixel AUROC."""
+    lines = []
+    for cat, r in results.items():
+        if cat == "mean":
+            continue
+        s = r["shots"]
+        pa, ia = r["pixel"]["auroc"], r["image"]["auroc"]
+        sp, si = s["std"]["pixel"]["auroc"], s["std"]["image"]["auroc"]
+        fmt = lambda m, d: "-" if m is None else f"{100 * m:.1f} +- {100 * (d or 0):.1f}"
+        lines.append(f"{cat}: K={s['k']} over seeds {','.join(map(str, s['seeds']))} ({s['mode']}): "
+                     f"image AUROC {fmt(ia, si)}, pixel AUROC {fmt(pa, sp)}")
+    return "\n".join(lines)
