@@ -156,6 +156,7 @@ def export(
     engine: Annotated[bool, typer.Option("--engine", help="Also build a TensorRT engine (needs TensorRT and a GPU).")] = False,
     opt_batch: Annotated[Optional[int], typer.Option("--opt-batch", help="With --engine: the batch size TensorRT tunes the engine's kernels for (default: min(8, max batch)); the engine serves batch 1 to the max batch.")] = None,
     triton_repo: Annotated[Optional[Path], typer.Option("--triton-repo", help="Also write a Triton model repository here.")] = None,
+    openvino: Annotated[bool, typer.Option("--openvino", help="Also write OpenVINO IR (model.xml/.bin with FP32 islands marked, NNCF INT8 model.int8.xml/.bin), parity-checked (needs clipad[openvino]).")] = False,
     out: Annotated[Optional[Path], typer.Option("--out", help="Artifact directory (default artifacts/<category>).")] = None,
     model: ModelOpt = "ViT-B-16-plus-240",
     pretrained: PretrainedOpt = "laion400m_e31",
@@ -194,7 +195,7 @@ def export(
     cfg = ExportConfig(
         category=category, out=out or Path("artifacts") / category, object_name=object_name, heads_path=heads, rvs=rvs,
         rvs_profile=rvs_profile, prompts_source=prompts, sigma=sigma, max_batch=max_batch, precision=precision,
-        engine=engine, opt_batch=opt_batch, triton_repo=triton_repo,
+        engine=engine, opt_batch=opt_batch, triton_repo=triton_repo, openvino=openvino,
     )
     validate(cfg)
     previous = " and ".join(made_by_calibrate(cfg.out))
@@ -209,6 +210,10 @@ def export(
     for p in art.manifest.precisions:
         f = art.manifest.parity.figures(p)
         typer.echo(f"parity {p} (vs {f.against}): rel L2 {f.rel_l2:.1e}, image_prob err {f.prob_max_abs:.1e}, "
+                   f"top-1% agreement {f.top1pct_agreement:.3f}")
+    ov = art.manifest.openvino
+    for p, f in (ov.parity.items() if ov else ()):
+        typer.echo(f"parity openvino {p} (vs {f.against}): rel L2 {f.rel_l2:.1e}, image_prob err {f.prob_max_abs:.1e}, "
                    f"top-1% agreement {f.top1pct_agreement:.3f}")
     typer.echo(f"artifacts written to {art.root}")
     if previous:
@@ -249,8 +254,8 @@ def _say(line: str) -> None:
     typer.echo(line, err=True)
 
 
-BackendOpt = Annotated[str, typer.Option("--backend", help="auto (fastest available), tensorrt, onnxruntime or torch.")]
-ServePrecisionOpt = Annotated[str, typer.Option("--precision", help="auto (fp16 on a GPU provider, else fp32), fp32, fp16 or int8 (model.int8.onnx).")]
+BackendOpt = Annotated[str, typer.Option("--backend", help="auto (fastest available: never openvino), tensorrt, onnxruntime, openvino (--device cpu/auto -> CPU, gpu -> GPU, or OpenVINO's CPU, GPU, GPU.N, AUTO) or torch.")]
+ServePrecisionOpt = Annotated[str, typer.Option("--precision", help="auto (fp16 on a GPU provider, else fp32; openvino: fp32), fp32, fp16, bf16 (openvino) or int8 (model.int8.onnx, openvino: model.int8.xml).")]
 ArtifactsOpt = Annotated[Optional[Path], typer.Option("--artifacts", help="Artifact directory (default: the only one under ./artifacts).")]
 
 

@@ -72,6 +72,7 @@ class ExportConfig:
     engine: bool = False
     opt_batch: int | None = None  # the engine profile's opt batch (None: tensorrt.plan.default_opt_batch)
     triton_repo: Path | None = None
+    openvino: bool = False  # also the OpenVINO IR (deploy/openvino_export.py)
 
     @property
     def mode(self) -> Mode:
@@ -108,6 +109,10 @@ def validate(cfg: ExportConfig, loaded: LoadedModel | None = None) -> None:
         from clipad.deploy.triton_repo import require_model_config
 
         require_model_config()
+    if cfg.openvino:
+        from clipad.deploy.openvino_ir import require_openvino
+
+        require_openvino()
     parent = Path(cfg.out).resolve().parent
     probe = parent
     while not probe.exists():
@@ -269,6 +274,8 @@ def export(loaded: LoadedModel, cfg: ExportConfig, tasks: Tasks) -> Artifacts:
                 versions=_versions(),
                 files=hash_files(stage),
             )
+            if cfg.openvino:
+                manifest = _openvino_step(model, stage, manifest, tasks, timings)
             if cfg.engine:
                 from clipad.deploy.tensorrt.build import build_engine
 
@@ -283,6 +290,23 @@ def export(loaded: LoadedModel, cfg: ExportConfig, tasks: Tasks) -> Artifacts:
 
         write_triton_repo(final, cfg.triton_repo)
     return final
+
+
+def _openvino_step(model: SDPModel, stage: Path, manifest: Manifest, tasks: Tasks, timings: dict[str, float]) -> Manifest:
+    """The OpenVINO IRs and their parity against the reference on 3 parity images + 2 more parts."""
+    from clipad.deploy.openvino_export import ir_hashes, make_openvino
+
+    step = tasks.add("OpenVINO IR (fp32, bf16, int8)", 1)
+    t0 = time.perf_counter()
+    images = np.concatenate([parity_images(model.image_size, 3), parity_images(model.image_size, 3, seed=1)[:2]])
+    with torch.no_grad():
+        ref_map, ref_prob = (t.cpu().numpy() for t in model(torch.from_numpy(images).to(model.text.device)))
+    calibration = parity_images(model.image_size, 9, seed=2)[:8]
+    entry, warnings = make_openvino(stage, images, ref_map, ref_prob, calibration, manifest.max_batch)
+    timings["openvino_s"] = time.perf_counter() - t0
+    step(1)
+    return manifest.with_openvino(entry, ir_hashes(stage)).replace(
+        warnings=[*manifest.warnings, *warnings], timings_s={**manifest.timings_s, "openvino_s": round(timings["openvino_s"], 2)})
 
 
 def reference_model(artifacts: Artifacts, device: str | torch.device = "cpu") -> SDPModel:

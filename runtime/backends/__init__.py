@@ -2,7 +2,10 @@
 interface (``base.Backend``) used by every consumer: the runtime, `clipad predict`, calibration,
 parity and bench. Backends check the manifest's sha256 of their model file before loading it.
 
-``device`` cpu keeps everything on the CPU: the TensorRT backend is refused before tensorrt,
+OpenVINO (``openvino``) is opened only by name: ``auto`` never picks it, because its precision
+is a per-machine decision (bf16 or int8 only where their gates passed, see
+clipad.deploy.openvino_ir) and ONNX Runtime serves the same graph on every CPU; its ``auto``
+precision is fp32. ``device`` cpu keeps everything on the CPU: the TensorRT backend is refused before tensorrt,
 cuda-python or the plan is touched, ``auto`` never tries it, and ONNX Runtime gets the CPU
 execution provider only.
 """
@@ -21,8 +24,13 @@ def _on_cpu(device: str) -> bool:
     return device == "cpu"
 
 
-def open_backend(artifacts: Artifacts, name: str, precision: str = "fp32", device: str = "auto") -> Backend:
-    """The named backend for ``artifacts``; one line when it cannot run here."""
+def open_backend(artifacts: Artifacts, name: str, precision: str = "fp32", device: str = "auto", mode: str = "latency") -> Backend:
+    """The named backend for ``artifacts``; one line when it cannot run here. ``mode``: OpenVINO's
+    performance hint (latency or throughput); the other backends ignore it."""
+    if name == "openvino":
+        from clipad.runtime.backends.openvino_backend import OpenVinoBackend
+
+        return OpenVinoBackend(artifacts, precision, device, mode)
     if name == "onnxruntime":
         from clipad.runtime.backends.onnxruntime_backend import OnnxRuntimeBackend
 
@@ -85,6 +93,10 @@ def select_backend(artifacts: Artifacts, name: str = "auto", device: str = "auto
         if precision == "auto":
             if name == "onnxruntime":
                 return _onnxruntime_auto(artifacts, device)
+            if name == "openvino":
+                from clipad.runtime.backends.openvino_backend import auto_precision
+
+                return open_backend(artifacts, name, auto_precision(artifacts, device), device)
             return open_backend(artifacts, name, "fp32" if name == "torch" else None, device)
         be = open_backend(artifacts, name, precision, device)
         if be.precision != precision:  # a TensorRT plan has the precision it was built with

@@ -12,7 +12,7 @@ import numpy as np
 
 from clipad.core.errors import ClipadError
 
-BackendName = Literal["torch", "onnxruntime", "tensorrt"]
+BackendName = Literal["torch", "onnxruntime", "tensorrt", "openvino"]
 BACKENDS: tuple[str, ...] = get_args(BackendName)
 Device = Literal["cpu", "cuda"]
 
