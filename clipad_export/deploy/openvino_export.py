@@ -3,7 +3,10 @@ the parity figures of every precision the CPU runs, as the manifest's ``openvino
 
 fp32 must be within the FP32 tolerance of the PyTorch reference (the export fails otherwise);
 bf16 (when the CPU has it) and int8 are measured against the same reference and recorded, each
-with its tolerance ``violations`` (an INT8 IR below the INT8 agreement limit is not kept).
+with its tolerance ``violations``. Map agreement on random weights says little (the maps are
+differences of nearly parallel text vectors, which amplify every rounding), so a reduced
+precision that misses it is kept and recorded with a warning; what decides whether it is served
+by ``--precision auto`` is its AUROC quality gate (``OpenVinoEntry.gates``).
 
 INT8: NNCF post-training quantisation of the IR (transformer preset), calibrated on synthetic
 parts; the ignored scope is the FP32 islands of ``openvino_ir.fp32_layer`` by name, so LayerNorms,
@@ -20,7 +23,7 @@ from clipad.core.errors import ClipadError
 from clipad.core.hashing import file_sha256
 from clipad.deploy.manifest import ONNX_FP32, OV_BIN, OV_INT8_BIN, OV_INT8_XML, OV_XML, OpenVinoEntry, ParityFigures
 from clipad.deploy.openvino_ir import compile_ir, convert_ir, fp32_layer, require_openvino, run_compiled
-from clipad.deploy.parity import TOLERANCES, compare, violations
+from clipad.deploy.parity import compare, violations
 
 def quantize_int8(xml: Path, dst: Path, images: np.ndarray) -> None:
     """Write NNCF's INT8 IR of ``xml`` to ``dst``; images: uint8 [N, S, S, 3] calibration frames."""
@@ -76,13 +79,10 @@ def make_openvino(stage: Path, images: np.ndarray, ref_map: np.ndarray, ref_prob
         quantize_int8(stage / OV_XML, stage / OV_INT8_XML, calibration)
         f = _figures(ref_map, ref_prob, run_compiled(compile_ir(stage / OV_INT8_XML, "int8"), images, max_batch), "int8", inputs)
         parity["int8"] = f.replace(calibration_images=len(calibration))
-        if f.top1pct_agreement < TOLERANCES["int8"]["top1pct_agreement"]:
-            warnings.append(f"the OpenVINO INT8 IR's top-1% agreement is {f.top1pct_agreement:.3f} "
-                            f"(< {TOLERANCES['int8']['top1pct_agreement']}): {OV_INT8_XML} was not kept")
-            for name in (OV_INT8_XML, OV_INT8_BIN):
-                (stage / name).unlink()
-        else:
-            ir["int8"] = OV_INT8_XML
+        ir["int8"] = OV_INT8_XML
+        if f.violations:
+            warnings.append(f"the OpenVINO INT8 IR misses the map-agreement limits ({'; '.join(f.violations)}); it is kept, "
+                            "but `--precision auto` serves it only where its AUROC quality gate passed")
     entry = OpenVinoEntry.create(version=ov.__version__, source_sha256=file_sha256(stage / ONNX_FP32), ir=ir,
                                  fp32_layers=marked, parity=parity, cpu=cpu)
     return entry, warnings
