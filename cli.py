@@ -157,6 +157,8 @@ def export(
     opt_batch: Annotated[Optional[int], typer.Option("--opt-batch", help="With --engine: the batch size TensorRT tunes the engine's kernels for (default: min(8, max batch)); the engine serves batch 1 to the max batch.")] = None,
     triton_repo: Annotated[Optional[Path], typer.Option("--triton-repo", help="Also write a Triton model repository here.")] = None,
     openvino: Annotated[bool, typer.Option("--openvino", help="Also write OpenVINO IR (model.xml/.bin with FP32 islands marked, NNCF INT8 model.int8.xml/.bin), parity-checked (needs clipad[openvino]).")] = False,
+    gate_data: Annotated[Optional[Path], typer.Option("--gate-data", help="With --openvino: labelled images (MVTec layout, e.g. `clipad synth`) of this category; each reduced precision's pixel and image AUROC drop against FP32 is gated and recorded.")] = None,
+    max_auroc_drop: Annotated[float, typer.Option("--max-auroc-drop", help="The quality gate's limit in AUROC points.")] = 0.5,
     out: Annotated[Optional[Path], typer.Option("--out", help="Artifact directory (default artifacts/<category>).")] = None,
     model: ModelOpt = "ViT-B-16-plus-240",
     pretrained: PretrainedOpt = "laion400m_e31",
@@ -196,6 +198,7 @@ def export(
         category=category, out=out or Path("artifacts") / category, object_name=object_name, heads_path=heads, rvs=rvs,
         rvs_profile=rvs_profile, prompts_source=prompts, sigma=sigma, max_batch=max_batch, precision=precision,
         engine=engine, opt_batch=opt_batch, triton_repo=triton_repo, openvino=openvino,
+        gate_root=gate_data, max_auroc_drop=max_auroc_drop,
     )
     validate(cfg)
     previous = " and ".join(made_by_calibrate(cfg.out))
@@ -215,6 +218,10 @@ def export(
     for p, f in (ov.parity.items() if ov else ()):
         typer.echo(f"parity openvino {p} (vs {f.against}): rel L2 {f.rel_l2:.1e}, image_prob err {f.prob_max_abs:.1e}, "
                    f"top-1% agreement {f.top1pct_agreement:.3f}")
+    for p, g in ((ov.gates or {}).items() if ov else ()):
+        typer.echo(f"gate openvino {p}: pixel AUROC {100 * g.pixel_auroc:.2f} (fp32 {100 * g.pixel_auroc_fp32:.2f}), image AUROC "
+                   f"{100 * g.image_auroc:.2f} (fp32 {100 * g.image_auroc_fp32:.2f}), drop <= {g.max_drop_points} points: "
+                   f"{'passed' if g.passed else 'FAILED'}")
     typer.echo(f"artifacts written to {art.root}")
     if previous:
         typer.echo(f"note: the earlier artifacts here had {previous}; a new export starts uncalibrated: "

@@ -161,3 +161,43 @@ def test_int8_ir_quantises_only_the_vit_matrix_products(art):
         amap, prob = be(images)
     assert amap.shape == ref.anomaly_map.shape and np.isfinite(amap).all() and np.isfinite(prob).all()
     assert measure(ref.anomaly_map, ref.image_prob, amap, prob).rel_l2 < 1.0
+
+
+@pytest.fixture(scope="module")
+def gated(tmp_path_factory, tiny, synth_root):
+    """sdp+ (random heads) exported with the quality gate on the synthetic set's washer images."""
+    from clipad.model.heads import save_heads
+    from tests.test_sdp import random_heads
+
+    root = tmp_path_factory.mktemp("ovgate")
+    visual = tiny.clip.visual
+    save_heads(root / "heads.safetensors", random_heads(visual.conv1.out_channels, visual.proj.shape[1], seed=3))
+    cfg = ExportConfig(category="washer", out=root / "washer", heads_path=root / "heads.safetensors", prompts=PROMPT_SETS["industrial"],
+                       max_batch=4, precision="fp32", openvino=True, gate_root=synth_root, sigma=2.0)
+    return export(tiny, cfg, Tasks(None))
+
+
+def test_gate_is_computed_and_recorded(gated, synth_root):
+    from clipad.deploy.openvino_gate import gate_images
+    from clipad.evaluation.metrics import binary_metrics
+
+    entry = Manifest.read(gated.root / "manifest.json").openvino
+    assert set(entry.gates) == set(entry.ir) - {"fp32"}
+    images, labels, masks = gate_images(synth_root, "washer", gated.image_size)
+    for precision, g in entry.gates.items():
+        assert g.n_images == len(images) and g.n_anomalous == int(labels.sum())
+        assert g.passed == (max(g.pixel_drop_points, g.image_drop_points) <= g.max_drop_points)
+        assert g.pixel_drop_points == pytest.approx(100 * (g.pixel_auroc_fp32 - g.pixel_auroc))
+    # the recorded FP32 pixel AUROC is the FP32 IR's on those images
+    with open_backend(gated, "openvino", "fp32", "cpu") as be:
+        amap, _ = be(images)
+    assert binary_metrics(masks, amap)["auroc"] == pytest.approx(next(iter(entry.gates.values())).pixel_auroc_fp32, abs=1e-6)
+
+
+def test_gate_needs_openvino_and_the_category(tiny, tmp_path, synth_root):
+    from clipad.deploy.export import validate
+
+    with pytest.raises(ClipadError, match="add --openvino"):
+        validate(ExportConfig(category="washer", out=tmp_path / "a", gate_root=synth_root))
+    with pytest.raises(ClipadError, match="no folder for category"):
+        validate(ExportConfig(category="bolt", out=tmp_path / "a", gate_root=synth_root, openvino=True))

@@ -73,6 +73,8 @@ class ExportConfig:
     opt_batch: int | None = None  # the engine profile's opt batch (None: tensorrt.plan.default_opt_batch)
     triton_repo: Path | None = None
     openvino: bool = False  # also the OpenVINO IR (deploy/openvino_export.py)
+    gate_root: Path | None = None  # labelled images (MVTec layout) for the reduced precisions' quality gate
+    max_auroc_drop: float = 0.5  # the gate's limit, AUROC points
 
     @property
     def mode(self) -> Mode:
@@ -113,6 +115,10 @@ def validate(cfg: ExportConfig, loaded: LoadedModel | None = None) -> None:
         from clipad.deploy.openvino_ir import require_openvino
 
         require_openvino()
+    if cfg.gate_root is not None and not cfg.openvino:
+        raise ClipadError("--gate-data judges the OpenVINO precisions: add --openvino")
+    if cfg.gate_root is not None and not Path(cfg.gate_root, cfg.category).is_dir():
+        raise ClipadError(f"--gate-data {cfg.gate_root} has no folder for category '{cfg.category}'")
     parent = Path(cfg.out).resolve().parent
     probe = parent
     while not probe.exists():
@@ -275,7 +281,7 @@ def export(loaded: LoadedModel, cfg: ExportConfig, tasks: Tasks) -> Artifacts:
                 files=hash_files(stage),
             )
             if cfg.openvino:
-                manifest = _openvino_step(model, stage, manifest, tasks, timings)
+                manifest = _openvino_step(model, stage, manifest, tasks, timings, cfg)
             if cfg.engine:
                 from clipad.deploy.tensorrt.build import build_engine
 
@@ -292,8 +298,10 @@ def export(loaded: LoadedModel, cfg: ExportConfig, tasks: Tasks) -> Artifacts:
     return final
 
 
-def _openvino_step(model: SDPModel, stage: Path, manifest: Manifest, tasks: Tasks, timings: dict[str, float]) -> Manifest:
-    """The OpenVINO IRs and their parity against the reference on 3 parity images + 2 more parts."""
+def _openvino_step(model: SDPModel, stage: Path, manifest: Manifest, tasks: Tasks, timings: dict[str, float],
+                   cfg: ExportConfig) -> Manifest:
+    """The OpenVINO IRs and their parity against the reference on 3 parity images + 2 more parts;
+    with ``cfg.gate_root`` the quality gate of every reduced precision."""
     from clipad.deploy.openvino_export import ir_hashes, make_openvino
 
     step = tasks.add("OpenVINO IR (fp32, bf16, int8)", 1)
@@ -303,6 +311,13 @@ def _openvino_step(model: SDPModel, stage: Path, manifest: Manifest, tasks: Task
         ref_map, ref_prob = (t.cpu().numpy() for t in model(torch.from_numpy(images).to(model.text.device)))
     calibration = parity_images(model.image_size, 9, seed=2)[:8]
     entry, warnings = make_openvino(stage, images, ref_map, ref_prob, calibration, manifest.max_batch)
+    if cfg.gate_root is not None:
+        from clipad.deploy.openvino_gate import gate_images, quality_gate
+
+        x, labels, masks = gate_images(Path(cfg.gate_root), cfg.category, model.image_size)
+        gates = {p: quality_gate(stage / entry.ir["fp32"], stage / xml, p, x, labels, masks, manifest.max_batch, cfg.max_auroc_drop)
+                 for p, xml in entry.ir.items() if p != "fp32"}
+        entry = entry.replace(gates=gates)
     timings["openvino_s"] = time.perf_counter() - t0
     step(1)
     return manifest.with_openvino(entry, ir_hashes(stage)).replace(
