@@ -201,3 +201,13 @@ def test_gate_needs_openvino_and_the_category(tiny, tmp_path, synth_root):
         validate(ExportConfig(category="washer", out=tmp_path / "a", gate_root=synth_root))
     with pytest.raises(ClipadError, match="no folder for category"):
         validate(ExportConfig(category="bolt", out=tmp_path / "a", gate_root=synth_root, openvino=True))
+
+
+def test_serving_is_torch_free(art):
+    import subprocess
+    import sys
+
+    code = ("import sys; from clipad.deploy.artifacts import load_artifacts; from clipad.runtime.backends import open_backend; "
+            f"be = open_backend(load_artifacts({str(art.root)!r}), 'openvino', 'fp32', 'cpu'); "
+            "assert 'torch' not in sys.modules and 'nncf' not in sys.modules, sorted(m for m in sys.modules if 'torch' in m)[:5]")
+    subprocess.run([sys.executable, "-c", code], check=True)
