@@ -156,7 +156,7 @@ def export(
     engine: Annotated[bool, typer.Option("--engine", help="Also build a TensorRT engine (needs TensorRT and a GPU).")] = False,
     opt_batch: Annotated[Optional[int], typer.Option("--opt-batch", help="With --engine: the batch size TensorRT tunes the engine's kernels for (default: min(8, max batch)); the engine serves batch 1 to the max batch.")] = None,
     triton_repo: Annotated[Optional[Path], typer.Option("--triton-repo", help="Also write a Triton model repository here.")] = None,
-    openvino: Annotated[bool, typer.Option("--openvino", help="Also write OpenVINO IR (model.xml/.bin with FP32 islands marked, NNCF INT8 model.int8.xml/.bin), parity-checked (needs clipad[openvino]).")] = False,
+    openvino: Annotated[bool, typer.Option("--openvino", help="Also write the OpenVINO IR (FP32 weights, FP32 islands marked) and NNCF's INT8 IR, parity-checked (needs clipad[openvino]).")] = False,
     gate_data: Annotated[Optional[Path], typer.Option("--gate-data", help="With --openvino: labelled images (MVTec layout, e.g. `clipad synth`) of this category; each reduced precision's pixel and image AUROC drop against FP32 is gated and recorded.")] = None,
     max_auroc_drop: Annotated[float, typer.Option("--max-auroc-drop", help="The quality gate's limit in AUROC points.")] = 0.5,
     out: Annotated[Optional[Path], typer.Option("--out", help="Artifact directory (default artifacts/<category>).")] = None,
@@ -262,7 +262,7 @@ def _say(line: str) -> None:
 
 
 BackendOpt = Annotated[str, typer.Option("--backend", help="auto (fastest available: never openvino), tensorrt, onnxruntime, openvino (--device cpu/auto -> CPU, gpu -> GPU, or OpenVINO's CPU, GPU, GPU.N, AUTO) or torch.")]
-ServePrecisionOpt = Annotated[str, typer.Option("--precision", help="auto (fp16 on a GPU provider, else fp32; openvino: fp32), fp32, fp16, bf16 (openvino) or int8 (model.int8.onnx, openvino: model.int8.xml).")]
+ServePrecisionOpt = Annotated[str, typer.Option("--precision", help="auto (fp16 on a GPU provider, else fp32; openvino: fp32), fp32, fp16, bf16 (openvino) or int8 (model.int8.onnx; openvino: NNCF's INT8 IR).")]
 ArtifactsOpt = Annotated[Optional[Path], typer.Option("--artifacts", help="Artifact directory (default: the only one under ./artifacts).")]
 
 
