@@ -264,6 +264,7 @@ def _say(line: str) -> None:
 BackendOpt = Annotated[str, typer.Option("--backend", help="auto (fastest available: never openvino), tensorrt, onnxruntime, openvino (--device cpu/auto -> CPU, gpu -> GPU, or OpenVINO's CPU, GPU, GPU.N, AUTO) or torch.")]
 ServePrecisionOpt = Annotated[str, typer.Option("--precision", help="auto (fp16 on a GPU provider, else fp32; openvino: fp32), fp32, fp16, bf16 (openvino) or int8 (model.int8.onnx; openvino: NNCF's INT8 IR).")]
 ArtifactsOpt = Annotated[Optional[Path], typer.Option("--artifacts", help="Artifact directory (default: the only one under ./artifacts).")]
+OvModeOpt = Annotated[str, typer.Option("--openvino-mode", help="OpenVINO performance hint: latency (one camera) or throughput (many: a batch's frames run as parallel requests).")]
 
 
 @app.command("run")
@@ -274,6 +275,7 @@ def run_(
     backend: BackendOpt = "auto",
     precision: ServePrecisionOpt = "auto",
     device: DeviceOpt = "auto",
+    openvino_mode: OvModeOpt = "latency",
     save: Annotated[Optional[Path], typer.Option("--save", help="Overlay video (.mp4 or .avi).")] = None,
     events: Annotated[Optional[Path], typer.Option("--events", help="JSON Lines, one object per processed frame (appended).")] = None,
     events_max_mb: Annotated[float, typer.Option("--events-max-mb", help="Rotate the events file at this size (events.jsonl.1 ... .5); 0: never.")] = 0.0,
@@ -294,7 +296,7 @@ def run_(
                     snapshot_interval=snapshot_interval, show=show,
                     serve=serve, max_frames=max_frames, status_every=status_every)
     cfg.check()  # before any model work
-    served = open_served(artifacts, backend, device, precision)
+    served = open_served(artifacts, backend, device, precision, mode=openvino_mode)
     for note in served.notes:
         _say(note)
     run_stream(cfg, served, _say)
@@ -307,6 +309,7 @@ def predict(
     backend: BackendOpt = "auto",
     precision: ServePrecisionOpt = "auto",
     device: DeviceOpt = "auto",
+    openvino_mode: OvModeOpt = "latency",
     out: Annotated[Path, typer.Option("--out", help="Output folder for predictions.jsonl.")] = Path("predictions"),
     save_maps: Annotated[bool, typer.Option("--save-maps", help="Also write maps/<stem>.npy (float32, model resolution).")] = False,
     save_overlays: Annotated[bool, typer.Option("--save-overlays", help="Also write overlays/<stem>.png.")] = False,
@@ -318,7 +321,7 @@ def predict(
     from clipad.runtime.predict import predict as run_predict
     from clipad.runtime.serving import open_served
 
-    served = open_served(artifacts, backend, device, precision)
+    served = open_served(artifacts, backend, device, precision, mode=openvino_mode)
     for note in served.notes:
         _say(note)
     with progress_bars(enabled=not quiet) as tasks:

@@ -44,10 +44,11 @@ class Served:
 
 
 def open_served(artifacts: Path | None, backend: str = "auto", device: str = "auto", precision: str = "auto",
-                need_calibration: bool = True) -> Served:
-    """Artifacts, the chosen backend and (with ``need_calibration``) the calibration constants."""
+                need_calibration: bool = True, mode: str = "latency") -> Served:
+    """Artifacts, the chosen backend and (with ``need_calibration``) the calibration constants;
+    ``mode``: OpenVINO's performance hint (latency or throughput)."""
     art = load_artifacts(find_artifacts(artifacts))
-    be = select_backend(art, backend, device, precision)
+    be = select_backend(art, backend, device, precision, mode)
     notes = [f"backend: {be.describe()} (max batch {be.max_batch})", *be.notes]
     cal = None
     if need_calibration:

@@ -211,3 +211,19 @@ def test_serving_is_torch_free(art):
             f"be = open_backend(load_artifacts({str(art.root)!r}), 'openvino', 'fp32', 'cpu'); "
             "assert 'torch' not in sys.modules and 'nncf' not in sys.modules, sorted(m for m in sys.modules if 'torch' in m)[:5]")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_predict_cli_with_openvino_throughput(art, capsys, tmp_path):
+    from PIL import Image
+
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for i, im in enumerate(parity_images(art.image_size, 3)):
+        Image.fromarray(im).save(folder / f"{i}.png")
+    code, out, err = run(capsys, "predict", folder, "--artifacts", art.root, "--backend", "openvino", "--precision", "fp32",
+                         "--device", "cpu", "--openvino-mode", "throughput", "--out", tmp_path / "pred", "--quiet")
+    assert code == 0, err
+    assert "openvino fp32 (OpenVINO CPU, throughput)" in err
+    assert len((tmp_path / "pred" / "predictions.jsonl").read_text().splitlines()) == 3
+    code, _, err = run(capsys, "predict", folder, "--artifacts", art.root, "--backend", "openvino", "--openvino-mode", "fast")
+    assert_one_line_error(code, err, "--openvino-mode must be latency or throughput")

@@ -80,15 +80,18 @@ def _onnxruntime_auto(artifacts: Artifacts, device: str) -> Backend:
     return fp32
 
 
-def select_backend(artifacts: Artifacts, name: str = "auto", device: str = "auto", precision: str = "auto") -> Backend:
+def select_backend(artifacts: Artifacts, name: str = "auto", device: str = "auto", precision: str = "auto",
+                   mode: str = "latency") -> Backend:
     """``auto``: TensorRT when a usable plan is there (never with device cpu), else ONNX Runtime,
     else the torch reference.
 
     ``precision`` ``auto``: ONNX Runtime takes the FP16 graph when it exists and a GPU execution
     provider really loads for it (the session's providers, not the wheel's list), the FP32 one
     otherwise (never INT8 unasked). An explicit precision (fp32, fp16, int8) is passed to the
-    backend, which says in one line if it cannot.
+    backend, which says in one line if it cannot. ``mode``: OpenVINO's performance hint.
     """
+    if mode not in ("latency", "throughput"):
+        raise ClipadError(f"--openvino-mode must be latency or throughput, got '{mode}'")
     if name != "auto":
         if precision == "auto":
             if name == "onnxruntime":
@@ -96,9 +99,9 @@ def select_backend(artifacts: Artifacts, name: str = "auto", device: str = "auto
             if name == "openvino":
                 from clipad.runtime.backends.openvino_backend import auto_precision
 
-                return open_backend(artifacts, name, auto_precision(artifacts, device), device)
+                return open_backend(artifacts, name, auto_precision(artifacts, device), device, mode)
             return open_backend(artifacts, name, "fp32" if name == "torch" else None, device)
-        be = open_backend(artifacts, name, precision, device)
+        be = open_backend(artifacts, name, precision, device, mode)
         if be.precision != precision:  # a TensorRT plan has the precision it was built with
             be.close()
             raise ClipadError(f"the {name} model here is {be.precision}, not {precision}")
