@@ -12,9 +12,14 @@ every layer outside the ViT scope (projection, L2 norms, feature surgery, x100 l
 heads, upsampling, blur). The Python API cannot set that attribute (a string rt_info entry is
 ignored by the plugin, measured), so it is written into the saved IR's XML.
 
-Measured on an AMD EPYC (avx512_bf16, OpenVINO 2026.4.1), tiny model: with the marking, MVN and
-the post-ViT FullyConnected layers run in f32 under the bf16 hint; the fused attention subgraph
-(a snippets kernel) still reports bf16, so the attention islands are not guaranteed in BF16.
+Measured on an AMD EPYC (avx512_bf16, OpenVINO 2026.4.1), ViT-B-16-plus-240 SDP+: with the
+marking, every MVN and the post-ViT FullyConnected/MatMul layers run in f32 under the bf16 hint
+(the runtime model's runtimePrecision); the attentions do not: the fused attention subgraph (a
+snippets kernel) reports bf16, and with snippets disabled (SNIPPETS_MODE DISABLE) the plugin's
+own MatMul + Softmax decomposition is bf16 too (the marking does not survive the decomposition),
+as is one of the two post-ViT softmaxes. The map error against f32 was the same either way
+(relative L2 1.6e-3), so the BF16 error here comes from the ViT's matrix products, not the
+attention's precision.
 
 Precision is always explicit (``compile_properties``): OpenVINO's default on CPUs with BF16 is
 BF16 everywhere, which a user would not see. fp32 -> f32 hint, bf16 -> bf16, fp16 -> f16 (each on
