@@ -233,7 +233,7 @@ def export(
 @app.command()
 def parity(
     artifacts: Annotated[Path, typer.Option("--artifacts", help="Artifact directory from `clipad export`.")],
-    backends: Annotated[str, typer.Option("--backends", help="Comma-separated: onnxruntime, tensorrt, torch.")] = "onnxruntime",
+    backends: Annotated[str, typer.Option("--backends", help="Comma-separated: onnxruntime, tensorrt, openvino, torch.")] = "onnxruntime",
     images: Annotated[Optional[Path], typer.Option("--images", help="Folder of images to compare on (default: built-in synthetic inputs).")] = None,
     device: DeviceOpt = "cpu",
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write the rows as JSON.")] = None,
@@ -398,8 +398,8 @@ def _csv(value: str, what: str, cast=str) -> list:
 @app.command()
 def bench(
     artifacts: ArtifactsOpt = None,
-    backends: Annotated[str, typer.Option("--backends", help="Comma-separated: torch, onnxruntime, tensorrt (unavailable ones are reported with the reason).")] = "torch,onnxruntime,tensorrt",
-    precision: Annotated[str, typer.Option("--precision", help="Comma-separated: fp32, fp16, int8.")] = "fp32,fp16,int8",
+    backends: Annotated[str, typer.Option("--backends", help="Comma-separated: torch, onnxruntime, tensorrt, openvino (unavailable ones are reported with the reason).")] = "torch,onnxruntime,tensorrt",
+    precision: Annotated[str, typer.Option("--precision", help="Comma-separated: fp32, fp16, int8, bf16 (openvino).")] = "fp32,fp16,int8",
     batch: Annotated[str, typer.Option("--batch", help="Comma-separated batch sizes.")] = "1,8",
     iterations: Annotated[int, typer.Option("--iterations", help="Timed calls per row.")] = 20,
     warmup: Annotated[int, typer.Option("--warmup", help="Untimed calls before them.")] = 3,
