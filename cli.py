@@ -177,6 +177,9 @@ def export(
     reference: Annotated[Optional[str], typer.Option("--reference", help="Good images of the part (folder, file or glob): their patch tokens are baked into the graph (fused with zero-shot; --mode reference: alone).")] = None,
     shots: Annotated[Optional[int], typer.Option("--shots", help="With --reference: use the first K images (sorted; default all).")] = None,
     memory_patches: Annotated[int, typer.Option("--memory-patches", help="With --reference: at most N memory patches per stage (k-center coreset beyond).")] = 1024,
+    openvino: Annotated[bool, typer.Option("--openvino", help="Also write the OpenVINO IR (FP32 weights, FP32 islands marked) and NNCF's INT8 IR, parity-checked (needs clipad[openvino]).")] = False,
+    gate_data: Annotated[Optional[Path], typer.Option("--gate-data", help="With --openvino: labelled images (MVTec layout, e.g. `clipad synth`) of this category; each reduced precision's pixel and image AUROC drop against FP32 is gated and recorded.")] = None,
+    max_auroc_drop: Annotated[float, typer.Option("--max-auroc-drop", help="The quality gate's limit in AUROC points.")] = 0.5,
     out: Annotated[Optional[Path], typer.Option("--out", help="Artifact directory (default artifacts/<category>).")] = None,
     model: ModelOpt = "ViT-B-16-plus-240",
     pretrained: PretrainedOpt = "laion400m_e31",
@@ -219,7 +222,8 @@ def export(
     cfg = ExportConfig(
         category=category, out=out or Path("artifacts") / category, object_name=object_name, heads_path=heads, rvs=rvs,
         rvs_profile=rvs_profile, prompts_source=prompts, sigma=sigma, max_batch=max_batch, precision=precision,
-        engine=engine, opt_batch=opt_batch, triton_repo=triton_repo,
+        engine=engine, opt_batch=opt_batch, triton_repo=triton_repo, openvino=openvino,
+        gate_root=gate_data, max_auroc_drop=max_auroc_drop,
         reference=ReferenceConfig(reference, shots, memory_patches, mode == "reference") if reference is not None else None,
     )
     validate(cfg)
@@ -236,6 +240,14 @@ def export(
         f = art.manifest.parity.figures(p)
         typer.echo(f"parity {p} (vs {f.against}): rel L2 {f.rel_l2:.1e}, image_prob err {f.prob_max_abs:.1e}, "
                    f"top-1% agreement {f.top1pct_agreement:.3f}")
+    ov = art.manifest.openvino
+    for p, f in (ov.parity.items() if ov else ()):
+        typer.echo(f"parity openvino {p} (vs {f.against}): rel L2 {f.rel_l2:.1e}, image_prob err {f.prob_max_abs:.1e}, "
+                   f"top-1% agreement {f.top1pct_agreement:.3f}")
+    for p, g in ((ov.gates or {}).items() if ov else ()):
+        typer.echo(f"gate openvino {p}: pixel AUROC {100 * g.pixel_auroc:.2f} (fp32 {100 * g.pixel_auroc_fp32:.2f}), image AUROC "
+                   f"{100 * g.image_auroc:.2f} (fp32 {100 * g.image_auroc_fp32:.2f}), drop <= {g.max_drop_points} points: "
+                   f"{'passed' if g.passed else 'FAILED'}")
     typer.echo(f"artifacts written to {art.root}")
     if previous:
         typer.echo(f"note: the earlier artifacts here had {previous}; a new export starts uncalibrated: "
@@ -247,7 +259,7 @@ def export(
 @app.command()
 def parity(
     artifacts: Annotated[Path, typer.Option("--artifacts", help="Artifact directory from `clipad export`.")],
-    backends: Annotated[str, typer.Option("--backends", help="Comma-separated: onnxruntime, tensorrt, torch, triton (with --url).")] = "onnxruntime",
+    backends: Annotated[str, typer.Option("--backends", help="Comma-separated: onnxruntime, tensorrt, openvino, torch, triton (with --url).")] = "onnxruntime",
     images: Annotated[Optional[Path], typer.Option("--images", help="Folder of images to compare on (default: built-in synthetic inputs).")] = None,
     device: DeviceOpt = "cpu",
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write the rows as JSON.")] = None,
@@ -282,7 +294,7 @@ def _say(line: str) -> None:
     typer.echo(line, err=True)
 
 
-BackendOpt = Annotated[str, typer.Option("--backend", help="auto (fastest available), tensorrt, onnxruntime, torch, or triton (a Triton server at --url; never chosen by auto).")]
+BackendOpt = Annotated[str, typer.Option("--backend", help="auto (fastest available; never openvino or triton), tensorrt, onnxruntime, torch, openvino (--device cpu/auto -> CPU, gpu -> GPU, or OpenVINO's CPU, GPU, GPU.N, AUTO), or triton (a Triton server at --url).")]
 # The Triton backend's options. The model option is --triton-model, not --model: elsewhere --model
 # names the open_clip architecture, and one name should not mean two things.
 UrlOpt = Annotated[Optional[str], typer.Option("--url", help="With --backend triton: the server, grpc://HOST:8001 or http://HOST:8000.")]
@@ -308,8 +320,11 @@ def _triton(backend: str, url: Optional[str], model: Optional[str], version: str
     target = TritonTarget(url, model, version, timeout, inflight, shm)
     target.check()
     return target
-ServePrecisionOpt = Annotated[str, typer.Option("--precision", help="auto (fp16 on a GPU provider, else fp32), fp32, fp16 or int8 (model.int8.onnx).")]
+
+
+ServePrecisionOpt = Annotated[str, typer.Option("--precision", help="auto (fp16 on a GPU provider, else fp32; openvino: fp32), fp32, fp16, bf16 (openvino) or int8 (model.int8.onnx; openvino: NNCF's INT8 IR).")]
 ArtifactsOpt = Annotated[Optional[Path], typer.Option("--artifacts", help="Artifact directory (default: the only one under ./artifacts).")]
+OvModeOpt = Annotated[str, typer.Option("--openvino-mode", help="OpenVINO performance hint: latency (one camera) or throughput (many: a batch's frames run as parallel requests).")]
 
 
 @app.command("run")
@@ -320,6 +335,7 @@ def run_(
     backend: BackendOpt = "auto",
     precision: ServePrecisionOpt = "auto",
     device: DeviceOpt = "auto",
+    openvino_mode: OvModeOpt = "latency",
     save: Annotated[Optional[Path], typer.Option("--save", help="Overlay video (.mp4 or .avi).")] = None,
     events: Annotated[Optional[Path], typer.Option("--events", help="JSON Lines, one object per processed frame (appended).")] = None,
     events_max_mb: Annotated[float, typer.Option("--events-max-mb", help="Rotate the events file at this size (events.jsonl.1 ... .5); 0: never.")] = 0.0,
@@ -347,7 +363,7 @@ def run_(
                     serve=serve, max_frames=max_frames, status_every=status_every)
     cfg.check()  # before any model work
     triton = _triton(backend, url, triton_model, triton_version, triton_timeout, triton_inflight, triton_shm)
-    served = open_served(artifacts, backend, device, precision, triton=triton)
+    served = open_served(artifacts, backend, device, precision, triton=triton, mode=openvino_mode)
     for note in served.notes:
         _say(note)
     run_stream(cfg, served, _say)
@@ -360,6 +376,7 @@ def predict(
     backend: BackendOpt = "auto",
     precision: ServePrecisionOpt = "auto",
     device: DeviceOpt = "auto",
+    openvino_mode: OvModeOpt = "latency",
     out: Annotated[Path, typer.Option("--out", help="Output folder for predictions.jsonl.")] = Path("predictions"),
     save_maps: Annotated[bool, typer.Option("--save-maps", help="Also write maps/<stem>.npy (float32, model resolution).")] = False,
     save_overlays: Annotated[bool, typer.Option("--save-overlays", help="Also write overlays/<stem>.png.")] = False,
@@ -378,7 +395,7 @@ def predict(
     from clipad.runtime.serving import open_served
 
     triton = _triton(backend, url, triton_model, triton_version, triton_timeout, triton_inflight, triton_shm)
-    served = open_served(artifacts, backend, device, precision, triton=triton)
+    served = open_served(artifacts, backend, device, precision, triton=triton, mode=openvino_mode)
     for note in served.notes:
         _say(note)
     with progress_bars(enabled=not quiet) as tasks:
@@ -490,8 +507,8 @@ def _csv(value: str, what: str, cast=str) -> list:
 @app.command()
 def bench(
     artifacts: ArtifactsOpt = None,
-    backends: Annotated[str, typer.Option("--backends", help="Comma-separated: torch, onnxruntime, tensorrt, triton (with --url; unavailable ones are reported with the reason).")] = "torch,onnxruntime,tensorrt",
-    precision: Annotated[str, typer.Option("--precision", help="Comma-separated: fp32, fp16, int8.")] = "fp32,fp16,int8",
+    backends: Annotated[str, typer.Option("--backends", help="Comma-separated: torch, onnxruntime, tensorrt, openvino, triton (with --url; unavailable ones are reported with the reason).")] = "torch,onnxruntime,tensorrt",
+    precision: Annotated[str, typer.Option("--precision", help="Comma-separated: fp32, fp16, int8, bf16 (openvino).")] = "fp32,fp16,int8",
     batch: Annotated[str, typer.Option("--batch", help="Comma-separated batch sizes.")] = "1,8",
     iterations: Annotated[int, typer.Option("--iterations", help="Timed calls per row.")] = 20,
     warmup: Annotated[int, typer.Option("--warmup", help="Untimed calls before them.")] = 3,

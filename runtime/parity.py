@@ -71,8 +71,11 @@ def check_backend(backend: Backend, ref: Reference) -> ParityRow:
 
 def served_precisions(artifacts: Artifacts, name: str) -> list[str | None]:
     """The precisions ``clipad parity`` checks for a backend: every ONNX graph of the artifacts,
-    the plan's own precision for TensorRT (None: whatever it was built with), FP32 for torch."""
-    return {"onnxruntime": list(artifacts.manifest.precisions), "tensorrt": [None], "triton": [None]}.get(name, ["fp32"])
+    the plan's own precision for TensorRT and Triton (None: whatever it serves), every precision with
+    export parity figures for OpenVINO, FP32 for torch."""
+    ov = artifacts.manifest.openvino
+    return {"onnxruntime": list(artifacts.manifest.precisions), "tensorrt": [None], "triton": [None],
+            "openvino": [p for p in (ov.parity if ov else {}) if p in ov.ir] if ov else ["fp32"]}.get(name, ["fp32"])
 
 
 def run_parity(artifacts: Artifacts, backends: Sequence[str], images: np.ndarray, device: str = "cpu",

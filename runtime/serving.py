@@ -44,11 +44,12 @@ class Served:
 
 
 def open_served(artifacts: Path | None, backend: str = "auto", device: str = "auto", precision: str = "auto",
-                need_calibration: bool = True, triton=None) -> Served:
+                need_calibration: bool = True, triton=None, mode: str = "latency") -> Served:
     """Artifacts, the chosen backend and (with ``need_calibration``) the calibration constants;
-    ``triton``: the server of ``backend`` triton (``backends.triton_backend.TritonTarget``)."""
+    ``triton``: the server of ``backend`` triton (``backends.triton_backend.TritonTarget``);
+    ``mode``: OpenVINO's performance hint (latency or throughput)."""
     art = load_artifacts(find_artifacts(artifacts))
-    be = select_backend(art, backend, device, precision, triton)
+    be = select_backend(art, backend, device, precision, triton=triton, mode=mode)
     notes = [f"backend: {be.describe()} (max batch {be.max_batch})", *be.notes]
     cal = None
     if need_calibration:

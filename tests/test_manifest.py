@@ -252,7 +252,7 @@ BAD = [
     ("wrong nested type", lambda d: d["calibration"].update(threshold="high"), "manifest.json: calibration.threshold: must be a number"),
     ("negative std", lambda d: d["std"].__setitem__(1, -0.2), "manifest.json: std[1]: must be > 0"),
     ("bad hash", lambda d: d["files"].update({"model.onnx": "xyz"}), "manifest.json: files.model.onnx: must be a sha256"),
-    ("unknown file", lambda d: d["files"].update({"model.bin": "a" * 64}), "manifest.json: files.model.bin: not an artifact file name"),
+    ("unknown file", lambda d: d["files"].update({"model.weights": "a" * 64}), "manifest.json: files.model.weights: not an artifact file name"),
     ("bad dimension", lambda d: d["onnx"]["inputs"][0].update(shape=["batch", 0, 96, 3]),
      "manifest.json: onnx.inputs[0].shape[1]: must be a positive size"),
     ("reversed range", lambda d: d["calibration"].update(score_range=[2.0, 1.0]), "manifest.json: calibration.score_range: must be [min, max]"),

@@ -79,6 +79,9 @@ class ExportConfig:
     triton_repo: Path | None = None
     reference: "ReferenceConfig | None" = None  # good images baked into the graph (method.md 14)
     notes: tuple[str, ...] = ()  # warnings the caller adds to the manifest (`clipad reference add`)
+    openvino: bool = False  # also the OpenVINO IR (deploy/openvino_export.py)
+    gate_root: Path | None = None  # labelled images (MVTec layout) for the reduced precisions' quality gate
+    max_auroc_drop: float = 0.5  # the gate's limit, AUROC points
 
     @property
     def mode(self) -> Mode:
@@ -121,6 +124,14 @@ def validate(cfg: ExportConfig, loaded: LoadedModel | None = None) -> None:
         from clipad.deploy.triton_repo import require_model_config
 
         require_model_config()
+    if cfg.openvino:
+        from clipad.deploy.openvino_ir import require_openvino
+
+        require_openvino()
+    if cfg.gate_root is not None and not cfg.openvino:
+        raise ClipadError("--gate-data judges the OpenVINO precisions: add --openvino")
+    if cfg.gate_root is not None and not Path(cfg.gate_root, cfg.category).is_dir():
+        raise ClipadError(f"--gate-data {cfg.gate_root} has no folder for category '{cfg.category}'")
     parent = Path(cfg.out).resolve().parent
     probe = parent
     while not probe.exists():
@@ -299,6 +310,8 @@ def export(loaded: LoadedModel, cfg: ExportConfig, tasks: Tasks) -> Artifacts:
                 files=hash_files(stage),
                 reference=reference,
             )
+            if cfg.openvino:
+                manifest = _openvino_step(model, stage, manifest, tasks, timings, cfg)
             if cfg.engine:
                 from clipad.deploy.tensorrt.build import build_engine
 
@@ -313,6 +326,32 @@ def export(loaded: LoadedModel, cfg: ExportConfig, tasks: Tasks) -> Artifacts:
 
         write_triton_repo(final, cfg.triton_repo)
     return final
+
+
+def _openvino_step(model: SDPModel, stage: Path, manifest: Manifest, tasks: Tasks, timings: dict[str, float],
+                   cfg: ExportConfig) -> Manifest:
+    """The OpenVINO IRs and their parity against the reference on 3 parity images + 2 more parts;
+    with ``cfg.gate_root`` the quality gate of every reduced precision."""
+    from clipad.deploy.openvino_export import ir_hashes, make_openvino
+
+    step = tasks.add("OpenVINO IR (fp32, bf16, int8)", 1)
+    t0 = time.perf_counter()
+    images = np.concatenate([parity_images(model.image_size, 3), parity_images(model.image_size, 3, seed=1)[:2]])
+    with torch.no_grad():
+        ref_map, ref_prob = (t.cpu().numpy() for t in model(torch.from_numpy(images).to(model.text.device)))
+    calibration = parity_images(model.image_size, 9, seed=2)[:8]
+    entry, warnings = make_openvino(stage, images, ref_map, ref_prob, calibration, manifest.max_batch)
+    if cfg.gate_root is not None:
+        from clipad.deploy.openvino_gate import gate_images, quality_gate
+
+        x, labels, masks = gate_images(Path(cfg.gate_root), cfg.category, model.image_size)
+        gates = {p: quality_gate(stage / entry.ir["fp32"], stage / xml, p, x, labels, masks, manifest.max_batch, cfg.max_auroc_drop)
+                 for p, xml in entry.ir.items() if p != "fp32"}
+        entry = entry.replace(gates=gates)
+    timings["openvino_s"] = time.perf_counter() - t0
+    step(1)
+    return manifest.with_openvino(entry, ir_hashes(stage)).replace(
+        warnings=[*manifest.warnings, *warnings], timings_s={**manifest.timings_s, "openvino_s": round(timings["openvino_s"], 2)})
 
 
 def reference_model(artifacts: Artifacts, device: str | torch.device = "cpu") -> SDPModel:

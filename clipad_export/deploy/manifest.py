@@ -21,6 +21,8 @@ JSON layout (format version 1, unchanged from the untyped manifest, so older art
 - ``calibration``: null until `clipad calibrate`; ``int8``: how ``model.int8.onnx`` was made;
 - ``engine``: the TensorRT sidecar's content (``model.plan.json``), when there is a plan;
 - ``reference``: the baked normal-reference memory (``ReferenceEntry``), absent without one;
+- ``openvino``: the OpenVINO IR (``model.xml``/``.bin``, ``model.int8.xml``/``.bin``), its
+  precisions, parity figures and quality gates, when exported with ``--openvino``;
 - ``timings_s``, ``warnings``, ``versions``; ``files``: sha256 of every artifact file.
 
 Errors are one line naming the field: ``<dir>/manifest.json: max_batch: must be >= 1``.
@@ -64,7 +66,13 @@ PLAN = "model.plan"
 PLAN_META = "model.plan.json"
 HEADS_FILE = "heads.safetensors"  # sdp+ only
 REFERENCE_MEMORY = "reference_memory.safetensors"  # with a reference: float32 [stages, patches, width], unit rows
-ARTIFACT_FILES = (TEXT_FEATURES, ONNX_FP32, ONNX_FP16, ONNX_INT8, PLAN, PLAN_META, HEADS_FILE, REFERENCE_MEMORY)  # what ``files`` may list
+# OpenVINO IR (`clipad export --openvino`): the FP32 IR converted from model.onnx, with its FP32
+# islands marked (deploy/openvino_ir.py); fp32, bf16 and fp16 compile from it with an explicit
+# precision hint. The INT8 IR is NNCF's quantisation of it.
+OV_XML, OV_BIN = "model.xml", "model.bin"
+OV_INT8_XML, OV_INT8_BIN = "model.int8.xml", "model.int8.bin"
+ARTIFACT_FILES = (TEXT_FEATURES, ONNX_FP32, ONNX_FP16, ONNX_INT8, PLAN, PLAN_META, HEADS_FILE, REFERENCE_MEMORY,
+                  OV_XML, OV_BIN, OV_INT8_XML, OV_INT8_BIN)  # what ``files`` may list
 
 ONNX_FILES: dict[str, str] = {"fp32": ONNX_FP32, "fp16": ONNX_FP16, "int8": ONNX_INT8}  # precision -> its graph
 CATEGORY_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")  # a category names files and Triton models
@@ -417,12 +425,50 @@ class ReferenceEntry(Record):
 
     def sha256s(self) -> set[str]:
         return {i.sha256 for i in self.images}
+OvPrecision = Literal["fp32", "bf16", "fp16", "int8"]  # an OpenVINO compile precision (fp32/bf16/fp16: hints on model.xml)
+
+
+class QualityGate(Record):
+    """One reduced precision judged on labelled held-out images against FP32 (the same IR):
+    pixel and image AUROC of both, their drop in points (x100), the limit, and the map
+    agreement figures beside them; ``passed``: both drops within ``max_drop_points``."""
+
+    n_images: Positive
+    n_anomalous: Count
+    pixel_auroc_fp32: Fraction
+    pixel_auroc: Fraction
+    image_auroc_fp32: Fraction
+    image_auroc: Fraction
+    pixel_drop_points: float
+    image_drop_points: float
+    max_drop_points: NonNegative
+    agreement: ParityFigures
+    passed: bool
+
+
+class OpenVinoEntry(Record):
+    """The OpenVINO IR: ``version`` (OpenVINO), ``source_sha256`` (model.onnx it came from),
+    ``ir``: precision -> its IR's .xml file (fp32/bf16/fp16 share model.xml), ``fp32_layers``:
+    how many of its layers carry OpenVINO's "precise" marking (kept in FP32 under a bf16/fp16
+    hint), ``parity``: figures per precision against the PyTorch reference (fp32 within the FP32
+    tolerance; the others recorded), ``gates``: the quality gate per reduced precision
+    (`clipad export --openvino --gate-data DIR`), ``cpu``: the CPU the figures were measured on."""
+
+    OMITTED_WHEN_NONE = frozenset({"gates"})
+
+    version: NonEmpty
+    source_sha256: Sha256
+    ir: dict[OvPrecision, ArtifactFile]
+    fp32_layers: Count
+    parity: dict[OvPrecision, ParityFigures]
+    gates: dict[OvPrecision, QualityGate] | None = None
+    cpu: NonEmpty
 
 
 class Manifest(Record):
     """The whole ``manifest.json`` (see the module docstring for the layout)."""
 
-    OMITTED_WHEN_NONE = frozenset({"engine", "int8", "reference"})
+    OMITTED_WHEN_NONE = frozenset({"engine", "int8", "reference", "openvino"})
 
     format_version: Literal[1]
     created: str
@@ -450,6 +496,7 @@ class Manifest(Record):
     files: dict[ArtifactFile, Sha256]
     int8: Int8Entry | None = None
     reference: ReferenceEntry | None = None
+    openvino: OpenVinoEntry | None = None
 
     @model_validator(mode="after")
     def check_consistency(self) -> Self:
@@ -471,6 +518,11 @@ class Manifest(Record):
             raise ValueError(f"reference: present exactly when files lists {REFERENCE_MEMORY}")
         if self.mode == "reference" and self.reference is None:
             raise ValueError("reference: mode reference needs a reference memory")
+        if self.openvino is not None:
+            for xml in set(self.openvino.ir.values()):
+                for name in (xml, xml.removesuffix(".xml") + ".bin"):
+                    if name not in self.files:
+                        raise ValueError(f"openvino.ir: no {name} in files")
         return self
 
     # --- reading and writing -------------------------------------------------------------
@@ -510,6 +562,10 @@ class Manifest(Record):
         parity = self.parity.replace(tolerances={**self.parity.tolerances, "int8": tolerance}, int8=figures)
         return self.replace(files={**self.files, ONNX_INT8: graph_sha256}, parity=parity, int8=entry,
                             precisions=[p for p in self.precisions if p != "int8"] + ["int8"])
+
+    def with_openvino(self, entry: OpenVinoEntry, hashes: Mapping[str, str]) -> "Manifest":
+        """The OpenVINO record replaced, with the IR files' sha256 (``hashes``)."""
+        return self.replace(openvino=entry, files={**self.files, **hashes})
 
     def with_engine(self, meta: EngineMeta, hashes: Mapping[str, str] | None = None) -> "Manifest":
         """The TensorRT plan's sidecar as ``engine``; ``hashes``: the plan's and sidecar's sha256

@@ -29,6 +29,10 @@ from clipad.data.synth import sample_images
 TOLERANCES = {
     "fp32": {"rel_l2": 1e-4, "prob_max_abs": 1e-4, "top1pct_agreement": 0.99},
     "fp16": {"rel_l2": 1e-2, "prob_max_abs": 2e-3, "top1pct_agreement": 0.95},
+    # BF16 (OpenVINO, 8 mantissa bits against FP16's 11) is recorded against the FP16 limits; with
+    # random weights it misses them (maps are differences of nearly parallel text vectors), so
+    # its real judge is the AUROC quality gate on a trained SDP+ model (issue 15).
+    "bf16": {"rel_l2": 1e-2, "prob_max_abs": 2e-3, "top1pct_agreement": 0.95},
     # INT8 (calibration/int8.py) is gated on agreement; the two error bounds only catch a
     # broken graph, whose errors are O(1).
     "int8": {"rel_l2": 0.25, "prob_max_abs": 0.25, "top1pct_agreement": 0.9},

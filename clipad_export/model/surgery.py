@@ -15,6 +15,13 @@ shared final ln_post and projection (section 4.5).
 
 No module swapping, no in-place ops, no data-dependent control flow: it traces to ONNX with a
 dynamic batch dimension.
+
+Attention runs in two forms with the same mathematics: in eager PyTorch through the fused
+``scaled_dot_product_attention`` (one kernel, no [B, heads, T, T] logits in memory; V-V
+attention is the call with q = k = v), and as the explicit MatMul, scale and Softmax while the
+model is traced for ONNX export, so that the exported graph keeps its Softmax nodes with their
+logit MatMuls, which the FP16/BF16/INT8 precisions keep in FP32 (clipad.deploy.fp16).
+``DualPathViT.fused`` False forces the explicit form in eager mode too (for comparison).
 """
 
 from __future__ import annotations
@@ -52,14 +59,26 @@ def merge_heads(x: torch.Tensor) -> torch.Tensor:
     return x.transpose(1, 2).reshape(b, t, h * d)
 
 
-def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
-    """softmax(q k^T * scale) v per head; q, k, v: [B, heads, T, d_h] -> [B, heads, T, d_h]."""
+def tracing() -> bool:
+    """Whether the forward is being traced (ONNX export or torch.jit.trace): the explicit form then."""
+    return torch.onnx.is_in_onnx_export() or torch.jit.is_tracing()
+
+
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, fused: bool = False) -> torch.Tensor:
+    """softmax(q k^T * scale) v per head; q, k, v: [B, heads, T, d_h] -> [B, heads, T, d_h].
+
+    ``fused``: through ``scaled_dot_product_attention`` (same scale passed explicitly, no mask,
+    no dropout), unless the forward is being traced, where the explicit form is always used.
+    """
+    if fused and not tracing():
+        return F.scaled_dot_product_attention(q, k, v, scale=scale)
     return torch.softmax(torch.matmul(q, k.transpose(-1, -2)) * scale, dim=-1).matmul(v)
 
 
-def vv_attention(v: torch.Tensor, scale: float) -> torch.Tensor:
-    """The surgery path's V-V self-attention: softmax(v v^T * scale) v per head (method.md 4.2)."""
-    return attention(v, v, v, scale)
+def vv_attention(v: torch.Tensor, scale: float, fused: bool = False) -> torch.Tensor:
+    """The surgery path's V-V self-attention: softmax(v v^T * scale) v per head (method.md 4.2),
+    with the original attention's scale 1/sqrt(d_h)."""
+    return attention(v, v, v, scale, fused)
 
 
 class DualPathViT(nn.Module):
@@ -83,6 +102,7 @@ class DualPathViT(nn.Module):
         self.width = visual.conv1.out_channels
         self.scale = (self.width // self.heads) ** -0.5
         self.grid = int(round((visual.positional_embedding.shape[0] - 1) ** 0.5))  # patches per side
+        self.fused = True  # eager attention through scaled_dot_product_attention (module docstring)
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """Normalised image [B, 3, H, W] -> ln_pre(tokens + pos) [B, T, W]."""
@@ -98,8 +118,8 @@ class DualPathViT(nn.Module):
         h = blk.ln_1(x)
         q, k, v = F.linear(h, attn.in_proj_weight, attn.in_proj_bias).chunk(3, dim=-1)
         q, k, v = (split_heads(t, self.heads) for t in (q, k, v))
-        out = F.linear(merge_heads(attention(q, k, v, self.scale)), attn.out_proj.weight, attn.out_proj.bias)
-        vv = F.linear(merge_heads(vv_attention(v, self.scale)), attn.out_proj.weight, attn.out_proj.bias)
+        out = F.linear(merge_heads(attention(q, k, v, self.scale, self.fused)), attn.out_proj.weight, attn.out_proj.bias)
+        vv = F.linear(merge_heads(vv_attention(v, self.scale, self.fused)), attn.out_proj.weight, attn.out_proj.bias)
         x_mid = x + blk.ls_1(out)
         x_out = x_mid + blk.ls_2(blk.mlp(blk.ln_2(x_mid)))
         return x_mid, x_out, vv

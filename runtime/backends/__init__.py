@@ -2,7 +2,10 @@
 interface (``base.Backend``) used by every consumer: the runtime, `clipad predict`, calibration,
 parity and bench. Backends check the manifest's sha256 of their model file before loading it.
 
-``device`` cpu keeps everything on the CPU: the TensorRT backend is refused before tensorrt,
+OpenVINO (``openvino``) is opened only by name: ``auto`` never picks it, because its precision
+is a per-machine decision (bf16 or int8 only where their gates passed, see
+clipad.deploy.openvino_ir) and ONNX Runtime serves the same graph on every CPU; its ``auto``
+precision is fp32. ``device`` cpu keeps everything on the CPU: the TensorRT backend is refused before tensorrt,
 cuda-python or the plan is touched, ``auto`` never tries it, and ONNX Runtime gets the CPU
 execution provider only.
 """
@@ -21,15 +24,21 @@ def _on_cpu(device: str) -> bool:
     return device == "cpu"
 
 
-def open_backend(artifacts: Artifacts, name: str, precision: str = "fp32", device: str = "auto", triton=None) -> Backend:
+def open_backend(artifacts: Artifacts, name: str, precision: str = "fp32", device: str = "auto", triton=None,
+                 mode: str = "latency") -> Backend:
     """The named backend for ``artifacts``; one line when it cannot run here. ``triton``: the
-    server of the triton backend (``triton_backend.TritonTarget``)."""
+    server of the triton backend (``triton_backend.TritonTarget``); ``mode``: OpenVINO's
+    performance hint (latency or throughput); the other backends ignore them."""
     if name == "triton":
         if triton is None:
             raise ClipadError("--backend triton needs --url grpc://HOST:PORT or http://HOST:PORT")
         from clipad.runtime.backends.triton_backend import TritonBackend
 
         return TritonBackend(artifacts, triton, precision)
+    if name == "openvino":
+        from clipad.runtime.backends.openvino_backend import OpenVinoBackend
+
+        return OpenVinoBackend(artifacts, precision, device, mode)
     if name == "onnxruntime":
         from clipad.runtime.backends.onnxruntime_backend import OnnxRuntimeBackend
 
@@ -79,23 +88,30 @@ def _onnxruntime_auto(artifacts: Artifacts, device: str) -> Backend:
     return fp32
 
 
-def select_backend(artifacts: Artifacts, name: str = "auto", device: str = "auto", precision: str = "auto", triton=None) -> Backend:
+def select_backend(artifacts: Artifacts, name: str = "auto", device: str = "auto", precision: str = "auto", triton=None,
+                   mode: str = "latency") -> Backend:
     """``auto``: TensorRT when a usable plan is there (never with device cpu), else ONNX Runtime,
     else the torch reference.
 
     ``precision`` ``auto``: ONNX Runtime takes the FP16 graph when it exists and a GPU execution
     provider really loads for it (the session's providers, not the wheel's list), the FP32 one
     otherwise (never INT8 unasked). An explicit precision (fp32, fp16, int8) is passed to the
-    backend, which says in one line if it cannot.
+    backend, which says in one line if it cannot. ``mode``: OpenVINO's performance hint.
     """
     if name == "triton":  # the server's model decides the precision; an explicit one is checked against it
         return open_backend(artifacts, name, precision, device, triton)
+    if mode not in ("latency", "throughput"):
+        raise ClipadError(f"--openvino-mode must be latency or throughput, got '{mode}'")
     if name != "auto":
         if precision == "auto":
             if name == "onnxruntime":
                 return _onnxruntime_auto(artifacts, device)
+            if name == "openvino":
+                from clipad.runtime.backends.openvino_backend import auto_precision
+
+                return open_backend(artifacts, name, auto_precision(artifacts, device), device, mode=mode)
             return open_backend(artifacts, name, "fp32" if name == "torch" else None, device)
-        be = open_backend(artifacts, name, precision, device)
+        be = open_backend(artifacts, name, precision, device, mode=mode)
         if be.precision != precision:  # a TensorRT plan has the precision it was built with
             be.close()
             raise ClipadError(f"the {name} model here is {be.precision}, not {precision}")

@@ -12,7 +12,8 @@ import numpy as np
 
 from clipad.core.errors import ClipadError
 
-BackendName = Literal["torch", "onnxruntime", "tensorrt", "triton"]  # triton: a remote server, never chosen by auto
+# triton: a remote server; openvino: its precision is a per-machine choice. `auto` picks neither.
+BackendName = Literal["torch", "onnxruntime", "tensorrt", "triton", "openvino"]
 BACKENDS: tuple[str, ...] = get_args(BackendName)
 Device = Literal["cpu", "cuda"]
 

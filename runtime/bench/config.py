@@ -31,8 +31,8 @@ def validate(cfg: BenchConfig) -> None:
         if name not in BACKENDS:
             raise ClipadError(f"unknown backend '{name}' (one of {', '.join(BACKENDS)})")
     for p in cfg.precisions:
-        if p not in PRECISIONS:
-            raise ClipadError(f"unknown precision '{p}' (one of {', '.join(PRECISIONS)})")
+        if p not in (*PRECISIONS, "bf16"):  # bf16: OpenVINO only
+            raise ClipadError(f"unknown precision '{p}' (one of {', '.join(PRECISIONS)}, bf16)")
     if not cfg.backends or not cfg.precisions or not cfg.batches:
         raise ClipadError("--backends, --precision and --batch each need at least one value")
     if any(b < 1 for b in cfg.batches):

@@ -10,6 +10,21 @@ from typing import Any
 import torch
 
 
+MATRIX_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16", "amx_int8")
+
+
+def cpu_matrix_features() -> list[str]:
+    """The CPU's matrix-relevant flags from /proc/cpuinfo (VNNI for INT8, AVX-512 BF16 / AMX for BF16)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+                return [f for f in MATRIX_FLAGS if f in flags]
+    except OSError:
+        pass
+    return []
+
+
 def machine_info() -> dict[str, Any]:
     """CPU model, cores, torch threads, platform, library versions, ONNX Runtime's providers and the GPU."""
     cpu = platform.processor() or platform.machine()
@@ -20,7 +35,8 @@ def machine_info() -> dict[str, Any]:
                 break
     except OSError:
         pass
-    info: dict[str, Any] = {"cpu": cpu, "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+    info: dict[str, Any] = {"cpu": cpu, "cpu_matrix_features": cpu_matrix_features(), "load_average": list(os.getloadavg()),
+                            "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
                             "platform": platform.platform(), "python": platform.python_version(),
                             "torch": torch.__version__, "cuda": torch.version.cuda,
                             "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
@@ -31,4 +47,11 @@ def machine_info() -> dict[str, Any]:
         info["onnxruntime_providers"] = ort.get_available_providers()
     except ImportError:
         info["onnxruntime"] = None
+    try:
+        import openvino as ov
+
+        info["openvino"] = ov.__version__
+        info["openvino_cpu_capabilities"] = list(ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"))
+    except ImportError:
+        info["openvino"] = None
     return info

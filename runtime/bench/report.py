@@ -51,6 +51,11 @@ def format_markdown(res: dict) -> str:
     lines.append(f"{res['settings']['warmup']} warm-up + {res['settings']['iterations']} timed calls per row; "
                  f"{res['machine']['cpu']}, {res['machine']['cpu_count']} CPUs, torch {res['machine']['torch']}, "
                  f"onnxruntime {res['machine']['onnxruntime']}, GPU {res['machine']['gpu']}")
+    m = res["machine"]
+    if "cpu_matrix_features" in m:
+        lines.append(f"CPU matrix features: {', '.join(m['cpu_matrix_features']) or 'none'}; torch threads {m['torch_threads']}; "
+                     f"load average {', '.join(f'{x:.2f}' for x in m.get('load_average', []))}; OpenVINO {m.get('openvino')} "
+                     f"(CPU capabilities {', '.join(m.get('openvino_cpu_capabilities') or []) or '-'})")
     return "\n".join(lines)
 
 
