@@ -322,7 +322,7 @@ def _triton(backend: str, url: Optional[str], model: Optional[str], version: str
     return target
 
 
-ServePrecisionOpt = Annotated[str, typer.Option("--precision", help="auto (fp16 on a GPU provider, else fp32; openvino: fp32), fp32, fp16, bf16 (openvino) or int8 (model.int8.onnx; openvino: NNCF's INT8 IR).")]
+ServePrecisionOpt = Annotated[str, typer.Option("--precision", help="auto (fp16 on a GPU provider, else fp32; openvino: int8 or bf16 where its quality gate passed, else fp32), fp32, fp16, bf16 (openvino) or int8 (model.int8.onnx; openvino: NNCF's INT8 IR).")]
 ArtifactsOpt = Annotated[Optional[Path], typer.Option("--artifacts", help="Artifact directory (default: the only one under ./artifacts).")]
 OvModeOpt = Annotated[str, typer.Option("--openvino-mode", help="OpenVINO performance hint: latency (one camera) or throughput (many: a batch's frames run as parallel requests).")]
 

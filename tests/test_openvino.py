@@ -129,8 +129,9 @@ def test_auto_precision_choice(art):
     entry = art.manifest.openvino
     assert choose_precision(entry, CPU_CAPS) == "fp32"  # no gates recorded: fp32
     gated = entry.replace(ir={"fp32": OV_XML, "bf16": OV_XML, "int8": OV_INT8_XML}, gates={"bf16": _gate(True), "int8": _gate(True)})
-    assert choose_precision(gated, ["FP32", "BF16", "INT8"]) == "bf16"
-    assert choose_precision(gated, ["FP32", "INT8"]) == "int8"  # no BF16 on the device
+    assert choose_precision(gated, ["FP32", "BF16", "INT8"]) == "int8"  # both passed: the faster one
+    assert choose_precision(gated.replace(gates={"bf16": _gate(True), "int8": _gate(False)}), ["FP32", "BF16", "INT8"]) == "bf16"
+    assert choose_precision(gated.replace(gates={"bf16": _gate(True)}), ["FP32", "INT8"]) == "fp32"  # no BF16 on the device
     failed = entry.replace(gates={"bf16": _gate(False), "int8": _gate(False)})
     assert choose_precision(failed, ["FP32", "BF16", "INT8"]) == "fp32"
     no_int8_ir = gated.replace(ir={"fp32": OV_XML})
