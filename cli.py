@@ -63,6 +63,7 @@ def _quiet_third_party() -> None:
 
         cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
     logging.getLogger("huggingface_hub").setLevel(logging.ERROR)
+    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)  # "No CUDA runtime is found" when NNCF imports it
 
 
 @app.command()

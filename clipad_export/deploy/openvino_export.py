@@ -15,6 +15,9 @@ softmaxes, both attentions, the L2 norms, feature surgery and everything after t
 
 from __future__ import annotations
 
+import contextlib
+import io
+
 from pathlib import Path
 
 import numpy as np
@@ -38,8 +41,11 @@ def quantize_int8(xml: Path, dst: Path, images: np.ndarray) -> None:
     model = ov.Core().read_model(str(xml))
     keep = [op.get_friendly_name() for op in model.get_ops() if fp32_layer(op.get_type_name(), op.get_friendly_name())]
     dataset = nncf.Dataset([images[i : i + 1] for i in range(len(images))])
-    quantized = nncf.quantize(model, dataset, model_type=nncf.ModelType.TRANSFORMER, subset_size=len(images),
-                              ignored_scope=nncf.IgnoredScope(names=keep, validate=False))
+    # NNCF draws its own progress bars on stdout, whatever the log level; the export's own bar
+    # (stderr) covers this step, so NNCF's are kept out of the user's output.
+    with contextlib.redirect_stdout(io.StringIO()):
+        quantized = nncf.quantize(model, dataset, model_type=nncf.ModelType.TRANSFORMER, subset_size=len(images),
+                                  ignored_scope=nncf.IgnoredScope(names=keep, validate=False))
     ov.save_model(quantized, str(dst), compress_to_fp16=False)
 
 
