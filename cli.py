@@ -179,7 +179,7 @@ def export(
     shots: Annotated[Optional[int], typer.Option("--shots", help="With --reference: use the first K images (sorted; default all).")] = None,
     memory_patches: Annotated[int, typer.Option("--memory-patches", help="With --reference: at most N memory patches per stage (k-center coreset beyond).")] = 1024,
     openvino: Annotated[bool, typer.Option("--openvino", help="Also write the OpenVINO IR (FP32 weights, FP32 islands marked) and NNCF's INT8 IR, parity-checked (needs clipad[openvino]).")] = False,
-    gate_data: Annotated[Optional[Path], typer.Option("--gate-data", help="With --openvino: labelled images (MVTec layout, e.g. `clipad synth`) of this category; each reduced precision's pixel and image AUROC drop against FP32 is gated and recorded.")] = None,
+    gate_data: Annotated[Optional[Path], typer.Option("--gate-data", help="Labelled held-out images (MVTec layout, e.g. `clipad synth`) of this category: each reduced precision's (the FP16 graph; with --openvino bf16 and int8) pixel and image AUROC drop against FP32 is gated and recorded in the manifest.")] = None,
     max_auroc_drop: Annotated[float, typer.Option("--max-auroc-drop", help="The quality gate's limit in AUROC points.")] = 0.5,
     out: Annotated[Optional[Path], typer.Option("--out", help="Artifact directory (default artifacts/<category>).")] = None,
     model: ModelOpt = "ViT-B-16-plus-240",
@@ -245,10 +245,12 @@ def export(
     for p, f in (ov.parity.items() if ov else ()):
         typer.echo(f"parity openvino {p} (vs {f.against}): rel L2 {f.rel_l2:.1e}, image_prob err {f.prob_max_abs:.1e}, "
                    f"top-1% agreement {f.top1pct_agreement:.3f}")
+    from clipad.deploy.quality_gate import describe_gate
+
+    for p, g in (art.manifest.parity.gates or {}).items():
+        typer.echo(describe_gate(f"onnxruntime {p}", g))
     for p, g in ((ov.gates or {}).items() if ov else ()):
-        typer.echo(f"gate openvino {p}: pixel AUROC {100 * g.pixel_auroc:.2f} (fp32 {100 * g.pixel_auroc_fp32:.2f}), image AUROC "
-                   f"{100 * g.image_auroc:.2f} (fp32 {100 * g.image_auroc_fp32:.2f}), drop <= {g.max_drop_points} points: "
-                   f"{'passed' if g.passed else 'FAILED'}")
+        typer.echo(describe_gate(f"openvino {p}", g))
     typer.echo(f"artifacts written to {art.root}")
     if previous:
         typer.echo(f"note: the earlier artifacts here had {previous}; a new export starts uncalibrated: "

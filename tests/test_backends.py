@@ -288,6 +288,28 @@ def test_auto_precision_falls_back_to_fp32_when_the_gpu_provider_does_not_load(a
         assert be.describe() == "onnxruntime fp16 (CPUExecutionProvider)"
 
 
+def test_auto_precision_skips_an_fp16_graph_that_failed_its_quality_gate(art16, tmp_path, monkeypatch):
+    """Even where a GPU provider is listed, a failed AUROC gate (`export --gate-data`) keeps auto on FP32."""
+    import shutil
+
+    import onnxruntime as ort
+
+    from clipad.deploy.manifest import Manifest, ParityFigures, QualityGate
+
+    root = tmp_path / "gated"
+    shutil.copytree(art16.root, root)
+    m = Manifest.read(root / "manifest.json")
+    agreement = ParityFigures.create(max_abs=0.1, rel_l2=0.1, prob_max_abs=0.1, top1pct_agreement=0.5, against="onnxruntime fp32")
+    gate = QualityGate.create(n_images=10, n_anomalous=5, pixel_auroc_fp32=0.9, pixel_auroc=0.8, image_auroc_fp32=0.9,
+                              image_auroc=0.9, pixel_drop_points=10.0, image_drop_points=0.0, max_drop_points=0.5,
+                              agreement=agreement, passed=False)
+    m.replace(parity=m.parity.replace(gates={"fp16": gate})).write(root / "manifest.json")
+    monkeypatch.setattr(ort, "get_available_providers", lambda: [CUDA, CPU])
+    with select_backend(load_artifacts(root), "onnxruntime", "auto", "auto") as be:
+        assert be.info().precision == "fp32"
+        assert len(be.notes) == 1 and "quality gate" in be.notes[0] and "10.00" in be.notes[0]
+
+
 def test_device_cuda_when_the_gpu_provider_does_not_load_is_one_line(art, monkeypatch):
     import onnxruntime as ort
 

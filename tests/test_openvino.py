@@ -179,7 +179,7 @@ def gated(tmp_path_factory, tiny, synth_root):
 
 
 def test_gate_is_computed_and_recorded(gated, synth_root):
-    from clipad.deploy.openvino_gate import gate_images
+    from clipad.deploy.quality_gate import gate_images
     from clipad.evaluation.metrics import binary_metrics
 
     entry = Manifest.read(gated.root / "manifest.json").openvino
@@ -195,11 +195,11 @@ def test_gate_is_computed_and_recorded(gated, synth_root):
     assert binary_metrics(masks, amap)["auroc"] == pytest.approx(next(iter(entry.gates.values())).pixel_auroc_fp32, abs=1e-6)
 
 
-def test_gate_needs_openvino_and_the_category(tiny, tmp_path, synth_root):
+def test_gate_needs_a_reduced_precision_and_the_category(tiny, tmp_path, synth_root):
     from clipad.deploy.export import validate
 
-    with pytest.raises(ClipadError, match="add --openvino"):
-        validate(ExportConfig(category="washer", out=tmp_path / "a", gate_root=synth_root))
+    with pytest.raises(ClipadError, match="export an FP16 graph .* or add --openvino"):
+        validate(ExportConfig(category="washer", out=tmp_path / "a", gate_root=synth_root, precision="fp32"))
     with pytest.raises(ClipadError, match="no folder for category"):
         validate(ExportConfig(category="bolt", out=tmp_path / "a", gate_root=synth_root, openvino=True))
 

@@ -30,6 +30,7 @@ from clipad.model.maps import gaussian_matrix
 from clipad.model.prompts import PROMPT_SETS
 from clipad.model.reference import ReferenceMaps, bake, build_memory, k_center, patch_tokens, score_constants
 from clipad.model.sdp import SDPModel
+from clipad.runtime.backends import open_backend
 from tests.test_cli import TINY, assert_one_line_error, run
 
 
@@ -63,6 +64,25 @@ def exported(tiny, data, tmp_path_factory):
                            triton_repo=root / f"triton-{mode}")
         out[mode] = export(tiny, cfg, Tasks(None))
     return out
+
+
+def test_fp16_graph_gated_on_reference_maps(tiny, data, tmp_path):
+    """`--gate-data` judges the ONNX FP16 graph by its AUROC drop on labelled images, on maps that
+    carry signal (reference mode); the recorded FP32 figure is the FP32 graph's own."""
+    from clipad.deploy.quality_gate import gate_images
+    from clipad.evaluation.metrics import binary_metrics
+
+    cfg = ExportConfig(category="fabric", out=tmp_path / "gated", prompts=PROMPT_SETS["industrial"], max_batch=4, precision="fp16",
+                       reference=ReferenceConfig(str(data / "fabric" / "train" / "good"), 3, 1024, True), gate_root=data)
+    art = export(tiny, cfg, Tasks(None))
+    gate = Manifest.read(art.root / "manifest.json").parity.gates["fp16"]
+    images, labels, masks = gate_images(data, "fabric", art.image_size)
+    assert gate.n_images == len(images) and 0 < gate.n_anomalous < gate.n_images
+    amap, _ = open_backend(art, "onnxruntime", "fp32", "cpu")(images)
+    assert gate.pixel_auroc_fp32 == pytest.approx(binary_metrics(masks, amap)["auroc"], abs=1e-6)
+    assert gate.pixel_auroc_fp32 > 0.8  # the reference maps detect the synthetic defects even with random weights
+    assert gate.passed == (max(gate.pixel_drop_points, gate.image_drop_points) <= gate.max_drop_points)
+    assert gate.agreement.against == "onnxruntime fp32"
 
 
 # --- memory and coreset -------------------------------------------------------------------

@@ -41,6 +41,7 @@ from clipad.deploy.manifest import (
     Manifest,
     OpenClipWeights,
     ParityFigures,
+    QualityGate,
     RandomWeights,
 )
 from clipad.deploy.parity import TOLERANCES, compare, parity_images, run_graph, violations
@@ -128,8 +129,8 @@ def validate(cfg: ExportConfig, loaded: LoadedModel | None = None) -> None:
         from clipad.deploy.openvino_ir import require_openvino
 
         require_openvino()
-    if cfg.gate_root is not None and not cfg.openvino:
-        raise ClipadError("--gate-data judges the OpenVINO precisions: add --openvino")
+    if cfg.gate_root is not None and not cfg.openvino and "fp16" not in cfg.precisions:
+        raise ClipadError("--gate-data judges reduced precisions: export an FP16 graph (--precision fp16 or all) or add --openvino")
     if cfg.gate_root is not None and not Path(cfg.gate_root, cfg.category).is_dir():
         raise ClipadError(f"--gate-data {cfg.gate_root} has no folder for category '{cfg.category}'")
     parent = Path(cfg.out).resolve().parent
@@ -280,6 +281,7 @@ def export(loaded: LoadedModel, cfg: ExportConfig, tasks: Tasks) -> Artifacts:
                 warnings.append(reason + f"; {ONNX_FP16} was not kept")
             if "fp16" in parity and fp16_info:
                 parity["fp16"] = parity["fp16"].replace(nodes=fp16_info)
+            gates = _onnx_gates(stage, cfg, loaded.image_size, tasks) if cfg.gate_root is not None else None
             manifest = Manifest.create(
                 format_version=FORMAT_VERSION,
                 created=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -302,7 +304,7 @@ def export(loaded: LoadedModel, cfg: ExportConfig, tasks: Tasks) -> Artifacts:
                 precisions=[p for p in paths if (stage / ONNX_FILES[p]).is_file()],
                 # Both graphs take and give the same tensors (the FP16 graph casts inside), so the FP32 graph's spec is the one.
                 onnx={**io_spec(paths["fp32"]), "opset": 17},
-                parity={"tolerances": {p: TOLERANCES[p] for p in parity}, **parity},
+                parity={"tolerances": {p: TOLERANCES[p] for p in parity}, **parity, "gates": gates},
                 calibration=None,
                 timings_s={k: round(v, 2) for k, v in timings.items()},
                 warnings=warnings,
@@ -328,6 +330,22 @@ def export(loaded: LoadedModel, cfg: ExportConfig, tasks: Tasks) -> Artifacts:
     return final
 
 
+def _onnx_gates(stage: Path, cfg: ExportConfig, image_size: int, tasks: Tasks) -> dict[str, QualityGate] | None:
+    """The AUROC quality gate of the kept FP16 graph against the FP32 graph, both run with ONNX
+    Runtime on ``cfg.gate_root``'s labelled images of the category (deploy/quality_gate.py)."""
+    from clipad.deploy.quality_gate import gate_images, quality_gate
+
+    if not (stage / ONNX_FP16).is_file():
+        return None
+    step = tasks.add("quality gate (ONNX Runtime)", 1)
+    x, labels, masks = gate_images(Path(cfg.gate_root), cfg.category, image_size)
+    fp32 = run_graph(stage / ONNX_FP32, x, cfg.max_batch)
+    gates = {"fp16": quality_gate(fp32, run_graph(stage / ONNX_FP16, x, cfg.max_batch), labels, masks, cfg.max_auroc_drop,
+                                  "onnxruntime fp32")}
+    step(1)
+    return gates
+
+
 def _openvino_step(model: SDPModel, stage: Path, manifest: Manifest, tasks: Tasks, timings: dict[str, float],
                    cfg: ExportConfig) -> Manifest:
     """The OpenVINO IRs and their parity against the reference on 3 parity images + 2 more parts;
@@ -342,10 +360,13 @@ def _openvino_step(model: SDPModel, stage: Path, manifest: Manifest, tasks: Task
     calibration = parity_images(model.image_size, 9, seed=2)[:8]
     entry, warnings = make_openvino(stage, images, ref_map, ref_prob, calibration, manifest.max_batch)
     if cfg.gate_root is not None:
-        from clipad.deploy.openvino_gate import gate_images, quality_gate
+        from clipad.deploy.openvino_ir import compile_ir, run_compiled
+        from clipad.deploy.quality_gate import gate_images, quality_gate
 
         x, labels, masks = gate_images(Path(cfg.gate_root), cfg.category, model.image_size)
-        gates = {p: quality_gate(stage / entry.ir["fp32"], stage / xml, p, x, labels, masks, manifest.max_batch, cfg.max_auroc_drop)
+        fp32 = run_compiled(compile_ir(stage / entry.ir["fp32"], "fp32"), x, manifest.max_batch)
+        gates = {p: quality_gate(fp32, run_compiled(compile_ir(stage / xml, p), x, manifest.max_batch), labels, masks,
+                                 cfg.max_auroc_drop, "openvino fp32")
                  for p, xml in entry.ir.items() if p != "fp32"}
         entry = entry.replace(gates=gates)
     timings["openvino_s"] = time.perf_counter() - t0

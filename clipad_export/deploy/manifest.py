@@ -252,15 +252,35 @@ class ParityFigures(Record):
     calibration_images: Positive | None = None
 
 
-class Parity(Record):
-    """``tolerances`` per precision, then the figures of each graph that was checked."""
+class QualityGate(Record):
+    """One reduced precision judged on labelled held-out images against FP32 (the same IR):
+    pixel and image AUROC of both, their drop in points (x100), the limit, and the map
+    agreement figures beside them; ``passed``: both drops within ``max_drop_points``."""
 
-    OMITTED_WHEN_NONE = frozenset({"fp32", "fp16", "int8"})
+    n_images: Positive
+    n_anomalous: Count
+    pixel_auroc_fp32: Fraction
+    pixel_auroc: Fraction
+    image_auroc_fp32: Fraction
+    image_auroc: Fraction
+    pixel_drop_points: float
+    image_drop_points: float
+    max_drop_points: NonNegative
+    agreement: ParityFigures
+    passed: bool
+
+
+class Parity(Record):
+    """``tolerances`` per precision, then the figures of each graph that was checked; ``gates``:
+    the AUROC quality gate of each reduced ONNX graph (`clipad export --gate-data`), when judged."""
+
+    OMITTED_WHEN_NONE = frozenset({"fp32", "fp16", "int8", "gates"})
 
     tolerances: dict[Precision, Tolerance]
     fp32: ParityFigures | None = None
     fp16: ParityFigures | None = None
     int8: ParityFigures | None = None
+    gates: dict[Precision, QualityGate] | None = None
 
     def figures(self, precision: str) -> ParityFigures | None:
         return getattr(self, precision) if precision in ONNX_FILES else None
@@ -426,24 +446,6 @@ class ReferenceEntry(Record):
     def sha256s(self) -> set[str]:
         return {i.sha256 for i in self.images}
 OvPrecision = Literal["fp32", "bf16", "fp16", "int8"]  # an OpenVINO compile precision (fp32/bf16/fp16: hints on model.xml)
-
-
-class QualityGate(Record):
-    """One reduced precision judged on labelled held-out images against FP32 (the same IR):
-    pixel and image AUROC of both, their drop in points (x100), the limit, and the map
-    agreement figures beside them; ``passed``: both drops within ``max_drop_points``."""
-
-    n_images: Positive
-    n_anomalous: Count
-    pixel_auroc_fp32: Fraction
-    pixel_auroc: Fraction
-    image_auroc_fp32: Fraction
-    image_auroc: Fraction
-    pixel_drop_points: float
-    image_drop_points: float
-    max_drop_points: NonNegative
-    agreement: ParityFigures
-    passed: bool
 
 
 class OpenVinoEntry(Record):

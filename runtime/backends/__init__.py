@@ -73,6 +73,12 @@ def _onnxruntime_auto(artifacts: Artifacts, device: str) -> Backend:
 
     if _on_cpu(device) or "fp16" not in artifacts.manifest.precisions or not _ort_gpu_listed():
         return open_backend(artifacts, "onnxruntime", "fp32", device)
+    gate = (artifacts.manifest.parity.gates or {}).get("fp16")
+    if gate is not None and not gate.passed:  # judged on labelled images at export and found worse than FP32
+        fp32 = open_backend(artifacts, "onnxruntime", "fp32", device)
+        fp32.notes = (*fp32.notes, f"precision auto: FP32, because the FP16 graph failed its quality gate (pixel AUROC drop "
+                                   f"{gate.pixel_drop_points:.2f}, image {gate.image_drop_points:.2f} points > {gate.max_drop_points:g})")
+        return fp32
     try:
         fp16 = open_backend(artifacts, "onnxruntime", "fp16", device)
     except ClipadError as err:
@@ -95,7 +101,7 @@ def select_backend(artifacts: Artifacts, name: str = "auto", device: str = "auto
 
     ``precision`` ``auto``: ONNX Runtime takes the FP16 graph when it exists and a GPU execution
     provider really loads for it (the session's providers, not the wheel's list), the FP32 one
-    otherwise (never INT8 unasked). An explicit precision (fp32, fp16, int8) is passed to the
+    otherwise, or when the FP16 graph failed its AUROC quality gate (never INT8 unasked). An explicit precision (fp32, fp16, int8) is passed to the
     backend, which says in one line if it cannot. ``mode``: OpenVINO's performance hint.
     """
     if name == "triton":  # the server's model decides the precision; an explicit one is checked against it

@@ -1,12 +1,13 @@
-"""The quality gate of a reduced OpenVINO precision: AUROC drop against FP32 on labelled images.
+"""The quality gate of a reduced precision: its AUROC drop against FP32 on labelled images.
 
 On held-out labelled images (a `clipad synth` or MVTec-layout root, the export's category) the
-FP32 IR and the reduced one (bf16 on model.xml, int8 on model.int8.xml) are run; the gate
-compares pixel AUROC (anomaly_map against the masks, at model resolution) and image AUROC (the
-fused score of `clipad eval`, method.md section 6) and passes when neither drops by more than
-``max_drop_points`` AUROC points (x100). The map agreement figures (clipad.deploy.parity) are
-recorded beside it. A gate is meaningful on a model whose maps carry signal (SDP+ heads trained
-with `clipad train`); with random weights it only shows that the machinery runs.
+FP32 model and the reduced one (ONNX Runtime's FP16 graph; OpenVINO's bf16 on model.xml and int8
+on model.int8.xml) are run by the caller; the gate compares pixel AUROC (anomaly_map against the
+masks, at model resolution) and image AUROC (the fused score of `clipad eval`, method.md
+section 6) and passes when neither drops by more than ``max_drop_points`` AUROC points (x100).
+The map agreement figures (clipad.deploy.parity) are recorded beside it. A gate is meaningful on
+a model whose maps carry signal (the normal-reference mode, or SDP+ heads trained with `clipad
+train`); with random zero-shot weights it only shows that the machinery runs.
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ import numpy as np
 from clipad.core.errors import ClipadError
 from clipad.data import load_batch, load_split
 from clipad.deploy.manifest import ParityFigures, QualityGate
-from clipad.deploy.openvino_ir import compile_ir, run_compiled
 from clipad.deploy.parity import compare
 from clipad.evaluation.metrics import binary_metrics
 from clipad.model.fusion import fused_score, map_max, transductive_ranges
@@ -46,15 +46,21 @@ def _aurocs(labels: np.ndarray, masks: np.ndarray, amap: np.ndarray, prob: np.nd
     return float(pixel), float(image)
 
 
-def quality_gate(fp32_xml: Path, xml: Path, precision: str, images: np.ndarray, labels: np.ndarray, masks: np.ndarray,
-                 max_batch: int, max_drop_points: float = DEFAULT_MAX_DROP_POINTS) -> QualityGate:
-    """Run FP32 and ``precision`` on the labelled images and judge the AUROC drops."""
-    ref_map, ref_prob = run_compiled(compile_ir(fp32_xml, "fp32"), images, max_batch)
-    amap, prob = run_compiled(compile_ir(xml, precision), images, max_batch)
-    pix32, img32 = _aurocs(labels, masks, ref_map, ref_prob)
-    pix, img = _aurocs(labels, masks, amap, prob)
-    agreement = ParityFigures.create(**compare(ref_map, ref_prob, amap, prob), against="openvino fp32")
+def quality_gate(reference: tuple[np.ndarray, np.ndarray], reduced: tuple[np.ndarray, np.ndarray], labels: np.ndarray,
+                 masks: np.ndarray, max_drop_points: float = DEFAULT_MAX_DROP_POINTS, against: str = "fp32") -> QualityGate:
+    """Judge ``reduced`` against ``reference``: each (anomaly_map float32 [N, S, S], image_prob
+    float32 [N]) on the same gate images, with labels int [N] and masks bool [N, S, S]."""
+    pix32, img32 = _aurocs(labels, masks, *reference)
+    pix, img = _aurocs(labels, masks, *reduced)
+    agreement = ParityFigures.create(**compare(*reference, *reduced), against=against)
     drops = (100 * (pix32 - pix), 100 * (img32 - img))
-    return QualityGate.create(n_images=len(images), n_anomalous=int(labels.sum()), pixel_auroc_fp32=pix32, pixel_auroc=pix,
+    return QualityGate.create(n_images=len(labels), n_anomalous=int(labels.sum()), pixel_auroc_fp32=pix32, pixel_auroc=pix,
                               image_auroc_fp32=img32, image_auroc=img, pixel_drop_points=drops[0], image_drop_points=drops[1],
                               max_drop_points=max_drop_points, agreement=agreement, passed=max(drops) <= max_drop_points)
+
+
+def describe_gate(name: str, gate: QualityGate) -> str:
+    """One line for the user: ``name`` is what was gated (e.g. "openvino int8", "onnxruntime fp16")."""
+    return (f"gate {name}: pixel AUROC {100 * gate.pixel_auroc:.2f} (fp32 {100 * gate.pixel_auroc_fp32:.2f}), image AUROC "
+            f"{100 * gate.image_auroc:.2f} (fp32 {100 * gate.image_auroc_fp32:.2f}), drop <= {gate.max_drop_points:g} points: "
+            + ("passed" if gate.passed else "FAILED"))
