@@ -447,7 +447,9 @@ def calibrate(
     int8: Annotated[bool, typer.Option("--int8", help="Also write model.int8.onnx (static QDQ quantisation).")] = False,
     images: Annotated[Optional[str], typer.Option("--images", help="INT8 calibration images (default: --good).")] = None,
     int8_max_images: Annotated[int, typer.Option("--int8-max-images", min=1, help="At most this many INT8 calibration images.")] = 64,
-    min_agreement: Annotated[float, typer.Option("--min-agreement", help="Keep the INT8 graph only at this top-1% agreement with FP32 or more.")] = 0.9,
+    min_agreement: Annotated[float, typer.Option("--min-agreement", help="Keep the INT8 graph only at this top-1% agreement with FP32 or more (without --gate-data).")] = 0.9,
+    gate_data: Annotated[Optional[Path], typer.Option("--gate-data", help="With --int8: labelled held-out images (MVTec layout) of this category; the INT8 graph is kept only when its pixel and image AUROC drop against FP32 is at most --max-auroc-drop points (instead of --min-agreement).")] = None,
+    max_auroc_drop: Annotated[float, typer.Option("--max-auroc-drop", help="The quality gate's limit in AUROC points.")] = 0.5,
     backend: BackendOpt = "auto",
     precision: ServePrecisionOpt = "auto",
     device: DeviceOpt = "auto",
@@ -463,6 +465,7 @@ def calibrate(
     from clipad.calibration.calibrate import CalibrateConfig
     from clipad.calibration.calibrate import calibrate as run_calibrate
     from clipad.calibration.int8 import make_int8
+    from clipad.core.errors import ClipadError
     from clipad.core.progress import progress_bars
     from clipad.data.images import read_model_images
     from clipad.deploy.artifacts import load_artifacts
@@ -472,15 +475,21 @@ def calibrate(
     cfg = CalibrateConfig(good=good, anomalous=anomalous, masks=masks, target_fpr=target_fpr, int8=int8, int8_images=images,
                           int8_max_images=int8_max_images, min_agreement=min_agreement)
     cfg.check()
+    if gate_data is not None and not int8:
+        raise ClipadError("--gate-data goes with --int8 here (it judges the INT8 graph); `clipad export --gate-data` judges the others")
     triton = _triton(backend, url, triton_model, triton_version, triton_timeout, triton_inflight, triton_shm)
     art_dir = find_artifacts(artifacts)
     with progress_bars(enabled=not quiet) as tasks:
         if cfg.int8:
             art = load_artifacts(art_dir)
             imgs = read_model_images(cfg.int8_source, art.image_size, cfg.int8_max_images)
-            f = make_int8(art, imgs, tasks, cfg.min_agreement)
+            f, gate = make_int8(art, imgs, tasks, cfg.min_agreement, gate_data, max_auroc_drop)
             typer.echo(f"{ONNX_INT8} written ({len(imgs)} calibration images): vs FP32 rel L2 {f.rel_l2:.2e}, "
                        f"image_prob err {f.prob_max_abs:.2e}, top-1% agreement {f.top1pct_agreement:.3f}")
+            if gate is not None:
+                from clipad.deploy.quality_gate import describe_gate
+
+                typer.echo(describe_gate("onnxruntime int8", gate))
         if cfg.good is not None:
             served = open_served(art_dir, backend, device, precision, need_calibration=False, triton=triton)
             for note in served.notes:  # without calibration notes: calibrate makes them

@@ -210,6 +210,29 @@ def test_int8_graph_is_measured_gated_and_served(setup, tmp_path, capsys):
     assert code == 0 and "onnxruntime int8" in err and "note:" not in err, err
 
 
+def test_int8_quality_gate_on_labelled_images_decides_instead_of_agreement(setup, tmp_path, capsys):
+    art = fresh(setup, tmp_path)
+    code, _, err = run(capsys, "calibrate", "--artifacts", art, "--good", setup / "cal", "--gate-data", setup / "s", "--quiet")
+    assert_one_line_error(code, err, "--gate-data goes with --int8")
+    # an agreement limit no graph can reach: with --gate-data the AUROC gate decides, and passes at a wide limit
+    code, out, err = run(capsys, "calibrate", "--artifacts", art, "--int8", "--images", setup / "cal", "--int8-max-images", 8,
+                         "--min-agreement", 1.01, "--gate-data", setup / "s", "--max-auroc-drop", 100, "--quiet")
+    assert code == 0, err
+    gate = load_artifacts(art).manifest.parity.gates["int8"]
+    assert gate.passed and gate.max_drop_points == 100 and gate.agreement.against == "fp32 onnx"
+    assert "gate onnxruntime int8" in out
+    # at a zero limit the outcome follows the figures: written exactly when neither AUROC dropped
+    again = fresh(setup, tmp_path / "again")
+    code, out, err = run(capsys, "calibrate", "--artifacts", again, "--int8", "--images", setup / "cal", "--int8-max-images", 8,
+                         "--gate-data", setup / "s", "--max-auroc-drop", 0, "--quiet")
+    if code == 0:
+        g = load_artifacts(again).manifest.parity.gates["int8"]
+        assert g.passed and max(g.pixel_drop_points, g.image_drop_points) <= 0
+    else:
+        assert_one_line_error(code, err, "fails its quality gate")
+        assert not (again / "model.int8.onnx").exists()
+
+
 def test_int8_engine_needs_the_int8_graph_and_tensorrt(setup, tmp_path, capsys):
     art = fresh(setup, tmp_path)
     args = ("export", "--category", "fabric", "--precision", "int8", "--out", art)
