@@ -11,7 +11,7 @@ import torch
 
 from clipad.deploy.fp16 import fp32_nodes
 from clipad.deploy.onnx_graph import export_onnx
-from clipad.model.loading import load_model, WeightSpec
+from clipad.model.loading import WeightSpec, load_model
 from clipad.model.sdp import SDPModel
 from clipad.model.surgery import attention, vv_attention
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +26,7 @@ from clipad.core.hashing import file_sha256
 from clipad.deploy.manifest import ONNX_FP32, OV_BIN, OV_INT8_BIN, OV_INT8_XML, OV_XML, OpenVinoEntry, ParityFigures
 from clipad.deploy.openvino_ir import compile_ir, convert_ir, fp32_layer, require_openvino, run_compiled
 from clipad.deploy.parity import compare, violations
+
 
 def quantize_int8(xml: Path, dst: Path, images: np.ndarray) -> None:
     """Write NNCF's INT8 IR of ``xml`` to ``dst``; images: uint8 [N, S, S, 3] calibration frames."""
