@@ -23,8 +23,9 @@ import numpy as np
 
 from clipad.core.errors import ClipadError
 from clipad.core.hashing import file_sha256
+from clipad.deploy.artifacts import hash_files
 from clipad.deploy.manifest import ONNX_FP32, OV_BIN, OV_INT8_BIN, OV_INT8_XML, OV_XML, OpenVinoEntry, ParityFigures
-from clipad.deploy.openvino_ir import compile_ir, convert_ir, fp32_layer, require_openvino, run_compiled
+from clipad.deploy.openvino_ir import compile_ir, convert_ir, device_capabilities, fp32_layer, require_openvino, run_compiled
 from clipad.deploy.parity import compare, violations
 
 
@@ -66,7 +67,7 @@ def make_openvino(stage: Path, images: np.ndarray, ref_map: np.ndarray, ref_prob
     ov = require_openvino()
     core = ov.Core()
     cpu = str(core.get_property("CPU", "FULL_DEVICE_NAME"))
-    caps = list(core.get_property("CPU", "OPTIMIZATION_CAPABILITIES"))
+    caps = device_capabilities(core, "CPU")
     marked = convert_ir(stage / ONNX_FP32, stage / OV_XML)
     inputs = f"{len(images)} synthetic images (parts with defects, noise)"
     parity: dict[str, ParityFigures] = {}
@@ -96,4 +97,4 @@ def make_openvino(stage: Path, images: np.ndarray, ref_map: np.ndarray, ref_prob
 
 def ir_hashes(root: Path) -> dict[str, str]:
     """sha256 of the IR files present in ``root``."""
-    return {n: file_sha256(root / n) for n in (OV_XML, OV_BIN, OV_INT8_XML, OV_INT8_BIN) if (root / n).is_file()}
+    return hash_files(root, (OV_XML, OV_BIN, OV_INT8_XML, OV_INT8_BIN))

@@ -30,7 +30,6 @@ This module imports openvino and nncf only inside functions; it never needs torc
 
 from __future__ import annotations
 
-import shutil
 import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
@@ -159,9 +158,3 @@ def run_compiled(compiled, images: np.ndarray, max_batch: int | None = None) -> 
         maps.append(np.array(out[0], dtype=np.float32))
         probs.append(np.array(out[1], dtype=np.float32))
     return np.concatenate(maps), np.concatenate(probs)
-
-
-def copy_ir(src_xml: Path, dst_xml: Path) -> None:
-    """Copy an IR (.xml and .bin)."""
-    shutil.copyfile(src_xml, dst_xml)
-    shutil.copyfile(src_xml.with_suffix(".bin"), dst_xml.with_suffix(".bin"))

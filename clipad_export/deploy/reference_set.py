@@ -23,7 +23,7 @@ from safetensors.torch import load_file, save_file
 from clipad.core.errors import ClipadError
 from clipad.core.hashing import file_sha256
 from clipad.data.images import ImageReadError, list_images, read_rgb, resize_to_model
-from clipad.deploy.manifest import ReferenceEntry
+from clipad.deploy.manifest import ReferenceEntry, ReferenceImage, ReferenceScore
 from clipad.model.reference import DEFAULT_MEMORY_PATCHES, STAGE_COMBINE, Baked, Memory, bake
 from clipad.model.sdp import SDPModel
 
@@ -123,15 +123,15 @@ def bake_reference(model: SDPModel, cfg: ReferenceConfig) -> tuple[Baked, Refere
             raise ClipadError(f"{again[0]} is already a reference image of these artifacts")
     baked = bake(model, refs.images, cfg.memory_patches, cfg.only, prior.memory if prior else None,
                  prior.entry.score.maxima if prior else None)
-    old = [i.model_dump() for i in prior.entry.images] if prior else []
-    new = [{"name": n, "sha256": h} for n, h in zip(image_names(refs.paths), refs.sha256)]
+    old = list(prior.entry.images) if prior else []
+    new = [ReferenceImage.create(name=n, sha256=h) for n, h in zip(image_names(refs.paths), refs.sha256)]
     mem, score = baked.memory, baked.score
     entry = ReferenceEntry.create(
         images=old + new, shots=len(old) + len(new), memory_patches=cfg.memory_patches,
         patches_per_stage=int(mem.tokens.shape[1]), source_patches=mem.source_patches,
         coreset_radius=[float(r) for r in mem.radius], memory_bytes=mem.nbytes, source_size=list(refs.source_size),
         stages=STAGE_COMBINE,
-        score={"center": score.center, "scale": score.scale, "maxima": score.maxima, "method": score.method},
+        score=ReferenceScore.create(center=score.center, scale=score.scale, maxima=score.maxima, method=score.method),
     )
     return baked, entry
 

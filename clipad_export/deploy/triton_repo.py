@@ -87,26 +87,42 @@ def config_text(name: str, platform: str, max_batch: int, io: OnnxSpec, model_fi
     return "\n".join(lines) + "\n"
 
 
+def _tensor_spec(t: dict) -> tuple[str, str, list[int]]:
+    """(name, data_type, dims as the model sees them) from a config tensor in JSON form."""
+    dims = t["reshape"].get("shape", []) if "reshape" in t else t.get("dims", [])  # JSON leaves an empty shape out
+    return t["name"], t.get("data_type", ""), [int(d) for d in dims]
+
+
+def config_difference(config: dict, io: OnnxSpec, max_batch: int) -> str | None:
+    """The first difference between a Triton model config in JSON form (a server's answer, or a
+    parsed config.pbtxt) and the manifest's ``io`` and max batch, or None. Used by the repository
+    writer and the Triton client backend alike."""
+    if int(config.get("max_batch_size", 0)) != max_batch:
+        return f"max_batch_size {config.get('max_batch_size', 0)} vs the manifest's {max_batch}"
+    for kind, declared, expected in (("input", config.get("input", []), io.inputs), ("output", config.get("output", []), io.outputs)):
+        got = [_tensor_spec(t) for t in declared]
+        if [g[0] for g in got] != [e.name for e in expected]:
+            return f"{kind}s {[g[0] for g in got]} vs the manifest's {[e.name for e in expected]}"
+        for (name, dtype, dims), e in zip(got, expected):
+            if dtype != TRITON_DTYPES[e.dtype]:
+                return f"{kind} {name}: {dtype} vs the manifest's {e.dtype}"
+            if dims != [int(d) for d in e.shape[1:]]:
+                return f"{kind} {name}: dims {dims} vs the manifest's {[int(d) for d in e.shape[1:]]}"
+    return None
+
+
 def validate_config(text: str, io: OnnxSpec, max_batch: int):
     """Parse with Triton's ModelConfig and check names, dtypes, dims and batch against ``io``."""
-    from google.protobuf import text_format
+    from google.protobuf import json_format, text_format
 
     pb = require_model_config()
     try:
         cfg = text_format.Parse(text, pb.ModelConfig())
     except text_format.ParseError as err:
         raise ClipadError(f"generated Triton config does not parse: {err}") from None
-    if cfg.max_batch_size != max_batch:
-        raise ClipadError(f"Triton config max_batch_size {cfg.max_batch_size} != {max_batch}")
-    for kind, declared, expected in (("input", cfg.input, io.inputs), ("output", cfg.output, io.outputs)):
-        if [t.name for t in declared] != [t.name for t in expected]:
-            raise ClipadError(f"Triton config {kind} names {[t.name for t in declared]} differ from the graph's")
-        for t, e in zip(declared, expected):
-            if pb.DataType.Name(t.data_type) != TRITON_DTYPES[e.dtype]:
-                raise ClipadError(f"Triton config {kind} {t.name}: {pb.DataType.Name(t.data_type)} vs graph {e.dtype}")
-            shape = list(t.reshape.shape) if t.HasField("reshape") else list(t.dims)
-            if shape != [int(d) for d in e.shape[1:]]:
-                raise ClipadError(f"Triton config {kind} {t.name}: dims {shape} vs graph {e.shape[1:]}")
+    diff = config_difference(json_format.MessageToDict(cfg, preserving_proto_field_name=True), io, max_batch)
+    if diff:
+        raise ClipadError(f"generated Triton config differs from the graph: {diff}")
     return cfg
 
 

@@ -15,7 +15,6 @@ Torch-free; nothing in the runtime imports it (the Triton client backend talks t
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import signal
 import socket
@@ -69,13 +68,17 @@ def find_install() -> TritonInstall:
 
 
 def model_backend(config: Path) -> str:
-    """The backend a model's config.pbtxt asks for: python, onnxruntime, tensorrt, ..."""
-    text = config.read_text()
-    m = re.search(r'^\s*backend:\s*"([^"]+)"', text, re.M)
-    if m:
-        return m.group(1)
-    m = re.search(r'^\s*platform:\s*"([^"]+)"', text, re.M)
-    return _BACKEND_OF_PLATFORM.get(m.group(1), m.group(1)) if m else "unknown"
+    """The backend a model's config.pbtxt asks for: python, onnxruntime, tensorrt, ... ("unknown"
+    when Triton's ModelConfig cannot parse it)."""
+    from google.protobuf import text_format
+
+    from clipad.deploy.triton_repo import require_model_config
+
+    try:
+        cfg = text_format.Parse(config.read_text(), require_model_config().ModelConfig())
+    except text_format.ParseError:
+        return "unknown"
+    return cfg.backend or _BACKEND_OF_PLATFORM.get(cfg.platform, cfg.platform or "unknown")
 
 
 def loadable_models(repo: Path, backends: Path) -> list[str]:

@@ -98,31 +98,45 @@ def category_metrics(out: CategoryOutput) -> dict:
     return entry
 
 
+METRIC_GROUPS = ("image", "pixel", "image_prob")
+
+
+def category_model(loaded: LoadedModel, category: str, cfg: EvalConfig, tasks: Tasks):
+    """The text vectors of ``category`` and the SDP model around them: (TextVectors, SDPModel)."""
+    tv = text_vectors(
+        loaded.clip, loaded.tokenizer, category, cfg.rvs, cfg.dataset, cfg.prompts,
+        on_batch=tasks.add(f"{category}: text vectors", n_sentences(cfg.prompts)),
+    )
+    model = SDPModel(
+        loaded.clip.visual, torch.from_numpy(tv.matrix), loaded.image_size, cfg.effective_sigma(), cfg.heads,
+        loaded.mean, loaded.std,
+    )
+    return tv, model
+
+
+def with_mean(results: dict) -> dict:
+    """``results`` (category -> entry) with the ``mean`` entry over its categories added."""
+    cats = list(results.values())
+    results["mean"] = {k: mean_of([c[k] for c in cats]) for k in METRIC_GROUPS}
+    results["mean"]["n_images"] = sum(c["n_images"] for c in cats)
+    results["mean"]["n_skipped"] = sum(c["n_skipped"] for c in cats)
+    return results
+
+
 def evaluate(loaded: LoadedModel, split: dict[str, list[Sample]], cfg: EvalConfig, tasks: Tasks) -> dict:
     """Evaluate every category of ``split``; returns the results.json structure."""
     results: dict = {}
     for cat, samples in split.items():
         t0 = time.perf_counter()
-        tv = text_vectors(
-            loaded.clip, loaded.tokenizer, cat, cfg.rvs, cfg.dataset, cfg.prompts,
-            on_batch=tasks.add(f"{cat}: text vectors", n_sentences(cfg.prompts)),
-        )
+        tv, model = category_model(loaded, cat, cfg, tasks)
         t1 = time.perf_counter()
-        model = SDPModel(
-            loaded.clip.visual, torch.from_numpy(tv.matrix), loaded.image_size, cfg.effective_sigma(), cfg.heads,
-            loaded.mean, loaded.std,
-        )
         out = run_category(model, samples, cfg.batch_size, tasks.add(f"{cat}: images", len(samples)))
         t2 = time.perf_counter()
         entry = category_metrics(out)
         entry["rvs"] = tv.summary()
         entry["timing_s"] = {"text": round(t1 - t0, 3), "images": round(t2 - t1, 3), "per_image": round((t2 - t1) / max(len(samples), 1), 4)}
         results[cat] = entry
-    cats = list(results.values())
-    results["mean"] = {k: mean_of([c[k] for c in cats]) for k in ("image", "pixel", "image_prob")}
-    results["mean"]["n_images"] = sum(c["n_images"] for c in cats)
-    results["mean"]["n_skipped"] = sum(c["n_skipped"] for c in cats)
-    return results
+    return with_mean(results)
 
 
 def write_results(results: dict, path: str | Path) -> None:

@@ -13,20 +13,15 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from clipad.core.errors import ClipadError
 from clipad.core.progress import Tasks
 from clipad.data import Sample
 from clipad.data.images import is_image_file, load_image
-from clipad.evaluation.evaluate import EvalConfig, category_metrics, run_category
+from clipad.evaluation.evaluate import METRIC_GROUPS, EvalConfig, category_metrics, category_model, run_category, with_mean
 from clipad.evaluation.metrics import mean_of
 from clipad.model.loading import LoadedModel
 from clipad.model.reference import DEFAULT_MEMORY_PATCHES, bake
-from clipad.model.rvs import n_sentences, text_vectors
-from clipad.model.sdp import SDPModel
-
-METRIC_GROUPS = ("image", "pixel", "image_prob")
 
 
 def train_good_images(dataset: str, root: Path, category: str) -> list[Path]:
@@ -74,10 +69,8 @@ def evaluate_shots(loaded: LoadedModel, split: dict[str, list[Sample]], cfg: Eva
         draw(files[cat], shots, seeds[0])
     results: dict = {}
     for cat, samples in split.items():
-        tv = text_vectors(loaded.clip, loaded.tokenizer, cat, cfg.rvs, cfg.dataset, cfg.prompts,
-                          on_batch=tasks.add(f"{cat}: text vectors", n_sentences(cfg.prompts)))
-        base = SDPModel(loaded.clip.visual, torch.from_numpy(tv.matrix), loaded.image_size, cfg.effective_sigma(), cfg.heads,
-                        loaded.mean, loaded.std).eval()
+        tv, base = category_model(loaded, cat, cfg, tasks)
+        base.eval()
         per_seed, chosen = [], {}
         for seed in seeds:
             t0 = time.perf_counter()
@@ -99,11 +92,7 @@ def evaluate_shots(loaded: LoadedModel, split: dict[str, list[Sample]], cfg: Eva
                       "per_seed": [{g: e[g] for g in (*METRIC_GROUPS, "timing_s")} for e in per_seed],
                       "reference_images": chosen},
         }
-    cats = list(results.values())
-    results["mean"] = {k: mean_of([c[k] for c in cats]) for k in METRIC_GROUPS}
-    results["mean"]["n_images"] = sum(c["n_images"] for c in cats)
-    results["mean"]["n_skipped"] = sum(c["n_skipped"] for c in cats)
-    return results
+    return with_mean(results)
 
 
 def format_spread(results: dict) -> str:

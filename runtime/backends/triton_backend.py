@@ -36,12 +36,11 @@ import numpy as np
 
 from clipad.core.errors import ClipadError
 from clipad.deploy.artifacts import Artifacts
-from clipad.deploy.manifest import ONNX_FP16, ONNX_FP32, ONNX_INT8, PLAN, TensorSpec
+from clipad.deploy.manifest import ONNX_FILES, PLAN, TensorSpec
+from clipad.deploy.triton_repo import FILE_PARAM, HASH_PARAM, TRITON_DTYPES, config_difference
 from clipad.runtime.backends.base import Backend, BackendInfo, BackendUnavailable
 
-TRITON_DTYPES = {"uint8": ("TYPE_UINT8", "UINT8"), "float32": ("TYPE_FP32", "FP32"), "float16": ("TYPE_FP16", "FP16")}
-PRECISION_OF_FILE = {ONNX_FP32: "fp32", ONNX_FP16: "fp16", ONNX_INT8: "int8"}
-HASH_PARAM, FILE_PARAM = "clipad_sha256", "clipad_file"  # as clipad.deploy.triton_repo writes them
+PRECISION_OF_FILE = {file: precision for precision, file in ONNX_FILES.items()}
 
 
 @dataclass(frozen=True)
@@ -77,28 +76,6 @@ class TritonTarget:
 def _first_line(err: BaseException) -> str:
     text = str(err).strip()
     return text.splitlines()[0] if text else type(err).__name__
-
-
-def _tensor_spec(t: dict) -> tuple[str, str, list[int]]:
-    """(name, data_type, dims as the model sees them) from a Triton config tensor (JSON form)."""
-    dims = t["reshape"].get("shape", []) if "reshape" in t else t.get("dims", [])  # JSON leaves an empty shape out
-    return t["name"], t.get("data_type", ""), [int(d) for d in dims]
-
-
-def config_difference(config: dict, inputs: list[TensorSpec], outputs: list[TensorSpec], max_batch: int) -> str | None:
-    """The first difference between a Triton model config (JSON form) and the manifest's io, or None."""
-    if int(config.get("max_batch_size", 0)) != max_batch:
-        return f"max_batch_size {config.get('max_batch_size', 0)} vs the manifest's {max_batch}"
-    for kind, declared, expected in (("input", config.get("input", []), inputs), ("output", config.get("output", []), outputs)):
-        got = [_tensor_spec(t) for t in declared]
-        if [g[0] for g in got] != [e.name for e in expected]:
-            return f"{kind}s {[g[0] for g in got]} vs the manifest's {[e.name for e in expected]}"
-        for (name, dtype, dims), e in zip(got, expected):
-            if dtype != TRITON_DTYPES[e.dtype][0]:
-                return f"{kind} {name}: {dtype} vs the manifest's {e.dtype}"
-            if dims != [int(d) for d in e.shape[1:]]:
-                return f"{kind} {name}: dims {dims} vs the manifest's {[int(d) for d in e.shape[1:]]}"
-    return None
 
 
 class _Client:
@@ -137,7 +114,7 @@ class _Client:
 
     def infer(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         tc, b = self.tc, len(images)
-        inp = tc.InferInput(self.input.name, list(images.shape), TRITON_DTYPES[self.input.dtype][1])
+        inp = tc.InferInput(self.input.name, list(images.shape), TRITON_DTYPES[self.input.dtype].removeprefix("TYPE_"))
         outs = [tc.InferRequestedOutput(o.name) for o in self.outputs]
         if self.regions:
             import tritonclient.utils.shared_memory as shm
@@ -244,7 +221,7 @@ class TritonBackend(Backend):
             config = config.get("config", config)
         finally:
             probe.close()
-        diff = config_difference(config, m.onnx.inputs, m.onnx.outputs, m.max_batch)
+        diff = config_difference(config, m.onnx, m.max_batch)
         if diff:
             raise ClipadError(f"the Triton model '{t.model}' does not match {artifacts.root}: {diff}")
         params = config.get("parameters", {})
