@@ -9,13 +9,16 @@ The figures and their limits are the export's (``clipad.deploy.parity``).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
 from clipad.deploy.artifacts import Artifacts
 from clipad.deploy.parity import Comparison, measure
 from clipad.runtime.backends import Backend, open_backend
+
+if TYPE_CHECKING:
+    from clipad.runtime.backends.triton_backend import TritonTarget
 
 AGAINST = "torch fp32 (cpu)"
 
@@ -79,7 +82,7 @@ def served_precisions(artifacts: Artifacts, name: str) -> list[str | None]:
 
 
 def run_parity(artifacts: Artifacts, backends: Sequence[str], images: np.ndarray, device: str = "cpu",
-               triton=None) -> list[ParityRow]:
+               triton: TritonTarget | None = None) -> list[ParityRow]:
     """Each named backend at each precision it serves, opened on ``device`` one at a time,
     against the CPU reference on uint8 [N, H, W, 3] ``images``; one row each. ``triton``: the
     server of backend triton (whose model has the precision of the file it serves)."""

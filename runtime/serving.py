@@ -9,12 +9,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from clipad.calibration.constants import Calibration
 from clipad.core.errors import ClipadError
 from clipad.deploy.artifacts import Artifacts, load_artifacts
 from clipad.deploy.manifest import MANIFEST
 from clipad.runtime.backends import Backend, select_backend
+
+if TYPE_CHECKING:
+    from clipad.runtime.backends.triton_backend import TritonTarget
 
 DEFAULT_ARTIFACTS = Path("artifacts")
 
@@ -44,7 +48,7 @@ class Served:
 
 
 def open_served(artifacts: Path | None, backend: str = "auto", device: str = "auto", precision: str = "auto",
-                need_calibration: bool = True, triton=None, mode: str = "latency") -> Served:
+                need_calibration: bool = True, triton: TritonTarget | None = None, mode: str = "latency") -> Served:
     """Artifacts, the chosen backend and (with ``need_calibration``) the calibration constants;
     ``triton``: the server of ``backend`` triton (``backends.triton_backend.TritonTarget``);
     ``mode``: OpenVINO's performance hint (latency or throughput)."""

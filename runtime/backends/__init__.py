@@ -12,10 +12,15 @@ execution provider only.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from clipad.core.errors import ClipadError
 from clipad.deploy.artifacts import Artifacts
 from clipad.deploy.manifest import PLAN
 from clipad.runtime.backends.base import BACKENDS, Backend, BackendInfo, BackendName, BackendUnavailable, Device
+
+if TYPE_CHECKING:
+    from clipad.runtime.backends.triton_backend import TritonTarget
 
 __all__ = ["BACKENDS", "Backend", "BackendInfo", "BackendName", "BackendUnavailable", "Device", "open_backend", "select_backend"]
 
@@ -24,7 +29,7 @@ def _on_cpu(device: str) -> bool:
     return device == "cpu"
 
 
-def open_backend(artifacts: Artifacts, name: str, precision: str = "fp32", device: str = "auto", triton=None,
+def open_backend(artifacts: Artifacts, name: str, precision: str = "fp32", device: str = "auto", triton: TritonTarget | None = None,
                  mode: str = "latency") -> Backend:
     """The named backend for ``artifacts``; one line when it cannot run here. ``triton``: the
     server of the triton backend (``triton_backend.TritonTarget``); ``mode``: OpenVINO's
@@ -94,7 +99,7 @@ def _onnxruntime_auto(artifacts: Artifacts, device: str) -> Backend:
     return fp32
 
 
-def select_backend(artifacts: Artifacts, name: str = "auto", device: str = "auto", precision: str = "auto", triton=None,
+def select_backend(artifacts: Artifacts, name: str = "auto", device: str = "auto", precision: str = "auto", triton: TritonTarget | None = None,
                    mode: str = "latency") -> Backend:
     """``auto``: TensorRT when a usable plan is there (never with device cpu), else ONNX Runtime,
     else the torch reference.

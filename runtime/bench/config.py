@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from clipad.core.choices import PRECISIONS, Precision
 from clipad.core.errors import ClipadError
 from clipad.runtime.backends import BACKENDS, BackendName
+
+if TYPE_CHECKING:
+    from clipad.runtime.backends.triton_backend import TritonTarget
 
 
 @dataclass
@@ -22,7 +26,7 @@ class BenchConfig:
     warmup: int = 3
     device: str = "auto"
     parity: bool = True
-    triton: object | None = None
+    triton: TritonTarget | None = None
 
 
 def validate(cfg: BenchConfig) -> None:

@@ -50,7 +50,9 @@ def machine_info() -> dict[str, Any]:
         import openvino as ov
 
         info["openvino"] = ov.__version__
-        info["openvino_cpu_capabilities"] = list(ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"))
+        from clipad.deploy.openvino_ir import device_capabilities
+
+        info["openvino_cpu_capabilities"] = device_capabilities(ov.Core(), "CPU")
     except ImportError:
         info["openvino"] = None
     return info
