@@ -23,9 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -33,12 +31,10 @@ from pathlib import Path
 
 
 def cpu_info() -> dict:
-    out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-    info = dict(line.split(":", 1) for line in out.splitlines() if ":" in line)
-    flags = info.get("Flags", "").split()
-    wanted = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16", "amx_int8")
-    return {"model": info.get("Model name", platform.processor()).strip(), "cpus": os.cpu_count(),
-            "flags": [f for f in wanted if f in flags]}
+    from clipad.runtime.bench.machine import machine_info
+
+    m = machine_info()
+    return {"model": m["cpu"], "cpus": m["cpu_count"], "flags": m["cpu_matrix_features"]}
 
 
 def load_avg() -> list[float]:
