@@ -281,7 +281,12 @@ def export(loaded: LoadedModel, cfg: ExportConfig, tasks: Tasks) -> Artifacts:
                 warnings.append(reason + f"; {ONNX_FP16} was not kept")
             if "fp16" in parity and fp16_info:
                 parity["fp16"] = parity["fp16"].replace(nodes=fp16_info)
-            gates = _onnx_gates(stage, cfg, loaded.image_size, tasks) if cfg.gate_root is not None else None
+            gate_set = None
+            if cfg.gate_root is not None:  # read once: the ONNX and the OpenVINO gates use the same images
+                from clipad.deploy.quality_gate import gate_images
+
+                gate_set = gate_images(Path(cfg.gate_root), cfg.category, loaded.image_size)
+            gates = _onnx_gates(stage, cfg, gate_set, tasks) if gate_set is not None else None
             manifest = Manifest.create(
                 format_version=FORMAT_VERSION,
                 created=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -313,7 +318,7 @@ def export(loaded: LoadedModel, cfg: ExportConfig, tasks: Tasks) -> Artifacts:
                 reference=reference,
             )
             if cfg.openvino:
-                manifest = _openvino_step(model, stage, manifest, tasks, timings, cfg)
+                manifest = _openvino_step(model, stage, manifest, tasks, timings, cfg, gate_set)
             if cfg.engine:
                 from clipad.deploy.tensorrt.build import build_engine
 
@@ -330,15 +335,16 @@ def export(loaded: LoadedModel, cfg: ExportConfig, tasks: Tasks) -> Artifacts:
     return final
 
 
-def _onnx_gates(stage: Path, cfg: ExportConfig, image_size: int, tasks: Tasks) -> dict[str, QualityGate] | None:
+def _onnx_gates(stage: Path, cfg: ExportConfig, gate_set: tuple[np.ndarray, np.ndarray, np.ndarray],
+                tasks: Tasks) -> dict[str, QualityGate] | None:
     """The AUROC quality gate of the kept FP16 graph against the FP32 graph, both run with ONNX
-    Runtime on ``cfg.gate_root``'s labelled images of the category (deploy/quality_gate.py)."""
-    from clipad.deploy.quality_gate import gate_images, quality_gate
+    Runtime on ``gate_set`` (``quality_gate.gate_images``: images, labels, masks)."""
+    from clipad.deploy.quality_gate import quality_gate
 
     if not (stage / ONNX_FP16).is_file():
         return None
     step = tasks.add("quality gate (ONNX Runtime)", 1)
-    x, labels, masks = gate_images(Path(cfg.gate_root), cfg.category, image_size)
+    x, labels, masks = gate_set
     fp32 = run_graph(stage / ONNX_FP32, x, cfg.max_batch)
     gates = {"fp16": quality_gate(fp32, run_graph(stage / ONNX_FP16, x, cfg.max_batch), labels, masks, cfg.max_auroc_drop,
                                   "onnxruntime fp32")}
@@ -347,9 +353,9 @@ def _onnx_gates(stage: Path, cfg: ExportConfig, image_size: int, tasks: Tasks) -
 
 
 def _openvino_step(model: SDPModel, stage: Path, manifest: Manifest, tasks: Tasks, timings: dict[str, float],
-                   cfg: ExportConfig) -> Manifest:
+                   cfg: ExportConfig, gate_set: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None) -> Manifest:
     """The OpenVINO IRs and their parity against the reference on 3 parity images + 2 more parts;
-    with ``cfg.gate_root`` the quality gate of every reduced precision."""
+    with ``gate_set`` (``quality_gate.gate_images``) the quality gate of every reduced precision."""
     from clipad.deploy.openvino_export import ir_hashes, make_openvino
 
     step = tasks.add("OpenVINO IR (fp32, bf16, int8)", 1)
@@ -359,11 +365,11 @@ def _openvino_step(model: SDPModel, stage: Path, manifest: Manifest, tasks: Task
         ref_map, ref_prob = (t.cpu().numpy() for t in model(torch.from_numpy(images).to(model.text.device)))
     calibration = parity_images(model.image_size, 9, seed=2)[:8]
     entry, warnings = make_openvino(stage, images, ref_map, ref_prob, calibration, manifest.max_batch)
-    if cfg.gate_root is not None:
+    if gate_set is not None:
         from clipad.deploy.openvino_ir import compile_ir, run_compiled
-        from clipad.deploy.quality_gate import gate_images, quality_gate
+        from clipad.deploy.quality_gate import quality_gate
 
-        x, labels, masks = gate_images(Path(cfg.gate_root), cfg.category, model.image_size)
+        x, labels, masks = gate_set
         fp32 = run_compiled(compile_ir(stage / entry.ir["fp32"], "fp32"), x, manifest.max_batch)
         gates = {p: quality_gate(fp32, run_compiled(compile_ir(stage / xml, p), x, manifest.max_batch), labels, masks,
                                  cfg.max_auroc_drop, "openvino fp32")
