@@ -179,7 +179,7 @@ def export(
     shots: Annotated[Optional[int], typer.Option("--shots", help="With --reference: use the first K images (sorted; default all).")] = None,
     memory_patches: Annotated[int, typer.Option("--memory-patches", help="With --reference: at most N memory patches per stage (k-center coreset beyond).")] = 1024,
     openvino: Annotated[bool, typer.Option("--openvino", help="Also write the OpenVINO IR (FP32 weights, FP32 islands marked) and NNCF's INT8 IR, parity-checked (needs clipad[openvino]).")] = False,
-    gate_data: Annotated[Optional[Path], typer.Option("--gate-data", help="Labelled held-out images (MVTec layout, e.g. `clipad synth`) of this category: each reduced precision's (the FP16 graph; with --openvino bf16 and int8) pixel and image AUROC drop against FP32 is gated and recorded in the manifest.")] = None,
+    gate_data: Annotated[Optional[Path], typer.Option("--gate-data", help="Labelled held-out images (MVTec layout, e.g. `clipad synth`; a few hundred) of this category: each reduced precision's (the FP16 graph; with --openvino bf16 and int8) pixel and image AUROC drop against FP32 is gated and recorded in the manifest; the FP16 graph is kept only when its gate passes.")] = None,
     max_auroc_drop: Annotated[float, typer.Option("--max-auroc-drop", help="The quality gate's limit in AUROC points.")] = 0.5,
     out: Annotated[Optional[Path], typer.Option("--out", help="Artifact directory (default artifacts/<category>).")] = None,
     model: ModelOpt = "ViT-B-16-plus-240",
@@ -444,7 +444,8 @@ def calibrate(
     anomalous: Annotated[Optional[str], typer.Option("--anomalous", help="Labelled anomalous images: the threshold becomes F1-optimal.")] = None,
     masks: Annotated[Optional[Path], typer.Option("--masks", help="Masks of the anomalous images (same relative path; name or name_mask).")] = None,
     target_fpr: Annotated[float, typer.Option("--target-fpr", help="False-positive rate on good images (good images only).")] = 0.01,
-    int8: Annotated[bool, typer.Option("--int8", help="Also write model.int8.onnx (static QDQ quantisation).")] = False,
+    int8: Annotated[bool, typer.Option("--int8", help="Also write an INT8 model from calibration images: model.int8.onnx (static QDQ quantisation) or, with --int8-backend openvino, NNCF's model.int8.xml.")] = False,
+    int8_backend: Annotated[str, typer.Option("--int8-backend", help="With --int8: onnxruntime (model.int8.onnx) or openvino (model.int8.xml, from the export's OpenVINO IR).")] = "onnxruntime",
     images: Annotated[Optional[str], typer.Option("--images", help="INT8 calibration images (default: --good).")] = None,
     int8_max_images: Annotated[int, typer.Option("--int8-max-images", min=1, help="At most this many INT8 calibration images.")] = 64,
     min_agreement: Annotated[float, typer.Option("--min-agreement", help="Keep the INT8 graph only at this top-1% agreement with FP32 or more (without --gate-data).")] = 0.9,
@@ -464,32 +465,32 @@ def calibrate(
     """Fix per-category score constants and thresholds from calibration images (and optionally an INT8 graph)."""
     from clipad.calibration.calibrate import CalibrateConfig
     from clipad.calibration.calibrate import calibrate as run_calibrate
-    from clipad.calibration.int8 import make_int8
-    from clipad.core.errors import ClipadError
+    from clipad.calibration.int8 import check_int8_backend, make_int8
     from clipad.core.progress import progress_bars
     from clipad.data.images import read_model_images
     from clipad.deploy.artifacts import load_artifacts
-    from clipad.deploy.manifest import MANIFEST, ONNX_INT8
+    from clipad.deploy.manifest import MANIFEST, ONNX_INT8, OV_INT8_XML
     from clipad.runtime.serving import find_artifacts, open_served
 
     cfg = CalibrateConfig(good=good, anomalous=anomalous, masks=masks, target_fpr=target_fpr, int8=int8, int8_images=images,
-                          int8_max_images=int8_max_images, min_agreement=min_agreement)
+                          int8_max_images=int8_max_images, min_agreement=min_agreement, int8_backend=int8_backend,
+                          gate_data=gate_data, max_auroc_drop=max_auroc_drop)
     cfg.check()
-    if gate_data is not None and not int8:
-        raise ClipadError("--gate-data goes with --int8 here (it judges the INT8 graph); `clipad export --gate-data` judges the others")
     triton = _triton(backend, url, triton_model, triton_version, triton_timeout, triton_inflight, triton_shm)
     art_dir = find_artifacts(artifacts)
     with progress_bars(enabled=not quiet) as tasks:
         if cfg.int8:
             art = load_artifacts(art_dir)
+            check_int8_backend(art, cfg.int8_backend)
             imgs = read_model_images(cfg.int8_source, art.image_size, cfg.int8_max_images)
-            f, gate = make_int8(art, imgs, tasks, cfg.min_agreement, gate_data, max_auroc_drop)
-            typer.echo(f"{ONNX_INT8} written ({len(imgs)} calibration images): vs FP32 rel L2 {f.rel_l2:.2e}, "
+            f, gate = make_int8(art, imgs, tasks, cfg.min_agreement, cfg.gate_data, cfg.max_auroc_drop, cfg.int8_backend)
+            written = ONNX_INT8 if int8_backend == "onnxruntime" else OV_INT8_XML
+            typer.echo(f"{written} written ({len(imgs)} calibration images): vs FP32 rel L2 {f.rel_l2:.2e}, "
                        f"image_prob err {f.prob_max_abs:.2e}, top-1% agreement {f.top1pct_agreement:.3f}")
             if gate is not None:
                 from clipad.deploy.quality_gate import describe_gate
 
-                typer.echo(describe_gate("onnxruntime int8", gate))
+                typer.echo(describe_gate(f"{int8_backend} int8", gate))
         if cfg.good is not None:
             served = open_served(art_dir, backend, device, precision, need_calibration=False, triton=triton)
             for note in served.notes:  # without calibration notes: calibrate makes them
@@ -522,6 +523,7 @@ def bench(
     backends: Annotated[str, typer.Option("--backends", help="Comma-separated: torch, onnxruntime, tensorrt, openvino, triton (with --url; unavailable ones are reported with the reason).")] = "torch,onnxruntime,tensorrt",
     precision: Annotated[str, typer.Option("--precision", help="Comma-separated: fp32, fp16, int8, bf16 (openvino).")] = "fp32,fp16,int8",
     batch: Annotated[str, typer.Option("--batch", help="Comma-separated batch sizes.")] = "1,8",
+    attention: Annotated[str, typer.Option("--attention", help="Torch rows, comma-separated: fused (scaled_dot_product_attention), explicit (MatMul + Softmax, as in the exported graph).")] = "fused",
     iterations: Annotated[int, typer.Option("--iterations", help="Timed calls per row.")] = 20,
     warmup: Annotated[int, typer.Option("--warmup", help="Untimed calls before them.")] = 3,
     device: DeviceOpt = "auto",
@@ -544,7 +546,7 @@ def bench(
 
     cfg = BenchConfig(backends=_csv(backends, "--backends"), precisions=_csv(precision, "--precision"),
                       batches=_csv(batch, "--batch", int), iterations=iterations, warmup=warmup, device=device,
-                      parity=not no_parity)
+                      parity=not no_parity, attentions=_csv(attention, "--attention"))
     cfg.triton = _triton("triton" if "triton" in cfg.backends else "", url, triton_model, triton_version, triton_timeout,
                          triton_inflight, triton_shm)
     validate(cfg)

@@ -32,7 +32,9 @@ PIXELS_PER_IMAGE = 16384  # pixels sampled per image for the pixel threshold (al
 class CalibrateConfig:
     """What `clipad calibrate` does: score constants from ``good`` (and labelled ``anomalous``
     images with ``masks``) at ``target_fpr``, and/or the INT8 graph from ``int8_images`` (default
-    ``good``), at most ``int8_max_images``, kept at ``min_agreement`` or more."""
+    ``good``), at most ``int8_max_images``, for ``int8_backend`` (onnxruntime or openvino), kept
+    at ``min_agreement`` or more, or with ``gate_data`` when its AUROC drop is at most
+    ``max_auroc_drop`` points."""
 
     good: str | None = None
     anomalous: str | None = None
@@ -42,6 +44,9 @@ class CalibrateConfig:
     int8_images: str | None = None
     int8_max_images: int = 64
     min_agreement: float = 0.9
+    int8_backend: str = "onnxruntime"
+    gate_data: Path | None = None
+    max_auroc_drop: float = 0.5
 
     def check(self) -> None:
         """One-line errors for combinations that cannot work, before any model work."""
@@ -55,6 +60,16 @@ class CalibrateConfig:
             raise ClipadError(f"--target-fpr must be in (0, 1), not {self.target_fpr}")
         if self.int8 and self.int8_images is None and self.good is None:
             raise ClipadError("--int8 needs calibration images: --images DIR (or --good DIR)")
+        if self.gate_data is not None and not self.int8:
+            raise ClipadError("--gate-data goes with --int8 here (it judges the INT8 graph); `clipad export --gate-data` judges the others")
+        if self.int8_backend not in ("onnxruntime", "openvino"):
+            raise ClipadError(f"--int8-backend must be onnxruntime or openvino, got '{self.int8_backend}'")
+        if self.int8_backend != "onnxruntime" and not self.int8:
+            raise ClipadError("--int8-backend goes with --int8 (it says which INT8 model to make)")
+        if not 0 <= self.min_agreement <= 1:
+            raise ClipadError(f"--min-agreement must be in [0, 1], not {self.min_agreement}")
+        if self.max_auroc_drop < 0:
+            raise ClipadError(f"--max-auroc-drop must be >= 0 AUROC points, not {self.max_auroc_drop}")
 
     @property
     def int8_source(self) -> str | None:

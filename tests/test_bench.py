@@ -26,6 +26,7 @@ from clipad.model.prompts import PROMPT_SETS
 from clipad.model.sdp import SDPModel
 from clipad.runtime.backends import Backend, open_backend
 from clipad.runtime.bench import SCHEMA_VERSION, percentiles, time_backend, time_calls
+from clipad.runtime.bench.goals import performance_goals, ratios
 from clipad.runtime.parity import run_parity
 from tests.test_cli import assert_one_line_error, run
 from tests.test_sdp import random_heads
@@ -162,6 +163,60 @@ def test_plot_is_a_png(bench_run):
         assert im.format == "PNG" and im.size[0] > 400
 
 
+def test_torch_rows_per_attention_form(artifacts, capsys, tmp_path):
+    """--attention fused,explicit gives a torch row set per form, both within the FP32 parity
+    limits of the reference (same maps), and their ratio as a goal per batch size."""
+    code, out, err = run(capsys, "bench", "--artifacts", artifacts.root, "--backends", "torch,onnxruntime", "--precision", "fp32",
+                         "--attention", "fused,explicit", "--batch", "1,2", "--iterations", "2", "--warmup", "0", "--device", "cpu",
+                         "--json", tmp_path / "b.json", "--quiet")
+    assert code == 0, err
+    res = json.loads((tmp_path / "b.json").read_text())
+    assert res["settings"]["attentions"] == ["fused", "explicit"]
+    forms = [(r["backend"], r["attention"], r["batch"]) for r in res["rows"]]
+    assert forms == [("torch", "fused", 1), ("torch", "fused", 2), ("torch", "explicit", 1), ("torch", "explicit", 2),
+                     ("onnxruntime", None, 1), ("onnxruntime", None, 2)]
+    for r in res["rows"]:
+        assert r["status"] == "ok" and r["parity"]["within_tolerance"] is True
+    explicit = [r for r in res["rows"] if r["attention"] == "explicit"]
+    assert all("explicit attention" in r["describe"] for r in explicit)
+    goals = {g["goal"]: g for g in res["goals"]}
+    for batch in (1, 2):
+        g = goals[f"torch fused / explicit attention, fp32 batch {batch}"]
+        p50 = {r["attention"]: r["latency_ms"]["p50"] for r in res["rows"] if r["backend"] == "torch" and r["batch"] == batch}
+        assert g["value"] == pytest.approx(p50["fused"] / p50["explicit"]) and g["met"] == (g["value"] <= 1.0)
+    # the onnxruntime / torch goal compares with the fused torch row (the default form)
+    ort = goals["onnxruntime fp32 / torch fp32, batch 1"]
+    fused1 = next(r for r in res["rows"] if (r["attention"], r["batch"]) == ("fused", 1))
+    ort1 = next(r for r in res["rows"] if (r["backend"], r["batch"]) == ("onnxruntime", 1))
+    assert ort["value"] == pytest.approx(ort1["latency_ms"]["p50"] / fused1["latency_ms"]["p50"])
+    assert "torch fp32 (cpu, explicit attention)" in out and "Goal: torch fused / explicit attention" in out
+
+
+def _row(backend, precision, p50, batch=1, device="cpu"):
+    return {"backend": backend, "precision": precision, "batch": batch, "status": "ok", "device": device, "attention": None,
+            "latency_ms": {"p50": p50}}
+
+
+def test_reduced_precision_goal_counts_only_gated_rows():
+    """The best reduced precision is the fastest CPU row whose gate passed: a faster row whose
+    gate failed, or that was never judged, does not count; the limit follows the CPU's BF16 flags."""
+    rows = [_row("onnxruntime", "fp32", 100.0), _row("openvino", "int8", 30.0), _row("openvino", "bf16", 60.0),
+            _row("onnxruntime", "int8", 20.0)]
+    gates = {"openvino int8": False, "openvino bf16": True}
+    (g,) = [g for g in performance_goals(rows, [], gates, {"cpu_matrix_features": ["avx2", "avx512_bf16"]})
+            if g["goal"].startswith("best gated")]
+    assert g["value"] == pytest.approx(0.6) and g["limit"] == 0.4 and not g["met"] and "openvino bf16" in g["detail"]
+    (g,) = [g for g in performance_goals(rows, [], gates, {"cpu_matrix_features": ["avx2"]}) if g["goal"].startswith("best gated")]
+    assert g["limit"] == 0.7 and g["met"]
+    gates["openvino int8"] = True
+    (g,) = [g for g in performance_goals(rows, [], gates, {"cpu_matrix_features": ["amx_bf16"]}) if g["goal"].startswith("best gated")]
+    assert g["value"] == pytest.approx(0.3) and g["met"] and "openvino int8" in g["detail"]
+    (g,) = [g for g in performance_goals(rows, [], {"openvino int8": False}, {}) if g["goal"].startswith("best gated")]
+    assert g["value"] is None and not g["met"] and "openvino int8 FAILED" in g["detail"]
+    assert ratios(rows) == [{"ratio": "openvino bf16 / onnxruntime fp32", "batch": 1, "value": pytest.approx(0.6)},
+                            {"ratio": "openvino int8 / onnxruntime fp32", "batch": 1, "value": pytest.approx(0.3)}]
+
+
 @pytest.mark.parametrize("mode", ["sdp", "sdp+"])
 def test_flops_match_flop_counter(tiny, uint8_images, mode):
     """With the math SDPA kernel (the fused CPU kernel hides from FlopCounterMode) every product
@@ -202,6 +257,7 @@ def test_flops_by_hand_for_the_tiny_config(tiny):
     (["--batch", "1,x"], "--batch takes comma-separated values"),
     (["--backends", "torch,tflite"], "unknown backend 'tflite'"),
     (["--precision", "fp8"], "unknown precision 'fp8'"),
+    (["--attention", "flash"], "unknown attention 'flash'"),
 ])
 def test_bad_input_is_one_line(capsys, artifacts, args, fragment):
     base = [] if "--artifacts" in args else ["--artifacts", str(artifacts.root)]

@@ -181,12 +181,13 @@ def test_bad_calibration_sets(setup, tmp_path, capsys):
 def test_int8_graph_is_measured_gated_and_served(setup, tmp_path, capsys):
     art = fresh(setup, tmp_path)
     code, _, err = run(capsys, "calibrate", "--artifacts", art, "--int8", "--images", setup / "cal", "--int8-max-images", 16,
-                       "--min-agreement", 1.01, "--quiet")
+                       "--min-agreement", 1.0, "--quiet")
     assert_one_line_error(code, err, "not written, keep using FP32")
     assert not (art / "model.int8.onnx").exists() and "int8" not in load_artifacts(art).manifest.precisions
     code, out, err = run(capsys, "calibrate", "--artifacts", art, "--int8", "--images", setup / "cal", "--int8-max-images", 16,
                          "--min-agreement", 0.5, "--quiet")
     assert code == 0, err
+    assert "pre-processing" not in err  # ONNX Runtime's quantiser advice stays out of the user's output
     m = load_artifacts(art)
     f = m.manifest.parity.int8
     assert "model.int8.onnx" in m.manifest.files and m.manifest.precisions[-1] == "int8"
@@ -214,9 +215,9 @@ def test_int8_quality_gate_on_labelled_images_decides_instead_of_agreement(setup
     art = fresh(setup, tmp_path)
     code, _, err = run(capsys, "calibrate", "--artifacts", art, "--good", setup / "cal", "--gate-data", setup / "s", "--quiet")
     assert_one_line_error(code, err, "--gate-data goes with --int8")
-    # an agreement limit no graph can reach: with --gate-data the AUROC gate decides, and passes at a wide limit
+    # an agreement limit this INT8 graph does not reach: with --gate-data the AUROC gate decides, and passes at a wide limit
     code, out, err = run(capsys, "calibrate", "--artifacts", art, "--int8", "--images", setup / "cal", "--int8-max-images", 8,
-                         "--min-agreement", 1.01, "--gate-data", setup / "s", "--max-auroc-drop", 100, "--quiet")
+                         "--min-agreement", 1.0, "--gate-data", setup / "s", "--max-auroc-drop", 100, "--quiet")
     assert code == 0, err
     gate = load_artifacts(art).manifest.parity.gates["int8"]
     assert gate.passed and gate.max_drop_points == 100 and gate.agreement.against == "fp32 onnx"

@@ -228,3 +228,66 @@ def test_predict_cli_with_openvino_throughput(art, capsys, tmp_path):
     assert len((tmp_path / "pred" / "predictions.jsonl").read_text().splitlines()) == 3
     code, _, err = run(capsys, "predict", folder, "--artifacts", art.root, "--backend", "openvino", "--openvino-mode", "fast")
     assert_one_line_error(code, err, "--openvino-mode must be latency or throughput")
+
+
+@pytest.fixture()
+def copied(gated, tmp_path):
+    """A private copy of the gated export (the calibrate tests rewrite its INT8 IR)."""
+    dst = tmp_path / "washer"
+    shutil.copytree(gated.root, dst)
+    return load_artifacts(dst)
+
+
+def test_calibrate_remakes_the_int8_ir_from_part_images(copied, synth_root, capsys):
+    """`calibrate --int8 --int8-backend openvino` quantises the IR again from the user's images:
+    new IR files, their hashes, its parity against the FP32 IR and its quality gate in the
+    manifest; the backend serves it."""
+    before = Manifest.read(copied.root / "manifest.json")
+    good = synth_root / "washer" / "train" / "good"
+    code, out, err = run(capsys, "calibrate", "--artifacts", copied.root, "--int8", "--int8-backend", "openvino",
+                         "--images", good, "--gate-data", synth_root, "--max-auroc-drop", "100", "--quiet")
+    assert code == 0, err
+    assert "model.int8.xml written" in out and "gate openvino int8" in out
+    m = Manifest.read(copied.root / "manifest.json")
+    n_cal = len(list(good.iterdir()))
+    assert m.openvino.parity["int8"].calibration_images == n_cal and m.openvino.parity["int8"].against == "openvino fp32"
+    assert m.openvino.parity["int8"].n_images == 3 + min(8, n_cal)
+    for name in (OV_INT8_XML, "model.int8.bin"):
+        assert m.files[name] == file_sha256(copied.root / name)
+    assert m.files["model.int8.bin"] != before.files["model.int8.bin"]  # calibrated on other images: other scales
+    gate = m.openvino.gates["int8"]
+    assert gate.passed and gate.max_drop_points == 100 and gate.agreement.against == "openvino fp32"
+    # the synthetic set is small, and the line says how coarse its image AUROC is
+    step = 100 / (gate.n_anomalous * (gate.n_images - gate.n_anomalous))
+    assert f"only {gate.n_images} held-out images: one reordered pair moves the image AUROC by {step:.2g} points" in out
+    assert m.openvino.gates["bf16"] == before.openvino.gates["bf16"] if "bf16" in before.openvino.gates else True
+    assert m.parity == before.parity and m.int8 is None  # the ONNX Runtime side is untouched
+    images = parity_images(copied.image_size, 2)
+    with open_backend(load_artifacts(copied.root), "openvino", "int8", "cpu") as be:
+        amap, prob = be(images)
+    assert np.isfinite(amap).all() and np.isfinite(prob).all()
+
+
+def test_calibrate_int8_ir_not_kept_writes_nothing(copied, synth_root, capsys):
+    """An INT8 IR below --min-agreement (1.0: INT8 never reproduces FP32's top 1% of pixels
+    exactly on these random weights, 0.93 at the export) is refused and nothing changes."""
+    before = {p.name: p.read_bytes() for p in copied.root.iterdir() if p.is_file()}
+    code, _, err = run(capsys, "calibrate", "--artifacts", copied.root, "--int8", "--int8-backend", "openvino",
+                       "--images", synth_root / "washer" / "train" / "good", "--min-agreement", "1.0")
+    assert_one_line_error(code, err, "the OpenVINO INT8 IR's top-1% pixel agreement with FP32 is", "not written")
+    assert {p.name: p.read_bytes() for p in copied.root.iterdir() if p.is_file()} == before
+
+
+def test_calibrate_int8_backend_errors(art, tmp_path, capsys, tiny):
+    code, _, err = run(capsys, "calibrate", "--artifacts", art.root, "--int8", "--int8-backend", "tensorrt", "--images", tmp_path)
+    assert_one_line_error(code, err, "--int8-backend must be onnxruntime or openvino")
+    code, _, err = run(capsys, "calibrate", "--artifacts", art.root, "--int8-backend", "openvino", "--good", tmp_path)
+    assert_one_line_error(code, err, "--int8-backend goes with --int8")
+    code, _, err = run(capsys, "calibrate", "--artifacts", art.root, "--int8", "--images", tmp_path, "--max-auroc-drop", "-1")
+    assert_one_line_error(code, err, "--max-auroc-drop must be >= 0")
+    code, _, err = run(capsys, "calibrate", "--artifacts", art.root, "--int8", "--images", tmp_path, "--min-agreement", "1.5")
+    assert_one_line_error(code, err, "--min-agreement must be in [0, 1]")
+    plain = export(tiny, ExportConfig(category="washer", out=tmp_path / "plain", prompts=PROMPT_SETS["industrial"], max_batch=2,
+                                      precision="fp32"), Tasks(None))
+    code, _, err = run(capsys, "calibrate", "--artifacts", plain.root, "--int8", "--int8-backend", "openvino", "--images", tmp_path)
+    assert_one_line_error(code, err, "has no OpenVINO IR to quantise")

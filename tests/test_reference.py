@@ -85,6 +85,24 @@ def test_fp16_graph_gated_on_reference_maps(tiny, data, tmp_path):
     assert gate.agreement.against == "onnxruntime fp32"
 
 
+def test_gate_decides_whether_the_fp16_graph_is_kept(tiny, data, tmp_path):
+    """With --gate-data and --precision all, the FP16 graph is kept exactly when its AUROC gate
+    passed, whatever its map agreement on random frames (recorded beside it); at a zero limit
+    either outcome can happen, and the artifacts must match it."""
+    cfg = ExportConfig(category="fabric", out=tmp_path / "all", prompts=PROMPT_SETS["industrial"], max_batch=4, precision="all",
+                       reference=ReferenceConfig(str(data / "fabric" / "train" / "good"), 3, 1024, True), gate_root=data,
+                       max_auroc_drop=0.0)
+    art = export(tiny, cfg, Tasks(None))
+    m = Manifest.read(art.root / "manifest.json")
+    gate = m.parity.gates["fp16"]
+    kept = gate.passed
+    assert ("fp16" in m.precisions) == kept == (art.root / "model.fp16.onnx").is_file()
+    assert bool(m.parity.fp16.dropped) == (not kept)
+    assert any("fails its quality gate" in w for w in m.warnings) == (not kept)
+    if m.parity.fp16.violations:
+        assert any("its AUROC quality gate decides" in w for w in m.warnings)
+
+
 # --- memory and coreset -------------------------------------------------------------------
 
 def test_k_center_radius_is_the_coverage_radius():

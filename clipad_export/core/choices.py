@@ -14,6 +14,9 @@ MODES: tuple[str, ...] = get_args(Mode)
 Precision = Literal["fp32", "fp16", "int8"]  # of a graph, an engine or a served backend
 PRECISIONS: tuple[str, ...] = get_args(Precision)
 
+Attention = Literal["fused", "explicit"]  # the torch path's attention: scaled_dot_product_attention, or MatMul + Softmax
+ATTENTIONS: tuple[str, ...] = get_args(Attention)
+
 RvsMethod = Literal["mean", "pca", "kde", "dbscan", "mean_shift"]  # method.md section 3.3
 RVS_METHODS: tuple[str, ...] = get_args(RvsMethod)
 

@@ -131,6 +131,8 @@ def validate(cfg: ExportConfig, loaded: LoadedModel | None = None) -> None:
         require_openvino()
     if cfg.gate_root is not None and not cfg.openvino and "fp16" not in cfg.precisions:
         raise ClipadError("--gate-data judges reduced precisions: export an FP16 graph (--precision fp16 or all) or add --openvino")
+    if cfg.max_auroc_drop < 0:
+        raise ClipadError(f"--max-auroc-drop must be >= 0 AUROC points, not {cfg.max_auroc_drop}")
     if cfg.gate_root is not None and not Path(cfg.gate_root, cfg.category).is_dir():
         raise ClipadError(f"--gate-data {cfg.gate_root} has no folder for category '{cfg.category}'")
     parent = Path(cfg.out).resolve().parent
@@ -273,7 +275,15 @@ def export(loaded: LoadedModel, cfg: ExportConfig, tasks: Tasks) -> Artifacts:
                 if not f.violations:
                     continue
                 reason = f"parity failed for the {precision} graph ({'; '.join(f.violations)})"
-                if precision == "fp32" or cfg.precision == "fp16":
+                if precision == "fp32":
+                    raise ClipadError(reason + "; nothing was written")
+                if cfg.gate_root is not None:
+                    # Labelled images judge it below: map agreement on random synthetic frames
+                    # is recorded, not decisive (as for INT8 and OpenVINO's reduced precisions).
+                    warnings.append(f"the {precision} graph misses the map-agreement limits ({'; '.join(f.violations)}); "
+                                    "its AUROC quality gate decides whether it is kept")
+                    continue
+                if cfg.precision == "fp16":
                     raise ClipadError(reason + "; nothing was written")
                 # --precision all: keep the FP32 artifacts, drop the FP16 graph, say so loudly.
                 (stage / ONNX_FP16).unlink()
@@ -287,6 +297,15 @@ def export(loaded: LoadedModel, cfg: ExportConfig, tasks: Tasks) -> Artifacts:
 
                 gate_set = gate_images(Path(cfg.gate_root), cfg.category, loaded.image_size)
             gates = _onnx_gates(stage, cfg, gate_set, tasks) if gate_set is not None else None
+            if gates is not None and not gates["fp16"].passed:
+                g = gates["fp16"]
+                reason = (f"the fp16 graph fails its quality gate (pixel AUROC drop {g.pixel_drop_points:.2f}, image "
+                          f"{g.image_drop_points:.2f} points > {g.max_drop_points:g} on {g.n_images} labelled images)")
+                if cfg.precision == "fp16":
+                    raise ClipadError(reason + "; nothing was written")
+                (stage / ONNX_FP16).unlink()
+                parity["fp16"] = parity["fp16"].replace(dropped=True)
+                warnings.append(reason + f"; {ONNX_FP16} was not kept")
             manifest = Manifest.create(
                 format_version=FORMAT_VERSION,
                 created=time.strftime("%Y-%m-%dT%H:%M:%S%z"),

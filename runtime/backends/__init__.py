@@ -30,10 +30,11 @@ def _on_cpu(device: str) -> bool:
 
 
 def open_backend(artifacts: Artifacts, name: str, precision: str = "fp32", device: str = "auto", triton: TritonTarget | None = None,
-                 mode: str = "latency") -> Backend:
+                 mode: str = "latency", attention: str = "fused") -> Backend:
     """The named backend for ``artifacts``; one line when it cannot run here. ``triton``: the
     server of the triton backend (``triton_backend.TritonTarget``); ``mode``: OpenVINO's
-    performance hint (latency or throughput); the other backends ignore them."""
+    performance hint (latency or throughput); ``attention``: the torch backend's attention form
+    (fused or explicit, ``torch_backend``); the other backends ignore them."""
     if name == "triton":
         if triton is None:
             raise ClipadError("--backend triton needs --url grpc://HOST:PORT or http://HOST:PORT")
@@ -51,7 +52,7 @@ def open_backend(artifacts: Artifacts, name: str, precision: str = "fp32", devic
     if name == "torch":
         from clipad.runtime.backends.torch_backend import TorchBackend
 
-        return TorchBackend(artifacts, precision, device)
+        return TorchBackend(artifacts, precision, device, attention)
     if name == "tensorrt":
         if not artifacts.has(PLAN):
             raise ClipadError(f"{artifacts.root} has no {PLAN}; build one with `clipad export --engine`")

@@ -37,7 +37,7 @@ def ir_file(artifacts: Artifacts, precision: str) -> str:
 def choose_precision(entry, capabilities: list[str]) -> str:
     """``--precision auto`` for OpenVINO: the fastest reduced precision whose quality gate passed
     (manifest ``openvino.gates``) and that this device runs natively: int8 (its IR kept; 0.36x
-    ONNX Runtime FP32 against bf16's 0.58x on the AVX-512 BF16 CPU of docs/benchmarks.md), then
+    ONNX Runtime FP32 against bf16's 0.56x on the AVX-512 BF16 CPU of docs/benchmarks.md), then
     bf16 (capability BF16: AMX or AVX-512 BF16), else fp32."""
     gates = (entry.gates or {}) if entry is not None else {}
     for precision in ("int8", "bf16"):

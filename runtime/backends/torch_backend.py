@@ -1,27 +1,40 @@
-"""The PyTorch reference as a backend, rebuilt from the artifact manifest (CPU or CUDA)."""
+"""The PyTorch reference as a backend, rebuilt from the artifact manifest (CPU or CUDA).
+
+``attention``: "fused" runs both attentions through ``scaled_dot_product_attention`` (the
+default); "explicit" through MatMul, scale and Softmax, the form the exported graph has
+(clipad.model.surgery); the maps agree to rounding, only speed and memory differ.
+"""
 
 from __future__ import annotations
 
 import numpy as np
 import torch
 
+from clipad.core.choices import ATTENTIONS, Attention
 from clipad.core.errors import ClipadError
 from clipad.deploy.artifacts import Artifacts
 from clipad.deploy.export import reference_model
 from clipad.model.loading import resolve_device
+from clipad.model.surgery import DualPathViT
 from clipad.runtime.backends.base import Backend, BackendInfo
 
 
 class TorchBackend(Backend):
     name = "torch"
 
-    def __init__(self, artifacts: Artifacts, precision: str = "fp32", device: str = "auto"):
+    def __init__(self, artifacts: Artifacts, precision: str = "fp32", device: str = "auto", attention: Attention = "fused"):
+        if attention not in ATTENTIONS:
+            raise ClipadError(f"the torch attention is one of {', '.join(ATTENTIONS)}, not '{attention}'")
         self.device = resolve_device(device)
         if precision == "fp16" and self.device.type != "cuda":
             raise ClipadError("the torch backend runs fp16 (autocast) on CUDA only")
         if precision not in ("fp32", "fp16"):
             raise ClipadError(f"the torch backend runs fp32 or fp16, not '{precision}'")
         self.model = reference_model(artifacts, self.device)
+        for m in self.model.modules():
+            if isinstance(m, DualPathViT):
+                m.fused = attention == "fused"
+        self.attention = attention
         self.precision = precision
         self.max_batch = artifacts.max_batch
 
@@ -34,7 +47,8 @@ class TorchBackend(Backend):
         return amap.cpu().numpy(), prob.cpu().numpy()
 
     def info(self) -> BackendInfo:
-        return BackendInfo(self.name, self.precision, self.device.type, str(self.device), self.max_batch)
+        detail = str(self.device) + (", explicit attention" if self.attention == "explicit" else "")
+        return BackendInfo(self.name, self.precision, self.device.type, detail, self.max_batch)
 
     def close(self) -> None:
         """Drop the reference model (its CUDA memory returns to torch's cache); again does nothing."""

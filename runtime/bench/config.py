@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from clipad.core.choices import PRECISIONS, Precision
+from clipad.core.choices import ATTENTIONS, PRECISIONS, Attention, Precision
 from clipad.core.errors import ClipadError
 from clipad.runtime.backends import BACKENDS, BackendName
 
@@ -17,7 +17,8 @@ if TYPE_CHECKING:
 class BenchConfig:
     """Every backend x precision x batch combination, ``warmup`` untimed and ``iterations`` timed
     calls each; ``device``: auto, cpu or cuda; ``parity``: also compare with the reference;
-    ``triton``: the server of backend triton (``backends.triton_backend.TritonTarget``)."""
+    ``triton``: the server of backend triton (``backends.triton_backend.TritonTarget``);
+    ``attentions``: the torch backend's attention forms, a row set each (fused, explicit)."""
 
     backends: list[BackendName]
     precisions: list[Precision]
@@ -27,6 +28,7 @@ class BenchConfig:
     device: str = "auto"
     parity: bool = True
     triton: TritonTarget | None = None
+    attentions: list[Attention] = field(default_factory=lambda: ["fused"])
 
 
 def validate(cfg: BenchConfig) -> None:
@@ -37,8 +39,11 @@ def validate(cfg: BenchConfig) -> None:
     for p in cfg.precisions:
         if p not in (*PRECISIONS, "bf16"):  # bf16: OpenVINO only
             raise ClipadError(f"unknown precision '{p}' (one of {', '.join(PRECISIONS)}, bf16)")
-    if not cfg.backends or not cfg.precisions or not cfg.batches:
-        raise ClipadError("--backends, --precision and --batch each need at least one value")
+    for a in cfg.attentions:
+        if a not in ATTENTIONS:
+            raise ClipadError(f"unknown attention '{a}' (one of {', '.join(ATTENTIONS)})")
+    if not cfg.backends or not cfg.precisions or not cfg.batches or not cfg.attentions:
+        raise ClipadError("--backends, --precision, --batch and --attention each need at least one value")
     if any(b < 1 for b in cfg.batches):
         raise ClipadError(f"--batch sizes must be >= 1, got {','.join(map(str, cfg.batches))}")
     if cfg.iterations < 1 or cfg.warmup < 0:

@@ -1,19 +1,66 @@
-"""The performance goals, evaluated on one bench run where both sides were measured."""
+"""The performance goals, evaluated on one bench run where both sides were measured.
+
+Besides the goals with a limit, ``ratios`` are the comparisons a run reports without one
+(OpenVINO FP32 against ONNX Runtime FP32), and the reduced-precision goal takes the gates from
+the manifest: a reduced precision counts only where its AUROC quality gate passed.
+"""
 
 from __future__ import annotations
 
+from typing import Any
 
-def _p50(rows: list[dict], backend: str, precision: str) -> float | None:
-    """p50 latency (ms) of the ``backend``/``precision`` row at batch 1, None when it did not run."""
-    for r in rows:
-        if (r["backend"], r["precision"], r["batch"], r["status"]) == (backend, precision, 1, "ok"):
-            return r["latency_ms"]["p50"]
-    return None
+from clipad.deploy.manifest import Manifest
+
+# The CPU flags that make BF16 fast (AVX-512 BF16 or AMX), and the limit of the best
+# reduced-precision row over ONNX Runtime FP32 at batch 1 with and without them (issue 15).
+BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+REDUCED_LIMIT = {True: 0.4, False: 0.7}
 
 
-def performance_goals(rows: list[dict], dual: list[dict]) -> list[dict]:
-    """ONNX Runtime FP32 at most 0.75x torch FP32 and INT8 faster than FP32 (batch 1), and the
-    dual path at most 1.25x the plain encoding; one dict each: goal, value, limit, met."""
+def _p50(rows: list[dict], backend: str, precision: str, batch: int = 1, attention: str | None = None) -> float | None:
+    """p50 latency (ms) of a row, None when it did not run; ``attention`` None: any form (torch: fused first)."""
+    hits = [r for r in rows if (r["backend"], r["precision"], r["batch"], r["status"]) == (backend, precision, batch, "ok")
+            and (attention is None or r.get("attention") == attention)]
+    hits.sort(key=lambda r: r.get("attention") != "fused")
+    return hits[0]["latency_ms"]["p50"] if hits else None
+
+
+def reduced_gates(manifest: Manifest) -> dict[str, bool]:
+    """Whether each judged reduced precision passed its AUROC quality gate, by "backend precision"
+    (ONNX Runtime's from ``parity.gates``, OpenVINO's from ``openvino.gates``); unjudged ones absent."""
+    out = {f"onnxruntime {p}": g.passed for p, g in (manifest.parity.gates or {}).items()}
+    if manifest.openvino is not None:
+        out |= {f"openvino {p}": g.passed for p, g in (manifest.openvino.gates or {}).items()}
+    return out
+
+
+def _reduced_goal(rows: list[dict], gates: dict[str, bool], machine: dict[str, Any], ort32: float) -> dict:
+    """Best reduced-precision row (batch 1) of the CPU ``rows`` whose gate passed, over ONNX Runtime FP32 ``ort32`` ms."""
+    bf16_cpu = any(f in machine.get("cpu_matrix_features", []) for f in BF16_FLAGS)
+    candidates = []
+    for key, passed in gates.items():
+        backend, precision = key.split()
+        ms = _p50(rows, backend, precision)
+        if passed and ms is not None:
+            candidates.append((ms, key))
+    if not candidates:
+        judged = ", ".join(f"{k} {'passed' if v else 'FAILED'}" for k, v in gates.items()) or "no gate in the manifest"
+        return {"goal": "best gated reduced precision / onnxruntime fp32, cpu batch 1", "value": None,
+                "limit": REDUCED_LIMIT[bf16_cpu], "met": False, "detail": f"no timed reduced precision passed its gate ({judged})"}
+    ms, key = min(candidates)
+    limit = REDUCED_LIMIT[bf16_cpu]
+    return {"goal": "best gated reduced precision / onnxruntime fp32, cpu batch 1", "value": ms / ort32, "limit": limit,
+            "met": ms / ort32 <= limit,
+            "detail": f"{key}, gate passed; limit for a CPU {'with' if bf16_cpu else 'without'} AVX-512 BF16 or AMX"}
+
+
+def performance_goals(rows: list[dict], dual: list[dict], gates: dict[str, bool] | None = None,
+                      machine: dict[str, Any] | None = None) -> list[dict]:
+    """One dict per goal (goal, value, limit, met, and sometimes detail; value None: not measurable):
+    ONNX Runtime FP32 at most 0.75x torch FP32 and INT8 faster than FP32 (batch 1); the best gated
+    reduced precision at most 0.4x (BF16 CPUs) or 0.7x ONNX Runtime FP32 (batch 1); torch fused
+    attention no slower than explicit (batch 1 and the largest batch); the dual path at most 1.25x
+    the plain encoding. ``gates``: ``reduced_gates`` of the manifest; ``machine``: ``machine_info``."""
     goals = []
     torch32, ort32, ort8 = _p50(rows, "torch", "fp32"), _p50(rows, "onnxruntime", "fp32"), _p50(rows, "onnxruntime", "int8")
     if torch32 and ort32:
@@ -22,7 +69,32 @@ def performance_goals(rows: list[dict], dual: list[dict]) -> list[dict]:
     if ort32 and ort8:
         goals.append({"goal": "onnxruntime int8 / onnxruntime fp32, batch 1", "value": ort8 / ort32, "limit": 1.0,
                       "met": ort8 / ort32 < 1.0})
+    cpu_rows = [r for r in rows if r.get("device") == "cpu"]
+    cpu32 = _p50(cpu_rows, "onnxruntime", "fp32")
+    if cpu32 and gates and any(r["backend"] != "torch" and r["precision"] != "fp32" for r in cpu_rows):
+        goals.append(_reduced_goal(cpu_rows, gates, machine or {}, cpu32))
+    for batch in sorted({r["batch"] for r in rows if r.get("attention") == "explicit" and r["status"] == "ok"}):
+        fused = _p50(rows, "torch", "fp32", batch, "fused")
+        explicit = _p50(rows, "torch", "fp32", batch, "explicit")
+        if fused and explicit:
+            goals.append({"goal": f"torch fused / explicit attention, fp32 batch {batch}", "value": fused / explicit,
+                          "limit": 1.0, "met": fused / explicit <= 1.0})
     for d in dual:
         goals.append({"goal": f"dual path / plain encoding, {d['precision']} {d['device']}, batch {d['batch']}",
                       "value": d["ratio"], "limit": 1.25, "met": d["ratio"] <= 1.25})
     return goals
+
+
+def ratios(rows: list[dict]) -> list[dict]:
+    """Comparisons reported without a limit: OpenVINO at each precision over ONNX Runtime FP32,
+    per batch size. One dict each: ratio (name), batch, value."""
+    out = []
+    for batch in sorted({r["batch"] for r in rows if r["status"] == "ok"}):
+        ort32 = _p50(rows, "onnxruntime", "fp32", batch)
+        if not ort32:
+            continue
+        for precision in ("fp32", "bf16", "fp16", "int8"):
+            ov = _p50(rows, "openvino", precision, batch)
+            if ov:
+                out.append({"ratio": f"openvino {precision} / onnxruntime fp32", "batch": batch, "value": ov / ort32})
+    return out

@@ -26,7 +26,8 @@ def format_markdown(res: dict) -> str:
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in res["rows"]:
         if r["status"] != "ok":
-            cells = [r["backend"], r["precision"], _g(r["batch"], "d")] + ["-"] * (len(head) - 4) + [f"{r['status']}: {r['reason']}"]
+            name = r["backend"] + (" (explicit attention)" if r.get("attention") == "explicit" else "")
+            cells = [name, r["precision"], _g(r["batch"], "d")] + ["-"] * (len(head) - 4) + [f"{r['status']}: {r['reason']}"]
         else:
             lat, par = r["latency_ms"], r["parity"]
             ok = "-" if par is None else {True: "pass", False: "FAIL", None: "no limit"}[par["within_tolerance"]]
@@ -46,8 +47,12 @@ def format_markdown(res: dict) -> str:
     for d in res["dual_path"]:
         lines.append(f"Dual path vs plain encoding ({d['precision']}, {d['device']}, batch {d['batch']}): "
                      f"{d['dual_path_ms']['p50']:.4g} ms / {d['plain_encoding_ms']['p50']:.4g} ms = {d['ratio']:.2f}x")
+    for r in res.get("ratios", []):
+        lines.append(f"Ratio: {r['ratio']}, batch {r['batch']} = {r['value']:.2f}")
     for g in res["goals"]:
-        lines.append(f"Goal: {g['goal']} = {g['value']:.2f} (limit {g['limit']}): {'met' if g['met'] else 'NOT met'}")
+        value = "-" if g["value"] is None else f"{g['value']:.2f}"
+        detail = f" ({g['detail']})" if g.get("detail") else ""
+        lines.append(f"Goal: {g['goal']} = {value} (limit {g['limit']}): {'met' if g['met'] else 'NOT met'}{detail}")
     lines.append(f"{res['settings']['warmup']} warm-up + {res['settings']['iterations']} timed calls per row; "
                  f"{res['machine']['cpu']}, {res['machine']['cpu_count']} CPUs, torch {res['machine']['torch']}, "
                  f"onnxruntime {res['machine']['onnxruntime']}, GPU {res['machine']['gpu']}")

@@ -2,7 +2,8 @@
 then compared with the reference; or one row saying why it cannot run here.
 
 A row is the JSON's dict: backend, precision, batch, status ("ok", "unavailable" or "failed"),
-reason, and for "ok" rows the figures that ``schema.DEFINITIONS`` defines.
+reason, attention (the torch rows' attention form, else None), and for "ok" rows the figures that
+``schema.DEFINITIONS`` defines.
 """
 
 from __future__ import annotations
@@ -46,9 +47,10 @@ def _reason(err: BaseException) -> str:
     return msg if isinstance(err, ClipadError) else f"{type(err).__name__}: {msg}"
 
 
-def unavailable(name: str, precision: str, reason: str, status: str = "unavailable", batch: int | None = None) -> dict:
+def unavailable(name: str, precision: str, reason: str, status: str = "unavailable", batch: int | None = None,
+                attention: str | None = None) -> dict:
     """A row that did not run: the whole combination (batch None) or one batch size ("failed")."""
-    return {"backend": name, "precision": precision, "batch": batch, "status": status, "reason": reason}
+    return {"backend": name, "precision": precision, "batch": batch, "status": status, "reason": reason, "attention": attention}
 
 
 def parity_json(row: ParityRow) -> dict:
@@ -56,8 +58,9 @@ def parity_json(row: ParityRow) -> dict:
     return {**row.figures.to_json(), "within_tolerance": row.within_tolerance, "against": AGAINST, "n_images": row.n_images}
 
 
-def measure_batches(backend: Backend, start_up_s: float, ctx: RowContext) -> list[dict]:
-    """One row per batch size for an opened backend; ``start_up_s``: seconds it took to open."""
+def measure_batches(backend: Backend, start_up_s: float, ctx: RowContext, attention: str | None = None) -> list[dict]:
+    """One row per batch size for an opened backend; ``start_up_s``: seconds it took to open;
+    ``attention``: the torch backend's attention form, recorded in its rows."""
     info = backend.info()
     rows = []
     for i, batch in enumerate(ctx.cfg.batches):
@@ -69,7 +72,7 @@ def measure_batches(backend: Backend, start_up_s: float, ctx: RowContext) -> lis
         try:
             samples = time_backend(backend, ctx.frames[:batch], ctx.cfg.warmup, ctx.cfg.iterations)
         except Exception as err:  # noqa: BLE001 - e.g. out of device memory: this row failed, the others go on
-            rows.append(unavailable(info.name, info.precision, _reason(err), "failed", batch))
+            rows.append(unavailable(info.name, info.precision, _reason(err), "failed", batch, attention))
             ctx.advance(1)
             continue
         stats = percentiles(samples)
@@ -77,7 +80,7 @@ def measure_batches(backend: Backend, start_up_s: float, ctx: RowContext) -> lis
         gflops = ctx.flops_per_image * ips / 1e9
         key = ceiling_key(info.device, info.precision)
         rows.append({
-            "backend": info.name, "precision": info.precision, "batch": batch, "status": "ok", "reason": None,
+            "backend": info.name, "precision": info.precision, "batch": batch, "status": "ok", "reason": None, "attention": attention,
             "describe": info.describe(), "device": info.device, "calls_per_batch": -(-batch // info.max_batch),
             "latency_ms": stats, "samples_ms": samples, "images_per_s": ips, "gflops_per_s": gflops,
             "ceiling": key,
@@ -89,23 +92,25 @@ def measure_batches(backend: Backend, start_up_s: float, ctx: RowContext) -> lis
     return rows
 
 
-def bench_combination(art: Artifacts, name: str, precision: str, ctx: RowContext) -> list[dict]:
-    """Open one backend/precision (or say why not), time every batch size, then check parity."""
+def bench_combination(art: Artifacts, name: str, precision: str, ctx: RowContext, attention: str | None = None) -> list[dict]:
+    """Open one backend/precision (or say why not), time every batch size, then check parity;
+    ``attention``: the torch backend's attention form (None for the other backends)."""
     gc.collect()
     ctx.memory.reset()
     t0 = time.perf_counter()
     try:
-        backend = open_backend(art, name, precision, ctx.cfg.device, ctx.cfg.triton)
+        backend = open_backend(art, name, precision, ctx.cfg.device, ctx.cfg.triton, attention=attention or "fused")
     except Exception as err:  # noqa: BLE001 - ONNX Runtime's own errors derive from Exception only
         ctx.advance(len(ctx.cfg.batches))
-        return [unavailable(name, precision, _reason(err))]
+        return [unavailable(name, precision, _reason(err), attention=attention)]
     start_up_s = time.perf_counter() - t0
     with backend:
         served = backend.info().precision
         if served != precision:  # a TensorRT plan has the precision it was built with
             ctx.advance(len(ctx.cfg.batches))
-            return [unavailable(name, precision, f"{name} serves {served} from these artifacts, not {precision}")]
-        rows = measure_batches(backend, start_up_s, ctx)
+            return [unavailable(name, precision, f"{name} serves {served} from these artifacts, not {precision}",
+                                attention=attention)]
+        rows = measure_batches(backend, start_up_s, ctx, attention)
         if ctx.reference is not None and any(r["status"] == "ok" for r in rows):
             parity = parity_json(check_backend(backend, ctx.reference))
             for r in rows:

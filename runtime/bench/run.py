@@ -19,7 +19,7 @@ from clipad.deploy.artifacts import Artifacts
 from clipad.deploy.parity import parity_images
 from clipad.runtime.bench.config import BenchConfig, validate
 from clipad.runtime.bench.floors import ceilings, dual_path_cost, flop_figures
-from clipad.runtime.bench.goals import performance_goals
+from clipad.runtime.bench.goals import performance_goals, ratios, reduced_gates
 from clipad.runtime.bench.machine import machine_info
 from clipad.runtime.bench.rows import RowContext, bench_combination
 from clipad.runtime.bench.schema import DEFINITIONS, SCHEMA_VERSION
@@ -58,29 +58,33 @@ def run_bench(art: Artifacts, cfg: BenchConfig, tasks: Tasks) -> dict[str, Any]:
         torch.cuda.empty_cache()
     ceils = ceilings(device)
 
-    advance = tasks.add("backends x precisions x batches", len(cfg.backends) * len(cfg.precisions) * len(cfg.batches))
+    combos = [(name, precision, attention) for name in cfg.backends for precision in cfg.precisions
+              for attention in (cfg.attentions if name == "torch" else [None])]
+    advance = tasks.add("backends x precisions x batches", len(combos) * len(cfg.batches))
     ctx = RowContext(cfg, frames, memory, flops["per_image"]["total"], ceils, target, advance)
     rows: list[dict] = []
-    for name in cfg.backends:
-        for precision in cfg.precisions:
-            rows += bench_combination(art, name, precision, ctx)
+    for name, precision, attention in combos:
+        rows += bench_combination(art, name, precision, ctx, attention)
     if not any(r["status"] == "ok" for r in rows):
         reasons = "; ".join(f"{r['backend']} {r['precision']}: {r['reason']}" for r in rows)
         raise ClipadError(f"no backend/precision could run here: {reasons}")
     m = art.manifest
+    machine = machine_info()
     return {
         "schema_version": SCHEMA_VERSION,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "artifacts": str(art.root), "model": m.model, "mode": m.mode, "image_size": size,
         "max_batch": art.max_batch, "weights": m.weights.source,
-        "machine": machine_info(),
+        "machine": machine,
         "settings": {"backends": cfg.backends, "precisions": cfg.precisions, "batches": cfg.batches,
-                     "iterations": cfg.iterations, "warmup": cfg.warmup, "device": cfg.device, "parity": cfg.parity},
+                     "iterations": cfg.iterations, "warmup": cfg.warmup, "device": cfg.device, "parity": cfg.parity,
+                     "attentions": cfg.attentions},
         "host_memory_method": memory.method,
         "definitions": DEFINITIONS,
         "flops": flops,
         "matmul_ceiling": ceils,
         "dual_path": dual,
-        "goals": performance_goals(rows, dual),
+        "goals": performance_goals(rows, dual, reduced_gates(m), machine),
+        "ratios": ratios(rows),
         "rows": rows,
     }

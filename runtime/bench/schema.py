@@ -20,6 +20,11 @@ DEFINITIONS = {
               "elsewhere (other backends allocate outside torch's allocator)",
     "parity": "the figures of `clipad parity` against the FP32 PyTorch reference on the CPU, on 3 deterministic "
               "images; within_tolerance uses TOLERANCES[precision], null where no limit is defined",
+    "attention": "the torch rows' attention form: fused (scaled_dot_product_attention) or explicit (MatMul, "
+                 "scale, Softmax: the exported graph's form); null for the other backends",
+    "goals": "ratios of two rows of this run with a limit; value null where a side could not be measured "
+             "(the reduced-precision goal counts only rows whose AUROC quality gate in the manifest passed)",
+    "ratios": "ratios of two rows of this run reported without a limit (OpenVINO over ONNX Runtime FP32, per batch)",
     "dual_path": "DualPathViT forward (both paths, taps projected) over the plain open_clip image encoding "
                  "visual(x) on the same normalised input, same warm-up and iterations",
 }
