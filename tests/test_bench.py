@@ -190,6 +190,13 @@ def test_torch_rows_per_attention_form(artifacts, capsys, tmp_path):
     ort1 = next(r for r in res["rows"] if (r["backend"], r["batch"]) == ("onnxruntime", 1))
     assert ort["value"] == pytest.approx(ort1["latency_ms"]["p50"] / fused1["latency_ms"]["p50"])
     assert "torch fp32 (cpu, explicit attention)" in out and "Goal: torch fused / explicit attention" in out
+    code, _, err = run(capsys, "bench", "--artifacts", artifacts.root, "--backends", "torch", "--precision", "fp32,fp16",
+                       "--attention", "fused,explicit", "--batch", "1", "--iterations", "1", "--warmup", "0", "--device", "cpu",
+                       "--no-parity", "--json", tmp_path / "c.json", "--quiet")
+    assert code == 0, err
+    rows = json.loads((tmp_path / "c.json").read_text())["rows"]
+    assert [(r["precision"], r["attention"], r["status"]) for r in rows] == [
+        ("fp32", "fused", "ok"), ("fp32", "explicit", "ok"), ("fp16", "fused", "unavailable")]  # fp16 on a CPU: said once
 
 
 def _row(backend, precision, p50, batch=1, device="cpu"):

@@ -410,7 +410,7 @@ def test_reading_the_manifest_imports_no_torch(tmp_path):
 # String literals that still spell an artifact file name in code that other work is changing
 # (help texts and messages of `clipad calibrate` and the serving options); each should use the
 # constants from clipad.deploy.manifest. The count may only go down.
-TRANSITION = {("cli.py", "model.int8.onnx"): 3, ("cli.py", "manifest.json"): 1}
+TRANSITION = {("cli.py", "model.int8.onnx"): 1, ("cli.py", "manifest.json"): 1}
 
 
 def test_file_names_are_defined_once():

@@ -64,6 +64,10 @@ def run_bench(art: Artifacts, cfg: BenchConfig, tasks: Tasks) -> dict[str, Any]:
     ctx = RowContext(cfg, frames, memory, flops["per_image"]["total"], ceils, target, advance)
     rows: list[dict] = []
     for name, precision, attention in combos:
+        if attention not in (None, cfg.attentions[0]) and any(
+                (r["backend"], r["precision"], r["status"]) == (name, precision, "unavailable") for r in rows):
+            ctx.advance(len(cfg.batches))  # the torch precision cannot run in any attention form: said once
+            continue
         rows += bench_combination(art, name, precision, ctx, attention)
     if not any(r["status"] == "ok" for r in rows):
         reasons = "; ".join(f"{r['backend']} {r['precision']}: {r['reason']}" for r in rows)
