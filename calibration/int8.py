@@ -99,18 +99,22 @@ def quantise(src: Path, dst: Path, images: np.ndarray, tasks: Tasks) -> None:
 
 @dataclass(frozen=True)
 class Int8Target:
-    """Where an INT8 model goes: ``name`` (the backend), ``files`` (what quantising writes,
-    replaced in this order: an IR's .xml last, after its .bin), ``quantise(src, dst, images,
-    tasks)``, ``run(path, images, max_batch, int8)`` -> (anomaly_map
-    float32 [N, S, S], image_prob float32 [N]), ``against`` (how the FP32 side is named) and
-    ``record(manifest, dir, figures, gate)`` -> the manifest with the new model recorded."""
+    """Where an INT8 model goes: ``label`` (for messages), ``sources`` (its FP32 model's files,
+    hash-checked; the first is the one quantised), ``files`` (what quantising writes, replaced in
+    this order: an IR's .xml last, after its .bin), ``quantise(src, dst, images, tasks)``,
+    ``run(path, images, max_batch, int8)`` -> (anomaly_map float32 [N, S, S], image_prob float32
+    [N]), ``against`` (how the FP32 side is named), ``record(manifest, dir, figures, gate)`` -> the
+    manifest with the new model recorded, and ``violations`` (whether the parity figures list
+    their tolerance violations, as the export's OpenVINO figures do)."""
 
-    name: str
+    label: str
+    sources: tuple[str, ...]
     files: tuple[str, ...]
     quantise: Callable[[Path, Path, np.ndarray, Tasks], None]
     run: Callable[[Path, np.ndarray, int, bool], tuple[np.ndarray, np.ndarray]]
     against: str
     record: Callable[[Manifest, Path, ParityFigures, QualityGate | None], Manifest]
+    violations: bool = False
 
 
 def onnxruntime_target(min_agreement: float, source_sha256: str) -> Int8Target:
@@ -126,7 +130,7 @@ def onnxruntime_target(min_agreement: float, source_sha256: str) -> Int8Target:
             gates["int8"] = gate
         return m.replace(parity=m.parity.replace(gates=gates or None))
 
-    return Int8Target("onnxruntime", (ONNX_INT8,), quantise, lambda path, x, mb, _int8: run_graph(path, x, mb),
+    return Int8Target("INT8 graph", (ONNX_FP32,), (ONNX_INT8,), quantise, lambda path, x, mb, _int8: run_graph(path, x, mb),
                       "fp32 onnx", record)
 
 
@@ -148,9 +152,9 @@ def openvino_target() -> Int8Target:
         entry = entry.replace(ir={**entry.ir, "int8": OV_INT8_XML}, parity={**entry.parity, "int8": figures}, gates=gates or None)
         return manifest.with_openvino(entry, ir_hashes(root))
 
-    return Int8Target("openvino", (OV_INT8_BIN, OV_INT8_XML), quantise_ir,
+    return Int8Target("OpenVINO INT8 IR", (OV_XML, OV_BIN), (OV_INT8_BIN, OV_INT8_XML), quantise_ir,
                       lambda path, x, mb, int8: run_compiled(compile_ir(path, "int8" if int8 else "fp32"), x, mb),
-                      "openvino fp32", record)
+                      "openvino fp32", record, violations=True)
 
 
 def check_int8_backend(art: Artifacts, backend: str) -> None:
@@ -175,12 +179,12 @@ def make_int8(art: Artifacts, images: np.ndarray, tasks: Tasks, min_agreement: f
     check_int8_backend(art, backend)
     gate_set = gate_images(Path(gate_root), art.manifest.category, art.image_size) if gate_root is not None else None
     with art.writing():
-        src = art.verified_path(ONNX_FP32 if backend == "onnxruntime" else OV_XML)
         if backend == "onnxruntime":
+            art.verified_path(ONNX_FP32)  # before its sha256 is read for the record
             target = onnxruntime_target(min_agreement, art.manifest.files[ONNX_FP32])
         else:
-            art.verified_path(OV_BIN)
             target = openvino_target()
+        src = [art.verified_path(name) for name in target.sources][0]
         with tempfile.TemporaryDirectory(dir=art.root) as tmp:
             dst = Path(tmp) / target.files[-1]
             target.quantise(src, dst, images, tasks)
@@ -189,19 +193,18 @@ def make_int8(art: Artifacts, images: np.ndarray, tasks: Tasks, min_agreement: f
             amap, prob = target.run(dst, check, art.max_batch, True)
             f = compare(ref_map, ref_prob, amap, prob)
             figures = ParityFigures.create(**f, against=target.against, n_images=len(check), calibration_images=len(images),
-                                           **({"violations": violations(f, "int8")} if target.name == "openvino" else {}))
+                                           violations=violations(f, "int8") if target.violations else None)
             gate = None
-            what = "INT8 graph" if target.name == "onnxruntime" else "OpenVINO INT8 IR"
             if gate_set is not None:
                 x, labels, masks = gate_set
                 gate = quality_gate(target.run(src, x, art.max_batch, False), target.run(dst, x, art.max_batch, True), labels,
                                     masks, max_auroc_drop, target.against)
                 if not gate.passed:
-                    raise ClipadError(f"the {what} fails its quality gate: pixel AUROC drop {gate.pixel_drop_points:.2f}, "
+                    raise ClipadError(f"the {target.label} fails its quality gate: pixel AUROC drop {gate.pixel_drop_points:.2f}, "
                                       f"image {gate.image_drop_points:.2f} points (> {max_auroc_drop:g}) on {gate.n_images} "
                                       "labelled images: not written, keep using FP32")
             elif figures.top1pct_agreement < min_agreement:
-                raise ClipadError(f"the {what}'s top-1% pixel agreement with FP32 is {figures.top1pct_agreement:.3f} "
+                raise ClipadError(f"the {target.label}'s top-1% pixel agreement with FP32 is {figures.top1pct_agreement:.3f} "
                                   f"(< {min_agreement}; rel L2 {figures.rel_l2:.2e}): not written, keep using FP32")
             for name in target.files:  # an IR's .bin first: its .xml, written last, is what a reader opens
                 with atomic_path(art.root / name) as out:

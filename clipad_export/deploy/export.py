@@ -283,12 +283,7 @@ def export(loaded: LoadedModel, cfg: ExportConfig, tasks: Tasks) -> Artifacts:
                     warnings.append(f"the {precision} graph misses the map-agreement limits ({'; '.join(f.violations)}); "
                                     "its AUROC quality gate decides whether it is kept")
                     continue
-                if cfg.precision == "fp16":
-                    raise ClipadError(reason + "; nothing was written")
-                # --precision all: keep the FP32 artifacts, drop the FP16 graph, say so loudly.
-                (stage / ONNX_FP16).unlink()
-                parity[precision] = f.replace(dropped=True)
-                warnings.append(reason + f"; {ONNX_FP16} was not kept")
+                _drop_fp16(stage, cfg, parity, warnings, reason)
             if "fp16" in parity and fp16_info:
                 parity["fp16"] = parity["fp16"].replace(nodes=fp16_info)
             gate_set = None
@@ -299,13 +294,9 @@ def export(loaded: LoadedModel, cfg: ExportConfig, tasks: Tasks) -> Artifacts:
             gates = _onnx_gates(stage, cfg, gate_set, tasks) if gate_set is not None else None
             if gates is not None and not gates["fp16"].passed:
                 g = gates["fp16"]
-                reason = (f"the fp16 graph fails its quality gate (pixel AUROC drop {g.pixel_drop_points:.2f}, image "
-                          f"{g.image_drop_points:.2f} points > {g.max_drop_points:g} on {g.n_images} labelled images)")
-                if cfg.precision == "fp16":
-                    raise ClipadError(reason + "; nothing was written")
-                (stage / ONNX_FP16).unlink()
-                parity["fp16"] = parity["fp16"].replace(dropped=True)
-                warnings.append(reason + f"; {ONNX_FP16} was not kept")
+                _drop_fp16(stage, cfg, parity, warnings,
+                           f"the fp16 graph fails its quality gate (pixel AUROC drop {g.pixel_drop_points:.2f}, image "
+                           f"{g.image_drop_points:.2f} points > {g.max_drop_points:g} on {g.n_images} labelled images)")
             manifest = Manifest.create(
                 format_version=FORMAT_VERSION,
                 created=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -352,6 +343,16 @@ def export(loaded: LoadedModel, cfg: ExportConfig, tasks: Tasks) -> Artifacts:
 
         write_triton_repo(final, cfg.triton_repo)
     return final
+
+
+def _drop_fp16(stage: Path, cfg: ExportConfig, parity: dict[str, ParityFigures], warnings: list[str], reason: str) -> None:
+    """The FP16 graph is not good enough (``reason``): with --precision fp16 the export fails,
+    writing nothing; with all it keeps the FP32 artifacts and drops the FP16 graph, saying so loudly."""
+    if cfg.precision == "fp16":
+        raise ClipadError(reason + "; nothing was written")
+    (stage / ONNX_FP16).unlink()
+    parity["fp16"] = parity["fp16"].replace(dropped=True)
+    warnings.append(reason + f"; {ONNX_FP16} was not kept")
 
 
 def _onnx_gates(stage: Path, cfg: ExportConfig, gate_set: tuple[np.ndarray, np.ndarray, np.ndarray],
