@@ -655,6 +655,35 @@ def train(
     typer.echo(f"trained {len(log['epochs'])} epochs (last loss {last['loss']:.4f}){chosen}; heads written to {out}")
 
 
+@app.command()
+def doctor(
+    require: Annotated[Optional[list[str]], typer.Option("--require", help="Exit 1 unless this can be used here: torch, onnxruntime, openvino, tensorrt, triton or cuda (repeatable, or comma-separated).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the whole report as JSON (for support tickets).")] = False,
+    deep: Annotated[bool, typer.Option("--deep", help="Also import torch (about 3 s) to see whether it imports and finds the GPU.")] = False,
+) -> None:
+    """What this machine gives clipad: backends it will use, and why not the others."""
+    import json
+
+    from clipad.core.errors import ClipadError
+    from clipad.runtime.doctor.report import render_text, report_json, run_doctor, unmet
+
+    wanted = tuple(r.strip() for item in (require or []) for r in item.split(",") if r.strip())
+    report = run_doctor(deep, wanted)
+    typer.echo(json.dumps(report_json(report), indent=2) if as_json else render_text(report))
+    missing = unmet(report, wanted)
+    if missing:
+        raise ClipadError("; ".join(f"{v.check} cannot be used here: {v.detail}" for v in missing))
+
+
+# The optional packages a command may need, and the install that brings each (pyproject's extras).
+INSTALL_HINTS = {
+    "onnxruntime": "pip install 'clipad[cpu]', or on an NVIDIA GPU workstation "
+                   "pip install --extra-index-url https://pypi.nvidia.com 'clipad[gpu]'",
+    "openvino": "pip install 'clipad[openvino]'",
+    "nncf": "pip install 'clipad[openvino]'",
+}
+
+
 def run(argv: list[str]) -> int:
     """Run the CLI on ``argv`` and return the exit code (errors as one line on stderr)."""
     from clipad.core.errors import ClipadError
@@ -672,6 +701,15 @@ def run(argv: list[str]) -> int:
         if _state["debug"]:
             raise
         typer.echo(f"error: {err}", err=True)
+        return 1
+    except ModuleNotFoundError as err:
+        if _state["debug"]:
+            raise
+        if err.name in INSTALL_HINTS:
+            typer.echo(f"error: {err.name} is not installed: {INSTALL_HINTS[err.name]} "
+                       "(`clipad doctor` tells what this machine has)", err=True)
+        else:
+            typer.echo(f"error: {type(err).__name__}: {err} (run `clipad --debug ...` for the traceback)", err=True)
         return 1
     except Exception as err:  # an unexpected failure: still one line unless --debug
         if _state["debug"]:

@@ -6,13 +6,15 @@ One command for a machine with a CUDA GPU (minutes, not hours):
     python3 scripts/gpu_check.py --out DIR --dry-run # checks this script on a CPU with clipad-tiny
 
 Steps, each logged under DIR:
+0. `clipad doctor --json --deep` (recorded whole in gpu_check.json; it decides which backends run)
+   -> DIR/doctor.log;
 1. pytest on the GPU tests (tests/test_gpu.py; tests/test_engine.py, which runs where TensorRT
    is installed) -> DIR/pytest_gpu.log;
 2. `clipad export` of ViT-B-16-plus-240 with random weights (timings and numerics do not depend on
    the weights' values), FP32 and FP16 graphs, max batch 32, plus a TensorRT engine where
    TensorRT imports -> DIR/artifacts, DIR/export.log;
-3. `clipad bench` on CUDA: the torch backend in FP32 and FP16 (autocast), plus onnxruntime when a
-   GPU execution provider is installed and tensorrt when TensorRT is, at batch 1/8/32: latency
+3. `clipad bench` on CUDA: the torch backend in FP32 and FP16 (autocast), plus onnxruntime when its
+   CUDA provider really loads and tensorrt when the doctor finds it usable, at batch 1/8/32: latency
    p50/p90/p99, throughput, start-up, memory, parity against the CPU FP32 reference, FLOP/s and
    the fraction of the measured matmul ceiling, the dual path over a plain encoding
    -> DIR/bench.md (the table), DIR/bench.json, DIR/bench.png;
@@ -45,14 +47,13 @@ def step(cmd: list[str], log: Path) -> tuple[dict, str]:
     return res, proc.stdout
 
 
-def importable(module: str) -> bool:
-    return subprocess.run([sys.executable, "-c", f"import {module}"], capture_output=True).returncode == 0
-
-
-def ort_gpu() -> bool:
-    """onnxruntime with a GPU execution provider installed (onnxruntime-gpu)."""
-    code = "import onnxruntime as o, sys; sys.exit(0 if {'CUDAExecutionProvider', 'TensorrtExecutionProvider'} & set(o.get_available_providers()) else 1)"
-    return subprocess.run([sys.executable, "-c", code], capture_output=True).returncode == 0
+def doctor(out: Path) -> dict:
+    """`clipad doctor --json --deep`: packages, GPU, driver and what each backend can do ({} if it failed)."""
+    _, text = step([sys.executable, "-m", "clipad", "doctor", "--json", "--deep"], out / "doctor.log")
+    try:
+        return json.loads(text)
+    except ValueError:
+        return {}
 
 
 def main() -> int:
@@ -65,6 +66,9 @@ def main() -> int:
     out.mkdir(parents=True, exist_ok=True)
     import torch
 
+    doc = doctor(out)
+    checks = doc.get("checks", {})
+    session = doc.get("facts", {}).get("onnxruntime", {}).get("gpu_session") or []
     if args.dry_run:
         model, batches, device, iterations, warmup = "clipad-tiny", "1,2", "cpu", 5, 1
         backends = ["torch", "onnxruntime"]
@@ -73,7 +77,8 @@ def main() -> int:
         return 1
     else:
         model, batches, device, iterations, warmup = "ViT-B-16-plus-240", "1,8,32", "cuda", 30, 5
-        backends = ["torch"] + (["onnxruntime"] if ort_gpu() else []) + (["tensorrt"] if importable("tensorrt") else [])
+        backends = (["torch"] + (["onnxruntime"] if session[:1] == ["CUDAExecutionProvider"] else [])
+                    + (["tensorrt"] if checks.get("tensorrt", {}).get("usable") else []))
     clipad = [sys.executable, "-m", "clipad"]
     res: dict = {
         "date": time.strftime("%Y-%m-%d"),
@@ -81,6 +86,7 @@ def main() -> int:
         "torch": torch.__version__, "cuda": torch.version.cuda, "python": platform.python_version(),
         "model": model, "weights": "random (timings and numerics do not depend on weight values)",
         "backends": backends,
+        "doctor": doc,
     }
     if not args.skip_tests:
         res["tests"], _ = step([sys.executable, "-m", "pytest", "-q", "-rs", *GPU_TESTS], out / "pytest_gpu.log")

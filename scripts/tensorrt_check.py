@@ -8,7 +8,8 @@ GPU); TensorRT cannot be installed where clipad is developed, so this is where i
     python3 scripts/tensorrt_check.py --out DIR --pretrained laion400m_e31   # real ViT weights (download)
     python3 scripts/tensorrt_check.py --out DIR --dry-run   # no GPU, no TensorRT: clipad-tiny, the rest
 
-Per model, each step logged under DIR/<model>/:
+First `clipad doctor --json --deep` (recorded whole in the report: the packages, the GPU and
+driver, and why a backend cannot work). Then per model, each step logged under DIR/<model>/:
 1. `clipad export --engine` (FP32 + mixed FP16 graphs, the FP16 engine built strongly typed from
    model.fp16.onnx; FP32 from model.onnx when the FP16 graph missed its parity limits, which
    random ViT weights usually make it do) -> fp16/;
@@ -30,6 +31,7 @@ tests/test_tensorrt_build.py) and records each TensorRT step as "skipped: <reaso
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import platform
 import subprocess
@@ -76,48 +78,29 @@ class Run:
         return res
 
 
-def environment() -> dict:
-    code = r"""
-import json, platform
-from importlib import metadata
-env = {"python": platform.python_version()}
-def version(dist):
+def doctor(run: Run) -> dict:
+    """`clipad doctor --json --deep` (torch imported too): the machine, its packages and what each
+    backend can do, as recorded in the report; {} when the doctor itself failed."""
+    res = run.step("clipad doctor --json --deep", [sys.executable, "-m", "clipad", "doctor", "--json", "--deep"],
+                   run.out / "doctor.log")
     try:
-        return metadata.version(dist)
-    except metadata.PackageNotFoundError:
-        return None
-for dist in ("tensorrt", "cuda-python", "cuda-bindings", "onnxruntime", "onnxruntime-gpu", "torch", "onnx"):
-    env[dist] = version(dist)
-try:
-    import tensorrt
-    env["tensorrt_module"] = tensorrt.__version__
-except Exception as e:
-    env["tensorrt_module"] = f"not importable: {type(e).__name__}: {e}"
-try:
-    from cuda.bindings import runtime  # noqa: F401
-    env["cuda.bindings.runtime"] = "importable"
-except Exception as e:
-    env["cuda.bindings.runtime"] = f"not importable: {type(e).__name__}"
-import onnxruntime
-env["onnxruntime_providers"] = onnxruntime.get_available_providers()
-import torch
-env["cuda_gpu"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
-env["torch_cuda"] = torch.version.cuda
-print(json.dumps(env))
-"""
-    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=False)
-    return json.loads(proc.stdout) if proc.returncode == 0 else {"error": proc.stderr[-500:]}
+        return json.loads(res["stdout"])
+    except ValueError:
+        return {}
 
 
-def tensorrt_missing(env: dict) -> str | None:
-    """Why TensorRT engines cannot be built and served here (None: they can)."""
-    if not str(env.get("tensorrt_module", "")).split(".")[0].isdigit():
-        return "tensorrt does not import (TensorRT wheels come from NVIDIA's index: pip install 'clipad[gpu]')"
-    if env.get("cuda.bindings.runtime") != "importable":
-        return "cuda-python >= 12.6.1 (cuda.bindings.runtime) does not import"
-    if not env.get("cuda_gpu"):
-        return "torch sees no CUDA GPU"
-    return None
+def tensorrt_missing(doc: dict) -> str | None:
+    """Why TensorRT engines cannot be built and served here (None: they can), from the doctor."""
+    check = doc.get("checks", {}).get("tensorrt")
+    if check is None:
+        return "clipad doctor gave no answer (see doctor.log)"
+    return None if check["usable"] else check["detail"]
+
+
+def onnxruntime_on_gpu(doc: dict) -> bool:
+    """Whether a real ONNX Runtime session got the CUDA provider (the doctor opened one)."""
+    session = doc.get("facts", {}).get("onnxruntime", {}).get("gpu_session") or []
+    return bool(session) and session[0] == "CUDAExecutionProvider"
 
 
 def check_model(run: Run, model: str, args, trt_reason: str | None, ort_gpu: bool, images: Path) -> dict:
@@ -183,11 +166,11 @@ def check_model(run: Run, model: str, args, trt_reason: str | None, ort_gpu: boo
 
 
 def report(run: Run, res: dict) -> str:
-    env = res["environment"]
-    machine = (f"GPU: {env.get('cuda_gpu') or 'none'}; TensorRT: {env.get('tensorrt_module')}; cuda-python: "
-               f"{env.get('cuda-python') or env.get('cuda-bindings')}; onnxruntime providers: "
-               f"{', '.join(env.get('onnxruntime_providers', []))}; torch {env.get('torch')} (CUDA {env.get('torch_cuda')}); "
-               f"weights: {res['weights']}")
+    doc = res["doctor"]
+    checks = doc.get("checks", {})
+    machine = "; ".join(f"{k}: {'yes' if v['usable'] else 'no' if v['usable'] is False else '?'} ({v['detail']})"
+                        for k, v in checks.items()) or "clipad doctor gave no answer"
+    machine += f"; weights: {res['weights']}"
     lines = [f"# TensorRT check {res['date']}{' (dry run)' if res['dry_run'] else ''}", "", machine, "",
              "| step | status | s |", "|---|---|---|"]
     for s in run.steps:
@@ -213,8 +196,9 @@ def main() -> int:
     args = ap.parse_args()
     out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
-    env = environment()
-    reason = tensorrt_missing(env)
+    run = Run(out)
+    doc = doctor(run)
+    reason = tensorrt_missing(doc)
     if args.dry_run:
         models = ["clipad-tiny"]
         trt_reason = "dry run" + (f": {reason}" if reason else " (TensorRT not used)")
@@ -228,9 +212,8 @@ def main() -> int:
             print(f"tensorrt_check: unknown model {unknown[0]} (one of {', '.join(MODELS)})", file=sys.stderr)
             return 1
         trt_reason = None
-    ort_gpu = bool({"CUDAExecutionProvider", "TensorrtExecutionProvider"} & set(env.get("onnxruntime_providers", [])))
-    run = Run(out)
-    res: dict = {"date": time.strftime("%Y-%m-%d %H:%M"), "dry_run": args.dry_run, "models": models, "environment": env,
+    ort_gpu = onnxruntime_on_gpu(doc)
+    res: dict = {"date": time.strftime("%Y-%m-%d %H:%M"), "dry_run": args.dry_run, "models": models, "doctor": doc,
                  "machine": platform.platform(),
                  "weights": "; ".join(f"{m}: {'random' if m == 'clipad-tiny' else args.pretrained or args.weights or 'random'}"
                                       for m in models)}
@@ -243,6 +226,9 @@ def main() -> int:
         res.setdefault("artifacts", {})[model] = check_model(run, model, args, trt_reason, ort_gpu and not args.dry_run, cal_images)
     if args.skip_tests:
         run.skip("engine tests", "--skip-tests")
+    elif importlib.util.find_spec("pytest") is None:
+        run.skip("engine tests", "pytest is not installed (the gpu extra installs it: "
+                 "pip install --extra-index-url https://pypi.nvidia.com -e '.[gpu]')")
     else:
         tests = ["tests/test_tensorrt_build.py", "tests/test_engine.py"]
         run.step("engine tests (pytest " + " ".join(tests) + ")",

@@ -19,7 +19,10 @@ No fake ``tensorrt`` or ``cuda`` module is created anywhere.
 from __future__ import annotations
 
 import importlib.abc
+import importlib.metadata
+import re
 import shutil
+import subprocess
 import sys
 import warnings
 from pathlib import Path
@@ -223,6 +226,68 @@ def test_device_cuda_without_a_gpu_provider_is_one_line(art):
     _one_line(e.value, "--device cuda", "onnxruntime-gpu")
 
 
+def test_tensorrt_ep_is_left_out_when_it_cannot_load(art):
+    cfg = ortb.provider_config(art, "fp32", "auto", ALL_GPU, tensorrt_ep="links TensorRT 10, TensorRT 11.4.0.106 is installed")
+    assert [n for n, _ in cfg] == [CUDA, CPU]
+    assert [n for n, _ in ortb.provider_config(art, "fp32", "cuda", ALL_GPU, tensorrt_ep="none installed")] == [CUDA, CPU]
+
+
+def _dist(root: Path, name: str, version: str) -> None:
+    """An installed distribution's metadata, as pip leaves it in site-packages."""
+    info = root / f"{name}-{version}.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n")
+
+
+@pytest.mark.parametrize("dists,version,cuda", [
+    ([("tensorrt_cu13", "10.16.1.11"), ("tensorrt_cu13_libs", "10.16.1.11"), ("tensorrt_cu13_bindings", "10.16.1.11")],
+     "10.16.1.11", 13),
+    ([("tensorrt", "11.4.0.106"), ("tensorrt_cu12_libs", "11.4.0.106"), ("tensorrt_cu12_bindings", "11.4.0.106")],
+     "11.4.0.106", 12),
+    ([("tensorrt", "10.3.0"), ("tensorrt_libs", "10.3.0"), ("tensorrt_bindings", "10.3.0")], "10.3.0", 12),  # before cu13 wheels
+])
+def test_installed_tensorrt_from_metadata(tmp_path, monkeypatch, dists, version, cuda):
+    from clipad.deploy.tensorrt.install import installed_tensorrt
+
+    if installed_tensorrt() is not None:
+        pytest.skip("TensorRT is installed here; these cases need an environment without it")
+    for name, v in dists:
+        _dist(tmp_path, name, v)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    found = installed_tensorrt()
+    assert (found.version, found.major, found.cuda_major) == (version, int(version.split(".")[0]), cuda)
+
+
+def test_tensorrt_ep_problem_compares_the_linked_and_installed_majors():
+    from clipad.deploy.tensorrt.install import InstalledTensorRT, tensorrt_ep_problem
+
+    trt10, trt11 = (InstalledTensorRT(v, 13, ("tensorrt_cu13_bindings",)) for v in ("10.16.1.11", "11.4.0.106"))
+    assert tensorrt_ep_problem(10, trt10) is None
+    assert tensorrt_ep_problem(None, trt11) is None  # the library's major unknown: the session tells
+    assert tensorrt_ep_problem(10, trt11) == ("onnxruntime's TensorRT provider links TensorRT 10, "
+                                                   "TensorRT 11.4.0.106 is installed")
+    assert tensorrt_ep_problem(10, None) == "onnxruntime's TensorRT provider needs TensorRT 10, and none is installed"
+
+
+def test_linked_libraries_equal_readelf():
+    """The DT_NEEDED reader against binutils' readelf on ONNX Runtime's own extension module."""
+    import onnxruntime
+
+    from clipad.deploy.tensorrt.install import linked_libraries, linked_tensorrt_major, onnxruntime_tensorrt_ep_library
+
+    readelf = shutil.which("readelf")
+    if readelf is None:
+        pytest.skip("binutils' readelf is not installed: no independent reading to compare with")
+    lib = next((Path(onnxruntime.__file__).parent / "capi").glob("onnxruntime_pybind11_state*.so"))
+    out = subprocess.run([readelf, "-d", str(lib)], capture_output=True, text=True, check=True).stdout
+    expected = re.findall(r"\(NEEDED\)\s+Shared library: \[([^\]]+)\]", out)
+    assert expected and linked_libraries(lib) == expected
+    assert linked_tensorrt_major(lib) is None  # links no TensorRT
+    assert linked_libraries(Path(onnxruntime.__file__)) == []  # not ELF
+    if "onnxruntime-gpu" not in {d.metadata["Name"] for d in importlib.metadata.distributions()}:
+        assert onnxruntime_tensorrt_ep_library() is None  # the CPU wheel has no TensorRT provider
+
+
 def test_cache_directories_are_created_lazily_and_leave_the_artifacts_valid(art, tmp_path):
     root = tmp_path / "art"
     shutil.copytree(art.root, root)
@@ -401,9 +466,33 @@ def test_tensorrt_backend_itself_refuses_device_cpu(with_plan, no_tensorrt_impor
 def test_cuda_python_messages(installed, legacy, expected):
     msg = trtb.cuda_python_problem("No module named 'cuda.bindings'", installed, legacy)
     assert expected in msg and "\n" not in msg
-    assert "cuda-python>=12.6.1" in msg
+    assert "cuda-python>=13,<14" in msg  # the CUDA major of clipad[gpu]
     if "too old" in expected:
         assert "not installed" not in msg and "12.6.1" in msg
+    # with a CUDA 12 TensorRT installed, the requirement named is cuda-python 12 from 12.6.1
+    assert "cuda-python>=12.6.1,<13" in trtb.cuda_python_problem("x", installed, legacy, cuda_major=12)
+
+
+@pytest.mark.parametrize("trt,cuda_python,driver,expected", [
+    (("10.16.1.11", 13), "13.4.4", "13.0", None),
+    (("10.16.1.11", 13), "12.9.4", "13.0", "is a CUDA 13 build but cuda-python 12.9.4 binds CUDA 12: pip install 'cuda-python>=13,<14'"),
+    (("10.16.1.11", 13), "13.4.4", "12.8", "needs a driver for CUDA 13 (R580 or newer); this driver supports CUDA 12.8"),
+    (None, "13.4.4", "12.8", "cuda-python 13.4.4 needs a driver for CUDA 13 (R580 or newer)"),
+    (("10.3.0", 12), "12.6.2", "12.4", None),
+    (("10.16.1.11", 13), "13.4.4", None, None),  # no driver: nothing to compare (the GPU check says so)
+])
+def test_cuda_majors_of_tensorrt_cuda_python_and_driver(trt, cuda_python, driver, expected):
+    from clipad.deploy.tensorrt.install import InstalledTensorRT, cuda_mismatch
+
+    installed = InstalledTensorRT(trt[0], trt[1], ("tensorrt",)) if trt else None
+    msg = cuda_mismatch(installed, cuda_python, driver)
+    assert msg is None if expected is None else (expected in msg and "\n" not in msg), msg
+
+
+def test_driver_cuda_version_without_a_driver():
+    if Path("/proc/driver/nvidia/version").exists():
+        pytest.skip("an NVIDIA driver is loaded here; this checks the no-driver answer")
+    assert trtb.driver_cuda(trtb.cuda_runtime()) is None  # no NVIDIA driver on this machine: (cudaSuccess, 0)
 
 
 def test_version_tuple():

@@ -54,7 +54,9 @@ EXPECTED = {"fp32": 2, "int8": 2, "fp16": 2, "bf16": 1, "other": 2}
 
 
 def _tensor(name: str, v10: str, v11: str, version: int, type_key: str) -> dict:
-    t = {"Name": name, "Location": "Device", "Dimensions": [-1, 96, 96, 3]}
+    # Concrete dimensions: clipad reads the inspector through an execution context with the opt
+    # shape set (batch 8 here); only then does it show formats (NvInferRuntime.h, IEngineInspector).
+    t = {"Name": name, "Location": "Device", "Dimensions": [8, 96, 96, 3]}
     if version == 10:
         t["Format/Datatype"] = v10
     else:  # the layout alone in "Format", so that only the type key can give the type
@@ -72,7 +74,7 @@ def inspector_json(version: int, type_key: str = "Datatype") -> dict:
             "TacticName": "", "StreamId": 0, "Metadata": "",
         })
     io = (["image", "anomaly_map", "image_prob"] if version == 10 else
-          [{"Name": "image", "IOMode": "Input", "DataType": "UInt8", "Dimensions": [-1, 96, 96, 3]}])
+          [{"Name": "image", "IOMode": "Input", "DataType": "UInt8", "Dimensions": [8, 96, 96, 3]}])
     return {"Layers": layers, ("Bindings" if version == 10 else "I/O Tensors"): io}
 
 
@@ -111,6 +113,73 @@ def test_inspector_without_types_is_an_error_not_an_fp32_engine():
     with pytest.raises(ClipadError, match="tensor keys: ElementType, Name"):
         inspector.count_layer_precisions(odd)
     assert inspector.count_layer_precisions({"Layers": []}) == {}
+
+
+def test_inspector_without_a_context_names_the_cause():
+    # Without an execution context whose input shapes are set, "values dependent on input shapes
+    # will be displayed as -1 and format information will not be shown" (NvInferRuntime.h): the
+    # same layers with -1 dimensions and no format or type field.
+    info = inspector_json(10)
+    for layer in info["Layers"]:
+        for t in layer["Inputs"] + layer["Outputs"]:
+            del t["Format/Datatype"]
+            t["Dimensions"] = [-1, 96, 96, 3]
+    with pytest.raises(ClipadError, match="dimensions are -1: the inspector was read without an execution context"):
+        inspector.count_layer_precisions(info)
+
+
+def test_engine_layer_precisions_attaches_a_context_with_the_shapes_set():
+    # Read as source (no stand-in tensorrt module): the context is made, every input shape set and
+    # checked, and the context attached to the inspector before the JSON is read.
+    src = inspect.getsource(inspector.engine_layer_precisions)
+    order = [src.index(s) for s in ("create_execution_context()", "set_input_shape(", "create_engine_inspector()",
+                                    "inspector.execution_context = context", "get_engine_information(")]
+    assert order == sorted(order)
+    assert "input_shapes" in inspect.signature(inspector.engine_layer_precisions).parameters
+    build_src = inspect.getsource(build.build_engine)
+    assert "engine_layer_precisions(trt, engine, {spec.name: opt_shape})" in build_src
+
+
+# --------------------------------------------------------------------------------------------
+# TF32 and the timing cache
+# --------------------------------------------------------------------------------------------
+
+
+def test_tf32_is_cleared_before_the_build_and_recorded(sidecar):
+    src = inspect.getsource(build.build_engine)
+    assert src.index("config.clear_flag(trt.BuilderFlag.TF32)") < src.index("build_serialized_network(")
+    _, meta = sidecar
+    assert meta.tf32 is False and json.loads(json.dumps(meta.model_dump()))["tf32"] is False
+
+
+def test_timing_cache_round_trip_and_damage(tmp_path):
+    path = tmp_path / "cache" / "trt_timing.cache"
+    warnings: list[str] = []
+    assert build.read_timing_cache(path, warnings.append) == b"" and warnings == []  # none yet: a new cache
+    blob = bytes(range(256)) * 40
+    build.write_timing_cache(path, blob)
+    assert build.read_timing_cache(path, warnings.append) == blob and warnings == []
+    assert [p.name for p in path.parent.iterdir()] == [path.name]  # no temporary file left
+    whole = path.read_bytes()
+    for damaged in (whole[: len(whole) - 100], whole[:20], whole[:-1] + b"x", blob):  # torn, torn header, altered, unframed
+        path.write_bytes(damaged)
+        warnings.clear()
+        assert build.read_timing_cache(path, warnings.append) == b""
+        assert len(warnings) == 1 and "discarded and rebuilt" in warnings[0]
+
+
+def test_timing_cache_write_is_atomic(tmp_path, monkeypatch):
+    path = tmp_path / "trt_timing.cache"
+    build.write_timing_cache(path, b"old timings")
+
+    def fail(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(build, "frame_timing_cache", fail)
+    with pytest.raises(OSError):
+        build.write_timing_cache(path, b"new timings")
+    assert build.read_timing_cache(path) == b"old timings"
+    assert [p.name for p in tmp_path.iterdir()] == [path.name]
 
 
 # --------------------------------------------------------------------------------------------
@@ -266,8 +335,10 @@ def test_old_tensorrt_and_network_flags():
 
 
 def test_no_precision_builder_flag_anywhere():
+    # The only builder flag touched is TF32, and only to clear it.
     source = "".join(inspect.getsource(m) for m in (build, plan, inspector, parser_check))
-    assert "set_flag(" not in source and not re.search(r"trt\.BuilderFlag", source)
+    assert "set_flag(" not in source
+    assert re.findall(r"\w+\(trt\.BuilderFlag\.\w+\)", source) == ["clear_flag(trt.BuilderFlag.TF32)"]
 
 
 # --------------------------------------------------------------------------------------------
@@ -341,7 +412,9 @@ def test_sidecars_from_before_the_opt_batch_still_load(sidecar, tmp_path):
     art, meta = sidecar
     old = copy.deepcopy(meta.model_dump())
     old.update(profile={"min": 1, "opt": 1, "max": 4}, strongly_typed=False)  # a TensorRT 10 FP16-flag plan
+    del old["tf32"]  # written before TF32 was cleared and recorded
     (tmp_path / "old.json").write_text(json.dumps(old))
     loaded = EngineMeta.read(tmp_path / "old.json")
-    assert loaded.profile.opt == 1
+    assert loaded.profile.opt == 1 and loaded.tf32 is None
+    assert "tf32" not in loaded.model_dump()  # rewritten as it was read
     plan.check_plan_shapes(loaded, art.manifest)  # its shapes still fit; only its tuning batch differs

@@ -383,7 +383,7 @@ class EngineMeta(Record):
     was built (TensorRT version, GPU, compute capability), its input and batch profile, the
     source graph and its sha256, precision, whether the network was strongly typed (every plan
     since the one-policy change; older TensorRT 10 FP16 plans were not), layer counts by kind
-    (``tensorrt.inspector.layer_kind``) and build time."""
+    (``tensorrt.inspector.layer_kind``), build time and whether TF32 was allowed."""
 
     tensorrt: NonEmpty
     gpu: NonEmpty
@@ -398,6 +398,11 @@ class EngineMeta(Record):
     layers: dict[str, Count]
     fp16_layer_fraction: Fraction
     build_s: NonNegative
+    # Whether FP32 layers may run in TF32: false since clipad clears BuilderFlag.TF32; absent
+    # (None) in sidecars written before, whose plans kept TensorRT's default (TF32 on).
+    tf32: bool | None = None
+
+    OMITTED_WHEN_NONE: ClassVar[frozenset[str]] = frozenset({"tf32"})
 
     @classmethod
     def read(cls, path: str | Path) -> "EngineMeta":

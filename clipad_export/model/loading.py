@@ -19,10 +19,9 @@ from torch import nn
 
 from clipad.core.errors import ClipadError
 from clipad.core.hashing import file_sha256
+from clipad.core.weights import DEFAULT_MODEL, DEFAULT_PRETRAINED, cached_hub_file
 from clipad.model.preprocess import OPENAI_MEAN, OPENAI_STD
 
-DEFAULT_MODEL = "ViT-B-16-plus-240"
-DEFAULT_PRETRAINED = "laion400m_e31"
 TINY_MODEL = "clipad-tiny"
 _CONFIG_DIR = Path(__file__).parent / "model_configs"
 _registered = False
@@ -238,18 +237,8 @@ def _hub_reachable(timeout: float = HUB_PROBE_TIMEOUT_S) -> bool:
 
 def _cached_pretrained(open_clip: Any, spec: WeightSpec) -> str | None:
     """The local file of an open_clip pretrained tag when the Hugging Face cache already holds it."""
-    from huggingface_hub import try_to_load_from_cache
-
     hub = open_clip.get_pretrained_cfg(spec.model, spec.pretrained).get("hf_hub", "")
-    if not hub:
-        return None
-    repo, filename = hub.rstrip("/").rsplit("/", 1) if not hub.endswith("/") else (hub.rstrip("/"), "")
-    names = [filename] if filename else ["open_clip_model.safetensors", "open_clip_pytorch_model.bin"]
-    for name in names:
-        found = try_to_load_from_cache(repo, name, cache_dir=str(spec.cache_dir) if spec.cache_dir else None)
-        if isinstance(found, str) and Path(found).is_file():
-            return found
-    return None
+    return cached_hub_file(hub, spec.cache_dir)
 
 
 def _create_pretrained(open_clip: Any, spec: WeightSpec) -> nn.Module:

@@ -77,13 +77,3 @@ class Backend(ABC):
         self.close()
 
 
-def installed_version(*dists: str) -> str | None:
-    """The installed version of the first of ``dists`` (distribution names) that is installed."""
-    import importlib.metadata
-
-    for dist in dists:
-        try:
-            return importlib.metadata.version(dist)
-        except importlib.metadata.PackageNotFoundError:
-            continue
-    return None

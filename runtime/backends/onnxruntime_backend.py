@@ -13,6 +13,11 @@ Option names are ONNX Runtime's own (an unknown name fails the session):
   together, compared with the cached ``.profile`` to decide whether to rebuild the engine);
 - CUDA EP: onnxruntime/core/providers/cuda/cuda_execution_provider_info.cc (``device_id``,
   ``arena_extend_strategy``, ``cudnn_conv_algo_search``, ``do_copy_in_default_stream``, ``use_tf32``).
+
+The TensorRT EP is asked for only where the installed TensorRT has the major its library links
+(``tensorrt.install.tensorrt_ep_problem``): onnxruntime-gpu 1.31.1's ``libonnxruntime_providers_tensorrt.so``
+needs ``libnvinfer.so.10`` (read from the wheel), so with TensorRT 11 installed the EP cannot
+load, and the CUDA EP serves with a one-line note instead.
 """
 
 from __future__ import annotations
@@ -25,9 +30,16 @@ from typing import Any
 import numpy as np
 
 from clipad.core.errors import ClipadError
+from clipad.core.packages import installed_version
 from clipad.deploy.artifacts import Artifacts
 from clipad.deploy.manifest import ONNX_FILES, ONNX_INT8
-from clipad.runtime.backends.base import Backend, BackendInfo, installed_version
+from clipad.deploy.tensorrt.install import (
+    installed_tensorrt,
+    linked_tensorrt_major,
+    onnxruntime_tensorrt_ep_library,
+    tensorrt_ep_problem,
+)
+from clipad.runtime.backends.base import Backend, BackendInfo
 
 TRT_EP, CUDA_EP, CPU_EP = "TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"
 PREFERRED = (TRT_EP, CUDA_EP, CPU_EP)
@@ -68,7 +80,7 @@ def trt_cache_dirs(artifacts: Artifacts, precision: str, ort_version: str | None
     """
     sha = artifacts.manifest.files.get(ONNX_FILES[precision], "")[:16] or "unhashed"
     ort_version = ort_version or installed_version("onnxruntime-gpu", "onnxruntime") or "unknown"
-    trt_version = trt_version or installed_version("tensorrt", "tensorrt-cu13", "tensorrt-cu12", "tensorrt-libs") or "unknown"
+    trt_version = trt_version or getattr(installed_tensorrt(), "version", None) or "unknown"
     root = artifacts.root / ORT_TRT_CACHE
     return root / f"{precision}-{sha}-ort{_safe(ort_version)}-trt{_safe(trt_version)}", root
 
@@ -146,12 +158,14 @@ def cuda_ep_options(device_id: int = 0) -> dict[str, Any]:
 
 
 def provider_config(artifacts: Artifacts, precision: str, device: str, available: Sequence[str],
-                    ort_version: str | None = None, trt_version: str | None = None) -> list[tuple[str, dict[str, Any]]]:
+                    ort_version: str | None = None, trt_version: str | None = None,
+                    tensorrt_ep: str | None = None) -> list[tuple[str, dict[str, Any]]]:
     """The execution providers to ask for, in order, with their options (pure: no GPU, no files).
 
     ``available``: ``onnxruntime.get_available_providers()`` (a necessary condition only; the
     session says what really loaded). ``device`` cpu: the CPU EP only. auto: the GPU providers
     that are available, then the CPU EP. cuda: the same, but one line when there is none.
+    ``tensorrt_ep``: why the TensorRT EP cannot load (``tensorrt.install.tensorrt_ep_problem``); it is then left out.
     """
     kind, index = parse_device(device)
     if precision not in ONNX_FILES:
@@ -161,14 +175,35 @@ def provider_config(artifacts: Artifacts, precision: str, device: str, available
     gpu = [p for p in GPU_PROVIDERS if p in available]
     if kind == "cuda" and not gpu:
         raise ClipadError("--device cuda: this onnxruntime has no GPU execution provider (it has "
-                          f"{', '.join(available) or 'none'}); install onnxruntime-gpu in place of onnxruntime, or use --device cpu")
+                          f"{', '.join(available) or 'none'}); install clipad[gpu] (onnxruntime-gpu, never beside "
+                          "onnxruntime: `clipad doctor` tells), or use --device cpu")
     out: list[tuple[str, dict[str, Any]]] = []
-    if TRT_EP in gpu:
+    if TRT_EP in gpu and tensorrt_ep is None:
         out.append((TRT_EP, tensorrt_ep_options(artifacts, precision, ort_version, trt_version, index)))
     if CUDA_EP in gpu:
         out.append((CUDA_EP, cuda_ep_options(index)))
     out.append((CPU_EP, {}))
     return out
+
+
+def _load_gpu_libraries(ort: Any, providers: Sequence[str]) -> None:
+    """Make the CUDA, cuDNN and TensorRT libraries of the pip wheels findable before a GPU session:
+    ``onnxruntime.preload_dlls()`` (onnxruntime >= 1.21) loads CUDA and cuDNN from the nvidia-*
+    wheels, and importing tensorrt loads libnvinfer from its libs wheel, so that the provider
+    libraries' DT_NEEDED entries resolve without LD_LIBRARY_PATH (not run here: no GPU)."""
+    if CUDA_EP not in providers and TRT_EP not in providers:
+        return
+    preload = getattr(ort, "preload_dlls", None)
+    if preload is not None:
+        try:
+            preload()
+        except Exception:  # noqa: BLE001 - best effort; the session says what loaded
+            pass
+    if TRT_EP in providers:
+        try:
+            import tensorrt  # noqa: F401
+        except Exception:  # noqa: BLE001 - the session falls back and says so
+            pass
 
 
 def _prepare_caches(providers: list[tuple[str, dict[str, Any]]]) -> tuple[list[tuple[str, dict[str, Any]]], str | None]:
@@ -203,9 +238,15 @@ class OnnxRuntimeBackend(Backend):
         if precision == "int8" and not artifacts.has(ONNX_INT8):
             raise ClipadError(f"{artifacts.root} has no {ONNX_INT8}; make one with `clipad calibrate --int8 --images DIR`")
         path = artifacts.verified_path(ONNX_FILES[precision])
-        wanted, cache_note = _prepare_caches(provider_config(artifacts, precision, device, ort.get_available_providers(),
-                                                             ort_version=ort.__version__))
+        available = ort.get_available_providers()
+        trt_problem = None
+        if TRT_EP in available and parse_device(device)[0] != "cpu":
+            lib = onnxruntime_tensorrt_ep_library()
+            trt_problem = tensorrt_ep_problem(linked_tensorrt_major(lib) if lib else None, installed_tensorrt())
+        wanted, cache_note = _prepare_caches(provider_config(artifacts, precision, device, available,
+                                                             ort_version=ort.__version__, tensorrt_ep=trt_problem))
         self.requested = wanted
+        _load_gpu_libraries(ort, [n for n, _ in wanted])
         try:
             self.session = ort.InferenceSession(str(path), providers=wanted)
         except Exception as err:  # noqa: BLE001 - ONNX Runtime's errors derive from Exception only
@@ -221,7 +262,10 @@ class OnnxRuntimeBackend(Backend):
         self.input_name = self.session.get_inputs()[0].name
         self.precision = precision
         self.max_batch = artifacts.max_batch
-        self.notes = (cache_note,) if cache_note and self.providers[0] == TRT_EP else ()
+        notes = [cache_note] if cache_note and self.providers[0] == TRT_EP else []
+        if trt_problem and self.providers[0] == CUDA_EP:
+            notes.append(f"{trt_problem}: serving on the CUDA provider")
+        self.notes = tuple(notes)
 
     @property
     def on_gpu(self) -> bool:

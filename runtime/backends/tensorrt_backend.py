@@ -13,7 +13,8 @@ python/src/infer/pyCore.cpp (11.1 sources):
   bool (pyCore.cpp lines 113-121, 159-162, 1309-1333; NvInferRuntime.h: false when the name is
   not an input / the shape is outside the profile / enqueue failed);
 - ``Runtime.deserialize_cuda_engine`` returns None when the plan cannot be loaded.
-CUDA through ``cuda.bindings.runtime`` (cuda-python >= 12.6.1), whose calls return
+CUDA through ``cuda.bindings.runtime`` (cuda-python of the CUDA major TensorRT was built for, 12.6.1 at
+least; the driver must support that major: ``cuda_mismatch``), whose calls return
 ``(cudaError_t, *values)``.
 
 TensorRT cannot be installed on this project's build machines or on the GPU machine it is lent,
@@ -35,10 +36,12 @@ from typing import Any
 import numpy as np
 
 from clipad.core.errors import ClipadError
+from clipad.core.packages import installed_version
 from clipad.deploy.artifacts import Artifacts
 from clipad.deploy.manifest import PLAN, PLAN_META, EngineMeta, OnnxSpec
+from clipad.deploy.tensorrt.install import cuda_mismatch, installed_tensorrt
 from clipad.deploy.tensorrt.plan import check_plan, gpu_identity, require_tensorrt
-from clipad.runtime.backends.base import Backend, BackendInfo, installed_version
+from clipad.runtime.backends.base import Backend, BackendInfo
 
 CUDA_PYTHON_MIN = (12, 6, 1)  # cuda.bindings.* exists from cuda-python 12.6.1 (its release notes: new module layout)
 REBUILD = "rebuild it with `clipad export --engine`"
@@ -59,15 +62,24 @@ def _version_tuple(version: str) -> tuple[int, ...]:
     return tuple(parts)
 
 
-def cuda_python_problem(import_error: str, installed: str | None, legacy_layout: bool) -> str:
+def cuda_python_requirement(cuda_major: int | None) -> str:
+    """The cuda-python requirement for TensorRT built for CUDA ``cuda_major`` (None: the CUDA 13
+    of `clipad[gpu]`): the same major, and for CUDA 12 at least 12.6.1 (cuda.bindings)."""
+    major = cuda_major or 13
+    low = ".".join(map(str, CUDA_PYTHON_MIN)) if major == CUDA_PYTHON_MIN[0] else str(major)
+    return f"cuda-python>={low},<{major + 1}"
+
+
+def cuda_python_problem(import_error: str, installed: str | None, legacy_layout: bool, cuda_major: int | None = None) -> str:
     """Why ``cuda.bindings.runtime`` cannot be used, in one line.
 
     ``installed``: the cuda-python (or cuda-bindings) distribution's version, None when neither
-    is installed; ``legacy_layout``: the pre-12.6.1 modules (``cuda.cudart``) are importable.
+    is installed; ``legacy_layout``: the pre-12.6.1 modules (``cuda.cudart``) are importable;
+    ``cuda_major``: the CUDA major of the installed TensorRT (the requirement named follows it).
     Before 12.6.1 cuda-python had ``cuda.cuda``/``cuda.cudart`` and no ``cuda.bindings``, so an
     installed but older cuda-python is "too old", not "missing".
     """
-    need = "cuda-python>=12.6.1"
+    need = cuda_python_requirement(cuda_major)
     old = _version_tuple(installed) < CUDA_PYTHON_MIN if installed is not None else legacy_layout
     if old:
         which = f"cuda-python {installed}" if installed else "the installed cuda-python (it has cuda.cudart, not cuda.bindings)"
@@ -91,9 +103,23 @@ def cuda_runtime():
     try:
         from cuda.bindings import runtime as cudart
     except ImportError as err:
+        trt = installed_tensorrt()
         raise ClipadError(cuda_python_problem(str(err), installed_version("cuda-python", "cuda-bindings"),
-                                              _legacy_cuda_layout())) from None
+                                              _legacy_cuda_layout(), trt.cuda_major if trt else None)) from None
     return cudart
+
+
+def driver_cuda(cudart: Any) -> str | None:
+    """The newest CUDA version the installed driver supports ("12.8"), None without a driver.
+    ``cudaDriverGetVersion`` returns 1000 * major + 10 * minor, 0 when no driver is installed
+    (CUDA Runtime API reference; seen here without a driver: (cudaSuccess, 0))."""
+    try:
+        err, version = cudart.cudaDriverGetVersion()
+    except Exception:  # noqa: BLE001 - a binding that cannot ask: unknown
+        return None
+    if err != cudart.cudaError_t.cudaSuccess or not version:
+        return None
+    return f"{version // 1000}.{version % 1000 // 10}"
 
 
 def _check(result):
@@ -265,6 +291,9 @@ class TensorRTBackend(Backend):
             raise ClipadError(f"the tensorrt backend runs on GPU 0 (the GPU its plan is checked against), not '{device}'")
         trt = require_tensorrt()
         cudart = cuda_runtime()
+        mismatch = cuda_mismatch(installed_tensorrt(), installed_version("cuda-bindings", "cuda-python"), driver_cuda(cudart))
+        if mismatch:
+            raise ClipadError(mismatch)
         meta = artifacts.plan_meta()
         # Before the plan is deserialized, from its sidecar: built with this TensorRT on this GPU
         # (check_plan_compat), for these shapes and batch sizes (check_plan_shapes, issue 12 item 6),

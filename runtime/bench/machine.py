@@ -4,36 +4,16 @@ from __future__ import annotations
 
 import os
 import platform
-from pathlib import Path
 from typing import Any
 
 import torch
 
-MATRIX_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16", "amx_int8")
-
-
-def cpu_matrix_features() -> list[str]:
-    """The CPU's matrix-relevant flags from /proc/cpuinfo (VNNI for INT8, AVX-512 BF16 / AMX for BF16)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-                return [f for f in MATRIX_FLAGS if f in flags]
-    except OSError:
-        pass
-    return []
+from clipad.core.cpu import cpu_matrix_features, cpu_model
 
 
 def machine_info() -> dict[str, Any]:
     """CPU model, cores, torch threads, platform, library versions, ONNX Runtime's providers and the GPU."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpu_model()
     info: dict[str, Any] = {"cpu": cpu, "cpu_matrix_features": cpu_matrix_features(), "load_average": list(os.getloadavg()),
                             "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
                             "platform": platform.platform(), "python": platform.python_version(),

@@ -16,9 +16,11 @@ and the graph chosen decides the engine's precision (``plan_source``):
 release/10.0 line 1456); in 11 it is deprecated and ignored because strong typing is always on
 (include/NvInfer.h, main @a892d22267d9 line 11469), so on 11 no creation flag is passed.
 
-After the build the engine inspector's JSON gives every layer's tensor types
-(``count_layer_precisions``); an FP16 build without an FP16 layer, or an INT8 build without an
-INT8 layer, is an error. The plan stays a plain plan (trtexec and Triton load it); its metadata
+TF32 is cleared on every build (TensorRT enables it by default), so FP32 layers compute in FP32.
+After the build the engine inspector's JSON, read through an execution context with the opt
+shape set, gives every layer's tensor types (``count_layer_precisions``); an FP16 build without
+an FP16 layer, or an INT8 build without an INT8 layer, is an error. The timing cache is read
+checked and written in one step (``read_timing_cache``, ``write_timing_cache``). The plan stays a plain plan (trtexec and Triton load it); its metadata
 lives in ``model.plan.json`` (``EngineMeta``).
 
 ``unsupported_ops`` checks an ONNX graph against the TensorRT ONNX parser's operator matrix and
@@ -27,12 +29,16 @@ its per-input rules, which can run where TensorRT cannot.
 
 from __future__ import annotations
 
+import hashlib
 import os
+import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from clipad.core.atomic import atomic_path
 from clipad.core.errors import ClipadError
 from clipad.core.hashing import file_sha256
 from clipad.deploy.artifacts import Artifacts, hash_files, load_artifacts
@@ -50,6 +56,71 @@ from clipad.deploy.tensorrt.plan import (
 )
 
 WORKSPACE_GIB = 4
+# The timing cache on disk: this header line, then TensorRT's serialized cache. The digest makes a
+# cache that was cut short or altered since it was written detectable before TensorRT reads it.
+_CACHE_MAGIC = b"CLIPAD-TRT-TIMING-CACHE-1 "
+
+
+def _stderr(message: str) -> None:
+    print(f"WARNING: {message}", file=sys.stderr, flush=True)
+
+
+def frame_timing_cache(data: bytes) -> bytes:
+    """The file content for TensorRT's serialized timing cache ``data``: a header with its sha256."""
+    return _CACHE_MAGIC + hashlib.sha256(data).hexdigest().encode() + b"\n" + data
+
+
+def unframe_timing_cache(blob: bytes) -> bytes | None:
+    """TensorRT's serialized cache from a file written by ``frame_timing_cache``; None when the
+    file is not one or its content no longer matches its digest (cut short, altered, another format)."""
+    head, sep, data = blob.partition(b"\n")
+    if not sep or not head.startswith(_CACHE_MAGIC):
+        return None
+    return data if hashlib.sha256(data).hexdigest().encode() == head[len(_CACHE_MAGIC):] else None
+
+
+def read_timing_cache(path: Path, warn: Callable[[str], None] = _stderr) -> bytes:
+    """TensorRT's serialized timing cache saved at ``path``; b"" (a new cache) when there is none,
+    and, with a warning, when it cannot be read or is damaged (never handed to a build)."""
+    if not path.is_file():
+        return b""
+    try:
+        data = unframe_timing_cache(path.read_bytes())
+    except OSError as err:
+        warn(f"the TensorRT timing cache {path} cannot be read ({err.strerror}); building without it")
+        return b""
+    if data is None:
+        warn(f"the TensorRT timing cache {path} is damaged or not clipad's; it is discarded and rebuilt")
+        return b""
+    return data
+
+
+def write_timing_cache(path: Path, data: bytes) -> None:
+    """Save TensorRT's serialized timing cache ``data`` at ``path`` in one step (core.atomic:
+    temporary file, fsync, rename), so that an interrupted build leaves the old cache or the new."""
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(frame_timing_cache(data))
+
+
+def load_timing_cache(config: Any, path: Path, warn: Callable[[str], None] = _stderr) -> Any:
+    """The builder's timing cache from ``path`` (``read_timing_cache``); one TensorRT refuses is
+    discarded with a warning and an empty one used.
+
+    ``IBuilderConfig.create_timing_cache(bytes)`` (pyCore.cpp main @a892d222 line 1738) wraps the
+    C++ ``createTimingCache``, which is noexcept and returns nullptr when it cannot read the blob
+    (NvInfer.h main lines 10922-10939; shared/utils/cacheUtils.cpp lines 67-71 checks nullptr), so
+    None is checked as well as an exception (Polygraphy's loader.py lines 617-621 guards it so)."""
+    data = read_timing_cache(path, warn)
+    cache = None
+    if data:
+        try:
+            cache = config.create_timing_cache(data)
+        except Exception:  # noqa: BLE001 - any refusal means the same: do not use it
+            cache = None
+        if cache is None:
+            warn(f"TensorRT refused the timing cache {path}; it is discarded and rebuilt")
+    return cache if cache is not None else config.create_timing_cache(b"")
+
 
 def build_engine(stage: Path, manifest: Manifest, workspace_gib: int = WORKSPACE_GIB, int8: bool = False,
                  out_dir: Path | None = None, opt_batch: int | None = None) -> EngineMeta:
@@ -57,8 +128,8 @@ def build_engine(stage: Path, manifest: Manifest, workspace_gib: int = WORKSPACE
     (default ``stage``); returns the sidecar's content.
 
     The source graph and precision come from ``plan_source`` (``int8``: ``model.int8.onnx``, QDQ
-    from `clipad calibrate --int8`); the network is strongly typed and no precision flag is set.
-    ``opt_batch``: the batch the kernels are tuned for (default ``default_opt_batch``); the
+    from `clipad calibrate --int8`); the network is strongly typed, no precision flag is set and
+    TF32 is cleared. ``opt_batch``: the batch the kernels are tuned for (default ``default_opt_batch``); the
     profile serves batch 1..max batch.
     """
     trt = require_tensorrt()
@@ -95,21 +166,32 @@ def build_engine(stage: Path, manifest: Manifest, workspace_gib: int = WORKSPACE
     profile = builder.create_optimization_profile()
     profile.set_shape(spec.name, (1, *dims), (opt, *dims), (manifest.max_batch, *dims))
     config.add_optimization_profile(profile)
+    # TF32 is on by default (BuilderFlag.kTF32: "Allow (but not require) computations on tensors of
+    # type DataType::kFLOAT to use TF32 ... Enabled by default", NvInfer.h release/10.16 lines
+    # 10486-10489, main lines 9973-9976). Strong typing does not touch it (the flag is "orthogonal
+    # to typing", main .agents/skills/trt-strong-typing-migration/SKILL.md line 177): the FP32 plan
+    # and the FP16 graph's FP32 islands would round their matmul inputs to 10-bit mantissas and
+    # miss the FP32 parity limit. clear_flag: pyCore.cpp release/10.16 line 1813, main line 1719.
+    config.clear_flag(trt.BuilderFlag.TF32)
     cache_file = timing_cache_path(version, gpu)
-    cache = config.create_timing_cache(cache_file.read_bytes() if cache_file.is_file() else b"")
-    config.set_timing_cache(cache, ignore_mismatch=True)
+    if not config.set_timing_cache(load_timing_cache(config, cache_file), ignore_mismatch=True):
+        _stderr("TensorRT did not take the timing cache; building without it")
     t0 = time.perf_counter()
     plan = builder.build_serialized_network(network, config)  # pyCore.cpp line 1798: None on failure
     if plan is None:
         raise ClipadError("TensorRT failed to build the engine (see the TensorRT log above)")
     build_s = time.perf_counter() - t0
-    cache_file.parent.mkdir(parents=True, exist_ok=True)
-    cache_file.write_bytes(bytes(config.get_timing_cache().serialize()))
+    try:
+        write_timing_cache(cache_file, bytes(config.get_timing_cache().serialize()))  # serialize: pyCore.cpp main line 1686
+    except OSError as err:
+        _stderr(f"the TensorRT timing cache could not be saved to {cache_file} ({err.strerror or err}); "
+                "the next build times its layers again")
 
     engine = trt.Runtime(logger).deserialize_cuda_engine(bytes(plan))  # pyCore.cpp lines 1833-1838
     if engine is None:
         raise ClipadError("TensorRT built a plan it cannot load (see the TensorRT log above); nothing was written")
-    layers = engine_layer_precisions(trt, engine)
+    opt_shape = (opt, *(int(d) for d in spec.shape[1:]))
+    layers = engine_layer_precisions(trt, engine, {spec.name: opt_shape})
     if precision == "fp16" and layers.get("fp16", 0) == 0:
         raise ClipadError("the TensorRT engine has no FP16 layer although it was built from the FP16 graph; nothing was written")
     if precision == "int8" and layers.get("int8", 0) == 0:
@@ -145,6 +227,7 @@ def sidecar(manifest: Manifest, src: Path, precision: str, opt_batch: int, trt_v
         layers=layers,
         fp16_layer_fraction=round(layers.get("fp16", 0) / total, 4),
         build_s=round(build_s, 1),
+        tf32=False,
     )
 
 

@@ -83,11 +83,23 @@ def _layer_types(layer: Any) -> tuple[tuple[set, set], bool]:
     return (sides[0], sides[1]), typed
 
 
+def _dynamic_dims(layers: list) -> bool:
+    """Whether any tensor of the layers has a -1 dimension (what the inspector prints without an
+    execution context whose input shapes are set)."""
+    for layer in layers:
+        for t in ((layer.get("Inputs") or []) + (layer.get("Outputs") or [])) if isinstance(layer, dict) else []:
+            dims = t.get("Dimensions") if isinstance(t, dict) else None
+            if isinstance(dims, list) and -1 in dims:
+                return True
+    return False
+
+
 def count_layer_precisions(info: Any) -> dict[str, int]:
     """Layers by kind (``layer_kind``) in the engine inspector's JSON (``get_engine_information``
     with ``LayerInformationFormat.JSON``): a ``{"Layers": [...]}`` object (TensorRT 10 and 11) or
     the bare list. Raises ClipadError when there are layers but none carries a type field (the
-    engine was built without DETAILED profiling verbosity, or the JSON has an unknown shape)."""
+    engine was built without DETAILED profiling verbosity, the inspector had no execution context
+    with the input shapes set, or the JSON has an unknown shape)."""
     layers = info.get("Layers", []) if isinstance(info, dict) else info if isinstance(info, list) else []
     counts: dict[str, int] = {}
     typed = False
@@ -98,14 +110,35 @@ def count_layer_precisions(info: Any) -> dict[str, int]:
     if layers and not typed:
         sample = next((lay for lay in layers if isinstance(lay, dict)), None)
         keys = sorted({str(k) for t in (sample or {}).get("Outputs", []) if isinstance(t, dict) for k in t}) if sample else []
+        why = ("; its dimensions are -1: the inspector was read without an execution context whose input shapes "
+               "are set" if _dynamic_dims(layers) else "")
         raise ClipadError("the engine inspector's JSON gives no layer data types "
-                          f"(tensor keys: {', '.join(keys) if keys else 'none; layers are ' + type(layers[0]).__name__}); "
+                          f"(tensor keys: {', '.join(keys) if keys else 'none; layers are ' + type(layers[0]).__name__}){why}; "
                           "cannot check the engine's precision")
     return counts
 
 
-def engine_layer_precisions(trt, engine) -> dict[str, int]:
-    # ICudaEngine.create_engine_inspector / EngineInspector.get_engine_information(format):
-    # python/src/infer/pyCore.cpp (main @a892d22267d9) lines 1523 and 1389; LayerInformationFormat.JSON line 1380.
+def engine_layer_precisions(trt, engine, input_shapes: dict[str, tuple[int, ...]]) -> dict[str, int]:
+    """Layers by kind of a built ``engine``, read through an execution context whose inputs have
+    ``input_shapes`` (name -> shape, e.g. the profile's opt shape).
+
+    The context matters: "Setting the execution context and specifying all the input shapes
+    allows the inspector to calculate concrete dimensions for any dynamic shapes and display
+    their format information. Otherwise, values dependent on input shapes will be displayed as -1
+    and format information will not be shown." (include/NvInferRuntime.h, IEngineInspector,
+    release/10.16 @d0faf303 lines 5292-5296, main @a892d222 lines 4913-4917). TensorRT 10 keeps
+    the data type in that format field, so without a context no layer would show a type.
+    Python names (python/src/infer/pyCore.cpp, release/10.16 / main): create_execution_context
+    (1470 / 1422), IExecutionContext.set_input_shape (1353 / 1309, returns False for a shape
+    outside the profile), create_engine_inspector (1523 on main), the read/write property
+    EngineInspector.execution_context (1430 / 1385), get_engine_information (1389 on main),
+    LayerInformationFormat.JSON (1380 on main)."""
+    context = engine.create_execution_context()
+    if context is None:
+        raise ClipadError("TensorRT could not create an execution context for the engine (GPU memory?); nothing was written")
+    for name, shape in input_shapes.items():
+        if not context.set_input_shape(name, tuple(int(d) for d in shape)):
+            raise ClipadError(f"TensorRT refused the input shape {tuple(shape)} for '{name}'; nothing was written")
     inspector = engine.create_engine_inspector()
+    inspector.execution_context = context
     return count_layer_precisions(json.loads(inspector.get_engine_information(trt.LayerInformationFormat.JSON)))
