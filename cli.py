@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -24,28 +24,54 @@ _state = {"debug": False}
 
 # Weight options, shared by every command that loads a model.
 ModelOpt = Annotated[str, typer.Option("--model", help="open_clip architecture (clipad-tiny: the small test config).")]
-PretrainedOpt = Annotated[str, typer.Option("--pretrained", help="open_clip pretrained tag; downloaded once, then cached.")]
-WeightsOpt = Annotated[Optional[Path], typer.Option("--weights", help="Offline open_clip state dict (.safetensors, or a torch file read with weights_only=True).")]
-RandomOpt = Annotated[bool, typer.Option("--random-weights", help="Seeded random weights (smoke tests; heatmaps are meaningless).")]
+PretrainedOpt = Annotated[
+    str, typer.Option("--pretrained", help="open_clip pretrained tag; downloaded once, then cached.")
+]
+WeightsOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--weights", help="Offline open_clip state dict (.safetensors, or a torch file read with weights_only=True)."
+    ),
+]
+RandomOpt = Annotated[
+    bool, typer.Option("--random-weights", help="Seeded random weights (smoke tests; heatmaps are meaningless).")
+]
 SeedOpt = Annotated[int, typer.Option("--seed", help="Seed for --random-weights.")]
-CacheOpt = Annotated[Optional[Path], typer.Option("--cache-dir", help="Where open_clip caches downloaded weights.")]
+CacheOpt = Annotated[Path | None, typer.Option("--cache-dir", help="Where open_clip caches downloaded weights.")]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")]
 # Method options, shared by eval and export.
-ModeOpt = Annotated[str, typer.Option("--mode", help="sdp, sdp+ with --heads, or reference (good images only: --reference / --shots).")]
-HeadsOpt = Annotated[Optional[Path], typer.Option("--heads", help="SDP+ heads (.safetensors, or the official .pth layout).")]
+ModeOpt = Annotated[
+    str, typer.Option("--mode", help="sdp, sdp+ with --heads, or reference (good images only: --reference / --shots).")
+]
+HeadsOpt = Annotated[
+    Path | None, typer.Option("--heads", help="SDP+ heads (.safetensors, or the official .pth layout).")
+]
 RvsOpt = Annotated[str, typer.Option("--rvs", help="Representative vector method: mean, pca, kde, dbscan, mean_shift.")]
-PromptsOpt = Annotated[str, typer.Option("--prompts", help="Prompt set (industrial, hemorrhage, tumor, polyp) or a YAML/JSON file.")]
+PromptsOpt = Annotated[
+    str, typer.Option("--prompts", help="Prompt set (industrial, hemorrhage, tumor, polyp) or a YAML/JSON file.")
+]
 QuietOpt = Annotated[bool, typer.Option("--quiet", help="No progress bars.")]
 
 
-def _weight_spec(model: str, pretrained: str, weights: Optional[Path], random_weights: bool, seed: int, cache_dir: Optional[Path]):
+def _weight_spec(
+    model: str, pretrained: str, weights: Path | None, random_weights: bool, seed: int, cache_dir: Path | None
+):
     from clipad.model.loading import WeightSpec
 
-    return WeightSpec(model=model, pretrained=pretrained, weights=weights, random_weights=random_weights, seed=seed, cache_dir=cache_dir)
+    return WeightSpec(
+        model=model,
+        pretrained=pretrained,
+        weights=weights,
+        random_weights=random_weights,
+        seed=seed,
+        cache_dir=cache_dir,
+    )
 
 
 @app.callback()
-def _root(debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks and third-party warnings.")] = False) -> None:
+def _root(
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks and third-party warnings.")] = False,
+) -> None:
     _state["debug"] = debug
     if not debug:
         _quiet_third_party()
@@ -63,7 +89,9 @@ def _quiet_third_party() -> None:
 
         cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
     logging.getLogger("huggingface_hub").setLevel(logging.ERROR)
-    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)  # "No CUDA runtime is found" when NNCF imports it
+    logging.getLogger("torch.utils.cpp_extension").setLevel(
+        logging.ERROR
+    )  # "No CUDA runtime is found" when NNCF imports it
 
 
 @app.command()
@@ -76,7 +104,9 @@ def synth(
     height: Annotated[int, typer.Option(help="Image height in pixels.")] = 128,
     seed: Annotated[int, typer.Option(help="Random seed; the same arguments give identical files.")] = 0,
     force: Annotated[bool, typer.Option("--force", help="Replace a non-empty --out.")] = False,
-    defect_scale: Annotated[float, typer.Option("--defect-scale", min=0.2, help="Enlarge the pasted defects (1 = default sizes).")] = 1.0,
+    defect_scale: Annotated[
+        float, typer.Option("--defect-scale", min=0.2, help="Enlarge the pasted defects (1 = default sizes).")
+    ] = 1.0,
 ) -> None:
     """Write a small deterministic synthetic dataset (textures and objects with pasted defects and exact masks)."""
     from clipad.data.synth import make_synthetic
@@ -90,17 +120,31 @@ def synth(
 def eval_(
     dataset: Annotated[str, typer.Option("--dataset", help="mvtec, visa or folder.")],
     root: Annotated[Path, typer.Option("--root", help="Dataset root folder.")],
-    categories: Annotated[Optional[str], typer.Option("--categories", help="Comma-separated categories (default: all).")] = None,
+    categories: Annotated[
+        str | None, typer.Option("--categories", help="Comma-separated categories (default: all).")
+    ] = None,
     mode: ModeOpt = "sdp",
     heads: HeadsOpt = None,
     rvs: RvsOpt = "dbscan",
     prompts: PromptsOpt = "industrial",
-    sigma: Annotated[Optional[float], typer.Option("--sigma", help="Gaussian smoothing sigma (default 8; 2 for SDP+ on VisA).")] = None,
+    sigma: Annotated[
+        float | None, typer.Option("--sigma", help="Gaussian smoothing sigma (default 8; 2 for SDP+ on VisA).")
+    ] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 8,
     out: Annotated[Path, typer.Option("--out", help="results.json path.")] = Path("results.json"),
-    shots: Annotated[Optional[int], typer.Option("--shots", help="Normal-reference mode: K good training images per category and seed baked into the model (MVTec layout).")] = None,
-    shot_seeds: Annotated[str, typer.Option("--shot-seeds", help="With --shots: comma-separated seeds; mean and spread over them.")] = "0",
-    memory_patches: Annotated[int, typer.Option("--memory-patches", help="With --shots: at most N memory patches per stage.")] = 1024,
+    shots: Annotated[
+        int | None,
+        typer.Option(
+            "--shots",
+            help="Normal-reference mode: K good training images per category and seed baked into the model (MVTec layout).",
+        ),
+    ] = None,
+    shot_seeds: Annotated[
+        str, typer.Option("--shot-seeds", help="With --shots: comma-separated seeds; mean and spread over them.")
+    ] = "0",
+    memory_patches: Annotated[
+        int, typer.Option("--memory-patches", help="With --shots: at most N memory patches per stage.")
+    ] = 1024,
     model: ModelOpt = "ViT-B-16-plus-240",
     pretrained: PretrainedOpt = "laion400m_e31",
     weights: WeightsOpt = None,
@@ -129,13 +173,24 @@ def eval_(
     cats = [c.strip() for c in categories.split(",") if c.strip()] if categories else None
     split = load_split(dataset, root, cats)
     check_masks(split)
-    loaded = load_model(_weight_spec(model, pretrained, weights, random_weights, seed, cache_dir), resolve_device(device))
+    loaded = load_model(
+        _weight_spec(model, pretrained, weights, random_weights, seed, cache_dir), resolve_device(device)
+    )
     width, embed_dim = loaded.clip.visual.conv1.out_channels, loaded.clip.visual.proj.shape[1]
     head_weights = load_heads(heads, width, embed_dim) if mode == "sdp+" else None
-    cfg = EvalConfig(dataset=dataset, heads=head_weights, rvs=rvs, prompts=prompt_set, sigma=sigma, batch_size=batch_size)
+    cfg = EvalConfig(
+        dataset=dataset, heads=head_weights, rvs=rvs, prompts=prompt_set, sigma=sigma, batch_size=batch_size
+    )
     n = sum(len(v) for v in split.values())
-    what = mode if shots is None else (f"reference, K={shots}" if mode == "reference" else f"{mode} + reference, K={shots}")
-    typer.echo(f"evaluating {what} on {n} images in {len(split)} categories with {model} ({loaded.spec.describe()}), sigma {cfg.effective_sigma():g}", err=True)
+    what = (
+        mode
+        if shots is None
+        else (f"reference, K={shots}" if mode == "reference" else f"{mode} + reference, K={shots}")
+    )
+    typer.echo(
+        f"evaluating {what} on {n} images in {len(split)} categories with {model} ({loaded.spec.describe()}), sigma {cfg.effective_sigma():g}",
+        err=True,
+    )
     if random_weights:
         typer.echo("note: random weights give meaningless heatmaps; use them for smoke tests only", err=True)
     with progress_bars(enabled=not quiet) as tasks:
@@ -163,25 +218,78 @@ def eval_(
 @app.command()
 def export(
     category: Annotated[str, typer.Option("--category", help="Category name (names the artifacts and Triton models).")],
-    object_name: Annotated[Optional[str], typer.Option("--object-name", help="Object name in the prompts (default: the category, verbatim).")] = None,
+    object_name: Annotated[
+        str | None,
+        typer.Option("--object-name", help="Object name in the prompts (default: the category, verbatim)."),
+    ] = None,
     mode: ModeOpt = "sdp",
     heads: HeadsOpt = None,
     rvs: RvsOpt = "dbscan",
-    rvs_profile: Annotated[str, typer.Option("--rvs-profile", help="DBSCAN parameters: visa (eps 1.5, 25) or mvtec (eps 0.5, 15; any other name).")] = "mvtec",
+    rvs_profile: Annotated[
+        str,
+        typer.Option(
+            "--rvs-profile", help="DBSCAN parameters: visa (eps 1.5, 25) or mvtec (eps 0.5, 15; any other name)."
+        ),
+    ] = "mvtec",
     prompts: PromptsOpt = "industrial",
     sigma: Annotated[float, typer.Option("--sigma", help="Gaussian smoothing sigma of the map.")] = 8.0,
     max_batch: Annotated[int, typer.Option("--max-batch", help="Largest batch the artifacts serve.")] = 8,
-    precision: Annotated[str, typer.Option("--precision", help="fp32; fp16 (FP32 and mixed FP16 graphs, the export fails when the FP16 graph misses its parity limits); all (the same, an FP16 graph outside its limits is dropped with a warning); int8 with --engine builds the engine from the calibrated INT8 graph in --out.")] = "all",
-    engine: Annotated[bool, typer.Option("--engine", help="Also build a TensorRT engine (needs TensorRT and a GPU).")] = False,
-    opt_batch: Annotated[Optional[int], typer.Option("--opt-batch", help="With --engine: the batch size TensorRT tunes the engine's kernels for (default: min(8, max batch)); the engine serves batch 1 to the max batch.")] = None,
-    triton_repo: Annotated[Optional[Path], typer.Option("--triton-repo", help="Also write a Triton model repository here.")] = None,
-    reference: Annotated[Optional[str], typer.Option("--reference", help="Good images of the part (folder, file or glob): their patch tokens are baked into the graph (fused with zero-shot; --mode reference: alone).")] = None,
-    shots: Annotated[Optional[int], typer.Option("--shots", help="With --reference: use the first K images (sorted; default all).")] = None,
-    memory_patches: Annotated[int, typer.Option("--memory-patches", help="With --reference: at most N memory patches per stage (k-center coreset beyond).")] = 1024,
-    openvino: Annotated[bool, typer.Option("--openvino", help="Also write the OpenVINO IR (FP32 weights, FP32 islands marked) and NNCF's INT8 IR, parity-checked (needs clipad[openvino]).")] = False,
-    gate_data: Annotated[Optional[Path], typer.Option("--gate-data", help="Labelled held-out images (MVTec layout, e.g. `clipad synth`; a few hundred) of this category: each reduced precision's (the FP16 graph; with --openvino bf16 and int8) pixel and image AUROC drop against FP32 is gated and recorded in the manifest; the FP16 graph is kept only when its gate passes.")] = None,
-    max_auroc_drop: Annotated[float, typer.Option("--max-auroc-drop", help="The quality gate's limit in AUROC points.")] = 0.5,
-    out: Annotated[Optional[Path], typer.Option("--out", help="Artifact directory (default artifacts/<category>).")] = None,
+    precision: Annotated[
+        str,
+        typer.Option(
+            "--precision",
+            help="fp32; fp16 (FP32 and mixed FP16 graphs, the export fails when the FP16 graph misses its parity limits); all (the same, an FP16 graph outside its limits is dropped with a warning); int8 with --engine builds the engine from the calibrated INT8 graph in --out.",
+        ),
+    ] = "all",
+    engine: Annotated[
+        bool, typer.Option("--engine", help="Also build a TensorRT engine (needs TensorRT and a GPU).")
+    ] = False,
+    opt_batch: Annotated[
+        int | None,
+        typer.Option(
+            "--opt-batch",
+            help="With --engine: the batch size TensorRT tunes the engine's kernels for (default: min(8, max batch)); the engine serves batch 1 to the max batch.",
+        ),
+    ] = None,
+    triton_repo: Annotated[
+        Path | None, typer.Option("--triton-repo", help="Also write a Triton model repository here.")
+    ] = None,
+    reference: Annotated[
+        str | None,
+        typer.Option(
+            "--reference",
+            help="Good images of the part (folder, file or glob): their patch tokens are baked into the graph (fused with zero-shot; --mode reference: alone).",
+        ),
+    ] = None,
+    shots: Annotated[
+        int | None, typer.Option("--shots", help="With --reference: use the first K images (sorted; default all).")
+    ] = None,
+    memory_patches: Annotated[
+        int,
+        typer.Option(
+            "--memory-patches", help="With --reference: at most N memory patches per stage (k-center coreset beyond)."
+        ),
+    ] = 1024,
+    openvino: Annotated[
+        bool,
+        typer.Option(
+            "--openvino",
+            help="Also write the OpenVINO IR (FP32 weights, FP32 islands marked) and NNCF's INT8 IR, parity-checked (needs clipad[openvino]).",
+        ),
+    ] = False,
+    gate_data: Annotated[
+        Path | None,
+        typer.Option(
+            "--gate-data",
+            help="Labelled held-out images (MVTec layout, e.g. `clipad synth`; a few hundred) of this category: each reduced precision's (the FP16 graph; with --openvino bf16 and int8) pixel and image AUROC drop against FP32 is gated and recorded in the manifest; the FP16 graph is kept only when its gate passes.",
+        ),
+    ] = None,
+    max_auroc_drop: Annotated[
+        float, typer.Option("--max-auroc-drop", help="The quality gate's limit in AUROC points.")
+    ] = 0.5,
+    out: Annotated[
+        Path | None, typer.Option("--out", help="Artifact directory (default artifacts/<category>).")
+    ] = None,
     model: ModelOpt = "ViT-B-16-plus-240",
     pretrained: PretrainedOpt = "laion400m_e31",
     weights: WeightsOpt = None,
@@ -208,12 +316,16 @@ def export(
         from clipad.deploy.tensorrt.build import int8_engine
 
         if not engine:
-            raise ClipadError(f"--precision int8 builds a TensorRT engine from {ONNX_INT8}: add --engine "
-                              f"(ONNX Runtime runs {ONNX_INT8} as it is: --backend onnxruntime)")
+            raise ClipadError(
+                f"--precision int8 builds a TensorRT engine from {ONNX_INT8}: add --engine "
+                f"(ONNX Runtime runs {ONNX_INT8} as it is: --backend onnxruntime)"
+            )
         target = out or Path("artifacts") / category
         meta = int8_engine(target, opt_batch=opt_batch)
-        typer.echo(f"INT8 engine written to {target / PLAN} (TensorRT {meta.tensorrt}, {meta.gpu}, {meta.build_s} s, "
-                   f"batch {meta.profile.min}..{meta.profile.max} tuned for {meta.profile.opt})")
+        typer.echo(
+            f"INT8 engine written to {target / PLAN} (TensorRT {meta.tensorrt}, {meta.gpu}, {meta.build_s} s, "
+            f"batch {meta.profile.min}..{meta.profile.max} tuned for {meta.profile.opt})"
+        )
         return
     check_method(mode, heads is not None, rvs)
     from clipad.deploy.reference_set import ReferenceConfig
@@ -221,16 +333,32 @@ def export(
     if reference is None and (mode == "reference" or shots is not None):
         raise ClipadError(f"{'--mode reference' if mode == 'reference' else '--shots'} needs --reference GOOD_IMAGES")
     cfg = ExportConfig(
-        category=category, out=out or Path("artifacts") / category, object_name=object_name, heads_path=heads, rvs=rvs,
-        rvs_profile=rvs_profile, prompts_source=prompts, sigma=sigma, max_batch=max_batch, precision=precision,
-        engine=engine, opt_batch=opt_batch, triton_repo=triton_repo, openvino=openvino,
-        gate_root=gate_data, max_auroc_drop=max_auroc_drop,
-        reference=ReferenceConfig(reference, shots, memory_patches, mode == "reference") if reference is not None else None,
+        category=category,
+        out=out or Path("artifacts") / category,
+        object_name=object_name,
+        heads_path=heads,
+        rvs=rvs,
+        rvs_profile=rvs_profile,
+        prompts_source=prompts,
+        sigma=sigma,
+        max_batch=max_batch,
+        precision=precision,
+        engine=engine,
+        opt_batch=opt_batch,
+        triton_repo=triton_repo,
+        openvino=openvino,
+        gate_root=gate_data,
+        max_auroc_drop=max_auroc_drop,
+        reference=ReferenceConfig(reference, shots, memory_patches, mode == "reference")
+        if reference is not None
+        else None,
     )
     validate(cfg)
     previous = " and ".join(made_by_calibrate(cfg.out))
     cfg.prompts = load_prompt_set(prompts)
-    loaded = load_model(_weight_spec(model, pretrained, weights, random_weights, seed, cache_dir), resolve_device(device))
+    loaded = load_model(
+        _weight_spec(model, pretrained, weights, random_weights, seed, cache_dir), resolve_device(device)
+    )
     if random_weights:
         typer.echo("note: random weights give meaningless heatmaps; use them for smoke tests only", err=True)
     with progress_bars(enabled=not quiet) as tasks:
@@ -239,22 +367,29 @@ def export(
         typer.echo(f"WARNING: {warning}", err=True)
     for p in art.manifest.precisions:
         f = art.manifest.parity.figures(p)
-        typer.echo(f"parity {p} (vs {f.against}): rel L2 {f.rel_l2:.1e}, image_prob err {f.prob_max_abs:.1e}, "
-                   f"top-1% agreement {f.top1pct_agreement:.3f}")
+        typer.echo(
+            f"parity {p} (vs {f.against}): rel L2 {f.rel_l2:.1e}, image_prob err {f.prob_max_abs:.1e}, "
+            f"top-1% agreement {f.top1pct_agreement:.3f}"
+        )
     ov = art.manifest.openvino
-    for p, f in (ov.parity.items() if ov else ()):
-        typer.echo(f"parity openvino {p} (vs {f.against}): rel L2 {f.rel_l2:.1e}, image_prob err {f.prob_max_abs:.1e}, "
-                   f"top-1% agreement {f.top1pct_agreement:.3f}")
+    for p, f in ov.parity.items() if ov else ():
+        typer.echo(
+            f"parity openvino {p} (vs {f.against}): rel L2 {f.rel_l2:.1e}, image_prob err {f.prob_max_abs:.1e}, "
+            f"top-1% agreement {f.top1pct_agreement:.3f}"
+        )
     from clipad.deploy.quality_gate import describe_gate
 
     for p, g in (art.manifest.parity.gates or {}).items():
         typer.echo(describe_gate(f"onnxruntime {p}", g))
-    for p, g in ((ov.gates or {}).items() if ov else ()):
+    for p, g in (ov.gates or {}).items() if ov else ():
         typer.echo(describe_gate(f"openvino {p}", g))
     typer.echo(f"artifacts written to {art.root}")
     if previous:
-        typer.echo(f"note: the earlier artifacts here had {previous}; a new export starts uncalibrated: "
-                   f"run `clipad calibrate --artifacts {art.root}` again", err=True)
+        typer.echo(
+            f"note: the earlier artifacts here had {previous}; a new export starts uncalibrated: "
+            f"run `clipad calibrate --artifacts {art.root}` again",
+            err=True,
+        )
     if triton_repo is not None:
         typer.echo(f"Triton model repository written to {triton_repo}")
 
@@ -262,10 +397,18 @@ def export(
 @app.command()
 def parity(
     artifacts: Annotated[Path, typer.Option("--artifacts", help="Artifact directory from `clipad export`.")],
-    backends: Annotated[str, typer.Option("--backends", help="Comma-separated: onnxruntime, tensorrt, openvino, torch, triton (with --url).")] = "onnxruntime",
-    images: Annotated[Optional[Path], typer.Option("--images", help="Folder of images to compare on (default: built-in synthetic inputs).")] = None,
+    backends: Annotated[
+        str,
+        typer.Option(
+            "--backends", help="Comma-separated: onnxruntime, tensorrt, openvino, torch, triton (with --url)."
+        ),
+    ] = "onnxruntime",
+    images: Annotated[
+        Path | None,
+        typer.Option("--images", help="Folder of images to compare on (default: built-in synthetic inputs)."),
+    ] = None,
     device: DeviceOpt = "cpu",
-    json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write the rows as JSON.")] = None,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Also write the rows as JSON.")] = None,
     url: UrlOpt = None,
     triton_model: TritonModelOpt = None,
     triton_version: TritonVersionOpt = "",
@@ -282,7 +425,9 @@ def parity(
     from clipad.runtime.parity import format_rows, run_parity
 
     names = [b.strip() for b in backends.split(",") if b.strip()]
-    triton = _triton("triton" if "triton" in names else "", url, triton_model, triton_version, triton_timeout, 1, triton_shm)
+    triton = _triton(
+        "triton" if "triton" in names else "", url, triton_model, triton_version, triton_timeout, 1, triton_shm
+    )
     art = load_artifacts(artifacts)
     x = read_model_images(images, art.image_size, 8) if images else parity_images(art.image_size, 3)
     rows = run_parity(art, names, x, device, triton)
@@ -297,18 +442,54 @@ def _say(line: str) -> None:
     typer.echo(line, err=True)
 
 
-BackendOpt = Annotated[str, typer.Option("--backend", help="auto (fastest available; never openvino or triton), tensorrt, onnxruntime, torch, openvino (--device cpu/auto -> CPU, gpu -> GPU, or OpenVINO's CPU, GPU, GPU.N, AUTO), or triton (a Triton server at --url).")]
+BackendOpt = Annotated[
+    str,
+    typer.Option(
+        "--backend",
+        help="auto (fastest available; never openvino or triton), tensorrt, onnxruntime, torch, openvino (--device cpu/auto -> CPU, gpu -> GPU, or OpenVINO's CPU, GPU, GPU.N, AUTO), or triton (a Triton server at --url).",
+    ),
+]
 # The Triton backend's options. The model option is --triton-model, not --model: elsewhere --model
 # names the open_clip architecture, and one name should not mean two things.
-UrlOpt = Annotated[Optional[str], typer.Option("--url", help="With --backend triton: the server, grpc://HOST:8001 or http://HOST:8000.")]
-TritonModelOpt = Annotated[Optional[str], typer.Option("--triton-model", help="With --backend triton: the Triton model name (default <category>_python, written by `clipad export --triton-repo`; <category>_onnx or _trt on a GPU Triton). Not --model, which names the open_clip architecture elsewhere.")]
-TritonVersionOpt = Annotated[str, typer.Option("--triton-version", help="With --backend triton: model version (default: the server's version policy).")]
-TritonTimeoutOpt = Annotated[float, typer.Option("--triton-timeout", help="With --backend triton: seconds per request.")]
-TritonInflightOpt = Annotated[int, typer.Option("--triton-inflight", min=1, help="With --backend triton: requests in flight per client: each batch is split into this many requests, which the server batches again with those of other clients.")]
-TritonShmOpt = Annotated[bool, typer.Option("--triton-shm", help="With --backend triton: system shared memory for tensors (client and server on one host).")]
+UrlOpt = Annotated[
+    str | None,
+    typer.Option("--url", help="With --backend triton: the server, grpc://HOST:8001 or http://HOST:8000."),
+]
+TritonModelOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--triton-model",
+        help="With --backend triton: the Triton model name (default <category>_python, written by `clipad export --triton-repo`; <category>_onnx or _trt on a GPU Triton). Not --model, which names the open_clip architecture elsewhere.",
+    ),
+]
+TritonVersionOpt = Annotated[
+    str,
+    typer.Option(
+        "--triton-version", help="With --backend triton: model version (default: the server's version policy)."
+    ),
+]
+TritonTimeoutOpt = Annotated[
+    float, typer.Option("--triton-timeout", help="With --backend triton: seconds per request.")
+]
+TritonInflightOpt = Annotated[
+    int,
+    typer.Option(
+        "--triton-inflight",
+        min=1,
+        help="With --backend triton: requests in flight per client: each batch is split into this many requests, which the server batches again with those of other clients.",
+    ),
+]
+TritonShmOpt = Annotated[
+    bool,
+    typer.Option(
+        "--triton-shm", help="With --backend triton: system shared memory for tensors (client and server on one host)."
+    ),
+]
 
 
-def _triton(backend: str, url: Optional[str], model: Optional[str], version: str, timeout: float, inflight: int, shm: bool):
+def _triton(
+    backend: str, url: str | None, model: str | None, version: str, timeout: float, inflight: int, shm: bool
+):
     """The Triton target of ``--backend triton`` (None otherwise); one line for options without it."""
     from clipad.core.errors import ClipadError
 
@@ -325,29 +506,72 @@ def _triton(backend: str, url: Optional[str], model: Optional[str], version: str
     return target
 
 
-ServePrecisionOpt = Annotated[str, typer.Option("--precision", help="auto (fp16 on a GPU provider, else fp32; openvino: int8 or bf16 where its quality gate passed, else fp32), fp32, fp16, bf16 (openvino) or int8 (model.int8.onnx; openvino: NNCF's INT8 IR).")]
-ArtifactsOpt = Annotated[Optional[Path], typer.Option("--artifacts", help="Artifact directory (default: the only one under ./artifacts).")]
-OvModeOpt = Annotated[str, typer.Option("--openvino-mode", help="OpenVINO performance hint: latency (one camera) or throughput (many: a batch's frames run as parallel requests).")]
+ServePrecisionOpt = Annotated[
+    str,
+    typer.Option(
+        "--precision",
+        help="auto (fp16 on a GPU provider, else fp32; openvino: int8 or bf16 where its quality gate passed, else fp32), fp32, fp16, bf16 (openvino) or int8 (model.int8.onnx; openvino: NNCF's INT8 IR).",
+    ),
+]
+ArtifactsOpt = Annotated[
+    Path | None, typer.Option("--artifacts", help="Artifact directory (default: the only one under ./artifacts).")
+]
+OvModeOpt = Annotated[
+    str,
+    typer.Option(
+        "--openvino-mode",
+        help="OpenVINO performance hint: latency (one camera) or throughput (many: a batch's frames run as parallel requests).",
+    ),
+]
 
 
 @app.command("run")
 def run_(
-    camera: Annotated[Optional[list[int]], typer.Option("--camera", help="Camera index (repeatable).")] = None,
-    source: Annotated[Optional[list[str]], typer.Option("--source", help="Video file, image folder or glob, rtsp/http URL (repeatable).")] = None,
+    camera: Annotated[list[int] | None, typer.Option("--camera", help="Camera index (repeatable).")] = None,
+    source: Annotated[
+        list[str] | None,
+        typer.Option("--source", help="Video file, image folder or glob, rtsp/http URL (repeatable)."),
+    ] = None,
     artifacts: ArtifactsOpt = None,
     backend: BackendOpt = "auto",
     precision: ServePrecisionOpt = "auto",
     device: DeviceOpt = "auto",
     openvino_mode: OvModeOpt = "latency",
-    save: Annotated[Optional[Path], typer.Option("--save", help="Overlay video (.mp4 or .avi).")] = None,
-    events: Annotated[Optional[Path], typer.Option("--events", help="JSON Lines, one object per processed frame (appended).")] = None,
-    events_max_mb: Annotated[float, typer.Option("--events-max-mb", help="Rotate the events file at this size (events.jsonl.1 ... .5); 0: never.")] = 0.0,
-    segment_minutes: Annotated[float, typer.Option("--segment-minutes", help="Cut the --save video into files of this many minutes, so a hard stop loses at most the open one; 0: one file.")] = 0.0,
-    snapshots: Annotated[Optional[Path], typer.Option("--snapshots", help="Folder for anomalous frames: original, overlay, raw map, mask.")] = None,
-    snapshot_interval: Annotated[float, typer.Option("--snapshot-interval", help="At most one snapshot per source every this many seconds (0: every anomalous frame).")] = 1.0,
-    show: Annotated[bool, typer.Option("--show", help="OpenCV window with the overlay (needs a GUI OpenCV and a display).")] = False,
-    serve: Annotated[Optional[str], typer.Option("--serve", help="HOST:PORT of a live web viewer (e.g. 127.0.0.1:8080).")] = None,
-    max_frames: Annotated[Optional[int], typer.Option("--max-frames", min=1, help="Stop after this many frames.")] = None,
+    save: Annotated[Path | None, typer.Option("--save", help="Overlay video (.mp4 or .avi).")] = None,
+    events: Annotated[
+        Path | None, typer.Option("--events", help="JSON Lines, one object per processed frame (appended).")
+    ] = None,
+    events_max_mb: Annotated[
+        float,
+        typer.Option("--events-max-mb", help="Rotate the events file at this size (events.jsonl.1 ... .5); 0: never."),
+    ] = 0.0,
+    segment_minutes: Annotated[
+        float,
+        typer.Option(
+            "--segment-minutes",
+            help="Cut the --save video into files of this many minutes, so a hard stop loses at most the open one; 0: one file.",
+        ),
+    ] = 0.0,
+    snapshots: Annotated[
+        Path | None,
+        typer.Option("--snapshots", help="Folder for anomalous frames: original, overlay, raw map, mask."),
+    ] = None,
+    snapshot_interval: Annotated[
+        float,
+        typer.Option(
+            "--snapshot-interval",
+            help="At most one snapshot per source every this many seconds (0: every anomalous frame).",
+        ),
+    ] = 1.0,
+    show: Annotated[
+        bool, typer.Option("--show", help="OpenCV window with the overlay (needs a GUI OpenCV and a display).")
+    ] = False,
+    serve: Annotated[
+        str | None, typer.Option("--serve", help="HOST:PORT of a live web viewer (e.g. 127.0.0.1:8080).")
+    ] = None,
+    max_frames: Annotated[
+        int | None, typer.Option("--max-frames", min=1, help="Stop after this many frames.")
+    ] = None,
     status_every: Annotated[float, typer.Option("--status-every", help="Seconds between status lines.")] = 5.0,
     url: UrlOpt = None,
     triton_model: TritonModelOpt = None,
@@ -360,10 +584,20 @@ def run_(
     from clipad.runtime.run import RunConfig, run_stream
     from clipad.runtime.serving import open_served
 
-    cfg = RunConfig(cameras=camera or [], sources=source or [], events=events, events_max_mb=events_max_mb, save=save,
-                    segment_minutes=segment_minutes, snapshots=snapshots,
-                    snapshot_interval=snapshot_interval, show=show,
-                    serve=serve, max_frames=max_frames, status_every=status_every)
+    cfg = RunConfig(
+        cameras=camera or [],
+        sources=source or [],
+        events=events,
+        events_max_mb=events_max_mb,
+        save=save,
+        segment_minutes=segment_minutes,
+        snapshots=snapshots,
+        snapshot_interval=snapshot_interval,
+        show=show,
+        serve=serve,
+        max_frames=max_frames,
+        status_every=status_every,
+    )
     cfg.check()  # before any model work
     triton = _triton(backend, url, triton_model, triton_version, triton_timeout, triton_inflight, triton_shm)
     served = open_served(artifacts, backend, device, precision, triton=triton, mode=openvino_mode)
@@ -381,7 +615,9 @@ def predict(
     device: DeviceOpt = "auto",
     openvino_mode: OvModeOpt = "latency",
     out: Annotated[Path, typer.Option("--out", help="Output folder for predictions.jsonl.")] = Path("predictions"),
-    save_maps: Annotated[bool, typer.Option("--save-maps", help="Also write maps/<stem>.npy (float32, model resolution).")] = False,
+    save_maps: Annotated[
+        bool, typer.Option("--save-maps", help="Also write maps/<stem>.npy (float32, model resolution).")
+    ] = False,
     save_overlays: Annotated[bool, typer.Option("--save-overlays", help="Also write overlays/<stem>.png.")] = False,
     quiet: QuietOpt = False,
     url: UrlOpt = None,
@@ -402,14 +638,25 @@ def predict(
     for note in served.notes:
         _say(note)
     with progress_bars(enabled=not quiet) as tasks:
-        res = run_predict(served.backend, source, out, served.artifacts.image_size, served.calibration, tasks, save_maps, save_overlays)
+        res = run_predict(
+            served.backend,
+            source,
+            out,
+            served.artifacts.image_size,
+            served.calibration,
+            tasks,
+            save_maps,
+            save_overlays,
+        )
     for e in res.skipped:
         _say(f"warning: {e}")
     skipped = f", {len(res.skipped)} unreadable skipped" if res.skipped else ""
     typer.echo(f"{res.images} predictions written to {out / PREDICTIONS}{skipped}")
 
 
-reference_app = typer.Typer(help="The normal-reference memory of an export (good images baked into the graph).", no_args_is_help=True)
+reference_app = typer.Typer(
+    help="The normal-reference memory of an export (good images baked into the graph).", no_args_is_help=True
+)
 app.add_typer(reference_app, name="reference")
 
 
@@ -431,26 +678,67 @@ def reference_add(
     for warning in art.manifest.warnings:
         typer.echo(f"WARNING: {warning}", err=True)
     r = art.manifest.reference
-    typer.echo(f"reference memory of {art.root}: {len(r.images)} images, {r.patches_per_stage} patches per stage "
-               f"(coverage radius <= {max(r.coreset_radius):.3g}); parity "
-               + ", ".join(f"{p} rel L2 {art.manifest.parity.figures(p).rel_l2:.1e}" for p in art.manifest.precisions)
-               + "; a Triton repository made from the old graph must be written again (`clipad export --triton-repo`)")
+    typer.echo(
+        f"reference memory of {art.root}: {len(r.images)} images, {r.patches_per_stage} patches per stage "
+        f"(coverage radius <= {max(r.coreset_radius):.3g}); parity "
+        + ", ".join(f"{p} rel L2 {art.manifest.parity.figures(p).rel_l2:.1e}" for p in art.manifest.precisions)
+        + "; a Triton repository made from the old graph must be written again (`clipad export --triton-repo`)"
+    )
 
 
 @app.command()
 def calibrate(
     artifacts: ArtifactsOpt = None,
-    good: Annotated[Optional[str], typer.Option("--good", help="Good images of the part: folder, file or glob.")] = None,
-    anomalous: Annotated[Optional[str], typer.Option("--anomalous", help="Labelled anomalous images: the threshold becomes F1-optimal.")] = None,
-    masks: Annotated[Optional[Path], typer.Option("--masks", help="Masks of the anomalous images (same relative path; name or name_mask).")] = None,
-    target_fpr: Annotated[float, typer.Option("--target-fpr", help="False-positive rate on good images (good images only).")] = 0.01,
-    int8: Annotated[bool, typer.Option("--int8", help="Also write an INT8 model from calibration images: the ONNX Runtime graph (static QDQ quantisation) or, with --int8-backend openvino, NNCF's INT8 IR.")] = False,
-    int8_backend: Annotated[str, typer.Option("--int8-backend", help="With --int8: onnxruntime (the INT8 ONNX graph) or openvino (the INT8 IR, made from the export's OpenVINO IR).")] = "onnxruntime",
-    images: Annotated[Optional[str], typer.Option("--images", help="INT8 calibration images (default: --good).")] = None,
-    int8_max_images: Annotated[int, typer.Option("--int8-max-images", min=1, help="At most this many INT8 calibration images.")] = 64,
-    min_agreement: Annotated[float, typer.Option("--min-agreement", help="Keep the INT8 graph only at this top-1% agreement with FP32 or more (without --gate-data).")] = 0.9,
-    gate_data: Annotated[Optional[Path], typer.Option("--gate-data", help="With --int8: labelled held-out images (MVTec layout) of this category; the INT8 graph is kept only when its pixel and image AUROC drop against FP32 is at most --max-auroc-drop points (instead of --min-agreement).")] = None,
-    max_auroc_drop: Annotated[float, typer.Option("--max-auroc-drop", help="The quality gate's limit in AUROC points.")] = 0.5,
+    good: Annotated[
+        str | None, typer.Option("--good", help="Good images of the part: folder, file or glob.")
+    ] = None,
+    anomalous: Annotated[
+        str | None, typer.Option("--anomalous", help="Labelled anomalous images: the threshold becomes F1-optimal.")
+    ] = None,
+    masks: Annotated[
+        Path | None,
+        typer.Option("--masks", help="Masks of the anomalous images (same relative path; name or name_mask)."),
+    ] = None,
+    target_fpr: Annotated[
+        float, typer.Option("--target-fpr", help="False-positive rate on good images (good images only).")
+    ] = 0.01,
+    int8: Annotated[
+        bool,
+        typer.Option(
+            "--int8",
+            help="Also write an INT8 model from calibration images: the ONNX Runtime graph (static QDQ quantisation) or, with --int8-backend openvino, NNCF's INT8 IR.",
+        ),
+    ] = False,
+    int8_backend: Annotated[
+        str,
+        typer.Option(
+            "--int8-backend",
+            help="With --int8: onnxruntime (the INT8 ONNX graph) or openvino (the INT8 IR, made from the export's OpenVINO IR).",
+        ),
+    ] = "onnxruntime",
+    images: Annotated[
+        str | None, typer.Option("--images", help="INT8 calibration images (default: --good).")
+    ] = None,
+    int8_max_images: Annotated[
+        int, typer.Option("--int8-max-images", min=1, help="At most this many INT8 calibration images.")
+    ] = 64,
+    min_agreement: Annotated[
+        float,
+        typer.Option(
+            "--min-agreement",
+            help="Keep the INT8 graph only at this top-1% agreement with FP32 or more (without --gate-data).",
+        ),
+    ] = 0.9,
+    gate_data: Annotated[
+        Path | None,
+        typer.Option(
+            "--gate-data",
+            help="With --int8: labelled held-out images (MVTec layout) of this category; the INT8 graph is kept only when its pixel and image AUROC drop against FP32 is at most --max-auroc-drop points (instead of --min-agreement).",
+        ),
+    ] = None,
+    max_auroc_drop: Annotated[
+        float, typer.Option("--max-auroc-drop", help="The quality gate's limit in AUROC points.")
+    ] = 0.5,
     backend: BackendOpt = "auto",
     precision: ServePrecisionOpt = "auto",
     device: DeviceOpt = "auto",
@@ -472,9 +760,19 @@ def calibrate(
     from clipad.deploy.manifest import MANIFEST, ONNX_INT8, OV_INT8_XML
     from clipad.runtime.serving import find_artifacts, open_served
 
-    cfg = CalibrateConfig(good=good, anomalous=anomalous, masks=masks, target_fpr=target_fpr, int8=int8, int8_images=images,
-                          int8_max_images=int8_max_images, min_agreement=min_agreement, int8_backend=int8_backend,
-                          gate_data=gate_data, max_auroc_drop=max_auroc_drop)
+    cfg = CalibrateConfig(
+        good=good,
+        anomalous=anomalous,
+        masks=masks,
+        target_fpr=target_fpr,
+        int8=int8,
+        int8_images=images,
+        int8_max_images=int8_max_images,
+        min_agreement=min_agreement,
+        int8_backend=int8_backend,
+        gate_data=gate_data,
+        max_auroc_drop=max_auroc_drop,
+    )
     cfg.check()
     triton = _triton(backend, url, triton_model, triton_version, triton_timeout, triton_inflight, triton_shm)
     art_dir = find_artifacts(artifacts)
@@ -483,10 +781,14 @@ def calibrate(
             art = load_artifacts(art_dir)
             check_int8_backend(art, cfg.int8_backend)
             imgs = read_model_images(cfg.int8_source, art.image_size, cfg.int8_max_images)
-            f, gate = make_int8(art, imgs, tasks, cfg.min_agreement, cfg.gate_data, cfg.max_auroc_drop, cfg.int8_backend)
+            f, gate = make_int8(
+                art, imgs, tasks, cfg.min_agreement, cfg.gate_data, cfg.max_auroc_drop, cfg.int8_backend
+            )
             written = ONNX_INT8 if int8_backend == "onnxruntime" else OV_INT8_XML
-            typer.echo(f"{written} written ({len(imgs)} calibration images): vs FP32 rel L2 {f.rel_l2:.2e}, "
-                       f"image_prob err {f.prob_max_abs:.2e}, top-1% agreement {f.top1pct_agreement:.3f}")
+            typer.echo(
+                f"{written} written ({len(imgs)} calibration images): vs FP32 rel L2 {f.rel_l2:.2e}, "
+                f"image_prob err {f.prob_max_abs:.2e}, top-1% agreement {f.top1pct_agreement:.3f}"
+            )
             if gate is not None:
                 from clipad.deploy.quality_gate import describe_gate
 
@@ -496,15 +798,18 @@ def calibrate(
             for note in served.notes:  # without calibration notes: calibrate makes them
                 _say(note)
             with served.backend:
-                entry, warnings = run_calibrate(served.artifacts, served.backend, cfg.good, tasks, cfg.anomalous, cfg.masks,
-                                                cfg.target_fpr)
+                entry, warnings = run_calibrate(
+                    served.artifacts, served.backend, cfg.good, tasks, cfg.anomalous, cfg.masks, cfg.target_fpr
+                )
             for w in warnings:
                 _say(f"warning: {w}")
             a, n = entry.achieved, entry.set
             extra = f", F1 {a['f1']:.3f}, recall {a['recall']:.3f}" if "f1" in a else ""
-            typer.echo(f"calibrated on {n.good} good + {n.anomalous} anomalous images ({entry.method}): "
-                       f"threshold {entry.threshold:.4f} on the fused score, false-positive rate there {a['fpr']:.3f}{extra}; "
-                       f"pixel threshold {entry.pixel_threshold:.4g}; written to {art_dir / MANIFEST}")
+            typer.echo(
+                f"calibrated on {n.good} good + {n.anomalous} anomalous images ({entry.method}): "
+                f"threshold {entry.threshold:.4f} on the fused score, false-positive rate there {a['fpr']:.3f}{extra}; "
+                f"pixel threshold {entry.pixel_threshold:.4g}; written to {art_dir / MANIFEST}"
+            )
 
 
 def _csv(value: str, what: str, cast=str) -> list:
@@ -520,16 +825,34 @@ def _csv(value: str, what: str, cast=str) -> list:
 @app.command()
 def bench(
     artifacts: ArtifactsOpt = None,
-    backends: Annotated[str, typer.Option("--backends", help="Comma-separated: torch, onnxruntime, tensorrt, openvino, triton (with --url; unavailable ones are reported with the reason).")] = "torch,onnxruntime,tensorrt",
-    precision: Annotated[str, typer.Option("--precision", help="Comma-separated: fp32, fp16, int8, bf16 (openvino).")] = "fp32,fp16,int8",
+    backends: Annotated[
+        str,
+        typer.Option(
+            "--backends",
+            help="Comma-separated: torch, onnxruntime, tensorrt, openvino, triton (with --url; unavailable ones are reported with the reason).",
+        ),
+    ] = "torch,onnxruntime,tensorrt",
+    precision: Annotated[
+        str, typer.Option("--precision", help="Comma-separated: fp32, fp16, int8, bf16 (openvino).")
+    ] = "fp32,fp16,int8",
     batch: Annotated[str, typer.Option("--batch", help="Comma-separated batch sizes.")] = "1,8",
-    attention: Annotated[str, typer.Option("--attention", help="Torch rows, comma-separated: fused (scaled_dot_product_attention), explicit (MatMul + Softmax, as in the exported graph).")] = "fused",
+    attention: Annotated[
+        str,
+        typer.Option(
+            "--attention",
+            help="Torch rows, comma-separated: fused (scaled_dot_product_attention), explicit (MatMul + Softmax, as in the exported graph).",
+        ),
+    ] = "fused",
     iterations: Annotated[int, typer.Option("--iterations", help="Timed calls per row.")] = 20,
     warmup: Annotated[int, typer.Option("--warmup", help="Untimed calls before them.")] = 3,
     device: DeviceOpt = "auto",
-    no_parity: Annotated[bool, typer.Option("--no-parity", help="Skip the parity figures against the PyTorch reference.")] = False,
-    json_out: Annotated[Optional[Path], typer.Option("--json", help="Write every figure and sample as JSON.")] = None,
-    plot: Annotated[Optional[Path], typer.Option("--plot", help="Latency and throughput against batch size (PNG).")] = None,
+    no_parity: Annotated[
+        bool, typer.Option("--no-parity", help="Skip the parity figures against the PyTorch reference.")
+    ] = False,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write every figure and sample as JSON.")] = None,
+    plot: Annotated[
+        Path | None, typer.Option("--plot", help="Latency and throughput against batch size (PNG).")
+    ] = None,
     quiet: QuietOpt = False,
     url: UrlOpt = None,
     triton_model: TritonModelOpt = None,
@@ -544,11 +867,25 @@ def bench(
     from clipad.runtime.bench import BenchConfig, format_markdown, run_bench, validate, write_json, write_plot
     from clipad.runtime.serving import find_artifacts
 
-    cfg = BenchConfig(backends=_csv(backends, "--backends"), precisions=_csv(precision, "--precision"),
-                      batches=_csv(batch, "--batch", int), iterations=iterations, warmup=warmup, device=device,
-                      parity=not no_parity, attentions=_csv(attention, "--attention"))
-    cfg.triton = _triton("triton" if "triton" in cfg.backends else "", url, triton_model, triton_version, triton_timeout,
-                         triton_inflight, triton_shm)
+    cfg = BenchConfig(
+        backends=_csv(backends, "--backends"),
+        precisions=_csv(precision, "--precision"),
+        batches=_csv(batch, "--batch", int),
+        iterations=iterations,
+        warmup=warmup,
+        device=device,
+        parity=not no_parity,
+        attentions=_csv(attention, "--attention"),
+    )
+    cfg.triton = _triton(
+        "triton" if "triton" in cfg.backends else "",
+        url,
+        triton_model,
+        triton_version,
+        triton_timeout,
+        triton_inflight,
+        triton_shm,
+    )
     validate(cfg)
     art = load_artifacts(find_artifacts(artifacts))
     with progress_bars(enabled=not quiet) as tasks:
@@ -568,8 +905,14 @@ def triton_server(
     http_port: Annotated[int, typer.Option("--http-port", help="HTTP port on 127.0.0.1 (0: a free one).")] = 0,
     grpc_port: Annotated[int, typer.Option("--grpc-port", help="gRPC port on 127.0.0.1 (0: a free one).")] = 0,
     metrics_port: Annotated[int, typer.Option("--metrics-port", help="Metrics port on 127.0.0.1 (0: a free one).")] = 0,
-    models: Annotated[Optional[str], typer.Option("--models", help="Comma-separated models to load (default: every one this build can load: the _python ones).")] = None,
-    log: Annotated[Optional[Path], typer.Option("--log", help="Server log file (default: a temporary one).")] = None,
+    models: Annotated[
+        str | None,
+        typer.Option(
+            "--models",
+            help="Comma-separated models to load (default: every one this build can load: the _python ones).",
+        ),
+    ] = None,
+    log: Annotated[Path | None, typer.Option("--log", help="Server log file (default: a temporary one).")] = None,
 ) -> None:
     """Run a local Triton server on loopback (the nvidia-pytriton wheel's binary) until Ctrl-C: for development and tests."""
     from clipad.deploy.triton_server import LocalTriton, Ports, free_port, serve_until_stopped
@@ -582,7 +925,9 @@ def triton_server(
 @app.command()
 def demo(
     out: Annotated[Path, typer.Option("--out", help="Folder for everything the demo writes.")] = Path("clipad-demo"),
-    model: Annotated[str, typer.Option("--model", help="clipad-tiny (seconds) or ViT-B-16-plus-240 (minutes).")] = "clipad-tiny",
+    model: Annotated[
+        str, typer.Option("--model", help="clipad-tiny (seconds) or ViT-B-16-plus-240 (minutes).")
+    ] = "clipad-tiny",
     frames: Annotated[int, typer.Option("--frames", min=1, help="Frames in the demo video.")] = 40,
     quiet: QuietOpt = False,
 ) -> None:
@@ -590,28 +935,50 @@ def demo(
     from clipad.core.progress import progress_bars
     from clipad.runtime.demo import run_demo
 
-    typer.echo("clipad demo: random weights, so the heatmaps are meaningless; this checks the toolchain end to end", err=True)
+    typer.echo(
+        "clipad demo: random weights, so the heatmaps are meaningless; this checks the toolchain end to end", err=True
+    )
     with progress_bars(enabled=not quiet) as tasks:
         report = run_demo(out, model, frames, tasks, log=lambda s: typer.echo(s, err=True))
-    typer.echo(f"demo finished in {report['seconds']} s: report {out / 'report.md'}, overlay video {out / 'overlay.mp4'}")
+    typer.echo(
+        f"demo finished in {report['seconds']} s: report {out / 'report.md'}, overlay video {out / 'overlay.mp4'}"
+    )
 
 
 @app.command()
 def train(
-    dataset: Annotated[str, typer.Option("--dataset", help="mvtec, visa or folder (its test split, as the official recipe).")],
+    dataset: Annotated[
+        str, typer.Option("--dataset", help="mvtec, visa or folder (its test split, as the official recipe).")
+    ],
     root: Annotated[Path, typer.Option("--root", help="Dataset root folder.")],
-    out: Annotated[Path, typer.Option("--out", help="Heads file (.safetensors); checkpoint, log and feature cache go beside it.")],
-    categories: Annotated[Optional[str], typer.Option("--categories", help="Comma-separated categories (default: all).")] = None,
+    out: Annotated[
+        Path, typer.Option("--out", help="Heads file (.safetensors); checkpoint, log and feature cache go beside it.")
+    ],
+    categories: Annotated[
+        str | None, typer.Option("--categories", help="Comma-separated categories (default: all).")
+    ] = None,
     epochs: Annotated[int, typer.Option("--epochs", min=1)] = 5,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 8,
     lr: Annotated[float, typer.Option("--lr")] = 1e-4,
     train_seed: Annotated[int, typer.Option("--train-seed", help="Seed of the heads' initialisation.")] = 42,
     rvs: RvsOpt = "dbscan",
-    resume: Annotated[Optional[Path], typer.Option("--resume", help="Checkpoint (<out>.ckpt.pt) to continue from.")] = None,
-    cache_dtype: Annotated[str, typer.Option("--cache-dtype", help="Feature cache precision: float16 (half the disk, same heads) or float32.")] = "float16",
-    val_dataset: Annotated[Optional[str], typer.Option("--val-dataset", help="Held-out validation set's layout (mvtec, visa, folder): selects the epoch.")] = None,
-    val_root: Annotated[Optional[Path], typer.Option("--val-root", help="Validation dataset root.")] = None,
-    val_categories: Annotated[Optional[str], typer.Option("--val-categories", help="Comma-separated validation categories.")] = None,
+    resume: Annotated[
+        Path | None, typer.Option("--resume", help="Checkpoint (<out>.ckpt.pt) to continue from.")
+    ] = None,
+    cache_dtype: Annotated[
+        str,
+        typer.Option("--cache-dtype", help="Feature cache precision: float16 (half the disk, same heads) or float32."),
+    ] = "float16",
+    val_dataset: Annotated[
+        str | None,
+        typer.Option(
+            "--val-dataset", help="Held-out validation set's layout (mvtec, visa, folder): selects the epoch."
+        ),
+    ] = None,
+    val_root: Annotated[Path | None, typer.Option("--val-root", help="Validation dataset root.")] = None,
+    val_categories: Annotated[
+        str | None, typer.Option("--val-categories", help="Comma-separated validation categories.")
+    ] = None,
     model: ModelOpt = "ViT-B-16-plus-240",
     pretrained: PretrainedOpt = "laion400m_e31",
     weights: WeightsOpt = None,
@@ -645,21 +1012,45 @@ def train(
         vcats = [c.strip() for c in val_categories.split(",") if c.strip()] if val_categories else None
         val_split = load_split(val_dataset, val_root, vcats)
         check_masks(val_split)
-    loaded = load_model(_weight_spec(model, pretrained, weights, random_weights, seed, cache_dir), resolve_device(device))
-    cfg = TrainConfig(out=out, epochs=epochs, batch_size=batch_size, lr=lr, seed=train_seed, rvs=rvs, dataset=dataset,
-                      cache_dtype=cache_dtype)
+    loaded = load_model(
+        _weight_spec(model, pretrained, weights, random_weights, seed, cache_dir), resolve_device(device)
+    )
+    cfg = TrainConfig(
+        out=out,
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        seed=train_seed,
+        rvs=rvs,
+        dataset=dataset,
+        cache_dtype=cache_dtype,
+    )
     with progress_bars(enabled=not quiet) as tasks:
         log = run_train(loaded, split, cfg, tasks, resume, val_split, val_dataset or "mvtec")
     last = log["epochs"][-1]
-    chosen = f", kept epoch {log['selected_epoch']} (best validation image AUROC)" if "selected_epoch" in log else ", kept the last epoch"
+    chosen = (
+        f", kept epoch {log['selected_epoch']} (best validation image AUROC)"
+        if "selected_epoch" in log
+        else ", kept the last epoch"
+    )
     typer.echo(f"trained {len(log['epochs'])} epochs (last loss {last['loss']:.4f}){chosen}; heads written to {out}")
 
 
 @app.command()
 def doctor(
-    require: Annotated[Optional[list[str]], typer.Option("--require", help="Exit 1 unless this can be used here: torch, onnxruntime, openvino, tensorrt, triton or cuda (repeatable, or comma-separated).")] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the whole report as JSON (for support tickets).")] = False,
-    deep: Annotated[bool, typer.Option("--deep", help="Also import torch (about 3 s) to see whether it imports and finds the GPU.")] = False,
+    require: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--require",
+            help="Exit 1 unless this can be used here: torch, onnxruntime, openvino, tensorrt, triton or cuda (repeatable, or comma-separated).",
+        ),
+    ] = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print the whole report as JSON (for support tickets).")
+    ] = False,
+    deep: Annotated[
+        bool, typer.Option("--deep", help="Also import torch (about 3 s) to see whether it imports and finds the GPU.")
+    ] = False,
 ) -> None:
     """What this machine gives clipad: backends it will use, and why not the others."""
     import json
@@ -678,7 +1069,7 @@ def doctor(
 # The optional packages a command may need, and the install that brings each (pyproject's extras).
 INSTALL_HINTS = {
     "onnxruntime": "pip install 'clipad[cpu]', or on an NVIDIA GPU workstation "
-                   "pip install --extra-index-url https://pypi.nvidia.com 'clipad[gpu]'",
+    "pip install --extra-index-url https://pypi.nvidia.com 'clipad[gpu]'",
     "openvino": "pip install 'clipad[openvino]'",
     "nncf": "pip install 'clipad[openvino]'",
 }
@@ -706,8 +1097,11 @@ def run(argv: list[str]) -> int:
         if _state["debug"]:
             raise
         if err.name in INSTALL_HINTS:
-            typer.echo(f"error: {err.name} is not installed: {INSTALL_HINTS[err.name]} "
-                       "(`clipad doctor` tells what this machine has)", err=True)
+            typer.echo(
+                f"error: {err.name} is not installed: {INSTALL_HINTS[err.name]} "
+                "(`clipad doctor` tells what this machine has)",
+                err=True,
+            )
         else:
             typer.echo(f"error: {type(err).__name__}: {err} (run `clipad --debug ...` for the traceback)", err=True)
         return 1

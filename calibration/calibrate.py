@@ -61,7 +61,9 @@ class CalibrateConfig:
         if self.int8 and self.int8_images is None and self.good is None:
             raise ClipadError("--int8 needs calibration images: --images DIR (or --good DIR)")
         if self.gate_data is not None and not self.int8:
-            raise ClipadError("--gate-data goes with --int8 here (it judges the INT8 graph); `clipad export --gate-data` judges the others")
+            raise ClipadError(
+                "--gate-data goes with --int8 here (it judges the INT8 graph); `clipad export --gate-data` judges the others"
+            )
         if self.int8_backend not in ("onnxruntime", "openvino"):
             raise ClipadError(f"--int8-backend must be onnxruntime or openvino, got '{self.int8_backend}'")
         if self.int8_backend != "onnxruntime" and not self.int8:
@@ -136,8 +138,9 @@ def find_mask(image: Path, spec: str, masks_root: Path) -> Path | None:
     return None
 
 
-def observe(backend: ScoringModel, good: str, anomalous: str | None, masks: Path | None, image_size: int,
-            tasks: Tasks) -> Observations:
+def observe(
+    backend: ScoringModel, good: str, anomalous: str | None, masks: Path | None, image_size: int, tasks: Tasks
+) -> Observations:
     """Run ``backend`` over the good (label 0) and anomalous (label 1) images."""
     sample_idx = None
     if image_size * image_size > PIXELS_PER_IMAGE:
@@ -166,7 +169,9 @@ def observe(backend: ScoringModel, good: str, anomalous: str | None, masks: Path
                     else:
                         mask_path = find_mask(path, spec, masks)
                         if mask_path is None:
-                            raise ClipadError(f"no mask for {path} under {masks} (same relative path, name or name_mask)")
+                            raise ClipadError(
+                                f"no mask for {path} under {masks} (same relative path, name or name_mask)"
+                            )
                         mask_files.append(mask_path)
                         try:
                             m = load_mask(mask_path, image_size).ravel()
@@ -175,15 +180,25 @@ def observe(backend: ScoringModel, good: str, anomalous: str | None, masks: Path
                     pixel_labels.append(m if sample_idx is None else m[sample_idx])
     if not files:
         raise ClipadError("none of the calibration images could be read")
-    return Observations(np.concatenate(probs), np.concatenate(maxes), np.array(labels, np.int8), np.concatenate(pixels),
-                        np.stack(pixel_labels) if masks is not None else None, files, mask_files, skipped)
+    return Observations(
+        np.concatenate(probs),
+        np.concatenate(maxes),
+        np.array(labels, np.int8),
+        np.concatenate(pixels),
+        np.stack(pixel_labels) if masks is not None else None,
+        files,
+        mask_files,
+        skipped,
+    )
 
 
 def _range(values: np.ndarray, name: str) -> tuple[float, float]:
     lo, hi = float(np.min(values)), float(np.max(values))
     if not hi > lo:
-        raise ClipadError(f"all {len(values)} calibration images give the same {name} ({lo:.6g}): cannot normalise; "
-                          "use varied images of the part (are they copies of one image?)")
+        raise ClipadError(
+            f"all {len(values)} calibration images give the same {name} ({lo:.6g}): cannot normalise; "
+            "use varied images of the part (are they copies of one image?)"
+        )
     return lo, hi
 
 
@@ -212,8 +227,10 @@ def constants(obs: Observations, target_fpr: float) -> tuple[CalibrationConstant
     else:
         need = min_images_for_fpr(target_fpr)
         if n_good < need:
-            warnings.append(f"only {n_good} good images: a false-positive rate of {target_fpr:g} needs at least {need} "
-                            f"(about {10 * need} for +-30%); the threshold sits above the highest good score")
+            warnings.append(
+                f"only {n_good} good images: a false-positive rate of {target_fpr:g} needs at least {need} "
+                f"(about {10 * need} for +-30%); the threshold sits above the highest good score"
+            )
         threshold = fpr_threshold(fused[good], target_fpr)
         method = f"false-positive rate {target_fpr:g} on the good images"
     achieved["fpr"] = float(np.mean(fused[good] >= threshold))
@@ -232,9 +249,15 @@ def constants(obs: Observations, target_fpr: float) -> tuple[CalibrationConstant
     achieved["pixel_fpr"] = float(np.mean(obs.pixels[good] >= pixel_threshold))
     entry = CalibrationConstants.create(
         version=CALIBRATION_VERSION,
-        image_prob_range=list(prob_range), map_max_range=list(max_range),
-        threshold=float(threshold), score_range=list(score_range), pixel_threshold=float(pixel_threshold),
-        method=method, pixel_method=pixel_method, target_fpr=target_fpr, achieved={k: float(v) for k, v in achieved.items()},
+        image_prob_range=list(prob_range),
+        map_max_range=list(max_range),
+        threshold=float(threshold),
+        score_range=list(score_range),
+        pixel_threshold=float(pixel_threshold),
+        method=method,
+        pixel_method=pixel_method,
+        target_fpr=target_fpr,
+        achieved={k: float(v) for k, v in achieved.items()},
         set={"good": n_good, "anomalous": n_bad, "skipped": len(obs.skipped)},
     )
     return entry, warnings
@@ -248,12 +271,21 @@ def refuse_reference_images(art: Artifacts, specs: list[str]) -> None:
     for spec in specs:
         overlap = reference_overlap(art.manifest.reference, list_images(spec))
         if overlap:
-            raise ClipadError(f"{len(overlap)} calibration image(s) at {spec} are reference images of these artifacts "
-                              f"(e.g. {overlap[0]}; sha256 match): their distances are zero; calibrate on other good images")
+            raise ClipadError(
+                f"{len(overlap)} calibration image(s) at {spec} are reference images of these artifacts "
+                f"(e.g. {overlap[0]}; sha256 match): their distances are zero; calibrate on other good images"
+            )
 
 
-def calibrate(art: Artifacts, backend: ScoringModel, good: str, tasks: Tasks, anomalous: str | None = None,
-              masks: Path | None = None, target_fpr: float = 0.01) -> tuple[CalibrationEntry, list[str]]:
+def calibrate(
+    art: Artifacts,
+    backend: ScoringModel,
+    good: str,
+    tasks: Tasks,
+    anomalous: str | None = None,
+    masks: Path | None = None,
+    target_fpr: float = 0.01,
+) -> tuple[CalibrationEntry, list[str]]:
     """Observe, fix the constants and write them into the manifest (one atomic write); returns
     (the manifest's new calibration entry, warnings)."""
     CalibrateConfig(good=good, anomalous=anomalous, masks=masks, target_fpr=target_fpr).check()
@@ -261,13 +293,15 @@ def calibrate(art: Artifacts, backend: ScoringModel, good: str, tasks: Tasks, an
     with art.writing():
         obs = observe(backend, good, anomalous, masks, art.image_size, tasks)
         fixed, warnings = constants(obs, target_fpr)
-        entry = CalibrationEntry.create(**{
-            **fixed.model_dump(),
-            "set": fixed.set.replace(sha256=set_hash(obs.files, obs.mask_files)),
-            "backend": backend.describe(),
-            "model_files": {n: art.manifest.files.get(n) for n in MODEL_FILES},
-            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        })
+        entry = CalibrationEntry.create(
+            **{
+                **fixed.model_dump(),
+                "set": fixed.set.replace(sha256=set_hash(obs.files, obs.mask_files)),
+                "backend": backend.describe(),
+                "model_files": {n: art.manifest.files.get(n) for n in MODEL_FILES},
+                "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            }
+        )
         warnings += [f"skipped: {s}" for s in obs.skipped]
         art.update(art.manifest.with_calibration(entry))
     return entry, warnings

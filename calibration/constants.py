@@ -35,20 +35,26 @@ class Calibration:
     pixel_threshold: float
 
     @classmethod
-    def from_manifest(cls, manifest: Manifest) -> "Calibration | None":
+    def from_manifest(cls, manifest: Manifest) -> Calibration | None:
         """The constants, or None when uncalibrated; a ClipadError when they belong to another
         model or have another format version."""
         c = manifest.calibration
         if c is None:
             return None
         if not isinstance(c, CalibrationEntry):  # kept verbatim by the manifest, readable by no one here
-            raise ClipadError(f"the calibration has format {c.version}, this clipad reads {CALIBRATION_VERSION}: "
-                              "run `clipad calibrate` again")
+            raise ClipadError(
+                f"the calibration has format {c.version}, this clipad reads {CALIBRATION_VERSION}: "
+                "run `clipad calibrate` again"
+            )
         changed = [n for n in MODEL_FILES if c.model_files.get(n) != manifest.files.get(n)]
         if changed:
-            raise ClipadError(f"the calibration constants were made for another model ({', '.join(changed)} changed since "
-                              "calibration): run `clipad calibrate` again")
-        return cls(tuple(c.image_prob_range), tuple(c.map_max_range), c.threshold, tuple(c.score_range), c.pixel_threshold)
+            raise ClipadError(
+                f"the calibration constants were made for another model ({', '.join(changed)} changed since "
+                "calibration): run `clipad calibrate` again"
+            )
+        return cls(
+            tuple(c.image_prob_range), tuple(c.map_max_range), c.threshold, tuple(c.score_range), c.pixel_threshold
+        )
 
     def fused(self, image_prob: np.ndarray, map_max: np.ndarray) -> np.ndarray:
         """float64 [N]: the paper's fusion with the calibrated ranges."""

@@ -24,9 +24,9 @@ from __future__ import annotations
 
 import logging
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import onnx
@@ -86,8 +86,15 @@ def quantise(src: Path, dst: Path, images: np.ndarray, tasks: Tasks) -> None:
     logging.disable(logging.WARNING)
     try:
         quantize_static(
-            str(src), str(dst), Reader(), quant_format=QuantFormat.QDQ, op_types_to_quantize=QUANTISED_OPS,
-            per_channel=True, activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, nodes_to_exclude=exclude,
+            str(src),
+            str(dst),
+            Reader(),
+            quant_format=QuantFormat.QDQ,
+            op_types_to_quantize=QUANTISED_OPS,
+            per_channel=True,
+            activation_type=QuantType.QInt8,
+            weight_type=QuantType.QInt8,
+            nodes_to_exclude=exclude,
             calibrate_method=CalibrationMethod.MinMax,
             # Symmetric for TensorRT. MinMax keeps only per-tensor reductions per image, so memory stays
             # small (ORT 1.32 drops data when CalibMaxIntermediateOutputs is set, so it is not).
@@ -120,18 +127,32 @@ class Int8Target:
 def onnxruntime_target(min_agreement: float, source_sha256: str) -> Int8Target:
     """``model.int8.onnx`` from ``model.onnx`` (sha256 ``source_sha256``), recorded in ``parity`` and ``int8``."""
     # Made first, so that an invalid setting (a negative agreement) is refused before any work.
-    entry = Int8Entry.create(min_agreement=min_agreement, format="QDQ, symmetric INT8 activations and per-channel weights",
-                             ops=QUANTISED_OPS, calibration="MinMax", source_sha256=source_sha256)
+    entry = Int8Entry.create(
+        min_agreement=min_agreement,
+        format="QDQ, symmetric INT8 activations and per-channel weights",
+        ops=QUANTISED_OPS,
+        calibration="MinMax",
+        source_sha256=source_sha256,
+    )
 
     def record(manifest: Manifest, root: Path, figures: ParityFigures, gate: QualityGate | None) -> Manifest:
         m = manifest.with_int8(file_sha256(root / ONNX_INT8), figures, Tolerance.create(**TOLERANCES["int8"]), entry)
-        gates = {k: v for k, v in (m.parity.gates or {}).items() if k != "int8"}  # a new graph: an old gate no longer holds
+        gates = {
+            k: v for k, v in (m.parity.gates or {}).items() if k != "int8"
+        }  # a new graph: an old gate no longer holds
         if gate is not None:
             gates["int8"] = gate
         return m.replace(parity=m.parity.replace(gates=gates or None))
 
-    return Int8Target("INT8 graph", (ONNX_FP32,), (ONNX_INT8,), quantise, lambda path, x, mb, _int8: run_graph(path, x, mb),
-                      "fp32 onnx", record)
+    return Int8Target(
+        "INT8 graph",
+        (ONNX_FP32,),
+        (ONNX_INT8,),
+        quantise,
+        lambda path, x, mb, _int8: run_graph(path, x, mb),
+        "fp32 onnx",
+        record,
+    )
 
 
 def openvino_target() -> Int8Target:
@@ -149,12 +170,21 @@ def openvino_target() -> Int8Target:
         gates = {k: v for k, v in (entry.gates or {}).items() if k != "int8"}  # a new IR: an old gate no longer holds
         if gate is not None:
             gates["int8"] = gate
-        entry = entry.replace(ir={**entry.ir, "int8": OV_INT8_XML}, parity={**entry.parity, "int8": figures}, gates=gates or None)
+        entry = entry.replace(
+            ir={**entry.ir, "int8": OV_INT8_XML}, parity={**entry.parity, "int8": figures}, gates=gates or None
+        )
         return manifest.with_openvino(entry, ir_hashes(root))
 
-    return Int8Target("OpenVINO INT8 IR", (OV_XML, OV_BIN), (OV_INT8_BIN, OV_INT8_XML), quantise_ir,
-                      lambda path, x, mb, int8: run_compiled(compile_ir(path, "int8" if int8 else "fp32"), x, mb),
-                      "openvino fp32", record, violations=True)
+    return Int8Target(
+        "OpenVINO INT8 IR",
+        (OV_XML, OV_BIN),
+        (OV_INT8_BIN, OV_INT8_XML),
+        quantise_ir,
+        lambda path, x, mb, int8: run_compiled(compile_ir(path, "int8" if int8 else "fp32"), x, mb),
+        "openvino fp32",
+        record,
+        violations=True,
+    )
 
 
 def check_int8_backend(art: Artifacts, backend: str) -> None:
@@ -165,9 +195,15 @@ def check_int8_backend(art: Artifacts, backend: str) -> None:
         raise ClipadError(f"{art.root} has no OpenVINO IR to quantise; export with `clipad export --openvino` first")
 
 
-def make_int8(art: Artifacts, images: np.ndarray, tasks: Tasks, min_agreement: float = MIN_AGREEMENT,
-              gate_root: Path | None = None, max_auroc_drop: float = DEFAULT_MAX_DROP_POINTS,
-              backend: str = "onnxruntime") -> tuple[ParityFigures, QualityGate | None]:
+def make_int8(
+    art: Artifacts,
+    images: np.ndarray,
+    tasks: Tasks,
+    min_agreement: float = MIN_AGREEMENT,
+    gate_root: Path | None = None,
+    max_auroc_drop: float = DEFAULT_MAX_DROP_POINTS,
+    backend: str = "onnxruntime",
+) -> tuple[ParityFigures, QualityGate | None]:
     """Quantise with ``images`` (uint8 [N, S, S, 3]) for ``backend`` (onnxruntime or openvino),
     check against its FP32 model on the export's parity images and up to 8 calibration images,
     and add it to the artifacts.
@@ -192,20 +228,35 @@ def make_int8(art: Artifacts, images: np.ndarray, tasks: Tasks, min_agreement: f
             ref_map, ref_prob = target.run(src, check, art.max_batch, False)
             amap, prob = target.run(dst, check, art.max_batch, True)
             f = compare(ref_map, ref_prob, amap, prob)
-            figures = ParityFigures.create(**f, against=target.against, n_images=len(check), calibration_images=len(images),
-                                           violations=violations(f, "int8") if target.violations else None)
+            figures = ParityFigures.create(
+                **f,
+                against=target.against,
+                n_images=len(check),
+                calibration_images=len(images),
+                violations=violations(f, "int8") if target.violations else None,
+            )
             gate = None
             if gate_set is not None:
                 x, labels, masks = gate_set
-                gate = quality_gate(target.run(src, x, art.max_batch, False), target.run(dst, x, art.max_batch, True), labels,
-                                    masks, max_auroc_drop, target.against)
+                gate = quality_gate(
+                    target.run(src, x, art.max_batch, False),
+                    target.run(dst, x, art.max_batch, True),
+                    labels,
+                    masks,
+                    max_auroc_drop,
+                    target.against,
+                )
                 if not gate.passed:
-                    raise ClipadError(f"the {target.label} fails its quality gate: pixel AUROC drop {gate.pixel_drop_points:.2f}, "
-                                      f"image {gate.image_drop_points:.2f} points (> {max_auroc_drop:g}) on {gate.n_images} "
-                                      "labelled images: not written, keep using FP32")
+                    raise ClipadError(
+                        f"the {target.label} fails its quality gate: pixel AUROC drop {gate.pixel_drop_points:.2f}, "
+                        f"image {gate.image_drop_points:.2f} points (> {max_auroc_drop:g}) on {gate.n_images} "
+                        "labelled images: not written, keep using FP32"
+                    )
             elif figures.top1pct_agreement < min_agreement:
-                raise ClipadError(f"the {target.label}'s top-1% pixel agreement with FP32 is {figures.top1pct_agreement:.3f} "
-                                  f"(< {min_agreement}; rel L2 {figures.rel_l2:.2e}): not written, keep using FP32")
+                raise ClipadError(
+                    f"the {target.label}'s top-1% pixel agreement with FP32 is {figures.top1pct_agreement:.3f} "
+                    f"(< {min_agreement}; rel L2 {figures.rel_l2:.2e}): not written, keep using FP32"
+                )
             for name in target.files:  # an IR's .bin first: its .xml, written last, is what a reader opens
                 with atomic_path(art.root / name) as out:
                     (Path(tmp) / name).replace(out)

@@ -39,8 +39,9 @@ def write_demo_video(path: Path, frames: int, fps: float = 10.0) -> None:
     writer.release()
 
 
-def run_demo(out: Path, model: str = TINY_MODEL, frames: int = 40, tasks: Tasks | None = None,
-             log=lambda s: None) -> dict:
+def run_demo(
+    out: Path, model: str = TINY_MODEL, frames: int = 40, tasks: Tasks | None = None, log=lambda s: None
+) -> dict:
     """Run the whole demo into ``out``; returns what the report says."""
     tasks = tasks or Tasks(None)
     t0 = time.perf_counter()
@@ -52,8 +53,17 @@ def run_demo(out: Path, model: str = TINY_MODEL, frames: int = 40, tasks: Tasks 
     write_demo_video(video, frames)
     log(f"input video: {video} ({frames} frames)")
     loaded = load_model(WeightSpec(model=model, random_weights=True, seed=0), "cpu")
-    art = export(loaded, ExportConfig(category=CATEGORY, out=out / "artifacts" / CATEGORY, prompts=PROMPT_SETS["industrial"],
-                                      max_batch=8, precision="all"), tasks)
+    art = export(
+        loaded,
+        ExportConfig(
+            category=CATEGORY,
+            out=out / "artifacts" / CATEGORY,
+            prompts=PROMPT_SETS["industrial"],
+            max_batch=8,
+            precision="all",
+        ),
+        tasks,
+    )
     log(f"artifacts: {art.root}")
     backend = select_backend(art, "auto", "cpu")
     good = data / CATEGORY / "train" / "good"
@@ -61,21 +71,36 @@ def run_demo(out: Path, model: str = TINY_MODEL, frames: int = 40, tasks: Tasks 
     cal = Calibration.from_manifest(art.manifest)
     log(f"calibrated on {good} (20 good images, false-positive rate 0.1)")
     sinks = [EventsSink(out / "events.jsonl"), VideoSink(out / "overlay.mp4")]
-    summary = Pipeline(backend, [VideoFileSource(str(video))], art.image_size, cal, sinks, status_every=1e9,
-                       log=lambda s: None, needs_view=True).run()
+    summary = Pipeline(
+        backend,
+        [VideoFileSource(str(video))],
+        art.image_size,
+        cal,
+        sinks,
+        status_every=1e9,
+        log=lambda s: None,
+        needs_view=True,
+    ).run()
     log(f"runtime: {summary.line()}")
-    preds = predict(backend, str(data / CATEGORY / "test"), out / "predictions", art.image_size, cal, tasks, save_overlays=True)
+    preds = predict(
+        backend, str(data / CATEGORY / "test"), out / "predictions", art.image_size, cal, tasks, save_overlays=True
+    )
     report = {
         "model": model,
         "weights": "random (seed 0): the heatmaps and scores are meaningless",
         "backend": backend.describe(),
-        "parity": {p: {k: getattr(f, k) for k in ("rel_l2", "prob_max_abs", "top1pct_agreement")}
-                   for p in ("fp32", "fp16") if (f := art.manifest.parity.figures(p)) is not None},
+        "parity": {
+            p: {k: getattr(f, k) for k in ("rel_l2", "prob_max_abs", "top1pct_agreement")}
+            for p in ("fp32", "fp16")
+            if (f := art.manifest.parity.figures(p)) is not None
+        },
         "precisions_kept": list(art.manifest.precisions),
         "runtime": {"frames": summary.frames, "fps": round(summary.fps, 1), "summary": summary.line()},
         "predictions": preds.images,
-        "labelled_anomalous": sum(json.loads(line)["label"] == "anomalous"
-                                  for line in (out / "predictions" / "predictions.jsonl").read_text().splitlines()),
+        "labelled_anomalous": sum(
+            json.loads(line)["label"] == "anomalous"
+            for line in (out / "predictions" / "predictions.jsonl").read_text().splitlines()
+        ),
         "seconds": round(time.perf_counter() - t0, 1),
     }
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
@@ -84,21 +109,24 @@ def run_demo(out: Path, model: str = TINY_MODEL, frames: int = 40, tasks: Tasks 
 
 
 def _markdown(r: dict, out: Path) -> str:
-    par = "\n".join(f"  - {p}: anomaly_map rel. L2 {v['rel_l2']:.1e}, image_prob error {v['prob_max_abs']:.1e}, "
-                    f"top-1% agreement {v['top1pct_agreement']:.3f}" for p, v in r["parity"].items())
+    par = "\n".join(
+        f"  - {p}: anomaly_map rel. L2 {v['rel_l2']:.1e}, image_prob error {v['prob_max_abs']:.1e}, "
+        f"top-1% agreement {v['top1pct_agreement']:.3f}"
+        for p, v in r["parity"].items()
+    )
     return f"""# clipad demo
 
 **Random weights: the heatmaps and scores below are meaningless.** This run shows that the
 toolchain works on this machine: synthesis, export with parity, calibration, streaming, prediction.
 
-- model: {r['model']}, backend: {r['backend']}, graphs kept: {', '.join(r['precisions_kept'])}
+- model: {r["model"]}, backend: {r["backend"]}, graphs kept: {", ".join(r["precisions_kept"])}
 - export parity against the PyTorch reference:
 {par}
-- runtime over `input.avi`: {r['runtime']['summary']}
+- runtime over `input.avi`: {r["runtime"]["summary"]}
 - calibration: 20 good images, threshold for a false-positive rate of 0.1
-- predictions: {r['predictions']} images in `predictions/predictions.jsonl` ({r['labelled_anomalous']} labelled anomalous),
+- predictions: {r["predictions"]} images in `predictions/predictions.jsonl` ({r["labelled_anomalous"]} labelled anomalous),
   overlays in `predictions/overlays/`
-- total time: {r['seconds']} s
+- total time: {r["seconds"]} s
 
 Files: `{out}/overlay.mp4` (heatmap overlay video), `events.jsonl` (one record per frame),
 `artifacts/{CATEGORY}/` (ONNX graphs and manifest), `data/` (the synthetic dataset).

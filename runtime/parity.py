@@ -8,8 +8,9 @@ The figures and their limits are the export's (``clipad.deploy.parity``).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -61,8 +62,13 @@ class ParityRow:
 
     def to_json(self) -> dict[str, Any]:
         """`clipad parity --json`'s keys: backend, precision, n_images, the figures, within_tolerance."""
-        return {"backend": self.backend, "precision": self.precision, "n_images": self.n_images,
-                **self.figures.to_json(), "within_tolerance": self.within_tolerance}
+        return {
+            "backend": self.backend,
+            "precision": self.precision,
+            "n_images": self.n_images,
+            **self.figures.to_json(),
+            "within_tolerance": self.within_tolerance,
+        }
 
 
 def check_backend(backend: Backend, ref: Reference) -> ParityRow:
@@ -77,12 +83,21 @@ def served_precisions(artifacts: Artifacts, name: str) -> list[str | None]:
     the plan's own precision for TensorRT and Triton (None: whatever it serves), every precision with
     export parity figures for OpenVINO, FP32 for torch."""
     ov = artifacts.manifest.openvino
-    return {"onnxruntime": list(artifacts.manifest.precisions), "tensorrt": [None], "triton": [None],
-            "openvino": [p for p in (ov.parity if ov else {}) if p in ov.ir] if ov else ["fp32"]}.get(name, ["fp32"])
+    return {
+        "onnxruntime": list(artifacts.manifest.precisions),
+        "tensorrt": [None],
+        "triton": [None],
+        "openvino": [p for p in (ov.parity if ov else {}) if p in ov.ir] if ov else ["fp32"],
+    }.get(name, ["fp32"])
 
 
-def run_parity(artifacts: Artifacts, backends: Sequence[str], images: np.ndarray, device: str = "cpu",
-               triton: TritonTarget | None = None) -> list[ParityRow]:
+def run_parity(
+    artifacts: Artifacts,
+    backends: Sequence[str],
+    images: np.ndarray,
+    device: str = "cpu",
+    triton: TritonTarget | None = None,
+) -> list[ParityRow]:
     """Each named backend at each precision it serves, opened on ``device`` one at a time,
     against the CPU reference on uint8 [N, H, W, 3] ``images``; one row each. ``triton``: the
     server of backend triton (whose model has the precision of the file it serves)."""
@@ -102,6 +117,8 @@ def format_rows(rows: Sequence[ParityRow]) -> str:
     for r in rows:
         f = r.figures
         ok = {True: "yes", False: "NO", None: "-"}[r.within_tolerance]
-        lines.append(f"{r.backend:<36} {f.max_abs:>10.2e} {f.rel_l2:>10.2e} {f.prob_max_abs:>10.2e} "
-                     f"{f.top1pct_agreement:>13.3f}  {ok}")
+        lines.append(
+            f"{r.backend:<36} {f.max_abs:>10.2e} {f.rel_l2:>10.2e} {f.prob_max_abs:>10.2e} "
+            f"{f.top1pct_agreement:>13.3f}  {ok}"
+        )
     return "\n".join(lines)

@@ -22,8 +22,8 @@ import sys
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import numpy as np
 
@@ -79,13 +79,18 @@ class Summary:
         return self.frames / self.seconds if self.seconds > 0 else 0.0
 
     def percentiles(self) -> dict[str, tuple[float, float]]:
-        return {s: (float(np.percentile(v, 50)), float(np.percentile(v, 99))) if v else (0.0, 0.0) for s, v in self.latency_ms.items()}
+        return {
+            s: (float(np.percentile(v, 50)), float(np.percentile(v, 99))) if v else (0.0, 0.0)
+            for s, v in self.latency_ms.items()
+        }
 
     def line(self) -> str:
         p = self.percentiles()
         stages = " ".join(f"{s} {p[s][0]:.1f}/{p[s][1]:.1f}" for s in STAGES)
-        return (f"{self.frames} frames, {self.fps:.1f} fps | ms p50/p99: {stages} | dropped {self.dropped}, "
-                f"bad {self.bad_frames}, errors {self.errors}, reconnects {self.reconnects}")
+        return (
+            f"{self.frames} frames, {self.fps:.1f} fps | ms p50/p99: {stages} | dropped {self.dropped}, "
+            f"bad {self.bad_frames}, errors {self.errors}, reconnects {self.reconnects}"
+        )
 
     def fail(self, message: str) -> None:
         """Record the first failure (later ones are consequences)."""
@@ -136,7 +141,11 @@ class Pipeline:
             return None
         # Frames are read only while the batch and --max-frames allow: a frame read is a frame
         # inferred, so every frame a source gives is accounted for (inferred or dropped by it).
-        limit = self.backend.max_batch if self.max_frames is None else min(self.backend.max_batch, self.max_frames - self._counter)
+        limit = (
+            self.backend.max_batch
+            if self.max_frames is None
+            else min(self.backend.max_batch, self.max_frames - self._counter)
+        )
         live = [s for s in active if s.live]
         if live:  # wait for the first camera with a frame, not for each camera in turn
             wait_for_frames(live, LIVE_WAIT_S)
@@ -166,7 +175,9 @@ class Pipeline:
         try:
             while not self.stop.is_set() and self._capture_error is None:
                 batch = self._capture()
-                if batch is None or (self.max_frames is not None and self._counter >= self.max_frames and not batch.frames):
+                if batch is None or (
+                    self.max_frames is not None and self._counter >= self.max_frames and not batch.frames
+                ):
                     break
                 if not self._put(out, batch):
                     return
@@ -205,7 +216,7 @@ class Pipeline:
                 lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 0.0)
             sink = None
             try:
-                for f, m, r in zip(frames, amap, records):
+                for f, m, r in zip(frames, amap, records, strict=False):
                     view = render_view(f.image, m, r, lo, hi, self.summary.fps) if self.needs_view else None
                     for sink in self.sinks:
                         sink.write(r, f.image, m, view)
@@ -261,11 +272,17 @@ class Pipeline:
                 now = time.time()
                 if outputs is None:  # the backend kept failing: the frames are recorded as errors
                     amap = np.zeros((len(batch.frames), self.size, self.size), np.float32)
-                    scores = [Prediction.failed(f.source, s.error or self._unavailable or "backend failed") for f in batch.frames]
+                    scores = [
+                        Prediction.failed(f.source, s.error or self._unavailable or "backend failed")
+                        for f in batch.frames
+                    ]
                 else:
                     amap, prob = outputs
                     scores = score_batch(amap, prob, self.cal, [f.source for f in batch.frames])
-                preds = [p.with_stream(f.index, f.time, round((now - f.time) * 1000, 3)) for f, p in zip(batch.frames, scores)]
+                preds = [
+                    p.with_stream(f.index, f.time, round((now - f.time) * 1000, 3))
+                    for f, p in zip(batch.frames, scores, strict=False)
+                ]
                 if not self._put_records(inbox, writer, (batch.frames, amap, preds)):
                     break
                 s.frames += len(batch.frames)
@@ -321,12 +338,16 @@ class Pipeline:
                 reason = f"{type(err).__name__}: {str(err).strip().splitlines()[0] if str(err).strip() else ''}"
                 if attempt == BACKEND_RETRIES and isinstance(err, BackendUnavailable) and not self.stop.is_set():
                     self._unavailable = reason
-                    self.log(f"warning: backend unavailable ({reason}); the {len(batch.frames)} frames of that batch "
-                             "are recorded as errors, going on")
+                    self.log(
+                        f"warning: backend unavailable ({reason}); the {len(batch.frames)} frames of that batch "
+                        "are recorded as errors, going on"
+                    )
                     return None
                 if attempt == BACKEND_RETRIES or self.stop.is_set():
-                    self.summary.fail(f"the backend failed {attempt + 1} times in a row ({reason}); "
-                                      f"the {len(batch.frames)} frames of that batch are recorded as errors")
+                    self.summary.fail(
+                        f"the backend failed {attempt + 1} times in a row ({reason}); "
+                        f"the {len(batch.frames)} frames of that batch are recorded as errors"
+                    )
                     return None
                 self.summary.backend_retries += 1
                 self.log(f"warning: backend error ({reason}); retrying")
@@ -354,7 +375,9 @@ class Pipeline:
 
     def _report_events(self) -> None:
         """Log what sources and sinks have to say (reconnects, lost streams, failed snapshots)."""
-        for queue_ in [src.stats.events for src in self.sources] + [getattr(sink, "notes", None) for sink in self.sinks]:
+        for queue_ in [src.stats.events for src in self.sources] + [
+            getattr(sink, "notes", None) for sink in self.sinks
+        ]:
             while queue_:
                 self.log(queue_.popleft())
 

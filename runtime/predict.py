@@ -41,8 +41,16 @@ def _unique_stem(path: Path, used: set[str]) -> str:
     return name
 
 
-def predict(backend: Backend, source: str, out: Path, image_size: int, cal: Calibration | None, tasks: Tasks,
-            save_maps: bool = False, save_overlays: bool = False) -> PredictResult:
+def predict(
+    backend: Backend,
+    source: str,
+    out: Path,
+    image_size: int,
+    cal: Calibration | None,
+    tasks: Tasks,
+    save_maps: bool = False,
+    save_overlays: bool = False,
+) -> PredictResult:
     """Write OUT/predictions.jsonl, one record per readable image in file order; with
     ``save_maps`` also maps/<stem>.npy (float32 [S, S]) and, calibrated, maps/<stem>_mask.png;
     with ``save_overlays`` overlays/<stem>.png. Each record names the files it wrote."""
@@ -62,7 +70,7 @@ def predict(backend: Backend, source: str, out: Path, image_size: int, cal: Cali
                 continue
             amap, prob = backend(batch.images)
             preds = score_batch(amap, prob, cal, [str(p) for p in batch.paths])
-            for i, (path, m, pred) in enumerate(zip(batch.paths, amap, preds)):
+            for i, (path, m, pred) in enumerate(zip(batch.paths, amap, preds, strict=False)):
                 stem = _unique_stem(path, used)
                 written = OutputFiles()
                 if save_maps:

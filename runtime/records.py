@@ -58,7 +58,7 @@ class Prediction:
     error: str | None = None
 
     @classmethod
-    def failed(cls, source: str, error: str) -> "Prediction":
+    def failed(cls, source: str, error: str) -> Prediction:
         """A frame that has no score, and why."""
         return cls(source, None, None, label="error", error=error)
 
@@ -66,25 +66,35 @@ class Prediction:
     def anomalous(self) -> bool:
         return self.label == "anomalous"
 
-    def with_stream(self, frame: int, time: float, latency_ms: float) -> "Prediction":
+    def with_stream(self, frame: int, time: float, latency_ms: float) -> Prediction:
         return replace(self, frame=frame, time=time, latency_ms=latency_ms)
 
-    def with_files(self, files: OutputFiles) -> "Prediction":
+    def with_files(self, files: OutputFiles) -> Prediction:
         return replace(self, files=files)
 
     def event(self) -> dict[str, Any]:
         """The events-file object (one line of events.jsonl, and /status.json's ``last``); values
         that are not finite become null, so the object is always strict JSON."""
-        return {"frame": self.frame, "source": self.source, "time": _finite(self.time), "image_prob": _finite(self.image_prob),
-                "map_max": _finite(self.map_max), "fused": _finite(self.fused), "score": _finite(self.score),
-                "label": self.label, "defect_area": _finite(self.defect_area), "latency_ms": _finite(self.latency_ms),
-                "error": self.error}
+        return {
+            "frame": self.frame,
+            "source": self.source,
+            "time": _finite(self.time),
+            "image_prob": _finite(self.image_prob),
+            "map_max": _finite(self.map_max),
+            "fused": _finite(self.fused),
+            "score": _finite(self.score),
+            "label": self.label,
+            "defect_area": _finite(self.defect_area),
+            "latency_ms": _finite(self.latency_ms),
+            "error": self.error,
+        }
 
     def prediction(self) -> dict[str, Any]:
         """The predictions.jsonl object of `clipad predict`."""
         event = self.event()
-        out: dict[str, Any] = {k: event[k] for k in ("source", "image_prob", "map_max", "fused", "score", "label",
-                                                     "defect_area", "error")}
+        out: dict[str, Any] = {
+            k: event[k] for k in ("source", "image_prob", "map_max", "fused", "score", "label", "defect_area", "error")
+        }
         out["files"] = (self.files or OutputFiles()).to_json()
         return out
 

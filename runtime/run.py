@@ -7,9 +7,9 @@ input ends, ``--max-frames``, a signal or a sink failure, and closes everything.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 from clipad.core.errors import ClipadError
 from clipad.runtime.pipeline import Pipeline, Summary
@@ -92,8 +92,17 @@ def run_stream(cfg: RunConfig, served: Served, log: Callable[[str], None]) -> Su
         raise
     for p in problems:
         log(f"warning: {p}")
-    pipe = Pipeline(served.backend, sources, served.artifacts.image_size, served.calibration, sinks, cfg.max_frames,
-                    cfg.status_every, log=log, needs_view=cfg.needs_view)
+    pipe = Pipeline(
+        served.backend,
+        sources,
+        served.artifacts.image_size,
+        served.calibration,
+        sinks,
+        cfg.max_frames,
+        cfg.status_every,
+        log=log,
+        needs_view=cfg.needs_view,
+    )
     summary = pipe.run()
     log(f"summary: {summary.line()} (stopped by {summary.stopped_by})")
     if summary.error:

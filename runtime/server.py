@@ -63,7 +63,9 @@ class _Server(ThreadingHTTPServer):
     """A threading server that serves at most ``max_clients`` connections at once."""
 
     daemon_threads = True
-    request_queue_size = 256  # listen backlog: a burst of clients is accepted (and answered 503 beyond the cap), not left in SYN retries
+    request_queue_size = (
+        256  # listen backlog: a burst of clients is accepted (and answered 503 beyond the cap), not left in SYN retries
+    )
 
     def __init__(self, address, handler, max_clients: int):
         self.slots = threading.BoundedSemaphore(max_clients)
@@ -84,6 +86,7 @@ class _Server(ThreadingHTTPServer):
             super().process_request_thread(request, client_address)
         finally:
             self.slots.release()
+
 
 PAGE = """<!doctype html>
 <html><head><meta charset="utf-8"><title>clipad live</title>
@@ -130,8 +133,15 @@ poll();
 class Viewer:
     """The shared state between the pipeline's writer thread and the HTTP handlers."""
 
-    def __init__(self, host: str, port: int, calibrated: bool, max_clients: int = MAX_CLIENTS,
-                 timeout: float = CLIENT_TIMEOUT_S, token: str | None = None):
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        calibrated: bool,
+        max_clients: int = MAX_CLIENTS,
+        timeout: float = CLIENT_TIMEOUT_S,
+        token: str | None = None,
+    ):
         """``token``: required on every request (None: a fresh one when bound to a non-loopback
         address, none on loopback)."""
         self.calibrated = calibrated
@@ -201,8 +211,13 @@ class Viewer:
                             jpeg, seen = viewer.jpeg, viewer.seq
                         if jpeg is None:
                             continue
-                        self.wfile.write(b"--frame\r\nContent-Type: image/jpeg\r\nContent-Length: "
-                                         + str(len(jpeg)).encode() + b"\r\n\r\n" + jpeg + b"\r\n")
+                        self.wfile.write(
+                            b"--frame\r\nContent-Type: image/jpeg\r\nContent-Length: "
+                            + str(len(jpeg)).encode()
+                            + b"\r\n\r\n"
+                            + jpeg
+                            + b"\r\n"
+                        )
                 except (BrokenPipeError, ConnectionResetError, TimeoutError):
                     pass
 
@@ -227,8 +242,13 @@ class Viewer:
     def status(self) -> dict:
         with self.cond:
             elapsed = max(time.time() - self.started, 1e-9)
-            return {"frames": self.frames, "fps": self.frames / elapsed, "calibrated": self.calibrated,
-                    "last": self.last, "history": list(self.history)}
+            return {
+                "frames": self.frames,
+                "fps": self.frames / elapsed,
+                "calibrated": self.calibrated,
+                "last": self.last,
+                "history": list(self.history),
+            }
 
     def publish(self, view: np.ndarray, pred: Prediction) -> None:
         ok, buf = cv2.imencode(".jpg", to_bgr(view), [cv2.IMWRITE_JPEG_QUALITY, 80])

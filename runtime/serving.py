@@ -30,7 +30,11 @@ def find_artifacts(path: Path | None) -> Path:
     found = sorted(p.parent for p in DEFAULT_ARTIFACTS.glob(f"*/{MANIFEST}"))
     if len(found) == 1:
         return found[0]
-    several = f" (several under {DEFAULT_ARTIFACTS}/: {', '.join(p.name for p in found)})" if found else " (run `clipad export` first)"
+    several = (
+        f" (several under {DEFAULT_ARTIFACTS}/: {', '.join(p.name for p in found)})"
+        if found
+        else " (run `clipad export` first)"
+    )
     raise ClipadError("--artifacts DIR is needed" + several)
 
 
@@ -47,8 +51,15 @@ class Served:
         self.backend.close()
 
 
-def open_served(artifacts: Path | None, backend: str = "auto", device: str = "auto", precision: str = "auto",
-                need_calibration: bool = True, triton: TritonTarget | None = None, mode: str = "latency") -> Served:
+def open_served(
+    artifacts: Path | None,
+    backend: str = "auto",
+    device: str = "auto",
+    precision: str = "auto",
+    need_calibration: bool = True,
+    triton: TritonTarget | None = None,
+    mode: str = "latency",
+) -> Served:
     """Artifacts, the chosen backend and (with ``need_calibration``) the calibration constants;
     ``triton``: the server of ``backend`` triton (``backends.triton_backend.TritonTarget``);
     ``mode``: OpenVINO's performance hint (latency or throughput)."""
@@ -62,6 +73,8 @@ def open_served(artifacts: Path | None, backend: str = "auto", device: str = "au
         if cal is None:
             notes.append("uncalibrated: score and label are null until `clipad calibrate` has run")
         elif calibrated_with != be.describe():
-            notes.append(f"note: calibrated with {calibrated_with}, serving with {be.describe()}: scores differ by the "
-                         "backends' parity; calibrate with the serving backend for exact thresholds")
+            notes.append(
+                f"note: calibrated with {calibrated_with}, serving with {be.describe()}: scores differ by the "
+                "backends' parity; calibrate with the serving backend for exact thresholds"
+            )
     return Served(art, be, cal, notes)

@@ -61,7 +61,9 @@ class EventsSink:
             raise ClipadError(f"cannot write events file {path}: {err.strerror or err}") from None
         if not _lock(self._lock_file):
             self._lock_file.close()
-            raise ClipadError(f"events file {path} is being written by another clipad run; give each run its own --events")
+            raise ClipadError(
+                f"events file {path} is being written by another clipad run; give each run its own --events"
+            )
         try:
             self.file = open(self.path, "a", encoding="utf-8")
         except OSError as err:
@@ -81,7 +83,9 @@ class EventsSink:
             if self.max_bytes and self.file.tell() >= self.max_bytes:
                 self._rotate()
         except OSError as err:
-            raise SinkError(f"events file {self.path}: {err.strerror or err}; stopped after {self.written} events") from None
+            raise SinkError(
+                f"events file {self.path}: {err.strerror or err}; stopped after {self.written} events"
+            ) from None
         self.written += 1
 
     def _rotate(self) -> None:
@@ -220,8 +224,10 @@ class SnapshotSink:
         except (OSError, cv2.error) as err:
             self.failed += 1
             if self.failed == 1 or self.failed % 100 == 0:
-                self.notes.append(f"snapshot {stem} not written ({getattr(err, 'strerror', None) or err}); "
-                                  f"{self.failed} failed so far, the run goes on")
+                self.notes.append(
+                    f"snapshot {stem} not written ({getattr(err, 'strerror', None) or err}); "
+                    f"{self.failed} failed so far, the run goes on"
+                )
             return
         self.written += 1
 
@@ -229,7 +235,9 @@ class SnapshotSink:
         pass
 
 
-def render_view(frame: np.ndarray, amap: np.ndarray, pred: Prediction, lo: float, hi: float, fps: float | None = None) -> np.ndarray:
+def render_view(
+    frame: np.ndarray, amap: np.ndarray, pred: Prediction, lo: float, hi: float, fps: float | None = None
+) -> np.ndarray:
     """The overlay frame with its score line (shared by the video, snapshots and viewers)."""
     if pred.label == "error":
         text = f"no score: {pred.error}"
@@ -257,7 +265,9 @@ class ShowSink:
         try:
             cv2.namedWindow(self.WINDOW, cv2.WINDOW_NORMAL)
         except cv2.error:
-            raise ClipadError(f"--show needs OpenCV with GUI support (this install has opencv-python-headless); {hint}") from None
+            raise ClipadError(
+                f"--show needs OpenCV with GUI support (this install has opencv-python-headless); {hint}"
+            ) from None
 
     def write(self, pred: Prediction, frame: np.ndarray, amap: np.ndarray, view: np.ndarray | None) -> None:
         cv2.imshow(self.WINDOW, to_bgr(view if view is not None else frame))

@@ -155,7 +155,7 @@ def redact(name: str) -> str:
 _NEW_FRAME = threading.Condition()
 
 
-def wait_for_frames(sources: list["LiveSource"], timeout: float) -> bool:
+def wait_for_frames(sources: list[LiveSource], timeout: float) -> bool:
     """Wait until any of ``sources`` has an unread frame, at most ``timeout`` seconds; True if one has."""
     with _NEW_FRAME:
         return _NEW_FRAME.wait_for(lambda: any(s.has_frame for s in sources), timeout)

@@ -63,26 +63,72 @@ def main() -> int:
         shutil.copytree(args.artifacts, art_dir)
         args.model = load_artifacts(art_dir).manifest.model
     else:
-        clipad("export", "--category", "fabric", "--precision", "fp32", "--out", art_dir, "--model", args.model,
-               "--random-weights", "--quiet")
-    res: dict = {"model": args.model, "export_s": round(time.perf_counter() - t0, 1), "n_cal": args.n_cal,
-                 "n_held": args.n_held, "fpr": []}
+        clipad(
+            "export",
+            "--category",
+            "fabric",
+            "--precision",
+            "fp32",
+            "--out",
+            art_dir,
+            "--model",
+            args.model,
+            "--random-weights",
+            "--quiet",
+        )
+    res: dict = {
+        "model": args.model,
+        "export_s": round(time.perf_counter() - t0, 1),
+        "n_cal": args.n_cal,
+        "n_held": args.n_held,
+        "fpr": [],
+    }
     for target in (0.01, 0.05, 0.1) if args.n_cal else ():  # --n-cal 0: INT8 figures only
-        clipad("calibrate", "--artifacts", art_dir, "--good", out / "cal", "--target-fpr", target, "--backend", "onnxruntime",
-               "--quiet")
+        clipad(
+            "calibrate",
+            "--artifacts",
+            art_dir,
+            "--good",
+            out / "cal",
+            "--target-fpr",
+            target,
+            "--backend",
+            "onnxruntime",
+            "--quiet",
+        )
         c = load_artifacts(art_dir).manifest.calibration
-        clipad("predict", out / "held", "--artifacts", art_dir, "--out", out / "p", "--backend", "onnxruntime", "--quiet")
+        clipad(
+            "predict", out / "held", "--artifacts", art_dir, "--out", out / "p", "--backend", "onnxruntime", "--quiet"
+        )
         recs = [json.loads(line) for line in (out / "p" / "predictions.jsonl").read_text().splitlines()]
         held = float(np.mean([r["label"] == "anomalous" for r in recs]))
         sd = float(np.sqrt(target * (1 - target) * (1 / args.n_cal + 1 / args.n_held)))
-        res["fpr"].append({"target": target, "calibration": c.achieved["fpr"], "held_out": held,
-                           "binomial_sd": round(sd, 4), "pixel_fpr_calibration": c.achieved["pixel_fpr"]})
+        res["fpr"].append(
+            {
+                "target": target,
+                "calibration": c.achieved["fpr"],
+                "held_out": held,
+                "binomial_sd": round(sd, 4),
+                "pixel_fpr_calibration": c.achieved["pixel_fpr"],
+            }
+        )
         print(res["fpr"][-1], flush=True)
 
     t0 = time.perf_counter()
     int8_src = out / "cal" if args.n_cal else out / "held"
-    clipad("calibrate", "--artifacts", art_dir, "--int8", "--images", int8_src, "--int8-max-images", args.int8_images,
-           "--min-agreement", 0.0, "--quiet")
+    clipad(
+        "calibrate",
+        "--artifacts",
+        art_dir,
+        "--int8",
+        "--images",
+        int8_src,
+        "--int8-max-images",
+        args.int8_images,
+        "--min-agreement",
+        0.0,
+        "--quiet",
+    )
     res["int8_quantise_s"] = round(time.perf_counter() - t0, 1)
     art = load_artifacts(art_dir)
     res["int8_parity_in_manifest"] = art.manifest.parity.int8.model_dump()
@@ -102,8 +148,10 @@ def main() -> int:
                 be(xb)
                 times.setdefault((name, batch), []).append(time.perf_counter() - t)
     res["seconds_per_batch"] = {f"{n} batch {b}": round(statistics.median(v), 5) for (n, b), v in times.items()}
-    res["int8_over_fp32"] = {f"batch {b}": round(statistics.median(times[("int8", b)]) / statistics.median(times[("fp32", b)]), 3)
-                             for b in (1, 8)}
+    res["int8_over_fp32"] = {
+        f"batch {b}": round(statistics.median(times[("int8", b)]) / statistics.median(times[("fp32", b)]), 3)
+        for b in (1, 8)
+    }
     print(json.dumps(res, indent=2))
     (out / "calibration_check.json").write_text(json.dumps(res, indent=2) + "\n")
     return 0

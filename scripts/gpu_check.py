@@ -77,14 +77,20 @@ def main() -> int:
         return 1
     else:
         model, batches, device, iterations, warmup = "ViT-B-16-plus-240", "1,8,32", "cuda", 30, 5
-        backends = (["torch"] + (["onnxruntime"] if session[:1] == ["CUDAExecutionProvider"] else [])
-                    + (["tensorrt"] if checks.get("tensorrt", {}).get("usable") else []))
+        backends = (
+            ["torch"]
+            + (["onnxruntime"] if session[:1] == ["CUDAExecutionProvider"] else [])
+            + (["tensorrt"] if checks.get("tensorrt", {}).get("usable") else [])
+        )
     clipad = [sys.executable, "-m", "clipad"]
     res: dict = {
         "date": time.strftime("%Y-%m-%d"),
         "gpu": torch.cuda.get_device_name(0) if device == "cuda" else "none (dry run)",
-        "torch": torch.__version__, "cuda": torch.version.cuda, "python": platform.python_version(),
-        "model": model, "weights": "random (timings and numerics do not depend on weight values)",
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "python": platform.python_version(),
+        "model": model,
+        "weights": "random (timings and numerics do not depend on weight values)",
         "backends": backends,
         "doctor": doc,
     }
@@ -92,8 +98,22 @@ def main() -> int:
         res["tests"], _ = step([sys.executable, "-m", "pytest", "-q", "-rs", *GPU_TESTS], out / "pytest_gpu.log")
 
     art = out / "artifacts"
-    export = [*clipad, "export", "--category", "bench", "--model", model, "--random-weights", "--precision", "all",
-              "--max-batch", batches.split(",")[-1], "--out", str(art), "--quiet"]
+    export = [
+        *clipad,
+        "export",
+        "--category",
+        "bench",
+        "--model",
+        model,
+        "--random-weights",
+        "--precision",
+        "all",
+        "--max-batch",
+        batches.split(",")[-1],
+        "--out",
+        str(art),
+        "--quiet",
+    ]
     if "tensorrt" in backends:
         res["export"], _ = step([*export, "--engine"], out / "export.log")
         if res["export"]["returncode"] != 0:  # bench the ONNX graphs even when the engine does not build
@@ -103,17 +123,42 @@ def main() -> int:
         res["export"], _ = step(export, out / "export.log")
 
     if res["export"]["returncode"] == 0:
-        bench = [*clipad, "bench", "--artifacts", str(art), "--backends", ",".join(backends), "--precision", "fp32,fp16",
-                 "--batch", batches, "--iterations", str(iterations), "--warmup", str(warmup), "--device", device,
-                 "--json", str(out / "bench.json"), "--plot", str(out / "bench.png"), "--quiet"]
+        bench = [
+            *clipad,
+            "bench",
+            "--artifacts",
+            str(art),
+            "--backends",
+            ",".join(backends),
+            "--precision",
+            "fp32,fp16",
+            "--batch",
+            batches,
+            "--iterations",
+            str(iterations),
+            "--warmup",
+            str(warmup),
+            "--device",
+            device,
+            "--json",
+            str(out / "bench.json"),
+            "--plot",
+            str(out / "bench.png"),
+            "--quiet",
+        ]
         res["bench"], table = step(bench, out / "bench.log")
         (out / "bench.md").write_text(table)
         print(table, flush=True)
     (out / "gpu_check.json").write_text(json.dumps(res, indent=2) + "\n")
     head = f"GPU check {res['date']}: {res['gpu']}, torch {res['torch']} (CUDA {res['cuda']}), {model}, random weights"
-    (out / "gpu_check.md").write_text(head + "\n\n" + ((out / "bench.md").read_text() if "bench" in res else "bench not run") + "\n")
-    codes = [res.get("tests", {}).get("returncode", 0) in (0, 5), res["export"]["returncode"] == 0,
-             res.get("bench", {}).get("returncode", 1) == 0]
+    (out / "gpu_check.md").write_text(
+        head + "\n\n" + ((out / "bench.md").read_text() if "bench" in res else "bench not run") + "\n"
+    )
+    codes = [
+        res.get("tests", {}).get("returncode", 0) in (0, 5),
+        res["export"]["returncode"] == 0,
+        res.get("bench", {}).get("returncode", 1) == 0,
+    ]
     return 0 if all(codes) else 1
 
 

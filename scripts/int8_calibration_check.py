@@ -46,25 +46,36 @@ def main() -> None:
     for name, (x, labels, _) in sets.items():
         t0 = time.perf_counter()
         fp32[name] = run_compiled(compile_ir(xml, "fp32"), x, mb)
-        print(f"{name}: {len(x)} images ({int(labels.sum())} anomalous); fp32 in {time.perf_counter() - t0:.0f} s", flush=True)
-    calibrations = {"8 synthetic frames (export default)": parity_images(size, 9, seed=2)[:8],
-                    "part images": read_model_images(sys.argv[2], size, 64)}
+        print(
+            f"{name}: {len(x)} images ({int(labels.sum())} anomalous); fp32 in {time.perf_counter() - t0:.0f} s",
+            flush=True,
+        )
+    calibrations = {
+        "8 synthetic frames (export default)": parity_images(size, 9, seed=2)[:8],
+        "part images": read_model_images(sys.argv[2], size, 64),
+    }
     with tempfile.TemporaryDirectory() as tmp:
         for i, (label, images) in enumerate(calibrations.items()):
             dst = Path(tmp) / f"int8_{i}.xml"
             t0 = time.perf_counter()
             quantize_int8(xml, dst, images)
-            print(f"\nINT8 calibrated on {label} ({len(images)}): quantised in {time.perf_counter() - t0:.0f} s", flush=True)
+            print(
+                f"\nINT8 calibrated on {label} ({len(images)}): quantised in {time.perf_counter() - t0:.0f} s",
+                flush=True,
+            )
             for name, (x, labels, masks) in sets.items():
                 red = run_compiled(compile_ir(dst, "int8"), x, mb)
                 g = quality_gate(fp32[name], red, labels, masks)
                 p32, m32 = _halves(labels, fp32[name])
                 p8, m8 = _halves(labels, red)
-                print(f"  {name}: pixel AUROC {100 * g.pixel_auroc_fp32:.2f} -> {100 * g.pixel_auroc:.2f}, image "
-                      f"{100 * g.image_auroc_fp32:.2f} -> {100 * g.image_auroc:.2f} (drops {g.pixel_drop_points:.2f} / "
-                      f"{g.image_drop_points:.2f}): {'passed' if g.passed else 'FAILED'}; rel L2 {g.agreement.rel_l2:.2e}, "
-                      f"top-1% {g.agreement.top1pct_agreement:.3f}; image_prob alone {p32:.2f} -> {p8:.2f}, map max alone "
-                      f"{m32:.2f} -> {m8:.2f}; image_prob error std {np.std(red[1] - fp32[name][1]):.2e}", flush=True)
+                print(
+                    f"  {name}: pixel AUROC {100 * g.pixel_auroc_fp32:.2f} -> {100 * g.pixel_auroc:.2f}, image "
+                    f"{100 * g.image_auroc_fp32:.2f} -> {100 * g.image_auroc:.2f} (drops {g.pixel_drop_points:.2f} / "
+                    f"{g.image_drop_points:.2f}): {'passed' if g.passed else 'FAILED'}; rel L2 {g.agreement.rel_l2:.2e}, "
+                    f"top-1% {g.agreement.top1pct_agreement:.3f}; image_prob alone {p32:.2f} -> {p8:.2f}, map max alone "
+                    f"{m32:.2f} -> {m8:.2f}; image_prob error std {np.std(red[1] - fp32[name][1]):.2e}",
+                    flush=True,
+                )
 
 
 if __name__ == "__main__":

@@ -61,9 +61,11 @@ def graph_metrics(path: Path, samples, size: int, threads: int):
         labels += [s.label for s in kept]
         masks += m
     maps, probs = np.concatenate(maps), np.concatenate(probs)
-    return {"image_prob_auroc": binary_metrics(np.array(labels), probs)["auroc"],
-            "map_max_auroc": binary_metrics(np.array(labels), maps.reshape(len(maps), -1).max(1))["auroc"],
-            "pixel_auroc": binary_metrics(np.stack(masks), maps)["auroc"]}
+    return {
+        "image_prob_auroc": binary_metrics(np.array(labels), probs)["auroc"],
+        "map_max_auroc": binary_metrics(np.array(labels), maps.reshape(len(maps), -1).max(1))["auroc"],
+        "pixel_auroc": binary_metrics(np.stack(masks), maps)["auroc"],
+    }
 
 
 def latency(paths: dict[str, Path], size: int, threads: int, iterations: int) -> dict:
@@ -97,7 +99,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--latency-category", default="fabric")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--iterations", type=int, default=20)
-    ap.add_argument("--reference-seeds", default="0", help="shot seeds of the reference-mode row (K good images drawn per seed)")
+    ap.add_argument(
+        "--reference-seeds", default="0", help="shot seeds of the reference-mode row (K good images drawn per seed)"
+    )
     ap.add_argument("--k1", action="store_true", help="also the fused mode with K = 1 over the shot seeds")
     ap.add_argument("--int8", action="store_true")
     ap.add_argument("--work", type=Path, help="where graphs are written (default: a temporary folder)")
@@ -131,36 +135,61 @@ def main(argv: list[str] | None = None) -> int:
         if not root.is_dir():
             make_synthetic(root, 4, 6, 4, 160, 128, 0, False, 1.0)
     seeds = [int(s) for s in args.shot_seeds.split(",")]
-    report: dict = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "cpu": cpu_info(), "threads": args.threads,
-                    "model": args.model, "weights": f"random (seed {args.seed})", "root": str(root), "shots": args.shots,
-                    "shot_seeds": seeds, "load_start": load_avg()}
+    report: dict = {
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "cpu": cpu_info(),
+        "threads": args.threads,
+        "model": args.model,
+        "weights": f"random (seed {args.seed})",
+        "root": str(root),
+        "shots": args.shots,
+        "shot_seeds": seeds,
+        "load_start": load_avg(),
+    }
     t_start = time.perf_counter()
 
     def save() -> None:  # after every stage, so a run cut short keeps what it measured
         args.json.write_text(json.dumps(report, indent=2, default=str) + "\n")
+
     loaded = load_model(WeightSpec(model=args.model, random_weights=True, seed=args.seed))
     split = load_split("mvtec", root)
     tasks = Tasks(None)
     cfg = EvalConfig(dataset="mvtec")
 
     def summary(results):
-        return {c: {"image_auroc": r["image"]["auroc"], "image_prob_auroc": r["image_prob"]["auroc"],
-                    "pixel_auroc": r["pixel"]["auroc"],
-                    **({"std": {"image_auroc": r["shots"]["std"]["image"]["auroc"],
-                                "image_prob_auroc": r["shots"]["std"]["image_prob"]["auroc"],
-                                "pixel_auroc": r["shots"]["std"]["pixel"]["auroc"]},
-                        "reference_images": r["shots"]["reference_images"]} if "shots" in r else {})}
-                for c, r in results.items()}
+        return {
+            c: {
+                "image_auroc": r["image"]["auroc"],
+                "image_prob_auroc": r["image_prob"]["auroc"],
+                "pixel_auroc": r["pixel"]["auroc"],
+                **(
+                    {
+                        "std": {
+                            "image_auroc": r["shots"]["std"]["image"]["auroc"],
+                            "image_prob_auroc": r["shots"]["std"]["image_prob"]["auroc"],
+                            "pixel_auroc": r["shots"]["std"]["pixel"]["auroc"],
+                        },
+                        "reference_images": r["shots"]["reference_images"],
+                    }
+                    if "shots" in r
+                    else {}
+                ),
+            }
+            for c, r in results.items()
+        }
 
     report["detection"] = {"zero_shot": summary(evaluate(loaded, split, cfg, tasks))}
     print("zero-shot done", flush=True)
     save()
-    report["detection"][f"fused_k{args.shots}"] = summary(evaluate_shots(loaded, split, cfg, root, args.shots, seeds, tasks))
+    report["detection"][f"fused_k{args.shots}"] = summary(
+        evaluate_shots(loaded, split, cfg, root, args.shots, seeds, tasks)
+    )
     print("fused done", flush=True)
     save()
     ref_seeds = [int(s) for s in args.reference_seeds.split(",")]
     report["detection"][f"reference_k{args.shots}"] = summary(
-        evaluate_shots(loaded, split, cfg, root, args.shots, ref_seeds, tasks, reference_only=True))
+        evaluate_shots(loaded, split, cfg, root, args.shots, ref_seeds, tasks, reference_only=True)
+    )
     print("reference done", flush=True)
     save()
     if args.k1:
@@ -175,19 +204,31 @@ def main(argv: list[str] | None = None) -> int:
     base = SDPModel(loaded.clip.visual, torch.from_numpy(tv.matrix), loaded.image_size).eval()
     tokens, _ = encode(base, np.stack([load_image(p, loaded.image_size) for p in files]))
     pool = stage_patches(tokens)
-    report["memory"] = {"k": len(files), "patches_per_image": int(tokens.shape[2]), "width": int(tokens.shape[3]), "bounds": []}
+    report["memory"] = {
+        "k": len(files),
+        "patches_per_image": int(tokens.shape[2]),
+        "width": int(tokens.shape[3]),
+        "bounds": [],
+    }
     for n in (64, 256, 1024):
         mem = build_memory(pool, n)
-        report["memory"]["bounds"].append({"memory_patches": n, "kept_per_stage": int(mem.tokens.shape[1]),
-                                           "radius_max": max(mem.radius), "bytes": mem.nbytes})
+        report["memory"]["bounds"].append(
+            {
+                "memory_patches": n,
+                "kept_per_stage": int(mem.tokens.shape[1]),
+                "radius_max": max(mem.radius),
+                "bytes": mem.nbytes,
+            }
+        )
 
     # Graphs: zero-shot and K-shot fused of one category, and K-shot fused of every category for precision.
     graphs = {}
     for name, category, ref in [("zero_shot", cat, None)] + [(f"fused_k{args.shots}_{c}", c, True) for c in split]:
         out = work / name
         rc = ReferenceConfig(str(root / category / "train" / "good"), args.shots) if ref else None
-        ecfg = ExportConfig(category=category, out=out, prompts=PROMPT_SETS["industrial"], max_batch=4, precision="all",
-                            reference=rc)
+        ecfg = ExportConfig(
+            category=category, out=out, prompts=PROMPT_SETS["industrial"], max_batch=4, precision="all", reference=rc
+        )
         t0 = time.perf_counter()
         art = export(loaded, ecfg, tasks)
         graphs[name] = {"dir": out, "export_s": time.perf_counter() - t0, "manifest": art.manifest}
@@ -195,14 +236,22 @@ def main(argv: list[str] | None = None) -> int:
     fused = f"fused_k{args.shots}_{cat}"
     sizes = {k: (g["dir"] / ONNX_FP32).stat().st_size for k, g in graphs.items() if k in ("zero_shot", fused)}
     report["cost"] = {
-        "graph_bytes": sizes, "graph_growth": sizes[fused] / sizes["zero_shot"],
+        "graph_bytes": sizes,
+        "graph_growth": sizes[fused] / sizes["zero_shot"],
         "memory_bytes": graphs[fused]["manifest"].reference.memory_bytes,
         "parity_fp32_rel_l2": {k: g["manifest"].parity.fp32.rel_l2 for k, g in graphs.items()},
-        "fp16": {k: (g["manifest"].parity.fp16.model_dump() if g["manifest"].parity.fp16 else None) for k, g in graphs.items()},
+        "fp16": {
+            k: (g["manifest"].parity.fp16.model_dump() if g["manifest"].parity.fp16 else None)
+            for k, g in graphs.items()
+        },
         "load_before_latency": load_avg(),
     }
-    lat = latency({"zero_shot": graphs["zero_shot"]["dir"] / ONNX_FP32, fused: graphs[fused]["dir"] / ONNX_FP32},
-                  loaded.image_size, args.threads, args.iterations)
+    lat = latency(
+        {"zero_shot": graphs["zero_shot"]["dir"] / ONNX_FP32, fused: graphs[fused]["dir"] / ONNX_FP32},
+        loaded.image_size,
+        args.threads,
+        args.iterations,
+    )
     report["cost"]["latency_batch1"] = lat
     report["cost"]["latency_ratio_p50"] = lat[fused]["p50_ms"] / lat["zero_shot"]["p50_ms"]
     report["cost"]["load_after_latency"] = load_avg()
@@ -224,7 +273,9 @@ def main(argv: list[str] | None = None) -> int:
 
             convert_fp16(g / ONNX_FP32, work / f"{c}.fp16.onnx")
             precision[c]["fp16"] = graph_metrics(work / f"{c}.fp16.onnx", samples, loaded.image_size, args.threads)
-            precision[c]["fp16_note"] = "export dropped the FP16 graph (parity gate); converted here with the same policy"
+            precision[c]["fp16_note"] = (
+                "export dropped the FP16 graph (parity gate); converted here with the same policy"
+            )
         if args.int8:
             from clipad.calibration.int8 import make_int8
             from clipad.deploy.artifacts import load_artifacts

@@ -60,8 +60,13 @@ def main() -> int:
     for i in range(args.frames):
         writer.write(cv2.cvtColor(images[i % len(images)], cv2.COLOR_RGB2BGR))
     writer.release()
-    res: dict = {"artifacts": str(args.artifacts), "model": art.manifest.model, "backend": be.describe(),
-                 "max_batch": be.max_batch, "frames": args.frames}
+    res: dict = {
+        "artifacts": str(args.artifacts),
+        "model": art.manifest.model,
+        "backend": be.describe(),
+        "max_batch": be.max_batch,
+        "frames": args.frames,
+    }
 
     # bare backend on the same frames, pre-decoded and pre-resized
     src = VideoFileSource(str(video))
@@ -74,7 +79,9 @@ def main() -> int:
     for i in range(0, len(batch), be.max_batch):
         be(batch[i : i + be.max_batch])
     bare = len(batch) / (time.perf_counter() - t0)
-    pipe = Pipeline(be, [VideoFileSource(str(video))], art.image_size, None, [Collect()], status_every=1e9, log=lambda s: None)
+    pipe = Pipeline(
+        be, [VideoFileSource(str(video))], art.image_size, None, [Collect()], status_every=1e9, log=lambda s: None
+    )
     summary = pipe.run()
     res["bare_backend_fps"] = round(bare, 2)
     res["pipeline_fps"] = round(summary.fps, 2)
@@ -86,7 +93,9 @@ def main() -> int:
         live = LiveSource(str(video), name="loop")
         sink = Collect()
         samples = []
-        pipe = Pipeline(be, [live], art.image_size, None, [sink], max_frames=args.soak, status_every=1e9, log=lambda s: None)
+        pipe = Pipeline(
+            be, [live], art.image_size, None, [sink], max_frames=args.soak, status_every=1e9, log=lambda s: None
+        )
         stop = threading.Event()
 
         def sample():
@@ -101,10 +110,14 @@ def main() -> int:
         warm = [r for n, r in samples if n >= min(1000, args.soak // 10)]
         inf_p99 = float(np.percentile(s.latency_ms["inference"], 99))
         res["soak"] = {
-            "frames": s.frames, "seconds": round(s.seconds, 1), "fps": round(s.fps, 1),
-            "rss_mb_after_warmup": round(warm[0], 1) if warm else None, "rss_mb_end": round(rss_mb(), 1),
+            "frames": s.frames,
+            "seconds": round(s.seconds, 1),
+            "fps": round(s.fps, 1),
+            "rss_mb_after_warmup": round(warm[0], 1) if warm else None,
+            "rss_mb_end": round(rss_mb(), 1),
             "rss_growth_mb": round(rss_mb() - warm[0], 1) if warm else None,
-            "dropped": s.dropped, "reconnects": s.reconnects,
+            "dropped": s.dropped,
+            "reconnects": s.reconnects,
             "max_latency_ms": round(max(r.latency_ms for r in sink.records), 2),
             "max_frame_age_at_inference_ms": round(max(s.frame_age_ms), 2),
             "p99_frame_age_at_inference_ms": round(float(np.percentile(s.frame_age_ms, 99)), 2),

@@ -86,7 +86,12 @@ class FaultyBackend:
 
     def __init__(self, inner, raise_on: int, nan_every: int):
         self.inner, self.raise_on, self.nan_every, self.calls = inner, raise_on, nan_every, 0
-        self.max_batch, self.name, self.precision, self.notes = inner.max_batch, inner.name, inner.precision, inner.notes
+        self.max_batch, self.name, self.precision, self.notes = (
+            inner.max_batch,
+            inner.name,
+            inner.precision,
+            inner.notes,
+        )
         self.nan_frames = 0
 
     def __call__(self, images):
@@ -132,8 +137,13 @@ def main() -> int:
     out.mkdir(parents=True, exist_ok=True)
 
     loaded = load_model(WeightSpec(model=TINY_MODEL, random_weights=True, seed=0))
-    art = export(loaded, ExportConfig(category="soak", out=out / "art", prompts=PROMPT_SETS["industrial"], precision="fp32",
-                                      max_batch=8), Tasks(None))
+    art = export(
+        loaded,
+        ExportConfig(
+            category="soak", out=out / "art", prompts=PROMPT_SETS["industrial"], precision="fp32", max_batch=8
+        ),
+        Tasks(None),
+    )
     video = out / "loop.avi"
     frames = sample_images(16, width=160, height=128, seed=5)
     writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 30, (160, 128))
@@ -145,25 +155,40 @@ def main() -> int:
     sample = np.stack([cv2.resize(f, (art.image_size, art.image_size)) for f in frames])
     amap, prob = backend(sample)
     mmax = amap.reshape(len(amap), -1).max(1)
-    cal = Calibration((float(prob.min()), float(prob.max())), (float(mmax.min()), float(mmax.max())),
-                      threshold=1.0, score_range=(0.0, 2.0), pixel_threshold=float(np.quantile(amap, 0.99)))
+    cal = Calibration(
+        (float(prob.min()), float(prob.max())),
+        (float(mmax.min()), float(mmax.max())),
+        threshold=1.0,
+        score_range=(0.0, 2.0),
+        pixel_threshold=float(np.quantile(amap, 0.99)),
+    )
 
     import clipad.runtime.sinks as sinks_module
 
     expected_s = args.frames / 300.0  # rough: the full-disk window sits in the middle of the run
     full_disk = FullDiskWindow(0.3 * expected_s, 0.4 * expected_s)
     sinks_module.cv2.imwrite = full_disk  # the snapshot sink's writes fail in that window
-    sources = [FaultySource(str(video), "steady", fps=args.source_fps),
-               FaultySource(str(video), "drops", fps=args.source_fps, end_after_s=args.disconnect_s),
-               FaultySource(str(video), "raises", fps=args.source_fps, raise_every=args.raise_every)]
+    sources = [
+        FaultySource(str(video), "steady", fps=args.source_fps),
+        FaultySource(str(video), "drops", fps=args.source_fps, end_after_s=args.disconnect_s),
+        FaultySource(str(video), "raises", fps=args.source_fps, raise_every=args.raise_every),
+    ]
     faulty = FaultyBackend(backend, raise_on=50, nan_every=args.nan_every)
     events = out / "events.jsonl"
     if events.exists():
         events.unlink()
     snapshots = SnapshotSink(out / "snapshots", cal, interval=0.5)
     log: list[str] = []
-    pipe = Pipeline(faulty, sources, art.image_size, cal, [EventsSink(events), snapshots], max_frames=args.frames,
-                    status_every=30.0, log=log.append)
+    pipe = Pipeline(
+        faulty,
+        sources,
+        art.image_size,
+        cal,
+        [EventsSink(events), snapshots],
+        max_frames=args.frames,
+        status_every=30.0,
+        log=log.append,
+    )
 
     rss: dict[str, float] = {}
     line_cost: dict[str, float] = {}
@@ -199,18 +224,36 @@ def main() -> int:
     table = []
     for src in sources:
         grabbed = src.grabbed
-        row = {"source": src.name, "grabbed": grabbed, "inferred": src.stats.frames, "dropped": src.stats.dropped,
-               "in_events": recorded[src.name], "lost_streams": src.stats.lost, "reconnects": src.stats.reconnects}
+        row = {
+            "source": src.name,
+            "grabbed": grabbed,
+            "inferred": src.stats.frames,
+            "dropped": src.stats.dropped,
+            "in_events": recorded[src.name],
+            "lost_streams": src.stats.lost,
+            "reconnects": src.stats.reconnects,
+        }
         row["grabbed = inferred + dropped"] = grabbed == row["inferred"] + row["dropped"]
         row["inferred = in events"] = row["inferred"] == row["in_events"]
         table.append(row)
     report = {
-        "frames": summary.frames, "seconds": round(seconds, 1), "fps": round(summary.frames / seconds, 1),
-        "stopped_by": summary.stopped_by, "error": summary.error, "errors (label error)": summary.errors,
-        "nan frames injected": faulty.nan_frames, "backend retries": summary.backend_retries,
-        "labels": dict(labels), "snapshots": {"written": snapshots.written, "failed (full disk)": snapshots.failed,
-                                              "rate-limited": snapshots.skipped},
-        "accounting": table, "rss_mb": rss, "status_line_ms": line_cost,
+        "frames": summary.frames,
+        "seconds": round(seconds, 1),
+        "fps": round(summary.frames / seconds, 1),
+        "stopped_by": summary.stopped_by,
+        "error": summary.error,
+        "errors (label error)": summary.errors,
+        "nan frames injected": faulty.nan_frames,
+        "backend retries": summary.backend_retries,
+        "labels": dict(labels),
+        "snapshots": {
+            "written": snapshots.written,
+            "failed (full disk)": snapshots.failed,
+            "rate-limited": snapshots.skipped,
+        },
+        "accounting": table,
+        "rss_mb": rss,
+        "status_line_ms": line_cost,
         "rss_growth_mb": round(rss["end"] - rss["after warm-up"], 1) if "after warm-up" in rss else None,
         "log_lines": len(log),
     }

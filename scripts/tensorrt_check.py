@@ -42,11 +42,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = {"clipad-tiny": "8", "ViT-B-16-plus-240": "32"}  # model -> max batch
 BATCHES = {"clipad-tiny": "1,8", "ViT-B-16-plus-240": "1,8,32"}
-OPCHECK = ("import json, sys\n"
-           "from clipad.deploy.tensorrt.parser_check import unsupported_ops\n"
-           "r = {f: unsupported_ops(f) for f in sys.argv[1:]}\n"
-           "print(json.dumps(r, indent=2))\n"
-           "sys.exit(1 if any(r.values()) else 0)\n")
+OPCHECK = (
+    "import json, sys\n"
+    "from clipad.deploy.tensorrt.parser_check import unsupported_ops\n"
+    "r = {f: unsupported_ops(f) for f in sys.argv[1:]}\n"
+    "print(json.dumps(r, indent=2))\n"
+    "sys.exit(1 if any(r.values()) else 0)\n"
+)
 
 
 class Run:
@@ -65,8 +67,15 @@ class Run:
         log.write_text(f"$ {' '.join(cmd)}\n{proc.stdout}{proc.stderr}")
         status = "ok" if proc.returncode in ok_codes else "failed"
         last = next((line for line in reversed((proc.stderr or proc.stdout).splitlines()) if line.strip()), "")
-        res = {"step": name, "status": status, "returncode": proc.returncode, "seconds": round(time.perf_counter() - t0, 1),
-               "log": str(log.relative_to(self.out)), "stdout": proc.stdout, **({"last_line": last} if status != "ok" else {})}
+        res = {
+            "step": name,
+            "status": status,
+            "returncode": proc.returncode,
+            "seconds": round(time.perf_counter() - t0, 1),
+            "log": str(log.relative_to(self.out)),
+            "stdout": proc.stdout,
+            **({"last_line": last} if status != "ok" else {}),
+        }
         self.steps.append(res)
         print(f"{name}: {status} (exit {proc.returncode}) in {res['seconds']} s", flush=True)
         return res
@@ -81,8 +90,11 @@ class Run:
 def doctor(run: Run) -> dict:
     """`clipad doctor --json --deep` (torch imported too): the machine, its packages and what each
     backend can do, as recorded in the report; {} when the doctor itself failed."""
-    res = run.step("clipad doctor --json --deep", [sys.executable, "-m", "clipad", "doctor", "--json", "--deep"],
-                   run.out / "doctor.log")
+    res = run.step(
+        "clipad doctor --json --deep",
+        [sys.executable, "-m", "clipad", "doctor", "--json", "--deep"],
+        run.out / "doctor.log",
+    )
     try:
         return json.loads(res["stdout"])
     except ValueError:
@@ -107,8 +119,11 @@ def check_model(run: Run, model: str, args, trt_reason: str | None, ort_gpu: boo
     """Steps 1-5 for one model; returns where its artifacts are."""
     d = run.out / model
     clipad = [sys.executable, "-m", "clipad"]
-    weights = ["--random-weights"] if model == "clipad-tiny" or not (args.pretrained or args.weights) else (
-        ["--pretrained", args.pretrained] if args.pretrained else ["--weights", args.weights])
+    weights = (
+        ["--random-weights"]
+        if model == "clipad-tiny" or not (args.pretrained or args.weights)
+        else (["--pretrained", args.pretrained] if args.pretrained else ["--weights", args.weights])
+    )
     common = ["--category", "trtcheck", "--model", model, *weights, "--max-batch", MODELS[model], "--quiet"]
     trt = trt_reason is None
     device = "cuda" if trt else "cpu"
@@ -116,30 +131,63 @@ def check_model(run: Run, model: str, args, trt_reason: str | None, ort_gpu: boo
 
     # 1-2: FP32 + FP16 graphs and the FP16 engine
     export = [*clipad, "export", *common, "--precision", "all", "--out", fp16_dir]
-    res = run.step(f"{model}: export + FP16 engine" if trt else f"{model}: export", [*export, *(["--engine"] if trt else [])],
-                   d / "export_fp16.log")
+    res = run.step(
+        f"{model}: export + FP16 engine" if trt else f"{model}: export",
+        [*export, *(["--engine"] if trt else [])],
+        d / "export_fp16.log",
+    )
     if not trt:
         run.skip(f"{model}: FP16 engine build", trt_reason)
     elif res["status"] != "ok":  # keep checking the ONNX graphs without the engine
         run.step(f"{model}: export (no engine, after the engine failed)", export, d / "export_fp16_no_engine.log")
     graphs = [fp16_dir / g for g in ("model.onnx", "model.fp16.onnx") if (fp16_dir / g).is_file()]
     if graphs:
-        run.step(f"{model}: TensorRT parser check (FP32, FP16 graphs)", [sys.executable, "-c", OPCHECK, *graphs], d / "opcheck_fp16.log")
+        run.step(
+            f"{model}: TensorRT parser check (FP32, FP16 graphs)",
+            [sys.executable, "-c", OPCHECK, *graphs],
+            d / "opcheck_fp16.log",
+        )
     if not (fp16_dir / "model.fp16.onnx").is_file() and (fp16_dir / "manifest.json").is_file():
-        run.skip(f"{model}: FP16 graph", "the FP16 graph missed its parity limits and was dropped (random weights usually "
-                 "make it do so); the engine in fp16/ is FP32")
+        run.skip(
+            f"{model}: FP16 graph",
+            "the FP16 graph missed its parity limits and was dropped (random weights usually "
+            "make it do so); the engine in fp16/ is FP32",
+        )
 
     # 3: the INT8 graph and its engine
-    run.step(f"{model}: export (FP32 graph for INT8)", [*clipad, "export", *common, "--precision", "fp32", "--out", int8_dir],
-             d / "export_int8_source.log")
-    cal = run.step(f"{model}: calibrate --int8", [*clipad, "calibrate", "--artifacts", int8_dir, "--int8", "--images", images,
-                                                 "--min-agreement", "0.0", "--quiet"], d / "calibrate_int8.log")
+    run.step(
+        f"{model}: export (FP32 graph for INT8)",
+        [*clipad, "export", *common, "--precision", "fp32", "--out", int8_dir],
+        d / "export_int8_source.log",
+    )
+    cal = run.step(
+        f"{model}: calibrate --int8",
+        [
+            *clipad,
+            "calibrate",
+            "--artifacts",
+            int8_dir,
+            "--int8",
+            "--images",
+            images,
+            "--min-agreement",
+            "0.0",
+            "--quiet",
+        ],
+        d / "calibrate_int8.log",
+    )
     if cal["status"] == "ok":
-        run.step(f"{model}: TensorRT parser check (INT8 QDQ graph)", [sys.executable, "-c", OPCHECK, int8_dir / "model.int8.onnx"],
-                 d / "opcheck_int8.log")
+        run.step(
+            f"{model}: TensorRT parser check (INT8 QDQ graph)",
+            [sys.executable, "-c", OPCHECK, int8_dir / "model.int8.onnx"],
+            d / "opcheck_int8.log",
+        )
     if trt:
-        run.step(f"{model}: INT8 engine build", [*clipad, "export", "--category", "trtcheck", "--engine", "--precision", "int8",
-                                                "--out", int8_dir], d / "engine_int8.log")
+        run.step(
+            f"{model}: INT8 engine build",
+            [*clipad, "export", "--category", "trtcheck", "--engine", "--precision", "int8", "--out", int8_dir],
+            d / "engine_int8.log",
+        )
     else:
         run.skip(f"{model}: INT8 engine build", trt_reason)
 
@@ -155,24 +203,71 @@ def check_model(run: Run, model: str, args, trt_reason: str | None, ort_gpu: boo
         if not (art / "manifest.json").is_file():
             run.skip(f"{model}: parity + bench on {label}", "no artifacts (an earlier step failed)")
             continue
-        run.step(f"{model}: parity on {label} ({','.join(backends)}, {device})",
-                 [*clipad, "parity", "--artifacts", art, "--backends", ",".join(backends), "--device", device,
-                  "--json", d / f"parity_{label[:-1]}.json"], d / f"parity_{label[:-1]}.log", ok_codes=(0, 1))
-        run.step(f"{model}: bench on {label} ({','.join(backends)}, {precisions}, {device})",
-                 [*clipad, "bench", "--artifacts", art, "--backends", ",".join(backends), "--precision", precisions,
-                  "--batch", batches, "--iterations", iterations, "--warmup", warmup, "--device", device, "--no-parity",
-                  "--json", d / f"bench_{label[:-1]}.json", "--quiet"], d / f"bench_{label[:-1]}.log")
+        run.step(
+            f"{model}: parity on {label} ({','.join(backends)}, {device})",
+            [
+                *clipad,
+                "parity",
+                "--artifacts",
+                art,
+                "--backends",
+                ",".join(backends),
+                "--device",
+                device,
+                "--json",
+                d / f"parity_{label[:-1]}.json",
+            ],
+            d / f"parity_{label[:-1]}.log",
+            ok_codes=(0, 1),
+        )
+        run.step(
+            f"{model}: bench on {label} ({','.join(backends)}, {precisions}, {device})",
+            [
+                *clipad,
+                "bench",
+                "--artifacts",
+                art,
+                "--backends",
+                ",".join(backends),
+                "--precision",
+                precisions,
+                "--batch",
+                batches,
+                "--iterations",
+                iterations,
+                "--warmup",
+                warmup,
+                "--device",
+                device,
+                "--no-parity",
+                "--json",
+                d / f"bench_{label[:-1]}.json",
+                "--quiet",
+            ],
+            d / f"bench_{label[:-1]}.log",
+        )
     return {"fp16": str(fp16_dir), "int8": str(int8_dir)}
 
 
 def report(run: Run, res: dict) -> str:
     doc = res["doctor"]
     checks = doc.get("checks", {})
-    machine = "; ".join(f"{k}: {'yes' if v['usable'] else 'no' if v['usable'] is False else '?'} ({v['detail']})"
-                        for k, v in checks.items()) or "clipad doctor gave no answer"
+    machine = (
+        "; ".join(
+            f"{k}: {'yes' if v['usable'] else 'no' if v['usable'] is False else '?'} ({v['detail']})"
+            for k, v in checks.items()
+        )
+        or "clipad doctor gave no answer"
+    )
     machine += f"; weights: {res['weights']}"
-    lines = [f"# TensorRT check {res['date']}{' (dry run)' if res['dry_run'] else ''}", "", machine, "",
-             "| step | status | s |", "|---|---|---|"]
+    lines = [
+        f"# TensorRT check {res['date']}{' (dry run)' if res['dry_run'] else ''}",
+        "",
+        machine,
+        "",
+        "| step | status | s |",
+        "|---|---|---|",
+    ]
     for s in run.steps:
         detail = f" ({s['last_line'][:160]})" if s.get("last_line") else ""
         lines.append(f"| {s['step']} | {s['status']}{detail} | {s.get('seconds', '')} |")
@@ -192,7 +287,9 @@ def main() -> int:
     ap.add_argument("--pretrained", help="open_clip tag for ViT-B-16-plus-240 (downloads; default: random weights)")
     ap.add_argument("--weights", help="offline state dict for ViT-B-16-plus-240 (default: random weights)")
     ap.add_argument("--skip-tests", action="store_true")
-    ap.add_argument("--dry-run", action="store_true", help="no GPU, no TensorRT: clipad-tiny, every step that needs neither")
+    ap.add_argument(
+        "--dry-run", action="store_true", help="no GPU, no TensorRT: clipad-tiny, every step that needs neither"
+    )
     args = ap.parse_args()
     out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -213,26 +310,43 @@ def main() -> int:
             return 1
         trt_reason = None
     ort_gpu = onnxruntime_on_gpu(doc)
-    res: dict = {"date": time.strftime("%Y-%m-%d %H:%M"), "dry_run": args.dry_run, "models": models, "doctor": doc,
-                 "machine": platform.platform(),
-                 "weights": "; ".join(f"{m}: {'random' if m == 'clipad-tiny' else args.pretrained or args.weights or 'random'}"
-                                      for m in models)}
+    res: dict = {
+        "date": time.strftime("%Y-%m-%d %H:%M"),
+        "dry_run": args.dry_run,
+        "models": models,
+        "doctor": doc,
+        "machine": platform.platform(),
+        "weights": "; ".join(
+            f"{m}: {'random' if m == 'clipad-tiny' else args.pretrained or args.weights or 'random'}" for m in models
+        ),
+    }
 
     images = out / "synth"
-    run.step("synthetic calibration images", [sys.executable, "-m", "clipad", "synth", "--out", images, "--n-good", "16",
-                                              "--n-defect", "1", "--force"], out / "synth.log")
+    run.step(
+        "synthetic calibration images",
+        [sys.executable, "-m", "clipad", "synth", "--out", images, "--n-good", "16", "--n-defect", "1", "--force"],
+        out / "synth.log",
+    )
     cal_images = images / "washer" / "test" / "good"
     for model in models:
-        res.setdefault("artifacts", {})[model] = check_model(run, model, args, trt_reason, ort_gpu and not args.dry_run, cal_images)
+        res.setdefault("artifacts", {})[model] = check_model(
+            run, model, args, trt_reason, ort_gpu and not args.dry_run, cal_images
+        )
     if args.skip_tests:
         run.skip("engine tests", "--skip-tests")
     elif importlib.util.find_spec("pytest") is None:
-        run.skip("engine tests", "pytest is not installed (the gpu extra installs it: "
-                 "pip install --extra-index-url https://pypi.nvidia.com -e '.[gpu]')")
+        run.skip(
+            "engine tests",
+            "pytest is not installed (the gpu extra installs it: "
+            "pip install --extra-index-url https://pypi.nvidia.com -e '.[gpu]')",
+        )
     else:
         tests = ["tests/test_tensorrt_build.py", "tests/test_engine.py"]
-        run.step("engine tests (pytest " + " ".join(tests) + ")",
-                 [sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", *tests], out / "pytest_engine.log")
+        run.step(
+            "engine tests (pytest " + " ".join(tests) + ")",
+            [sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", *tests],
+            out / "pytest_engine.log",
+        )
         if trt_reason:
             run.skip("tests/test_engine.py (builds and serves engines)", trt_reason)
     res["steps"] = [{k: v for k, v in s.items() if k != "stdout"} for s in run.steps]

@@ -73,30 +73,54 @@ def check_model(name: str, out: Path, epochs: int, batch_size: int) -> dict:
     split, test = load_split("mvtec", out / f"{name}-train"), load_split("mvtec", out / f"{name}-test")
     samples = [s for c in split for s in split[c]]
     categories = list(split)
-    texts = torch.stack([torch.from_numpy(text_vectors(loaded.clip, loaded.tokenizer, c, "dbscan", "mvtec",
-                                                       PROMPT_SETS["industrial"]).matrix) for c in categories])
+    texts = torch.stack(
+        [
+            torch.from_numpy(
+                text_vectors(loaded.clip, loaded.tokenizer, c, "dbscan", "mvtec", PROMPT_SETS["industrial"]).matrix
+            )
+            for c in categories
+        ]
+    )
     # The second of two backbone epochs, so one-time start-up costs count in neither figure
     # (the cached figure is likewise the median of the epochs after the first).
     backbone_s = [backbone_epoch(loaded, samples, categories, texts, batch_size) for _ in range(2)][1]
-    res: dict = {"model": name, "images": len(samples), "batch_size": batch_size, "backbone_epoch_s": round(backbone_s, 3)}
+    res: dict = {
+        "model": name,
+        "images": len(samples),
+        "batch_size": batch_size,
+        "backbone_epoch_s": round(backbone_s, 3),
+    }
     lr = 1e-3 if tiny else 1e-4
     for dtype in ("float16", "float32"):
-        cfg = TrainConfig(out=out / f"{name}-{dtype}.safetensors", epochs=epochs, lr=lr, batch_size=batch_size,
-                          cache_dtype=dtype, cache_dir=out / f"{name}-cache")
+        cfg = TrainConfig(
+            out=out / f"{name}-{dtype}.safetensors",
+            epochs=epochs,
+            lr=lr,
+            batch_size=batch_size,
+            cache_dtype=dtype,
+            cache_dir=out / f"{name}-cache",
+        )
         log = train(loaded, split, cfg, Tasks(None))
         cached = [e["seconds"] for e in log["epochs"]]
-        res[dtype] = {"cache_build_s": log["cache_seconds"], "cached_epochs_s": cached,
-                      "final_loss": log["epochs"][-1]["loss"],
-                      "cache_mb": round(Path(log["cache"], "ori.npy").stat().st_size / 2**20, 1)}
+        res[dtype] = {
+            "cache_build_s": log["cache_seconds"],
+            "cached_epochs_s": cached,
+            "final_loss": log["epochs"][-1]["loss"],
+            "cache_mb": round(Path(log["cache"], "ori.npy").stat().st_size / 2**20, 1),
+        }
     width, dim = DualPathViT(loaded.clip.visual).width, loaded.clip.visual.proj.shape[1]
     h16 = load_heads(out / f"{name}-float16.safetensors", width, dim)
     h32 = load_heads(out / f"{name}-float32.safetensors", width, dim)
     res["heads_rel_diff_fp16_vs_fp32"] = float((h16.weight - h32.weight).norm() / h32.weight.norm())
-    res["cached_over_backbone_epoch"] = round(float(np.median(res["float16"]["cached_epochs_s"][1:] or res["float16"]["cached_epochs_s"])) / backbone_s, 4)
+    res["cached_over_backbone_epoch"] = round(
+        float(np.median(res["float16"]["cached_epochs_s"][1:] or res["float16"]["cached_epochs_s"])) / backbone_s, 4
+    )
     if tiny:
-        res["held_out_pixel_auroc"] = {"untrained": held_out_pixel_auroc(loaded, test, init_heads(width, dim, 42)),
-                                       "float16_cache": held_out_pixel_auroc(loaded, test, h16),
-                                       "float32_cache": held_out_pixel_auroc(loaded, test, h32)}
+        res["held_out_pixel_auroc"] = {
+            "untrained": held_out_pixel_auroc(loaded, test, init_heads(width, dim, 42)),
+            "float16_cache": held_out_pixel_auroc(loaded, test, h16),
+            "float32_cache": held_out_pixel_auroc(loaded, test, h32),
+        }
     return res
 
 
@@ -116,8 +140,10 @@ def main() -> int:
         epochs = args.tiny_epochs if name == "clipad-tiny" else args.epochs
         results.append(check_model(name, args.out, epochs, args.batch_size))
         print(json.dumps(results[-1], indent=2), flush=True)
-    (args.out / "train_check.json").write_text(json.dumps({"torch": torch.__version__, "threads": torch.get_num_threads(),
-                                                           "results": results}, indent=2) + "\n")
+    (args.out / "train_check.json").write_text(
+        json.dumps({"torch": torch.__version__, "threads": torch.get_num_threads(), "results": results}, indent=2)
+        + "\n"
+    )
     return 0
 
 

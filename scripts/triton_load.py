@@ -91,10 +91,31 @@ def worker(args) -> None:
 
 def run_clients(n: int, args, url: str, server_pid: int) -> dict:
     start_at = time.time() + 8 + n  # every client connected and warm before the common start
-    procs = [subprocess.Popen([sys.executable, __file__, "--worker", "--artifacts", str(args.artifacts), "--url", url,
-                               "--batch", str(args.batch), "--calls", str(args.calls), "--start-at", str(start_at),
-                               "--seed", str(i)], stdout=subprocess.PIPE, text=True,
-                              env={**os.environ, "OMP_NUM_THREADS": "1"}) for i in range(n)]
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                __file__,
+                "--worker",
+                "--artifacts",
+                str(args.artifacts),
+                "--url",
+                url,
+                "--batch",
+                str(args.batch),
+                "--calls",
+                str(args.calls),
+                "--start-at",
+                str(start_at),
+                "--seed",
+                str(i),
+            ],
+            stdout=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "OMP_NUM_THREADS": "1"},
+        )
+        for i in range(n)
+    ]
     time.sleep(max(0.0, start_at - time.time()))
     cpu0, load0 = tree_cpu_s(server_pid), os.getloadavg()[0]
     results = []
@@ -104,9 +125,15 @@ def run_clients(n: int, args, url: str, server_pid: int) -> dict:
             raise SystemExit(f"client failed with code {p.returncode}")
         results.append(json.loads(out.strip().splitlines()[-1]))
     wall = max(r["end"] for r in results) - min(r["start"] for r in results)
-    return {"clients": n, "frames": sum(r["frames"] for r in results), "wall_s": wall,
-            "fps": sum(r["frames"] for r in results) / wall, "server_cpu_s": tree_cpu_s(server_pid) - cpu0,
-            "clients_cpu_s": sum(r["cpu_s"] for r in results), "load": (load0, os.getloadavg()[0])}
+    return {
+        "clients": n,
+        "frames": sum(r["frames"] for r in results),
+        "wall_s": wall,
+        "fps": sum(r["frames"] for r in results) / wall,
+        "server_cpu_s": tree_cpu_s(server_pid) - cpu0,
+        "clients_cpu_s": sum(r["cpu_s"] for r in results),
+        "load": (load0, os.getloadavg()[0]),
+    }
 
 
 def main() -> None:
@@ -157,18 +184,34 @@ def main() -> None:
             with open_backend(art, "triton", None, "cpu", TritonTarget(url, inflight=1, shm=shm, timeout_s=600)) as be:
                 load = os.getloadavg()[0]
                 lat = time_calls(be, x1, args.latency_calls)
-                rows.append((f"triton {proto}{' + shared memory' if shm else ''}", np.median(lat), np.percentile(lat, 99), load))
+                rows.append(
+                    (f"triton {proto}{' + shared memory' if shm else ''}", np.median(lat), np.percentile(lat, 99), load)
+                )
         scale = [run_clients(int(n), args, server.grpc_url, server.proc.pid) for n in args.clients.split(",")]
     ort_p50 = rows[0][1]
-    lines += ["## Latency at batch 1 (one client, one request in flight)", "",
-              "| path | p50 ms | p99 ms | overhead over in-process p50, ms | load avg (1 min) |", "|---|---|---|---|---|"]
-    lines += [f"| {name} | {p50:.1f} | {p99:.1f} | {p50 - ort_p50:+.1f} | {load:.2f} |" for name, p50, p99, load in rows]
-    lines += ["", f"## Aggregate throughput at batch {args.batch} ({args.calls} requests per client, gRPC)", "",
-              f"In-process onnxruntime: {base_fps:.2f} frames/s ({base_cpu:.1f} CPU s, load {base_load:.2f}).", "",
-              "| clients | frames | wall s | frames/s | x in-process | server CPU s | clients CPU s | load avg start/end |",
-              "|---|---|---|---|---|---|---|---|"]
-    lines += [f"| {r['clients']} | {r['frames']} | {r['wall_s']:.1f} | {r['fps']:.2f} | {r['fps'] / base_fps:.2f} | "
-              f"{r['server_cpu_s']:.1f} | {r['clients_cpu_s']:.1f} | {r['load'][0]:.2f}/{r['load'][1]:.2f} |" for r in scale]
+    lines += [
+        "## Latency at batch 1 (one client, one request in flight)",
+        "",
+        "| path | p50 ms | p99 ms | overhead over in-process p50, ms | load avg (1 min) |",
+        "|---|---|---|---|---|",
+    ]
+    lines += [
+        f"| {name} | {p50:.1f} | {p99:.1f} | {p50 - ort_p50:+.1f} | {load:.2f} |" for name, p50, p99, load in rows
+    ]
+    lines += [
+        "",
+        f"## Aggregate throughput at batch {args.batch} ({args.calls} requests per client, gRPC)",
+        "",
+        f"In-process onnxruntime: {base_fps:.2f} frames/s ({base_cpu:.1f} CPU s, load {base_load:.2f}).",
+        "",
+        "| clients | frames | wall s | frames/s | x in-process | server CPU s | clients CPU s | load avg start/end |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    lines += [
+        f"| {r['clients']} | {r['frames']} | {r['wall_s']:.1f} | {r['fps']:.2f} | {r['fps'] / base_fps:.2f} | "
+        f"{r['server_cpu_s']:.1f} | {r['clients_cpu_s']:.1f} | {r['load'][0]:.2f}/{r['load'][1]:.2f} |"
+        for r in scale
+    ]
     args.out.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

@@ -97,10 +97,18 @@ def main() -> int:
     for s in idle + slow:
         s.close()
     time.sleep(1.0)
-    report = {"connections": n, "idle": len(idle), "slow_mjpeg": len(slow), "status_pollers": len(pollers),
-              "seconds": args.seconds, "status_polls": polls, "idle_connections_closed (503 at the cap or the timeout)": idle_closed,
-              "foreign_host_status": foreign, "viewer_threads_peak": peak_threads, "rss_mb": {"before": round(base_rss, 1),
-              "peak": round(peak_rss, 1), "after": round(rss_mb(), 1)}}
+    report = {
+        "connections": n,
+        "idle": len(idle),
+        "slow_mjpeg": len(slow),
+        "status_pollers": len(pollers),
+        "seconds": args.seconds,
+        "status_polls": polls,
+        "idle_connections_closed (503 at the cap or the timeout)": idle_closed,
+        "foreign_host_status": foreign,
+        "viewer_threads_peak": peak_threads,
+        "rss_mb": {"before": round(base_rss, 1), "peak": round(peak_rss, 1), "after": round(rss_mb(), 1)},
+    }
     viewer.close()
     print(json.dumps(report, indent=2))
     return 0

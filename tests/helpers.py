@@ -9,7 +9,9 @@ from clipad.model.heads import Heads
 from clipad.model.loading import LoadedModel
 
 
-def mean_pixel_auroc(loaded: LoadedModel, split: dict[str, list[Sample]], heads: Heads | None, sigma: float = 2.0) -> float:
+def mean_pixel_auroc(
+    loaded: LoadedModel, split: dict[str, list[Sample]], heads: Heads | None, sigma: float = 2.0
+) -> float:
     """Pixel AUROC of SDP (or SDP+ with ``heads``) per category of ``split``, averaged, as
     `clipad eval` computes it (dbscan text vectors, MVTec profile): the quick learning check of
     the training tests."""
@@ -26,14 +28,37 @@ def signal_run(video, artifacts, events, sig: int, min_events: int = 5, extra: t
     from pathlib import Path
 
     proc = subprocess.Popen(
-        [sys.executable, "-m", "clipad", "run", "--source", str(video), "--artifacts", str(artifacts), "--backend",
-         "onnxruntime", "--device", "cpu", "--events", str(events), "--status-every", "999", *map(str, extra)],
-        cwd=Path(__file__).resolve().parents[1], env={**os.environ, "HF_HUB_OFFLINE": "1"}, stderr=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-m",
+            "clipad",
+            "run",
+            "--source",
+            str(video),
+            "--artifacts",
+            str(artifacts),
+            "--backend",
+            "onnxruntime",
+            "--device",
+            "cpu",
+            "--events",
+            str(events),
+            "--status-every",
+            "999",
+            *map(str, extra),
+        ],
+        cwd=Path(__file__).resolve().parents[1],
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        stderr=subprocess.PIPE,
+        text=True,
     )
     try:
         deadline = time.time() + 120
-        while time.time() < deadline and proc.poll() is None and (
-                not Path(events).exists() or len(Path(events).read_text().splitlines()) < min_events):
+        while (
+            time.time() < deadline
+            and proc.poll() is None
+            and (not Path(events).exists() or len(Path(events).read_text().splitlines()) < min_events)
+        ):
             time.sleep(0.05)
         assert proc.poll() is None, "the run ended before the signal could be sent"
         t0 = time.time()

@@ -52,12 +52,16 @@ def test_exchange_swaps_two_directories_in_one_step(tmp_path):
     (tmp_path / "b" / "new").write_text("2")
     if not exchange_dirs(tmp_path / "a", tmp_path / "b"):
         pytest.skip("renameat2(RENAME_EXCHANGE) is not available on this platform or file system")
-    assert [p.name for p in (tmp_path / "a").iterdir()] == ["new"] and [p.name for p in (tmp_path / "b").iterdir()] == ["old"]
+    assert [p.name for p in (tmp_path / "a").iterdir()] == ["new"] and [p.name for p in (tmp_path / "b").iterdir()] == [
+        "old"
+    ]
 
 
 def test_re_export_replaces_the_directory_and_leaves_nothing_beside_it(setup, tmp_path, capsys):  # noqa: F811
     art = fresh(setup, tmp_path)
-    code, _, err = run(capsys, "export", "--category", "fabric", "--precision", "fp32", "--out", art, "--seed", "5", *TINY)
+    code, _, err = run(
+        capsys, "export", "--category", "fabric", "--precision", "fp32", "--out", art, "--seed", "5", *TINY
+    )
     assert code == 0, err
     m = load_artifacts(art).manifest
     assert m.weights.seed == 5  # the new export, in place

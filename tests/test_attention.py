@@ -68,7 +68,9 @@ def test_export_graph_unchanged_by_fusion(tiny, tmp_path):
     n_blocks = len(tiny.clip.visual.transformer.resblocks)
     assert counts["Softmax"] >= 2 * n_blocks  # both attentions of every block (+ the post-ViT softmaxes)
     keep = set(fp32_nodes(graphs[True]))
-    vit_softmax_logits = [n for n in graphs[True].node if n.op_type == "MatMul" and n.name.startswith("/vit/") and n.name in keep]
+    vit_softmax_logits = [
+        n for n in graphs[True].node if n.op_type == "MatMul" and n.name.startswith("/vit/") and n.name in keep
+    ]
     assert len(vit_softmax_logits) == 2 * n_blocks
 
 

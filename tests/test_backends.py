@@ -50,18 +50,49 @@ ALL_GPU = [TRT, CUDA, CPU]
 # Option names ONNX Runtime parses (an unknown one fails the session):
 # onnxruntime/core/providers/tensorrt/tensorrt_execution_provider_info.cc, provider_option_names
 TRT_OPTION_NAMES = {
-    "device_id", "has_user_compute_stream", "trt_max_partition_iterations", "trt_min_subgraph_size",
-    "trt_max_workspace_size", "trt_fp16_enable", "trt_int8_enable", "trt_int8_calibration_table_name",
-    "trt_int8_use_native_calibration_table", "trt_dla_enable", "trt_dla_core", "trt_dump_subgraphs",
-    "trt_engine_cache_enable", "trt_engine_cache_path", "trt_engine_cache_prefix", "trt_engine_decryption_enable",
-    "trt_engine_decryption_lib_path", "trt_force_sequential_engine_build", "trt_context_memory_sharing_enable",
-    "trt_layer_norm_fp32_fallback", "trt_timing_cache_enable", "trt_timing_cache_path", "trt_force_timing_cache",
-    "trt_detailed_build_log", "trt_build_heuristics_enable", "trt_sparsity_enable", "trt_builder_optimization_level",
-    "trt_auxiliary_streams", "trt_tactic_sources", "trt_extra_plugin_lib_paths", "trt_profile_min_shapes",
-    "trt_profile_max_shapes", "trt_profile_opt_shapes", "trt_cuda_graph_enable",
+    "device_id",
+    "has_user_compute_stream",
+    "trt_max_partition_iterations",
+    "trt_min_subgraph_size",
+    "trt_max_workspace_size",
+    "trt_fp16_enable",
+    "trt_int8_enable",
+    "trt_int8_calibration_table_name",
+    "trt_int8_use_native_calibration_table",
+    "trt_dla_enable",
+    "trt_dla_core",
+    "trt_dump_subgraphs",
+    "trt_engine_cache_enable",
+    "trt_engine_cache_path",
+    "trt_engine_cache_prefix",
+    "trt_engine_decryption_enable",
+    "trt_engine_decryption_lib_path",
+    "trt_force_sequential_engine_build",
+    "trt_context_memory_sharing_enable",
+    "trt_layer_norm_fp32_fallback",
+    "trt_timing_cache_enable",
+    "trt_timing_cache_path",
+    "trt_force_timing_cache",
+    "trt_detailed_build_log",
+    "trt_build_heuristics_enable",
+    "trt_sparsity_enable",
+    "trt_builder_optimization_level",
+    "trt_auxiliary_streams",
+    "trt_tactic_sources",
+    "trt_extra_plugin_lib_paths",
+    "trt_profile_min_shapes",
+    "trt_profile_max_shapes",
+    "trt_profile_opt_shapes",
+    "trt_cuda_graph_enable",
 }
 # onnxruntime/core/providers/cuda/cuda_execution_provider_info.cc, provider_option_names (those used here)
-CUDA_OPTION_NAMES = {"device_id", "arena_extend_strategy", "cudnn_conv_algo_search", "do_copy_in_default_stream", "use_tf32"}
+CUDA_OPTION_NAMES = {
+    "device_id",
+    "arena_extend_strategy",
+    "cudnn_conv_algo_search",
+    "do_copy_in_default_stream",
+    "use_tf32",
+}
 
 
 def _export(tiny, out: Path, precision: str) -> Artifacts:
@@ -95,14 +126,26 @@ def with_plan(art, tmp_path_factory) -> Artifacts:
     shutil.copytree(art.root, root)
     (root / PLAN).write_bytes(b"not a TensorRT plan: the backend must refuse before reading it")
     s = art.image_size
-    meta = EngineMeta.create(tensorrt="10.13.0.35", gpu="NVIDIA H200", compute_capability="9.0", category="washer",
-                             input={"name": "image", "dtype": "uint8", "shape": ["batch", s, s, 3]},
-                             profile={"min": 1, "opt": 4, "max": 4}, onnx="model.onnx",
-                             onnx_sha256=art.manifest.files["model.onnx"], precision="fp32", strongly_typed=True,
-                             layers={"fp32": 10}, fp16_layer_fraction=0.0, build_s=1.0)
+    meta = EngineMeta.create(
+        tensorrt="10.13.0.35",
+        gpu="NVIDIA H200",
+        compute_capability="9.0",
+        category="washer",
+        input={"name": "image", "dtype": "uint8", "shape": ["batch", s, s, 3]},
+        profile={"min": 1, "opt": 4, "max": 4},
+        onnx="model.onnx",
+        onnx_sha256=art.manifest.files["model.onnx"],
+        precision="fp32",
+        strongly_typed=True,
+        layers={"fp32": 10},
+        fp16_layer_fraction=0.0,
+        build_s=1.0,
+    )
     meta.write(root / PLAN_META)
     copy = load_artifacts(root)
-    copy.update(copy.manifest.with_engine(meta, {PLAN: file_sha256(root / PLAN), PLAN_META: file_sha256(root / PLAN_META)}))
+    copy.update(
+        copy.manifest.with_engine(meta, {PLAN: file_sha256(root / PLAN), PLAN_META: file_sha256(root / PLAN_META)})
+    )
     copy = load_artifacts(root)
     assert copy.has(PLAN) and copy.manifest.engine is not None
     return copy
@@ -154,16 +197,22 @@ def test_device_cpu_gets_the_cpu_provider_only(art, available):
 
 
 def test_auto_orders_tensorrt_cuda_cpu_and_options_are_ort_names(art):
-    cfg = ortb.provider_config(art, "fp32", "auto", ["AzureExecutionProvider", *ALL_GPU], ort_version="1.32.0",
-                               trt_version="10.13.0.35")
+    cfg = ortb.provider_config(
+        art, "fp32", "auto", ["AzureExecutionProvider", *ALL_GPU], ort_version="1.32.0", trt_version="10.13.0.35"
+    )
     assert [n for n, _ in cfg] == [TRT, CUDA, CPU]
     trt, cuda = cfg[0][1], cfg[1][1]
     assert set(trt) <= TRT_OPTION_NAMES, set(trt) - TRT_OPTION_NAMES
     assert set(cuda) <= CUDA_OPTION_NAMES, set(cuda) - CUDA_OPTION_NAMES
     for opts in (trt, cuda):  # the Python types ONNX Runtime takes: bool as True/False, int, str
         assert all(isinstance(v, (bool, int, str)) for v in opts.values()), opts
-    assert cuda == {"device_id": 0, "arena_extend_strategy": "kSameAsRequested", "cudnn_conv_algo_search": "HEURISTIC",
-                    "do_copy_in_default_stream": True, "use_tf32": False}
+    assert cuda == {
+        "device_id": 0,
+        "arena_extend_strategy": "kSameAsRequested",
+        "cudnn_conv_algo_search": "HEURISTIC",
+        "do_copy_in_default_stream": True,
+        "use_tf32": False,
+    }
     assert trt["device_id"] == 0 and trt["trt_max_workspace_size"] == 4 << 30
 
 
@@ -185,8 +234,13 @@ def test_precision_flags_match_the_graph_served(art16):
     flags = {}
     for precision, a in (("fp32", art16), ("fp16", art16), ("int8", int8)):
         trt = dict(ortb.provider_config(a, precision, "auto", ALL_GPU, ort_version="1.32.0", trt_version="10.13"))[TRT]
-        flags[precision] = (trt["trt_fp16_enable"], trt["trt_int8_enable"], trt["trt_layer_norm_fp32_fallback"],
-                            Path(trt["trt_engine_cache_path"]).name, trt["trt_timing_cache_path"])
+        flags[precision] = (
+            trt["trt_fp16_enable"],
+            trt["trt_int8_enable"],
+            trt["trt_layer_norm_fp32_fallback"],
+            Path(trt["trt_engine_cache_path"]).name,
+            trt["trt_timing_cache_path"],
+        )
     assert [f[:3] for f in flags.values()] == [(False, False, False), (True, False, True), (False, True, False)]
     assert flags["fp16"][3].startswith(f"fp16-{art16.manifest.files['model.fp16.onnx'][:16]}-")
     assert flags["int8"][3].startswith("int8-abababab")
@@ -227,9 +281,14 @@ def test_device_cuda_without_a_gpu_provider_is_one_line(art):
 
 
 def test_tensorrt_ep_is_left_out_when_it_cannot_load(art):
-    cfg = ortb.provider_config(art, "fp32", "auto", ALL_GPU, tensorrt_ep="links TensorRT 10, TensorRT 11.4.0.106 is installed")
+    cfg = ortb.provider_config(
+        art, "fp32", "auto", ALL_GPU, tensorrt_ep="links TensorRT 10, TensorRT 11.4.0.106 is installed"
+    )
     assert [n for n, _ in cfg] == [CUDA, CPU]
-    assert [n for n, _ in ortb.provider_config(art, "fp32", "cuda", ALL_GPU, tensorrt_ep="none installed")] == [CUDA, CPU]
+    assert [n for n, _ in ortb.provider_config(art, "fp32", "cuda", ALL_GPU, tensorrt_ep="none installed")] == [
+        CUDA,
+        CPU,
+    ]
 
 
 def _dist(root: Path, name: str, version: str) -> None:
@@ -239,13 +298,34 @@ def _dist(root: Path, name: str, version: str) -> None:
     (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n")
 
 
-@pytest.mark.parametrize("dists,version,cuda", [
-    ([("tensorrt_cu13", "10.16.1.11"), ("tensorrt_cu13_libs", "10.16.1.11"), ("tensorrt_cu13_bindings", "10.16.1.11")],
-     "10.16.1.11", 13),
-    ([("tensorrt", "11.4.0.106"), ("tensorrt_cu12_libs", "11.4.0.106"), ("tensorrt_cu12_bindings", "11.4.0.106")],
-     "11.4.0.106", 12),
-    ([("tensorrt", "10.3.0"), ("tensorrt_libs", "10.3.0"), ("tensorrt_bindings", "10.3.0")], "10.3.0", 12),  # before cu13 wheels
-])
+@pytest.mark.parametrize(
+    "dists,version,cuda",
+    [
+        (
+            [
+                ("tensorrt_cu13", "10.16.1.11"),
+                ("tensorrt_cu13_libs", "10.16.1.11"),
+                ("tensorrt_cu13_bindings", "10.16.1.11"),
+            ],
+            "10.16.1.11",
+            13,
+        ),
+        (
+            [
+                ("tensorrt", "11.4.0.106"),
+                ("tensorrt_cu12_libs", "11.4.0.106"),
+                ("tensorrt_cu12_bindings", "11.4.0.106"),
+            ],
+            "11.4.0.106",
+            12,
+        ),
+        (
+            [("tensorrt", "10.3.0"), ("tensorrt_libs", "10.3.0"), ("tensorrt_bindings", "10.3.0")],
+            "10.3.0",
+            12,
+        ),  # before cu13 wheels
+    ],
+)
 def test_installed_tensorrt_from_metadata(tmp_path, monkeypatch, dists, version, cuda):
     from clipad.deploy.tensorrt.install import installed_tensorrt
 
@@ -264,8 +344,9 @@ def test_tensorrt_ep_problem_compares_the_linked_and_installed_majors():
     trt10, trt11 = (InstalledTensorRT(v, 13, ("tensorrt_cu13_bindings",)) for v in ("10.16.1.11", "11.4.0.106"))
     assert tensorrt_ep_problem(10, trt10) is None
     assert tensorrt_ep_problem(None, trt11) is None  # the library's major unknown: the session tells
-    assert tensorrt_ep_problem(10, trt11) == ("onnxruntime's TensorRT provider links TensorRT 10, "
-                                                   "TensorRT 11.4.0.106 is installed")
+    assert tensorrt_ep_problem(10, trt11) == (
+        "onnxruntime's TensorRT provider links TensorRT 10, TensorRT 11.4.0.106 is installed"
+    )
     assert tensorrt_ep_problem(10, None) == "onnxruntime's TensorRT provider needs TensorRT 10, and none is installed"
 
 
@@ -364,10 +445,22 @@ def test_auto_precision_skips_an_fp16_graph_that_failed_its_quality_gate(art16, 
     root = tmp_path / "gated"
     shutil.copytree(art16.root, root)
     m = Manifest.read(root / "manifest.json")
-    agreement = ParityFigures.create(max_abs=0.1, rel_l2=0.1, prob_max_abs=0.1, top1pct_agreement=0.5, against="onnxruntime fp32")
-    gate = QualityGate.create(n_images=10, n_anomalous=5, pixel_auroc_fp32=0.9, pixel_auroc=0.8, image_auroc_fp32=0.9,
-                              image_auroc=0.9, pixel_drop_points=10.0, image_drop_points=0.0, max_drop_points=0.5,
-                              agreement=agreement, passed=False)
+    agreement = ParityFigures.create(
+        max_abs=0.1, rel_l2=0.1, prob_max_abs=0.1, top1pct_agreement=0.5, against="onnxruntime fp32"
+    )
+    gate = QualityGate.create(
+        n_images=10,
+        n_anomalous=5,
+        pixel_auroc_fp32=0.9,
+        pixel_auroc=0.8,
+        image_auroc_fp32=0.9,
+        image_auroc=0.9,
+        pixel_drop_points=10.0,
+        image_drop_points=0.0,
+        max_drop_points=0.5,
+        agreement=agreement,
+        passed=False,
+    )
     m.replace(parity=m.parity.replace(gates={"fp16": gate})).write(root / "manifest.json")
     monkeypatch.setattr(ort, "get_available_providers", lambda: [CUDA, CPU])
     with warnings.catch_warnings():
@@ -417,11 +510,34 @@ def test_cli_device_cpu_with_a_plan(with_plan, tmp_path, capsys, no_tensorrt_imp
     (tmp_path / "imgs").mkdir()
     for i, im in enumerate(sample_images(2, width=64, height=48, seed=1)):
         Image.fromarray(im).save(tmp_path / "imgs" / f"{i}.png")
-    code, _, err = run(capsys, "predict", tmp_path / "imgs", "--artifacts", with_plan.root, "--backend", "tensorrt",
-                       "--device", "cpu", "--out", tmp_path / "p")
+    code, _, err = run(
+        capsys,
+        "predict",
+        tmp_path / "imgs",
+        "--artifacts",
+        with_plan.root,
+        "--backend",
+        "tensorrt",
+        "--device",
+        "cpu",
+        "--out",
+        tmp_path / "p",
+    )
     assert_one_line_error(code, err, "--device cpu")
-    code, _, err = run(capsys, "predict", tmp_path / "imgs", "--artifacts", with_plan.root, "--backend", "auto",
-                       "--device", "cpu", "--out", tmp_path / "q", "--quiet")
+    code, _, err = run(
+        capsys,
+        "predict",
+        tmp_path / "imgs",
+        "--artifacts",
+        with_plan.root,
+        "--backend",
+        "auto",
+        "--device",
+        "cpu",
+        "--out",
+        tmp_path / "q",
+        "--quiet",
+    )
     assert code == 0, err
     assert "backend: onnxruntime fp32 (CPUExecutionProvider)" in err
 
@@ -431,8 +547,9 @@ def test_bench_with_device_cpu_never_opens_tensorrt(with_plan, no_tensorrt_impor
     from clipad.runtime.bench.rows import RowContext, bench_combination
     from clipad.runtime.bench.timing import HostMemory
 
-    cfg = BenchConfig(backends=["tensorrt"], precisions=["fp32"], batches=[1], iterations=1, warmup=0, device="cpu",
-                      parity=False)
+    cfg = BenchConfig(
+        backends=["tensorrt"], precisions=["fp32"], batches=[1], iterations=1, warmup=0, device="cpu", parity=False
+    )
     s = with_plan.image_size
     ctx = RowContext(cfg, np.zeros((1, s, s, 3), np.uint8), HostMemory(), 1, {}, None, lambda n: None)
     (row,) = bench_combination(with_plan, "tensorrt", "fp32", ctx)
@@ -455,14 +572,17 @@ def test_tensorrt_backend_itself_refuses_device_cpu(with_plan, no_tensorrt_impor
 # -- cuda-python ---------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("installed, legacy, expected", [
-    ("12.4.0", True, "cuda-python 12.4.0 is too old"),
-    ("12.6.0", False, "cuda-python 12.6.0 is too old"),
-    (None, True, "too old"),  # no metadata, but the pre-12.6.1 layout (cuda.cudart) is there
-    ("12.6.2.post1", False, "does not import"),
-    ("13.0.1", False, "does not import"),
-    (None, False, "not installed"),
-])
+@pytest.mark.parametrize(
+    "installed, legacy, expected",
+    [
+        ("12.4.0", True, "cuda-python 12.4.0 is too old"),
+        ("12.6.0", False, "cuda-python 12.6.0 is too old"),
+        (None, True, "too old"),  # no metadata, but the pre-12.6.1 layout (cuda.cudart) is there
+        ("12.6.2.post1", False, "does not import"),
+        ("13.0.1", False, "does not import"),
+        (None, False, "not installed"),
+    ],
+)
 def test_cuda_python_messages(installed, legacy, expected):
     msg = trtb.cuda_python_problem("No module named 'cuda.bindings'", installed, legacy)
     assert expected in msg and "\n" not in msg
@@ -473,14 +593,27 @@ def test_cuda_python_messages(installed, legacy, expected):
     assert "cuda-python>=12.6.1,<13" in trtb.cuda_python_problem("x", installed, legacy, cuda_major=12)
 
 
-@pytest.mark.parametrize("trt,cuda_python,driver,expected", [
-    (("10.16.1.11", 13), "13.4.4", "13.0", None),
-    (("10.16.1.11", 13), "12.9.4", "13.0", "is a CUDA 13 build but cuda-python 12.9.4 binds CUDA 12: pip install 'cuda-python>=13,<14'"),
-    (("10.16.1.11", 13), "13.4.4", "12.8", "needs a driver for CUDA 13 (R580 or newer); this driver supports CUDA 12.8"),
-    (None, "13.4.4", "12.8", "cuda-python 13.4.4 needs a driver for CUDA 13 (R580 or newer)"),
-    (("10.3.0", 12), "12.6.2", "12.4", None),
-    (("10.16.1.11", 13), "13.4.4", None, None),  # no driver: nothing to compare (the GPU check says so)
-])
+@pytest.mark.parametrize(
+    "trt,cuda_python,driver,expected",
+    [
+        (("10.16.1.11", 13), "13.4.4", "13.0", None),
+        (
+            ("10.16.1.11", 13),
+            "12.9.4",
+            "13.0",
+            "is a CUDA 13 build but cuda-python 12.9.4 binds CUDA 12: pip install 'cuda-python>=13,<14'",
+        ),
+        (
+            ("10.16.1.11", 13),
+            "13.4.4",
+            "12.8",
+            "needs a driver for CUDA 13 (R580 or newer); this driver supports CUDA 12.8",
+        ),
+        (None, "13.4.4", "12.8", "cuda-python 13.4.4 needs a driver for CUDA 13 (R580 or newer)"),
+        (("10.3.0", 12), "12.6.2", "12.4", None),
+        (("10.16.1.11", 13), "13.4.4", None, None),  # no driver: nothing to compare (the GPU check says so)
+    ],
+)
 def test_cuda_majors_of_tensorrt_cuda_python_and_driver(trt, cuda_python, driver, expected):
     from clipad.deploy.tensorrt.install import InstalledTensorRT, cuda_mismatch
 
@@ -543,9 +676,11 @@ def test_cuda_errors_are_one_line_with_the_real_error_enum():
 
 
 def _good(s: int) -> list[EngineTensor]:
-    return [EngineTensor("image", "input", "uint8", (-1, s, s, 3)),
-            EngineTensor("anomaly_map", "output", "float32", (-1, s, s)),
-            EngineTensor("image_prob", "output", "float32", (-1,))]
+    return [
+        EngineTensor("image", "input", "uint8", (-1, s, s, 3)),
+        EngineTensor("anomaly_map", "output", "float32", (-1, s, s)),
+        EngineTensor("image_prob", "output", "float32", (-1,)),
+    ]
 
 
 def test_engine_io_matching_the_manifest_passes(art):
@@ -553,18 +688,34 @@ def test_engine_io_matching_the_manifest_passes(art):
     check_engine_io(list(reversed(_good(art.image_size))), art.manifest.onnx)  # order does not matter
 
 
-@pytest.mark.parametrize("change, fragments", [
-    (lambda t: [t[0], EngineTensor("anomaly_map", "output", "float16", t[1].shape), t[2]],
-     ["output 'anomaly_map' is float16 in the engine, float32 in the manifest"]),
-    (lambda t: [EngineTensor("images", "input", "uint8", t[0].shape), t[1], t[2]], ["no input 'image'", "images"]),
-    (lambda t: [t[0], t[1]], ["no output 'image_prob'"]),
-    (lambda t: [*t, EngineTensor("features", "output", "float32", (-1, 64))], ["output 'features'"]),
-    (lambda t: [EngineTensor("image", "input", "uint8", (4, *t[0].shape[1:])), t[1], t[2]],
-     ["input 'image' has shape [4,", "[batch,"]),
-    (lambda t: [EngineTensor("image", "input", "uint8", (-1, 240, 240, 3)), t[1], t[2]], ["[dynamic, 240, 240, 3]"]),
-    (lambda t: [EngineTensor("image", "input", "float32", t[0].shape), t[1], t[2]], ["is float32 in the engine, uint8"]),
-    (lambda t: [t[0], t[1], EngineTensor("image_prob", "output", "float32", (-1, 1))], ["output 'image_prob' has shape"]),
-])
+@pytest.mark.parametrize(
+    "change, fragments",
+    [
+        (
+            lambda t: [t[0], EngineTensor("anomaly_map", "output", "float16", t[1].shape), t[2]],
+            ["output 'anomaly_map' is float16 in the engine, float32 in the manifest"],
+        ),
+        (lambda t: [EngineTensor("images", "input", "uint8", t[0].shape), t[1], t[2]], ["no input 'image'", "images"]),
+        (lambda t: [t[0], t[1]], ["no output 'image_prob'"]),
+        (lambda t: [*t, EngineTensor("features", "output", "float32", (-1, 64))], ["output 'features'"]),
+        (
+            lambda t: [EngineTensor("image", "input", "uint8", (4, *t[0].shape[1:])), t[1], t[2]],
+            ["input 'image' has shape [4,", "[batch,"],
+        ),
+        (
+            lambda t: [EngineTensor("image", "input", "uint8", (-1, 240, 240, 3)), t[1], t[2]],
+            ["[dynamic, 240, 240, 3]"],
+        ),
+        (
+            lambda t: [EngineTensor("image", "input", "float32", t[0].shape), t[1], t[2]],
+            ["is float32 in the engine, uint8"],
+        ),
+        (
+            lambda t: [t[0], t[1], EngineTensor("image_prob", "output", "float32", (-1, 1))],
+            ["output 'image_prob' has shape"],
+        ),
+    ],
+)
 def test_engine_io_differences_are_one_line_naming_them(art, change, fragments):
     with pytest.raises(ClipadError) as e:
         check_engine_io(change(_good(art.image_size)), art.manifest.onnx)

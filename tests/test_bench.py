@@ -37,8 +37,13 @@ ITERATIONS, WARMUP, BATCHES = 3, 1, (1, 2)
 @pytest.fixture(scope="module")
 def artifacts(tmp_path_factory, tiny):
     """An sdp export of the tiny model with its FP32 and FP16 graphs, max batch 4."""
-    cfg = ExportConfig(category="washer", out=tmp_path_factory.mktemp("bench") / "washer",
-                       prompts=PROMPT_SETS["industrial"], max_batch=4, precision="all")
+    cfg = ExportConfig(
+        category="washer",
+        out=tmp_path_factory.mktemp("bench") / "washer",
+        prompts=PROMPT_SETS["industrial"],
+        max_batch=4,
+        precision="all",
+    )
     return export(tiny, cfg, Tasks(None))
 
 
@@ -46,10 +51,28 @@ def artifacts(tmp_path_factory, tiny):
 def bench_run(artifacts, tmp_path_factory):
     """One `clipad bench` over every backend and precision: (exit code, stdout, JSON, PNG path)."""
     out = tmp_path_factory.mktemp("bench-out")
-    args = ["bench", "--artifacts", str(artifacts.root), "--backends", "torch,onnxruntime,tensorrt",
-            "--precision", "fp32,fp16,int8", "--batch", ",".join(map(str, BATCHES)), "--iterations", str(ITERATIONS),
-            "--warmup", str(WARMUP), "--device", "cpu", "--json", str(out / "bench.json"), "--plot", str(out / "bench.png"),
-            "--quiet"]
+    args = [
+        "bench",
+        "--artifacts",
+        str(artifacts.root),
+        "--backends",
+        "torch,onnxruntime,tensorrt",
+        "--precision",
+        "fp32,fp16,int8",
+        "--batch",
+        ",".join(map(str, BATCHES)),
+        "--iterations",
+        str(ITERATIONS),
+        "--warmup",
+        str(WARMUP),
+        "--device",
+        "cpu",
+        "--json",
+        str(out / "bench.json"),
+        "--plot",
+        str(out / "bench.png"),
+        "--quiet",
+    ]
     stdout, stderr = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
         code = cli.run(args)
@@ -94,14 +117,30 @@ def test_percentiles_from_samples():
     samples = np.random.default_rng(0).permutation(np.arange(1, 101, dtype=float))  # 1..100, shuffled
     p = percentiles(list(samples))
     # linear interpolation at rank q (n - 1): 1 + q * 99
-    assert p == pytest.approx({"p50": 50.5, "p90": 90.1, "p99": 99.01, "min": 1.0, "max": 100.0, "mean": 50.5, "n": 100})
+    assert p == pytest.approx(
+        {"p50": 50.5, "p90": 90.1, "p99": 99.01, "min": 1.0, "max": 100.0, "mean": 50.5, "n": 100}
+    )
 
 
 def test_json_schema_and_values(bench_run, artifacts):
     _, _, res, _ = bench_run
     assert res["schema_version"] == SCHEMA_VERSION
-    for key in ("created", "artifacts", "model", "mode", "image_size", "machine", "settings", "host_memory_method",
-                "definitions", "flops", "matmul_ceiling", "dual_path", "goals", "rows"):
+    for key in (
+        "created",
+        "artifacts",
+        "model",
+        "mode",
+        "image_size",
+        "machine",
+        "settings",
+        "host_memory_method",
+        "definitions",
+        "flops",
+        "matmul_ceiling",
+        "dual_path",
+        "goals",
+        "rows",
+    ):
         assert key in res, key
     assert {"cpu", "cpu_count", "torch", "onnxruntime", "gpu"} <= set(res["machine"])
     assert res["model"] == "clipad-tiny" and res["settings"]["iterations"] == ITERATIONS
@@ -109,7 +148,9 @@ def test_json_schema_and_values(bench_run, artifacts):
     combos = {(r["backend"], r["precision"]) for r in res["rows"]}
     assert combos == {(b, p) for b in ("torch", "onnxruntime", "tensorrt") for p in ("fp32", "fp16", "int8")}
     ok = [r for r in res["rows"] if r["status"] == "ok"]
-    assert {(r["backend"], r["precision"], r["batch"]) for r in ok} >= {(b, "fp32", n) for b in ("torch", "onnxruntime") for n in BATCHES}
+    assert {(r["backend"], r["precision"], r["batch"]) for r in ok} >= {
+        (b, "fp32", n) for b in ("torch", "onnxruntime") for n in BATCHES
+    }
     for r in ok:
         lat = r["latency_ms"]
         assert len(r["samples_ms"]) == lat["n"] == ITERATIONS
@@ -140,13 +181,28 @@ def test_parity_figures_are_those_of_clipad_parity(bench_run, artifacts):
     reference, same figures; `clipad parity --json` keeps its keys."""
     _, _, res, _ = bench_run
     rows = run_parity(artifacts, ["onnxruntime"], parity_images(artifacts.image_size, 3), "cpu")
-    assert [list(r.to_json()) for r in rows] == [["backend", "precision", "n_images", "max_abs", "rel_l2", "prob_max_abs",
-                                                  "top1pct_agreement", "within_tolerance"]] * len(rows)
+    assert [list(r.to_json()) for r in rows] == [
+        [
+            "backend",
+            "precision",
+            "n_images",
+            "max_abs",
+            "rel_l2",
+            "prob_max_abs",
+            "top1pct_agreement",
+            "within_tolerance",
+        ]
+    ] * len(rows)
     for row in rows:
-        bench = next(r["parity"] for r in res["rows"] if (r["backend"], r["precision"], r["status"]) == ("onnxruntime", row.precision, "ok"))
+        bench = next(
+            r["parity"]
+            for r in res["rows"]
+            if (r["backend"], r["precision"], r["status"]) == ("onnxruntime", row.precision, "ok")
+        )
         assert bench["against"] == "torch fp32 (cpu)" and bench["n_images"] == row.n_images == 3
         assert bench["within_tolerance"] == row.within_tolerance
         assert {k: bench[k] for k in row.figures.to_json()} == pytest.approx(row.figures.to_json())
+
 
 def test_markdown_table_has_a_line_per_row(bench_run):
     _, out, res, _ = bench_run
@@ -166,15 +222,41 @@ def test_plot_is_a_png(bench_run):
 def test_torch_rows_per_attention_form(artifacts, capsys, tmp_path):
     """--attention fused,explicit gives a torch row set per form, both within the FP32 parity
     limits of the reference (same maps), and their ratio as a goal per batch size."""
-    code, out, err = run(capsys, "bench", "--artifacts", artifacts.root, "--backends", "torch,onnxruntime", "--precision", "fp32",
-                         "--attention", "fused,explicit", "--batch", "1,2", "--iterations", "2", "--warmup", "0", "--device", "cpu",
-                         "--json", tmp_path / "b.json", "--quiet")
+    code, out, err = run(
+        capsys,
+        "bench",
+        "--artifacts",
+        artifacts.root,
+        "--backends",
+        "torch,onnxruntime",
+        "--precision",
+        "fp32",
+        "--attention",
+        "fused,explicit",
+        "--batch",
+        "1,2",
+        "--iterations",
+        "2",
+        "--warmup",
+        "0",
+        "--device",
+        "cpu",
+        "--json",
+        tmp_path / "b.json",
+        "--quiet",
+    )
     assert code == 0, err
     res = json.loads((tmp_path / "b.json").read_text())
     assert res["settings"]["attentions"] == ["fused", "explicit"]
     forms = [(r["backend"], r["attention"], r["batch"]) for r in res["rows"]]
-    assert forms == [("torch", "fused", 1), ("torch", "fused", 2), ("torch", "explicit", 1), ("torch", "explicit", 2),
-                     ("onnxruntime", None, 1), ("onnxruntime", None, 2)]
+    assert forms == [
+        ("torch", "fused", 1),
+        ("torch", "fused", 2),
+        ("torch", "explicit", 1),
+        ("torch", "explicit", 2),
+        ("onnxruntime", None, 1),
+        ("onnxruntime", None, 2),
+    ]
     for r in res["rows"]:
         assert r["status"] == "ok" and r["parity"]["within_tolerance"] is True
     explicit = [r for r in res["rows"] if r["attention"] == "explicit"]
@@ -182,7 +264,11 @@ def test_torch_rows_per_attention_form(artifacts, capsys, tmp_path):
     goals = {g["goal"]: g for g in res["goals"]}
     for batch in (1, 2):
         g = goals[f"torch fused / explicit attention, fp32 batch {batch}"]
-        p50 = {r["attention"]: r["latency_ms"]["p50"] for r in res["rows"] if r["backend"] == "torch" and r["batch"] == batch}
+        p50 = {
+            r["attention"]: r["latency_ms"]["p50"]
+            for r in res["rows"]
+            if r["backend"] == "torch" and r["batch"] == batch
+        }
         assert g["value"] == pytest.approx(p50["fused"] / p50["explicit"]) and g["met"] == (g["value"] <= 1.0)
     # the onnxruntime / torch goal compares with the fused torch row (the default form)
     ort = goals["onnxruntime fp32 / torch fp32, batch 1"]
@@ -190,38 +276,86 @@ def test_torch_rows_per_attention_form(artifacts, capsys, tmp_path):
     ort1 = next(r for r in res["rows"] if (r["backend"], r["batch"]) == ("onnxruntime", 1))
     assert ort["value"] == pytest.approx(ort1["latency_ms"]["p50"] / fused1["latency_ms"]["p50"])
     assert "torch fp32 (cpu, explicit attention)" in out and "Goal: torch fused / explicit attention" in out
-    code, _, err = run(capsys, "bench", "--artifacts", artifacts.root, "--backends", "torch", "--precision", "fp32,fp16",
-                       "--attention", "fused,explicit", "--batch", "1", "--iterations", "1", "--warmup", "0", "--device", "cpu",
-                       "--no-parity", "--json", tmp_path / "c.json", "--quiet")
+    code, _, err = run(
+        capsys,
+        "bench",
+        "--artifacts",
+        artifacts.root,
+        "--backends",
+        "torch",
+        "--precision",
+        "fp32,fp16",
+        "--attention",
+        "fused,explicit",
+        "--batch",
+        "1",
+        "--iterations",
+        "1",
+        "--warmup",
+        "0",
+        "--device",
+        "cpu",
+        "--no-parity",
+        "--json",
+        tmp_path / "c.json",
+        "--quiet",
+    )
     assert code == 0, err
     rows = json.loads((tmp_path / "c.json").read_text())["rows"]
     assert [(r["precision"], r["attention"], r["status"]) for r in rows] == [
-        ("fp32", "fused", "ok"), ("fp32", "explicit", "ok"), ("fp16", "fused", "unavailable")]  # fp16 on a CPU: said once
+        ("fp32", "fused", "ok"),
+        ("fp32", "explicit", "ok"),
+        ("fp16", "fused", "unavailable"),
+    ]  # fp16 on a CPU: said once
 
 
 def _row(backend, precision, p50, batch=1, device="cpu"):
-    return {"backend": backend, "precision": precision, "batch": batch, "status": "ok", "device": device, "attention": None,
-            "latency_ms": {"p50": p50}}
+    return {
+        "backend": backend,
+        "precision": precision,
+        "batch": batch,
+        "status": "ok",
+        "device": device,
+        "attention": None,
+        "latency_ms": {"p50": p50},
+    }
 
 
 def test_reduced_precision_goal_counts_only_gated_rows():
     """The best reduced precision is the fastest CPU row whose gate passed: a faster row whose
     gate failed, or that was never judged, does not count; the limit follows the CPU's BF16 flags."""
-    rows = [_row("onnxruntime", "fp32", 100.0), _row("openvino", "int8", 30.0), _row("openvino", "bf16", 60.0),
-            _row("onnxruntime", "int8", 20.0)]
+    rows = [
+        _row("onnxruntime", "fp32", 100.0),
+        _row("openvino", "int8", 30.0),
+        _row("openvino", "bf16", 60.0),
+        _row("onnxruntime", "int8", 20.0),
+    ]
     gates = {"openvino int8": False, "openvino bf16": True}
-    (g,) = [g for g in performance_goals(rows, [], gates, {"cpu_matrix_features": ["avx2", "avx512_bf16"]})
-            if g["goal"].startswith("best gated")]
+    (g,) = [
+        g
+        for g in performance_goals(rows, [], gates, {"cpu_matrix_features": ["avx2", "avx512_bf16"]})
+        if g["goal"].startswith("best gated")
+    ]
     assert g["value"] == pytest.approx(0.6) and g["limit"] == 0.4 and not g["met"] and "openvino bf16" in g["detail"]
-    (g,) = [g for g in performance_goals(rows, [], gates, {"cpu_matrix_features": ["avx2"]}) if g["goal"].startswith("best gated")]
+    (g,) = [
+        g
+        for g in performance_goals(rows, [], gates, {"cpu_matrix_features": ["avx2"]})
+        if g["goal"].startswith("best gated")
+    ]
     assert g["limit"] == 0.7 and g["met"]
     gates["openvino int8"] = True
-    (g,) = [g for g in performance_goals(rows, [], gates, {"cpu_matrix_features": ["amx_bf16"]}) if g["goal"].startswith("best gated")]
+    (g,) = [
+        g
+        for g in performance_goals(rows, [], gates, {"cpu_matrix_features": ["amx_bf16"]})
+        if g["goal"].startswith("best gated")
+    ]
     assert g["value"] == pytest.approx(0.3) and g["met"] and "openvino int8" in g["detail"]
     (g,) = [g for g in performance_goals(rows, [], {"openvino int8": False}, {}) if g["goal"].startswith("best gated")]
     assert g["value"] is None and not g["met"] and "openvino int8 FAILED" in g["detail"]
-    assert ratios(rows) == [{"ratio": "openvino bf16 / onnxruntime fp32", "batch": 1, "value": pytest.approx(0.6)},
-                            {"ratio": "openvino int8 / onnxruntime fp32", "batch": 1, "value": pytest.approx(0.3)}]
+    assert ratios(rows) == [
+        {"ratio": "openvino bf16 / onnxruntime fp32", "batch": 1, "value": pytest.approx(0.6)},
+        {"ratio": "openvino int8 / onnxruntime fp32", "batch": 1, "value": pytest.approx(0.3)},
+    ]
 
 
 @pytest.mark.parametrize("mode", ["sdp", "sdp+"])
@@ -258,14 +392,17 @@ def test_flops_by_hand_for_the_tiny_config(tiny):
     assert flops_breakdown(d)["patch_embed"] == 2 * 36 * 64 * 768
 
 
-@pytest.mark.parametrize("args, fragment", [
-    (["--artifacts", "/nonexistent/bench"], "not a clipad artifact directory"),
-    (["--batch", "0"], "--batch sizes must be >= 1"),
-    (["--batch", "1,x"], "--batch takes comma-separated values"),
-    (["--backends", "torch,tflite"], "unknown backend 'tflite'"),
-    (["--precision", "fp8"], "unknown precision 'fp8'"),
-    (["--attention", "flash"], "unknown attention 'flash'"),
-])
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        (["--artifacts", "/nonexistent/bench"], "not a clipad artifact directory"),
+        (["--batch", "0"], "--batch sizes must be >= 1"),
+        (["--batch", "1,x"], "--batch takes comma-separated values"),
+        (["--backends", "torch,tflite"], "unknown backend 'tflite'"),
+        (["--precision", "fp8"], "unknown precision 'fp8'"),
+        (["--attention", "flash"], "unknown attention 'flash'"),
+    ],
+)
 def test_bad_input_is_one_line(capsys, artifacts, args, fragment):
     base = [] if "--artifacts" in args else ["--artifacts", str(artifacts.root)]
     code, _, err = run(capsys, "bench", *base, *args, "--quiet")
@@ -273,6 +410,18 @@ def test_bad_input_is_one_line(capsys, artifacts, args, fragment):
 
 
 def test_nothing_available_is_one_line(capsys, artifacts):
-    code, _, err = run(capsys, "bench", "--artifacts", artifacts.root, "--backends", "tensorrt", "--iterations", "1",
-                       "--warmup", "0", "--no-parity", "--quiet")
+    code, _, err = run(
+        capsys,
+        "bench",
+        "--artifacts",
+        artifacts.root,
+        "--backends",
+        "tensorrt",
+        "--iterations",
+        "1",
+        "--warmup",
+        "0",
+        "--no-parity",
+        "--quiet",
+    )
     assert_one_line_error(code, err, "no backend/precision could run here", "model.plan")

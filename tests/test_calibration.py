@@ -34,7 +34,12 @@ def setup(tmp_path_factory):
             shutil.copy(f, root / name / f.name)
     from clipad import cli
 
-    assert cli.run([str(a) for a in ("export", "--category", "fabric", "--precision", "fp32", "--out", root / "art", *TINY)]) == 0
+    assert (
+        cli.run(
+            [str(a) for a in ("export", "--category", "fabric", "--precision", "fp32", "--out", root / "art", *TINY)]
+        )
+        == 0
+    )
     return root
 
 
@@ -66,7 +71,9 @@ def test_good_only_threshold_holds_its_rate_on_held_out_images(setup, tmp_path, 
     """Target FPR 0.1, 200 calibration and 200 held-out good images. Tolerance 0.09: three
     standard deviations of the difference of two binomial estimates, sqrt(0.1 * 0.9 * (1/200 + 1/200))."""
     art = fresh(setup, tmp_path)
-    code, out, err = run(capsys, "calibrate", "--artifacts", art, "--good", setup / "cal", "--target-fpr", 0.1, "--quiet")
+    code, out, err = run(
+        capsys, "calibrate", "--artifacts", art, "--good", setup / "cal", "--target-fpr", 0.1, "--quiet"
+    )
     assert code == 0, err
     c = json.loads((art / "manifest.json").read_text())["calibration"]
     assert c["set"]["good"] == 200 and c["set"]["anomalous"] == 0 and len(c["set"]["sha256"]) == 64
@@ -85,8 +92,19 @@ def test_labelled_threshold_is_the_f1_optimal_one(setup, tmp_path, capsys):
     art = fresh(setup, tmp_path)
     s = setup / "s" / "fabric"
     anomalous = str(s / "test" / "[!g]*" / "*.png")
-    code, out, err = run(capsys, "calibrate", "--artifacts", art, "--good", setup / "cal", "--anomalous", anomalous,
-                         "--masks", s / "ground_truth", "--quiet")
+    code, out, err = run(
+        capsys,
+        "calibrate",
+        "--artifacts",
+        art,
+        "--good",
+        setup / "cal",
+        "--anomalous",
+        anomalous,
+        "--masks",
+        s / "ground_truth",
+        "--quiet",
+    )
     assert code == 0, err
     c = json.loads((art / "manifest.json").read_text())["calibration"]
     assert c["set"] == {**c["set"], "good": 200, "anomalous": 12}
@@ -103,8 +121,10 @@ def test_labelled_threshold_is_the_f1_optimal_one(setup, tmp_path, capsys):
     # The pixel threshold beats a grid of alternatives on the same pixels (F1 on the masks).
     from clipad.data.images import load_mask
 
-    masks = [load_mask(s / "ground_truth" / p.parent.name / f"{p.stem}_mask.png", 96)
-             for p in sorted(s.glob("test/[!g]*/*.png"))]
+    masks = [
+        load_mask(s / "ground_truth" / p.parent.name / f"{p.stem}_mask.png", 96)
+        for p in sorted(s.glob("test/[!g]*/*.png"))
+    ]
     pix = np.concatenate([amg.ravel(), ama.ravel()])
     plab = np.concatenate([np.zeros(amg.size, bool), np.stack(masks).ravel()])
     best_pixel = f1_score(plab, pix >= c["pixel_threshold"])
@@ -116,8 +136,17 @@ def test_runtime_follows_the_constants(setup, tmp_path, capsys):
     art = fresh(setup, tmp_path)
     assert run(capsys, "calibrate", "--artifacts", art, "--good", setup / "cal", "--target-fpr", 0.2, "--quiet")[0] == 0
     c = json.loads((art / "manifest.json").read_text())["calibration"]
-    code, _, err = run(capsys, "predict", str(setup / "s" / "fabric" / "test"), "--artifacts", art, "--out", tmp_path / "p",
-                       "--save-maps", "--quiet")
+    code, _, err = run(
+        capsys,
+        "predict",
+        str(setup / "s" / "fabric" / "test"),
+        "--artifacts",
+        art,
+        "--out",
+        tmp_path / "p",
+        "--save-maps",
+        "--quiet",
+    )
     assert code == 0, err
     recs = [json.loads(line) for line in (tmp_path / "p" / "predictions.jsonl").read_text().splitlines()]
     (plo, phi), (mlo, mhi) = c["image_prob_range"], c["map_max_range"]
@@ -133,8 +162,16 @@ def test_runtime_follows_the_constants(setup, tmp_path, capsys):
     assert np.array_equal(mask, amap >= c["pixel_threshold"])
     assert recs[0]["defect_area"] == pytest.approx(mask.mean())
     # the streaming runtime labels frames with the same constants
-    code, _, err = run(capsys, "run", "--source", str(setup / "s" / "fabric" / "test"), "--artifacts", art,
-                       "--events", tmp_path / "e.jsonl")
+    code, _, err = run(
+        capsys,
+        "run",
+        "--source",
+        str(setup / "s" / "fabric" / "test"),
+        "--artifacts",
+        art,
+        "--events",
+        tmp_path / "e.jsonl",
+    )
     assert code == 0, err
     events = [json.loads(line) for line in (tmp_path / "e.jsonl").read_text().splitlines()]
     assert [e["label"] for e in events] == [r["label"] for r in recs]
@@ -173,19 +210,54 @@ def test_bad_calibration_sets(setup, tmp_path, capsys):
     assert_one_line_error(code, err, "give --good")
     code, _, err = run(capsys, "calibrate", "--artifacts", art, "--good", few, "--target-fpr", 1.5, "--quiet")
     assert_one_line_error(code, err, "--target-fpr must be in (0, 1)")
-    code, _, err = run(capsys, "calibrate", "--artifacts", art, "--good", few, "--anomalous", setup / "cal", "--masks",
-                       tmp_path, "--quiet")
+    code, _, err = run(
+        capsys,
+        "calibrate",
+        "--artifacts",
+        art,
+        "--good",
+        few,
+        "--anomalous",
+        setup / "cal",
+        "--masks",
+        tmp_path,
+        "--quiet",
+    )
     assert_one_line_error(code, err, "no mask for")
 
 
 def test_int8_graph_is_measured_gated_and_served(setup, tmp_path, capsys):
     art = fresh(setup, tmp_path)
-    code, _, err = run(capsys, "calibrate", "--artifacts", art, "--int8", "--images", setup / "cal", "--int8-max-images", 16,
-                       "--min-agreement", 1.0, "--quiet")
+    code, _, err = run(
+        capsys,
+        "calibrate",
+        "--artifacts",
+        art,
+        "--int8",
+        "--images",
+        setup / "cal",
+        "--int8-max-images",
+        16,
+        "--min-agreement",
+        1.0,
+        "--quiet",
+    )
     assert_one_line_error(code, err, "not written, keep using FP32")
     assert not (art / "model.int8.onnx").exists() and "int8" not in load_artifacts(art).manifest.precisions
-    code, out, err = run(capsys, "calibrate", "--artifacts", art, "--int8", "--images", setup / "cal", "--int8-max-images", 16,
-                         "--min-agreement", 0.5, "--quiet")
+    code, out, err = run(
+        capsys,
+        "calibrate",
+        "--artifacts",
+        art,
+        "--int8",
+        "--images",
+        setup / "cal",
+        "--int8-max-images",
+        16,
+        "--min-agreement",
+        0.5,
+        "--quiet",
+    )
     assert code == 0, err
     assert "pre-processing" not in err  # ONNX Runtime's quantiser advice stays out of the user's output
     m = load_artifacts(art)
@@ -202,30 +274,74 @@ def test_int8_graph_is_measured_gated_and_served(setup, tmp_path, capsys):
     code, out, err = run(capsys, "parity", "--artifacts", art, "--backends", "onnxruntime")
     assert "int8" in out
     # served on request only, and calibrated with it when asked
-    code, _, err = run(capsys, "calibrate", "--artifacts", art, "--good", setup / "cal", "--precision", "int8", "--quiet")
+    code, _, err = run(
+        capsys, "calibrate", "--artifacts", art, "--good", setup / "cal", "--precision", "int8", "--quiet"
+    )
     assert code == 0 and "backend: onnxruntime int8" in err, err
     code, _, err = run(capsys, "predict", str(setup / "held"), "--artifacts", art, "--out", tmp_path / "p", "--quiet")
     assert code == 0 and "onnxruntime fp32" in err and "note: calibrated with onnxruntime int8" in err, err
-    code, _, err = run(capsys, "predict", str(setup / "held"), "--artifacts", art, "--out", tmp_path / "p", "--precision",
-                       "int8", "--quiet")
+    code, _, err = run(
+        capsys,
+        "predict",
+        str(setup / "held"),
+        "--artifacts",
+        art,
+        "--out",
+        tmp_path / "p",
+        "--precision",
+        "int8",
+        "--quiet",
+    )
     assert code == 0 and "onnxruntime int8" in err and "note:" not in err, err
 
 
 def test_int8_quality_gate_on_labelled_images_decides_instead_of_agreement(setup, tmp_path, capsys):
     art = fresh(setup, tmp_path)
-    code, _, err = run(capsys, "calibrate", "--artifacts", art, "--good", setup / "cal", "--gate-data", setup / "s", "--quiet")
+    code, _, err = run(
+        capsys, "calibrate", "--artifacts", art, "--good", setup / "cal", "--gate-data", setup / "s", "--quiet"
+    )
     assert_one_line_error(code, err, "--gate-data goes with --int8")
     # an agreement limit this INT8 graph does not reach: with --gate-data the AUROC gate decides, and passes at a wide limit
-    code, out, err = run(capsys, "calibrate", "--artifacts", art, "--int8", "--images", setup / "cal", "--int8-max-images", 8,
-                         "--min-agreement", 1.0, "--gate-data", setup / "s", "--max-auroc-drop", 100, "--quiet")
+    code, out, err = run(
+        capsys,
+        "calibrate",
+        "--artifacts",
+        art,
+        "--int8",
+        "--images",
+        setup / "cal",
+        "--int8-max-images",
+        8,
+        "--min-agreement",
+        1.0,
+        "--gate-data",
+        setup / "s",
+        "--max-auroc-drop",
+        100,
+        "--quiet",
+    )
     assert code == 0, err
     gate = load_artifacts(art).manifest.parity.gates["int8"]
     assert gate.passed and gate.max_drop_points == 100 and gate.agreement.against == "fp32 onnx"
     assert "gate onnxruntime int8" in out
     # at a zero limit the outcome follows the figures: written exactly when neither AUROC dropped
     again = fresh(setup, tmp_path / "again")
-    code, out, err = run(capsys, "calibrate", "--artifacts", again, "--int8", "--images", setup / "cal", "--int8-max-images", 8,
-                         "--gate-data", setup / "s", "--max-auroc-drop", 0, "--quiet")
+    code, out, err = run(
+        capsys,
+        "calibrate",
+        "--artifacts",
+        again,
+        "--int8",
+        "--images",
+        setup / "cal",
+        "--int8-max-images",
+        8,
+        "--gate-data",
+        setup / "s",
+        "--max-auroc-drop",
+        0,
+        "--quiet",
+    )
     if code == 0:
         g = load_artifacts(again).manifest.parity.gates["int8"]
         assert g.passed and max(g.pixel_drop_points, g.image_drop_points) <= 0
@@ -242,8 +358,23 @@ def test_int8_engine_needs_the_int8_graph_and_tensorrt(setup, tmp_path, capsys):
     try:
         import tensorrt  # noqa: F401
     except ImportError:
-        assert run(capsys, "calibrate", "--artifacts", art, "--int8", "--images", setup / "cal", "--int8-max-images", 8,
-                   "--min-agreement", 0, "--quiet")[0] == 0
+        assert (
+            run(
+                capsys,
+                "calibrate",
+                "--artifacts",
+                art,
+                "--int8",
+                "--images",
+                setup / "cal",
+                "--int8-max-images",
+                8,
+                "--min-agreement",
+                0,
+                "--quiet",
+            )[0]
+            == 0
+        )
         assert_one_line_error(*run(capsys, *args, "--engine")[::2], "needs TensorRT")
         assert not (art / "model.plan").exists()
 
@@ -264,8 +395,19 @@ def test_empty_masks_fall_back_to_the_good_pixels(setup, tmp_path, capsys):
     for f in sorted((setup / "s" / "fabric" / "test" / "scratch").iterdir())[:3]:
         shutil.copy(f, bad / f.name)
         Image.new("L", (160, 128), 0).save(masks / f"{f.stem}_mask.png")
-    code, _, err = run(capsys, "calibrate", "--artifacts", art, "--good", setup / "cal", "--anomalous", bad, "--masks", masks,
-                       "--quiet")
+    code, _, err = run(
+        capsys,
+        "calibrate",
+        "--artifacts",
+        art,
+        "--good",
+        setup / "cal",
+        "--anomalous",
+        bad,
+        "--masks",
+        masks,
+        "--quiet",
+    )
     assert code == 0 and "masks mark no defect pixel" in err, err
     c = load_artifacts(art).manifest.calibration
     assert c.pixel_method.startswith("false-positive rate") and "f1" in c.achieved

@@ -69,8 +69,14 @@ def make_set(root: Path, size: int, seed: int = 0) -> dict:
 
 def run_observe(data: dict, size: int, max_batch: int, with_masks: bool = True):
     model = IndexModel(max_batch)
-    obs = observe(model, str(data["good"]), str(data["bad"]) if with_masks else None, data["masks"] if with_masks else None,
-                  size, Tasks(None))
+    obs = observe(
+        model,
+        str(data["good"]),
+        str(data["bad"]) if with_masks else None,
+        data["masks"] if with_masks else None,
+        size,
+        Tasks(None),
+    )
     return obs, model
 
 

@@ -50,7 +50,9 @@ def check_results(path: Path, categories: list[str]) -> dict:
 def test_synth_then_eval_tiny(tmp_path, capsys):
     code, out, _ = run(capsys, "synth", "--out", tmp_path / "d", "--n-good", 2, "--n-defect", 1)
     assert code == 0 and "wrote 8 test images" in out
-    code, out, err = run(capsys, "eval", "--dataset", "mvtec", "--root", tmp_path / "d", "--out", tmp_path / "r.json", *TINY)
+    code, out, err = run(
+        capsys, "eval", "--dataset", "mvtec", "--root", tmp_path / "d", "--out", tmp_path / "r.json", *TINY
+    )
     assert code == 0, err
     assert "fabric" in out and "washer" in out and "I-AUROC" in out and "AUPRO" in out
     res = check_results(tmp_path / "r.json", ["fabric", "washer"])
@@ -62,8 +64,23 @@ def test_eval_sdp_plus_with_heads(tmp_path, capsys, synth_root, tiny):
     visual = tiny.clip.visual
     save_heads(tmp_path / "h.safetensors", random_heads(visual.conv1.out_channels, visual.proj.shape[1]))
     code, _, err = run(
-        capsys, "eval", "--dataset", "mvtec", "--root", synth_root, "--categories", "washer",
-        "--mode", "sdp+", "--heads", tmp_path / "h.safetensors", "--rvs", "mean", "--out", tmp_path / "r.json", *TINY,
+        capsys,
+        "eval",
+        "--dataset",
+        "mvtec",
+        "--root",
+        synth_root,
+        "--categories",
+        "washer",
+        "--mode",
+        "sdp+",
+        "--heads",
+        tmp_path / "h.safetensors",
+        "--rvs",
+        "mean",
+        "--out",
+        tmp_path / "r.json",
+        *TINY,
     )
     assert code == 0, err
     check_results(tmp_path / "r.json", ["washer"])
@@ -99,7 +116,19 @@ def test_eval_skips_and_counts_corrupt_images(tmp_path, capsys, synth_root):
     root = tmp_path / "d"
     shutil.copytree(synth_root, root)
     (root / "fabric/test/good/001.png").write_bytes(b"\x89PNG broken")
-    code, _, err = run(capsys, "eval", "--dataset", "mvtec", "--root", root, "--categories", "fabric", "--out", tmp_path / "r.json", *TINY)
+    code, _, err = run(
+        capsys,
+        "eval",
+        "--dataset",
+        "mvtec",
+        "--root",
+        root,
+        "--categories",
+        "fabric",
+        "--out",
+        tmp_path / "r.json",
+        *TINY,
+    )
     assert code == 0, err
     res = json.loads((tmp_path / "r.json").read_text())
     assert res["fabric"]["n_skipped"] == 1 and res["fabric"]["n_images"] == 6
@@ -121,16 +150,42 @@ def test_installed_entry_point_prints_one_line(tmp_path):
     """The real console script: no traceback, non-zero exit, one line naming the weight options."""
     exe = Path(sys.executable).with_name("clipad")
     proc = subprocess.run(
-        [str(exe), "eval", "--dataset", "mvtec", "--root", str(tmp_path), "--quiet", "--cache-dir", str(tmp_path / "cache")],
-        capture_output=True, text=True, timeout=300, env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"},
+        [
+            str(exe),
+            "eval",
+            "--dataset",
+            "mvtec",
+            "--root",
+            str(tmp_path),
+            "--quiet",
+            "--cache-dir",
+            str(tmp_path / "cache"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"},
     )
     assert_one_line_error(proc.returncode, proc.stderr, "dataset root is empty")
     (tmp_path / "x").mkdir()
     (tmp_path / "x" / "good").mkdir()
     Image.new("RGB", (8, 8)).save(tmp_path / "x" / "good" / "a.png")
     proc = subprocess.run(
-        [str(exe), "eval", "--dataset", "folder", "--root", str(tmp_path / "x"), "--quiet", "--cache-dir", str(tmp_path / "cache")],
-        capture_output=True, text=True, timeout=300, env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"},
+        [
+            str(exe),
+            "eval",
+            "--dataset",
+            "folder",
+            "--root",
+            str(tmp_path / "x"),
+            "--quiet",
+            "--cache-dir",
+            str(tmp_path / "cache"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"},
     )
     assert_one_line_error(proc.returncode, proc.stderr, "--weights FILE", "--random-weights")
     assert "Traceback" not in proc.stderr
@@ -140,8 +195,18 @@ def test_installed_entry_point_prints_one_line(tmp_path):
 def test_eval_full_size_model_end_to_end(tmp_path, capsys, synth_root):
     """ViT-B-16-plus-240 with random weights on one synthetic category (about 2 minutes on 2 cores)."""
     code, out, err = run(
-        capsys, "eval", "--dataset", "mvtec", "--root", synth_root, "--categories", "washer",
-        "--random-weights", "--quiet", "--out", tmp_path / "r.json",
+        capsys,
+        "eval",
+        "--dataset",
+        "mvtec",
+        "--root",
+        synth_root,
+        "--categories",
+        "washer",
+        "--random-weights",
+        "--quiet",
+        "--out",
+        tmp_path / "r.json",
     )
     assert code == 0, err
     res = check_results(tmp_path / "r.json", ["washer"])

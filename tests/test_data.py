@@ -114,7 +114,9 @@ def test_resize_is_squash_bicubic_in_native_mode(tmp_path):
     for c in range(3):  # resized in 'L', then replicated
         assert np.array_equal(out[..., c], expect)
     rgb = rng.integers(0, 256, (50, 80, 3), dtype=np.uint8)
-    assert np.array_equal(resize_to_model(rgb, 24), np.asarray(Image.fromarray(rgb).resize((24, 24), Image.Resampling.BICUBIC)))
+    assert np.array_equal(
+        resize_to_model(rgb, 24), np.asarray(Image.fromarray(rgb).resize((24, 24), Image.Resampling.BICUBIC))
+    )
 
 
 def test_mask_resize_thresholds_bilinear_at_half():

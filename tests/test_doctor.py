@@ -40,8 +40,14 @@ def doctor(*args: str, pythonpath: Path | None = None, env: dict | None = None) 
     e = {**os.environ, **(env or {})}
     if pythonpath is not None:
         e["PYTHONPATH"] = os.pathsep.join([str(pythonpath), e.get("PYTHONPATH", "")]).rstrip(os.pathsep)
-    return subprocess.run([sys.executable, "-m", "clipad", "doctor", *args], capture_output=True, text=True, env=e,
-                          timeout=300, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "clipad", "doctor", *args],
+        capture_output=True,
+        text=True,
+        env=e,
+        timeout=300,
+        check=False,
+    )
 
 
 def _package(root: Path, name: str, code: str) -> None:
@@ -86,8 +92,18 @@ def test_json_report_holds_every_probe(capsys):
     code, out, err = run(capsys, "doctor", "--json", "--require", "torch")
     assert code == 0, err  # --require torch imports it: torch imports here
     data = json.loads(out)
-    assert set(data["facts"]) == {"python", "cpu", "torch", "onnxruntime", "tensorrt", "cuda", "openvino", "triton",
-                                  "chromium", "weights"}
+    assert set(data["facts"]) == {
+        "python",
+        "cpu",
+        "torch",
+        "onnxruntime",
+        "tensorrt",
+        "cuda",
+        "openvino",
+        "triton",
+        "chromium",
+        "weights",
+    }
     assert data["checks"]["torch"]["usable"] is True and data["facts"]["torch"]["imported"] is True
     assert data["facts"]["onnxruntime"]["wheels"] == {"onnxruntime": data["facts"]["onnxruntime"]["version"]}
     for name, facts in data["facts"].items():  # every record reads back as its type
@@ -95,8 +111,10 @@ def test_json_report_holds_every_probe(capsys):
 
 
 def test_doctor_imports_nothing_heavy():
-    code = ("import sys, clipad.cli, clipad.runtime.doctor.report; "
-            "print(sorted(m for m in ('torch', 'onnxruntime', 'openvino', 'tensorrt', 'numpy', 'onnx') if m in sys.modules))")
+    code = (
+        "import sys, clipad.cli, clipad.runtime.doctor.report; "
+        "print(sorted(m for m in ('torch', 'onnxruntime', 'openvino', 'tensorrt', 'numpy', 'onnx') if m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
 
@@ -117,7 +135,9 @@ def test_a_torch_that_does_not_import_is_a_finding(tmp_path):
 def test_a_half_installed_tensorrt_is_a_finding(tmp_path):
     # The bindings wheel without its libraries: the module is there, its shared libraries are not.
     _dist(tmp_path, "tensorrt_cu13_bindings", "10.16.1.11")
-    _package(tmp_path, "tensorrt", "raise ImportError('libnvinfer.so.10: cannot open shared object file: No such file')\n")
+    _package(
+        tmp_path, "tensorrt", "raise ImportError('libnvinfer.so.10: cannot open shared object file: No such file')\n"
+    )
     res = doctor("--json", pythonpath=tmp_path)
     data = json.loads(res.stdout)
     trt = data["facts"]["tensorrt"]
@@ -181,9 +201,14 @@ def test_default_weights_hub_entry_is_open_clips():
 H100 = GpuFacts("NVIDIA H100 80GB HBM3", "9.0", 79.1)
 CUDA13 = CudaFacts("13.4.4", driver_cuda="13.0", gpus=[H100])
 TRT10 = TensorRTFacts("10.16.1.11", 13, ["tensorrt_cu13_bindings", "tensorrt_cu13_libs", "tensorrt_cu13"], "10.16.1.11")
-ORT_GPU = OnnxRuntimeFacts({"onnxruntime-gpu": "1.31.1"}, "1.31.1",
-                           providers=["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"],
-                           cuda_build="13.0", tensorrt_ep_links=10, gpu_session=["CUDAExecutionProvider", "CPUExecutionProvider"])
+ORT_GPU = OnnxRuntimeFacts(
+    {"onnxruntime-gpu": "1.31.1"},
+    "1.31.1",
+    providers=["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"],
+    cuda_build="13.0",
+    tensorrt_ep_links=10,
+    gpu_session=["CUDAExecutionProvider", "CPUExecutionProvider"],
+)
 
 
 def _facts(**over) -> dict:
@@ -198,45 +223,66 @@ def _verdict(facts: dict, check: str) -> V.Verdict:
 def test_gpu_workstation_as_installed_by_the_gpu_extra():
     facts = _facts()
     trt = _verdict(facts, "tensorrt")
-    assert trt.usable and trt.detail == ("TensorRT 10.16.1.11 with cuda-python 13.4.4 on NVIDIA H100 80GB HBM3 "
-                                         "(compute capability 9.0, 79.1 GiB)")
+    assert trt.usable and trt.detail == (
+        "TensorRT 10.16.1.11 with cuda-python 13.4.4 on NVIDIA H100 80GB HBM3 (compute capability 9.0, 79.1 GiB)"
+    )
     ort = _verdict(facts, "onnxruntime")
     assert ort.usable and "CUDA (CUDAExecutionProvider) and CPU; TensorRT provider: offered first" in ort.detail
     assert _verdict(facts, "cuda").detail.endswith("the driver supports CUDA 13.0")
     assert V.warnings(facts) == []
-    assert V.auto_choice(V.verdicts(facts)).startswith("TensorRT for artifacts with an engine built here, else ONNX Runtime on CUDA")
+    assert V.auto_choice(V.verdicts(facts)).startswith(
+        "TensorRT for artifacts with an engine built here, else ONNX Runtime on CUDA"
+    )
 
 
 def test_tensorrt_11_beside_an_execution_provider_for_10():
     trt11 = TensorRTFacts("11.4.0.106", 13, ["tensorrt_cu13_bindings"], "11.4.0.106")
     facts = _facts(tensorrt=trt11)
     assert _verdict(facts, "tensorrt").usable  # clipad's own engine path takes 11
-    assert "TensorRT provider: onnxruntime's TensorRT provider links TensorRT 10, TensorRT 11.4.0.106 is installed" in \
-        _verdict(facts, "onnxruntime").detail
-    assert V.warnings(facts) == ["onnxruntime's TensorRT provider links TensorRT 10, TensorRT 11.4.0.106 is installed: "
-                                 "`--backend onnxruntime` serves on its CUDA provider"]
+    assert (
+        "TensorRT provider: onnxruntime's TensorRT provider links TensorRT 10, TensorRT 11.4.0.106 is installed"
+        in _verdict(facts, "onnxruntime").detail
+    )
+    assert V.warnings(facts) == [
+        "onnxruntime's TensorRT provider links TensorRT 10, TensorRT 11.4.0.106 is installed: "
+        "`--backend onnxruntime` serves on its CUDA provider"
+    ]
 
 
 def test_old_driver_and_mismatched_cuda_python_in_one_line():
     old_driver = _facts(cuda=CudaFacts("13.4.4", driver_cuda="12.8", gpus=[H100]))
     trt = _verdict(old_driver, "tensorrt")
     assert not trt.usable and "needs a driver for CUDA 13 (R580 or newer); this driver supports CUDA 12.8" in trt.detail
-    assert any(w.startswith("torch 2.14.1 is a CUDA 13.0 build, the driver supports CUDA 12.8") for w in V.warnings(old_driver))
+    assert any(
+        w.startswith("torch 2.14.1 is a CUDA 13.0 build, the driver supports CUDA 12.8") for w in V.warnings(old_driver)
+    )
     assert any(w.startswith("onnxruntime-gpu is a CUDA 13.0 build") for w in V.warnings(old_driver))
     cp12 = _verdict(_facts(cuda=CudaFacts("12.9.4", driver_cuda="13.0", gpus=[H100])), "tensorrt")
     assert not cp12.usable and cp12.detail.endswith("binds CUDA 12: pip install 'cuda-python>=13,<14'")
 
 
 def test_a_gpu_provider_that_does_not_load_and_no_gpu():
-    fell_back = OnnxRuntimeFacts({"onnxruntime-gpu": "1.31.1"}, "1.31.1", providers=ORT_GPU.providers,
-                                 cuda_build="13.0", gpu_session=["CPUExecutionProvider"])
+    fell_back = OnnxRuntimeFacts(
+        {"onnxruntime-gpu": "1.31.1"},
+        "1.31.1",
+        providers=ORT_GPU.providers,
+        cuda_build="13.0",
+        gpu_session=["CPUExecutionProvider"],
+    )
     assert _verdict(_facts(onnxruntime=fell_back), "onnxruntime").detail.endswith(
-        "CPU only: its CUDA provider does not load (the session fell back to CPUExecutionProvider)")
+        "CPU only: its CUDA provider does not load (the session fell back to CPUExecutionProvider)"
+    )
     no_gpu = _facts(cuda=CudaFacts("13.4.4", device_error="cudaErrorInsufficientDriver"))
-    assert _verdict(no_gpu, "tensorrt").detail == ("TensorRT 10.16.1.11 is installed but there is no NVIDIA driver "
-                                                   "(cudaErrorInsufficientDriver)")
-    assert _verdict(_facts(torch=TorchFacts("2.14.1", "13.0", True, cuda_available=True, gpu="NVIDIA L4"),
-                           cuda=CudaFacts(None, import_error="ModuleNotFoundError: No module named 'cuda'")), "cuda").usable
+    assert _verdict(no_gpu, "tensorrt").detail == (
+        "TensorRT 10.16.1.11 is installed but there is no NVIDIA driver (cudaErrorInsufficientDriver)"
+    )
+    assert _verdict(
+        _facts(
+            torch=TorchFacts("2.14.1", "13.0", True, cuda_available=True, gpu="NVIDIA L4"),
+            cuda=CudaFacts(None, import_error="ModuleNotFoundError: No module named 'cuda'"),
+        ),
+        "cuda",
+    ).usable
 
 
 @pytest.mark.parametrize("check", CHECKS)
@@ -248,11 +294,31 @@ def test_a_failed_probe_is_a_verdict(check):
 def test_a_command_without_onnxruntime_says_which_install_brings_it(tmp_path):
     # An install with neither extra: `import onnxruntime` finds nothing (made real by a package
     # in front of the installed one that fails as a missing module does).
-    _package(tmp_path, "onnxruntime", "raise ModuleNotFoundError(\"No module named 'onnxruntime'\", name='onnxruntime')\n")
+    _package(
+        tmp_path, "onnxruntime", "raise ModuleNotFoundError(\"No module named 'onnxruntime'\", name='onnxruntime')\n"
+    )
     env = {**os.environ, "PYTHONPATH": str(tmp_path)}
-    res = subprocess.run([sys.executable, "-m", "clipad", "export", "--category", "x", "--model", "clipad-tiny",
-                          "--random-weights", "--out", str(tmp_path / "art"), "--quiet"],
-                         capture_output=True, text=True, env=env, timeout=300, check=False)
+    res = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "clipad",
+            "export",
+            "--category",
+            "x",
+            "--model",
+            "clipad-tiny",
+            "--random-weights",
+            "--out",
+            str(tmp_path / "art"),
+            "--quiet",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+        check=False,
+    )
     errors = [ln for ln in res.stderr.splitlines() if ln.startswith("error: ")]
     assert res.returncode == 1 and len(errors) == 1 and "Traceback" not in res.stderr, res.stderr
     assert errors[0].startswith("error: onnxruntime is not installed: pip install 'clipad[cpu]'"), errors[0]
@@ -266,8 +332,14 @@ def test_tensorrt_check_dry_run_records_the_doctor(tmp_path):
     """The GPU owner's one command, as far as it runs without TensorRT: the doctor's report first,
     every step ok or skipped with the doctor's reason, one report (engine tests not nested here)."""
     out = tmp_path / "trt_check"
-    res = subprocess.run([sys.executable, "scripts/tensorrt_check.py", "--out", str(out), "--dry-run", "--skip-tests"],
-                         cwd=ROOT, capture_output=True, text=True, timeout=900, check=False)
+    res = subprocess.run(
+        [sys.executable, "scripts/tensorrt_check.py", "--out", str(out), "--dry-run", "--skip-tests"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
+    )
     assert res.returncode == 0, res.stdout + res.stderr
     data = json.loads((out / "tensorrt_check.json").read_text())
     assert data["steps"][0]["step"] == "clipad doctor --json --deep" and data["steps"][0]["status"] == "ok"

@@ -38,8 +38,21 @@ def fp16_engine(tmp_path_factory):
     from clipad import cli
 
     root = tmp_path_factory.mktemp("engine")
-    code = cli.run(["export", "--category", "washer", *TINY, "--engine", "--max-batch", "4",
-                    "--out", str(root / "a"), "--triton-repo", str(root / "repo")])
+    code = cli.run(
+        [
+            "export",
+            "--category",
+            "washer",
+            *TINY,
+            "--engine",
+            "--max-batch",
+            "4",
+            "--out",
+            str(root / "a"),
+            "--triton-repo",
+            str(root / "repo"),
+        ]
+    )
     assert code == 0
     return root
 
@@ -55,7 +68,9 @@ def test_fp16_engine_sidecar_profile_and_layers(fp16_engine):
     meta = json.loads((fp16_engine / "a" / "model.plan.json").read_text())
     assert meta["profile"] == {"min": 1, "opt": 4, "max": 4}  # opt: min(8, max batch)
     assert meta["tf32"] is False  # BuilderFlag.TF32 cleared before the build
-    assert meta["strongly_typed"] is True and meta["onnx"] == ("model.fp16.onnx" if "fp16" in art.manifest.precisions else "model.onnx")
+    assert meta["strongly_typed"] is True and meta["onnx"] == (
+        "model.fp16.onnx" if "fp16" in art.manifest.precisions else "model.onnx"
+    )
     assert meta["onnx_sha256"] == file_sha256(fp16_engine / "a" / meta["onnx"])
     if meta["precision"] == "fp16":
         assert meta["layers"].get("fp16", 0) > 0 and 0 < meta["fp16_layer_fraction"] <= 1
@@ -69,7 +84,9 @@ def test_fp32_export_builds_an_fp32_engine(tmp_path, capsys):
     from clipad.deploy.artifacts import load_artifacts
     from tests.test_cli import run
 
-    code, _, err = run(capsys, "export", "--category", "washer", *TINY, "--precision", "fp32", "--engine", "--out", tmp_path / "a")
+    code, _, err = run(
+        capsys, "export", "--category", "washer", *TINY, "--precision", "fp32", "--engine", "--out", tmp_path / "a"
+    )
     assert code == 0, err
     meta = load_artifacts(tmp_path / "a").plan_meta()
     assert meta.precision == "fp32" and meta.onnx == "model.onnx" and meta.layers.get("fp16", 0) == 0
@@ -79,9 +96,13 @@ def test_fp32_engine_meets_the_fp32_parity_limit(tmp_path, capsys):
     """TF32 off: the FP32 plan is held to the FP32 graph's limit against the reference."""
     from tests.test_cli import run
 
-    code, _, err = run(capsys, "export", "--category", "washer", *TINY, "--precision", "fp32", "--engine", "--out", tmp_path / "a")
+    code, _, err = run(
+        capsys, "export", "--category", "washer", *TINY, "--precision", "fp32", "--engine", "--out", tmp_path / "a"
+    )
     assert code == 0, err
-    code, out, err = run(capsys, "parity", "--artifacts", tmp_path / "a", "--backends", "tensorrt", "--json", tmp_path / "p.json")
+    code, out, err = run(
+        capsys, "parity", "--artifacts", tmp_path / "a", "--backends", "tensorrt", "--json", tmp_path / "p.json"
+    )
     assert code == 0, out + err
 
 
@@ -94,7 +115,9 @@ def test_inspector_shows_types_only_through_a_context(fp16_engine):
     from clipad.deploy.tensorrt.inspector import count_layer_precisions, engine_layer_precisions
 
     art = load_artifacts(fp16_engine / "a")
-    engine = trt.Runtime(trt.Logger(trt.Logger.WARNING)).deserialize_cuda_engine((fp16_engine / "a" / "model.plan").read_bytes())
+    engine = trt.Runtime(trt.Logger(trt.Logger.WARNING)).deserialize_cuda_engine(
+        (fp16_engine / "a" / "model.plan").read_bytes()
+    )
     bare = json.loads(engine.create_engine_inspector().get_engine_information(trt.LayerInformationFormat.JSON))
     spec = art.manifest.onnx.inputs[0]
     counts = engine_layer_precisions(trt, engine, {spec.name: (2, *spec.shape[1:])})
@@ -116,11 +139,24 @@ def test_a_damaged_timing_cache_is_discarded_and_the_build_goes_on(tmp_path, cap
     path = timing_cache_path(tensorrt.__version__, gpu_identity())
     saved = path.read_bytes() if path.is_file() else None
     try:
-        for damaged in (b"not a timing cache", build.frame_timing_cache(b"\x00" * 4096)):  # ours torn; TensorRT's refused
+        for damaged in (
+            b"not a timing cache",
+            build.frame_timing_cache(b"\x00" * 4096),
+        ):  # ours torn; TensorRT's refused
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_bytes(damaged)
-            code, _, err = run(capsys, "export", "--category", "washer", *TINY, "--precision", "fp32", "--engine",
-                               "--out", tmp_path / f"a{len(damaged)}")
+            code, _, err = run(
+                capsys,
+                "export",
+                "--category",
+                "washer",
+                *TINY,
+                "--precision",
+                "fp32",
+                "--engine",
+                "--out",
+                tmp_path / f"a{len(damaged)}",
+            )
             assert code == 0, err
             assert "timing cache" in err and "discarded" in err, err
             assert build.read_timing_cache(path) != b""  # a new, valid cache was saved
@@ -138,10 +174,22 @@ def test_int8_engine_from_the_calibrated_graph(tmp_path, capsys, synth_root):
 
     a = tmp_path / "a"
     assert run(capsys, "export", "--category", "washer", *TINY, "--max-batch", "4", "--out", a)[0] == 0
-    code, _, err = run(capsys, "calibrate", "--artifacts", a, "--int8", "--images", synth_root / "washer" / "test" / "good",
-                       "--min-agreement", "0.0", "--quiet")
+    code, _, err = run(
+        capsys,
+        "calibrate",
+        "--artifacts",
+        a,
+        "--int8",
+        "--images",
+        synth_root / "washer" / "test" / "good",
+        "--min-agreement",
+        "0.0",
+        "--quiet",
+    )
     assert code == 0, err
-    code, out, err = run(capsys, "export", "--category", "washer", "--engine", "--precision", "int8", "--opt-batch", "2", "--out", a)
+    code, out, err = run(
+        capsys, "export", "--category", "washer", "--engine", "--precision", "int8", "--opt-batch", "2", "--out", a
+    )
     assert code == 0, err
     art = load_artifacts(a)
     meta = art.plan_meta()

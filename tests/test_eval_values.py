@@ -68,7 +68,9 @@ def text_matrix(tiny, cat: str) -> np.ndarray:
 def recompute(tiny, cat_dir: Path, skip: set[str] = frozenset()) -> dict:
     size = tiny.image_size
     items = samples(cat_dir, skip)
-    model = SDPModel(tiny.clip.visual, torch.from_numpy(text_matrix(tiny, cat_dir.name)), size, SIGMA, None, tiny.mean, tiny.std)
+    model = SDPModel(
+        tiny.clip.visual, torch.from_numpy(text_matrix(tiny, cat_dir.name)), size, SIGMA, None, tiny.mean, tiny.std
+    )
     x = torch.from_numpy(np.stack([own_image(p, size) for p, _, _ in items]))
     amap, prob = (t.numpy().astype(np.float64) for t in model(x))
     labels = np.array([lab for _, lab, _ in items])
@@ -76,10 +78,18 @@ def recompute(tiny, cat_dir: Path, skip: set[str] = frozenset()) -> dict:
     mmax = amap.reshape(len(amap), -1).max(1)
     fused = (prob - prob.min()) / (prob.max() - prob.min()) + (mmax - mmax.min()) / (mmax.max() - mmax.min())
     return {
-        "labels": labels, "prob": prob, "mmax": mmax, "fused": fused, "maps": amap, "masks": masks,
-        "image_auroc": roc_auc_score(labels, fused), "image_ap": average_precision_score(labels, fused),
-        "prob_auroc": roc_auc_score(labels, prob), "prob_ap": average_precision_score(labels, prob),
-        "pixel_auroc": roc_auc_score(masks.ravel(), amap.ravel()), "pixel_ap": average_precision_score(masks.ravel(), amap.ravel()),
+        "labels": labels,
+        "prob": prob,
+        "mmax": mmax,
+        "fused": fused,
+        "maps": amap,
+        "masks": masks,
+        "image_auroc": roc_auc_score(labels, fused),
+        "image_ap": average_precision_score(labels, fused),
+        "prob_auroc": roc_auc_score(labels, prob),
+        "prob_ap": average_precision_score(labels, prob),
+        "pixel_auroc": roc_auc_score(masks.ravel(), amap.ravel()),
+        "pixel_ap": average_precision_score(masks.ravel(), amap.ravel()),
         "n": len(items),
     }
 
@@ -106,8 +116,9 @@ def discriminates(ref: dict) -> None:
     flipped = ref["labels"].copy()
     i, j = int(np.argmax(flipped == 0)), int(np.argmax(flipped == 1))
     flipped[[i, j]] = flipped[[j, i]]  # one good and one anomalous image trade labels
-    assert roc_auc_score(flipped, ref["fused"]) != pytest.approx(ref["image_auroc"], abs=1e-3) or \
-        roc_auc_score(flipped, ref["prob"]) != pytest.approx(ref["prob_auroc"], abs=1e-3)
+    assert roc_auc_score(flipped, ref["fused"]) != pytest.approx(ref["image_auroc"], abs=1e-3) or roc_auc_score(
+        flipped, ref["prob"]
+    ) != pytest.approx(ref["prob_auroc"], abs=1e-3)
     anomalous = ref["masks"][ref["labels"] == 1]
     assert all(0 < m.sum() < m.size for m in anomalous) and not ref["masks"][ref["labels"] == 0].any()
     rolled = np.roll(ref["masks"], 1, axis=0)  # every mask one image off
@@ -166,7 +177,9 @@ def test_skipped_image_takes_its_label_and_mask_with_it(synth_root, tiny, tmp_pa
     shutil.copytree(synth_root, root)
     (root / broken).write_bytes(b"\x89PNG\r\n\x1a\n truncated")
     out = tmp_path / "r.json"
-    code, _, err = run(capsys, "eval", "--dataset", "mvtec", "--root", root, "--categories", "fabric", "--out", out, *TINY_SEED1)
+    code, _, err = run(
+        capsys, "eval", "--dataset", "mvtec", "--root", root, "--categories", "fabric", "--out", out, *TINY_SEED1
+    )
     assert code == 0, err
     res = json.loads(out.read_text())
     ref = recompute(tiny, root / "fabric", skip={str(root / broken)})

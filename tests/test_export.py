@@ -44,8 +44,14 @@ def exported(tmp_path_factory, tiny):
     save_heads(root / "heads.safetensors", random_heads(visual.conv1.out_channels, visual.proj.shape[1], seed=4))
     out = {}
     for mode in ("sdp", "sdp+"):
-        cfg = ExportConfig(category="washer", out=root / mode, heads_path=root / "heads.safetensors" if mode == "sdp+" else None,
-                           prompts=PROMPT_SETS["industrial"], max_batch=4, triton_repo=root / f"triton-{mode}")
+        cfg = ExportConfig(
+            category="washer",
+            out=root / mode,
+            heads_path=root / "heads.safetensors" if mode == "sdp+" else None,
+            prompts=PROMPT_SETS["industrial"],
+            max_batch=4,
+            triton_repo=root / f"triton-{mode}",
+        )
         out[mode] = export(tiny, cfg, Tasks(None))
     return out
 
@@ -84,8 +90,24 @@ def test_manifest_contract_and_hashes(exported, tiny):
     art = exported["sdp"]
     m = art.manifest
     on_disk = json.loads((art.root / "manifest.json").read_text())
-    for key in ("format_version", "category", "object_name", "model", "weights", "mode", "rvs", "prompts", "image_size",
-                "sigma", "onnx", "parity", "calibration", "files", "versions", "max_batch"):
+    for key in (
+        "format_version",
+        "category",
+        "object_name",
+        "model",
+        "weights",
+        "mode",
+        "rvs",
+        "prompts",
+        "image_size",
+        "sigma",
+        "onnx",
+        "parity",
+        "calibration",
+        "files",
+        "versions",
+        "max_batch",
+    ):
         assert key in on_disk, key
     assert m.calibration is None and m.object_name == "washer" and m.model == "clipad-tiny"
     assert m.rvs.dbscan.model_dump() == {"eps": 0.5, "min_samples": 15}
@@ -96,8 +118,12 @@ def test_manifest_contract_and_hashes(exported, tiny):
     # The FP16 branch the export had to take follows from its recorded figures and limits, computed
     # here independently of the export's own verdict; both branches are forced in the tests below.
     f16, tol = m.parity.fp16, m.parity.tolerances["fp16"]
-    within = (f16.rel_l2 <= tol.rel_l2 and f16.batch1_rel_l2 <= tol.rel_l2 and f16.prob_max_abs <= tol.prob_max_abs
-              and f16.top1pct_agreement >= tol.top1pct_agreement)
+    within = (
+        f16.rel_l2 <= tol.rel_l2
+        and f16.batch1_rel_l2 <= tol.rel_l2
+        and f16.prob_max_abs <= tol.prob_max_abs
+        and f16.top1pct_agreement >= tol.top1pct_agreement
+    )
     assert ("fp16" in m.precisions) == within
     expected = {"text_features.npy", "model.onnx"} | ({"model.fp16.onnx"} if within else set())
     if m.mode == "sdp+":
@@ -115,7 +141,9 @@ def test_manifest_contract_and_hashes(exported, tiny):
         assert file_sha256(art.root / name) == digest
     tf = np.load(art.root / "text_features.npy")
     assert tf.shape == (2, tiny.clip.visual.proj.shape[1]) and tf.dtype == np.float32
-    np.testing.assert_allclose(np.linalg.norm(tf, axis=1), 1, rtol=1e-3)  # dbscan vectors are unit in fp16 (method.md 3.3)
+    np.testing.assert_allclose(
+        np.linalg.norm(tf, axis=1), 1, rtol=1e-3
+    )  # dbscan vectors are unit in fp16 (method.md 3.3)
     assert m.parity.fp32.rel_l2 <= m.parity.tolerances["fp32"].rel_l2
     assert oct(os.stat(art.root / "manifest.json").st_mode)[-3:] != "600"
 
@@ -149,7 +177,9 @@ def test_fp16_graph_keeps_sensitive_ops_in_fp32(fp16_graph):
     ln = [n for n in g.node if n.op_type == "LayerNormalization"]
     sm = [n for n in g.node if n.op_type == "Softmax"]
     assert ln and sm and all(types[n.input[0]] == f32 for n in ln + sm)
-    vit_mm = [n for n in g.node if n.op_type == "MatMul" and n.name.startswith("/vit/") and types.get(n.output[0]) == f16]
+    vit_mm = [
+        n for n in g.node if n.op_type == "MatMul" and n.name.startswith("/vit/") and types.get(n.output[0]) == f16
+    ]
     assert len(vit_mm) > 0  # the matrix work really is FP16
     post = [n for n in g.node if not n.name.startswith("/vit/") and n.op_type in ("MatMul", "Einsum", "Sigmoid")]
     assert post and all(types.get(n.output[0]) == f32 for n in post)  # logits x100, heads, upsampling, blur
@@ -178,8 +208,11 @@ def test_fp16_export_keeps_the_fp32_graph(tiny, tmp_path, monkeypatch):
     from clipad.deploy import parity
 
     monkeypatch.setitem(parity.TOLERANCES, "fp16", {"rel_l2": 1.0, "prob_max_abs": 1.0, "top1pct_agreement": 0.0})
-    art = export(tiny, ExportConfig(category="washer", out=tmp_path / "a", prompts=PROMPT_SETS["industrial"], precision="fp16"),
-                 Tasks(None))
+    art = export(
+        tiny,
+        ExportConfig(category="washer", out=tmp_path / "a", prompts=PROMPT_SETS["industrial"], precision="fp16"),
+        Tasks(None),
+    )
     m = load_artifacts(art.root).manifest
     assert m.precisions == ["fp32", "fp16"]
     assert set(m.files) == {"text_features.npy", "model.onnx", "model.fp16.onnx"}
@@ -203,9 +236,14 @@ def test_tensorrt_parser_check_finds_problems(tmp_path):
     y = helper.make_tensor_value_info("y", TensorProto.UINT8, [4, 1])
     z = helper.make_tensor_value_info("z", TensorProto.FLOAT, [4, 1])
     graph = helper.make_graph(
-        [helper.make_node("Transpose", ["x"], ["y"], name="t"), helper.make_node("Cast", ["y"], ["c"], to=TensorProto.FLOAT, name="c"),
-         helper.make_node("Hardmax2", ["c"], ["z"], name="h", domain="")],
-        "g", [x], [y, z],
+        [
+            helper.make_node("Transpose", ["x"], ["y"], name="t"),
+            helper.make_node("Cast", ["y"], ["c"], to=TensorProto.FLOAT, name="c"),
+            helper.make_node("Hardmax2", ["c"], ["z"], name="h", domain=""),
+        ],
+        "g",
+        [x],
+        [y, z],
     )
     path = tmp_path / "bad.onnx"
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
@@ -217,7 +255,9 @@ def test_tensorrt_parser_check_finds_problems(tmp_path):
 def test_plan_compatibility_check():
     meta = {"tensorrt": "10.13.0", "gpu": "NVIDIA L4", "compute_capability": "8.9"}
     check_plan_compat(meta, "10.13.0", {"gpu": "NVIDIA L4", "compute_capability": "8.9"})
-    with pytest.raises(ClipadError, match=r"built with TensorRT 10.13.0 on NVIDIA L4 .* this machine has TensorRT 11.4.0.*rebuild"):
+    with pytest.raises(
+        ClipadError, match=r"built with TensorRT 10.13.0 on NVIDIA L4 .* this machine has TensorRT 11.4.0.*rebuild"
+    ):
         check_plan_compat(meta, "11.4.0", {"gpu": "NVIDIA L4", "compute_capability": "8.9"})
     with pytest.raises(ClipadError, match="H200"):
         check_plan_compat(meta, "10.13.0", {"gpu": "NVIDIA H200", "compute_capability": "9.0"})
@@ -252,8 +292,10 @@ def test_export_killed_midway_leaves_no_artifact_dir(tmp_path):
     out = tmp_path / "art"
     proc = subprocess.Popen(
         [sys.executable, "-m", "clipad", "export", "--category", "washer", "--out", str(out), *TINY],
-        cwd=Path(__file__).parents[1], env={**os.environ, "HF_HUB_OFFLINE": "1"},
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        cwd=Path(__file__).parents[1],
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     deadline = time.time() + 120
     while time.time() < deadline and not any((p / "model.onnx").exists() for p in tmp_path.glob("art.partial-*")):
@@ -269,7 +311,16 @@ def test_export_killed_midway_leaves_no_artifact_dir(tmp_path):
 
 
 def test_parity_command(exported, capsys, tmp_path):
-    code, out, err = run(capsys, "parity", "--artifacts", exported["sdp+"].root, "--backends", "onnxruntime", "--json", tmp_path / "p.json")
+    code, out, err = run(
+        capsys,
+        "parity",
+        "--artifacts",
+        exported["sdp+"].root,
+        "--backends",
+        "onnxruntime",
+        "--json",
+        tmp_path / "p.json",
+    )
     assert code == 0, err
     assert "onnxruntime fp32" in out
     rows = json.loads((tmp_path / "p.json").read_text())
@@ -284,7 +335,9 @@ def test_export_bad_input(tmp_path, capsys):
     assert_one_line_error(code, err, "--object-name is empty")
     code, _, err = run(capsys, *base, "--category", "bottle", "--object-name", "very " * 80)
     assert_one_line_error(code, err, "longer than the text encoder's 77 tokens")
-    code, _, err = run(capsys, *base, "--category", "bottle", "--mode", "sdp+", "--heads", tmp_path / "none.safetensors")
+    code, _, err = run(
+        capsys, *base, "--category", "bottle", "--mode", "sdp+", "--heads", tmp_path / "none.safetensors"
+    )
     assert_one_line_error(code, err, "heads file not found")
     code, _, err = run(capsys, *base, "--category", "bottle", "--max-batch", 0)
     assert_one_line_error(code, err, "--max-batch must be at least 1")
@@ -315,7 +368,9 @@ def test_engine_requires_tensorrt(tmp_path, capsys):
 def test_full_size_export_parity(tmp_path, capsys):
     """ViT-B-16-plus-240 with random weights: export with parity; the FP16 graph is kept only
     within its tolerance (with random weights the maps span ~1e-3, so FP16 often is not)."""
-    code, out, err = run(capsys, "export", "--category", "bottle", "--random-weights", "--quiet", "--out", tmp_path / "a")
+    code, out, err = run(
+        capsys, "export", "--category", "bottle", "--random-weights", "--quiet", "--out", tmp_path / "a"
+    )
     assert code == 0, err
     m = load_artifacts(tmp_path / "a").manifest
     assert m.image_size == 240 and m.precisions[0] == "fp32"

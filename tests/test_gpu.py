@@ -11,7 +11,9 @@ import torch
 from clipad.model.loading import TINY_MODEL, WeightSpec, load_model
 from clipad.model.sdp import SDPModel
 
-pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU; CI and the build machines have none")
+pytestmark = pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs a CUDA GPU; CI and the build machines have none"
+)
 
 
 def rel_l2(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -26,7 +28,9 @@ def test_cuda_fp32_matches_cpu(model_name, monkeypatch):
     cpu = load_model(spec, "cpu")
     gpu = load_model(spec, "cuda")
     text = torch.nn.functional.normalize(torch.randn(cpu.clip.visual.proj.shape[1], 2), dim=0)
-    x = torch.randint(0, 256, (2, cpu.image_size, cpu.image_size, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    x = torch.randint(
+        0, 256, (2, cpu.image_size, cpu.image_size, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(0)
+    )
     with torch.no_grad():
         m_cpu, p_cpu = SDPModel(cpu.clip.visual, text, cpu.image_size)(x)
         m_gpu, p_gpu = SDPModel(gpu.clip.visual, text, gpu.image_size)(x.cuda())
@@ -60,7 +64,9 @@ def test_training_on_cuda_uses_amp_and_learns(tmp_path):
     spec = WeightSpec(model=TINY_MODEL, random_weights=True, seed=1)
     logs = {}
     for device in ("cuda", "cpu"):
-        cfg = TrainConfig(out=tmp_path / f"{device}.safetensors", epochs=10, lr=1e-3, cache_dir=tmp_path / f"c-{device}")
+        cfg = TrainConfig(
+            out=tmp_path / f"{device}.safetensors", epochs=10, lr=1e-3, cache_dir=tmp_path / f"c-{device}"
+        )
         logs[device] = train(load_model(spec, device), split, cfg, Tasks(None))
     losses = [e["loss"] for e in logs["cuda"]["epochs"]]
     assert losses[-1] < losses[0]

@@ -65,8 +65,14 @@ class Recording:
 def test_file_kinds_are_decoded_to_rgb(tmp_path):
     files = {p.name: p for p in write_files(tmp_path)}
     modes = {name: Image.open(p).mode for name, p in files.items()}
-    assert modes == {"rgb.png": "RGB", "rgba.png": "RGBA", "palette.png": "P", "grey.png": "L", "deep16.png": "I;16",
-                     "photo.jpg": "RGB"}
+    assert modes == {
+        "rgb.png": "RGB",
+        "rgba.png": "RGBA",
+        "palette.png": "P",
+        "grey.png": "L",
+        "deep16.png": "I;16",
+        "photo.jpg": "RGB",
+    }
     rgb = read_rgb(files["rgb.png"])
     assert rgb.shape == (50, 80, 3) and rgb.dtype == np.uint8
     assert np.array_equal(read_rgb(files["rgba.png"]), rgb)  # alpha dropped, colour kept
@@ -86,7 +92,9 @@ def test_eval_run_and_predict_feed_the_model_the_same_bytes(art, tmp_path):  # n
     evaluated = np.stack(images)  # what run_category hands to SDPModel
 
     backend = Recording(open_backend(art, "onnxruntime", "fp32", "cpu"))
-    Pipeline(backend, [ImageFilesSource(str(tmp_path / "imgs"))], size, None, [], status_every=1e9, log=lambda s: None).run()
+    Pipeline(
+        backend, [ImageFilesSource(str(tmp_path / "imgs"))], size, None, [], status_every=1e9, log=lambda s: None
+    ).run()
     streamed = np.concatenate(backend.seen)
 
     backend.seen.clear()

@@ -67,7 +67,7 @@ def parse_install(command: str) -> Install | None:
     except ValueError:
         return None
     extras, options, editable, found = set(), [], False, False
-    for arg, after in zip(args, [*args[1:], ""]):
+    for arg, after in zip(args, [*args[1:], ""], strict=False):
         if target := TARGET.match(arg):
             found = True
             extras.update(e.strip() for e in (target[1] or "").split(",") if e.strip())
@@ -233,13 +233,15 @@ def resolutions(package_index, tmp_path_factory) -> dict[Install, list[tuple[str
     def resolve(install: Install) -> list[tuple[str, str]] | str:
         tmp = tmp_path_factory.mktemp("dry-run")
         try:
-            report = pip_dry_run(["-c", str(tensorrt_constraints(install.extras, tmp)), *install.pip_args()], tmp / "report.json")
+            report = pip_dry_run(
+                ["-c", str(tensorrt_constraints(install.extras, tmp)), *install.pip_args()], tmp / "report.json"
+            )
         except AssertionError as err:
             return str(err)
         return [(i["metadata"]["name"], i["metadata"]["version"]) for i in report["install"]]
 
     with ThreadPoolExecutor(max_workers=len(INSTALLS)) as pool:
-        return dict(zip(INSTALLS, pool.map(resolve, INSTALLS)))
+        return dict(zip(INSTALLS, pool.map(resolve, INSTALLS), strict=False))
 
 
 @pytest.mark.slow

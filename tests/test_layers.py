@@ -62,7 +62,8 @@ def imports(module: str, path: Path, known: set[str]) -> set[str]:
         for name in names:
             top = name.split(".")[0]
             assert top not in ("clipad_export", "runtime", "calibration", "cli"), (
-                f"{path.relative_to(ROOT)} imports '{name}': import the package as clipad.* only")
+                f"{path.relative_to(ROOT)} imports '{name}': import the package as clipad.* only"
+            )
             if top == "clipad":
                 while name not in known and "." in name:
                     name = name.rsplit(".", 1)[0]
@@ -78,8 +79,12 @@ def graph() -> dict[str, set[str]]:
 
 
 def test_no_upward_import():
-    bad = [f"{m} (layer {layer(m)}) imports {d} (layer {layer(d)})"
-           for m, deps in graph().items() for d in sorted(deps) if layer(d) > layer(m)]
+    bad = [
+        f"{m} (layer {layer(m)}) imports {d} (layer {layer(d)})"
+        for m, deps in graph().items()
+        for d in sorted(deps)
+        if layer(d) > layer(m)
+    ]
     assert not bad, "upward imports:\n" + "\n".join(bad)
 
 
@@ -150,11 +155,18 @@ def test_serving_with_onnxruntime_does_not_import_torch(tmp_path, tiny):
     from clipad.deploy.export import ExportConfig, export
     from clipad.model.prompts import PROMPT_SETS
 
-    art = export(tiny, ExportConfig(category="fabric", out=tmp_path / "art", prompts=PROMPT_SETS["industrial"], precision="fp32"),
-                 Tasks(None))
+    art = export(
+        tiny,
+        ExportConfig(category="fabric", out=tmp_path / "art", prompts=PROMPT_SETS["industrial"], precision="fp32"),
+        Tasks(None),
+    )
     make_synthetic(tmp_path / "data", n_train=0, n_good=2, n_defect=1)
-    proc = subprocess.run([sys.executable, "-c", SERVE, str(art.root), str(tmp_path / "data" / "fabric" / "test"),
-                           str(tmp_path / "out")], capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-c", SERVE, str(art.root), str(tmp_path / "data" / "fabric" / "test"), str(tmp_path / "out")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr
     res = json.loads(proc.stdout.strip().splitlines()[-1])
     assert res["images"] == 4
@@ -165,16 +177,39 @@ def test_wheel_installs_only_the_clipad_package(tmp_path):
     """The built wheel holds one top-level import name, ``clipad``, with the CLI and configs
     (built without isolation from the venv's setuptools, which torch requires anyway)."""
     src = tmp_path / "src"  # a copy, so that setuptools' build/ folder does not land in the checkout
-    shutil.copytree(ROOT, src, symlinks=True, ignore=shutil.ignore_patterns(".git", ".venv", "build", "*.egg-info", "__pycache__"))
-    proc = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path), str(src)],
-                          capture_output=True, text=True, timeout=600)
+    shutil.copytree(
+        ROOT, src, symlinks=True, ignore=shutil.ignore_patterns(".git", ".venv", "build", "*.egg-info", "__pycache__")
+    )
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(tmp_path),
+            str(src),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     (wheel,) = tmp_path.glob("clipad-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     tops = {n.split("/")[0] for n in names if not n.split("/")[0].endswith(".dist-info")}
     assert tops == {"clipad"}, tops
-    for needed in ("clipad/cli.py", "clipad/__main__.py", "clipad/runtime/pipeline.py", "clipad/calibration/calibrate.py",
-                   "clipad/model/model_configs/clipad-tiny.json", "clipad/deploy/export.py"):
+    for needed in (
+        "clipad/cli.py",
+        "clipad/__main__.py",
+        "clipad/runtime/pipeline.py",
+        "clipad/calibration/calibrate.py",
+        "clipad/model/model_configs/clipad-tiny.json",
+        "clipad/deploy/export.py",
+    ):
         assert needed in names, needed
     entry = next(n for n in names if n.endswith("entry_points.txt"))
     assert "clipad = clipad.cli:main" in zipfile.ZipFile(wheel).read(entry).decode()

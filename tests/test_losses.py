@@ -39,8 +39,7 @@ def test_sdp_plus_loss_is_the_sum_of_the_stage_losses():
     g = torch.Generator().manual_seed(3)
     probs = torch.rand(3, 4, 10, 10, generator=g, dtype=torch.float64)
     target = (torch.rand(3, 10, 10, generator=g) > 0.7).double()
-    per_stage = sum(focal_loss(probs[:, j], target) + dice_loss(probs[:, j], target)
-                    for j in range(4))
+    per_stage = sum(focal_loss(probs[:, j], target) + dice_loss(probs[:, j], target) for j in range(4))
     torch.testing.assert_close(sdp_plus_loss(probs, target), per_stage, rtol=1e-12, atol=1e-12)
 
 

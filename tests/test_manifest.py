@@ -171,20 +171,38 @@ OLD_MANIFEST = json.loads(r"""
 
 # The FP16 parity entry of a real export whose FP16 graph missed (forced) limits and was dropped.
 DROPPED_FP16 = {
-    "max_abs": 0.00011137500405311584, "rel_l2": 0.003955378725136603, "prob_max_abs": 0.0006916522979736328,
-    "top1pct_agreement": 0.9746376811594203, "batch1_rel_l2": 0.0025684389774744154, "against": "fp32 onnx",
+    "max_abs": 0.00011137500405311584,
+    "rel_l2": 0.003955378725136603,
+    "prob_max_abs": 0.0006916522979736328,
+    "top1pct_agreement": 0.9746376811594203,
+    "batch1_rel_l2": 0.0025684389774744154,
+    "against": "fp32 onnx",
     "inputs": "3 synthetic images (2 parts with defects, 1 noise), batch 3 and batch 1",
-    "violations": ["rel_l2 3.96e-03 > 0e+00", "prob_max_abs 6.92e-04 > 0e+00", "top-1% agreement 0.975 < 1.1",
-                   "batch-1 rel_l2 2.57e-03 > 0e+00"],
-    "dropped": True, "nodes": {"nodes": 1498, "fp32_nodes": 273, "fp16_nodes": 1225},
+    "violations": [
+        "rel_l2 3.96e-03 > 0e+00",
+        "prob_max_abs 6.92e-04 > 0e+00",
+        "top-1% agreement 0.975 < 1.1",
+        "batch-1 rel_l2 2.57e-03 > 0e+00",
+    ],
+    "dropped": True,
+    "nodes": {"nodes": 1498, "fp32_nodes": 273, "fp16_nodes": 1225},
 }
 
 # A sidecar as tensorrt.build.build_engine writes it (TensorRT cannot run here, so written by hand).
 ENGINE = {
-    "tensorrt": "10.13.0", "gpu": "NVIDIA L4", "compute_capability": "8.9", "category": "washer",
-    "input": {"name": "image", "dtype": "uint8", "shape": ["batch", 96, 96, 3]}, "profile": {"min": 1, "opt": 1, "max": 4},
-    "onnx": "model.onnx", "onnx_sha256": OLD_MANIFEST["files"]["model.onnx"], "precision": "fp16", "strongly_typed": False,
-    "layers": {"fp16": 120, "fp32": 40}, "fp16_layer_fraction": 0.75, "build_s": 31.5,
+    "tensorrt": "10.13.0",
+    "gpu": "NVIDIA L4",
+    "compute_capability": "8.9",
+    "category": "washer",
+    "input": {"name": "image", "dtype": "uint8", "shape": ["batch", 96, 96, 3]},
+    "profile": {"min": 1, "opt": 1, "max": 4},
+    "onnx": "model.onnx",
+    "onnx_sha256": OLD_MANIFEST["files"]["model.onnx"],
+    "precision": "fp16",
+    "strongly_typed": False,
+    "layers": {"fp16": 120, "fp32": 40},
+    "fp16_layer_fraction": 0.75,
+    "build_s": 31.5,
 }
 
 
@@ -225,14 +243,18 @@ def test_fresh_export_has_the_old_layout(tmp_path, tiny):
     from clipad.deploy.export import ExportConfig, export
     from clipad.model.prompts import PROMPT_SETS
 
-    art = export(tiny, ExportConfig(category="washer", out=tmp_path / "a", prompts=PROMPT_SETS["industrial"]), Tasks(None))
+    art = export(
+        tiny, ExportConfig(category="washer", out=tmp_path / "a", prompts=PROMPT_SETS["industrial"]), Tasks(None)
+    )
     text = (art.root / MANIFEST).read_text()
     data = json.loads(text)
     assert Manifest.read(art.root / MANIFEST).to_json() == text
     assert set(data) == set(OLD_MANIFEST) - {"int8"} and data["calibration"] is None and data["heads_sha256"] is None
     for key in ("weights", "rvs", "prompts", "onnx", "timings_s", "versions"):
         assert set(data[key]) == set(OLD_MANIFEST[key]), key
-    assert set(data["parity"]) <= {"tolerances", "fp32", "fp16"} and set(data["parity"]["fp32"]) == set(OLD_MANIFEST["parity"]["fp32"])
+    assert set(data["parity"]) <= {"tolerances", "fp32", "fp16"} and set(data["parity"]["fp32"]) == set(
+        OLD_MANIFEST["parity"]["fp32"]
+    )
 
 
 BAD = [
@@ -240,23 +262,66 @@ BAD = [
     ("absurd max_batch", lambda d: d.update(max_batch=0), "manifest.json: max_batch: must be >= 1"),
     ("absurd image_size", lambda d: d.update(image_size=-96), "manifest.json: image_size: must be > 0"),
     ("negative sigma", lambda d: d.update(sigma=-2.0), "manifest.json: sigma: must be >= 0"),
-    ("unknown mode", lambda d: d.update(mode="sdp++"), "manifest.json: mode: must be 'sdp', 'sdp+' or 'reference' (got 'sdp++')"),
-    ("unknown precision", lambda d: d["precisions"].append("bf16"), "manifest.json: precisions[3]: must be 'fp32', 'fp16' or 'int8'"),
-    ("string for a number", lambda d: d.update(max_batch="8"), "manifest.json: max_batch: must be an integer (got '8')"),
-    ("bool for a number", lambda d: d.update(image_size=True), "manifest.json: image_size: must be an integer (got True)"),
+    (
+        "unknown mode",
+        lambda d: d.update(mode="sdp++"),
+        "manifest.json: mode: must be 'sdp', 'sdp+' or 'reference' (got 'sdp++')",
+    ),
+    (
+        "unknown precision",
+        lambda d: d["precisions"].append("bf16"),
+        "manifest.json: precisions[3]: must be 'fp32', 'fp16' or 'int8'",
+    ),
+    (
+        "string for a number",
+        lambda d: d.update(max_batch="8"),
+        "manifest.json: max_batch: must be an integer (got '8')",
+    ),
+    (
+        "bool for a number",
+        lambda d: d.update(image_size=True),
+        "manifest.json: image_size: must be an integer (got True)",
+    ),
     ("number for a string", lambda d: d.update(model=7), "manifest.json: model: must be a string (got 7)"),
     ("unknown field", lambda d: d.update(colour="red"), "manifest.json: colour: unknown field"),
     ("unknown nested field", lambda d: d["rvs"].update(k=3), "manifest.json: rvs.k: unknown field"),
     ("missing field", lambda d: d.pop("sigma"), "manifest.json: sigma: missing"),
-    ("unknown weight source", lambda d: d.update(weights={"source": "web"}), "manifest.json: weights.source: must be one of"),
-    ("wrong nested type", lambda d: d["calibration"].update(threshold="high"), "manifest.json: calibration.threshold: must be a number"),
+    (
+        "unknown weight source",
+        lambda d: d.update(weights={"source": "web"}),
+        "manifest.json: weights.source: must be one of",
+    ),
+    (
+        "wrong nested type",
+        lambda d: d["calibration"].update(threshold="high"),
+        "manifest.json: calibration.threshold: must be a number",
+    ),
     ("negative std", lambda d: d["std"].__setitem__(1, -0.2), "manifest.json: std[1]: must be > 0"),
-    ("bad hash", lambda d: d["files"].update({"model.onnx": "xyz"}), "manifest.json: files.model.onnx: must be a sha256"),
-    ("unknown file", lambda d: d["files"].update({"model.weights": "a" * 64}), "manifest.json: files.model.weights: not an artifact file name"),
-    ("bad dimension", lambda d: d["onnx"]["inputs"][0].update(shape=["batch", 0, 96, 3]),
-     "manifest.json: onnx.inputs[0].shape[1]: must be a positive size"),
-    ("reversed range", lambda d: d["calibration"].update(score_range=[2.0, 1.0]), "manifest.json: calibration.score_range: must be [min, max]"),
-    ("inconsistent", lambda d: d["files"].pop("model.fp16.onnx"), "manifest.json: files: no model.fp16.onnx although precisions lists fp16"),
+    (
+        "bad hash",
+        lambda d: d["files"].update({"model.onnx": "xyz"}),
+        "manifest.json: files.model.onnx: must be a sha256",
+    ),
+    (
+        "unknown file",
+        lambda d: d["files"].update({"model.weights": "a" * 64}),
+        "manifest.json: files.model.weights: not an artifact file name",
+    ),
+    (
+        "bad dimension",
+        lambda d: d["onnx"]["inputs"][0].update(shape=["batch", 0, 96, 3]),
+        "manifest.json: onnx.inputs[0].shape[1]: must be a positive size",
+    ),
+    (
+        "reversed range",
+        lambda d: d["calibration"].update(score_range=[2.0, 1.0]),
+        "manifest.json: calibration.score_range: must be [min, max]",
+    ),
+    (
+        "inconsistent",
+        lambda d: d["files"].pop("model.fp16.onnx"),
+        "manifest.json: files: no model.fp16.onnx although precisions lists fp16",
+    ),
 ]
 
 
@@ -293,7 +358,9 @@ def test_calibration_of_another_version_loads_and_is_refused(tmp_path):
     data["calibration"] = {"version": 2, "thresholds": [0.1, 0.2]}
     m = Manifest.read(write(tmp_path, data))
     assert isinstance(m.calibration, ForeignCalibration) and m.model_dump() == data
-    with pytest.raises(ClipadError, match="the calibration has format 2, this clipad reads 1: run `clipad calibrate` again"):
+    with pytest.raises(
+        ClipadError, match="the calibration has format 2, this clipad reads 1: run `clipad calibrate` again"
+    ):
         Calibration.from_manifest(m)
     assert m.with_calibration(None).calibration is None
 
@@ -310,8 +377,15 @@ def test_updates_return_new_validated_manifests(tmp_path):
     m = Manifest.read(write(tmp_path, OLD_MANIFEST))
     plain = m.with_calibration(None)
     assert plain.calibration is None and m.calibration is not None  # the original is unchanged
-    figures = ParityFigures.create(max_abs=0.1, rel_l2=0.02, prob_max_abs=0.01, top1pct_agreement=0.95, against="fp32 onnx",
-                                   n_images=11, calibration_images=16)
+    figures = ParityFigures.create(
+        max_abs=0.1,
+        rel_l2=0.02,
+        prob_max_abs=0.01,
+        top1pct_agreement=0.95,
+        against="fp32 onnx",
+        n_images=11,
+        calibration_images=16,
+    )
     entry = Int8Entry.create(**{**OLD_MANIFEST["int8"], "min_agreement": 0.5})
     again = plain.with_int8("d" * 64, figures, Tolerance.create(**OLD_MANIFEST["parity"]["tolerances"]["int8"]), entry)
     assert again.precisions == ["fp32", "fp16", "int8"] and again.files["model.int8.onnx"] == "d" * 64
@@ -399,9 +473,11 @@ def test_engine_sidecar_round_trip(tmp_path):
 
 def test_reading_the_manifest_imports_no_torch(tmp_path):
     write(tmp_path, OLD_MANIFEST)
-    code = ("import sys; from clipad.deploy.artifacts import load_artifacts; from clipad.calibration.constants import Calibration; "
-            f"Calibration.from_manifest(load_artifacts({str(tmp_path)!r}).manifest); "
-            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'open_clip', 'torchvision')))")
+    code = (
+        "import sys; from clipad.deploy.artifacts import load_artifacts; from clipad.calibration.constants import Calibration; "
+        f"Calibration.from_manifest(load_artifacts({str(tmp_path)!r}).manifest); "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'open_clip', 'torchvision')))"
+    )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "[]"
@@ -416,21 +492,31 @@ TRANSITION = {("cli.py", "model.int8.onnx"): 1, ("cli.py", "manifest.json"): 1}
 def test_file_names_are_defined_once():
     """No code outside clipad/deploy/manifest.py spells an artifact file name (docstrings may)."""
     names = set(ARTIFACT_FILES) | {MANIFEST}
-    files = [ROOT / "cli.py"] + [p for d in ("clipad_export", "calibration", "runtime") for p in sorted((ROOT / d).rglob("*.py"))
-                                 if not p.is_symlink()]
+    files = [ROOT / "cli.py"] + [
+        p
+        for d in ("clipad_export", "calibration", "runtime")
+        for p in sorted((ROOT / d).rglob("*.py"))
+        if not p.is_symlink()
+    ]
     found: dict[tuple[str, str], list[int]] = {}
     for path in files:
         rel = path.relative_to(ROOT).as_posix()
         if rel == "clipad_export/deploy/manifest.py":
             continue
         tree = ast.parse(path.read_text(), rel)
-        docstrings = {id(n.body[0].value) for n in ast.walk(tree)
-                      if isinstance(n, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
-                      and n.body and isinstance(n.body[0], ast.Expr) and isinstance(n.body[0].value, ast.Constant)}
+        docstrings = {
+            id(n.body[0].value)
+            for n in ast.walk(tree)
+            if isinstance(n, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
+            and n.body
+            and isinstance(n.body[0], ast.Expr)
+            and isinstance(n.body[0].value, ast.Constant)
+        }
         for node in ast.walk(tree):
             if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings:
                 for name in {t.rstrip(".") for t in re.findall(r"[\w.]+", node.value)} & names:
                     found.setdefault((rel, name), []).append(node.lineno)
     over = {k: v for k, v in found.items() if len(v) > TRANSITION.get(k, 0)}
     assert not over, "file names spelled outside clipad.deploy.manifest: " + ", ".join(
-        f"{f}:{lines} {name!r}" for (f, name), lines in sorted(over.items()))
+        f"{f}:{lines} {name!r}" for (f, name), lines in sorted(over.items())
+    )

@@ -97,8 +97,13 @@ def test_no_network_fails_within_seconds_without_retry_noise(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "HF_HUB_OFFLINE"}
     env.update(HF_ENDPOINT=f"http://127.0.0.1:{port}", HF_HOME=str(tmp_path / "hf"))
     t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "clipad", "export", "--category", "bottle", "--out", str(tmp_path / "a")],
-                          capture_output=True, text=True, env=env, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "clipad", "export", "--category", "bottle", "--out", str(tmp_path / "a")],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
     assert proc.returncode == 1 and time.perf_counter() - t0 < 30
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "cannot be reached" in lines[0] and "--weights FILE" in lines[0], proc.stderr

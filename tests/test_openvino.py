@@ -36,8 +36,15 @@ CPU_CAPS = list(ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"))
 @pytest.fixture(scope="module")
 def art(tmp_path_factory, tiny):
     root = tmp_path_factory.mktemp("ov") / "washer"
-    cfg = ExportConfig(category="washer", out=root, prompts=PROMPT_SETS["industrial"], max_batch=4, precision="fp32",
-                       openvino=True, sigma=2.0)
+    cfg = ExportConfig(
+        category="washer",
+        out=root,
+        prompts=PROMPT_SETS["industrial"],
+        max_batch=4,
+        precision="fp32",
+        openvino=True,
+        sigma=2.0,
+    )
     return export(tiny, cfg, Tasks(None))
 
 
@@ -83,7 +90,9 @@ def test_explicit_precision_is_honoured(art, precision):
     if precision.upper() not in CPU_CAPS:
         pytest.skip(f"this CPU has no {precision} in OpenVINO's capabilities {CPU_CAPS}")
     if precision not in art.manifest.openvino.ir:
-        pytest.skip(f"the {precision} IR missed its agreement limit at export and was not kept (recorded in the manifest)")
+        pytest.skip(
+            f"the {precision} IR missed its agreement limit at export and was not kept (recorded in the manifest)"
+        )
     with open_backend(art, "openvino", precision, "cpu") as be:
         got = be.compiled.get_property(hints.inference_precision)
         assert got == (ov.Type.bf16 if precision == "bf16" else ov.Type.f32)  # int8: f32 for the unquantised rest
@@ -114,24 +123,43 @@ def test_devices():
 
 
 def test_bad_device_on_the_cli_is_one_line(art, capsys, tmp_path):
-    code, _, err = run(capsys, "predict", str(tmp_path), "--artifacts", art.root, "--backend", "openvino", "--device", "cuda")
+    code, _, err = run(
+        capsys, "predict", str(tmp_path), "--artifacts", art.root, "--backend", "openvino", "--device", "cuda"
+    )
     assert_one_line_error(code, err, "unknown OpenVINO device 'cuda'")
 
 
 def _gate(passed: bool) -> QualityGate:
     agreement = {"max_abs": 0.1, "rel_l2": 0.01, "prob_max_abs": 0.01, "top1pct_agreement": 0.97, "against": "fp32"}
-    return QualityGate.create(n_images=10, n_anomalous=5, pixel_auroc_fp32=0.9, pixel_auroc=0.9, image_auroc_fp32=0.8,
-                              image_auroc=0.8, pixel_drop_points=0.0, image_drop_points=0.0, max_drop_points=0.5,
-                              agreement=agreement, passed=passed)
+    return QualityGate.create(
+        n_images=10,
+        n_anomalous=5,
+        pixel_auroc_fp32=0.9,
+        pixel_auroc=0.9,
+        image_auroc_fp32=0.8,
+        image_auroc=0.8,
+        pixel_drop_points=0.0,
+        image_drop_points=0.0,
+        max_drop_points=0.5,
+        agreement=agreement,
+        passed=passed,
+    )
 
 
 def test_auto_precision_choice(art):
     entry = art.manifest.openvino
     assert choose_precision(entry, CPU_CAPS) == "fp32"  # no gates recorded: fp32
-    gated = entry.replace(ir={"fp32": OV_XML, "bf16": OV_XML, "int8": OV_INT8_XML}, gates={"bf16": _gate(True), "int8": _gate(True)})
+    gated = entry.replace(
+        ir={"fp32": OV_XML, "bf16": OV_XML, "int8": OV_INT8_XML}, gates={"bf16": _gate(True), "int8": _gate(True)}
+    )
     assert choose_precision(gated, ["FP32", "BF16", "INT8"]) == "int8"  # both passed: the faster one
-    assert choose_precision(gated.replace(gates={"bf16": _gate(True), "int8": _gate(False)}), ["FP32", "BF16", "INT8"]) == "bf16"
-    assert choose_precision(gated.replace(gates={"bf16": _gate(True)}), ["FP32", "INT8"]) == "fp32"  # no BF16 on the device
+    assert (
+        choose_precision(gated.replace(gates={"bf16": _gate(True), "int8": _gate(False)}), ["FP32", "BF16", "INT8"])
+        == "bf16"
+    )
+    assert (
+        choose_precision(gated.replace(gates={"bf16": _gate(True)}), ["FP32", "INT8"]) == "fp32"
+    )  # no BF16 on the device
     failed = entry.replace(gates={"bf16": _gate(False), "int8": _gate(False)})
     assert choose_precision(failed, ["FP32", "BF16", "INT8"]) == "fp32"
     no_int8_ir = gated.replace(ir={"fp32": OV_XML})
@@ -152,8 +180,12 @@ def test_int8_ir_quantises_only_the_vit_matrix_products(art):
     model = ov.Core().read_model(str(art.root / OV_INT8_XML))
     fq = [op for op in model.get_ops() if op.get_type_name() == "FakeQuantize"]
     assert fq
-    consumers = {(t.get_node().get_type_name(), t.get_node().get_friendly_name()) for op in fq for out in op.outputs()
-                 for t in out.get_target_inputs()}
+    consumers = {
+        (t.get_node().get_type_name(), t.get_node().get_friendly_name())
+        for op in fq
+        for out in op.outputs()
+        for t in out.get_target_inputs()
+    }
     assert consumers and not any(fp32_layer(t, n) for t, n in consumers)
     assert {t for t, _ in consumers} <= {"MatMul", "Convolution", "FakeQuantize", "Convert", "Transpose", "Reshape"}
     images = parity_images(art.image_size, 3)
@@ -173,8 +205,17 @@ def gated(tmp_path_factory, tiny, synth_root):
     root = tmp_path_factory.mktemp("ovgate")
     visual = tiny.clip.visual
     save_heads(root / "heads.safetensors", random_heads(visual.conv1.out_channels, visual.proj.shape[1], seed=3))
-    cfg = ExportConfig(category="washer", out=root / "washer", heads_path=root / "heads.safetensors", prompts=PROMPT_SETS["industrial"],
-                       max_batch=4, precision="fp32", openvino=True, gate_root=synth_root, sigma=2.0)
+    cfg = ExportConfig(
+        category="washer",
+        out=root / "washer",
+        heads_path=root / "heads.safetensors",
+        prompts=PROMPT_SETS["industrial"],
+        max_batch=4,
+        precision="fp32",
+        openvino=True,
+        gate_root=synth_root,
+        sigma=2.0,
+    )
     return export(tiny, cfg, Tasks(None))
 
 
@@ -185,14 +226,16 @@ def test_gate_is_computed_and_recorded(gated, synth_root):
     entry = Manifest.read(gated.root / "manifest.json").openvino
     assert set(entry.gates) == set(entry.ir) - {"fp32"}
     images, labels, masks = gate_images(synth_root, "washer", gated.image_size)
-    for precision, g in entry.gates.items():
+    for _precision, g in entry.gates.items():
         assert g.n_images == len(images) and g.n_anomalous == int(labels.sum())
         assert g.passed == (max(g.pixel_drop_points, g.image_drop_points) <= g.max_drop_points)
         assert g.pixel_drop_points == pytest.approx(100 * (g.pixel_auroc_fp32 - g.pixel_auroc))
     # the recorded FP32 pixel AUROC is the FP32 IR's on those images
     with open_backend(gated, "openvino", "fp32", "cpu") as be:
         amap, _ = be(images)
-    assert binary_metrics(masks, amap)["auroc"] == pytest.approx(next(iter(entry.gates.values())).pixel_auroc_fp32, abs=1e-6)
+    assert binary_metrics(masks, amap)["auroc"] == pytest.approx(
+        next(iter(entry.gates.values())).pixel_auroc_fp32, abs=1e-6
+    )
 
 
 def test_gate_needs_a_reduced_precision_and_the_category(tiny, tmp_path, synth_root):
@@ -208,9 +251,11 @@ def test_serving_is_torch_free(art):
     import subprocess
     import sys
 
-    code = ("import sys; from clipad.deploy.artifacts import load_artifacts; from clipad.runtime.backends import open_backend; "
-            f"be = open_backend(load_artifacts({str(art.root)!r}), 'openvino', 'fp32', 'cpu'); "
-            "assert 'torch' not in sys.modules and 'nncf' not in sys.modules, sorted(m for m in sys.modules if 'torch' in m)[:5]")
+    code = (
+        "import sys; from clipad.deploy.artifacts import load_artifacts; from clipad.runtime.backends import open_backend; "
+        f"be = open_backend(load_artifacts({str(art.root)!r}), 'openvino', 'fp32', 'cpu'); "
+        "assert 'torch' not in sys.modules and 'nncf' not in sys.modules, sorted(m for m in sys.modules if 'torch' in m)[:5]"
+    )
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
@@ -221,12 +266,30 @@ def test_predict_cli_with_openvino_throughput(art, capsys, tmp_path):
     folder.mkdir()
     for i, im in enumerate(parity_images(art.image_size, 3)):
         Image.fromarray(im).save(folder / f"{i}.png")
-    code, out, err = run(capsys, "predict", folder, "--artifacts", art.root, "--backend", "openvino", "--precision", "fp32",
-                         "--device", "cpu", "--openvino-mode", "throughput", "--out", tmp_path / "pred", "--quiet")
+    code, out, err = run(
+        capsys,
+        "predict",
+        folder,
+        "--artifacts",
+        art.root,
+        "--backend",
+        "openvino",
+        "--precision",
+        "fp32",
+        "--device",
+        "cpu",
+        "--openvino-mode",
+        "throughput",
+        "--out",
+        tmp_path / "pred",
+        "--quiet",
+    )
     assert code == 0, err
     assert "openvino fp32 (OpenVINO CPU, throughput)" in err
     assert len((tmp_path / "pred" / "predictions.jsonl").read_text().splitlines()) == 3
-    code, _, err = run(capsys, "predict", folder, "--artifacts", art.root, "--backend", "openvino", "--openvino-mode", "fast")
+    code, _, err = run(
+        capsys, "predict", folder, "--artifacts", art.root, "--backend", "openvino", "--openvino-mode", "fast"
+    )
     assert_one_line_error(code, err, "--openvino-mode must be latency or throughput")
 
 
@@ -244,13 +307,29 @@ def test_calibrate_remakes_the_int8_ir_from_part_images(copied, synth_root, caps
     manifest; the backend serves it."""
     before = Manifest.read(copied.root / "manifest.json")
     good = synth_root / "washer" / "train" / "good"
-    code, out, err = run(capsys, "calibrate", "--artifacts", copied.root, "--int8", "--int8-backend", "openvino",
-                         "--images", good, "--gate-data", synth_root, "--max-auroc-drop", "100", "--quiet")
+    code, out, err = run(
+        capsys,
+        "calibrate",
+        "--artifacts",
+        copied.root,
+        "--int8",
+        "--int8-backend",
+        "openvino",
+        "--images",
+        good,
+        "--gate-data",
+        synth_root,
+        "--max-auroc-drop",
+        "100",
+        "--quiet",
+    )
     assert code == 0, err
     assert "model.int8.xml written" in out and "gate openvino int8" in out
     m = Manifest.read(copied.root / "manifest.json")
     n_cal = len(list(good.iterdir()))
-    assert m.openvino.parity["int8"].calibration_images == n_cal and m.openvino.parity["int8"].against == "openvino fp32"
+    assert (
+        m.openvino.parity["int8"].calibration_images == n_cal and m.openvino.parity["int8"].against == "openvino fp32"
+    )
     assert m.openvino.parity["int8"].n_images == 3 + min(8, n_cal)
     for name in (OV_INT8_XML, "model.int8.bin"):
         assert m.files[name] == file_sha256(copied.root / name)
@@ -272,22 +351,46 @@ def test_calibrate_int8_ir_not_kept_writes_nothing(copied, synth_root, capsys):
     """An INT8 IR below --min-agreement (1.0: INT8 never reproduces FP32's top 1% of pixels
     exactly on these random weights, 0.93 at the export) is refused and nothing changes."""
     before = {p.name: p.read_bytes() for p in copied.root.iterdir() if p.is_file()}
-    code, _, err = run(capsys, "calibrate", "--artifacts", copied.root, "--int8", "--int8-backend", "openvino",
-                       "--images", synth_root / "washer" / "train" / "good", "--min-agreement", "1.0")
+    code, _, err = run(
+        capsys,
+        "calibrate",
+        "--artifacts",
+        copied.root,
+        "--int8",
+        "--int8-backend",
+        "openvino",
+        "--images",
+        synth_root / "washer" / "train" / "good",
+        "--min-agreement",
+        "1.0",
+    )
     assert_one_line_error(code, err, "the OpenVINO INT8 IR's top-1% pixel agreement with FP32 is", "not written")
     assert {p.name: p.read_bytes() for p in copied.root.iterdir() if p.is_file()} == before
 
 
 def test_calibrate_int8_backend_errors(art, tmp_path, capsys, tiny):
-    code, _, err = run(capsys, "calibrate", "--artifacts", art.root, "--int8", "--int8-backend", "tensorrt", "--images", tmp_path)
+    code, _, err = run(
+        capsys, "calibrate", "--artifacts", art.root, "--int8", "--int8-backend", "tensorrt", "--images", tmp_path
+    )
     assert_one_line_error(code, err, "--int8-backend must be onnxruntime or openvino")
     code, _, err = run(capsys, "calibrate", "--artifacts", art.root, "--int8-backend", "openvino", "--good", tmp_path)
     assert_one_line_error(code, err, "--int8-backend goes with --int8")
-    code, _, err = run(capsys, "calibrate", "--artifacts", art.root, "--int8", "--images", tmp_path, "--max-auroc-drop", "-1")
+    code, _, err = run(
+        capsys, "calibrate", "--artifacts", art.root, "--int8", "--images", tmp_path, "--max-auroc-drop", "-1"
+    )
     assert_one_line_error(code, err, "--max-auroc-drop must be >= 0")
-    code, _, err = run(capsys, "calibrate", "--artifacts", art.root, "--int8", "--images", tmp_path, "--min-agreement", "1.5")
+    code, _, err = run(
+        capsys, "calibrate", "--artifacts", art.root, "--int8", "--images", tmp_path, "--min-agreement", "1.5"
+    )
     assert_one_line_error(code, err, "--min-agreement must be in [0, 1]")
-    plain = export(tiny, ExportConfig(category="washer", out=tmp_path / "plain", prompts=PROMPT_SETS["industrial"], max_batch=2,
-                                      precision="fp32"), Tasks(None))
-    code, _, err = run(capsys, "calibrate", "--artifacts", plain.root, "--int8", "--int8-backend", "openvino", "--images", tmp_path)
+    plain = export(
+        tiny,
+        ExportConfig(
+            category="washer", out=tmp_path / "plain", prompts=PROMPT_SETS["industrial"], max_batch=2, precision="fp32"
+        ),
+        Tasks(None),
+    )
+    code, _, err = run(
+        capsys, "calibrate", "--artifacts", plain.root, "--int8", "--int8-backend", "openvino", "--images", tmp_path
+    )
     assert_one_line_error(code, err, "has no OpenVINO IR to quantise")

@@ -45,7 +45,9 @@ def data(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def base(tiny):
-    text = F.normalize(torch.randn(tiny.clip.visual.proj.shape[1], 2, generator=torch.Generator().manual_seed(3)), dim=0)
+    text = F.normalize(
+        torch.randn(tiny.clip.visual.proj.shape[1], 2, generator=torch.Generator().manual_seed(3)), dim=0
+    )
     return SDPModel(tiny.clip.visual, text, tiny.image_size).eval()
 
 
@@ -59,9 +61,14 @@ def exported(tiny, data, tmp_path_factory):
     root = tmp_path_factory.mktemp("refexports")
     out = {}
     for mode, only in (("fused", False), ("reference", True)):
-        cfg = ExportConfig(category="fabric", out=root / mode, prompts=PROMPT_SETS["industrial"], max_batch=4,
-                           reference=ReferenceConfig(str(data / "fabric" / "train" / "good"), 3, 1024, only),
-                           triton_repo=root / f"triton-{mode}")
+        cfg = ExportConfig(
+            category="fabric",
+            out=root / mode,
+            prompts=PROMPT_SETS["industrial"],
+            max_batch=4,
+            reference=ReferenceConfig(str(data / "fabric" / "train" / "good"), 3, 1024, only),
+            triton_repo=root / f"triton-{mode}",
+        )
         out[mode] = export(tiny, cfg, Tasks(None))
     return out
 
@@ -72,8 +79,15 @@ def test_fp16_graph_gated_on_reference_maps(tiny, data, tmp_path):
     from clipad.deploy.quality_gate import gate_images
     from clipad.evaluation.metrics import binary_metrics
 
-    cfg = ExportConfig(category="fabric", out=tmp_path / "gated", prompts=PROMPT_SETS["industrial"], max_batch=4, precision="fp16",
-                       reference=ReferenceConfig(str(data / "fabric" / "train" / "good"), 3, 1024, True), gate_root=data)
+    cfg = ExportConfig(
+        category="fabric",
+        out=tmp_path / "gated",
+        prompts=PROMPT_SETS["industrial"],
+        max_batch=4,
+        precision="fp16",
+        reference=ReferenceConfig(str(data / "fabric" / "train" / "good"), 3, 1024, True),
+        gate_root=data,
+    )
     art = export(tiny, cfg, Tasks(None))
     gate = Manifest.read(art.root / "manifest.json").parity.gates["fp16"]
     images, labels, masks = gate_images(data, "fabric", art.image_size)
@@ -89,9 +103,16 @@ def test_gate_decides_whether_the_fp16_graph_is_kept(tiny, data, tmp_path):
     """With --gate-data and --precision all, the FP16 graph is kept exactly when its AUROC gate
     passed, whatever its map agreement on random frames (recorded beside it); at a zero limit
     either outcome can happen, and the artifacts must match it."""
-    cfg = ExportConfig(category="fabric", out=tmp_path / "all", prompts=PROMPT_SETS["industrial"], max_batch=4, precision="all",
-                       reference=ReferenceConfig(str(data / "fabric" / "train" / "good"), 3, 1024, True), gate_root=data,
-                       max_auroc_drop=0.0)
+    cfg = ExportConfig(
+        category="fabric",
+        out=tmp_path / "all",
+        prompts=PROMPT_SETS["industrial"],
+        max_batch=4,
+        precision="all",
+        reference=ReferenceConfig(str(data / "fabric" / "train" / "good"), 3, 1024, True),
+        gate_root=data,
+        max_auroc_drop=0.0,
+    )
     art = export(tiny, cfg, Tasks(None))
     m = Manifest.read(art.root / "manifest.json")
     gate = m.parity.gates["fp16"]
@@ -104,6 +125,7 @@ def test_gate_decides_whether_the_fp16_graph_is_kept(tiny, data, tmp_path):
 
 
 # --- memory and coreset -------------------------------------------------------------------
+
 
 def test_k_center_radius_is_the_coverage_radius():
     x = F.normalize(torch.randn(300, 16, generator=torch.Generator().manual_seed(0)), dim=-1)
@@ -132,6 +154,7 @@ def test_memory_shape_bound_and_unit_rows(base, data, bound):
 
 # --- the map ------------------------------------------------------------------------------
 
+
 def test_reference_map_matches_direct_computation(base, data, tiny):
     imgs = good_images(data, "fabric", tiny.image_size)
     tokens = patch_tokens(base, torch.from_numpy(imgs))
@@ -144,7 +167,9 @@ def test_reference_map_matches_direct_computation(base, data, tiny):
     t = t / np.linalg.norm(t, axis=-1, keepdims=True)
     d = (1 - np.einsum("bspw,smw->bspm", t, m).max(-1)).sum(1)
     g = base.vit.grid
-    up = F.interpolate(torch.from_numpy(d.reshape(-1, 1, g, g)), size=tiny.image_size, mode="bilinear", align_corners=True)[:, 0]
+    up = F.interpolate(
+        torch.from_numpy(d.reshape(-1, 1, g, g)), size=tiny.image_size, mode="bilinear", align_corners=True
+    )[:, 0]
     blur = gaussian_matrix(tiny.image_size, base.sigma)
     want = blur @ up.numpy() @ blur.T
     np.testing.assert_allclose(got, want, atol=2e-5)
@@ -155,7 +180,9 @@ def test_reference_map_matches_direct_computation(base, data, tiny):
 
 def test_modes(base, data, tiny):
     imgs = good_images(data, "fabric", tiny.image_size)
-    test = torch.from_numpy(np.stack([load_image(p, tiny.image_size) for p in sorted((data / "fabric" / "test" / "scratch").iterdir())]))
+    test = torch.from_numpy(
+        np.stack([load_image(p, tiny.image_size) for p in sorted((data / "fabric" / "test" / "scratch").iterdir())])
+    )
     fused = bake(base, imgs[:3], 1024, reference_only=False).model
     only = bake(base, imgs[:3], 1024, reference_only=True).model
     assert fused.mode == "sdp" and only.mode == "reference"
@@ -202,6 +229,7 @@ def test_score_constants():
 
 # --- export -------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("mode", ["fused", "reference"])
 def test_graph_matches_torch_and_manifest(exported, tiny, data, uint8_images, mode):
     art = exported[mode]
@@ -236,7 +264,9 @@ def test_triton_repository_unchanged_in_contract(exported, mode):
 
     art = exported[mode]
     repo = art.root.parent / f"triton-{mode}"
-    cfg = validate_config((repo / "fabric_onnx" / "config.pbtxt").read_text(), art.manifest.onnx, art.manifest.max_batch)
+    cfg = validate_config(
+        (repo / "fabric_onnx" / "config.pbtxt").read_text(), art.manifest.onnx, art.manifest.max_batch
+    )
     assert cfg.platform == "onnxruntime_onnx" and cfg.max_batch_size == 4
     assert [o.name for o in cfg.output] == ["anomaly_map", "image_prob"] and [i.name for i in cfg.input] == ["image"]
     assert file_sha256(repo / "fabric_onnx" / "1" / "model.onnx") == art.manifest.files[ONNX_FP32]
@@ -280,6 +310,7 @@ def test_old_manifest_without_reference_still_loads(exported, tmp_path):
 
 # --- bad input, one line each --------------------------------------------------------------
 
+
 def test_bad_reference_input(tmp_path, capsys, data):
     good = sorted((data / "fabric" / "train" / "good").iterdir())
     out = tmp_path / "art"
@@ -287,8 +318,19 @@ def test_bad_reference_input(tmp_path, capsys, data):
     empty.mkdir()
     code, _, err = run(capsys, "export", "--category", "c", "--reference", empty, "--out", out, *TINY)
     assert_one_line_error(code, err, "no reference images found")
-    code, _, err = run(capsys, "export", "--category", "c", "--reference", data / "fabric" / "train" / "good", "--shots", 9,
-                       "--out", out, *TINY)
+    code, _, err = run(
+        capsys,
+        "export",
+        "--category",
+        "c",
+        "--reference",
+        data / "fabric" / "train" / "good",
+        "--shots",
+        9,
+        "--out",
+        out,
+        *TINY,
+    )
     assert_one_line_error(code, err, "--shots 9 is more than the 4 reference images")
     bad = tmp_path / "bad"
     bad.mkdir()
@@ -310,20 +352,29 @@ def test_bad_reference_input(tmp_path, capsys, data):
     assert_one_line_error(code, err, "is identical to")
     code, _, err = run(capsys, "export", "--category", "c", "--mode", "reference", "--out", out, *TINY)
     assert_one_line_error(code, err, "--mode reference needs --reference")
-    code, _, err = run(capsys, "export", "--category", "c", "--reference", good[0], "--memory-patches", 0, "--out", out, *TINY)
+    code, _, err = run(
+        capsys, "export", "--category", "c", "--reference", good[0], "--memory-patches", 0, "--out", out, *TINY
+    )
     assert_one_line_error(code, err, "--memory-patches must be at least 1")
     assert not out.exists()  # nothing half-written
 
 
 def test_single_reference_image_warns(tiny, data, tmp_path):
-    cfg = ExportConfig(category="fabric", out=tmp_path / "one", prompts=PROMPT_SETS["industrial"], max_batch=2, precision="fp32",
-                       reference=ReferenceConfig(str(data / "fabric" / "train" / "good"), 1))
+    cfg = ExportConfig(
+        category="fabric",
+        out=tmp_path / "one",
+        prompts=PROMPT_SETS["industrial"],
+        max_batch=2,
+        precision="fp32",
+        reference=ReferenceConfig(str(data / "fabric" / "train" / "good"), 1),
+    )
     art = export(tiny, cfg, Tasks(None))
     assert art.manifest.reference.score.maxima == []
     assert any("one reference image" in w for w in art.manifest.warnings)
 
 
 # --- calibration, reference add, eval --shots -----------------------------------------------
+
 
 def test_calibrate_refuses_reference_images(exported, data, tmp_path, capsys):
     root = tmp_path / "art"
@@ -333,13 +384,35 @@ def test_calibrate_refuses_reference_images(exported, data, tmp_path, capsys):
     for p in sorted((data / "fabric" / "test" / "good").iterdir()):
         shutil.copy(p, mixed / p.name)
     shutil.copy(sorted((data / "fabric" / "train" / "good").iterdir())[1], mixed / "renamed.png")
-    code, _, err = run(capsys, "calibrate", "--artifacts", root, "--good", mixed, "--backend", "onnxruntime",
-                       "--precision", "fp32", "--quiet")
+    code, _, err = run(
+        capsys,
+        "calibrate",
+        "--artifacts",
+        root,
+        "--good",
+        mixed,
+        "--backend",
+        "onnxruntime",
+        "--precision",
+        "fp32",
+        "--quiet",
+    )
     assert_one_line_error(code, err, "are reference images of these artifacts", "renamed.png")
     assert load_artifacts(root).manifest.calibration is None
     (mixed / "renamed.png").unlink()
-    code, out, err = run(capsys, "calibrate", "--artifacts", root, "--good", mixed, "--backend", "onnxruntime",
-                         "--precision", "fp32", "--quiet")
+    code, out, err = run(
+        capsys,
+        "calibrate",
+        "--artifacts",
+        root,
+        "--good",
+        mixed,
+        "--backend",
+        "onnxruntime",
+        "--precision",
+        "fp32",
+        "--quiet",
+    )
     assert code == 0, err
     assert load_artifacts(root).manifest.calibration is not None
 
@@ -347,8 +420,19 @@ def test_calibrate_refuses_reference_images(exported, data, tmp_path, capsys):
 def test_reference_add(exported, data, tmp_path, capsys):
     root = tmp_path / "art"
     shutil.copytree(exported["fused"].root, root)
-    code, _, err = run(capsys, "calibrate", "--artifacts", root, "--good", data / "fabric" / "test" / "good",
-                       "--backend", "onnxruntime", "--precision", "fp32", "--quiet")
+    code, _, err = run(
+        capsys,
+        "calibrate",
+        "--artifacts",
+        root,
+        "--good",
+        data / "fabric" / "test" / "good",
+        "--backend",
+        "onnxruntime",
+        "--precision",
+        "fp32",
+        "--quiet",
+    )
     assert code == 0, err
     before = load_artifacts(root).manifest
     extra = tmp_path / "extra"
@@ -381,16 +465,21 @@ def test_reference_add(exported, data, tmp_path, capsys):
 
 
 def test_reference_add_needs_a_reference(tiny, tmp_path, capsys, data):
-    cfg = ExportConfig(category="fabric", out=tmp_path / "zs", prompts=PROMPT_SETS["industrial"], max_batch=2, precision="fp32")
+    cfg = ExportConfig(
+        category="fabric", out=tmp_path / "zs", prompts=PROMPT_SETS["industrial"], max_batch=2, precision="fp32"
+    )
     export(tiny, cfg, Tasks(None))
-    code, _, err = run(capsys, "reference", "add", data / "fabric" / "train" / "good", "--artifacts", tmp_path / "zs", "--quiet")
+    code, _, err = run(
+        capsys, "reference", "add", data / "fabric" / "train" / "good", "--artifacts", tmp_path / "zs", "--quiet"
+    )
     assert_one_line_error(code, err, "has no reference memory")
 
 
 def test_eval_shots(data, tmp_path, capsys):
     out = tmp_path / "r.json"
-    code, stdout, err = run(capsys, "eval", "--dataset", "mvtec", "--root", data, "--shots", 2, "--shot-seeds", "0,1,2",
-                            "--out", out, *TINY)
+    code, stdout, err = run(
+        capsys, "eval", "--dataset", "mvtec", "--root", data, "--shots", 2, "--shot-seeds", "0,1,2", "--out", out, *TINY
+    )
     assert code == 0, err
     res = json.loads(out.read_text())
     assert list(res) == ["fabric", "washer", "mean"]

@@ -35,8 +35,13 @@ EVENT_KEYS = {"frame": int, "source": str, "time": float, "image_prob": float, "
 
 @pytest.fixture(scope="module")
 def art(tmp_path_factory, tiny):
-    cfg = ExportConfig(category="washer", out=tmp_path_factory.mktemp("rt") / "art", prompts=PROMPT_SETS["industrial"],
-                       max_batch=4, precision="fp32")
+    cfg = ExportConfig(
+        category="washer",
+        out=tmp_path_factory.mktemp("rt") / "art",
+        prompts=PROMPT_SETS["industrial"],
+        max_batch=4,
+        precision="fp32",
+    )
     return export(tiny, cfg, Tasks(None))
 
 
@@ -57,8 +62,22 @@ def check_event(e: dict) -> None:
 
 def test_run_video_every_frame_in_order(art, tmp_path, capsys):
     write_video(tmp_path / "v.avi", 12)
-    code, _, err = run(capsys, "run", "--source", tmp_path / "v.avi", "--artifacts", art.root, "--backend", "onnxruntime",
-                       "--events", tmp_path / "ev.jsonl", "--save", tmp_path / "o.avi", "--status-every", 0.1)
+    code, _, err = run(
+        capsys,
+        "run",
+        "--source",
+        tmp_path / "v.avi",
+        "--artifacts",
+        art.root,
+        "--backend",
+        "onnxruntime",
+        "--events",
+        tmp_path / "ev.jsonl",
+        "--save",
+        tmp_path / "o.avi",
+        "--status-every",
+        0.1,
+    )
     assert code == 0, err
     events = [json.loads(l) for l in (tmp_path / "ev.jsonl").read_text().splitlines()]
     assert [e["frame"] for e in events] == list(range(12))
@@ -72,11 +91,23 @@ def test_run_video_every_frame_in_order(art, tmp_path, capsys):
 def test_events_match_the_backend(art, tmp_path, capsys):
     """Records carry exactly what the backend computes on the shared resize of each frame."""
     images = write_video(tmp_path / "v.avi", 3)
-    code, _, err = run(capsys, "run", "--source", tmp_path / "v.avi", "--artifacts", art.root, "--backend", "onnxruntime",
-                       "--events", tmp_path / "ev.jsonl")
+    code, _, err = run(
+        capsys,
+        "run",
+        "--source",
+        tmp_path / "v.avi",
+        "--artifacts",
+        art.root,
+        "--backend",
+        "onnxruntime",
+        "--events",
+        tmp_path / "ev.jsonl",
+    )
     assert code == 0, err
     events = [json.loads(l) for l in (tmp_path / "ev.jsonl").read_text().splitlines()]
-    amap, prob = open_backend(art, "onnxruntime", "fp32", "cpu")(np.stack([resize_to_model(im, art.image_size) for im in images]))
+    amap, prob = open_backend(art, "onnxruntime", "fp32", "cpu")(
+        np.stack([resize_to_model(im, art.image_size) for im in images])
+    )
     np.testing.assert_allclose([e["image_prob"] for e in events], prob, rtol=1e-6)  # FFV1 is lossless
     np.testing.assert_allclose([e["map_max"] for e in events], amap.reshape(3, -1).max(1), rtol=1e-6)
 
@@ -86,8 +117,18 @@ def test_run_folder_and_glob_sources_batched_together(art, tmp_path, capsys):
         cv2.imwrite(str(tmp_path / f"a{i}.png"), cv2.cvtColor(im, cv2.COLOR_RGB2BGR))
     (tmp_path / "sub").mkdir()
     shutil.copy(tmp_path / "a0.png", tmp_path / "sub" / "b.png")
-    code, _, err = run(capsys, "run", "--source", tmp_path / "sub", "--source", str(tmp_path / "a*.png"),
-                       "--artifacts", art.root, "--events", tmp_path / "ev.jsonl")
+    code, _, err = run(
+        capsys,
+        "run",
+        "--source",
+        tmp_path / "sub",
+        "--source",
+        str(tmp_path / "a*.png"),
+        "--artifacts",
+        art.root,
+        "--events",
+        tmp_path / "ev.jsonl",
+    )
     assert code == 0, err
     sources = [json.loads(l)["source"] for l in (tmp_path / "ev.jsonl").read_text().splitlines()]
     assert sorted(Path(s).name for s in sources) == ["a0.png", "a1.png", "a2.png", "b.png"]
@@ -97,7 +138,9 @@ def test_truncated_video_skips_bad_frames(art, tmp_path, capsys):
     write_video(tmp_path / "v.avi", 20)
     data = (tmp_path / "v.avi").read_bytes()
     (tmp_path / "t.avi").write_bytes(data[: len(data) // 2])
-    code, _, err = run(capsys, "run", "--source", tmp_path / "t.avi", "--artifacts", art.root, "--events", tmp_path / "ev.jsonl")
+    code, _, err = run(
+        capsys, "run", "--source", tmp_path / "t.avi", "--artifacts", art.root, "--events", tmp_path / "ev.jsonl"
+    )
     assert code == 0, err
     n = len((tmp_path / "ev.jsonl").read_text().splitlines())
     assert 0 < n < 20
@@ -110,7 +153,7 @@ def test_truncated_video_skips_bad_frames(art, tmp_path, capsys):
 def test_unusual_frames_become_rgb(art, tmp_path, capsys):
     grey = np.tile(np.arange(64, dtype=np.uint8), (48, 1))
     rgba = np.dstack([grey, grey, grey, np.full_like(grey, 7)])
-    deep = (grey.astype(np.uint16) * 257)
+    deep = grey.astype(np.uint16) * 257
     assert to_rgb(grey).shape == to_rgb(rgba).shape == to_rgb(deep).shape == (48, 64, 3)
     assert np.array_equal(to_rgb(deep), to_rgb(grey))
     bgr = np.zeros((2, 2, 3), np.uint8)
@@ -135,8 +178,18 @@ def test_predict_contract_and_maps(art, tmp_path, capsys):
     exact = resize_to_model(images[0], size)
     cv2.imwrite(str(tmp_path / "exact.png"), cv2.cvtColor(exact, cv2.COLOR_RGB2BGR))
     (tmp_path / "bad.png").write_bytes(b"not an image")
-    code, out, err = run(capsys, "predict", tmp_path, "--artifacts", art.root, "--out", tmp_path / "p", "--save-maps",
-                         "--save-overlays", "--quiet")
+    code, out, err = run(
+        capsys,
+        "predict",
+        tmp_path,
+        "--artifacts",
+        art.root,
+        "--out",
+        tmp_path / "p",
+        "--save-maps",
+        "--save-overlays",
+        "--quiet",
+    )
     assert code == 0, err
     preds = [json.loads(l) for l in (tmp_path / "p" / "predictions.jsonl").read_text().splitlines()]
     assert len(preds) == 4 and "1 unreadable skipped" in out
@@ -174,8 +227,18 @@ def test_refusing_stream_and_missing_camera(art, tmp_path, capsys):
 
 def test_one_bad_source_does_not_stop_the_others(art, tmp_path, capsys):
     write_video(tmp_path / "v.avi", 3)
-    code, _, err = run(capsys, "run", "--camera", 7, "--source", tmp_path / "v.avi", "--artifacts", art.root,
-                       "--events", tmp_path / "ev.jsonl")
+    code, _, err = run(
+        capsys,
+        "run",
+        "--camera",
+        7,
+        "--source",
+        tmp_path / "v.avi",
+        "--artifacts",
+        art.root,
+        "--events",
+        tmp_path / "ev.jsonl",
+    )
     assert code == 0, err
     assert "warning: no camera at index 7" in err
     assert len((tmp_path / "ev.jsonl").read_text().splitlines()) == 3
@@ -197,7 +260,9 @@ def test_events_file_on_full_or_read_only_disk(art, tmp_path, capsys):
     write_video(tmp_path / "v.avi", 3)
     code, _, err = run(capsys, "run", "--source", tmp_path / "v.avi", "--artifacts", art.root, "--events", "/dev/full")
     assert_one_line_error(code, err, "events file /dev/full", "No space left on device")
-    code, _, err = run(capsys, "run", "--source", tmp_path / "v.avi", "--artifacts", art.root, "--events", "/proc/clipad.jsonl")
+    code, _, err = run(
+        capsys, "run", "--source", tmp_path / "v.avi", "--artifacts", art.root, "--events", "/proc/clipad.jsonl"
+    )
     assert_one_line_error(code, err, "cannot write events file /proc/clipad.jsonl")
 
 
@@ -205,7 +270,13 @@ class SlowBackend:
     """A real backend made slow, standing in for a busy GPU: the pipeline is what is tested."""
 
     def __init__(self, inner, delay: float):
-        self.inner, self.delay, self.max_batch, self.name, self.precision = inner, delay, inner.max_batch, "slow", "fp32"
+        self.inner, self.delay, self.max_batch, self.name, self.precision = (
+            inner,
+            delay,
+            inner.max_batch,
+            "slow",
+            "fp32",
+        )
 
     def __call__(self, images):
         time.sleep(self.delay)
@@ -224,8 +295,16 @@ def test_live_source_keeps_only_the_latest_frame(art, tmp_path):
     # A generous delay keeps the bounds meaningful under load: a queueing source would make the
     # k-th batch's frame about k inference periods old, far above one period plus slack.
     delay = 0.4
-    pipe = Pipeline(SlowBackend(open_backend(art, "onnxruntime", "fp32", "cpu"), delay), [src], art.image_size, None, [],
-                    max_frames=6, status_every=999, log=lambda s: None)
+    pipe = Pipeline(
+        SlowBackend(open_backend(art, "onnxruntime", "fp32", "cpu"), delay),
+        [src],
+        art.image_size,
+        None,
+        [],
+        max_frames=6,
+        status_every=999,
+        log=lambda s: None,
+    )
     records = []
     pipe.sinks = [type("Collect", (), {"write": lambda self, r, *a: records.append(r), "close": lambda self: None})()]
     summary = pipe.run()
@@ -241,9 +320,28 @@ def test_sigterm_stops_cleanly(art, tmp_path):
     write_video(tmp_path / "v.avi", 400)
     events, video = tmp_path / "ev.jsonl", tmp_path / "o.avi"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "clipad", "run", "--source", str(tmp_path / "v.avi"), "--artifacts", str(art.root),
-         "--backend", "torch", "--device", "cpu", "--events", str(events), "--save", str(video)],
-        cwd=Path(__file__).parents[1], env={**os.environ, "HF_HUB_OFFLINE": "1"}, stderr=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-m",
+            "clipad",
+            "run",
+            "--source",
+            str(tmp_path / "v.avi"),
+            "--artifacts",
+            str(art.root),
+            "--backend",
+            "torch",
+            "--device",
+            "cpu",
+            "--events",
+            str(events),
+            "--save",
+            str(video),
+        ],
+        cwd=Path(__file__).parents[1],
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        stderr=subprocess.PIPE,
+        text=True,
     )
     deadline = time.time() + 120
     while time.time() < deadline and (not events.exists() or len(events.read_text().splitlines()) < 5):
@@ -296,7 +394,9 @@ def test_hanging_stream_times_out(art, capsys):
     threading.Thread(target=lambda: [held.append(srv.accept()) for _ in range(4)], daemon=True).start()
     try:
         t0 = time.time()
-        code, _, err = run(capsys, "run", "--source", f"rtsp://127.0.0.1:{srv.getsockname()[1]}/line1", "--artifacts", art.root)
+        code, _, err = run(
+            capsys, "run", "--source", f"rtsp://127.0.0.1:{srv.getsockname()[1]}/line1", "--artifacts", art.root
+        )
         assert_one_line_error(code, err, "cannot open stream", "within 5 s")
         assert time.time() - t0 < 30
     finally:
@@ -308,8 +408,16 @@ def test_lost_stream_is_reopened_and_reported(art, tmp_path):
     write_video(tmp_path / "v.avi", 5)
     src = LiveSource(str(tmp_path / "v.avi"), name="cam", backoff=(0.05, 0.2))
     logs = []
-    pipe = Pipeline(open_backend(art, "onnxruntime", "fp32", "cpu"), [src], art.image_size, None, [], max_frames=12,
-                    status_every=999, log=logs.append)
+    pipe = Pipeline(
+        open_backend(art, "onnxruntime", "fp32", "cpu"),
+        [src],
+        art.image_size,
+        None,
+        [],
+        max_frames=12,
+        status_every=999,
+        log=logs.append,
+    )
     summary = pipe.run()
     assert summary.frames == 12 and summary.reconnects >= 1
     assert any("stream lost" in line for line in logs) and any("reconnected" in line for line in logs)

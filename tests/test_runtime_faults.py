@@ -38,12 +38,11 @@ REPO = Path(__file__).resolve().parents[1]
 
 def strict_json(line: str) -> dict:
     """json.loads that refuses NaN/Infinity tokens, as strict JSON readers (browsers) do."""
+
     def refuse(token):
         raise ValueError(f"non-standard JSON token {token}")
 
     return json.loads(line, parse_constant=refuse)
-
-
 
 
 class BrokenSink:
@@ -67,8 +66,15 @@ def test_a_sink_failure_stops_the_run_instead_of_hanging(art, tmp_path):  # noqa
     queue filled and the run waited forever."""
     write_video(tmp_path / "v.avi", 60)
     ev = tmp_path / "ev.jsonl"
-    pipe = Pipeline(open_backend(art, "onnxruntime", "fp32", "cpu"), [VideoFileSource(str(tmp_path / "v.avi"))],
-                    art.image_size, None, [EventsSink(ev), BrokenSink(3)], status_every=999, log=lambda s: None)
+    pipe = Pipeline(
+        open_backend(art, "onnxruntime", "fp32", "cpu"),
+        [VideoFileSource(str(tmp_path / "v.avi"))],
+        art.image_size,
+        None,
+        [EventsSink(ev), BrokenSink(3)],
+        status_every=999,
+        log=lambda s: None,
+    )
     summary = run_in_thread(pipe.run)["result"]
     assert summary.error.startswith("BrokenSink failed: OSError") and "No space left" in summary.error
     assert summary.stopped_by == "error"
@@ -81,8 +87,9 @@ def test_a_sink_failure_through_clipad_run_is_one_line(art, tmp_path, capsys, mo
     real = run_module.open_sinks
     monkeypatch.setattr(run_module, "open_sinks", lambda *a, **k: [*real(*a, **k), BrokenSink(2)])
     write_video(tmp_path / "v.avi", 30)
-    out = run_in_thread(lambda: run(capsys, "run", "--source", tmp_path / "v.avi", "--artifacts", art.root,
-                                    "--backend", "onnxruntime"))
+    out = run_in_thread(
+        lambda: run(capsys, "run", "--source", tmp_path / "v.avi", "--artifacts", art.root, "--backend", "onnxruntime")
+    )
     code, _, err = out["result"]
     assert_one_line_error(code, err, "BrokenSink failed")
 
@@ -103,8 +110,15 @@ class RaisingSource(VideoFileSource):
 def test_a_reader_failure_is_an_error_not_the_end_of_input(art, tmp_path):  # noqa: F811
     write_video(tmp_path / "v.avi", 30)
     ev = tmp_path / "ev.jsonl"
-    pipe = Pipeline(open_backend(art, "onnxruntime", "fp32", "cpu"), [RaisingSource(str(tmp_path / "v.avi"), 6)],
-                    art.image_size, None, [EventsSink(ev)], status_every=999, log=lambda s: None)
+    pipe = Pipeline(
+        open_backend(art, "onnxruntime", "fp32", "cpu"),
+        [RaisingSource(str(tmp_path / "v.avi"), 6)],
+        art.image_size,
+        None,
+        [EventsSink(ev)],
+        status_every=999,
+        log=lambda s: None,
+    )
     summary = run_in_thread(pipe.run)["result"]
     assert summary.stopped_by == "error" and "failed: RuntimeError: decoder crashed" in summary.error
     assert [strict_json(line)["frame"] for line in ev.read_text().splitlines()] == list(range(6))
@@ -135,18 +149,34 @@ def test_non_finite_outputs_fail_closed_and_json_stays_strict(art, tmp_path):  #
     write_video(tmp_path / "v.avi", 8)
     ev = tmp_path / "ev.jsonl"
     backend = NaNBackend(open_backend(art, "onnxruntime", "fp32", "cpu"))
-    summary = Pipeline(backend, [VideoFileSource(str(tmp_path / "v.avi"))], art.image_size, None, [EventsSink(ev)],
-                       status_every=999, log=lambda s: None).run()
+    summary = Pipeline(
+        backend,
+        [VideoFileSource(str(tmp_path / "v.avi"))],
+        art.image_size,
+        None,
+        [EventsSink(ev)],
+        status_every=999,
+        log=lambda s: None,
+    ).run()
     events = [strict_json(line) for line in ev.read_text().splitlines()]  # no NaN/Infinity tokens
     assert len(events) == 8
     bad = [e for e in events if e["label"] == "error"]
-    assert [e["frame"] for e in bad] == [0, 1, 2, 4, 5, 6]  # NaN maps at even positions, inf probs at 1 and 5 (batches of 4)
+    assert [e["frame"] for e in bad] == [
+        0,
+        1,
+        2,
+        4,
+        5,
+        6,
+    ]  # NaN maps at even positions, inf probs at 1 and 5 (batches of 4)
     assert all(e["error"] == NON_FINITE and e["image_prob"] is None and e["map_max"] is None for e in bad)
     assert summary.errors == 6 and summary.frames == 8
 
 
 def test_non_finite_outputs_are_never_normal_when_calibrated():
-    cal = Calibration(prob_range=(0.0, 1.0), max_range=(0.0, 1.0), threshold=1.0, score_range=(0.0, 2.0), pixel_threshold=0.5)
+    cal = Calibration(
+        prob_range=(0.0, 1.0), max_range=(0.0, 1.0), threshold=1.0, score_range=(0.0, 2.0), pixel_threshold=0.5
+    )
     amap = np.zeros((3, 4, 4), np.float32)
     amap[1, 0, 0] = np.nan
     prob = np.array([0.1, 0.1, np.nan], np.float32)  # a NaN compares false with the threshold: "normal" before
@@ -230,7 +260,6 @@ def test_sighup_stops_cleanly(art, tmp_path):  # noqa: F811
     assert [strict_json(line)["frame"] for line in lines] == list(range(len(lines)))
 
 
-
 class FlakyCapture:
     """Wraps a real cv2.VideoCapture; its 3rd read raises, as a driver or decoder error would."""
 
@@ -289,8 +318,16 @@ def test_a_silent_camera_does_not_slow_the_others(art, tmp_path):  # noqa: F811
     write_video(tmp_path / "v.avi", 200)
     live = LiveSource(str(tmp_path / "v.avi"), name="cam")
     silent = SilentLiveSource("rtsp://127.0.0.1:9/none", name="unplugged")
-    pipe = Pipeline(open_backend(art, "onnxruntime", "fp32", "cpu"), [silent, live], art.image_size, None, [],
-                    max_frames=10, status_every=999, log=lambda s: None)
+    pipe = Pipeline(
+        open_backend(art, "onnxruntime", "fp32", "cpu"),
+        [silent, live],
+        art.image_size,
+        None,
+        [],
+        max_frames=10,
+        status_every=999,
+        log=lambda s: None,
+    )
     t0 = time.perf_counter()
     summary = run_in_thread(pipe.run)["result"]
     assert summary.frames == 10 and summary.error is None
@@ -313,10 +350,27 @@ def test_credentials_never_appear_in_source_names_or_errors(capsys):
 
 def test_opencv_warnings_stay_out_of_the_way_unless_debug(art, tmp_path):  # noqa: F811
     """A camera that does not exist: one line of clipad's own, no OpenCV warnings (they return with --debug)."""
+
     def stderr(*extra):
-        proc = subprocess.run([sys.executable, "-m", "clipad", *extra, "run", "--camera", "97", "--artifacts", str(art.root),
-                               "--backend", "onnxruntime"], capture_output=True, text=True, timeout=120,
-                              env={**{k: v for k, v in os.environ.items() if k != "OPENCV_LOG_LEVEL"}, "HF_HUB_OFFLINE": "1"})
+        proc = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "clipad",
+                *extra,
+                "run",
+                "--camera",
+                "97",
+                "--artifacts",
+                str(art.root),
+                "--backend",
+                "onnxruntime",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env={**{k: v for k, v in os.environ.items() if k != "OPENCV_LOG_LEVEL"}, "HF_HUB_OFFLINE": "1"},
+        )
         assert proc.returncode == 1
         return proc.stderr
 
@@ -351,9 +405,30 @@ def test_video_segments_are_complete_files(tmp_path):
 def test_sigkill_loses_at_most_the_open_video_segment(art, tmp_path):  # noqa: F811
     write_video(tmp_path / "v.avi", 3000, size=(64, 48))
     proc = subprocess.Popen(
-        [sys.executable, "-m", "clipad", "run", "--source", str(tmp_path / "v.avi"), "--artifacts", str(art.root),
-         "--backend", "onnxruntime", "--device", "cpu", "--save", str(tmp_path / "o.avi"), "--segment-minutes", "0.005",
-         "--status-every", "999"], cwd=REPO, env={**os.environ, "HF_HUB_OFFLINE": "1"}, stderr=subprocess.DEVNULL)
+        [
+            sys.executable,
+            "-m",
+            "clipad",
+            "run",
+            "--source",
+            str(tmp_path / "v.avi"),
+            "--artifacts",
+            str(art.root),
+            "--backend",
+            "onnxruntime",
+            "--device",
+            "cpu",
+            "--save",
+            str(tmp_path / "o.avi"),
+            "--segment-minutes",
+            "0.005",
+            "--status-every",
+            "999",
+        ],
+        cwd=REPO,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        stderr=subprocess.DEVNULL,
+    )
     try:
         deadline = time.time() + 120
         while time.time() < deadline and proc.poll() is None and len(list(tmp_path.glob("o-*.avi"))) < 4:
@@ -378,8 +453,16 @@ def test_every_grabbed_frame_is_accounted_for(art, tmp_path):  # noqa: F811
     write_video(tmp_path / "v.avi", 100)
     sources = [LiveSource(str(tmp_path / "v.avi"), name=f"cam{i}", backoff=(0.02, 0.1)) for i in range(2)]
     ev = tmp_path / "ev.jsonl"
-    summary = Pipeline(open_backend(art, "onnxruntime", "fp32", "cpu"), sources, art.image_size, None, [EventsSink(ev)],
-                       max_frames=40, status_every=999, log=lambda s: None).run()
+    summary = Pipeline(
+        open_backend(art, "onnxruntime", "fp32", "cpu"),
+        sources,
+        art.image_size,
+        None,
+        [EventsSink(ev)],
+        max_frames=40,
+        status_every=999,
+        log=lambda s: None,
+    ).run()
     records = [strict_json(line)["source"] for line in ev.read_text().splitlines()]
     assert summary.frames == len(records) == 40
     for src in sources:

@@ -124,7 +124,10 @@ def test_prompt_file(tmp_path):
     p = tmp_path / "mine.yaml"
     p.write_text("normal: ['good {}']\nabnormal: ['bad {}', '{} with a dent']\ntemplates: ['a photo of a {}.']\n")
     ps = load_prompt_set(str(p))
-    assert ps.sentences("gear") == (["a photo of a good gear."], ["a photo of a bad gear.", "a photo of a gear with a dent."])
+    assert ps.sentences("gear") == (
+        ["a photo of a good gear."],
+        ["a photo of a bad gear.", "a photo of a gear with a dent."],
+    )
     q = tmp_path / "mine.json"
     q.write_text(json.dumps({"normal": ["ok {}"], "abnormal": ["bad {}"]}))
     assert len(load_prompt_set(str(q)).templates) == 22

@@ -95,9 +95,23 @@ def preds(folder: Path) -> list[dict]:
 # -- a. backend and precision selection -----------------------------------------------------
 
 
-@pytest.mark.skipif(_ort_gpu(), reason="a GPU execution provider is installed: auto then serves on the GPU, not the CPU path tested here")
+@pytest.mark.skipif(
+    _ort_gpu(),
+    reason="a GPU execution provider is installed: auto then serves on the GPU, not the CPU path tested here",
+)
 def test_auto_backend_on_fp32_artifacts_is_onnxruntime_cpu_and_says_so(art, images, tmp_path, capsys):
-    code, _, err = run(capsys, "predict", images / "bad", "--artifacts", art.root, "--backend", "auto", "--out", tmp_path / "p", "--quiet")
+    code, _, err = run(
+        capsys,
+        "predict",
+        images / "bad",
+        "--artifacts",
+        art.root,
+        "--backend",
+        "auto",
+        "--out",
+        tmp_path / "p",
+        "--quiet",
+    )
     assert code == 0, err
     assert CPU_LINE in err, err
     # and what it serves is ONNX Runtime's FP32 graph
@@ -107,46 +121,103 @@ def test_auto_backend_on_fp32_artifacts_is_onnxruntime_cpu_and_says_so(art, imag
 
 
 def test_tensorrt_without_a_plan_is_one_line(art, images, tmp_path, capsys):
-    code, _, err = run(capsys, "predict", images / "bad", "--artifacts", art.root, "--backend", "tensorrt", "--out", tmp_path / "p")
+    code, _, err = run(
+        capsys, "predict", images / "bad", "--artifacts", art.root, "--backend", "tensorrt", "--out", tmp_path / "p"
+    )
     assert_one_line_error(code, err, "model.plan")
     assert not (tmp_path / "p" / "predictions.jsonl").exists()
 
 
 def test_int8_without_the_int8_graph_names_the_command(art, images, tmp_path, capsys):
-    code, _, err = run(capsys, "predict", images / "bad", "--artifacts", art.root, "--backend", "onnxruntime", "--precision", "int8",
-                       "--out", tmp_path / "p")
+    code, _, err = run(
+        capsys,
+        "predict",
+        images / "bad",
+        "--artifacts",
+        art.root,
+        "--backend",
+        "onnxruntime",
+        "--precision",
+        "int8",
+        "--out",
+        tmp_path / "p",
+    )
     assert_one_line_error(code, err, "model.int8.onnx", "clipad calibrate --int8")
 
 
 def test_torch_fp16_on_cpu_is_one_line(art, images, tmp_path, capsys):
-    code, _, err = run(capsys, "predict", images / "bad", "--artifacts", art.root, "--backend", "torch", "--precision", "fp16",
-                       "--device", "cpu", "--out", tmp_path / "p")
+    code, _, err = run(
+        capsys,
+        "predict",
+        images / "bad",
+        "--artifacts",
+        art.root,
+        "--backend",
+        "torch",
+        "--precision",
+        "fp16",
+        "--device",
+        "cpu",
+        "--out",
+        tmp_path / "p",
+    )
     assert_one_line_error(code, err, "fp16")
     assert not (tmp_path / "p" / "predictions.jsonl").exists()
 
 
 def test_fp16_without_the_fp16_graph_is_one_line(art, images, tmp_path, capsys):
-    code, _, err = run(capsys, "predict", images / "bad", "--artifacts", art.root, "--backend", "onnxruntime", "--precision", "fp16",
-                       "--out", tmp_path / "p")
+    code, _, err = run(
+        capsys,
+        "predict",
+        images / "bad",
+        "--artifacts",
+        art.root,
+        "--backend",
+        "onnxruntime",
+        "--precision",
+        "fp16",
+        "--out",
+        tmp_path / "p",
+    )
     assert_one_line_error(code, err, "model.fp16.onnx")
 
 
 def test_fp16_graph_is_served_when_asked(art16, images, tmp_path, capsys):
-    code, _, err = run(capsys, "predict", images / "bad", "--artifacts", art16.root, "--backend", "onnxruntime", "--precision", "fp16",
-                       "--device", "cpu", "--out", tmp_path / "p", "--quiet")
+    code, _, err = run(
+        capsys,
+        "predict",
+        images / "bad",
+        "--artifacts",
+        art16.root,
+        "--backend",
+        "onnxruntime",
+        "--precision",
+        "fp16",
+        "--device",
+        "cpu",
+        "--out",
+        tmp_path / "p",
+        "--quiet",
+    )
     assert code == 0, err
     assert "backend: onnxruntime fp16 (CPUExecutionProvider)" in err, err
     import onnxruntime as ort
 
     x = np.stack([load_image(p, art16.image_size) for p in sorted((images / "bad").iterdir())])
-    _, p16 = ort.InferenceSession(str(art16.root / "model.fp16.onnx"), providers=["CPUExecutionProvider"]).run(None, {"image": x})
-    _, p32 = ort.InferenceSession(str(art16.root / "model.onnx"), providers=["CPUExecutionProvider"]).run(None, {"image": x})
+    _, p16 = ort.InferenceSession(str(art16.root / "model.fp16.onnx"), providers=["CPUExecutionProvider"]).run(
+        None, {"image": x}
+    )
+    _, p32 = ort.InferenceSession(str(art16.root / "model.onnx"), providers=["CPUExecutionProvider"]).run(
+        None, {"image": x}
+    )
     got = [r["image_prob"] for r in preds(tmp_path / "p")]
     assert np.max(np.abs(p16 - p32)) > 1e-6  # the two graphs are distinguishable here
     np.testing.assert_allclose(got, p16, rtol=1e-6)  # the FP16 graph's numbers, not the FP32 graph's
 
 
-@pytest.mark.skipif(_ort_gpu(), reason="a GPU execution provider is installed: precision auto then takes FP16 by design")
+@pytest.mark.skipif(
+    _ort_gpu(), reason="a GPU execution provider is installed: precision auto then takes FP16 by design"
+)
 def test_auto_precision_on_cpu_keeps_fp32_even_with_an_fp16_graph(art16, images, tmp_path, capsys):
     code, _, err = run(capsys, "predict", images / "bad", "--artifacts", art16.root, "--out", tmp_path / "p", "--quiet")
     assert code == 0, err
@@ -164,7 +235,9 @@ def calibrated(art, images, tmp_path_factory):
 
     root = tmp_path_factory.mktemp("cal") / "art"
     shutil.copytree(art.root, root)
-    code = cli.run(["calibrate", "--artifacts", str(root), "--good", str(images / "good"), "--target-fpr", "0.3", "--quiet"])
+    code = cli.run(
+        ["calibrate", "--artifacts", str(root), "--good", str(images / "good"), "--target-fpr", "0.3", "--quiet"]
+    )
     assert code == 0
     return load_artifacts(root)
 
@@ -175,8 +248,20 @@ def test_snapshots_of_anomalous_frames_only(calibrated, images, tmp_path, capsys
     for p in sorted((images / "bad").iterdir()):
         shutil.copy(p, src / p.name)
     snaps, ev = tmp_path / "snaps", tmp_path / "ev.jsonl"
-    code, _, err = run(capsys, "run", "--source", src, "--artifacts", calibrated.root, "--backend", "onnxruntime",
-                       "--events", ev, "--snapshots", snaps)
+    code, _, err = run(
+        capsys,
+        "run",
+        "--source",
+        src,
+        "--artifacts",
+        calibrated.root,
+        "--backend",
+        "onnxruntime",
+        "--events",
+        ev,
+        "--snapshots",
+        snaps,
+    )
     assert code == 0, err
     events = [json.loads(l) for l in ev.read_text().splitlines()]
     files = sorted(src.iterdir())
@@ -189,7 +274,9 @@ def test_snapshots_of_anomalous_frames_only(calibrated, images, tmp_path, capsys
     size = calibrated.image_size
     x = np.stack([load_image(p, size) for p in files])
     maps, _ = open_backend(calibrated, "onnxruntime", "fp32", "cpu")(x)
-    assert min(np.abs(maps[i] - maps[j]).max() for i in range(len(maps)) for j in range(i)) > 1e-5  # maps tell frames apart
+    assert (
+        min(np.abs(maps[i] - maps[j]).max() for i in range(len(maps)) for j in range(i)) > 1e-5
+    )  # maps tell frames apart
     thr = calibrated.manifest.calibration.pixel_threshold
     expected_files = set()
     for e in events:
@@ -279,7 +366,12 @@ class FailsOnCall:
 
     def __init__(self, inner, n: int, times: int = 10**9):
         self.inner, self.n, self.times, self.calls = inner, n, times, 0
-        self.max_batch, self.name, self.precision, self.notes = inner.max_batch, inner.name, inner.precision, inner.notes
+        self.max_batch, self.name, self.precision, self.notes = (
+            inner.max_batch,
+            inner.name,
+            inner.precision,
+            inner.notes,
+        )
 
     def __call__(self, images):
         self.calls += 1
@@ -294,8 +386,6 @@ class FailsOnCall:
         self.inner.close()
 
 
-
-
 @pytest.mark.parametrize("kind", ["video file", "live"])
 def test_a_lasting_backend_error_ends_the_run_and_records_the_batch(art, tmp_path, kind):
     """From the 3rd call on the backend fails: after the retries the run ends (never hangs), the
@@ -303,8 +393,11 @@ def test_a_lasting_backend_error_ends_the_run_and_records_the_batch(art, tmp_pat
     are there too, labelled "error", never silently lost."""
     write_video(tmp_path / "v.avi", 40)
     be = FailsOnCall(open_backend(art, "onnxruntime", "fp32", "cpu"), 3)
-    src = VideoFileSource(str(tmp_path / "v.avi")) if kind == "video file" else \
-        LiveSource(str(tmp_path / "v.avi"), name="cam", backoff=(0.05, 0.2))
+    src = (
+        VideoFileSource(str(tmp_path / "v.avi"))
+        if kind == "video file"
+        else LiveSource(str(tmp_path / "v.avi"), name="cam", backoff=(0.05, 0.2))
+    )
     ev = tmp_path / "ev.jsonl"
     logged: list[str] = []
     pipe = Pipeline(be, [src], art.image_size, None, [EventsSink(ev)], status_every=999, log=logged.append)
@@ -315,7 +408,7 @@ def test_a_lasting_backend_error_ends_the_run_and_records_the_batch(art, tmp_pat
     assert summary.stopped_by == "error" and sum("retrying" in line for line in logged) == BACKEND_RETRIES
     events = [json.loads(line) for line in ev.read_text().splitlines()]  # complete lines only
     per_call = art.max_batch if kind == "video file" else 1
-    good, failed = events[: 2 * per_call], events[2 * per_call:]
+    good, failed = events[: 2 * per_call], events[2 * per_call :]
     assert all(e["label"] is None and e["error"] is None for e in good)  # uncalibrated, scored
     assert len(failed) == per_call and all(e["label"] == "error" and "device lost" in e["error"] for e in failed)
     assert all(e["image_prob"] is None and e["map_max"] is None for e in failed)
@@ -329,8 +422,15 @@ def test_a_transient_backend_error_is_retried(art, tmp_path):
     write_video(tmp_path / "v.avi", 20)
     be = FailsOnCall(open_backend(art, "onnxruntime", "fp32", "cpu"), 2, times=1)
     ev = tmp_path / "ev.jsonl"
-    pipe = Pipeline(be, [VideoFileSource(str(tmp_path / "v.avi"))], art.image_size, None, [EventsSink(ev)],
-                    status_every=999, log=lambda s: None)
+    pipe = Pipeline(
+        be,
+        [VideoFileSource(str(tmp_path / "v.avi"))],
+        art.image_size,
+        None,
+        [EventsSink(ev)],
+        status_every=999,
+        log=lambda s: None,
+    )
     summary = run_in_thread(pipe.run)["result"]
     assert summary.error is None and summary.backend_retries == 1 and summary.stopped_by == "end of input"
     events = [json.loads(line) for line in ev.read_text().splitlines()]
@@ -346,8 +446,20 @@ def test_backend_error_mid_run_through_clipad_run(art, tmp_path, capsys, monkeyp
     monkeypatch.setattr(serving, "select_backend", lambda *a, **k: FailsOnCall(real(*a, **k), 3))
     write_video(tmp_path / "v.avi", 40)
     ev = tmp_path / "ev.jsonl"
-    out = run_in_thread(lambda: run(capsys, "run", "--source", tmp_path / "v.avi", "--artifacts", art.root, "--backend",
-                                     "onnxruntime", "--events", ev))
+    out = run_in_thread(
+        lambda: run(
+            capsys,
+            "run",
+            "--source",
+            tmp_path / "v.avi",
+            "--artifacts",
+            art.root,
+            "--backend",
+            "onnxruntime",
+            "--events",
+            ev,
+        )
+    )
     code, _, err = out["result"]
     assert code == 1 and "device lost" in err and "summary: " in err, err
     assert err.strip().splitlines()[-1].startswith("error: the backend failed 3 times in a row"), err
@@ -371,7 +483,9 @@ def test_sigint_stops_cleanly(art, tmp_path):
     frames = [json.loads(l)["frame"] for l in text.splitlines()]  # only complete JSON lines
     assert 5 <= len(frames) < n and frames == list(range(len(frames)))
     summary = [l for l in err.splitlines() if l.startswith("summary: ")]
-    assert len(summary) == 1 and summary[0].startswith(f"summary: {len(frames)} frames"), err  # every inferred frame was written
+    assert len(summary) == 1 and summary[0].startswith(f"summary: {len(frames)} frames"), (
+        err
+    )  # every inferred frame was written
 
 
 def test_snapshots_of_two_sources_with_the_same_stems_are_both_kept(calibrated, images, tmp_path, capsys):
@@ -383,13 +497,27 @@ def test_snapshots_of_two_sources_with_the_same_stems_are_both_kept(calibrated, 
     x = np.stack([load_image(p, calibrated.image_size) for p in good])
     maps, prob = open_backend(calibrated, "onnxruntime", "fp32", "cpu")(x)
     _, _, anomalous = Calibration.from_manifest(calibrated.manifest).decide(prob, maps.reshape(len(maps), -1).max(1))
-    first, second = [p for p, a in zip(good, anomalous) if a][:2]
+    first, second = [p for p, a in zip(good, anomalous, strict=False) if a][:2]
     for folder, src in (("A", first), ("B", second)):
         (tmp_path / folder).mkdir()
         shutil.copy(src, tmp_path / folder / "000.png")
     snaps, ev = tmp_path / "snaps", tmp_path / "ev.jsonl"
-    code, _, err = run(capsys, "run", "--source", tmp_path / "A", "--source", tmp_path / "B", "--artifacts", calibrated.root,
-                       "--backend", "onnxruntime", "--events", ev, "--snapshots", snaps)
+    code, _, err = run(
+        capsys,
+        "run",
+        "--source",
+        tmp_path / "A",
+        "--source",
+        tmp_path / "B",
+        "--artifacts",
+        calibrated.root,
+        "--backend",
+        "onnxruntime",
+        "--events",
+        ev,
+        "--snapshots",
+        snaps,
+    )
     assert code == 0, err
     events = [json.loads(l) for l in ev.read_text().splitlines()]
     assert [e["label"] for e in events] == ["anomalous", "anomalous"]

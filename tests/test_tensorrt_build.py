@@ -41,8 +41,12 @@ from tests.test_cli import assert_one_line_error, run
 LAYERS = [  # name, [(input type 10, input type 11)], [(output type 10, output type 11)], expected kind
     ("cast_in", [("Row major linear UInt8 format", "UInt8")], [("Row major linear FP32", "Float")], "fp32"),
     ("quantize", [("Row major linear FP32", "Float")], [("Row major Int8 format", "Int8")], "int8"),
-    ("gemm_int8", [("Thirty-two wide channel vectorized row major Int8 format", "Int8")],
-     [("Channel major FP16 format where channel % 8 == 0", "Half")], "int8"),
+    (
+        "gemm_int8",
+        [("Thirty-two wide channel vectorized row major Int8 format", "Int8")],
+        [("Channel major FP16 format where channel % 8 == 0", "Half")],
+        "int8",
+    ),
     ("myelin_fp16", [("Half", "Half")], [("Half", "Half")], "fp16"),
     ("reformat", [("Row major linear FP32", "Float")], [("Row major linear FP16 format", "Half")], "fp16"),
     ("softmax_fp32", [("Row major linear FP32", "Float")], [("Float", "Float")], "fp32"),
@@ -67,14 +71,22 @@ def _tensor(name: str, v10: str, v11: str, version: int, type_key: str) -> dict:
 def inspector_json(version: int, type_key: str = "Datatype") -> dict:
     layers = []
     for name, ins, outs, _ in LAYERS:
-        layers.append({
-            "Name": name, "LayerType": "Reformat" if name == "reformat" else "kgen",
-            "Inputs": [_tensor(f"{name}_in{i}", a, b, version, type_key) for i, (a, b) in enumerate(ins)],
-            "Outputs": [_tensor(f"{name}_out{i}", a, b, version, type_key) for i, (a, b) in enumerate(outs)],
-            "TacticName": "", "StreamId": 0, "Metadata": "",
-        })
-    io = (["image", "anomaly_map", "image_prob"] if version == 10 else
-          [{"Name": "image", "IOMode": "Input", "DataType": "UInt8", "Dimensions": [8, 96, 96, 3]}])
+        layers.append(
+            {
+                "Name": name,
+                "LayerType": "Reformat" if name == "reformat" else "kgen",
+                "Inputs": [_tensor(f"{name}_in{i}", a, b, version, type_key) for i, (a, b) in enumerate(ins)],
+                "Outputs": [_tensor(f"{name}_out{i}", a, b, version, type_key) for i, (a, b) in enumerate(outs)],
+                "TacticName": "",
+                "StreamId": 0,
+                "Metadata": "",
+            }
+        )
+    io = (
+        ["image", "anomaly_map", "image_prob"]
+        if version == 10
+        else [{"Name": "image", "IOMode": "Input", "DataType": "UInt8", "Dimensions": [8, 96, 96, 3]}]
+    )
     return {"Layers": layers, ("Bindings" if version == 10 else "I/O Tensors"): io}
 
 
@@ -83,24 +95,43 @@ def test_inspector_reader_counts_both_versions_alike(version, type_key):
     info = json.loads(json.dumps(inspector_json(version, type_key)))  # as get_engine_information's string parses
     assert inspector.count_layer_precisions(info) == EXPECTED
     assert [inspector.layer_kind(layer) for layer in info["Layers"]] == [kind for *_, kind in LAYERS]
-    assert inspector.count_layer_precisions(info["Layers"]) == EXPECTED  # the bare list (trtexec --exportLayerInfo style)
+    assert (
+        inspector.count_layer_precisions(info["Layers"]) == EXPECTED
+    )  # the bare list (trtexec --exportLayerInfo style)
 
 
 def test_inspector_split_keys_prefer_the_data_type():
     # TensorRT 11: the data type decides even when the format name would say something else.
-    layer = {"Name": "x", "Inputs": [], "Outputs": [{"Name": "y", "Format": "Row major linear FP32 format (kLINEAR)", "Datatype": "Half"}]}
+    layer = {
+        "Name": "x",
+        "Inputs": [],
+        "Outputs": [{"Name": "y", "Format": "Row major linear FP32 format (kLINEAR)", "Datatype": "Half"}],
+    }
     assert inspector.layer_kind(layer) == "fp16"
     layer["Outputs"][0] = {"Name": "y", "Format": "Channel major FP16 format where channel % 8 == 0"}  # no type key
     assert inspector.layer_kind(layer) == "fp16"
 
 
-@pytest.mark.parametrize("text,kind", [
-    ("Row major linear FP32", "fp32"), ("Float", "fp32"), ("Half", "fp16"), ("Row major linear FP16 format", "fp16"),
-    ("BFloat16", "bf16"), ("Channel major BFloat16 format where channel % 8 == 0", "bf16"), ("Int8", "int8"),
-    ("Row major Int8 format", "int8"), ("UInt8", "uint8"), ("Row major linear UInt8 format", "uint8"),
-    ("Row major linear FP8 format", "fp8"), ("Int64", "int64"), ("Row major linear BOOL", "bool"), ("N/A", None),
-    ("Unknown format", None),
-])
+@pytest.mark.parametrize(
+    "text,kind",
+    [
+        ("Row major linear FP32", "fp32"),
+        ("Float", "fp32"),
+        ("Half", "fp16"),
+        ("Row major linear FP16 format", "fp16"),
+        ("BFloat16", "bf16"),
+        ("Channel major BFloat16 format where channel % 8 == 0", "bf16"),
+        ("Int8", "int8"),
+        ("Row major Int8 format", "int8"),
+        ("UInt8", "uint8"),
+        ("Row major linear UInt8 format", "uint8"),
+        ("Row major linear FP8 format", "fp8"),
+        ("Int64", "int64"),
+        ("Row major linear BOOL", "bool"),
+        ("N/A", None),
+        ("Unknown format", None),
+    ],
+)
 def test_type_names(text, kind):
     assert inspector.tensor_type(text) == kind
 
@@ -132,8 +163,16 @@ def test_engine_layer_precisions_attaches_a_context_with_the_shapes_set():
     # Read as source (no stand-in tensorrt module): the context is made, every input shape set and
     # checked, and the context attached to the inspector before the JSON is read.
     src = inspect.getsource(inspector.engine_layer_precisions)
-    order = [src.index(s) for s in ("create_execution_context()", "set_input_shape(", "create_engine_inspector()",
-                                    "inspector.execution_context = context", "get_engine_information(")]
+    order = [
+        src.index(s)
+        for s in (
+            "create_execution_context()",
+            "set_input_shape(",
+            "create_engine_inspector()",
+            "inspector.execution_context = context",
+            "get_engine_information(",
+        )
+    ]
     assert order == sorted(order)
     assert "input_shapes" in inspect.signature(inspector.engine_layer_precisions).parameters
     build_src = inspect.getsource(build.build_engine)
@@ -161,7 +200,12 @@ def test_timing_cache_round_trip_and_damage(tmp_path):
     assert build.read_timing_cache(path, warnings.append) == blob and warnings == []
     assert [p.name for p in path.parent.iterdir()] == [path.name]  # no temporary file left
     whole = path.read_bytes()
-    for damaged in (whole[: len(whole) - 100], whole[:20], whole[:-1] + b"x", blob):  # torn, torn header, altered, unframed
+    for damaged in (
+        whole[: len(whole) - 100],
+        whole[:20],
+        whole[:-1] + b"x",
+        blob,
+    ):  # torn, torn header, altered, unframed
         path.write_bytes(damaged)
         warnings.clear()
         assert build.read_timing_cache(path, warnings.append) == b""
@@ -192,17 +236,49 @@ def calibrated(tmp_path_factory, synth_root):
     """The tiny model exported with random weights (max batch 4), then `clipad calibrate --int8`
     on synthetic images: the artifact directory with model.onnx, model.fp16.onnx and model.int8.onnx."""
     root = tmp_path_factory.mktemp("trt") / "a"
-    assert cli.run(["export", "--category", "washer", "--model", "clipad-tiny", "--random-weights", "--quiet",
-                    "--max-batch", "4", "--out", str(root)]) == 0
-    assert cli.run(["calibrate", "--artifacts", str(root), "--int8", "--images", str(synth_root / "washer" / "test" / "good"),
-                    "--min-agreement", "0.0", "--quiet"]) == 0
+    assert (
+        cli.run(
+            [
+                "export",
+                "--category",
+                "washer",
+                "--model",
+                "clipad-tiny",
+                "--random-weights",
+                "--quiet",
+                "--max-batch",
+                "4",
+                "--out",
+                str(root),
+            ]
+        )
+        == 0
+    )
+    assert (
+        cli.run(
+            [
+                "calibrate",
+                "--artifacts",
+                str(root),
+                "--int8",
+                "--images",
+                str(synth_root / "washer" / "test" / "good"),
+                "--min-agreement",
+                "0.0",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     return root
 
 
 def test_op_check_passes_the_graphs_clipad_writes(calibrated, tmp_path):
     from clipad.deploy.fp16 import convert_fp16
 
-    convert_fp16(calibrated / "model.onnx", tmp_path / "model.fp16.onnx")  # the FP16 conversion, whatever parity decided
+    convert_fp16(
+        calibrated / "model.onnx", tmp_path / "model.fp16.onnx"
+    )  # the FP16 conversion, whatever parity decided
     graphs = [calibrated / "model.onnx", tmp_path / "model.fp16.onnx", calibrated / "model.int8.onnx"]
     if (calibrated / "model.fp16.onnx").is_file():
         graphs.append(calibrated / "model.fp16.onnx")
@@ -217,8 +293,10 @@ def test_int8_graph_is_what_the_parser_check_reasons_about(calibrated):
     g = onnx.load(str(calibrated / "model.int8.onnx")).graph
     inits = {t.name: t for t in g.initializer}
     q = [n for n in g.node if n.op_type == "QuantizeLinear"]
-    assert q and all(inits[n.input[2]].data_type == TensorProto.INT8 and not numpy_helper.to_array(inits[n.input[2]]).any()
-                     for n in q)
+    assert q and all(
+        inits[n.input[2]].data_type == TensorProto.INT8 and not numpy_helper.to_array(inits[n.input[2]]).any()
+        for n in q
+    )
     consumers = {i: n.op_type for n in g.node for i in n.input}
     weight_dq = [n for n in g.node if n.op_type == "DequantizeLinear" and n.input[0] in inits]
     axes = {(consumers[n.output[0]], next(a.i for a in n.attribute if a.name == "axis")) for n in weight_dq}
@@ -227,8 +305,9 @@ def test_int8_graph_is_what_the_parser_check_reasons_about(calibrated):
 
 
 def _save(tmp_path, nodes, inputs, outputs, inits=(), name="g.onnx"):
-    model = helper.make_model(helper.make_graph(nodes, "g", inputs, outputs, list(inits)),
-                              opset_imports=[helper.make_opsetid("", 17)])
+    model = helper.make_model(
+        helper.make_graph(nodes, "g", inputs, outputs, list(inits)), opset_imports=[helper.make_opsetid("", 17)]
+    )
     onnx.checker.check_model(model)
     path = tmp_path / name
     onnx.save(model, str(path))
@@ -244,7 +323,9 @@ def _qdq_matmul(tmp_path, zero=None, act_scale=None, weight_axis=1, weight_scale
         numpy_helper.from_array(np.array(0.05 if act_scale is None else act_scale, np.float32), "x_scale"),
         zero if zero is not None else numpy_helper.from_array(np.array(0, np.int8), "x_zero"),
         numpy_helper.from_array(w, "w_q"),
-        numpy_helper.from_array(np.full(w.shape[weight_axis], 0.1, np.float32) if weight_scale is None else weight_scale, "w_scale"),
+        numpy_helper.from_array(
+            np.full(w.shape[weight_axis], 0.1, np.float32) if weight_scale is None else weight_scale, "w_scale"
+        ),
         numpy_helper.from_array(np.zeros(w.shape[weight_axis], np.int8), "w_zero"),
     ]
     zero_name = inits[1].name
@@ -280,12 +361,18 @@ def test_qdq_rules_by_input(tmp_path):
 def test_per_channel_activations_and_int32_bias_are_flagged(tmp_path):
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3])
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 3])
-    inits = [numpy_helper.from_array(np.full(3, 0.1, np.float32), "s"), numpy_helper.from_array(np.zeros(3, np.int8), "z"),
-             numpy_helper.from_array(np.arange(3, dtype=np.int32), "b_q"), numpy_helper.from_array(np.full(3, 0.01, np.float32), "b_s")]
-    nodes = [helper.make_node("QuantizeLinear", ["x", "s", "z"], ["xq"], axis=1, name="q"),
-             helper.make_node("DequantizeLinear", ["xq", "s", "z"], ["xd"], axis=1, name="dq"),
-             helper.make_node("DequantizeLinear", ["b_q", "b_s"], ["b"], axis=0, name="bias_dq"),  # ORT's QuantizeBias
-             helper.make_node("Add", ["xd", "b"], ["y"], name="add")]
+    inits = [
+        numpy_helper.from_array(np.full(3, 0.1, np.float32), "s"),
+        numpy_helper.from_array(np.zeros(3, np.int8), "z"),
+        numpy_helper.from_array(np.arange(3, dtype=np.int32), "b_q"),
+        numpy_helper.from_array(np.full(3, 0.01, np.float32), "b_s"),
+    ]
+    nodes = [
+        helper.make_node("QuantizeLinear", ["x", "s", "z"], ["xq"], axis=1, name="q"),
+        helper.make_node("DequantizeLinear", ["xq", "s", "z"], ["xd"], axis=1, name="dq"),
+        helper.make_node("DequantizeLinear", ["b_q", "b_s"], ["b"], axis=0, name="bias_dq"),  # ORT's QuantizeBias
+        helper.make_node("Add", ["xd", "b"], ["y"], name="add"),
+    ]
     problems = parser_check.unsupported_ops(_save(tmp_path, nodes, [x], [y], inits))
     assert any(p.startswith("QuantizeLinear (q): per-channel scale on 'x'") for p in problems), problems
     assert any(p.startswith("DequantizeLinear (bias_dq): int32 input 'b_q'") for p in problems), problems
@@ -294,10 +381,12 @@ def test_per_channel_activations_and_int32_bias_are_flagged(tmp_path):
 def test_op_check_still_flags_unsupported_graphs(tmp_path):
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])
-    nodes = [helper.make_node("Cast", ["x"], ["u"], to=TensorProto.UINT8, name="to_u8"),  # a uint8 tensor inside
-             helper.make_node("Cast", ["u"], ["f"], to=TensorProto.FLOAT, name="from_u8"),
-             helper.make_node("Hardmax", ["f"], ["h"], name="hardmax"),  # no TensorRT importer ("N" in the matrix)
-             helper.make_node("Reshape", ["h", "shape"], ["y"], name="reshape")]
+    nodes = [
+        helper.make_node("Cast", ["x"], ["u"], to=TensorProto.UINT8, name="to_u8"),  # a uint8 tensor inside
+        helper.make_node("Cast", ["u"], ["f"], to=TensorProto.FLOAT, name="from_u8"),
+        helper.make_node("Hardmax", ["f"], ["h"], name="hardmax"),  # no TensorRT importer ("N" in the matrix)
+        helper.make_node("Reshape", ["h", "shape"], ["y"], name="reshape"),
+    ]
     shape = numpy_helper.from_array(np.array([1, 4], np.float32), "shape")  # float shape input
     problems = parser_check.unsupported_ops(_save(tmp_path, nodes, [x], [y], [shape]))
     assert any(p.startswith("Cast (to_u8): uint8 output 'u' inside the network") for p in problems), problems
@@ -358,11 +447,34 @@ def test_opt_batch_options_of_export(calibrated, tmp_path, capsys):
     tiny = ["--model", "clipad-tiny", "--random-weights", "--quiet"]
     code, _, err = run(capsys, "export", "--category", "washer", *tiny, "--opt-batch", "2", "--out", tmp_path / "x")
     assert_one_line_error(code, err, "--opt-batch", "add --engine")
-    code, _, err = run(capsys, "export", "--category", "washer", *tiny, "--engine", "--max-batch", "4", "--opt-batch", "9",
-                       "--out", tmp_path / "y")
+    code, _, err = run(
+        capsys,
+        "export",
+        "--category",
+        "washer",
+        *tiny,
+        "--engine",
+        "--max-batch",
+        "4",
+        "--opt-batch",
+        "9",
+        "--out",
+        tmp_path / "y",
+    )
     assert_one_line_error(code, err, "--opt-batch must be between 1 and the max batch (4), got 9")
-    code, _, err = run(capsys, "export", "--category", "washer", "--engine", "--precision", "int8", "--opt-batch", "5",
-                       "--out", calibrated)  # the INT8 build checks against the artifacts' max batch, before TensorRT
+    code, _, err = run(
+        capsys,
+        "export",
+        "--category",
+        "washer",
+        "--engine",
+        "--precision",
+        "int8",
+        "--opt-batch",
+        "5",
+        "--out",
+        calibrated,
+    )  # the INT8 build checks against the artifacts' max batch, before TensorRT
     assert_one_line_error(code, err, "--opt-batch must be between 1 and the max batch (4), got 5")
     assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
 
@@ -375,8 +487,16 @@ def sidecar(calibrated, tmp_path):
     """The sidecar build_engine writes for an FP16 plan of the calibrated artifacts (the build needs TensorRT)."""
     art = load_artifacts(calibrated)
     src = "model.fp16.onnx" if art.has("model.fp16.onnx") else "model.onnx"
-    meta = build.sidecar(art.manifest, calibrated / src, "fp16", plan.default_opt_batch(art.manifest.max_batch), "10.13.0", GPU,
-                      {"fp16": 90, "fp32": 30}, 12.3)
+    meta = build.sidecar(
+        art.manifest,
+        calibrated / src,
+        "fp16",
+        plan.default_opt_batch(art.manifest.max_batch),
+        "10.13.0",
+        GPU,
+        {"fp16": 90, "fp32": 30},
+        12.3,
+    )
     meta.write(tmp_path / PLAN_META)
     return art, EngineMeta.read(tmp_path / PLAN_META)
 
@@ -395,14 +515,21 @@ def test_plans_for_other_shapes_or_graphs_are_refused(sidecar):
     art, meta = sidecar
     m = art.manifest
     bigger = meta.replace(profile={"min": 1, "opt": 8, "max": 8})
-    with pytest.raises(ClipadError, match=r"model.plan was built for other shapes: batch 1..8 \(opt 8\), the artifacts serve batch 1..4; rebuild"):
+    with pytest.raises(
+        ClipadError,
+        match=r"model.plan was built for other shapes: batch 1..8 \(opt 8\), the artifacts serve batch 1..4; rebuild",
+    ):
         plan.check_plan_shapes(bigger, m)
     other_size = meta.replace(input={"name": "image", "dtype": "uint8", "shape": ["batch", 240, 240, 3]})
     with pytest.raises(ClipadError, match="input shape batchx240x240x3, the artifacts' is batchx96x96x3"):
         plan.check_plan_shapes(other_size, m)
     with pytest.raises(ClipadError, match=r"input pixels \(uint8\), the graph's is image \(uint8\) \(and 1 more\)"):
-        plan.check_plan_shapes(other_size.replace(input={"name": "pixels", "dtype": "uint8", "shape": ["batch", 240, 240, 3]}), m)
-    with pytest.raises(ClipadError, match="model.plan is stale: model.onnx has changed since the plan was built from it"):
+        plan.check_plan_shapes(
+            other_size.replace(input={"name": "pixels", "dtype": "uint8", "shape": ["batch", 240, 240, 3]}), m
+        )
+    with pytest.raises(
+        ClipadError, match="model.plan is stale: model.onnx has changed since the plan was built from it"
+    ):
         plan.check_plan_source(meta.replace(onnx="model.onnx", onnx_sha256="0" * 64), m)
     with pytest.raises(ClipadError, match="built with TensorRT 10.13.0 on NVIDIA L4"):
         plan.check_plan(meta, m, "11.1.0", GPU)

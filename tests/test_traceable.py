@@ -29,8 +29,13 @@ def test_sdp_model_exports_with_dynamic_batch(tiny, tmp_path, mode):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(
-            model, (torch.zeros(2, size, size, 3, dtype=torch.uint8),), str(path), dynamo=False, opset_version=17,
-            input_names=["image"], output_names=["anomaly_map", "image_prob"],
+            model,
+            (torch.zeros(2, size, size, 3, dtype=torch.uint8),),
+            str(path),
+            dynamo=False,
+            opset_version=17,
+            input_names=["image"],
+            output_names=["anomaly_map", "image_prob"],
             dynamic_axes={"image": {0: "batch"}, "anomaly_map": {0: "batch"}, "image_prob": {0: "batch"}},
         )
     graph = onnx.load(str(path)).graph
@@ -38,7 +43,9 @@ def test_sdp_model_exports_with_dynamic_batch(tiny, tmp_path, mode):
     assert "LayerNormalization" in ops and not ops & {"ScatterND", "Loop", "If"}
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     for batch in (1, 3):
-        x = torch.randint(0, 256, (batch, size, size, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(batch))
+        x = torch.randint(
+            0, 256, (batch, size, size, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(batch)
+        )
         with torch.no_grad():
             ref_map, ref_prob = model(x)
         amap, prob = session.run(None, {"image": x.numpy()})

@@ -81,8 +81,18 @@ def test_float16_cache_trains_the_same_heads_as_float32(tiny, sets, tmp_path):
     _, tr, te = sets
     heads = {}
     for dtype in ("float16", "float32"):
-        log = train(tiny, tr, TrainConfig(out=tmp_path / f"{dtype}.safetensors", epochs=5, lr=1e-3, cache_dtype=dtype,
-                                          cache_dir=tmp_path / "cache"), Tasks(None))
+        log = train(
+            tiny,
+            tr,
+            TrainConfig(
+                out=tmp_path / f"{dtype}.safetensors",
+                epochs=5,
+                lr=1e-3,
+                cache_dtype=dtype,
+                cache_dir=tmp_path / "cache",
+            ),
+            Tasks(None),
+        )
         assert np.load(os.path.join(log["cache"], "ori.npy"), mmap_mode="r").dtype == np.dtype(dtype)
         heads[dtype] = load_heads(tmp_path / f"{dtype}.safetensors", 64, 64)
     rel = float((heads["float16"].weight - heads["float32"].weight).norm() / heads["float32"].weight.norm())
@@ -95,16 +105,32 @@ def test_float16_cache_trains_the_same_heads_as_float32(tiny, sets, tmp_path):
 
 def test_resume_continues_and_refuses_other_configs(tiny, sets, tmp_path):
     _, tr, _ = sets
-    full = train(tiny, tr, TrainConfig(out=tmp_path / "a.safetensors", epochs=3, lr=1e-3, cache_dir=tmp_path / "c"), Tasks(None))
-    train(tiny, tr, TrainConfig(out=tmp_path / "b.safetensors", epochs=2, lr=1e-3, cache_dir=tmp_path / "c"), Tasks(None))
-    resumed = train(tiny, tr, TrainConfig(out=tmp_path / "b.safetensors", epochs=3, lr=1e-3, cache_dir=tmp_path / "c"),
-                    Tasks(None), resume=tmp_path / "b.ckpt.pt")
+    full = train(
+        tiny, tr, TrainConfig(out=tmp_path / "a.safetensors", epochs=3, lr=1e-3, cache_dir=tmp_path / "c"), Tasks(None)
+    )
+    train(
+        tiny, tr, TrainConfig(out=tmp_path / "b.safetensors", epochs=2, lr=1e-3, cache_dir=tmp_path / "c"), Tasks(None)
+    )
+    resumed = train(
+        tiny,
+        tr,
+        TrainConfig(out=tmp_path / "b.safetensors", epochs=3, lr=1e-3, cache_dir=tmp_path / "c"),
+        Tasks(None),
+        resume=tmp_path / "b.ckpt.pt",
+    )
     a, b = load_heads(tmp_path / "a.safetensors", 64, 64), load_heads(tmp_path / "b.safetensors", 64, 64)
     torch.testing.assert_close(a.weight, b.weight)  # deterministic on CPU: 2 + 1 epochs == 3 epochs
-    assert [e["epoch"] for e in resumed["epochs"]] == [1, 2, 3] and full["epochs"][-1]["loss"] == pytest.approx(resumed["epochs"][-1]["loss"])
+    assert [e["epoch"] for e in resumed["epochs"]] == [1, 2, 3] and full["epochs"][-1]["loss"] == pytest.approx(
+        resumed["epochs"][-1]["loss"]
+    )
     with pytest.raises(ClipadError, match="another configuration"):
-        train(tiny, tr, TrainConfig(out=tmp_path / "x.safetensors", epochs=3, lr=5e-3, cache_dir=tmp_path / "c"),
-              Tasks(None), resume=tmp_path / "b.ckpt.pt")
+        train(
+            tiny,
+            tr,
+            TrainConfig(out=tmp_path / "x.safetensors", epochs=3, lr=5e-3, cache_dir=tmp_path / "c"),
+            Tasks(None),
+            resume=tmp_path / "b.ckpt.pt",
+        )
 
 
 def test_bad_training_sets(tmp_path, capsys):
@@ -113,33 +139,106 @@ def test_bad_training_sets(tmp_path, capsys):
         if p.is_dir() and p.name in ("scratch", "spot") and p.parent.name == "test":
             for f in p.iterdir():
                 f.unlink()
-    code, _, err = run(capsys, "train", "--dataset", "mvtec", "--root", tmp_path / "d", "--out", tmp_path / "h.safetensors",
-                       "--model", "clipad-tiny", "--random-weights", "--quiet")
+    code, _, err = run(
+        capsys,
+        "train",
+        "--dataset",
+        "mvtec",
+        "--root",
+        tmp_path / "d",
+        "--out",
+        tmp_path / "h.safetensors",
+        "--model",
+        "clipad-tiny",
+        "--random-weights",
+        "--quiet",
+    )
     assert_one_line_error(code, err, "no anomalous images")
     make_synthetic(tmp_path / "m", n_train=0, n_good=2, n_defect=1)
     for f in (tmp_path / "m").rglob("*_mask.png"):
         f.unlink()
-    code, _, err = run(capsys, "train", "--dataset", "mvtec", "--root", tmp_path / "m", "--out", tmp_path / "h.safetensors",
-                       "--model", "clipad-tiny", "--random-weights", "--quiet")
+    code, _, err = run(
+        capsys,
+        "train",
+        "--dataset",
+        "mvtec",
+        "--root",
+        tmp_path / "m",
+        "--out",
+        tmp_path / "h.safetensors",
+        "--model",
+        "clipad-tiny",
+        "--random-weights",
+        "--quiet",
+    )
     assert_one_line_error(code, err, "without masks")
     assert not (tmp_path / "h.safetensors").exists()
 
 
 def test_train_command_output_feeds_export(tmp_path, capsys, sets):
     root, _, _ = sets
-    code, out, err = run(capsys, "train", "--dataset", "mvtec", "--root", root / "tr", "--out", tmp_path / "h.safetensors",
-                         "--epochs", 1, "--model", "clipad-tiny", "--random-weights", "--quiet")
+    code, out, err = run(
+        capsys,
+        "train",
+        "--dataset",
+        "mvtec",
+        "--root",
+        root / "tr",
+        "--out",
+        tmp_path / "h.safetensors",
+        "--epochs",
+        1,
+        "--model",
+        "clipad-tiny",
+        "--random-weights",
+        "--quiet",
+    )
     assert code == 0, err
-    code, _, err = run(capsys, "export", "--category", "washer", "--mode", "sdp+", "--heads", tmp_path / "h.safetensors",
-                       "--precision", "fp32", "--out", tmp_path / "art", "--model", "clipad-tiny", "--random-weights", "--quiet")
+    code, _, err = run(
+        capsys,
+        "export",
+        "--category",
+        "washer",
+        "--mode",
+        "sdp+",
+        "--heads",
+        tmp_path / "h.safetensors",
+        "--precision",
+        "fp32",
+        "--out",
+        tmp_path / "art",
+        "--model",
+        "clipad-tiny",
+        "--random-weights",
+        "--quiet",
+    )
     assert code == 0, err
 
 
 def test_validation_selects_and_records_the_epoch(tiny, sets, tmp_path, capsys):
     root, _, _ = sets
-    code, out, err = run(capsys, "train", "--dataset", "mvtec", "--root", root / "tr", "--out", tmp_path / "h.safetensors",
-                         "--epochs", 4, "--lr", 1e-3, "--val-dataset", "mvtec", "--val-root", root / "te",
-                         "--model", "clipad-tiny", "--random-weights", "--quiet")
+    code, out, err = run(
+        capsys,
+        "train",
+        "--dataset",
+        "mvtec",
+        "--root",
+        root / "tr",
+        "--out",
+        tmp_path / "h.safetensors",
+        "--epochs",
+        4,
+        "--lr",
+        1e-3,
+        "--val-dataset",
+        "mvtec",
+        "--val-root",
+        root / "te",
+        "--model",
+        "clipad-tiny",
+        "--random-weights",
+        "--quiet",
+    )
     assert code == 0, err
     log = json.loads((tmp_path / "h.log.json").read_text())
     vals = [e["validation"]["image_auroc"] for e in log["epochs"]]
@@ -148,8 +247,22 @@ def test_validation_selects_and_records_the_epoch(tiny, sets, tmp_path, capsys):
     meta = load_heads(tmp_path / "h.safetensors", 64, 64).metadata
     assert f"at epoch {log['selected_epoch']}" in meta["selection"] and "validation" in meta
     assert f"kept epoch {log['selected_epoch']}" in out
-    code, _, err = run(capsys, "train", "--dataset", "mvtec", "--root", root / "tr", "--out", tmp_path / "x.safetensors",
-                       "--val-dataset", "mvtec", "--model", "clipad-tiny", "--random-weights", "--quiet")
+    code, _, err = run(
+        capsys,
+        "train",
+        "--dataset",
+        "mvtec",
+        "--root",
+        root / "tr",
+        "--out",
+        tmp_path / "x.safetensors",
+        "--val-dataset",
+        "mvtec",
+        "--model",
+        "clipad-tiny",
+        "--random-weights",
+        "--quiet",
+    )
     assert_one_line_error(code, err, "--val-dataset and --val-root go together")
 
 
@@ -159,9 +272,12 @@ def test_validation_scores_what_eval_scores(tiny, sets, tmp_path):
     float32 cache; the float16 default would round the patch tokens)."""
     _, _, te = sets
     cats = list(te)
-    texts = torch.stack([torch.from_numpy(text_vectors(tiny.clip, tiny.tokenizer, c, "dbscan", "mvtec").matrix) for c in cats])
-    cache, _ = FeatureCache.get_or_build(tiny, [s for c in cats for s in te[c]], cats, tmp_path, Tasks(None), texts=texts,
-                                         dtype="float32")
+    texts = torch.stack(
+        [torch.from_numpy(text_vectors(tiny.clip, tiny.tokenizer, c, "dbscan", "mvtec").matrix) for c in cats]
+    )
+    cache, _ = FeatureCache.get_or_build(
+        tiny, [s for c in cats for s in te[c]], cats, tmp_path, Tasks(None), texts=texts, dtype="float32"
+    )
     heads = init_heads(64, 64, 7)
     val = validate(cache, texts, heads.weight, heads.bias, tiny.image_size, 8.0)
     ref = evaluate(tiny, te, EvalConfig(heads=heads, sigma=8.0), Tasks(None))["mean"]
@@ -171,7 +287,21 @@ def test_validation_scores_what_eval_scores(tiny, sets, tmp_path):
 
 def test_bad_cache_dtype_is_refused_before_any_work(tmp_path, capsys, sets):
     root, _, _ = sets
-    code, _, err = run(capsys, "train", "--dataset", "mvtec", "--root", root / "tr", "--out", tmp_path / "h.safetensors",
-                       "--cache-dtype", "float8", "--model", "clipad-tiny", "--random-weights", "--quiet")
+    code, _, err = run(
+        capsys,
+        "train",
+        "--dataset",
+        "mvtec",
+        "--root",
+        root / "tr",
+        "--out",
+        tmp_path / "h.safetensors",
+        "--cache-dtype",
+        "float8",
+        "--model",
+        "clipad-tiny",
+        "--random-weights",
+        "--quiet",
+    )
     assert_one_line_error(code, err, "--cache-dtype must be one of float16, float32")
     assert not (tmp_path / "h.cache").exists()

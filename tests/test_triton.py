@@ -47,8 +47,18 @@ def exported(tmp_path_factory, tiny):
     from clipad.model.prompts import PROMPT_SETS
 
     root = tmp_path_factory.mktemp("triton")
-    art = export(tiny, ExportConfig(category="washer", out=root / "art", prompts=PROMPT_SETS["industrial"], precision="fp32",
-                                    max_batch=4, triton_repo=root / "repo"), Tasks(None))
+    art = export(
+        tiny,
+        ExportConfig(
+            category="washer",
+            out=root / "art",
+            prompts=PROMPT_SETS["industrial"],
+            precision="fp32",
+            max_batch=4,
+            triton_repo=root / "repo",
+        ),
+        Tasks(None),
+    )
     return art, root / "repo"
 
 
@@ -61,8 +71,14 @@ def server(exported):
 
 
 def _cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "clipad", *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"})
+    return subprocess.run(
+        [sys.executable, "-m", "clipad", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"},
+    )
 
 
 def test_repository_has_the_python_model_with_its_hash(exported):
@@ -116,10 +132,19 @@ def test_wrong_model_mismatched_config_other_hash_and_no_server_are_one_line(exp
     _image_folder(Path(images), 2)
     cases = [
         (["--artifacts", str(art.root), "--url", server.grpc_url, "--triton-model", "nope"], "no ready model 'nope'"),
-        (["--artifacts", str(_tampered(art, tmp_path / "a", max_batch=2)), "--url", server.grpc_url],
-         "max_batch_size 4 vs the manifest's 2"),
-        (["--artifacts", str(_tampered(art, tmp_path / "b", files={**art.manifest.files, "model.onnx": "0" * 64})),
-          "--url", server.http_url], "another export"),
+        (
+            ["--artifacts", str(_tampered(art, tmp_path / "a", max_batch=2)), "--url", server.grpc_url],
+            "max_batch_size 4 vs the manifest's 2",
+        ),
+        (
+            [
+                "--artifacts",
+                str(_tampered(art, tmp_path / "b", files={**art.manifest.files, "model.onnx": "0" * 64})),
+                "--url",
+                server.http_url,
+            ],
+            "another export",
+        ),
         (["--artifacts", str(art.root), "--url", f"grpc://127.0.0.1:{free_port()}"], "no Triton server answers"),
         (["--artifacts", str(art.root), "--url", "tcp://127.0.0.1:1"], "--url must be"),
     ]
@@ -151,7 +176,7 @@ def _image_folder(folder: Path, n: int) -> Path:
 
     folder.mkdir(parents=True, exist_ok=True)
     distinct = [folder.parent / f".{folder.name}-{i}.png" for i in range(4)]
-    for path, img in zip(distinct, sample_images(4, seed=len(folder.name))):
+    for path, img in zip(distinct, sample_images(4, seed=len(folder.name)), strict=False):
         cv2.imwrite(str(path), cv2.cvtColor(np.asarray(img), cv2.COLOR_RGB2BGR))
     for i in range(n):
         os.link(distinct[i % 4], folder / f"{i:05d}.png")
@@ -183,10 +208,33 @@ def load_run(exported, server, tmp_path_factory):
         folder = _image_folder(root / f"cam{i}", FRAMES)
         events = root / f"events{i}.jsonl"
         proc = subprocess.Popen(
-            [sys.executable, "-m", "clipad", "run", "--source", str(folder), "--artifacts", str(art.root), "--backend", "triton",
-             "--url", server.grpc_url if i % 2 == 0 else server.http_url, "--triton-inflight", "4", "--triton-timeout", "5",
-             "--events", str(events), "--status-every", "999"],
-            cwd=ROOT, env={**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}, stderr=subprocess.PIPE, text=True)
+            [
+                sys.executable,
+                "-m",
+                "clipad",
+                "run",
+                "--source",
+                str(folder),
+                "--artifacts",
+                str(art.root),
+                "--backend",
+                "triton",
+                "--url",
+                server.grpc_url if i % 2 == 0 else server.http_url,
+                "--triton-inflight",
+                "4",
+                "--triton-timeout",
+                "5",
+                "--events",
+                str(events),
+                "--status-every",
+                "999",
+            ],
+            cwd=ROOT,
+            env={**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"},
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         clients.append(Client(proc, events))
     try:
         deadline = time.time() + 120
@@ -201,7 +249,7 @@ def load_run(exported, server, tmp_path_factory):
         restarted = time.time()
         for c in clients:
             _, c.stderr = c.proc.communicate(timeout=180)
-        stats = http.InferenceServerClient(server.http_url[len("http://"):]).get_inference_statistics("washer_python")
+        stats = http.InferenceServerClient(server.http_url[len("http://") :]).get_inference_statistics("washer_python")
     finally:
         for c in clients:
             if c.proc.poll() is None:
@@ -250,16 +298,54 @@ def test_calibrate_predict_and_bench_through_triton(exported, server, tmp_path):
     art = tmp_path / "art"
     shutil.copytree(exported[0].root, art)
     good = _image_folder(tmp_path / "good", 12)
-    proc = _cli("calibrate", "--artifacts", str(art), "--good", str(good), "--backend", "triton", "--url", server.grpc_url,
-                "--quiet")
+    proc = _cli(
+        "calibrate",
+        "--artifacts",
+        str(art),
+        "--good",
+        str(good),
+        "--backend",
+        "triton",
+        "--url",
+        server.grpc_url,
+        "--quiet",
+    )
     assert proc.returncode == 0 and "calibrated on 12 good" in proc.stdout, proc.stderr
-    proc = _cli("predict", str(good), "--artifacts", str(art), "--backend", "triton", "--url", server.http_url,
-                "--out", str(tmp_path / "pred"), "--quiet")
+    proc = _cli(
+        "predict",
+        str(good),
+        "--artifacts",
+        str(art),
+        "--backend",
+        "triton",
+        "--url",
+        server.http_url,
+        "--out",
+        str(tmp_path / "pred"),
+        "--quiet",
+    )
     assert proc.returncode == 0, proc.stderr
     recs = [json.loads(line) for line in (tmp_path / "pred" / "predictions.jsonl").read_text().splitlines()]
     assert len(recs) == 12 and all(r["label"] in ("normal", "anomalous") for r in recs)
-    proc = _cli("bench", "--artifacts", str(art), "--backends", "triton", "--precision", "fp32", "--batch", "1",
-                "--iterations", "2", "--warmup", "1", "--no-parity", "--url", server.grpc_url, "--quiet")
+    proc = _cli(
+        "bench",
+        "--artifacts",
+        str(art),
+        "--backends",
+        "triton",
+        "--precision",
+        "fp32",
+        "--batch",
+        "1",
+        "--iterations",
+        "2",
+        "--warmup",
+        "1",
+        "--no-parity",
+        "--url",
+        server.grpc_url,
+        "--quiet",
+    )
     assert proc.returncode == 0, proc.stderr
     assert "| triton fp32 (washer_python at grpc://" in proc.stdout, proc.stdout
     proc = _cli("parity", "--artifacts", str(art), "--backends", "triton", "--url", server.grpc_url)
@@ -281,8 +367,12 @@ print(json.dumps({"shape": list(amap.shape), "heavy": heavy}))
 
 
 def test_the_triton_client_does_not_import_torch(exported, server):
-    proc = subprocess.run([sys.executable, "-c", SERVE_TRITON, str(exported[0].root), server.grpc_url], capture_output=True,
-                          text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-c", SERVE_TRITON, str(exported[0].root), server.grpc_url],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr
     res = json.loads(proc.stdout.strip().splitlines()[-1])
     assert res["shape"] == [2, exported[0].image_size, exported[0].image_size] and res["heavy"] == []
@@ -296,8 +386,12 @@ def test_triton_server_command_serves_until_sigterm(exported, tmp_path):
     repo = tmp_path / "repo"  # a copy: no other server's stub names it
     shutil.copytree(exported[1], repo)
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "clipad", "triton-server", "--repo", str(repo), "--grpc-port", str(port)],
-                            cwd=ROOT, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "clipad", "triton-server", "--repo", str(repo), "--grpc-port", str(port)],
+        cwd=ROOT,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         line = proc.stderr.readline()
         assert line.startswith(f"tritonserver ready: grpc://127.0.0.1:{port} ") and "models washer_python" in line, line

@@ -21,8 +21,16 @@ from tests.test_runtime import _closed_port as _free_port  # noqa: F401 (module 
 from tests.test_runtime import art, write_video  # noqa: F401 (module fixture)
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 
 
 PLOT_HASH = """() => { const c = document.getElementById('plot'); const g = c.getContext('2d');
@@ -37,12 +45,21 @@ def test_viewer_page_stream_and_plot_in_chromium(art, tmp_path):  # noqa: F811
             pytest.fail("CLIPAD_REQUIRE_BROWSER is set but Debian's chromium is not installed")
         pytest.skip("Debian's chromium is not installed (.ci/run installs it: apt-get install chromium)")
     from playwright import sync_api as playwright
+
     write_video(tmp_path / "v.avi", 24)
     port = _free_port()
     sink = ServeSink(f"127.0.0.1:{port}", calibrated=False)
     source = LiveSource(str(tmp_path / "v.avi"), name="loop")  # loops: a live camera stand-in
-    pipe = Pipeline(open_backend(art, "onnxruntime", "fp32", "cpu"), [source], art.image_size, None, [sink],
-                    status_every=1e9, log=lambda s: None, needs_view=True)
+    pipe = Pipeline(
+        open_backend(art, "onnxruntime", "fp32", "cpu"),
+        [source],
+        art.image_size,
+        None,
+        [sink],
+        status_every=1e9,
+        log=lambda s: None,
+        needs_view=True,
+    )
     worker = threading.Thread(target=pipe.run, daemon=True)
     worker.start()
     try:
@@ -94,8 +111,18 @@ def test_port_in_use_is_one_line(art, tmp_path, capsys):  # noqa: F811
         with pytest.raises(ClipadError, match=f"cannot serve on 127.0.0.1:{port}"):
             ServeSink(f"127.0.0.1:{port}", calibrated=False)
         write_video(tmp_path / "v.avi", 2)
-        code, _, err = run(capsys, "run", "--source", tmp_path / "v.avi", "--artifacts", art.root,
-                           "--serve", f"127.0.0.1:{port}", "--events", tmp_path / "ev.jsonl")
+        code, _, err = run(
+            capsys,
+            "run",
+            "--source",
+            tmp_path / "v.avi",
+            "--artifacts",
+            art.root,
+            "--serve",
+            f"127.0.0.1:{port}",
+            "--events",
+            tmp_path / "ev.jsonl",
+        )
         assert_one_line_error(code, err, f"cannot serve on 127.0.0.1:{port}")
     finally:
         blocker.close()

@@ -62,7 +62,9 @@ def test_non_loopback_bind_needs_the_token():
         assert get(v.port, "/status.json")[0] == 401
         assert get(v.port, "/status.json?token=wrong")[0] == 401
         code, headers, _ = get(v.port, f"/?token={v.token}")
-        assert code == 200 and f"clipad_token={v.token}" in headers["Set-Cookie"] and "HttpOnly" in headers["Set-Cookie"]
+        assert (
+            code == 200 and f"clipad_token={v.token}" in headers["Set-Cookie"] and "HttpOnly" in headers["Set-Cookie"]
+        )
         assert get(v.port, "/status.json", cookie=f"clipad_token={v.token}")[0] == 200  # what the page sends
         assert get(v.port, "/status.json", host="any-name:1234", cookie=f"clipad_token={v.token}")[0] == 200
     finally:

@@ -8,13 +8,17 @@ from __future__ import annotations
 
 from typing import Literal, get_args
 
-Mode = Literal["sdp", "sdp+", "reference"]  # SDP (zero-shot), SDP+ (with the four trained heads), reference (good images only, method.md 14)
+Mode = Literal[
+    "sdp", "sdp+", "reference"
+]  # SDP (zero-shot), SDP+ (with the four trained heads), reference (good images only, method.md 14)
 MODES: tuple[str, ...] = get_args(Mode)
 
 Precision = Literal["fp32", "fp16", "int8"]  # of a graph, an engine or a served backend
 PRECISIONS: tuple[str, ...] = get_args(Precision)
 
-Attention = Literal["fused", "explicit"]  # the torch path's attention: scaled_dot_product_attention, or MatMul + Softmax
+Attention = Literal[
+    "fused", "explicit"
+]  # the torch path's attention: scaled_dot_product_attention, or MatMul + Softmax
 ATTENTIONS: tuple[str, ...] = get_args(Attention)
 
 RvsMethod = Literal["mean", "pca", "kde", "dbscan", "mean_shift"]  # method.md section 3.3

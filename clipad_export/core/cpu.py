@@ -8,7 +8,17 @@ from pathlib import Path
 
 # The flags that decide which reduced precision a CPU runs fast: VNNI for INT8, AVX-512 BF16 and
 # AMX for BF16, AVX-512 FP16.
-MATRIX_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16", "amx_int8")
+MATRIX_FLAGS = (
+    "avx2",
+    "avx512f",
+    "avx512_vnni",
+    "avx_vnni",
+    "avx512_bf16",
+    "avx512_fp16",
+    "amx_tile",
+    "amx_bf16",
+    "amx_int8",
+)
 
 
 def _cpuinfo_field(name: str) -> str | None:

@@ -25,7 +25,9 @@ def check_root(root: Path) -> None:
         raise ClipadError(f"dataset root is empty: {root}")
 
 
-def select(found: dict[str, list[Sample]], categories: list[str] | None, root: Path, kind: str) -> dict[str, list[Sample]]:
+def select(
+    found: dict[str, list[Sample]], categories: list[str] | None, root: Path, kind: str
+) -> dict[str, list[Sample]]:
     """Keep the requested categories, failing in one line on unknown or empty ones."""
     if not found:
         raise ClipadError(f"no {kind} categories found under {root}")
@@ -47,5 +49,3 @@ def load_split(kind: str, root: str | Path, categories: list[str] | None = None)
     if kind not in readers:
         raise ClipadError(f"unknown dataset '{kind}' (one of {', '.join(DATASETS)})")
     return select(readers[kind](root), categories, root, kind)
-
-

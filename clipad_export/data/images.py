@@ -22,9 +22,9 @@ from __future__ import annotations
 
 import glob
 import warnings
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Sequence
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -73,8 +73,10 @@ def read_image(path: str | Path) -> Image.Image:
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(path) as im:
                 if im.width * im.height > MAX_PIXELS:
-                    raise ImageReadError(f"cannot read image {path}: {im.width}x{im.height} pixels is more than the "
-                                         f"limit of {MAX_PIXELS} (a decompression bomb?)")
+                    raise ImageReadError(
+                        f"cannot read image {path}: {im.width}x{im.height} pixels is more than the "
+                        f"limit of {MAX_PIXELS} (a decompression bomb?)"
+                    )
                 im.load()
                 return im.copy()
     except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError) as err:
@@ -121,7 +123,9 @@ class ImageBatch:
     consumed: int = 0
 
 
-def iter_image_batches(paths: Sequence[Path], size: int, batch_size: int, keep_originals: bool = False) -> Iterator[ImageBatch]:
+def iter_image_batches(
+    paths: Sequence[Path], size: int, batch_size: int, keep_originals: bool = False
+) -> Iterator[ImageBatch]:
     """Read ``paths`` in order, ``batch_size`` files at a time; unreadable files are skipped and
     reported in the batch that met them (a batch may then be smaller, or empty)."""
     for start in range(0, len(paths), batch_size):

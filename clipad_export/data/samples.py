@@ -58,7 +58,7 @@ def load_batch(samples: list[Sample], size: int, skipped: list[str]):
     skipped += batch.skipped
     kept = [by_path[p] for p in batch.paths]
     masks = []
-    for s, rgb in zip(kept, batch.originals):
+    for s, rgb in zip(kept, batch.originals, strict=False):
         if s.label == 0:
             masks.append(np.zeros((size, size), dtype=bool))
         else:

@@ -16,10 +16,10 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 
@@ -52,7 +52,9 @@ class Artifacts:
         if expected is None or not path.is_file():
             raise ClipadError(f"{self.root} has no {name} (export it first)")
         if file_sha256(path) != expected:
-            raise ClipadError(f"{path} does not match the sha256 in its manifest: the file changed after export; re-export")
+            raise ClipadError(
+                f"{path} does not match the sha256 in its manifest: the file changed after export; re-export"
+            )
         return path
 
     def text_features(self) -> np.ndarray:
@@ -72,7 +74,7 @@ class Artifacts:
         return self.manifest.max_batch
 
     @contextmanager
-    def writing(self) -> Iterator["Artifacts"]:
+    def writing(self) -> Iterator[Artifacts]:
         """Hold the directory's writer lock (``artifact_lock``) and work on its manifest as it is on
         disk now, so that an update made by another command before the lock is never lost."""
         with artifact_lock(self.root):
@@ -101,7 +103,9 @@ def made_by_calibrate(root: str | Path) -> list[str]:
         manifest = Manifest.read(Path(root) / MANIFEST)
     except ClipadError:
         return []
-    return (["calibration constants"] if manifest.calibrated else []) + (["an INT8 graph"] if "int8" in manifest.precisions else [])
+    return (["calibration constants"] if manifest.calibrated else []) + (
+        ["an INT8 graph"] if "int8" in manifest.precisions else []
+    )
 
 
 def hash_files(root: Path, names: tuple[str, ...] | list[str] = ARTIFACT_FILES) -> dict[str, str]:
@@ -159,8 +163,9 @@ def artifact_lock(root: str | Path) -> Iterator[None]:
         except ImportError:
             pass  # no advisory locks on this platform
         except BlockingIOError:
-            raise ClipadError(f"another clipad command (export or calibrate) is writing {root}; "
-                              "run this one when it has finished") from None
+            raise ClipadError(
+                f"another clipad command (export or calibrate) is writing {root}; run this one when it has finished"
+            ) from None
         except OSError:
             pass  # file systems without locks
         yield

@@ -78,7 +78,7 @@ class ExportConfig:
     engine: bool = False
     opt_batch: int | None = None  # the engine profile's opt batch (None: tensorrt.plan.default_opt_batch)
     triton_repo: Path | None = None
-    reference: "ReferenceConfig | None" = None  # good images baked into the graph (method.md 14)
+    reference: ReferenceConfig | None = None  # good images baked into the graph (method.md 14)
     notes: tuple[str, ...] = ()  # warnings the caller adds to the manifest (`clipad reference add`)
     openvino: bool = False  # also the OpenVINO IR (deploy/openvino_export.py)
     gate_root: Path | None = None  # labelled images (MVTec layout) for the reduced precisions' quality gate
@@ -98,7 +98,9 @@ class ExportConfig:
 def validate(cfg: ExportConfig, loaded: LoadedModel | None = None) -> None:
     """Checks that are cheap, before any slow work; one line each."""
     if not CATEGORY_RE.match(cfg.category):
-        raise ClipadError(f"--category '{cfg.category}' must be letters, digits, '_', '.' or '-' (it names files and Triton models)")
+        raise ClipadError(
+            f"--category '{cfg.category}' must be letters, digits, '_', '.' or '-' (it names files and Triton models)"
+        )
     if cfg.object_name is not None and not cfg.object_name.strip():
         raise ClipadError("--object-name is empty")
     if cfg.max_batch < 1:
@@ -130,7 +132,9 @@ def validate(cfg: ExportConfig, loaded: LoadedModel | None = None) -> None:
 
         require_openvino()
     if cfg.gate_root is not None and not cfg.openvino and "fp16" not in cfg.precisions:
-        raise ClipadError("--gate-data judges reduced precisions: export an FP16 graph (--precision fp16 or all) or add --openvino")
+        raise ClipadError(
+            "--gate-data judges reduced precisions: export an FP16 graph (--precision fp16 or all) or add --openvino"
+        )
     if cfg.max_auroc_drop < 0:
         raise ClipadError(f"--max-auroc-drop must be >= 0 AUROC points, not {cfg.max_auroc_drop}")
     if cfg.gate_root is not None and not Path(cfg.gate_root, cfg.category).is_dir():
@@ -159,7 +163,9 @@ def _check_prompt_length(loaded: LoadedModel, cfg: ExportConfig) -> None:
     context = int(loaded.tokenizer([longest]).shape[1])
     encode = getattr(loaded.tokenizer, "encode", None)
     if encode is not None and len(encode(longest)) + 2 > context:  # + start and end tokens
-        raise ClipadError(f"object name '{name}' makes prompts longer than the text encoder's {context} tokens; use a shorter --object-name")
+        raise ClipadError(
+            f"object name '{name}' makes prompts longer than the text encoder's {context} tokens; use a shorter --object-name"
+        )
 
 
 def prompt_set_sha256(ps: PromptSet) -> str:
@@ -181,8 +187,13 @@ def _versions() -> dict[str, str]:
     import onnxruntime
     import open_clip
 
-    return {"clipad": __version__, "torch": torch.__version__, "open_clip": open_clip.__version__,
-            "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__}
+    return {
+        "clipad": __version__,
+        "torch": torch.__version__,
+        "open_clip": open_clip.__version__,
+        "onnx": onnx.__version__,
+        "onnxruntime": onnxruntime.__version__,
+    }
 
 
 def graph_parity(model: SDPModel, onnx_paths: dict[str, Path]) -> dict[str, ParityFigures]:
@@ -224,10 +235,19 @@ def export(loaded: LoadedModel, cfg: ExportConfig, tasks: Tasks) -> Artifacts:
     warnings: list[str] = list(cfg.notes)
 
     t0 = time.perf_counter()
-    tv = text_vectors(loaded.clip, loaded.tokenizer, object_name, cfg.rvs, cfg.rvs_profile, cfg.prompts,
-                      on_batch=tasks.add("text vectors", n_sentences(cfg.prompts)))
+    tv = text_vectors(
+        loaded.clip,
+        loaded.tokenizer,
+        object_name,
+        cfg.rvs,
+        cfg.rvs_profile,
+        cfg.prompts,
+        on_batch=tasks.add("text vectors", n_sentences(cfg.prompts)),
+    )
     timings["text_s"] = time.perf_counter() - t0
-    model = SDPModel(visual, torch.from_numpy(tv.matrix), loaded.image_size, cfg.sigma, heads, loaded.mean, loaded.std).eval()
+    model = SDPModel(
+        visual, torch.from_numpy(tv.matrix), loaded.image_size, cfg.sigma, heads, loaded.mean, loaded.std
+    ).eval()
     reference = baked = None
     if cfg.reference is not None:
         from clipad.deploy.reference_set import bake_reference
@@ -280,8 +300,10 @@ def export(loaded: LoadedModel, cfg: ExportConfig, tasks: Tasks) -> Artifacts:
                 if cfg.gate_root is not None:
                     # Labelled images judge it below: map agreement on random synthetic frames
                     # is recorded, not decisive (as for INT8 and OpenVINO's reduced precisions).
-                    warnings.append(f"the {precision} graph misses the map-agreement limits ({'; '.join(f.violations)}); "
-                                    "its AUROC quality gate decides whether it is kept")
+                    warnings.append(
+                        f"the {precision} graph misses the map-agreement limits ({'; '.join(f.violations)}); "
+                        "its AUROC quality gate decides whether it is kept"
+                    )
                     continue
                 _drop_fp16(stage, cfg, parity, warnings, reason)
             if "fp16" in parity and fp16_info:
@@ -294,9 +316,14 @@ def export(loaded: LoadedModel, cfg: ExportConfig, tasks: Tasks) -> Artifacts:
             gates = _onnx_gates(stage, cfg, gate_set, tasks) if gate_set is not None else None
             if gates is not None and not gates["fp16"].passed:
                 g = gates["fp16"]
-                _drop_fp16(stage, cfg, parity, warnings,
-                           f"the fp16 graph fails its quality gate (pixel AUROC drop {g.pixel_drop_points:.2f}, image "
-                           f"{g.image_drop_points:.2f} points > {g.max_drop_points:g} on {g.n_images} labelled images)")
+                _drop_fp16(
+                    stage,
+                    cfg,
+                    parity,
+                    warnings,
+                    f"the fp16 graph fails its quality gate (pixel AUROC drop {g.pixel_drop_points:.2f}, image "
+                    f"{g.image_drop_points:.2f} points > {g.max_drop_points:g} on {g.n_images} labelled images)",
+                )
             manifest = Manifest.create(
                 format_version=FORMAT_VERSION,
                 created=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -306,14 +333,25 @@ def export(loaded: LoadedModel, cfg: ExportConfig, tasks: Tasks) -> Artifacts:
                 weights=weights_record(loaded),
                 mode=cfg.mode,
                 heads_sha256=file_sha256(Path(cfg.heads_path)) if heads else None,
-                rvs={"method": cfg.rvs, "profile": cfg.rvs_profile,
-                     "dbscan": dict(zip(("eps", "min_samples"), dbscan_params(cfg.rvs_profile))) if cfg.rvs == "dbscan" else None,
-                     "used": [tv.normal.used, tv.abnormal.used], "notes": tv.summary()["notes"]},
-                prompts={"set": cfg.prompts.name, "source": cfg.prompts_source, "sha256": prompt_set_sha256(cfg.prompts),
-                         "n_normal": len(cfg.prompts.normal) * len(cfg.prompts.templates),
-                         "n_abnormal": len(cfg.prompts.abnormal) * len(cfg.prompts.templates)},
+                rvs={
+                    "method": cfg.rvs,
+                    "profile": cfg.rvs_profile,
+                    "dbscan": dict(zip(("eps", "min_samples"), dbscan_params(cfg.rvs_profile), strict=False))
+                    if cfg.rvs == "dbscan"
+                    else None,
+                    "used": [tv.normal.used, tv.abnormal.used],
+                    "notes": tv.summary()["notes"],
+                },
+                prompts={
+                    "set": cfg.prompts.name,
+                    "source": cfg.prompts_source,
+                    "sha256": prompt_set_sha256(cfg.prompts),
+                    "n_normal": len(cfg.prompts.normal) * len(cfg.prompts.templates),
+                    "n_abnormal": len(cfg.prompts.abnormal) * len(cfg.prompts.templates),
+                },
                 image_size=loaded.image_size,
-                mean=list(loaded.mean), std=list(loaded.std),
+                mean=list(loaded.mean),
+                std=list(loaded.std),
                 sigma=cfg.sigma,
                 max_batch=cfg.max_batch,
                 precisions=[p for p in paths if (stage / ONNX_FILES[p]).is_file()],
@@ -345,7 +383,9 @@ def export(loaded: LoadedModel, cfg: ExportConfig, tasks: Tasks) -> Artifacts:
     return final
 
 
-def _drop_fp16(stage: Path, cfg: ExportConfig, parity: dict[str, ParityFigures], warnings: list[str], reason: str) -> None:
+def _drop_fp16(
+    stage: Path, cfg: ExportConfig, parity: dict[str, ParityFigures], warnings: list[str], reason: str
+) -> None:
     """The FP16 graph is not good enough (``reason``): with --precision fp16 the export fails,
     writing nothing; with all it keeps the FP32 artifacts and drops the FP16 graph, saying so loudly."""
     if cfg.precision == "fp16":
@@ -355,8 +395,9 @@ def _drop_fp16(stage: Path, cfg: ExportConfig, parity: dict[str, ParityFigures],
     warnings.append(reason + f"; {ONNX_FP16} was not kept")
 
 
-def _onnx_gates(stage: Path, cfg: ExportConfig, gate_set: tuple[np.ndarray, np.ndarray, np.ndarray],
-                tasks: Tasks) -> dict[str, QualityGate] | None:
+def _onnx_gates(
+    stage: Path, cfg: ExportConfig, gate_set: tuple[np.ndarray, np.ndarray, np.ndarray], tasks: Tasks
+) -> dict[str, QualityGate] | None:
     """The AUROC quality gate of the kept FP16 graph against the FP32 graph, both run with ONNX
     Runtime on ``gate_set`` (``quality_gate.gate_images``: images, labels, masks)."""
     from clipad.deploy.quality_gate import quality_gate
@@ -366,14 +407,24 @@ def _onnx_gates(stage: Path, cfg: ExportConfig, gate_set: tuple[np.ndarray, np.n
     step = tasks.add("quality gate (ONNX Runtime)", 1)
     x, labels, masks = gate_set
     fp32 = run_graph(stage / ONNX_FP32, x, cfg.max_batch)
-    gates = {"fp16": quality_gate(fp32, run_graph(stage / ONNX_FP16, x, cfg.max_batch), labels, masks, cfg.max_auroc_drop,
-                                  "onnxruntime fp32")}
+    gates = {
+        "fp16": quality_gate(
+            fp32, run_graph(stage / ONNX_FP16, x, cfg.max_batch), labels, masks, cfg.max_auroc_drop, "onnxruntime fp32"
+        )
+    }
     step(1)
     return gates
 
 
-def _openvino_step(model: SDPModel, stage: Path, manifest: Manifest, tasks: Tasks, timings: dict[str, float],
-                   cfg: ExportConfig, gate_set: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None) -> Manifest:
+def _openvino_step(
+    model: SDPModel,
+    stage: Path,
+    manifest: Manifest,
+    tasks: Tasks,
+    timings: dict[str, float],
+    cfg: ExportConfig,
+    gate_set: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
+) -> Manifest:
     """The OpenVINO IRs and their parity against the reference on 3 parity images + 2 more parts;
     with ``gate_set`` (``quality_gate.gate_images``) the quality gate of every reduced precision."""
     from clipad.deploy.openvino_export import ir_hashes, make_openvino
@@ -391,14 +442,25 @@ def _openvino_step(model: SDPModel, stage: Path, manifest: Manifest, tasks: Task
 
         x, labels, masks = gate_set
         fp32 = run_compiled(compile_ir(stage / entry.ir["fp32"], "fp32"), x, manifest.max_batch)
-        gates = {p: quality_gate(fp32, run_compiled(compile_ir(stage / xml, p), x, manifest.max_batch), labels, masks,
-                                 cfg.max_auroc_drop, "openvino fp32")
-                 for p, xml in entry.ir.items() if p != "fp32"}
+        gates = {
+            p: quality_gate(
+                fp32,
+                run_compiled(compile_ir(stage / xml, p), x, manifest.max_batch),
+                labels,
+                masks,
+                cfg.max_auroc_drop,
+                "openvino fp32",
+            )
+            for p, xml in entry.ir.items()
+            if p != "fp32"
+        }
         entry = entry.replace(gates=gates)
     timings["openvino_s"] = time.perf_counter() - t0
     step(1)
     return manifest.with_openvino(entry, ir_hashes(stage)).replace(
-        warnings=[*manifest.warnings, *warnings], timings_s={**manifest.timings_s, "openvino_s": round(timings["openvino_s"], 2)})
+        warnings=[*manifest.warnings, *warnings],
+        timings_s={**manifest.timings_s, "openvino_s": round(timings["openvino_s"], 2)},
+    )
 
 
 def reference_model(artifacts: Artifacts, device: str | torch.device = "cpu") -> SDPModel:
@@ -420,8 +482,12 @@ def reference_model(artifacts: Artifacts, device: str | torch.device = "cpu") ->
 
         memory = load_memory(artifacts.verified_path(REFERENCE_MEMORY), m.reference)
         s = m.reference.score
-        model = ReferenceModel(model, memory.tokens, ScoreConstants(s.center, s.scale, list(s.maxima), s.method),
-                               reference_only=m.mode == "reference").eval()
+        model = ReferenceModel(
+            model,
+            memory.tokens,
+            ScoreConstants(s.center, s.scale, list(s.maxima), s.method),
+            reference_only=m.mode == "reference",
+        ).eval()
     return model
 
 

@@ -55,8 +55,12 @@ def drop_duplicate_nodes(graph: onnx.GraphProto) -> int:
             seen.update({o: n for o in n.output})
             continue
         prev = seen[clash[0]]
-        same = (prev.op_type == n.op_type and list(prev.input) == list(n.input) and list(prev.output) == list(n.output)
-                and [a.SerializeToString() for a in prev.attribute] == [a.SerializeToString() for a in n.attribute])
+        same = (
+            prev.op_type == n.op_type
+            and list(prev.input) == list(n.input)
+            and list(prev.output) == list(n.output)
+            and [a.SerializeToString() for a in prev.attribute] == [a.SerializeToString() for a in n.attribute]
+        )
         if not same:
             raise ValueError(f"two different nodes produce '{clash[0]}' ({prev.name}, {n.name})")
         dropped += 1

@@ -33,8 +33,9 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, Literal, Mapping, Self, TypeVar
+from typing import Annotated, Any, ClassVar, Literal, Self, TypeVar
 
 from pydantic import (
     AfterValidator,
@@ -71,8 +72,20 @@ REFERENCE_MEMORY = "reference_memory.safetensors"  # with a reference: float32 [
 # precision hint. The INT8 IR is NNCF's quantisation of it.
 OV_XML, OV_BIN = "model.xml", "model.bin"
 OV_INT8_XML, OV_INT8_BIN = "model.int8.xml", "model.int8.bin"
-ARTIFACT_FILES = (TEXT_FEATURES, ONNX_FP32, ONNX_FP16, ONNX_INT8, PLAN, PLAN_META, HEADS_FILE, REFERENCE_MEMORY,
-                  OV_XML, OV_BIN, OV_INT8_XML, OV_INT8_BIN)  # what ``files`` may list
+ARTIFACT_FILES = (
+    TEXT_FEATURES,
+    ONNX_FP32,
+    ONNX_FP16,
+    ONNX_INT8,
+    PLAN,
+    PLAN_META,
+    HEADS_FILE,
+    REFERENCE_MEMORY,
+    OV_XML,
+    OV_BIN,
+    OV_INT8_XML,
+    OV_INT8_BIN,
+)  # what ``files`` may list
 
 ONNX_FILES: dict[str, str] = {"fp32": ONNX_FP32, "fp16": ONNX_FP16, "int8": ONNX_INT8}  # precision -> its graph
 CATEGORY_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")  # a category names files and Triton models
@@ -235,8 +248,9 @@ class ParityFigures(Record):
     figures add ``n_images`` compared and ``calibration_images`` used.
     """
 
-    OMITTED_WHEN_NONE = frozenset({"batch1_rel_l2", "inputs", "violations", "dropped", "nodes", "n_images",
-                                   "calibration_images"})
+    OMITTED_WHEN_NONE = frozenset(
+        {"batch1_rel_l2", "inputs", "violations", "dropped", "nodes", "n_images", "calibration_images"}
+    )
 
     max_abs: Measured
     rel_l2: Measured
@@ -405,7 +419,7 @@ class EngineMeta(Record):
     OMITTED_WHEN_NONE: ClassVar[frozenset[str]] = frozenset({"tf32"})
 
     @classmethod
-    def read(cls, path: str | Path) -> "EngineMeta":
+    def read(cls, path: str | Path) -> EngineMeta:
         """Parse a sidecar file; one line naming the field when it is not valid."""
         return _parse(cls, _read_json(Path(path)), Path(path))
 
@@ -450,7 +464,11 @@ class ReferenceEntry(Record):
 
     def sha256s(self) -> set[str]:
         return {i.sha256 for i in self.images}
-OvPrecision = Literal["fp32", "bf16", "fp16", "int8"]  # an OpenVINO compile precision (fp32/bf16/fp16: hints on model.xml)
+
+
+OvPrecision = Literal[
+    "fp32", "bf16", "fp16", "int8"
+]  # an OpenVINO compile precision (fp32/bf16/fp16: hints on model.xml)
 
 
 class OpenVinoEntry(Record):
@@ -516,7 +534,9 @@ class Manifest(Record):
             if self.parity.figures(p) is None:
                 raise ValueError(f"parity.{p}: missing although precisions lists {p}")
         if (self.mode == "sdp+") != (self.heads_sha256 is not None and HEADS_FILE in self.files):
-            raise ValueError(f"heads_sha256: mode {self.mode} needs heads (sha256 and {HEADS_FILE}) exactly when it is sdp+")
+            raise ValueError(
+                f"heads_sha256: mode {self.mode} needs heads (sha256 and {HEADS_FILE}) exactly when it is sdp+"
+            )
         if (self.engine is not None) != (PLAN in self.files and PLAN_META in self.files):
             raise ValueError(f"engine: present exactly when files lists {PLAN} and {PLAN_META}")
         if (self.int8 is not None) != ("int8" in self.precisions):
@@ -535,14 +555,16 @@ class Manifest(Record):
     # --- reading and writing -------------------------------------------------------------
 
     @classmethod
-    def read(cls, path: str | Path) -> "Manifest":
+    def read(cls, path: str | Path) -> Manifest:
         """Parse and validate ``path``; one line (ClipadError) naming the field when it is not valid,
         or saying to re-export when it has another format version."""
         path = Path(path)
         data = _read_json(path)
         version = data.get("format_version")
         if version != FORMAT_VERSION or isinstance(version, bool):
-            raise ClipadError(f"{path} has format version {version}; this clipad reads version {FORMAT_VERSION}: re-export")
+            raise ClipadError(
+                f"{path} has format version {version}; this clipad reads version {FORMAT_VERSION}: re-export"
+            )
         return _parse(cls, data, path)
 
     def to_json(self) -> str:
@@ -555,26 +577,32 @@ class Manifest(Record):
 
     # --- updates: each returns a new, validated manifest ---------------------------------
 
-    def with_files(self, hashes: Mapping[str, str]) -> "Manifest":
+    def with_files(self, hashes: Mapping[str, str]) -> Manifest:
         """``files`` with ``hashes`` (name -> sha256) added or replaced."""
         return self.replace(files={**self.files, **hashes})
 
-    def with_calibration(self, entry: CalibrationEntry | None) -> "Manifest":
+    def with_calibration(self, entry: CalibrationEntry | None) -> Manifest:
         """The calibration constants replaced (None: uncalibrated)."""
         return self.replace(calibration=entry)
 
-    def with_int8(self, graph_sha256: str, figures: ParityFigures, tolerance: Tolerance, entry: Int8Entry) -> "Manifest":
+    def with_int8(
+        self, graph_sha256: str, figures: ParityFigures, tolerance: Tolerance, entry: Int8Entry
+    ) -> Manifest:
         """``model.int8.onnx`` added: its hash, parity figures and tolerance, ``int8`` last in
         ``precisions``, and how it was made."""
         parity = self.parity.replace(tolerances={**self.parity.tolerances, "int8": tolerance}, int8=figures)
-        return self.replace(files={**self.files, ONNX_INT8: graph_sha256}, parity=parity, int8=entry,
-                            precisions=[p for p in self.precisions if p != "int8"] + ["int8"])
+        return self.replace(
+            files={**self.files, ONNX_INT8: graph_sha256},
+            parity=parity,
+            int8=entry,
+            precisions=[p for p in self.precisions if p != "int8"] + ["int8"],
+        )
 
-    def with_openvino(self, entry: OpenVinoEntry, hashes: Mapping[str, str]) -> "Manifest":
+    def with_openvino(self, entry: OpenVinoEntry, hashes: Mapping[str, str]) -> Manifest:
         """The OpenVINO record replaced, with the IR files' sha256 (``hashes``)."""
         return self.replace(openvino=entry, files={**self.files, **hashes})
 
-    def with_engine(self, meta: EngineMeta, hashes: Mapping[str, str] | None = None) -> "Manifest":
+    def with_engine(self, meta: EngineMeta, hashes: Mapping[str, str] | None = None) -> Manifest:
         """The TensorRT plan's sidecar as ``engine``; ``hashes``: the plan's and sidecar's sha256
         (required when the manifest does not list them yet)."""
         return self.replace(engine=meta, files={**self.files, **(hashes or {})})
@@ -657,8 +685,12 @@ def _message(e: dict) -> str:
     if kind == "literal_error":
         return f"must be {ctx.get('expected')}{got}"
     if kind in ("greater_than_equal", "greater_than", "less_than_equal", "less_than"):
-        op, bound = {"greater_than_equal": (">=", "ge"), "greater_than": (">", "gt"), "less_than_equal": ("<=", "le"),
-                     "less_than": ("<", "lt")}[kind]
+        op, bound = {
+            "greater_than_equal": (">=", "ge"),
+            "greater_than": (">", "gt"),
+            "less_than_equal": ("<=", "le"),
+            "less_than": ("<", "lt"),
+        }[kind]
         return f"must be {op} {ctx.get(bound)}{got}"
     if kind in ("too_short", "too_long"):
         return f"must have {'at least' if kind == 'too_short' else 'at most'} {ctx.get('min_length', ctx.get('max_length'))} items"
@@ -672,4 +704,3 @@ def _message(e: dict) -> str:
         return str(ctx.get("error", e["msg"]))
     msg = e["msg"]
     return msg[:1].lower() + msg[1:]
-

@@ -34,8 +34,13 @@ def export_onnx(model: SDPModel, path: str | Path) -> None:
         warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and tracer notices
         with torch.no_grad():
             torch.onnx.export(
-                model.eval(), (example,), str(path), dynamo=False, opset_version=OPSET,
-                input_names=[INPUT], output_names=list(OUTPUTS),
+                model.eval(),
+                (example,),
+                str(path),
+                dynamo=False,
+                opset_version=OPSET,
+                input_names=[INPUT],
+                output_names=list(OUTPUTS),
                 dynamic_axes={INPUT: batch, OUTPUTS[0]: batch, OUTPUTS[1]: batch},
             )
     try:

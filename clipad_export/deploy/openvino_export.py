@@ -25,7 +25,14 @@ from clipad.core.errors import ClipadError
 from clipad.core.hashing import file_sha256
 from clipad.deploy.artifacts import hash_files
 from clipad.deploy.manifest import ONNX_FP32, OV_BIN, OV_INT8_BIN, OV_INT8_XML, OV_XML, OpenVinoEntry, ParityFigures
-from clipad.deploy.openvino_ir import compile_ir, convert_ir, device_capabilities, fp32_layer, require_openvino, run_compiled
+from clipad.deploy.openvino_ir import (
+    compile_ir,
+    convert_ir,
+    device_capabilities,
+    fp32_layer,
+    require_openvino,
+    run_compiled,
+)
 from clipad.deploy.parity import compare, violations
 
 
@@ -45,20 +52,32 @@ def quantize_int8(xml: Path, dst: Path, images: np.ndarray) -> None:
     # NNCF draws its own progress bars on stdout, whatever the log level; the export's own bar
     # (stderr) covers this step, so NNCF's are kept out of the user's output.
     with contextlib.redirect_stdout(io.StringIO()):
-        quantized = nncf.quantize(model, dataset, model_type=nncf.ModelType.TRANSFORMER, subset_size=len(images),
-                                  ignored_scope=nncf.IgnoredScope(names=keep, validate=False))
+        quantized = nncf.quantize(
+            model,
+            dataset,
+            model_type=nncf.ModelType.TRANSFORMER,
+            subset_size=len(images),
+            ignored_scope=nncf.IgnoredScope(names=keep, validate=False),
+        )
     ov.save_model(quantized, str(dst), compress_to_fp16=False)
 
 
-def _figures(ref_map: np.ndarray, ref_prob: np.ndarray, out: tuple[np.ndarray, np.ndarray], precision: str,
-             inputs: str) -> ParityFigures:
+def _figures(
+    ref_map: np.ndarray, ref_prob: np.ndarray, out: tuple[np.ndarray, np.ndarray], precision: str, inputs: str
+) -> ParityFigures:
     f = compare(ref_map, ref_prob, *out)
-    return ParityFigures.create(**f, against="pytorch reference", inputs=inputs,
-                                violations=violations(f, precision))
+    return ParityFigures.create(**f, against="pytorch reference", inputs=inputs, violations=violations(f, precision))
 
 
-def make_openvino(stage: Path, images: np.ndarray, ref_map: np.ndarray, ref_prob: np.ndarray,
-                  calibration: np.ndarray, max_batch: int, int8: bool = True) -> tuple[OpenVinoEntry, list[str]]:
+def make_openvino(
+    stage: Path,
+    images: np.ndarray,
+    ref_map: np.ndarray,
+    ref_prob: np.ndarray,
+    calibration: np.ndarray,
+    max_batch: int,
+    int8: bool = True,
+) -> tuple[OpenVinoEntry, list[str]]:
     """Write the IRs into ``stage`` (beside its model.onnx) and return the record and warnings.
 
     images: uint8 [N, S, S, 3] parity frames with the reference's outputs ref_map [N, S, S] and
@@ -80,18 +99,30 @@ def make_openvino(stage: Path, images: np.ndarray, ref_map: np.ndarray, ref_prob
         parity[precision] = _figures(ref_map, ref_prob, run_compiled(compiled, images, max_batch), precision, inputs)
         del compiled
         if precision == "fp32" and parity["fp32"].violations:
-            raise ClipadError(f"parity failed for the OpenVINO fp32 IR ({'; '.join(parity['fp32'].violations)}); nothing was written")
+            raise ClipadError(
+                f"parity failed for the OpenVINO fp32 IR ({'; '.join(parity['fp32'].violations)}); nothing was written"
+            )
         ir[precision] = OV_XML
     if int8:
         quantize_int8(stage / OV_XML, stage / OV_INT8_XML, calibration)
-        f = _figures(ref_map, ref_prob, run_compiled(compile_ir(stage / OV_INT8_XML, "int8"), images, max_batch), "int8", inputs)
+        f = _figures(
+            ref_map, ref_prob, run_compiled(compile_ir(stage / OV_INT8_XML, "int8"), images, max_batch), "int8", inputs
+        )
         parity["int8"] = f.replace(calibration_images=len(calibration))
         ir["int8"] = OV_INT8_XML
         if f.violations:
-            warnings.append(f"the OpenVINO INT8 IR misses the map-agreement limits ({'; '.join(f.violations)}); it is kept, "
-                            "but `--precision auto` serves it only where its AUROC quality gate passed")
-    entry = OpenVinoEntry.create(version=ov.__version__, source_sha256=file_sha256(stage / ONNX_FP32), ir=ir,
-                                 fp32_layers=marked, parity=parity, cpu=cpu)
+            warnings.append(
+                f"the OpenVINO INT8 IR misses the map-agreement limits ({'; '.join(f.violations)}); it is kept, "
+                "but `--precision auto` serves it only where its AUROC quality gate passed"
+            )
+    entry = OpenVinoEntry.create(
+        version=ov.__version__,
+        source_sha256=file_sha256(stage / ONNX_FP32),
+        ir=ir,
+        fp32_layers=marked,
+        parity=parity,
+        cpu=cpu,
+    )
     return entry, warnings
 
 

@@ -53,7 +53,9 @@ def require_openvino():
     try:
         import openvino
     except ImportError:
-        raise ClipadError("OpenVINO is not installed: pip install 'clipad[openvino]' (or pip install openvino nncf)") from None
+        raise ClipadError(
+            "OpenVINO is not installed: pip install 'clipad[openvino]' (or pip install openvino nncf)"
+        ) from None
     return openvino
 
 
@@ -98,7 +100,9 @@ def ov_device(device: str) -> str:
     mapped = {"auto": "CPU", "cpu": "CPU", "gpu": "GPU"}.get(device, device)
     base = mapped.split(".", 1)[0]
     if base not in OV_DEVICES or (mapped != base and not (base == "GPU" and mapped[4:].isdigit())):
-        raise ClipadError(f"unknown OpenVINO device '{device}' (use cpu, gpu, auto, or OpenVINO's CPU, GPU, GPU.N, AUTO)")
+        raise ClipadError(
+            f"unknown OpenVINO device '{device}' (use cpu, gpu, auto, or OpenVINO's CPU, GPU, GPU.N, AUTO)"
+        )
     return mapped
 
 
@@ -121,7 +125,9 @@ def device_capabilities(core, device: str) -> list[str]:
     """OPTIMIZATION_CAPABILITIES of ``device`` (AUTO: of the CPU)."""
     target = "CPU" if device == "AUTO" else device
     if target.split(".", 1)[0] not in core.available_devices and target not in core.available_devices:
-        raise ClipadError(f"OpenVINO has no {device} device here (it has {', '.join(core.available_devices) or 'none'})")
+        raise ClipadError(
+            f"OpenVINO has no {device} device here (it has {', '.join(core.available_devices) or 'none'})"
+        )
     return list(core.get_property(target, "OPTIMIZATION_CAPABILITIES"))
 
 
@@ -134,7 +140,9 @@ def compile_ir(xml_path: str | Path, precision: str, device: str = "CPU", mode: 
     core = ov.Core()
     caps = device_capabilities(core, device)
     if CAPABILITY[precision] not in caps:
-        raise ClipadError(f"OpenVINO's {device} device has no {precision} support here (capabilities: {', '.join(caps)})")
+        raise ClipadError(
+            f"OpenVINO's {device} device has no {precision} support here (capabilities: {', '.join(caps)})"
+        )
     props = compile_properties(precision, mode)
     try:
         compiled = core.compile_model(core.read_model(str(xml_path)), device, props)
@@ -144,7 +152,9 @@ def compile_ir(xml_path: str | Path, precision: str, device: str = "CPU", mode: 
     if device != "AUTO":
         got = compiled.get_property(hints.inference_precision)
         if got != props[hints.inference_precision]:
-            raise ClipadError(f"OpenVINO compiled {Path(xml_path).name} with inference precision {got}, not the {precision} asked for")
+            raise ClipadError(
+                f"OpenVINO compiled {Path(xml_path).name} with inference precision {got}, not the {precision} asked for"
+            )
     return compiled
 
 

@@ -13,9 +13,9 @@ yet (the export's parity, the INT8 gate). Opening backends and comparing them wi
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Mapping
 
 import numpy as np
 
@@ -68,7 +68,7 @@ def measure(ref_map: np.ndarray, ref_prob: np.ndarray, amap: np.ndarray, prob: n
         raise ValueError(f"anomaly_map shapes differ: {r.shape} vs {m.shape}")
     k = max(1, int(round(0.01 * r[0].size)))
     agree = []
-    for a, b in zip(r.reshape(len(r), -1), m.reshape(len(m), -1)):
+    for a, b in zip(r.reshape(len(r), -1), m.reshape(len(m), -1), strict=False):
         top_a = np.argpartition(-a, k - 1)[:k]
         top_b = np.argpartition(-b, k - 1)[:k]
         agree.append(len(np.intersect1d(top_a, top_b)) / k)

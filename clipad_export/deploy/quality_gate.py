@@ -32,7 +32,7 @@ def gate_images(root: Path, category: str, size: int) -> tuple[np.ndarray, np.nd
     split = load_split("mvtec", root, [category])
     skipped: list[str] = []
     images, kept, masks = load_batch(split[category], size, skipped)
-    pairs = [(im, s.label, m) for im, s, m in zip(images, kept, masks) if m is not None]
+    pairs = [(im, s.label, m) for im, s, m in zip(images, kept, masks, strict=False) if m is not None]
     if not pairs or not 0 < sum(p[1] for p in pairs) < len(pairs):
         raise ClipadError(f"the quality gate needs good and anomalous images with masks under {root}/{category}")
     return (np.stack([p[0] for p in pairs]), np.array([p[1] for p in pairs]), np.stack([p[2] for p in pairs]))
@@ -46,17 +46,33 @@ def _aurocs(labels: np.ndarray, masks: np.ndarray, amap: np.ndarray, prob: np.nd
     return float(pixel), float(image)
 
 
-def quality_gate(reference: tuple[np.ndarray, np.ndarray], reduced: tuple[np.ndarray, np.ndarray], labels: np.ndarray,
-                 masks: np.ndarray, max_drop_points: float = DEFAULT_MAX_DROP_POINTS, against: str = "fp32") -> QualityGate:
+def quality_gate(
+    reference: tuple[np.ndarray, np.ndarray],
+    reduced: tuple[np.ndarray, np.ndarray],
+    labels: np.ndarray,
+    masks: np.ndarray,
+    max_drop_points: float = DEFAULT_MAX_DROP_POINTS,
+    against: str = "fp32",
+) -> QualityGate:
     """Judge ``reduced`` against ``reference``: each (anomaly_map float32 [N, S, S], image_prob
     float32 [N]) on the same gate images, with labels int [N] and masks bool [N, S, S]."""
     pix32, img32 = _aurocs(labels, masks, *reference)
     pix, img = _aurocs(labels, masks, *reduced)
     agreement = ParityFigures.create(**compare(*reference, *reduced), against=against)
     drops = (100 * (pix32 - pix), 100 * (img32 - img))
-    return QualityGate.create(n_images=len(labels), n_anomalous=int(labels.sum()), pixel_auroc_fp32=pix32, pixel_auroc=pix,
-                              image_auroc_fp32=img32, image_auroc=img, pixel_drop_points=drops[0], image_drop_points=drops[1],
-                              max_drop_points=max_drop_points, agreement=agreement, passed=max(drops) <= max_drop_points)
+    return QualityGate.create(
+        n_images=len(labels),
+        n_anomalous=int(labels.sum()),
+        pixel_auroc_fp32=pix32,
+        pixel_auroc=pix,
+        image_auroc_fp32=img32,
+        image_auroc=img,
+        pixel_drop_points=drops[0],
+        image_drop_points=drops[1],
+        max_drop_points=max_drop_points,
+        agreement=agreement,
+        passed=max(drops) <= max_drop_points,
+    )
 
 
 # Below this many held-out images the image half of the gate is mostly noise: on trained SDP+
@@ -73,10 +89,14 @@ def pair_step_points(gate: QualityGate) -> float:
 def describe_gate(name: str, gate: QualityGate) -> str:
     """One line for the user: ``name`` is what was gated (e.g. "openvino int8", "onnxruntime fp16");
     a gate on fewer than ``MIN_GATE_IMAGES`` images says how coarse its image AUROC is."""
-    line = (f"gate {name}: pixel AUROC {100 * gate.pixel_auroc:.2f} (fp32 {100 * gate.pixel_auroc_fp32:.2f}), image AUROC "
-            f"{100 * gate.image_auroc:.2f} (fp32 {100 * gate.image_auroc_fp32:.2f}), drop <= {gate.max_drop_points:g} points: "
-            + ("passed" if gate.passed else "FAILED"))
+    line = (
+        f"gate {name}: pixel AUROC {100 * gate.pixel_auroc:.2f} (fp32 {100 * gate.pixel_auroc_fp32:.2f}), image AUROC "
+        f"{100 * gate.image_auroc:.2f} (fp32 {100 * gate.image_auroc_fp32:.2f}), drop <= {gate.max_drop_points:g} points: "
+        + ("passed" if gate.passed else "FAILED")
+    )
     if gate.n_images < MIN_GATE_IMAGES:
-        line += (f" (only {gate.n_images} held-out images: one reordered pair moves the image AUROC by "
-                 f"{pair_step_points(gate):.2g} points; use {MIN_GATE_IMAGES}+ for a gate that decides deployments)")
+        line += (
+            f" (only {gate.n_images} held-out images: one reordered pair moves the image AUROC by "
+            f"{pair_step_points(gate):.2g} points; use {MIN_GATE_IMAGES}+ for a gate that decides deployments)"
+        )
     return line

@@ -30,19 +30,35 @@ def add_reference(root: str | Path, images: str, tasks: Tasks, device: str = "cp
         raise ClipadError(f"{root} has no reference memory: export it with --reference GOOD_IMAGES first")
     prompts = load_prompt_set(m.prompts.source)
     if prompt_set_sha256(prompts) != m.prompts.sha256:
-        raise ClipadError(f"the prompt set '{m.prompts.source}' changed since export (sha256 differs); re-export instead")
+        raise ClipadError(
+            f"the prompt set '{m.prompts.source}' changed since export (sha256 differs); re-export instead"
+        )
     memory = load_memory(art.verified_path(REFERENCE_MEMORY), m.reference)
     heads = art.verified_path(HEADS_FILE) if m.mode == "sdp+" else None
-    notes = [f"reference add: {what} of the previous graph removed; {todo}" for what, todo, present in (
-        ("calibration constants", "run `clipad calibrate` again", m.calibrated),
-        ("INT8 graph", "run `clipad calibrate --int8` again", "int8" in m.precisions),
-        ("TensorRT plan", "run `clipad export --engine` again", m.engine is not None),
-    ) if present]
+    notes = [
+        f"reference add: {what} of the previous graph removed; {todo}"
+        for what, todo, present in (
+            ("calibration constants", "run `clipad calibrate` again", m.calibrated),
+            ("INT8 graph", "run `clipad calibrate --int8` again", "int8" in m.precisions),
+            ("TensorRT plan", "run `clipad export --engine` again", m.engine is not None),
+        )
+        if present
+    ]
     cfg = ExportConfig(
-        category=m.category, out=Path(root), object_name=m.object_name, heads_path=heads, rvs=m.rvs.method,
-        rvs_profile=m.rvs.profile, prompts=prompts, prompts_source=m.prompts.source, sigma=m.sigma, max_batch=m.max_batch,
+        category=m.category,
+        out=Path(root),
+        object_name=m.object_name,
+        heads_path=heads,
+        rvs=m.rvs.method,
+        rvs_profile=m.rvs.profile,
+        prompts=prompts,
+        prompts_source=m.prompts.source,
+        sigma=m.sigma,
+        max_batch=m.max_batch,
         precision="fp32" if m.parity.fp16 is None else "all",
-        reference=ReferenceConfig(images, None, m.reference.memory_patches, m.mode == "reference", Prior(memory, m.reference)),
+        reference=ReferenceConfig(
+            images, None, m.reference.memory_patches, m.mode == "reference", Prior(memory, m.reference)
+        ),
         notes=tuple(notes),
     )
     loaded = load_model(weight_spec(m), device)

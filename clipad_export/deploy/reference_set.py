@@ -40,7 +40,7 @@ class ReferenceConfig:
     shots: int | None = None
     memory_patches: int = DEFAULT_MEMORY_PATCHES
     only: bool = False
-    prior: "Prior | None" = None
+    prior: Prior | None = None
 
     def check(self) -> None:
         if self.shots is not None and self.shots < 1:
@@ -73,7 +73,9 @@ def select_images(source: str, shots: int | None) -> list[Path]:
     try:
         paths = list_images(source)
     except ClipadError:
-        raise ClipadError(f"no reference images found at {source} (--reference takes a folder, file or glob of good images)") from None
+        raise ClipadError(
+            f"no reference images found at {source} (--reference takes a folder, file or glob of good images)"
+        ) from None
     if shots is not None and shots > len(paths):
         raise ClipadError(f"--shots {shots} is more than the {len(paths)} reference images at {source}")
     return paths[:shots] if shots is not None else paths
@@ -92,11 +94,15 @@ def read_images(paths: list[Path], size: int, expect_size: tuple[int, int] | Non
         if first is None:
             first = wh
         elif wh != tuple(first):
-            raise ClipadError(f"reference image {p} is {wh[0]}x{wh[1]} but the reference set is {first[0]}x{first[1]}: "
-                              "use images of the same camera and crop")
+            raise ClipadError(
+                f"reference image {p} is {wh[0]}x{wh[1]} but the reference set is {first[0]}x{first[1]}: "
+                "use images of the same camera and crop"
+            )
         sha = file_sha256(p)
         if sha in hashes:
-            raise ClipadError(f"reference image {p} is identical to {paths[hashes.index(sha)]}: give each good part once")
+            raise ClipadError(
+                f"reference image {p} is identical to {paths[hashes.index(sha)]}: give each good part once"
+            )
         hashes.append(sha)
         images.append(resize_to_model(rgb, size))
     return ReferenceImages(np.stack(images), list(paths), hashes, (int(first[0]), int(first[1])))
@@ -118,18 +124,29 @@ def bake_reference(model: SDPModel, cfg: ReferenceConfig) -> tuple[Baked, Refere
     refs = read_images(paths, model.image_size, tuple(prior.entry.source_size) if prior else None)
     if prior is not None:
         known = prior.entry.sha256s()
-        again = [p for p, h in zip(refs.paths, refs.sha256) if h in known]
+        again = [p for p, h in zip(refs.paths, refs.sha256, strict=False) if h in known]
         if again:
             raise ClipadError(f"{again[0]} is already a reference image of these artifacts")
-    baked = bake(model, refs.images, cfg.memory_patches, cfg.only, prior.memory if prior else None,
-                 prior.entry.score.maxima if prior else None)
+    baked = bake(
+        model,
+        refs.images,
+        cfg.memory_patches,
+        cfg.only,
+        prior.memory if prior else None,
+        prior.entry.score.maxima if prior else None,
+    )
     old = list(prior.entry.images) if prior else []
-    new = [ReferenceImage.create(name=n, sha256=h) for n, h in zip(image_names(refs.paths), refs.sha256)]
+    new = [ReferenceImage.create(name=n, sha256=h) for n, h in zip(image_names(refs.paths), refs.sha256, strict=False)]
     mem, score = baked.memory, baked.score
     entry = ReferenceEntry.create(
-        images=old + new, shots=len(old) + len(new), memory_patches=cfg.memory_patches,
-        patches_per_stage=int(mem.tokens.shape[1]), source_patches=mem.source_patches,
-        coreset_radius=[float(r) for r in mem.radius], memory_bytes=mem.nbytes, source_size=list(refs.source_size),
+        images=old + new,
+        shots=len(old) + len(new),
+        memory_patches=cfg.memory_patches,
+        patches_per_stage=int(mem.tokens.shape[1]),
+        source_patches=mem.source_patches,
+        coreset_radius=[float(r) for r in mem.radius],
+        memory_bytes=mem.nbytes,
+        source_size=list(refs.source_size),
         stages=STAGE_COMBINE,
         score=ReferenceScore.create(center=score.center, scale=score.scale, maxima=score.maxima, method=score.method),
     )

@@ -37,7 +37,9 @@ def require_model_config():
     try:
         from tritonclient.grpc import model_config_pb2
     except ImportError:
-        raise ClipadError("--triton-repo needs tritonclient[grpc] (pip install 'tritonclient[grpc]') to validate the config") from None
+        raise ClipadError(
+            "--triton-repo needs tritonclient[grpc] (pip install 'tritonclient[grpc]') to validate the config"
+        ) from None
     return model_config_pb2
 
 
@@ -47,8 +49,16 @@ def preferred_batches(m: Manifest) -> list[int]:
     return sorted({opt, m.max_batch})
 
 
-def config_text(name: str, platform: str, max_batch: int, io: OnnxSpec, model_file: str | None = None,
-                sha256: str | None = None, preferred: list[int] | None = None, queue_delay_us: int = QUEUE_DELAY_US) -> str:
+def config_text(
+    name: str,
+    platform: str,
+    max_batch: int,
+    io: OnnxSpec,
+    model_file: str | None = None,
+    sha256: str | None = None,
+    preferred: list[int] | None = None,
+    queue_delay_us: int = QUEUE_DELAY_US,
+) -> str:
     """config.pbtxt for one model; ``io`` is the manifest's ONNX io spec (batch dim first);
     ``model_file``: the file name in the version folder, when not Triton's default; ``sha256``:
     the manifest's hash of that file (a ``parameters`` entry); ``platform`` ``python`` writes a
@@ -59,7 +69,9 @@ def config_text(name: str, platform: str, max_batch: int, io: OnnxSpec, model_fi
         extra = ""
         if not dims:  # batch-only tensor
             dims, extra = [1], " reshape: { shape: [ ] }"
-        return f'  {{ name: "{t.name}" data_type: {TRITON_DTYPES[t.dtype]} dims: [ {", ".join(map(str, dims))} ]{extra} }}'
+        return (
+            f'  {{ name: "{t.name}" data_type: {TRITON_DTYPES[t.dtype]} dims: [ {", ".join(map(str, dims))} ]{extra} }}'
+        )
 
     python = platform == "python"
     batching = f"max_queue_delay_microseconds: {queue_delay_us}"
@@ -67,8 +79,10 @@ def config_text(name: str, platform: str, max_batch: int, io: OnnxSpec, model_fi
         batching = f"preferred_batch_size: [ {', '.join(map(str, preferred))} ] " + batching
     params = []
     if sha256 is not None:
-        params = [f'parameters {{ key: "{FILE_PARAM}" value: {{ string_value: "{model_file}" }} }}',
-                  f'parameters {{ key: "{HASH_PARAM}" value: {{ string_value: "{sha256}" }} }}']
+        params = [
+            f'parameters {{ key: "{FILE_PARAM}" value: {{ string_value: "{model_file}" }} }}',
+            f'parameters {{ key: "{HASH_PARAM}" value: {{ string_value: "{sha256}" }} }}',
+        ]
     lines = [
         f'name: "{name}"',
         'backend: "python"' if python else f'platform: "{platform}"',
@@ -99,11 +113,14 @@ def config_difference(config: dict, io: OnnxSpec, max_batch: int) -> str | None:
     writer and the Triton client backend alike."""
     if int(config.get("max_batch_size", 0)) != max_batch:
         return f"max_batch_size {config.get('max_batch_size', 0)} vs the manifest's {max_batch}"
-    for kind, declared, expected in (("input", config.get("input", []), io.inputs), ("output", config.get("output", []), io.outputs)):
+    for kind, declared, expected in (
+        ("input", config.get("input", []), io.inputs),
+        ("output", config.get("output", []), io.outputs),
+    ):
         got = [_tensor_spec(t) for t in declared]
         if [g[0] for g in got] != [e.name for e in expected]:
             return f"{kind}s {[g[0] for g in got]} vs the manifest's {[e.name for e in expected]}"
-        for (name, dtype, dims), e in zip(got, expected):
+        for (name, dtype, dims), e in zip(got, expected, strict=False):
             if dtype != TRITON_DTYPES[e.dtype]:
                 return f"{kind} {name}: {dtype} vs the manifest's {e.dtype}"
             if dims != [int(d) for d in e.shape[1:]]:
@@ -131,7 +148,9 @@ def write_triton_repo(artifacts: Artifacts, repo: str | Path) -> list[str]:
     repo = Path(repo)
     m = artifacts.manifest
     io, max_batch, cat = m.onnx, m.max_batch, m.category
-    onnx_file = ONNX_FP32 if artifacts.has(ONNX_FP32) else ONNX_FP16  # FP16 only in artifacts exported before model.onnx was kept
+    onnx_file = (
+        ONNX_FP32 if artifacts.has(ONNX_FP32) else ONNX_FP16
+    )  # FP16 only in artifacts exported before model.onnx was kept
     models = [(f"{cat}_onnx", "onnxruntime_onnx", onnx_file), (f"{cat}_python", "python", onnx_file)]
     if artifacts.has(PLAN):
         models.append((f"{cat}_trt", "tensorrt_plan", PLAN))

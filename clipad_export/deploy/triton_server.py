@@ -33,8 +33,10 @@ from clipad.core.errors import ClipadError
 START_TIMEOUT_S = 120.0
 STOP_TIMEOUT_S = 30.0  # SIGKILL after this
 EXIT_TIMEOUT_S = 5  # the server's own wait for in-flight requests after SIGTERM
-NOT_INSTALLED = ("a local Triton server needs the nvidia-pytriton wheel: pip install --no-deps nvidia-pytriton "
-                 "(--no-deps: it pins numpy<2, and only its tritonserver binary is used)")
+NOT_INSTALLED = (
+    "a local Triton server needs the nvidia-pytriton wheel: pip install --no-deps nvidia-pytriton "
+    "(--no-deps: it pins numpy<2, and only its tritonserver binary is used)"
+)
 _BACKEND_OF_PLATFORM = {"onnxruntime_onnx": "onnxruntime", "tensorrt_plan": "tensorrt"}
 
 
@@ -58,10 +60,17 @@ def find_install() -> TritonInstall:
         raise ClipadError(NOT_INSTALLED)
     root = Path(list(spec.submodule_search_locations)[0]) / "tritonserver"
     py = f"{sys.version_info.major}.{sys.version_info.minor}"
-    found = TritonInstall(root / "bin" / "tritonserver", root.parents[1] / "nvidia_pytriton.libs", root / "backends",
-                          root / "python_backend_stubs" / py / "triton_python_backend_stub")
-    for what, path in (("tritonserver binary", found.binary), ("Python backend", found.backends / "python"),
-                       (f"Python {py} backend stub", found.stub)):
+    found = TritonInstall(
+        root / "bin" / "tritonserver",
+        root.parents[1] / "nvidia_pytriton.libs",
+        root / "backends",
+        root / "python_backend_stubs" / py / "triton_python_backend_stub",
+    )
+    for what, path in (
+        ("tritonserver binary", found.binary),
+        ("Python backend", found.backends / "python"),
+        (f"Python {py} backend stub", found.stub),
+    ):
         if not path.exists():
             raise ClipadError(f"the nvidia-pytriton wheel has no {what} ({path})")
     return found
@@ -99,7 +108,7 @@ class Ports:
     metrics: int
 
     @classmethod
-    def free(cls) -> "Ports":
+    def free(cls) -> Ports:
         return cls(free_port(), free_port(), free_port())
 
 
@@ -109,8 +118,14 @@ class LocalTriton:
     and ``server.http_url`` name it; ``stop()`` and ``start()`` restart it on the same ports; the
     log is ``server.log_path``."""
 
-    def __init__(self, repo: str | Path, models: list[str] | None = None, ports: Ports | None = None,
-                 start_timeout_s: float = START_TIMEOUT_S, log_path: str | Path | None = None):
+    def __init__(
+        self,
+        repo: str | Path,
+        models: list[str] | None = None,
+        ports: Ports | None = None,
+        start_timeout_s: float = START_TIMEOUT_S,
+        log_path: str | Path | None = None,
+    ):
         self.repo = Path(repo).resolve()
         if not self.repo.is_dir():
             raise ClipadError(f"Triton repository {repo} does not exist")
@@ -120,8 +135,10 @@ class LocalTriton:
         self.models = models if models is not None else loadable_models(self.repo, self.backends)
         if not self.models:
             shutil.rmtree(self._tmp, ignore_errors=True)
-            raise ClipadError(f"{repo} has no model this Triton build can load (it has the Python backend only: "
-                              "export with `clipad export --triton-repo` to get <category>_python)")
+            raise ClipadError(
+                f"{repo} has no model this Triton build can load (it has the Python backend only: "
+                "export with `clipad export --triton-repo` to get <category>_python)"
+            )
         self.ports = ports or Ports.free()
         self.start_timeout_s = start_timeout_s
         self.log_path = Path(log_path) if log_path else self._tmp / "tritonserver.log"
@@ -143,12 +160,20 @@ class LocalTriton:
         return dst
 
     def command(self) -> list[str]:
-        return [str(self.install.binary), f"--model-repository={self.repo}", f"--backend-directory={self.backends}",
-                "--model-control-mode=explicit", *[f"--load-model={m}" for m in self.models],
-                "--http-address=127.0.0.1", f"--http-port={self.ports.http}",
-                "--grpc-address=127.0.0.1", f"--grpc-port={self.ports.grpc}",
-                "--metrics-address=127.0.0.1", f"--metrics-port={self.ports.metrics}",
-                f"--exit-timeout-secs={EXIT_TIMEOUT_S}"]
+        return [
+            str(self.install.binary),
+            f"--model-repository={self.repo}",
+            f"--backend-directory={self.backends}",
+            "--model-control-mode=explicit",
+            *[f"--load-model={m}" for m in self.models],
+            "--http-address=127.0.0.1",
+            f"--http-port={self.ports.http}",
+            "--grpc-address=127.0.0.1",
+            f"--grpc-port={self.ports.grpc}",
+            "--metrics-address=127.0.0.1",
+            f"--metrics-port={self.ports.metrics}",
+            f"--exit-timeout-secs={EXIT_TIMEOUT_S}",
+        ]
 
     def environment(self) -> dict[str, str]:
         env = dict(os.environ)
@@ -158,7 +183,9 @@ class LocalTriton:
         libdir, ldlib = sysconfig.get_config_var("LIBDIR"), sysconfig.get_config_var("LDLIBRARY")
         if libdir and ldlib and ldlib.endswith(".so") and (Path(libdir) / ldlib).exists():
             libs.append(libdir)
-        env["LD_LIBRARY_PATH"] = os.pathsep.join(libs + ([env["LD_LIBRARY_PATH"]] if env.get("LD_LIBRARY_PATH") else []))
+        env["LD_LIBRARY_PATH"] = os.pathsep.join(
+            libs + ([env["LD_LIBRARY_PATH"]] if env.get("LD_LIBRARY_PATH") else [])
+        )
         env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
         return env
 
@@ -176,13 +203,19 @@ class LocalTriton:
         except (urllib.error.URLError, OSError):
             return False
 
-    def start(self) -> "LocalTriton":
+    def start(self) -> LocalTriton:
         if self.proc is not None and self.proc.poll() is None:
             return self
         log = open(self.log_path, "ab")
         try:
-            self.proc = subprocess.Popen(self.command(), env=self.environment(), stdout=log, stderr=subprocess.STDOUT,
-                                         stdin=subprocess.DEVNULL, start_new_session=True)
+            self.proc = subprocess.Popen(
+                self.command(),
+                env=self.environment(),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
         except OSError as err:
             raise ClipadError(f"cannot start {self.install.binary}: {err.strerror or err}") from None
         finally:
@@ -190,7 +223,9 @@ class LocalTriton:
         deadline = time.monotonic() + self.start_timeout_s
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise ClipadError(f"tritonserver exited with code {self.proc.returncode} while starting: {self.log_tail()}")
+                raise ClipadError(
+                    f"tritonserver exited with code {self.proc.returncode} while starting: {self.log_tail()}"
+                )
             if self.ready():
                 return self
             time.sleep(0.2)
@@ -222,7 +257,7 @@ class LocalTriton:
         self.stop()
         shutil.rmtree(self._tmp, ignore_errors=True)
 
-    def __enter__(self) -> "LocalTriton":
+    def __enter__(self) -> LocalTriton:
         try:
             return self.start()
         except BaseException:
@@ -279,8 +314,10 @@ def serve_until_stopped(server: LocalTriton, log) -> int:
     old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         with server:
-            log(f"tritonserver ready: {server.grpc_url} {server.http_url} metrics http://127.0.0.1:{server.ports.metrics}/metrics "
-                f"models {', '.join(server.models)} (log {server.log_path}); Ctrl-C stops it")
+            log(
+                f"tritonserver ready: {server.grpc_url} {server.http_url} metrics http://127.0.0.1:{server.ports.metrics}/metrics "
+                f"models {', '.join(server.models)} (log {server.log_path}); Ctrl-C stops it"
+            )
             while stop["signal"] is None and server.proc is not None and server.proc.poll() is None:
                 time.sleep(0.2)
             if stop["signal"] is None:

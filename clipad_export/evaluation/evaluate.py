@@ -84,7 +84,9 @@ def category_metrics(out: CategoryOutput) -> dict:
     pr, mr = transductive_ranges(out.image_prob, out.map_max)
     entry = {
         "image": binary_metrics(out.labels, fused_score(out.image_prob, out.map_max, pr, mr)),
-        "pixel": pixel_metrics(out.masks, out.maps) if out.masks is not None else {"auroc": None, "f1_max": None, "ap": None, "aupro": None},
+        "pixel": pixel_metrics(out.masks, out.maps)
+        if out.masks is not None
+        else {"auroc": None, "f1_max": None, "ap": None, "aupro": None},
         "image_prob": binary_metrics(out.labels, out.image_prob),
         "n_images": int(len(out.labels)),
         "n_skipped": len(out.skipped),
@@ -104,12 +106,22 @@ METRIC_GROUPS = ("image", "pixel", "image_prob")
 def category_model(loaded: LoadedModel, category: str, cfg: EvalConfig, tasks: Tasks):
     """The text vectors of ``category`` and the SDP model around them: (TextVectors, SDPModel)."""
     tv = text_vectors(
-        loaded.clip, loaded.tokenizer, category, cfg.rvs, cfg.dataset, cfg.prompts,
+        loaded.clip,
+        loaded.tokenizer,
+        category,
+        cfg.rvs,
+        cfg.dataset,
+        cfg.prompts,
         on_batch=tasks.add(f"{category}: text vectors", n_sentences(cfg.prompts)),
     )
     model = SDPModel(
-        loaded.clip.visual, torch.from_numpy(tv.matrix), loaded.image_size, cfg.effective_sigma(), cfg.heads,
-        loaded.mean, loaded.std,
+        loaded.clip.visual,
+        torch.from_numpy(tv.matrix),
+        loaded.image_size,
+        cfg.effective_sigma(),
+        cfg.heads,
+        loaded.mean,
+        loaded.std,
     )
     return tv, model
 
@@ -134,7 +146,11 @@ def evaluate(loaded: LoadedModel, split: dict[str, list[Sample]], cfg: EvalConfi
         t2 = time.perf_counter()
         entry = category_metrics(out)
         entry["rvs"] = tv.summary()
-        entry["timing_s"] = {"text": round(t1 - t0, 3), "images": round(t2 - t1, 3), "per_image": round((t2 - t1) / max(len(samples), 1), 4)}
+        entry["timing_s"] = {
+            "text": round(t1 - t0, 3),
+            "images": round(t2 - t1, 3),
+            "per_image": round((t2 - t1) / max(len(samples), 1), 4),
+        }
         results[cat] = entry
     return with_mean(results)
 

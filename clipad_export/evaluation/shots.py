@@ -18,7 +18,14 @@ from clipad.core.errors import ClipadError
 from clipad.core.progress import Tasks
 from clipad.data import Sample
 from clipad.data.images import is_image_file, load_image
-from clipad.evaluation.evaluate import METRIC_GROUPS, EvalConfig, category_metrics, category_model, run_category, with_mean
+from clipad.evaluation.evaluate import (
+    METRIC_GROUPS,
+    EvalConfig,
+    category_metrics,
+    category_model,
+    run_category,
+    with_mean,
+)
 from clipad.evaluation.metrics import mean_of
 from clipad.model.loading import LoadedModel
 from clipad.model.reference import DEFAULT_MEMORY_PATCHES, bake
@@ -27,8 +34,10 @@ from clipad.model.reference import DEFAULT_MEMORY_PATCHES, bake
 def train_good_images(dataset: str, root: Path, category: str) -> list[Path]:
     """The good training images of a category (MVTec AD layout: <category>/train/good)."""
     if dataset != "mvtec":
-        raise ClipadError(f"--shots draws good training images from the MVTec AD layout (<category>/train/good); "
-                          f"--dataset {dataset} is not supported yet")
+        raise ClipadError(
+            f"--shots draws good training images from the MVTec AD layout (<category>/train/good); "
+            f"--dataset {dataset} is not supported yet"
+        )
     folder = Path(root) / category / "train" / "good"
     files = sorted(p for p in folder.iterdir() if is_image_file(p)) if folder.is_dir() else []
     if not files:
@@ -55,9 +64,17 @@ def _std(entries: list[dict]) -> dict:
     return out
 
 
-def evaluate_shots(loaded: LoadedModel, split: dict[str, list[Sample]], cfg: EvalConfig, root: Path, shots: int,
-                   seeds: list[int], tasks: Tasks, memory_patches: int = DEFAULT_MEMORY_PATCHES,
-                   reference_only: bool = False) -> dict:
+def evaluate_shots(
+    loaded: LoadedModel,
+    split: dict[str, list[Sample]],
+    cfg: EvalConfig,
+    root: Path,
+    shots: int,
+    seeds: list[int],
+    tasks: Tasks,
+    memory_patches: int = DEFAULT_MEMORY_PATCHES,
+    reference_only: bool = False,
+) -> dict:
     """results.json structure: per category the mean over ``seeds`` plus ``shots``
     {k, seeds, mode, std, per_seed, reference_images}; ``mean`` over categories."""
     if shots < 1:
@@ -85,12 +102,20 @@ def evaluate_shots(loaded: LoadedModel, split: dict[str, list[Sample]], cfg: Eva
         first = per_seed[0]
         results[cat] = {
             **{g: mean_of([e[g] for e in per_seed]) for g in METRIC_GROUPS},
-            "n_images": first["n_images"], "n_skipped": first["n_skipped"], "skipped": first["skipped"], "notes": first["notes"],
+            "n_images": first["n_images"],
+            "n_skipped": first["n_skipped"],
+            "skipped": first["skipped"],
+            "notes": first["notes"],
             "rvs": tv.summary(),
-            "shots": {"k": shots, "seeds": list(seeds), "mode": "reference" if reference_only else f"{base.mode} + reference",
-                      "memory_patches": memory_patches, "std": _std(per_seed),
-                      "per_seed": [{g: e[g] for g in (*METRIC_GROUPS, "timing_s")} for e in per_seed],
-                      "reference_images": chosen},
+            "shots": {
+                "k": shots,
+                "seeds": list(seeds),
+                "mode": "reference" if reference_only else f"{base.mode} + reference",
+                "memory_patches": memory_patches,
+                "std": _std(per_seed),
+                "per_seed": [{g: e[g] for g in (*METRIC_GROUPS, "timing_s")} for e in per_seed],
+                "reference_images": chosen,
+            },
         }
     return with_mean(results)
 
@@ -104,7 +129,10 @@ def format_spread(results: dict) -> str:
         s = r["shots"]
         pa, ia = r["pixel"]["auroc"], r["image"]["auroc"]
         sp, si = s["std"]["pixel"]["auroc"], s["std"]["image"]["auroc"]
-        fmt = lambda m, d: "-" if m is None else f"{100 * m:.1f} +- {100 * (d or 0):.1f}"
-        lines.append(f"{cat}: K={s['k']} over seeds {','.join(map(str, s['seeds']))} ({s['mode']}): "
-                     f"image AUROC {fmt(ia, si)}, pixel AUROC {fmt(pa, sp)}")
+        def fmt(m, d):
+            return "-" if m is None else f"{100 * m:.1f} +- {100 * (d or 0):.1f}"
+        lines.append(
+            f"{cat}: K={s['k']} over seeds {','.join(map(str, s['seeds']))} ({s['mode']}): "
+            f"image AUROC {fmt(ia, si)}, pixel AUROC {fmt(pa, sp)}"
+        )
     return "\n".join(lines)

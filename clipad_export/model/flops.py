@@ -53,7 +53,7 @@ class ViTDims:
         return self.grid**2 + 1
 
     @classmethod
-    def from_visual(cls, visual: nn.Module, image_size: int) -> "ViTDims":
+    def from_visual(cls, visual: nn.Module, image_size: int) -> ViTDims:
         """From an open_clip ``VisionTransformer`` (the reference's ``clip.visual``)."""
         blocks = visual.transformer.resblocks
         patch = visual.conv1.kernel_size

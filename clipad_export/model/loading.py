@@ -10,9 +10,10 @@ from __future__ import annotations
 import logging
 import math
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -110,7 +111,11 @@ def randomize_parameters(module: nn.Module, seed: int) -> None:
                 value = 1.0 + 0.1 * randn(p)
             elif leaf == "logit_scale":
                 value = torch.full_like(p, math.log(100.0))
-            elif p.ndim == 1 or leaf in ("positional_embedding", "class_embedding", "token_embedding") or "embedding" in leaf:
+            elif (
+                p.ndim == 1
+                or leaf in ("positional_embedding", "class_embedding", "token_embedding")
+                or "embedding" in leaf
+            ):
                 value = 0.1 * randn(p)
             elif leaf in ("proj", "text_projection"):  # used as x @ P: fan_in is dim 0
                 value = randn(p) / math.sqrt(p.shape[0])
@@ -148,7 +153,9 @@ def load_state_dict_checked(module: nn.Module, state: dict[str, torch.Tensor], s
         parts = []
         if mismatched:
             k = mismatched[0]
-            parts.append(f"{len(mismatched)} shape mismatches (e.g. {k}: file {list(state[k].shape)}, model {list(own[k].shape)})")
+            parts.append(
+                f"{len(mismatched)} shape mismatches (e.g. {k}: file {list(state[k].shape)}, model {list(own[k].shape)})"
+            )
         if missing:
             parts.append(f"{len(missing)} missing keys (e.g. {missing[0]})")
         if unexpected:
@@ -229,7 +236,9 @@ def _hub_reachable(timeout: float = HUB_PROBE_TIMEOUT_S) -> bool:
 
     url = urlsplit(constants.ENDPOINT)
     try:
-        socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)), timeout=timeout).close()
+        socket.create_connection(
+            (url.hostname, url.port or (443 if url.scheme == "https" else 80)), timeout=timeout
+        ).close()
         return True
     except OSError:
         return False
@@ -252,20 +261,30 @@ def _create_pretrained(open_clip: Any, spec: WeightSpec) -> nn.Module:
             f"open_clip has no pretrained tag '{spec.pretrained}' for {spec.model} (known: {known}); "
             "use --weights FILE or --random-weights"
         )
-    hint = ("Without network pass --weights FILE (an open_clip state dict, .safetensors or .pt), "
-            "or --random-weights for a smoke test")
+    hint = (
+        "Without network pass --weights FILE (an open_clip state dict, .safetensors or .pt), "
+        "or --random-weights for a smoke test"
+    )
     source = spec.pretrained
     if spec.pretrained in tags:
         source = _cached_pretrained(open_clip, spec) or spec.pretrained
         if source == spec.pretrained:
             if os.environ.get("HF_HUB_OFFLINE"):
-                raise ClipadError(f"pretrained weights '{spec.pretrained}' for {spec.model} are not cached and "
-                                  f"HF_HUB_OFFLINE is set. {hint}")
+                raise ClipadError(
+                    f"pretrained weights '{spec.pretrained}' for {spec.model} are not cached and "
+                    f"HF_HUB_OFFLINE is set. {hint}"
+                )
             if not _hub_reachable():
-                raise ClipadError(f"pretrained weights '{spec.pretrained}' for {spec.model} are not cached and the "
-                                  f"Hugging Face hub cannot be reached (no network?). {hint}")
+                raise ClipadError(
+                    f"pretrained weights '{spec.pretrained}' for {spec.model} are not cached and the "
+                    f"Hugging Face hub cannot be reached (no network?). {hint}"
+                )
     try:
-        return open_clip.create_model(spec.model, pretrained=source, cache_dir=str(spec.cache_dir) if spec.cache_dir else None)
+        return open_clip.create_model(
+            spec.model, pretrained=source, cache_dir=str(spec.cache_dir) if spec.cache_dir else None
+        )
     except Exception as err:
         cause = str(err).split(". ")[0][:160]
-        raise ClipadError(f"could not get pretrained weights '{spec.pretrained}' for {spec.model} ({cause}). {hint}") from None
+        raise ClipadError(
+            f"could not get pretrained weights '{spec.pretrained}' for {spec.model} ({cause}). {hint}"
+        ) from None

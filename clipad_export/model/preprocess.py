@@ -13,7 +13,9 @@ OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
-def normalize(images: torch.Tensor, mean: tuple[float, ...] = OPENAI_MEAN, std: tuple[float, ...] = OPENAI_STD) -> torch.Tensor:
+def normalize(
+    images: torch.Tensor, mean: tuple[float, ...] = OPENAI_MEAN, std: tuple[float, ...] = OPENAI_STD
+) -> torch.Tensor:
     """uint8 RGB [B, H, W, 3] -> float32 [B, 3, H, W], divided by 255 and mean/std normalised.
 
     Written with plain tensor ops so it traces into the exported graph.

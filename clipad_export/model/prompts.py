@@ -19,21 +19,50 @@ import yaml
 from clipad.core.errors import ClipadError
 
 NORMAL_STATES = (
-    "flawless {}", "perfect {}", "unblemished {}", "{} without flaw", "{} without defect",
-    "{} without damage", "{} without scratch", "{} without crack", "{} without contamination",
+    "flawless {}",
+    "perfect {}",
+    "unblemished {}",
+    "{} without flaw",
+    "{} without defect",
+    "{} without damage",
+    "{} without scratch",
+    "{} without crack",
+    "{} without contamination",
 )
 ABNORMAL_STATES = (
-    "damaged {}", "imperfect {}", "blemished {}", "broken {}", "{} with flaw", "{} with defect",
-    "{} with damage", "{} with scratch", "{} with crack", "{} with contamination",
+    "damaged {}",
+    "imperfect {}",
+    "blemished {}",
+    "broken {}",
+    "{} with flaw",
+    "{} with defect",
+    "{} with damage",
+    "{} with scratch",
+    "{} with crack",
+    "{} with contamination",
 )
 TEMPLATES = (
-    "a cropped photo of the {}.", "a cropped photo of a {}.", "a close-up photo of a {}.",
-    "a close-up photo of the {}.", "a bright photo of a {}.", "a bright photo of the {}.",
-    "a dark photo of the {}.", "a dark photo of a {}.", "a jpeg corrupted photo of a {}.",
-    "a jpeg corrupted photo of the {}.", "a blurry photo of the {}.", "a blurry photo of a {}.",
-    "a photo of the {}.", "a photo of a {}.", "a photo of a large {}.", "a photo of the small {}.",
-    "a photo of the large {}.", "a photo of a small {}.", "a photo of the {} for visual inspection.",
-    "a photo of a {} for visual inspection.", "a photo of the {} for anomaly detection.",
+    "a cropped photo of the {}.",
+    "a cropped photo of a {}.",
+    "a close-up photo of a {}.",
+    "a close-up photo of the {}.",
+    "a bright photo of a {}.",
+    "a bright photo of the {}.",
+    "a dark photo of the {}.",
+    "a dark photo of a {}.",
+    "a jpeg corrupted photo of a {}.",
+    "a jpeg corrupted photo of the {}.",
+    "a blurry photo of the {}.",
+    "a blurry photo of a {}.",
+    "a photo of the {}.",
+    "a photo of a {}.",
+    "a photo of a large {}.",
+    "a photo of the small {}.",
+    "a photo of the large {}.",
+    "a photo of a small {}.",
+    "a photo of the {} for visual inspection.",
+    "a photo of a {} for visual inspection.",
+    "a photo of the {} for anomaly detection.",
     "a photo of a {} for anomaly detection.",
 )
 
@@ -90,7 +119,9 @@ def load_prompt_set(name_or_path: str) -> PromptSet:
         return PROMPT_SETS[name_or_path]
     path = Path(name_or_path)
     if not path.is_file():
-        raise ClipadError(f"unknown prompt set '{name_or_path}' (named sets: {', '.join(PROMPT_SETS)}; or a .yaml/.json file)")
+        raise ClipadError(
+            f"unknown prompt set '{name_or_path}' (named sets: {', '.join(PROMPT_SETS)}; or a .yaml/.json file)"
+        )
     try:
         text = path.read_text()
         data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)

@@ -164,7 +164,7 @@ class ReferenceModel(SDPModel):
 
     @property
     def mode(self) -> Mode:
-        """"reference", or the zero-shot mode it is fused with ("sdp" / "sdp+"), which is what
+        """ "reference", or the zero-shot mode it is fused with ("sdp" / "sdp+"), which is what
         the inherited ``maps_from_taps`` reads."""
         return "reference" if self.reference_only else self.maps.mode
 
@@ -198,8 +198,9 @@ def encode(model: SDPModel, images: np.ndarray, batch_size: int = 8) -> tuple[to
 
 
 @torch.no_grad()
-def held_out_maxima(model: SDPModel, tokens: torch.Tensor, zero_shot: torch.Tensor | None, prior: torch.Tensor | None,
-                    max_patches: int) -> list[float]:
+def held_out_maxima(
+    model: SDPModel, tokens: torch.Tensor, zero_shot: torch.Tensor | None, prior: torch.Tensor | None, max_patches: int
+) -> list[float]:
     """Leave-one-out map maxima of the reference images: image i scored against the memory built
     (with the same bound) from the other images and ``prior`` (an earlier memory, [S, M, W]).
 
@@ -226,11 +227,17 @@ def score_constants(maxima: list[float]) -> ScoreConstants:
     their standard deviation, floored at MIN_SCALE * max(|center|, 1). Without held-out maxima
     (K = 1) center 0 and scale 1: monotone but uncalibrated; run `clipad calibrate`."""
     if not maxima:
-        return ScoreConstants(0.0, 1.0, [], "none: one reference image, no held-out maximum (calibrate before thresholding)")
+        return ScoreConstants(
+            0.0, 1.0, [], "none: one reference image, no held-out maximum (calibrate before thresholding)"
+        )
     center = max(maxima)
     scale = max(float(np.std(maxima)), MIN_SCALE * max(abs(center), 1.0))
-    return ScoreConstants(float(center), float(scale), [float(m) for m in maxima],
-                          "leave-one-out: center = max, scale = std of the reference images' held-out map maxima")
+    return ScoreConstants(
+        float(center),
+        float(scale),
+        [float(m) for m in maxima],
+        "leave-one-out: center = max, scale = std of the reference images' held-out map maxima",
+    )
 
 
 @dataclass(frozen=True)
@@ -243,8 +250,14 @@ class Baked:
 
 
 @torch.no_grad()
-def bake(base: SDPModel, images: np.ndarray, max_patches: int = DEFAULT_MEMORY_PATCHES, reference_only: bool = False,
-         prior: Memory | None = None, prior_maxima: list[float] | None = None) -> Baked:
+def bake(
+    base: SDPModel,
+    images: np.ndarray,
+    max_patches: int = DEFAULT_MEMORY_PATCHES,
+    reference_only: bool = False,
+    prior: Memory | None = None,
+    prior_maxima: list[float] | None = None,
+) -> Baked:
     """Build the memory from good images uint8 [K, H, W, 3] (model resolution, read through the
     one image path) and return the ReferenceModel around ``base``.
 
@@ -260,7 +273,7 @@ def bake(base: SDPModel, images: np.ndarray, max_patches: int = DEFAULT_MEMORY_P
         pool = torch.cat([prior_tokens, pool], dim=1)
     memory = build_memory(pool, max_patches)
     if prior is not None:
-        radius = [((2 * a) ** 0.5 + (2 * b) ** 0.5) ** 2 / 2 for a, b in zip(prior.radius, memory.radius)]
+        radius = [((2 * a) ** 0.5 + (2 * b) ** 0.5) ** 2 / 2 for a, b in zip(prior.radius, memory.radius, strict=False)]
         memory = Memory(memory.tokens, radius, prior.source_patches + tokens.shape[0] * tokens.shape[2])
     maxima = list(prior_maxima or []) + held_out_maxima(base, tokens, zero_shot, prior_tokens, max_patches)
     score = score_constants(maxima)

@@ -36,7 +36,6 @@ DEFAULT_SIGMA = 8.0
 VISA_SDP_PLUS_SIGMA = 2.0
 
 
-
 def default_sigma(mode: Mode, dataset: str) -> float:
     """The official smoothing sigma: 2 for SDP+ on VisA, 8 otherwise (method.md 7.2, 10 item 8).
 
@@ -64,7 +63,9 @@ def image_prob(surgery: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
     return torch.softmax(LOGIT_SCALE * torch.matmul(z, text), dim=-1)[:, 1]
 
 
-def head_logit_diff(patches: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+def head_logit_diff(
+    patches: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, text: torch.Tensor
+) -> torch.Tensor:
     """SDP+ per-stage logit difference L_j[1] - L_j[0] = 100 (U_j T_1 - U_j T_0) (method.md 7.2).
 
     patches: [B, S, P, W], the raw taps' patch tokens (cls removed: the heads never see it,

@@ -118,7 +118,9 @@ class DualPathViT(nn.Module):
         h = blk.ln_1(x)
         q, k, v = F.linear(h, attn.in_proj_weight, attn.in_proj_bias).chunk(3, dim=-1)
         q, k, v = (split_heads(t, self.heads) for t in (q, k, v))
-        out = F.linear(merge_heads(attention(q, k, v, self.scale, self.fused)), attn.out_proj.weight, attn.out_proj.bias)
+        out = F.linear(
+            merge_heads(attention(q, k, v, self.scale, self.fused)), attn.out_proj.weight, attn.out_proj.bias
+        )
         vv = F.linear(merge_heads(vv_attention(v, self.scale, self.fused)), attn.out_proj.weight, attn.out_proj.bias)
         x_mid = x + blk.ls_1(out)
         x_out = x_mid + blk.ls_2(blk.mlp(blk.ln_2(x_mid)))
@@ -149,5 +151,5 @@ class DualPathViT(nn.Module):
                 stage_sums.append(path)
         ori.append(x)  # stage 4: the true final output X_L
         # cls row from each stage's tap (4.5)
-        tokens = torch.stack([torch.cat([o[:, :1], p[:, 1:]], dim=1) for p, o in zip(stage_sums, ori)], dim=1)
+        tokens = torch.stack([torch.cat([o[:, :1], p[:, 1:]], dim=1) for p, o in zip(stage_sums, ori, strict=False)], dim=1)
         return Taps(surgery=self.project(tokens) if project else tokens, ori=torch.stack(ori, dim=1))

@@ -54,9 +54,17 @@ class FeatureCache:
         self.probs = np.load(root / "probs.npy") if (root / "probs.npy").is_file() else None
 
     @classmethod
-    def get_or_build(cls, loaded: LoadedModel, samples: list[Sample], categories: list[str], cache_dir: Path,
-                     tasks: Tasks, batch_size: int = 8, texts: torch.Tensor | None = None,
-                     dtype: str = "float16") -> tuple[FeatureCache, bool]:
+    def get_or_build(
+        cls,
+        loaded: LoadedModel,
+        samples: list[Sample],
+        categories: list[str],
+        cache_dir: Path,
+        tasks: Tasks,
+        batch_size: int = 8,
+        texts: torch.Tensor | None = None,
+        dtype: str = "float16",
+    ) -> tuple[FeatureCache, bool]:
         """Reuse the cache with this key, or build it (atomically); returns (cache, built).
 
         float16 is the default: training from it matches a float32 cache (docs/benchmarks.md).
@@ -79,7 +87,9 @@ class FeatureCache:
         stage.mkdir(parents=True)
         skipped: list[str] = []
         total = len(samples)  # rows for every sample; unreadable ones are skipped, n counts the rest
-        ori = np.lib.format.open_memmap(stage / "ori.npy", mode="w+", dtype=dtype, shape=(total, N_STAGES, grid * grid, width))
+        ori = np.lib.format.open_memmap(
+            stage / "ori.npy", mode="w+", dtype=dtype, shape=(total, N_STAGES, grid * grid, width)
+        )
         masks = np.lib.format.open_memmap(stage / "masks.npy", mode="w+", dtype=np.uint8, shape=(total, size, size))
         kept_all: list[Sample] = []
         sims = np.zeros((total, grid, grid), np.float32) if texts is not None else None
@@ -103,7 +113,9 @@ class FeatureCache:
                         t = texts[categories.index(s.category)]
                         sims[i + k] = feature_surgery(surgery[k : k + 1], t).reshape(grid, grid).cpu().numpy()
                         probs[i + k] = float(image_prob(surgery[k : k + 1], t))
-                masks[i : i + len(chunk)] = np.stack([m if m is not None else np.zeros((size, size), bool) for m in ms]).astype(np.uint8)
+                masks[i : i + len(chunk)] = np.stack(
+                    [m if m is not None else np.zeros((size, size), bool) for m in ms]
+                ).astype(np.uint8)
         ori.flush()
         masks.flush()
         n = len(kept_all)
@@ -111,7 +123,17 @@ class FeatureCache:
         if texts is not None:
             np.save(stage / "sims.npy", sims[:n])
             np.save(stage / "probs.npy", probs[:n])
-        (stage / "meta.json").write_text(json.dumps({"key": key, "n": n, "categories": categories, "skipped": skipped,
-                                                     "model": loaded.spec.model, "weights": loaded.spec.describe()}))
+        (stage / "meta.json").write_text(
+            json.dumps(
+                {
+                    "key": key,
+                    "n": n,
+                    "categories": categories,
+                    "skipped": skipped,
+                    "model": loaded.spec.model,
+                    "weights": loaded.spec.describe(),
+                }
+            )
+        )
         stage.rename(root)
         return cls(root), True

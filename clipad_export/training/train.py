@@ -58,13 +58,22 @@ class TrainConfig:
     cache_dtype: str = "float16"
 
     def fingerprint(self, data_key: str) -> str:
-        d = {k: v for k, v in asdict(self).items() if k in ("batch_size", "lr", "seed", "rvs", "dataset", "cache_dtype")}
+        d = {
+            k: v for k, v in asdict(self).items() if k in ("batch_size", "lr", "seed", "rvs", "dataset", "cache_dtype")
+        }
         return hashlib.sha256(json.dumps({**d, "data": data_key}, sort_keys=True).encode()).hexdigest()[:16]
 
 
 @torch.no_grad()
-def validate(cache: FeatureCache, texts: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, size: int,
-             sigma: float, batch_size: int = 8) -> dict:
+def validate(
+    cache: FeatureCache,
+    texts: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor,
+    size: int,
+    sigma: float,
+    batch_size: int = 8,
+) -> dict:
     """SDP+ metrics of the current heads on a validation cache (per category, then the mean):
     image AUROC of the paper's fused score and pixel AUROC, as `clipad eval` computes them.
 
@@ -92,14 +101,29 @@ def validate(cache: FeatureCache, texts: torch.Tensor, weight: torch.Tensor, bia
         labels = masks[idx].reshape(len(idx), -1).any(1).astype(int)
         mmax = map_max(maps)
         score = fused_score(cache.probs[idx], mmax, *transductive_ranges(cache.probs[idx], mmax))
-        per_cat.append({"image_auroc": binary_metrics(labels, score)["auroc"],
-                        "pixel_auroc": pixel_metrics(masks[idx], maps)["auroc"]})
-    mean = lambda k: float(np.mean([r[k] for r in per_cat if r[k] is not None])) if any(r[k] is not None for r in per_cat) else None  # noqa: E731
+        per_cat.append(
+            {
+                "image_auroc": binary_metrics(labels, score)["auroc"],
+                "pixel_auroc": pixel_metrics(masks[idx], maps)["auroc"],
+            }
+        )
+    def mean(k):
+        return (
+            float(np.mean([r[k] for r in per_cat if r[k] is not None])) if any(r[k] is not None for r in per_cat) else None
+        )  # noqa: E731
     return {"image_auroc": mean("image_auroc"), "pixel_auroc": mean("pixel_auroc")}
 
 
-def heads_step(ori: torch.Tensor, target: torch.Tensor, text: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
-               up_ac: torch.Tensor, opt: torch.optim.Optimizer, scaler: torch.amp.GradScaler) -> float:
+def heads_step(
+    ori: torch.Tensor,
+    target: torch.Tensor,
+    text: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor,
+    up_ac: torch.Tensor,
+    opt: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+) -> float:
     """One optimiser step on a batch; returns the loss.
 
     ori: float32 [B, 4, P, W] patch tokens; target: [B, S, S] in {0, 1}; text: per sample
@@ -145,8 +169,15 @@ def init_heads(width: int, embed_dim: int, seed: int) -> Heads:
     return Heads(torch.stack([l.weight.detach() for l in layers]), torch.stack([l.bias.detach() for l in layers]))
 
 
-def train(loaded: LoadedModel, split: dict[str, list[Sample]], cfg: TrainConfig, tasks: Tasks,
-          resume: Path | None = None, val_split: dict[str, list[Sample]] | None = None, val_dataset: str = "mvtec") -> dict:
+def train(
+    loaded: LoadedModel,
+    split: dict[str, list[Sample]],
+    cfg: TrainConfig,
+    tasks: Tasks,
+    resume: Path | None = None,
+    val_split: dict[str, list[Sample]] | None = None,
+    val_dataset: str = "mvtec",
+) -> dict:
     """Train the heads and write ``cfg.out`` (safetensors), its checkpoint and its JSON log."""
     keep_freed_buffers()
     samples = [s for cat in split for s in split[cat]]
@@ -162,17 +193,32 @@ def train(loaded: LoadedModel, split: dict[str, list[Sample]], cfg: TrainConfig,
     t0 = time.perf_counter()
     cache, built = FeatureCache.get_or_build(loaded, samples, categories, cache_dir, tasks, dtype=cfg.cache_dtype)
     cache_s = time.perf_counter() - t0
-    texts = torch.stack([torch.from_numpy(text_vectors(loaded.clip, loaded.tokenizer, c, cfg.rvs, cfg.dataset,
-                                                       PROMPT_SETS["industrial"]).matrix) for c in categories]).to(device)
+    texts = torch.stack(
+        [
+            torch.from_numpy(
+                text_vectors(loaded.clip, loaded.tokenizer, c, cfg.rvs, cfg.dataset, PROMPT_SETS["industrial"]).matrix
+            )
+            for c in categories
+        ]
+    ).to(device)
     up_ac = as_tensor(bilinear_matrix(DualPathViT(visual).grid, loaded.image_size, align_corners=True)).to(device)
     fingerprint = cfg.fingerprint(cache.meta["key"])
     val = None
     if val_split is not None:
         val_cats = list(val_split)
-        val_texts = torch.stack([torch.from_numpy(text_vectors(loaded.clip, loaded.tokenizer, c, cfg.rvs, val_dataset,
-                                                               PROMPT_SETS["industrial"]).matrix) for c in val_cats]).to(device)
-        val_cache, _ = FeatureCache.get_or_build(loaded, [s for c in val_cats for s in val_split[c]], val_cats, cache_dir,
-                                                 tasks, texts=val_texts)
+        val_texts = torch.stack(
+            [
+                torch.from_numpy(
+                    text_vectors(
+                        loaded.clip, loaded.tokenizer, c, cfg.rvs, val_dataset, PROMPT_SETS["industrial"]
+                    ).matrix
+                )
+                for c in val_cats
+            ]
+        ).to(device)
+        val_cache, _ = FeatureCache.get_or_build(
+            loaded, [s for c in val_cats for s in val_split[c]], val_cats, cache_dir, tasks, texts=val_texts
+        )
         val = (val_cache, val_texts, default_sigma("sdp+", val_dataset))
     best = None  # (image AUROC, epoch, weight, bias)
     heads = init_heads(width, embed_dim, cfg.seed)
@@ -182,8 +228,14 @@ def train(loaded: LoadedModel, split: dict[str, list[Sample]], cfg: TrainConfig,
     scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda")
     ckpt_path = Path(cfg.out).with_suffix(".ckpt.pt")
     log_path = Path(cfg.out).with_suffix(".log.json")
-    log = {"config": {k: str(v) for k, v in asdict(cfg).items()}, "fingerprint": fingerprint, "cache": str(cache.root),
-           "cache_built": built, "cache_seconds": round(cache_s, 2), "epochs": []}
+    log = {
+        "config": {k: str(v) for k, v in asdict(cfg).items()},
+        "fingerprint": fingerprint,
+        "cache": str(cache.root),
+        "cache_built": built,
+        "cache_seconds": round(cache_s, 2),
+        "epochs": [],
+    }
     start_epoch = 0
     if resume is not None:
         try:
@@ -191,8 +243,10 @@ def train(loaded: LoadedModel, split: dict[str, list[Sample]], cfg: TrainConfig,
         except Exception as err:  # noqa: BLE001
             raise ClipadError(f"cannot read resume file {resume}: {str(err).splitlines()[0]}") from None
         if ck.get("fingerprint") != fingerprint:
-            raise ClipadError(f"resume file {resume} was made with another configuration or data (fingerprint "
-                              f"{ck.get('fingerprint')} != {fingerprint}); start without --resume")
+            raise ClipadError(
+                f"resume file {resume} was made with another configuration or data (fingerprint "
+                f"{ck.get('fingerprint')} != {fingerprint}); start without --resume"
+            )
         with torch.no_grad():
             weight.copy_(ck["weight"])
             bias.copy_(ck["bias"])
@@ -217,26 +271,48 @@ def train(loaded: LoadedModel, split: dict[str, list[Sample]], cfg: TrainConfig,
         seconds = time.perf_counter() - t0
         entry = {"epoch": epoch + 1, "loss": float(np.mean(losses)), "seconds": round(seconds, 3)}
         if val is not None:
-            entry["validation"] = validate(val[0], val[1], weight.detach(), bias.detach(), loaded.image_size, val[2], cfg.batch_size)
+            entry["validation"] = validate(
+                val[0], val[1], weight.detach(), bias.detach(), loaded.image_size, val[2], cfg.batch_size
+            )
             score = entry["validation"]["image_auroc"] or 0.0
             if best is None or score > best[0]:
                 best = (score, epoch + 1, weight.detach().cpu().clone(), bias.detach().cpu().clone())
         log["epochs"].append(entry)
         with atomic_path(ckpt_path) as tmp:
-            torch.save({"weight": weight.detach().cpu(), "bias": bias.detach().cpu(), "optimizer": opt.state_dict(),
-                        "epoch": epoch + 1, "fingerprint": fingerprint,
-                        "best": None if best is None else {"score": best[0], "epoch": best[1], "weight": best[2], "bias": best[3]}}, tmp)
+            torch.save(
+                {
+                    "weight": weight.detach().cpu(),
+                    "bias": bias.detach().cpu(),
+                    "optimizer": opt.state_dict(),
+                    "epoch": epoch + 1,
+                    "fingerprint": fingerprint,
+                    "best": None
+                    if best is None
+                    else {"score": best[0], "epoch": best[1], "weight": best[2], "bias": best[3]},
+                },
+                tmp,
+            )
         write_text_atomic(log_path, json.dumps(log, indent=2) + "\n")
     final_w, final_b, selection = weight.detach().cpu(), bias.detach().cpu(), "last epoch (no validation set)"
     if best is not None:
         final_w, final_b = best[2], best[3]
         selection = f"best validation image AUROC ({best[0]:.4f}) at epoch {best[1]} on a held-out set ({', '.join(val[0].meta['categories'])})"
         log["selected_epoch"] = best[1]
-    out = Heads(final_w, final_b, {
-        "model": loaded.spec.model, "weights": loaded.spec.describe(), "taps": "X_mid of stage-start blocks 2-4 and X_L (method.md 4.4)",
-        "training_data": json.dumps({c: len(split[c]) for c in categories}), "epochs": str(cfg.epochs),
-        "selection": selection, "rvs": cfg.rvs, "fingerprint": fingerprint,
-        "validation": json.dumps([e.get("validation") for e in log["epochs"]])})
+    out = Heads(
+        final_w,
+        final_b,
+        {
+            "model": loaded.spec.model,
+            "weights": loaded.spec.describe(),
+            "taps": "X_mid of stage-start blocks 2-4 and X_L (method.md 4.4)",
+            "training_data": json.dumps({c: len(split[c]) for c in categories}),
+            "epochs": str(cfg.epochs),
+            "selection": selection,
+            "rvs": cfg.rvs,
+            "fingerprint": fingerprint,
+            "validation": json.dumps([e.get("validation") for e in log["epochs"]]),
+        },
+    )
     save_heads(cfg.out, out)
     write_text_atomic(log_path, json.dumps(log, indent=2) + "\n")
     return log

@@ -22,15 +22,31 @@ from clipad.runtime.backends.base import BACKENDS, Backend, BackendInfo, Backend
 if TYPE_CHECKING:
     from clipad.runtime.backends.triton_backend import TritonTarget
 
-__all__ = ["BACKENDS", "Backend", "BackendInfo", "BackendName", "BackendUnavailable", "Device", "open_backend", "select_backend"]
+__all__ = [
+    "BACKENDS",
+    "Backend",
+    "BackendInfo",
+    "BackendName",
+    "BackendUnavailable",
+    "Device",
+    "open_backend",
+    "select_backend",
+]
 
 
 def _on_cpu(device: str) -> bool:
     return device == "cpu"
 
 
-def open_backend(artifacts: Artifacts, name: str, precision: str = "fp32", device: str = "auto", triton: TritonTarget | None = None,
-                 mode: str = "latency", attention: str = "fused") -> Backend:
+def open_backend(
+    artifacts: Artifacts,
+    name: str,
+    precision: str = "fp32",
+    device: str = "auto",
+    triton: TritonTarget | None = None,
+    mode: str = "latency",
+    attention: str = "fused",
+) -> Backend:
     """The named backend for ``artifacts``; one line when it cannot run here. ``triton``: the
     server of the triton backend (``triton_backend.TritonTarget``); ``mode``: OpenVINO's
     performance hint (latency or throughput); ``attention``: the torch backend's attention form
@@ -57,8 +73,10 @@ def open_backend(artifacts: Artifacts, name: str, precision: str = "fp32", devic
         if not artifacts.has(PLAN):
             raise ClipadError(f"{artifacts.root} has no {PLAN}; build one with `clipad export --engine`")
         if _on_cpu(device):  # refused before tensorrt, cuda-python or the plan is touched
-            raise ClipadError("the tensorrt backend runs on an NVIDIA GPU only, not with --device cpu; "
-                              "use --backend onnxruntime or torch there")
+            raise ClipadError(
+                "the tensorrt backend runs on an NVIDIA GPU only, not with --device cpu; "
+                "use --backend onnxruntime or torch there"
+            )
         from clipad.runtime.backends.tensorrt_backend import TensorRTBackend
 
         return TensorRTBackend(artifacts, precision, device)
@@ -82,8 +100,11 @@ def _onnxruntime_auto(artifacts: Artifacts, device: str) -> Backend:
     gate = (artifacts.manifest.parity.gates or {}).get("fp16")
     if gate is not None and not gate.passed:  # judged on labelled images at export and found worse than FP32
         fp32 = open_backend(artifacts, "onnxruntime", "fp32", device)
-        fp32.notes = (*fp32.notes, f"precision auto: FP32, because the FP16 graph failed its quality gate (pixel AUROC drop "
-                                   f"{gate.pixel_drop_points:.2f}, image {gate.image_drop_points:.2f} points > {gate.max_drop_points:g})")
+        fp32.notes = (
+            *fp32.notes,
+            f"precision auto: FP32, because the FP16 graph failed its quality gate (pixel AUROC drop "
+            f"{gate.pixel_drop_points:.2f}, image {gate.image_drop_points:.2f} points > {gate.max_drop_points:g})",
+        )
         return fp32
     try:
         fp16 = open_backend(artifacts, "onnxruntime", "fp16", device)
@@ -93,15 +114,23 @@ def _onnxruntime_auto(artifacts: Artifacts, device: str) -> Backend:
         if fp16.info().device == "cuda":
             return fp16
         fp16.close()
-        why = (f"no GPU execution provider ({', '.join(GPU_PROVIDERS)}) loaded for the FP16 graph, which would have "
-               "run on CPUExecutionProvider")
+        why = (
+            f"no GPU execution provider ({', '.join(GPU_PROVIDERS)}) loaded for the FP16 graph, which would have "
+            "run on CPUExecutionProvider"
+        )
     fp32 = open_backend(artifacts, "onnxruntime", "fp32", device)
     fp32.notes = (*fp32.notes, f"precision auto: FP32, because {why}")
     return fp32
 
 
-def select_backend(artifacts: Artifacts, name: str = "auto", device: str = "auto", precision: str = "auto", triton: TritonTarget | None = None,
-                   mode: str = "latency") -> Backend:
+def select_backend(
+    artifacts: Artifacts,
+    name: str = "auto",
+    device: str = "auto",
+    precision: str = "auto",
+    triton: TritonTarget | None = None,
+    mode: str = "latency",
+) -> Backend:
     """``auto``: TensorRT when a usable plan is there (never with device cpu), else ONNX Runtime,
     else the torch reference.
 

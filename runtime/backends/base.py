@@ -70,10 +70,8 @@ class Backend(ABC):
     def close(self) -> None:
         """Release sessions, engines and device memory; calling it again does nothing."""
 
-    def __enter__(self) -> "Backend":
+    def __enter__(self) -> Backend:
         return self
 
     def __exit__(self, *exc) -> None:
         self.close()
-
-

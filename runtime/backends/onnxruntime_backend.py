@@ -66,8 +66,9 @@ def _safe(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9.]+", "_", text)
 
 
-def trt_cache_dirs(artifacts: Artifacts, precision: str, ort_version: str | None = None,
-                   trt_version: str | None = None) -> tuple[Path, Path]:
+def trt_cache_dirs(
+    artifacts: Artifacts, precision: str, ort_version: str | None = None, trt_version: str | None = None
+) -> tuple[Path, Path]:
     """(engine cache directory, timing cache directory) for the graph of ``precision``.
 
     ONNX Runtime names cached engines after the model's path and subgraph, not its content, and
@@ -103,15 +104,22 @@ def _shape_string(name: str, shape: Sequence[int | str], batch: int) -> str:
     for i, d in enumerate(shape):
         if isinstance(d, str):
             if i != 0:
-                raise ClipadError(f"graph input '{name}' has a symbolic dimension '{d}' other than the batch; "
-                                  "the TensorRT execution provider needs fixed shapes there")
+                raise ClipadError(
+                    f"graph input '{name}' has a symbolic dimension '{d}' other than the batch; "
+                    "the TensorRT execution provider needs fixed shapes there"
+                )
             d = batch
         dims.append(str(d))
     return f"{name}:{'x'.join(dims)}"
 
 
-def tensorrt_ep_options(artifacts: Artifacts, precision: str, ort_version: str | None = None,
-                        trt_version: str | None = None, device_id: int = 0) -> dict[str, Any]:
+def tensorrt_ep_options(
+    artifacts: Artifacts,
+    precision: str,
+    ort_version: str | None = None,
+    trt_version: str | None = None,
+    device_id: int = 0,
+) -> dict[str, Any]:
     """TensorRT EP options for serving the ``precision`` graph of ``artifacts``."""
     engine_dir, timing_dir = trt_cache_dirs(artifacts, precision, ort_version, trt_version)
     lo, opt, hi = profile_batches(artifacts)
@@ -157,9 +165,15 @@ def cuda_ep_options(device_id: int = 0) -> dict[str, Any]:
     }
 
 
-def provider_config(artifacts: Artifacts, precision: str, device: str, available: Sequence[str],
-                    ort_version: str | None = None, trt_version: str | None = None,
-                    tensorrt_ep: str | None = None) -> list[tuple[str, dict[str, Any]]]:
+def provider_config(
+    artifacts: Artifacts,
+    precision: str,
+    device: str,
+    available: Sequence[str],
+    ort_version: str | None = None,
+    trt_version: str | None = None,
+    tensorrt_ep: str | None = None,
+) -> list[tuple[str, dict[str, Any]]]:
     """The execution providers to ask for, in order, with their options (pure: no GPU, no files).
 
     ``available``: ``onnxruntime.get_available_providers()`` (a necessary condition only; the
@@ -174,9 +188,11 @@ def provider_config(artifacts: Artifacts, precision: str, device: str, available
         return [(CPU_EP, {})]
     gpu = [p for p in GPU_PROVIDERS if p in available]
     if kind == "cuda" and not gpu:
-        raise ClipadError("--device cuda: this onnxruntime has no GPU execution provider (it has "
-                          f"{', '.join(available) or 'none'}); install clipad[gpu] (onnxruntime-gpu, never beside "
-                          "onnxruntime: `clipad doctor` tells), or use --device cpu")
+        raise ClipadError(
+            "--device cuda: this onnxruntime has no GPU execution provider (it has "
+            f"{', '.join(available) or 'none'}); install clipad[gpu] (onnxruntime-gpu, never beside "
+            "onnxruntime: `clipad doctor` tells), or use --device cpu"
+        )
     out: list[tuple[str, dict[str, Any]]] = []
     if TRT_EP in gpu and tensorrt_ep is None:
         out.append((TRT_EP, tensorrt_ep_options(artifacts, precision, ort_version, trt_version, index)))
@@ -236,29 +252,38 @@ class OnnxRuntimeBackend(Backend):
         if precision not in ONNX_FILES:
             raise ClipadError(f"onnxruntime runs fp32, fp16 or int8 graphs, not '{precision}'")
         if precision == "int8" and not artifacts.has(ONNX_INT8):
-            raise ClipadError(f"{artifacts.root} has no {ONNX_INT8}; make one with `clipad calibrate --int8 --images DIR`")
+            raise ClipadError(
+                f"{artifacts.root} has no {ONNX_INT8}; make one with `clipad calibrate --int8 --images DIR`"
+            )
         path = artifacts.verified_path(ONNX_FILES[precision])
         available = ort.get_available_providers()
         trt_problem = None
         if TRT_EP in available and parse_device(device)[0] != "cpu":
             lib = onnxruntime_tensorrt_ep_library()
             trt_problem = tensorrt_ep_problem(linked_tensorrt_major(lib) if lib else None, installed_tensorrt())
-        wanted, cache_note = _prepare_caches(provider_config(artifacts, precision, device, available,
-                                                             ort_version=ort.__version__, tensorrt_ep=trt_problem))
+        wanted, cache_note = _prepare_caches(
+            provider_config(
+                artifacts, precision, device, available, ort_version=ort.__version__, tensorrt_ep=trt_problem
+            )
+        )
         self.requested = wanted
         _load_gpu_libraries(ort, [n for n, _ in wanted])
         try:
             self.session = ort.InferenceSession(str(path), providers=wanted)
         except Exception as err:  # noqa: BLE001 - ONNX Runtime's errors derive from Exception only
             first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            raise ClipadError(f"onnxruntime could not open {path.name} with {', '.join(n for n, _ in wanted)}: {first}") from None
+            raise ClipadError(
+                f"onnxruntime could not open {path.name} with {', '.join(n for n, _ in wanted)}: {first}"
+            ) from None
         # get_available_providers() lists GPU providers that then fail to load; trust the session.
         self.providers = self.session.get_providers()
         if parse_device(device)[0] == "cuda" and self.providers[0] == CPU_EP:
             self.close()
-            raise ClipadError(f"--device cuda: onnxruntime could not load {' or '.join(n for n, _ in wanted if n != CPU_EP)} "
-                              "(the session fell back to CPUExecutionProvider; check the CUDA, cuDNN and TensorRT libraries), "
-                              "or use --device cpu")
+            raise ClipadError(
+                f"--device cuda: onnxruntime could not load {' or '.join(n for n, _ in wanted if n != CPU_EP)} "
+                "(the session fell back to CPUExecutionProvider; check the CUDA, cuDNN and TensorRT libraries), "
+                "or use --device cpu"
+            )
         self.input_name = self.session.get_inputs()[0].name
         self.precision = precision
         self.max_batch = artifacts.max_batch

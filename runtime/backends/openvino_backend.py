@@ -58,7 +58,9 @@ def auto_precision(artifacts: Artifacts, device: str) -> str:
 class OpenVinoBackend(Backend):
     name = "openvino"
 
-    def __init__(self, artifacts: Artifacts, precision: str | None = "fp32", device: str = "auto", mode: str = "latency"):
+    def __init__(
+        self, artifacts: Artifacts, precision: str | None = "fp32", device: str = "auto", mode: str = "latency"
+    ):
         require_openvino()
         self.compiled = None
         precision = precision or "fp32"
@@ -75,7 +77,9 @@ class OpenVinoBackend(Backend):
         if mode == "throughput":
             import openvino as ov
 
-            self.queue = ov.AsyncInferQueue(self.compiled, int(self.compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")))
+            self.queue = ov.AsyncInferQueue(
+                self.compiled, int(self.compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
+            )
 
     def _infer(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         if self.compiled is None:

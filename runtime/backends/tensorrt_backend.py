@@ -70,7 +70,9 @@ def cuda_python_requirement(cuda_major: int | None) -> str:
     return f"cuda-python>={low},<{major + 1}"
 
 
-def cuda_python_problem(import_error: str, installed: str | None, legacy_layout: bool, cuda_major: int | None = None) -> str:
+def cuda_python_problem(
+    import_error: str, installed: str | None, legacy_layout: bool, cuda_major: int | None = None
+) -> str:
     """Why ``cuda.bindings.runtime`` cannot be used, in one line.
 
     ``installed``: the cuda-python (or cuda-bindings) distribution's version, None when neither
@@ -82,12 +84,20 @@ def cuda_python_problem(import_error: str, installed: str | None, legacy_layout:
     need = cuda_python_requirement(cuda_major)
     old = _version_tuple(installed) < CUDA_PYTHON_MIN if installed is not None else legacy_layout
     if old:
-        which = f"cuda-python {installed}" if installed else "the installed cuda-python (it has cuda.cudart, not cuda.bindings)"
-        return (f"{which} is too old for the tensorrt backend: it needs cuda.bindings.runtime, which cuda-python "
-                f"has from 12.6.1; pip install -U '{need}'")
+        which = (
+            f"cuda-python {installed}"
+            if installed
+            else "the installed cuda-python (it has cuda.cudart, not cuda.bindings)"
+        )
+        return (
+            f"{which} is too old for the tensorrt backend: it needs cuda.bindings.runtime, which cuda-python "
+            f"has from 12.6.1; pip install -U '{need}'"
+        )
     if installed is not None:
-        return (f"cuda-python {installed} is installed but cuda.bindings.runtime does not import ({import_error}); "
-                f"reinstall it: pip install --force-reinstall '{need}'")
+        return (
+            f"cuda-python {installed} is installed but cuda.bindings.runtime does not import ({import_error}); "
+            f"reinstall it: pip install --force-reinstall '{need}'"
+        )
     return f"the tensorrt backend needs cuda-python, which is not installed: pip install '{need}' (or 'clipad[gpu]')"
 
 
@@ -104,8 +114,14 @@ def cuda_runtime():
         from cuda.bindings import runtime as cudart
     except ImportError as err:
         trt = installed_tensorrt()
-        raise ClipadError(cuda_python_problem(str(err), installed_version("cuda-python", "cuda-bindings"),
-                                              _legacy_cuda_layout(), trt.cuda_major if trt else None)) from None
+        raise ClipadError(
+            cuda_python_problem(
+                str(err),
+                installed_version("cuda-python", "cuda-bindings"),
+                _legacy_cuda_layout(),
+                trt.cuda_major if trt else None,
+            )
+        ) from None
     return cudart
 
 
@@ -153,9 +169,20 @@ def stream_handle(stream: Any) -> int:
 # --- the engine's I/O against the manifest -------------------------------------------------------
 
 # TensorRT DataType member names (pyFoundationalTypes.cpp, enum DataType) -> numpy dtype names.
-TRT_DTYPES = {"FLOAT": "float32", "HALF": "float16", "BF16": "bfloat16", "INT8": "int8", "INT32": "int32",
-              "INT64": "int64", "BOOL": "bool", "UINT8": "uint8", "FP8": "fp8", "INT4": "int4", "FP4": "fp4",
-              "E8M0": "e8m0"}
+TRT_DTYPES = {
+    "FLOAT": "float32",
+    "HALF": "float16",
+    "BF16": "bfloat16",
+    "INT8": "int8",
+    "INT32": "int32",
+    "INT64": "int64",
+    "BOOL": "bool",
+    "UINT8": "uint8",
+    "FP8": "fp8",
+    "INT4": "int4",
+    "FP4": "fp4",
+    "E8M0": "e8m0",
+}
 
 
 @dataclass(frozen=True)
@@ -185,14 +212,22 @@ def dims(value: Any) -> tuple[int, ...] | None:
 def read_engine_io(engine: Any) -> list[EngineTensor]:
     """The engine's I/O tensors, read from the engine (None: the plan did not load, one line)."""
     if engine is None:
-        raise ClipadError(f"TensorRT could not load {PLAN} (deserialize_cuda_engine returned None; see the "
-                          f"TensorRT log above): {REBUILD}")
+        raise ClipadError(
+            f"TensorRT could not load {PLAN} (deserialize_cuda_engine returned None; see the "
+            f"TensorRT log above): {REBUILD}"
+        )
     out = []
     for i in range(int(engine.num_io_tensors)):
         name = engine.get_tensor_name(i)
         kind = _enum_name(engine.get_tensor_dtype(name))
-        out.append(EngineTensor(name, _enum_name(engine.get_tensor_mode(name)).lower(), TRT_DTYPES.get(kind, kind.lower()),
-                                dims(engine.get_tensor_shape(name)) or ()))
+        out.append(
+            EngineTensor(
+                name,
+                _enum_name(engine.get_tensor_mode(name)).lower(),
+                TRT_DTYPES.get(kind, kind.lower()),
+                dims(engine.get_tensor_shape(name)) or (),
+            )
+        )
     return out
 
 
@@ -222,9 +257,12 @@ def check_engine_io(tensors: Sequence[EngineTensor], spec: OnnxSpec) -> None:
             if g.dtype != w.dtype:
                 fail(f"{mode} '{name}' is {g.dtype} in the engine, {w.dtype} in the manifest")
             same = len(g.shape) == len(w.shape) and all(
-                (gd == -1) if isinstance(wd, str) else (gd == wd) for gd, wd in zip(g.shape, w.shape))
+                (gd == -1) if isinstance(wd, str) else (gd == wd) for gd, wd in zip(g.shape, w.shape, strict=False)
+            )
             if not same:
-                fail(f"{mode} '{name}' has shape {_shape_text(g.shape)} in the engine, {_shape_text(w.shape)} in the manifest")
+                fail(
+                    f"{mode} '{name}' has shape {_shape_text(g.shape)} in the engine, {_shape_text(w.shape)} in the manifest"
+                )
 
 
 def check_engine_profile(name: str, profile: Sequence[tuple[int, ...] | None], meta: EngineMeta) -> int:
@@ -236,8 +274,10 @@ def check_engine_profile(name: str, profile: Sequence[tuple[int, ...] | None], m
     got = tuple(s[0] for s in profile)
     want = (meta.profile.min, meta.profile.opt, meta.profile.max)
     if got != want:
-        raise ClipadError(f"{PLAN}'s profile for '{name}' has batch min/opt/max {'/'.join(map(str, got))}, its sidecar "
-                          f"{PLAN_META} records {'/'.join(map(str, want))}: the two files are from different builds; {REBUILD}")
+        raise ClipadError(
+            f"{PLAN}'s profile for '{name}' has batch min/opt/max {'/'.join(map(str, got))}, its sidecar "
+            f"{PLAN_META} records {'/'.join(map(str, want))}: the two files are from different builds; {REBUILD}"
+        )
     return got[2]
 
 
@@ -288,10 +328,14 @@ class TensorRTBackend(Backend):
         if device == "cpu":
             raise ClipadError("the tensorrt backend runs on an NVIDIA GPU only, not with --device cpu")
         if device not in ("auto", "cuda", "cuda:0"):
-            raise ClipadError(f"the tensorrt backend runs on GPU 0 (the GPU its plan is checked against), not '{device}'")
+            raise ClipadError(
+                f"the tensorrt backend runs on GPU 0 (the GPU its plan is checked against), not '{device}'"
+            )
         trt = require_tensorrt()
         cudart = cuda_runtime()
-        mismatch = cuda_mismatch(installed_tensorrt(), installed_version("cuda-bindings", "cuda-python"), driver_cuda(cudart))
+        mismatch = cuda_mismatch(
+            installed_tensorrt(), installed_version("cuda-bindings", "cuda-python"), driver_cuda(cudart)
+        )
         if mismatch:
             raise ClipadError(mismatch)
         meta = artifacts.plan_meta()
@@ -320,8 +364,10 @@ class TensorRTBackend(Backend):
         try:
             self.context = engine.create_execution_context()
             if self.context is None:
-                raise ClipadError(f"TensorRT could not create an execution context for {PLAN} (out of GPU memory? "
-                                  "see the TensorRT log above)")
+                raise ClipadError(
+                    f"TensorRT could not create an execution context for {PLAN} (out of GPU memory? "
+                    "see the TensorRT log above)"
+                )
             self.stream = _check(cudart.cudaStreamCreate())
             # Buffers for the profile's max: the input at its max shape, each output at the shape
             # TensorRT infers for it at that input shape.
@@ -331,21 +377,27 @@ class TensorRTBackend(Backend):
             for name in self.output_names:
                 shape = dims(self.context.get_tensor_shape(name))
                 if shape is None or any(d < 0 for d in shape):
-                    raise ClipadError(f"TensorRT gives output '{name}' no fixed shape at input {list(max_shape)}: {REBUILD}")
+                    raise ClipadError(
+                        f"TensorRT gives output '{name}' no fixed shape at input {list(max_shape)}: {REBUILD}"
+                    )
                 shapes[name] = shape
             for name, shape in shapes.items():
                 self.buffers[name] = _Buffer(shape, np.dtype(dtypes[name]))
             for name, buf in self.buffers.items():
                 if not self.context.set_tensor_address(name, int(buf.device)):
-                    raise ClipadError(f"TensorRT refused the device buffer for '{name}' (set_tensor_address returned False)")
+                    raise ClipadError(
+                        f"TensorRT refused the device buffer for '{name}' (set_tensor_address returned False)"
+                    )
         except BaseException:
             self.close()
             raise
 
     def _set_input_shape(self, shape: tuple[int, ...]) -> None:
         if not self.context.set_input_shape(self.input_name, tuple(int(d) for d in shape)):
-            raise ClipadError(f"TensorRT refused input shape {list(shape)} for '{self.input_name}' (outside the plan's "
-                              f"profile, batch 1..{self.max_batch}?)")
+            raise ClipadError(
+                f"TensorRT refused input shape {list(shape)} for '{self.input_name}' (outside the plan's "
+                f"profile, batch 1..{self.max_batch}?)"
+            )
 
     def _infer(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         if self.context is None:

@@ -22,7 +22,9 @@ from clipad.runtime.backends.base import Backend, BackendInfo
 class TorchBackend(Backend):
     name = "torch"
 
-    def __init__(self, artifacts: Artifacts, precision: str = "fp32", device: str = "auto", attention: Attention = "fused"):
+    def __init__(
+        self, artifacts: Artifacts, precision: str = "fp32", device: str = "auto", attention: Attention = "fused"
+    ):
         if attention not in ATTENTIONS:
             raise ClipadError(f"the torch attention is one of {', '.join(ATTENTIONS)}, not '{attention}'")
         self.device = resolve_device(device)

@@ -88,8 +88,14 @@ class _Client:
         else:
             import tritonclient.http as tc
         self.tc = tc
-        self.client = tc.InferenceServerClient(target.address, **({} if target.protocol == "grpc" else {
-            "connection_timeout": target.timeout_s, "network_timeout": target.timeout_s}))
+        self.client = tc.InferenceServerClient(
+            target.address,
+            **(
+                {}
+                if target.protocol == "grpc"
+                else {"connection_timeout": target.timeout_s, "network_timeout": target.timeout_s}
+            ),
+        )
         self.input, self.outputs = io
         self.regions: list[tuple[str, object, int]] = []
         if target.shm:
@@ -122,14 +128,14 @@ class _Client:
             name, handle, _ = self.regions[0]
             shm.set_shared_memory_region(handle, [images])
             inp.set_shared_memory(name, images.nbytes)
-            for o, t, (oname, _, _) in zip(outs, self.outputs, self.regions[1:]):
+            for o, t, (oname, _, _) in zip(outs, self.outputs, self.regions[1:], strict=False):
                 o.set_shared_memory(oname, self._bytes(t, b))
         else:
             inp.set_data_from_numpy(images)
         kw = {"client_timeout": self.target.timeout_s} if self.target.protocol == "grpc" else {}
         res = self.client.infer(self.target.model, [inp], model_version=self.target.version, outputs=outs, **kw)
         arrays = []
-        for t, (oname, handle, _) in zip(self.outputs, self.regions[1:] or [(None, None, 0)] * len(self.outputs)):
+        for t, (oname, handle, _) in zip(self.outputs, self.regions[1:] or [(None, None, 0)] * len(self.outputs), strict=False):
             if handle is not None:
                 import tritonclient.utils.shared_memory as shm
 
@@ -174,7 +180,9 @@ class TritonBackend(Backend):
         m = artifacts.manifest
         self.target = target if target.model else replace(target, model=f"{m.category}_python")
         if len(m.onnx.outputs) != 2:
-            raise ClipadError(f"the manifest lists {len(m.onnx.outputs)} outputs, the Triton backend expects anomaly_map and image_prob")
+            raise ClipadError(
+                f"the manifest lists {len(m.onnx.outputs)} outputs, the Triton backend expects anomaly_map and image_prob"
+            )
         self._io = (m.onnx.inputs[0], list(m.onnx.outputs))
         config = self._check_server(artifacts)
         self.max_batch = m.max_batch
@@ -189,14 +197,18 @@ class TritonBackend(Backend):
         self._finalizer = weakref.finalize(self, _close_clients, self._clients)
         self._lock = threading.Lock()
         self._generation = 0
-        self._pool = ThreadPoolExecutor(self.target.inflight, thread_name_prefix="triton") if self.target.inflight > 1 else None
+        self._pool = (
+            ThreadPoolExecutor(self.target.inflight, thread_name_prefix="triton") if self.target.inflight > 1 else None
+        )
         if self.target.shm:  # register now, so a server on another host is refused at open
             try:
                 self._client()
             except Exception as err:  # noqa: BLE001 - tritonclient's and the OS's errors
                 self.close()
-                raise ClipadError(f"--triton-shm: cannot share memory with the server at {self.target.url} "
-                                  f"(client and server must share a host): {_first_line(err)}") from None
+                raise ClipadError(
+                    f"--triton-shm: cannot share memory with the server at {self.target.url} "
+                    f"(client and server must share a host): {_first_line(err)}"
+                ) from None
 
     def _check_server(self, artifacts: Artifacts) -> dict:
         """The model's config (JSON form), after every check of the module docstring."""
@@ -215,8 +227,10 @@ class TritonBackend(Backend):
             if not (live and ready):
                 raise ClipadError(f"the Triton server at {t.url} is {'not ready' if live else 'not live'}")
             if not c.is_model_ready(t.model, t.version, **kw):
-                raise ClipadError(f"the Triton server at {t.url} has no ready model '{t.model}'"
-                                  f"{' version ' + t.version if t.version else ''} ({self._ready_models(c, t.protocol)})")
+                raise ClipadError(
+                    f"the Triton server at {t.url} has no ready model '{t.model}'"
+                    f"{' version ' + t.version if t.version else ''} ({self._ready_models(c, t.protocol)})"
+                )
             config = c.get_model_config(t.model, t.version, **({"as_json": True, **kw} if t.protocol == "grpc" else {}))
             config = config.get("config", config)
         finally:
@@ -228,11 +242,15 @@ class TritonBackend(Backend):
         file = params.get(FILE_PARAM, {}).get("string_value")
         sha = params.get(HASH_PARAM, {}).get("string_value")
         if not file or not sha:
-            raise ClipadError(f"the Triton model '{t.model}' has no {HASH_PARAM}/{FILE_PARAM} parameters: "
-                              "serve a repository written by `clipad export --triton-repo`")
+            raise ClipadError(
+                f"the Triton model '{t.model}' has no {HASH_PARAM}/{FILE_PARAM} parameters: "
+                "serve a repository written by `clipad export --triton-repo`"
+            )
         if m.files.get(file) != sha:
-            raise ClipadError(f"the Triton model '{t.model}' serves a {file} with sha256 {sha[:12]}..., "
-                              f"the manifest in {artifacts.root} has {str(m.files.get(file))[:12]}...: another export")
+            raise ClipadError(
+                f"the Triton model '{t.model}' serves a {file} with sha256 {sha[:12]}..., "
+                f"the manifest in {artifacts.root} has {str(m.files.get(file))[:12]}...: another export"
+            )
         return config
 
     @staticmethod
@@ -281,9 +299,14 @@ class TritonBackend(Backend):
 
     def info(self) -> BackendInfo:
         t = self.target
-        return BackendInfo(self.name, self.precision, self._device,
-                           f"{t.model}{' v' + t.version if t.version else ''} at {t.url}, {t.inflight} in flight"
-                           f"{', shared memory' if t.shm else ''}", self.max_batch)
+        return BackendInfo(
+            self.name,
+            self.precision,
+            self._device,
+            f"{t.model}{' v' + t.version if t.version else ''} at {t.url}, {t.inflight} in flight"
+            f"{', shared memory' if t.shm else ''}",
+            self.max_batch,
+        )
 
     def close(self) -> None:
         if self._pool is not None:

@@ -12,5 +12,16 @@ from clipad.runtime.bench.run import run_bench
 from clipad.runtime.bench.schema import SCHEMA_VERSION
 from clipad.runtime.bench.timing import percentiles, time_backend, time_calls
 
-__all__ = ["PRECISIONS", "SCHEMA_VERSION", "BenchConfig", "format_markdown", "percentiles", "run_bench", "time_backend",
-           "time_calls", "validate", "write_json", "write_plot"]
+__all__ = [
+    "PRECISIONS",
+    "SCHEMA_VERSION",
+    "BenchConfig",
+    "format_markdown",
+    "percentiles",
+    "run_bench",
+    "time_backend",
+    "time_calls",
+    "validate",
+    "write_json",
+    "write_plot",
+]

@@ -19,8 +19,12 @@ def flop_figures(reference: Any, image_size: int) -> dict[str, Any]:
     dims = ViTDims.from_visual(reference.vit.visual, image_size)
     memory = getattr(getattr(reference, "reference", None), "memory", None)  # a ReferenceModel's [S, M, W]
     per_image = flops_breakdown(dims, reference.mode, 0 if memory is None else int(memory.shape[1]))
-    return {"per_image": per_image, "plain_encoding_per_image": plain_encoding_flops(dims),
-            "dims": dims.__dict__, "convention": "multiply-add = 2 FLOPs; matrix products and the patch conv only"}
+    return {
+        "per_image": per_image,
+        "plain_encoding_per_image": plain_encoding_flops(dims),
+        "dims": dims.__dict__,
+        "convention": "multiply-add = 2 FLOPs; matrix products and the patch conv only",
+    }
 
 
 def matmul_ceiling(device: str, dtype: torch.dtype) -> dict[str, Any]:
@@ -52,7 +56,9 @@ def ceiling_key(device: str, precision: str) -> str:
     return "cpu_fp32"
 
 
-def dual_path_cost(reference: Any, images: np.ndarray, device: torch.device, warmup: int, iterations: int) -> list[dict]:
+def dual_path_cost(
+    reference: Any, images: np.ndarray, device: torch.device, warmup: int, iterations: int
+) -> list[dict]:
     """The dual path (DualPathViT) against a plain open_clip encoding on the same input.
 
     reference: SDPModel on ``device``; images: uint8 [B, H, W, 3]. FP32, and FP16 autocast on
@@ -76,6 +82,14 @@ def dual_path_cost(reference: Any, images: np.ndarray, device: torch.device, war
         with torch.no_grad():
             d = percentiles(time_calls(dual, warmup, iterations, sync))
             p = percentiles(time_calls(plain, warmup, iterations, sync))
-        rows.append({"precision": precision, "device": device.type, "batch": len(images), "dual_path_ms": d,
-                     "plain_encoding_ms": p, "ratio": d["p50"] / p["p50"]})
+        rows.append(
+            {
+                "precision": precision,
+                "device": device.type,
+                "batch": len(images),
+                "dual_path_ms": d,
+                "plain_encoding_ms": p,
+                "ratio": d["p50"] / p["p50"],
+            }
+        )
     return rows

@@ -19,8 +19,12 @@ REDUCED_LIMIT = {True: 0.4, False: 0.7}
 
 def _p50(rows: list[dict], backend: str, precision: str, batch: int = 1, attention: str | None = None) -> float | None:
     """p50 latency (ms) of a row, None when it did not run; ``attention`` None: any form (torch: fused first)."""
-    hits = [r for r in rows if (r["backend"], r["precision"], r["batch"], r["status"]) == (backend, precision, batch, "ok")
-            and (attention is None or r.get("attention") == attention)]
+    hits = [
+        r
+        for r in rows
+        if (r["backend"], r["precision"], r["batch"], r["status"]) == (backend, precision, batch, "ok")
+        and (attention is None or r.get("attention") == attention)
+    ]
     hits.sort(key=lambda r: r.get("attention") != "fused")
     return hits[0]["latency_ms"]["p50"] if hits else None
 
@@ -45,30 +49,56 @@ def _reduced_goal(rows: list[dict], gates: dict[str, bool], machine: dict[str, A
             candidates.append((ms, key))
     if not candidates:
         judged = ", ".join(f"{k} {'passed' if v else 'FAILED'}" for k, v in gates.items()) or "no gate in the manifest"
-        return {"goal": "best gated reduced precision / onnxruntime fp32, cpu batch 1", "value": None,
-                "limit": REDUCED_LIMIT[bf16_cpu], "met": False, "detail": f"no timed reduced precision passed its gate ({judged})"}
+        return {
+            "goal": "best gated reduced precision / onnxruntime fp32, cpu batch 1",
+            "value": None,
+            "limit": REDUCED_LIMIT[bf16_cpu],
+            "met": False,
+            "detail": f"no timed reduced precision passed its gate ({judged})",
+        }
     ms, key = min(candidates)
     limit = REDUCED_LIMIT[bf16_cpu]
-    return {"goal": "best gated reduced precision / onnxruntime fp32, cpu batch 1", "value": ms / ort32, "limit": limit,
-            "met": ms / ort32 <= limit,
-            "detail": f"{key}, gate passed; limit for a CPU {'with' if bf16_cpu else 'without'} AVX-512 BF16 or AMX"}
+    return {
+        "goal": "best gated reduced precision / onnxruntime fp32, cpu batch 1",
+        "value": ms / ort32,
+        "limit": limit,
+        "met": ms / ort32 <= limit,
+        "detail": f"{key}, gate passed; limit for a CPU {'with' if bf16_cpu else 'without'} AVX-512 BF16 or AMX",
+    }
 
 
-def performance_goals(rows: list[dict], dual: list[dict], gates: dict[str, bool] | None = None,
-                      machine: dict[str, Any] | None = None) -> list[dict]:
+def performance_goals(
+    rows: list[dict], dual: list[dict], gates: dict[str, bool] | None = None, machine: dict[str, Any] | None = None
+) -> list[dict]:
     """One dict per goal (goal, value, limit, met, and sometimes detail; value None: not measurable):
     ONNX Runtime FP32 at most 0.75x torch FP32 and INT8 faster than FP32 (batch 1); the best gated
     reduced precision at most 0.4x (BF16 CPUs) or 0.7x ONNX Runtime FP32 (batch 1); torch fused
     attention no slower than explicit (batch 1 and the largest batch); the dual path at most 1.25x
     the plain encoding. ``gates``: ``reduced_gates`` of the manifest; ``machine``: ``machine_info``."""
     goals = []
-    torch32, ort32, ort8 = _p50(rows, "torch", "fp32"), _p50(rows, "onnxruntime", "fp32"), _p50(rows, "onnxruntime", "int8")
+    torch32, ort32, ort8 = (
+        _p50(rows, "torch", "fp32"),
+        _p50(rows, "onnxruntime", "fp32"),
+        _p50(rows, "onnxruntime", "int8"),
+    )
     if torch32 and ort32:
-        goals.append({"goal": "onnxruntime fp32 / torch fp32, batch 1", "value": ort32 / torch32, "limit": 0.75,
-                      "met": ort32 / torch32 <= 0.75})
+        goals.append(
+            {
+                "goal": "onnxruntime fp32 / torch fp32, batch 1",
+                "value": ort32 / torch32,
+                "limit": 0.75,
+                "met": ort32 / torch32 <= 0.75,
+            }
+        )
     if ort32 and ort8:
-        goals.append({"goal": "onnxruntime int8 / onnxruntime fp32, batch 1", "value": ort8 / ort32, "limit": 1.0,
-                      "met": ort8 / ort32 < 1.0})
+        goals.append(
+            {
+                "goal": "onnxruntime int8 / onnxruntime fp32, batch 1",
+                "value": ort8 / ort32,
+                "limit": 1.0,
+                "met": ort8 / ort32 < 1.0,
+            }
+        )
     cpu_rows = [r for r in rows if r.get("device") == "cpu"]
     cpu32 = _p50(cpu_rows, "onnxruntime", "fp32")
     if cpu32 and gates and any(r["backend"] != "torch" and r["precision"] != "fp32" for r in cpu_rows):
@@ -77,11 +107,23 @@ def performance_goals(rows: list[dict], dual: list[dict], gates: dict[str, bool]
         fused = _p50(rows, "torch", "fp32", batch, "fused")
         explicit = _p50(rows, "torch", "fp32", batch, "explicit")
         if fused and explicit:
-            goals.append({"goal": f"torch fused / explicit attention, fp32 batch {batch}", "value": fused / explicit,
-                          "limit": 1.0, "met": fused / explicit <= 1.0})
+            goals.append(
+                {
+                    "goal": f"torch fused / explicit attention, fp32 batch {batch}",
+                    "value": fused / explicit,
+                    "limit": 1.0,
+                    "met": fused / explicit <= 1.0,
+                }
+            )
     for d in dual:
-        goals.append({"goal": f"dual path / plain encoding, {d['precision']} {d['device']}, batch {d['batch']}",
-                      "value": d["ratio"], "limit": 1.25, "met": d["ratio"] <= 1.25})
+        goals.append(
+            {
+                "goal": f"dual path / plain encoding, {d['precision']} {d['device']}, batch {d['batch']}",
+                "value": d["ratio"],
+                "limit": 1.25,
+                "met": d["ratio"] <= 1.25,
+            }
+        )
     return goals
 
 

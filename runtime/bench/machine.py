@@ -14,11 +14,18 @@ from clipad.core.cpu import cpu_matrix_features, cpu_model
 def machine_info() -> dict[str, Any]:
     """CPU model, cores, torch threads, platform, library versions, ONNX Runtime's providers and the GPU."""
     cpu = cpu_model()
-    info: dict[str, Any] = {"cpu": cpu, "cpu_matrix_features": cpu_matrix_features(), "load_average": list(os.getloadavg()),
-                            "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-                            "platform": platform.platform(), "python": platform.python_version(),
-                            "torch": torch.__version__, "cuda": torch.version.cuda,
-                            "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+    info: dict[str, Any] = {
+        "cpu": cpu,
+        "cpu_matrix_features": cpu_matrix_features(),
+        "load_average": list(os.getloadavg()),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+    }
     try:
         import onnxruntime as ort
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import gc
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 import torch
@@ -47,15 +47,33 @@ def _reason(err: BaseException) -> str:
     return msg if isinstance(err, ClipadError) else f"{type(err).__name__}: {msg}"
 
 
-def unavailable(name: str, precision: str, reason: str, status: str = "unavailable", batch: int | None = None,
-                attention: str | None = None) -> dict:
+def unavailable(
+    name: str,
+    precision: str,
+    reason: str,
+    status: str = "unavailable",
+    batch: int | None = None,
+    attention: str | None = None,
+) -> dict:
     """A row that did not run: the whole combination (batch None) or one batch size ("failed")."""
-    return {"backend": name, "precision": precision, "batch": batch, "status": status, "reason": reason, "attention": attention}
+    return {
+        "backend": name,
+        "precision": precision,
+        "batch": batch,
+        "status": status,
+        "reason": reason,
+        "attention": attention,
+    }
 
 
 def parity_json(row: ParityRow) -> dict:
     """A row's ``parity``: the figures, within_tolerance, the reference and the number of images."""
-    return {**row.figures.to_json(), "within_tolerance": row.within_tolerance, "against": AGAINST, "n_images": row.n_images}
+    return {
+        **row.figures.to_json(),
+        "within_tolerance": row.within_tolerance,
+        "against": AGAINST,
+        "n_images": row.n_images,
+    }
 
 
 def measure_batches(backend: Backend, start_up_s: float, ctx: RowContext, attention: str | None = None) -> list[dict]:
@@ -79,20 +97,36 @@ def measure_batches(backend: Backend, start_up_s: float, ctx: RowContext, attent
         ips = batch / (stats["p50"] / 1000.0)
         gflops = ctx.flops_per_image * ips / 1e9
         key = ceiling_key(info.device, info.precision)
-        rows.append({
-            "backend": info.name, "precision": info.precision, "batch": batch, "status": "ok", "reason": None, "attention": attention,
-            "describe": info.describe(), "device": info.device, "calls_per_batch": -(-batch // info.max_batch),
-            "latency_ms": stats, "samples_ms": samples, "images_per_s": ips, "gflops_per_s": gflops,
-            "ceiling": key,
-            "fraction_of_ceiling": gflops / ctx.ceilings[key]["gflops_per_s"] if key in ctx.ceilings else None,
-            "start_up_s": start_up_s, "peak_host_mb": ctx.memory.peak_mb(),
-            "gpu_mb": torch.cuda.max_memory_allocated() / 2**20 if torch_cuda else None, "parity": None,
-        })
+        rows.append(
+            {
+                "backend": info.name,
+                "precision": info.precision,
+                "batch": batch,
+                "status": "ok",
+                "reason": None,
+                "attention": attention,
+                "describe": info.describe(),
+                "device": info.device,
+                "calls_per_batch": -(-batch // info.max_batch),
+                "latency_ms": stats,
+                "samples_ms": samples,
+                "images_per_s": ips,
+                "gflops_per_s": gflops,
+                "ceiling": key,
+                "fraction_of_ceiling": gflops / ctx.ceilings[key]["gflops_per_s"] if key in ctx.ceilings else None,
+                "start_up_s": start_up_s,
+                "peak_host_mb": ctx.memory.peak_mb(),
+                "gpu_mb": torch.cuda.max_memory_allocated() / 2**20 if torch_cuda else None,
+                "parity": None,
+            }
+        )
         ctx.advance(1)
     return rows
 
 
-def bench_combination(art: Artifacts, name: str, precision: str, ctx: RowContext, attention: str | None = None) -> list[dict]:
+def bench_combination(
+    art: Artifacts, name: str, precision: str, ctx: RowContext, attention: str | None = None
+) -> list[dict]:
     """Open one backend/precision (or say why not), time every batch size, then check parity;
     ``attention``: the torch backend's attention form (None for the other backends)."""
     gc.collect()
@@ -108,8 +142,14 @@ def bench_combination(art: Artifacts, name: str, precision: str, ctx: RowContext
         served = backend.info().precision
         if served != precision:  # a TensorRT plan has the precision it was built with
             ctx.advance(len(ctx.cfg.batches))
-            return [unavailable(name, precision, f"{name} serves {served} from these artifacts, not {precision}",
-                                attention=attention)]
+            return [
+                unavailable(
+                    name,
+                    precision,
+                    f"{name} serves {served} from these artifacts, not {precision}",
+                    attention=attention,
+                )
+            ]
         rows = measure_batches(backend, start_up_s, ctx, attention)
         if ctx.reference is not None and any(r["status"] == "ok" for r in rows):
             parity = parity_json(check_backend(backend, ctx.reference))

@@ -58,14 +58,19 @@ def run_bench(art: Artifacts, cfg: BenchConfig, tasks: Tasks) -> dict[str, Any]:
         torch.cuda.empty_cache()
     ceils = ceilings(device)
 
-    combos = [(name, precision, attention) for name in cfg.backends for precision in cfg.precisions
-              for attention in (cfg.attentions if name == "torch" else [None])]
+    combos = [
+        (name, precision, attention)
+        for name in cfg.backends
+        for precision in cfg.precisions
+        for attention in (cfg.attentions if name == "torch" else [None])
+    ]
     advance = tasks.add("backends x precisions x batches", len(combos) * len(cfg.batches))
     ctx = RowContext(cfg, frames, memory, flops["per_image"]["total"], ceils, target, advance)
     rows: list[dict] = []
     for name, precision, attention in combos:
         if attention not in (None, cfg.attentions[0]) and any(
-                (r["backend"], r["precision"], r["status"]) == (name, precision, "unavailable") for r in rows):
+            (r["backend"], r["precision"], r["status"]) == (name, precision, "unavailable") for r in rows
+        ):
             ctx.advance(len(cfg.batches))  # the torch precision cannot run in any attention form: said once
             continue
         rows += bench_combination(art, name, precision, ctx, attention)
@@ -77,12 +82,23 @@ def run_bench(art: Artifacts, cfg: BenchConfig, tasks: Tasks) -> dict[str, Any]:
     return {
         "schema_version": SCHEMA_VERSION,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "artifacts": str(art.root), "model": m.model, "mode": m.mode, "image_size": size,
-        "max_batch": art.max_batch, "weights": m.weights.source,
+        "artifacts": str(art.root),
+        "model": m.model,
+        "mode": m.mode,
+        "image_size": size,
+        "max_batch": art.max_batch,
+        "weights": m.weights.source,
         "machine": machine,
-        "settings": {"backends": cfg.backends, "precisions": cfg.precisions, "batches": cfg.batches,
-                     "iterations": cfg.iterations, "warmup": cfg.warmup, "device": cfg.device, "parity": cfg.parity,
-                     "attentions": cfg.attentions},
+        "settings": {
+            "backends": cfg.backends,
+            "precisions": cfg.precisions,
+            "batches": cfg.batches,
+            "iterations": cfg.iterations,
+            "warmup": cfg.warmup,
+            "device": cfg.device,
+            "parity": cfg.parity,
+            "attentions": cfg.attentions,
+        },
         "host_memory_method": memory.method,
         "definitions": DEFINITIONS,
         "flops": flops,

@@ -14,8 +14,9 @@ from __future__ import annotations
 import platform
 import resource
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -23,7 +24,9 @@ import torch
 from clipad.runtime.backends import Backend
 
 
-def time_calls(fn: Callable[[], Any], warmup: int, iterations: int, sync: Callable[[], None] | None = None) -> list[float]:
+def time_calls(
+    fn: Callable[[], Any], warmup: int, iterations: int, sync: Callable[[], None] | None = None
+) -> list[float]:
     """Milliseconds of each of ``iterations`` calls of ``fn`` after ``warmup`` untimed calls.
 
     ``sync`` (e.g. ``torch.cuda.synchronize``) runs after every call, inside the timed span, so
@@ -46,8 +49,15 @@ def percentiles(samples_ms: Sequence[float]) -> dict[str, float]:
     """p50/p90/p99 (numpy's linear interpolation), min, max and mean of the samples (ms), and n."""
     a = np.asarray(samples_ms, dtype=np.float64)
     p50, p90, p99 = np.percentile(a, [50, 90, 99])
-    return {"p50": float(p50), "p90": float(p90), "p99": float(p99), "min": float(a.min()), "max": float(a.max()),
-            "mean": float(a.mean()), "n": int(a.size)}
+    return {
+        "p50": float(p50),
+        "p90": float(p90),
+        "p99": float(p99),
+        "min": float(a.min()),
+        "max": float(a.max()),
+        "mean": float(a.mean()),
+        "n": int(a.size),
+    }
 
 
 def cuda_sync() -> None:

@@ -104,11 +104,30 @@ class WeightsFacts:
     error: str | None = None
 
 
-FACTS = {"python": PythonFacts, "torch": TorchFacts, "onnxruntime": OnnxRuntimeFacts, "tensorrt": TensorRTFacts,
-         "cuda": CudaFacts, "openvino": OpenVinoFacts, "cpu": CpuFacts, "triton": TritonFacts,
-         "chromium": ChromiumFacts, "weights": WeightsFacts}
-Facts = (PythonFacts | TorchFacts | OnnxRuntimeFacts | TensorRTFacts | CudaFacts | OpenVinoFacts | CpuFacts | TritonFacts
-         | ChromiumFacts | WeightsFacts)
+FACTS = {
+    "python": PythonFacts,
+    "torch": TorchFacts,
+    "onnxruntime": OnnxRuntimeFacts,
+    "tensorrt": TensorRTFacts,
+    "cuda": CudaFacts,
+    "openvino": OpenVinoFacts,
+    "cpu": CpuFacts,
+    "triton": TritonFacts,
+    "chromium": ChromiumFacts,
+    "weights": WeightsFacts,
+}
+Facts = (
+    PythonFacts
+    | TorchFacts
+    | OnnxRuntimeFacts
+    | TensorRTFacts
+    | CudaFacts
+    | OpenVinoFacts
+    | CpuFacts
+    | TritonFacts
+    | ChromiumFacts
+    | WeightsFacts
+)
 
 
 def to_json(facts: Facts) -> dict[str, Any]:

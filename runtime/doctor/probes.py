@@ -37,8 +37,18 @@ from clipad.runtime.doctor.facts import (
 MARKER = "CLIPAD-DOCTOR-FACTS "
 # Every distribution that installs the `onnxruntime` module: two of them in one environment
 # overwrite each other's files, and the GPU providers go missing (microsoft/onnxruntime#26996).
-ORT_WHEELS = ("onnxruntime", "onnxruntime-gpu", "onnxruntime-openvino", "onnxruntime-directml", "onnxruntime-training",
-              "onnxruntime-qnn", "onnxruntime-rocm", "onnxruntime-migraphx", "ort-nightly", "ort-nightly-gpu")
+ORT_WHEELS = (
+    "onnxruntime",
+    "onnxruntime-gpu",
+    "onnxruntime-openvino",
+    "onnxruntime-directml",
+    "onnxruntime-training",
+    "onnxruntime-qnn",
+    "onnxruntime-rocm",
+    "onnxruntime-migraphx",
+    "ort-nightly",
+    "ort-nightly-gpu",
+)
 
 
 def _error(err: BaseException) -> str:
@@ -73,8 +83,13 @@ def probe_torch(deep: bool = False) -> TorchFacts:
     except Exception as err:  # noqa: BLE001 - a torch that does not import is the finding
         return TorchFacts(version, torch_cuda_build(), imported=True, import_error=_error(err))
     available = bool(torch.cuda.is_available())
-    return TorchFacts(version, torch.version.cuda, imported=True, cuda_available=available,
-                      gpu=torch.cuda.get_device_name(0) if available else None)
+    return TorchFacts(
+        version,
+        torch.version.cuda,
+        imported=True,
+        cuda_available=available,
+        gpu=torch.cuda.get_device_name(0) if available else None,
+    )
 
 
 def _gpu_session_providers(ort) -> tuple[list[str] | None, str | None]:
@@ -82,9 +97,12 @@ def _gpu_session_providers(ort) -> tuple[list[str] | None, str | None]:
     loads (get_available_providers lists it whenever the wheel has it)."""
     from onnx import TensorProto, helper
 
-    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "doctor",
-                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["x"], ["y"])],
+        "doctor",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     options = ort.SessionOptions()
@@ -92,8 +110,9 @@ def _gpu_session_providers(ort) -> tuple[list[str] | None, str | None]:
     try:
         if hasattr(ort, "preload_dlls"):
             ort.preload_dlls()
-        session = ort.InferenceSession(model.SerializeToString(),
-                                       options, providers=["CUDAExecutionProvider", "CPUExecutionProvider"])
+        session = ort.InferenceSession(
+            model.SerializeToString(), options, providers=["CUDAExecutionProvider", "CPUExecutionProvider"]
+        )
         return session.get_providers(), None
     except Exception as err:  # noqa: BLE001
         return None, _error(err)
@@ -118,16 +137,26 @@ def probe_onnxruntime(deep: bool = False) -> OnnxRuntimeFacts:
     session, session_error = (None, None)
     if "CUDAExecutionProvider" in providers:
         session, session_error = _gpu_session_providers(ort)
-    return OnnxRuntimeFacts(wheels, ort.__version__, providers=providers, cuda_build=getattr(ort, "cuda_version", None) or None,
-                            tensorrt_ep_links=links, gpu_session=session, gpu_session_error=session_error)
+    return OnnxRuntimeFacts(
+        wheels,
+        ort.__version__,
+        providers=providers,
+        cuda_build=getattr(ort, "cuda_version", None) or None,
+        tensorrt_ep_links=links,
+        gpu_session=session,
+        gpu_session_error=session_error,
+    )
 
 
 def probe_tensorrt(deep: bool = False) -> TensorRTFacts:
     from clipad.deploy.tensorrt.install import installed_tensorrt
 
     found = installed_tensorrt()
-    base = dict(version=found.version, cuda_major=found.cuda_major, distributions=list(found.distributions)) if found else {
-        "version": None}
+    base = (
+        dict(version=found.version, cuda_major=found.cuda_major, distributions=list(found.distributions))
+        if found
+        else {"version": None}
+    )
     if found is None and importlib.util.find_spec("tensorrt") is None:
         return TensorRTFacts(**base)
     try:
@@ -155,7 +184,9 @@ def probe_cuda(deep: bool = False) -> CudaFacts:
         if err != ok:
             continue
         name = prop.name.decode(errors="replace") if isinstance(prop.name, bytes) else str(prop.name)
-        gpus.append(GpuFacts(name.split("\x00")[0].strip(), f"{prop.major}.{prop.minor}", round(prop.totalGlobalMem / 2**30, 1)))
+        gpus.append(
+            GpuFacts(name.split("\x00")[0].strip(), f"{prop.major}.{prop.minor}", round(prop.totalGlobalMem / 2**30, 1))
+        )
     return CudaFacts(version, driver_cuda=driver_cuda, gpus=gpus)
 
 
@@ -205,7 +236,9 @@ def probe_chromium(deep: bool = False) -> ChromiumFacts:
     if path is None:
         return ChromiumFacts(None)
     try:
-        out = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=10, check=False).stdout.strip()
+        out = subprocess.run(
+            [path, "--version"], capture_output=True, text=True, timeout=10, check=False
+        ).stdout.strip()
     except (OSError, subprocess.TimeoutExpired):
         out = ""
     return ChromiumFacts(path, out or None)
@@ -217,14 +250,25 @@ def probe_weights(deep: bool = False) -> WeightsFacts:
     try:
         from huggingface_hub import constants
 
-        return WeightsFacts(DEFAULT_MODEL, DEFAULT_PRETRAINED, str(constants.HF_HUB_CACHE), cached_hub_file(DEFAULT_HF_HUB))
+        return WeightsFacts(
+            DEFAULT_MODEL, DEFAULT_PRETRAINED, str(constants.HF_HUB_CACHE), cached_hub_file(DEFAULT_HF_HUB)
+        )
     except Exception as err:  # noqa: BLE001
         return WeightsFacts(DEFAULT_MODEL, DEFAULT_PRETRAINED, None, error=_error(err))
 
 
-PROBES = {"python": probe_python, "cpu": probe_cpu, "torch": probe_torch, "onnxruntime": probe_onnxruntime,
-          "tensorrt": probe_tensorrt, "cuda": probe_cuda, "openvino": probe_openvino, "triton": probe_triton,
-          "chromium": probe_chromium, "weights": probe_weights}
+PROBES = {
+    "python": probe_python,
+    "cpu": probe_cpu,
+    "torch": probe_torch,
+    "onnxruntime": probe_onnxruntime,
+    "tensorrt": probe_tensorrt,
+    "cuda": probe_cuda,
+    "openvino": probe_openvino,
+    "triton": probe_triton,
+    "chromium": probe_chromium,
+    "weights": probe_weights,
+}
 
 
 def run_probe(name: str, deep: bool = False) -> Facts:

@@ -56,7 +56,7 @@ def _probe(name: str, deep: bool, timeout: float) -> Facts | ProbeFailure:
         why = tail[-1].strip() if tail else "no output"
         return ProbeFailure(name, f"its process exited with {proc.returncode}: {why}"[:300])
     try:
-        return from_json(name, json.loads(line[len(MARKER):]))
+        return from_json(name, json.loads(line[len(MARKER) :]))
     except (ValueError, TypeError) as err:
         return ProbeFailure(name, f"unreadable answer ({err})")
 
@@ -101,16 +101,30 @@ def _machine_lines(facts: dict[str, Facts | ProbeFailure]) -> list[tuple[str, st
     if (g := get("cuda", CudaFacts)) is not None:
         gpus = "; ".join(f"{x.name} (compute capability {x.compute_capability}, {x.memory_gib:g} GiB)" for x in g.gpus)
         rows.append(("GPU", gpus or "none"))
-        rows.append(("cuda-python", f"{g.cuda_python or 'not installed'}; the driver supports CUDA "
-                     f"{g.driver_cuda or '- (no NVIDIA driver)'}"))
+        rows.append(
+            (
+                "cuda-python",
+                f"{g.cuda_python or 'not installed'}; the driver supports CUDA "
+                f"{g.driver_cuda or '- (no NVIDIA driver)'}",
+            )
+        )
     if (t := get("tensorrt", TensorRTFacts)) is not None and t.version:
         rows.append(("TensorRT", f"{t.version} (CUDA {t.cuda_major or '?'}): {', '.join(t.distributions)}"))
     if (b := get("chromium", ChromiumFacts)) is not None:
-        rows.append(("Chromium", f"{b.version or 'found'} ({b.path})" if b.path else
-                     "not found (the live viewer's browser test needs Debian's chromium)"))
+        rows.append(
+            (
+                "Chromium",
+                f"{b.version or 'found'} ({b.path})"
+                if b.path
+                else "not found (the live viewer's browser test needs Debian's chromium)",
+            )
+        )
     if (w := get("weights", WeightsFacts)) is not None:
-        state = (f"cached ({w.cached_file})" if w.cached_file else w.error or
-                 "not in the cache: downloaded on first use, or pass --weights FILE on an offline machine")
+        state = (
+            f"cached ({w.cached_file})"
+            if w.cached_file
+            else w.error or "not in the cache: downloaded on first use, or pass --weights FILE on an offline machine"
+        )
         rows.append(("Weights", f"{w.model} {w.pretrained}: {state}; cache {w.cache_dir}"))
     return rows
 
@@ -119,8 +133,13 @@ def render_text(report: DoctorReport) -> str:
     from clipad import __version__
 
     mark = {True: "yes", False: "NO", None: "?"}
-    lines = [f"clipad {__version__} doctor ({report.seconds:.1f} s)", "",
-             f"--backend auto uses: {auto_choice(report.verdicts)}", "", "Backends"]
+    lines = [
+        f"clipad {__version__} doctor ({report.seconds:.1f} s)",
+        "",
+        f"--backend auto uses: {auto_choice(report.verdicts)}",
+        "",
+        "Backends",
+    ]
     lines += [f"  {v.check:<12} {mark[v.usable]:<4} {v.detail}" for v in report.verdicts]
     lines += ["", "Machine"]
     lines += [f"  {k:<12} {v}" for k, v in _machine_lines(report.facts)]

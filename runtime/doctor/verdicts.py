@@ -43,7 +43,9 @@ def _torch(t: TorchFacts) -> Verdict:
     if t.import_error:
         return Verdict("torch", False, f"torch {t.version} does not import: {t.import_error}")
     if not t.imported:
-        return Verdict("torch", None, f"torch {t.version} ({build}) is installed; not imported (--deep imports it, ~3 s)")
+        return Verdict(
+            "torch", None, f"torch {t.version} ({build}) is installed; not imported (--deep imports it, ~3 s)"
+        )
     where = f"CPU and CUDA ({t.gpu})" if t.cuda_available else "CPU; it sees no CUDA GPU"
     return Verdict("torch", True, f"torch {t.version} ({build}): {where}")
 
@@ -51,8 +53,12 @@ def _torch(t: TorchFacts) -> Verdict:
 def _onnxruntime(o: OnnxRuntimeFacts, trt: TensorRTFacts | None) -> Verdict:
     if o.import_error:
         if not o.wheels:
-            return Verdict("onnxruntime", False, "ONNX Runtime is not installed: pip install 'clipad[cpu]' "
-                           f"(or on an NVIDIA GPU workstation: {GPU_INSTALL})")
+            return Verdict(
+                "onnxruntime",
+                False,
+                "ONNX Runtime is not installed: pip install 'clipad[cpu]' "
+                f"(or on an NVIDIA GPU workstation: {GPU_INSTALL})",
+            )
         return Verdict("onnxruntime", False, f"onnxruntime does not import: {o.import_error}")
     wheel = "/".join(o.wheels) or "onnxruntime"
     if o.gpu_session and o.gpu_session[0] == "CUDAExecutionProvider":
@@ -98,10 +104,14 @@ def _tensorrt(t: TensorRTFacts, c: CudaFacts | None) -> Verdict:
     if t.version is None and t.import_error is None:
         return Verdict("tensorrt", False, f"TensorRT is not installed: {GPU_INSTALL}")
     if t.import_error:
-        return Verdict("tensorrt", False, f"tensorrt does not import ({t.import_error}): reinstall it with {GPU_INSTALL}")
+        return Verdict(
+            "tensorrt", False, f"tensorrt does not import ({t.import_error}): reinstall it with {GPU_INSTALL}"
+        )
     version = t.module_version or t.version or "unknown"
     if (_major(version) or 0) < 10:
-        return Verdict("tensorrt", False, f"TensorRT {version} is too old: clipad builds strongly typed engines (TensorRT 10+)")
+        return Verdict(
+            "tensorrt", False, f"TensorRT {version} is too old: clipad builds strongly typed engines (TensorRT 10+)"
+        )
     if c is None or c.cuda_python is None:
         return Verdict("tensorrt", False, f"cuda-python is not installed: {GPU_INSTALL}")
     mismatch = cuda_mismatch(_installed(t), c.cuda_python, c.driver_cuda)
@@ -117,8 +127,9 @@ def _openvino(v: OpenVinoFacts) -> Verdict:
         return Verdict("openvino", False, "OpenVINO is not installed: pip install 'clipad[openvino]'")
     if v.import_error:
         return Verdict("openvino", False, f"openvino {v.version} does not work: {v.import_error}")
-    devices = "; ".join(f"{d} ({', '.join(c for c in caps if c in ('FP32', 'BF16', 'FP16', 'INT8'))})"
-                        for d, caps in v.devices.items())
+    devices = "; ".join(
+        f"{d} ({', '.join(c for c in caps if c in ('FP32', 'BF16', 'FP16', 'INT8'))})" for d, caps in v.devices.items()
+    )
     return Verdict("openvino", True, f"openvino {v.version}: {devices or 'no devices'}")
 
 
@@ -127,7 +138,11 @@ def _triton(t: TritonFacts) -> Verdict:
         return Verdict("triton", False, "tritonclient is not installed (clipad depends on it: reinstall clipad)")
     if t.client_error:
         return Verdict("triton", False, f"tritonclient {t.client} does not import: {t.client_error}")
-    server = f"local server {t.server_binary}" if t.server_binary else "no local server (pip install --no-deps nvidia-pytriton)"
+    server = (
+        f"local server {t.server_binary}"
+        if t.server_binary
+        else "no local server (pip install --no-deps nvidia-pytriton)"
+    )
     return Verdict("triton", True, f"client {t.client}; {server}")
 
 
@@ -141,6 +156,7 @@ def _cuda(c: CudaFacts, torch: TorchFacts | None) -> Verdict:
 
 def verdicts(facts: dict[str, Facts | ProbeFailure]) -> list[Verdict]:
     """One verdict per ``CHECKS`` entry, in that order; a probe that failed is a verdict too."""
+
     def ok(name):
         f = facts.get(name)
         return None if isinstance(f, ProbeFailure) else f
@@ -172,17 +188,24 @@ def warnings(facts: dict[str, Facts | ProbeFailure]) -> list[str]:
     out = []
     o, t, c, trt = (facts.get(k) for k in ("onnxruntime", "torch", "cuda", "tensorrt"))
     if isinstance(o, OnnxRuntimeFacts) and len(o.wheels) > 1:
-        out.append(f"{' and '.join(o.wheels)} are installed together: they overwrite each other's `onnxruntime` module "
-                   "and the GPU providers go missing; pip uninstall -y " + " ".join(o.wheels)
-                   + ", then install one: 'clipad[gpu]' on an NVIDIA workstation, 'clipad[cpu]' elsewhere")
+        out.append(
+            f"{' and '.join(o.wheels)} are installed together: they overwrite each other's `onnxruntime` module "
+            "and the GPU providers go missing; pip uninstall -y "
+            + " ".join(o.wheels)
+            + ", then install one: 'clipad[gpu]' on an NVIDIA workstation, 'clipad[cpu]' elsewhere"
+        )
     driver = _major(c.driver_cuda) if isinstance(c, CudaFacts) else None
     if driver is not None:
         if isinstance(t, TorchFacts) and (_major(t.cuda_build) or 0) > driver:
-            out.append(f"torch {t.version} is a CUDA {t.cuda_build} build, the driver supports CUDA {c.driver_cuda}: "
-                       "torch will not use the GPU (update the driver)")
+            out.append(
+                f"torch {t.version} is a CUDA {t.cuda_build} build, the driver supports CUDA {c.driver_cuda}: "
+                "torch will not use the GPU (update the driver)"
+            )
         if isinstance(o, OnnxRuntimeFacts) and (_major(o.cuda_build) or 0) > driver:
-            out.append(f"onnxruntime-gpu is a CUDA {o.cuda_build} build, the driver supports CUDA {c.driver_cuda}: "
-                       "its GPU providers will not load (update the driver)")
+            out.append(
+                f"onnxruntime-gpu is a CUDA {o.cuda_build} build, the driver supports CUDA {c.driver_cuda}: "
+                "its GPU providers will not load (update the driver)"
+            )
     if isinstance(o, OnnxRuntimeFacts) and "TensorrtExecutionProvider" in o.providers and not o.import_error:
         problem = _tensorrt_ep(o, trt if isinstance(trt, TensorRTFacts) else None)
         if problem:

@@ -76,7 +76,7 @@ def unframe_timing_cache(blob: bytes) -> bytes | None:
     head, sep, data = blob.partition(b"\n")
     if not sep or not head.startswith(_CACHE_MAGIC):
         return None
-    return data if hashlib.sha256(data).hexdigest().encode() == head[len(_CACHE_MAGIC):] else None
+    return data if hashlib.sha256(data).hexdigest().encode() == head[len(_CACHE_MAGIC) :] else None
 
 
 def read_timing_cache(path: Path, warn: Callable[[str], None] = _stderr) -> bytes:
@@ -122,8 +122,14 @@ def load_timing_cache(config: Any, path: Path, warn: Callable[[str], None] = _st
     return cache if cache is not None else config.create_timing_cache(b"")
 
 
-def build_engine(stage: Path, manifest: Manifest, workspace_gib: int = WORKSPACE_GIB, int8: bool = False,
-                 out_dir: Path | None = None, opt_batch: int | None = None) -> EngineMeta:
+def build_engine(
+    stage: Path,
+    manifest: Manifest,
+    workspace_gib: int = WORKSPACE_GIB,
+    int8: bool = False,
+    out_dir: Path | None = None,
+    opt_batch: int | None = None,
+) -> EngineMeta:
     """Build ``model.plan`` + ``model.plan.json`` from the graphs in ``stage`` into ``out_dir``
     (default ``stage``); returns the sidecar's content.
 
@@ -139,8 +145,10 @@ def build_engine(stage: Path, manifest: Manifest, workspace_gib: int = WORKSPACE
     gpu = gpu_identity()
     src = stage / src_name
     if not src.is_file():
-        raise ClipadError(f"cannot build the engine: {src.name} was not exported"
-                          + (" (make it with `clipad calibrate --int8`)" if int8 else ""))
+        raise ClipadError(
+            f"cannot build the engine: {src.name} was not exported"
+            + (" (make it with `clipad calibrate --int8`)" if int8 else "")
+        )
     problems = unsupported_ops(src)
     if problems:
         raise ClipadError(f"TensorRT cannot parse {src.name}: {problems[0]} ({len(problems)} problems)")
@@ -182,10 +190,14 @@ def build_engine(stage: Path, manifest: Manifest, workspace_gib: int = WORKSPACE
         raise ClipadError("TensorRT failed to build the engine (see the TensorRT log above)")
     build_s = time.perf_counter() - t0
     try:
-        write_timing_cache(cache_file, bytes(config.get_timing_cache().serialize()))  # serialize: pyCore.cpp main line 1686
+        write_timing_cache(
+            cache_file, bytes(config.get_timing_cache().serialize())
+        )  # serialize: pyCore.cpp main line 1686
     except OSError as err:
-        _stderr(f"the TensorRT timing cache could not be saved to {cache_file} ({err.strerror or err}); "
-                "the next build times its layers again")
+        _stderr(
+            f"the TensorRT timing cache could not be saved to {cache_file} ({err.strerror or err}); "
+            "the next build times its layers again"
+        )
 
     engine = trt.Runtime(logger).deserialize_cuda_engine(bytes(plan))  # pyCore.cpp lines 1833-1838
     if engine is None:
@@ -193,7 +205,9 @@ def build_engine(stage: Path, manifest: Manifest, workspace_gib: int = WORKSPACE
     opt_shape = (opt, *(int(d) for d in spec.shape[1:]))
     layers = engine_layer_precisions(trt, engine, {spec.name: opt_shape})
     if precision == "fp16" and layers.get("fp16", 0) == 0:
-        raise ClipadError("the TensorRT engine has no FP16 layer although it was built from the FP16 graph; nothing was written")
+        raise ClipadError(
+            "the TensorRT engine has no FP16 layer although it was built from the FP16 graph; nothing was written"
+        )
     if precision == "int8" and layers.get("int8", 0) == 0:
         raise ClipadError("the TensorRT engine has no INT8 layer although the graph is quantised; nothing was written")
     meta = sidecar(manifest, src, precision, opt, version, gpu, layers, build_s)
@@ -208,8 +222,16 @@ def build_engine(stage: Path, manifest: Manifest, workspace_gib: int = WORKSPACE
     return meta
 
 
-def sidecar(manifest: Manifest, src: Path, precision: str, opt_batch: int, trt_version: str, gpu: dict[str, Any],
-            layers: dict[str, int], build_s: float) -> EngineMeta:
+def sidecar(
+    manifest: Manifest,
+    src: Path,
+    precision: str,
+    opt_batch: int,
+    trt_version: str,
+    gpu: dict[str, Any],
+    layers: dict[str, int],
+    build_s: float,
+) -> EngineMeta:
     """The sidecar (``model.plan.json``) of a plan built from ``src`` for ``manifest``: strongly
     typed, profile batch 1..max batch tuned for ``opt_batch``, the graph input's name, dtype and dims."""
     spec = manifest.onnx.inputs[0]
@@ -237,7 +259,9 @@ def add_int8_engine(art: Artifacts, workspace_gib: int = WORKSPACE_GIB, opt_batc
     with art.writing():
         art.verified_path(ONNX_INT8)
         with tempfile.TemporaryDirectory(dir=art.root) as tmp:
-            meta = build_engine(art.root, art.manifest, workspace_gib, int8=True, out_dir=Path(tmp), opt_batch=opt_batch)
+            meta = build_engine(
+                art.root, art.manifest, workspace_gib, int8=True, out_dir=Path(tmp), opt_batch=opt_batch
+            )
             for name in (PLAN, PLAN_META):
                 os.replace(Path(tmp) / name, art.root / name)
         art.update(art.manifest.with_engine(meta, hash_files(art.root, [PLAN, PLAN_META])))
@@ -249,7 +273,9 @@ def int8_engine(root: str | Path, workspace_gib: int = WORKSPACE_GIB, opt_batch:
     artifact directory ``root``, in place (one line when there is no INT8 graph or no TensorRT)."""
     art = load_artifacts(root)
     if not art.has(ONNX_INT8):
-        raise ClipadError(f"{root} has no {ONNX_INT8}: run `clipad calibrate --artifacts {root} --int8 --images DIR` first")
+        raise ClipadError(
+            f"{root} has no {ONNX_INT8}: run `clipad calibrate --artifacts {root} --int8 --images DIR` first"
+        )
     check_opt_batch(opt_batch, art.manifest.max_batch)
     require_tensorrt()
     return add_int8_engine(art, workspace_gib, opt_batch)

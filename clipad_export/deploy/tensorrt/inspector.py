@@ -22,12 +22,31 @@ from clipad.core.errors import ClipadError
 # regard to case: "Datatype"/"DataType", then "Format/Datatype", then "Format" (TensorRT 10's
 # format names carry the type too).
 _TYPE_TOKENS = {
-    "FP32": "fp32", "FLOAT": "fp32", "FLOAT32": "fp32", "KFLOAT": "fp32",
-    "FP16": "fp16", "HALF": "fp16", "FLOAT16": "fp16", "KHALF": "fp16",
-    "BF16": "bf16", "BFLOAT16": "bf16", "KBF16": "bf16",
-    "INT8": "int8", "KINT8": "int8",
-    "FP8": "fp8", "KFP8": "fp8", "FP4": "fp4", "INT4": "int4", "UINT8": "uint8", "KUINT8": "uint8",
-    "INT32": "int32", "KINT32": "int32", "INT64": "int64", "KINT64": "int64", "BOOL": "bool", "BOOLEAN": "bool",
+    "FP32": "fp32",
+    "FLOAT": "fp32",
+    "FLOAT32": "fp32",
+    "KFLOAT": "fp32",
+    "FP16": "fp16",
+    "HALF": "fp16",
+    "FLOAT16": "fp16",
+    "KHALF": "fp16",
+    "BF16": "bf16",
+    "BFLOAT16": "bf16",
+    "KBF16": "bf16",
+    "INT8": "int8",
+    "KINT8": "int8",
+    "FP8": "fp8",
+    "KFP8": "fp8",
+    "FP4": "fp4",
+    "INT4": "int4",
+    "UINT8": "uint8",
+    "KUINT8": "uint8",
+    "INT32": "int32",
+    "KINT32": "int32",
+    "INT64": "int64",
+    "KINT64": "int64",
+    "BOOL": "bool",
+    "BOOLEAN": "bool",
 }
 _TYPE_KEYS = ("datatype", "format/datatype", "format")
 LAYER_KINDS = ("int8", "fp16", "bf16", "fp32")  # a layer's kind, in this order of precedence; else "other"
@@ -58,7 +77,7 @@ def _tensor_kind(tensor: Any) -> tuple[str | None, bool]:
 
 
 def layer_kind(layer: Any) -> str:
-    """"int8" when any input or output is INT8 (a quantize layer, or a GEMM/conv that fused the
+    """ "int8" when any input or output is INT8 (a quantize layer, or a GEMM/conv that fused the
     dequantize of its INT8 inputs), else the first of fp16, bf16, fp32 among its outputs, else
     "other" (shape and index layers, or a layer the inspector gave no types for)."""
     ins, outs = _layer_types(layer)[0]
@@ -109,12 +128,21 @@ def count_layer_precisions(info: Any) -> dict[str, int]:
         counts[kind] = counts.get(kind, 0) + 1
     if layers and not typed:
         sample = next((lay for lay in layers if isinstance(lay, dict)), None)
-        keys = sorted({str(k) for t in (sample or {}).get("Outputs", []) if isinstance(t, dict) for k in t}) if sample else []
-        why = ("; its dimensions are -1: the inspector was read without an execution context whose input shapes "
-               "are set" if _dynamic_dims(layers) else "")
-        raise ClipadError("the engine inspector's JSON gives no layer data types "
-                          f"(tensor keys: {', '.join(keys) if keys else 'none; layers are ' + type(layers[0]).__name__}){why}; "
-                          "cannot check the engine's precision")
+        keys = (
+            sorted({str(k) for t in (sample or {}).get("Outputs", []) if isinstance(t, dict) for k in t})
+            if sample
+            else []
+        )
+        why = (
+            "; its dimensions are -1: the inspector was read without an execution context whose input shapes are set"
+            if _dynamic_dims(layers)
+            else ""
+        )
+        raise ClipadError(
+            "the engine inspector's JSON gives no layer data types "
+            f"(tensor keys: {', '.join(keys) if keys else 'none; layers are ' + type(layers[0]).__name__}){why}; "
+            "cannot check the engine's precision"
+        )
     return counts
 
 
@@ -135,7 +163,9 @@ def engine_layer_precisions(trt, engine, input_shapes: dict[str, tuple[int, ...]
     LayerInformationFormat.JSON (1380 on main)."""
     context = engine.create_execution_context()
     if context is None:
-        raise ClipadError("TensorRT could not create an execution context for the engine (GPU memory?); nothing was written")
+        raise ClipadError(
+            "TensorRT could not create an execution context for the engine (GPU memory?); nothing was written"
+        )
     for name, shape in input_shapes.items():
         if not context.set_input_shape(name, tuple(int(d) for d in shape)):
             raise ClipadError(f"TensorRT refused the input shape {tuple(shape)} for '{name}'; nothing was written")

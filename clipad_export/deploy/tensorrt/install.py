@@ -18,8 +18,9 @@ from pathlib import Path
 
 # The distributions that carry the ``tensorrt`` module, then its libraries, then the front ends:
 # the first one installed gives the version.
-_DISTS = tuple(f"tensorrt{suffix}{part}" for part in ("-bindings", "-libs", "")
-               for suffix in ("-cu13", "-cu12", "")) + ("tensorrt-lean", "tensorrt-dispatch")
+_DISTS = tuple(
+    f"tensorrt{suffix}{part}" for part in ("-bindings", "-libs", "") for suffix in ("-cu13", "-cu12", "")
+) + ("tensorrt-lean", "tensorrt-dispatch")
 _CUDA_OF_NAME = re.compile(r"-cu(\d+)")
 LEGACY_CUDA_MAJOR = 12  # tensorrt_libs / tensorrt_bindings without a -cuNN suffix
 
@@ -74,8 +75,13 @@ def linked_libraries(path: str | Path) -> list[str]:
     try:
         with open(path, "rb") as f:
             elf = ELFFile(f)
-            return [tag.needed for section in elf.iter_sections() if isinstance(section, DynamicSection)
-                    for tag in section.iter_tags() if tag.entry.d_tag == "DT_NEEDED"]
+            return [
+                tag.needed
+                for section in elf.iter_sections()
+                if isinstance(section, DynamicSection)
+                for tag in section.iter_tags()
+                if tag.entry.d_tag == "DT_NEEDED"
+            ]
     except (ELFError, OSError):
         return []
 
@@ -96,11 +102,15 @@ def tensorrt_ep_problem(linked_major: int | None, installed: InstalledTensorRT |
     ``linked_major``: the TensorRT major the EP library links (``linked_tensorrt_major``);
     ``installed``: the TensorRT wheels installed (``installed_tensorrt``)."""
     if installed is None:
-        return ("onnxruntime's TensorRT provider needs TensorRT"
-                + (f" {linked_major}" if linked_major else "") + ", and none is installed")
+        return (
+            "onnxruntime's TensorRT provider needs TensorRT"
+            + (f" {linked_major}" if linked_major else "")
+            + ", and none is installed"
+        )
     if linked_major is not None and installed.major != linked_major:
-        return (f"onnxruntime's TensorRT provider links TensorRT {linked_major}, "
-                f"TensorRT {installed.version} is installed")
+        return (
+            f"onnxruntime's TensorRT provider links TensorRT {linked_major}, TensorRT {installed.version} is installed"
+        )
     return None
 
 
@@ -125,12 +135,16 @@ def cuda_mismatch(trt: InstalledTensorRT | None, cuda_python: str | None, driver
     cp = _major(cuda_python)
     if trt is not None and trt.cuda_major is not None and cp is not None and cp != trt.cuda_major:
         n = trt.cuda_major
-        return (f"TensorRT {trt.version} is a CUDA {n} build but cuda-python {cuda_python} binds CUDA {cp}: "
-                f"pip install 'cuda-python>={n},<{n + 1}'")
+        return (
+            f"TensorRT {trt.version} is a CUDA {n} build but cuda-python {cuda_python} binds CUDA {cp}: "
+            f"pip install 'cuda-python>={n},<{n + 1}'"
+        )
     need = trt.cuda_major if trt is not None and trt.cuda_major is not None else cp
     have = _major(driver_cuda)
     if need is not None and have is not None and have < need:
-        return (f"{'TensorRT ' + trt.version if trt is not None else 'cuda-python ' + str(cuda_python)} needs a driver "
-                f"for CUDA {need} ({DRIVER_FOR_CUDA.get(need, 'a newer driver')} or newer); this driver supports CUDA "
-                f"{driver_cuda}: update the driver, or install the CUDA {have} builds of TensorRT and cuda-python")
+        return (
+            f"{'TensorRT ' + trt.version if trt is not None else 'cuda-python ' + str(cuda_python)} needs a driver "
+            f"for CUDA {need} ({DRIVER_FOR_CUDA.get(need, 'a newer driver')} or newer); this driver supports CUDA "
+            f"{driver_cuda}: update the driver, or install the CUDA {have} builds of TensorRT and cuda-python"
+        )
     return None

@@ -19,13 +19,78 @@ _F = {"float32", "float16", "bfloat16"}
 _I = {"int32", "int64"}
 _Q = {"int8", "float8e4m3fn", "int4"}  # TensorRT's quantized types (DequantizeLinear row: INT8, FP8, INT4)
 TRT_OPS: dict[str, set[str]] = {
-    **{op: _F | _I for op in ("Add", "Sub", "Mul", "Div", "Equal", "Max", "Min", "Neg", "Mod", "Greater", "Less",
-                              "ReduceSum", "ReduceL2", "ReduceMax", "ReduceMean", "ReduceMin", "Range", "Relu", "Abs",
-                              "Sign", "Pad", "TopK")},
-    **{op: _F | _I | {"bool"} for op in ("Concat", "Expand", "Gather", "Identity", "Reshape", "Shape", "Slice", "Squeeze",
-                                       "Unsqueeze", "Transpose", "Where", "Tile", "Split", "Flatten", "ConstantOfShape")},
-    **{op: _F for op in ("Conv", "Einsum", "Erf", "Exp", "Log", "Sqrt", "Sigmoid", "Tanh", "Softmax", "MatMul", "Gemm",
-                         "LayerNormalization", "Clip", "Resize", "Reciprocal", "Floor", "Ceil", "Round", "Pow", "CumSum")},
+    **{
+        op: _F | _I
+        for op in (
+            "Add",
+            "Sub",
+            "Mul",
+            "Div",
+            "Equal",
+            "Max",
+            "Min",
+            "Neg",
+            "Mod",
+            "Greater",
+            "Less",
+            "ReduceSum",
+            "ReduceL2",
+            "ReduceMax",
+            "ReduceMean",
+            "ReduceMin",
+            "Range",
+            "Relu",
+            "Abs",
+            "Sign",
+            "Pad",
+            "TopK",
+        )
+    },
+    **{
+        op: _F | _I | {"bool"}
+        for op in (
+            "Concat",
+            "Expand",
+            "Gather",
+            "Identity",
+            "Reshape",
+            "Shape",
+            "Slice",
+            "Squeeze",
+            "Unsqueeze",
+            "Transpose",
+            "Where",
+            "Tile",
+            "Split",
+            "Flatten",
+            "ConstantOfShape",
+        )
+    },
+    **{
+        op: _F
+        for op in (
+            "Conv",
+            "Einsum",
+            "Erf",
+            "Exp",
+            "Log",
+            "Sqrt",
+            "Sigmoid",
+            "Tanh",
+            "Softmax",
+            "MatMul",
+            "Gemm",
+            "LayerNormalization",
+            "Clip",
+            "Resize",
+            "Reciprocal",
+            "Floor",
+            "Ceil",
+            "Round",
+            "Pow",
+            "CumSum",
+        )
+    },
     **{op: {"bool"} for op in ("And", "Or", "Not")},
     "Cast": _F | _I | {"uint8", "bool"},
     "Constant": _F | _I | {"bool"},
@@ -35,8 +100,19 @@ TRT_OPS: dict[str, set[str]] = {
 }
 # Inputs that carry indices, shapes, axes, pads or counts (int32/int64) rather than data.
 _INDEX_INPUTS: dict[str, set[int]] = {
-    "Gather": {1}, "Reshape": {1}, "Expand": {1}, "Tile": {1}, "Slice": {1, 2, 3, 4}, "Squeeze": {1}, "Unsqueeze": {1},
-    "Split": {1}, "ConstantOfShape": {0}, "Pad": {1, 3}, "TopK": {1}, "CumSum": {1}, "Resize": {3},
+    "Gather": {1},
+    "Reshape": {1},
+    "Expand": {1},
+    "Tile": {1},
+    "Slice": {1, 2, 3, 4},
+    "Squeeze": {1},
+    "Unsqueeze": {1},
+    "Split": {1},
+    "ConstantOfShape": {0},
+    "Pad": {1, 3},
+    "TopK": {1},
+    "CumSum": {1},
+    "Resize": {3},
     **{op: {1} for op in ("ReduceSum", "ReduceL2", "ReduceMax", "ReduceMean", "ReduceMin")},
 }
 _BOOL_INPUTS: dict[str, set[int]] = {"Where": {0}}
@@ -79,7 +155,9 @@ def unsupported_ops(path: str | Path) -> list[str]:
             dtype = _dtype(types[name])
             if dtype == "uint8":
                 if not (n.op_type == "Cast" and name in graph_inputs):
-                    problems.append(f"{where}: uint8 input '{name}'; TensorRT takes uint8 only as a network input straight into a Cast")
+                    problems.append(
+                        f"{where}: uint8 input '{name}'; TensorRT takes uint8 only as a network input straight into a Cast"
+                    )
             elif n.op_type in ("QuantizeLinear", "DequantizeLinear") and i > 0:
                 continue  # scale and zero point: _qdq_problems
             elif i in _INDEX_INPUTS.get(n.op_type, ()):
@@ -147,7 +225,9 @@ def _qdq_problems(n: onnx.NodeProto, types: Mapping[str, int], consts: Mapping[s
             problems.append(f"scale '{scale}' has rank {s.ndim}; INT8 scales are scalars or 1-D (per channel)")
     if scale_size is not None and scale_size > 1:
         if x not in consts:
-            problems.append(f"per-channel scale on '{x}', which is not a weight: TensorRT quantizes activations per tensor only")
+            problems.append(
+                f"per-channel scale on '{x}', which is not a weight: TensorRT quantizes activations per tensor only"
+            )
         else:
             dims = list(consts[x].dims)
             axis = next((a.i for a in n.attribute if a.name == "axis"), 0)

@@ -14,6 +14,7 @@ from clipad.deploy.manifest import ONNX_FP16, ONNX_FP32, ONNX_INT8, PLAN, Engine
 MIN_TRT_MAJOR = 10  # STRONGLY_TYPED networks (the only kind clipad builds) exist from TensorRT 10.0
 OPT_BATCH_CAP = 8  # the default opt batch: a typical serving batch, capped by --max-batch
 
+
 def trt_major(version: str) -> int:
     return int(version.split(".")[0])
 
@@ -24,8 +25,10 @@ def plan_source(trt_version: str, precisions: Iterable[str], int8: bool = False)
     ``precisions``: the manifest's servable graphs; ``int8``: build from the calibrated QDQ graph.
     """
     if trt_major(trt_version) < MIN_TRT_MAJOR:
-        raise ClipadError(f"TensorRT {trt_version} is too old: clipad builds strongly typed engines, which need "
-                          f"TensorRT {MIN_TRT_MAJOR} or newer")
+        raise ClipadError(
+            f"TensorRT {trt_version} is too old: clipad builds strongly typed engines, which need "
+            f"TensorRT {MIN_TRT_MAJOR} or newer"
+        )
     if int8:
         return ONNX_INT8, "int8"
     if "fp16" in precisions:
@@ -61,8 +64,6 @@ def profile_shapes(meta: EngineMeta) -> dict[str, tuple[int, ...]]:
     return {k: (getattr(meta.profile, k), *dims) for k in ("min", "opt", "max")}
 
 
-
-
 def require_tensorrt():
     """Import tensorrt or fail in one line that says how to get it."""
     try:
@@ -85,8 +86,10 @@ def gpu_identity() -> dict[str, Any]:
     return {"gpu": torch.cuda.get_device_name(0), "compute_capability": f"{major}.{minor}"}
 
 
-_REBUILD = ("rebuild it with `clipad export --engine` (same options; see the manifest), or for an INT8 plan "
-            "`clipad export --engine --precision int8 --out DIR`")
+_REBUILD = (
+    "rebuild it with `clipad export --engine` (same options; see the manifest), or for an INT8 plan "
+    "`clipad export --engine --precision int8 --out DIR`"
+)
 
 
 def check_plan_compat(meta: EngineMeta | Mapping[str, Any], trt_version: str, gpu: dict[str, Any]) -> None:
@@ -98,7 +101,11 @@ def check_plan_compat(meta: EngineMeta | Mapping[str, Any], trt_version: str, gp
         meta = meta.model_dump()
     built = f"TensorRT {meta.get('tensorrt')} on {meta.get('gpu')} (sm {meta.get('compute_capability')})"
     here = f"TensorRT {trt_version} on {gpu['gpu']} (sm {gpu['compute_capability']})"
-    if meta.get("tensorrt") != trt_version or meta.get("gpu") != gpu["gpu"] or meta.get("compute_capability") != gpu["compute_capability"]:
+    if (
+        meta.get("tensorrt") != trt_version
+        or meta.get("gpu") != gpu["gpu"]
+        or meta.get("compute_capability") != gpu["compute_capability"]
+    ):
         raise ClipadError(
             f"{PLAN} was built with {built}, this machine has {here}; TensorRT plans only run where they were "
             "built: rebuild here with `clipad export --engine` (same options; see the manifest)"

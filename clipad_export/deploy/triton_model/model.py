@@ -62,7 +62,8 @@ class TritonPythonModel:
         actual = _sha256(path)
         if actual != expected:
             raise pb_utils.TritonModelException(
-                f"{name}: {file} has sha256 {actual[:12]}..., the manifest's is {expected[:12]}...: re-export the repository")
+                f"{name}: {file} has sha256 {actual[:12]}..., the manifest's is {expected[:12]}...: re-export the repository"
+            )
         gpu = args.get("model_instance_kind") == "GPU" and GPU_PROVIDER in ort.get_available_providers()
         providers = [GPU_PROVIDER, "CPUExecutionProvider"] if gpu else ["CPUExecutionProvider"]
         opts = ort.SessionOptions()
@@ -85,7 +86,10 @@ class TritonPythonModel:
             return [pb_utils.InferenceResponse(output_tensors=[], error=error) for _ in requests]
         responses, start = [], 0
         for n in sizes:
-            tensors = [pb_utils.Tensor.from_dlpack(name, np.ascontiguousarray(out[start:start + n]).__dlpack__()) for name, out in zip(self.outputs, results)]
+            tensors = [
+                pb_utils.Tensor.from_dlpack(name, np.ascontiguousarray(out[start : start + n]).__dlpack__())
+                for name, out in zip(self.outputs, results, strict=False)
+            ]
             responses.append(pb_utils.InferenceResponse(output_tensors=tensors))
             start += n
         return responses
