@@ -8,12 +8,53 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any, cast
 
 import typer
+import typer.core
+
+if TYPE_CHECKING:
+    from clipad.deploy.manifest import Manifest, ParityFigures
+
+
+def _options_given(ctx: typer.Context, except_for: set[str]) -> list[str]:
+    """The options of the running command that were given on the command line, other than
+    ``except_for`` (parameter names), as the user spelled them (``--sigma``)."""
+    given = []
+    for p in ctx.command.params:
+        source = ctx.get_parameter_source(p.name) if p.name else None
+        if p.name not in except_for and getattr(source, "name", None) == "COMMANDLINE":
+            given.append(p.opts[0])
+    return given
+
+
+# `clipad --help` lists the commands in the order of the work, not of this file.
+WORKFLOW = (
+    "demo",
+    "doctor",
+    "synth",
+    "eval",
+    "train",
+    "export",
+    "reference",
+    "parity",
+    "calibrate",
+    "predict",
+    "run",
+    "bench",
+    "triton-server",
+)
+
+
+class _WorkflowGroup(typer.core.TyperGroup):
+    def list_commands(self, ctx) -> list[str]:
+        names = super().list_commands(ctx)
+        return sorted(names, key=lambda n: WORKFLOW.index(n) if n in WORKFLOW else len(WORKFLOW))
+
 
 app = typer.Typer(
     name="clipad",
+    cls=_WorkflowGroup,
     help="Zero-shot industrial anomaly detection with CLIP-AD: reference, evaluation, export and runtime.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
@@ -68,6 +109,13 @@ def _weight_spec(
     )
 
 
+def _parity_figures(manifest: Manifest, precision: str) -> ParityFigures:
+    """The export parity figures of a precision that ``manifest`` lists."""
+    figures = manifest.parity.figures(precision)
+    assert figures is not None  # the manifest's validation: figures for every precision it lists
+    return figures
+
+
 @app.callback()
 def _root(
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks and third-party warnings.")] = False,
@@ -116,7 +164,15 @@ def synth(
     typer.echo(f"wrote {total} test images in {len(counts)} categories ({', '.join(counts)}) to {out}")
 
 
-@app.command("eval")
+# help= rather than a docstring (also for bench and triton-server): Typer keeps a wrapped docstring's line breaks
+# in the command list of `clipad --help`, and this summary is longer than a line.
+@app.command(
+    "eval",
+    help=(
+        "Evaluate SDP/SDP+ (or, with --shots, the normal-reference mode) on a dataset's test split; writes "
+        "results.json and prints a Table-1 style table."
+    ),
+)
 def eval_(
     dataset: Annotated[str, typer.Option("--dataset", help="mvtec, visa or folder.")],
     root: Annotated[Path, typer.Option("--root", help="Dataset root folder.")],
@@ -136,7 +192,10 @@ def eval_(
         int | None,
         typer.Option(
             "--shots",
-            help="Normal-reference mode: K good training images per category and seed baked into the model (MVTec layout).",
+            help=(
+                "Normal-reference mode: K good training images per category and seed baked into the model "
+                "(MVTec layout)."
+            ),
         ),
     ] = None,
     shot_seeds: Annotated[
@@ -154,7 +213,6 @@ def eval_(
     device: DeviceOpt = "auto",
     quiet: QuietOpt = False,
 ) -> None:
-    """Evaluate SDP/SDP+ (or, with --shots, the normal-reference mode) on a dataset's test split; writes results.json and prints a Table-1 style table."""
     from clipad.core.choices import check_method
     from clipad.core.progress import progress_bars
     from clipad.data import check_masks, load_split
@@ -176,8 +234,10 @@ def eval_(
     loaded = load_model(
         _weight_spec(model, pretrained, weights, random_weights, seed, cache_dir), resolve_device(device)
     )
-    width, embed_dim = loaded.clip.visual.conv1.out_channels, loaded.clip.visual.proj.shape[1]
-    head_weights = load_heads(heads, width, embed_dim) if mode == "sdp+" else None
+    visual: Any = loaded.clip.visual  # open_clip's VisionTransformer (no type stubs)
+    width, embed_dim = visual.conv1.out_channels, visual.proj.shape[1]
+    # check_method: heads are given exactly with --mode sdp+
+    head_weights = load_heads(heads, width, embed_dim) if mode == "sdp+" and heads is not None else None
     cfg = EvalConfig(
         dataset=dataset, heads=head_weights, rvs=rvs, prompts=prompt_set, sigma=sigma, batch_size=batch_size
     )
@@ -188,7 +248,8 @@ def eval_(
         else (f"reference, K={shots}" if mode == "reference" else f"{mode} + reference, K={shots}")
     )
     typer.echo(
-        f"evaluating {what} on {n} images in {len(split)} categories with {model} ({loaded.spec.describe()}), sigma {cfg.effective_sigma():g}",
+        f"evaluating {what} on {n} images in {len(split)} categories with {model} ({loaded.spec.describe()}), "
+        f"sigma {cfg.effective_sigma():g}",
         err=True,
     )
     if random_weights:
@@ -217,6 +278,7 @@ def eval_(
 
 @app.command()
 def export(
+    ctx: typer.Context,
     category: Annotated[str, typer.Option("--category", help="Category name (names the artifacts and Triton models).")],
     object_name: Annotated[
         str | None,
@@ -227,9 +289,7 @@ def export(
     rvs: RvsOpt = "dbscan",
     rvs_profile: Annotated[
         str,
-        typer.Option(
-            "--rvs-profile", help="DBSCAN parameters: visa (eps 1.5, 25) or mvtec (eps 0.5, 15; any other name)."
-        ),
+        typer.Option("--rvs-profile", help="DBSCAN parameters: mvtec (eps 0.5, 15) or visa (eps 1.5, 25)."),
     ] = "mvtec",
     prompts: PromptsOpt = "industrial",
     sigma: Annotated[float, typer.Option("--sigma", help="Gaussian smoothing sigma of the map.")] = 8.0,
@@ -238,7 +298,11 @@ def export(
         str,
         typer.Option(
             "--precision",
-            help="fp32; fp16 (FP32 and mixed FP16 graphs, the export fails when the FP16 graph misses its parity limits); all (the same, an FP16 graph outside its limits is dropped with a warning); int8 with --engine builds the engine from the calibrated INT8 graph in --out.",
+            help=(
+                "fp32; fp16 (FP32 and mixed FP16 graphs, the export fails when the FP16 graph misses its parity "
+                "limits); all (the same, an FP16 graph outside its limits is dropped with a warning); int8 with "
+                "--engine builds the engine from the calibrated INT8 graph in --out."
+            ),
         ),
     ] = "all",
     engine: Annotated[
@@ -248,7 +312,10 @@ def export(
         int | None,
         typer.Option(
             "--opt-batch",
-            help="With --engine: the batch size TensorRT tunes the engine's kernels for (default: min(8, max batch)); the engine serves batch 1 to the max batch.",
+            help=(
+                "With --engine: the batch size TensorRT tunes the engine's kernels for (default: min(8, max batch)); "
+                "the engine serves batch 1 to the max batch."
+            ),
         ),
     ] = None,
     triton_repo: Annotated[
@@ -258,7 +325,10 @@ def export(
         str | None,
         typer.Option(
             "--reference",
-            help="Good images of the part (folder, file or glob): their patch tokens are baked into the graph (fused with zero-shot; --mode reference: alone).",
+            help=(
+                "Good images of the part (folder, file or glob): their patch tokens are baked into the graph (fused "
+                "with zero-shot; --mode reference: alone)."
+            ),
         ),
     ] = None,
     shots: Annotated[
@@ -274,14 +344,21 @@ def export(
         bool,
         typer.Option(
             "--openvino",
-            help="Also write the OpenVINO IR (FP32 weights, FP32 islands marked) and NNCF's INT8 IR, parity-checked (needs clipad[openvino]).",
+            help=(
+                "Also write the OpenVINO IR (FP32 weights, FP32 islands marked) and NNCF's INT8 IR, parity-checked "
+                "(needs clipad\\[openvino])."  # \\[: Rich markup would take [openvino] for a style
+            ),
         ),
     ] = False,
     gate_data: Annotated[
         Path | None,
         typer.Option(
             "--gate-data",
-            help="Labelled held-out images (MVTec layout, e.g. `clipad synth`; a few hundred) of this category: each reduced precision's (the FP16 graph; with --openvino bf16 and int8) pixel and image AUROC drop against FP32 is gated and recorded in the manifest; the FP16 graph is kept only when its gate passes.",
+            help=(
+                "Labelled held-out images (MVTec layout, e.g. `clipad synth`; a few hundred) of this category: each "
+                "reduced precision's (the FP16 graph; with --openvino bf16 and int8) pixel and image AUROC drop "
+                "against FP32 is gated and recorded in the manifest; the FP16 graph is kept only when its gate passes."
+            ),
         ),
     ] = None,
     max_auroc_drop: Annotated[
@@ -300,11 +377,11 @@ def export(
     quiet: QuietOpt = False,
 ) -> None:
     """Export one category: RVS text vectors baked into an ONNX graph (FP32 and mixed FP16), parity-checked."""
-    from clipad.core.choices import check_method
+    from clipad.core.choices import RvsMethod, check_method
     from clipad.core.errors import ClipadError
     from clipad.core.progress import progress_bars
     from clipad.deploy.artifacts import made_by_calibrate
-    from clipad.deploy.export import ExportConfig, validate
+    from clipad.deploy.export import ExportConfig, ExportPrecision, validate
     from clipad.deploy.export import export as run_export
     from clipad.deploy.manifest import ONNX_INT8, PLAN
     from clipad.model.loading import load_model, resolve_device
@@ -313,6 +390,12 @@ def export(
     if opt_batch is not None and not engine:
         raise ClipadError("--opt-batch sets the TensorRT engine's optimisation profile: add --engine")
     if precision == "int8":
+        unused = _options_given(ctx, except_for={"category", "out", "precision", "engine", "opt_batch", "quiet"})
+        if unused:
+            raise ClipadError(
+                f"--precision int8 --engine builds the engine from the calibrated {ONNX_INT8} in --out and exports "
+                f"nothing else; {', '.join(unused)} would be ignored: leave {'it' if len(unused) == 1 else 'them'} out"
+            )
         from clipad.deploy.tensorrt.build import int8_engine
 
         if not engine:
@@ -337,12 +420,12 @@ def export(
         out=out or Path("artifacts") / category,
         object_name=object_name,
         heads_path=heads,
-        rvs=rvs,
+        rvs=cast(RvsMethod, rvs),  # checked by check_method above
         rvs_profile=rvs_profile,
         prompts_source=prompts,
         sigma=sigma,
         max_batch=max_batch,
-        precision=precision,
+        precision=cast(ExportPrecision, precision),  # checked by validate below
         engine=engine,
         opt_batch=opt_batch,
         triton_repo=triton_repo,
@@ -366,23 +449,23 @@ def export(
     for warning in art.manifest.warnings:
         typer.echo(f"WARNING: {warning}", err=True)
     for p in art.manifest.precisions:
-        f = art.manifest.parity.figures(p)
+        f = _parity_figures(art.manifest, p)
         typer.echo(
             f"parity {p} (vs {f.against}): rel L2 {f.rel_l2:.1e}, image_prob err {f.prob_max_abs:.1e}, "
             f"top-1% agreement {f.top1pct_agreement:.3f}"
         )
     ov = art.manifest.openvino
-    for p, f in ov.parity.items() if ov else ():
+    for ov_p, ov_f in ov.parity.items() if ov else ():
         typer.echo(
-            f"parity openvino {p} (vs {f.against}): rel L2 {f.rel_l2:.1e}, image_prob err {f.prob_max_abs:.1e}, "
-            f"top-1% agreement {f.top1pct_agreement:.3f}"
+            f"parity openvino {ov_p} (vs {ov_f.against}): rel L2 {ov_f.rel_l2:.1e}, "
+            f"image_prob err {ov_f.prob_max_abs:.1e}, top-1% agreement {ov_f.top1pct_agreement:.3f}"
         )
     from clipad.deploy.quality_gate import describe_gate
 
     for p, g in (art.manifest.parity.gates or {}).items():
         typer.echo(describe_gate(f"onnxruntime {p}", g))
-    for p, g in (ov.gates or {}).items() if ov else ():
-        typer.echo(describe_gate(f"openvino {p}", g))
+    for ov_p, g in (ov.gates or {}).items() if ov else ():
+        typer.echo(describe_gate(f"openvino {ov_p}", g))
     typer.echo(f"artifacts written to {art.root}")
     if previous:
         typer.echo(
@@ -446,7 +529,10 @@ BackendOpt = Annotated[
     str,
     typer.Option(
         "--backend",
-        help="auto (fastest available; never openvino or triton), tensorrt, onnxruntime, torch, openvino (--device cpu/auto -> CPU, gpu -> GPU, or OpenVINO's CPU, GPU, GPU.N, AUTO), or triton (a Triton server at --url).",
+        help=(
+            "auto (fastest available; never openvino or triton), tensorrt, onnxruntime, torch, openvino (--device "
+            "cpu/auto -> CPU, gpu -> GPU, or OpenVINO's CPU, GPU, GPU.N, AUTO), or triton (a Triton server at --url)."
+        ),
     ),
 ]
 # The Triton backend's options. The model option is --triton-model, not --model: elsewhere --model
@@ -459,7 +545,11 @@ TritonModelOpt = Annotated[
     str | None,
     typer.Option(
         "--triton-model",
-        help="With --backend triton: the Triton model name (default <category>_python, written by `clipad export --triton-repo`; <category>_onnx or _trt on a GPU Triton). Not --model, which names the open_clip architecture elsewhere.",
+        help=(
+            "With --backend triton: the Triton model name (default <category>_python, written by `clipad export "
+            "--triton-repo`; <category>_onnx or _trt on a GPU Triton). Not --model, which names the open_clip "
+            "architecture elsewhere."
+        ),
     ),
 ]
 TritonVersionOpt = Annotated[
@@ -476,7 +566,10 @@ TritonInflightOpt = Annotated[
     typer.Option(
         "--triton-inflight",
         min=1,
-        help="With --backend triton: requests in flight per client: each batch is split into this many requests, which the server batches again with those of other clients.",
+        help=(
+            "With --backend triton: requests in flight per client: each batch is split into this many requests, which "
+            "the server batches again with those of other clients."
+        ),
     ),
 ]
 TritonShmOpt = Annotated[
@@ -487,9 +580,7 @@ TritonShmOpt = Annotated[
 ]
 
 
-def _triton(
-    backend: str, url: str | None, model: str | None, version: str, timeout: float, inflight: int, shm: bool
-):
+def _triton(backend: str, url: str | None, model: str | None, version: str, timeout: float, inflight: int, shm: bool):
     """The Triton target of ``--backend triton`` (None otherwise); one line for options without it."""
     from clipad.core.errors import ClipadError
 
@@ -510,7 +601,10 @@ ServePrecisionOpt = Annotated[
     str,
     typer.Option(
         "--precision",
-        help="auto (fp16 on a GPU provider, else fp32; openvino: int8 or bf16 where its quality gate passed, else fp32), fp32, fp16, bf16 (openvino) or int8 (model.int8.onnx; openvino: NNCF's INT8 IR).",
+        help=(
+            "auto (fp16 on a GPU provider, else fp32; openvino: int8 or bf16 where its quality gate passed, else "
+            "fp32), fp32, fp16, bf16 (openvino) or int8 (model.int8.onnx; openvino: NNCF's INT8 IR)."
+        ),
     ),
 ]
 ArtifactsOpt = Annotated[
@@ -520,7 +614,10 @@ OvModeOpt = Annotated[
     str,
     typer.Option(
         "--openvino-mode",
-        help="OpenVINO performance hint: latency (one camera) or throughput (many: a batch's frames run as parallel requests).",
+        help=(
+            "OpenVINO performance hint: latency (one camera) or throughput (many: a batch's frames run as parallel "
+            "requests)."
+        ),
     ),
 ]
 
@@ -549,7 +646,10 @@ def run_(
         float,
         typer.Option(
             "--segment-minutes",
-            help="Cut the --save video into files of this many minutes, so a hard stop loses at most the open one; 0: one file.",
+            help=(
+                "Cut the --save video into files of this many minutes, so a hard stop loses at most the open one; 0: "
+                "one file."
+            ),
         ),
     ] = 0.0,
     snapshots: Annotated[
@@ -569,9 +669,7 @@ def run_(
     serve: Annotated[
         str | None, typer.Option("--serve", help="HOST:PORT of a live web viewer (e.g. 127.0.0.1:8080).")
     ] = None,
-    max_frames: Annotated[
-        int | None, typer.Option("--max-frames", min=1, help="Stop after this many frames.")
-    ] = None,
+    max_frames: Annotated[int | None, typer.Option("--max-frames", min=1, help="Stop after this many frames.")] = None,
     status_every: Annotated[float, typer.Option("--status-every", help="Seconds between status lines.")] = 5.0,
     url: UrlOpt = None,
     triton_model: TritonModelOpt = None,
@@ -674,14 +772,16 @@ def reference_add(
     from clipad.runtime.serving import find_artifacts
 
     with progress_bars(enabled=not quiet) as tasks:
-        art = add_reference(find_artifacts(artifacts), images, tasks, resolve_device(device))
+        # add_reference takes the device by name; str() of the resolved one names the same device
+        art = add_reference(find_artifacts(artifacts), images, tasks, str(resolve_device(device)))
     for warning in art.manifest.warnings:
         typer.echo(f"WARNING: {warning}", err=True)
     r = art.manifest.reference
+    assert r is not None  # add_reference refuses artifacts without a reference memory
     typer.echo(
         f"reference memory of {art.root}: {len(r.images)} images, {r.patches_per_stage} patches per stage "
         f"(coverage radius <= {max(r.coreset_radius):.3g}); parity "
-        + ", ".join(f"{p} rel L2 {art.manifest.parity.figures(p).rel_l2:.1e}" for p in art.manifest.precisions)
+        + ", ".join(f"{p} rel L2 {_parity_figures(art.manifest, p).rel_l2:.1e}" for p in art.manifest.precisions)
         + "; a Triton repository made from the old graph must be written again (`clipad export --triton-repo`)"
     )
 
@@ -689,9 +789,7 @@ def reference_add(
 @app.command()
 def calibrate(
     artifacts: ArtifactsOpt = None,
-    good: Annotated[
-        str | None, typer.Option("--good", help="Good images of the part: folder, file or glob.")
-    ] = None,
+    good: Annotated[str | None, typer.Option("--good", help="Good images of the part: folder, file or glob.")] = None,
     anomalous: Annotated[
         str | None, typer.Option("--anomalous", help="Labelled anomalous images: the threshold becomes F1-optimal.")
     ] = None,
@@ -706,19 +804,23 @@ def calibrate(
         bool,
         typer.Option(
             "--int8",
-            help="Also write an INT8 model from calibration images: the ONNX Runtime graph (static QDQ quantisation) or, with --int8-backend openvino, NNCF's INT8 IR.",
+            help=(
+                "Also write an INT8 model from calibration images: the ONNX Runtime graph (static QDQ quantisation) "
+                "or, with --int8-backend openvino, NNCF's INT8 IR."
+            ),
         ),
     ] = False,
     int8_backend: Annotated[
         str,
         typer.Option(
             "--int8-backend",
-            help="With --int8: onnxruntime (the INT8 ONNX graph) or openvino (the INT8 IR, made from the export's OpenVINO IR).",
+            help=(
+                "With --int8: onnxruntime (the INT8 ONNX graph) or openvino (the INT8 IR, made from the export's "
+                "OpenVINO IR)."
+            ),
         ),
     ] = "onnxruntime",
-    images: Annotated[
-        str | None, typer.Option("--images", help="INT8 calibration images (default: --good).")
-    ] = None,
+    images: Annotated[str | None, typer.Option("--images", help="INT8 calibration images (default: --good).")] = None,
     int8_max_images: Annotated[
         int, typer.Option("--int8-max-images", min=1, help="At most this many INT8 calibration images.")
     ] = 64,
@@ -733,7 +835,11 @@ def calibrate(
         Path | None,
         typer.Option(
             "--gate-data",
-            help="With --int8: labelled held-out images (MVTec layout) of this category; the INT8 graph is kept only when its pixel and image AUROC drop against FP32 is at most --max-auroc-drop points (instead of --min-agreement).",
+            help=(
+                "With --int8: labelled held-out images (MVTec layout) of this category; the INT8 graph is kept only "
+                "when its pixel and image AUROC drop against FP32 is at most --max-auroc-drop points (instead of "
+                "--min-agreement)."
+            ),
         ),
     ] = None,
     max_auroc_drop: Annotated[
@@ -780,7 +886,8 @@ def calibrate(
         if cfg.int8:
             art = load_artifacts(art_dir)
             check_int8_backend(art, cfg.int8_backend)
-            imgs = read_model_images(cfg.int8_source, art.image_size, cfg.int8_max_images)
+            # cfg.check(): --int8 comes with --images or --good, so int8_source names them
+            imgs = read_model_images(cast(str, cfg.int8_source), art.image_size, cfg.int8_max_images)
             f, gate = make_int8(
                 art, imgs, tasks, cfg.min_agreement, cfg.gate_data, cfg.max_auroc_drop, cfg.int8_backend
             )
@@ -822,14 +929,22 @@ def _csv(value: str, what: str, cast=str) -> list:
         raise ClipadError(f"{what} takes comma-separated values, got '{value}'") from None
 
 
-@app.command()
+@app.command(
+    help=(
+        "Latency, throughput, memory, start-up and parity per backend, precision and batch; FLOP floor and dual-path "
+        "cost."
+    ),
+)
 def bench(
     artifacts: ArtifactsOpt = None,
     backends: Annotated[
         str,
         typer.Option(
             "--backends",
-            help="Comma-separated: torch, onnxruntime, tensorrt, openvino, triton (with --url; unavailable ones are reported with the reason).",
+            help=(
+                "Comma-separated: torch, onnxruntime, tensorrt, openvino, triton (with --url; unavailable ones are "
+                "reported with the reason)."
+            ),
         ),
     ] = "torch,onnxruntime,tensorrt",
     precision: Annotated[
@@ -840,7 +955,10 @@ def bench(
         str,
         typer.Option(
             "--attention",
-            help="Torch rows, comma-separated: fused (scaled_dot_product_attention), explicit (MatMul + Softmax, as in the exported graph).",
+            help=(
+                "Torch rows, comma-separated: fused (scaled_dot_product_attention), explicit (MatMul + Softmax, as in "
+                "the exported graph)."
+            ),
         ),
     ] = "fused",
     iterations: Annotated[int, typer.Option("--iterations", help="Timed calls per row.")] = 20,
@@ -861,7 +979,6 @@ def bench(
     triton_inflight: TritonInflightOpt = 2,
     triton_shm: TritonShmOpt = False,
 ) -> None:
-    """Latency, throughput, memory, start-up and parity per backend, precision and batch; FLOP floor and dual-path cost."""
     from clipad.core.progress import progress_bars
     from clipad.deploy.artifacts import load_artifacts
     from clipad.runtime.bench import BenchConfig, format_markdown, run_bench, validate, write_json, write_plot
@@ -899,7 +1016,13 @@ def bench(
         typer.echo(f"plot written to {plot}", err=True)
 
 
-@app.command("triton-server")
+@app.command(
+    "triton-server",
+    help=(
+        "Run a local Triton server on loopback (the nvidia-pytriton wheel's binary) until Ctrl-C: for development "
+        "and tests."
+    ),
+)
 def triton_server(
     repo: Annotated[Path, typer.Option("--repo", help="Triton model repository (from `clipad export --triton-repo`).")],
     http_port: Annotated[int, typer.Option("--http-port", help="HTTP port on 127.0.0.1 (0: a free one).")] = 0,
@@ -914,7 +1037,6 @@ def triton_server(
     ] = None,
     log: Annotated[Path | None, typer.Option("--log", help="Server log file (default: a temporary one).")] = None,
 ) -> None:
-    """Run a local Triton server on loopback (the nvidia-pytriton wheel's binary) until Ctrl-C: for development and tests."""
     from clipad.deploy.triton_server import LocalTriton, Ports, free_port, serve_until_stopped
 
     ports = Ports(http_port or free_port(), grpc_port or free_port(), metrics_port or free_port())
@@ -931,17 +1053,21 @@ def demo(
     frames: Annotated[int, typer.Option("--frames", min=1, help="Frames in the demo video.")] = 40,
     quiet: QuietOpt = False,
 ) -> None:
-    """Offline end-to-end run with random weights: synthetic data and video, export, stream, predict, report."""
+    """Offline end-to-end run: a synthetic part, 8 good images baked in, stream, predict, picture, report."""
     from clipad.core.progress import progress_bars
     from clipad.runtime.demo import run_demo
 
     typer.echo(
-        "clipad demo: random weights, so the heatmaps are meaningless; this checks the toolchain end to end", err=True
+        "clipad demo: random weights, so only the normal-reference signal (8 good images baked into the graph) "
+        "is meaningful; zero-shot text scores are not",
+        err=True,
     )
     with progress_bars(enabled=not quiet) as tasks:
         report = run_demo(out, model, frames, tasks, log=lambda s: typer.echo(s, err=True))
     typer.echo(
-        f"demo finished in {report['seconds']} s: report {out / 'report.md'}, overlay video {out / 'overlay.mp4'}"
+        f"demo finished in {report['seconds']} s: image AUROC {report['image_auroc']:.3f}, pixel AUROC "
+        f"{report['pixel_auroc']:.3f}; report {out / 'report.md'}, picture {report['picture']}, "
+        f"overlay video {out / 'overlay.mp4'}"
     )
 
 
@@ -1008,7 +1134,7 @@ def train(
     val_split = None
     if (val_dataset is None) != (val_root is None):
         raise ClipadError("--val-dataset and --val-root go together")
-    if val_dataset is not None:
+    if val_dataset is not None and val_root is not None:  # both or neither, checked above
         vcats = [c.strip() for c in val_categories.split(",") if c.strip()] if val_categories else None
         val_split = load_split(val_dataset, val_root, vcats)
         check_masks(val_split)
@@ -1042,7 +1168,10 @@ def doctor(
         list[str] | None,
         typer.Option(
             "--require",
-            help="Exit 1 unless this can be used here: torch, onnxruntime, openvino, tensorrt, triton or cuda (repeatable, or comma-separated).",
+            help=(
+                "Exit 1 unless this can be used here: torch, onnxruntime, openvino, tensorrt, triton or cuda "
+                "(repeatable, or comma-separated)."
+            ),
         ),
     ] = None,
     as_json: Annotated[

@@ -62,7 +62,8 @@ class CalibrateConfig:
             raise ClipadError("--int8 needs calibration images: --images DIR (or --good DIR)")
         if self.gate_data is not None and not self.int8:
             raise ClipadError(
-                "--gate-data goes with --int8 here (it judges the INT8 graph); `clipad export --gate-data` judges the others"
+                "--gate-data goes with --int8 here (it judges the INT8 graph); "
+                "`clipad export --gate-data` judges the others"
             )
         if self.int8_backend not in ("onnxruntime", "openvino"):
             raise ClipadError(f"--int8-backend must be onnxruntime or openvino, got '{self.int8_backend}'")
@@ -240,6 +241,7 @@ def constants(obs: Observations, target_fpr: float) -> tuple[CalibrationConstant
     if obs.pixel_label is not None and not defect_pixels:
         warnings.append("the masks mark no defect pixel: the pixel threshold comes from the good images instead")
     if defect_pixels:
+        assert obs.pixel_label is not None  # defect_pixels implies masks
         pixel_threshold, pixel_f1 = f1_threshold(obs.pixel_label, obs.pixels)
         pixel_method = "F1-optimal on the masks' pixels"
         achieved["pixel_f1"] = pixel_f1

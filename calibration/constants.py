@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import cast
 
 import numpy as np
 
@@ -52,8 +53,13 @@ class Calibration:
                 f"the calibration constants were made for another model ({', '.join(changed)} changed since "
                 "calibration): run `clipad calibrate` again"
             )
+        # the manifest validates each range as exactly two numbers
         return cls(
-            tuple(c.image_prob_range), tuple(c.map_max_range), c.threshold, tuple(c.score_range), c.pixel_threshold
+            cast(Range, tuple(c.image_prob_range)),
+            cast(Range, tuple(c.map_max_range)),
+            c.threshold,
+            cast(Range, tuple(c.score_range)),
+            c.pixel_threshold,
         )
 
     def fused(self, image_prob: np.ndarray, map_max: np.ndarray) -> np.ndarray:

@@ -32,6 +32,7 @@ import numpy as np
 import onnx
 
 from clipad.core.atomic import atomic_path
+from clipad.core.choices import Precision
 from clipad.core.errors import ClipadError
 from clipad.core.hashing import file_sha256
 from clipad.core.progress import Tasks
@@ -46,6 +47,7 @@ from clipad.deploy.manifest import (
     OV_XML,
     Int8Entry,
     Manifest,
+    OvPrecision,
     ParityFigures,
     QualityGate,
     Tolerance,
@@ -137,7 +139,7 @@ def onnxruntime_target(min_agreement: float, source_sha256: str) -> Int8Target:
 
     def record(manifest: Manifest, root: Path, figures: ParityFigures, gate: QualityGate | None) -> Manifest:
         m = manifest.with_int8(file_sha256(root / ONNX_INT8), figures, Tolerance.create(**TOLERANCES["int8"]), entry)
-        gates = {
+        gates: dict[Precision, QualityGate] = {
             k: v for k, v in (m.parity.gates or {}).items() if k != "int8"
         }  # a new graph: an old gate no longer holds
         if gate is not None:
@@ -167,7 +169,9 @@ def openvino_target() -> Int8Target:
 
     def record(manifest: Manifest, root: Path, figures: ParityFigures, gate: QualityGate | None) -> Manifest:
         entry = manifest.openvino
-        gates = {k: v for k, v in (entry.gates or {}).items() if k != "int8"}  # a new IR: an old gate no longer holds
+        assert entry is not None  # check_int8_backend refuses artifacts without an OpenVINO IR
+        # a new IR: an old gate no longer holds
+        gates: dict[OvPrecision, QualityGate] = {k: v for k, v in (entry.gates or {}).items() if k != "int8"}
         if gate is not None:
             gates["int8"] = gate
         entry = entry.replace(

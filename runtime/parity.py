@@ -83,12 +83,13 @@ def served_precisions(artifacts: Artifacts, name: str) -> list[str | None]:
     the plan's own precision for TensorRT and Triton (None: whatever it serves), every precision with
     export parity figures for OpenVINO, FP32 for torch."""
     ov = artifacts.manifest.openvino
-    return {
+    by_backend: dict[str, list[str | None]] = {
         "onnxruntime": list(artifacts.manifest.precisions),
         "tensorrt": [None],
         "triton": [None],
         "openvino": [p for p in (ov.parity if ov else {}) if p in ov.ir] if ov else ["fp32"],
-    }.get(name, ["fp32"])
+    }
+    return by_backend.get(name, ["fp32"])
 
 
 def run_parity(

@@ -33,7 +33,7 @@ from clipad.runtime.backends import Backend, BackendUnavailable
 from clipad.runtime.records import Prediction
 from clipad.runtime.scoring import score_batch
 from clipad.runtime.sinks import Sink, SinkError, render_view
-from clipad.runtime.sources import Frame, Source, wait_for_frames
+from clipad.runtime.sources import Frame, LiveSource, Source, wait_for_frames
 
 STAGES = ("capture", "preprocess", "inference", "postprocess")
 WINDOW = 4096  # batches whose stage latencies the percentiles cover
@@ -146,7 +146,7 @@ class Pipeline:
             if self.max_frames is None
             else min(self.backend.max_batch, self.max_frames - self._counter)
         )
-        live = [s for s in active if s.live]
+        live = [s for s in active if isinstance(s, LiveSource)]  # the sources with live = True
         if live:  # wait for the first camera with a frame, not for each camera in turn
             wait_for_frames(live, LIVE_WAIT_S)
         for src in active:  # one frame per source: several cameras share one inference call

@@ -74,15 +74,19 @@ def predict(
                 stem = _unique_stem(path, used)
                 written = OutputFiles()
                 if save_maps:
-                    written = OutputFiles(map=f"maps/{stem}.npy")
-                    np.save(out / written.map, m.astype(np.float32))
+                    map_file = f"maps/{stem}.npy"
+                    written = OutputFiles(map=map_file)
+                    np.save(out / map_file, m.astype(np.float32))
                     if cal is not None:
-                        written = OutputFiles(map=written.map, mask=f"maps/{stem}_mask.png")
-                        cv2.imwrite(str(out / written.mask), cal.mask_image(m))
+                        mask_file = f"maps/{stem}_mask.png"
+                        written = OutputFiles(map=map_file, mask=mask_file)
+                        cv2.imwrite(str(out / mask_file), cal.mask_image(m))
                 if save_overlays:
-                    written = OutputFiles(written.map, written.mask, f"overlays/{stem}.png")
+                    overlay_file = f"overlays/{stem}.png"
+                    written = OutputFiles(written.map, written.mask, overlay_file)
+                    assert batch.originals is not None  # kept: keep_originals=save_overlays
                     view = overlay(batch.originals[i], m, float(m.min()), float(m.max()))
-                    cv2.imwrite(str(out / written.overlay), to_bgr(view))
+                    cv2.imwrite(str(out / overlay_file), to_bgr(view))
                 f.write(json.dumps(pred.with_files(written).prediction()) + "\n")
                 result.images += 1
     return result

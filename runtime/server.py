@@ -91,7 +91,8 @@ class _Server(ThreadingHTTPServer):
 PAGE = """<!doctype html>
 <html><head><meta charset="utf-8"><title>clipad live</title>
 <style>body{font-family:sans-serif;margin:16px;background:#111;color:#eee}
-#wrap{display:flex;gap:16px;flex-wrap:wrap;align-items:flex-start}img{width:480px;max-width:100%;height:auto;border:1px solid #444}
+#wrap{display:flex;gap:16px;flex-wrap:wrap;align-items:flex-start}
+img{width:480px;max-width:100%;height:auto;border:1px solid #444}
 canvas{background:#1b1b1b;border:1px solid #444}.big{font-size:28px}</style></head>
 <body><h2>clipad live</h2><div id="wrap"><img id="live" src="/stream.mjpg" alt="live overlay">
 <div><div class="big" id="score">waiting for frames...</div><div id="meta"></div>
@@ -119,7 +120,8 @@ async function poll() {
       const v = s.last[key];
       document.getElementById('score').textContent = s.calibrated
         ? `score ${v.toFixed(3)} ${s.last.label}` : `map max ${v.toPrecision(3)} (uncalibrated)`;
-      document.getElementById('meta').textContent = `${s.frames} frames, ${s.fps.toFixed(1)} fps, source ${s.last.source}`;
+      document.getElementById('meta').textContent =
+        `${s.frames} frames, ${s.fps.toFixed(1)} fps, source ${s.last.source}`;
       draw(s.history, key);
     }
   } catch (e) {}
@@ -206,8 +208,12 @@ class Viewer:
                 seen = -1
                 try:
                     while not viewer.closed:
+
+                        def moved_on(seen: int = seen) -> bool:  # this pass's seen, bound now
+                            return viewer.seq != seen or viewer.closed
+
                         with viewer.cond:
-                            viewer.cond.wait_for(lambda: viewer.seq != seen or viewer.closed, timeout=1.0)
+                            viewer.cond.wait_for(moved_on, timeout=1.0)
                             jpeg, seen = viewer.jpeg, viewer.seq
                         if jpeg is None:
                             continue

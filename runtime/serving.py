@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 from clipad.calibration.constants import Calibration
 from clipad.core.errors import ClipadError
 from clipad.deploy.artifacts import Artifacts, load_artifacts
-from clipad.deploy.manifest import MANIFEST
+from clipad.deploy.manifest import MANIFEST, CalibrationEntry
 from clipad.runtime.backends import Backend, select_backend
 
 if TYPE_CHECKING:
@@ -69,7 +69,8 @@ def open_served(
     cal = None
     if need_calibration:
         cal = Calibration.from_manifest(art.manifest)
-        calibrated_with = art.manifest.calibration.backend if cal is not None else None
+        entry = art.manifest.calibration  # a CalibrationEntry whenever cal is not None (from_manifest)
+        calibrated_with = entry.backend if cal is not None and isinstance(entry, CalibrationEntry) else None
         if cal is None:
             notes.append("uncalibrated: score and label are null until `clipad calibrate` has run")
         elif calibrated_with != be.describe():

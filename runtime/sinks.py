@@ -139,10 +139,11 @@ class VideoSink:
     """
 
     def __init__(self, path: str | Path, fps: float = 10.0, segment_s: float = 0.0):
-        self.path, self.fps, self.segment_s, self.writer = Path(path), fps, segment_s, None
+        self.path, self.fps, self.segment_s = Path(path), fps, segment_s
+        self.writer: cv2.VideoWriter | None = None
         self.segments = 0
         self.size: tuple[int, int] | None = None  # (width, height) of the first frame; every segment keeps it
-        self._segment_start: float | None = None
+        self._segment_start = 0.0  # capture time of the open segment's first frame; read only while one is open
 
     def _target(self) -> Path:
         if not self.segment_s:
@@ -159,7 +160,7 @@ class VideoSink:
         if self.writer is None:
             target = self._target()
             target.parent.mkdir(parents=True, exist_ok=True)
-            fourcc = cv2.VideoWriter_fourcc(*("MJPG" if self.path.suffix.lower() == ".avi" else "mp4v"))
+            fourcc = cv2.VideoWriter.fourcc(*("MJPG" if self.path.suffix.lower() == ".avi" else "mp4v"))
             if self.size is None:
                 self.size = (img.shape[1], img.shape[0])
             self.writer = cv2.VideoWriter(str(target), fourcc, self.fps, self.size)

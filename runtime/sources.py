@@ -66,8 +66,8 @@ class Source(ABC):
     def exhausted(self) -> bool:
         return False
 
-    def close(self) -> None:
-        pass
+    def close(self) -> None:  # noqa: B027 - deliberately not abstract: a no-op for sources that hold nothing
+        """Release what the source holds (a capture, a thread); the default holds nothing."""
 
 
 class ImageFilesSource(Source):
@@ -294,7 +294,8 @@ def open_source(spec: str) -> Source:
 def open_sources(cameras: list[int], specs: list[str]) -> tuple[list[Source], list[str]]:
     """Open every source; failures are reported and skipped unless nothing at all opens."""
     opened, problems = [], []
-    for spec in [*cameras, *specs]:
+    every: list[int | str] = [*cameras, *specs]
+    for spec in every:
         try:
             opened.append(LiveSource(spec) if isinstance(spec, int) else open_source(spec))
         except ClipadError as err:

@@ -38,7 +38,8 @@ def main() -> None:
     med = {k: sorted(v)[len(v) // 2] * 1e3 for k, v in times.items()}
     print(
         f"{model_name} batch {batch}, {torch.get_num_threads()} threads, load {os.getloadavg()}: "
-        f"fused {med[True]:.1f} ms, explicit {med[False]:.1f} ms (medians of {repeats}), ratio {med[True] / med[False]:.3f}"
+        f"fused {med[True]:.1f} ms, explicit {med[False]:.1f} ms (medians of {repeats}), "
+        f"ratio {med[True] / med[False]:.3f}"
     )
 
 

@@ -71,8 +71,9 @@ def main() -> None:
                 print(
                     f"  {name}: pixel AUROC {100 * g.pixel_auroc_fp32:.2f} -> {100 * g.pixel_auroc:.2f}, image "
                     f"{100 * g.image_auroc_fp32:.2f} -> {100 * g.image_auroc:.2f} (drops {g.pixel_drop_points:.2f} / "
-                    f"{g.image_drop_points:.2f}): {'passed' if g.passed else 'FAILED'}; rel L2 {g.agreement.rel_l2:.2e}, "
-                    f"top-1% {g.agreement.top1pct_agreement:.3f}; image_prob alone {p32:.2f} -> {p8:.2f}, map max alone "
+                    f"{g.image_drop_points:.2f}): {'passed' if g.passed else 'FAILED'}; "
+                    f"rel L2 {g.agreement.rel_l2:.2e}, top-1% {g.agreement.top1pct_agreement:.3f}; "
+                    f"image_prob alone {p32:.2f} -> {p8:.2f}, map max alone "
                     f"{m32:.2f} -> {m8:.2f}; image_prob error std {np.std(red[1] - fp32[name][1]):.2e}",
                     flush=True,
                 )

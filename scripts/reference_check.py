@@ -1,4 +1,4 @@
-"""The normal-reference mode's goals, measured in one run (issue 16; figures for docs/benchmarks.md).
+"""The normal-reference mode's goals, measured in one run (figures for docs/benchmarks.md).
 
 On the default `clipad synth` set (generated here unless --root is given) with the chosen model
 (default ViT-B-16-plus-240, random weights):

@@ -2,11 +2,43 @@
 
 from __future__ import annotations
 
+import shutil
+import socket
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
 from clipad.core.progress import Tasks
 from clipad.data import Sample
+from clipad.data.synth import sample_images
 from clipad.evaluation.evaluate import EvalConfig, evaluate
 from clipad.model.heads import Heads
 from clipad.model.loading import LoadedModel
+
+# The tiny model with random weights, no progress bars: the options of most CLI tests.
+TINY = ["--model", "clipad-tiny", "--random-weights", "--quiet"]
+
+
+def run(capsys, *args) -> tuple[int, str, str]:
+    """`clipad ARGS` in this process: (exit code, stdout, stderr)."""
+    from clipad import cli
+
+    code = cli.run([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def assert_one_line_error(code: int, err: str, *fragments: str) -> None:
+    """Exit 1, and the error is one line (after any notes printed before the failure)."""
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert code == 1, err
+    errors = [ln for ln in lines if ln.startswith("error: ")]
+    assert len(errors) == 1 and lines[-1] == errors[0], err
+    assert "Traceback" not in err
+    for f in fragments:
+        assert f in errors[0], errors[0]
 
 
 def mean_pixel_auroc(
@@ -89,3 +121,39 @@ def run_in_thread(fn, timeout: float = 30.0) -> dict:
     t.join(timeout)
     assert not t.is_alive(), f"still running {timeout} s later (a hang)"
     return out
+
+
+def write_video(path: Path, n: int, size=(160, 128), fourcc="FFV1") -> list[np.ndarray]:
+    images = sample_images(n, width=size[0], height=size[1])
+    w = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*fourcc), 10, size)
+    for im in images:
+        w.write(cv2.cvtColor(im, cv2.COLOR_RGB2BGR))
+    w.release()
+    return images
+
+
+def closed_port() -> int:
+    """A loopback port with nothing listening on it (bound, read and closed)."""
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def fresh(setup, tmp_path, name="art"):
+    """A copy of the calibration tests' export (the ``setup`` fixture) to change freely."""
+    shutil.copytree(setup / "art", tmp_path / name)
+    return tmp_path / name
+
+
+def random_text(dim: int, seed: int = 0) -> torch.Tensor:
+    """Two random unit text vectors as columns: [dim, 2]."""
+    t = torch.randn(dim, 2, generator=torch.Generator().manual_seed(seed))
+    return t / t.norm(dim=0, keepdim=True)
+
+
+def random_heads(width: int, dim: int, seed: int = 0) -> Heads:
+    """Random SDP+ heads (four linear maps width -> dim)."""
+    g = torch.Generator().manual_seed(seed)
+    return Heads(torch.randn(4, dim, width, generator=g) / width**0.5, 0.1 * torch.randn(4, dim, generator=g))

@@ -14,8 +14,7 @@ from clipad.core.progress import Tasks
 from clipad.data.images import read_model_images
 from clipad.deploy.artifacts import artifact_lock, exchange_dirs, load_artifacts
 from clipad.runtime.backends import open_backend
-from tests.test_calibration import TINY, fresh, setup  # noqa: F401 (module fixture)
-from tests.test_cli import assert_one_line_error, run
+from tests.helpers import TINY, assert_one_line_error, fresh, run
 
 
 def test_a_second_writer_is_refused_in_one_line(setup, tmp_path, capsys):  # noqa: F811

@@ -42,7 +42,7 @@ from clipad.runtime.backends import onnxruntime_backend as ortb
 from clipad.runtime.backends import open_backend, select_backend
 from clipad.runtime.backends import tensorrt_backend as trtb
 from clipad.runtime.backends.tensorrt_backend import EngineTensor, check_engine_io, check_engine_profile
-from tests.test_cli import assert_one_line_error, run
+from tests.helpers import assert_one_line_error, run
 
 TRT, CUDA, CPU = "TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"
 ALL_GPU = [TRT, CUDA, CPU]

@@ -28,8 +28,7 @@ from clipad.runtime.backends import Backend, open_backend
 from clipad.runtime.bench import SCHEMA_VERSION, percentiles, time_backend, time_calls
 from clipad.runtime.bench.goals import performance_goals, ratios
 from clipad.runtime.parity import run_parity
-from tests.test_cli import assert_one_line_error, run
-from tests.test_sdp import random_heads
+from tests.helpers import assert_one_line_error, random_heads, run
 
 ITERATIONS, WARMUP, BATCHES = 3, 1, (1, 2)
 

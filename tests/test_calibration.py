@@ -15,37 +15,9 @@ from sklearn.metrics import f1_score
 
 from clipad.calibration.thresholds import f1_threshold, fpr_threshold, min_images_for_fpr, normalised_score
 from clipad.data.images import list_images, load_image
-from clipad.data.synth import make_synthetic
 from clipad.deploy.artifacts import load_artifacts
 from clipad.runtime.backends import open_backend
-from tests.test_cli import assert_one_line_error, run
-
-TINY = ("--model", "clipad-tiny", "--random-weights", "--quiet")
-
-
-@pytest.fixture(scope="module")
-def setup(tmp_path_factory):
-    root = tmp_path_factory.mktemp("cal")
-    make_synthetic(root / "s", n_train=400, n_good=4, n_defect=6, seed=3)
-    good = sorted((root / "s" / "fabric" / "train" / "good").iterdir())
-    for name, files in (("cal", good[:200]), ("held", good[200:])):
-        (root / name).mkdir()
-        for f in files:
-            shutil.copy(f, root / name / f.name)
-    from clipad import cli
-
-    assert (
-        cli.run(
-            [str(a) for a in ("export", "--category", "fabric", "--precision", "fp32", "--out", root / "art", *TINY)]
-        )
-        == 0
-    )
-    return root
-
-
-def fresh(setup, tmp_path, name="art"):
-    shutil.copytree(setup / "art", tmp_path / name)
-    return tmp_path / name
+from tests.helpers import TINY, assert_one_line_error, fresh, run
 
 
 def outputs(art_dir, spec):
@@ -301,7 +273,8 @@ def test_int8_quality_gate_on_labelled_images_decides_instead_of_agreement(setup
         capsys, "calibrate", "--artifacts", art, "--good", setup / "cal", "--gate-data", setup / "s", "--quiet"
     )
     assert_one_line_error(code, err, "--gate-data goes with --int8")
-    # an agreement limit this INT8 graph does not reach: with --gate-data the AUROC gate decides, and passes at a wide limit
+    # an agreement limit this INT8 graph does not reach: with --gate-data the AUROC gate decides,
+    # and passes at a wide limit
     code, out, err = run(
         capsys,
         "calibrate",

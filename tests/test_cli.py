@@ -14,26 +14,7 @@ from PIL import Image
 
 from clipad import cli
 from clipad.model.heads import save_heads
-from tests.test_sdp import random_heads
-
-TINY = ["--model", "clipad-tiny", "--random-weights", "--quiet"]
-
-
-def run(capsys, *args: str) -> tuple[int, str, str]:
-    code = cli.run([str(a) for a in args])
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def assert_one_line_error(code: int, err: str, *fragments: str) -> None:
-    """Exit 1, and the error is one line (after any notes printed before the failure)."""
-    lines = [l for l in err.splitlines() if l.strip()]
-    assert code == 1, err
-    errors = [l for l in lines if l.startswith("error: ")]
-    assert len(errors) == 1 and lines[-1] == errors[0], err
-    assert "Traceback" not in err
-    for f in fragments:
-        assert f in errors[0], errors[0]
+from tests.helpers import TINY, assert_one_line_error, random_heads, run
 
 
 def check_results(path: Path, categories: list[str]) -> dict:
@@ -211,3 +192,31 @@ def test_eval_full_size_model_end_to_end(tmp_path, capsys, synth_root):
     assert code == 0, err
     res = check_results(tmp_path / "r.json", ["washer"])
     assert res["washer"]["n_images"] == 7 and "ViT-B-16-plus-240" in err
+
+
+def test_export_int8_engine_refuses_options_it_would_ignore(capsys, tmp_path):
+    code, _, err = run(
+        capsys, "export", "--category", "x", "--precision", "int8", "--engine", "--sigma", "3", "--mode", "sdp+"
+    )
+    assert_one_line_error(code, err, "--precision int8 --engine", "--mode, --sigma would be ignored")
+    code, _, err = run(capsys, "export", "--category", "x", "--precision", "int8", "--engine", "--out", tmp_path / "no")
+    assert_one_line_error(code, err, "not a clipad artifact directory")  # only the options it uses: goes on
+
+
+def test_rvs_profile_is_one_of_its_choices(capsys, tmp_path):
+    code, _, err = run(capsys, "export", "--category", "x", *TINY, "--rvs-profile", "mvtex", "--out", tmp_path / "a")
+    assert_one_line_error(code, err, "--rvs-profile must be one of mvtec, visa, got 'mvtex'")
+    assert not (tmp_path / "a").exists()
+
+
+def test_help_lists_commands_in_workflow_order_and_keeps_brackets(capsys):
+    code, out, _ = run(capsys, "--help")
+    assert code == 0
+    import typer
+
+    assert sorted(typer.main.get_command(cli.app).commands) == sorted(cli.WORKFLOW)  # every command has its place
+    at = {name: out.find(f"│ {name} ") for name in cli.WORKFLOW}
+    assert all(i > 0 for i in at.values()), at
+    assert sorted(at, key=at.__getitem__) == list(cli.WORKFLOW)  # demo, doctor, synth, eval, ... triton-server
+    code, out, _ = run(capsys, "export", "--help")
+    assert "clipad[openvino]" in " ".join(out.split())  # Rich markup would eat "[openvino]"

@@ -20,6 +20,7 @@ from clipad.runtime.doctor import verdicts as V
 from clipad.runtime.doctor.facts import (
     CHECKS,
     CudaFacts,
+    Findings,
     GpuFacts,
     OnnxRuntimeFacts,
     ProbeFailure,
@@ -29,7 +30,7 @@ from clipad.runtime.doctor.facts import (
     to_json,
 )
 from clipad.runtime.doctor.report import run_doctor
-from tests.test_cli import assert_one_line_error, run
+from tests.helpers import assert_one_line_error, run
 
 ROOT = Path(__file__).resolve().parents[1]
 NO_DRIVER = not Path("/proc/driver/nvidia/version").exists()
@@ -113,7 +114,8 @@ def test_json_report_holds_every_probe(capsys):
 def test_doctor_imports_nothing_heavy():
     code = (
         "import sys, clipad.cli, clipad.runtime.doctor.report; "
-        "print(sorted(m for m in ('torch', 'onnxruntime', 'openvino', 'tensorrt', 'numpy', 'onnx') if m in sys.modules))"
+        "heavy = ('torch', 'onnxruntime', 'openvino', 'tensorrt', 'numpy', 'onnx'); "
+        "print(sorted(m for m in heavy if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
@@ -168,7 +170,7 @@ def test_a_probe_that_crashes_or_hangs_is_a_finding(tmp_path):
         report = run_doctor(timeout=5)
     finally:
         os.environ["PYTHONPATH"] = old
-    assert isinstance(report.facts["openvino"], ProbeFailure)
+    assert isinstance(report.findings.openvino, ProbeFailure)
     assert report.verdict("openvino").detail == "its probe failed: no answer within 5 s"
     assert report.verdict("onnxruntime").usable is True
 
@@ -211,12 +213,12 @@ ORT_GPU = OnnxRuntimeFacts(
 )
 
 
-def _facts(**over) -> dict:
+def _facts(**over) -> Findings:
     base = {"torch": TorchFacts("2.14.1", "13.0"), "onnxruntime": ORT_GPU, "tensorrt": TRT10, "cuda": CUDA13}
-    return {**base, **over}
+    return Findings(**{**base, **over})
 
 
-def _verdict(facts: dict, check: str) -> V.Verdict:
+def _verdict(facts: Findings, check: str) -> V.Verdict:
     return next(v for v in V.verdicts(facts) if v.check == check)
 
 
@@ -287,7 +289,7 @@ def test_a_gpu_provider_that_does_not_load_and_no_gpu():
 
 @pytest.mark.parametrize("check", CHECKS)
 def test_a_failed_probe_is_a_verdict(check):
-    v = _verdict({check: ProbeFailure(check, "no answer within 60 s")}, check)
+    v = _verdict(Findings(**{check: ProbeFailure(check, "no answer within 60 s")}), check)
     assert v.usable is False and v.detail == "its probe failed: no answer within 60 s"
 
 

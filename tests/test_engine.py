@@ -82,7 +82,7 @@ def test_fp16_engine_sidecar_profile_and_layers(fp16_engine):
 
 def test_fp32_export_builds_an_fp32_engine(tmp_path, capsys):
     from clipad.deploy.artifacts import load_artifacts
-    from tests.test_cli import run
+    from tests.helpers import run
 
     code, _, err = run(
         capsys, "export", "--category", "washer", *TINY, "--precision", "fp32", "--engine", "--out", tmp_path / "a"
@@ -94,7 +94,7 @@ def test_fp32_export_builds_an_fp32_engine(tmp_path, capsys):
 
 def test_fp32_engine_meets_the_fp32_parity_limit(tmp_path, capsys):
     """TF32 off: the FP32 plan is held to the FP32 graph's limit against the reference."""
-    from tests.test_cli import run
+    from tests.helpers import run
 
     code, _, err = run(
         capsys, "export", "--category", "washer", *TINY, "--precision", "fp32", "--engine", "--out", tmp_path / "a"
@@ -134,7 +134,7 @@ def test_a_damaged_timing_cache_is_discarded_and_the_build_goes_on(tmp_path, cap
 
     from clipad.deploy.tensorrt import build
     from clipad.deploy.tensorrt.plan import gpu_identity, timing_cache_path
-    from tests.test_cli import run
+    from tests.helpers import run
 
     path = timing_cache_path(tensorrt.__version__, gpu_identity())
     saved = path.read_bytes() if path.is_file() else None
@@ -170,7 +170,7 @@ def test_int8_engine_from_the_calibrated_graph(tmp_path, capsys, synth_root):
 
     from clipad.deploy.artifacts import load_artifacts
     from clipad.deploy.tensorrt.plan import check_plan, gpu_identity
-    from tests.test_cli import run
+    from tests.helpers import run
 
     a = tmp_path / "a"
     assert run(capsys, "export", "--category", "washer", *TINY, "--max-batch", "4", "--out", a)[0] == 0

@@ -23,7 +23,7 @@ from sklearn.metrics import average_precision_score, roc_auc_score
 from clipad.model.prompts import PROMPT_SETS
 from clipad.model.rvs import text_vectors
 from clipad.model.sdp import SDPModel
-from tests.test_cli import run
+from tests.helpers import run
 
 TINY_SEED1 = ["--model", "clipad-tiny", "--random-weights", "--seed", "1", "--quiet"]  # the `tiny` fixture's weights
 SIGMA = 8.0  # README: --sigma defaults to 8 for SDP

@@ -30,8 +30,7 @@ from clipad.model.heads import save_heads
 from clipad.model.prompts import PROMPT_SETS
 from clipad.model.rvs import text_vectors
 from clipad.runtime.backends import open_backend
-from tests.test_cli import assert_one_line_error, run
-from tests.test_sdp import random_heads
+from tests.helpers import assert_one_line_error, random_heads, run
 
 TINY = ["--model", "clipad-tiny", "--random-weights", "--quiet"]
 

@@ -17,7 +17,6 @@ from clipad.runtime.backends import open_backend
 from clipad.runtime.pipeline import Pipeline
 from clipad.runtime.predict import predict
 from clipad.runtime.sources import ImageFilesSource
-from tests.test_runtime import art  # noqa: F401 (module fixture)
 
 SIZE = 96
 

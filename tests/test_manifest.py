@@ -37,7 +37,7 @@ from clipad.deploy.manifest import (
     ParityFigures,
     Tolerance,
 )
-from tests.test_cli import assert_one_line_error, run
+from tests.helpers import assert_one_line_error, run
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -73,7 +73,8 @@ OLD_MANIFEST = json.loads(r"""
   "precisions": ["fp32", "fp16", "int8"],
   "onnx": {
     "inputs": [{"name": "image", "dtype": "uint8", "shape": ["batch", 96, 96, 3]}],
-    "outputs": [{"name": "anomaly_map", "dtype": "float32", "shape": ["batch", 96, 96]}, {"name": "image_prob", "dtype": "float32", "shape": ["batch"]}],
+    "outputs": [{"name": "anomaly_map", "dtype": "float32", "shape": ["batch", 96, 96]},
+                {"name": "image_prob", "dtype": "float32", "shape": ["batch"]}],
     "opset": 17
   },
   "parity": {
@@ -474,7 +475,8 @@ def test_engine_sidecar_round_trip(tmp_path):
 def test_reading_the_manifest_imports_no_torch(tmp_path):
     write(tmp_path, OLD_MANIFEST)
     code = (
-        "import sys; from clipad.deploy.artifacts import load_artifacts; from clipad.calibration.constants import Calibration; "
+        "import sys; from clipad.deploy.artifacts import load_artifacts; "
+        "from clipad.calibration.constants import Calibration; "
         f"Calibration.from_manifest(load_artifacts({str(tmp_path)!r}).manifest); "
         "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'open_clip', 'torchvision')))"
     )

@@ -28,7 +28,7 @@ from clipad.model.prompts import PROMPT_SETS  # noqa: E402
 from clipad.runtime.backends import open_backend, select_backend  # noqa: E402
 from clipad.runtime.backends.openvino_backend import choose_precision  # noqa: E402
 from clipad.runtime.parity import reference_outputs  # noqa: E402
-from tests.test_cli import assert_one_line_error, run  # noqa: E402
+from tests.helpers import assert_one_line_error, run  # noqa: E402
 
 CPU_CAPS = list(ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"))
 
@@ -200,7 +200,7 @@ def test_int8_ir_quantises_only_the_vit_matrix_products(art):
 def gated(tmp_path_factory, tiny, synth_root):
     """sdp+ (random heads) exported with the quality gate on the synthetic set's washer images."""
     from clipad.model.heads import save_heads
-    from tests.test_sdp import random_heads
+    from tests.helpers import random_heads
 
     root = tmp_path_factory.mktemp("ovgate")
     visual = tiny.clip.visual
@@ -252,9 +252,11 @@ def test_serving_is_torch_free(art):
     import sys
 
     code = (
-        "import sys; from clipad.deploy.artifacts import load_artifacts; from clipad.runtime.backends import open_backend; "
+        "import sys; from clipad.deploy.artifacts import load_artifacts; "
+        "from clipad.runtime.backends import open_backend; "
         f"be = open_backend(load_artifacts({str(art.root)!r}), 'openvino', 'fp32', 'cpu'); "
-        "assert 'torch' not in sys.modules and 'nncf' not in sys.modules, sorted(m for m in sys.modules if 'torch' in m)[:5]"
+        "assert 'torch' not in sys.modules and 'nncf' not in sys.modules, "
+        "sorted(m for m in sys.modules if 'torch' in m)[:5]"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
 

@@ -31,7 +31,7 @@ from clipad.model.prompts import PROMPT_SETS
 from clipad.model.reference import ReferenceMaps, bake, build_memory, k_center, patch_tokens, score_constants
 from clipad.model.sdp import SDPModel
 from clipad.runtime.backends import open_backend
-from tests.test_cli import TINY, assert_one_line_error, run
+from tests.helpers import TINY, assert_one_line_error, run
 
 
 @pytest.fixture(scope="module")

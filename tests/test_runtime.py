@@ -16,42 +16,16 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-import pytest
 
-from clipad.core.progress import Tasks
 from clipad.data.colour import to_rgb
 from clipad.data.images import resize_to_model
 from clipad.data.synth import sample_images
-from clipad.deploy.artifacts import load_artifacts
-from clipad.deploy.export import ExportConfig, export
-from clipad.model.prompts import PROMPT_SETS
 from clipad.runtime.backends import open_backend, select_backend
 from clipad.runtime.pipeline import Pipeline
 from clipad.runtime.sources import LiveSource
-from tests.test_cli import assert_one_line_error, run
+from tests.helpers import assert_one_line_error, closed_port, run, write_video
 
 EVENT_KEYS = {"frame": int, "source": str, "time": float, "image_prob": float, "map_max": float, "latency_ms": float}
-
-
-@pytest.fixture(scope="module")
-def art(tmp_path_factory, tiny):
-    cfg = ExportConfig(
-        category="washer",
-        out=tmp_path_factory.mktemp("rt") / "art",
-        prompts=PROMPT_SETS["industrial"],
-        max_batch=4,
-        precision="fp32",
-    )
-    return export(tiny, cfg, Tasks(None))
-
-
-def write_video(path: Path, n: int, size=(160, 128), fourcc="FFV1") -> list[np.ndarray]:
-    images = sample_images(n, width=size[0], height=size[1])
-    w = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*fourcc), 10, size)
-    for im in images:
-        w.write(cv2.cvtColor(im, cv2.COLOR_RGB2BGR))
-    w.release()
-    return images
 
 
 def check_event(e: dict) -> None:
@@ -79,7 +53,7 @@ def test_run_video_every_frame_in_order(art, tmp_path, capsys):
         0.1,
     )
     assert code == 0, err
-    events = [json.loads(l) for l in (tmp_path / "ev.jsonl").read_text().splitlines()]
+    events = [json.loads(ln) for ln in (tmp_path / "ev.jsonl").read_text().splitlines()]
     assert [e["frame"] for e in events] == list(range(12))
     for e in events:
         check_event(e)
@@ -104,7 +78,7 @@ def test_events_match_the_backend(art, tmp_path, capsys):
         tmp_path / "ev.jsonl",
     )
     assert code == 0, err
-    events = [json.loads(l) for l in (tmp_path / "ev.jsonl").read_text().splitlines()]
+    events = [json.loads(ln) for ln in (tmp_path / "ev.jsonl").read_text().splitlines()]
     amap, prob = open_backend(art, "onnxruntime", "fp32", "cpu")(
         np.stack([resize_to_model(im, art.image_size) for im in images])
     )
@@ -130,7 +104,7 @@ def test_run_folder_and_glob_sources_batched_together(art, tmp_path, capsys):
         tmp_path / "ev.jsonl",
     )
     assert code == 0, err
-    sources = [json.loads(l)["source"] for l in (tmp_path / "ev.jsonl").read_text().splitlines()]
+    sources = [json.loads(ln)["source"] for ln in (tmp_path / "ev.jsonl").read_text().splitlines()]
     assert sorted(Path(s).name for s in sources) == ["a0.png", "a1.png", "a2.png", "b.png"]
 
 
@@ -166,7 +140,7 @@ def test_unusual_frames_become_rgb(art, tmp_path, capsys):
     cv2.imwrite(str(tmp_path / "huge.png"), big)
     code, out, err = run(capsys, "predict", tmp_path, "--artifacts", art.root, "--out", tmp_path / "p", "--quiet")
     assert code == 0, err
-    preds = [json.loads(l) for l in (tmp_path / "p" / "predictions.jsonl").read_text().splitlines()]
+    preds = [json.loads(ln) for ln in (tmp_path / "p" / "predictions.jsonl").read_text().splitlines()]
     assert len(preds) == 4
 
 
@@ -191,7 +165,7 @@ def test_predict_contract_and_maps(art, tmp_path, capsys):
         "--quiet",
     )
     assert code == 0, err
-    preds = [json.loads(l) for l in (tmp_path / "p" / "predictions.jsonl").read_text().splitlines()]
+    preds = [json.loads(ln) for ln in (tmp_path / "p" / "predictions.jsonl").read_text().splitlines()]
     assert len(preds) == 4 and "1 unreadable skipped" in out
     for p in preds:
         assert set(p) == {"source", "image_prob", "map_max", "fused", "score", "label", "defect_area", "error", "files"}
@@ -208,17 +182,9 @@ def test_predict_contract_and_maps(art, tmp_path, capsys):
     assert (tmp_path / "p" / "overlays" / "x1.png").is_file()
 
 
-def _closed_port() -> int:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
-
-
 def test_refusing_stream_and_missing_camera(art, tmp_path, capsys):
     t0 = time.time()
-    code, _, err = run(capsys, "run", "--source", f"rtsp://127.0.0.1:{_closed_port()}/line1", "--artifacts", art.root)
+    code, _, err = run(capsys, "run", "--source", f"rtsp://127.0.0.1:{closed_port()}/line1", "--artifacts", art.root)
     assert_one_line_error(code, err, "cannot open stream rtsp://127.0.0.1")
     assert time.time() - t0 < 30
     code, _, err = run(capsys, "run", "--camera", 7, "--artifacts", art.root)
@@ -351,7 +317,7 @@ def test_sigterm_stops_cleanly(art, tmp_path):
     assert proc.returncode == 0, err
     assert "stopped by SIGTERM" in err
     lines = events.read_text().splitlines()
-    assert 5 <= len(lines) < 400 and all(json.loads(l)["frame"] == i for i, l in enumerate(lines))
+    assert 5 <= len(lines) < 400 and all(json.loads(ln)["frame"] == i for i, ln in enumerate(lines))
     cap = cv2.VideoCapture(str(video))  # finalised: readable, one frame per event
     assert int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) == len(lines)
 
@@ -367,20 +333,6 @@ def test_show_without_a_display_says_what_to_do(art, tmp_path, capsys, monkeypat
 def test_auto_backend_says_which(art):
     be = select_backend(art, "auto", "cpu")
     assert be.name == "onnxruntime" and "CPUExecutionProvider" in be.describe()
-
-
-def test_demo_runs_offline_end_to_end(tmp_path, capsys):
-    code, out, err = run(capsys, "demo", "--out", tmp_path / "d", "--frames", 12, "--quiet")
-    assert code == 0, err
-    d = tmp_path / "d"
-    report = json.loads((d / "report.json").read_text())
-    assert report["runtime"]["frames"] == 12 and report["predictions"] == 7
-    assert "meaningless" in (d / "report.md").read_text() and "meaningless" in err
-    assert len((d / "events.jsonl").read_text().splitlines()) == 12
-    cap = cv2.VideoCapture(str(d / "overlay.mp4"))
-    assert int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) == 12
-    assert load_artifacts(d / "artifacts" / "washer").manifest.weights.source == "random"
-    assert "report" in out
 
 
 def test_hanging_stream_times_out(art, capsys):

@@ -29,9 +29,7 @@ from clipad.runtime.records import Prediction
 from clipad.runtime.scoring import NON_FINITE, score_batch
 from clipad.runtime.sinks import EventsSink, SnapshotSink, VideoSink
 from clipad.runtime.sources import ImageFilesSource, LiveSource, VideoFileSource
-from tests.helpers import run_in_thread, signal_run
-from tests.test_cli import assert_one_line_error, run
-from tests.test_runtime import art, write_video  # noqa: F401 (module fixture)
+from tests.helpers import assert_one_line_error, run, run_in_thread, signal_run, write_video
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -16,16 +16,7 @@ from scipy.ndimage import gaussian_filter
 from clipad.core.errors import ClipadError
 from clipad.model.heads import Heads, load_heads, save_heads
 from clipad.model.sdp import SDPModel, default_sigma, feature_surgery, head_logit_diff, image_prob
-
-
-def random_text(dim: int, seed: int = 0) -> torch.Tensor:
-    t = torch.randn(dim, 2, generator=torch.Generator().manual_seed(seed))
-    return t / t.norm(dim=0, keepdim=True)
-
-
-def random_heads(width: int, dim: int, seed: int = 0) -> Heads:
-    g = torch.Generator().manual_seed(seed)
-    return Heads(torch.randn(4, dim, width, generator=g) / width**0.5, 0.1 * torch.randn(4, dim, generator=g))
+from tests.helpers import random_heads, random_text
 
 
 def official_feature_surgery(tokens: torch.Tensor, text: torch.Tensor) -> torch.Tensor:

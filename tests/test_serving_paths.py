@@ -30,8 +30,7 @@ from clipad.runtime.pipeline import BACKEND_RETRIES, Pipeline
 from clipad.runtime.records import Prediction
 from clipad.runtime.sinks import EventsSink, SnapshotSink
 from clipad.runtime.sources import LiveSource, VideoFileSource
-from tests.helpers import run_in_thread, signal_run
-from tests.test_cli import assert_one_line_error, run
+from tests.helpers import assert_one_line_error, run, run_in_thread, signal_run
 
 CPU_LINE = "backend: onnxruntime fp32 (CPUExecutionProvider)"
 REPO = Path(__file__).parents[1]
@@ -89,7 +88,7 @@ def images(tmp_path_factory):
 
 
 def preds(folder: Path) -> list[dict]:
-    return [json.loads(l) for l in (folder / "predictions.jsonl").read_text().splitlines()]
+    return [json.loads(ln) for ln in (folder / "predictions.jsonl").read_text().splitlines()]
 
 
 # -- a. backend and precision selection -----------------------------------------------------
@@ -263,7 +262,7 @@ def test_snapshots_of_anomalous_frames_only(calibrated, images, tmp_path, capsys
         snaps,
     )
     assert code == 0, err
-    events = [json.loads(l) for l in ev.read_text().splitlines()]
+    events = [json.loads(ln) for ln in ev.read_text().splitlines()]
     files = sorted(src.iterdir())
     assert len(events) == len(files) == 14
     labels = [e["label"] for e in events]
@@ -480,9 +479,9 @@ def test_sigint_stops_cleanly(art, tmp_path):
     assert "Traceback" not in err and "stopped by SIGINT" in err, err
     text = events.read_text()
     assert text.endswith("\n")
-    frames = [json.loads(l)["frame"] for l in text.splitlines()]  # only complete JSON lines
+    frames = [json.loads(ln)["frame"] for ln in text.splitlines()]  # only complete JSON lines
     assert 5 <= len(frames) < n and frames == list(range(len(frames)))
-    summary = [l for l in err.splitlines() if l.startswith("summary: ")]
+    summary = [ln for ln in err.splitlines() if ln.startswith("summary: ")]
     assert len(summary) == 1 and summary[0].startswith(f"summary: {len(frames)} frames"), (
         err
     )  # every inferred frame was written
@@ -519,7 +518,7 @@ def test_snapshots_of_two_sources_with_the_same_stems_are_both_kept(calibrated, 
         snaps,
     )
     assert code == 0, err
-    events = [json.loads(l) for l in ev.read_text().splitlines()]
+    events = [json.loads(ln) for ln in ev.read_text().splitlines()]
     assert [e["label"] for e in events] == ["anomalous", "anomalous"]
     saved = [np.load(p) for p in sorted(snaps.glob("*_map.npy"))]
     assert len(saved) == 2  # one map per anomalous frame

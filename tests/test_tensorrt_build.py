@@ -23,7 +23,7 @@ from clipad.core.errors import ClipadError
 from clipad.deploy.artifacts import load_artifacts
 from clipad.deploy.manifest import PLAN_META, EngineMeta
 from clipad.deploy.tensorrt import build, inspector, parser_check, plan
-from tests.test_cli import assert_one_line_error, run
+from tests.helpers import assert_one_line_error, run
 
 # --------------------------------------------------------------------------------------------
 # Engine inspector JSON, TensorRT 10 and 11 shapes

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from clipad.model.sdp import SDPModel
-from tests.test_sdp import random_heads, random_text
+from tests.helpers import random_heads, random_text
 
 
 @pytest.mark.parametrize("mode", ["sdp", "sdp+"])

@@ -20,8 +20,7 @@ from clipad.model.loading import WeightSpec, load_model
 from clipad.model.rvs import text_vectors
 from clipad.training.cache import FeatureCache, data_key
 from clipad.training.train import TrainConfig, init_heads, train, validate
-from tests.helpers import mean_pixel_auroc
-from tests.test_cli import assert_one_line_error, run
+from tests.helpers import assert_one_line_error, mean_pixel_auroc, run
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +76,8 @@ def test_cache_from_another_model_is_not_reused(tiny, sets, tmp_path):
 
 def test_float16_cache_trains_the_same_heads_as_float32(tiny, sets, tmp_path):
     """The float16 cache is the default because it changes nothing that matters: the heads
-    trained from it match those from a float32 cache (measured here: relative difference of the weights 3.9e-6 after 5 epochs)."""
+    trained from it match those from a float32 cache (measured here: relative difference of the
+    weights 3.9e-6 after 5 epochs)."""
     _, tr, te = sets
     heads = {}
     for dtype in ("float16", "float32"):

@@ -16,9 +16,7 @@ from clipad.runtime.backends import open_backend
 from clipad.runtime.pipeline import Pipeline
 from clipad.runtime.server import ServeSink
 from clipad.runtime.sources import LiveSource
-from tests.test_cli import assert_one_line_error, run
-from tests.test_runtime import _closed_port as _free_port  # noqa: F401 (module fixture)
-from tests.test_runtime import art, write_video  # noqa: F401 (module fixture)
+from tests.helpers import assert_one_line_error, closed_port, run, write_video
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMIUM_ARGS = [
@@ -47,7 +45,7 @@ def test_viewer_page_stream_and_plot_in_chromium(art, tmp_path):  # noqa: F811
     from playwright import sync_api as playwright
 
     write_video(tmp_path / "v.avi", 24)
-    port = _free_port()
+    port = closed_port()
     sink = ServeSink(f"127.0.0.1:{port}", calibrated=False)
     source = LiveSource(str(tmp_path / "v.avi"), name="loop")  # loops: a live camera stand-in
     pipe = Pipeline(

@@ -6,7 +6,10 @@ manifest (``clipad.deploy.manifest``), calibration, the runtime and the CLI name
 
 from __future__ import annotations
 
-from typing import Literal, get_args
+from enum import StrEnum
+from typing import Literal, TypeVar, get_args
+
+from clipad.core.errors import ClipadError
 
 Mode = Literal[
     "sdp", "sdp+", "reference"
@@ -25,11 +28,29 @@ RvsMethod = Literal["mean", "pca", "kde", "dbscan", "mean_shift"]  # method.md s
 RVS_METHODS: tuple[str, ...] = get_args(RvsMethod)
 
 
+class RvsProfile(StrEnum):
+    """Whose DBSCAN parameters the RVS uses (method.md section 3.3): VisA's (eps 1.5, min_samples
+    25) or MVTec AD's (eps 0.5, 15)."""
+
+    MVTEC = "mvtec"
+    VISA = "visa"
+
+
+E = TypeVar("E", bound=StrEnum)
+
+
+def parse_choice(kind: type[E], value: str, option: str) -> E:
+    """``value`` as a member of ``kind``, or a one-line ClipadError naming ``option`` and the
+    allowed words."""
+    try:
+        return kind(value)
+    except ValueError:
+        raise ClipadError(f"{option} must be one of {', '.join(kind)}, got '{value}'") from None
+
+
 def check_method(mode: str, has_heads: bool, rvs: str) -> None:
     """One-line errors for a method choice that cannot work: an unknown mode or RVS method, SDP+
     without heads, heads without SDP+."""
-    from clipad.core.errors import ClipadError
-
     if mode not in MODES:
         raise ClipadError(f"--mode must be {' or '.join(MODES)}, got '{mode}'")
     if mode == "sdp+" and not has_heads:

@@ -57,7 +57,8 @@ def load_batch(samples: list[Sample], size: int, skipped: list[str]):
     (batch,) = iter_image_batches([s.image for s in samples], size, len(samples), keep_originals=True)
     skipped += batch.skipped
     kept = [by_path[p] for p in batch.paths]
-    masks = []
+    assert batch.originals is not None  # keep_originals=True
+    masks: list[np.ndarray | None] = []
     for s, rgb in zip(kept, batch.originals, strict=False):
         if s.label == 0:
             masks.append(np.zeros((size, size), dtype=bool))

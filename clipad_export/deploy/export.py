@@ -16,13 +16,13 @@ import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal, get_args
+from typing import TYPE_CHECKING, Any, Literal, cast, get_args
 
 import numpy as np
 import torch
 
 from clipad import __version__
-from clipad.core.choices import Mode, Precision, RvsMethod
+from clipad.core.choices import Mode, Precision, RvsMethod, RvsProfile, parse_choice
 from clipad.core.errors import ClipadError
 from clipad.core.hashing import file_sha256
 from clipad.core.progress import Tasks
@@ -111,6 +111,7 @@ def validate(cfg: ExportConfig, loaded: LoadedModel | None = None) -> None:
         check_opt_batch(cfg.opt_batch, cfg.max_batch)
     if not cfg.sigma >= 0 or cfg.sigma == float("inf"):
         raise ClipadError(f"--sigma must be a finite number >= 0 (0: no smoothing), got {cfg.sigma}")
+    parse_choice(RvsProfile, cfg.rvs_profile, "--rvs-profile")
     if cfg.precision not in PRECISIONS:
         raise ClipadError(f"--precision must be one of {', '.join(PRECISIONS)}, got '{cfg.precision}'")
     if cfg.reference is not None:
@@ -158,13 +159,15 @@ def _writable(path: Path) -> bool:
 def _check_prompt_length(loaded: LoadedModel, cfg: ExportConfig) -> None:
     """The tokenizer silently truncates at its context length; an object name that long is an error."""
     name = cfg.object_name or cfg.category
+    assert cfg.prompts is not None  # validate() checks the prompt length only when prompts are set
     normal, abnormal = cfg.prompts.sentences(name)
     longest = max(normal + abnormal, key=len)
     context = int(loaded.tokenizer([longest]).shape[1])
     encode = getattr(loaded.tokenizer, "encode", None)
     if encode is not None and len(encode(longest)) + 2 > context:  # + start and end tokens
         raise ClipadError(
-            f"object name '{name}' makes prompts longer than the text encoder's {context} tokens; use a shorter --object-name"
+            f"object name '{name}' makes prompts longer than the text encoder's {context} tokens; "
+            "use a shorter --object-name"
         )
 
 
@@ -178,6 +181,7 @@ def weights_record(loaded: LoadedModel) -> RandomWeights | FileWeights | OpenCli
     if spec.random_weights:
         return RandomWeights(source="random", seed=spec.seed)
     if spec.weights is not None:
+        assert loaded.weights_sha256 is not None  # load_model hashes every weights file it reads
         return FileWeights(source="file", path=str(Path(spec.weights).resolve()), sha256=loaded.weights_sha256)
     return OpenClipWeights(source="open_clip", tag=spec.pretrained)
 
@@ -202,12 +206,12 @@ def graph_parity(model: SDPModel, onnx_paths: dict[str, Path]) -> dict[str, Pari
     images = parity_images(model.image_size, 3)
     with torch.no_grad():
         ref_map, ref_prob = (t.cpu().numpy() for t in model(torch.from_numpy(images).to(model.text.device)))
-    figures: dict[str, dict] = {}
+    figures: dict[str, ParityFigures] = {}
     base = (ref_map, ref_prob)
     for precision, path in onnx_paths.items():
         full = run_graph(path, images)
         single = run_graph(path, images[:1])
-        f = compare(base[0], base[1], *full)
+        f: dict[str, Any] = compare(base[0], base[1], *full)  # figures, then the manifest's other keys
         f1 = compare(base[0][:1], base[1][:1], *single)
         if precision == "fp32":
             base = full
@@ -228,13 +232,14 @@ def export(loaded: LoadedModel, cfg: ExportConfig, tasks: Tasks) -> Artifacts:
 
     validate(cfg, loaded)
     object_name = cfg.object_name or cfg.category
-    visual = loaded.clip.visual
+    visual: Any = loaded.clip.visual  # open_clip's VisionTransformer (no type stubs)
     width, embed_dim = visual.conv1.out_channels, visual.proj.shape[1]
     heads: Heads | None = load_heads(cfg.heads_path, width, embed_dim) if cfg.heads_path else None
     timings: dict[str, float] = {}
     warnings: list[str] = list(cfg.notes)
 
     t0 = time.perf_counter()
+    assert cfg.prompts is not None  # callers set the prompt set before exporting (cli, reference_add, demo)
     tv = text_vectors(
         loaded.clip,
         loaded.tokenizer,
@@ -332,7 +337,8 @@ def export(loaded: LoadedModel, cfg: ExportConfig, tasks: Tasks) -> Artifacts:
                 model=loaded.spec.model,
                 weights=weights_record(loaded),
                 mode=cfg.mode,
-                heads_sha256=file_sha256(Path(cfg.heads_path)) if heads else None,
+                # heads is set exactly when heads_path is
+                heads_sha256=file_sha256(Path(cast(Path, cfg.heads_path))) if heads else None,
                 rvs={
                     "method": cfg.rvs,
                     "profile": cfg.rvs_profile,
@@ -355,7 +361,8 @@ def export(loaded: LoadedModel, cfg: ExportConfig, tasks: Tasks) -> Artifacts:
                 sigma=cfg.sigma,
                 max_batch=cfg.max_batch,
                 precisions=[p for p in paths if (stage / ONNX_FILES[p]).is_file()],
-                # Both graphs take and give the same tensors (the FP16 graph casts inside), so the FP32 graph's spec is the one.
+                # Both graphs take and give the same tensors (the FP16 graph casts inside), so the FP32
+                # graph's spec is the one.
                 onnx={**io_spec(paths["fp32"]), "opset": 17},
                 parity={"tolerances": {p: TOLERANCES[p] for p in parity}, **parity, "gates": gates},
                 calibration=None,
@@ -470,12 +477,12 @@ def reference_model(artifacts: Artifacts, device: str | torch.device = "cpu") ->
     loaded = load_model(weight_spec(m), device)
     if isinstance(w, FileWeights) and loaded.weights_sha256 != w.sha256:
         raise ClipadError(f"weights file {w.path} changed since export (sha256 differs); re-export")
+    visual: Any = loaded.clip.visual  # open_clip's VisionTransformer (no type stubs)
     heads = None
     if m.mode == "sdp+":
-        visual = loaded.clip.visual
         heads = load_heads(artifacts.verified_path(HEADS_FILE), visual.conv1.out_channels, visual.proj.shape[1])
     text = torch.from_numpy(artifacts.text_features().T.copy())
-    model = SDPModel(loaded.clip.visual, text, m.image_size, m.sigma, heads, tuple(m.mean), tuple(m.std)).eval()
+    model = SDPModel(visual, text, m.image_size, m.sigma, heads, tuple(m.mean), tuple(m.std)).eval()
     if m.reference is not None:
         from clipad.deploy.reference_set import load_memory
         from clipad.model.reference import ReferenceModel, ScoreConstants

@@ -1,8 +1,9 @@
 """Mixed-precision FP16 graph from the FP32 export.
 
-The ViT's work runs in FP16; kept in FP32 (method.md section 9's FP16 risks): every LayerNormalization, both attention softmaxes together with the logit MatMul
-and scale feeding them (V-V logits are |v|^2 / 8 on the diagonal and can overflow fp16), and
-everything outside the ViT: the stage projection, feature surgery, the x100 logits, the SDP+
+The ViT's work runs in FP16; kept in FP32 (method.md section 9's FP16 risks): every
+LayerNormalization, both attention softmaxes together with the logit MatMul and scale feeding
+them (V-V logits are |v|^2 / 8 on the diagonal and can overflow fp16), and everything outside
+the ViT: the stage projection, feature surgery, the x100 logits, the SDP+
 heads, both upsamplings and the blur. Inputs and outputs keep their types (uint8 in, float32
 out). Cast nodes make the precision explicit, so TensorRT can build it as a strongly typed
 network.

@@ -35,7 +35,7 @@ import json
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, Literal, Self, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal, Self, TypeVar
 
 from pydantic import (
     AfterValidator,
@@ -53,6 +53,9 @@ from pydantic import (
 from clipad.core.atomic import write_text_atomic
 from clipad.core.choices import Mode, Precision, RvsMethod
 from clipad.core.errors import ClipadError
+
+if TYPE_CHECKING:
+    from pydantic_core import ErrorDetails
 
 FORMAT_VERSION = 1
 CALIBRATION_VERSION = 1
@@ -585,9 +588,7 @@ class Manifest(Record):
         """The calibration constants replaced (None: uncalibrated)."""
         return self.replace(calibration=entry)
 
-    def with_int8(
-        self, graph_sha256: str, figures: ParityFigures, tolerance: Tolerance, entry: Int8Entry
-    ) -> Manifest:
+    def with_int8(self, graph_sha256: str, figures: ParityFigures, tolerance: Tolerance, entry: Int8Entry) -> Manifest:
         """``model.int8.onnx`` added: its hash, parity figures and tolerance, ``int8`` last in
         ``precisions``, and how it was made."""
         parity = self.parity.replace(tolerances={**self.parity.tolerances, "int8": tolerance}, int8=figures)
@@ -663,7 +664,7 @@ def _field(loc: tuple) -> str:
     return out
 
 
-def _message(e: dict) -> str:
+def _message(e: ErrorDetails) -> str:
     kind, ctx, value = e["type"], e.get("ctx", {}), e.get("input")
     got = repr(value)
     got = f" (got {got[:40] + '...' if len(got) > 43 else got})"
@@ -693,7 +694,10 @@ def _message(e: dict) -> str:
         }[kind]
         return f"must be {op} {ctx.get(bound)}{got}"
     if kind in ("too_short", "too_long"):
-        return f"must have {'at least' if kind == 'too_short' else 'at most'} {ctx.get('min_length', ctx.get('max_length'))} items"
+        return (
+            f"must have {'at least' if kind == 'too_short' else 'at most'} "
+            f"{ctx.get('min_length', ctx.get('max_length'))} items"
+        )
     if kind == "string_too_short":
         return "must not be empty"
     if kind == "union_tag_invalid":

@@ -31,7 +31,7 @@ TOLERANCES = {
     "fp16": {"rel_l2": 1e-2, "prob_max_abs": 2e-3, "top1pct_agreement": 0.95},
     # BF16 (OpenVINO, 8 mantissa bits against FP16's 11) is recorded against the FP16 limits; with
     # random weights it misses them (maps are differences of nearly parallel text vectors), so
-    # its real judge is the AUROC quality gate on a trained SDP+ model (issue 15).
+    # its real judge is the AUROC quality gate on a trained SDP+ model.
     "bf16": {"rel_l2": 1e-2, "prob_max_abs": 2e-3, "top1pct_agreement": 0.95},
     # INT8 (calibration/int8.py) is gated on agreement; the two error bounds only catch a
     # broken graph, whose errors are O(1).
@@ -74,7 +74,7 @@ def measure(ref_map: np.ndarray, ref_prob: np.ndarray, amap: np.ndarray, prob: n
         agree.append(len(np.intersect1d(top_a, top_b)) / k)
     return Comparison(
         max_abs=float(np.abs(m - r).max()),
-        rel_l2=float(np.linalg.norm(m - r) / max(np.linalg.norm(r), 1e-30)),
+        rel_l2=float(np.linalg.norm(m - r) / max(float(np.linalg.norm(r)), 1e-30)),
         prob_max_abs=float(np.abs(np.asarray(prob, np.float64) - np.asarray(ref_prob, np.float64)).max()),
         top1pct_agreement=float(np.mean(agree)),
     )

@@ -13,6 +13,7 @@ train`); with random zero-shot weights it only shows that the machinery runs.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 
@@ -41,8 +42,9 @@ def gate_images(root: Path, category: str, size: int) -> tuple[np.ndarray, np.nd
 def _aurocs(labels: np.ndarray, masks: np.ndarray, amap: np.ndarray, prob: np.ndarray) -> tuple[float, float]:
     mmax = map_max(amap)
     pr, mr = transductive_ranges(prob, mmax)
-    pixel = binary_metrics(masks, amap)["auroc"]
-    image = binary_metrics(labels, fused_score(prob, mmax, pr, mr))["auroc"]
+    # gate_images holds both classes; an undefined (None) AUROC still fails in float() as before
+    pixel = cast(float, binary_metrics(masks, amap)["auroc"])
+    image = cast(float, binary_metrics(labels, fused_score(prob, mmax, pr, mr))["auroc"])
     return float(pixel), float(image)
 
 
@@ -91,8 +93,8 @@ def describe_gate(name: str, gate: QualityGate) -> str:
     a gate on fewer than ``MIN_GATE_IMAGES`` images says how coarse its image AUROC is."""
     line = (
         f"gate {name}: pixel AUROC {100 * gate.pixel_auroc:.2f} (fp32 {100 * gate.pixel_auroc_fp32:.2f}), image AUROC "
-        f"{100 * gate.image_auroc:.2f} (fp32 {100 * gate.image_auroc_fp32:.2f}), drop <= {gate.max_drop_points:g} points: "
-        + ("passed" if gate.passed else "FAILED")
+        f"{100 * gate.image_auroc:.2f} (fp32 {100 * gate.image_auroc_fp32:.2f}), "
+        f"drop <= {gate.max_drop_points:g} points: " + ("passed" if gate.passed else "FAILED")
     )
     if gate.n_images < MIN_GATE_IMAGES:
         line += (

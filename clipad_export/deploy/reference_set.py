@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import torch
@@ -84,7 +85,9 @@ def select_images(source: str, shots: int | None) -> list[Path]:
 def read_images(paths: list[Path], size: int, expect_size: tuple[int, int] | None = None) -> ReferenceImages:
     """Read every file through the one image path; one line for an unreadable file, a size that
     differs from ``expect_size`` (default: the first image's) or a file given twice."""
-    images, hashes, first = [], [], expect_size
+    images: list[np.ndarray] = []
+    hashes: list[str] = []
+    first = expect_size
     for p in paths:
         try:
             rgb = read_rgb(p)
@@ -105,7 +108,9 @@ def read_images(paths: list[Path], size: int, expect_size: tuple[int, int] | Non
             )
         hashes.append(sha)
         images.append(resize_to_model(rgb, size))
-    return ReferenceImages(np.stack(images), list(paths), hashes, (int(first[0]), int(first[1])))
+    stacked = np.stack(images)  # fails on an empty list, before ``first`` is read
+    assert first is not None  # the first image's size when expect_size is None
+    return ReferenceImages(stacked, list(paths), hashes, (int(first[0]), int(first[1])))
 
 
 def image_names(paths: list[Path]) -> list[str]:
@@ -121,7 +126,9 @@ def bake_reference(model: SDPModel, cfg: ReferenceConfig) -> tuple[Baked, Refere
     cfg.check()
     prior = cfg.prior
     paths = select_images(cfg.source, cfg.shots)
-    refs = read_images(paths, model.image_size, tuple(prior.entry.source_size) if prior else None)
+    # the manifest's source_size is validated as exactly two sizes
+    source_size = cast(tuple[int, int], tuple(prior.entry.source_size)) if prior else None
+    refs = read_images(paths, model.image_size, source_size)
     if prior is not None:
         known = prior.entry.sha256s()
         again = [p for p, h in zip(refs.paths, refs.sha256, strict=False) if h in known]

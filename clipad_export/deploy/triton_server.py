@@ -315,7 +315,8 @@ def serve_until_stopped(server: LocalTriton, log) -> int:
     try:
         with server:
             log(
-                f"tritonserver ready: {server.grpc_url} {server.http_url} metrics http://127.0.0.1:{server.ports.metrics}/metrics "
+                f"tritonserver ready: {server.grpc_url} {server.http_url} "
+                f"metrics http://127.0.0.1:{server.ports.metrics}/metrics "
                 f"models {', '.join(server.models)} (log {server.log_path}); Ctrl-C stops it"
             )
             while stop["signal"] is None and server.proc is not None and server.proc.poll() is None:

@@ -12,6 +12,7 @@ import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -62,7 +63,11 @@ class CategoryOutput:
 def run_category(model: SDPModel, samples: list[Sample], batch_size: int, advance=lambda n: None) -> CategoryOutput:
     """Run ``model`` over ``samples`` in batches; unreadable images are skipped and listed."""
     size, device = model.image_size, model.text.device
-    labels, probs, maps, masks, skipped = [], [], [], [], []
+    labels: list[int] = []
+    probs: list[np.ndarray] = []
+    maps: list[np.ndarray] = []
+    masks: list[np.ndarray | None] = []
+    skipped: list[str] = []
     for i in range(0, len(samples), batch_size):
         images, kept, batch_masks = load_batch(samples[i : i + batch_size], size, skipped)
         if images:
@@ -75,14 +80,14 @@ def run_category(model: SDPModel, samples: list[Sample], batch_size: int, advanc
     if not maps:
         raise ClipadError(f"no readable image in category '{samples[0].category}' ({len(skipped)} unreadable)")
     all_maps = np.concatenate(maps)
-    all_masks = None if any(m is None for m in masks) else np.stack(masks)
+    all_masks = None if any(m is None for m in masks) else np.stack(cast(list[np.ndarray], masks))
     return CategoryOutput(np.array(labels), np.concatenate(probs), map_max(all_maps), all_maps, all_masks, skipped)
 
 
 def category_metrics(out: CategoryOutput) -> dict:
     """The results.json entry of one category (metrics as fractions; None where undefined)."""
     pr, mr = transductive_ranges(out.image_prob, out.map_max)
-    entry = {
+    entry: dict[str, Any] = {
         "image": binary_metrics(out.labels, fused_score(out.image_prob, out.map_max, pr, mr)),
         "pixel": pixel_metrics(out.masks, out.maps)
         if out.masks is not None
@@ -114,8 +119,9 @@ def category_model(loaded: LoadedModel, category: str, cfg: EvalConfig, tasks: T
         cfg.prompts,
         on_batch=tasks.add(f"{category}: text vectors", n_sentences(cfg.prompts)),
     )
+    visual: Any = loaded.clip.visual  # open_clip's VisionTransformer (no type stubs)
     model = SDPModel(
-        loaded.clip.visual,
+        visual,
         torch.from_numpy(tv.matrix),
         loaded.image_size,
         cfg.effective_sigma(),
@@ -165,7 +171,10 @@ def _pct(v: float | None) -> str:
 
 def format_table(results: dict) -> str:
     """Paper Table 1 layout, in percent: image AUROC/F1-max/AP (fused score), pixel AUROC/F1-max/AP/AUPRO."""
-    head = f"{'category':<14} | {'I-AUROC':>7} {'I-F1max':>7} {'I-AP':>7} | {'P-AUROC':>7} {'P-F1max':>7} {'P-AP':>7} {'AUPRO':>7} | {'prob-AUROC':>10}"
+    head = (
+        f"{'category':<14} | {'I-AUROC':>7} {'I-F1max':>7} {'I-AP':>7} | "
+        f"{'P-AUROC':>7} {'P-F1max':>7} {'P-AP':>7} {'AUPRO':>7} | {'prob-AUROC':>10}"
+    )
     lines = [head, "-" * len(head)]
     for name, r in results.items():
         if name == "mean":
@@ -173,6 +182,7 @@ def format_table(results: dict) -> str:
         i, p, q = r["image"], r["pixel"], r["image_prob"]
         lines.append(
             f"{name:<14} | {_pct(i['auroc']):>7} {_pct(i['f1_max']):>7} {_pct(i['ap']):>7} | "
-            f"{_pct(p['auroc']):>7} {_pct(p['f1_max']):>7} {_pct(p['ap']):>7} {_pct(p['aupro']):>7} | {_pct(q['auroc']):>10}"
+            f"{_pct(p['auroc']):>7} {_pct(p['f1_max']):>7} {_pct(p['ap']):>7} {_pct(p['aupro']):>7} | "
+            f"{_pct(q['auroc']):>10}"
         )
     return "\n".join(lines)

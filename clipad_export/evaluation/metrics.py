@@ -13,6 +13,7 @@ A metric that is undefined for the data (one class only) is returned as None.
 from __future__ import annotations
 
 import numpy as np
+import numpy.typing as npt
 from scipy import ndimage
 from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score
 
@@ -52,7 +53,7 @@ def aupro(masks: np.ndarray, maps: np.ndarray, fpr_limit: float = 0.3) -> float 
     """
     masks = np.asarray(masks, dtype=bool)
     scores = np.asarray(maps, dtype=np.float64).ravel()
-    region_ids = np.zeros(masks.shape, dtype=np.int64)
+    region_ids: npt.NDArray[np.int64] = np.zeros(masks.shape, dtype=np.int64)
     n_regions = 0
     for i, m in enumerate(masks):
         lab, n = ndimage.label(m, structure=EIGHT_CONNECTED)
@@ -96,6 +97,6 @@ def mean_of(results: list[dict[str, float | None]]) -> dict[str, float | None]:
     keys = results[0].keys() if results else []
     out: dict[str, float | None] = {}
     for k in keys:
-        vals = [r[k] for r in results if r.get(k) is not None]
+        vals = [v for r in results if (v := r.get(k)) is not None]
         out[k] = float(np.mean(vals)) if vals else None
     return out

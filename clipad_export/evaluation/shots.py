@@ -54,7 +54,7 @@ def draw(files: list[Path], k: int, seed: int) -> list[Path]:
 
 
 def _std(entries: list[dict]) -> dict:
-    out = {}
+    out: dict[str, dict[str, float | None]] = {}
     for group in METRIC_GROUPS:
         keys = entries[0][group].keys()
         out[group] = {}
@@ -129,8 +129,10 @@ def format_spread(results: dict) -> str:
         s = r["shots"]
         pa, ia = r["pixel"]["auroc"], r["image"]["auroc"]
         sp, si = s["std"]["pixel"]["auroc"], s["std"]["image"]["auroc"]
+
         def fmt(m, d):
             return "-" if m is None else f"{100 * m:.1f} +- {100 * (d or 0):.1f}"
+
         lines.append(
             f"{cat}: K={s['k']} over seeds {','.join(map(str, s['seeds']))} ({s['mode']}): "
             f"image AUROC {fmt(ia, si)}, pixel AUROC {fmt(pa, sp)}"

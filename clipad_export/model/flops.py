@@ -26,6 +26,7 @@ of the class token alone (2 W D).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from torch import nn
 
@@ -55,15 +56,16 @@ class ViTDims:
     @classmethod
     def from_visual(cls, visual: nn.Module, image_size: int) -> ViTDims:
         """From an open_clip ``VisionTransformer`` (the reference's ``clip.visual``)."""
-        blocks = visual.transformer.resblocks
-        patch = visual.conv1.kernel_size
+        vit: Any = visual  # open_clip ships no type stubs: its submodules are read by name
+        blocks = vit.transformer.resblocks
+        patch = vit.conv1.kernel_size
         return cls(
             image_size=int(image_size),
             patch=int(patch[0] if isinstance(patch, tuple) else patch),
-            width=int(visual.conv1.out_channels),
+            width=int(vit.conv1.out_channels),
             layers=len(blocks),
             mlp=int(blocks[0].mlp.c_fc.out_features),
-            embed_dim=int(visual.proj.shape[1]),
+            embed_dim=int(vit.proj.shape[1]),
         )
 
 

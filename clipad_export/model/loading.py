@@ -154,7 +154,8 @@ def load_state_dict_checked(module: nn.Module, state: dict[str, torch.Tensor], s
         if mismatched:
             k = mismatched[0]
             parts.append(
-                f"{len(mismatched)} shape mismatches (e.g. {k}: file {list(state[k].shape)}, model {list(own[k].shape)})"
+                f"{len(mismatched)} shape mismatches "
+                f"(e.g. {k}: file {list(state[k].shape)}, model {list(own[k].shape)})"
             )
         if missing:
             parts.append(f"{len(missing)} missing keys (e.g. {missing[0]})")
@@ -215,8 +216,8 @@ def load_model(spec: WeightSpec, device: str | torch.device = "cpu") -> LoadedMo
         tokenizer=open_clip.get_tokenizer(spec.model),
         spec=spec,
         image_size=size,
-        mean=mean,  # type: ignore[arg-type]
-        std=std,  # type: ignore[arg-type]
+        mean=mean,
+        std=std,
         weights_sha256=sha,
     )
 

@@ -118,6 +118,9 @@ class ReferenceMaps(nn.Module):
     G_sigma A_ac) are buffers: constants of the exported graph.
     """
 
+    memory: torch.Tensor  # buffers (register_buffer)
+    blur_up: torch.Tensor
+
     def __init__(self, grid: int, image_size: int, sigma: float, memory: torch.Tensor):
         super().__init__()
         self.grid = grid
@@ -152,6 +155,8 @@ class ReferenceModel(SDPModel):
     ``reference_only``: the map is the reference map alone (mode "reference"; the text path is
     not computed and drops out of the traced graph).
     """
+
+    score: torch.Tensor  # buffer (register_buffer): [center, scale]
 
     def __init__(self, base: SDPModel, memory: torch.Tensor, score: ScoreConstants, reference_only: bool):
         nn.Module.__init__(self)

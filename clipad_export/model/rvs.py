@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -108,7 +109,7 @@ def representative_vector(e: np.ndarray, method: str = DEFAULT_METHOD, dataset: 
 
 @torch.no_grad()
 def encode_sentences(
-    clip: torch.nn.Module,
+    clip: Any,  # open_clip's CLIP, an nn.Module (open_clip ships no type stubs)
     tokenizer: Callable[[list[str]], torch.Tensor],
     sentences: list[str],
     batch_size: int = 64,

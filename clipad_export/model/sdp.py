@@ -96,6 +96,15 @@ class AnomalyMaps(nn.Module):
     category's T from here.
     """
 
+    # buffers (register_buffer); blur_up in SDP mode, up_half/blur/up_ac/head_* in SDP+ mode
+    text: torch.Tensor
+    blur_up: torch.Tensor
+    up_half: torch.Tensor
+    blur: torch.Tensor
+    up_ac: torch.Tensor
+    head_weight: torch.Tensor
+    head_bias: torch.Tensor
+
     def __init__(self, grid: int, image_size: int, sigma: float, text: torch.Tensor, heads: Heads | None = None):
         super().__init__()
         self.grid, self.image_size, self.sigma = grid, image_size, float(sigma)
@@ -147,7 +156,7 @@ class SDPModel(nn.Module):
         self.sigma = float(sigma)
         self.mean, self.std = tuple(mean), tuple(std)
         # Outside the ViT submodule on purpose: the FP16 export keeps every node outside "/vit/" in FP32.
-        self.maps = AnomalyMaps(self.vit.grid, image_size, sigma, text, heads).to(visual.proj.device)
+        self.maps = AnomalyMaps(self.vit.grid, image_size, sigma, text, heads).to(self.vit.visual.proj.device)
 
     @property
     def text(self) -> torch.Tensor:

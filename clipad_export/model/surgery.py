@@ -26,7 +26,7 @@ logit MatMuls, which the FP16/BF16/INT8 precisions keep in FP32 (clipad.deploy.f
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -96,12 +96,13 @@ class DualPathViT(nn.Module):
         for blk in blocks:
             if not isinstance(blk.attn, nn.MultiheadAttention) or hasattr(blk, "ln_1_kv"):
                 raise ValueError("SDP supports open_clip's standard ResidualAttentionBlock only")
-        self.visual = visual
+        vit: Any = visual  # open_clip ships no type stubs: its submodules are read by name
+        self.visual = vit
         self.stage_len = len(blocks) // N_STAGES
         self.heads = blocks[0].attn.num_heads
-        self.width = visual.conv1.out_channels
+        self.width = vit.conv1.out_channels
         self.scale = (self.width // self.heads) ** -0.5
-        self.grid = int(round((visual.positional_embedding.shape[0] - 1) ** 0.5))  # patches per side
+        self.grid = int(round((vit.positional_embedding.shape[0] - 1) ** 0.5))  # patches per side
         self.fused = True  # eager attention through scaled_dot_product_attention (module docstring)
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
@@ -112,8 +113,11 @@ class DualPathViT(nn.Module):
         x = torch.cat([cls, x], dim=1) + v.positional_embedding
         return v.ln_pre(x)
 
-    def block(self, blk: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """One block on the original stream X_{l-1} [B, T, W] -> (X_mid, X_l, VV_l), each [B, T, W]."""
+    def block(self, blk: Any, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One block on the original stream X_{l-1} [B, T, W] -> (X_mid, X_l, VV_l), each [B, T, W].
+
+        ``blk``: an open_clip ``ResidualAttentionBlock`` (an nn.Module; open_clip has no type stubs).
+        """
         attn = blk.attn
         h = blk.ln_1(x)
         q, k, v = F.linear(h, attn.in_proj_weight, attn.in_proj_bias).chunk(3, dim=-1)
@@ -151,5 +155,7 @@ class DualPathViT(nn.Module):
                 stage_sums.append(path)
         ori.append(x)  # stage 4: the true final output X_L
         # cls row from each stage's tap (4.5)
-        tokens = torch.stack([torch.cat([o[:, :1], p[:, 1:]], dim=1) for p, o in zip(stage_sums, ori, strict=False)], dim=1)
+        tokens = torch.stack(
+            [torch.cat([o[:, :1], p[:, 1:]], dim=1) for p, o in zip(stage_sums, ori, strict=False)], dim=1
+        )
         return Taps(surgery=self.project(tokens) if project else tokens, ori=torch.stack(ori, dim=1))

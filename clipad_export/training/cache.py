@@ -11,6 +11,7 @@ import hashlib
 import json
 import shutil
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -80,7 +81,8 @@ class FeatureCache:
         root = cache_dir / key
         if (root / "meta.json").is_file():
             return cls(root), False
-        vit = DualPathViT(loaded.clip.visual)
+        visual: Any = loaded.clip.visual  # open_clip's VisionTransformer (no type stubs)
+        vit = DualPathViT(visual)
         size, width, grid = loaded.image_size, vit.width, vit.grid
         stage = cache_dir / f"{key}.partial"
         shutil.rmtree(stage, ignore_errors=True)
@@ -108,6 +110,7 @@ class FeatureCache:
                 taps = vit(x, project=False)
                 ori[i : i + len(chunk)] = taps.ori[:, :, 1:].to(getattr(torch, dtype)).cpu().numpy()
                 if texts is not None:
+                    assert sims is not None and probs is not None  # allocated when texts is given
                     surgery = vit.project(taps.surgery)
                     for k, s in enumerate(chunk):
                         t = texts[categories.index(s.category)]
@@ -121,6 +124,7 @@ class FeatureCache:
         n = len(kept_all)
         np.save(stage / "cats.npy", np.array([categories.index(s.category) for s in kept_all], dtype=np.int16))
         if texts is not None:
+            assert sims is not None and probs is not None
             np.save(stage / "sims.npy", sims[:n])
             np.save(stage / "probs.npy", probs[:n])
         (stage / "meta.json").write_text(

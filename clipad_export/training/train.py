@@ -24,6 +24,7 @@ import json
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -83,6 +84,7 @@ def validate(
     where no category defines it).
     """
     device = weight.device
+    assert cache.sims is not None and cache.probs is not None  # a validation cache holds both
     grid = cache.sims.shape[1]
     masks = np.asarray(cache.masks[: cache.meta["n"]]) > 0
     per_cat = []
@@ -91,13 +93,13 @@ def validate(
         if not len(idx):
             continue
         anomaly_maps = AnomalyMaps(grid, size, sigma, texts[c], Heads(weight, bias)).to(device)
-        maps = []
+        batches: list[np.ndarray] = []
         for i in range(0, len(idx), batch_size):
             rows = idx[i : i + batch_size]
             patches = torch.from_numpy(np.array(cache.ori[rows], dtype=np.float32)).to(device)
             sim = torch.from_numpy(cache.sims[rows]).to(device)
-            maps.append(anomaly_maps(sim, patches).cpu().numpy())
-        maps = np.concatenate(maps)
+            batches.append(anomaly_maps(sim, patches).cpu().numpy())
+        maps = np.concatenate(batches)
         labels = masks[idx].reshape(len(idx), -1).any(1).astype(int)
         mmax = map_max(maps)
         score = fused_score(cache.probs[idx], mmax, *transductive_ranges(cache.probs[idx], mmax))
@@ -107,10 +109,14 @@ def validate(
                 "pixel_auroc": pixel_metrics(masks[idx], maps)["auroc"],
             }
         )
+
     def mean(k):
         return (
-            float(np.mean([r[k] for r in per_cat if r[k] is not None])) if any(r[k] is not None for r in per_cat) else None
+            float(np.mean([r[k] for r in per_cat if r[k] is not None]))
+            if any(r[k] is not None for r in per_cat)
+            else None
         )  # noqa: E731
+
     return {"image_auroc": mean("image_auroc"), "pixel_auroc": mean("pixel_auroc")}
 
 
@@ -166,7 +172,9 @@ def init_heads(width: int, embed_dim: int, seed: int) -> Heads:
     """PyTorch's default nn.Linear initialisation, seeded."""
     torch.manual_seed(seed)
     layers = [torch.nn.Linear(width, embed_dim) for _ in range(N_STAGES)]
-    return Heads(torch.stack([l.weight.detach() for l in layers]), torch.stack([l.bias.detach() for l in layers]))
+    return Heads(
+        torch.stack([layer.weight.detach() for layer in layers]), torch.stack([layer.bias.detach() for layer in layers])
+    )
 
 
 def train(
@@ -187,7 +195,7 @@ def train(
         raise ClipadError("the training set has anomalous images without masks: SDP+ heads need pixel labels")
     categories = list(split)
     device = loaded.device
-    visual = loaded.clip.visual
+    visual: Any = loaded.clip.visual  # open_clip's VisionTransformer (no type stubs)
     width, embed_dim = visual.conv1.out_channels, visual.proj.shape[1]
     cache_dir = cfg.cache_dir or Path(cfg.out).with_suffix(".cache")
     t0 = time.perf_counter()
@@ -228,7 +236,7 @@ def train(
     scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda")
     ckpt_path = Path(cfg.out).with_suffix(".ckpt.pt")
     log_path = Path(cfg.out).with_suffix(".log.json")
-    log = {
+    log: dict[str, Any] = {
         "config": {k: str(v) for k, v in asdict(cfg).items()},
         "fingerprint": fingerprint,
         "cache": str(cache.root),
@@ -269,7 +277,7 @@ def train(
             losses.append(heads_step(ori, target, text, weight, bias, up_ac, opt, scaler))
             advance(len(ori))
         seconds = time.perf_counter() - t0
-        entry = {"epoch": epoch + 1, "loss": float(np.mean(losses)), "seconds": round(seconds, 3)}
+        entry: dict[str, Any] = {"epoch": epoch + 1, "loss": float(np.mean(losses)), "seconds": round(seconds, 3)}
         if val is not None:
             entry["validation"] = validate(
                 val[0], val[1], weight.detach(), bias.detach(), loaded.image_size, val[2], cfg.batch_size
@@ -295,8 +303,12 @@ def train(
         write_text_atomic(log_path, json.dumps(log, indent=2) + "\n")
     final_w, final_b, selection = weight.detach().cpu(), bias.detach().cpu(), "last epoch (no validation set)"
     if best is not None:
+        assert val is not None  # best is only ever set with a validation set
         final_w, final_b = best[2], best[3]
-        selection = f"best validation image AUROC ({best[0]:.4f}) at epoch {best[1]} on a held-out set ({', '.join(val[0].meta['categories'])})"
+        selection = (
+            f"best validation image AUROC ({best[0]:.4f}) at epoch {best[1]} "
+            f"on a held-out set ({', '.join(val[0].meta['categories'])})"
+        )
         log["selected_epoch"] = best[1]
     out = Heads(
         final_w,

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from clipad.core.choices import Attention
 from clipad.core.errors import ClipadError
 from clipad.deploy.artifacts import Artifacts
 from clipad.deploy.manifest import PLAN
@@ -41,11 +42,11 @@ def _on_cpu(device: str) -> bool:
 def open_backend(
     artifacts: Artifacts,
     name: str,
-    precision: str = "fp32",
+    precision: str | None = "fp32",
     device: str = "auto",
     triton: TritonTarget | None = None,
     mode: str = "latency",
-    attention: str = "fused",
+    attention: Attention = "fused",
 ) -> Backend:
     """The named backend for ``artifacts``; one line when it cannot run here. ``triton``: the
     server of the triton backend (``triton_backend.TritonTarget``); ``mode``: OpenVINO's
@@ -136,8 +137,9 @@ def select_backend(
 
     ``precision`` ``auto``: ONNX Runtime takes the FP16 graph when it exists and a GPU execution
     provider really loads for it (the session's providers, not the wheel's list), the FP32 one
-    otherwise, or when the FP16 graph failed its AUROC quality gate (never INT8 unasked). An explicit precision (fp32, fp16, int8) is passed to the
-    backend, which says in one line if it cannot. ``mode``: OpenVINO's performance hint.
+    otherwise, or when the FP16 graph failed its AUROC quality gate (never INT8 unasked). An
+    explicit precision (fp32, fp16, int8) is passed to the backend, which says in one line if it
+    cannot. ``mode``: OpenVINO's performance hint.
     """
     if name == "triton":  # the server's model decides the precision; an explicit one is checked against it
         return open_backend(artifacts, name, precision, device, triton)

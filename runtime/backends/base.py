@@ -67,7 +67,7 @@ class Backend(ABC):
     def describe(self) -> str:
         return self.info().describe()
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - deliberately not abstract: a no-op for backends that hold nothing
         """Release sessions, engines and device memory; calling it again does nothing."""
 
     def __enter__(self) -> Backend:

@@ -39,7 +39,7 @@ from clipad.deploy.tensorrt.install import (
     onnxruntime_tensorrt_ep_library,
     tensorrt_ep_problem,
 )
-from clipad.runtime.backends.base import Backend, BackendInfo
+from clipad.runtime.backends.base import Backend, BackendInfo, Device
 
 TRT_EP, CUDA_EP, CPU_EP = "TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"
 PREFERRED = (TRT_EP, CUDA_EP, CPU_EP)
@@ -233,7 +233,10 @@ def _prepare_caches(providers: list[tuple[str, dict[str, Any]]]) -> tuple[list[t
                 for key in ("trt_engine_cache_path", "trt_timing_cache_path"):
                     Path(opts[key]).mkdir(parents=True, exist_ok=True)
             except OSError as err:
-                note = f"no TensorRT engine cache ({err.strerror or err}: {err.filename}): every session rebuilds its engine"
+                note = (
+                    f"no TensorRT engine cache ({err.strerror or err}: {err.filename}): "
+                    "every session rebuilds its engine"
+                )
                 opts = {k: v for k, v in opts.items() if k not in ("trt_engine_cache_path", "trt_timing_cache_path")}
                 opts.update(trt_engine_cache_enable=False, trt_timing_cache_enable=False)
         out.append((name, opts))
@@ -304,7 +307,7 @@ class OnnxRuntimeBackend(Backend):
         return amap, prob
 
     def info(self) -> BackendInfo:
-        device = "cuda" if self.on_gpu else "cpu"
+        device: Device = "cuda" if self.on_gpu else "cpu"
         return BackendInfo(self.name, self.precision, device, self.providers[0], self.max_batch)
 
     def close(self) -> None:

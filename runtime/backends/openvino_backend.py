@@ -13,10 +13,13 @@ of parallel requests, AsyncInferQueue).
 
 from __future__ import annotations
 
+from typing import cast
+
 import numpy as np
 
 from clipad.core.errors import ClipadError
 from clipad.deploy.artifacts import Artifacts
+from clipad.deploy.manifest import OvPrecision
 from clipad.deploy.openvino_ir import compile_ir, ov_device, require_openvino
 from clipad.runtime.backends.base import Backend, BackendInfo
 
@@ -28,7 +31,7 @@ def ir_file(artifacts: Artifacts, precision: str) -> str:
         raise ClipadError(f"{artifacts.root} has no OpenVINO IR; export with `clipad export --openvino`")
     if precision not in ("fp32", "bf16", "fp16", "int8"):
         raise ClipadError(f"openvino runs fp32, bf16, fp16 or int8, not '{precision}'")
-    xml = entry.ir.get(precision) or (entry.ir["fp32"] if precision in ("bf16", "fp16") else None)
+    xml = entry.ir.get(cast(OvPrecision, precision)) or (entry.ir["fp32"] if precision in ("bf16", "fp16") else None)
     if xml is None:
         raise ClipadError(f"{artifacts.root} has no OpenVINO {precision} IR (it has {', '.join(entry.ir)})")
     return xml

@@ -261,7 +261,8 @@ def check_engine_io(tensors: Sequence[EngineTensor], spec: OnnxSpec) -> None:
             )
             if not same:
                 fail(
-                    f"{mode} '{name}' has shape {_shape_text(g.shape)} in the engine, {_shape_text(w.shape)} in the manifest"
+                    f"{mode} '{name}' has shape {_shape_text(g.shape)} in the engine, "
+                    f"{_shape_text(w.shape)} in the manifest"
                 )
 
 
@@ -271,7 +272,7 @@ def check_engine_profile(name: str, profile: Sequence[tuple[int, ...] | None], m
     when the engine has no profile or its batch range is not the recorded one."""
     if len(profile) != 3 or any(s is None or not s or min(s) < 1 for s in profile):
         raise ClipadError(f"{PLAN} has no optimisation profile for its input '{name}': {REBUILD}")
-    got = tuple(s[0] for s in profile)
+    got = tuple(s[0] for s in profile if s is not None)  # none is None after the check above
     want = (meta.profile.min, meta.profile.opt, meta.profile.max)
     if got != want:
         raise ClipadError(
@@ -291,7 +292,10 @@ class _Buffer:
         cudart = cuda_runtime()
         self.shape, self.dtype = tuple(shape), np.dtype(dtype)
         self.nbytes = int(np.prod(self.shape)) * self.dtype.itemsize
-        self.device = self.host_ptr = self.host = None
+        # None once freed (also before allocation, for free() after a failed allocation).
+        self.device: int | None = None
+        self.host_ptr: int | None = None
+        self.host: np.ndarray | None = None
         self.device = _check(cudart.cudaMalloc(self.nbytes))
         try:
             self.host_ptr = _check(cudart.cudaMallocHost(self.nbytes))
@@ -299,7 +303,13 @@ class _Buffer:
             self.free()
             raise
         raw = (ctypes.c_ubyte * self.nbytes).from_address(int(self.host_ptr))
-        self.host = np.frombuffer(raw, dtype=self.dtype).reshape(self.shape)
+        self.host = np.frombuffer(memoryview(raw), dtype=self.dtype).reshape(self.shape)
+
+    @property
+    def array(self) -> np.ndarray:
+        """``host``, of a buffer not yet freed (a backend takes its buffers off itself before freeing them)."""
+        assert self.host is not None, "the buffer was freed"
+        return self.host
 
     def free(self) -> None:
         """Release both allocations; a second call does nothing (the pointers are dropped first)."""
@@ -340,7 +350,7 @@ class TensorRTBackend(Backend):
             raise ClipadError(mismatch)
         meta = artifacts.plan_meta()
         # Before the plan is deserialized, from its sidecar: built with this TensorRT on this GPU
-        # (check_plan_compat), for these shapes and batch sizes (check_plan_shapes, issue 12 item 6),
+        # (check_plan_compat), for these shapes and batch sizes (check_plan_shapes),
         # from the artifacts' current graph (check_plan_source). Then the engine itself is read.
         check_plan(meta, artifacts.manifest, trt.__version__, gpu_identity())
         plan = artifacts.verified_path(PLAN).read_bytes()
@@ -372,8 +382,9 @@ class TensorRTBackend(Backend):
             # Buffers for the profile's max: the input at its max shape, each output at the shape
             # TensorRT infers for it at that input shape.
             max_shape = profile[2]
+            assert max_shape is not None  # check_engine_profile rejected a profile with a missing shape
             self._set_input_shape(max_shape)
-            shapes = {self.input_name: max_shape}
+            shapes: dict[str, tuple[int, ...]] = {self.input_name: max_shape}
             for name in self.output_names:
                 shape = dims(self.context.get_tensor_shape(name))
                 if shape is None or any(d < 0 for d in shape):
@@ -384,6 +395,7 @@ class TensorRTBackend(Backend):
             for name, shape in shapes.items():
                 self.buffers[name] = _Buffer(shape, np.dtype(dtypes[name]))
             for name, buf in self.buffers.items():
+                assert buf.device is not None  # allocated just above
                 if not self.context.set_tensor_address(name, int(buf.device)):
                     raise ClipadError(
                         f"TensorRT refused the device buffer for '{name}' (set_tensor_address returned False)"
@@ -393,6 +405,7 @@ class TensorRTBackend(Backend):
             raise
 
     def _set_input_shape(self, shape: tuple[int, ...]) -> None:
+        assert self.context is not None  # called by __init__ once it has one, and by _infer after its check
         if not self.context.set_input_shape(self.input_name, tuple(int(d) for d in shape)):
             raise ClipadError(
                 f"TensorRT refused input shape {list(shape)} for '{self.input_name}' (outside the plan's "
@@ -407,7 +420,7 @@ class TensorRTBackend(Backend):
         inp = self.buffers[self.input_name]
         if tuple(images.shape[1:]) != inp.shape[1:]:
             raise ClipadError(f"the TensorRT plan takes images {list(inp.shape[1:])}, got {list(images.shape[1:])}")
-        inp.host[:b] = images
+        inp.array[:b] = images
         h2d, d2h = cudart.cudaMemcpyKind.cudaMemcpyHostToDevice, cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost
         _check(cudart.cudaMemcpyAsync(inp.device, inp.host_ptr, images.nbytes, h2d, self.stream))
         self._set_input_shape((b, *inp.shape[1:]))
@@ -417,7 +430,7 @@ class TensorRTBackend(Backend):
             out = self.buffers[name]
             _check(cudart.cudaMemcpyAsync(out.host_ptr, out.device, b * (out.nbytes // out.shape[0]), d2h, self.stream))
         _check(cudart.cudaStreamSynchronize(self.stream))
-        amap, prob = (self.buffers[n].host[:b].copy() for n in self.output_names)
+        amap, prob = (self.buffers[n].array[:b].copy() for n in self.output_names)
         return amap, prob
 
     def info(self) -> BackendInfo:

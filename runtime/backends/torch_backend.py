@@ -7,6 +7,8 @@ default); "explicit" through MatMul, scale and Softmax, the form the exported gr
 
 from __future__ import annotations
 
+from typing import cast
+
 import numpy as np
 import torch
 
@@ -15,15 +17,16 @@ from clipad.core.errors import ClipadError
 from clipad.deploy.artifacts import Artifacts
 from clipad.deploy.export import reference_model
 from clipad.model.loading import resolve_device
+from clipad.model.sdp import SDPModel
 from clipad.model.surgery import DualPathViT
-from clipad.runtime.backends.base import Backend, BackendInfo
+from clipad.runtime.backends.base import Backend, BackendInfo, Device
 
 
 class TorchBackend(Backend):
     name = "torch"
 
     def __init__(
-        self, artifacts: Artifacts, precision: str = "fp32", device: str = "auto", attention: Attention = "fused"
+        self, artifacts: Artifacts, precision: str | None = "fp32", device: str = "auto", attention: Attention = "fused"
     ):
         if attention not in ATTENTIONS:
             raise ClipadError(f"the torch attention is one of {', '.join(ATTENTIONS)}, not '{attention}'")
@@ -32,7 +35,7 @@ class TorchBackend(Backend):
             raise ClipadError("the torch backend runs fp16 (autocast) on CUDA only")
         if precision not in ("fp32", "fp16"):
             raise ClipadError(f"the torch backend runs fp32 or fp16, not '{precision}'")
-        self.model = reference_model(artifacts, self.device)
+        self.model: SDPModel | None = reference_model(artifacts, self.device)
         for m in self.model.modules():
             if isinstance(m, DualPathViT):
                 m.fused = attention == "fused"
@@ -50,7 +53,8 @@ class TorchBackend(Backend):
 
     def info(self) -> BackendInfo:
         detail = str(self.device) + (", explicit attention" if self.attention == "explicit" else "")
-        return BackendInfo(self.name, self.precision, self.device.type, detail, self.max_batch)
+        # resolve_device takes any torch device name; clipad documents and runs cpu and cuda ones.
+        return BackendInfo(self.name, self.precision, cast(Device, self.device.type), detail, self.max_batch)
 
     def close(self) -> None:
         """Drop the reference model (its CUDA memory returns to torch's cache); again does nothing."""

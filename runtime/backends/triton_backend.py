@@ -38,7 +38,7 @@ from clipad.core.errors import ClipadError
 from clipad.deploy.artifacts import Artifacts
 from clipad.deploy.manifest import ONNX_FILES, PLAN, TensorSpec
 from clipad.deploy.triton_repo import FILE_PARAM, HASH_PARAM, TRITON_DTYPES, config_difference
-from clipad.runtime.backends.base import Backend, BackendInfo, BackendUnavailable
+from clipad.runtime.backends.base import Backend, BackendInfo, BackendUnavailable, Device
 
 PRECISION_OF_FILE = {file: precision for precision, file in ONNX_FILES.items()}
 
@@ -135,7 +135,8 @@ class _Client:
         kw = {"client_timeout": self.target.timeout_s} if self.target.protocol == "grpc" else {}
         res = self.client.infer(self.target.model, [inp], model_version=self.target.version, outputs=outs, **kw)
         arrays = []
-        for t, (oname, handle, _) in zip(self.outputs, self.regions[1:] or [(None, None, 0)] * len(self.outputs), strict=False):
+        handles: list[object | None] = [handle for _, handle, _ in self.regions[1:]] or [None] * len(self.outputs)
+        for t, handle in zip(self.outputs, handles, strict=False):
             if handle is not None:
                 import tritonclient.utils.shared_memory as shm
 
@@ -181,7 +182,8 @@ class TritonBackend(Backend):
         self.target = target if target.model else replace(target, model=f"{m.category}_python")
         if len(m.onnx.outputs) != 2:
             raise ClipadError(
-                f"the manifest lists {len(m.onnx.outputs)} outputs, the Triton backend expects anomaly_map and image_prob"
+                f"the manifest lists {len(m.onnx.outputs)} outputs, "
+                "the Triton backend expects anomaly_map and image_prob"
             )
         self._io = (m.onnx.inputs[0], list(m.onnx.outputs))
         config = self._check_server(artifacts)
@@ -191,7 +193,7 @@ class TritonBackend(Backend):
         if precision not in (None, "auto") and precision != self.precision:
             raise ClipadError(f"the Triton model {self.target.model} serves {file} ({self.precision}), not {precision}")
         kinds = {g.get("kind", "KIND_GPU") for g in config.get("instance_group", [])}
-        self._device = "cuda" if "KIND_GPU" in kinds else "cpu"
+        self._device: Device = "cuda" if "KIND_GPU" in kinds else "cpu"
         self._local = threading.local()
         self._clients: list[_Client] = []
         self._finalizer = weakref.finalize(self, _close_clients, self._clients)

@@ -71,11 +71,11 @@ def dual_path_cost(
     for precision in ("fp32", "fp16") if device.type == "cuda" else ("fp32",):
         autocast = torch.autocast("cuda", dtype=torch.float16, enabled=precision == "fp16")
 
-        def dual() -> Any:
+        def dual(autocast: torch.autocast = autocast) -> Any:
             with autocast:
                 return vit(x)
 
-        def plain() -> Any:
+        def plain(autocast: torch.autocast = autocast) -> Any:
             with autocast:
                 return vit.visual(x)
 

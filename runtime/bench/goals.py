@@ -12,7 +12,7 @@ from typing import Any
 from clipad.deploy.manifest import Manifest
 
 # The CPU flags that make BF16 fast (AVX-512 BF16 or AMX), and the limit of the best
-# reduced-precision row over ONNX Runtime FP32 at batch 1 with and without them (issue 15).
+# reduced-precision row over ONNX Runtime FP32 at batch 1 with and without them.
 BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 REDUCED_LIMIT = {True: 0.4, False: 0.7}
 
@@ -39,7 +39,8 @@ def reduced_gates(manifest: Manifest) -> dict[str, bool]:
 
 
 def _reduced_goal(rows: list[dict], gates: dict[str, bool], machine: dict[str, Any], ort32: float) -> dict:
-    """Best reduced-precision row (batch 1) of the CPU ``rows`` whose gate passed, over ONNX Runtime FP32 ``ort32`` ms."""
+    """Best reduced-precision row (batch 1) of the CPU ``rows`` whose gate passed, over ONNX Runtime FP32
+    ``ort32`` ms."""
     bf16_cpu = any(f in machine.get("cpu_matrix_features", []) for f in BF16_FLAGS)
     candidates = []
     for key, passed in gates.items():

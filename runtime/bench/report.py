@@ -103,7 +103,8 @@ def format_markdown(res: dict) -> str:
     m = res["machine"]
     if "cpu_matrix_features" in m:
         lines.append(
-            f"CPU matrix features: {', '.join(m['cpu_matrix_features']) or 'none'}; torch threads {m['torch_threads']}; "
+            f"CPU matrix features: {', '.join(m['cpu_matrix_features']) or 'none'}; "
+            f"torch threads {m['torch_threads']}; "
             f"load average {', '.join(f'{x:.2f}' for x in m.get('load_average', []))}; OpenVINO {m.get('openvino')} "
             f"(CPU capabilities {', '.join(m.get('openvino_cpu_capabilities') or []) or '-'})"
         )

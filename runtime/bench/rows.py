@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from clipad.core.choices import Attention
 from clipad.core.errors import ClipadError
 from clipad.deploy.artifacts import Artifacts
 from clipad.runtime.backends import Backend, open_backend
@@ -125,7 +126,7 @@ def measure_batches(backend: Backend, start_up_s: float, ctx: RowContext, attent
 
 
 def bench_combination(
-    art: Artifacts, name: str, precision: str, ctx: RowContext, attention: str | None = None
+    art: Artifacts, name: str, precision: str, ctx: RowContext, attention: Attention | None = None
 ) -> list[dict]:
     """Open one backend/precision (or say why not), time every batch size, then check parity;
     ``attention``: the torch backend's attention form (None for the other backends)."""

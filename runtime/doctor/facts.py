@@ -5,6 +5,7 @@ call that failed is kept as its one-line error."""
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, get_args
 
@@ -104,7 +105,7 @@ class WeightsFacts:
     error: str | None = None
 
 
-FACTS = {
+FACTS: dict[str, type[Facts]] = {
     "python": PythonFacts,
     "torch": TorchFacts,
     "onnxruntime": OnnxRuntimeFacts,
@@ -130,7 +131,43 @@ Facts = (
 )
 
 
-def to_json(facts: Facts) -> dict[str, Any]:
+@dataclass(frozen=True)
+class ProbeFailure:
+    """A probe that gave no record: its process crashed, timed out or printed no JSON."""
+
+    name: str
+    error: str
+
+
+@dataclass(frozen=True)
+class Findings:
+    """Every probe's record, or why it has none (None: not probed)."""
+
+    python: PythonFacts | ProbeFailure | None = None
+    cpu: CpuFacts | ProbeFailure | None = None
+    torch: TorchFacts | ProbeFailure | None = None
+    onnxruntime: OnnxRuntimeFacts | ProbeFailure | None = None
+    tensorrt: TensorRTFacts | ProbeFailure | None = None
+    cuda: CudaFacts | ProbeFailure | None = None
+    openvino: OpenVinoFacts | ProbeFailure | None = None
+    triton: TritonFacts | ProbeFailure | None = None
+    chromium: ChromiumFacts | ProbeFailure | None = None
+    weights: WeightsFacts | ProbeFailure | None = None
+
+    @classmethod
+    def of(cls, records: Mapping[str, Facts | ProbeFailure]) -> Findings:
+        """Findings from probe name -> record, each checked to be its probe's type."""
+        for name, record in records.items():
+            if not isinstance(record, (FACTS[name], ProbeFailure)):
+                raise TypeError(f"probe {name} gave a {type(record).__name__}")
+        return cls(**records)  # type: ignore[arg-type]  # each record's type is checked above
+
+    def items(self) -> list[tuple[str, Facts | ProbeFailure]]:
+        """(probe name, record) of every probe that ran."""
+        return [(k, v) for k in FACTS if (v := getattr(self, k)) is not None]
+
+
+def to_json(facts: Facts | ProbeFailure) -> dict[str, Any]:
     return dataclasses.asdict(facts)
 
 
@@ -138,12 +175,5 @@ def from_json(name: str, data: dict[str, Any]) -> Facts:
     """The record of probe ``name`` from its JSON (unknown keys refused by the dataclass)."""
     if name == "cuda":
         data = {**data, "gpus": [GpuFacts(**g) for g in data.get("gpus", [])]}
-    return FACTS[name](**data)
-
-
-@dataclass(frozen=True)
-class ProbeFailure:
-    """A probe that gave no record: its process crashed, timed out or printed no JSON."""
-
-    name: str
-    error: str
+    record: Facts = FACTS[name](**data)
+    return record

@@ -15,6 +15,7 @@ import re
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from clipad.core.packages import installed_version
@@ -170,18 +171,18 @@ def probe_cuda(deep: bool = False) -> CudaFacts:
     version = installed_version("cuda-bindings", "cuda-python")
     try:
         from cuda.bindings import runtime as cudart
-    except Exception as err:  # noqa: BLE001
-        return CudaFacts(version, import_error=_error(err))
+    except Exception as exc:  # noqa: BLE001
+        return CudaFacts(version, import_error=_error(exc))
     ok = cudart.cudaError_t.cudaSuccess
-    err, driver = cudart.cudaDriverGetVersion()  # 1000 * major + 10 * minor; 0 without a driver
-    driver_cuda = f"{driver // 1000}.{driver % 1000 // 10}" if err == ok and driver else None
-    err, count = cudart.cudaGetDeviceCount()
-    if err != ok:
-        return CudaFacts(version, driver_cuda=driver_cuda, device_error=getattr(err, "name", str(err)))
+    status, driver = cudart.cudaDriverGetVersion()  # 1000 * major + 10 * minor; 0 without a driver
+    driver_cuda = f"{driver // 1000}.{driver % 1000 // 10}" if status == ok and driver else None
+    status, count = cudart.cudaGetDeviceCount()
+    if status != ok:
+        return CudaFacts(version, driver_cuda=driver_cuda, device_error=getattr(status, "name", str(status)))
     gpus = []
     for i in range(count or 0):
-        err, prop = cudart.cudaGetDeviceProperties(i)
-        if err != ok:
+        status, prop = cudart.cudaGetDeviceProperties(i)
+        if status != ok:
             continue
         name = prop.name.decode(errors="replace") if isinstance(prop.name, bytes) else str(prop.name)
         gpus.append(
@@ -257,7 +258,7 @@ def probe_weights(deep: bool = False) -> WeightsFacts:
         return WeightsFacts(DEFAULT_MODEL, DEFAULT_PRETRAINED, None, error=_error(err))
 
 
-PROBES = {
+PROBES: dict[str, Callable[[bool], Facts]] = {
     "python": probe_python,
     "cpu": probe_cpu,
     "torch": probe_torch,

@@ -18,6 +18,7 @@ from clipad.runtime.doctor.facts import (
     CpuFacts,
     CudaFacts,
     Facts,
+    Findings,
     ProbeFailure,
     PythonFacts,
     TensorRTFacts,
@@ -33,7 +34,7 @@ PROBE_TIMEOUT_S = 60.0  # a probe that hangs (a driver call, a network share) is
 
 @dataclass(frozen=True)
 class DoctorReport:
-    facts: dict[str, Facts | ProbeFailure]
+    findings: Findings
     verdicts: list[Verdict]
     warnings: list[str]
     seconds: float
@@ -70,8 +71,8 @@ def run_doctor(deep: bool = False, require: tuple[str, ...] = (), timeout: float
     names = list(PROBES)
     with ThreadPoolExecutor(max_workers=len(names)) as pool:
         futures = {n: pool.submit(_probe, n, deep or (n == "torch" and "torch" in require), timeout) for n in names}
-        facts = {n: f.result() for n, f in futures.items()}
-    return DoctorReport(facts, verdicts(facts), warnings(facts), time.perf_counter() - t0)
+        findings = Findings.of({n: f.result() for n, f in futures.items()})
+    return DoctorReport(findings, verdicts(findings), warnings(findings), time.perf_counter() - t0)
 
 
 def report_json(report: DoctorReport) -> dict[str, Any]:
@@ -84,13 +85,13 @@ def report_json(report: DoctorReport) -> dict[str, Any]:
         "auto": auto_choice(report.verdicts),
         "checks": {v.check: {"usable": v.usable, "detail": v.detail} for v in report.verdicts},
         "warnings": report.warnings,
-        "facts": {n: (asdict(f) if isinstance(f, ProbeFailure) else to_json(f)) for n, f in report.facts.items()},
+        "facts": {n: (asdict(f) if isinstance(f, ProbeFailure) else to_json(f)) for n, f in report.findings.items()},
     }
 
 
-def _machine_lines(facts: dict[str, Facts | ProbeFailure]) -> list[tuple[str, str]]:
+def _machine_lines(findings: Findings) -> list[tuple[str, str]]:
     def get(name, kind):
-        f = facts.get(name)
+        f = getattr(findings, name)
         return f if isinstance(f, kind) else None
 
     rows = []
@@ -142,7 +143,7 @@ def render_text(report: DoctorReport) -> str:
     ]
     lines += [f"  {v.check:<12} {mark[v.usable]:<4} {v.detail}" for v in report.verdicts]
     lines += ["", "Machine"]
-    lines += [f"  {k:<12} {v}" for k, v in _machine_lines(report.facts)]
+    lines += [f"  {k:<12} {v}" for k, v in _machine_lines(report.findings)]
     if report.warnings:
         lines += ["", "Warnings"] + [f"  - {w}" for w in report.warnings]
     return "\n".join(lines)

@@ -9,7 +9,7 @@ from clipad.deploy.tensorrt.install import InstalledTensorRT, cuda_mismatch, ten
 from clipad.runtime.doctor.facts import (
     CHECKS,
     CudaFacts,
-    Facts,
+    Findings,
     OnnxRuntimeFacts,
     OpenVinoFacts,
     ProbeFailure,
@@ -154,60 +154,61 @@ def _cuda(c: CudaFacts, torch: TorchFacts | None) -> Verdict:
     return Verdict("cuda", False, _no_gpu(c))
 
 
-def verdicts(facts: dict[str, Facts | ProbeFailure]) -> list[Verdict]:
+def _ok(record, kind):
+    """``record`` when the probe gave one of type ``kind``, else None (failed or not probed)."""
+    return record if isinstance(record, kind) else None
+
+
+def _verdict(check: str, findings: Findings) -> Verdict:
+    record = getattr(findings, check)
+    if isinstance(record, ProbeFailure):
+        return Verdict(check, False, f"its probe failed: {record.error}")
+    if record is None:
+        return Verdict(check, None, "not probed")
+    trt, cuda = _ok(findings.tensorrt, TensorRTFacts), _ok(findings.cuda, CudaFacts)
+    judge = {
+        "torch": lambda: _torch(record),
+        "onnxruntime": lambda: _onnxruntime(record, trt),
+        "tensorrt": lambda: _tensorrt(record, cuda),
+        "openvino": lambda: _openvino(record),
+        "triton": lambda: _triton(record),
+        "cuda": lambda: _cuda(record, _ok(findings.torch, TorchFacts)),
+    }
+    return judge[check]()
+
+
+def verdicts(findings: Findings) -> list[Verdict]:
     """One verdict per ``CHECKS`` entry, in that order; a probe that failed is a verdict too."""
-
-    def ok(name):
-        f = facts.get(name)
-        return None if isinstance(f, ProbeFailure) else f
-
-    out = []
-    for check in CHECKS:
-        f = facts.get(check)
-        if isinstance(f, ProbeFailure):
-            out.append(Verdict(check, False, f"its probe failed: {f.error}"))
-        elif f is None:
-            out.append(Verdict(check, None, "not probed"))
-        elif check == "torch":
-            out.append(_torch(f))
-        elif check == "onnxruntime":
-            out.append(_onnxruntime(f, ok("tensorrt")))
-        elif check == "tensorrt":
-            out.append(_tensorrt(f, ok("cuda")))
-        elif check == "openvino":
-            out.append(_openvino(f))
-        elif check == "triton":
-            out.append(_triton(f))
-        else:
-            out.append(_cuda(f, ok("torch")))
-    return out
+    return [_verdict(check, findings) for check in CHECKS]
 
 
-def warnings(facts: dict[str, Facts | ProbeFailure]) -> list[str]:
+def warnings(findings: Findings) -> list[str]:
     """What will go wrong although no check fails outright, one line each."""
     out = []
-    o, t, c, trt = (facts.get(k) for k in ("onnxruntime", "torch", "cuda", "tensorrt"))
-    if isinstance(o, OnnxRuntimeFacts) and len(o.wheels) > 1:
+    o = _ok(findings.onnxruntime, OnnxRuntimeFacts)
+    t = _ok(findings.torch, TorchFacts)
+    c = _ok(findings.cuda, CudaFacts)
+    if o is not None and len(o.wheels) > 1:
         out.append(
             f"{' and '.join(o.wheels)} are installed together: they overwrite each other's `onnxruntime` module "
             "and the GPU providers go missing; pip uninstall -y "
             + " ".join(o.wheels)
             + ", then install one: 'clipad[gpu]' on an NVIDIA workstation, 'clipad[cpu]' elsewhere"
         )
-    driver = _major(c.driver_cuda) if isinstance(c, CudaFacts) else None
-    if driver is not None:
-        if isinstance(t, TorchFacts) and (_major(t.cuda_build) or 0) > driver:
+    driver = _major(c.driver_cuda) if c is not None else None
+    if c is not None and driver is not None:
+        if t is not None and (_major(t.cuda_build) or 0) > driver:
             out.append(
                 f"torch {t.version} is a CUDA {t.cuda_build} build, the driver supports CUDA {c.driver_cuda}: "
                 "torch will not use the GPU (update the driver)"
             )
-        if isinstance(o, OnnxRuntimeFacts) and (_major(o.cuda_build) or 0) > driver:
+        if o is not None and (_major(o.cuda_build) or 0) > driver:
             out.append(
                 f"onnxruntime-gpu is a CUDA {o.cuda_build} build, the driver supports CUDA {c.driver_cuda}: "
                 "its GPU providers will not load (update the driver)"
             )
-    if isinstance(o, OnnxRuntimeFacts) and "TensorrtExecutionProvider" in o.providers and not o.import_error:
-        problem = _tensorrt_ep(o, trt if isinstance(trt, TensorRTFacts) else None)
+    if o is not None and "TensorrtExecutionProvider" in o.providers and not o.import_error:
+        problem = _tensorrt_ep(o, _ok(findings.tensorrt, TensorRTFacts))
         if problem:
             out.append(f"{problem}: `--backend onnxruntime` serves on its CUDA provider")
     return out

@@ -20,8 +20,9 @@ TF32 is cleared on every build (TensorRT enables it by default), so FP32 layers 
 After the build the engine inspector's JSON, read through an execution context with the opt
 shape set, gives every layer's tensor types (``count_layer_precisions``); an FP16 build without
 an FP16 layer, or an INT8 build without an INT8 layer, is an error. The timing cache is read
-checked and written in one step (``read_timing_cache``, ``write_timing_cache``). The plan stays a plain plan (trtexec and Triton load it); its metadata
-lives in ``model.plan.json`` (``EngineMeta``).
+checked and written in one step (``read_timing_cache``, ``write_timing_cache``). The plan stays
+a plain plan (trtexec and Triton load it); its metadata lives in ``model.plan.json``
+(``EngineMeta``).
 
 ``unsupported_ops`` checks an ONNX graph against the TensorRT ONNX parser's operator matrix and
 its per-input rules, which can run where TensorRT cannot.

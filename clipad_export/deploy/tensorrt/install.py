@@ -76,7 +76,7 @@ def linked_libraries(path: str | Path) -> list[str]:
         with open(path, "rb") as f:
             elf = ELFFile(f)
             return [
-                tag.needed
+                tag.needed  # type: ignore[attr-defined]  # pyelftools sets DT_NEEDED's name with setattr
                 for section in elf.iter_sections()
                 if isinstance(section, DynamicSection)
                 for tag in section.iter_tags()

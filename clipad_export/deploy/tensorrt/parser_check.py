@@ -156,7 +156,8 @@ def unsupported_ops(path: str | Path) -> list[str]:
             if dtype == "uint8":
                 if not (n.op_type == "Cast" and name in graph_inputs):
                     problems.append(
-                        f"{where}: uint8 input '{name}'; TensorRT takes uint8 only as a network input straight into a Cast"
+                        f"{where}: uint8 input '{name}'; "
+                        "TensorRT takes uint8 only as a network input straight into a Cast"
                     )
             elif n.op_type in ("QuantizeLinear", "DequantizeLinear") and i > 0:
                 continue  # scale and zero point: _qdq_problems

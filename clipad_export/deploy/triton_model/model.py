@@ -62,7 +62,8 @@ class TritonPythonModel:
         actual = _sha256(path)
         if actual != expected:
             raise pb_utils.TritonModelException(
-                f"{name}: {file} has sha256 {actual[:12]}..., the manifest's is {expected[:12]}...: re-export the repository"
+                f"{name}: {file} has sha256 {actual[:12]}..., the manifest's is {expected[:12]}...: "
+                "re-export the repository"
             )
         gpu = args.get("model_instance_kind") == "GPU" and GPU_PROVIDER in ort.get_available_providers()
         providers = [GPU_PROVIDER, "CPUExecutionProvider"] if gpu else ["CPUExecutionProvider"]
