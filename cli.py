@@ -13,6 +13,17 @@ from typing import TYPE_CHECKING, Annotated, Any, cast
 import typer
 import typer.core
 
+from clipad.core.choices import (
+    CacheDtype,
+    Dataset,
+    Int8Backend,
+    Mode,
+    OpenVinoMode,
+    RvsMethod,
+    RvsProfile,
+    metavar,
+)
+
 if TYPE_CHECKING:
     from clipad.deploy.manifest import Manifest, ParityFigures
 
@@ -79,15 +90,20 @@ RandomOpt = Annotated[
 ]
 SeedOpt = Annotated[int, typer.Option("--seed", help="Seed for --random-weights.")]
 CacheOpt = Annotated[Path | None, typer.Option("--cache-dir", help="Where open_clip caches downloaded weights.")]
-DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")]
+DeviceOpt = Annotated[str, typer.Option("--device", metavar="[auto|cpu|cuda|cuda:N]", help="Where the model runs.")]
 # Method options, shared by eval and export.
 ModeOpt = Annotated[
-    str, typer.Option("--mode", help="sdp, sdp+ with --heads, or reference (good images only: --reference / --shots).")
+    str,
+    typer.Option(
+        "--mode",
+        metavar=metavar(Mode),
+        help="sdp, sdp+ with --heads, or reference (good images only: --reference / --shots).",
+    ),
 ]
 HeadsOpt = Annotated[
     Path | None, typer.Option("--heads", help="SDP+ heads (.safetensors, or the official .pth layout).")
 ]
-RvsOpt = Annotated[str, typer.Option("--rvs", help="Representative vector method: mean, pca, kde, dbscan, mean_shift.")]
+RvsOpt = Annotated[str, typer.Option("--rvs", metavar=metavar(RvsMethod), help="Representative vector method.")]
 PromptsOpt = Annotated[
     str, typer.Option("--prompts", help="Prompt set (industrial, hemorrhage, tumor, polyp) or a YAML/JSON file.")
 ]
@@ -174,7 +190,7 @@ def synth(
     ),
 )
 def eval_(
-    dataset: Annotated[str, typer.Option("--dataset", help="mvtec, visa or folder.")],
+    dataset: Annotated[str, typer.Option("--dataset", metavar=metavar(Dataset), help="Dataset layout.")],
     root: Annotated[Path, typer.Option("--root", help="Dataset root folder.")],
     categories: Annotated[
         str | None, typer.Option("--categories", help="Comma-separated categories (default: all).")
@@ -289,7 +305,11 @@ def export(
     rvs: RvsOpt = "dbscan",
     rvs_profile: Annotated[
         str,
-        typer.Option("--rvs-profile", help="DBSCAN parameters: mvtec (eps 0.5, 15) or visa (eps 1.5, 25)."),
+        typer.Option(
+            "--rvs-profile",
+            metavar=metavar(RvsProfile),
+            help="DBSCAN parameters: mvtec (eps 0.5, 15) or visa (eps 1.5, 25).",
+        ),
     ] = "mvtec",
     prompts: PromptsOpt = "industrial",
     sigma: Annotated[float, typer.Option("--sigma", help="Gaussian smoothing sigma of the map.")] = 8.0,
@@ -614,6 +634,7 @@ OvModeOpt = Annotated[
     str,
     typer.Option(
         "--openvino-mode",
+        metavar=metavar(OpenVinoMode),
         help=(
             "OpenVINO performance hint: latency (one camera) or throughput (many: a batch's frames run as parallel "
             "requests)."
@@ -814,6 +835,7 @@ def calibrate(
         str,
         typer.Option(
             "--int8-backend",
+            metavar=metavar(Int8Backend),
             help=(
                 "With --int8: onnxruntime (the INT8 ONNX graph) or openvino (the INT8 IR, made from the export's "
                 "OpenVINO IR)."
@@ -1074,7 +1096,10 @@ def demo(
 @app.command()
 def train(
     dataset: Annotated[
-        str, typer.Option("--dataset", help="mvtec, visa or folder (its test split, as the official recipe).")
+        str,
+        typer.Option(
+            "--dataset", metavar=metavar(Dataset), help="Dataset layout (its test split, as the official recipe)."
+        ),
     ],
     root: Annotated[Path, typer.Option("--root", help="Dataset root folder.")],
     out: Annotated[
@@ -1093,7 +1118,11 @@ def train(
     ] = None,
     cache_dtype: Annotated[
         str,
-        typer.Option("--cache-dtype", help="Feature cache precision: float16 (half the disk, same heads) or float32."),
+        typer.Option(
+            "--cache-dtype",
+            metavar=metavar(CacheDtype),
+            help="Feature cache precision: float16 (half the disk, same heads) or float32.",
+        ),
     ] = "float16",
     val_dataset: Annotated[
         str | None,
@@ -1123,11 +1152,10 @@ def train(
     from clipad.training.train import train as run_train
 
     check_method("sdp", False, rvs)
+    from clipad.core.choices import CacheDtype, parse_choice
     from clipad.core.errors import ClipadError
-    from clipad.training.cache import CACHE_DTYPES
 
-    if cache_dtype not in CACHE_DTYPES:
-        raise ClipadError(f"--cache-dtype must be one of {', '.join(CACHE_DTYPES)}, not '{cache_dtype}'")
+    parse_choice(CacheDtype, cache_dtype, "--cache-dtype")
     cats = [c.strip() for c in categories.split(",") if c.strip()] if categories else None
     split = load_split(dataset, root, cats)
     check_masks(split)

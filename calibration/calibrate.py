@@ -17,6 +17,7 @@ import numpy as np
 
 from clipad.calibration.constants import CALIBRATION_VERSION, MODEL_FILES
 from clipad.calibration.thresholds import f1_threshold, fpr_threshold, min_images_for_fpr
+from clipad.core.choices import Int8Backend, parse_choice
 from clipad.core.errors import ClipadError
 from clipad.core.hashing import file_sha256
 from clipad.core.progress import Tasks
@@ -65,8 +66,7 @@ class CalibrateConfig:
                 "--gate-data goes with --int8 here (it judges the INT8 graph); "
                 "`clipad export --gate-data` judges the others"
             )
-        if self.int8_backend not in ("onnxruntime", "openvino"):
-            raise ClipadError(f"--int8-backend must be onnxruntime or openvino, got '{self.int8_backend}'")
+        parse_choice(Int8Backend, self.int8_backend, "--int8-backend")
         if self.int8_backend != "onnxruntime" and not self.int8:
             raise ClipadError("--int8-backend goes with --int8 (it says which INT8 model to make)")
         if not 0 <= self.min_agreement <= 1:

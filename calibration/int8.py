@@ -32,7 +32,7 @@ import numpy as np
 import onnx
 
 from clipad.core.atomic import atomic_path
-from clipad.core.choices import Precision
+from clipad.core.choices import Int8Backend, Precision, parse_choice
 from clipad.core.errors import ClipadError
 from clipad.core.hashing import file_sha256
 from clipad.core.progress import Tasks
@@ -193,8 +193,7 @@ def openvino_target() -> Int8Target:
 
 def check_int8_backend(art: Artifacts, backend: str) -> None:
     """One line when ``art`` cannot get an INT8 model for ``backend`` (before any images are read)."""
-    if backend not in ("onnxruntime", "openvino"):
-        raise ClipadError(f"--int8-backend must be onnxruntime or openvino, got '{backend}'")
+    parse_choice(Int8Backend, backend, "--int8-backend")
     if backend == "openvino" and art.manifest.openvino is None:
         raise ClipadError(f"{art.root} has no OpenVINO IR to quantise; export with `clipad export --openvino` first")
 

@@ -397,9 +397,12 @@ def test_flops_by_hand_for_the_tiny_config(tiny):
         (["--artifacts", "/nonexistent/bench"], "not a clipad artifact directory"),
         (["--batch", "0"], "--batch sizes must be >= 1"),
         (["--batch", "1,x"], "--batch takes comma-separated values"),
-        (["--backends", "torch,tflite"], "unknown backend 'tflite'"),
-        (["--precision", "fp8"], "unknown precision 'fp8'"),
-        (["--attention", "flash"], "unknown attention 'flash'"),
+        (
+            ["--backends", "torch,tflite"],
+            "--backends must be one of torch, onnxruntime, tensorrt, triton, openvino, got 'tflite'",
+        ),
+        (["--precision", "fp8"], "--precision must be one of fp32, fp16, int8, bf16, got 'fp8'"),
+        (["--attention", "flash"], "--attention must be one of fused, explicit, got 'flash'"),
     ],
 )
 def test_bad_input_is_one_line(capsys, artifacts, args, fragment):

@@ -220,3 +220,25 @@ def test_help_lists_commands_in_workflow_order_and_keeps_brackets(capsys):
     assert sorted(at, key=at.__getitem__) == list(cli.WORKFLOW)  # demo, doctor, synth, eval, ... triton-server
     code, out, _ = run(capsys, "export", "--help")
     assert "clipad[openvino]" in " ".join(out.split())  # Rich markup would eat "[openvino]"
+
+
+@pytest.mark.parametrize(
+    "args,fragment",
+    [
+        (["export", "--category", "x", "--mode", "sdpp"], "--mode must be one of sdp, sdp+, reference, got 'sdpp'"),
+        (["export", "--category", "x", "--rvs", "median"], "--rvs must be one of mean, pca, kde, dbscan, mean_shift"),
+        (["eval", "--dataset", "mvtex", "--root", "."], "--dataset must be one of mvtec, visa, folder, got 'mvtex'"),
+        (["export", "--category", "x", "--precision", "fp8"], "--precision must be one of fp32, fp16, all, got 'fp8'"),
+    ],
+)
+def test_every_choice_is_refused_by_the_one_parser(capsys, args, fragment):
+    code, _, err = run(capsys, *args, *TINY)
+    assert_one_line_error(code, err, fragment)
+
+
+def test_choices_are_shown_in_help(capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "200")  # wide enough that Rich does not fold the metavar column
+    code, out, _ = run(capsys, "export", "--help")
+    assert code == 0
+    for shown in ("[sdp|sdp+|reference]", "[mean|pca|kde|dbscan|mean_shift]", "[mvtec|visa]"):
+        assert shown in out, shown

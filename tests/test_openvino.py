@@ -292,7 +292,7 @@ def test_predict_cli_with_openvino_throughput(art, capsys, tmp_path):
     code, _, err = run(
         capsys, "predict", folder, "--artifacts", art.root, "--backend", "openvino", "--openvino-mode", "fast"
     )
-    assert_one_line_error(code, err, "--openvino-mode must be latency or throughput")
+    assert_one_line_error(code, err, "--openvino-mode must be one of latency, throughput")
 
 
 @pytest.fixture()
@@ -374,7 +374,7 @@ def test_calibrate_int8_backend_errors(art, tmp_path, capsys, tiny):
     code, _, err = run(
         capsys, "calibrate", "--artifacts", art.root, "--int8", "--int8-backend", "tensorrt", "--images", tmp_path
     )
-    assert_one_line_error(code, err, "--int8-backend must be onnxruntime or openvino")
+    assert_one_line_error(code, err, "--int8-backend must be one of onnxruntime, openvino")
     code, _, err = run(capsys, "calibrate", "--artifacts", art.root, "--int8-backend", "openvino", "--good", tmp_path)
     assert_one_line_error(code, err, "--int8-backend goes with --int8")
     code, _, err = run(

@@ -1,4 +1,5 @@
-"""The closed sets of choices that cross module boundaries, as ``Literal`` types with their values.
+"""The closed sets of choices that cross module boundaries, as ``Literal`` types, and the one
+function that parses a user's word into one of them (``parse_choice``).
 
 Defined here, below everything and without torch, so that the reference (``clipad.model``), the
 manifest (``clipad.deploy.manifest``), calibration, the runtime and the CLI name them once.
@@ -7,14 +8,13 @@ manifest (``clipad.deploy.manifest``), calibration, the runtime and the CLI name
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Literal, TypeVar, get_args
+from typing import Any, Literal, TypeVar, get_args, overload
 
 from clipad.core.errors import ClipadError
 
 Mode = Literal[
     "sdp", "sdp+", "reference"
 ]  # SDP (zero-shot), SDP+ (with the four trained heads), reference (good images only, method.md 14)
-MODES: tuple[str, ...] = get_args(Mode)
 
 Precision = Literal["fp32", "fp16", "int8"]  # of a graph, an engine or a served backend
 PRECISIONS: tuple[str, ...] = get_args(Precision)
@@ -22,40 +22,55 @@ PRECISIONS: tuple[str, ...] = get_args(Precision)
 Attention = Literal[
     "fused", "explicit"
 ]  # the torch path's attention: scaled_dot_product_attention, or MatMul + Softmax
-ATTENTIONS: tuple[str, ...] = get_args(Attention)
 
 RvsMethod = Literal["mean", "pca", "kde", "dbscan", "mean_shift"]  # method.md section 3.3
-RVS_METHODS: tuple[str, ...] = get_args(RvsMethod)
 
 
-class RvsProfile(StrEnum):
-    """Whose DBSCAN parameters the RVS uses (method.md section 3.3): VisA's (eps 1.5, min_samples
-    25) or MVTec AD's (eps 0.5, 15)."""
+Int8Backend = Literal["onnxruntime", "openvino"]  # which INT8 model `calibrate --int8` makes
+OpenVinoMode = Literal["latency", "throughput"]  # OpenVINO's performance hint
+Dataset = Literal["mvtec", "visa", "folder"]  # the dataset readers (clipad.data)
+CacheDtype = Literal["float16", "float32"]  # the training feature cache
 
-    MVTEC = "mvtec"
-    VISA = "visa"
+
+RvsProfile = Literal[
+    "mvtec", "visa"
+]  # whose DBSCAN parameters the RVS uses: MVTec AD's (eps 0.5, 15) or VisA's (1.5, 25)
 
 
 E = TypeVar("E", bound=StrEnum)
 
 
-def parse_choice(kind: type[E], value: str, option: str) -> E:
-    """``value`` as a member of ``kind``, or a one-line ClipadError naming ``option`` and the
-    allowed words."""
-    try:
-        return kind(value)
-    except ValueError:
-        raise ClipadError(f"{option} must be one of {', '.join(kind)}, got '{value}'") from None
+@overload
+def parse_choice(kind: type[E], value: str, option: str) -> E: ...
+@overload
+def parse_choice(kind: Any, value: str, option: str) -> str: ...
+def parse_choice(kind: Any, value: str, option: str) -> Any:
+    """``value`` as a member of ``kind`` (a StrEnum, a ``Literal`` alias or a tuple of words), or a
+    one-line ClipadError naming ``option`` and the allowed words. The one place a choice's
+    allowed values are spelled in an error: `clipad --help` shows them through ``metavar``."""
+    words = _words(kind)
+    if value not in words:
+        raise ClipadError(f"{option} must be one of {', '.join(words)}, got '{value}'")
+    return kind(value) if isinstance(kind, type) and issubclass(kind, StrEnum) else value
+
+
+def _words(kind: Any) -> tuple[str, ...]:
+    if isinstance(kind, type) and issubclass(kind, StrEnum):
+        return tuple(kind)
+    return tuple(kind) if isinstance(kind, tuple) else get_args(kind)
+
+
+def metavar(kind: Any) -> str:
+    """A choice as `--help` shows it: ``[sdp|sdp+|reference]``."""
+    return "[" + "|".join(_words(kind)) + "]"
 
 
 def check_method(mode: str, has_heads: bool, rvs: str) -> None:
     """One-line errors for a method choice that cannot work: an unknown mode or RVS method, SDP+
     without heads, heads without SDP+."""
-    if mode not in MODES:
-        raise ClipadError(f"--mode must be {' or '.join(MODES)}, got '{mode}'")
+    parse_choice(Mode, mode, "--mode")
     if mode == "sdp+" and not has_heads:
         raise ClipadError("--mode sdp+ needs --heads FILE")
     if mode in ("sdp", "reference") and has_heads:
         raise ClipadError("--heads is only used with --mode sdp+")
-    if rvs not in RVS_METHODS:
-        raise ClipadError(f"--rvs must be one of {', '.join(RVS_METHODS)}, got '{rvs}'")
+    parse_choice(RvsMethod, rvs, "--rvs")

@@ -9,13 +9,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from clipad.core.choices import Dataset, parse_choice
 from clipad.core.errors import ClipadError
 from clipad.data import folder, mvtec, visa
 from clipad.data.samples import Sample, check_masks, load_batch
 
-__all__ = ["DATASETS", "Sample", "check_masks", "load_batch", "load_split"]
-
-DATASETS = ("mvtec", "visa", "folder")
+__all__ = ["Sample", "check_masks", "load_batch", "load_split"]
 
 
 def check_root(root: Path) -> None:
@@ -46,6 +45,5 @@ def load_split(kind: str, root: str | Path, categories: list[str] | None = None)
     root = Path(root)
     check_root(root)
     readers = {"mvtec": mvtec.read, "visa": visa.read, "folder": folder.read}
-    if kind not in readers:
-        raise ClipadError(f"unknown dataset '{kind}' (one of {', '.join(DATASETS)})")
+    parse_choice(Dataset, kind, "--dataset")
     return select(readers[kind](root), categories, root, kind)

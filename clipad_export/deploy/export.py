@@ -112,8 +112,7 @@ def validate(cfg: ExportConfig, loaded: LoadedModel | None = None) -> None:
     if not cfg.sigma >= 0 or cfg.sigma == float("inf"):
         raise ClipadError(f"--sigma must be a finite number >= 0 (0: no smoothing), got {cfg.sigma}")
     parse_choice(RvsProfile, cfg.rvs_profile, "--rvs-profile")
-    if cfg.precision not in PRECISIONS:
-        raise ClipadError(f"--precision must be one of {', '.join(PRECISIONS)}, got '{cfg.precision}'")
+    parse_choice(ExportPrecision, cfg.precision, "--precision")
     if cfg.reference is not None:
         cfg.reference.check()
         if cfg.reference.only and cfg.heads_path is not None:

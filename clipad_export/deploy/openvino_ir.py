@@ -36,13 +36,13 @@ from typing import Any
 
 import numpy as np
 
+from clipad.core.choices import OpenVinoMode, parse_choice
 from clipad.core.errors import ClipadError
 from clipad.deploy.fp16 import VIT_SCOPE
 
 # The ONNX FP32_OPS of clipad.deploy.fp16 as OpenVINO's converter names them, plus the fused attention.
 OV_FP32_TYPES = ("MVN", "Softmax", "ScaledDotProductAttention")
 _NOT_COMPUTE = ("Const", "Parameter", "Result")
-PERFORMANCE_MODES = ("latency", "throughput")
 OV_DEVICES = ("CPU", "GPU", "AUTO")
 # OpenVINO's OPTIMIZATION_CAPABILITIES entry a precision needs on the device.
 CAPABILITY = {"fp32": "FP32", "bf16": "BF16", "fp16": "FP16", "int8": "INT8"}
@@ -115,8 +115,7 @@ def compile_properties(precision: str, mode: str = "latency") -> dict[str, Any]:
     types = {"fp32": ov.Type.f32, "bf16": ov.Type.bf16, "fp16": ov.Type.f16, "int8": ov.Type.f32}
     if precision not in types:
         raise ClipadError(f"openvino runs fp32, bf16, fp16 or int8, not '{precision}'")
-    if mode not in PERFORMANCE_MODES:
-        raise ClipadError(f"OpenVINO performance mode must be latency or throughput, got '{mode}'")
+    parse_choice(OpenVinoMode, mode, "--openvino-mode")
     perf = hints.PerformanceMode.LATENCY if mode == "latency" else hints.PerformanceMode.THROUGHPUT
     return {hints.inference_precision: types[precision], hints.performance_mode: perf}
 

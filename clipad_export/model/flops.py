@@ -30,6 +30,8 @@ from typing import Any
 
 from torch import nn
 
+from clipad.core.choices import Mode, parse_choice
+
 N_STAGES = 4
 N_CLASSES = 2
 
@@ -114,8 +116,8 @@ def flops_breakdown(d: ViTDims, mode: str = "sdp", memory_patches: int = 0) -> d
         parts["upsample_blur"] = (1 + N_STAGES) * _separable(n, g) + _separable(n, n)
     elif mode == "reference":
         parts.update(vv_path=0, projection=0, feature_surgery=0, upsample_blur=0)
-    elif mode != "sdp":
-        raise ValueError(f"mode must be sdp, sdp+ or reference, got '{mode}'")
+    else:
+        parse_choice(Mode, mode, "mode")
     if memory_patches or mode == "reference":
         parts["reference"] = 2 * N_STAGES * (t - 1) * w * memory_patches + _separable(n, g)
     parts["total"] = sum(parts.values())

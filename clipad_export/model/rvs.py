@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from clipad.core.choices import RVS_METHODS
+from clipad.core.choices import RvsMethod, parse_choice
 from clipad.model.prompts import PROMPT_SETS, PromptSet
 
 DEFAULT_METHOD = "dbscan"
@@ -104,7 +104,8 @@ def representative_vector(e: np.ndarray, method: str = DEFAULT_METHOD, dataset: 
         r = _largest_cluster_mean(e, MeanShift(bandwidth=2).fit(e).labels_)
         assert r is not None  # MeanShift labels every point
         return RVSResult(_unit_fp16(r), method, "mean_shift")
-    raise ValueError(f"unknown RVS method '{method}' (one of {', '.join(RVS_METHODS)})")
+    parse_choice(RvsMethod, method, "--rvs")
+    raise AssertionError(f"RVS method {method} has no implementation")
 
 
 @torch.no_grad()
@@ -158,8 +159,7 @@ def text_vectors(
     on_batch: Callable[[int], None] | None = None,
 ) -> TextVectors:
     """The per-category text matrix T; ``dataset`` only selects the DBSCAN profile."""
-    if method not in RVS_METHODS:
-        raise ValueError(f"unknown RVS method '{method}' (one of {', '.join(RVS_METHODS)})")
+    parse_choice(RvsMethod, method, "--rvs")
     normal, abnormal = prompt_set.sentences(object_name)
     e = encode_sentences(clip, tokenizer, normal + abnormal, on_batch=on_batch)
     rn = representative_vector(e[: len(normal)], method, dataset)

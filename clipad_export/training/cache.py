@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from clipad.core.errors import ClipadError
+from clipad.core.choices import CacheDtype, parse_choice
 from clipad.core.progress import Tasks
 from clipad.data import Sample, load_batch
 from clipad.model.loading import LoadedModel
@@ -35,9 +35,6 @@ def data_key(loaded: LoadedModel, samples: list[Sample]) -> str:
                 st = Path(p).stat()
                 h.update(f"{p}|{st.st_size}|{st.st_mtime_ns}|{s.label}|{s.category}".encode())
     return h.hexdigest()[:24]
-
-
-CACHE_DTYPES = ("float16", "float32")
 
 
 class FeatureCache:
@@ -73,8 +70,7 @@ class FeatureCache:
         With ``texts`` ([n_categories, D, 2]) it also stores what validation needs besides the
         taps: the summed feature-surgery patch map [N, g, g] and image_prob [N].
         """
-        if dtype not in CACHE_DTYPES:
-            raise ClipadError(f"cache dtype must be one of {', '.join(CACHE_DTYPES)}, not '{dtype}'")
+        parse_choice(CacheDtype, dtype, "--cache-dtype")
         key = data_key(loaded, samples) + ("" if dtype == "float16" else f"-{dtype}")
         if texts is not None:
             key += "-val" + hashlib.sha256(texts.cpu().numpy().tobytes()).hexdigest()[:8]

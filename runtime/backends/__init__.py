@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from clipad.core.choices import Attention
+from clipad.core.choices import Attention, OpenVinoMode, parse_choice
 from clipad.core.errors import ClipadError
 from clipad.deploy.artifacts import Artifacts
 from clipad.deploy.manifest import PLAN
@@ -81,7 +81,8 @@ def open_backend(
         from clipad.runtime.backends.tensorrt_backend import TensorRTBackend
 
         return TensorRTBackend(artifacts, precision, device)
-    raise ClipadError(f"unknown backend '{name}' (one of {', '.join(BACKENDS)})")
+    parse_choice(BackendName, name, "--backend")
+    raise AssertionError(f"backend {name} has no opener")
 
 
 def _onnxruntime_auto(artifacts: Artifacts, device: str) -> Backend:
@@ -143,8 +144,7 @@ def select_backend(
     """
     if name == "triton":  # the server's model decides the precision; an explicit one is checked against it
         return open_backend(artifacts, name, precision, device, triton)
-    if mode not in ("latency", "throughput"):
-        raise ClipadError(f"--openvino-mode must be latency or throughput, got '{mode}'")
+    parse_choice(OpenVinoMode, mode, "--openvino-mode")
     if name != "auto":
         if precision == "auto":
             if name == "onnxruntime":

@@ -12,7 +12,7 @@ from typing import cast
 import numpy as np
 import torch
 
-from clipad.core.choices import ATTENTIONS, Attention
+from clipad.core.choices import Attention, parse_choice
 from clipad.core.errors import ClipadError
 from clipad.deploy.artifacts import Artifacts
 from clipad.deploy.export import reference_model
@@ -28,8 +28,7 @@ class TorchBackend(Backend):
     def __init__(
         self, artifacts: Artifacts, precision: str | None = "fp32", device: str = "auto", attention: Attention = "fused"
     ):
-        if attention not in ATTENTIONS:
-            raise ClipadError(f"the torch attention is one of {', '.join(ATTENTIONS)}, not '{attention}'")
+        parse_choice(Attention, attention, "--attention")
         self.device = resolve_device(device)
         if precision == "fp16" and self.device.type != "cuda":
             raise ClipadError("the torch backend runs fp16 (autocast) on CUDA only")

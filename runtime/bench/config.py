@@ -5,9 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from clipad.core.choices import ATTENTIONS, PRECISIONS, Attention, Precision
+from clipad.core.choices import PRECISIONS, Attention, Precision, parse_choice
 from clipad.core.errors import ClipadError
-from clipad.runtime.backends import BACKENDS, BackendName
+from clipad.runtime.backends import BackendName
 
 if TYPE_CHECKING:
     from clipad.runtime.backends.triton_backend import TritonTarget
@@ -34,19 +34,15 @@ class BenchConfig:
 def validate(cfg: BenchConfig) -> None:
     """One-line errors for unusable settings, before any model work."""
     for name in cfg.backends:
-        if name not in BACKENDS:
-            raise ClipadError(f"unknown backend '{name}' (one of {', '.join(BACKENDS)})")
+        parse_choice(BackendName, name, "--backends")
     for p in cfg.precisions:
-        if p not in (*PRECISIONS, "bf16"):  # bf16: OpenVINO only
-            raise ClipadError(f"unknown precision '{p}' (one of {', '.join(PRECISIONS)}, bf16)")
+        parse_choice((*PRECISIONS, "bf16"), p, "--precision")  # bf16: OpenVINO only
     for a in cfg.attentions:
-        if a not in ATTENTIONS:
-            raise ClipadError(f"unknown attention '{a}' (one of {', '.join(ATTENTIONS)})")
+        parse_choice(Attention, a, "--attention")
     if not cfg.backends or not cfg.precisions or not cfg.batches or not cfg.attentions:
         raise ClipadError("--backends, --precision, --batch and --attention each need at least one value")
     if any(b < 1 for b in cfg.batches):
         raise ClipadError(f"--batch sizes must be >= 1, got {','.join(map(str, cfg.batches))}")
     if cfg.iterations < 1 or cfg.warmup < 0:
         raise ClipadError("--iterations must be >= 1 and --warmup >= 0")
-    if cfg.device not in ("auto", "cpu", "cuda"):
-        raise ClipadError(f"--device must be auto, cpu or cuda, got '{cfg.device}'")
+    parse_choice(("auto", "cpu", "cuda"), cfg.device, "--device")
