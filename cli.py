@@ -318,6 +318,7 @@ def export(
         str,
         typer.Option(
             "--precision",
+            metavar="[fp32|fp16|all|int8]",
             help=(
                 "fp32; fp16 (FP32 and mixed FP16 graphs, the export fails when the FP16 graph misses its parity "
                 "limits); all (the same, an FP16 graph outside its limits is dropped with a warning); int8 with "
@@ -549,6 +550,7 @@ BackendOpt = Annotated[
     str,
     typer.Option(
         "--backend",
+        metavar="[auto|tensorrt|onnxruntime|torch|openvino|triton]",
         help=(
             "auto (fastest available; never openvino or triton), tensorrt, onnxruntime, torch, openvino (--device "
             "cpu/auto -> CPU, gpu -> GPU, or OpenVINO's CPU, GPU, GPU.N, AUTO), or triton (a Triton server at --url)."
@@ -621,6 +623,7 @@ ServePrecisionOpt = Annotated[
     str,
     typer.Option(
         "--precision",
+        metavar="[auto|fp32|fp16|bf16|int8]",
         help=(
             "auto (fp16 on a GPU provider, else fp32; openvino: int8 or bf16 where its quality gate passed, else "
             "fp32), fp32, fp16, bf16 (openvino) or int8 (model.int8.onnx; openvino: NNCF's INT8 IR)."

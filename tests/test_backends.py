@@ -774,3 +774,9 @@ def test_close_of_a_tensorrt_backend_that_never_opened_does_nothing():
     buf.device = buf.host_ptr = buf.host = None
     buf.free()
     buf.free()
+
+
+def test_unknown_backend_names_every_choice(art):
+    with pytest.raises(ClipadError) as e:
+        select_backend(art, "tflite", "cpu")
+    _one_line(e.value, "--backend must be one of auto, torch, onnxruntime, tensorrt, triton, openvino, got 'tflite'")

@@ -142,6 +142,7 @@ def select_backend(
     explicit precision (fp32, fp16, int8) is passed to the backend, which says in one line if it
     cannot. ``mode``: OpenVINO's performance hint.
     """
+    parse_choice(("auto", *BACKENDS), name, "--backend")
     if name == "triton":  # the server's model decides the precision; an explicit one is checked against it
         return open_backend(artifacts, name, precision, device, triton)
     parse_choice(OpenVinoMode, mode, "--openvino-mode")
