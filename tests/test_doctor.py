@@ -167,11 +167,11 @@ def test_a_probe_that_crashes_or_hangs_is_a_finding(tmp_path):
     old = os.environ.get("PYTHONPATH", "")
     os.environ["PYTHONPATH"] = os.pathsep.join([str(hang), old]).rstrip(os.pathsep)
     try:
-        report = run_doctor(timeout=5)
+        report = run_doctor(timeout=15)  # the other probes answer in about 1 s here
     finally:
         os.environ["PYTHONPATH"] = old
     assert isinstance(report.findings.openvino, ProbeFailure)
-    assert report.verdict("openvino").detail == "its probe failed: no answer within 5 s"
+    assert report.verdict("openvino").detail == "its probe failed: no answer within 15 s"
     assert report.verdict("onnxruntime").usable is True
 
 
