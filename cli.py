@@ -16,6 +16,7 @@ import typer.core
 from clipad.core.choices import (
     CacheDtype,
     Dataset,
+    DeviceChoice,
     Int8Backend,
     Mode,
     OpenVinoMode,
@@ -1015,7 +1016,7 @@ def bench(
         batches=_csv(batch, "--batch", int),
         iterations=iterations,
         warmup=warmup,
-        device=device,
+        device=cast(DeviceChoice, device),  # validate() below parses it
         parity=not no_parity,
         attentions=_csv(attention, "--attention"),
     )

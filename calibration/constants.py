@@ -10,7 +10,7 @@ import numpy as np
 
 from clipad.calibration.thresholds import normalised_score
 from clipad.core.errors import ClipadError
-from clipad.deploy.manifest import CALIBRATION_VERSION, ONNX_FP32, TEXT_FEATURES, CalibrationEntry, Manifest
+from clipad.deploy.manifest import CALIBRATION_VERSION, ONNX_FP32, TEXT_FEATURES, Manifest
 from clipad.model.fusion import Range, fused_score
 
 __all__ = ["CALIBRATION_VERSION", "MODEL_FILES", "Calibration"]
@@ -42,11 +42,6 @@ class Calibration:
         c = manifest.calibration
         if c is None:
             return None
-        if not isinstance(c, CalibrationEntry):  # kept verbatim by the manifest, readable by no one here
-            raise ClipadError(
-                f"the calibration has format {c.version}, this clipad reads {CALIBRATION_VERSION}: "
-                "run `clipad calibrate` again"
-            )
         changed = [n for n in MODEL_FILES if c.model_files.get(n) != manifest.files.get(n)]
         if changed:
             raise ClipadError(

@@ -24,9 +24,9 @@ from __future__ import annotations
 
 import logging
 import tempfile
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import onnx
@@ -38,6 +38,7 @@ from clipad.core.hashing import file_sha256
 from clipad.core.progress import Tasks
 from clipad.deploy.artifacts import Artifacts
 from clipad.deploy.fp16 import fp32_nodes
+from clipad.deploy.gate_step import Baseline, gate_step
 from clipad.deploy.manifest import (
     ONNX_FP32,
     ONNX_INT8,
@@ -52,8 +53,10 @@ from clipad.deploy.manifest import (
     QualityGate,
     Tolerance,
 )
-from clipad.deploy.parity import TOLERANCES, compare, parity_images, run_graph, violations
-from clipad.deploy.quality_gate import DEFAULT_MAX_DROP_POINTS, gate_images, quality_gate
+from clipad.deploy.parity import TOLERANCES, parity_images
+from clipad.deploy.quality_gate import DEFAULT_MAX_DROP_POINTS, gate_images
+from clipad.deploy.runners.base import Runner
+from clipad.deploy.runners.onnxruntime import OnnxRuntimeRunner
 
 MIN_AGREEMENT = TOLERANCES["int8"]["top1pct_agreement"]
 QUANTISED_OPS = ["MatMul", "Gemm", "Conv"]
@@ -108,28 +111,31 @@ def quantise(src: Path, dst: Path, images: np.ndarray, tasks: Tasks) -> None:
 
 @dataclass(frozen=True)
 class Int8Target:
-    """Where an INT8 model goes: ``label`` (for messages), ``sources`` (its FP32 model's files,
-    hash-checked; the first is the one quantised), ``files`` (what quantising writes, replaced in
-    this order: an IR's .xml last, after its .bin), ``quantise(src, dst, images, tasks)``,
-    ``run(path, images, max_batch, int8)`` -> (anomaly_map float32 [N, S, S], image_prob float32
-    [N]), ``against`` (how the FP32 side is named), ``record(manifest, dir, figures, gate)`` -> the
-    manifest with the new model recorded, and ``violations`` (whether the parity figures list
-    their tolerance violations, as the export's OpenVINO figures do)."""
+    """Where an INT8 model goes: ``backend`` (which runner and record), ``label`` (for
+    messages), ``sources`` (its FP32 model's files, hash-checked; the first is the one quantised),
+    ``files`` (what quantising writes, replaced in this order: an IR's .xml last, after its .bin),
+    ``against`` (how the FP32 side is named), and ``limits`` (the precision whose tolerance
+    violations the parity figures list, as the export's OpenVINO figures do; None: not listed)."""
 
+    backend: Int8Backend
     label: str
     sources: tuple[str, ...]
     files: tuple[str, ...]
-    quantise: Callable[[Path, Path, np.ndarray, Tasks], None]
-    run: Callable[[Path, np.ndarray, int, bool], tuple[np.ndarray, np.ndarray]]
     against: str
-    record: Callable[[Manifest, Path, ParityFigures, QualityGate | None], Manifest]
-    violations: bool = False
+    limits: str | None = None
 
 
-def onnxruntime_target(min_agreement: float, source_sha256: str) -> Int8Target:
-    """``model.int8.onnx`` from ``model.onnx`` (sha256 ``source_sha256``), recorded in ``parity`` and ``int8``."""
-    # Made first, so that an invalid setting (a negative agreement) is refused before any work.
-    entry = Int8Entry.create(
+TARGETS: dict[str, Int8Target] = {
+    "onnxruntime": Int8Target("onnxruntime", "INT8 graph", (ONNX_FP32,), (ONNX_INT8,), "fp32 onnx"),
+    "openvino": Int8Target(
+        "openvino", "OpenVINO INT8 IR", (OV_XML, OV_BIN), (OV_INT8_BIN, OV_INT8_XML), "openvino fp32", "int8"
+    ),
+}
+
+
+def onnxruntime_entry(min_agreement: float, source_sha256: str) -> Int8Entry:
+    """The manifest's ``int8`` record of a graph quantised from ``model.onnx`` (sha256 ``source_sha256``)."""
+    return Int8Entry.create(
         min_agreement=min_agreement,
         format="QDQ, symmetric INT8 activations and per-channel weights",
         ops=QUANTISED_OPS,
@@ -137,58 +143,52 @@ def onnxruntime_target(min_agreement: float, source_sha256: str) -> Int8Target:
         source_sha256=source_sha256,
     )
 
-    def record(manifest: Manifest, root: Path, figures: ParityFigures, gate: QualityGate | None) -> Manifest:
+
+def _quantise(target: Int8Target, src: Path, dst: Path, images: np.ndarray, tasks: Tasks) -> None:
+    if target.backend == "onnxruntime":
+        quantise(src, dst, images, tasks)
+        return
+    from clipad.deploy.openvino_export import quantize_int8
+
+    step = tasks.add("int8 calibration (NNCF)", 1)
+    quantize_int8(src, dst, images)
+    step(1)
+
+
+def _runner(target: Int8Target, path: Path, precision: Literal["fp32", "int8"], max_batch: int) -> Runner:
+    if target.backend == "onnxruntime":
+        return OnnxRuntimeRunner(path, precision, "cpu", max_batch=max_batch)
+    from clipad.deploy.runners.openvino import OpenVinoRunner
+
+    return OpenVinoRunner(path, precision, max_batch=max_batch)
+
+
+def _record(
+    target: Int8Target,
+    manifest: Manifest,
+    root: Path,
+    figures: ParityFigures,
+    gate: QualityGate | None,
+    entry: Int8Entry | None,
+) -> Manifest:
+    """``manifest`` with the new INT8 model recorded (ONNX Runtime: ``parity`` and ``int8``, with
+    ``entry``; OpenVINO: ``openvino``); an old gate of the INT8 model no longer holds."""
+    if target.backend == "onnxruntime":
+        assert entry is not None  # made before any work for the onnxruntime target
         m = manifest.with_int8(file_sha256(root / ONNX_INT8), figures, Tolerance.create(**TOLERANCES["int8"]), entry)
-        gates: dict[Precision, QualityGate] = {
-            k: v for k, v in (m.parity.gates or {}).items() if k != "int8"
-        }  # a new graph: an old gate no longer holds
+        gates: dict[Precision, QualityGate] = {k: v for k, v in (m.parity.gates or {}).items() if k != "int8"}
         if gate is not None:
             gates["int8"] = gate
         return m.replace(parity=m.parity.replace(gates=gates or None))
+    from clipad.deploy.openvino_export import ir_hashes
 
-    return Int8Target(
-        "INT8 graph",
-        (ONNX_FP32,),
-        (ONNX_INT8,),
-        quantise,
-        lambda path, x, mb, _int8: run_graph(path, x, mb),
-        "fp32 onnx",
-        record,
-    )
-
-
-def openvino_target() -> Int8Target:
-    """NNCF's ``model.int8.xml`` from ``model.xml`` (the export's FP32 IR), recorded in ``openvino``."""
-    from clipad.deploy.openvino_export import ir_hashes, quantize_int8
-    from clipad.deploy.openvino_ir import compile_ir, run_compiled
-
-    def quantise_ir(src: Path, dst: Path, images: np.ndarray, tasks: Tasks) -> None:
-        step = tasks.add("int8 calibration (NNCF)", 1)
-        quantize_int8(src, dst, images)
-        step(1)
-
-    def record(manifest: Manifest, root: Path, figures: ParityFigures, gate: QualityGate | None) -> Manifest:
-        entry = manifest.openvino
-        assert entry is not None  # check_int8_backend refuses artifacts without an OpenVINO IR
-        # a new IR: an old gate no longer holds
-        gates: dict[OvPrecision, QualityGate] = {k: v for k, v in (entry.gates or {}).items() if k != "int8"}
-        if gate is not None:
-            gates["int8"] = gate
-        entry = entry.replace(
-            ir={**entry.ir, "int8": OV_INT8_XML}, parity={**entry.parity, "int8": figures}, gates=gates or None
-        )
-        return manifest.with_openvino(entry, ir_hashes(root))
-
-    return Int8Target(
-        "OpenVINO INT8 IR",
-        (OV_XML, OV_BIN),
-        (OV_INT8_BIN, OV_INT8_XML),
-        quantise_ir,
-        lambda path, x, mb, int8: run_compiled(compile_ir(path, "int8" if int8 else "fp32"), x, mb),
-        "openvino fp32",
-        record,
-        violations=True,
-    )
+    ov = manifest.openvino
+    assert ov is not None  # check_int8_backend refuses artifacts without an OpenVINO IR
+    ov_gates: dict[OvPrecision, QualityGate] = {k: v for k, v in (ov.gates or {}).items() if k != "int8"}
+    if gate is not None:
+        ov_gates["int8"] = gate
+    ov = ov.replace(ir={**ov.ir, "int8": OV_INT8_XML}, parity={**ov.parity, "int8": figures}, gates=ov_gates or None)
+    return manifest.with_openvino(ov, ir_hashes(root))
 
 
 def check_int8_backend(art: Artifacts, backend: str) -> None:
@@ -216,39 +216,35 @@ def make_int8(
     agreement is below ``min_agreement``.
     """
     check_int8_backend(art, backend)
-    gate_set = gate_images(Path(gate_root), art.manifest.category, art.image_size) if gate_root is not None else None
+    target = TARGETS[backend]
+    gate_set = None
+    if gate_root is not None:
+        gate_set = gate_images(Path(gate_root), art.manifest.category, art.image_size, max_auroc_drop)
     with art.writing():
+        entry = None
         if backend == "onnxruntime":
             art.verified_path(ONNX_FP32)  # before its sha256 is read for the record
-            target = onnxruntime_target(min_agreement, art.manifest.files[ONNX_FP32])
-        else:
-            target = openvino_target()
+            # Made first, so that an invalid setting (a negative agreement) is refused before any work.
+            entry = onnxruntime_entry(min_agreement, art.manifest.files[ONNX_FP32])
         src = [art.verified_path(name) for name in target.sources][0]
         with tempfile.TemporaryDirectory(dir=art.root) as tmp:
             dst = Path(tmp) / target.files[-1]
-            target.quantise(src, dst, images, tasks)
+            _quantise(target, src, dst, images, tasks)
             check = np.concatenate([parity_images(art.image_size, 3), images[:8]])
-            ref_map, ref_prob = target.run(src, check, art.max_batch, False)
-            amap, prob = target.run(dst, check, art.max_batch, True)
-            f = compare(ref_map, ref_prob, amap, prob)
-            figures = ParityFigures.create(
-                **f,
-                against=target.against,
-                n_images=len(check),
-                calibration_images=len(images),
-                violations=violations(f, "int8") if target.violations else None,
-            )
-            gate = None
-            if gate_set is not None:
-                x, labels, masks = gate_set
-                gate = quality_gate(
-                    target.run(src, x, art.max_batch, False),
-                    target.run(dst, x, art.max_batch, True),
-                    labels,
-                    masks,
-                    max_auroc_drop,
+            with _runner(target, src, "fp32", art.max_batch) as fp32, _runner(target, dst, "int8", art.max_batch) as q:
+                baseline = Baseline(check, fp32.run(check), target.against)
+                judged = gate_step(
+                    q,
+                    baseline,
+                    target.limits,
+                    gate_set,
+                    fp32,
                     target.against,
+                    n_images=len(check),
+                    calibration_images=len(images),
                 )
+            figures, gate = judged.figures, judged.gate
+            if gate is not None:
                 if not gate.passed:
                     raise ClipadError(
                         f"the {target.label} fails its quality gate: pixel AUROC drop {gate.pixel_drop_points:.2f}, "
@@ -263,5 +259,5 @@ def make_int8(
             for name in target.files:  # an IR's .bin first: its .xml, written last, is what a reader opens
                 with atomic_path(art.root / name) as out:
                     (Path(tmp) / name).replace(out)
-        art.update(target.record(art.manifest, art.root, figures, gate))
+        art.update(_record(target, art.manifest, art.root, figures, gate, entry))
     return figures, gate

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
+from clipad.core.choices import BackendName, ServedPrecision, parse_choice
 from clipad.deploy.artifacts import Artifacts
-from clipad.deploy.parity import Comparison, measure
+from clipad.deploy.manifest import ParityFigures
+from clipad.deploy.parity import TOLERANCES, compare
 from clipad.runtime.backends import Backend, open_backend
 
 if TYPE_CHECKING:
@@ -41,7 +43,7 @@ def reference_outputs(artifacts: Artifacts, images: np.ndarray, model: Any = Non
     import torch  # the reference needs torch; the rest of this module does not
 
     if model is None:
-        from clipad.deploy.export import reference_model
+        from clipad.deploy.rebuild import reference_model
 
         model = reference_model(artifacts, "cpu")
     with torch.no_grad():
@@ -51,39 +53,46 @@ def reference_outputs(artifacts: Artifacts, images: np.ndarray, model: Any = Non
 
 @dataclass(frozen=True)
 class ParityRow:
-    """One backend/precision against the reference. backend: its description (name, precision,
-    where it runs); within_tolerance: None where no limit is defined for the precision."""
+    """One backend/precision against the reference: its description (name, precision, where it
+    runs) and the figures (``n_images`` compared; ``violations`` of the precision's tolerance)."""
 
     backend: str
     precision: str
-    n_images: int
-    figures: Comparison
-    within_tolerance: bool | None
+    figures: ParityFigures
+
+    @property
+    def within_tolerance(self) -> bool | None:
+        """Inside ``TOLERANCES[precision]``; None where no limit is defined for the precision."""
+        return self.figures.within
 
     def to_json(self) -> dict[str, Any]:
         """`clipad parity --json`'s keys: backend, precision, n_images, the figures, within_tolerance."""
+        f = self.figures
         return {
             "backend": self.backend,
             "precision": self.precision,
-            "n_images": self.n_images,
-            **self.figures.to_json(),
-            "within_tolerance": self.within_tolerance,
+            "n_images": f.n_images,
+            **f.values(),
+            "within_tolerance": f.within,
         }
 
 
 def check_backend(backend: Backend, ref: Reference) -> ParityRow:
-    """Run ``backend`` on the reference's frames and compare its outputs with the reference's."""
+    """Run ``backend`` on the reference's frames and compare its outputs with the reference's,
+    judged by the tolerance of its precision where one is defined."""
     info = backend.info()
-    figures = measure(ref.anomaly_map, ref.image_prob, *backend(ref.images))
-    return ParityRow(info.describe(), info.precision, len(ref.images), figures, figures.within(info.precision))
+    limits = info.precision if info.precision in TOLERANCES else None
+    outputs = (ref.anomaly_map, ref.image_prob)
+    figures = compare(outputs, backend(ref.images), AGAINST, limits, n_images=len(ref.images))
+    return ParityRow(info.describe(), info.precision, figures)
 
 
-def served_precisions(artifacts: Artifacts, name: str) -> list[str | None]:
+def served_precisions(artifacts: Artifacts, name: BackendName) -> list[ServedPrecision | None]:
     """The precisions ``clipad parity`` checks for a backend: every ONNX graph of the artifacts,
     the plan's own precision for TensorRT and Triton (None: whatever it serves), every precision with
     export parity figures for OpenVINO, FP32 for torch."""
     ov = artifacts.manifest.openvino
-    by_backend: dict[str, list[str | None]] = {
+    by_backend: dict[str, list[ServedPrecision | None]] = {
         "onnxruntime": list(artifacts.manifest.precisions),
         "tensorrt": [None],
         "triton": [None],
@@ -102,9 +111,10 @@ def run_parity(
     """Each named backend at each precision it serves, opened on ``device`` one at a time,
     against the CPU reference on uint8 [N, H, W, 3] ``images``; one row each. ``triton``: the
     server of backend triton (whose model has the precision of the file it serves)."""
+    names = [cast(BackendName, parse_choice(BackendName, n, "--backend")) for n in backends]
     ref = reference_outputs(artifacts, images)
     rows = []
-    for name in backends:
+    for name in names:
         for precision in served_precisions(artifacts, name):
             with open_backend(artifacts, name, precision, device, triton) as backend:
                 rows.append(check_backend(backend, ref))
@@ -117,7 +127,7 @@ def format_rows(rows: Sequence[ParityRow]) -> str:
     lines = [head, "-" * len(head)]
     for r in rows:
         f = r.figures
-        ok = {True: "yes", False: "NO", None: "-"}[r.within_tolerance]
+        ok = {True: "yes", False: "NO", None: "-"}[f.within]
         lines.append(
             f"{r.backend:<36} {f.max_abs:>10.2e} {f.rel_l2:>10.2e} {f.prob_max_abs:>10.2e} "
             f"{f.top1pct_agreement:>13.3f}  {ok}"

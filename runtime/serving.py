@@ -9,13 +9,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal, cast
 
 from clipad.calibration.constants import Calibration
+from clipad.core.choices import BackendName, OpenVinoMode, ServedPrecision
 from clipad.core.errors import ClipadError
 from clipad.deploy.artifacts import Artifacts, load_artifacts
 from clipad.deploy.manifest import MANIFEST, CalibrationEntry
-from clipad.runtime.backends import Backend, select_backend
+from clipad.runtime.backends import Backend, OpenVinoOptions, select_backend
 
 if TYPE_CHECKING:
     from clipad.runtime.backends.triton_backend import TritonTarget
@@ -64,7 +65,15 @@ def open_served(
     ``triton``: the server of ``backend`` triton (``backends.triton_backend.TritonTarget``);
     ``mode``: OpenVINO's performance hint (latency or throughput)."""
     art = load_artifacts(find_artifacts(artifacts))
-    be = select_backend(art, backend, device, precision, triton=triton, mode=mode)
+    # The command line's words; select_backend parses each (one line for a word it does not know).
+    be = select_backend(
+        art,
+        cast("BackendName | Literal['auto']", backend),
+        device,
+        cast("ServedPrecision | Literal['auto']", precision),
+        triton=triton,
+        openvino=OpenVinoOptions(cast(OpenVinoMode, mode)),
+    )
     notes = [f"backend: {be.describe()} (max batch {be.max_batch})", *be.notes]
     cal = None
     if need_calibration:

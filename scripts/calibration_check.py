@@ -131,12 +131,12 @@ def main() -> int:
     )
     res["int8_quantise_s"] = round(time.perf_counter() - t0, 1)
     art = load_artifacts(art_dir)
-    res["int8_parity_in_manifest"] = art.manifest.parity.int8.model_dump()
+    res["int8_parity_in_manifest"] = art.manifest.parity.figures("int8").model_dump()
     # the last 16 held-out images: never among the INT8 calibration images (the first ones with --n-cal 0)
     x = read_model_images(out / "held", art.image_size)[-16:]
     fp32, int8 = open_backend(art, "onnxruntime", "fp32", "cpu"), open_backend(art, "onnxruntime", "int8", "cpu")
     ref, q = fp32(x), int8(x)
-    res["int8_vs_fp32_held_out_16"] = compare(ref[0], ref[1], q[0], q[1])
+    res["int8_vs_fp32_held_out_16"] = compare(ref, q, "onnxruntime fp32").values()
     times: dict = {}
     for batch in (1, 8):
         xb = x[:batch]

@@ -21,11 +21,12 @@ import numpy as np
 
 from clipad.data.images import read_model_images
 from clipad.deploy.artifacts import load_artifacts
+from clipad.deploy.gate_step import Baseline, gate_step
 from clipad.deploy.manifest import OV_XML
 from clipad.deploy.openvino_export import quantize_int8
-from clipad.deploy.openvino_ir import compile_ir, run_compiled
 from clipad.deploy.parity import parity_images
-from clipad.deploy.quality_gate import gate_images, quality_gate
+from clipad.deploy.quality_gate import gate_images
+from clipad.deploy.runners.openvino import OpenVinoRunner
 from clipad.evaluation.metrics import binary_metrics
 from clipad.model.fusion import map_max
 
@@ -43,11 +44,13 @@ def main() -> None:
     size, mb = art.image_size, art.max_batch
     sets = {Path(r).name: gate_images(Path(r), art.manifest.category, size) for r in sys.argv[3:]}
     fp32 = {}
-    for name, (x, labels, _) in sets.items():
+    fp32_runner = OpenVinoRunner(xml, "fp32", max_batch=mb)
+    for name, gs in sets.items():
         t0 = time.perf_counter()
-        fp32[name] = run_compiled(compile_ir(xml, "fp32"), x, mb)
+        fp32[name] = fp32_runner.run(gs.images)
         print(
-            f"{name}: {len(x)} images ({int(labels.sum())} anomalous); fp32 in {time.perf_counter() - t0:.0f} s",
+            f"{name}: {len(gs.images)} images ({int(gs.labels.sum())} anomalous); fp32 in "
+            f"{time.perf_counter() - t0:.0f} s",
             flush=True,
         )
     calibrations = {
@@ -63,9 +66,13 @@ def main() -> None:
                 f"\nINT8 calibrated on {label} ({len(images)}): quantised in {time.perf_counter() - t0:.0f} s",
                 flush=True,
             )
-            for name, (x, labels, masks) in sets.items():
-                red = run_compiled(compile_ir(dst, "int8"), x, mb)
-                g = quality_gate(fp32[name], red, labels, masks)
+            for name, gs in sets.items():
+                labels = gs.labels
+                with OpenVinoRunner(dst, "int8", max_batch=mb) as runner:
+                    baseline = Baseline(gs.images, fp32[name], "openvino fp32")
+                    judged = gate_step(runner, baseline, None, gs, fp32_runner, "openvino fp32")
+                red, g = judged.outputs, judged.gate
+                assert g is not None  # gate_step judges every gate set it is given
                 p32, m32 = _halves(labels, fp32[name])
                 p8, m8 = _halves(labels, red)
                 print(

@@ -239,9 +239,9 @@ def main(argv: list[str] | None = None) -> int:
         "graph_bytes": sizes,
         "graph_growth": sizes[fused] / sizes["zero_shot"],
         "memory_bytes": graphs[fused]["manifest"].reference.memory_bytes,
-        "parity_fp32_rel_l2": {k: g["manifest"].parity.fp32.rel_l2 for k, g in graphs.items()},
+        "parity_fp32_rel_l2": {k: g["manifest"].parity.figures("fp32").rel_l2 for k, g in graphs.items()},
         "fp16": {
-            k: (g["manifest"].parity.fp16.model_dump() if g["manifest"].parity.fp16 else None)
+            k: (g["manifest"].parity.figures("fp16").model_dump() if g["manifest"].parity.figures("fp16") else None)
             for k, g in graphs.items()
         },
         "load_before_latency": load_avg(),

@@ -40,7 +40,7 @@ def test_an_update_made_meanwhile_is_not_lost(setup, tmp_path):  # noqa: F811
     with open_backend(stale, "onnxruntime", "fp32", "cpu") as backend:
         calibrate(stale, backend, str(setup / "cal"), Tasks(None), target_fpr=0.1)
     m = load_artifacts(root).manifest
-    assert "int8" in m.precisions and m.parity.int8 is not None and m.calibration is not None
+    assert "int8" in m.precisions and m.parity.figures("int8") is not None and m.calibration is not None
     assert json.loads((root / "manifest.json").read_text())["files"]["model.int8.onnx"] == m.files["model.int8.onnx"]
 
 

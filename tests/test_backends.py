@@ -37,11 +37,13 @@ from clipad.deploy import parity
 from clipad.deploy.artifacts import Artifacts, load_artifacts
 from clipad.deploy.export import ExportConfig, export
 from clipad.deploy.manifest import ARTIFACT_FILES, ONNX_INT8, PLAN, PLAN_META, EngineMeta
+from clipad.deploy.runners import cuda as cudab
+from clipad.deploy.runners import onnxruntime as ortb
+from clipad.deploy.runners import tensorrt as trtr
+from clipad.deploy.runners.tensorrt import EngineTensor, check_engine_io, check_engine_profile
 from clipad.model.prompts import PROMPT_SETS
-from clipad.runtime.backends import onnxruntime_backend as ortb
 from clipad.runtime.backends import open_backend, select_backend
 from clipad.runtime.backends import tensorrt_backend as trtb
-from clipad.runtime.backends.tensorrt_backend import EngineTensor, check_engine_io, check_engine_profile
 from tests.helpers import assert_one_line_error, run
 
 TRT, CUDA, CPU = "TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"
@@ -170,11 +172,14 @@ class _RefuseImports(importlib.abc.MetaPathFinder):
 def no_tensorrt_imports(monkeypatch):
     """tensorrt, cuda-python and the TensorRT backend module may not be imported (they are
     dropped from sys.modules for the test, so a cached import does not bypass the hook)."""
-    for mod in ("tensorrt", "cuda", "clipad.runtime.backends.tensorrt_backend"):
+    for mod in ("tensorrt", "cuda", "clipad.runtime.backends.tensorrt_backend", "clipad.deploy.runners.tensorrt"):
         for name in [m for m in sys.modules if m == mod or m.startswith(mod + ".")]:
             monkeypatch.delitem(sys.modules, name)
     monkeypatch.delattr("clipad.runtime.backends.tensorrt_backend", raising=False)
-    hook = _RefuseImports("tensorrt", "cuda", "clipad.runtime.backends.tensorrt_backend")
+    monkeypatch.delattr("clipad.deploy.runners.tensorrt", raising=False)
+    hook = _RefuseImports(
+        "tensorrt", "cuda", "clipad.runtime.backends.tensorrt_backend", "clipad.deploy.runners.tensorrt"
+    )
     monkeypatch.setattr(sys, "meta_path", [hook, *sys.meta_path])
     yield hook
     assert hook.attempts == []
@@ -584,13 +589,13 @@ def test_tensorrt_backend_itself_refuses_device_cpu(with_plan, no_tensorrt_impor
     ],
 )
 def test_cuda_python_messages(installed, legacy, expected):
-    msg = trtb.cuda_python_problem("No module named 'cuda.bindings'", installed, legacy)
+    msg = cudab.cuda_python_problem("No module named 'cuda.bindings'", installed, legacy)
     assert expected in msg and "\n" not in msg
     assert "cuda-python>=13,<14" in msg  # the CUDA major of clipad[gpu]
     if "too old" in expected:
         assert "not installed" not in msg and "12.6.1" in msg
     # with a CUDA 12 TensorRT installed, the requirement named is cuda-python 12 from 12.6.1
-    assert "cuda-python>=12.6.1,<13" in trtb.cuda_python_problem("x", installed, legacy, cuda_major=12)
+    assert "cuda-python>=12.6.1,<13" in cudab.cuda_python_problem("x", installed, legacy, cuda_major=12)
 
 
 @pytest.mark.parametrize(
@@ -625,13 +630,13 @@ def test_cuda_majors_of_tensorrt_cuda_python_and_driver(trt, cuda_python, driver
 def test_driver_cuda_version_without_a_driver():
     if Path("/proc/driver/nvidia/version").exists():
         pytest.skip("an NVIDIA driver is loaded here; this checks the no-driver answer")
-    assert trtb.driver_cuda(trtb.cuda_runtime()) is None  # no NVIDIA driver on this machine: (cudaSuccess, 0)
+    assert cudab.driver_cuda(cudab.cuda_runtime()) is None  # no NVIDIA driver on this machine: (cudaSuccess, 0)
 
 
 def test_version_tuple():
-    assert trtb._version_tuple("12.6.2.post1") == (12, 6, 2)
-    assert trtb._version_tuple("13.0.0rc1") == (13, 0, 0)
-    assert trtb._version_tuple("12.6.1") == trtb.CUDA_PYTHON_MIN > trtb._version_tuple("12.6.0")
+    assert cudab._version_tuple("12.6.2.post1") == (12, 6, 2)
+    assert cudab._version_tuple("13.0.0rc1") == (13, 0, 0)
+    assert cudab._version_tuple("12.6.1") == cudab.CUDA_PYTHON_MIN > cudab._version_tuple("12.6.0")
 
 
 def _real_cudart():
@@ -644,13 +649,13 @@ def _real_cudart():
 
 def test_cuda_runtime_imports_the_real_bindings():
     rt = _real_cudart()
-    assert trtb.cuda_runtime() is rt
+    assert cudab.cuda_runtime() is rt
 
 
 def test_stream_handle_is_the_native_handle():
     rt = _real_cudart()
     stream = rt.cudaStream_t(0x5A5A00)  # a handle value; no CUDA call is made
-    assert trtb.stream_handle(stream) == 0x5A5A00
+    assert cudab.stream_handle(stream) == 0x5A5A00
     assert stream.getPtr() != 0x5A5A00  # getPtr() is where the wrapper keeps the handle, not the handle
 
 
@@ -660,15 +665,15 @@ def test_stream_handle_without_cuda_bindings_utils(monkeypatch):
     monkeypatch.setitem(sys.modules, "cuda.bindings.utils", None)  # its import now fails, as on 12.6.1-12.9.0
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
-        assert trtb.stream_handle(rt.cudaStream_t(0x5A5A00)) == 0x5A5A00
+        assert cudab.stream_handle(rt.cudaStream_t(0x5A5A00)) == 0x5A5A00
 
 
 def test_cuda_errors_are_one_line_with_the_real_error_enum():
     rt = _real_cudart()
-    assert trtb._check((rt.cudaError_t.cudaSuccess, 7)) == 7
-    assert trtb._check((rt.cudaError_t.cudaSuccess,)) == []
+    assert cudab.check_cuda((rt.cudaError_t.cudaSuccess, 7)) == 7
+    assert cudab.check_cuda((rt.cudaError_t.cudaSuccess,)) == []
     with pytest.raises(ClipadError) as e:
-        trtb._check((rt.cudaError_t.cudaErrorMemoryAllocation, None))
+        cudab.check_cuda((rt.cudaError_t.cudaErrorMemoryAllocation, None))
     _one_line(e.value, "cudaErrorMemoryAllocation")
 
 
@@ -724,7 +729,7 @@ def test_engine_io_differences_are_one_line_naming_them(art, change, fragments):
 
 def test_a_plan_that_did_not_load_is_one_line():
     with pytest.raises(ClipadError) as e:
-        trtb.read_engine_io(None)
+        trtr.read_engine_io(None)
     _one_line(e.value, "could not load model.plan", "clipad export --engine")
 
 
@@ -733,8 +738,8 @@ def test_dims_of_no_tensor():
         def __len__(self):
             return -1
 
-    assert trtb.dims(NoTensor()) is None
-    assert trtb.dims((-1, 96, 96, 3)) == (-1, 96, 96, 3)
+    assert trtr.dims(NoTensor()) is None
+    assert trtr.dims((-1, 96, 96, 3)) == (-1, 96, 96, 3)
 
 
 def test_engine_profile_against_the_sidecar(with_plan):
@@ -769,8 +774,12 @@ def test_close_of_a_tensorrt_backend_that_never_opened_does_nothing():
     be = trtb.TensorRTBackend.__new__(trtb.TensorRTBackend)  # as after a failed __init__: nothing acquired
     be.close()
     be.close()
-    assert be.buffers == {} and be.stream is None and be.context is None and be.engine is None
-    buf = trtb._Buffer.__new__(trtb._Buffer)
+    assert be.runner is None
+    runner = trtr.TensorRTRunner.__new__(trtr.TensorRTRunner)  # as after a failed __init__: nothing acquired
+    runner.close()
+    runner.close()
+    assert runner.buffers == {} and runner.stream is None and runner.context is None and runner.engine is None
+    buf = cudab.DeviceBuffer.__new__(cudab.DeviceBuffer)
     buf.device = buf.host_ptr = buf.host = None
     buf.free()
     buf.free()

@@ -233,7 +233,7 @@ def test_int8_graph_is_measured_gated_and_served(setup, tmp_path, capsys):
     assert code == 0, err
     assert "pre-processing" not in err  # ONNX Runtime's quantiser advice stays out of the user's output
     m = load_artifacts(art)
-    f = m.manifest.parity.int8
+    f = m.manifest.parity.figures("int8")
     assert "model.int8.onnx" in m.manifest.files and m.manifest.precisions[-1] == "int8"
     assert f.top1pct_agreement >= 0.5 and 0 < f.rel_l2 < 1  # quantised: close, not equal
     x = np.stack([load_image(p, 96) for p in sorted((setup / "held").iterdir())[:4]])

@@ -21,8 +21,9 @@ from clipad.core.errors import ClipadError
 from clipad.core.hashing import file_sha256
 from clipad.core.progress import Tasks
 from clipad.deploy.artifacts import load_artifacts, staging_dir
-from clipad.deploy.export import ExportConfig, export, reference_model
+from clipad.deploy.export import ExportConfig, export
 from clipad.deploy.parity import compare, parity_images
+from clipad.deploy.rebuild import reference_model
 from clipad.deploy.tensorrt.parser_check import unsupported_ops
 from clipad.deploy.tensorrt.plan import check_plan_compat
 from clipad.deploy.triton_repo import config_text, validate_config
@@ -116,7 +117,7 @@ def test_manifest_contract_and_hashes(exported, tiny):
     assert set(m.versions) >= {"torch", "open_clip", "onnx", "onnxruntime"}
     # The FP16 branch the export had to take follows from its recorded figures and limits, computed
     # here independently of the export's own verdict; both branches are forced in the tests below.
-    f16, tol = m.parity.fp16, m.parity.tolerances["fp16"]
+    f16, tol = m.parity.figures("fp16"), m.parity.tolerances["fp16"]
     within = (
         f16.rel_l2 <= tol.rel_l2
         and f16.batch1_rel_l2 <= tol.rel_l2
@@ -133,7 +134,7 @@ def test_manifest_contract_and_hashes(exported, tiny):
         ref = ort_run(art.root / "model.onnx", x)
         got = ort_run(art.root / "model.fp16.onnx", x)
         assert f16.against == "fp32 onnx"
-        np.testing.assert_allclose(compare(*ref, *got)["rel_l2"], f16.rel_l2, rtol=1e-3)
+        np.testing.assert_allclose(compare(ref, got, "fp32 onnx").rel_l2, f16.rel_l2, rtol=1e-3)
     else:  # dropped for parity: recorded and warned about
         assert f16.dropped and f16.violations and any("fp16" in w for w in m.warnings)
     for name, digest in m.files.items():
@@ -143,7 +144,7 @@ def test_manifest_contract_and_hashes(exported, tiny):
     np.testing.assert_allclose(
         np.linalg.norm(tf, axis=1), 1, rtol=1e-3
     )  # dbscan vectors are unit in fp16 (method.md 3.3)
-    assert m.parity.fp32.rel_l2 <= m.parity.tolerances["fp32"].rel_l2
+    assert m.parity.figures("fp32").rel_l2 <= m.parity.tolerances["fp32"].rel_l2
     assert oct(os.stat(art.root / "manifest.json").st_mode)[-3:] != "600"
 
 
@@ -373,7 +374,7 @@ def test_full_size_export_parity(tmp_path, capsys):
     assert code == 0, err
     m = load_artifacts(tmp_path / "a").manifest
     assert m.image_size == 240 and m.precisions[0] == "fp32"
-    p32, p16 = m.parity.fp32, m.parity.fp16
+    p32, p16 = m.parity.figures("fp32"), m.parity.figures("fp16")
     assert p32.rel_l2 <= 1e-4 and p32.prob_max_abs <= 1e-5 and p32.top1pct_agreement >= 0.99
     assert p16.rel_l2 < 0.1 and p16.prob_max_abs <= 2e-3  # measured, and not wildly off
     assert ("fp16" in m.precisions) == (not p16.violations)

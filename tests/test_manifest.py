@@ -31,7 +31,6 @@ from clipad.deploy.manifest import (
     PLAN_META,
     CalibrationEntry,
     EngineMeta,
-    ForeignCalibration,
     Int8Entry,
     Manifest,
     ParityFigures,
@@ -235,7 +234,7 @@ def test_dropped_fp16_and_engine_entries_load(tmp_path):
     data["engine"] = ENGINE
     data["files"].update({PLAN: "a" * 64, PLAN_META: "b" * 64})
     m = Manifest.read(write(tmp_path, data))
-    assert m.parity.fp16.dropped and m.engine.profile.max == 4 and m.engine.precision == "fp16"
+    assert m.parity.figures("fp16").dropped and m.engine.profile.max == 4 and m.engine.precision == "fp16"
     assert m.model_dump() == data
 
 
@@ -352,18 +351,12 @@ def test_other_format_versions_are_refused_with_re_export(tmp_path):
         Manifest.read(tmp_path / MANIFEST)
 
 
-def test_calibration_of_another_version_loads_and_is_refused(tmp_path):
-    """Unreadable constants must not lock the artifacts: they load, the runtime refuses the
-    constants, and `clipad calibrate` can replace them."""
+def test_calibration_of_another_version_is_one_line(tmp_path):
+    """The calibration format has one version; another is refused in one line naming the field."""
     data = copy.deepcopy(OLD_MANIFEST)
-    data["calibration"] = {"version": 2, "thresholds": [0.1, 0.2]}
-    m = Manifest.read(write(tmp_path, data))
-    assert isinstance(m.calibration, ForeignCalibration) and m.model_dump() == data
-    with pytest.raises(
-        ClipadError, match="the calibration has format 2, this clipad reads 1: run `clipad calibrate` again"
-    ):
-        Calibration.from_manifest(m)
-    assert m.with_calibration(None).calibration is None
+    data["calibration"] = {**data["calibration"], "version": 2}
+    with pytest.raises(ClipadError, match=r"manifest.json: calibration.version: must be 1 \(got 2\)"):
+        Manifest.read(write(tmp_path, data))
 
 
 def test_stale_constants_are_refused_from_the_typed_entry(tmp_path):
@@ -390,7 +383,7 @@ def test_updates_return_new_validated_manifests(tmp_path):
     entry = Int8Entry.create(**{**OLD_MANIFEST["int8"], "min_agreement": 0.5})
     again = plain.with_int8("d" * 64, figures, Tolerance.create(**OLD_MANIFEST["parity"]["tolerances"]["int8"]), entry)
     assert again.precisions == ["fp32", "fp16", "int8"] and again.files["model.int8.onnx"] == "d" * 64
-    assert again.parity.int8 == figures and again.int8.min_agreement == 0.5
+    assert again.parity.figures("int8") == figures and again.int8.min_agreement == 0.5
     meta = EngineMeta.create(**ENGINE)
     with pytest.raises(ClipadError, match="engine: present exactly when files lists model.plan"):
         m.with_engine(meta)  # an engine without its files is refused
@@ -449,7 +442,7 @@ def test_records_are_typed_and_immutable(tmp_path):
     from pydantic import ValidationError
 
     m = Manifest.read(write(tmp_path, OLD_MANIFEST))
-    assert m.precisions == ["fp32", "fp16", "int8"] and m.parity.int8.n_images == 11
+    assert m.precisions == ["fp32", "fp16", "int8"] and m.parity.figures("int8").n_images == 11
     assert m.engine is None and m.calibration.backend == "onnxruntime fp32 (CPUExecutionProvider)"
     with pytest.raises(ValidationError):
         m.max_batch = 2

@@ -23,9 +23,9 @@ from clipad.deploy.artifacts import load_artifacts  # noqa: E402
 from clipad.deploy.export import ExportConfig, export  # noqa: E402
 from clipad.deploy.manifest import OV_BIN, OV_INT8_XML, OV_XML, Manifest, QualityGate  # noqa: E402
 from clipad.deploy.openvino_ir import fp32_layer, ov_device  # noqa: E402
-from clipad.deploy.parity import measure, parity_images  # noqa: E402
+from clipad.deploy.parity import compare, parity_images  # noqa: E402
 from clipad.model.prompts import PROMPT_SETS  # noqa: E402
-from clipad.runtime.backends import open_backend, select_backend  # noqa: E402
+from clipad.runtime.backends import OpenVinoOptions, open_backend, select_backend  # noqa: E402
 from clipad.runtime.backends.openvino_backend import choose_precision  # noqa: E402
 from clipad.runtime.parity import reference_outputs  # noqa: E402
 from tests.helpers import assert_one_line_error, run  # noqa: E402
@@ -80,9 +80,9 @@ def test_backend_fp32_parity(art):
     images = parity_images(art.image_size, 3)
     ref = reference_outputs(art, images)
     for mode in ("latency", "throughput"):
-        with open_backend(art, "openvino", "fp32", "cpu", mode=mode) as be:
-            f = measure(ref.anomaly_map, ref.image_prob, *be(images))
-        assert f.within("fp32"), f
+        with open_backend(art, "openvino", "fp32", "cpu", OpenVinoOptions(mode)) as be:
+            f = compare((ref.anomaly_map, ref.image_prob), be(images), "reference", "fp32")
+        assert f.within, f
 
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16", "int8"])
@@ -94,7 +94,7 @@ def test_explicit_precision_is_honoured(art, precision):
             f"the {precision} IR missed its agreement limit at export and was not kept (recorded in the manifest)"
         )
     with open_backend(art, "openvino", precision, "cpu") as be:
-        got = be.compiled.get_property(hints.inference_precision)
+        got = be.runner.compiled.get_property(hints.inference_precision)
         assert got == (ov.Type.bf16 if precision == "bf16" else ov.Type.f32)  # int8: f32 for the unquantised rest
         assert be.info().precision == precision
 
@@ -193,7 +193,7 @@ def test_int8_ir_quantises_only_the_vit_matrix_products(art):
     with open_backend(art, "openvino", "int8", "cpu") as be:
         amap, prob = be(images)
     assert amap.shape == ref.anomaly_map.shape and np.isfinite(amap).all() and np.isfinite(prob).all()
-    assert measure(ref.anomaly_map, ref.image_prob, amap, prob).rel_l2 < 1.0
+    assert compare((ref.anomaly_map, ref.image_prob), (amap, prob), "reference").rel_l2 < 1.0
 
 
 @pytest.fixture(scope="module")
@@ -225,7 +225,8 @@ def test_gate_is_computed_and_recorded(gated, synth_root):
 
     entry = Manifest.read(gated.root / "manifest.json").openvino
     assert set(entry.gates) == set(entry.ir) - {"fp32"}
-    images, labels, masks = gate_images(synth_root, "washer", gated.image_size)
+    gate = gate_images(synth_root, "washer", gated.image_size)
+    images, labels, masks = gate.images, gate.labels, gate.masks
     for _precision, g in entry.gates.items():
         assert g.n_images == len(images) and g.n_anomalous == int(labels.sum())
         assert g.passed == (max(g.pixel_drop_points, g.image_drop_points) <= g.max_drop_points)

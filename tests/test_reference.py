@@ -21,10 +21,11 @@ from clipad.core.hashing import file_sha256
 from clipad.core.progress import Tasks
 from clipad.data.images import load_image
 from clipad.deploy.artifacts import load_artifacts
-from clipad.deploy.export import ExportConfig, export, reference_model
+from clipad.deploy.export import ExportConfig, export
 from clipad.deploy.manifest import MANIFEST, ONNX_FP16, ONNX_FP32, REFERENCE_MEMORY, Manifest
-from clipad.deploy.parity import run_graph
+from clipad.deploy.rebuild import reference_model
 from clipad.deploy.reference_set import ReferenceConfig
+from clipad.deploy.runners.onnxruntime import OnnxRuntimeRunner
 from clipad.deploy.tensorrt.parser_check import unsupported_ops
 from clipad.model.maps import gaussian_matrix
 from clipad.model.prompts import PROMPT_SETS
@@ -90,7 +91,8 @@ def test_fp16_graph_gated_on_reference_maps(tiny, data, tmp_path):
     )
     art = export(tiny, cfg, Tasks(None))
     gate = Manifest.read(art.root / "manifest.json").parity.gates["fp16"]
-    images, labels, masks = gate_images(data, "fabric", art.image_size)
+    gate_set = gate_images(data, "fabric", art.image_size)
+    images, masks = gate_set.images, gate_set.masks
     assert gate.n_images == len(images) and 0 < gate.n_anomalous < gate.n_images
     amap, _ = open_backend(art, "onnxruntime", "fp32", "cpu")(images)
     assert gate.pixel_auroc_fp32 == pytest.approx(binary_metrics(masks, amap)["auroc"], abs=1e-6)
@@ -118,9 +120,9 @@ def test_gate_decides_whether_the_fp16_graph_is_kept(tiny, data, tmp_path):
     gate = m.parity.gates["fp16"]
     kept = gate.passed
     assert ("fp16" in m.precisions) == kept == (art.root / "model.fp16.onnx").is_file()
-    assert bool(m.parity.fp16.dropped) == (not kept)
+    assert bool(m.parity.figures("fp16").dropped) == (not kept)
     assert any("fails its quality gate" in w for w in m.warnings) == (not kept)
-    if m.parity.fp16.violations:
+    if m.parity.figures("fp16").violations:
         assert any("its AUROC quality gate decides" in w for w in m.warnings)
 
 
@@ -245,12 +247,13 @@ def test_graph_matches_torch_and_manifest(exported, tiny, data, uint8_images, mo
     assert r.memory_bytes == 4 * 3 * p * tiny.clip.visual.conv1.out_channels * 4
     assert r.source_size == [160, 128] and len(r.score.maxima) == 3
     assert m.files[REFERENCE_MEMORY] == file_sha256(art.root / REFERENCE_MEMORY)
-    assert m.parity.fp32.rel_l2 < 1e-4
+    assert m.parity.figures("fp32").rel_l2 < 1e-4
     ref = reference_model(art)
     x = uint8_images(3, tiny.image_size, seed=5).numpy()
     with torch.no_grad():
         want_map, want_prob = (t.numpy() for t in ref(torch.from_numpy(x)))
-    got_map, got_prob = run_graph(art.root / ONNX_FP32, x)
+    with OnnxRuntimeRunner(art.root / ONNX_FP32) as runner:
+        got_map, got_prob = runner.run(x, len(x))
     np.testing.assert_allclose(got_map, want_map, atol=1e-4, rtol=1e-4)
     np.testing.assert_allclose(got_prob, want_prob, atol=1e-5)
     assert unsupported_ops(art.root / ONNX_FP32) == []
@@ -447,7 +450,7 @@ def test_reference_add(exported, data, tmp_path, capsys):
     assert r.patches_per_stage == before.reference.patches_per_stage * 4 // 3
     assert len(r.score.maxima) == 4 and r.score.maxima[:3] == before.reference.score.maxima
     assert after.calibration is None and any("calibration constants" in w for w in after.warnings)
-    assert after.parity.fp32.rel_l2 < 1e-4 and after.files[ONNX_FP32] != before.files[ONNX_FP32]
+    assert after.parity.figures("fp32").rel_l2 < 1e-4 and after.files[ONNX_FP32] != before.files[ONNX_FP32]
     assert "calibrate" in err
     # the new image now scores as a reference image: its map is the zero-shot map alone
     ref = reference_model(load_artifacts(root))

@@ -108,8 +108,8 @@ def test_triton_outputs_match_onnxruntime(exported, server, protocol, shm):
         assert be.describe().startswith("triton fp32 (washer_python at ")
         amap, prob = be(x)
     assert amap.shape == ref_map.shape and prob.shape == ref_prob.shape
-    figures = compare(ref_map, ref_prob, amap, prob)
-    assert figures["rel_l2"] <= 1e-5
+    figures = compare((ref_map, ref_prob), (amap, prob), "onnxruntime fp32")
+    assert figures.rel_l2 <= 1e-5
     assert np.max(np.abs(prob - ref_prob) / np.maximum(np.abs(ref_prob), 1e-12)) <= 1e-5
 
 

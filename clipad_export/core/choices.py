@@ -18,6 +18,23 @@ Mode = Literal[
 
 Precision = Literal["fp32", "fp16", "int8"]  # of a graph, an engine or a served backend
 PRECISIONS: tuple[str, ...] = get_args(Precision)
+ServedPrecision = Literal["fp32", "fp16", "int8", "bf16"]  # what a backend may serve (bf16: OpenVINO only)
+
+# triton: a remote server; openvino: its precision is a per-machine choice. `auto` picks neither.
+BackendName = Literal["torch", "onnxruntime", "tensorrt", "triton", "openvino"]
+BACKENDS: tuple[str, ...] = get_args(BackendName)
+# The one table of which precisions each backend serves (whether a given artifact directory has
+# the file is the backend's check): torch in fp32 or fp16 autocast; ONNX Runtime, TensorRT and
+# Triton the exported graphs and plans; OpenVINO its IR under each compile precision.
+SERVES: dict[BackendName, tuple[ServedPrecision, ...]] = {
+    "torch": ("fp32", "fp16"),
+    "onnxruntime": ("fp32", "fp16", "int8"),
+    "tensorrt": ("fp32", "fp16", "int8"),
+    "triton": ("fp32", "fp16", "int8"),
+    "openvino": ("fp32", "bf16", "fp16", "int8"),
+}
+DeviceChoice = Literal["auto", "cpu", "cuda"]  # --device (ONNX Runtime and torch also take cuda:N)
+Device = Literal["cpu", "cuda"]  # where a backend's work really runs
 
 Attention = Literal[
     "fused", "explicit"
@@ -58,6 +75,11 @@ def _words(kind: Any) -> tuple[str, ...]:
     if isinstance(kind, type) and issubclass(kind, StrEnum):
         return tuple(kind)
     return tuple(kind) if isinstance(kind, tuple) else get_args(kind)
+
+
+def check_served(backend: BackendName, precision: str) -> ServedPrecision:
+    """``precision`` as one that ``backend`` serves (``SERVES``), or one line naming both."""
+    return parse_choice(SERVES[backend], precision, f"--precision of the {backend} backend")  # type: ignore[return-value]
 
 
 def metavar(kind: Any) -> str:

@@ -27,6 +27,7 @@ from clipad.core.errors import ClipadError
 from clipad.core.hashing import file_sha256
 from clipad.core.progress import Tasks
 from clipad.deploy.artifacts import Artifacts, artifact_lock, hash_files, staging_dir
+from clipad.deploy.gate_step import Baseline, gate_step
 from clipad.deploy.manifest import (
     CATEGORY_RE,
     FORMAT_VERSION,
@@ -44,9 +45,11 @@ from clipad.deploy.manifest import (
     QualityGate,
     RandomWeights,
 )
-from clipad.deploy.parity import TOLERANCES, compare, parity_images, run_graph, violations
+from clipad.deploy.parity import TOLERANCES, compare, parity_images
+from clipad.deploy.quality_gate import GateSet
+from clipad.deploy.runners.onnxruntime import OnnxRuntimeRunner
 from clipad.model.heads import Heads, load_heads, save_heads
-from clipad.model.loading import LoadedModel, WeightSpec, load_model
+from clipad.model.loading import LoadedModel
 from clipad.model.prompts import PromptSet
 from clipad.model.rvs import dbscan_params, n_sentences, text_vectors
 from clipad.model.sdp import DEFAULT_SIGMA, SDPModel
@@ -199,30 +202,47 @@ def _versions() -> dict[str, str]:
     }
 
 
-def graph_parity(model: SDPModel, onnx_paths: dict[str, Path]) -> dict[str, ParityFigures]:
-    """Parity of each graph at batch 3 and batch 1: the FP32 graph against the reference, the
-    FP16 graph against the FP32 graph. Each entry lists its tolerance ``violations``."""
+PARITY_INPUTS = "3 synthetic images (2 parts with defects, 1 noise), batch 3 and batch 1"
+
+
+def graph_parity(
+    model: SDPModel, onnx_paths: dict[Precision, Path], gate: GateSet | None = None, max_batch: int = 1
+) -> tuple[dict[Precision, ParityFigures], dict[Precision, QualityGate] | None]:
+    """Parity of each graph at batch 3 and batch 1 in ONNX Runtime: the FP32 graph against the
+    reference, the FP16 graph against the FP32 graph, each entry listing its tolerance
+    ``violations``; with ``gate`` (labelled images, run at ``max_batch``) the FP16 graph's
+    quality gate against the FP32 graph."""
     images = parity_images(model.image_size, 3)
     with torch.no_grad():
-        ref_map, ref_prob = (t.cpu().numpy() for t in model(torch.from_numpy(images).to(model.text.device)))
-    figures: dict[str, ParityFigures] = {}
-    base = (ref_map, ref_prob)
-    for precision, path in onnx_paths.items():
-        full = run_graph(path, images)
-        single = run_graph(path, images[:1])
-        f: dict[str, Any] = compare(base[0], base[1], *full)  # figures, then the manifest's other keys
-        f1 = compare(base[0][:1], base[1][:1], *single)
-        if precision == "fp32":
-            base = full
-        f["batch1_rel_l2"] = f1["rel_l2"]
-        f["against"] = "pytorch reference" if precision == "fp32" else "fp32 onnx"
-        f["inputs"] = "3 synthetic images (2 parts with defects, 1 noise), batch 3 and batch 1"
-        bad = violations(f, precision)
-        if f1["rel_l2"] > TOLERANCES[precision]["rel_l2"]:
-            bad.append(f"batch-1 rel_l2 {f1['rel_l2']:.2e} > {TOLERANCES[precision]['rel_l2']:.0e}")
-        f["violations"] = bad
-        figures[precision] = ParityFigures.create(**f)
-    return figures
+        ref = tuple(t.cpu().numpy() for t in model(torch.from_numpy(images).to(model.text.device)))
+    baseline = Baseline(images, (ref[0], ref[1]), "pytorch reference", batch=len(images))
+    figures: dict[Precision, ParityFigures] = {}
+    gates: dict[Precision, QualityGate] = {}
+    with OnnxRuntimeRunner(onnx_paths["fp32"], "fp32", "cpu", max_batch=max_batch) as fp32:
+        for precision, path in onnx_paths.items():
+            with OnnxRuntimeRunner(path, precision, "cpu", max_batch=max_batch) as runner:
+                reduced = precision != "fp32"
+                judged = gate_step(
+                    runner,
+                    baseline,
+                    precision,
+                    gate if reduced else None,
+                    fp32,
+                    "onnxruntime fp32",
+                    inputs=PARITY_INPUTS,
+                )
+                single = compare(
+                    (baseline.outputs[0][:1], baseline.outputs[1][:1]), runner.run(images[:1]), baseline.against
+                )
+            bad = list(judged.figures.violations or [])
+            if single.rel_l2 > TOLERANCES[precision]["rel_l2"]:
+                bad.append(f"batch-1 rel_l2 {single.rel_l2:.2e} > {TOLERANCES[precision]['rel_l2']:.0e}")
+            figures[precision] = judged.figures.replace(batch1_rel_l2=single.rel_l2, violations=bad)
+            if judged.gate is not None:
+                gates[precision] = judged.gate
+            if precision == "fp32":
+                baseline = Baseline(images, judged.outputs, "fp32 onnx", batch=len(images))
+    return figures, gates or None
 
 
 def export(loaded: LoadedModel, cfg: ExportConfig, tasks: Tasks) -> Artifacts:
@@ -279,7 +299,7 @@ def export(loaded: LoadedModel, cfg: ExportConfig, tasks: Tasks) -> Artifacts:
             export_onnx(model, stage / ONNX_FP32)
             timings["onnx_s"] = time.perf_counter() - t0
             step(1)
-            paths = {"fp32": stage / ONNX_FP32}
+            paths: dict[Precision, Path] = {"fp32": stage / ONNX_FP32}
             fp16_info = None
             if "fp16" in cfg.precisions:
                 from clipad.deploy.fp16 import convert_fp16
@@ -290,9 +310,16 @@ def export(loaded: LoadedModel, cfg: ExportConfig, tasks: Tasks) -> Artifacts:
                 timings["fp16_s"] = time.perf_counter() - t0
                 step(1)
                 paths["fp16"] = stage / ONNX_FP16
-            step = tasks.add("parity (ONNX Runtime)", 1)
+            gate_set = None
+            if cfg.gate_root is not None:  # read once: the ONNX and the OpenVINO gates use the same images
+                from clipad.deploy.quality_gate import gate_images
+
+                gate_set = gate_images(Path(cfg.gate_root), cfg.category, loaded.image_size, cfg.max_auroc_drop)
+            step = tasks.add(
+                "parity" + (" and quality gate" if gate_set and "fp16" in paths else "") + " (ONNX Runtime)", 1
+            )
             t0 = time.perf_counter()
-            parity = graph_parity(model, paths)
+            parity, gates = graph_parity(model, paths, gate_set, cfg.max_batch)
             timings["parity_s"] = time.perf_counter() - t0
             step(1)
             for precision, f in list(parity.items()):
@@ -312,12 +339,6 @@ def export(loaded: LoadedModel, cfg: ExportConfig, tasks: Tasks) -> Artifacts:
                 _drop_fp16(stage, cfg, parity, warnings, reason)
             if "fp16" in parity and fp16_info:
                 parity["fp16"] = parity["fp16"].replace(nodes=fp16_info)
-            gate_set = None
-            if cfg.gate_root is not None:  # read once: the ONNX and the OpenVINO gates use the same images
-                from clipad.deploy.quality_gate import gate_images
-
-                gate_set = gate_images(Path(cfg.gate_root), cfg.category, loaded.image_size)
-            gates = _onnx_gates(stage, cfg, gate_set, tasks) if gate_set is not None else None
             if gates is not None and not gates["fp16"].passed:
                 g = gates["fp16"]
                 _drop_fp16(
@@ -372,7 +393,7 @@ def export(loaded: LoadedModel, cfg: ExportConfig, tasks: Tasks) -> Artifacts:
                 reference=reference,
             )
             if cfg.openvino:
-                manifest = _openvino_step(model, stage, manifest, tasks, timings, cfg, gate_set)
+                manifest = _openvino_step(model, stage, manifest, tasks, timings, gate_set)
             if cfg.engine:
                 from clipad.deploy.tensorrt.build import build_engine
 
@@ -390,7 +411,7 @@ def export(loaded: LoadedModel, cfg: ExportConfig, tasks: Tasks) -> Artifacts:
 
 
 def _drop_fp16(
-    stage: Path, cfg: ExportConfig, parity: dict[str, ParityFigures], warnings: list[str], reason: str
+    stage: Path, cfg: ExportConfig, parity: dict[Precision, ParityFigures], warnings: list[str], reason: str
 ) -> None:
     """The FP16 graph is not good enough (``reason``): with --precision fp16 the export fails,
     writing nothing; with all it keeps the FP32 artifacts and drops the FP16 graph, saying so loudly."""
@@ -401,35 +422,13 @@ def _drop_fp16(
     warnings.append(reason + f"; {ONNX_FP16} was not kept")
 
 
-def _onnx_gates(
-    stage: Path, cfg: ExportConfig, gate_set: tuple[np.ndarray, np.ndarray, np.ndarray], tasks: Tasks
-) -> dict[str, QualityGate] | None:
-    """The AUROC quality gate of the kept FP16 graph against the FP32 graph, both run with ONNX
-    Runtime on ``gate_set`` (``quality_gate.gate_images``: images, labels, masks)."""
-    from clipad.deploy.quality_gate import quality_gate
-
-    if not (stage / ONNX_FP16).is_file():
-        return None
-    step = tasks.add("quality gate (ONNX Runtime)", 1)
-    x, labels, masks = gate_set
-    fp32 = run_graph(stage / ONNX_FP32, x, cfg.max_batch)
-    gates = {
-        "fp16": quality_gate(
-            fp32, run_graph(stage / ONNX_FP16, x, cfg.max_batch), labels, masks, cfg.max_auroc_drop, "onnxruntime fp32"
-        )
-    }
-    step(1)
-    return gates
-
-
 def _openvino_step(
     model: SDPModel,
     stage: Path,
     manifest: Manifest,
     tasks: Tasks,
     timings: dict[str, float],
-    cfg: ExportConfig,
-    gate_set: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
+    gate_set: GateSet | None = None,
 ) -> Manifest:
     """The OpenVINO IRs and their parity against the reference on 3 parity images + 2 more parts;
     with ``gate_set`` (``quality_gate.gate_images``) the quality gate of every reduced precision."""
@@ -441,67 +440,10 @@ def _openvino_step(
     with torch.no_grad():
         ref_map, ref_prob = (t.cpu().numpy() for t in model(torch.from_numpy(images).to(model.text.device)))
     calibration = parity_images(model.image_size, 9, seed=2)[:8]
-    entry, warnings = make_openvino(stage, images, ref_map, ref_prob, calibration, manifest.max_batch)
-    if gate_set is not None:
-        from clipad.deploy.openvino_ir import compile_ir, run_compiled
-        from clipad.deploy.quality_gate import quality_gate
-
-        x, labels, masks = gate_set
-        fp32 = run_compiled(compile_ir(stage / entry.ir["fp32"], "fp32"), x, manifest.max_batch)
-        gates = {
-            p: quality_gate(
-                fp32,
-                run_compiled(compile_ir(stage / xml, p), x, manifest.max_batch),
-                labels,
-                masks,
-                cfg.max_auroc_drop,
-                "openvino fp32",
-            )
-            for p, xml in entry.ir.items()
-            if p != "fp32"
-        }
-        entry = entry.replace(gates=gates)
+    entry, warnings = make_openvino(stage, images, (ref_map, ref_prob), calibration, manifest.max_batch, gate_set)
     timings["openvino_s"] = time.perf_counter() - t0
     step(1)
     return manifest.with_openvino(entry, ir_hashes(stage)).replace(
         warnings=[*manifest.warnings, *warnings],
         timings_s={**manifest.timings_s, "openvino_s": round(timings["openvino_s"], 2)},
     )
-
-
-def reference_model(artifacts: Artifacts, device: str | torch.device = "cpu") -> SDPModel:
-    """Rebuild the PyTorch reference of an artifact directory from its manifest."""
-    m = artifacts.manifest
-    w = m.weights
-    loaded = load_model(weight_spec(m), device)
-    if isinstance(w, FileWeights) and loaded.weights_sha256 != w.sha256:
-        raise ClipadError(f"weights file {w.path} changed since export (sha256 differs); re-export")
-    visual: Any = loaded.clip.visual  # open_clip's VisionTransformer (no type stubs)
-    heads = None
-    if m.mode == "sdp+":
-        heads = load_heads(artifacts.verified_path(HEADS_FILE), visual.conv1.out_channels, visual.proj.shape[1])
-    text = torch.from_numpy(artifacts.text_features().T.copy())
-    model = SDPModel(visual, text, m.image_size, m.sigma, heads, tuple(m.mean), tuple(m.std)).eval()
-    if m.reference is not None:
-        from clipad.deploy.reference_set import load_memory
-        from clipad.model.reference import ReferenceModel, ScoreConstants
-
-        memory = load_memory(artifacts.verified_path(REFERENCE_MEMORY), m.reference)
-        s = m.reference.score
-        model = ReferenceModel(
-            model,
-            memory.tokens,
-            ScoreConstants(s.center, s.scale, list(s.maxima), s.method),
-            reference_only=m.mode == "reference",
-        ).eval()
-    return model
-
-
-def weight_spec(m: Manifest) -> WeightSpec:
-    """The WeightSpec that loads the weights a manifest records."""
-    w = m.weights
-    if isinstance(w, RandomWeights):
-        return WeightSpec(model=m.model, random_weights=True, seed=w.seed)
-    if isinstance(w, FileWeights):
-        return WeightSpec(model=m.model, weights=Path(w.path))
-    return WeightSpec(model=m.model, pretrained=w.tag)

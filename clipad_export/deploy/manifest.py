@@ -35,27 +35,22 @@ import json
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal, Self, TypeVar
+from typing import Annotated, Any, Literal, Self, TypeVar, get_args
 
 from pydantic import (
     AfterValidator,
     BaseModel,
     ConfigDict,
-    Discriminator,
     Field,
     PlainValidator,
-    Tag,
     ValidationError,
     model_serializer,
     model_validator,
 )
 
 from clipad.core.atomic import write_text_atomic
-from clipad.core.choices import Mode, Precision, RvsMethod
+from clipad.core.choices import Mode, Precision, RvsMethod, ServedPrecision
 from clipad.core.errors import ClipadError
-
-if TYPE_CHECKING:
-    from pydantic_core import ErrorDetails
 
 FORMAT_VERSION = 1
 CALIBRATION_VERSION = 1
@@ -145,23 +140,16 @@ Dim = Annotated[int | str, PlainValidator(_dim)]
 Range = Annotated[list[float], Field(min_length=2, max_length=2), AfterValidator(_ordered)]
 
 
-class Record(BaseModel):
-    """Base of every manifest record: immutable, unknown keys refused, JSON keys = field names.
+T = TypeVar("T")
+# An optional key the layout leaves out, rather than writing null, when it has no value (the
+# untyped manifest only wrote such keys when it had one).
+Omitted = Annotated[T | None, Field(exclude_if=lambda v: v is None)]
 
-    ``OMITTED_WHEN_NONE``: optional keys the layout leaves out, rather than writing null, when
-    they have no value (the untyped manifest only wrote them when it had one).
-    """
+
+class Record(BaseModel):
+    """Base of every manifest record: immutable, unknown keys refused, JSON keys = field names."""
 
     model_config = ConfigDict(frozen=True, extra="forbid", protected_namespaces=())
-    OMITTED_WHEN_NONE: ClassVar[frozenset[str]] = frozenset()
-
-    @model_serializer(mode="wrap")
-    def serialize_layout(self, handler) -> dict[str, Any]:
-        data = handler(self)
-        for key in self.OMITTED_WHEN_NONE:
-            if key in data and data[key] is None:
-                del data[key]
-        return data
 
     @classmethod
     def create(cls, **fields: Any) -> Self:
@@ -243,30 +231,37 @@ class Tolerance(Record):
 
 
 class ParityFigures(Record):
-    """One graph against its reference (``against``): max abs and relative L2 error of
-    anomaly_map, max abs error of image_prob, top-1% pixel agreement.
+    """One model's outputs against a reference's (``against``), the one record of a comparison
+    (``clipad.deploy.parity.compare``): max abs and relative L2 error of anomaly_map, max abs error
+    of image_prob, top-1% pixel agreement; then the provenance its user records: ``inputs``
+    (words) or ``n_images``, ``violations`` of the precision's tolerance (None: not judged).
 
-    Export figures add the batch-1 rel L2, the inputs and the ``violations``; a dropped FP16
-    graph has ``dropped`` true; ``nodes`` counts the FP16 graph's nodes by precision. INT8
-    figures add ``n_images`` compared and ``calibration_images`` used.
+    Export figures add the batch-1 rel L2; a dropped FP16 graph has ``dropped`` true; ``nodes``
+    counts the FP16 graph's nodes by precision; INT8 figures add ``calibration_images``. Keys
+    without a value are left out of the JSON.
     """
-
-    OMITTED_WHEN_NONE = frozenset(
-        {"batch1_rel_l2", "inputs", "violations", "dropped", "nodes", "n_images", "calibration_images"}
-    )
 
     max_abs: Measured
     rel_l2: Measured
     prob_max_abs: Measured
     top1pct_agreement: Fraction
-    batch1_rel_l2: Measured | None = None
+    batch1_rel_l2: Omitted[Measured] = None
     against: NonEmpty
-    inputs: str | None = None
-    violations: list[str] | None = None
-    dropped: bool | None = None
-    nodes: dict[str, Count] | None = None
-    n_images: Positive | None = None
-    calibration_images: Positive | None = None
+    inputs: Omitted[str] = None
+    violations: Omitted[list[str]] = None
+    dropped: Omitted[bool] = None
+    nodes: Omitted[dict[str, Count]] = None
+    n_images: Omitted[Positive] = None
+    calibration_images: Omitted[Positive] = None
+
+    def values(self) -> dict[str, float]:
+        """The four figures, in the manifest's and `clipad parity --json`'s order."""
+        return {k: getattr(self, k) for k in ("max_abs", "rel_l2", "prob_max_abs", "top1pct_agreement")}
+
+    @property
+    def within(self) -> bool | None:
+        """Inside the tolerance it was judged against; None where it was not judged."""
+        return None if self.violations is None else not self.violations
 
 
 class QualityGate(Record):
@@ -288,30 +283,41 @@ class QualityGate(Record):
 
 
 class Parity(Record):
-    """``tolerances`` per precision, then the figures of each graph that was checked; ``gates``:
-    the AUROC quality gate of each reduced ONNX graph (`clipad export --gate-data`), when judged."""
-
-    OMITTED_WHEN_NONE = frozenset({"fp32", "fp16", "int8", "gates"})
+    """``tolerances`` per precision, ``graphs``: the figures of each graph that was checked, and
+    ``gates``: the AUROC quality gate of each reduced ONNX graph (`clipad export --gate-data`),
+    when judged. In the JSON each graph's figures sit beside ``tolerances`` under its precision
+    ("fp32", "fp16", "int8"), as they always have."""
 
     tolerances: dict[Precision, Tolerance]
-    fp32: ParityFigures | None = None
-    fp16: ParityFigures | None = None
-    int8: ParityFigures | None = None
-    gates: dict[Precision, QualityGate] | None = None
+    graphs: dict[Precision, ParityFigures] = Field(default_factory=dict)
+    gates: Omitted[dict[Precision, QualityGate]] = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _graphs_from_layout(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "graphs" not in data:
+            data = dict(data)
+            data["graphs"] = {p: data.pop(p) for p in get_args(Precision) if p in data}
+        return data
+
+    @model_serializer(mode="wrap")
+    def _layout(self, handler) -> dict[str, Any]:
+        data = handler(self)
+        graphs = data.pop("graphs")
+        tail = {"gates": data.pop("gates")} if "gates" in data else {}
+        return {**data, **{p: graphs[p] for p in get_args(Precision) if p in graphs}, **tail}
 
     def figures(self, precision: str) -> ParityFigures | None:
-        return getattr(self, precision) if precision in ONNX_FILES else None
+        return self.graphs.get(precision)  # type: ignore[call-overload]
 
 
 class CalibrationSet(Record):
     """The calibration images: counts, and the sha256 over their content hashes (and masks)."""
 
-    OMITTED_WHEN_NONE = frozenset({"sha256"})
-
     good: Count
     anomalous: Count
     skipped: Count
-    sha256: Sha256 | None = None
+    sha256: Omitted[Sha256] = None
 
 
 class CalibrationConstants(Record):
@@ -343,29 +349,6 @@ class CalibrationEntry(CalibrationConstants):
     backend: NonEmpty
     model_files: dict[str, Sha256 | None]
     created: str
-
-
-class ForeignCalibration(Record):
-    """A calibration entry of another format version, kept verbatim so that the artifacts still
-    load and `clipad calibrate` can replace it (``Calibration.from_manifest`` refuses it)."""
-
-    model_config = ConfigDict(extra="allow")
-    OMITTED_WHEN_NONE = frozenset({"version"})
-
-    version: Any = None
-
-
-def _calibration_kind(value: Any) -> str:
-    if isinstance(value, ForeignCalibration):
-        return "foreign"
-    version = value.get("version") if isinstance(value, dict) else getattr(value, "version", None)
-    return "current" if version == CALIBRATION_VERSION else "foreign"
-
-
-AnyCalibration = Annotated[
-    Annotated[CalibrationEntry, Tag("current")] | Annotated[ForeignCalibration, Tag("foreign")],
-    Discriminator(_calibration_kind),
-]
 
 
 class Int8Entry(Record):
@@ -417,9 +400,7 @@ class EngineMeta(Record):
     build_s: NonNegative
     # Whether FP32 layers may run in TF32: false since clipad clears BuilderFlag.TF32; absent
     # (None) in sidecars written before, whose plans kept TensorRT's default (TF32 on).
-    tf32: bool | None = None
-
-    OMITTED_WHEN_NONE: ClassVar[frozenset[str]] = frozenset({"tf32"})
+    tf32: Omitted[bool] = None
 
     @classmethod
     def read(cls, path: str | Path) -> EngineMeta:
@@ -469,9 +450,7 @@ class ReferenceEntry(Record):
         return {i.sha256 for i in self.images}
 
 
-OvPrecision = Literal[
-    "fp32", "bf16", "fp16", "int8"
-]  # an OpenVINO compile precision (fp32/bf16/fp16: hints on model.xml)
+OvPrecision = ServedPrecision  # an OpenVINO compile precision (fp32/bf16/fp16: hints on model.xml)
 
 
 class OpenVinoEntry(Record):
@@ -482,21 +461,17 @@ class OpenVinoEntry(Record):
     tolerance; the others recorded), ``gates``: the quality gate per reduced precision
     (`clipad export --openvino --gate-data DIR`), ``cpu``: the CPU the figures were measured on."""
 
-    OMITTED_WHEN_NONE = frozenset({"gates"})
-
     version: NonEmpty
     source_sha256: Sha256
     ir: dict[OvPrecision, ArtifactFile]
     fp32_layers: Count
     parity: dict[OvPrecision, ParityFigures]
-    gates: dict[OvPrecision, QualityGate] | None = None
+    gates: Omitted[dict[OvPrecision, QualityGate]] = None
     cpu: NonEmpty
 
 
 class Manifest(Record):
     """The whole ``manifest.json`` (see the module docstring for the layout)."""
-
-    OMITTED_WHEN_NONE = frozenset({"engine", "int8", "reference", "openvino"})
 
     format_version: Literal[1]
     created: str
@@ -516,15 +491,15 @@ class Manifest(Record):
     precisions: Annotated[list[Precision], Field(min_length=1)]
     onnx: OnnxSpec
     parity: Parity
-    calibration: AnyCalibration | None
+    calibration: CalibrationEntry | None
     timings_s: dict[str, NonNegative]
     warnings: list[str]
     versions: dict[str, str]
-    engine: EngineMeta | None = None
+    engine: Omitted[EngineMeta] = None
     files: dict[ArtifactFile, Sha256]
-    int8: Int8Entry | None = None
-    reference: ReferenceEntry | None = None
-    openvino: OpenVinoEntry | None = None
+    int8: Omitted[Int8Entry] = None
+    reference: Omitted[ReferenceEntry] = None
+    openvino: Omitted[OpenVinoEntry] = None
 
     @model_validator(mode="after")
     def check_consistency(self) -> Self:
@@ -636,75 +611,56 @@ def _parse(cls: type[R], data: dict, path: Path) -> R:
         raise ClipadError(f"{path}: {describe_error(err)}") from None
 
 
+# pydantic's error types in our words ({...}: from the error's context); a value follows in
+# "(got ...)" unless the type is in _NO_VALUE.
+_WORDS = {
+    "missing": "missing",
+    "extra_forbidden": "unknown field",
+    "int_type": "must be an integer",
+    "float_type": "must be a number",
+    "string_type": "must be a string",
+    "bool_type": "must be true or false",
+    "list_type": "must be a list",
+    "dict_type": "must be an object",
+    "model_type": "must be an object",
+    "model_attributes_type": "must be an object",
+    "finite_number": "must be a finite number",
+    "literal_error": "must be {expected}",
+    "greater_than_equal": "must be >= {ge}",
+    "greater_than": "must be > {gt}",
+    "less_than_equal": "must be <= {le}",
+    "less_than": "must be < {lt}",
+    "too_short": "must have at least {min_length} items",
+    "too_long": "must have at most {max_length} items",
+    "string_too_short": "must not be empty",
+    "union_tag_invalid": "must be one of {expected_tags}",
+    "union_tag_not_found": "missing",
+    "value_error": "{error}",
+}
+_NO_VALUE = {
+    "missing",
+    "extra_forbidden",
+    "too_short",
+    "too_long",
+    "string_too_short",
+    "union_tag_not_found",
+    "value_error",
+}
+
+
 def describe_error(err: ValidationError) -> str:
     """``field.path: what is wrong`` for the first problem, and how many more there are."""
     errors = err.errors(include_url=False)
-    first = errors[0]
-    n = len(errors) - 1
+    first, n, ctx = errors[0], len(errors) - 1, errors[0].get("ctx", {})
+    kind = first["type"]
+    # The weights union puts the chosen tag into the location (weights.file.sha256); it names no field.
+    loc = [p for i, p in enumerate(first["loc"]) if not (i == 1 and first["loc"][0] == "weights") and p != "[key]"]
+    field = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc).lstrip(".")
+    if kind in ("union_tag_invalid", "union_tag_not_found"):  # name the tag's key: weights.source
+        field += "." + str(ctx.get("discriminator", "")).strip("'")
+    text = _WORDS[kind].format(**ctx) if kind in _WORDS else first["msg"][:1].lower() + first["msg"][1:]
+    if kind in _WORDS and kind not in _NO_VALUE:
+        got = repr(ctx["tag"] if kind == "union_tag_invalid" else first.get("input"))
+        text += f" (got {got[:40] + '...' if len(got) > 43 else got})"
     more = f" (and {n} more problem{'s' if n > 1 else ''})" if n else ""
-    field = _field(first["loc"])
-    if first["type"] in ("union_tag_invalid", "union_tag_not_found"):  # name the tag's key, e.g. weights.source
-        field += "." + str(first.get("ctx", {}).get("discriminator", "")).strip("'")
-    message = _message(first)
-    return (f"{field}: {message}" if field else message) + more
-
-
-# Tagged unions put the chosen variant's tag into an error's location; it is no field name.
-_TAGGED = {"weights", "calibration"}
-
-
-def _field(loc: tuple) -> str:
-    out = ""
-    for i, part in enumerate(loc):
-        if i == 1 and loc[0] in _TAGGED:
-            continue
-        if part == "[key]":
-            continue
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out
-
-
-def _message(e: ErrorDetails) -> str:
-    kind, ctx, value = e["type"], e.get("ctx", {}), e.get("input")
-    got = repr(value)
-    got = f" (got {got[:40] + '...' if len(got) > 43 else got})"
-    simple = {
-        "missing": "missing",
-        "extra_forbidden": "unknown field",
-        "int_type": "must be an integer" + got,
-        "float_type": "must be a number" + got,
-        "string_type": "must be a string" + got,
-        "bool_type": "must be true or false" + got,
-        "list_type": "must be a list" + got,
-        "dict_type": "must be an object" + got,
-        "model_type": "must be an object" + got,
-        "model_attributes_type": "must be an object" + got,
-        "finite_number": "must be a finite number" + got,
-    }
-    if kind in simple:
-        return simple[kind]
-    if kind == "literal_error":
-        return f"must be {ctx.get('expected')}{got}"
-    if kind in ("greater_than_equal", "greater_than", "less_than_equal", "less_than"):
-        op, bound = {
-            "greater_than_equal": (">=", "ge"),
-            "greater_than": (">", "gt"),
-            "less_than_equal": ("<=", "le"),
-            "less_than": ("<", "lt"),
-        }[kind]
-        return f"must be {op} {ctx.get(bound)}{got}"
-    if kind in ("too_short", "too_long"):
-        return (
-            f"must have {'at least' if kind == 'too_short' else 'at most'} "
-            f"{ctx.get('min_length', ctx.get('max_length'))} items"
-        )
-    if kind == "string_too_short":
-        return "must not be empty"
-    if kind == "union_tag_invalid":
-        return f"must be one of {ctx.get('expected_tags')} (got {ctx.get('tag')!r})"
-    if kind == "union_tag_not_found":
-        return "missing"
-    if kind == "value_error":
-        return str(ctx.get("error", e["msg"]))
-    msg = e["msg"]
-    return msg[:1].lower() + msg[1:]
+    return (f"{field}: {text}" if field else text) + more

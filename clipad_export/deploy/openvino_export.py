@@ -24,16 +24,22 @@ import numpy as np
 from clipad.core.errors import ClipadError
 from clipad.core.hashing import file_sha256
 from clipad.deploy.artifacts import hash_files
-from clipad.deploy.manifest import ONNX_FP32, OV_BIN, OV_INT8_BIN, OV_INT8_XML, OV_XML, OpenVinoEntry, ParityFigures
-from clipad.deploy.openvino_ir import (
-    compile_ir,
-    convert_ir,
-    device_capabilities,
-    fp32_layer,
-    require_openvino,
-    run_compiled,
+from clipad.deploy.gate_step import Baseline, gate_step
+from clipad.deploy.manifest import (
+    ONNX_FP32,
+    OV_BIN,
+    OV_INT8_BIN,
+    OV_INT8_XML,
+    OV_XML,
+    OpenVinoEntry,
+    OvPrecision,
+    ParityFigures,
+    QualityGate,
 )
-from clipad.deploy.parity import compare, violations
+from clipad.deploy.openvino_ir import convert_ir, device_capabilities, fp32_layer, require_openvino
+from clipad.deploy.quality_gate import GateSet
+from clipad.deploy.runners.base import Outputs
+from clipad.deploy.runners.openvino import OpenVinoRunner
 
 
 def quantize_int8(xml: Path, dst: Path, images: np.ndarray) -> None:
@@ -62,65 +68,62 @@ def quantize_int8(xml: Path, dst: Path, images: np.ndarray) -> None:
     ov.save_model(quantized, str(dst), compress_to_fp16=False)
 
 
-def _figures(
-    ref_map: np.ndarray, ref_prob: np.ndarray, out: tuple[np.ndarray, np.ndarray], precision: str, inputs: str
-) -> ParityFigures:
-    f = compare(ref_map, ref_prob, *out)
-    return ParityFigures.create(**f, against="pytorch reference", inputs=inputs, violations=violations(f, precision))
-
-
 def make_openvino(
     stage: Path,
     images: np.ndarray,
-    ref_map: np.ndarray,
-    ref_prob: np.ndarray,
+    reference: Outputs,
     calibration: np.ndarray,
     max_batch: int,
+    gate: GateSet | None = None,
     int8: bool = True,
 ) -> tuple[OpenVinoEntry, list[str]]:
     """Write the IRs into ``stage`` (beside its model.onnx) and return the record and warnings.
 
-    images: uint8 [N, S, S, 3] parity frames with the reference's outputs ref_map [N, S, S] and
-    ref_prob [N]; calibration: uint8 frames for NNCF.
+    images: uint8 [N, S, S, 3] parity frames with the reference's outputs on them (anomaly_map
+    [N, S, S], image_prob [N]); calibration: uint8 frames for NNCF; ``gate``: labelled images for
+    the quality gate of every reduced precision against the FP32 IR.
     """
     ov = require_openvino()
     core = ov.Core()
     cpu = str(core.get_property("CPU", "FULL_DEVICE_NAME"))
     caps = device_capabilities(core, "CPU")
     marked = convert_ir(stage / ONNX_FP32, stage / OV_XML)
+    baseline = Baseline(images, reference, "pytorch reference")
     inputs = f"{len(images)} synthetic images (parts with defects, noise)"
-    parity: dict[str, ParityFigures] = {}
-    ir = {"fp32": OV_XML}
+    parity: dict[OvPrecision, ParityFigures] = {}
+    gates: dict[OvPrecision, QualityGate] = {}
+    ir: dict[OvPrecision, str] = {"fp32": OV_XML}
     warnings: list[str] = []
-    for precision in ("fp32", "bf16", "fp16"):
-        if precision != "fp32" and precision.upper() not in caps:
-            continue
-        compiled = compile_ir(stage / OV_XML, precision)
-        parity[precision] = _figures(ref_map, ref_prob, run_compiled(compiled, images, max_batch), precision, inputs)
-        del compiled
-        if precision == "fp32" and parity["fp32"].violations:
+    candidates: list[OvPrecision] = [p for p in ("bf16", "fp16") if p.upper() in caps]
+    with OpenVinoRunner(stage / OV_XML, "fp32", max_batch=max_batch) as fp32:
+        parity["fp32"] = gate_step(fp32, baseline, "fp32", inputs=inputs).figures
+        if parity["fp32"].violations:
             raise ClipadError(
                 f"parity failed for the OpenVINO fp32 IR ({'; '.join(parity['fp32'].violations)}); nothing was written"
             )
-        ir[precision] = OV_XML
-    if int8:
-        quantize_int8(stage / OV_XML, stage / OV_INT8_XML, calibration)
-        f = _figures(
-            ref_map, ref_prob, run_compiled(compile_ir(stage / OV_INT8_XML, "int8"), images, max_batch), "int8", inputs
+        if int8:
+            quantize_int8(stage / OV_XML, stage / OV_INT8_XML, calibration)
+            candidates.append("int8")
+        for precision in candidates:
+            xml = OV_INT8_XML if precision == "int8" else OV_XML
+            extra = {"calibration_images": len(calibration)} if precision == "int8" else {}
+            with OpenVinoRunner(stage / xml, precision, max_batch=max_batch) as runner:
+                judged = gate_step(runner, baseline, precision, gate, fp32, "openvino fp32", inputs=inputs, **extra)
+            parity[precision], ir[precision] = judged.figures, xml
+            if judged.gate is not None:
+                gates[precision] = judged.gate
+    if "int8" in parity and parity["int8"].violations:
+        warnings.append(
+            f"the OpenVINO INT8 IR misses the map-agreement limits ({'; '.join(parity['int8'].violations)}); it is "
+            "kept, but `--precision auto` serves it only where its AUROC quality gate passed"
         )
-        parity["int8"] = f.replace(calibration_images=len(calibration))
-        ir["int8"] = OV_INT8_XML
-        if f.violations:
-            warnings.append(
-                f"the OpenVINO INT8 IR misses the map-agreement limits ({'; '.join(f.violations)}); it is kept, "
-                "but `--precision auto` serves it only where its AUROC quality gate passed"
-            )
     entry = OpenVinoEntry.create(
         version=ov.__version__,
         source_sha256=file_sha256(stage / ONNX_FP32),
         ir=ir,
         fp32_layers=marked,
         parity=parity,
+        gates=gates or None,
         cpu=cpu,
     )
     return entry, warnings

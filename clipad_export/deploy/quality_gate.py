@@ -2,7 +2,7 @@
 
 On held-out labelled images (a `clipad synth` or MVTec-layout root, the export's category) the
 FP32 model and the reduced one (ONNX Runtime's FP16 graph; OpenVINO's bf16 on model.xml and int8
-on model.int8.xml) are run by the caller; the gate compares pixel AUROC (anomaly_map against the
+on model.int8.xml) are run by ``gate_step``; the gate compares pixel AUROC (anomaly_map against the
 masks, at model resolution) and image AUROC (the fused score of `clipad eval`, method.md
 section 6) and passes when neither drops by more than ``max_drop_points`` AUROC points (x100).
 The map agreement figures (clipad.deploy.parity) are recorded beside it. A gate is meaningful on
@@ -12,6 +12,7 @@ train`); with random zero-shot weights it only shows that the machinery runs.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import cast
 
@@ -19,24 +20,41 @@ import numpy as np
 
 from clipad.core.errors import ClipadError
 from clipad.data import load_batch, load_split
-from clipad.deploy.manifest import ParityFigures, QualityGate
+from clipad.deploy.manifest import QualityGate
 from clipad.deploy.parity import compare
+from clipad.deploy.runners.base import Outputs
 from clipad.evaluation.metrics import binary_metrics
 from clipad.model.fusion import fused_score, map_max, transductive_ranges
 
 DEFAULT_MAX_DROP_POINTS = 0.5
 
 
-def gate_images(root: Path, category: str, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The labelled test images of ``category`` under ``root`` (MVTec layout): uint8 [N, S, S, 3],
-    labels int [N], masks bool [N, S, S]; one line when there are no anomalous images with masks."""
+@dataclass(frozen=True)
+class GateSet:
+    """Labelled held-out images and the gate's limit: images uint8 [N, S, S, 3], labels int [N]
+    (1: anomalous), masks bool [N, S, S], max_drop_points (AUROC points, x100)."""
+
+    images: np.ndarray
+    labels: np.ndarray
+    masks: np.ndarray
+    max_drop_points: float = DEFAULT_MAX_DROP_POINTS
+
+
+def gate_images(root: Path, category: str, size: int, max_drop_points: float = DEFAULT_MAX_DROP_POINTS) -> GateSet:
+    """The labelled test images of ``category`` under ``root`` (MVTec layout) at model size
+    ``size``; one line when there are no anomalous images with masks."""
     split = load_split("mvtec", root, [category])
     skipped: list[str] = []
     images, kept, masks = load_batch(split[category], size, skipped)
     pairs = [(im, s.label, m) for im, s, m in zip(images, kept, masks, strict=False) if m is not None]
     if not pairs or not 0 < sum(p[1] for p in pairs) < len(pairs):
         raise ClipadError(f"the quality gate needs good and anomalous images with masks under {root}/{category}")
-    return (np.stack([p[0] for p in pairs]), np.array([p[1] for p in pairs]), np.stack([p[2] for p in pairs]))
+    return GateSet(
+        np.stack([p[0] for p in pairs]),
+        np.array([p[1] for p in pairs]),
+        np.stack([p[2] for p in pairs]),
+        max_drop_points,
+    )
 
 
 def _aurocs(labels: np.ndarray, masks: np.ndarray, amap: np.ndarray, prob: np.ndarray) -> tuple[float, float]:
@@ -48,19 +66,13 @@ def _aurocs(labels: np.ndarray, masks: np.ndarray, amap: np.ndarray, prob: np.nd
     return float(pixel), float(image)
 
 
-def quality_gate(
-    reference: tuple[np.ndarray, np.ndarray],
-    reduced: tuple[np.ndarray, np.ndarray],
-    labels: np.ndarray,
-    masks: np.ndarray,
-    max_drop_points: float = DEFAULT_MAX_DROP_POINTS,
-    against: str = "fp32",
-) -> QualityGate:
+def quality_gate(reference: Outputs, reduced: Outputs, gate: GateSet, against: str = "fp32") -> QualityGate:
     """Judge ``reduced`` against ``reference``: each (anomaly_map float32 [N, S, S], image_prob
-    float32 [N]) on the same gate images, with labels int [N] and masks bool [N, S, S]."""
+    float32 [N]) on the gate images of ``gate`` (called by ``gate_step.gate_step`` only)."""
+    labels, masks, max_drop_points = gate.labels, gate.masks, gate.max_drop_points
     pix32, img32 = _aurocs(labels, masks, *reference)
     pix, img = _aurocs(labels, masks, *reduced)
-    agreement = ParityFigures.create(**compare(*reference, *reduced), against=against)
+    agreement = compare(reference, reduced, against)
     drops = (100 * (pix32 - pix), 100 * (img32 - img))
     return QualityGate.create(
         n_images=len(labels),

@@ -15,8 +15,9 @@ from pathlib import Path
 from clipad.core.errors import ClipadError
 from clipad.core.progress import Tasks
 from clipad.deploy.artifacts import Artifacts, load_artifacts
-from clipad.deploy.export import ExportConfig, export, prompt_set_sha256, weight_spec
+from clipad.deploy.export import ExportConfig, export, prompt_set_sha256
 from clipad.deploy.manifest import HEADS_FILE, REFERENCE_MEMORY
+from clipad.deploy.rebuild import weight_spec
 from clipad.deploy.reference_set import Prior, ReferenceConfig, load_memory
 from clipad.model.loading import load_model
 from clipad.model.prompts import load_prompt_set
@@ -55,7 +56,7 @@ def add_reference(root: str | Path, images: str, tasks: Tasks, device: str = "cp
         prompts_source=m.prompts.source,
         sigma=m.sigma,
         max_batch=m.max_batch,
-        precision="fp32" if m.parity.fp16 is None else "all",
+        precision="fp32" if m.parity.figures("fp16") is None else "all",
         reference=ReferenceConfig(
             images, None, m.reference.memory_patches, m.mode == "reference", Prior(memory, m.reference)
         ),

@@ -12,16 +12,28 @@ execution provider only.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal, cast
 
-from clipad.core.choices import Attention, OpenVinoMode, parse_choice
+from clipad.core.choices import (
+    BACKENDS,
+    BackendName,
+    Device,
+    OpenVinoMode,
+    Precision,
+    ServedPrecision,
+    check_served,
+    parse_choice,
+)
 from clipad.core.errors import ClipadError
 from clipad.deploy.artifacts import Artifacts
 from clipad.deploy.manifest import PLAN
-from clipad.runtime.backends.base import BACKENDS, Backend, BackendInfo, BackendName, BackendUnavailable, Device
+from clipad.runtime.backends.base import Backend, BackendInfo, BackendUnavailable, OpenVinoOptions, TorchOptions
 
 if TYPE_CHECKING:
     from clipad.runtime.backends.triton_backend import TritonTarget
+
+    # One backend's options: the triton backend's server, OpenVINO's hint, torch's attention form.
+    BackendOptions = TritonTarget | OpenVinoOptions | TorchOptions
 
 __all__ = [
     "BACKENDS",
@@ -30,6 +42,8 @@ __all__ = [
     "BackendName",
     "BackendUnavailable",
     "Device",
+    "OpenVinoOptions",
+    "TorchOptions",
     "open_backend",
     "select_backend",
 ]
@@ -41,35 +55,39 @@ def _on_cpu(device: str) -> bool:
 
 def open_backend(
     artifacts: Artifacts,
-    name: str,
-    precision: str | None = "fp32",
+    name: BackendName,
+    precision: ServedPrecision | None = "fp32",
     device: str = "auto",
-    triton: TritonTarget | None = None,
-    mode: str = "latency",
-    attention: Attention = "fused",
+    options: BackendOptions | None = None,
 ) -> Backend:
-    """The named backend for ``artifacts``; one line when it cannot run here. ``triton``: the
-    server of the triton backend (``triton_backend.TritonTarget``); ``mode``: OpenVINO's
-    performance hint (latency or throughput); ``attention``: the torch backend's attention form
-    (fused or explicit, ``torch_backend``); the other backends ignore them."""
+    """The named backend for ``artifacts``; one line when it cannot run here. ``precision``: one
+    that the backend serves (``choices.SERVES``); None: what the model has (TensorRT, Triton) or
+    fp32. ``device``: auto, cpu, cuda (cuda:N for ONNX Runtime and torch; OpenVINO also takes its
+    own names). ``options``: the named backend's record (``triton_backend.TritonTarget``, required
+    for triton; ``OpenVinoOptions``; ``TorchOptions``); defaults otherwise."""
+    parse_choice(BackendName, name, "--backend")
+    if precision is not None:
+        check_served(name, precision)
     if name == "triton":
-        if triton is None:
-            raise ClipadError("--backend triton needs --url grpc://HOST:PORT or http://HOST:PORT")
-        from clipad.runtime.backends.triton_backend import TritonBackend
+        from clipad.runtime.backends.triton_backend import TritonBackend, TritonTarget
 
-        return TritonBackend(artifacts, triton, precision)
+        if not isinstance(options, TritonTarget):
+            raise ClipadError("--backend triton needs --url grpc://HOST:PORT or http://HOST:PORT")
+        return TritonBackend(artifacts, options, None if precision is None else _graph_precision(precision))
     if name == "openvino":
         from clipad.runtime.backends.openvino_backend import OpenVinoBackend
 
-        return OpenVinoBackend(artifacts, precision, device, mode)
+        mode = options.mode if isinstance(options, OpenVinoOptions) else "latency"
+        return OpenVinoBackend(artifacts, precision or "fp32", device, mode)
     if name == "onnxruntime":
         from clipad.runtime.backends.onnxruntime_backend import OnnxRuntimeBackend
 
-        return OnnxRuntimeBackend(artifacts, precision, device)
+        return OnnxRuntimeBackend(artifacts, _graph_precision(precision), device)
     if name == "torch":
         from clipad.runtime.backends.torch_backend import TorchBackend
 
-        return TorchBackend(artifacts, precision, device, attention)
+        attention = options.attention if isinstance(options, TorchOptions) else "fused"
+        return TorchBackend(artifacts, cast(Literal["fp32", "fp16"], precision or "fp32"), device, attention)
     if name == "tensorrt":
         if not artifacts.has(PLAN):
             raise ClipadError(f"{artifacts.root} has no {PLAN}; build one with `clipad export --engine`")
@@ -80,9 +98,13 @@ def open_backend(
             )
         from clipad.runtime.backends.tensorrt_backend import TensorRTBackend
 
-        return TensorRTBackend(artifacts, precision, device)
-    parse_choice(BackendName, name, "--backend")
+        return TensorRTBackend(artifacts, _graph_precision(precision) if precision else None, device)
     raise AssertionError(f"backend {name} has no opener")
+
+
+def _graph_precision(precision: ServedPrecision | None) -> Precision:
+    """A precision of an exported graph or plan (``check_served`` has refused bf16 for them)."""
+    return cast(Precision, precision or "fp32")
 
 
 def _onnxruntime_auto(artifacts: Artifacts, device: str) -> Backend:
@@ -95,7 +117,7 @@ def _onnxruntime_auto(artifacts: Artifacts, device: str) -> Backend:
     FP32 graph is served, with a note saying why (the FP16 graph on the CPU is slower than the
     FP32 one and less accurate, so FP16 is never the better choice there).
     """
-    from clipad.runtime.backends.onnxruntime_backend import GPU_PROVIDERS
+    from clipad.deploy.runners.onnxruntime import GPU_PROVIDERS
 
     if _on_cpu(device) or "fp16" not in artifacts.manifest.precisions or not _ort_gpu_listed():
         return open_backend(artifacts, "onnxruntime", "fp32", device)
@@ -127,11 +149,11 @@ def _onnxruntime_auto(artifacts: Artifacts, device: str) -> Backend:
 
 def select_backend(
     artifacts: Artifacts,
-    name: str = "auto",
+    name: BackendName | Literal["auto"] = "auto",
     device: str = "auto",
-    precision: str = "auto",
+    precision: ServedPrecision | Literal["auto"] = "auto",
     triton: TritonTarget | None = None,
-    mode: str = "latency",
+    openvino: OpenVinoOptions | None = None,
 ) -> Backend:
     """``auto``: TensorRT when a usable plan is there (never with device cpu), else ONNX Runtime,
     else the torch reference.
@@ -140,12 +162,13 @@ def select_backend(
     provider really loads for it (the session's providers, not the wheel's list), the FP32 one
     otherwise, or when the FP16 graph failed its AUROC quality gate (never INT8 unasked). An
     explicit precision (fp32, fp16, int8) is passed to the backend, which says in one line if it
-    cannot. ``mode``: OpenVINO's performance hint.
+    cannot. ``triton``: the server of backend triton; ``openvino``: OpenVINO's options.
     """
     parse_choice(("auto", *BACKENDS), name, "--backend")
     if name == "triton":  # the server's model decides the precision; an explicit one is checked against it
-        return open_backend(artifacts, name, precision, device, triton)
-    parse_choice(OpenVinoMode, mode, "--openvino-mode")
+        return open_backend(artifacts, name, None if precision == "auto" else precision, device, triton)
+    openvino = openvino or OpenVinoOptions()
+    parse_choice(OpenVinoMode, openvino.mode, "--openvino-mode")
     if name != "auto":
         if precision == "auto":
             if name == "onnxruntime":
@@ -153,9 +176,9 @@ def select_backend(
             if name == "openvino":
                 from clipad.runtime.backends.openvino_backend import auto_precision
 
-                return open_backend(artifacts, name, auto_precision(artifacts, device), device, mode=mode)
+                return open_backend(artifacts, name, auto_precision(artifacts, device), device, openvino)
             return open_backend(artifacts, name, "fp32" if name == "torch" else None, device)
-        be = open_backend(artifacts, name, precision, device, mode=mode)
+        be = open_backend(artifacts, name, precision, device, openvino)
         if be.precision != precision:  # a TensorRT plan has the precision it was built with
             be.close()
             raise ClipadError(f"the {name} model here is {be.precision}, not {precision}")
@@ -188,6 +211,6 @@ def _ort_gpu_listed() -> bool:
         import onnxruntime as ort
     except ImportError:
         return False
-    from clipad.runtime.backends.onnxruntime_backend import GPU_PROVIDERS
+    from clipad.deploy.runners.onnxruntime import GPU_PROVIDERS
 
     return any(p in ort.get_available_providers() for p in GPU_PROVIDERS)

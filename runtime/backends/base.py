@@ -6,16 +6,26 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Literal, get_args
 
 import numpy as np
 
+from clipad.core.choices import Attention, Device, OpenVinoMode
 from clipad.core.errors import ClipadError
+from clipad.deploy.runners.base import in_batches
 
-# triton: a remote server; openvino: its precision is a per-machine choice. `auto` picks neither.
-BackendName = Literal["torch", "onnxruntime", "tensorrt", "triton", "openvino"]
-BACKENDS: tuple[str, ...] = get_args(BackendName)
-Device = Literal["cpu", "cuda"]
+
+@dataclass(frozen=True)
+class OpenVinoOptions:
+    """The openvino backend's options: ``mode``, OpenVINO's performance hint."""
+
+    mode: OpenVinoMode = "latency"
+
+
+@dataclass(frozen=True)
+class TorchOptions:
+    """The torch backend's options: ``attention``, fused (scaled_dot_product_attention) or explicit."""
+
+    attention: Attention = "fused"
 
 
 class BackendUnavailable(ClipadError):
@@ -54,12 +64,7 @@ class Backend(ABC):
         """uint8 RGB [B, H, W, 3] -> (float32 [B, H, W], float32 [B]); batches above max_batch are split."""
         if images.dtype != np.uint8 or images.ndim != 4 or images.shape[3] != 3:
             raise ClipadError(f"backend input must be uint8 [B, H, W, 3], got {images.dtype} {list(images.shape)}")
-        maps, probs = [], []
-        for i in range(0, len(images), self.max_batch):
-            m, p = self._infer(np.ascontiguousarray(images[i : i + self.max_batch]))
-            maps.append(np.asarray(m, dtype=np.float32))
-            probs.append(np.asarray(p, dtype=np.float32))
-        return np.concatenate(maps), np.concatenate(probs)
+        return in_batches(self._infer, images, self.max_batch)
 
     def info(self) -> BackendInfo:
         return BackendInfo(self.name, self.precision, "cpu", "", self.max_batch)

@@ -7,33 +7,36 @@ default); "explicit" through MatMul, scale and Softmax, the form the exported gr
 
 from __future__ import annotations
 
-from typing import cast
+from typing import Literal, cast
 
 import numpy as np
 import torch
 
-from clipad.core.choices import Attention, parse_choice
+from clipad.core.choices import Attention, Device, check_served, parse_choice
 from clipad.core.errors import ClipadError
 from clipad.deploy.artifacts import Artifacts
-from clipad.deploy.export import reference_model
+from clipad.deploy.rebuild import reference_model
 from clipad.model.loading import resolve_device
 from clipad.model.sdp import SDPModel
 from clipad.model.surgery import DualPathViT
-from clipad.runtime.backends.base import Backend, BackendInfo, Device
+from clipad.runtime.backends.base import Backend, BackendInfo
 
 
 class TorchBackend(Backend):
     name = "torch"
 
     def __init__(
-        self, artifacts: Artifacts, precision: str | None = "fp32", device: str = "auto", attention: Attention = "fused"
+        self,
+        artifacts: Artifacts,
+        precision: Literal["fp32", "fp16"] = "fp32",
+        device: str = "auto",
+        attention: Attention = "fused",
     ):
         parse_choice(Attention, attention, "--attention")
+        check_served("torch", precision)
         self.device = resolve_device(device)
         if precision == "fp16" and self.device.type != "cuda":
             raise ClipadError("the torch backend runs fp16 (autocast) on CUDA only")
-        if precision not in ("fp32", "fp16"):
-            raise ClipadError(f"the torch backend runs fp32 or fp16, not '{precision}'")
         self.model: SDPModel | None = reference_model(artifacts, self.device)
         for m in self.model.modules():
             if isinstance(m, DualPathViT):

@@ -34,11 +34,12 @@ from urllib.parse import urlparse
 
 import numpy as np
 
+from clipad.core.choices import Device, Precision
 from clipad.core.errors import ClipadError
 from clipad.deploy.artifacts import Artifacts
 from clipad.deploy.manifest import ONNX_FILES, PLAN, TensorSpec
 from clipad.deploy.triton_repo import FILE_PARAM, HASH_PARAM, TRITON_DTYPES, config_difference
-from clipad.runtime.backends.base import Backend, BackendInfo, BackendUnavailable, Device
+from clipad.runtime.backends.base import Backend, BackendInfo, BackendUnavailable
 
 PRECISION_OF_FILE = {file: precision for precision, file in ONNX_FILES.items()}
 
@@ -176,7 +177,7 @@ def _close_clients(clients: list[_Client]) -> None:
 class TritonBackend(Backend):
     name = "triton"
 
-    def __init__(self, artifacts: Artifacts, target: TritonTarget, precision: str | None = None):
+    def __init__(self, artifacts: Artifacts, target: TritonTarget, precision: Precision | None = None):
         target.check()
         m = artifacts.manifest
         self.target = target if target.model else replace(target, model=f"{m.category}_python")
@@ -190,7 +191,7 @@ class TritonBackend(Backend):
         self.max_batch = m.max_batch
         file = config["parameters"][FILE_PARAM]["string_value"]
         self.precision = m.engine.precision if file == PLAN and m.engine else PRECISION_OF_FILE.get(file, "fp32")
-        if precision not in (None, "auto") and precision != self.precision:
+        if precision is not None and precision != self.precision:
             raise ClipadError(f"the Triton model {self.target.model} serves {file} ({self.precision}), not {precision}")
         kinds = {g.get("kind", "KIND_GPU") for g in config.get("instance_group", [])}
         self._device: Device = "cuda" if "KIND_GPU" in kinds else "cpu"

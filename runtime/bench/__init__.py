@@ -6,14 +6,13 @@ batch size) over timing (the clock, percentiles, memory) and floors (FLOPs, matm
 dual path); goals, machine and schema fill the JSON; report writes the table, JSON and plot.
 """
 
-from clipad.runtime.bench.config import PRECISIONS, BenchConfig, validate
+from clipad.runtime.bench.config import BenchConfig, validate
 from clipad.runtime.bench.report import format_markdown, write_json, write_plot
 from clipad.runtime.bench.run import run_bench
 from clipad.runtime.bench.schema import SCHEMA_VERSION
 from clipad.runtime.bench.timing import percentiles, time_backend, time_calls
 
 __all__ = [
-    "PRECISIONS",
     "SCHEMA_VERSION",
     "BenchConfig",
     "format_markdown",

@@ -5,9 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from clipad.core.choices import PRECISIONS, Attention, Precision, parse_choice
+from clipad.core.choices import Attention, BackendName, DeviceChoice, ServedPrecision, parse_choice
 from clipad.core.errors import ClipadError
-from clipad.runtime.backends import BackendName
 
 if TYPE_CHECKING:
     from clipad.runtime.backends.triton_backend import TritonTarget
@@ -21,11 +20,11 @@ class BenchConfig:
     ``attentions``: the torch backend's attention forms, a row set each (fused, explicit)."""
 
     backends: list[BackendName]
-    precisions: list[Precision]
+    precisions: list[ServedPrecision]  # bf16: OpenVINO only (choices.SERVES)
     batches: list[int]
     iterations: int = 20
     warmup: int = 3
-    device: str = "auto"
+    device: DeviceChoice = "auto"
     parity: bool = True
     triton: TritonTarget | None = None
     attentions: list[Attention] = field(default_factory=lambda: ["fused"])
@@ -36,7 +35,7 @@ def validate(cfg: BenchConfig) -> None:
     for name in cfg.backends:
         parse_choice(BackendName, name, "--backends")
     for p in cfg.precisions:
-        parse_choice((*PRECISIONS, "bf16"), p, "--precision")  # bf16: OpenVINO only
+        parse_choice(ServedPrecision, p, "--precision")
     for a in cfg.attentions:
         parse_choice(Attention, a, "--attention")
     if not cfg.backends or not cfg.precisions or not cfg.batches or not cfg.attentions:
@@ -45,4 +44,4 @@ def validate(cfg: BenchConfig) -> None:
         raise ClipadError(f"--batch sizes must be >= 1, got {','.join(map(str, cfg.batches))}")
     if cfg.iterations < 1 or cfg.warmup < 0:
         raise ClipadError("--iterations must be >= 1 and --warmup >= 0")
-    parse_choice(("auto", "cpu", "cuda"), cfg.device, "--device")
+    parse_choice(DeviceChoice, cfg.device, "--device")

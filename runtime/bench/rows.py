@@ -16,14 +16,15 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from clipad.core.choices import Attention
+from clipad.core.choices import Attention, BackendName, ServedPrecision
 from clipad.core.errors import ClipadError
 from clipad.deploy.artifacts import Artifacts
-from clipad.runtime.backends import Backend, open_backend
+from clipad.deploy.manifest import ParityFigures
+from clipad.runtime.backends import Backend, TorchOptions, open_backend
 from clipad.runtime.bench.config import BenchConfig
 from clipad.runtime.bench.floors import ceiling_key
 from clipad.runtime.bench.timing import HostMemory, percentiles, time_backend
-from clipad.runtime.parity import AGAINST, ParityRow, Reference, check_backend
+from clipad.runtime.parity import Reference, check_backend
 
 
 @dataclass
@@ -67,13 +68,13 @@ def unavailable(
     }
 
 
-def parity_json(row: ParityRow) -> dict:
+def parity_json(figures: ParityFigures) -> dict:
     """A row's ``parity``: the figures, within_tolerance, the reference and the number of images."""
     return {
-        **row.figures.to_json(),
-        "within_tolerance": row.within_tolerance,
-        "against": AGAINST,
-        "n_images": row.n_images,
+        **figures.values(),
+        "within_tolerance": figures.within,
+        "against": figures.against,
+        "n_images": figures.n_images,
     }
 
 
@@ -126,7 +127,7 @@ def measure_batches(backend: Backend, start_up_s: float, ctx: RowContext, attent
 
 
 def bench_combination(
-    art: Artifacts, name: str, precision: str, ctx: RowContext, attention: Attention | None = None
+    art: Artifacts, name: BackendName, precision: ServedPrecision, ctx: RowContext, attention: Attention | None = None
 ) -> list[dict]:
     """Open one backend/precision (or say why not), time every batch size, then check parity;
     ``attention``: the torch backend's attention form (None for the other backends)."""
@@ -134,7 +135,8 @@ def bench_combination(
     ctx.memory.reset()
     t0 = time.perf_counter()
     try:
-        backend = open_backend(art, name, precision, ctx.cfg.device, ctx.cfg.triton, attention=attention or "fused")
+        options = ctx.cfg.triton if name == "triton" else TorchOptions(attention or "fused")
+        backend = open_backend(art, name, precision, ctx.cfg.device, options)
     except Exception as err:  # noqa: BLE001 - ONNX Runtime's own errors derive from Exception only
         ctx.advance(len(ctx.cfg.batches))
         return [unavailable(name, precision, _reason(err), attention=attention)]
@@ -153,7 +155,7 @@ def bench_combination(
             ]
         rows = measure_batches(backend, start_up_s, ctx, attention)
         if ctx.reference is not None and any(r["status"] == "ok" for r in rows):
-            parity = parity_json(check_backend(backend, ctx.reference))
+            parity = parity_json(check_backend(backend, ctx.reference).figures)
             for r in rows:
                 if r["status"] == "ok":
                     r["parity"] = parity

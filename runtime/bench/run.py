@@ -36,7 +36,7 @@ def run_bench(art: Artifacts, cfg: BenchConfig, tasks: Tasks) -> dict[str, Any]:
     matmul ceilings, then each backend/precision opened alone (the reference released first so
     that it does not count in their memory) and timed at every batch size.
     """
-    from clipad.deploy.export import reference_model
+    from clipad.deploy.rebuild import reference_model
     from clipad.model.loading import resolve_device
 
     validate(cfg)

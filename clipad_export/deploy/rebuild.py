@@ -1,0 +1,55 @@
+"""The PyTorch reference of an artifact directory: its manifest's weights, text vectors, heads
+and reference memory (hash-checked) handed to ``clipad.model.rebuild``. Used by `clipad reference
+add`, the torch backend, `clipad parity` and `clipad bench`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from clipad.core.errors import ClipadError
+from clipad.deploy.artifacts import Artifacts
+from clipad.deploy.manifest import HEADS_FILE, REFERENCE_MEMORY, FileWeights, Manifest, RandomWeights
+from clipad.model.loading import WeightSpec, load_model
+from clipad.model.rebuild import BakedReference, build_reference_model
+from clipad.model.sdp import SDPModel
+
+
+def weight_spec(m: Manifest) -> WeightSpec:
+    """The WeightSpec that loads the weights a manifest records."""
+    w = m.weights
+    if isinstance(w, RandomWeights):
+        return WeightSpec(model=m.model, random_weights=True, seed=w.seed)
+    if isinstance(w, FileWeights):
+        return WeightSpec(model=m.model, weights=Path(w.path))
+    return WeightSpec(model=m.model, pretrained=w.tag)
+
+
+def reference_model(artifacts: Artifacts, device: str | torch.device = "cpu") -> SDPModel:
+    """Rebuild the PyTorch reference of an artifact directory from its manifest."""
+    m = artifacts.manifest
+    w = m.weights
+    loaded = load_model(weight_spec(m), device)
+    if isinstance(w, FileWeights) and loaded.weights_sha256 != w.sha256:
+        raise ClipadError(f"weights file {w.path} changed since export (sha256 differs); re-export")
+    baked = None
+    if m.reference is not None:
+        from clipad.deploy.reference_set import load_memory
+        from clipad.model.reference import ScoreConstants
+
+        memory = load_memory(artifacts.verified_path(REFERENCE_MEMORY), m.reference)
+        s = m.reference.score
+        baked = BakedReference(
+            memory.tokens, ScoreConstants(s.center, s.scale, list(s.maxima), s.method), m.mode == "reference"
+        )
+    return build_reference_model(
+        loaded,
+        artifacts.text_features(),
+        m.image_size,
+        m.sigma,
+        tuple(m.mean),
+        tuple(m.std),
+        artifacts.verified_path(HEADS_FILE) if m.mode == "sdp+" else None,
+        baked,
+    )
