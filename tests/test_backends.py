@@ -789,3 +789,34 @@ def test_unknown_backend_names_every_choice(art):
     with pytest.raises(ClipadError) as e:
         select_backend(art, "tflite", "cpu")
     _one_line(e.value, "--backend must be one of auto, torch, onnxruntime, tensorrt, triton, openvino, got 'tflite'")
+
+
+# -- the runner under the backends, and the precision table ----------------------------------------
+
+
+def test_onnxruntime_runner_is_the_backends_session(art):
+    """Export parity and INT8 run graphs through the runner the backend wraps: same providers for
+    device cpu, same outputs, any batch size; a closed runner says so in one line."""
+    from clipad.deploy.manifest import ONNX_FP32
+
+    x = parity.parity_images(art.image_size, 5)
+    with open_backend(art, "onnxruntime", "fp32", "cpu") as be, ortb.OnnxRuntimeRunner(art.root / ONNX_FP32) as r:
+        assert r.providers == be.providers == [CPU] and r.max_batch == 1
+        want = be(x)
+        for batch in (None, 2, 5):
+            got = r.run(x, batch)
+            assert got[0].dtype == got[1].dtype == np.float32 and got[0].shape == want[0].shape
+            np.testing.assert_allclose(got[0], want[0], rtol=1e-5, atol=1e-6)
+            np.testing.assert_allclose(got[1], want[1], rtol=1e-5, atol=1e-6)
+    with pytest.raises(ClipadError) as e:
+        r.infer(x[:1])
+    _one_line(e.value, "closed")
+
+
+@pytest.mark.parametrize(("name", "precision"), [("torch", "int8"), ("onnxruntime", "bf16"), ("tensorrt", "bf16")])
+def test_a_precision_the_backend_does_not_serve_is_one_line(art, name, precision):
+    from clipad.core.choices import SERVES
+
+    with pytest.raises(ClipadError) as e:
+        open_backend(art, name, precision, "cpu")
+    _one_line(e.value, f"--precision of the {name} backend must be one of {', '.join(SERVES[name])}, got '{precision}'")

@@ -36,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from clipad.core.choices import OpenVinoMode, parse_choice
+from clipad.core.choices import OpenVinoMode, check_served, parse_choice
 from clipad.core.errors import ClipadError
 from clipad.deploy.fp16 import VIT_SCOPE
 
@@ -113,8 +113,7 @@ def compile_properties(precision: str, mode: str = "latency") -> dict[str, Any]:
     import openvino.properties.hint as hints
 
     types = {"fp32": ov.Type.f32, "bf16": ov.Type.bf16, "fp16": ov.Type.f16, "int8": ov.Type.f32}
-    if precision not in types:
-        raise ClipadError(f"openvino runs fp32, bf16, fp16 or int8, not '{precision}'")
+    check_served("openvino", precision)
     parse_choice(OpenVinoMode, mode, "--openvino-mode")
     perf = hints.PerformanceMode.LATENCY if mode == "latency" else hints.PerformanceMode.THROUGHPUT
     return {hints.inference_precision: types[precision], hints.performance_mode: perf}

@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from clipad.core.choices import check_served
 from clipad.core.errors import ClipadError
 from clipad.core.packages import installed_version
 from clipad.deploy.artifacts import Artifacts
@@ -184,8 +185,7 @@ def provider_config(
     as it is without ``artifacts`` (its profile and caches come from the artifact directory).
     """
     kind, index = parse_device(device)
-    if precision not in ONNX_FILES:
-        raise ClipadError(f"onnxruntime runs fp32, fp16 or int8 graphs, not '{precision}'")
+    check_served("onnxruntime", precision)
     if kind == "cpu":
         return [(CPU_EP, {})]
     gpu = [p for p in GPU_PROVIDERS if p in available]
