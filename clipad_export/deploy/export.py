@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, cast, get_args
@@ -220,8 +221,9 @@ def graph_parity(
     gates: dict[Precision, QualityGate] = {}
     with OnnxRuntimeRunner(onnx_paths["fp32"], "fp32", "cpu", max_batch=max_batch) as fp32:
         for precision, path in onnx_paths.items():
-            with OnnxRuntimeRunner(path, precision, "cpu", max_batch=max_batch) as runner:
-                reduced = precision != "fp32"
+            reduced = precision != "fp32"
+            opened = OnnxRuntimeRunner(path, precision, "cpu", max_batch=max_batch) if reduced else nullcontext(fp32)
+            with opened as runner:
                 judged = gate_step(
                     runner,
                     baseline,
