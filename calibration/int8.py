@@ -26,7 +26,7 @@ import logging
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Literal, cast
 
 import numpy as np
 import onnx
@@ -125,7 +125,7 @@ class Int8Target:
     limits: str | None = None
 
 
-TARGETS: dict[str, Int8Target] = {
+TARGETS: dict[Int8Backend, Int8Target] = {
     "onnxruntime": Int8Target("onnxruntime", "INT8 graph", (ONNX_FP32,), (ONNX_INT8,), "fp32 onnx"),
     "openvino": Int8Target(
         "openvino", "OpenVINO INT8 IR", (OV_XML, OV_BIN), (OV_INT8_BIN, OV_INT8_XML), "openvino fp32", "int8"
@@ -191,11 +191,13 @@ def _record(
     return manifest.with_openvino(ov, ir_hashes(root))
 
 
-def check_int8_backend(art: Artifacts, backend: str) -> None:
-    """One line when ``art`` cannot get an INT8 model for ``backend`` (before any images are read)."""
+def check_int8_backend(art: Artifacts, backend: str) -> Int8Backend:
+    """``backend`` as an Int8Backend; one line when ``art`` cannot get an INT8 model for it
+    (before any images are read)."""
     parse_choice(Int8Backend, backend, "--int8-backend")
     if backend == "openvino" and art.manifest.openvino is None:
         raise ClipadError(f"{art.root} has no OpenVINO IR to quantise; export with `clipad export --openvino` first")
+    return cast(Int8Backend, backend)
 
 
 def make_int8(
@@ -215,8 +217,7 @@ def make_int8(
     ClipadError (writing nothing) when the gate fails or, without one, when the top-1% pixel
     agreement is below ``min_agreement``.
     """
-    check_int8_backend(art, backend)
-    target = TARGETS[backend]
+    target = TARGETS[check_int8_backend(art, backend)]
     gate_set = None
     if gate_root is not None:
         gate_set = gate_images(Path(gate_root), art.manifest.category, art.image_size, max_auroc_drop)

@@ -215,8 +215,8 @@ def graph_parity(
     quality gate against the FP32 graph."""
     images = parity_images(model.image_size, 3)
     with torch.no_grad():
-        ref = tuple(t.cpu().numpy() for t in model(torch.from_numpy(images).to(model.text.device)))
-    baseline = Baseline(images, (ref[0], ref[1]), "pytorch reference", batch=len(images))
+        ref_map, ref_prob = (t.cpu().numpy() for t in model(torch.from_numpy(images).to(model.text.device)))
+    baseline = Baseline(images, (ref_map, ref_prob), "pytorch reference", batch=len(images))
     figures: dict[Precision, ParityFigures] = {}
     gates: dict[Precision, QualityGate] = {}
     with OnnxRuntimeRunner(onnx_paths["fp32"], "fp32", "cpu", max_batch=max_batch) as fp32:
