@@ -23,6 +23,7 @@ from clipad.core.choices import (
     RvsProfile,
     metavar,
 )
+from clipad.methods.registry import METHODS
 
 if TYPE_CHECKING:
     from clipad.deploy.manifest import Manifest, ParityFigures
@@ -97,7 +98,7 @@ MethodOpt = Annotated[
     typer.Option(
         "--method",
         metavar=metavar(Method),
-        help="sdp, sdp+ with --heads, or reference (good images only: --reference / --shots).",
+        help="; ".join(f"{m.name}: {m.summary}" for m in METHODS.values()) + ".",
     ),
 ]
 ModeAliasOpt = Annotated[str | None, typer.Option("--mode", hidden=True, help="The old name of --method.")]

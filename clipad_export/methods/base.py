@@ -43,7 +43,7 @@ class Method(ABC):
     [B, H, W], image_prob float32 [B]) out, as the PyTorch reference and as its exported graph.
 
     Class attributes: ``name`` (the ``--method`` word and the manifest's ``mode``), ``summary``
-    (one line, for help texts), ``takes_heads`` (SDP+ heads: needed exactly when true),
+    (a few words: the help of ``--method``), ``takes_heads`` (SDP+ heads: needed exactly when true),
     ``text_path`` (false: no text vectors in the maps, the reference memory alone),
     ``needs_reference`` (good images needed: ``--reference`` on export, ``--shots`` on eval),
     ``preprocess``, ``image_score`` (how calibration and the runtime fuse image_prob with the map

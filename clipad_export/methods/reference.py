@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 
 class Reference(Method):
     name = "reference"
-    summary = "good images only: the reference memory's nearest-neighbour map (method.md 14)"
+    summary = "good images only (--reference, --shots)"
     text_path = False
     needs_reference = True
     eval_protocol = EvalProtocol.FEW_SHOT

@@ -17,7 +17,7 @@ if TYPE_CHECKING:
 
 class Sdp(Method):
     name = "sdp"
-    summary = "zero-shot: text vectors and the dual-path ViT (method.md 4-6)"
+    summary = "zero-shot"
 
     def flops(self, dims: ViTDims, memory_patches: int = 0) -> dict[str, int]:
         from clipad.model.flops import reference_flops, sdp_parts, with_total

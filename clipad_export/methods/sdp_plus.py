@@ -16,7 +16,7 @@ if TYPE_CHECKING:
 
 class SdpPlus(Method):
     name = "sdp+"
-    summary = "SDP with the four trained heads (--heads FILE, method.md 7)"
+    summary = "SDP with the trained heads (--heads)"
     takes_heads = True
 
     def default_sigma(self, dataset: str) -> float:
