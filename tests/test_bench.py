@@ -368,7 +368,9 @@ def test_flops_match_flop_counter(tiny, uint8_images, mode):
     model = SDPModel(visual, text, tiny.image_size, heads=heads).eval()
     with torch.no_grad(), sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
         model(uint8_images(2, tiny.image_size))
-    assert counter.get_total_flops() == 2 * get_method(mode).flops(ViTDims.from_visual(visual, tiny.image_size))["total"]
+    assert (
+        counter.get_total_flops() == 2 * get_method(mode).flops(ViTDims.from_visual(visual, tiny.image_size))["total"]
+    )
 
 
 def test_plain_encoding_flops_match_flop_counter(tiny, uint8_images):

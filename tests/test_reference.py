@@ -497,5 +497,7 @@ def test_eval_shots(data, tmp_path, capsys):
     assert "K=2 over seeds 0,1,2" in stdout
     code, _, err = run(capsys, "eval", "--dataset", "mvtec", "--root", data, "--shots", 5, "--out", out, *TINY)
     assert_one_line_error(code, err, "--shots 5 is more than the 4 good training images")
-    code, _, err = run(capsys, "eval", "--dataset", "mvtec", "--root", data, "--method", "reference", "--out", out, *TINY)
+    code, _, err = run(
+        capsys, "eval", "--dataset", "mvtec", "--root", data, "--method", "reference", "--out", out, *TINY
+    )
     assert_one_line_error(code, err, "--method reference needs --shots")

@@ -14,8 +14,8 @@ import torch.nn.functional as F
 from scipy.ndimage import gaussian_filter
 
 from clipad.core.errors import ClipadError
-from clipad.model.heads import Heads, load_heads, save_heads
 from clipad.methods.registry import get_method
+from clipad.model.heads import Heads, load_heads, save_heads
 from clipad.model.sdp import SDPModel, feature_surgery, head_logit_diff, image_prob
 from tests.helpers import random_heads, random_text
 
