@@ -23,10 +23,11 @@ from clipad.core.choices import (
     RvsProfile,
     metavar,
 )
-from clipad.methods.registry import METHODS
+from clipad.methods.registry import METHODS, get_method
 
 if TYPE_CHECKING:
     from clipad.deploy.manifest import Manifest, ParityFigures
+    from clipad.methods.base import Method as DetectionMethod
 
 
 def _options_given(ctx: typer.Context, except_for: set[str]) -> list[str]:
@@ -112,11 +113,10 @@ PromptsOpt = Annotated[
 QuietOpt = Annotated[bool, typer.Option("--quiet", help="No progress bars.")]
 
 
-def _method(method: str, mode: str | None):
+def _method(method: str, mode: str | None) -> DetectionMethod:
     """The registered method of --method, or of its old name --mode (a hidden alias); one line
     when both are given and differ."""
     from clipad.core.errors import ClipadError
-    from clipad.methods.registry import get_method
 
     if mode is None:
         return get_method(method)
