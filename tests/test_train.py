@@ -199,7 +199,7 @@ def test_train_command_output_feeds_export(tmp_path, capsys, sets):
         "export",
         "--category",
         "washer",
-        "--mode",
+        "--method",
         "sdp+",
         "--heads",
         tmp_path / "h.safetensors",
