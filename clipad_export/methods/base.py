@@ -26,7 +26,8 @@ if TYPE_CHECKING:
 
 
 class Preprocess(StrEnum):
-    """How an image of any size becomes the model's input (``clipad.data.images``, the one image path)."""
+    """How an image of any size becomes the model's input. Declared per method; the one image path
+    (``clipad.data.images``) implements SQUASH only and does not read it yet (docs/architecture.md)."""
 
     SQUASH = "squash"  # resized to image_size x image_size, aspect ratio not kept (method.md section 2)
 
