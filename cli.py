@@ -18,15 +18,17 @@ from clipad.core.choices import (
     Dataset,
     DeviceChoice,
     Int8Backend,
-    Mode,
+    Method,
     OpenVinoMode,
     RvsMethod,
     RvsProfile,
     metavar,
 )
+from clipad.methods.registry import METHODS, get_method
 
 if TYPE_CHECKING:
     from clipad.deploy.manifest import Manifest, ParityFigures
+    from clipad.methods.base import Method as DetectionMethod
 
 
 def _options_given(ctx: typer.Context, except_for: set[str]) -> list[str]:
@@ -92,15 +94,16 @@ RandomOpt = Annotated[
 SeedOpt = Annotated[int, typer.Option("--seed", help="Seed for --random-weights.")]
 CacheOpt = Annotated[Path | None, typer.Option("--cache-dir", help="Where open_clip caches downloaded weights.")]
 DeviceOpt = Annotated[str, typer.Option("--device", metavar="[auto|cpu|cuda|cuda:N]", help="Where the model runs.")]
-# Method options, shared by eval and export.
-ModeOpt = Annotated[
+# Method options, shared by eval and export (clipad.methods: one module per method).
+MethodOpt = Annotated[
     str,
     typer.Option(
-        "--mode",
-        metavar=metavar(Mode),
-        help="sdp, sdp+ with --heads, or reference (good images only: --reference / --shots).",
+        "--method",
+        metavar=metavar(Method),
+        help="; ".join(f"{m.name}: {m.summary}" for m in METHODS.values()) + ".",
     ),
 ]
+ModeAliasOpt = Annotated[str | None, typer.Option("--mode", hidden=True, help="The old name of --method.")]
 HeadsOpt = Annotated[
     Path | None, typer.Option("--heads", help="SDP+ heads (.safetensors, or the official .pth layout).")
 ]
@@ -109,6 +112,18 @@ PromptsOpt = Annotated[
     str, typer.Option("--prompts", help="Prompt set (industrial, hemorrhage, tumor, polyp) or a YAML/JSON file.")
 ]
 QuietOpt = Annotated[bool, typer.Option("--quiet", help="No progress bars.")]
+
+
+def _method(method: str, mode: str | None) -> DetectionMethod:
+    """The registered method of --method, or of its old name --mode (a hidden alias); one line
+    when both are given and differ."""
+    from clipad.core.errors import ClipadError
+
+    if mode is None:
+        return get_method(method)
+    if method not in ("sdp", mode):  # "sdp": --method's default
+        raise ClipadError(f"--mode is the old name of --method: give one of them, not --method {method} --mode {mode}")
+    return get_method(mode, "--mode")
 
 
 def _weight_spec(
@@ -196,7 +211,8 @@ def eval_(
     categories: Annotated[
         str | None, typer.Option("--categories", help="Comma-separated categories (default: all).")
     ] = None,
-    mode: ModeOpt = "sdp",
+    method: MethodOpt = "sdp",
+    mode: ModeAliasOpt = None,
     heads: HeadsOpt = None,
     rvs: RvsOpt = "dbscan",
     prompts: PromptsOpt = "industrial",
@@ -230,42 +246,42 @@ def eval_(
     device: DeviceOpt = "auto",
     quiet: QuietOpt = False,
 ) -> None:
-    from clipad.core.choices import check_method
+    from clipad.core.choices import parse_choice
     from clipad.core.progress import progress_bars
     from clipad.data import check_masks, load_split
     from clipad.evaluation.evaluate import EvalConfig, evaluate, format_table, write_results
     from clipad.model.heads import load_heads
-    from clipad.model.loading import load_model, resolve_device
+    from clipad.model.loading import resolve_device
     from clipad.model.prompts import load_prompt_set
 
-    check_method(mode, heads is not None, rvs)
-    if shots is None and mode == "reference":
-        from clipad.core.errors import ClipadError
-
-        raise ClipadError("--mode reference needs --shots K (good training images per category)")
+    chosen = _method(method, mode)
+    chosen.check_options(heads is not None, shots is not None, "--shots K (good training images per category)")
+    parse_choice(RvsMethod, rvs, "--rvs")
     seeds = _csv(shot_seeds, "--shot-seeds", int)
     prompt_set = load_prompt_set(prompts)
     cats = [c.strip() for c in categories.split(",") if c.strip()] if categories else None
     split = load_split(dataset, root, cats)
     check_masks(split)
-    loaded = load_model(
+    loaded = chosen.load(
         _weight_spec(model, pretrained, weights, random_weights, seed, cache_dir), resolve_device(device)
     )
     visual: Any = loaded.clip.visual  # open_clip's VisionTransformer (no type stubs)
     width, embed_dim = visual.conv1.out_channels, visual.proj.shape[1]
-    # check_method: heads are given exactly with --mode sdp+
-    head_weights = load_heads(heads, width, embed_dim) if mode == "sdp+" and heads is not None else None
+    # check_options: heads are given exactly when the method takes them
+    head_weights = load_heads(heads, width, embed_dim) if heads is not None else None
     cfg = EvalConfig(
-        dataset=dataset, heads=head_weights, rvs=rvs, prompts=prompt_set, sigma=sigma, batch_size=batch_size
+        dataset=dataset,
+        method=chosen.name,
+        heads=head_weights,
+        rvs=rvs,
+        prompts=prompt_set,
+        sigma=sigma,
+        batch_size=batch_size,
     )
     n = sum(len(v) for v in split.values())
-    what = (
-        mode
-        if shots is None
-        else (f"reference, K={shots}" if mode == "reference" else f"{mode} + reference, K={shots}")
-    )
     typer.echo(
-        f"evaluating {what} on {n} images in {len(split)} categories with {model} ({loaded.spec.describe()}), "
+        f"evaluating {chosen.label(shots)} on {n} images in {len(split)} categories with {model} "
+        f"({loaded.spec.describe()}), "
         f"sigma {cfg.effective_sigma():g}",
         err=True,
     )
@@ -277,7 +293,7 @@ def eval_(
         else:
             from clipad.evaluation.shots import evaluate_shots
 
-            results = evaluate_shots(loaded, split, cfg, root, shots, seeds, tasks, memory_patches, mode == "reference")
+            results = evaluate_shots(loaded, split, cfg, root, shots, seeds, tasks, memory_patches)
     write_results(results, out)
     typer.echo(format_table(results))
     if shots is not None:
@@ -301,7 +317,8 @@ def export(
         str | None,
         typer.Option("--object-name", help="Object name in the prompts (default: the category, verbatim)."),
     ] = None,
-    mode: ModeOpt = "sdp",
+    method: MethodOpt = "sdp",
+    mode: ModeAliasOpt = None,
     heads: HeadsOpt = None,
     rvs: RvsOpt = "dbscan",
     rvs_profile: Annotated[
@@ -349,7 +366,7 @@ def export(
             "--reference",
             help=(
                 "Good images of the part (folder, file or glob): their patch tokens are baked into the graph (fused "
-                "with zero-shot; --mode reference: alone)."
+                "with zero-shot; --method reference: alone)."
             ),
         ),
     ] = None,
@@ -399,14 +416,14 @@ def export(
     quiet: QuietOpt = False,
 ) -> None:
     """Export one category: RVS text vectors baked into an ONNX graph (FP32 and mixed FP16), parity-checked."""
-    from clipad.core.choices import RvsMethod, check_method
+    from clipad.core.choices import parse_choice
     from clipad.core.errors import ClipadError
     from clipad.core.progress import progress_bars
     from clipad.deploy.artifacts import made_by_calibrate
     from clipad.deploy.export import ExportConfig, ExportPrecision, validate
     from clipad.deploy.export import export as run_export
     from clipad.deploy.manifest import ONNX_INT8, PLAN
-    from clipad.model.loading import load_model, resolve_device
+    from clipad.model.loading import resolve_device
     from clipad.model.prompts import load_prompt_set
 
     if opt_batch is not None and not engine:
@@ -432,17 +449,20 @@ def export(
             f"batch {meta.profile.min}..{meta.profile.max} tuned for {meta.profile.opt})"
         )
         return
-    check_method(mode, heads is not None, rvs)
+    chosen = _method(method, mode)
+    chosen.check_options(heads is not None, reference is not None, "--reference GOOD_IMAGES")
+    parse_choice(RvsMethod, rvs, "--rvs")
     from clipad.deploy.reference_set import ReferenceConfig
 
-    if reference is None and (mode == "reference" or shots is not None):
-        raise ClipadError(f"{'--mode reference' if mode == 'reference' else '--shots'} needs --reference GOOD_IMAGES")
+    if reference is None and shots is not None:
+        raise ClipadError("--shots needs --reference GOOD_IMAGES")
     cfg = ExportConfig(
         category=category,
         out=out or Path("artifacts") / category,
         object_name=object_name,
+        method=chosen.name,
         heads_path=heads,
-        rvs=cast(RvsMethod, rvs),  # checked by check_method above
+        rvs=cast(RvsMethod, rvs),  # checked by parse_choice above
         rvs_profile=rvs_profile,
         prompts_source=prompts,
         sigma=sigma,
@@ -454,14 +474,12 @@ def export(
         openvino=openvino,
         gate_root=gate_data,
         max_auroc_drop=max_auroc_drop,
-        reference=ReferenceConfig(reference, shots, memory_patches, mode == "reference")
-        if reference is not None
-        else None,
+        reference=ReferenceConfig(reference, shots, memory_patches) if reference is not None else None,
     )
     validate(cfg)
     previous = " and ".join(made_by_calibrate(cfg.out))
     cfg.prompts = load_prompt_set(prompts)
-    loaded = load_model(
+    loaded = chosen.load(
         _weight_spec(model, pretrained, weights, random_weights, seed, cache_dir), resolve_device(device)
     )
     if random_weights:
@@ -1148,15 +1166,14 @@ def train(
     quiet: QuietOpt = False,
 ) -> None:
     """Train the four SDP+ heads offline (CLIP frozen; backbone features cached once)."""
-    from clipad.core.choices import check_method
+    from clipad.core.choices import CacheDtype, parse_choice
     from clipad.core.progress import progress_bars
     from clipad.data import check_masks, load_split
     from clipad.model.loading import load_model, resolve_device
     from clipad.training.train import TrainConfig
     from clipad.training.train import train as run_train
 
-    check_method("sdp", False, rvs)
-    from clipad.core.choices import CacheDtype, parse_choice
+    parse_choice(RvsMethod, rvs, "--rvs")
     from clipad.core.errors import ClipadError
 
     parse_choice(CacheDtype, cache_dtype, "--cache-dtype")

@@ -24,7 +24,8 @@ from clipad.core.progress import Tasks
 from clipad.data.images import IMAGE_SUFFIXES, ImageReadError, iter_image_batches, list_images, load_mask
 from clipad.deploy.artifacts import Artifacts
 from clipad.deploy.manifest import CalibrationConstants, CalibrationEntry
-from clipad.model.fusion import fused_score, map_max
+from clipad.methods.registry import get_method
+from clipad.model.fusion import ImageScore, map_max
 
 PIXELS_PER_IMAGE = 16384  # pixels sampled per image for the pixel threshold (all when fewer)
 
@@ -209,15 +210,17 @@ def set_hash(files: list[str], extra: list[Path]) -> str:
     return hashlib.sha256("\n".join(digests).encode()).hexdigest()
 
 
-def constants(obs: Observations, target_fpr: float) -> tuple[CalibrationConstants, list[str]]:
-    """The manifest's calibration entry without provenance, and warnings for the user."""
+def constants(obs: Observations, target_fpr: float, image_score: ImageScore) -> tuple[CalibrationConstants, list[str]]:
+    """The manifest's calibration entry without provenance, and warnings for the user;
+    ``image_score``: the method's (``clipad.methods``: ``Method.image_score``), which the
+    threshold is set on."""
     warnings = []
     good = obs.label == 0
     if not good.any():
         raise ClipadError("calibration needs good images (--good)")
     prob_range = _range(obs.image_prob, "image_prob")
     max_range = _range(obs.map_max, "anomaly map maximum")
-    fused = fused_score(obs.image_prob, obs.map_max, prob_range, max_range)
+    fused = image_score.fuse(obs.image_prob, obs.map_max, prob_range, max_range)
     score_range = _range(fused, "fused score")
     n_good, n_bad = int(good.sum()), int((~good).sum())
     achieved: dict[str, float] = {}
@@ -294,7 +297,7 @@ def calibrate(
     refuse_reference_images(art, [spec for spec in (good, anomalous) if spec is not None])
     with art.writing():
         obs = observe(backend, good, anomalous, masks, art.image_size, tasks)
-        fixed, warnings = constants(obs, target_fpr)
+        fixed, warnings = constants(obs, target_fpr, get_method(art.manifest.mode).image_score)
         entry = CalibrationEntry.create(
             **{
                 **fixed.model_dump(),

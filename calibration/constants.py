@@ -11,7 +11,8 @@ import numpy as np
 from clipad.calibration.thresholds import normalised_score
 from clipad.core.errors import ClipadError
 from clipad.deploy.manifest import CALIBRATION_VERSION, ONNX_FP32, TEXT_FEATURES, Manifest
-from clipad.model.fusion import Range, fused_score
+from clipad.methods.registry import get_method
+from clipad.model.fusion import ImageScore, Range
 
 __all__ = ["CALIBRATION_VERSION", "MODEL_FILES", "Calibration"]
 
@@ -26,7 +27,9 @@ class Calibration:
     prob_range / max_range: (min, max) of image_prob and of the map maximum over the calibration
     images (the paper's set-wide min-max, made inductive, method.md section 6); threshold: on the
     fused score; score_range: the fused score's (min, max) there, for the normalised score;
-    pixel_threshold: on anomaly_map values, for masks.
+    pixel_threshold: on anomaly_map values, for masks; image_score: how the method fuses
+    image_prob and the map maximum (``clipad.methods``: ``Method.image_score``, read from the
+    manifest's method).
     """
 
     prob_range: Range
@@ -34,6 +37,7 @@ class Calibration:
     threshold: float
     score_range: Range
     pixel_threshold: float
+    image_score: ImageScore
 
     @classmethod
     def from_manifest(cls, manifest: Manifest) -> Calibration | None:
@@ -55,11 +59,13 @@ class Calibration:
             c.threshold,
             cast(Range, tuple(c.score_range)),
             c.pixel_threshold,
+            get_method(manifest.mode, "mode").image_score,
         )
 
     def fused(self, image_prob: np.ndarray, map_max: np.ndarray) -> np.ndarray:
-        """float64 [N]: the paper's fusion with the calibrated ranges."""
-        return fused_score(image_prob, map_max, self.prob_range, self.max_range)
+        """float64 [N]: the method's image score with the calibrated ranges (SDP, SDP+ and the
+        reference mode: the paper's fusion, method.md section 6)."""
+        return self.image_score.fuse(image_prob, map_max, self.prob_range, self.max_range)
 
     def decide(self, image_prob: np.ndarray, map_max: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(fused float64 [N], normalised score float64 [N] in [0, 1], anomalous bool [N]).

@@ -2,7 +2,7 @@
 
 Synthesises a small dataset (the ``washer`` category, defects drawn at twice the default size) and
 a short video of its test parts, exports a model with random weights in the normal-reference mode
-(``--mode reference``: 8 good images baked into the graph as a nearest-neighbour memory, README "A
+(``--method reference``: 8 good images baked into the graph as a nearest-neighbour memory, README "A
 few good images"), calibrates it on 20 other good images, streams the video through the runtime,
 scores the test images, measures image and pixel AUROC against the dataset's labels and masks, and
 writes everything, a picture (``demo.png``) and a short report into one folder.
@@ -117,10 +117,11 @@ def run_demo(
         ExportConfig(
             category=CATEGORY,
             out=out / "artifacts" / CATEGORY,
+            method="reference",
             prompts=PROMPT_SETS["industrial"],
             max_batch=8,
             precision="all",
-            reference=ReferenceConfig(str(reference), SHOTS, only=True),
+            reference=ReferenceConfig(str(reference), SHOTS),
         ),
         tasks,
     )
@@ -275,7 +276,7 @@ def _markdown(r: dict[str, Any], out: Path) -> str:
     return f"""# clipad demo
 
 **Random weights: only the reference (nearest-neighbour) signal is meaningful.** The model was
-exported in the normal-reference mode (`--mode reference`): {r["reference"]["images"]} good images
+exported in the normal-reference mode (`--method reference`): {r["reference"]["images"]} good images
 (`{REFERENCE_DIR}/`) are baked into the graph, and each patch is scored by its distance to the
 nearest good patch. Zero-shot (text) scores would be meaningless with random weights, so this
 export has no text path. With real weights, the fused mode adds the zero-shot map.

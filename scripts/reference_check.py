@@ -27,6 +27,7 @@ import statistics
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 
@@ -188,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
     save()
     ref_seeds = [int(s) for s in args.reference_seeds.split(",")]
     report["detection"][f"reference_k{args.shots}"] = summary(
-        evaluate_shots(loaded, split, cfg, root, args.shots, ref_seeds, tasks, reference_only=True)
+        evaluate_shots(loaded, split, replace(cfg, method="reference"), root, args.shots, ref_seeds, tasks)
     )
     print("reference done", flush=True)
     save()

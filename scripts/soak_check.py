@@ -36,6 +36,7 @@ from clipad.core.memory import rss_mb
 from clipad.core.progress import Tasks
 from clipad.data.synth import sample_images
 from clipad.deploy.export import ExportConfig, export
+from clipad.methods.registry import get_method
 from clipad.model.loading import TINY_MODEL, WeightSpec, load_model
 from clipad.model.prompts import PROMPT_SETS
 from clipad.runtime.backends import open_backend
@@ -161,6 +162,7 @@ def main() -> int:
         threshold=1.0,
         score_range=(0.0, 2.0),
         pixel_threshold=float(np.quantile(amap, 0.99)),
+        image_score=get_method(art.manifest.mode).image_score,
     )
 
     import clipad.runtime.sinks as sinks_module

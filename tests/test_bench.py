@@ -20,7 +20,8 @@ from clipad import cli
 from clipad.core.progress import Tasks
 from clipad.deploy.export import ExportConfig, export
 from clipad.deploy.parity import parity_images
-from clipad.model.flops import ViTDims, flops_breakdown, original_block_flops, plain_encoding_flops
+from clipad.methods.registry import get_method
+from clipad.model.flops import ViTDims, original_block_flops, plain_encoding_flops
 from clipad.model.preprocess import normalize
 from clipad.model.prompts import PROMPT_SETS
 from clipad.model.sdp import SDPModel
@@ -168,7 +169,7 @@ def test_json_schema_and_values(bench_run, artifacts):
     torch16 = next(r for r in res["rows"] if (r["backend"], r["precision"]) == ("torch", "fp16"))
     assert torch16["status"] == "unavailable" and "CUDA" in torch16["reason"]
     dims = ViTDims(**res["flops"]["dims"])
-    assert res["flops"]["per_image"] == flops_breakdown(dims, "sdp")
+    assert res["flops"]["per_image"] == get_method("sdp").flops(dims)
     (dual,) = res["dual_path"]
     assert dual["ratio"] == pytest.approx(dual["dual_path_ms"]["p50"] / dual["plain_encoding_ms"]["p50"])
     assert dual["dual_path_ms"]["n"] == dual["plain_encoding_ms"]["n"] == ITERATIONS
@@ -368,7 +369,9 @@ def test_flops_match_flop_counter(tiny, uint8_images, mode):
     model = SDPModel(visual, text, tiny.image_size, heads=heads).eval()
     with torch.no_grad(), sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
         model(uint8_images(2, tiny.image_size))
-    assert counter.get_total_flops() == 2 * flops_breakdown(ViTDims.from_visual(visual, tiny.image_size), mode)["total"]
+    assert (
+        counter.get_total_flops() == 2 * get_method(mode).flops(ViTDims.from_visual(visual, tiny.image_size))["total"]
+    )
 
 
 def test_plain_encoding_flops_match_flop_counter(tiny, uint8_images):
@@ -389,7 +392,7 @@ def test_flops_by_hand_for_the_tiny_config(tiny):
     assert (d.width, d.layers, d.mlp, d.tokens, d.embed_dim) == (64, 8, 256, 37, 64)
     # qkv 2*37*64*192 + q k^T and A v 2*(2*37*37*64) + out 2*37*64*64 + MLP 2*(2*37*64*256)
     assert original_block_flops(d) == 909_312 + 350_464 + 303_104 + 2_424_832
-    assert flops_breakdown(d)["patch_embed"] == 2 * 36 * 64 * 768
+    assert get_method("sdp").flops(d)["patch_embed"] == 2 * 36 * 64 * 768
 
 
 @pytest.mark.parametrize(

@@ -53,7 +53,7 @@ def test_eval_sdp_plus_with_heads(tmp_path, capsys, synth_root, tiny):
         synth_root,
         "--categories",
         "washer",
-        "--mode",
+        "--method",
         "sdp+",
         "--heads",
         tmp_path / "h.safetensors",
@@ -70,9 +70,9 @@ def test_eval_sdp_plus_with_heads(tmp_path, capsys, synth_root, tiny):
 def test_eval_bad_heads_and_weights(tmp_path, capsys, synth_root):
     save_heads(tmp_path / "h.safetensors", random_heads(32, 64))
     args = ["eval", "--dataset", "mvtec", "--root", synth_root, "--out", tmp_path / "r.json"]
-    code, _, err = run(capsys, *args, "--mode", "sdp+", "--heads", tmp_path / "h.safetensors", *TINY)
+    code, _, err = run(capsys, *args, "--method", "sdp+", "--heads", tmp_path / "h.safetensors", *TINY)
     assert_one_line_error(code, err, "'fc.0.weight' is [64, 32], this model needs [64, 64]")
-    code, _, err = run(capsys, *args, "--mode", "sdp+", *TINY)
+    code, _, err = run(capsys, *args, "--method", "sdp+", *TINY)
     assert_one_line_error(code, err, "--heads")
     Image.new("L", (4, 4)).save(tmp_path / "not_weights.png")
     code, _, err = run(capsys, *args, "--model", "clipad-tiny", "--weights", tmp_path / "not_weights.png")
@@ -225,7 +225,8 @@ def test_help_lists_commands_in_workflow_order_and_keeps_brackets(capsys):
 @pytest.mark.parametrize(
     "args,fragment",
     [
-        (["export", "--category", "x", "--mode", "sdpp"], "--mode must be one of sdp, sdp+, reference, got 'sdpp'"),
+        (["export", "--category", "x", "--method", "sdpp"], "--method must be one of sdp, sdp+, reference, got 'sdpp'"),
+        (["eval", "--dataset", "mvtec", "--root", ".", "--mode", "sdpp"], "--mode must be one of sdp, sdp+, reference"),
         (["export", "--category", "x", "--rvs", "median"], "--rvs must be one of mean, pca, kde, dbscan, mean_shift"),
         (["eval", "--dataset", "mvtex", "--root", "."], "--dataset must be one of mvtec, visa, folder, got 'mvtex'"),
         (["export", "--category", "x", "--precision", "fp8"], "--precision must be one of fp32, fp16, all, got 'fp8'"),

@@ -47,6 +47,7 @@ def exported(tmp_path_factory, tiny):
         cfg = ExportConfig(
             category="washer",
             out=root / mode,
+            method=mode,
             heads_path=root / "heads.safetensors" if mode == "sdp+" else None,
             prompts=PROMPT_SETS["industrial"],
             max_batch=4,
@@ -336,7 +337,7 @@ def test_export_bad_input(tmp_path, capsys):
     code, _, err = run(capsys, *base, "--category", "bottle", "--object-name", "very " * 80)
     assert_one_line_error(code, err, "longer than the text encoder's 77 tokens")
     code, _, err = run(
-        capsys, *base, "--category", "bottle", "--mode", "sdp+", "--heads", tmp_path / "none.safetensors"
+        capsys, *base, "--category", "bottle", "--method", "sdp+", "--heads", tmp_path / "none.safetensors"
     )
     assert_one_line_error(code, err, "heads file not found")
     code, _, err = run(capsys, *base, "--category", "bottle", "--max-batch", 0)

@@ -208,6 +208,7 @@ def gated(tmp_path_factory, tiny, synth_root):
     cfg = ExportConfig(
         category="washer",
         out=root / "washer",
+        method="sdp+",
         heads_path=root / "heads.safetensors",
         prompts=PROMPT_SETS["industrial"],
         max_batch=4,

@@ -61,13 +61,14 @@ def exported(tiny, data, tmp_path_factory):
     """Fused (default) and reference-mode artifacts of the tiny model with K = 3."""
     root = tmp_path_factory.mktemp("refexports")
     out = {}
-    for mode, only in (("fused", False), ("reference", True)):
+    for mode, method in (("fused", "sdp"), ("reference", "reference")):
         cfg = ExportConfig(
             category="fabric",
             out=root / mode,
+            method=method,
             prompts=PROMPT_SETS["industrial"],
             max_batch=4,
-            reference=ReferenceConfig(str(data / "fabric" / "train" / "good"), 3, 1024, only),
+            reference=ReferenceConfig(str(data / "fabric" / "train" / "good"), 3, 1024),
             triton_repo=root / f"triton-{mode}",
         )
         out[mode] = export(tiny, cfg, Tasks(None))
@@ -85,8 +86,9 @@ def test_fp16_graph_gated_on_reference_maps(tiny, data, tmp_path):
         out=tmp_path / "gated",
         prompts=PROMPT_SETS["industrial"],
         max_batch=4,
+        method="reference",
         precision="fp16",
-        reference=ReferenceConfig(str(data / "fabric" / "train" / "good"), 3, 1024, True),
+        reference=ReferenceConfig(str(data / "fabric" / "train" / "good"), 3, 1024),
         gate_root=data,
     )
     art = export(tiny, cfg, Tasks(None))
@@ -110,8 +112,9 @@ def test_gate_decides_whether_the_fp16_graph_is_kept(tiny, data, tmp_path):
         out=tmp_path / "all",
         prompts=PROMPT_SETS["industrial"],
         max_batch=4,
+        method="reference",
         precision="all",
-        reference=ReferenceConfig(str(data / "fabric" / "train" / "good"), 3, 1024, True),
+        reference=ReferenceConfig(str(data / "fabric" / "train" / "good"), 3, 1024),
         gate_root=data,
         max_auroc_drop=0.0,
     )
@@ -187,7 +190,7 @@ def test_modes(base, data, tiny):
     )
     fused = bake(base, imgs[:3], 1024, reference_only=False).model
     only = bake(base, imgs[:3], 1024, reference_only=True).model
-    assert fused.mode == "sdp" and only.mode == "reference"
+    assert not fused.reference_only and only.reference_only
     with torch.no_grad():
         zmap, zprob = base(test)
         rmap = only.reference(patch_tokens(base, test))
@@ -209,16 +212,17 @@ def test_flop_count_includes_the_memory_product(base, data, tiny, only):
     from torch.nn.attention import SDPBackend, sdpa_kernel
     from torch.utils.flop_counter import FlopCounterMode
 
-    from clipad.model.flops import ViTDims, flops_breakdown
+    from clipad.methods.registry import get_method
+    from clipad.model.flops import ViTDims
 
     model = bake(base, good_images(data, "fabric", tiny.image_size)[:3], 50, only).model
     # the math SDPA kernel: the fused CPU kernel hides its products from FlopCounterMode
     with torch.no_grad(), sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
         model(torch.from_numpy(good_images(data, "washer", tiny.image_size)[:2]))
     dims = ViTDims.from_visual(tiny.clip.visual, tiny.image_size)
-    want = flops_breakdown(dims, model.mode, 50)
+    want = get_method("reference" if only else "sdp").flops(dims, 50)
     assert want["reference"] > 0
-    assert counter.get_total_flops() == 2 * (want["total"] + (flops_breakdown(dims)["vv_path"] if only else 0))
+    assert counter.get_total_flops() == 2 * (want["total"] + (get_method("sdp").flops(dims)["vv_path"] if only else 0))
 
 
 def test_score_constants():
@@ -353,8 +357,8 @@ def test_bad_reference_input(tmp_path, capsys, data):
     shutil.copy(good[0], twice / "b.png")
     code, _, err = run(capsys, "export", "--category", "c", "--reference", twice, "--out", out, *TINY)
     assert_one_line_error(code, err, "is identical to")
-    code, _, err = run(capsys, "export", "--category", "c", "--mode", "reference", "--out", out, *TINY)
-    assert_one_line_error(code, err, "--mode reference needs --reference")
+    code, _, err = run(capsys, "export", "--category", "c", "--method", "reference", "--out", out, *TINY)
+    assert_one_line_error(code, err, "--method reference needs --reference")
     code, _, err = run(
         capsys, "export", "--category", "c", "--reference", good[0], "--memory-patches", 0, "--out", out, *TINY
     )
@@ -496,5 +500,7 @@ def test_eval_shots(data, tmp_path, capsys):
     assert "K=2 over seeds 0,1,2" in stdout
     code, _, err = run(capsys, "eval", "--dataset", "mvtec", "--root", data, "--shots", 5, "--out", out, *TINY)
     assert_one_line_error(code, err, "--shots 5 is more than the 4 good training images")
-    code, _, err = run(capsys, "eval", "--dataset", "mvtec", "--root", data, "--mode", "reference", "--out", out, *TINY)
-    assert_one_line_error(code, err, "--mode reference needs --shots")
+    code, _, err = run(
+        capsys, "eval", "--dataset", "mvtec", "--root", data, "--method", "reference", "--out", out, *TINY
+    )
+    assert_one_line_error(code, err, "--method reference needs --shots")

@@ -23,6 +23,7 @@ from clipad.calibration.constants import Calibration
 from clipad.core.errors import ClipadError
 from clipad.data import images as image_path
 from clipad.data.images import ImageReadError, read_image
+from clipad.model.fusion import ImageScore
 from clipad.runtime.backends import open_backend
 from clipad.runtime.pipeline import WINDOW, Pipeline, Summary
 from clipad.runtime.records import Prediction
@@ -173,7 +174,12 @@ def test_non_finite_outputs_fail_closed_and_json_stays_strict(art, tmp_path):  #
 
 def test_non_finite_outputs_are_never_normal_when_calibrated():
     cal = Calibration(
-        prob_range=(0.0, 1.0), max_range=(0.0, 1.0), threshold=1.0, score_range=(0.0, 2.0), pixel_threshold=0.5
+        prob_range=(0.0, 1.0),
+        max_range=(0.0, 1.0),
+        threshold=1.0,
+        score_range=(0.0, 2.0),
+        pixel_threshold=0.5,
+        image_score=ImageScore.PROB_PLUS_MAX,
     )
     amap = np.zeros((3, 4, 4), np.float32)
     amap[1, 0, 0] = np.nan

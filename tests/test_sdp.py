@@ -14,8 +14,9 @@ import torch.nn.functional as F
 from scipy.ndimage import gaussian_filter
 
 from clipad.core.errors import ClipadError
+from clipad.methods.registry import get_method
 from clipad.model.heads import Heads, load_heads, save_heads
-from clipad.model.sdp import SDPModel, default_sigma, feature_surgery, head_logit_diff, image_prob
+from clipad.model.sdp import SDPModel, feature_surgery, head_logit_diff, image_prob
 from tests.helpers import random_heads, random_text
 
 
@@ -68,8 +69,10 @@ def test_head_logit_diff_takes_shared_or_per_sample_text():
 
 
 def test_default_sigma_is_2_only_for_sdp_plus_on_visa():
-    assert default_sigma("sdp+", "visa") == 2.0
-    assert default_sigma("sdp", "visa") == default_sigma("sdp+", "mvtec") == default_sigma("sdp", "mvtec") == 8.0
+    sdp, plus, reference = (get_method(m) for m in ("sdp", "sdp+", "reference"))
+    assert plus.default_sigma("visa") == 2.0
+    assert sdp.default_sigma("visa") == plus.default_sigma("mvtec") == sdp.default_sigma("mvtec") == 8.0
+    assert reference.default_sigma("visa") == 8.0
 
 
 def reference_maps(model: SDPModel, taps, heads: Heads | None) -> tuple[np.ndarray, np.ndarray]:

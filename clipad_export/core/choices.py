@@ -12,9 +12,9 @@ from typing import Any, Literal, TypeVar, get_args, overload
 
 from clipad.core.errors import ClipadError
 
-Mode = Literal[
-    "sdp", "sdp+", "reference"
-]  # SDP (zero-shot), SDP+ (with the four trained heads), reference (good images only, method.md 14)
+# The --method words: SDP (zero-shot), SDP+ (with the four trained heads), reference (good images
+# only, method.md 14). Each is one module of clipad.methods, registered in clipad.methods.registry.
+Method = Literal["sdp", "sdp+", "reference"]
 
 Precision = Literal["fp32", "fp16", "int8"]  # of a graph, an engine or a served backend
 PRECISIONS: tuple[str, ...] = get_args(Precision)
@@ -85,14 +85,3 @@ def check_served(backend: BackendName, precision: str) -> ServedPrecision:
 def metavar(kind: Any) -> str:
     """A choice as `--help` shows it: ``[sdp|sdp+|reference]``."""
     return "[" + "|".join(_words(kind)) + "]"
-
-
-def check_method(mode: str, has_heads: bool, rvs: str) -> None:
-    """One-line errors for a method choice that cannot work: an unknown mode or RVS method, SDP+
-    without heads, heads without SDP+."""
-    parse_choice(Mode, mode, "--mode")
-    if mode == "sdp+" and not has_heads:
-        raise ClipadError("--mode sdp+ needs --heads FILE")
-    if mode in ("sdp", "reference") and has_heads:
-        raise ClipadError("--heads is only used with --mode sdp+")
-    parse_choice(RvsMethod, rvs, "--rvs")

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from clipad import __version__
-from clipad.core.choices import Mode, Precision, RvsMethod, RvsProfile, parse_choice
+from clipad.core.choices import Method, Precision, RvsMethod, RvsProfile, parse_choice
 from clipad.core.errors import ClipadError
 from clipad.core.hashing import file_sha256
 from clipad.core.progress import Tasks
@@ -49,6 +49,7 @@ from clipad.deploy.manifest import (
 from clipad.deploy.parity import TOLERANCES, compare, parity_images
 from clipad.deploy.quality_gate import GateSet
 from clipad.deploy.runners.onnxruntime import OnnxRuntimeRunner
+from clipad.methods.registry import get_method
 from clipad.model.heads import Heads, load_heads, save_heads
 from clipad.model.loading import LoadedModel
 from clipad.model.prompts import PromptSet
@@ -71,6 +72,7 @@ class ExportConfig:
     category: str
     out: Path
     object_name: str | None = None
+    method: Method = "sdp"  # clipad.methods: what the graph computes; the manifest's mode
     heads_path: Path | None = None
     rvs: RvsMethod = "dbscan"
     rvs_profile: str = "mvtec"
@@ -87,12 +89,6 @@ class ExportConfig:
     openvino: bool = False  # also the OpenVINO IR (deploy/openvino_export.py)
     gate_root: Path | None = None  # labelled images (MVTec layout) for the reduced precisions' quality gate
     max_auroc_drop: float = 0.5  # the gate's limit, AUROC points
-
-    @property
-    def mode(self) -> Mode:
-        if self.reference is not None and self.reference.only:
-            return "reference"
-        return "sdp+" if self.heads_path is not None else "sdp"
 
     @property
     def precisions(self) -> list[Precision]:
@@ -117,10 +113,11 @@ def validate(cfg: ExportConfig, loaded: LoadedModel | None = None) -> None:
         raise ClipadError(f"--sigma must be a finite number >= 0 (0: no smoothing), got {cfg.sigma}")
     parse_choice(RvsProfile, cfg.rvs_profile, "--rvs-profile")
     parse_choice(ExportPrecision, cfg.precision, "--precision")
+    get_method(cfg.method).check_options(
+        cfg.heads_path is not None, cfg.reference is not None, "--reference GOOD_IMAGES"
+    )
     if cfg.reference is not None:
         cfg.reference.check()
-        if cfg.reference.only and cfg.heads_path is not None:
-            raise ClipadError("--heads is only used with --mode sdp+ (the reference mode has no text path)")
     if cfg.heads_path is not None and not Path(cfg.heads_path).is_file():
         raise ClipadError(f"heads file not found: {cfg.heads_path}")
     if cfg.engine:
@@ -252,6 +249,7 @@ def export(loaded: LoadedModel, cfg: ExportConfig, tasks: Tasks) -> Artifacts:
     from clipad.deploy.onnx_graph import export_onnx, io_spec
 
     validate(cfg, loaded)
+    method = get_method(cfg.method)
     object_name = cfg.object_name or cfg.category
     visual: Any = loaded.clip.visual  # open_clip's VisionTransformer (no type stubs)
     width, embed_dim = visual.conv1.out_channels, visual.proj.shape[1]
@@ -271,16 +269,15 @@ def export(loaded: LoadedModel, cfg: ExportConfig, tasks: Tasks) -> Artifacts:
         on_batch=tasks.add("text vectors", n_sentences(cfg.prompts)),
     )
     timings["text_s"] = time.perf_counter() - t0
-    model = SDPModel(
-        visual, torch.from_numpy(tv.matrix), loaded.image_size, cfg.sigma, heads, loaded.mean, loaded.std
-    ).eval()
+    model = method.build(loaded, torch.from_numpy(tv.matrix), cfg.sigma, heads).eval()
     reference = baked = None
     if cfg.reference is not None:
         from clipad.deploy.reference_set import bake_reference
 
         step = tasks.add("reference memory", 1)
         t0 = time.perf_counter()
-        baked, reference = bake_reference(model, cfg.reference)
+        # without a text path the map is the reference map alone (method.md 14)
+        baked, reference = bake_reference(model, cfg.reference, only=not method.text_path)
         model = baked.model
         timings["reference_s"] = time.perf_counter() - t0
         step(1)
@@ -358,7 +355,7 @@ def export(loaded: LoadedModel, cfg: ExportConfig, tasks: Tasks) -> Artifacts:
                 object_name=object_name,
                 model=loaded.spec.model,
                 weights=weights_record(loaded),
-                mode=cfg.mode,
+                mode=method.name,
                 # heads is set exactly when heads_path is
                 heads_sha256=file_sha256(Path(cast(Path, cfg.heads_path))) if heads else None,
                 rvs={

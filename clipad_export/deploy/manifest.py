@@ -10,7 +10,9 @@ JSON layout (format version 1, unchanged from the untyped manifest, so older art
 - ``format_version`` 1, ``created``, ``category``, ``object_name``, ``model`` (open_clip name);
 - ``weights``: ``{"source": "random", "seed"}`` | ``{"source": "file", "path", "sha256"}`` |
   ``{"source": "open_clip", "tag"}``;
-- ``mode`` ("sdp" | "sdp+"), ``heads_sha256`` (sdp+ only, else null);
+- ``mode``: the method's name (``--method``: "sdp" | "sdp+" | "reference"; the key keeps its
+  first name so that older artifacts load), ``heads_sha256`` (sdp+ only, else null); which
+  records a method needs is the method's rule (``clipad.methods``: ``Method.manifest_error``);
 - ``rvs``: method, profile, dbscan ``{eps, min_samples}`` or null, ``used`` [normal, abnormal]
   (differs from method after a fallback), ``notes``;
 - ``prompts``: set, source, sha256, n_normal, n_abnormal;
@@ -49,8 +51,9 @@ from pydantic import (
 )
 
 from clipad.core.atomic import write_text_atomic
-from clipad.core.choices import Mode, Precision, RvsMethod, ServedPrecision
+from clipad.core.choices import Method, Precision, RvsMethod, ServedPrecision
 from clipad.core.errors import ClipadError
+from clipad.methods.registry import get_method
 
 FORMAT_VERSION = 1
 CALIBRATION_VERSION = 1
@@ -479,7 +482,7 @@ class Manifest(Record):
     object_name: NonEmpty
     model: NonEmpty
     weights: Weights
-    mode: Mode
+    mode: Method  # the method's name (JSON key "mode", format version 1)
     heads_sha256: Sha256 | None
     rvs: Rvs
     prompts: Prompts
@@ -511,18 +514,17 @@ class Manifest(Record):
                 raise ValueError(f"files: no {ONNX_FILES[p]} although precisions lists {p}")
             if self.parity.figures(p) is None:
                 raise ValueError(f"parity.{p}: missing although precisions lists {p}")
-        if (self.mode == "sdp+") != (self.heads_sha256 is not None and HEADS_FILE in self.files):
-            raise ValueError(
-                f"heads_sha256: mode {self.mode} needs heads (sha256 and {HEADS_FILE}) exactly when it is sdp+"
-            )
+        error = get_method(self.mode, "mode").manifest_error(
+            heads=self.heads_sha256 is not None and HEADS_FILE in self.files, reference=self.reference is not None
+        )
+        if error is not None:
+            raise ValueError(error)
         if (self.engine is not None) != (PLAN in self.files and PLAN_META in self.files):
             raise ValueError(f"engine: present exactly when files lists {PLAN} and {PLAN_META}")
         if (self.int8 is not None) != ("int8" in self.precisions):
             raise ValueError("int8: present exactly when precisions lists int8")
         if (self.reference is not None) != (REFERENCE_MEMORY in self.files):
             raise ValueError(f"reference: present exactly when files lists {REFERENCE_MEMORY}")
-        if self.mode == "reference" and self.reference is None:
-            raise ValueError("reference: mode reference needs a reference memory")
         if self.openvino is not None:
             for xml in set(self.openvino.ir.values()):
                 for name in (xml, xml.removesuffix(".xml") + ".bin"):

@@ -11,7 +11,8 @@ import torch
 from clipad.core.errors import ClipadError
 from clipad.deploy.artifacts import Artifacts
 from clipad.deploy.manifest import HEADS_FILE, REFERENCE_MEMORY, FileWeights, Manifest, RandomWeights
-from clipad.model.loading import WeightSpec, load_model
+from clipad.methods.registry import get_method
+from clipad.model.loading import WeightSpec
 from clipad.model.rebuild import BakedReference, build_reference_model
 from clipad.model.sdp import SDPModel
 
@@ -30,7 +31,8 @@ def reference_model(artifacts: Artifacts, device: str | torch.device = "cpu") ->
     """Rebuild the PyTorch reference of an artifact directory from its manifest."""
     m = artifacts.manifest
     w = m.weights
-    loaded = load_model(weight_spec(m), device)
+    method = get_method(m.mode, "mode")
+    loaded = method.load(weight_spec(m), device)
     if isinstance(w, FileWeights) and loaded.weights_sha256 != w.sha256:
         raise ClipadError(f"weights file {w.path} changed since export (sha256 differs); re-export")
     baked = None
@@ -41,7 +43,7 @@ def reference_model(artifacts: Artifacts, device: str | torch.device = "cpu") ->
         memory = load_memory(artifacts.verified_path(REFERENCE_MEMORY), m.reference)
         s = m.reference.score
         baked = BakedReference(
-            memory.tokens, ScoreConstants(s.center, s.scale, list(s.maxima), s.method), m.mode == "reference"
+            memory.tokens, ScoreConstants(s.center, s.scale, list(s.maxima), s.method), not method.text_path
         )
     return build_reference_model(
         loaded,
@@ -50,6 +52,6 @@ def reference_model(artifacts: Artifacts, device: str | torch.device = "cpu") ->
         m.sigma,
         tuple(m.mean),
         tuple(m.std),
-        artifacts.verified_path(HEADS_FILE) if m.mode == "sdp+" else None,
+        artifacts.verified_path(HEADS_FILE) if method.takes_heads else None,
         baked,
     )

@@ -19,7 +19,7 @@ from clipad.deploy.export import ExportConfig, export, prompt_set_sha256
 from clipad.deploy.manifest import HEADS_FILE, REFERENCE_MEMORY
 from clipad.deploy.rebuild import weight_spec
 from clipad.deploy.reference_set import Prior, ReferenceConfig, load_memory
-from clipad.model.loading import load_model
+from clipad.methods.registry import get_method
 from clipad.model.prompts import load_prompt_set
 
 
@@ -35,7 +35,8 @@ def add_reference(root: str | Path, images: str, tasks: Tasks, device: str = "cp
             f"the prompt set '{m.prompts.source}' changed since export (sha256 differs); re-export instead"
         )
     memory = load_memory(art.verified_path(REFERENCE_MEMORY), m.reference)
-    heads = art.verified_path(HEADS_FILE) if m.mode == "sdp+" else None
+    method = get_method(m.mode)
+    heads = art.verified_path(HEADS_FILE) if method.takes_heads else None
     notes = [
         f"reference add: {what} of the previous graph removed; {todo}"
         for what, todo, present in (
@@ -49,6 +50,7 @@ def add_reference(root: str | Path, images: str, tasks: Tasks, device: str = "cp
         category=m.category,
         out=Path(root),
         object_name=m.object_name,
+        method=method.name,
         heads_path=heads,
         rvs=m.rvs.method,
         rvs_profile=m.rvs.profile,
@@ -57,12 +59,10 @@ def add_reference(root: str | Path, images: str, tasks: Tasks, device: str = "cp
         sigma=m.sigma,
         max_batch=m.max_batch,
         precision="fp32" if m.parity.figures("fp16") is None else "all",
-        reference=ReferenceConfig(
-            images, None, m.reference.memory_patches, m.mode == "reference", Prior(memory, m.reference)
-        ),
+        reference=ReferenceConfig(images, None, m.reference.memory_patches, Prior(memory, m.reference)),
         notes=tuple(notes),
     )
-    loaded = load_model(weight_spec(m), device)
+    loaded = method.load(weight_spec(m), device)
     if m.weights.source == "file" and loaded.weights_sha256 != m.weights.sha256:
         raise ClipadError(f"weights file {m.weights.path} changed since export (sha256 differs); re-export instead")
     return export(loaded, cfg, tasks)

@@ -34,13 +34,12 @@ MEMORY_KEY = "memory"
 @dataclass
 class ReferenceConfig:
     """``source``: folder, file or glob of good images; ``shots``: K, the first K in sorted order
-    (None: all); ``memory_patches``: N per stage; ``only``: mode reference (no text path).
+    (None: all); ``memory_patches``: N per stage.
     ``prior``: the existing reference of the artifacts (`clipad reference add`)."""
 
     source: str
     shots: int | None = None
     memory_patches: int = DEFAULT_MEMORY_PATCHES
-    only: bool = False
     prior: Prior | None = None
 
     def check(self) -> None:
@@ -120,9 +119,10 @@ def image_names(paths: list[Path]) -> list[str]:
     return [str(p.relative_to(root)) for p in resolved]
 
 
-def bake_reference(model: SDPModel, cfg: ReferenceConfig) -> tuple[Baked, ReferenceEntry]:
+def bake_reference(model: SDPModel, cfg: ReferenceConfig, only: bool) -> tuple[Baked, ReferenceEntry]:
     """Read the reference images, bake the memory into a ReferenceModel around ``model`` and
-    make the manifest's record."""
+    make the manifest's record; ``only``: the map is the reference map alone (a method without a
+    text path, method.md 14), else it is added to ``model``'s map."""
     cfg.check()
     prior = cfg.prior
     paths = select_images(cfg.source, cfg.shots)
@@ -138,7 +138,7 @@ def bake_reference(model: SDPModel, cfg: ReferenceConfig) -> tuple[Baked, Refere
         model,
         refs.images,
         cfg.memory_patches,
-        cfg.only,
+        only,
         prior.memory if prior else None,
         prior.entry.score.maxima if prior else None,
     )

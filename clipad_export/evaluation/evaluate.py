@@ -1,9 +1,11 @@
-"""`clipad eval`: SDP/SDP+ over a dataset's test split, with the paper's metrics.
+"""`clipad eval`: a method over a dataset's test split, with the paper's metrics.
 
-Per category: the text matrix from RVS, the SDP model, every test image at model resolution
-(the shared squash resize), masks resized as in method.md section 2, then image metrics on the
-paper's fused score (per-category min-max of image_prob and of the smoothed map's maximum,
-section 6) and on the raw image_prob, and pixel metrics at model resolution.
+Per category: the text matrix from RVS, the method's model (``clipad.methods``:
+``Method.build``), every test image at model resolution (the shared squash resize), masks
+resized as in method.md section 2, then image metrics on the method's image score (for SDP and
+SDP+ the paper's fusion: per-category min-max of image_prob and of the smoothed map's maximum,
+section 6) and on the raw image_prob, and pixel metrics at model resolution. A method without a
+zero-shot protocol (``EvalProtocol.FEW_SHOT``) is evaluated by ``clipad.evaluation.shots`` only.
 """
 
 from __future__ import annotations
@@ -18,16 +20,19 @@ import numpy as np
 import torch
 
 from clipad.core.atomic import write_text_atomic
+from clipad.core.choices import Method
 from clipad.core.errors import ClipadError
 from clipad.core.progress import Tasks
 from clipad.data import Sample, load_batch
 from clipad.evaluation.metrics import binary_metrics, mean_of, pixel_metrics
-from clipad.model.fusion import fused_score, map_max, transductive_ranges
+from clipad.methods.base import EvalProtocol
+from clipad.methods.registry import get_method
+from clipad.model.fusion import ImageScore, map_max, transductive_ranges
 from clipad.model.heads import Heads
 from clipad.model.loading import LoadedModel
 from clipad.model.prompts import PROMPT_SETS, PromptSet
 from clipad.model.rvs import DEFAULT_METHOD, n_sentences, text_vectors
-from clipad.model.sdp import SDPModel, default_sigma
+from clipad.model.sdp import SDPModel
 
 MAX_LISTED_SKIPS = 20
 
@@ -35,16 +40,17 @@ MAX_LISTED_SKIPS = 20
 @dataclass
 class EvalConfig:
     dataset: str = "mvtec"
-    heads: Heads | None = None
+    method: Method = "sdp"  # clipad.methods: builds the model, smooths, scores
+    heads: Heads | None = None  # exactly when the method takes heads (SDP+)
     rvs: str = DEFAULT_METHOD
     prompts: PromptSet = PROMPT_SETS["industrial"]
-    sigma: float | None = None  # None: default_sigma(mode, dataset)
+    sigma: float | None = None  # None: the method's default_sigma(dataset)
     batch_size: int = 8
 
     def effective_sigma(self) -> float:
         if self.sigma is not None:
             return self.sigma
-        return default_sigma("sdp+" if self.heads is not None else "sdp", self.dataset)
+        return get_method(self.method).default_sigma(self.dataset)
 
 
 @dataclass
@@ -84,11 +90,12 @@ def run_category(model: SDPModel, samples: list[Sample], batch_size: int, advanc
     return CategoryOutput(np.array(labels), np.concatenate(probs), map_max(all_maps), all_maps, all_masks, skipped)
 
 
-def category_metrics(out: CategoryOutput) -> dict:
-    """The results.json entry of one category (metrics as fractions; None where undefined)."""
+def category_metrics(out: CategoryOutput, image_score: ImageScore) -> dict:
+    """The results.json entry of one category (metrics as fractions; None where undefined);
+    ``image_score``: the method's (``Method.image_score``), with the ranges over the category."""
     pr, mr = transductive_ranges(out.image_prob, out.map_max)
     entry: dict[str, Any] = {
-        "image": binary_metrics(out.labels, fused_score(out.image_prob, out.map_max, pr, mr)),
+        "image": binary_metrics(out.labels, image_score.fuse(out.image_prob, out.map_max, pr, mr)),
         "pixel": pixel_metrics(out.masks, out.maps)
         if out.masks is not None
         else {"auroc": None, "f1_max": None, "ap": None, "aupro": None},
@@ -109,7 +116,7 @@ METRIC_GROUPS = ("image", "pixel", "image_prob")
 
 
 def category_model(loaded: LoadedModel, category: str, cfg: EvalConfig, tasks: Tasks):
-    """The text vectors of ``category`` and the SDP model around them: (TextVectors, SDPModel)."""
+    """The text vectors of ``category`` and the method's model around them: (TextVectors, SDPModel)."""
     tv = text_vectors(
         loaded.clip,
         loaded.tokenizer,
@@ -119,16 +126,7 @@ def category_model(loaded: LoadedModel, category: str, cfg: EvalConfig, tasks: T
         cfg.prompts,
         on_batch=tasks.add(f"{category}: text vectors", n_sentences(cfg.prompts)),
     )
-    visual: Any = loaded.clip.visual  # open_clip's VisionTransformer (no type stubs)
-    model = SDPModel(
-        visual,
-        torch.from_numpy(tv.matrix),
-        loaded.image_size,
-        cfg.effective_sigma(),
-        cfg.heads,
-        loaded.mean,
-        loaded.std,
-    )
+    model = get_method(cfg.method).build(loaded, torch.from_numpy(tv.matrix), cfg.effective_sigma(), cfg.heads)
     return tv, model
 
 
@@ -142,7 +140,10 @@ def with_mean(results: dict) -> dict:
 
 
 def evaluate(loaded: LoadedModel, split: dict[str, list[Sample]], cfg: EvalConfig, tasks: Tasks) -> dict:
-    """Evaluate every category of ``split``; returns the results.json structure."""
+    """Evaluate every category of ``split`` under the zero-shot protocol; returns the results.json structure."""
+    method = get_method(cfg.method)
+    if method.eval_protocol is not EvalProtocol.ZERO_SHOT:
+        raise ClipadError(f"--method {method.name} is evaluated with good images only: add --shots K")
     results: dict = {}
     for cat, samples in split.items():
         t0 = time.perf_counter()
@@ -150,7 +151,7 @@ def evaluate(loaded: LoadedModel, split: dict[str, list[Sample]], cfg: EvalConfi
         t1 = time.perf_counter()
         out = run_category(model, samples, cfg.batch_size, tasks.add(f"{cat}: images", len(samples)))
         t2 = time.perf_counter()
-        entry = category_metrics(out)
+        entry = category_metrics(out, method.image_score)
         entry["rvs"] = tv.summary()
         entry["timing_s"] = {
             "text": round(t1 - t0, 3),

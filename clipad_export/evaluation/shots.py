@@ -27,6 +27,7 @@ from clipad.evaluation.evaluate import (
     with_mean,
 )
 from clipad.evaluation.metrics import mean_of
+from clipad.methods.registry import get_method
 from clipad.model.loading import LoadedModel
 from clipad.model.reference import DEFAULT_MEMORY_PATCHES, bake
 
@@ -73,10 +74,10 @@ def evaluate_shots(
     seeds: list[int],
     tasks: Tasks,
     memory_patches: int = DEFAULT_MEMORY_PATCHES,
-    reference_only: bool = False,
 ) -> dict:
     """results.json structure: per category the mean over ``seeds`` plus ``shots``
-    {k, seeds, mode, std, per_seed, reference_images}; ``mean`` over categories."""
+    {k, seeds, mode, std, per_seed, reference_images}; ``mean`` over categories. ``cfg.method``
+    without a text path: the reference map alone, else added to the method's map (method.md 14)."""
     if shots < 1:
         raise ClipadError(f"--shots must be at least 1, got {shots}")
     if not seeds:
@@ -84,6 +85,7 @@ def evaluate_shots(
     files = {cat: train_good_images(cfg.dataset, root, cat) for cat in split}  # every error before model work
     for cat in split:
         draw(files[cat], shots, seeds[0])
+    method = get_method(cfg.method)
     results: dict = {}
     for cat, samples in split.items():
         tv, base = category_model(loaded, cat, cfg, tasks)
@@ -93,9 +95,9 @@ def evaluate_shots(
             t0 = time.perf_counter()
             picked = draw(files[cat], shots, seed)
             images = np.stack([load_image(p, loaded.image_size) for p in picked])
-            model = bake(base, images, memory_patches, reference_only).model
+            model = bake(base, images, memory_patches, not method.text_path).model
             out = run_category(model, samples, cfg.batch_size, tasks.add(f"{cat} seed {seed}: images", len(samples)))
-            entry = category_metrics(out)
+            entry = category_metrics(out, method.image_score)
             entry["timing_s"] = round(time.perf_counter() - t0, 3)
             per_seed.append(entry)
             chosen[str(seed)] = [p.name for p in picked]
@@ -110,7 +112,7 @@ def evaluate_shots(
             "shots": {
                 "k": shots,
                 "seeds": list(seeds),
-                "mode": "reference" if reference_only else f"{base.mode} + reference",
+                "mode": method.shots_label(),
                 "memory_patches": memory_patches,
                 "std": _std(per_seed),
                 "per_seed": [{g: e[g] for g in (*METRIC_GROUPS, "timing_s")} for e in per_seed],

@@ -1,4 +1,5 @@
-"""Floating-point operations of one SDP/SDP+ forward, counted analytically from the ViT's shape.
+"""Floating-point operations of one SDP/SDP+ forward, counted analytically from the ViT's shape
+(the parts; each method in ``clipad.methods`` adds up its own).
 
 torch's FlopCounterMode misses open_clip's fused attention fast path, so the benchmark counts
 from the dimensions instead. Convention: a multiply-add is 2 FLOPs, only matrix products and
@@ -29,8 +30,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from torch import nn
-
-from clipad.core.choices import Mode, parse_choice
 
 N_STAGES = 4
 N_CLASSES = 2
@@ -92,17 +91,11 @@ def vv_block_flops(d: ViTDims) -> int:
     return 2 * (2 * t * t * w) + 2 * t * w * w
 
 
-def flops_breakdown(d: ViTDims, mode: str = "sdp", memory_patches: int = 0) -> dict[str, int]:
-    """FLOPs of one image through SDPModel, by part, and their ``total``.
-
-    ``mode``: "sdp", "sdp+" (with the four heads) or "reference" (the reference map alone: no
-    V-V path, projection or feature surgery, which drop out of its exported graph; the PyTorch
-    module still runs the V-V path, as DualPathViT always does). ``memory_patches``:
-    M per stage of a baked reference memory (method.md 14; 0: none): its similarity product and
-    its upsampling and blur.
-    """
+def sdp_parts(d: ViTDims) -> dict[str, int]:
+    """FLOPs of one image through SDP, by part (``heads`` 0): the parts every CLIP-AD method
+    counts, which a method (``clipad.methods``) adjusts and totals with ``with_total``."""
     t, w, e, n, g = d.tokens, d.width, d.embed_dim, d.image_size, d.grid
-    parts = {
+    return {
         "patch_embed": patch_embed_flops(d),
         "original_path": d.layers * original_block_flops(d),
         "vv_path": d.layers * vv_block_flops(d),
@@ -111,17 +104,28 @@ def flops_breakdown(d: ViTDims, mode: str = "sdp", memory_patches: int = 0) -> d
         "heads": 0,
         "upsample_blur": _separable(n, g),
     }
-    if mode == "sdp+":
-        parts["heads"] = 2 * N_STAGES * (t - 1) * w * e + 2 * N_STAGES * (t - 1) * e * N_CLASSES
-        parts["upsample_blur"] = (1 + N_STAGES) * _separable(n, g) + _separable(n, n)
-    elif mode == "reference":
-        parts.update(vv_path=0, projection=0, feature_surgery=0, upsample_blur=0)
-    else:
-        parse_choice(Mode, mode, "mode")
-    if memory_patches or mode == "reference":
-        parts["reference"] = 2 * N_STAGES * (t - 1) * w * memory_patches + _separable(n, g)
-    parts["total"] = sum(parts.values())
-    return parts
+
+
+def heads_flops(d: ViTDims) -> int:
+    """The four SDP+ heads: linear maps and their cosines with the text vectors."""
+    t, w, e = d.tokens, d.width, d.embed_dim
+    return 2 * N_STAGES * (t - 1) * w * e + 2 * N_STAGES * (t - 1) * e * N_CLASSES
+
+
+def heads_upsample_blur_flops(d: ViTDims) -> int:
+    """SDP+'s maps: the SDP map and the 4 head logit maps upsampled, then one blur of their sum."""
+    return (1 + N_STAGES) * _separable(d.image_size, d.grid) + _separable(d.image_size, d.image_size)
+
+
+def reference_flops(d: ViTDims, memory_patches: int) -> int:
+    """A baked reference memory of M patches per stage (method.md 14): its similarity product,
+    then its upsampling and blur."""
+    return 2 * N_STAGES * (d.tokens - 1) * d.width * memory_patches + _separable(d.image_size, d.grid)
+
+
+def with_total(parts: dict[str, int]) -> dict[str, int]:
+    """``parts`` with their sum added as ``total``."""
+    return {**parts, "total": sum(parts.values())}
 
 
 def plain_encoding_flops(d: ViTDims) -> int:

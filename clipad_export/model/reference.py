@@ -32,7 +32,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from clipad.core.choices import Mode
 from clipad.model.maps import apply_separable, as_tensor, bilinear_matrix, gaussian_matrix
 from clipad.model.preprocess import normalize
 from clipad.model.sdp import SDPModel
@@ -166,12 +165,6 @@ class ReferenceModel(SDPModel):
         device = base.text.device
         self.reference = ReferenceMaps(self.vit.grid, self.image_size, self.sigma, memory).to(device)
         self.register_buffer("score", torch.tensor([score.center, score.scale], dtype=torch.float32, device=device))
-
-    @property
-    def mode(self) -> Mode:
-        """ "reference", or the zero-shot mode it is fused with ("sdp" / "sdp+"), which is what
-        the inherited ``maps_from_taps`` reads."""
-        return "reference" if self.reference_only else self.maps.mode
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if self.reference_only:

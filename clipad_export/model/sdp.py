@@ -16,7 +16,8 @@ softmax. We follow the code.
 
 Every step exists once: ``head_logit_diff`` is also what SDP+ training differentiates, and
 ``AnomalyMaps`` (the map assembly from a surgery map and patch tokens) is also what training's
-validation scores; ``default_sigma`` is the one smoothing rule of `clipad eval` and training.
+validation scores. The default smoothing per method and dataset is the method's
+(``clipad.methods``: ``Method.default_sigma``).
 """
 
 from __future__ import annotations
@@ -25,24 +26,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from clipad.core.choices import Mode
 from clipad.model.heads import Heads
 from clipad.model.maps import apply_separable, as_tensor, bilinear_matrix, gaussian_matrix
 from clipad.model.preprocess import OPENAI_MEAN, OPENAI_STD, normalize
 from clipad.model.surgery import DualPathViT, Taps
 
 LOGIT_SCALE = 100.0  # hard-coded in the official code (method.md 6, 7.2)
-DEFAULT_SIGMA = 8.0
-VISA_SDP_PLUS_SIGMA = 2.0
-
-
-def default_sigma(mode: Mode, dataset: str) -> float:
-    """The official smoothing sigma: 2 for SDP+ on VisA, 8 otherwise (method.md 7.2, 10 item 8).
-
-    SDP keeps 8 on every dataset (section 10 item 6); only the fused SDP+ map has a VisA value.
-    Validation during training smooths with the validation set's sigma (section 7.3).
-    """
-    return VISA_SDP_PLUS_SIGMA if mode == "sdp+" and dataset == "visa" else DEFAULT_SIGMA
+DEFAULT_SIGMA = 8.0  # the official smoothing (method.md 7.2, 10 items 6 and 8)
+VISA_SDP_PLUS_SIGMA = 2.0  # SDP+ on VisA only (clipad.methods.sdp_plus)
 
 
 def feature_surgery(surgery: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
@@ -108,7 +99,7 @@ class AnomalyMaps(nn.Module):
     def __init__(self, grid: int, image_size: int, sigma: float, text: torch.Tensor, heads: Heads | None = None):
         super().__init__()
         self.grid, self.image_size, self.sigma = grid, image_size, float(sigma)
-        self.mode: Mode = "sdp+" if heads is not None else "sdp"
+        self.has_heads = heads is not None  # SDP+ (method.md 7.2), else SDP
         self.register_buffer("text", text.detach().to(torch.float32).clone())
         up = bilinear_matrix(grid, image_size, align_corners=False)
         blur = gaussian_matrix(image_size, sigma)
@@ -122,7 +113,7 @@ class AnomalyMaps(nn.Module):
             self.register_buffer("head_bias", heads.bias.detach().to(torch.float32).clone())
 
     def forward(self, sim: torch.Tensor, patches: torch.Tensor | None = None) -> torch.Tensor:
-        if (patches is None) != (self.mode == "sdp"):
+        if (patches is not None) != self.has_heads:
             raise ValueError("patch tokens go with the heads: SDP+ maps need them, SDP maps take none")
         if patches is None:
             return apply_separable(sim, self.blur_up)
@@ -163,11 +154,6 @@ class SDPModel(nn.Module):
         """The category's text vectors T, float32 [D, 2] (column 0 normal, 1 abnormal)."""
         return self.maps.text
 
-    @property
-    def mode(self) -> Mode:
-        """The method: "sdp", or "sdp+" when the module holds heads."""
-        return self.maps.mode
-
     def taps(self, images: torch.Tensor) -> Taps:
         """uint8 RGB [B, H, W, 3] -> Taps (normalisation happens here, inside the model).
 
@@ -182,7 +168,7 @@ class SDPModel(nn.Module):
         """Taps -> (anomaly_map float32 [B, H, W], image_prob float32 [B])."""
         b, g = taps.surgery.shape[0], self.vit.grid
         sim = feature_surgery(taps.surgery, self.text).reshape(b, g, g)
-        patches = taps.ori[:, :, 1:] if self.mode == "sdp+" else None
+        patches = taps.ori[:, :, 1:] if self.maps.has_heads else None  # the heads' input (method.md 7.1)
         return self.maps(sim, patches), image_prob(taps.surgery, self.text)
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

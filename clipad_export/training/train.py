@@ -34,13 +34,14 @@ from clipad.core.errors import ClipadError
 from clipad.core.progress import Tasks
 from clipad.data import Sample
 from clipad.evaluation.metrics import binary_metrics, pixel_metrics
-from clipad.model.fusion import fused_score, map_max, transductive_ranges
+from clipad.methods.sdp_plus import METHOD as SDP_PLUS
+from clipad.model.fusion import map_max, transductive_ranges
 from clipad.model.heads import Heads, save_heads
 from clipad.model.loading import LoadedModel
 from clipad.model.maps import apply_separable, as_tensor, bilinear_matrix
 from clipad.model.prompts import PROMPT_SETS
 from clipad.model.rvs import text_vectors
-from clipad.model.sdp import AnomalyMaps, default_sigma, head_logit_diff
+from clipad.model.sdp import AnomalyMaps, head_logit_diff
 from clipad.model.surgery import N_STAGES, DualPathViT
 from clipad.training.cache import FeatureCache
 from clipad.training.losses import SDPPlusLoss
@@ -102,7 +103,7 @@ def validate(
         maps = np.concatenate(batches)
         labels = masks[idx].reshape(len(idx), -1).any(1).astype(int)
         mmax = map_max(maps)
-        score = fused_score(cache.probs[idx], mmax, *transductive_ranges(cache.probs[idx], mmax))
+        score = SDP_PLUS.image_score.fuse(cache.probs[idx], mmax, *transductive_ranges(cache.probs[idx], mmax))
         per_cat.append(
             {
                 "image_auroc": binary_metrics(labels, score)["auroc"],
@@ -227,7 +228,7 @@ def train(
         val_cache, _ = FeatureCache.get_or_build(
             loaded, [s for c in val_cats for s in val_split[c]], val_cats, cache_dir, tasks, texts=val_texts
         )
-        val = (val_cache, val_texts, default_sigma("sdp+", val_dataset))
+        val = (val_cache, val_texts, SDP_PLUS.default_sigma(val_dataset))  # section 7.3: the validation set's sigma
     best = None  # (image AUROC, epoch, weight, bias)
     heads = init_heads(width, embed_dim, cfg.seed)
     weight = heads.weight.clone().to(device).requires_grad_(True)

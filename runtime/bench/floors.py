@@ -8,17 +8,19 @@ from typing import Any
 import numpy as np
 import torch
 
-from clipad.model.flops import ViTDims, flops_breakdown, plain_encoding_flops
+from clipad.methods.base import Method
+from clipad.model.flops import ViTDims, plain_encoding_flops
 from clipad.model.preprocess import normalize
 from clipad.runtime.bench.timing import cuda_sync, percentiles, time_calls
 
 
-def flop_figures(reference: Any, image_size: int) -> dict[str, Any]:
-    """FLOPs of one image through ``reference`` (SDPModel) by part, and of open_clip's plain
-    encoding, from the ViT's dimensions (``clipad.model.flops``); the JSON's ``flops``."""
+def flop_figures(reference: Any, image_size: int, method: Method) -> dict[str, Any]:
+    """FLOPs of one image through ``reference`` (SDPModel) by part as ``method`` counts them, and
+    of open_clip's plain encoding, from the ViT's dimensions (``clipad.model.flops``); the JSON's
+    ``flops``."""
     dims = ViTDims.from_visual(reference.vit.visual, image_size)
     memory = getattr(getattr(reference, "reference", None), "memory", None)  # a ReferenceModel's [S, M, W]
-    per_image = flops_breakdown(dims, reference.mode, 0 if memory is None else int(memory.shape[1]))
+    per_image = method.flops(dims, 0 if memory is None else int(memory.shape[1]))
     return {
         "per_image": per_image,
         "plain_encoding_per_image": plain_encoding_flops(dims),

@@ -17,6 +17,7 @@ from clipad.core.errors import ClipadError
 from clipad.core.progress import Tasks
 from clipad.deploy.artifacts import Artifacts
 from clipad.deploy.parity import parity_images
+from clipad.methods.registry import get_method
 from clipad.runtime.bench.config import BenchConfig, validate
 from clipad.runtime.bench.floors import ceilings, dual_path_cost, flop_figures
 from clipad.runtime.bench.goals import performance_goals, ratios, reduced_gates
@@ -46,7 +47,7 @@ def run_bench(art: Artifacts, cfg: BenchConfig, tasks: Tasks) -> dict[str, Any]:
     memory = HostMemory()
 
     reference = reference_model(art, "cpu")
-    flops = flop_figures(reference, size)
+    flops = flop_figures(reference, size, get_method(art.manifest.mode))
     # the parity targets first: the dual-path timing below moves the reference to the bench device
     target = reference_outputs(art, parity_images(size, PARITY_IMAGES), reference) if cfg.parity else None
     advance = tasks.add("dual path vs plain encoding", 1)

@@ -1,0 +1,128 @@
+"""The method interface: what every registered method provides (docs/architecture.md, "How to add
+a method").
+
+The torch-free parts (the choices, ``image_score``, ``preprocess``, the option and manifest rules)
+are class attributes and plain methods that serving, calibration and the CLI read; the parts that
+need torch (``load``, ``build``, ``flops``) import it when called.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from enum import StrEnum
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from clipad.core.choices import Method as MethodName
+from clipad.core.errors import ClipadError
+from clipad.model.fusion import ImageScore
+
+if TYPE_CHECKING:
+    import torch
+
+    from clipad.model.flops import ViTDims
+    from clipad.model.heads import Heads
+    from clipad.model.loading import LoadedModel, WeightSpec
+    from clipad.model.sdp import SDPModel
+
+
+class Preprocess(StrEnum):
+    """How an image of any size becomes the model's input. Declared per method; the one image path
+    (``clipad.data.images``) implements SQUASH only and does not read it yet (docs/architecture.md)."""
+
+    SQUASH = "squash"  # resized to image_size x image_size, aspect ratio not kept (method.md section 2)
+
+
+class EvalProtocol(StrEnum):
+    """What `clipad eval` runs for a method."""
+
+    ZERO_SHOT = "zero-shot"  # the test split scored as it is; --shots K adds a K-shot reference memory
+    FEW_SHOT = "few-shot"  # only with --shots K: K good training images per category and seed (method.md 14)
+
+
+class Method(ABC):
+    """One anomaly-detection method: uint8 RGB [B, H, W, 3] images in, (anomaly_map float32
+    [B, H, W], image_prob float32 [B]) out, as the PyTorch reference and as its exported graph.
+
+    Class attributes: ``name`` (the ``--method`` word and the manifest's ``mode``), ``summary``
+    (a few words: the help of ``--method``), ``takes_heads`` (SDP+ heads: needed exactly when true),
+    ``text_path`` (false: no text vectors in the maps, the reference memory alone),
+    ``needs_reference`` (good images needed: ``--reference`` on export, ``--shots`` on eval),
+    ``preprocess``, ``image_score`` (how calibration and the runtime fuse image_prob with the map
+    maximum), ``eval_protocol``.
+    """
+
+    name: ClassVar[MethodName]
+    summary: ClassVar[str]
+    takes_heads: ClassVar[bool] = False
+    text_path: ClassVar[bool] = True
+    needs_reference: ClassVar[bool] = False
+    preprocess: ClassVar[Preprocess] = Preprocess.SQUASH
+    image_score: ClassVar[ImageScore] = ImageScore.PROB_PLUS_MAX
+    eval_protocol: ClassVar[EvalProtocol] = EvalProtocol.ZERO_SHOT
+
+    def __repr__(self) -> str:
+        return f"<method {self.name}>"
+
+    # --- options and records (torch-free) -------------------------------------------------
+
+    def check_options(self, heads: bool, reference: bool, reference_option: str) -> None:
+        """One-line ClipadErrors for options this method cannot use: ``heads`` (--heads given),
+        ``reference`` (good images given), ``reference_option`` (how the command asks for them:
+        "--reference GOOD_IMAGES" on export, "--shots K ..." on eval)."""
+        if self.takes_heads and not heads:
+            raise ClipadError(f"--method {self.name} needs --heads FILE")
+        if heads and not self.takes_heads:
+            raise ClipadError(f"--method {self.name} takes no --heads (the heads are SDP+'s)")
+        if self.needs_reference and not reference:
+            raise ClipadError(f"--method {self.name} needs {reference_option}")
+
+    def manifest_error(self, heads: bool, reference: bool) -> str | None:
+        """Why a manifest of this method is inconsistent ("field: reason"), or None: ``heads``:
+        the manifest has heads (sha256 and file), ``reference``: it has a reference memory."""
+        if heads != self.takes_heads:
+            return (
+                f"heads_sha256: mode {self.name} {'needs' if self.takes_heads else 'takes no'} heads (sha256 and file)"
+            )
+        if self.needs_reference and not reference:
+            return f"reference: mode {self.name} needs a reference memory"
+        return None
+
+    def label(self, shots: int | None) -> str:
+        """What `clipad eval` says it evaluates: the name, with --shots K the reference added."""
+        if shots is None:
+            return self.name
+        return f"{self.name}, K={shots}" if not self.text_path else f"{self.name} + reference, K={shots}"
+
+    def shots_label(self) -> str:
+        """The ``shots.mode`` entry of results.json under --shots."""
+        return self.name if not self.text_path else f"{self.name} + reference"
+
+    def default_sigma(self, dataset: str) -> float:
+        """The map's Gaussian sigma when none is given (method.md 7.2, 10 item 8): 8."""
+        from clipad.model.sdp import DEFAULT_SIGMA
+
+        return DEFAULT_SIGMA
+
+    # --- the model (torch, imported when called) ------------------------------------------
+
+    def load(self, spec: WeightSpec, device: str | torch.device = "cpu") -> LoadedModel:
+        """The backbone with its weights (open_clip's CLIP for the CLIP-AD methods)."""
+        from clipad.model.loading import load_model
+
+        return load_model(spec, device)
+
+    def build(self, loaded: LoadedModel, text: torch.Tensor, sigma: float, heads: Heads | None = None) -> SDPModel:
+        """The zero-shot model of one category: text float32 [D, 2] (column 0 normal, 1 abnormal),
+        ``heads`` exactly when ``takes_heads``. A baked reference memory (export --reference,
+        eval --shots) wraps it afterwards, text path dropped when ``text_path`` is false."""
+        from clipad.model.sdp import SDPModel
+
+        if (heads is not None) != self.takes_heads:
+            raise ValueError(f"method {self.name}: heads {'needed' if self.takes_heads else 'not used'}")
+        visual: Any = loaded.clip.visual  # open_clip's VisionTransformer (no type stubs)
+        return SDPModel(visual, text, loaded.image_size, sigma, heads, loaded.mean, loaded.std)
+
+    @abstractmethod
+    def flops(self, dims: ViTDims, memory_patches: int = 0) -> dict[str, int]:
+        """FLOPs of one image through the exported graph, by part, and their ``total``
+        (``clipad.model.flops``); ``memory_patches``: M per stage of a baked reference memory (0: none)."""
