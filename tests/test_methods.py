@@ -15,9 +15,10 @@ import torch
 from clipad.core.choices import Method as MethodName
 from clipad.core.errors import ClipadError
 from clipad.core.progress import Tasks
-from clipad.deploy.export import ExportConfig, export, reference_model
+from clipad.deploy.export import ExportConfig, export
 from clipad.deploy.manifest import Manifest
 from clipad.deploy.parity import parity_images
+from clipad.deploy.rebuild import reference_model
 from clipad.deploy.reference_set import ReferenceConfig
 from clipad.evaluation.evaluate import EvalConfig, evaluate
 from clipad.methods import registry

@@ -155,14 +155,3 @@ def compile_ir(xml_path: str | Path, precision: str, device: str = "CPU", mode: 
             )
     return compiled
 
-
-def run_compiled(compiled, images: np.ndarray, max_batch: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """uint8 [N, S, S, 3] -> (anomaly_map float32 [N, S, S], image_prob float32 [N]), in batches."""
-    step = max_batch or max(len(images), 1)
-    request = compiled.create_infer_request()
-    maps, probs = [], []
-    for i in range(0, len(images), step):
-        out = request.infer({0: np.ascontiguousarray(images[i : i + step])})
-        maps.append(np.array(out[0], dtype=np.float32))
-        probs.append(np.array(out[1], dtype=np.float32))
-    return np.concatenate(maps), np.concatenate(probs)
