@@ -34,8 +34,6 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from clipad.core.choices import OpenVinoMode, check_served, parse_choice
 from clipad.core.errors import ClipadError
 from clipad.deploy.fp16 import VIT_SCOPE
