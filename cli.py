@@ -3,11 +3,12 @@
 Errors that the user can act on are printed as one line with a non-zero exit; a traceback
 only with ``clipad --debug ...``. Each option is declared once (``_o``), the shared ones in
 groups shown as help panels (``_panel``); ``_command`` hands a command's body its options as one
-namespace, from which the body builds the library's config records; results describe themselves.
+namespace, from which the body builds the library's records; results describe themselves.
 """
 
 from __future__ import annotations
 
+import functools
 import inspect
 import sys
 from dataclasses import fields
@@ -19,10 +20,14 @@ import typer
 import typer.core
 
 from clipad.core.choices import CacheDtype, Dataset, Int8Backend, Mode, OpenVinoMode, RvsMethod, RvsProfile, metavar
+from clipad.core.lists import comma_list
+from clipad.core.packages import describe_failure, quiet_third_party
+from clipad.core.progress import progress_bars
 
 # `clipad --help` lists the commands in the order of the work, not of this file.
-WORKFLOW = ("demo", "doctor", "synth", "eval", "train", "export", "reference", "parity", "calibrate", "predict", "run")
-WORKFLOW += ("bench", "triton-server")
+WORKFLOW = tuple(
+    "demo doctor synth eval train export reference parity calibrate predict run bench triton-server".split()
+)
 REQUIRED = inspect.Parameter.empty
 Opt = tuple[str, Any, Any, dict[str, Any]]  # parameter name, type, default, typer.Option's arguments (flag, help, ...)
 
@@ -44,27 +49,30 @@ reference_app = typer.Typer(help="The normal-reference memory of an export (good
 reference_app.info.no_args_is_help = True
 app.add_typer(reference_app, name="reference")
 _state = {"debug": False}
+_say = functools.partial(typer.echo, err=True)
 
 
 def _o(flag: str, default: Any = REQUIRED, help: str = "", kind: Any = None, name: str = "", **kw: Any) -> Opt:
     """One option (an argument when ``flag`` has no dashes); its type is the default's unless ``kind``
     (``X | None`` for a None default); the parameter is named after the flag unless ``name``."""
-    kind = kind or type(default) if not isinstance(default, Path) else Path
+    kind = kind or (Path if isinstance(default, Path) else type(default))
     kind = kind | None if default is None else kind
     return (name or flag.lstrip("-").replace("-", "_").lower(), kind, default, {"flag": flag, "help": help, **kw})
 
 
-def _panel(title: str, *opts: Opt | tuple[Opt, ...]) -> tuple[Opt, ...]:
-    return tuple((n, kind, d, {**kw, "rich_help_panel": title}) for n, kind, d, kw in _flat(opts))
+def _flat(opts: tuple[Any, ...]) -> list[Opt]:
+    """Options out of options, groups and groups of groups (an option: a tuple that starts with its name)."""
+    return [opt for item in opts for opt in (_flat(item) if isinstance(item[0], tuple) else [item])]
 
 
-def _flat(opts: tuple[Opt | tuple[Opt, ...], ...]) -> list[Opt]:
-    return [o for item in opts for o in (item if isinstance(item[0], tuple) else (item,))]  # type: ignore[misc]
+def _panel(title: str, *opts: Any, but: tuple[str, ...] = ()) -> tuple[Opt, ...]:
+    """``opts`` shown under ``title`` in the help, but those named in ``but``."""
+    return tuple((n, k, d, {**kw, "rich_help_panel": title}) for n, k, d, kw in _flat(opts) if n not in but)
 
 
-def _command(*opts: Opt | tuple[Opt, ...], where: typer.Typer = app, name: str = ""):
+def _command(*opts: Any, where: typer.Typer = app, name: str = ""):
     """Register the decorated ``body(o)`` as a command named after it (``_triton_server``: triton-server), its
-    docstring the help; ``opts``: its options and groups, in help order; the body gets them as ``o.<name>``."""
+    docstring the help; ``opts``: its options and groups, in help order; the body reads them as ``o.<name>``."""
 
     def register(body):
         def callback(**values):
@@ -83,25 +91,15 @@ def _command(*opts: Opt | tuple[Opt, ...], where: typer.Typer = app, name: str =
     return register
 
 
-def _options_given(ctx: typer.Context, except_for: set[str]) -> list[str]:
-    """The command's options given on the command line, but ``except_for`` (parameter names)."""
-    sources = {p.opts[0]: ctx.get_parameter_source(p.name) for p in ctx.command.params if p.name not in except_for}
+def _options_given(ctx: typer.Context, but: set[str]) -> list[str]:
+    """The command's options given on the command line, but those named in ``but``."""
+    sources = {p.opts[0]: ctx.get_parameter_source(p.name) for p in ctx.command.params if p.name not in but}
     return [opt for opt, source in sources.items() if getattr(source, "name", None) == "COMMANDLINE"]
 
 
 def _fields(o: SimpleNamespace, record: Any) -> dict[str, Any]:
     """The options of ``o`` that are fields of the dataclass ``record``, by name."""
     return {f.name: getattr(o, f.name) for f in fields(record) if hasattr(o, f.name)}
-
-
-def _say(line: str) -> None:
-    typer.echo(line, err=True)
-
-
-def _tasks(o: SimpleNamespace):
-    from clipad.core.progress import progress_bars
-
-    return progress_bars(enabled=not o.quiet)
 
 
 def _weights(o: SimpleNamespace):
@@ -111,20 +109,10 @@ def _weights(o: SimpleNamespace):
 
 
 def _triton(o: SimpleNamespace, backend: str):
-    """The Triton target of ``--backend triton`` (None otherwise); one line for options without it."""
-    from clipad.core.errors import ClipadError
-    from clipad.runtime.backends.triton_backend import TritonTarget
+    from clipad.runtime.serving import triton_target
 
-    if backend != "triton":
-        if o.url is not None or o.triton_model is not None:
-            raise ClipadError("--url and --triton-model go with --backend triton")
-        return None
-    if o.url is None:
-        raise ClipadError("--backend triton needs --url grpc://HOST:PORT or http://HOST:PORT")
     inflight = getattr(o, "triton_inflight", 1)  # parity sends one request at a time
-    target = TritonTarget(o.url, o.triton_model, o.triton_version, o.triton_timeout, inflight, o.triton_shm)
-    target.check()
-    return target
+    return triton_target(backend, o.url, o.triton_model, o.triton_version, o.triton_timeout, inflight, o.triton_shm)
 
 
 def _served(o: SimpleNamespace, artifacts: Path | None, triton: Any, **kw: Any):
@@ -136,18 +124,21 @@ def _served(o: SimpleNamespace, artifacts: Path | None, triton: Any, **kw: Any):
     return served
 
 
-BACKENDS, PREC, EXP = (
-    "[auto|tensorrt|onnxruntime|torch|openvino|triton]",
-    "[auto|fp32|fp16|bf16|int8]",
-    "[fp32|fp16|all|int8]",
-)
+def _finish(o: SimpleNamespace, prepared: Any) -> None:
+    """Run a prepared request (progress bars unless --quiet); print what its result says, its notes on stderr."""
+    with progress_bars(not o.quiet) as tasks:
+        result = prepared.run(tasks)
+    typer.echo(result.describe())
+    for line in result.notes():
+        _say(line)
 
 
 def _device(default: str) -> Opt:
     return _o("--device", default, "Where the model runs.", metavar="[auto|cpu|cuda|cuda:N]")
 
 
-QUIET, ARTIFACTS = _o("--quiet", False, "No progress bars."), _o("--artifacts", None, "Artifact directory.", Path)
+QUIET = _o("--quiet", False, "No progress bars.")
+ARTIFACTS = _o("--artifacts", None, "Artifact directory (default: the only one under ./artifacts).", Path)
 WEIGHTS = _panel(
     "Model weights",
     _o("--model", "ViT-B-16-plus-240", "open_clip architecture (clipad-tiny: the small test config)."),
@@ -160,8 +151,7 @@ RVS = _o("--rvs", "dbscan", "Representative vector method.", metavar=metavar(Rvs
 METHOD = _panel(
     "Method",
     _o("--mode", "sdp", "sdp, sdp+ (--heads), or reference (good images only).", metavar=metavar(Mode)),
-    _o("--heads", None, "SDP+ heads (.safetensors, or the official .pth layout).", Path),
-    RVS,
+    (_o("--heads", None, "SDP+ heads (.safetensors, or the official .pth).", Path), RVS),
     _o("--prompts", "industrial", "Prompt set (industrial, hemorrhage, tumor, polyp) or a YAML/JSON file."),
 )
 GATE = _panel(
@@ -172,25 +162,19 @@ GATE = _panel(
 # The model option of Triton is --triton-model: elsewhere --model names the open_clip architecture.
 TRITON = _panel(
     "Triton (--backend triton)",
-    _o("--url", None, "The server, grpc://HOST:8001 or http://HOST:8000.", str),
+    (_o("--url", None, "The server, grpc://HOST:8001 or http://HOST:8000.", str), _o("--triton-timeout", 10.0, "s")),
     _o("--triton-model", None, "Model name (default <category>_python; _onnx or _trt on a GPU Triton).", str),
     _o("--triton-version", "", "Model version (default: the server's version policy)."),
-    _o("--triton-timeout", 10.0, "Seconds per request."),
     _o("--triton-inflight", 2, "Requests in flight per client (a batch is split into this many).", min=1),
     _o("--triton-shm", False, "System shared memory for tensors (client and server on one host)."),
 )
+BACKENDS, SERVED = "[auto|tensorrt|onnxruntime|torch|openvino|triton]", "[auto|fp32|fp16|bf16|int8]"
 SERVING = _panel(
     "Serving",
-    ARTIFACTS,
-    _o("--backend", "auto", "auto (the fastest: never openvino or triton), or one.", metavar=BACKENDS),
-    _o("--precision", "auto", "auto (fp16 on a GPU, else fp32; openvino: its gated int8/bf16) or one.", metavar=PREC),
+    (ARTIFACTS, _o("--backend", "auto", "auto: the fastest here (not openvino, triton).", metavar=BACKENDS)),
+    _o("--precision", "auto", "auto: fp16 on a GPU, else fp32; openvino: gated int8/bf16.", metavar=SERVED),
     _device("auto"),
-    _o(
-        "--openvino-mode",
-        "latency",
-        "OpenVINO hint: latency (one camera), throughput (many).",
-        metavar=metavar(OpenVinoMode),
-    ),
+    _o("--openvino-mode", "latency", "latency (one camera) or throughput (many).", metavar=metavar(OpenVinoMode)),
 )
 CATEGORIES = _o("--categories", None, "Comma-separated categories (default: all).", str)
 DATASET = (_o("--dataset", help="Dataset layout.", kind=str, metavar=metavar(Dataset)), _o("--root", kind=Path))
@@ -198,28 +182,16 @@ SHOTS = _o("--shots", None, "K good images per category (eval: MVTec train split
 MEMORY = _o("--memory-patches", 1024, "At most N memory patches per stage (k-center coreset beyond).")
 
 
+@app.callback()
 def _root(debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks and third-party warnings.")] = False):
     _state["debug"] = debug
-    if not debug:  # OpenCV's capture warnings, huggingface_hub's retries: clipad reports in its own one line
-        import logging
-        import os
-
-        os.environ.setdefault("OPENCV_LOG_LEVEL", "SILENT")  # read when cv2 is first imported
-        if "cv2" in sys.modules:
-            import cv2
-
-            cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
-        for name in ("huggingface_hub", "torch.utils.cpp_extension"):  # "No CUDA runtime is found" (NNCF)
-            logging.getLogger(name).setLevel(logging.ERROR)
-
-
-app.callback()(_root)
+    if not debug:
+        quiet_third_party()  # clipad says what went wrong in its own one line
 
 
 @_command(
-    _o("--out", Path("synth"), "Output folder (MVTec AD layout)."),
-    (_o("--n-train", 4, "Good training images per category."), _o("--n-good", 6, "Good test images per category.")),
-    _o("--n-defect", 4, "Test images per defect type and category."),
+    (_o("--out", Path("synth"), "Output folder (MVTec AD layout)."), _o("--n-train", 4, "Good train images each.")),
+    (_o("--n-good", 6, "Good test images per category."), _o("--n-defect", 4, "Per defect type and category.")),
     (_o("--width", 160, "Image width in pixels."), _o("--height", 128, "Image height in pixels.")),
     (_o("--seed", 0, "Random seed; the same arguments give identical files."), _o("--force", False, "Replace --out.")),
     _o("--defect-scale", 1.0, "Enlarge the pasted defects (1 = default sizes).", min=0.2),
@@ -234,30 +206,18 @@ def _synth(o: SimpleNamespace) -> None:
 
 @_command(
     *DATASET,
-    CATEGORIES,
+    (CATEGORIES, _o("--out", Path("results.json"), "results.json path.")),
     METHOD,
-    (
-        _o("--sigma", None, "Gaussian smoothing sigma (default 8; 2 for SDP+ on VisA).", float),
-        _o("--batch-size", 8, min=1),
-    ),
-    _o("--out", Path("results.json"), "results.json path."),
+    (_o("--sigma", None, "Map smoothing (default 8; 2 for SDP+ on VisA).", float), _o("--batch-size", 8, min=1)),
     _panel("Normal reference", SHOTS, _o("--shot-seeds", "0", "Comma-separated seeds: mean and spread."), MEMORY),
-    WEIGHTS,
-    _device("auto"),
-    QUIET,
+    (*WEIGHTS, _device("auto"), QUIET),
     name="eval",
 )
 def _eval(o: SimpleNamespace) -> None:
     """Evaluate SDP/SDP+ (or, with --shots, the normal reference) on a test split; writes results.json."""
     from clipad.evaluation.run import EvalRun
 
-    prepared = EvalRun(weight_spec=_weights(o), **_fields(o, EvalRun)).prepare(_say)
-    with _tasks(o) as tasks:
-        results = prepared.run(tasks)
-    results.write(o.out)
-    typer.echo(results.describe())
-    for line in results.notes(o.out):
-        _say(line)
+    _finish(o, EvalRun(weight_spec=_weights(o), **_fields(o, EvalRun)).prepare(_say))
 
 
 @_command(
@@ -266,34 +226,23 @@ def _eval(o: SimpleNamespace) -> None:
     METHOD,
     _o("--rvs-profile", "mvtec", "DBSCAN: mvtec (eps 0.5, 15) or visa (eps 1.5, 25).", metavar=metavar(RvsProfile)),
     (_o("--sigma", 8.0, "Gaussian smoothing sigma of the map."), _o("--max-batch", 8, "Largest batch served.")),
-    _o("--precision", "all", "fp32, fp16 (or fail), all (fp16 if within limits), int8 (--engine only).", metavar=EXP),
-    _o("--engine", False, "Also build a TensorRT engine (needs TensorRT and a GPU)."),
+    _o("--precision", "all", "fp32, fp16, all (fp16 within limits), int8 (--engine).", metavar="[fp32|fp16|all|int8]"),
+    (_o("--engine", False, "Also a TensorRT engine (TensorRT, GPU)."), _o("--triton-repo", None, "Also this.", Path)),
     _o("--opt-batch", None, "With --engine: the batch TensorRT tunes for (default min(8, max batch)).", int),
-    _o("--triton-repo", None, "Also write a Triton model repository here.", Path),
-    _panel(
-        "Normal reference", _o("--reference", None, "Good images (folder, file, glob) baked in.", str), SHOTS, MEMORY
-    ),
-    _o("--openvino", False, "Also write the OpenVINO IRs (FP32, NNCF INT8), parity-checked (clipad\\[openvino])."),
-    GATE,
-    _o("--out", None, "Artifact directory (default artifacts/<category>).", Path),
-    WEIGHTS,
-    _device("cpu"),
-    QUIET,
+    _panel("Normal reference", _o("--reference", None, "Good images baked in (folder, glob).", str), SHOTS, MEMORY),
+    _o("--openvino", False, "Also the OpenVINO IRs (FP32, NNCF INT8), parity-checked (clipad\\[openvino])."),
+    (*GATE, _o("--out", None, "Artifact directory (default artifacts/<category>).", Path)),
+    (*WEIGHTS, _device("cpu"), QUIET),
 )
 def _export(o: SimpleNamespace) -> None:
     """Export one category: RVS text vectors baked into an ONNX graph (FP32 and mixed FP16), parity-checked."""
     from clipad.deploy.request import ExportRequest
 
     request = ExportRequest(**_fields(o, ExportRequest))
-    request.refuse_unused(_options_given(o.ctx, ExportRequest.INT8_ENGINE_OPTIONS))
+    request.refuse_unused(_options_given(o.ctx, but=ExportRequest.INT8_ENGINE_OPTIONS))
     if request.precision == "int8":
         return typer.echo(request.int8_engine())
-    prepared = request.prepare(_weights(o), _say)
-    with _tasks(o) as tasks:
-        result = prepared.run(tasks)
-    typer.echo(result.describe())
-    for line in result.notes():
-        _say(line)
+    _finish(o, request.prepare(_weights(o), _say))
 
 
 @_command(
@@ -301,28 +250,15 @@ def _export(o: SimpleNamespace) -> None:
     _o("--backends", "onnxruntime", "Comma-separated: onnxruntime, tensorrt, openvino, torch, triton (--url)."),
     _o("--images", None, "Folder of images to compare on (default: built-in synthetic inputs).", Path),
     (_device("cpu"), _o("--json", None, "Also write the rows as JSON.", Path)),
-    tuple(t for t in TRITON if t[0] != "triton_inflight"),
+    _panel("Triton (--backend triton)", TRITON, but=("triton_inflight",)),
 )
 def _parity(o: SimpleNamespace) -> None:
     """Compare the exported backends with the FP32 PyTorch reference (on the CPU) and print a table."""
-    import json
-
-    from clipad.core.atomic import write_text_atomic
-    from clipad.core.lists import comma_list
-    from clipad.data.images import read_model_images
-    from clipad.deploy.artifacts import load_artifacts
-    from clipad.deploy.parity import parity_images
-    from clipad.runtime.parity import format_rows, run_parity
+    from clipad.runtime.parity_check import check_parity
 
     names = comma_list(o.backends, "--backends")
     triton = _triton(o, "triton" if "triton" in names else "")
-    art = load_artifacts(o.artifacts)
-    x = read_model_images(o.images, art.image_size, 8) if o.images else parity_images(art.image_size, 3)
-    rows = run_parity(art, names, x, o.device, triton)
-    typer.echo(format_rows(rows))
-    if o.json is not None:
-        write_text_atomic(o.json, json.dumps([r.to_json() for r in rows], indent=2) + "\n")
-    if any(r.within_tolerance is False for r in rows):  # None: no limit defined for that precision
+    if not check_parity(o.artifacts, names, o.images, o.device, triton, typer.echo, o.json):
         raise typer.Exit(1)
 
 
@@ -330,8 +266,7 @@ def _parity(o: SimpleNamespace) -> None:
     _o("--camera", None, "Camera index (repeatable).", list[int], name="cameras"),
     _o("--source", None, "Video file, image folder or glob, rtsp/http URL (repeatable).", list[str], name="sources"),
     SERVING,
-    _o("--save", None, "Overlay video (.mp4 or .avi).", Path),
-    _o("--events", None, "JSON Lines, one object per processed frame (appended).", Path),
+    (_o("--save", None, "Overlay video (.mp4, .avi).", Path), _o("--events", None, "JSON Lines (appended).", Path)),
     _o("--events-max-mb", 0.0, "Rotate the events file at this size (events.jsonl.1 ... .5); 0: never."),
     _o("--segment-minutes", 0.0, "Cut the --save video into files of this many minutes; 0: one file."),
     _o("--snapshots", None, "Folder for anomalous frames: original, overlay, raw map, mask.", Path),
@@ -351,11 +286,9 @@ def _run(o: SimpleNamespace) -> None:
 
 
 @_command(
-    _o("SOURCE", help="Image file, folder or glob.", kind=str),
-    SERVING,
-    _o("--out", Path("predictions"), "Output folder for predictions.jsonl."),
-    _o("--save-maps", False, "Also write maps/<stem>.npy (float32, model resolution)."),
-    (_o("--save-overlays", False, "Also write overlays/<stem>.png."), QUIET),
+    (_o("SOURCE", help="Image file, folder or glob.", kind=str), SERVING),
+    (_o("--out", Path("predictions"), "Output folder for predictions.jsonl."), QUIET),
+    (_o("--save-maps", False, "Also maps/<stem>.npy (float32)."), _o("--save-overlays", False, "And overlays/.png.")),
     TRITON,
 )
 def _predict(o: SimpleNamespace) -> None:
@@ -363,7 +296,7 @@ def _predict(o: SimpleNamespace) -> None:
     from clipad.runtime.predict import predict
 
     served = _served(o, o.artifacts, _triton(o, o.backend), mode=o.openvino_mode)
-    with _tasks(o) as tasks:
+    with progress_bars(not o.quiet) as tasks:
         res = predict(served.backend, o.source, o.out, served.artifacts.image_size, served.calibration, tasks,
                       o.save_maps, o.save_overlays)  # fmt: skip
     for line in res.warnings():
@@ -379,7 +312,7 @@ def _reference_add(o: SimpleNamespace) -> None:
     from clipad.model.loading import resolve_device
     from clipad.runtime.serving import find_artifacts
 
-    with _tasks(o) as tasks:  # add_reference takes the device by name; str() of the resolved one names the same
+    with progress_bars(not o.quiet) as tasks:  # add_reference takes the device by name, as str() names it
         art = add_reference(find_artifacts(o.artifacts), o.images, tasks, str(resolve_device(o.device)))
     for line in art.warnings():
         _say(line)
@@ -387,9 +320,8 @@ def _reference_add(o: SimpleNamespace) -> None:
 
 
 @_command(
-    ARTIFACTS,
-    (_o("--good", None, "Good images of the part: folder, file or glob.", str), QUIET),
-    _o("--anomalous", None, "Labelled anomalous images: the threshold becomes F1-optimal.", str),
+    (ARTIFACTS, _o("--good", None, "Good images of the part: folder, file or glob.", str)),
+    (_o("--anomalous", None, "Labelled anomalous images: F1-optimal threshold.", str), QUIET),
     _o("--masks", None, "Masks of the anomalous images (same relative path; name or name_mask).", Path),
     _o("--target-fpr", 0.01, "False-positive rate on good images (good images only)."),
     _panel(
@@ -400,9 +332,7 @@ def _reference_add(o: SimpleNamespace) -> None:
         _o("--int8-max-images", 64, "At most this many INT8 calibration images.", min=1),
         _o("--min-agreement", 0.9, "Keep the INT8 graph at this top-1% agreement or more (without --gate-data)."),
     ),
-    GATE,
-    tuple(t for t in SERVING if t[0] not in ("artifacts", "openvino_mode")),
-    TRITON,
+    (GATE, _panel("Serving", SERVING, but=("artifacts", "openvino_mode")), TRITON),
 )
 def _calibrate(o: SimpleNamespace) -> None:
     """Fix per-category score constants and thresholds from calibration images (and optionally an INT8 graph)."""
@@ -410,13 +340,11 @@ def _calibrate(o: SimpleNamespace) -> None:
     from clipad.runtime.calibrating import calibrate_artifacts
     from clipad.runtime.serving import find_artifacts
 
-    cfg = CalibrateConfig(**_fields(o, CalibrateConfig))
-    cfg.check()
+    (cfg := CalibrateConfig(**_fields(o, CalibrateConfig))).check()
     triton, art_dir = _triton(o, o.backend), find_artifacts(o.artifacts)
-    with _tasks(o) as tasks:  # the calibration notes are not said: calibrate makes them
-        for line in calibrate_artifacts(
-            cfg, art_dir, lambda: _served(o, art_dir, triton, need_calibration=False), tasks, _say
-        ):
+    served = functools.partial(_served, o, art_dir, triton, need_calibration=False)  # its notes: not calibration's
+    with progress_bars(not o.quiet) as tasks:
+        for line in calibrate_artifacts(cfg, art_dir, served, tasks, _say):
             typer.echo(line)
 
 
@@ -427,42 +355,35 @@ def _calibrate(o: SimpleNamespace) -> None:
     (_o("--batch", "1,8", "Comma-separated batch sizes.", name="batches"), _o("--iterations", 20, "Timed calls.")),
     _o("--attention", "fused", "Torch rows: fused (SDPA), explicit (MatMul + Softmax).", name="attentions"),
     (_o("--warmup", 3, "Untimed calls before them."), _device("auto")),
-    _o("--no-parity", False, "Skip the parity figures against the PyTorch reference."),
-    (_o("--json", None, "Every figure and sample as JSON.", Path), _o("--plot", None, "Latency plot (PNG).", Path)),
-    QUIET,
+    (_o("--no-parity", False, "No parity figures."), _o("--json", None, "Every figure and sample as JSON.", Path)),
+    (_o("--plot", None, "Latency and throughput against batch size (PNG).", Path), QUIET),
     TRITON,
 )
 def _bench(o: SimpleNamespace) -> None:
     """Latency, throughput, memory, start-up and parity per backend, precision and batch; FLOP floor."""
     from clipad.deploy.artifacts import load_artifacts
-    from clipad.runtime.bench import BenchConfig, format_markdown, run_bench, write_json, write_plot
+    from clipad.runtime.bench import BenchConfig, run_bench
     from clipad.runtime.serving import find_artifacts
 
     cfg = BenchConfig.parse(**_fields(o, BenchConfig), parity=not o.no_parity)
     cfg.triton = _triton(o, "triton" if "triton" in cfg.backends else "")
     cfg.validate()
     art = load_artifacts(find_artifacts(o.artifacts))
-    with _tasks(o) as tasks:
-        res = run_bench(art, cfg, tasks)
-    typer.echo(format_markdown(res))
-    if o.json is not None:
-        write_json(res, o.json)
-        _say(f"JSON written to {o.json}")
-    if o.plot is not None:
-        write_plot(res, o.plot)
-        _say(f"plot written to {o.plot}")
+    with progress_bars(not o.quiet) as tasks:
+        report = run_bench(art, cfg, tasks)
+    typer.echo(report.describe())
+    for line in report.write(o.json, o.plot):
+        _say(line)
 
 
 @_command(
     _o("--repo", help="Triton model repository (from `clipad export --triton-repo`).", kind=Path),
     (_o("--http-port", 0, "On 127.0.0.1 (0: a free one)."), _o("--grpc-port", 0, "On 127.0.0.1 (0: a free one).")),
-    _o("--metrics-port", 0, "On 127.0.0.1 (0: a free one)."),
+    (_o("--metrics-port", 0, "On 127.0.0.1 (0: a free one)."), _o("--log", None, "Server log (default: temp).", Path)),
     _o("--models", None, "Comma-separated models to load (default: every one this build can load).", str),
-    _o("--log", None, "Server log file (default: a temporary one).", Path),
 )
 def _triton_server(o: SimpleNamespace) -> None:
     """Run a local Triton server on loopback (pytriton's binary) until Ctrl-C: for development and tests."""
-    from clipad.core.lists import comma_list
     from clipad.deploy.triton_server import LocalTriton, Ports, free_port, serve_until_stopped
 
     ports = Ports(o.http_port or free_port(), o.grpc_port or free_port(), o.metrics_port or free_port())
@@ -480,9 +401,8 @@ def _demo(o: SimpleNamespace) -> None:
     from clipad.runtime.demo import DEMO_NOTE, describe_demo, run_demo
 
     _say(DEMO_NOTE)
-    with _tasks(o) as tasks:
-        report = run_demo(o.out, o.model, o.frames, tasks, log=_say)
-    typer.echo(describe_demo(report, o.out))
+    with progress_bars(not o.quiet) as tasks:
+        typer.echo(describe_demo(run_demo(o.out, o.model, o.frames, tasks, log=_say), o.out))
 
 
 @_command(
@@ -497,16 +417,13 @@ def _demo(o: SimpleNamespace) -> None:
         _o("--val-dataset", None, "Held-out validation set's layout (mvtec, visa, folder): selects the epoch.", str),
         (_o("--val-root", None, "Its root.", Path), _o("--val-categories", None, "Comma-separated categories.", str)),
     ),
-    WEIGHTS,
-    (_device("auto"), QUIET),
+    (*WEIGHTS, _device("auto"), QUIET),
 )
 def _train(o: SimpleNamespace) -> None:
     """Train the four SDP+ heads offline (CLIP frozen; backbone features cached once)."""
     from clipad.training.run import TrainRun
 
-    prepared = TrainRun(weight_spec=_weights(o), **_fields(o, TrainRun)).prepare()
-    with _tasks(o) as tasks:
-        typer.echo(prepared.run(tasks).describe())
+    _finish(o, TrainRun(weight_spec=_weights(o), **_fields(o, TrainRun)).prepare())
 
 
 @_command(
@@ -524,19 +441,8 @@ def _doctor(o: SimpleNamespace) -> None:
     report.refuse_unmet(wanted)
 
 
-# The optional packages a command may need, and the install that brings each (pyproject's extras).
-INSTALL_HINTS = {
-    "onnxruntime": "pip install 'clipad[cpu]', or on an NVIDIA GPU workstation "
-    "pip install --extra-index-url https://pypi.nvidia.com 'clipad[gpu]'",
-    "openvino": "pip install 'clipad[openvino]'",
-    "nncf": "pip install 'clipad[openvino]'",
-}
-
-
 def run(argv: list[str]) -> int:
-    """Run the CLI on ``argv`` and return the exit code (errors as one line on stderr)."""
-    from clipad.core.errors import ClipadError
-
+    """Run the CLI on ``argv`` and return the exit code (errors as one line on stderr, unless --debug)."""
     _state["debug"] = "--debug" in argv[:1]
     try:
         app(args=argv, prog_name="clipad")  # usage errors are reported by Typer itself
@@ -544,17 +450,12 @@ def run(argv: list[str]) -> int:
     except SystemExit as err:
         return err.code if isinstance(err.code, int) else (0 if err.code is None else 1)
     except KeyboardInterrupt:
-        typer.echo("interrupted", err=True)
+        _say("interrupted")
         return 130
-    except Exception as err:  # one line unless --debug: the user's mistake, a missing extra or an unexpected failure
+    except Exception as err:  # the user's mistake, a missing extra or an unexpected failure
         if _state["debug"]:
             raise
-        if isinstance(err, ClipadError):
-            _say(f"error: {err}")
-        elif isinstance(err, ModuleNotFoundError) and err.name in INSTALL_HINTS:
-            _say(f"error: {err.name} is not installed: {INSTALL_HINTS[err.name]} (`clipad doctor` tells what is here)")
-        else:
-            _say(f"error: {type(err).__name__}: {err} (run `clipad --debug ...` for the traceback)")
+        _say(describe_failure(err))
         return 1
 
 

@@ -26,7 +26,15 @@ import numpy as np
 from clipad.core.atomic import fsync_path
 from clipad.core.errors import ClipadError
 from clipad.core.hashing import file_sha256
-from clipad.deploy.manifest import ARTIFACT_FILES, MANIFEST, PLAN_META, TEXT_FEATURES, EngineMeta, Manifest
+from clipad.deploy.manifest import (
+    ARTIFACT_FILES,
+    MANIFEST,
+    PLAN_META,
+    TEXT_FEATURES,
+    EngineMeta,
+    Manifest,
+    ParityFigures,
+)
 
 
 @dataclass
@@ -66,7 +74,7 @@ class Artifacts:
         from clipad.deploy.quality_gate import describe_gate
 
         m, ov = self.manifest, self.manifest.openvino
-        figures = [(p, m.parity.figures(p)) for p in m.precisions]
+        figures: list[tuple[str, ParityFigures | None]] = [(p, m.parity.figures(p)) for p in m.precisions]
         figures += [(f"openvino {p}", f) for p, f in ov.parity.items()] if ov else []
         lines = [
             f"parity {p} (vs {f.against}): rel L2 {f.rel_l2:.1e}, image_prob err {f.prob_max_abs:.1e}, "

@@ -93,7 +93,12 @@ class ExportRequest:
             raise ClipadError(
                 f"{'--mode reference' if self.mode == 'reference' else '--shots'} needs --reference GOOD_IMAGES"
             )
-        ref = ReferenceConfig(self.reference, self.shots, self.memory_patches, self.mode == "reference")
+        only = self.mode == "reference"
+        ref = (
+            ReferenceConfig(self.reference, self.shots, self.memory_patches, only)
+            if self.reference is not None
+            else None
+        )
         cfg = ExportConfig(
             category=self.category,
             out=self.target,
@@ -111,7 +116,7 @@ class ExportRequest:
             openvino=self.openvino,
             gate_root=self.gate_data,
             max_auroc_drop=self.max_auroc_drop,
-            reference=ref if self.reference is not None else None,
+            reference=ref,
         )
         validate(cfg)
         return cfg

@@ -47,12 +47,13 @@ class CategoryResult:
 class EvalResults:
     categories: dict[str, CategoryResult]
     mean: CategoryResult = field(init=False)
+    written_to: Path | None = field(default=None, compare=False)  # where ``write`` put them (not serialised)
 
     def __post_init__(self) -> None:
         cats = list(self.categories.values())
-        groups = {g: mean_of([getattr(c, g) for c in cats]) for g in METRIC_GROUPS}
+        image, pixel, image_prob = (mean_of([getattr(c, g) for c in cats]) for g in METRIC_GROUPS)
         n_images, n_skipped = sum(c.n_images for c in cats), sum(c.n_skipped for c in cats)
-        self.mean = CategoryResult(**groups, n_images=n_images, n_skipped=n_skipped)
+        self.mean = CategoryResult(image, pixel, image_prob, n_images, n_skipped)
 
     @classmethod
     def of(cls, entries: dict[str, dict[str, Any]]) -> EvalResults:
@@ -67,8 +68,9 @@ class EvalResults:
         """results.json's structure; its ``mean`` is recomputed from the categories (the same figures)."""
         return cls.of({c: e for c, e in d.items() if c != "mean"})
 
-    def write(self, path: str | Path) -> None:
+    def write(self, path: Path) -> None:
         write_text_atomic(path, json.dumps(self.to_json(), indent=2) + "\n")
+        self.written_to = path
 
     def describe(self) -> str:
         """Paper Table 1 layout in percent (image AUROC/F1-max/AP on the fused score, pixel AUROC/F1-max/AP/AUPRO),
@@ -103,8 +105,9 @@ class EvalResults:
             )
         return lines
 
-    def notes(self, out: str | Path) -> list[str]:
+    def notes(self) -> list[str]:
         """The lines for stderr: each category's notes, the unreadable images and where the results went."""
+        out = self.written_to
         lines = [
             f"note: {cat}: {note}"
             for cat, r in self.categories.items()
@@ -112,7 +115,7 @@ class EvalResults:
         ]
         if self.mean.n_skipped:
             lines.append(f"skipped {self.mean.n_skipped} unreadable images (listed in {out})")
-        return lines + [f"results written to {out}"]
+        return lines + ([f"results written to {out}"] if out is not None else [])
 
 
 def _pct(v: float | None) -> str:

@@ -36,6 +36,7 @@ class EvalRun:
     shot_seeds: str = "0"
     memory_patches: int = 1024
     device: str = "auto"
+    out: Path | None = None  # where ``PreparedEval.run`` writes results.json (None: nowhere)
 
     def prepare(self, log: Callable[[str], None]) -> PreparedEval:
         """Check the request, read the split, load the model and heads; ``log`` says what will run."""
@@ -90,8 +91,12 @@ class PreparedEval:
 
         r = self.request
         if r.shots is None:
-            return evaluate(self.loaded, self.split, self.cfg, tasks)
-        only = r.mode == "reference"
-        return evaluate_shots(
-            self.loaded, self.split, self.cfg, r.root, r.shots, self.seeds, tasks, r.memory_patches, only
-        )
+            results = evaluate(self.loaded, self.split, self.cfg, tasks)
+        else:
+            only = r.mode == "reference"
+            results = evaluate_shots(
+                self.loaded, self.split, self.cfg, r.root, r.shots, self.seeds, tasks, r.memory_patches, only
+            )
+        if r.out is not None:
+            results.write(r.out)
+        return results

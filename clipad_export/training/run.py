@@ -91,6 +91,9 @@ class TrainResult:
     log: dict[str, Any]  # the training log (<out>.log.json's structure)
     out: Path
 
+    def notes(self) -> list[str]:
+        return []
+
     def describe(self) -> str:
         last = self.log["epochs"][-1]
         chosen = (
