@@ -28,7 +28,7 @@ from clipad.core.progress import progress_bars
 WORKFLOW = tuple(
     "demo doctor synth eval train export reference parity calibrate predict run bench triton-server".split()
 )
-REQUIRED = inspect.Parameter.empty
+REQUIRED, KEYWORD = inspect.Parameter.empty, inspect.Parameter.KEYWORD_ONLY
 Opt = tuple[str, Any, Any, dict[str, Any]]  # parameter name, type, default, typer.Option's arguments (flag, help, ...)
 
 
@@ -78,12 +78,11 @@ def _command(*opts: Any, where: typer.Typer = app, name: str = ""):
         def callback(**values):
             return body(SimpleNamespace(**values))
 
-        params = [inspect.Parameter("ctx", inspect.Parameter.KEYWORD_ONLY, annotation=typer.Context)]
+        params = [inspect.Parameter("ctx", KEYWORD, annotation=typer.Context)]  # Typer passes the context
         for pname, kind, default, spec in _flat(opts):
             kw = {k: v for k, v in spec.items() if k != "flag"}
             info = typer.Option(spec["flag"], **kw) if spec["flag"].startswith("-") else typer.Argument(**kw)
-            params.append(inspect.Parameter(pname, inspect.Parameter.KEYWORD_ONLY, default=default))
-            params[-1] = params[-1].replace(annotation=Annotated[kind, info])
+            params.append(inspect.Parameter(pname, KEYWORD, default=default, annotation=Annotated[kind, info]))
         callback.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]  # what Typer reads
         where.command(name or body.__name__.strip("_").replace("_", "-"), help=body.__doc__)(callback)
         return body
@@ -133,11 +132,8 @@ def _finish(o: SimpleNamespace, prepared: Any) -> None:
         _say(line)
 
 
-def _device(default: str) -> Opt:
-    return _o("--device", default, "Where the model runs.", metavar="[auto|cpu|cuda|cuda:N]")
-
-
 QUIET = _o("--quiet", False, "No progress bars.")
+DEVICE, CPU = (_o("--device", d, "Where the model runs.", metavar="[auto|cpu|cuda|cuda:N]") for d in ("auto", "cpu"))
 ARTIFACTS = _o("--artifacts", None, "Artifact directory (default: the only one under ./artifacts).", Path)
 WEIGHTS = _panel(
     "Model weights",
@@ -173,7 +169,7 @@ SERVING = _panel(
     "Serving",
     (ARTIFACTS, _o("--backend", "auto", "auto: the fastest here (not openvino, triton).", metavar=BACKENDS)),
     _o("--precision", "auto", "auto: fp16 on a GPU, else fp32; openvino: gated int8/bf16.", metavar=SERVED),
-    _device("auto"),
+    DEVICE,
     _o("--openvino-mode", "latency", "latency (one camera) or throughput (many).", metavar=metavar(OpenVinoMode)),
 )
 CATEGORIES = _o("--categories", None, "Comma-separated categories (default: all).", str)
@@ -210,7 +206,7 @@ def _synth(o: SimpleNamespace) -> None:
     METHOD,
     (_o("--sigma", None, "Map smoothing (default 8; 2 for SDP+ on VisA).", float), _o("--batch-size", 8, min=1)),
     _panel("Normal reference", SHOTS, _o("--shot-seeds", "0", "Comma-separated seeds: mean and spread."), MEMORY),
-    (*WEIGHTS, _device("auto"), QUIET),
+    (*WEIGHTS, DEVICE, QUIET),
     name="eval",
 )
 def _eval(o: SimpleNamespace) -> None:
@@ -232,7 +228,7 @@ def _eval(o: SimpleNamespace) -> None:
     _panel("Normal reference", _o("--reference", None, "Good images baked in (folder, glob).", str), SHOTS, MEMORY),
     _o("--openvino", False, "Also the OpenVINO IRs (FP32, NNCF INT8), parity-checked (clipad\\[openvino])."),
     (*GATE, _o("--out", None, "Artifact directory (default artifacts/<category>).", Path)),
-    (*WEIGHTS, _device("cpu"), QUIET),
+    (*WEIGHTS, CPU, QUIET),
 )
 def _export(o: SimpleNamespace) -> None:
     """Export one category: RVS text vectors baked into an ONNX graph (FP32 and mixed FP16), parity-checked."""
@@ -249,7 +245,7 @@ def _export(o: SimpleNamespace) -> None:
     _o("--artifacts", help="Artifact directory from `clipad export`.", kind=Path),
     _o("--backends", "onnxruntime", "Comma-separated: onnxruntime, tensorrt, openvino, torch, triton (--url)."),
     _o("--images", None, "Folder of images to compare on (default: built-in synthetic inputs).", Path),
-    (_device("cpu"), _o("--json", None, "Also write the rows as JSON.", Path)),
+    (CPU, _o("--json", None, "Also write the rows as JSON.", Path)),
     _panel("Triton (--backend triton)", TRITON, but=("triton_inflight",)),
 )
 def _parity(o: SimpleNamespace) -> None:
@@ -304,7 +300,7 @@ def _predict(o: SimpleNamespace) -> None:
     typer.echo(res.describe(o.out))
 
 
-@_command(_o("IMAGES", help="Good images to add: folder, file or glob.", kind=str), ARTIFACTS, _device("cpu"), QUIET,
+@_command(_o("IMAGES", help="Good images to add: folder, file or glob.", kind=str), ARTIFACTS, CPU, QUIET,
           where=reference_app, name="add")  # fmt: skip
 def _reference_add(o: SimpleNamespace) -> None:
     """Add good images to the reference memory: re-exports the graphs (parity re-run); calibration must be redone."""
@@ -354,7 +350,7 @@ def _calibrate(o: SimpleNamespace) -> None:
     _o("--precision", "fp32,fp16,int8", "Comma-separated: fp32, fp16, int8, bf16 (openvino).", name="precisions"),
     (_o("--batch", "1,8", "Comma-separated batch sizes.", name="batches"), _o("--iterations", 20, "Timed calls.")),
     _o("--attention", "fused", "Torch rows: fused (SDPA), explicit (MatMul + Softmax).", name="attentions"),
-    (_o("--warmup", 3, "Untimed calls before them."), _device("auto")),
+    (_o("--warmup", 3, "Untimed calls before them."), DEVICE),
     (_o("--no-parity", False, "No parity figures."), _o("--json", None, "Every figure and sample as JSON.", Path)),
     (_o("--plot", None, "Latency and throughput against batch size (PNG).", Path), QUIET),
     TRITON,
@@ -417,7 +413,7 @@ def _demo(o: SimpleNamespace) -> None:
         _o("--val-dataset", None, "Held-out validation set's layout (mvtec, visa, folder): selects the epoch.", str),
         (_o("--val-root", None, "Its root.", Path), _o("--val-categories", None, "Comma-separated categories.", str)),
     ),
-    (*WEIGHTS, _device("auto"), QUIET),
+    (*WEIGHTS, DEVICE, QUIET),
 )
 def _train(o: SimpleNamespace) -> None:
     """Train the four SDP+ heads offline (CLIP frozen; backbone features cached once)."""

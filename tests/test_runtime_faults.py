@@ -202,12 +202,16 @@ def test_decompression_bombs_are_skipped_and_counted(tmp_path, monkeypatch):
 def test_events_are_appended_and_locked(tmp_path):
     ev = tmp_path / "ev.jsonl"
     first = EventsSink(ev)
-    first.write(Prediction("a", 0.5, 0.1, frame=0), np.zeros((2, 2, 3), np.uint8), np.zeros((2, 2), np.float32), None)
+    first.write(
+        FrameResult(Prediction("a", 0.5, 0.1, frame=0), np.zeros((2, 2, 3), np.uint8), np.zeros((2, 2), np.float32))
+    )
     with pytest.raises(ClipadError, match="being written by another clipad run"):
         EventsSink(ev)
     first.close()
     second = EventsSink(ev)  # the earlier run's events are kept
-    second.write(Prediction("b", 0.5, 0.1, frame=0), np.zeros((2, 2, 3), np.uint8), np.zeros((2, 2), np.float32), None)
+    second.write(
+        FrameResult(Prediction("b", 0.5, 0.1, frame=0), np.zeros((2, 2, 3), np.uint8), np.zeros((2, 2), np.float32))
+    )
     second.close()
     assert [strict_json(line)["source"] for line in ev.read_text().splitlines()] == ["a", "b"]
 
