@@ -67,16 +67,16 @@ class TrainRun:
             dataset=self.dataset,
             cache_dtype=self.cache_dtype,
         )
-        return PreparedTraining(self, loaded, split, val_split, cfg)
+        return PreparedTraining(self, split, val_split, cfg, loaded)
 
 
 @dataclass
 class PreparedTraining:
     request: TrainRun
-    loaded: LoadedModel
     split: dict[str, list[Sample]]
-    val_split: dict[str, list[Sample]] | None
+    val_split: dict[str, list[Sample]] | None  # the held-out set that selects the epoch
     cfg: TrainConfig
+    loaded: LoadedModel
 
     def run(self, tasks: Tasks) -> TrainResult:
         from clipad.training.train import train
