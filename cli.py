@@ -53,8 +53,9 @@ _say = functools.partial(typer.echo, err=True)
 
 
 def _o(flag: str, default: Any = REQUIRED, help: str = "", kind: Any = None, name: str = "", **kw: Any) -> Opt:
-    """One option (an argument when ``flag`` has no dashes); its type is the default's unless ``kind``
-    (``X | None`` for a None default); the parameter is named after the flag unless ``name``."""
+    """One option (an argument when ``flag`` has no dashes; more flags: ``aliases=("--x",)``); its type is
+    the default's unless ``kind`` (``X | None`` for a None default); its parameter is named after the flag
+    unless ``name``."""
     kind = kind or (Path if isinstance(default, Path) else type(default))
     kind = kind | None if default is None else kind
     return (name or flag.lstrip("-").replace("-", "_").lower(), kind, default, {"flag": flag, "help": help, **kw})
@@ -80,8 +81,9 @@ def _command(*opts: Any, where: typer.Typer = app, name: str = ""):
 
         params = [inspect.Parameter("ctx", KEYWORD, annotation=typer.Context)]  # Typer passes the context
         for pname, kind, default, spec in _flat(opts):
-            kw = {k: v for k, v in spec.items() if k != "flag"}
-            info = typer.Option(spec["flag"], **kw) if spec["flag"].startswith("-") else typer.Argument(**kw)
+            kw = {k: v for k, v in spec.items() if k not in ("flag", "aliases")}  # aliases: more flags, same option
+            flags = (spec["flag"], *spec.get("aliases", ()))
+            info = typer.Option(*flags, **kw) if spec["flag"].startswith("-") else typer.Argument(**kw)
             params.append(inspect.Parameter(pname, KEYWORD, default=default, annotation=Annotated[kind, info]))
         callback.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]  # what Typer reads
         where.command(name or body.__name__.strip("_").replace("_", "-"), help=body.__doc__)(callback)
