@@ -23,7 +23,7 @@ from clipad.core.hashing import file_sha256
 from clipad.core.progress import Tasks
 from clipad.data.images import IMAGE_SUFFIXES, ImageReadError, iter_image_batches, list_images, load_mask
 from clipad.deploy.artifacts import Artifacts
-from clipad.deploy.manifest import CalibrationConstants, CalibrationEntry
+from clipad.deploy.manifest import CalibrationConstants, CalibrationEntry, ParityFigures, QualityGate
 from clipad.methods.registry import get_method
 from clipad.model.fusion import ImageScore, map_max
 
@@ -310,3 +310,26 @@ def calibrate(
         warnings += [f"skipped: {s}" for s in obs.skipped]
         art.update(art.manifest.with_calibration(entry))
     return entry, warnings
+
+
+def describe_calibration(entry: CalibrationEntry, manifest: Path) -> str:
+    """The line `clipad calibrate` prints for the calibration written to ``manifest``."""
+    a, n = entry.achieved, entry.set
+    extra = f", F1 {a['f1']:.3f}, recall {a['recall']:.3f}" if "f1" in a else ""
+    return (
+        f"calibrated on {n.good} good + {n.anomalous} anomalous images ({entry.method}): threshold "
+        f"{entry.threshold:.4f} on the fused score, false-positive rate there {a['fpr']:.3f}{extra}; "
+        f"pixel threshold {entry.pixel_threshold:.4g}; written to {manifest}"
+    )
+
+
+def describe_int8(written: str, n_images: int, f: ParityFigures, gate: QualityGate | None, backend: str) -> list[str]:
+    """The lines `clipad calibrate --int8` prints: the INT8 model ``written`` from ``n_images``, its parity
+    figures against FP32 and, with --gate-data, its quality gate."""
+    from clipad.deploy.quality_gate import describe_gate
+
+    lines = [
+        f"{written} written ({n_images} calibration images): vs FP32 rel L2 {f.rel_l2:.2e}, "
+        f"image_prob err {f.prob_max_abs:.2e}, top-1% agreement {f.top1pct_agreement:.3f}"
+    ]
+    return lines + ([describe_gate(f"{backend} int8", gate)] if gate is not None else [])

@@ -55,6 +55,10 @@ TARGET_FPR = 0.1
 REFERENCE_DIR = "reference_good"
 PICTURE = "demo.png"
 SHOWN = 3  # good and defective parts in the picture, each
+DEMO_NOTE = (
+    "clipad demo: random weights, so only the normal-reference signal (8 good images baked into the graph) "
+    "is meaningful; zero-shot text scores are not"
+)
 PANEL = (200, 160)  # width, height of one picture panel (the 160 x 128 images scaled by 1.25)
 
 
@@ -308,3 +312,12 @@ With real weights (an open_clip state dict copied to this machine) and a few goo
     clipad calibrate --artifacts artifacts/bottle --good more_good_parts/
     clipad run --camera 0 --artifacts artifacts/bottle --events events.jsonl --save overlay.mp4
 """
+
+
+def describe_demo(report: dict[str, Any], out: Path) -> str:
+    """The line `clipad demo` prints for ``report`` (``run_demo``'s) of a demo written to ``out``."""
+    return (
+        f"demo finished in {report['seconds']} s: image AUROC {report['image_auroc']:.3f}, pixel AUROC "
+        f"{report['pixel_auroc']:.3f}; report {out / 'report.md'}, picture {report['picture']}, "
+        f"overlay video {out / 'overlay.mp4'}"
+    )

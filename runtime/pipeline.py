@@ -30,7 +30,7 @@ import numpy as np
 from clipad.calibration.constants import Calibration
 from clipad.data.images import model_batch
 from clipad.runtime.backends import Backend, BackendUnavailable
-from clipad.runtime.records import Prediction
+from clipad.runtime.records import FrameResult, Prediction
 from clipad.runtime.scoring import score_batch
 from clipad.runtime.sinks import Sink, SinkError, render_view
 from clipad.runtime.sources import Frame, LiveSource, Source, wait_for_frames
@@ -218,8 +218,9 @@ class Pipeline:
             try:
                 for f, m, r in zip(frames, amap, records, strict=False):
                     view = render_view(f.image, m, r, lo, hi, self.summary.fps) if self.needs_view else None
+                    result = FrameResult(r, f.image, m, view)
                     for sink in self.sinks:
-                        sink.write(r, f.image, m, view)
+                        sink.write(result)
             except SinkError as err:
                 self._sinks_failed = True
                 self.summary.fail(str(err))

@@ -30,6 +30,14 @@ class PredictResult:
     images: int = 0
     skipped: list[str] = field(default_factory=list)
 
+    def warnings(self) -> list[str]:
+        return [f"warning: {e}" for e in self.skipped]
+
+    def describe(self, out: Path) -> str:
+        """The summary line of predictions written to ``out``."""
+        skipped = f", {len(self.skipped)} unreadable skipped" if self.skipped else ""
+        return f"{self.images} predictions written to {out / PREDICTIONS}{skipped}"
+
 
 def _unique_stem(path: Path, used: set[str]) -> str:
     stem, n = path.stem, 1

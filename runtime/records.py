@@ -3,6 +3,8 @@
 A ``Prediction`` is built once per image by the scoring step (``clipad.runtime.scoring``) and
 written unchanged by every consumer, so events, predictions, snapshots and the live page can
 never disagree about a frame. JSON keys and their order are the events contract (README).
+A ``FrameResult`` carries one streamed frame from the pipeline to every sink: the record with
+the image, its anomaly map and the rendered overlay.
 """
 
 from __future__ import annotations
@@ -10,7 +12,10 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass, field, replace
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
+
+if TYPE_CHECKING:
+    import numpy as np
 
 Label = Literal["normal", "anomalous", "error"]  # "error": no score for this frame (see ``error``)
 
@@ -97,6 +102,18 @@ class Prediction:
         }
         out["files"] = (self.files or OutputFiles()).to_json()
         return out
+
+
+@dataclass(frozen=True)
+class FrameResult:
+    """One frame for the sinks, built once by the pipeline: ``record`` (its Prediction), ``image`` (RGB
+    uint8 [H, W, 3] as captured), ``amap`` (its anomaly map, float32 at model resolution) and ``view``
+    (the rendered overlay, RGB uint8 [H, W, 3]; None when no sink shows one)."""
+
+    record: Prediction
+    image: np.ndarray
+    amap: np.ndarray
+    view: np.ndarray | None = None
 
 
 def _finite(value: float | None) -> float | None:

@@ -38,6 +38,9 @@ class RunConfig:
     max_frames: int | None = None
     status_every: float = 5.0
 
+    def __post_init__(self) -> None:
+        self.cameras, self.sources = list(self.cameras or []), list(self.sources or [])  # None (no option): none
+
     def check(self) -> None:
         """One-line errors for settings that cannot run, before any model work."""
         if not self.cameras and not self.sources:

@@ -32,7 +32,7 @@ import numpy as np
 
 from clipad.core.errors import ClipadError
 from clipad.data.colour import to_bgr
-from clipad.runtime.records import Prediction
+from clipad.runtime.records import FrameResult, Prediction
 
 HISTORY = 600
 MAX_CLIENTS = 32
@@ -284,8 +284,8 @@ class ServeSink:
             raise ClipadError(f"--serve takes HOST:PORT (e.g. 127.0.0.1:8080), got '{spec}'")
         self.viewer = Viewer(host or "127.0.0.1", int(port), calibrated)
 
-    def write(self, pred: Prediction, frame: np.ndarray, amap: np.ndarray, view: np.ndarray | None) -> None:
-        self.viewer.publish(view if view is not None else frame, pred)
+    def write(self, result: FrameResult) -> None:
+        self.viewer.publish(result.view if result.view is not None else result.image, result.record)
 
     def close(self) -> None:
         self.viewer.close()

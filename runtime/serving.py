@@ -88,3 +88,21 @@ def open_served(
                 "backends' parity; calibrate with the serving backend for exact thresholds"
             )
     return Served(art, be, cal, notes)
+
+
+def triton_target(
+    backend: str, url: str | None, model: str | None, version: str, timeout: float, inflight: int, shm: bool
+) -> TritonTarget | None:
+    """The Triton server of ``--backend triton`` (None for the other backends), checked; one line for
+    Triton options given without it, or for it without ``--url``."""
+    from clipad.runtime.backends.triton_backend import TritonTarget
+
+    if backend != "triton":
+        if url is not None or model is not None:
+            raise ClipadError("--url and --triton-model go with --backend triton")
+        return None
+    if url is None:
+        raise ClipadError("--backend triton needs --url grpc://HOST:PORT or http://HOST:PORT")
+    target = TritonTarget(url, model, version, timeout, inflight, shm)
+    target.check()
+    return target

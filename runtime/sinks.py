@@ -21,15 +21,15 @@ from clipad.calibration.constants import Calibration
 from clipad.core.errors import ClipadError
 from clipad.data.colour import to_bgr
 from clipad.runtime.overlay import overlay, put_label
-from clipad.runtime.records import Prediction, to_json_line
+from clipad.runtime.records import FrameResult, Prediction, to_json_line
 
 
 class Sink(Protocol):
     """A consumer of processed frames; ``close`` releases its files or windows."""
 
-    def write(self, pred: Prediction, frame: np.ndarray, amap: np.ndarray, view: np.ndarray | None) -> None:
-        """pred: the frame's record; frame: RGB uint8 [H, W, 3]; amap: float32 [S, S]; view: the
-        overlay RGB uint8 [H, W, 3] when any sink needs it, else None."""
+    def write(self, result: FrameResult) -> None:
+        """One frame (``records.FrameResult``): its record, the image, its map and, when any sink needs
+        it, the overlay."""
 
     def close(self) -> None: ...
 
@@ -73,7 +73,8 @@ class EventsSink:
         self.rotated = 0
         self._synced = time.monotonic()
 
-    def write(self, pred: Prediction, frame: np.ndarray, amap: np.ndarray, view: np.ndarray | None) -> None:
+    def write(self, result: FrameResult) -> None:
+        pred = result.record
         try:
             self.file.write(to_json_line(pred.event()))
             self.file.flush()
@@ -150,8 +151,8 @@ class VideoSink:
             return self.path
         return self.path.with_name(f"{self.path.stem}-{self.segments:04d}{self.path.suffix}")
 
-    def write(self, pred: Prediction, frame: np.ndarray, amap: np.ndarray, view: np.ndarray | None) -> None:
-        img = view if view is not None else frame
+    def write(self, result: FrameResult) -> None:
+        pred, img = result.record, result.view if result.view is not None else result.image
         t = pred.time if pred.time is not None else time.time()
         if self.writer is not None and self.segment_s and t - self._segment_start >= self.segment_s:
             self.writer.release()  # this segment is now a complete file
@@ -203,7 +204,8 @@ class SnapshotSink:
         tag = hashlib.sha1(pred.source.encode()).hexdigest()[:8]
         return f"{Path(pred.source).stem}_{tag}_{pred.frame or 0:06d}"
 
-    def write(self, pred: Prediction, frame: np.ndarray, amap: np.ndarray, view: np.ndarray | None) -> None:
+    def write(self, result: FrameResult) -> None:
+        pred, frame, amap, view = result.record, result.image, result.amap, result.view
         if not pred.anomalous:
             return
         t = pred.time or 0.0
@@ -270,8 +272,8 @@ class ShowSink:
                 f"--show needs OpenCV with GUI support (this install has opencv-python-headless); {hint}"
             ) from None
 
-    def write(self, pred: Prediction, frame: np.ndarray, amap: np.ndarray, view: np.ndarray | None) -> None:
-        cv2.imshow(self.WINDOW, to_bgr(view if view is not None else frame))
+    def write(self, result: FrameResult) -> None:
+        cv2.imshow(self.WINDOW, to_bgr(result.view if result.view is not None else result.image))
         cv2.waitKey(1)
 
     def close(self) -> None:

@@ -176,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
                     else {}
                 ),
             }
-            for c, r in results.items()
+            for c, r in results.to_json().items()
         }
 
     report["detection"] = {"zero_shot": summary(evaluate(loaded, split, cfg, tasks))}

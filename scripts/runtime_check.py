@@ -37,8 +37,8 @@ class Collect:
     def __init__(self):
         self.records = []
 
-    def write(self, record, *_):
-        self.records.append(record)
+    def write(self, result):
+        self.records.append(result.record)
 
     def close(self):
         pass

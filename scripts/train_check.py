@@ -60,9 +60,7 @@ def backbone_epoch(loaded, samples, categories, texts, batch_size: int) -> float
 
 def held_out_pixel_auroc(loaded, split, heads) -> float:
     """Mean per-category pixel AUROC of SDP+ with ``heads``, as `clipad eval --sigma 2` reports it."""
-    return evaluate(loaded, split, EvalConfig(method="sdp+", heads=heads, sigma=2.0), Tasks(None))["mean"]["pixel"][
-        "auroc"
-    ]
+    return evaluate(loaded, split, EvalConfig(method="sdp+", heads=heads, sigma=2.0), Tasks(None)).mean.pixel["auroc"]
 
 
 def check_model(name: str, out: Path, epochs: int, batch_size: int) -> dict:

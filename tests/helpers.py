@@ -47,9 +47,8 @@ def mean_pixel_auroc(
     """Pixel AUROC of SDP (or SDP+ with ``heads``) per category of ``split``, averaged, as
     `clipad eval` computes it (dbscan text vectors, MVTec profile): the quick learning check of
     the training tests."""
-    return evaluate(
-        loaded, split, EvalConfig(method="sdp" if heads is None else "sdp+", heads=heads, sigma=sigma), Tasks(None)
-    )["mean"]["pixel"]["auroc"]
+    cfg = EvalConfig(method="sdp" if heads is None else "sdp+", heads=heads, sigma=sigma)
+    return evaluate(loaded, split, cfg, Tasks(None)).mean.pixel["auroc"]
 
 
 def signal_run(video, artifacts, events, sig: int, min_events: int = 5, extra: tuple = ()) -> tuple[int, str, float]:

@@ -26,7 +26,7 @@ from clipad.model.preprocess import normalize
 from clipad.model.prompts import PROMPT_SETS
 from clipad.model.sdp import SDPModel
 from clipad.runtime.backends import Backend, open_backend
-from clipad.runtime.bench import SCHEMA_VERSION, percentiles, time_backend, time_calls
+from clipad.runtime.bench import SCHEMA_VERSION, BenchReport, BenchRow, percentiles, time_backend, time_calls
 from clipad.runtime.bench.goals import performance_goals, ratios
 from clipad.runtime.parity import run_parity
 from tests.helpers import assert_one_line_error, random_heads, run
@@ -311,15 +311,7 @@ def test_torch_rows_per_attention_form(artifacts, capsys, tmp_path):
 
 
 def _row(backend, precision, p50, batch=1, device="cpu"):
-    return {
-        "backend": backend,
-        "precision": precision,
-        "batch": batch,
-        "status": "ok",
-        "device": device,
-        "attention": None,
-        "latency_ms": {"p50": p50},
-    }
+    return BenchRow(backend, precision, batch, "ok", device=device, latency_ms={"p50": p50})
 
 
 def test_reduced_precision_goal_counts_only_gated_rows():
@@ -335,25 +327,25 @@ def test_reduced_precision_goal_counts_only_gated_rows():
     (g,) = [
         g
         for g in performance_goals(rows, [], gates, {"cpu_matrix_features": ["avx2", "avx512_bf16"]})
-        if g["goal"].startswith("best gated")
+        if g.goal.startswith("best gated")
     ]
-    assert g["value"] == pytest.approx(0.6) and g["limit"] == 0.4 and not g["met"] and "openvino bf16" in g["detail"]
+    assert g.value == pytest.approx(0.6) and g.limit == 0.4 and not g.met and "openvino bf16" in str(g.detail)
     (g,) = [
         g
         for g in performance_goals(rows, [], gates, {"cpu_matrix_features": ["avx2"]})
-        if g["goal"].startswith("best gated")
+        if g.goal.startswith("best gated")
     ]
-    assert g["limit"] == 0.7 and g["met"]
+    assert g.limit == 0.7 and g.met
     gates["openvino int8"] = True
     (g,) = [
         g
         for g in performance_goals(rows, [], gates, {"cpu_matrix_features": ["amx_bf16"]})
-        if g["goal"].startswith("best gated")
+        if g.goal.startswith("best gated")
     ]
-    assert g["value"] == pytest.approx(0.3) and g["met"] and "openvino int8" in g["detail"]
-    (g,) = [g for g in performance_goals(rows, [], {"openvino int8": False}, {}) if g["goal"].startswith("best gated")]
-    assert g["value"] is None and not g["met"] and "openvino int8 FAILED" in g["detail"]
-    assert ratios(rows) == [
+    assert g.value == pytest.approx(0.3) and g.met and "openvino int8" in str(g.detail)
+    (g,) = [g for g in performance_goals(rows, [], {"openvino int8": False}, {}) if g.goal.startswith("best gated")]
+    assert g.value is None and not g.met and "openvino int8 FAILED" in str(g.detail)
+    assert [r.to_json() for r in ratios(rows)] == [
         {"ratio": "openvino bf16 / onnxruntime fp32", "batch": 1, "value": pytest.approx(0.6)},
         {"ratio": "openvino int8 / onnxruntime fp32", "batch": 1, "value": pytest.approx(0.3)},
     ]
@@ -431,3 +423,26 @@ def test_nothing_available_is_one_line(capsys, artifacts):
         "--quiet",
     )
     assert_one_line_error(code, err, "no backend/precision could run here", "model.plan")
+
+
+def test_report_json_round_trips(bench_run):
+    """The typed report reads back what it wrote, key for key and in order; the markdown is the same."""
+    _, stdout, res, _ = bench_run
+    report = BenchReport.from_json(res)
+    assert json.dumps(report.to_json()) == json.dumps(res)
+    assert all(isinstance(r, BenchRow) for r in report.rows) and report.ratios is not None
+    assert report.describe() in stdout
+
+
+@pytest.mark.parametrize("name", ["bench_cpu.json", "bench_cpu_edge.json", "bench_openvino_cpu.json"])
+def test_published_reports_still_read(name):
+    """docs/bench_*.json, written by earlier versions (some before attention and ratios), read and describe."""
+    from pathlib import Path
+
+    res = json.loads((Path(__file__).resolve().parents[1] / "docs" / name).read_text())
+    report = BenchReport.from_json(res)
+    assert [g.to_json() for g in report.goals] == res["goals"]
+    assert (report.ratios is None) == ("ratios" not in res)
+    assert len(report.describe().splitlines()) > len(res["rows"])
+    if "attention" in res["rows"][0]:  # written with every key of today: identical
+        assert json.dumps(report.to_json()) == json.dumps(res)

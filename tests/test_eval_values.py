@@ -169,6 +169,60 @@ def test_eval_mean_is_the_mean_over_categories(evaluated, refs):
     assert m["pixel"]["auroc"] == pytest.approx(np.mean([r["pixel_auroc"] for r in refs]), abs=TOL)
 
 
+def test_results_json_round_trips(evaluated):
+    """results.json reads back into typed records and writes the same bytes (keys in order); the mean
+    recomputed from the categories is the one written."""
+    from clipad.evaluation.results import CategoryResult, EvalResults
+
+    results = EvalResults.from_json(evaluated)
+    assert json.dumps(results.to_json()) == json.dumps(evaluated)
+    assert list(results.categories) == ["fabric", "washer"]
+    assert isinstance(results.mean, CategoryResult) and results.mean.skipped is None
+    assert results.categories["fabric"].rvs is not None and results.categories["fabric"].shots is None
+    table = results.describe().splitlines()
+    assert table[0].startswith("category") and table[-1].startswith("mean")
+
+
+def test_shot_results_round_trip_and_show_their_spread():
+    """The normal-reference entries (``shots``) survive the round trip and add a spread line each."""
+    from clipad.evaluation.results import EvalResults
+
+    metrics = {"auroc": 0.9, "f1_max": 0.8, "ap": 0.7}
+    entry = {
+        "image": metrics,
+        "pixel": {**metrics, "aupro": 0.6},
+        "image_prob": metrics,
+        "n_images": 5,
+        "n_skipped": 0,
+        "skipped": [],
+        "notes": ["a note"],
+        "rvs": {"method": "mean", "notes": []},
+        "shots": {
+            "k": 2,
+            "seeds": [0, 1],
+            "mode": "reference",
+            "std": {"image": {"auroc": 0.01}, "pixel": {"auroc": None}},
+        },
+    }
+    data = {
+        "a": entry,
+        "mean": {
+            "image": metrics,
+            "pixel": {**metrics, "aupro": 0.6},
+            "image_prob": metrics,
+            "n_images": 5,
+            "n_skipped": 0,
+        },
+    }
+    results = EvalResults.from_json(data)
+    assert results.to_json() == data
+    assert (
+        results.describe().splitlines()[-1]
+        == "a: K=2 over seeds 0,1 (reference): image AUROC 90.0 +- 1.0, pixel AUROC 90.0 +- 0.0"
+    )
+    assert results.notes() == ["note: a: a note"]  # not written anywhere yet
+
+
 @pytest.mark.parametrize("broken", ["fabric/test/scratch/000.png", "fabric/test/good/001.png"])
 def test_skipped_image_takes_its_label_and_mask_with_it(synth_root, tiny, tmp_path, capsys, broken):
     """One unreadable image (an anomalous one, whose mask must then be left out too, or a good

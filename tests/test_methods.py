@@ -150,11 +150,11 @@ def test_eval_smooths_and_builds_with_the_method(tiny, synth_root, monkeypatch):
     from clipad.data import load_split
 
     split = load_split("mvtec", synth_root, ["washer"])
-    by_sigma = {s: evaluate(tiny, split, EvalConfig(sigma=s), Tasks(None))["washer"] for s in (2.0, 8.0)}
-    assert by_sigma[2.0]["pixel"] != by_sigma[8.0]["pixel"]
+    by_sigma = {s: evaluate(tiny, split, EvalConfig(sigma=s), Tasks(None)).categories["washer"] for s in (2.0, 8.0)}
+    assert by_sigma[2.0].pixel != by_sigma[8.0].pixel
     monkeypatch.setitem(registry.METHODS, "sdp", WiderSdp())
-    asked = evaluate(tiny, split, EvalConfig(), Tasks(None))["washer"]
-    assert asked["pixel"] == by_sigma[2.0]["pixel"] and asked["image"] == by_sigma[2.0]["image"]
+    asked = evaluate(tiny, split, EvalConfig(), Tasks(None)).categories["washer"]
+    assert asked.pixel == by_sigma[2.0].pixel and asked.image == by_sigma[2.0].image
 
 
 def test_eval_refuses_a_few_shot_method_without_shots(tiny, synth_root):

@@ -272,7 +272,9 @@ def test_live_source_keeps_only_the_latest_frame(art, tmp_path):
         log=lambda s: None,
     )
     records = []
-    pipe.sinks = [type("Collect", (), {"write": lambda self, r, *a: records.append(r), "close": lambda self: None})()]
+    pipe.sinks = [
+        type("Collect", (), {"write": lambda self, r: records.append(r.record), "close": lambda self: None})()
+    ]
     summary = pipe.run()
     assert summary.frames == 6 and summary.dropped > 20
     # When inference starts, the frame is at most one inference period (plus one camera frame

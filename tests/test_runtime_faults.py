@@ -26,7 +26,7 @@ from clipad.data.images import ImageReadError, read_image
 from clipad.model.fusion import ImageScore
 from clipad.runtime.backends import open_backend
 from clipad.runtime.pipeline import WINDOW, Pipeline, Summary
-from clipad.runtime.records import Prediction
+from clipad.runtime.records import FrameResult, Prediction
 from clipad.runtime.scoring import NON_FINITE, score_batch
 from clipad.runtime.sinks import EventsSink, SnapshotSink, VideoSink
 from clipad.runtime.sources import ImageFilesSource, LiveSource, VideoFileSource
@@ -51,7 +51,7 @@ class BrokenSink:
     def __init__(self, n: int):
         self.n, self.seen = n, 0
 
-    def write(self, pred, frame, amap, view):
+    def write(self, result):
         self.seen += 1
         if self.seen == self.n:
             raise OSError(28, "No space left on device")
@@ -208,12 +208,16 @@ def test_decompression_bombs_are_skipped_and_counted(tmp_path, monkeypatch):
 def test_events_are_appended_and_locked(tmp_path):
     ev = tmp_path / "ev.jsonl"
     first = EventsSink(ev)
-    first.write(Prediction("a", 0.5, 0.1, frame=0), np.zeros((2, 2, 3), np.uint8), np.zeros((2, 2), np.float32), None)
+    first.write(
+        FrameResult(Prediction("a", 0.5, 0.1, frame=0), np.zeros((2, 2, 3), np.uint8), np.zeros((2, 2), np.float32))
+    )
     with pytest.raises(ClipadError, match="being written by another clipad run"):
         EventsSink(ev)
     first.close()
     second = EventsSink(ev)  # the earlier run's events are kept
-    second.write(Prediction("b", 0.5, 0.1, frame=0), np.zeros((2, 2, 3), np.uint8), np.zeros((2, 2), np.float32), None)
+    second.write(
+        FrameResult(Prediction("b", 0.5, 0.1, frame=0), np.zeros((2, 2, 3), np.uint8), np.zeros((2, 2), np.float32))
+    )
     second.close()
     assert [strict_json(line)["source"] for line in ev.read_text().splitlines()] == ["a", "b"]
 
@@ -234,13 +238,13 @@ def test_snapshots_are_rate_limited_per_source_and_survive_write_failures(tmp_pa
     frame, amap = np.zeros((8, 8, 3), np.uint8), np.zeros((4, 4), np.float32)
     sink = SnapshotSink(tmp_path / "s", interval=1.0)
     for i, (src, t) in enumerate([("cam1", 0.0), ("cam1", 0.5), ("cam2", 0.6), ("cam1", 1.2)]):
-        sink.write(anomalous(src, i, t), frame, amap, None)
+        sink.write(FrameResult(anomalous(src, i, t), frame, amap))
     assert sink.written == 3 and sink.skipped == 1  # cam1 at 0.5 s is within a second of its last
     assert len(list((tmp_path / "s").glob("*_map.npy"))) == 3
     import shutil
 
     shutil.rmtree(tmp_path / "s")  # the folder vanishes (an unmounted disk): writes fail
-    sink.write(anomalous("cam1", 9, 5.0), frame, amap, None)
+    sink.write(FrameResult(anomalous("cam1", 9, 5.0), frame, amap))
     assert sink.failed == 1 and sink.notes and "not written" in sink.notes[0]
 
 
@@ -388,7 +392,7 @@ def test_events_rotate_at_their_size_limit(tmp_path):
     sink = EventsSink(ev, max_bytes=600, keep=50)
     frame, amap = np.zeros((2, 2, 3), np.uint8), np.zeros((2, 2), np.float32)
     for i in range(20):
-        sink.write(Prediction("cam", 0.5, 0.1, frame=i, time=float(i)), frame, amap, None)
+        sink.write(FrameResult(Prediction("cam", 0.5, 0.1, frame=i, time=float(i)), frame, amap))
     sink.close()
     rotated = sorted(tmp_path.glob("ev.jsonl.*"), key=lambda p: -int(p.suffix[1:]))  # oldest first
     assert sink.rotated == len(rotated) >= 3 and all(p.stat().st_size >= 600 for p in rotated)
@@ -400,7 +404,7 @@ def test_video_segments_are_complete_files(tmp_path):
     sink = VideoSink(tmp_path / "o.avi", segment_s=1.0)
     img = np.zeros((48, 64, 3), np.uint8)
     for i, t in enumerate([0.0, 0.5, 1.0, 1.6, 2.5]):
-        sink.write(Prediction("cam", 0.5, 0.1, frame=i, time=t), img, np.zeros((4, 4), np.float32), None)
+        sink.write(FrameResult(Prediction("cam", 0.5, 0.1, frame=i, time=t), img, np.zeros((4, 4), np.float32)))
     sink.close()
     counts = [int(cv2.VideoCapture(str(tmp_path / f"o-{n:04d}.avi")).get(cv2.CAP_PROP_FRAME_COUNT)) for n in range(3)]
     assert counts == [2, 2, 1] and not (tmp_path / "o.avi").exists()

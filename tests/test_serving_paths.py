@@ -323,8 +323,8 @@ class Collect:
     def __init__(self):
         self.items = []
 
-    def write(self, pred, frame, amap, view):
-        self.items.append((pred, frame.copy(), amap.copy()))
+    def write(self, result):
+        self.items.append((result.record, result.image.copy(), result.amap.copy()))
 
     def close(self):
         pass

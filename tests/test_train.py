@@ -280,9 +280,9 @@ def test_validation_scores_what_eval_scores(tiny, sets, tmp_path):
     )
     heads = init_heads(64, 64, 7)
     val = validate(cache, texts, heads.weight, heads.bias, tiny.image_size, 8.0)
-    ref = evaluate(tiny, te, EvalConfig(method="sdp+", heads=heads, sigma=8.0), Tasks(None))["mean"]
-    assert val["image_auroc"] == pytest.approx(ref["image"]["auroc"], abs=1e-6)
-    assert val["pixel_auroc"] == pytest.approx(ref["pixel"]["auroc"], abs=1e-6)
+    ref = evaluate(tiny, te, EvalConfig(method="sdp+", heads=heads, sigma=8.0), Tasks(None)).mean
+    assert val["image_auroc"] == pytest.approx(ref.image["auroc"], abs=1e-6)
+    assert val["pixel_auroc"] == pytest.approx(ref.pixel["auroc"], abs=1e-6)
 
 
 def test_bad_cache_dtype_is_refused_before_any_work(tmp_path, capsys, sets):

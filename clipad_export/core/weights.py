@@ -27,3 +27,6 @@ def cached_hub_file(hub: str, cache_dir: str | Path | None = None) -> str | None
         if isinstance(found, str) and Path(found).is_file():
             return found
     return None
+
+
+RANDOM_WEIGHTS_NOTE = "note: random weights give meaningless heatmaps; use them for smoke tests only"

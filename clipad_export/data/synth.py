@@ -132,3 +132,8 @@ def make_synthetic(
         if tmp.exists():
             shutil.rmtree(tmp)
     return counts
+
+
+def describe_synthetic(counts: dict[str, int], out: str | Path) -> str:
+    """The line `clipad synth` prints for the ``counts`` (test images per category) written to ``out``."""
+    return f"wrote {sum(counts.values())} test images in {len(counts)} categories ({', '.join(counts)}) to {out}"

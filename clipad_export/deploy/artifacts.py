@@ -26,7 +26,15 @@ import numpy as np
 from clipad.core.atomic import fsync_path
 from clipad.core.errors import ClipadError
 from clipad.core.hashing import file_sha256
-from clipad.deploy.manifest import ARTIFACT_FILES, MANIFEST, PLAN_META, TEXT_FEATURES, EngineMeta, Manifest
+from clipad.deploy.manifest import (
+    ARTIFACT_FILES,
+    MANIFEST,
+    PLAN_META,
+    TEXT_FEATURES,
+    EngineMeta,
+    Manifest,
+    ParityFigures,
+)
 
 
 @dataclass
@@ -56,6 +64,37 @@ class Artifacts:
                 f"{path} does not match the sha256 in its manifest: the file changed after export; re-export"
             )
         return path
+
+    def warnings(self) -> list[str]:
+        """The manifest's warnings, as the commands print them."""
+        return [f"WARNING: {w}" for w in self.manifest.warnings]
+
+    def describe_parity(self) -> list[str]:
+        """One line per exported precision (and OpenVINO IR) with its parity figures, then one per quality gate."""
+        from clipad.deploy.quality_gate import describe_gate
+
+        m, ov = self.manifest, self.manifest.openvino
+        figures: list[tuple[str, ParityFigures | None]] = [(p, m.parity.figures(p)) for p in m.precisions]
+        figures += [(f"openvino {p}", f) for p, f in ov.parity.items()] if ov else []
+        lines = [
+            f"parity {p} (vs {f.against}): rel L2 {f.rel_l2:.1e}, image_prob err {f.prob_max_abs:.1e}, "
+            f"top-1% agreement {f.top1pct_agreement:.3f}"
+            for p, f in figures
+            if f is not None  # the manifest's validation: figures for every precision it lists
+        ]
+        lines += [describe_gate(f"onnxruntime {p}", g) for p, g in (m.parity.gates or {}).items()]
+        return lines + [describe_gate(f"openvino {p}", g) for p, g in ((ov.gates or {}) if ov else {}).items()]
+
+    def describe_reference(self) -> str:
+        """What `clipad reference add` made: the memory's size and coverage, the parity re-run."""
+        r, m = self.manifest.reference, self.manifest
+        assert r is not None  # add_reference refuses artifacts without a reference memory
+        parity = ", ".join(f"{p} rel L2 {f.rel_l2:.1e}" for p in m.precisions if (f := m.parity.figures(p)))
+        return (
+            f"reference memory of {self.root}: {len(r.images)} images, {r.patches_per_stage} patches per stage "
+            f"(coverage radius <= {max(r.coreset_radius):.3g}); parity {parity}; a Triton repository made from the "
+            "old graph must be written again (`clipad export --triton-repo`)"
+        )
 
     def text_features(self) -> np.ndarray:
         """float32 [2, embed_dim], hash-checked."""

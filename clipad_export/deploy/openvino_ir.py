@@ -152,4 +152,3 @@ def compile_ir(xml_path: str | Path, precision: str, device: str = "CPU", mode: 
                 f"OpenVINO compiled {Path(xml_path).name} with inference precision {got}, not the {precision} asked for"
             )
     return compiled
-

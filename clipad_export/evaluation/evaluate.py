@@ -10,21 +10,19 @@ zero-shot protocol (``EvalProtocol.FEW_SHOT``) is evaluated by ``clipad.evaluati
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, cast
 
 import numpy as np
 import torch
 
-from clipad.core.atomic import write_text_atomic
 from clipad.core.choices import Method
 from clipad.core.errors import ClipadError
 from clipad.core.progress import Tasks
 from clipad.data import Sample, load_batch
-from clipad.evaluation.metrics import binary_metrics, mean_of, pixel_metrics
+from clipad.evaluation.metrics import binary_metrics, pixel_metrics
+from clipad.evaluation.results import EvalResults
 from clipad.methods.base import EvalProtocol
 from clipad.methods.registry import get_method
 from clipad.model.fusion import ImageScore, map_max, transductive_ranges
@@ -112,9 +110,6 @@ def category_metrics(out: CategoryOutput, image_score: ImageScore) -> dict:
     return entry
 
 
-METRIC_GROUPS = ("image", "pixel", "image_prob")
-
-
 def category_model(loaded: LoadedModel, category: str, cfg: EvalConfig, tasks: Tasks):
     """The text vectors of ``category`` and the method's model around them: (TextVectors, SDPModel)."""
     tv = text_vectors(
@@ -130,17 +125,8 @@ def category_model(loaded: LoadedModel, category: str, cfg: EvalConfig, tasks: T
     return tv, model
 
 
-def with_mean(results: dict) -> dict:
-    """``results`` (category -> entry) with the ``mean`` entry over its categories added."""
-    cats = list(results.values())
-    results["mean"] = {k: mean_of([c[k] for c in cats]) for k in METRIC_GROUPS}
-    results["mean"]["n_images"] = sum(c["n_images"] for c in cats)
-    results["mean"]["n_skipped"] = sum(c["n_skipped"] for c in cats)
-    return results
-
-
-def evaluate(loaded: LoadedModel, split: dict[str, list[Sample]], cfg: EvalConfig, tasks: Tasks) -> dict:
-    """Evaluate every category of ``split`` under the zero-shot protocol; returns the results.json structure."""
+def evaluate(loaded: LoadedModel, split: dict[str, list[Sample]], cfg: EvalConfig, tasks: Tasks) -> EvalResults:
+    """Evaluate every category of ``split`` under the zero-shot protocol."""
     method = get_method(cfg.method)
     if method.eval_protocol is not EvalProtocol.ZERO_SHOT:
         raise ClipadError(f"--method {method.name} is evaluated with good images only: add --shots K")
@@ -159,31 +145,4 @@ def evaluate(loaded: LoadedModel, split: dict[str, list[Sample]], cfg: EvalConfi
             "per_image": round((t2 - t1) / max(len(samples), 1), 4),
         }
         results[cat] = entry
-    return with_mean(results)
-
-
-def write_results(results: dict, path: str | Path) -> None:
-    write_text_atomic(path, json.dumps(results, indent=2) + "\n")
-
-
-def _pct(v: float | None) -> str:
-    return "   -" if v is None else f"{100 * v:5.1f}"
-
-
-def format_table(results: dict) -> str:
-    """Paper Table 1 layout, in percent: image AUROC/F1-max/AP (fused score), pixel AUROC/F1-max/AP/AUPRO."""
-    head = (
-        f"{'category':<14} | {'I-AUROC':>7} {'I-F1max':>7} {'I-AP':>7} | "
-        f"{'P-AUROC':>7} {'P-F1max':>7} {'P-AP':>7} {'AUPRO':>7} | {'prob-AUROC':>10}"
-    )
-    lines = [head, "-" * len(head)]
-    for name, r in results.items():
-        if name == "mean":
-            lines.append("-" * len(head))
-        i, p, q = r["image"], r["pixel"], r["image_prob"]
-        lines.append(
-            f"{name:<14} | {_pct(i['auroc']):>7} {_pct(i['f1_max']):>7} {_pct(i['ap']):>7} | "
-            f"{_pct(p['auroc']):>7} {_pct(p['f1_max']):>7} {_pct(p['ap']):>7} {_pct(p['aupro']):>7} | "
-            f"{_pct(q['auroc']):>10}"
-        )
-    return "\n".join(lines)
+    return EvalResults.of(results)

@@ -18,15 +18,9 @@ from clipad.core.errors import ClipadError
 from clipad.core.progress import Tasks
 from clipad.data import Sample
 from clipad.data.images import is_image_file, load_image
-from clipad.evaluation.evaluate import (
-    METRIC_GROUPS,
-    EvalConfig,
-    category_metrics,
-    category_model,
-    run_category,
-    with_mean,
-)
+from clipad.evaluation.evaluate import EvalConfig, category_metrics, category_model, run_category
 from clipad.evaluation.metrics import mean_of
+from clipad.evaluation.results import METRIC_GROUPS, EvalResults
 from clipad.methods.registry import get_method
 from clipad.model.loading import LoadedModel
 from clipad.model.reference import DEFAULT_MEMORY_PATCHES, bake
@@ -74,8 +68,8 @@ def evaluate_shots(
     seeds: list[int],
     tasks: Tasks,
     memory_patches: int = DEFAULT_MEMORY_PATCHES,
-) -> dict:
-    """results.json structure: per category the mean over ``seeds`` plus ``shots``
+) -> EvalResults:
+    """The results: per category the mean over ``seeds`` plus ``shots``
     {k, seeds, mode, std, per_seed, reference_images}; ``mean`` over categories. ``cfg.method``
     without a text path: the reference map alone, else added to the method's map (method.md 14)."""
     if shots < 1:
@@ -119,24 +113,4 @@ def evaluate_shots(
                 "reference_images": chosen,
             },
         }
-    return with_mean(results)
-
-
-def format_spread(results: dict) -> str:
-    """One line per category: mean +- std over the shot seeds of image and pixel AUROC."""
-    lines = []
-    for cat, r in results.items():
-        if cat == "mean":
-            continue
-        s = r["shots"]
-        pa, ia = r["pixel"]["auroc"], r["image"]["auroc"]
-        sp, si = s["std"]["pixel"]["auroc"], s["std"]["image"]["auroc"]
-
-        def fmt(m, d):
-            return "-" if m is None else f"{100 * m:.1f} +- {100 * (d or 0):.1f}"
-
-        lines.append(
-            f"{cat}: K={s['k']} over seeds {','.join(map(str, s['seeds']))} ({s['mode']}): "
-            f"image AUROC {fmt(ia, si)}, pixel AUROC {fmt(pa, sp)}"
-        )
-    return "\n".join(lines)
+    return EvalResults.of(results)

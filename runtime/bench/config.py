@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from clipad.core.choices import Attention, BackendName, DeviceChoice, ServedPrecision, parse_choice
 from clipad.core.errors import ClipadError
+from clipad.core.lists import comma_list
 
 if TYPE_CHECKING:
     from clipad.runtime.backends.triton_backend import TritonTarget
@@ -28,6 +29,20 @@ class BenchConfig:
     parity: bool = True
     triton: TritonTarget | None = None
     attentions: list[Attention] = field(default_factory=lambda: ["fused"])
+
+    @classmethod
+    def parse(cls, backends: str, precisions: str, batches: str, attentions: str, **rest: Any) -> BenchConfig:
+        """From the comma-separated option values (``--backends torch,onnxruntime --batch 1,8``)."""
+        return cls(
+            backends=comma_list(backends, "--backends"),
+            precisions=comma_list(precisions, "--precision"),
+            batches=comma_list(batches, "--batch", int),
+            attentions=comma_list(attentions, "--attention"),
+            **rest,
+        )
+
+    def validate(self) -> None:
+        validate(self)
 
 
 def validate(cfg: BenchConfig) -> None:

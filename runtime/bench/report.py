@@ -1,13 +1,71 @@
-"""`clipad bench`'s outputs from its result dict: the markdown table, the JSON and the plot."""
+"""`clipad bench`'s report: ``BenchReport``, the run as ``--json`` holds it (typed rows and goals from
+``records``, serialised in one place: ``to_json``/``from_json``, which also reads files written before
+``ratios`` existed), its markdown table and its plot."""
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from clipad.core.atomic import atomic_path, write_text_atomic
+from clipad.runtime.bench.records import BenchRow, Goal, Ratio
+
+
+@dataclass
+class BenchReport:
+    schema_version: int
+    created: str
+    artifacts: str
+    model: str
+    mode: str
+    image_size: int
+    max_batch: int
+    weights: str
+    machine: dict[str, Any]
+    settings: dict[str, Any]
+    host_memory_method: str
+    definitions: dict[str, str]
+    flops: dict[str, Any]
+    matmul_ceiling: dict[str, dict[str, Any]]
+    dual_path: list[dict[str, Any]]
+    goals: list[Goal]
+    ratios: list[Ratio] | None  # None: a file written before ratios existed
+    rows: list[BenchRow] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        d = {f.name: getattr(self, f.name) for f in fields(self)}
+        d.update(goals=[g.to_json() for g in self.goals], rows=[r.to_json() for r in self.rows])
+        if self.ratios is None:
+            del d["ratios"]
+        else:
+            d["ratios"] = [r.to_json() for r in self.ratios]
+        return d
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> BenchReport:
+        plain = {f.name: d[f.name] for f in fields(cls) if f.name not in ("goals", "ratios", "rows")}
+        ratios = [Ratio.from_json(r) for r in d["ratios"]] if "ratios" in d else None
+        goals = [Goal.from_json(g) for g in d["goals"]]
+        return cls(**plain, goals=goals, ratios=ratios, rows=[BenchRow.from_json(r) for r in d["rows"]])
+
+    def describe(self) -> str:
+        """The rows as a markdown table, then FLOPs, ceilings, the dual path, the ratios and the goals."""
+        return format_markdown(self)
+
+    def write(self, json_path: Path | None = None, plot: Path | None = None) -> list[str]:
+        """Write the JSON and/or the plot; a line for each file written."""
+        lines = []
+        if json_path is not None:
+            write_text_atomic(json_path, json.dumps(self.to_json(), indent=2) + "\n")
+            lines.append(f"JSON written to {json_path}")
+        if plot is not None:
+            write_plot(self, plot)
+            lines.append(f"plot written to {plot}")
+        return lines
 
 
 def _g(x: float | None, spec: str | None = None) -> str:
@@ -19,7 +77,7 @@ def _g(x: float | None, spec: str | None = None) -> str:
     return format(x, spec)
 
 
-def format_markdown(res: dict) -> str:
+def format_markdown(res: BenchReport) -> str:
     """The rows as a markdown table, then FLOPs, ceilings, the dual path and the goals."""
     head = [
         "backend",
@@ -41,66 +99,57 @@ def format_markdown(res: dict) -> str:
         "parity / status",
     ]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for r in res["rows"]:
-        if r["status"] != "ok":
-            name = r["backend"] + (" (explicit attention)" if r.get("attention") == "explicit" else "")
-            cells = (
-                [name, r["precision"], _g(r["batch"], "d")]
-                + ["-"] * (len(head) - 4)
-                + [f"{r['status']}: {r['reason']}"]
-            )
+    for r in res.rows:
+        if not r.ok or r.latency_ms is None:
+            name = r.backend + (" (explicit attention)" if r.attention == "explicit" else "")
+            cells = [name, r.precision, _g(r.batch, "d")] + ["-"] * (len(head) - 4) + [f"{r.status}: {r.reason}"]
         else:
-            lat, par = r["latency_ms"], r["parity"]
-            ok = "-" if par is None else {True: "pass", False: "FAIL", None: "no limit"}[par["within_tolerance"]]
-            frac = None if r["fraction_of_ceiling"] is None else 100 * r["fraction_of_ceiling"]
+            lat, par = r.latency_ms, r.parity or {}
+            ok = "-" if not par else {True: "pass", False: "FAIL", None: "no limit"}[par["within_tolerance"]]
+            frac = None if r.fraction_of_ceiling is None else 100 * r.fraction_of_ceiling
             cells = [
-                r["describe"],
-                r["precision"],
-                str(r["batch"]),
+                str(r.describe),
+                r.precision,
+                str(r.batch),
                 _g(lat["p50"]),
                 _g(lat["p90"]),
                 _g(lat["p99"]),
                 f"{_g(lat['min'])}-{_g(lat['max'])}",
-                _g(r["images_per_s"]),
-                _g(r["gflops_per_s"]),
-                f"{_g(frac, '.1f')}% {r['ceiling']}",
-                _g(r["start_up_s"], ".3g"),
-                _g(r["peak_host_mb"], ".0f"),
-                _g(r["gpu_mb"], ".0f"),
-                _g(par and par["rel_l2"], ".1e"),
-                _g(par and par["prob_max_abs"], ".1e"),
-                _g(par and par["top1pct_agreement"], ".3f"),
+                _g(r.images_per_s),
+                _g(r.gflops_per_s),
+                f"{_g(frac, '.1f')}% {r.ceiling}",
+                _g(r.start_up_s, ".3g"),
+                _g(r.peak_host_mb, ".0f"),
+                _g(r.gpu_mb, ".0f"),
+                _g(par.get("rel_l2"), ".1e"),
+                _g(par.get("prob_max_abs"), ".1e"),
+                _g(par.get("top1pct_agreement"), ".3f"),
                 ok,
             ]
         lines.append("| " + " | ".join(cells) + " |")
-    f = res["flops"]
+    f = res.flops
     parts = ", ".join(f"{k} {v / 1e9:.3g}" for k, v in f["per_image"].items() if k != "total")
     lines += [
         "",
-        f"FLOPs per image ({res['model']}, {res['mode']}): {f['per_image']['total'] / 1e9:.4g} GFLOP ({parts}); "
+        f"FLOPs per image ({res.model}, {res.mode}): {f['per_image']['total'] / 1e9:.4g} GFLOP ({parts}); "
         f"plain open_clip encoding {f['plain_encoding_per_image'] / 1e9:.4g} GFLOP",
     ]
     lines.append(
         "Matmul ceiling: "
-        + ", ".join(f"{k} {v['gflops_per_s']:.4g} GFLOP/s (n={v['n']})" for k, v in res["matmul_ceiling"].items())
+        + ", ".join(f"{k} {v['gflops_per_s']:.4g} GFLOP/s (n={v['n']})" for k, v in res.matmul_ceiling.items())
     )
-    for d in res["dual_path"]:
+    for d in res.dual_path:
         lines.append(
             f"Dual path vs plain encoding ({d['precision']}, {d['device']}, batch {d['batch']}): "
             f"{d['dual_path_ms']['p50']:.4g} ms / {d['plain_encoding_ms']['p50']:.4g} ms = {d['ratio']:.2f}x"
         )
-    for r in res.get("ratios", []):
-        lines.append(f"Ratio: {r['ratio']}, batch {r['batch']} = {r['value']:.2f}")
-    for g in res["goals"]:
-        value = "-" if g["value"] is None else f"{g['value']:.2f}"
-        detail = f" ({g['detail']})" if g.get("detail") else ""
-        lines.append(f"Goal: {g['goal']} = {value} (limit {g['limit']}): {'met' if g['met'] else 'NOT met'}{detail}")
+    lines += [f"Ratio: {r.ratio}, batch {r.batch} = {r.value:.2f}" for r in res.ratios or []]
+    lines += [g.describe() for g in res.goals]
+    m = res.machine
     lines.append(
-        f"{res['settings']['warmup']} warm-up + {res['settings']['iterations']} timed calls per row; "
-        f"{res['machine']['cpu']}, {res['machine']['cpu_count']} CPUs, torch {res['machine']['torch']}, "
-        f"onnxruntime {res['machine']['onnxruntime']}, GPU {res['machine']['gpu']}"
+        f"{res.settings['warmup']} warm-up + {res.settings['iterations']} timed calls per row; "
+        f"{m['cpu']}, {m['cpu_count']} CPUs, torch {m['torch']}, onnxruntime {m['onnxruntime']}, GPU {m['gpu']}"
     )
-    m = res["machine"]
     if "cpu_matrix_features" in m:
         lines.append(
             f"CPU matrix features: {', '.join(m['cpu_matrix_features']) or 'none'}; "
@@ -111,12 +160,7 @@ def format_markdown(res: dict) -> str:
     return "\n".join(lines)
 
 
-def write_json(res: dict, path: str | Path) -> None:
-    """The result dict, indented, written atomically."""
-    write_text_atomic(path, json.dumps(res, indent=2) + "\n")
-
-
-def write_plot(res: dict, path: str | Path) -> None:
+def write_plot(res: BenchReport, path: str | Path) -> None:
     """Latency (p50, bars from min to p99) and throughput against batch size, one line per
     backend/precision; PNG, written atomically."""
     import matplotlib
@@ -124,28 +168,26 @@ def write_plot(res: dict, path: str | Path) -> None:
     matplotlib.use("Agg")  # no display on build machines and servers
     import matplotlib.pyplot as plt
 
-    series: dict[str, list[dict]] = {}
-    for r in res["rows"]:
-        if r["status"] == "ok":
-            series.setdefault(r["describe"], []).append(r)
+    series: dict[str, list[tuple[int, dict[str, float], float]]] = {}  # batch, latency_ms, images_per_s
+    for r in res.rows:
+        if r.ok and r.batch is not None and r.latency_ms is not None and r.images_per_s is not None:
+            series.setdefault(str(r.describe), []).append((r.batch, r.latency_ms, r.images_per_s))
     fig, (ax_lat, ax_tp) = plt.subplots(1, 2, figsize=(11, 4.2))
     for label, rs in series.items():
-        rs = sorted(rs, key=lambda r: r["batch"])
-        b = [r["batch"] for r in rs]
-        p50 = np.array([r["latency_ms"]["p50"] for r in rs])
-        spread = [p50 - [r["latency_ms"]["min"] for r in rs], np.array([r["latency_ms"]["p99"] for r in rs]) - p50]
+        rs = sorted(rs, key=lambda r: r[0])
+        b = [batch for batch, _, _ in rs]
+        p50 = np.array([lat["p50"] for _, lat, _ in rs])
+        spread = [p50 - [lat["min"] for _, lat, _ in rs], np.array([lat["p99"] for _, lat, _ in rs]) - p50]
         ax_lat.errorbar(b, p50, yerr=spread, marker="o", capsize=3, label=label)
-        ax_tp.plot(b, [r["images_per_s"] for r in rs], marker="o", label=label)
+        ax_tp.plot(b, [ips for _, _, ips in rs], marker="o", label=label)
     for ax, ylabel in ((ax_lat, "latency per call, ms (p50; bars min-p99)"), (ax_tp, "throughput, images/s")):
         ax.set_xscale("log", base=2)
-        ax.set_xticks(res["settings"]["batches"], [str(b) for b in res["settings"]["batches"]])
+        ax.set_xticks(res.settings["batches"], [str(b) for b in res.settings["batches"]])
         ax.set_xlabel("batch size")
         ax.set_ylabel(ylabel)
         ax.grid(True, alpha=0.3)
     ax_tp.legend(fontsize=8)
-    fig.suptitle(
-        f"clipad bench: {res['model']} ({res['mode']}), {res['machine']['gpu'] or res['machine']['cpu']}", fontsize=10
-    )
+    fig.suptitle(f"clipad bench: {res.model} ({res.mode}), {res.machine['gpu'] or res.machine['cpu']}", fontsize=10)
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=110)

@@ -1,9 +1,9 @@
 """The rows of `clipad bench`: one backend/precision opened alone, timed at every batch size,
 then compared with the reference; or one row saying why it cannot run here.
 
-A row is the JSON's dict: backend, precision, batch, status ("ok", "unavailable" or "failed"),
-reason, attention (the torch rows' attention form, else None), and for "ok" rows the figures that
-``schema.DEFINITIONS`` defines.
+A row is a ``records.BenchRow``: backend, precision, batch, status ("ok", "unavailable" or
+"failed"), reason, attention (the torch rows' attention form, else None), and for "ok" rows the
+figures that ``schema.DEFINITIONS`` defines.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from clipad.deploy.manifest import ParityFigures
 from clipad.runtime.backends import Backend, TorchOptions, open_backend
 from clipad.runtime.bench.config import BenchConfig
 from clipad.runtime.bench.floors import ceiling_key
+from clipad.runtime.bench.records import BenchRow
 from clipad.runtime.bench.timing import HostMemory, percentiles, time_backend
 from clipad.runtime.parity import Reference, check_backend
 
@@ -56,16 +57,9 @@ def unavailable(
     status: str = "unavailable",
     batch: int | None = None,
     attention: str | None = None,
-) -> dict:
+) -> BenchRow:
     """A row that did not run: the whole combination (batch None) or one batch size ("failed")."""
-    return {
-        "backend": name,
-        "precision": precision,
-        "batch": batch,
-        "status": status,
-        "reason": reason,
-        "attention": attention,
-    }
+    return BenchRow(name, precision, batch, status, reason, attention)
 
 
 def parity_json(figures: ParityFigures) -> dict:
@@ -78,7 +72,9 @@ def parity_json(figures: ParityFigures) -> dict:
     }
 
 
-def measure_batches(backend: Backend, start_up_s: float, ctx: RowContext, attention: str | None = None) -> list[dict]:
+def measure_batches(
+    backend: Backend, start_up_s: float, ctx: RowContext, attention: str | None = None
+) -> list[BenchRow]:
     """One row per batch size for an opened backend; ``start_up_s``: seconds it took to open;
     ``attention``: the torch backend's attention form, recorded in its rows."""
     info = backend.info()
@@ -100,27 +96,25 @@ def measure_batches(backend: Backend, start_up_s: float, ctx: RowContext, attent
         gflops = ctx.flops_per_image * ips / 1e9
         key = ceiling_key(info.device, info.precision)
         rows.append(
-            {
-                "backend": info.name,
-                "precision": info.precision,
-                "batch": batch,
-                "status": "ok",
-                "reason": None,
-                "attention": attention,
-                "describe": info.describe(),
-                "device": info.device,
-                "calls_per_batch": -(-batch // info.max_batch),
-                "latency_ms": stats,
-                "samples_ms": samples,
-                "images_per_s": ips,
-                "gflops_per_s": gflops,
-                "ceiling": key,
-                "fraction_of_ceiling": gflops / ctx.ceilings[key]["gflops_per_s"] if key in ctx.ceilings else None,
-                "start_up_s": start_up_s,
-                "peak_host_mb": ctx.memory.peak_mb(),
-                "gpu_mb": torch.cuda.max_memory_allocated() / 2**20 if torch_cuda else None,
-                "parity": None,
-            }
+            BenchRow(
+                backend=info.name,
+                precision=info.precision,
+                batch=batch,
+                status="ok",
+                attention=attention,
+                describe=info.describe(),
+                device=info.device,
+                calls_per_batch=-(-batch // info.max_batch),
+                latency_ms=stats,
+                samples_ms=samples,
+                images_per_s=ips,
+                gflops_per_s=gflops,
+                ceiling=key,
+                fraction_of_ceiling=gflops / ctx.ceilings[key]["gflops_per_s"] if key in ctx.ceilings else None,
+                start_up_s=start_up_s,
+                peak_host_mb=ctx.memory.peak_mb(),
+                gpu_mb=torch.cuda.max_memory_allocated() / 2**20 if torch_cuda else None,
+            )
         )
         ctx.advance(1)
     return rows
@@ -128,7 +122,7 @@ def measure_batches(backend: Backend, start_up_s: float, ctx: RowContext, attent
 
 def bench_combination(
     art: Artifacts, name: BackendName, precision: ServedPrecision, ctx: RowContext, attention: Attention | None = None
-) -> list[dict]:
+) -> list[BenchRow]:
     """Open one backend/precision (or say why not), time every batch size, then check parity;
     ``attention``: the torch backend's attention form (None for the other backends)."""
     gc.collect()
@@ -154,9 +148,9 @@ def bench_combination(
                 )
             ]
         rows = measure_batches(backend, start_up_s, ctx, attention)
-        if ctx.reference is not None and any(r["status"] == "ok" for r in rows):
+        if ctx.reference is not None and any(r.ok for r in rows):
             parity = parity_json(check_backend(backend, ctx.reference).figures)
             for r in rows:
-                if r["status"] == "ok":
-                    r["parity"] = parity
+                if r.ok:
+                    r.parity = parity
         return rows

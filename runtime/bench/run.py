@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import gc
 import time
-from typing import Any
 
 import torch
 
@@ -22,6 +21,8 @@ from clipad.runtime.bench.config import BenchConfig, validate
 from clipad.runtime.bench.floors import ceilings, dual_path_cost, flop_figures
 from clipad.runtime.bench.goals import performance_goals, ratios, reduced_gates
 from clipad.runtime.bench.machine import machine_info
+from clipad.runtime.bench.records import BenchRow
+from clipad.runtime.bench.report import BenchReport
 from clipad.runtime.bench.rows import RowContext, bench_combination
 from clipad.runtime.bench.schema import DEFINITIONS, SCHEMA_VERSION
 from clipad.runtime.bench.timing import HostMemory
@@ -30,8 +31,8 @@ from clipad.runtime.parity import reference_outputs
 PARITY_IMAGES = 3  # as `clipad parity`: 2 synthetic parts with defects and 1 noise image
 
 
-def run_bench(art: Artifacts, cfg: BenchConfig, tasks: Tasks) -> dict[str, Any]:
-    """Every combination of ``cfg`` on ``art``: the result dict that ``--json`` writes.
+def run_bench(art: Artifacts, cfg: BenchConfig, tasks: Tasks) -> BenchReport:
+    """Every combination of ``cfg`` on ``art``: the report that ``--json`` writes.
 
     Order: the FP32 reference on the CPU (parity targets, model dimensions, dual-path cost), the
     matmul ceilings, then each backend/precision opened alone (the reference released first so
@@ -67,30 +68,30 @@ def run_bench(art: Artifacts, cfg: BenchConfig, tasks: Tasks) -> dict[str, Any]:
     ]
     advance = tasks.add("backends x precisions x batches", len(combos) * len(cfg.batches))
     ctx = RowContext(cfg, frames, memory, flops["per_image"]["total"], ceils, target, advance)
-    rows: list[dict] = []
+    rows: list[BenchRow] = []
     for name, precision, attention in combos:
         if attention not in (None, cfg.attentions[0]) and any(
-            (r["backend"], r["precision"], r["status"]) == (name, precision, "unavailable") for r in rows
+            (r.backend, r.precision, r.status) == (name, precision, "unavailable") for r in rows
         ):
             ctx.advance(len(cfg.batches))  # the torch precision cannot run in any attention form: said once
             continue
         rows += bench_combination(art, name, precision, ctx, attention)
-    if not any(r["status"] == "ok" for r in rows):
-        reasons = "; ".join(f"{r['backend']} {r['precision']}: {r['reason']}" for r in rows)
+    if not any(r.ok for r in rows):
+        reasons = "; ".join(f"{r.backend} {r.precision}: {r.reason}" for r in rows)
         raise ClipadError(f"no backend/precision could run here: {reasons}")
     m = art.manifest
     machine = machine_info()
-    return {
-        "schema_version": SCHEMA_VERSION,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "artifacts": str(art.root),
-        "model": m.model,
-        "mode": m.mode,
-        "image_size": size,
-        "max_batch": art.max_batch,
-        "weights": m.weights.source,
-        "machine": machine,
-        "settings": {
+    return BenchReport(
+        schema_version=SCHEMA_VERSION,
+        created=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        artifacts=str(art.root),
+        model=m.model,
+        mode=m.mode,
+        image_size=size,
+        max_batch=art.max_batch,
+        weights=m.weights.source,
+        machine=machine,
+        settings={
             "backends": cfg.backends,
             "precisions": cfg.precisions,
             "batches": cfg.batches,
@@ -100,12 +101,12 @@ def run_bench(art: Artifacts, cfg: BenchConfig, tasks: Tasks) -> dict[str, Any]:
             "parity": cfg.parity,
             "attentions": cfg.attentions,
         },
-        "host_memory_method": memory.method,
-        "definitions": DEFINITIONS,
-        "flops": flops,
-        "matmul_ceiling": ceils,
-        "dual_path": dual,
-        "goals": performance_goals(rows, dual, reduced_gates(m), machine),
-        "ratios": ratios(rows),
-        "rows": rows,
-    }
+        host_memory_method=memory.method,
+        definitions=DEFINITIONS,
+        flops=flops,
+        matmul_ceiling=ceils,
+        dual_path=dual,
+        goals=performance_goals(rows, dual, reduced_gates(m), machine),
+        ratios=ratios(rows),
+        rows=rows,
+    )

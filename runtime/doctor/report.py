@@ -42,6 +42,16 @@ class DoctorReport:
     def verdict(self, check: str) -> Verdict:
         return next(v for v in self.verdicts if v.check == check)
 
+    def describe(self, as_json: bool = False) -> str:
+        """The report as `clipad doctor` prints it: text, or JSON for support tickets."""
+        return json.dumps(report_json(self), indent=2) if as_json else render_text(self)
+
+    def refuse_unmet(self, require: tuple[str, ...]) -> None:
+        """One line naming every required check that cannot work here (``--require``)."""
+        missing = unmet(self, require)
+        if missing:
+            raise ClipadError("; ".join(f"{v.check} cannot be used here: {v.detail}" for v in missing))
+
 
 def _probe(name: str, deep: bool, timeout: float) -> Facts | ProbeFailure:
     """Run one probe in a child Python; its record, or why there is none."""
