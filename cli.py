@@ -24,7 +24,7 @@ from clipad.core.errors import ClipadError
 from clipad.core.lists import comma_list
 from clipad.core.packages import describe_failure, quiet_third_party
 from clipad.core.progress import progress_bars
-from clipad.methods.registry import METHODS
+from clipad.methods.registry import METHODS, get_method
 
 # `clipad --help` lists the commands in the order of the work, not of this file.
 WORKFLOW = tuple(
@@ -112,7 +112,7 @@ def _method(o: SimpleNamespace) -> SimpleNamespace:
             raise ClipadError(
                 f"--mode is the old name of --method: give one of them, not --method {o.method} --mode {o.mode}"
             )
-        o.method = o.mode
+        o.method = get_method(o.mode, "--mode").name
     return o
 
 

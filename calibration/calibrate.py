@@ -24,8 +24,9 @@ from clipad.core.progress import Tasks
 from clipad.data.images import IMAGE_SUFFIXES, ImageReadError, iter_image_batches, list_images, load_mask
 from clipad.deploy.artifacts import Artifacts
 from clipad.deploy.manifest import CalibrationConstants, CalibrationEntry, ParityFigures, QualityGate
+from clipad.methods.base import ImageScore
 from clipad.methods.registry import get_method
-from clipad.model.fusion import ImageScore, map_max
+from clipad.model.fusion import map_max
 
 PIXELS_PER_IMAGE = 16384  # pixels sampled per image for the pixel threshold (all when fewer)
 

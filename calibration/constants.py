@@ -11,8 +11,9 @@ import numpy as np
 from clipad.calibration.thresholds import normalised_score
 from clipad.core.errors import ClipadError
 from clipad.deploy.manifest import CALIBRATION_VERSION, ONNX_FP32, TEXT_FEATURES, Manifest
+from clipad.methods.base import ImageScore
 from clipad.methods.registry import get_method
-from clipad.model.fusion import ImageScore, Range
+from clipad.model.fusion import Range
 
 __all__ = ["CALIBRATION_VERSION", "MODEL_FILES", "Calibration"]
 

@@ -57,6 +57,7 @@ from clipad.deploy.parity import TOLERANCES, parity_images
 from clipad.deploy.quality_gate import DEFAULT_MAX_DROP_POINTS, gate_images
 from clipad.deploy.runners.base import Runner
 from clipad.deploy.runners.onnxruntime import OnnxRuntimeRunner
+from clipad.methods.registry import get_method
 
 MIN_AGREEMENT = TOLERANCES["int8"]["top1pct_agreement"]
 QUANTISED_OPS = ["MatMul", "Gemm", "Conv"]
@@ -220,7 +221,8 @@ def make_int8(
     target = TARGETS[check_int8_backend(art, backend)]
     gate_set = None
     if gate_root is not None:
-        gate_set = gate_images(Path(gate_root), art.manifest.category, art.image_size, max_auroc_drop)
+        score = get_method(art.manifest.mode, "mode").image_score
+        gate_set = gate_images(Path(gate_root), art.manifest.category, art.image_size, max_auroc_drop, score)
     with art.writing():
         entry = None
         if backend == "onnxruntime":

@@ -558,7 +558,7 @@ def test_bench_with_device_cpu_never_opens_tensorrt(with_plan, no_tensorrt_impor
     s = with_plan.image_size
     ctx = RowContext(cfg, np.zeros((1, s, s, 3), np.uint8), HostMemory(), 1, {}, None, lambda n: None)
     (row,) = bench_combination(with_plan, "tensorrt", "fp32", ctx)
-    assert row["status"] == "unavailable" and "--device cpu" in row["reason"]
+    assert row.status == "unavailable" and "--device cpu" in row.reason
 
 
 def test_tensorrt_backend_itself_refuses_device_cpu(with_plan, no_tensorrt_imports, monkeypatch):

@@ -23,7 +23,7 @@ from clipad.calibration.constants import Calibration
 from clipad.core.errors import ClipadError
 from clipad.data import images as image_path
 from clipad.data.images import ImageReadError, read_image
-from clipad.model.fusion import ImageScore
+from clipad.methods.base import ImageScore
 from clipad.runtime.backends import open_backend
 from clipad.runtime.pipeline import WINDOW, Pipeline, Summary
 from clipad.runtime.records import FrameResult, Prediction

@@ -313,7 +313,9 @@ def export(loaded: LoadedModel, cfg: ExportConfig, tasks: Tasks) -> Artifacts:
             if cfg.gate_root is not None:  # read once: the ONNX and the OpenVINO gates use the same images
                 from clipad.deploy.quality_gate import gate_images
 
-                gate_set = gate_images(Path(cfg.gate_root), cfg.category, loaded.image_size, cfg.max_auroc_drop)
+                gate_set = gate_images(
+                    Path(cfg.gate_root), cfg.category, loaded.image_size, cfg.max_auroc_drop, method.image_score
+                )
             step = tasks.add(
                 "parity" + (" and quality gate" if gate_set and "fp16" in paths else "") + " (ONNX Runtime)", 1
             )

@@ -5,14 +5,14 @@ validated records; nothing else parses or writes ``manifest.json``. Changes are 
 ``with_*`` methods, which return a new, re-validated manifest, and written with ``write``
 (atomic: a reader sees the old file or the new one, never a mix).
 
-JSON layout (format version 1, unchanged from the untyped manifest, so older artifacts load):
+JSON layout (format version 1):
 
 - ``format_version`` 1, ``created``, ``category``, ``object_name``, ``model`` (open_clip name);
 - ``weights``: ``{"source": "random", "seed"}`` | ``{"source": "file", "path", "sha256"}`` |
   ``{"source": "open_clip", "tag"}``;
-- ``mode``: the method's name (``--method``: "sdp" | "sdp+" | "reference"; the key keeps its
-  first name so that older artifacts load), ``heads_sha256`` (sdp+ only, else null); which
-  records a method needs is the method's rule (``clipad.methods``: ``Method.manifest_error``);
+- ``mode``: the method's name (``--method``: "sdp" | "sdp+" | "reference"), ``heads_sha256``
+  (sdp+ only, else null); which records a method needs is the method's rule (``clipad.methods``:
+  ``Method.manifest_error``);
 - ``rvs``: method, profile, dbscan ``{eps, min_samples}`` or null, ``used`` [normal, abnormal]
   (differs from method after a fallback), ``notes``;
 - ``prompts``: set, source, sha256, n_normal, n_abnormal;

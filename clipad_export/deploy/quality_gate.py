@@ -3,8 +3,9 @@
 On held-out labelled images (a `clipad synth` or MVTec-layout root, the export's category) the
 FP32 model and the reduced one (ONNX Runtime's FP16 graph; OpenVINO's bf16 on model.xml and int8
 on model.int8.xml) are run by ``gate_step``; the gate compares pixel AUROC (anomaly_map against the
-masks, at model resolution) and image AUROC (the fused score of `clipad eval`, method.md
-section 6) and passes when neither drops by more than ``max_drop_points`` AUROC points (x100).
+masks, at model resolution) and image AUROC (the method's image score as `clipad eval` computes
+it; SDP's: method.md section 6) and passes when neither drops by more than ``max_drop_points``
+AUROC points (x100).
 The map agreement figures (clipad.deploy.parity) are recorded beside it. A gate is meaningful on
 a model whose maps carry signal (the normal-reference mode, or SDP+ heads trained with `clipad
 train`); with random zero-shot weights it only shows that the machinery runs.
@@ -24,7 +25,8 @@ from clipad.deploy.manifest import QualityGate
 from clipad.deploy.parity import compare
 from clipad.deploy.runners.base import Outputs
 from clipad.evaluation.metrics import binary_metrics
-from clipad.model.fusion import fused_score, map_max, transductive_ranges
+from clipad.methods.base import ImageScore
+from clipad.model.fusion import map_max, transductive_ranges
 
 DEFAULT_MAX_DROP_POINTS = 0.5
 
@@ -32,15 +34,23 @@ DEFAULT_MAX_DROP_POINTS = 0.5
 @dataclass(frozen=True)
 class GateSet:
     """Labelled held-out images and the gate's limit: images uint8 [N, S, S, 3], labels int [N]
-    (1: anomalous), masks bool [N, S, S], max_drop_points (AUROC points, x100)."""
+    (1: anomalous), masks bool [N, S, S], max_drop_points (AUROC points, x100); image_score: the
+    method's (``clipad.methods``: ``Method.image_score``), with the ranges over these images."""
 
     images: np.ndarray
     labels: np.ndarray
     masks: np.ndarray
     max_drop_points: float = DEFAULT_MAX_DROP_POINTS
+    image_score: ImageScore = ImageScore.PROB_PLUS_MAX
 
 
-def gate_images(root: Path, category: str, size: int, max_drop_points: float = DEFAULT_MAX_DROP_POINTS) -> GateSet:
+def gate_images(
+    root: Path,
+    category: str,
+    size: int,
+    max_drop_points: float = DEFAULT_MAX_DROP_POINTS,
+    image_score: ImageScore = ImageScore.PROB_PLUS_MAX,
+) -> GateSet:
     """The labelled test images of ``category`` under ``root`` (MVTec layout) at model size
     ``size``; one line when there are no anomalous images with masks."""
     split = load_split("mvtec", root, [category])
@@ -54,24 +64,25 @@ def gate_images(root: Path, category: str, size: int, max_drop_points: float = D
         np.array([p[1] for p in pairs]),
         np.stack([p[2] for p in pairs]),
         max_drop_points,
+        image_score,
     )
 
 
-def _aurocs(labels: np.ndarray, masks: np.ndarray, amap: np.ndarray, prob: np.ndarray) -> tuple[float, float]:
+def _aurocs(gate: GateSet, amap: np.ndarray, prob: np.ndarray) -> tuple[float, float]:
     mmax = map_max(amap)
     pr, mr = transductive_ranges(prob, mmax)
     # gate_images holds both classes; an undefined (None) AUROC still fails in float() as before
-    pixel = cast(float, binary_metrics(masks, amap)["auroc"])
-    image = cast(float, binary_metrics(labels, fused_score(prob, mmax, pr, mr))["auroc"])
+    pixel = cast(float, binary_metrics(gate.masks, amap)["auroc"])
+    image = cast(float, binary_metrics(gate.labels, gate.image_score.fuse(prob, mmax, pr, mr))["auroc"])
     return float(pixel), float(image)
 
 
 def quality_gate(reference: Outputs, reduced: Outputs, gate: GateSet, against: str = "fp32") -> QualityGate:
     """Judge ``reduced`` against ``reference``: each (anomaly_map float32 [N, S, S], image_prob
     float32 [N]) on the gate images of ``gate`` (called by ``gate_step.gate_step`` only)."""
-    labels, masks, max_drop_points = gate.labels, gate.masks, gate.max_drop_points
-    pix32, img32 = _aurocs(labels, masks, *reference)
-    pix, img = _aurocs(labels, masks, *reduced)
+    labels, max_drop_points = gate.labels, gate.max_drop_points
+    pix32, img32 = _aurocs(gate, *reference)
+    pix, img = _aurocs(gate, *reduced)
     agreement = compare(reference, reduced, against)
     drops = (100 * (pix32 - pix), 100 * (img32 - img))
     return QualityGate.create(

@@ -23,9 +23,9 @@ from clipad.core.progress import Tasks
 from clipad.data import Sample, load_batch
 from clipad.evaluation.metrics import binary_metrics, pixel_metrics
 from clipad.evaluation.results import EvalResults
-from clipad.methods.base import EvalProtocol
+from clipad.methods.base import EvalProtocol, ImageScore
 from clipad.methods.registry import get_method
-from clipad.model.fusion import ImageScore, map_max, transductive_ranges
+from clipad.model.fusion import map_max, transductive_ranges
 from clipad.model.heads import Heads
 from clipad.model.loading import LoadedModel
 from clipad.model.prompts import PROMPT_SETS, PromptSet

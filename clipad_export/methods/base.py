@@ -14,15 +14,29 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from clipad.core.choices import Method as MethodName
 from clipad.core.errors import ClipadError
-from clipad.model.fusion import ImageScore
 
 if TYPE_CHECKING:
+    import numpy as np
     import torch
 
     from clipad.model.flops import ViTDims
+    from clipad.model.fusion import Range
     from clipad.model.heads import Heads
     from clipad.model.loading import LoadedModel, WeightSpec
     from clipad.model.sdp import SDPModel
+
+
+class ImageScore(StrEnum):
+    """How a method's image score is made from its two image-level signals (numpy only, imported
+    when called: the CLI and `clipad doctor` read the registry without numpy)."""
+
+    PROB_PLUS_MAX = "prob+max"  # minmax(image_prob) + minmax(map_max) (method.md section 6)
+
+    def fuse(self, image_prob: np.ndarray, map_max: np.ndarray, prob_range: Range, max_range: Range) -> np.ndarray:
+        """image_prob [N], map_max [N] and their ranges -> the image score, float64 [N]."""
+        from clipad.model.fusion import fused_score
+
+        return fused_score(image_prob, map_max, prob_range, max_range)
 
 
 class Preprocess(StrEnum):

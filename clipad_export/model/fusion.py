@@ -11,8 +11,6 @@ calibration and the runtime read it from the method the manifest records.
 
 from __future__ import annotations
 
-from enum import StrEnum
-
 import numpy as np
 
 Range = tuple[float, float]
@@ -38,13 +36,3 @@ def fused_score(image_prob: np.ndarray, map_max: np.ndarray, prob_range: Range, 
 def transductive_ranges(image_prob: np.ndarray, map_max: np.ndarray) -> tuple[Range, Range]:
     """The official (set-wide) ranges: (min, max) of each signal over the given images."""
     return (float(np.min(image_prob)), float(np.max(image_prob))), (float(np.min(map_max)), float(np.max(map_max)))
-
-
-class ImageScore(StrEnum):
-    """How a method's image score is made from its two image-level signals."""
-
-    PROB_PLUS_MAX = "prob+max"  # minmax(image_prob) + minmax(map_max) (method.md section 6)
-
-    def fuse(self, image_prob: np.ndarray, map_max: np.ndarray, prob_range: Range, max_range: Range) -> np.ndarray:
-        """image_prob [N], map_max [N] and their ranges -> the image score, float64 [N]."""
-        return fused_score(image_prob, map_max, prob_range, max_range)

@@ -66,9 +66,6 @@ TEMPLATES = (
     "a photo of a {} for anomaly detection.",
 )
 
-# Fixed object names the official code uses for the medical datasets (method.md 3.1; "brain ct" sic).
-MEDICAL_OBJECT_NAMES = {"headct": "head ct", "brainmri": "brain ct", "isic": "skin", "clinicdb": "colon"}
-
 
 @dataclass(frozen=True)
 class PromptSet:

@@ -44,7 +44,6 @@ from clipad.deploy.tensorrt.install import (
 )
 
 TRT_EP, CUDA_EP, CPU_EP = "TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"
-PREFERRED = (TRT_EP, CUDA_EP, CPU_EP)
 GPU_PROVIDERS = (TRT_EP, CUDA_EP)
 DEVICES = ("auto", "cpu", "cuda")  # and cuda:N, as torch spells a GPU index
 
