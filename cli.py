@@ -148,6 +148,7 @@ def _finish(o: SimpleNamespace, prepared: Any) -> None:
 
 
 QUIET = _o("--quiet", False, "No progress bars.")
+KEEP = [_o(f"--{x}-max-{u}", 0.0, h) for x in ("snapshots", "segments") for u, h in (("mb", "MiB"), ("age-h", "Hours"))]
 DEVICE, CPU = (_o("--device", d, "Where the model runs.", metavar="[auto|cpu|cuda|cuda:N]") for d in ("auto", "cpu"))
 ARTIFACTS = _o("--artifacts", None, "Artifact directory (default: the only one under ./artifacts).", Path)
 WEIGHTS = _panel(
@@ -283,6 +284,7 @@ def _parity(o: SimpleNamespace) -> None:
     _o("--segment-minutes", 0.0, "Cut the --save video into files of this many minutes; 0: one file."),
     _o("--snapshots", None, "Folder for anomalous frames: original, overlay, raw map, mask.", Path),
     _o("--snapshot-interval", 1.0, "At most one snapshot per source every this many seconds (0: all)."),
+    _panel("Retention of the --snapshots, --save files this tool wrote: oldest first; 0: none", *KEEP),
     (_o("--show", False, "OpenCV window with the overlay."), _o("--serve", None, "HOST:PORT of a live viewer.", str)),
     (_o("--max-frames", None, "Stop after this many frames.", int, min=1), _o("--status-every", 5.0, "Seconds.")),
     TRITON,

@@ -13,6 +13,8 @@ from pathlib import Path
 
 from clipad.core.errors import ClipadError
 from clipad.runtime.pipeline import Pipeline, Summary
+from clipad.runtime.retention import Limits
+from clipad.runtime.runfiles import new_run_id
 from clipad.runtime.serving import Served
 from clipad.runtime.sinks import EventsSink, ShowSink, Sink, SnapshotSink, VideoSink
 from clipad.runtime.sources import open_sources
@@ -23,7 +25,8 @@ class RunConfig:
     """cameras: camera indices; sources: video files, image folders/globs, stream URLs; events:
     JSON Lines file; save: overlay video; snapshots: folder for anomalous frames, at most one
     per source every ``snapshot_interval`` seconds (0: all); show: OpenCV window; serve: HOST:PORT
-    of the live viewer."""
+    of the live viewer. ``*_max_mb`` / ``*_max_age_h``: retention of the snapshot and video files
+    this tool wrote in their folders, a quota in MiB and an age in hours (0: none)."""
 
     cameras: list[int] = field(default_factory=list)
     sources: list[str] = field(default_factory=list)
@@ -33,6 +36,10 @@ class RunConfig:
     segment_minutes: float = 0.0
     snapshots: Path | None = None
     snapshot_interval: float = 1.0
+    snapshots_max_mb: float = 0.0
+    snapshots_max_age_h: float = 0.0
+    segments_max_mb: float = 0.0
+    segments_max_age_h: float = 0.0
     show: bool = False
     serve: str | None = None
     max_frames: int | None = None
@@ -49,6 +56,15 @@ class RunConfig:
             raise ClipadError("--events-max-mb and --segment-minutes must be >= 0 (0: off)")
         if self.snapshot_interval < 0:
             raise ClipadError(f"--snapshot-interval must be >= 0 seconds, got {self.snapshot_interval}")
+        for folder, name, needs in ((self.snapshots, "snapshots", "--snapshots"), (self.save, "segments", "--save")):
+            limits = (getattr(self, f"{name}_max_mb"), getattr(self, f"{name}_max_age_h"))
+            if min(limits) < 0 or (max(limits) > 0 and folder is None):
+                raise ClipadError(f"--{name}-max-mb and --{name}-max-age-h must be >= 0 (0: none) and need {needs}")
+
+    def retention(self, name: str) -> Limits:
+        """The retention limits of ``name`` ("snapshots" or "segments")."""
+        mb, hours = getattr(self, f"{name}_max_mb"), getattr(self, f"{name}_max_age_h")
+        return Limits(int(mb * 2**20), hours * 3600)
 
     @property
     def needs_view(self) -> bool:
@@ -61,13 +77,17 @@ def open_sinks(cfg: RunConfig, served: Served, log: Callable[[str], None]) -> li
     from clipad.runtime.server import ServeSink
 
     sinks: list[Sink] = []
+    run = new_run_id()  # one id for the events, snapshots and videos of this run
     try:
         if cfg.events is not None:
-            sinks.append(EventsSink(cfg.events, max_bytes=int(cfg.events_max_mb * 2**20)))
+            sinks.append(EventsSink(cfg.events, max_bytes=int(cfg.events_max_mb * 2**20), run=run))
         if cfg.save is not None:
-            sinks.append(VideoSink(cfg.save, segment_s=cfg.segment_minutes * 60))
+            sinks.append(
+                VideoSink(cfg.save, segment_s=cfg.segment_minutes * 60, run=run, retention=cfg.retention("segments"))
+            )
         if cfg.snapshots is not None:
-            sinks.append(SnapshotSink(cfg.snapshots, served.calibration, cfg.snapshot_interval))
+            limits = cfg.retention("snapshots")
+            sinks.append(SnapshotSink(cfg.snapshots, served.calibration, cfg.snapshot_interval, run, limits))
         if cfg.show:
             sinks.append(ShowSink())
         if cfg.serve is not None:
@@ -78,6 +98,8 @@ def open_sinks(cfg: RunConfig, served: Served, log: Callable[[str], None]) -> li
         for sink in sinks:
             sink.close()
         raise
+    if any(x is not None for x in (cfg.events, cfg.save, cfg.snapshots)):
+        log(f"run id {run} (in each event, and in the names of this run's snapshot and video files)")
     return sinks
 
 

@@ -7,10 +7,13 @@ own size), its anomaly map (float32 [S, S] at model resolution) and the rendered
 
 from __future__ import annotations
 
-import hashlib
+import io
 import os
+import stat
 import time
 from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
@@ -22,6 +25,18 @@ from clipad.core.errors import ClipadError
 from clipad.data.colour import to_bgr
 from clipad.runtime.overlay import overlay, put_label
 from clipad.runtime.records import FrameResult, Prediction, to_json_line
+from clipad.runtime.retention import NO_LIMITS, Limits, Retention
+from clipad.runtime.runfiles import (
+    create_new,
+    new_run_id,
+    snapshot_pattern,
+    snapshot_stem,
+    variant,
+    video_name,
+    video_pattern,
+)
+
+Clock = Callable[[], float]  # seconds of a monotonic clock: intervals and segment lengths, never labels
 
 
 class Sink(Protocol):
@@ -44,16 +59,22 @@ class EventsSink:
     Guarantees: every record is flushed to the operating system at once, so a crash or SIGKILL of
     clipad loses at most the frame in flight; the file is fsynced at most once a second and at
     close, so a power loss loses at most the last second of records. The file is opened for
-    appending (an earlier run's events are kept) and a lock file beside it (``.<name>.lock``)
-    refuses a second run writing the same file in one line. Values that are not finite are written
-    as null (strict JSON). With ``max_bytes``, a file that reaches that size is rotated:
-    ``events.jsonl`` becomes ``events.jsonl.1`` (``.1`` becomes ``.2``, ...; ``keep`` files kept).
+    appending (an earlier run's events are kept); when it does not end with a newline (an earlier
+    run stopped mid-record on a full disk) this run starts on a new line and says so once. A lock
+    file beside the real file (``.<name>.lock``, symlinks resolved) refuses a second run writing
+    the same file in one line. Each record starts with ``run``, the run id that also names this
+    run's snapshots and video files. Values that are not finite are written as null (strict JSON).
+    With ``max_bytes``, a file that reaches that size is rotated: ``events.jsonl`` becomes
+    ``events.jsonl.1`` (``.1`` becomes ``.2``, ...; ``keep`` files kept). A FIFO or other file that
+    is not a regular file (a log shipper's pipe) is written without fsync and never rotated.
     """
 
     FSYNC_EVERY_S = 1.0
 
-    def __init__(self, path: str | Path, max_bytes: int = 0, keep: int = 5):
-        self.path, self.max_bytes, self.keep = Path(path), max_bytes, keep
+    def __init__(self, path: str | Path, max_bytes: int = 0, keep: int = 5, run: str | None = None):
+        self.shown, self.path = Path(path), Path(os.path.realpath(path))  # the lock and rotation act on the real file
+        self.max_bytes, self.keep, self.run = max_bytes, keep, run or new_run_id()
+        self.notes: deque[str] = deque(maxlen=100)
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._lock_file = open(self.path.parent / f".{self.path.name}.lock", "a")
@@ -66,26 +87,34 @@ class EventsSink:
             )
         try:
             self.file = open(self.path, "a", encoding="utf-8")
+            self.regular = stat.S_ISREG(os.fstat(self.file.fileno()).st_mode)
+            if self.regular and _torn(self.path):
+                self.file.write("\n")
+                self.notes.append(
+                    f"events file {path} ended in a torn line (an earlier run stopped mid-record); "
+                    "it is kept as it is and this run starts on a new line"
+                )
         except OSError as err:
             self._lock_file.close()
             raise ClipadError(f"cannot write events file {path}: {err.strerror or err}") from None
+        if not self.regular:
+            self.max_bytes = 0
         self.written = 0
         self.rotated = 0
         self._synced = time.monotonic()
 
     def write(self, result: FrameResult) -> None:
-        pred = result.record
         try:
-            self.file.write(to_json_line(pred.event()))
+            self.file.write(to_json_line({"run": self.run, **result.record.event()}))
             self.file.flush()
-            if time.monotonic() - self._synced >= self.FSYNC_EVERY_S:
+            if self.regular and time.monotonic() - self._synced >= self.FSYNC_EVERY_S:
                 os.fsync(self.file.fileno())
                 self._synced = time.monotonic()
             if self.max_bytes and self.file.tell() >= self.max_bytes:
                 self._rotate()
         except OSError as err:
             raise SinkError(
-                f"events file {self.path}: {err.strerror or err}; stopped after {self.written} events"
+                f"events file {self.shown}: {err.strerror or err}; stopped after {self.written} events"
             ) from None
         self.written += 1
 
@@ -104,7 +133,8 @@ class EventsSink:
     def close(self) -> None:
         try:
             self.file.flush()
-            os.fsync(self.file.fileno())
+            if self.regular:
+                os.fsync(self.file.fileno())
         except OSError:
             pass
         for f in (self.file, self._lock_file):
@@ -112,6 +142,15 @@ class EventsSink:
                 f.close()
             except OSError:
                 pass
+
+
+def _torn(path: Path) -> bool:
+    """Whether the regular file ``path`` is not empty and does not end with a newline."""
+    with open(path, "rb") as f:
+        if f.seek(0, os.SEEK_END) == 0:
+            return False
+        f.seek(-1, os.SEEK_END)
+        return f.read(1) != b"\n"
 
 
 def _lock(file) -> bool:
@@ -130,101 +169,167 @@ def _lock(file) -> bool:
     return True
 
 
-class VideoSink:
-    """The overlay video (mp4v in .mp4, MJPG in .avi), at the first frame's size.
+@dataclass
+class _Video:
+    """One source's open overlay video: its frame size (width, height) is the source's first frame's."""
 
-    A video file is only complete once closed: after SIGKILL, the OOM killer or a power loss the
-    open file is usually not decodable. With ``segment_s`` the video is cut into files of that
-    many seconds of capture time, ``<stem>-0000<suffix>``, ``<stem>-0001<suffix>``, ..., so such
-    a stop loses at most the open segment.
+    size: tuple[int, int]
+    segment: int = 0
+    writer: cv2.VideoWriter | None = None
+    file: Path | None = None
+    start: float = 0.0  # monotonic time of the open file's first frame
+
+
+class VideoSink:
+    """The overlay video (mp4v in .mp4, MJPG in .avi) at ``fps``, one per source, each at its first
+    frame's size.
+
+    Files are named ``<stem>-<run id>-<source tag><suffix>`` beside ``path``, so a restarted run or a
+    second source never truncates another's video. A video file is only complete once closed: after
+    SIGKILL, the OOM killer or a power loss the open file is usually not decodable. With
+    ``segment_s`` each source's video is cut into files of that many seconds (monotonic time, so a
+    wall-clock step never stops the cutting), ``...-0000<suffix>``, ``...-0001<suffix>``, ..., so
+    such a stop loses at most the open segment. ``retention`` limits the folder's video files of
+    this ``path`` (any run's), checked as segments close.
     """
 
-    def __init__(self, path: str | Path, fps: float = 10.0, segment_s: float = 0.0):
+    def __init__(
+        self,
+        path: str | Path,
+        fps: float = 10.0,
+        segment_s: float = 0.0,
+        run: str | None = None,
+        retention: Limits = NO_LIMITS,
+        clock: Clock = time.monotonic,
+    ):
         self.path, self.fps, self.segment_s = Path(path), fps, segment_s
-        self.writer: cv2.VideoWriter | None = None
-        self.segments = 0
-        self.size: tuple[int, int] | None = None  # (width, height) of the first frame; every segment keeps it
-        self._segment_start = 0.0  # capture time of the open segment's first frame; read only while one is open
+        self.run, self.clock = run or new_run_id(), clock
+        self.videos: dict[str, _Video] = {}
+        self.files: list[Path] = []  # every file this sink created, in order
+        self.notes: deque[str] = deque(maxlen=100)
+        self.retention = Retention(self.path.parent, video_pattern(self.path), retention, "video", self.notes)
 
-    def _target(self) -> Path:
-        if not self.segment_s:
-            return self.path
-        return self.path.with_name(f"{self.path.stem}-{self.segments:04d}{self.path.suffix}")
+    def _open(self, source: str, video: _Video) -> None:
+        base = video_name(self.path, self.run, source, video.segment if self.segment_s else None)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        video.file = create_new(lambda n: base.with_name(variant(base.stem, n) + base.suffix))
+        self.files.append(video.file)
+        fourcc = cv2.VideoWriter.fourcc(*("MJPG" if self.path.suffix.lower() == ".avi" else "mp4v"))
+        video.writer = cv2.VideoWriter(str(video.file), fourcc, self.fps, video.size)
+        if not video.writer.isOpened():
+            raise SinkError(f"cannot write video {video.file}")
+        video.start = self.clock()
+
+    def _finish(self, video: _Video) -> None:
+        """Close the open file of ``video``: it is complete now, and counts for retention."""
+        if video.writer is not None and video.file is not None:
+            video.writer.release()
+            video.writer = None
+            self.retention.add(video.file)
 
     def write(self, result: FrameResult) -> None:
-        pred, img = result.record, result.view if result.view is not None else result.image
-        t = pred.time if pred.time is not None else time.time()
-        if self.writer is not None and self.segment_s and t - self._segment_start >= self.segment_s:
-            self.writer.release()  # this segment is now a complete file
-            self.writer = None
-            self.segments += 1
-        if self.writer is None:
-            target = self._target()
-            target.parent.mkdir(parents=True, exist_ok=True)
-            fourcc = cv2.VideoWriter.fourcc(*("MJPG" if self.path.suffix.lower() == ".avi" else "mp4v"))
-            if self.size is None:
-                self.size = (img.shape[1], img.shape[0])
-            self.writer = cv2.VideoWriter(str(target), fourcc, self.fps, self.size)
-            if not self.writer.isOpened():
-                raise SinkError(f"cannot write video {target}")
-            self._segment_start = t
-        if (img.shape[1], img.shape[0]) != self.size:
-            img = cv2.resize(img, self.size)
-        self.writer.write(to_bgr(img))
+        img, source = result.view if result.view is not None else result.image, result.record.source
+        video = self.videos.setdefault(source, _Video((img.shape[1], img.shape[0])))
+        if video.writer is not None and self.segment_s and self.clock() - video.start >= self.segment_s:
+            self._finish(video)
+            video.segment += 1
+        if video.writer is None:
+            try:
+                self._open(source, video)
+            except OSError as err:
+                raise SinkError(f"cannot write video beside {self.path}: {err.strerror or err}") from None
+        self.retention.prune()
+        if (img.shape[1], img.shape[0]) != video.size:
+            img = cv2.resize(img, video.size)
+        assert video.writer is not None
+        video.writer.write(to_bgr(img))
 
     def close(self) -> None:
-        if self.writer is not None:
-            self.writer.release()
-            self.writer = None
+        for video in self.videos.values():
+            self._finish(video)
+        self.retention.prune()
+        self.retention.note()
 
 
 class SnapshotSink:
     """For anomalous frames (never without calibration): original, overlay, raw map, mask.
 
-    Files are named ``<stem>_<source tag>_<frame>``, the tag a short hash of the full source name,
-    so two sources with the same file stem never overwrite each other. At most one snapshot per
-    source every ``interval`` seconds of capture time (0: every anomalous frame). A failed write
-    (full disk, ...) is counted and reported in ``notes``; the run goes on, since the events file
-    remains the record of every frame.
+    Files are named ``<stem>_<source tag>_<run id>_<frame>_<kind>`` (``runfiles.snapshot_stem``),
+    the tag a short hash of the full source name, so two sources with the same file stem never
+    overwrite each other, and the run id that each event carries, so a restarted run (its frame
+    indices start at 0 again) never overwrites an earlier run's snapshots. Every file is created
+    exclusively. At most one snapshot per source every ``interval`` seconds (monotonic time: a
+    wall-clock step never stops them; 0: every anomalous frame). A failed write (full disk, ...)
+    is counted and reported in ``notes``, and its partial files removed; the run goes on, since
+    the events file remains the record of every frame. ``retention`` limits the folder's snapshot
+    files (any run's).
     """
 
-    def __init__(self, folder: str | Path, calibration: Calibration | None = None, interval: float = 0.0):
+    def __init__(
+        self,
+        folder: str | Path,
+        calibration: Calibration | None = None,
+        interval: float = 0.0,
+        run: str | None = None,
+        retention: Limits = NO_LIMITS,
+        clock: Clock = time.monotonic,
+    ):
         self.folder = Path(folder)
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
         except OSError as err:
             raise ClipadError(f"cannot create snapshot folder {folder}: {err.strerror or err}") from None
-        self.cal, self.interval = calibration, interval
+        self.cal, self.interval, self.run, self.clock = calibration, interval, run or new_run_id(), clock
         self.written = self.failed = self.skipped = 0
         self.notes: deque[str] = deque(maxlen=100)
+        self.retention = Retention(self.folder, snapshot_pattern(), retention, "snapshots", self.notes)
         self._last: dict[str, float] = {}
 
-    @staticmethod
-    def stem(pred: Prediction) -> str:
-        tag = hashlib.sha1(pred.source.encode()).hexdigest()[:8]
-        return f"{Path(pred.source).stem}_{tag}_{pred.frame or 0:06d}"
+    def _encode(self, result: FrameResult) -> list[tuple[str, bytes]]:
+        """(kind, file bytes) of one snapshot; the mask at model resolution."""
+        images = [("frame.png", result.image)]
+        if result.view is not None:
+            images.append(("overlay.png", result.view))
+        parts = []
+        for kind, img in images:
+            ok, buf = cv2.imencode(".png", to_bgr(img))
+            if not ok:
+                raise OSError("OpenCV could not encode the image")
+            parts.append((kind, buf.tobytes()))
+        raw = io.BytesIO()
+        np.save(raw, result.amap.astype(np.float32))
+        parts.append(("map.npy", raw.getvalue()))
+        if self.cal is not None:
+            ok, buf = cv2.imencode(".png", self.cal.mask_image(result.amap))
+            if not ok:
+                raise OSError("OpenCV could not encode the mask")
+            parts.append(("mask.png", buf.tobytes()))
+        return parts
 
     def write(self, result: FrameResult) -> None:
-        pred, frame, amap, view = result.record, result.image, result.amap, result.view
+        pred = result.record
+        self.retention.prune()
         if not pred.anomalous:
             return
-        t = pred.time or 0.0
-        last = self._last.get(pred.source)
-        if last is not None and self.interval > 0 and t - last < self.interval:
+        now, last = self.clock(), self._last.get(pred.source)
+        if last is not None and self.interval > 0 and now - last < self.interval:
             self.skipped += 1
             return
-        self._last[pred.source] = t
-        stem = self.stem(pred)
+        self._last[pred.source] = now
+        stem = snapshot_stem(pred.source, self.run, pred.frame or 0)
+        files: list[Path] = []
         try:
-            ok = cv2.imwrite(str(self.folder / f"{stem}_frame.png"), to_bgr(frame))
-            if view is not None:
-                ok &= cv2.imwrite(str(self.folder / f"{stem}_overlay.png"), to_bgr(view))
-            np.save(self.folder / f"{stem}_map.npy", amap.astype(np.float32))
-            if self.cal is not None:  # at model resolution
-                ok &= cv2.imwrite(str(self.folder / f"{stem}_mask.png"), self.cal.mask_image(amap))
-            if not ok:
-                raise OSError("OpenCV could not write the image")
+            (kind, data), *rest = self._encode(result)
+            files.append(create_new(lambda n: self.folder / f"{variant(stem, n)}_{kind}", lambda f: f.write(data)))
+            taken = files[0].name[: -len(kind) - 1]
+            for other, content in rest:
+                path = self.folder / f"{taken}_{other}"
+                with open(path, "xb") as f:  # never an existing file, and only created files are cleaned up
+                    files.append(path)
+                    f.write(content)
         except (OSError, cv2.error) as err:
+            for p in files:  # nothing half-written
+                p.unlink(missing_ok=True)
             self.failed += 1
             if self.failed == 1 or self.failed % 100 == 0:
                 self.notes.append(
@@ -232,10 +337,13 @@ class SnapshotSink:
                     f"{self.failed} failed so far, the run goes on"
                 )
             return
+        for p in files:
+            self.retention.add(p)
         self.written += 1
 
     def close(self) -> None:
-        pass
+        self.retention.prune()
+        self.retention.note()
 
 
 def render_view(

@@ -58,7 +58,8 @@ def test_run_video_every_frame_in_order(art, tmp_path, capsys):
     for e in events:
         check_event(e)
     assert "uncalibrated" in err and "summary: 12 frames" in err
-    cap = cv2.VideoCapture(str(tmp_path / "o.avi"))
+    (video,) = tmp_path.glob("o-*.avi")  # named by the run (runfiles.video_name)
+    cap = cv2.VideoCapture(str(video))
     assert int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) == 12 and int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)) == 160
 
 

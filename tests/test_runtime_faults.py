@@ -236,14 +236,17 @@ def anomalous(source: str, frame: int, t: float) -> Prediction:
 
 def test_snapshots_are_rate_limited_per_source_and_survive_write_failures(tmp_path):
     frame, amap = np.zeros((8, 8, 3), np.uint8), np.zeros((4, 4), np.float32)
-    sink = SnapshotSink(tmp_path / "s", interval=1.0)
+    now = [0.0]
+    sink = SnapshotSink(tmp_path / "s", interval=1.0, clock=lambda: now[0])
     for i, (src, t) in enumerate([("cam1", 0.0), ("cam1", 0.5), ("cam2", 0.6), ("cam1", 1.2)]):
+        now[0] = t
         sink.write(FrameResult(anomalous(src, i, t), frame, amap))
     assert sink.written == 3 and sink.skipped == 1  # cam1 at 0.5 s is within a second of its last
     assert len(list((tmp_path / "s").glob("*_map.npy"))) == 3
     import shutil
 
     shutil.rmtree(tmp_path / "s")  # the folder vanishes (an unmounted disk): writes fail
+    now[0] = 5.0
     sink.write(FrameResult(anomalous("cam1", 9, 5.0), frame, amap))
     assert sink.failed == 1 and sink.notes and "not written" in sink.notes[0]
 
@@ -401,13 +404,16 @@ def test_events_rotate_at_their_size_limit(tmp_path):
 
 
 def test_video_segments_are_complete_files(tmp_path):
-    sink = VideoSink(tmp_path / "o.avi", segment_s=1.0)
+    now = [0.0]
+    sink = VideoSink(tmp_path / "o.avi", segment_s=1.0, clock=lambda: now[0])
     img = np.zeros((48, 64, 3), np.uint8)
     for i, t in enumerate([0.0, 0.5, 1.0, 1.6, 2.5]):
+        now[0] = t
         sink.write(FrameResult(Prediction("cam", 0.5, 0.1, frame=i, time=t), img, np.zeros((4, 4), np.float32)))
     sink.close()
-    counts = [int(cv2.VideoCapture(str(tmp_path / f"o-{n:04d}.avi")).get(cv2.CAP_PROP_FRAME_COUNT)) for n in range(3)]
-    assert counts == [2, 2, 1] and not (tmp_path / "o.avi").exists()
+    segments = sorted(tmp_path.glob(f"o-{sink.run}-*-*.avi"))
+    assert [p.name[-8:-4] for p in segments] == ["0000", "0001", "0002"] and not (tmp_path / "o.avi").exists()
+    assert [int(cv2.VideoCapture(str(p)).get(cv2.CAP_PROP_FRAME_COUNT)) for p in segments] == [2, 2, 1]
 
 
 def test_sigkill_loses_at_most_the_open_video_segment(art, tmp_path):  # noqa: F811

@@ -27,8 +27,8 @@ from clipad.deploy.export import ExportConfig, export
 from clipad.model.prompts import PROMPT_SETS
 from clipad.runtime.backends import open_backend
 from clipad.runtime.pipeline import BACKEND_RETRIES, Pipeline
-from clipad.runtime.records import Prediction
-from clipad.runtime.sinks import EventsSink, SnapshotSink
+from clipad.runtime.runfiles import snapshot_stem
+from clipad.runtime.sinks import EventsSink
 from clipad.runtime.sources import LiveSource, VideoFileSource
 from tests.helpers import assert_one_line_error, run, run_in_thread, signal_run
 
@@ -281,8 +281,8 @@ def test_snapshots_of_anomalous_frames_only(calibrated, images, tmp_path, capsys
     for e in events:
         path = Path(e["source"])
         i = files.index(path)
-        stem = SnapshotSink.stem(Prediction(e["source"], 0.0, 0.0, frame=e["frame"]))
-        assert stem.startswith(path.stem + "_") and stem.endswith(f"_{e['frame']:06d}")
+        stem = snapshot_stem(e["source"], e["run"], e["frame"])
+        assert stem.startswith(path.stem + "_") and stem.endswith(f"_{e['run']}_{e['frame']:06d}")
         parts = {k: snaps / f"{stem}_{k}" for k in ("frame.png", "overlay.png", "map.npy", "mask.png")}
         if e["label"] != "anomalous":
             assert not any(p.exists() for p in parts.values()), stem
