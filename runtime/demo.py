@@ -134,7 +134,8 @@ def run_demo(
     calibrate(art, backend, str(good), tasks, target_fpr=TARGET_FPR)
     cal = Calibration.from_manifest(art.manifest)
     log(f"calibrated on {good} ({N_CALIBRATION} good images, false-positive rate {TARGET_FPR})")
-    sinks: list[Sink] = [EventsSink(out / "events.jsonl"), VideoSink(out / "overlay.mp4")]
+    video_sink = VideoSink(out / "overlay.mp4")  # written as overlay-<run id>-<source tag>.mp4 (runfiles)
+    sinks: list[Sink] = [EventsSink(out / "events.jsonl", run=video_sink.run), video_sink]
     summary = Pipeline(
         backend,
         [VideoFileSource(str(video))],
@@ -176,6 +177,7 @@ def run_demo(
         "precisions_kept": list(art.manifest.precisions),
         "export_warnings": list(art.manifest.warnings),
         "runtime": {"frames": summary.frames, "fps": round(summary.fps, 1), "summary": summary.line()},
+        "video": video_sink.files[0].name if video_sink.files else None,
         "predictions": preds.images,
         "labelled_anomalous": sum(p.record["label"] == "anomalous" for p in parts),
         "test_images": {
@@ -302,7 +304,7 @@ export has no text path. With real weights, the fused mode adds the zero-shot ma
   scale; the caption gives the calibrated score (0.5 at the threshold) and pass or FAIL
 - total time: {r["seconds"]} s
 
-Files: `{out}/overlay.mp4` (heatmap overlay video), `events.jsonl` (one record per frame),
+Files: `{out}/{r["video"]}` (heatmap overlay video), `events.jsonl` (one record per frame),
 `artifacts/{CATEGORY}/` (ONNX graphs and manifest), `data/` (the synthetic dataset).
 
 With real weights (an open_clip state dict copied to this machine) and a few good parts:
@@ -319,5 +321,5 @@ def describe_demo(report: dict[str, Any], out: Path) -> str:
     return (
         f"demo finished in {report['seconds']} s: image AUROC {report['image_auroc']:.3f}, pixel AUROC "
         f"{report['pixel_auroc']:.3f}; report {out / 'report.md'}, picture {report['picture']}, "
-        f"overlay video {out / 'overlay.mp4'}"
+        f"overlay video {out / str(report['video'])}"
     )

@@ -99,5 +99,5 @@ class Retention:
 
     def describe(self) -> str:
         """One line on what retention removed so far."""
-        line = f"{self.what}: {self.removed} files ({self.removed_bytes / 2**20:.1f} MiB) removed by retention"
+        line = f"{self.what}: retention removed {self.removed} files ({self.removed_bytes / 2**20:.1f} MiB)"
         return line + (f", {self.failed} could not be removed" if self.failed else "")

@@ -49,7 +49,7 @@ def test_demo_runs_offline_end_to_end(demo):
     assert report["runtime"]["frames"] == FRAMES and report["predictions"] == 24
     assert report["test_images"] == {"good": 12, "defective": 12}
     assert len((d / "events.jsonl").read_text().splitlines()) == FRAMES
-    cap = cv2.VideoCapture(str(d / "overlay.mp4"))
+    cap = cv2.VideoCapture(str(d / report["video"]))
     assert int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) == FRAMES
     manifest = load_artifacts(d / "artifacts" / "washer").manifest
     assert manifest.weights.source == "random" and report["mode"] == "reference"

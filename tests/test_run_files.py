@@ -151,3 +151,74 @@ def test_the_events_lock_holds_through_a_symlink(tmp_path):
             EventsSink(tmp_path / "ev-link.jsonl").close()
     finally:
         first.close()
+
+
+def test_one_video_per_source(tmp_path):
+    """Frames of two sources alternate in the run; each source gets its own video at its own size."""
+    sink = VideoSink(tmp_path / "o.avi")
+    for i in range(6):
+        source, size = ("cam1", (48, 64)) if i % 2 else ("cam2", (32, 40))
+        sink.write(FrameResult(Prediction(source, 0.5, 0.1, frame=i), np.zeros((*size, 3), np.uint8), AMAP))
+    sink.close()
+    videos = {p.name: cv2.VideoCapture(str(p)) for p in tmp_path.glob("o-*.avi")}
+    shapes = sorted(
+        (int(c.get(cv2.CAP_PROP_FRAME_WIDTH)), int(c.get(cv2.CAP_PROP_FRAME_COUNT))) for c in videos.values()
+    )
+    assert shapes == [(40, 3), (64, 3)], videos
+
+
+def age(paths, hours: float) -> None:
+    """Set the modification time of ``paths`` ``hours`` back."""
+    t = time.time() - hours * 3600
+    for p in paths:
+        os.utime(p, (t, t))
+
+
+def test_video_retention_removes_the_oldest_files_of_this_tool_only(art, tmp_path, capsys):
+    video, out = tmp_path / "v.avi", tmp_path / "out"
+    write_video(video, 8, size=(64, 48))
+    save = ("--save", out / "o.avi", "--segment-minutes", 1)
+    runs: list[set[Path]] = []
+
+    def again(*extra) -> str:
+        before = set(out.glob("*"))
+        err = run_video(art.root, video, capsys, *save, *extra)
+        runs.append(set(out.glob("o-*.avi")) - before)
+        return err
+
+    again()
+    again()
+    users = [out / "o-notes.avi", out / "o-0000.avi", out / "notes.txt"]  # near misses of the naming pattern
+    for p in users:
+        p.write_bytes(b"x" * 2**20)
+    age(runs[0] | set(users), 3)
+    age(runs[1], 1)
+    err = again("--segments-max-age-h", 2)
+    assert not any(p.exists() for p in runs[0]) and all(p.exists() for p in runs[1] | runs[2] | set(users))
+    assert "video: retention removed 1 files" in err, err
+    one_run = sum(p.stat().st_size for p in runs[2])
+    err = again("--segments-max-mb", 1.5 * one_run / 2**20)  # room for one run's video, not two
+    assert set(out.glob("o-*.avi")) == runs[3] | {users[0], users[1]}, sorted(p.name for p in out.iterdir())
+    assert all(p.exists() for p in users) and "video: retention removed 2 files" in err, err
+
+
+def test_snapshot_retention_keeps_the_newest_within_the_quota(tmp_path):
+    from clipad.runtime.retention import Limits
+
+    folder = tmp_path / "s"
+    folder.mkdir()
+    users = [folder / "notes.txt", folder / "part_map.npy"]
+    for p in users:
+        p.write_bytes(b"x" * 4096)
+    age(users, 100)
+    probe = SnapshotSink(tmp_path / "probe")
+    probe.write(FrameResult(anomalous("cam", 0, 0.0), FRAME, AMAP))
+    one = sum(p.stat().st_size for p in (tmp_path / "probe").iterdir())
+    sink = SnapshotSink(folder, retention=Limits(max_bytes=int(2.5 * one)))
+    for i in range(5):
+        sink.write(FrameResult(anomalous("cam", i, float(i)), FRAME, AMAP))
+    sink.close()
+    kept = sorted(p.name for p in folder.glob("cam_*"))
+    assert [name.split("_")[3] for name in kept] == ["000003", "000003", "000004", "000004"], kept
+    assert all(p.exists() for p in users) and sink.retention.removed == 6
+    assert any("snapshots: retention removed 6 files" in n for n in sink.notes), list(sink.notes)
