@@ -251,7 +251,7 @@ def load(args: argparse.Namespace) -> dict:
         "status_pollers": len(pollers),
         "seconds": args.seconds,
         "status_polls": polls,
-        "idle_connections_closed (503 at the cap or the timeout)": idle_closed,
+        "idle_connections_closed (head deadline or waiting cap)": idle_closed,
         "foreign_host_status": foreign,
         "viewer_threads_peak": peak_threads,
         "rss_mb": {"before": round(base_rss, 1), "peak": round(peak_rss, 1), "after": round(rss_mb(), 1)},
