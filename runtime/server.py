@@ -5,26 +5,24 @@
 - ``/stream.mjpg``: the overlay frames as multipart/x-mixed-replace JPEG;
 - ``/status.json``: frames, fps, the last record and the recent score history.
 
-Standard library only (ThreadingHTTPServer); binds 127.0.0.1 unless told otherwise. Exposed to a
-factory network for weeks, it lets no one in by accident:
-- every connection has a socket timeout (idle or stalled clients are closed) and at most
-  ``MAX_CLIENTS`` are served at once (more get 503);
-- the Host header must name this server (an address it is bound to, or localhost for a loopback
-  bind), which defeats DNS rebinding from a browser on another site;
-- bound to anything but loopback, every request needs the access token printed once at start
-  (``?token=...`` in the URL; the page then keeps it in a same-site cookie).
+Standard library only (ThreadingHTTPServer); binds 127.0.0.1 unless told otherwise (IPv6 as
+``[::1]:8080``). Exposed to a factory network for weeks, it lets no one in by accident and no one
+lock others out: who may use it is ``clipad.runtime.viewer_access`` (the Host check on loopback,
+the token and its session cookie elsewhere), what a connection may cost before and after that is
+``clipad.runtime.viewer_gate`` (a deadline for the whole request head, a cap on connections
+waiting for theirs, slots for authenticated streams only, no tracebacks for clients that
+misbehave).
 """
 
 from __future__ import annotations
 
-import hmac
-import ipaddress
+import io
 import json
 import secrets
 import threading
 import time
 from collections import deque
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from urllib.parse import parse_qs, urlsplit
 
 import cv2
@@ -33,59 +31,11 @@ import numpy as np
 from clipad.core.errors import ClipadError
 from clipad.data.colour import to_bgr
 from clipad.runtime.records import FrameResult, Prediction
+from clipad.runtime.viewer_access import Access, Verdict, is_loopback, parse_serve, url_host
+from clipad.runtime.viewer_gate import GatedServer, ViewerLimits
 
 HISTORY = 600
-MAX_CLIENTS = 32
-CLIENT_TIMEOUT_S = 15.0  # a client that neither sends its request nor reads the stream for this long is closed
-TOKEN_COOKIE = "clipad_token"
-
-
-def is_loopback(host: str) -> bool:
-    if host in ("localhost", ""):
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
-
-
-def split_host(header: str) -> tuple[str, str]:
-    """A Host header -> (host, port or ""): ``127.0.0.1:8080``, ``localhost``, ``[::1]:8080``."""
-    header = header.strip()
-    if header.startswith("["):
-        host, _, rest = header[1:].partition("]")
-        return host, rest[1:] if rest.startswith(":") else ""
-    host, sep, port = header.rpartition(":")
-    return (host, port) if sep else (header, "")
-
-
-class _Server(ThreadingHTTPServer):
-    """A threading server that serves at most ``max_clients`` connections at once."""
-
-    daemon_threads = True
-    request_queue_size = (
-        256  # listen backlog: a burst of clients is accepted (and answered 503 beyond the cap), not left in SYN retries
-    )
-
-    def __init__(self, address, handler, max_clients: int):
-        self.slots = threading.BoundedSemaphore(max_clients)
-        super().__init__(address, handler)
-
-    def process_request(self, request, client_address):
-        if not self.slots.acquire(blocking=False):
-            try:
-                request.sendall(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
-            except OSError:
-                pass
-            self.shutdown_request(request)
-            return
-        super().process_request(request, client_address)
-
-    def process_request_thread(self, request, client_address):
-        try:
-            super().process_request_thread(request, client_address)
-        finally:
-            self.slots.release()
+MAX_CLIENTS = ViewerLimits.streams
 
 
 PAGE = """<!doctype html>
@@ -140,13 +90,13 @@ class Viewer:
         host: str,
         port: int,
         calibrated: bool,
-        max_clients: int = MAX_CLIENTS,
-        timeout: float = CLIENT_TIMEOUT_S,
+        limits: ViewerLimits | None = None,
         token: str | None = None,
     ):
-        """``token``: required on every request (None: a fresh one when bound to a non-loopback
-        address, none on loopback)."""
+        """``host``: a name or address (IPv6 without brackets); ``token``: required on every request
+        (None: a fresh one when bound to a non-loopback address, none on loopback)."""
         self.calibrated = calibrated
+        self.limits = limits or ViewerLimits()
         self.token = token if token is not None else (None if is_loopback(host) else secrets.token_urlsafe(18))
         self.cond = threading.Condition()
         self.jpeg: bytes | None = None
@@ -156,94 +106,15 @@ class Viewer:
         self.last: dict | None = None
         self.history: deque = deque(maxlen=HISTORY)
         self.closed = False
-        viewer = self
-        viewer_timeout = timeout
-
-        class Handler(BaseHTTPRequestHandler):
-            timeout = viewer_timeout  # socket timeout: idle and stalled clients are closed
-
-            def log_message(self, *args):  # quiet: the runtime has its own status line
-                pass
-
-            def do_GET(self):
-                url = urlsplit(self.path)
-                if not viewer.host_allowed(self.headers.get("Host", "")):
-                    self.send_error(403, "unknown Host")
-                    return
-                given = parse_qs(url.query).get("token", [None])[0] or self._cookie(TOKEN_COOKIE)
-                if viewer.token is not None and not (given and hmac.compare_digest(given, viewer.token)):
-                    self.send_error(401, "this viewer needs the access token printed at start")
-                    return
-                if url.path in ("/", "/index.html"):
-                    self._send(PAGE.encode(), "text/html; charset=utf-8", set_token=viewer.token is not None)
-                elif url.path == "/status.json":
-                    self._send(json.dumps(viewer.status(), allow_nan=False).encode(), "application/json")
-                elif url.path == "/stream.mjpg":
-                    self._stream()
-                else:
-                    self.send_error(404)
-
-            def _cookie(self, name: str) -> str | None:
-                for part in self.headers.get("Cookie", "").split(";"):
-                    key, _, value = part.strip().partition("=")
-                    if key == name:
-                        return value
-                return None
-
-            def _send(self, body: bytes, ctype: str, set_token: bool = False):
-                self.send_response(200)
-                if set_token:
-                    self.send_header("Set-Cookie", f"{TOKEN_COOKIE}={viewer.token}; HttpOnly; SameSite=Strict; Path=/")
-                self.send_header("Content-Type", ctype)
-                self.send_header("Content-Length", str(len(body)))
-                self.send_header("Cache-Control", "no-store")
-                self.end_headers()
-                self.wfile.write(body)
-
-            def _stream(self):
-                self.send_response(200)
-                self.send_header("Content-Type", "multipart/x-mixed-replace; boundary=frame")
-                self.send_header("Cache-Control", "no-store")
-                self.end_headers()
-                seen = -1
-                try:
-                    while not viewer.closed:
-
-                        def moved_on(seen: int = seen) -> bool:  # this pass's seen, bound now
-                            return viewer.seq != seen or viewer.closed
-
-                        with viewer.cond:
-                            viewer.cond.wait_for(moved_on, timeout=1.0)
-                            jpeg, seen = viewer.jpeg, viewer.seq
-                        if jpeg is None:
-                            continue
-                        self.wfile.write(
-                            b"--frame\r\nContent-Type: image/jpeg\r\nContent-Length: "
-                            + str(len(jpeg)).encode()
-                            + b"\r\n\r\n"
-                            + jpeg
-                            + b"\r\n"
-                        )
-                except (BrokenPipeError, ConnectionResetError, TimeoutError):
-                    pass
-
         try:
-            self.server = _Server((host, port), Handler, max_clients)
+            self.server = GatedServer((host, port), _handler(self), self.limits)
         except OSError as err:
-            raise ClipadError(f"cannot serve on {host}:{port}: {err.strerror or err}") from None
+            raise ClipadError(f"cannot serve on {url_host(host)}:{port}: {err.strerror or err}") from None
         self.host, self.port = host, self.server.server_address[1]
-        self.address = f"http://{host}:{self.port}/" + (f"?token={self.token}" if self.token else "")
+        self.access = Access(self.token, self.port)
+        self.address = f"http://{url_host(host)}:{self.port}/" + (f"?token={self.token}" if self.token else "")
         self.thread = threading.Thread(target=self.server.serve_forever, name="viewer", daemon=True)
         self.thread.start()
-
-    def host_allowed(self, header: str) -> bool:
-        """On a loopback bind (no token), the Host header must be a loopback name with this port:
-        a page on another site that rebinds its DNS name to 127.0.0.1 is refused. Elsewhere the
-        token is the gate and any Host is accepted (machines reach the viewer by their own names)."""
-        if self.token is not None:
-            return True
-        host, port = split_host(header)
-        return (not port or port == str(self.port)) and is_loopback(host)
 
     def status(self) -> dict:
         with self.cond:
@@ -275,14 +146,103 @@ class Viewer:
         self.server.server_close()
 
 
+def _handler(viewer: Viewer) -> type[BaseHTTPRequestHandler]:
+    """The request handler class of ``viewer``: its head read within the gate's deadline, then the
+    Host and token checks, then the answer (a stream only in one of the gate's slots)."""
+    server_timeout = viewer.limits.write_timeout_s
+
+    class Handler(BaseHTTPRequestHandler):
+        timeout = server_timeout  # a client that stops reading the stream or an answer is closed
+        server: GatedServer
+
+        def log_message(self, format, *args):  # quiet: the runtime has its own status line
+            pass
+
+        def handle(self):
+            head = self.server.wait_for_head(self.connection)
+            if head is None:
+                return
+            self.connection.settimeout(server_timeout)
+            self.rfile = io.BytesIO(head)  # one request per connection (HTTP/1.0): nothing follows the head
+            self.handle_one_request()
+
+        def do_GET(self):
+            url = urlsplit(self.path)
+            if not viewer.access.host_allowed(self.headers.get("Host", ""), viewer.port):
+                self.send_error(403, "unknown Host")
+                return
+            query_token = parse_qs(url.query).get("token", [None])[0]
+            verdict = viewer.access.check(query_token, self._cookie(viewer.access.cookie_name))
+            if verdict is not Verdict.ALLOWED:
+                self.send_error(verdict.value, "this viewer needs the access token printed at start")
+                return
+            if url.path in ("/", "/index.html"):
+                session = viewer.access.new_session() if viewer.token is not None else None
+                self._send(PAGE.encode(), "text/html; charset=utf-8", session)
+            elif url.path == "/status.json":
+                self._send(json.dumps(viewer.status(), allow_nan=False).encode(), "application/json")
+            elif url.path == "/stream.mjpg":
+                if not self.server.stream_slots.acquire(blocking=False):
+                    self.send_error(503, "too many streams")
+                    return
+                try:
+                    self._stream()
+                finally:
+                    self.server.stream_slots.release()
+            else:
+                self.send_error(404)
+
+        def _cookie(self, name: str) -> str | None:
+            for part in self.headers.get("Cookie", "").split(";"):
+                key, _, value = part.strip().partition("=")
+                if key == name:
+                    return value
+            return None
+
+        def _send(self, body: bytes, ctype: str, session: str | None = None):
+            self.send_response(200)
+            if session is not None:
+                self.send_header("Set-Cookie", viewer.access.cookie(session))
+            self.send_header("Content-Type", ctype)
+            self.send_header("Content-Length", str(len(body)))
+            self.send_header("Cache-Control", "no-store")
+            self.end_headers()
+            self.wfile.write(body)
+
+        def _stream(self):
+            self.send_response(200)
+            self.send_header("Content-Type", "multipart/x-mixed-replace; boundary=frame")
+            self.send_header("Cache-Control", "no-store")
+            self.end_headers()
+            seen = -1
+            while not viewer.closed:
+
+                def moved_on(seen: int = seen) -> bool:  # this pass's seen, bound now
+                    return viewer.seq != seen or viewer.closed
+
+                with viewer.cond:
+                    viewer.cond.wait_for(moved_on, timeout=1.0)
+                    jpeg, seen = viewer.jpeg, viewer.seq
+                if jpeg is None:
+                    continue
+                # a client that hangs up or stalls ends here with an OSError, dropped quietly by the gate
+                self.wfile.write(
+                    b"--frame\r\nContent-Type: image/jpeg\r\nContent-Length: "
+                    + str(len(jpeg)).encode()
+                    + b"\r\n\r\n"
+                    + jpeg
+                    + b"\r\n"
+                )
+
+    return Handler
+
+
 class ServeSink:
     """Publishes every processed frame's overlay and record to the viewer."""
 
     def __init__(self, spec: str, calibrated: bool):
-        host, _, port = spec.rpartition(":")
-        if not port.isdigit():
-            raise ClipadError(f"--serve takes HOST:PORT (e.g. 127.0.0.1:8080), got '{spec}'")
-        self.viewer = Viewer(host or "127.0.0.1", int(port), calibrated)
+        host, port = parse_serve(spec)
+        self.viewer = Viewer(host, port, calibrated)
 
     def write(self, result: FrameResult) -> None:
         self.viewer.publish(result.view if result.view is not None else result.image, result.record)

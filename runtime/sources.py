@@ -9,7 +9,6 @@ through ``clipad.data.images.model_batch``.
 
 from __future__ import annotations
 
-import re
 import threading
 import time
 from abc import ABC, abstractmethod
@@ -21,11 +20,12 @@ import cv2
 import numpy as np
 
 from clipad.core.errors import ClipadError
+from clipad.core.redaction import redact
 from clipad.data.colour import to_rgb
 from clipad.data.images import ImageReadError, list_images, read_rgb
 
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mkv", ".mov", ".m4v", ".webm", ".mpg", ".mpeg", ".wmv"}
-STREAM_SCHEMES = ("rtsp://", "rtsps://", "http://", "https://", "rtmp://", "udp://", "tcp://")
+STREAM_SCHEMES = ("rtsp", "rtsps", "http", "https", "rtmp", "udp", "tcp")
 OPEN_TIMEOUT_MS = 5000
 READ_TIMEOUT_MS = 5000
 MAX_BAD_FRAMES_IN_A_ROW = 25
@@ -142,12 +142,11 @@ class VideoFileSource(Source):
         self.cap.release()
 
 
-_CREDENTIALS = re.compile(r"(?<=://)[^/@\s]+@")
-
-
-def redact(name: str) -> str:
-    """A source name without credentials: ``rtsp://user:pass@host/x`` -> ``rtsp://***@host/x``."""
-    return _CREDENTIALS.sub("***@", name)
+def stream_url(spec: str) -> str | None:
+    """``spec`` with its scheme in lower case when it is a stream URL (schemes are case-insensitive,
+    FFmpeg's protocol lookup is not), else None."""
+    scheme, sep, rest = spec.partition("://")
+    return f"{scheme.lower()}://{rest}" if sep and scheme.lower() in STREAM_SCHEMES else None
 
 
 # Notified whenever any live source has a new frame, so the pipeline waits on all cameras at once
@@ -170,7 +169,7 @@ class LiveSource(Source):
     def __init__(self, spec: int | str, name: str | None = None, backoff: tuple[float, float] = (0.5, 8.0)):
         # The name is what events, status lines, the viewer and errors show: never credentials.
         super().__init__(redact(name or (f"camera:{spec}" if isinstance(spec, int) else str(spec))))
-        self.spec = spec
+        self.spec = spec if isinstance(spec, int) else stream_url(spec) or spec
         self.backoff = backoff
         self._cond = threading.Condition()
         self._latest: Frame | None = None
@@ -182,7 +181,7 @@ class LiveSource(Source):
         if self.cap is None:
             if isinstance(spec, int):
                 raise ClipadError(f"no camera at index {spec} (or it is busy)")
-            raise ClipadError(f"cannot open stream {redact(spec)} (opened nothing within {OPEN_TIMEOUT_MS / 1000:g} s)")
+            raise ClipadError(f"cannot open stream {self.name} (opened nothing within {OPEN_TIMEOUT_MS / 1000:g} s)")
         self._thread = threading.Thread(target=self._grab_loop, name=f"grab-{self.name}", daemon=True)
         self._thread.start()
 
@@ -223,7 +222,7 @@ class LiveSource(Source):
                     continue
                 frame = Frame(self.name, self._index, time.time(), to_rgb(img))
             except Exception as err:  # noqa: BLE001 - a capture thread that dies would lose the camera for good
-                self._lose(f"capture failed ({type(err).__name__}: {err}), reconnecting")
+                self._lose(redact(f"capture failed ({type(err).__name__}: {err}), reconnecting"))
                 if self._stop.wait(delay):
                     break
                 delay = min(delay * 2, self.backoff[1])
@@ -281,14 +280,14 @@ class LiveSource(Source):
 
 def open_source(spec: str) -> Source:
     """A --source value: stream URL, video file, image file, folder or glob."""
-    if spec.startswith(STREAM_SCHEMES):
+    if stream_url(spec) is not None:
         return LiveSource(spec)
     p = Path(spec)
     if p.is_file() and p.suffix.lower() in VIDEO_SUFFIXES:
         return VideoFileSource(spec)
     if p.exists() or any(c in spec for c in "*?["):
         return ImageFilesSource(spec)
-    raise ClipadError(f"source not found: {spec} (a video file, image file, folder, glob, or rtsp/http URL)")
+    raise ClipadError(f"source not found: {redact(spec)} (a video file, image file, folder, glob, or rtsp/http URL)")
 
 
 def open_sources(cameras: list[int], specs: list[str]) -> tuple[list[Source], list[str]]:

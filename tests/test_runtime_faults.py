@@ -346,7 +346,7 @@ def test_a_silent_camera_does_not_slow_the_others(art, tmp_path):  # noqa: F811
 
 
 def test_credentials_never_appear_in_source_names_or_errors(capsys):
-    from clipad.runtime.sources import redact
+    from clipad.core.redaction import redact
 
     assert redact("rtsp://admin:s3cret@10.1.2.3:554/stream1") == "rtsp://***@10.1.2.3:554/stream1"
     assert redact("http://user@cam/x.mjpg") == "http://***@cam/x.mjpg" and redact("/data/a@b.png") == "/data/a@b.png"

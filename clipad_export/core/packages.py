@@ -26,17 +26,19 @@ INSTALL_HINTS = {
 
 def describe_failure(err: Exception) -> str:
     """One line for an error that stops a command: ours as they are worded, a missing optional package
-    with the install that brings it, anything else with its type and the way to its traceback."""
+    with the install that brings it, anything else with its type and the way to its traceback; any
+    URL in it without credentials."""
     from clipad.core.errors import ClipadError
+    from clipad.core.redaction import redact
 
     if isinstance(err, ClipadError):
-        return f"error: {err}"
+        return redact(f"error: {err}")
     if isinstance(err, ModuleNotFoundError) and err.name in INSTALL_HINTS:
         return (
             f"error: {err.name} is not installed: {INSTALL_HINTS[err.name]} "
             "(`clipad doctor` tells what this machine has)"
         )
-    return f"error: {type(err).__name__}: {err} (run `clipad --debug ...` for the traceback)"
+    return redact(f"error: {type(err).__name__}: {err} (run `clipad --debug ...` for the traceback)")
 
 
 def quiet_third_party() -> None:

@@ -30,12 +30,13 @@ import uuid
 import weakref
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
-from urllib.parse import urlparse
+from urllib.parse import parse_qsl, urlparse
 
 import numpy as np
 
 from clipad.core.choices import Device, Precision
 from clipad.core.errors import ClipadError
+from clipad.core.redaction import is_credential_name, redact
 from clipad.deploy.artifacts import Artifacts
 from clipad.deploy.manifest import ONNX_FILES, PLAN, TensorSpec
 from clipad.deploy.triton_repo import FILE_PARAM, HASH_PARAM, TRITON_DTYPES, config_difference
@@ -58,9 +59,19 @@ class TritonTarget:
     shm: bool = False
 
     def check(self) -> None:
-        parsed = urlparse(self.url)
-        if parsed.scheme not in ("grpc", "http") or not parsed.hostname or not parsed.port:
-            raise ClipadError(f"--url must be grpc://HOST:PORT or http://HOST:PORT, got '{self.url}'")
+        try:
+            parsed = urlparse(self.url)
+            port = parsed.port
+        except ValueError:  # a port that is no number, an unclosed '['
+            parsed, port = urlparse(""), None
+        if parsed.scheme not in ("grpc", "http") or not parsed.hostname or not port:
+            raise ClipadError(f"--url must be grpc://HOST:PORT or http://HOST:PORT, got '{redact(self.url)}'")
+        # tritonclient takes HOST:PORT only: userinfo or a query would be silently dropped, never sent
+        if "@" in parsed.netloc or any(is_credential_name(k) for k, _ in parse_qsl(parsed.query, True)):
+            raise ClipadError(
+                f"--url {redact(self.url)} carries credentials, which the Triton client does not send; "
+                "give grpc://HOST:PORT or http://HOST:PORT (protect the server at the network level)"
+            )
         if self.timeout_s <= 0 or self.inflight < 1:
             raise ClipadError("--triton-timeout must be > 0 and --triton-inflight >= 1")
 
