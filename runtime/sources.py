@@ -103,7 +103,8 @@ class ImageFilesSource(Source):
 
 
 class VideoFileSource(Source):
-    """Every frame of a video file, in order; undecodable frames mid-stream are skipped and counted."""
+    """Every frame of a video file, in order; undecodable frames mid-stream are skipped and counted.
+    A frame's index is its position in the video."""
 
     def __init__(self, path: str):
         super().__init__(path)
@@ -125,8 +126,10 @@ class VideoFileSource(Source):
         while not self._done:
             ok, img = self.cap.read()
             if ok and img is not None:
-                idx = self._index
-                self._index += 1
+                # The decoder's position (the next frame's index), so that frames after skipped bad
+                # ones keep their place in the video rather than a count of the frames decoded.
+                idx = max(self._index, int(self.cap.get(cv2.CAP_PROP_POS_FRAMES)) - 1)
+                self._index = idx + 1
                 self.stats.frames += 1
                 return Frame(self.name, idx, time.time(), to_rgb(img))
             # a failed read before the announced end is a bad frame; skip it and go on
