@@ -361,10 +361,10 @@ class Pipeline:
                         self._report_events()
                         continue
                 t0 = time.perf_counter()
-                s.frame_age_ms.append((time.time() - min(f.time for f in batch.frames)) * 1000)
+                s.frame_age_ms.append((time.monotonic() - min(f.monotonic for f in batch.frames)) * 1000)
                 outputs = self._infer(batch)
                 t1 = time.perf_counter()
-                now = time.time()
+                now = time.monotonic()
                 if outputs is None:  # the backend kept failing: the frames are recorded as errors
                     amap = np.zeros((len(batch.frames), self.size, self.size), np.float32)
                     scores = [
@@ -375,7 +375,7 @@ class Pipeline:
                     amap, prob = outputs
                     scores = score_batch(amap, prob, self.cal, [f.source for f in batch.frames])
                 preds = [
-                    p.with_stream(f.index, f.time, round((now - f.time) * 1000, 3))
+                    p.with_stream(f.index, f.time, round((now - f.monotonic) * 1000, 3))
                     for f, p in zip(batch.frames, scores, strict=False)
                 ]
                 handed = self._put_records(inbox, writer, (batch.frames, amap, preds))

@@ -33,12 +33,15 @@ MAX_BAD_FRAMES_IN_A_ROW = 25
 
 @dataclass
 class Frame:
-    """One captured frame: RGB uint8 [H, W, 3] at the source's own size."""
+    """One captured frame: RGB uint8 [H, W, 3] at the source's own size. ``time``: capture time,
+    Unix seconds (what records show); ``monotonic``: capture time on time.monotonic, for ages and
+    latencies, which a step of the wall clock must not make negative or huge."""
 
     source: str
     index: int
     time: float
     image: np.ndarray
+    monotonic: float = field(default_factory=lambda: time.monotonic())  # the module, not the field above
 
 
 @dataclass

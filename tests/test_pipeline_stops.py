@@ -4,6 +4,7 @@ down, more cameras than the batch holds, and frame indices of videos with bad fr
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import signal
 import subprocess
@@ -16,6 +17,7 @@ import cv2
 
 from clipad.runtime.backends import BackendUnavailable, open_backend
 from clipad.runtime.pipeline import Pipeline
+from clipad.runtime.sinks import EventsSink
 from clipad.runtime.sources import LiveSource, VideoFileSource
 from tests.helpers import onnx_pipeline, run_in_thread, write_video
 
@@ -133,3 +135,31 @@ def test_live_sources_beyond_the_batch_are_inspected_fairly(art, tmp_path):  # n
         figures = summary.sources[name]
         assert (figures.inspected, figures.dropped) == (n, cams[int(name[3:])].stats.dropped)
         assert f"{name} {n}/" in summary.line()
+
+
+class ClockStepBackend:
+    """A real backend during whose call the wall clock is stepped back an hour (an NTP step):
+    the frames of that batch were captured before the step and are scored after it."""
+
+    def __init__(self, inner, monkeypatch):
+        self.inner, self.max_batch, self.monkeypatch, self.calls = inner, inner.max_batch, monkeypatch, 0
+
+    def __call__(self, images):
+        self.calls += 1
+        if self.calls == 3:
+            real = time.time
+            self.monkeypatch.setattr(time, "time", lambda: real() - 3600.0)
+        return self.inner(images)
+
+
+def test_a_wall_clock_step_never_makes_latencies_negative(art, tmp_path, monkeypatch):  # noqa: F811
+    write_video(tmp_path / "v.avi", 40, size=(64, 48))
+    backend = ClockStepBackend(open_backend(art, "onnxruntime", "fp32", "cpu"), monkeypatch)
+    ev = tmp_path / "ev.jsonl"
+    pipe = Pipeline(
+        backend, [VideoFileSource(str(tmp_path / "v.avi"))], art.image_size, None, [EventsSink(ev)], log=print
+    )
+    summary = run_in_thread(pipe.run)["result"]
+    latencies = [json.loads(line)["latency_ms"] for line in ev.read_text().splitlines()]
+    assert summary.frames == len(latencies) == 40 and backend.calls > 3
+    assert min(latencies) >= 0 and max(latencies) < 60_000, sorted(latencies)[:5]
