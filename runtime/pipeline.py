@@ -406,6 +406,8 @@ class Pipeline:
                     writer.join(POLL_S)
             self._close_sinks(writer)
             for src in self.sources:
+                src.interrupt()
+            for src in self.sources:
                 src.close()
             s.seconds = time.perf_counter() - start
             self._collect_source_stats()

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import cv2
+import numpy as np
 
 from clipad.runtime.backends import BackendUnavailable, open_backend
 from clipad.runtime.pipeline import Pipeline
@@ -163,3 +164,35 @@ def test_a_wall_clock_step_never_makes_latencies_negative(art, tmp_path, monkeyp
     latencies = [json.loads(line)["latency_ms"] for line in ev.read_text().splitlines()]
     assert summary.frames == len(latencies) == 40 and backend.calls > 3
     assert min(latencies) >= 0 and max(latencies) < 60_000, sorted(latencies)[:5]
+
+
+class SlowCapture:
+    """A camera whose every read takes 2 s (a stream at its read timeout), then gives a frame."""
+
+    def read(self):
+        time.sleep(2.0)
+        return True, np.zeros((48, 64, 3), np.uint8)
+
+    def release(self):
+        pass
+
+
+class SlowLiveSource(LiveSource):
+    def _open(self):
+        self.connected = True
+        return SlowCapture()
+
+
+def test_stopping_waits_for_the_cameras_together_not_in_turn(art):  # noqa: F811
+    """Six cameras in 2 s reads: a stop waits for the reads in progress once, not once per camera."""
+    cams = [SlowLiveSource(f"rtsp://127.0.0.1:9/{i}", name=f"slow{i}") for i in range(6)]
+    pipe = onnx_pipeline(art, cams)
+    stopped: dict[str, float] = {}
+
+    def stop() -> None:
+        stopped["at"] = time.monotonic()
+        pipe.stop.set()
+
+    threading.Timer(3.0, stop).start()
+    run_in_thread(pipe.run, timeout=60)
+    assert time.monotonic() - stopped["at"] < 3.5
