@@ -33,12 +33,15 @@ MAX_BAD_FRAMES_IN_A_ROW = 25
 
 @dataclass
 class Frame:
-    """One captured frame: RGB uint8 [H, W, 3] at the source's own size."""
+    """One captured frame: RGB uint8 [H, W, 3] at the source's own size. ``time``: capture time,
+    Unix seconds (what records show); ``monotonic``: capture time on time.monotonic, for ages and
+    latencies, which a step of the wall clock must not make negative or huge."""
 
     source: str
     index: int
     time: float
     image: np.ndarray
+    monotonic: float = field(default_factory=lambda: time.monotonic())  # the module, not the field above
 
 
 @dataclass
@@ -65,6 +68,10 @@ class Source(ABC):
     @property
     def exhausted(self) -> bool:
         return False
+
+    def interrupt(self) -> None:  # noqa: B027 - deliberately not abstract: a no-op for sources without a thread
+        """Ask the source's threads to stop, without waiting (``close`` waits): interrupting every
+        source before closing any lets their waits overlap instead of adding up."""
 
     def close(self) -> None:  # noqa: B027 - deliberately not abstract: a no-op for sources that hold nothing
         """Release what the source holds (a capture, a thread); the default holds nothing."""
@@ -103,7 +110,8 @@ class ImageFilesSource(Source):
 
 
 class VideoFileSource(Source):
-    """Every frame of a video file, in order; undecodable frames mid-stream are skipped and counted."""
+    """Every frame of a video file, in order; undecodable frames mid-stream are skipped and counted.
+    A frame's index is its position in the video."""
 
     def __init__(self, path: str):
         super().__init__(path)
@@ -125,8 +133,10 @@ class VideoFileSource(Source):
         while not self._done:
             ok, img = self.cap.read()
             if ok and img is not None:
-                idx = self._index
-                self._index += 1
+                # The decoder's position (the next frame's index), so that frames after skipped bad
+                # ones keep their place in the video rather than a count of the frames decoded.
+                idx = max(self._index, int(self.cap.get(cv2.CAP_PROP_POS_FRAMES)) - 1)
+                self._index = idx + 1
                 self.stats.frames += 1
                 return Frame(self.name, idx, time.time(), to_rgb(img))
             # a failed read before the announced end is a bad frame; skip it and go on
@@ -261,6 +271,9 @@ class LiveSource(Source):
             self._fresh = False
             self.stats.frames += 1
             return self._latest
+
+    def interrupt(self) -> None:
+        self._stop.set()
 
     def close(self) -> None:
         self._stop.set()

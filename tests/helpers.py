@@ -158,3 +158,15 @@ def random_heads(width: int, dim: int, seed: int = 0) -> Heads:
     """Random SDP+ heads (four linear maps width -> dim)."""
     g = torch.Generator().manual_seed(seed)
     return Heads(torch.randn(4, dim, width, generator=g) / width**0.5, 0.1 * torch.randn(4, dim, generator=g))
+
+
+def onnx_pipeline(art, sources, sinks=(), **options):
+    """A Pipeline serving ``art`` on ONNX Runtime (CPU, FP32), uncalibrated, into ``sinks``;
+    ``options`` are Pipeline's keywords (status_every defaults to 999 s, log to silence)."""
+    from clipad.runtime.backends import open_backend
+    from clipad.runtime.pipeline import Pipeline
+
+    options = {"status_every": 999, "log": lambda s: None, **options}
+    return Pipeline(
+        open_backend(art, "onnxruntime", "fp32", "cpu"), sources, art.image_size, None, list(sinks), **options
+    )
