@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from clipad.calibration.constants import Calibration
+from clipad.core.redaction import redact
 from clipad.data.images import model_batch
 from clipad.runtime.backends import Backend, BackendUnavailable
 from clipad.runtime.records import FrameResult, Prediction
@@ -120,7 +121,7 @@ class Summary:
     def fail(self, message: str) -> None:
         """Record the first failure (later ones are consequences)."""
         if self.error is None:
-            self.error = message
+            self.error = redact(message)  # a source's or sink's error text may quote a URL
 
 
 class Pipeline:
@@ -164,7 +165,7 @@ class Pipeline:
             return src.read(timeout=timeout)
         except Exception as err:  # noqa: BLE001 - a failing source must not pass for the end of its input
             if self._capture_error is None:
-                self._capture_error = f"reading frames from {src.name} failed: {type(err).__name__}: {err}"
+                self._capture_error = redact(f"reading frames from {src.name} failed: {type(err).__name__}: {err}")
             return None
 
     def _take(self, order: list[tuple[int, Source]], limit: int, frames: list[Frame]) -> None:
@@ -226,7 +227,7 @@ class Pipeline:
                     break
         except Exception as err:  # noqa: BLE001 - any failure ends the run with its reason, never as "end of input"
             if self._capture_error is None:
-                self._capture_error = f"reading frames failed: {type(err).__name__}: {err}"
+                self._capture_error = redact(f"reading frames failed: {type(err).__name__}: {err}")
         self._put(out, _DONE)
 
     def _put(self, q: queue.Queue, item) -> bool:
