@@ -49,17 +49,45 @@ def is_image_file(path: Path) -> bool:
 
 def list_images(spec: str | Path) -> list[Path]:
     """The image files named by ``spec``: one file, a folder (recursively, sorted) or a glob
-    (``**`` recursive, sorted). ClipadError when there are none."""
+    (``**`` recursive, sorted). Symbolic links to folders are not descended into (so a link loop
+    cannot hang or repeat the listing), and a file reached under several names (links) is listed
+    once, under its own name when that is among them. ClipadError when there are none."""
     p = Path(spec)
     if p.is_dir():
-        files = sorted(f for f in p.rglob("*") if is_image_file(f))
+        found = p.rglob("*")  # pathlib's recursion does not follow links to folders
     elif p.is_file():
-        files = [p]
+        found = iter([p])
     else:
-        files = sorted(f for f in map(Path, glob.glob(str(spec), recursive=True)) if is_image_file(f))
+        found = _glob(str(spec))
+    files = _once_each(sorted(f for f in found if is_image_file(f)))
     if not files:
         raise ClipadError(f"no images found at {spec}")
     return files
+
+
+def _glob(spec: str) -> Iterator[Path]:
+    """The paths matching a glob, with ``**`` recursing like a folder (pathlib's ``Path.glob``
+    on Python 3.11 and 3.12: links to folders are not followed; ``glob.glob`` follows them, so
+    a link to ``.`` repeated the tree until the path grew too long)."""
+    parts = Path(spec).parts
+    fixed = next((i for i, part in enumerate(parts) if glob.has_magic(part)), len(parts))
+    anchor, pattern = Path(*parts[:fixed]) if fixed else Path("."), Path(*parts[fixed:])
+    if not pattern.parts:
+        return iter([anchor])
+    if pattern.name == "**":  # glob.glob's "dir/**" is every path below dir; pathlib's only the folders
+        pattern = pattern / "*"
+    return anchor.glob(str(pattern)) if anchor.is_dir() else iter([])
+
+
+def _once_each(paths: list[Path]) -> list[Path]:
+    """Sorted ``paths`` with each file (by its resolved path) once: under its own name when it is
+    listed under it, else under its first link."""
+    chosen: dict[Path, Path] = {}
+    for path in paths:
+        real = path.resolve()
+        if real not in chosen or chosen[real].is_symlink() and not path.is_symlink():
+            chosen[real] = path
+    return sorted(chosen.values())
 
 
 def read_image(path: str | Path) -> Image.Image:
