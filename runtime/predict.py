@@ -57,10 +57,10 @@ def _imwrite(path: Path, image: np.ndarray) -> None:
         raise OSError("OpenCV could not write it (a folder of that name, or no space?)")
 
 
-def _write(path: Path, save: Callable[[Path], None]) -> None:
-    """Write one output file with ``save``; any failure is a ClipadError naming ``path``."""
+def _write(path: Path, save: Callable[[Path, np.ndarray], object], array: np.ndarray) -> None:
+    """Write ``array`` to ``path`` with ``save``; any failure is a ClipadError naming ``path``."""
     try:
-        save(path)
+        save(path, array)
     except (OSError, cv2.error) as err:
         raise ClipadError(f"cannot write {path}: {getattr(err, 'strerror', None) or err}") from None
 
@@ -103,17 +103,17 @@ def predict(
                 if save_maps:
                     map_file = f"maps/{stem}.npy"
                     written = OutputFiles(map=map_file)
-                    _write(out / map_file, lambda p, m=m: np.save(p, m.astype(np.float32)))
+                    _write(out / map_file, np.save, m.astype(np.float32))
                     if cal is not None:
                         mask_file = f"maps/{stem}_mask.png"
                         written = OutputFiles(map=map_file, mask=mask_file)
-                        _write(out / mask_file, lambda p, m=m, cal=cal: _imwrite(p, cal.mask_image(m)))
+                        _write(out / mask_file, _imwrite, cal.mask_image(m))
                 if save_overlays:
                     overlay_file = f"overlays/{stem}.png"
                     written = OutputFiles(written.map, written.mask, overlay_file)
                     assert batch.originals is not None  # kept: keep_originals=save_overlays
                     view = overlay(batch.originals[i], m, float(m.min()), float(m.max()))
-                    _write(out / overlay_file, lambda p, view=view: _imwrite(p, to_bgr(view)))
+                    _write(out / overlay_file, _imwrite, to_bgr(view))
                 f.write(json.dumps(pred.with_files(written).prediction()) + "\n")
                 result.images += 1
     return result

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import glob
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -53,6 +53,7 @@ def list_images(spec: str | Path) -> list[Path]:
     cannot hang or repeat the listing), and a file reached under several names (links) is listed
     once, under its own name when that is among them. ClipadError when there are none."""
     p = Path(spec)
+    found: Iterable[Path]
     if p.is_dir():
         found = p.rglob("*")  # pathlib's recursion does not follow links to folders
     elif p.is_file():
