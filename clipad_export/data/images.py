@@ -23,19 +23,27 @@ from __future__ import annotations
 import glob
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageMode, UnidentifiedImageError
 
 from clipad.core.errors import ClipadError
 from clipad.data.colour import pil_to_rgb
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"})
-# Larger images are refused before decoding (a decompression bomb would take gigabytes); 16384 x
-# 16384 is far beyond any inspection camera and four times the 8K frames that are tested.
+# Larger images are refused from the file's header, before decoding (a decompression bomb would
+# take gigabytes); 16384 x 16384 is far beyond any inspection camera and four times the 8K frames
+# that are tested. PIL's own guard (an error above 2 x MAX_IMAGE_PIXELS) is set from it, so the
+# limit that applies is this one, not PIL's default of about 179 Mpx.
 MAX_PIXELS = 16384 * 16384
+# 16- and 32-bit samples (16-bit grey, 32-bit integer and float TIFFs) take 2 to 4 bytes a pixel
+# decoded, and their conversion to 8 bits a few float32 copies: their limit is a quarter of the
+# pixels, which keeps their peak memory below that of an 8-bit RGB image at MAX_PIXELS.
+MAX_WIDE_PIXELS = MAX_PIXELS // 4
+Image.MAX_IMAGE_PIXELS = MAX_PIXELS
 
 
 class ImageReadError(ClipadError):
@@ -91,30 +99,51 @@ def _once_each(paths: list[Path]) -> list[Path]:
     return sorted(chosen.values())
 
 
-def read_image(path: str | Path) -> Image.Image:
-    """Open and fully decode an image file in its own mode (masks and image sizes use this).
-
-    Unreadable files and images of more than ``MAX_PIXELS`` pixels raise ImageReadError, which
-    every reader counts as a skipped file."""
+@contextmanager
+def _decoded(path: str | Path) -> Iterator[Image.Image]:
+    """The image file, fully decoded in its own mode, after its size has been checked against
+    the limits from its header; ImageReadError when it cannot be read or is too large."""
     try:
         with warnings.catch_warnings():
-            # PIL warns from 89 MP and refuses from 179 MP on its own; the explicit limit decides here.
+            # PIL warns from MAX_IMAGE_PIXELS (and refuses from twice that); the check below decides.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(path) as im:
-                if im.width * im.height > MAX_PIXELS:
-                    raise ImageReadError(
-                        f"cannot read image {path}: {im.width}x{im.height} pixels is more than the "
-                        f"limit of {MAX_PIXELS} (a decompression bomb?)"
-                    )
+                _check_size(path, im)
                 im.load()
-                return im.copy()
-    except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError) as err:
+                yield im
+    except Image.DecompressionBombError:
+        raise ImageReadError(
+            f"cannot read image {path}: more than the limit of {MAX_PIXELS} pixels (a decompression bomb?)"
+        ) from None
+    except (OSError, UnidentifiedImageError, ValueError) as err:
         raise ImageReadError(f"cannot read image {path}: {err}") from None
 
 
+def _check_size(path: str | Path, im: Image.Image) -> None:
+    pixels, sample_bytes = im.width * im.height, int(ImageMode.getmode(im.mode).typestr[-1])
+    limit = MAX_PIXELS if sample_bytes == 1 else MAX_WIDE_PIXELS
+    if pixels > limit:
+        samples = "" if sample_bytes == 1 else f" of {8 * sample_bytes}-bit samples"
+        raise ImageReadError(
+            f"cannot read image {path}: {im.width}x{im.height} pixels{samples} is more than the "
+            f"limit of {limit} (a decompression bomb?)"
+        )
+
+
+def read_image(path: str | Path) -> Image.Image:
+    """Open and fully decode an image file in its own mode (masks and image sizes use this).
+
+    Unreadable files and images of more than ``MAX_PIXELS`` pixels (``MAX_WIDE_PIXELS`` with
+    16- or 32-bit samples) raise ImageReadError, which every reader counts as a skipped file."""
+    with _decoded(path) as im:
+        return im.copy()
+
+
 def read_rgb(path: str | Path) -> np.ndarray:
-    """Decode an image file to RGB uint8 [H, W, 3] at its own size."""
-    return pil_to_rgb(read_image(path))
+    """Decode an image file to RGB uint8 [H, W, 3] at its own size (converted while the decoded
+    image is open: no copy of it)."""
+    with _decoded(path) as im:
+        return pil_to_rgb(im)
 
 
 def resize_to_model(rgb: np.ndarray, size: int) -> np.ndarray:
