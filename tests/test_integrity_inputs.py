@@ -223,7 +223,6 @@ def _png_header_image(path: Path, width: int, height: int, mode: str = "L") -> P
     return path
 
 
-@pytest.mark.slow
 def test_the_documented_pixel_limit_is_the_one_that_applies(tmp_path):
     """15000 x 15000 (225 Mpx) is within clipad's 16384 x 16384 but above PIL's own 179 Mpx bomb
     error; 17000 x 17000 is above clipad's limit and refused from the header, in clipad's words."""
