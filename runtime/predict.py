@@ -4,6 +4,7 @@ overlays), through the one image path and the one scoring step."""
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -12,6 +13,7 @@ import numpy as np
 
 from clipad.calibration.constants import Calibration
 from clipad.core.atomic import atomic_path
+from clipad.core.errors import ClipadError
 from clipad.core.progress import Tasks
 from clipad.data.colour import to_bgr
 from clipad.data.images import iter_image_batches, list_images
@@ -49,6 +51,20 @@ def _unique_stem(path: Path, used: set[str]) -> str:
     return name
 
 
+def _imwrite(path: Path, image: np.ndarray) -> None:
+    # cv2.imwrite answers False (or raises cv2.error) instead of raising OSError
+    if not cv2.imwrite(str(path), image):
+        raise OSError("OpenCV could not write it (a folder of that name, or no space?)")
+
+
+def _write(path: Path, save: Callable[[Path, np.ndarray], object], array: np.ndarray) -> None:
+    """Write ``array`` to ``path`` with ``save``; any failure is a ClipadError naming ``path``."""
+    try:
+        save(path, array)
+    except (OSError, cv2.error) as err:
+        raise ClipadError(f"cannot write {path}: {getattr(err, 'strerror', None) or err}") from None
+
+
 def predict(
     backend: Backend,
     source: str,
@@ -61,12 +77,15 @@ def predict(
 ) -> PredictResult:
     """Write OUT/predictions.jsonl, one record per readable image in file order; with
     ``save_maps`` also maps/<stem>.npy (float32 [S, S]) and, calibrated, maps/<stem>_mask.png;
-    with ``save_overlays`` overlays/<stem>.png. Each record names the files it wrote."""
+    with ``save_overlays`` overlays/<stem>.png. Each record names the files it wrote. A file that
+    cannot be written stops the command in one line (ClipadError naming it); predictions.jsonl is
+    then not written, so no record ever names a file that is not there."""
     files = list_images(source)
-    out.mkdir(parents=True, exist_ok=True)
-    for wanted, sub in ((save_maps, "maps"), (save_overlays, "overlays")):
-        if wanted:
-            (out / sub).mkdir(exist_ok=True)
+    for folder in [out, *(out / sub for wanted, sub in ((save_maps, "maps"), (save_overlays, "overlays")) if wanted)]:
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise ClipadError(f"cannot write predictions to {folder}: {err.strerror or err}") from None
     advance = tasks.add("predict", len(files))
     used: set[str] = set()
     result = PredictResult()
@@ -84,17 +103,17 @@ def predict(
                 if save_maps:
                     map_file = f"maps/{stem}.npy"
                     written = OutputFiles(map=map_file)
-                    np.save(out / map_file, m.astype(np.float32))
+                    _write(out / map_file, np.save, m.astype(np.float32))
                     if cal is not None:
                         mask_file = f"maps/{stem}_mask.png"
                         written = OutputFiles(map=map_file, mask=mask_file)
-                        cv2.imwrite(str(out / mask_file), cal.mask_image(m))
+                        _write(out / mask_file, _imwrite, cal.mask_image(m))
                 if save_overlays:
                     overlay_file = f"overlays/{stem}.png"
                     written = OutputFiles(written.map, written.mask, overlay_file)
                     assert batch.originals is not None  # kept: keep_originals=save_overlays
                     view = overlay(batch.originals[i], m, float(m.min()), float(m.max()))
-                    cv2.imwrite(str(out / overlay_file), to_bgr(view))
+                    _write(out / overlay_file, _imwrite, to_bgr(view))
                 f.write(json.dumps(pred.with_files(written).prediction()) + "\n")
                 result.images += 1
     return result

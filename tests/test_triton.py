@@ -39,18 +39,16 @@ except ClipadError as err:
 pytestmark = pytest.mark.skipif(MISSING is not None, reason=MISSING or "")
 
 
-@pytest.fixture(scope="module")
-def exported(tmp_path_factory, tiny):
-    """Tiny fp32 artifacts (max batch 4) and their Triton repository."""
+def _export_with_repo(root: Path, tiny, category: str):
+    """Tiny fp32 artifacts of ``category`` (max batch 4) in root/art and their Triton repository in root/repo."""
     from clipad.core.progress import Tasks
     from clipad.deploy.export import ExportConfig, export
     from clipad.model.prompts import PROMPT_SETS
 
-    root = tmp_path_factory.mktemp("triton")
     art = export(
         tiny,
         ExportConfig(
-            category="washer",
+            category=category,
             out=root / "art",
             prompts=PROMPT_SETS["industrial"],
             precision="fp32",
@@ -60,6 +58,12 @@ def exported(tmp_path_factory, tiny):
         Tasks(None),
     )
     return art, root / "repo"
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory, tiny):
+    """Tiny fp32 artifacts (max batch 4) and their Triton repository."""
+    return _export_with_repo(tmp_path_factory.mktemp("triton"), tiny, "washer")
 
 
 @pytest.fixture(scope="module")
@@ -145,7 +149,7 @@ def test_wrong_model_mismatched_config_other_hash_and_no_server_are_one_line(exp
             ],
             "another export",
         ),
-        (["--artifacts", str(art.root), "--url", f"grpc://127.0.0.1:{free_port()}"], "no Triton server answers"),
+        (["--artifacts", str(art.root), "--url", f"grpc://127.0.0.1:{free_port()}"], "does not answer"),
         (["--artifacts", str(art.root), "--url", "tcp://127.0.0.1:1"], "--url must be"),
     ]
     for args, fragment in cases:
@@ -193,6 +197,19 @@ class Client:
         return [json.loads(line) for line in self.events.read_text().splitlines()] if self.events.exists() else []
 
 
+def _run_client(artifacts: Path, folder: Path, events: Path, url: str, *extra: str) -> subprocess.Popen:
+    """`clipad run --backend triton` on ``folder``, writing ``events`` (request timeout 5 s)."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "clipad", "run", "--source", str(folder), "--artifacts", str(artifacts),
+         "--backend", "triton", "--url", url, "--triton-timeout", "5", "--events", str(events),
+         "--status-every", "999", *extra],
+        cwd=ROOT,
+        env={**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"},
+        stderr=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+
+
 @pytest.fixture(scope="module")
 def load_run(exported, server, tmp_path_factory):
     """8 `clipad run --backend triton` clients, 4 requests in flight each (one frame per request),
@@ -207,34 +224,8 @@ def load_run(exported, server, tmp_path_factory):
     for i in range(N_CLIENTS):
         folder = _image_folder(root / f"cam{i}", FRAMES)
         events = root / f"events{i}.jsonl"
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "clipad",
-                "run",
-                "--source",
-                str(folder),
-                "--artifacts",
-                str(art.root),
-                "--backend",
-                "triton",
-                "--url",
-                server.grpc_url if i % 2 == 0 else server.http_url,
-                "--triton-inflight",
-                "4",
-                "--triton-timeout",
-                "5",
-                "--events",
-                str(events),
-                "--status-every",
-                "999",
-            ],
-            cwd=ROOT,
-            env={**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"},
-            stderr=subprocess.PIPE,
-            text=True,
-        )
+        url = server.grpc_url if i % 2 == 0 else server.http_url
+        proc = _run_client(art.root, folder, events, url, "--triton-inflight", "4")
         clients.append(Client(proc, events))
     try:
         deadline = time.time() + 120
@@ -350,6 +341,57 @@ def test_calibrate_predict_and_bench_through_triton(exported, server, tmp_path):
     assert "| triton fp32 (washer_python at grpc://" in proc.stdout, proc.stdout
     proc = _cli("parity", "--artifacts", str(art), "--backends", "triton", "--url", server.grpc_url)
     assert proc.returncode == 0 and "triton fp32 (washer_python" in proc.stdout, proc.stdout + proc.stderr
+
+
+@pytest.fixture(scope="module")
+def other_export(tmp_path_factory, tiny):
+    """Another category's tiny export and its Triton repository: another graph, another hash."""
+    return _export_with_repo(tmp_path_factory.mktemp("triton-other"), tiny, "bolt")
+
+
+def _serve_as(repo: Path, model_dir: Path, name: str) -> None:
+    """Put ``model_dir`` (a Triton model folder of clipad's) into ``repo`` under the model name ``name``."""
+    shutil.rmtree(repo / name, ignore_errors=True)
+    shutil.copytree(model_dir, repo / name)
+    cfg = repo / name / "config.pbtxt"
+    cfg.write_text(cfg.read_text().replace(f'name: "{model_dir.name}"', f'name: "{name}"'))
+
+
+def test_a_server_restarted_with_another_export_stops_the_client_in_one_line(exported, other_export, tmp_path):
+    """The same model name after the restart, but another export's graph: the client checks the
+    server again after reconnecting and stops, since its calibration belongs to another model."""
+    from clipad.deploy.triton_server import LocalTriton
+
+    art, other = exported[0], other_export[0]
+    assert other.manifest.files["model.onnx"] != art.manifest.files["model.onnx"]
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    _serve_as(repo, exported[1] / "washer_python", "washer_python")
+    folder = _image_folder(tmp_path / "cam", 3000)
+    events = tmp_path / "ev.jsonl"
+    with LocalTriton(repo) as srv:
+        proc = _run_client(art.root, folder, events, srv.grpc_url)
+        try:
+            deadline = time.time() + 120
+            while time.time() < deadline and not Client(proc, events).records():
+                assert proc.poll() is None, proc.communicate()[1]
+                time.sleep(0.05)
+            srv.kill()
+            _serve_as(repo, other_export[1] / "bolt_python", "washer_python")
+            srv.start()
+            restarted = time.time()
+            _, err = proc.communicate(timeout=180)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    lines = err.strip().splitlines()
+    assert proc.returncode == 1, err
+    assert lines[-1].startswith("error: ") and "another export" in lines[-1], err
+    assert sum(line.startswith("error: ") for line in lines) == 1, err
+    recs = Client(proc, events).records()
+    assert len(recs) < 3000, "every frame was scored"
+    assert all(r["label"] == "error" for r in recs if r["time"] >= restarted), "frames scored by the other export"
 
 
 SERVE_TRITON = r"""

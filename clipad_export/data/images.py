@@ -22,20 +22,28 @@ from __future__ import annotations
 
 import glob
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageMode, UnidentifiedImageError
 
 from clipad.core.errors import ClipadError
 from clipad.data.colour import pil_to_rgb
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"})
-# Larger images are refused before decoding (a decompression bomb would take gigabytes); 16384 x
-# 16384 is far beyond any inspection camera and four times the 8K frames that are tested.
+# Larger images are refused from the file's header, before decoding (a decompression bomb would
+# take gigabytes); 16384 x 16384 is far beyond any inspection camera and four times the 8K frames
+# that are tested. PIL's own guard (an error above 2 x MAX_IMAGE_PIXELS) is set from it, so the
+# limit that applies is this one, not PIL's default of about 179 Mpx.
 MAX_PIXELS = 16384 * 16384
+# 16- and 32-bit samples (16-bit grey, 32-bit integer and float TIFFs) take 2 to 4 bytes a pixel
+# decoded, and their conversion to 8 bits a few float32 copies: their limit is a quarter of the
+# pixels, which keeps their peak memory below that of an 8-bit RGB image at MAX_PIXELS.
+MAX_WIDE_PIXELS = MAX_PIXELS // 4
+Image.MAX_IMAGE_PIXELS = MAX_PIXELS
 
 
 class ImageReadError(ClipadError):
@@ -49,43 +57,93 @@ def is_image_file(path: Path) -> bool:
 
 def list_images(spec: str | Path) -> list[Path]:
     """The image files named by ``spec``: one file, a folder (recursively, sorted) or a glob
-    (``**`` recursive, sorted). ClipadError when there are none."""
+    (``**`` recursive, sorted). Symbolic links to folders are not descended into (so a link loop
+    cannot hang or repeat the listing), and a file reached under several names (links) is listed
+    once, under its own name when that is among them. ClipadError when there are none."""
     p = Path(spec)
+    found: Iterable[Path]
     if p.is_dir():
-        files = sorted(f for f in p.rglob("*") if is_image_file(f))
+        found = p.rglob("*")  # pathlib's recursion does not follow links to folders
     elif p.is_file():
-        files = [p]
+        found = iter([p])
     else:
-        files = sorted(f for f in map(Path, glob.glob(str(spec), recursive=True)) if is_image_file(f))
+        found = _glob(str(spec))
+    files = _once_each(sorted(f for f in found if is_image_file(f)))
     if not files:
         raise ClipadError(f"no images found at {spec}")
     return files
 
 
-def read_image(path: str | Path) -> Image.Image:
-    """Open and fully decode an image file in its own mode (masks and image sizes use this).
+def _glob(spec: str) -> Iterator[Path]:
+    """The paths matching a glob, with ``**`` recursing like a folder (pathlib's ``Path.glob``
+    on Python 3.11 and 3.12: links to folders are not followed; ``glob.glob`` follows them, so
+    a link to ``.`` repeated the tree until the path grew too long)."""
+    parts = Path(spec).parts
+    fixed = next((i for i, part in enumerate(parts) if glob.has_magic(part)), len(parts))
+    anchor, pattern = Path(*parts[:fixed]) if fixed else Path("."), Path(*parts[fixed:])
+    if not pattern.parts:
+        return iter([anchor])
+    if pattern.name == "**":  # glob.glob's "dir/**" is every path below dir; pathlib's only the folders
+        pattern = pattern / "*"
+    return anchor.glob(str(pattern)) if anchor.is_dir() else iter([])
 
-    Unreadable files and images of more than ``MAX_PIXELS`` pixels raise ImageReadError, which
-    every reader counts as a skipped file."""
+
+def _once_each(paths: list[Path]) -> list[Path]:
+    """Sorted ``paths`` with each file (by its resolved path) once: under its own name when it is
+    listed under it, else under its first link."""
+    chosen: dict[Path, Path] = {}
+    for path in paths:
+        real = path.resolve()
+        if real not in chosen or chosen[real].is_symlink() and not path.is_symlink():
+            chosen[real] = path
+    return sorted(chosen.values())
+
+
+@contextmanager
+def _decoded(path: str | Path) -> Iterator[Image.Image]:
+    """The image file, fully decoded in its own mode, after its size has been checked against
+    the limits from its header; ImageReadError when it cannot be read or is too large."""
     try:
         with warnings.catch_warnings():
-            # PIL warns from 89 MP and refuses from 179 MP on its own; the explicit limit decides here.
+            # PIL warns from MAX_IMAGE_PIXELS (and refuses from twice that); the check below decides.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(path) as im:
-                if im.width * im.height > MAX_PIXELS:
-                    raise ImageReadError(
-                        f"cannot read image {path}: {im.width}x{im.height} pixels is more than the "
-                        f"limit of {MAX_PIXELS} (a decompression bomb?)"
-                    )
+                _check_size(path, im)
                 im.load()
-                return im.copy()
-    except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError) as err:
+                yield im
+    except Image.DecompressionBombError:
+        raise ImageReadError(
+            f"cannot read image {path}: more than the limit of {MAX_PIXELS} pixels (a decompression bomb?)"
+        ) from None
+    except (OSError, UnidentifiedImageError, ValueError) as err:
         raise ImageReadError(f"cannot read image {path}: {err}") from None
 
 
+def _check_size(path: str | Path, im: Image.Image) -> None:
+    pixels, sample_bytes = im.width * im.height, int(ImageMode.getmode(im.mode).typestr[-1])
+    limit = MAX_PIXELS if sample_bytes == 1 else MAX_WIDE_PIXELS
+    if pixels > limit:
+        samples = "" if sample_bytes == 1 else f" of {8 * sample_bytes}-bit samples"
+        raise ImageReadError(
+            f"cannot read image {path}: {im.width}x{im.height} pixels{samples} is more than the "
+            f"limit of {limit} (a decompression bomb?)"
+        )
+
+
+def read_image(path: str | Path) -> Image.Image:
+    """Open and fully decode an image file in its own mode (masks and image sizes use this).
+
+    Unreadable files and images of more than ``MAX_PIXELS`` pixels (``MAX_WIDE_PIXELS`` with
+    16- or 32-bit samples) raise ImageReadError, which every reader counts as a skipped file."""
+    with _decoded(path) as im:
+        return im.copy()
+
+
 def read_rgb(path: str | Path) -> np.ndarray:
-    """Decode an image file to RGB uint8 [H, W, 3] at its own size."""
-    return pil_to_rgb(read_image(path))
+    """Decode an image file to RGB uint8 [H, W, 3] at its own size (converted while the decoded
+    image is open: no copy of it)."""
+    with _decoded(path) as im:
+        return pil_to_rgb(im)
 
 
 def resize_to_model(rgb: np.ndarray, size: int) -> np.ndarray:

@@ -37,6 +37,11 @@ from clipad.deploy.manifest import (
 )
 
 
+class IntegrityError(ClipadError):
+    """A file the manifest lists is missing, or its content differs from the manifest's sha256:
+    the artifacts changed after export. Never a reason to fall back to another backend."""
+
+
 @dataclass
 class Artifacts:
     """An artifact directory and its typed manifest.
@@ -54,13 +59,18 @@ class Artifacts:
         return name in self.manifest.files and (self.root / name).is_file()
 
     def verified_path(self, name: str) -> Path:
-        """The file's path after checking it against the manifest's sha256 (one line on mismatch)."""
+        """The file's path after checking it against the manifest's sha256: ClipadError when the
+        manifest does not list it, IntegrityError when it is listed but missing or changed."""
         expected = self.manifest.files.get(name)
         path = self.root / name
-        if expected is None or not path.is_file():
+        if expected is None:
             raise ClipadError(f"{self.root} has no {name} (export it first)")
+        if not path.is_file():
+            raise IntegrityError(
+                f"{self.root} has no {name}, which its manifest lists: the export is incomplete; re-export"
+            )
         if file_sha256(path) != expected:
-            raise ClipadError(
+            raise IntegrityError(
                 f"{path} does not match the sha256 in its manifest: the file changed after export; re-export"
             )
         return path

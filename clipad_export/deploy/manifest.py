@@ -20,7 +20,8 @@ JSON layout (format version 1):
   ``max_batch`` (>= 1), ``precisions`` (the servable graphs, in the order they were added);
 - ``onnx``: the graph's ``inputs``/``outputs`` (name, dtype, shape with "batch" first) and opset;
 - ``parity``: ``tolerances`` per precision, then the figures of each checked graph;
-- ``calibration``: null until `clipad calibrate`; ``int8``: how ``model.int8.onnx`` was made;
+- ``calibration``: null until `clipad calibrate` (every number finite, ``score_range`` min < max);
+  ``int8``: how ``model.int8.onnx`` was made;
 - ``engine``: the TensorRT sidecar's content (``model.plan.json``), when there is a plan;
 - ``reference``: the baked normal-reference memory (``ReferenceEntry``), absent without one;
 - ``openvino``: the OpenVINO IR (``model.xml``/``.bin``, ``model.int8.xml``/``.bin``), its
@@ -131,6 +132,12 @@ def _ordered(value: list[float]) -> list[float]:
     return value
 
 
+def _wide(value: list[float]) -> list[float]:
+    if not value[0] < value[1]:
+        raise ValueError("must be [min, max] with min < max")
+    return value
+
+
 Sha256 = Annotated[str, AfterValidator(_sha256)]
 ArtifactFile = Annotated[str, AfterValidator(_artifact_file)]
 NonEmpty = Annotated[str, Field(min_length=1)]
@@ -141,6 +148,12 @@ Fraction = Annotated[float, Field(ge=0, le=1)]
 Measured = Annotated[float, AfterValidator(_measured)]
 Dim = Annotated[int | str, PlainValidator(_dim)]
 Range = Annotated[list[float], Field(min_length=2, max_length=2), AfterValidator(_ordered)]
+# Calibration constants decide every label: NaN or infinity there would fail open (a NaN threshold
+# compares false, so every frame would be "normal"), so they are refused when the manifest is read.
+Finite = Annotated[float, Field(allow_inf_nan=False)]
+FiniteRange = Annotated[list[Finite], Field(min_length=2, max_length=2), AfterValidator(_ordered)]
+# A range the code divides by (the normalised score): `clipad calibrate` refuses a zero width.
+FiniteSpan = Annotated[list[Finite], Field(min_length=2, max_length=2), AfterValidator(_wide)]
 
 
 T = TypeVar("T")
@@ -327,21 +340,21 @@ class CalibrationConstants(Record):
     """What `clipad calibrate` fixes, before provenance is added.
 
     image_prob_range / map_max_range: (min, max) over the calibration images; threshold: on the
-    fused score; score_range: the fused score's (min, max); pixel_threshold: on anomaly_map
-    values; method / pixel_method: the threshold rules used; achieved: fpr, pixel_fpr, and
-    f1, recall, pixel_f1 when labelled.
+    fused score; score_range: the fused score's (min, max), min < max; pixel_threshold: on
+    anomaly_map values; every number finite; method / pixel_method: the threshold rules used;
+    achieved: fpr, pixel_fpr, and f1, recall, pixel_f1 when labelled.
     """
 
     version: Literal[1]
-    image_prob_range: Range
-    map_max_range: Range
-    threshold: float
-    score_range: Range
-    pixel_threshold: float
+    image_prob_range: FiniteRange
+    map_max_range: FiniteRange
+    threshold: Finite
+    score_range: FiniteSpan
+    pixel_threshold: Finite
     method: NonEmpty
     pixel_method: NonEmpty
     target_fpr: Annotated[float, Field(gt=0, lt=1)]
-    achieved: dict[str, float]
+    achieved: dict[str, Finite]
     set: CalibrationSet
 
 

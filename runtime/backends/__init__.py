@@ -1,6 +1,7 @@
 """Opening and choosing backends: ONNX Runtime, the PyTorch reference and TensorRT, behind one
 interface (``base.Backend``) used by every consumer: the runtime, `clipad predict`, calibration,
-parity and bench. Backends check the manifest's sha256 of their model file before loading it.
+parity and bench. Backends check the manifest's sha256 of their model file before loading it;
+a failed check (``IntegrityError``) is never a reason to try another backend or precision.
 
 OpenVINO (``openvino``) is opened only by name: ``auto`` never picks it, because its precision
 is a per-machine decision (bf16 or int8 only where their gates passed, see
@@ -12,6 +13,7 @@ execution provider only.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Literal, cast
 
 from clipad.core.choices import (
@@ -25,7 +27,7 @@ from clipad.core.choices import (
     parse_choice,
 )
 from clipad.core.errors import ClipadError
-from clipad.deploy.artifacts import Artifacts
+from clipad.deploy.artifacts import Artifacts, IntegrityError
 from clipad.deploy.manifest import PLAN
 from clipad.runtime.backends.base import Backend, BackendInfo, BackendUnavailable, OpenVinoOptions, TorchOptions
 
@@ -89,7 +91,7 @@ def open_backend(
         attention = options.attention if isinstance(options, TorchOptions) else "fused"
         return TorchBackend(artifacts, cast(Literal["fp32", "fp16"], precision or "fp32"), device, attention)
     if name == "tensorrt":
-        if not artifacts.has(PLAN):
+        if PLAN not in artifacts.manifest.files:  # listed but missing: IntegrityError when it is read
             raise ClipadError(f"{artifacts.root} has no {PLAN}; build one with `clipad export --engine`")
         if _on_cpu(device):  # refused before tensorrt, cuda-python or the plan is touched
             raise ClipadError(
@@ -132,6 +134,8 @@ def _onnxruntime_auto(artifacts: Artifacts, device: str) -> Backend:
         return fp32
     try:
         fp16 = open_backend(artifacts, "onnxruntime", "fp16", device)
+    except IntegrityError:
+        raise  # a changed FP16 graph is not a reason to serve the FP32 one
     except ClipadError as err:
         why = f"the FP16 graph could not be opened ({err})"
     else:
@@ -156,7 +160,8 @@ def select_backend(
     openvino: OpenVinoOptions | None = None,
 ) -> Backend:
     """``auto``: TensorRT when a usable plan is there (never with device cpu), else ONNX Runtime,
-    else the torch reference.
+    else the torch reference. A file that is listed in the manifest but missing or changed
+    (``IntegrityError``) stops the choice there: it never falls back to the next backend.
 
     ``precision`` ``auto``: ONNX Runtime takes the FP16 graph when it exists and a GPU execution
     provider really loads for it (the session's providers, not the wheel's list), the FP32 one
@@ -183,24 +188,29 @@ def select_backend(
             be.close()
             raise ClipadError(f"the {name} model here is {be.precision}, not {precision}")
         return be
-    problems = []
     engine = artifacts.manifest.engine
-    if not _on_cpu(device) and artifacts.has(PLAN) and precision in ("auto", engine.precision if engine else None):
-        try:
-            return open_backend(artifacts, "tensorrt", None, device)
-        except ClipadError as err:
-            problems.append(f"tensorrt: {err}")
-    try:
-        if precision == "auto":
-            return _onnxruntime_auto(artifacts, device)
-        return open_backend(artifacts, "onnxruntime", precision, device)
-    except ClipadError as err:
-        problems.append(f"onnxruntime: {err}")
+    candidates: list[tuple[str, Callable[[], Backend]]] = []
+    # A plan the manifest lists is tried even when its file is gone, so that its absence stops the run.
+    if (
+        not _on_cpu(device)
+        and PLAN in artifacts.manifest.files
+        and precision in ("auto", engine.precision if engine else None)
+    ):
+        candidates.append(("tensorrt", lambda: open_backend(artifacts, "tensorrt", None, device)))
+    if precision == "auto":
+        candidates.append(("onnxruntime", lambda: _onnxruntime_auto(artifacts, device)))
+    else:
+        candidates.append(("onnxruntime", lambda: open_backend(artifacts, "onnxruntime", precision, device)))
     if precision in ("auto", "fp32"):
+        candidates.append(("torch", lambda: open_backend(artifacts, "torch", "fp32", device)))
+    problems = []
+    for label, opener in candidates:
         try:
-            return open_backend(artifacts, "torch", "fp32", device)
+            return opener()
+        except IntegrityError:
+            raise  # a changed or missing artifact file stops the run: another backend would hide it
         except ClipadError as err:
-            problems.append(f"torch: {err}")
+            problems.append(f"{label}: {err}")
     raise ClipadError("no backend can serve these artifacts: " + "; ".join(problems))
 
 

@@ -16,7 +16,10 @@ all clients (with ``inflight`` 1 every call is one request). Every
 request has a timeout. When the server cannot answer (down, restarting, timed out) the call
 raises ``BackendUnavailable``: the pipeline retries with backoff, records that batch's frames
 as errors and goes on; the next call connects again (clients are rebuilt after a failure,
-shared-memory regions registered again).
+shared-memory regions registered again). Every reconnect runs the checks of the first connection
+again before a request is sent: a server restarted with another export (another hash, config or
+served file under the same model name) stops the run in one line, since the calibration
+constants belong to the model of the manifest.
 
 ``shm``: system shared memory for inputs and outputs when client and server share a host
 (``tritonclient.utils.shared_memory``), one region set per worker thread.
@@ -198,9 +201,10 @@ class TritonBackend(Backend):
                 "the Triton backend expects anomaly_map and image_prob"
             )
         self._io = (m.onnx.inputs[0], list(m.onnx.outputs))
-        config = self._check_server(artifacts)
+        self._artifacts = artifacts
+        config = self._check_server()
         self.max_batch = m.max_batch
-        file = config["parameters"][FILE_PARAM]["string_value"]
+        file = self._file = config["parameters"][FILE_PARAM]["string_value"]
         self.precision = m.engine.precision if file == PLAN and m.engine else PRECISION_OF_FILE.get(file, "fp32")
         if precision is not None and precision != self.precision:
             raise ClipadError(f"the Triton model {self.target.model} serves {file} ({self.precision}), not {precision}")
@@ -211,6 +215,8 @@ class TritonBackend(Backend):
         self._finalizer = weakref.finalize(self, _close_clients, self._clients)
         self._lock = threading.Lock()
         self._generation = 0
+        self._checked = 0  # the generation of clients whose server passed the checks of the first connection
+        self._check_lock = threading.Lock()
         self._pool = (
             ThreadPoolExecutor(self.target.inflight, thread_name_prefix="triton") if self.target.inflight > 1 else None
         )
@@ -224,34 +230,15 @@ class TritonBackend(Backend):
                     f"(client and server must share a host): {_first_line(err)}"
                 ) from None
 
-    def _check_server(self, artifacts: Artifacts) -> dict:
-        """The model's config (JSON form), after every check of the module docstring."""
-        t, m = self.target, artifacts.manifest
-        try:
-            probe = _Client(TritonTarget(t.url, t.model, t.version, t.timeout_s), self._io, 1)
-        except Exception as err:  # noqa: BLE001 - tritonclient raises its own and socket errors
-            raise ClipadError(f"cannot reach the Triton server at {t.url}: {_first_line(err)}") from None
-        c = probe.client
-        kw = {"client_timeout": t.timeout_s} if t.protocol == "grpc" else {}  # HTTP: the client's network_timeout
-        try:
-            try:
-                live, ready = c.is_server_live(**kw), c.is_server_ready(**kw)
-            except Exception as err:  # noqa: BLE001
-                raise ClipadError(f"no Triton server answers at {t.url} ({_first_line(err)})") from None
-            if not (live and ready):
-                raise ClipadError(f"the Triton server at {t.url} is {'not ready' if live else 'not live'}")
-            if not c.is_model_ready(t.model, t.version, **kw):
-                raise ClipadError(
-                    f"the Triton server at {t.url} has no ready model '{t.model}'"
-                    f"{' version ' + t.version if t.version else ''} ({self._ready_models(c, t.protocol)})"
-                )
-            config = c.get_model_config(t.model, t.version, **({"as_json": True, **kw} if t.protocol == "grpc" else {}))
-            config = config.get("config", config)
-        finally:
-            probe.close()
+    def _check_server(self) -> dict:
+        """The model's config (JSON form), after every check of the module docstring.
+        ``BackendUnavailable`` when the server or the model does not answer (yet); ClipadError
+        when it answers with another model."""
+        config = self._fetch_config()
+        t, m, root = self.target, self._artifacts.manifest, self._artifacts.root
         diff = config_difference(config, m.onnx, m.max_batch)
         if diff:
-            raise ClipadError(f"the Triton model '{t.model}' does not match {artifacts.root}: {diff}")
+            raise ClipadError(f"the Triton model '{t.model}' does not match {root}: {diff}")
         params = config.get("parameters", {})
         file = params.get(FILE_PARAM, {}).get("string_value")
         sha = params.get(HASH_PARAM, {}).get("string_value")
@@ -263,9 +250,62 @@ class TritonBackend(Backend):
         if m.files.get(file) != sha:
             raise ClipadError(
                 f"the Triton model '{t.model}' serves a {file} with sha256 {sha[:12]}..., "
-                f"the manifest in {artifacts.root} has {str(m.files.get(file))[:12]}...: another export"
+                f"the manifest in {root} has {str(m.files.get(file))[:12]}...: another export"
             )
         return config
+
+    def _fetch_config(self) -> dict:
+        """The model's config from a live, ready server; ``BackendUnavailable`` (a ClipadError)
+        when the server or the model cannot answer."""
+        t = self.target
+        try:
+            probe = _Client(TritonTarget(t.url, t.model, t.version, t.timeout_s), self._io, 1)
+        except Exception as err:  # noqa: BLE001 - tritonclient raises its own and socket errors
+            raise BackendUnavailable(f"cannot reach the Triton server at {t.url}: {_first_line(err)}") from None
+        c = probe.client
+        kw = {"client_timeout": t.timeout_s} if t.protocol == "grpc" else {}  # HTTP: the client's network_timeout
+        try:
+            try:
+                live, ready = c.is_server_live(**kw), c.is_server_ready(**kw)
+                model_ready = live and ready and c.is_model_ready(t.model, t.version, **kw)
+            except Exception as err:  # noqa: BLE001
+                raise BackendUnavailable(f"the Triton server at {t.url} does not answer ({_first_line(err)})") from None
+            if not (live and ready):
+                raise BackendUnavailable(f"the Triton server at {t.url} is {'not ready' if live else 'not live'}")
+            if not model_ready:
+                raise BackendUnavailable(
+                    f"the Triton server at {t.url} has no ready model '{t.model}'"
+                    f"{' version ' + t.version if t.version else ''} ({self._ready_models(c, t.protocol)})"
+                )
+            try:
+                config = c.get_model_config(
+                    t.model, t.version, **({"as_json": True, **kw} if t.protocol == "grpc" else {})
+                )
+            except Exception as err:  # noqa: BLE001
+                raise BackendUnavailable(
+                    f"the Triton server at {t.url} gave no model config ({_first_line(err)})"
+                ) from None
+        finally:
+            probe.close()
+        return config.get("config", config)
+
+    def _recheck(self) -> None:
+        """After a reconnect: the checks of the first connection again, once per generation of
+        clients, so that a server restarted with another export is never used. A mismatch is a
+        ClipadError that stops the run (the calibration belongs to another model); a server
+        still restarting is ``BackendUnavailable``."""
+        with self._check_lock:
+            generation = self._generation
+            if self._checked == generation:
+                return
+            config = self._check_server()
+            file = config["parameters"][FILE_PARAM]["string_value"]
+            if file != self._file:
+                raise ClipadError(
+                    f"after reconnecting, the Triton model '{self.target.model}' serves {file}, not {self._file} "
+                    f"as at the first connection: another deployment; restart the run"
+                )
+            self._checked = generation
 
     @staticmethod
     def _ready_models(client, protocol: str) -> str:
@@ -280,6 +320,8 @@ class TritonBackend(Backend):
     def _client(self) -> _Client:
         c = getattr(self._local, "client", None)
         if c is None or getattr(self._local, "generation", -1) != self._generation:
+            if self._checked != self._generation:
+                self._recheck()
             c = _Client(self.target, self._io, self.max_batch)
             with self._lock:
                 self._clients.append(c)
@@ -289,7 +331,7 @@ class TritonBackend(Backend):
     def _request(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         try:
             return self._client().infer(images)
-        except ClipadError:
+        except ClipadError:  # BackendUnavailable from the checks after a reconnect, or another model: stop
             raise
         except Exception as err:  # noqa: BLE001 - any transport or server error: the server cannot answer now
             self._reset()
