@@ -265,7 +265,7 @@ class Pipeline:
             try:
                 for f, m, r in zip(frames, amap, records, strict=False):
                     view = render_view(f.image, m, r, lo, hi, self.summary.fps) if self.needs_view else None
-                    result = FrameResult(r, f.image, m, view)
+                    result = FrameResult(r, f.image, m, view, f.fps)
                     for sink in self.sinks:
                         if not self._enter(sink):
                             return

@@ -108,12 +108,14 @@ class Prediction:
 class FrameResult:
     """One frame for the sinks, built once by the pipeline: ``record`` (its Prediction), ``image`` (RGB
     uint8 [H, W, 3] as captured), ``amap`` (its anomaly map, float32 at model resolution) and ``view``
-    (the rendered overlay, RGB uint8 [H, W, 3]; None when no sink shows one)."""
+    (the rendered overlay, RGB uint8 [H, W, 3]; None when no sink shows one); ``fps``: the source's
+    own frame rate where it delivers every frame (a video file), else None."""
 
     record: Prediction
     image: np.ndarray
     amap: np.ndarray
     view: np.ndarray | None = None
+    fps: float | None = None
 
 
 def _finite(value: float | None) -> float | None:

@@ -174,6 +174,7 @@ class _Video:
     """One source's open overlay video: its frame size (width, height) is the source's first frame's."""
 
     size: tuple[int, int]
+    fps: float
     segment: int = 0
     writer: cv2.VideoWriter | None = None
     file: Path | None = None
@@ -181,8 +182,8 @@ class _Video:
 
 
 class VideoSink:
-    """The overlay video (mp4v in .mp4, MJPG in .avi) at ``fps``, one per source, each at its first
-    frame's size.
+    """The overlay video (mp4v in .mp4, MJPG in .avi), one per source, each at its first frame's size
+    and at the source's own frame rate where it delivers every frame (a video file), else ``fps``.
 
     Files are named ``<stem>-<run id>-<source tag><suffix>`` beside ``path``, so a restarted run or a
     second source never truncates another's video. A video file is only complete once closed: after
@@ -215,7 +216,7 @@ class VideoSink:
         video.file = create_new(lambda n: base.with_name(variant(base.stem, n) + base.suffix))
         self.files.append(video.file)
         fourcc = cv2.VideoWriter.fourcc(*("MJPG" if self.path.suffix.lower() == ".avi" else "mp4v"))
-        video.writer = cv2.VideoWriter(str(video.file), fourcc, self.fps, video.size)
+        video.writer = cv2.VideoWriter(str(video.file), fourcc, video.fps, video.size)
         if not video.writer.isOpened():
             raise SinkError(f"cannot write video {video.file}")
         video.start = self.clock()
@@ -229,7 +230,7 @@ class VideoSink:
 
     def write(self, result: FrameResult) -> None:
         img, source = result.view if result.view is not None else result.image, result.record.source
-        video = self.videos.setdefault(source, _Video((img.shape[1], img.shape[0])))
+        video = self.videos.setdefault(source, _Video((img.shape[1], img.shape[0]), result.fps or self.fps))
         if video.writer is not None and self.segment_s and self.clock() - video.start >= self.segment_s:
             self._finish(video)
             video.segment += 1

@@ -35,13 +35,16 @@ MAX_BAD_FRAMES_IN_A_ROW = 25
 class Frame:
     """One captured frame: RGB uint8 [H, W, 3] at the source's own size. ``time``: capture time,
     Unix seconds (what records show); ``monotonic``: capture time on time.monotonic, for ages and
-    latencies, which a step of the wall clock must not make negative or huge."""
+    latencies, which a step of the wall clock must not make negative or huge. ``fps``: the rate at
+    which the source's frames are meant to be played, where every frame is delivered (a video
+    file's own rate); None for live sources (frames are dropped) and image files."""
 
     source: str
     index: int
     time: float
     image: np.ndarray
     monotonic: float = field(default_factory=lambda: time.monotonic())  # the module, not the field above
+    fps: float | None = None
 
 
 @dataclass
@@ -121,6 +124,8 @@ class VideoFileSource(Source):
         if not self.cap.isOpened():
             raise ClipadError(f"cannot open video {path} (not a video OpenCV's FFmpeg can read?)")
         self.total = int(self.cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
+        rate = float(self.cap.get(cv2.CAP_PROP_FPS) or 0.0)
+        self.fps = rate if 0.0 < rate <= 1000.0 else None  # containers without a rate report 0
         self._index = 0
         self._done = False
 
@@ -138,7 +143,7 @@ class VideoFileSource(Source):
                 idx = max(self._index, int(self.cap.get(cv2.CAP_PROP_POS_FRAMES)) - 1)
                 self._index = idx + 1
                 self.stats.frames += 1
-                return Frame(self.name, idx, time.time(), to_rgb(img))
+                return Frame(self.name, idx, time.time(), to_rgb(img), fps=self.fps)
             # a failed read before the announced end is a bad frame; skip it and go on
             if self._index + bad_in_a_row + 1 < self.total and bad_in_a_row < MAX_BAD_FRAMES_IN_A_ROW:
                 bad_in_a_row += 1

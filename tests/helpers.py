@@ -124,9 +124,9 @@ def run_in_thread(fn, timeout: float = 30.0) -> dict:
     return out
 
 
-def write_video(path: Path, n: int, size=(160, 128), fourcc="FFV1") -> list[np.ndarray]:
+def write_video(path: Path, n: int, size=(160, 128), fourcc="FFV1", fps: float = 10) -> list[np.ndarray]:
     images = sample_images(n, width=size[0], height=size[1])
-    w = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*fourcc), 10, size)
+    w = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*fourcc), fps, size)
     for im in images:
         w.write(cv2.cvtColor(im, cv2.COLOR_RGB2BGR))
     w.release()

@@ -167,6 +167,17 @@ def test_one_video_per_source(tmp_path):
     assert shapes == [(40, 3), (64, 3)], videos
 
 
+def test_a_video_files_overlay_keeps_its_frame_rate(art, tmp_path, capsys):
+    """A video file's overlay plays at the file's own rate; an image folder's at the default 10 fps."""
+    write_video(tmp_path / "v.avi", 6, size=(64, 48), fps=25)
+    (tmp_path / "imgs").mkdir()
+    for i, im in enumerate(sample_images(2, width=64, height=48)):
+        cv2.imwrite(str(tmp_path / "imgs" / f"{i}.png"), im)
+    run_video(art.root, tmp_path / "v.avi", capsys, "--source", tmp_path / "imgs", "--save", tmp_path / "out" / "o.avi")
+    rates = sorted(cv2.VideoCapture(str(p)).get(cv2.CAP_PROP_FPS) for p in (tmp_path / "out").glob("o-*.avi"))
+    assert rates == [10.0, 10.0, 25.0], rates  # an image's source is its file: one video per image
+
+
 def age(paths, hours: float) -> None:
     """Set the modification time of ``paths`` ``hours`` back."""
     t = time.time() - hours * 3600
