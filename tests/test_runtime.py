@@ -321,7 +321,8 @@ def test_sigterm_stops_cleanly(art, tmp_path):
     assert "stopped by SIGTERM" in err
     lines = events.read_text().splitlines()
     assert 5 <= len(lines) < 400 and all(json.loads(ln)["frame"] == i for i, ln in enumerate(lines))
-    cap = cv2.VideoCapture(str(video))  # finalised: readable, one frame per event
+    (made,) = tmp_path.glob("o-*.avi")  # named by the run (runfiles.video_name)
+    cap = cv2.VideoCapture(str(made))  # finalised: readable, one frame per event
     assert int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) == len(lines)
 
 
