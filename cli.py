@@ -24,6 +24,7 @@ from clipad.core.errors import ClipadError
 from clipad.core.lists import comma_list
 from clipad.core.packages import describe_failure, quiet_third_party
 from clipad.core.progress import progress_bars
+from clipad.core.writable import check_writable
 from clipad.methods.registry import METHODS, get_method
 
 # `clipad --help` lists the commands in the order of the work, not of this file.
@@ -79,11 +80,13 @@ def _command(*opts: Any, where: typer.Typer = app, name: str = ""):
 
     def register(body):
         def callback(**values):
+            for pname, _, _, spec in [o for o in _flat(opts) if "writes" in o[3] and values[o[0]] is not None]:
+                check_writable(values[pname], spec["flag"], spec["writes"] == "folder")  # outputs: before any work
             return body(SimpleNamespace(**values))
 
         params = [inspect.Parameter("ctx", KEYWORD, annotation=typer.Context)]  # Typer passes the context
         for pname, kind, default, spec in _flat(opts):
-            kw = {k: v for k, v in spec.items() if k not in ("flag", "aliases")}  # aliases: more flags, same option
+            kw = {k: v for k, v in spec.items() if k not in ("flag", "aliases", "writes")}  # writes: an output path
             flags = (spec["flag"], *spec.get("aliases", ()))
             info = typer.Option(*flags, **kw) if spec["flag"].startswith("-") else typer.Argument(**kw)
             params.append(inspect.Parameter(pname, KEYWORD, default=default, annotation=Annotated[kind, info]))
@@ -203,7 +206,7 @@ def _root(debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks a
 
 
 @_command(
-    (_o("--out", Path("synth"), "Output folder (MVTec AD layout)."), _o("--n-train", 4, "Good train images each.")),
+    (_o("--out", Path("synth"), "MVTec AD layout.", writes="folder"), _o("--n-train", 4, "Good train images each.")),
     (_o("--n-good", 6, "Good test images per category."), _o("--n-defect", 4, "Per defect type and category.")),
     (_o("--width", 160, "Image width in pixels."), _o("--height", 128, "Image height in pixels.")),
     (_o("--seed", 0, "Random seed; the same arguments give identical files."), _o("--force", False, "Replace --out.")),
@@ -219,7 +222,7 @@ def _synth(o: SimpleNamespace) -> None:
 
 @_command(
     *DATASET,
-    (CATEGORIES, _o("--out", Path("results.json"), "results.json path.")),
+    (CATEGORIES, _o("--out", Path("results.json"), "results.json path.", writes="file")),
     METHOD,
     (_o("--sigma", None, "Map smoothing (default 8; 2 for SDP+ on VisA).", float), _o("--batch-size", 8, min=1)),
     _panel("Normal reference", SHOTS, _o("--shot-seeds", "0", "Comma-separated seeds: mean and spread."), MEMORY),
@@ -240,11 +243,11 @@ def _eval(o: SimpleNamespace) -> None:
     _o("--rvs-profile", "mvtec", "DBSCAN: mvtec (eps 0.5, 15) or visa (eps 1.5, 25).", metavar=metavar(RvsProfile)),
     (_o("--sigma", 8.0, "Gaussian smoothing sigma of the map."), _o("--max-batch", 8, "Largest batch served.")),
     _o("--precision", "all", "fp32, fp16, all (fp16 within limits), int8 (--engine).", metavar="[fp32|fp16|all|int8]"),
-    (_o("--engine", False, "Also a TensorRT engine (TensorRT, GPU)."), _o("--triton-repo", None, "Also this.", Path)),
+    (_o("--engine", False, "A TensorRT engine (GPU)."), _o("--triton-repo", None, "Also this.", Path, writes="folder")),
     _o("--opt-batch", None, "With --engine: the batch TensorRT tunes for (default min(8, max batch)).", int),
     _panel("Normal reference", _o("--reference", None, "Good images baked in (folder, glob).", str), SHOTS, MEMORY),
     _o("--openvino", False, "Also the OpenVINO IRs (FP32, NNCF INT8), parity-checked (clipad\\[openvino])."),
-    (*GATE, _o("--out", None, "Artifact directory (default artifacts/<category>).", Path)),
+    (*GATE, _o("--out", None, "Artifact directory (default artifacts/<category>).", Path, writes="folder")),
     (*WEIGHTS, CPU, QUIET),
 )
 def _export(o: SimpleNamespace) -> None:
@@ -262,7 +265,7 @@ def _export(o: SimpleNamespace) -> None:
     _o("--artifacts", help="Artifact directory from `clipad export`.", kind=Path),
     _o("--backends", "onnxruntime", "Comma-separated: onnxruntime, tensorrt, openvino, torch, triton (--url)."),
     _o("--images", None, "Folder of images to compare on (default: built-in synthetic inputs).", Path),
-    (CPU, _o("--json", None, "Also write the rows as JSON.", Path)),
+    (CPU, _o("--json", None, "Also write the rows as JSON.", Path, writes="file")),
     _panel("Triton (--backend triton)", TRITON, but=("triton_inflight",)),
 )
 def _parity(o: SimpleNamespace) -> None:
@@ -301,7 +304,7 @@ def _run(o: SimpleNamespace) -> None:
 
 @_command(
     (_o("SOURCE", help="Image file, folder or glob.", kind=str), SERVING),
-    (_o("--out", Path("predictions"), "Output folder for predictions.jsonl."), QUIET),
+    (_o("--out", Path("predictions"), "Output folder for predictions.jsonl.", writes="folder"), QUIET),
     (_o("--save-maps", False, "Also maps/<stem>.npy (float32)."), _o("--save-overlays", False, "And overlays/.png.")),
     TRITON,
 )
@@ -369,8 +372,8 @@ def _calibrate(o: SimpleNamespace) -> None:
     (_o("--batch", "1,8", "Comma-separated batch sizes.", name="batches"), _o("--iterations", 20, "Timed calls.")),
     _o("--attention", "fused", "Torch rows: fused (SDPA), explicit (MatMul + Softmax).", name="attentions"),
     (_o("--warmup", 3, "Untimed calls before them."), DEVICE),
-    (_o("--no-parity", False, "No parity figures."), _o("--json", None, "Every figure and sample as JSON.", Path)),
-    (_o("--plot", None, "Latency and throughput against batch size (PNG).", Path), QUIET),
+    (_o("--no-parity", False, "No parity figures."), _o("--json", None, "Every figure as JSON.", Path, writes="file")),
+    (_o("--plot", None, "Latency and throughput against batch size (PNG).", Path, writes="file"), QUIET),
     TRITON,
 )
 def _bench(o: SimpleNamespace) -> None:
@@ -393,7 +396,7 @@ def _bench(o: SimpleNamespace) -> None:
 @_command(
     _o("--repo", help="Triton model repository (from `clipad export --triton-repo`).", kind=Path),
     (_o("--http-port", 0, "On 127.0.0.1 (0: a free one)."), _o("--grpc-port", 0, "On 127.0.0.1 (0: a free one).")),
-    (_o("--metrics-port", 0, "On 127.0.0.1 (0: a free one)."), _o("--log", None, "Server log (default: temp).", Path)),
+    (_o("--metrics-port", 0, "On 127.0.0.1 (0: free)."), _o("--log", None, "Server log (temp).", Path, writes="file")),
     _o("--models", None, "Comma-separated models to load (default: every one this build can load).", str),
 )
 def _triton_server(o: SimpleNamespace) -> None:
@@ -406,7 +409,7 @@ def _triton_server(o: SimpleNamespace) -> None:
 
 
 @_command(
-    _o("--out", Path("clipad-demo"), "Folder for everything the demo writes."),
+    _o("--out", Path("clipad-demo"), "Folder for everything the demo writes.", writes="folder"),
     _o("--model", "clipad-tiny", "clipad-tiny (seconds) or ViT-B-16-plus-240 (minutes)."),
     (_o("--frames", 40, "Frames in the demo video.", min=1), QUIET),
 )
@@ -421,7 +424,7 @@ def _demo(o: SimpleNamespace) -> None:
 
 @_command(
     *DATASET,
-    _o("--out", help="Heads file (.safetensors); checkpoint, log and feature cache go beside it.", kind=Path),
+    _o("--out", help="Heads file (.safetensors); checkpoint, log, feature cache beside it.", kind=Path, writes="file"),
     (CATEGORIES, _o("--epochs", 5, min=1), _o("--batch-size", 8, min=1), _o("--lr", 1e-4)),
     (_o("--train-seed", 42, "Seed of the heads' initialisation."), RVS),
     _o("--resume", None, "Checkpoint (<out>.ckpt.pt) to continue from.", Path),
@@ -458,24 +461,20 @@ def _doctor(o: SimpleNamespace) -> None:
 def run(argv: list[str]) -> int:
     """Run the CLI on ``argv`` and return the exit code (errors as one line on stderr, unless --debug)."""
     _state["debug"] = "--debug" in argv[:1]
-    try:
-        app(args=argv, prog_name="clipad")  # usage errors are reported by Typer itself
-        return 0
+    try:  # usage errors come back as exceptions (not Typer's box): one line, as every other error
+        code = app(args=argv, prog_name="clipad", standalone_mode=False)  # typer.Exit's code, else None
+        return code if isinstance(code, int) else 0
     except SystemExit as err:
         return err.code if isinstance(err.code, int) else (0 if err.code is None else 1)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, typer.Abort):
         _say("interrupted")
         return 130
-    except Exception as err:  # the user's mistake, a missing extra or an unexpected failure
-        if _state["debug"]:
+    except Exception as err:  # the user's mistake (usage errors have an exit_code), a missing extra, a failure
+        if _state["debug"] and not hasattr(err, "exit_code"):
             raise
-        _say(describe_failure(err))
-        return 1
+        _say(line) if (line := describe_failure(err)) else None  # none when the usage error printed the help
+        return getattr(err, "exit_code", 1)
 
 
 def main() -> None:
     sys.exit(run(sys.argv[1:]))
-
-
-if __name__ == "__main__":
-    main()

@@ -9,6 +9,7 @@ from typing import cast
 
 from clipad.calibration.calibrate import CalibrateConfig, calibrate, describe_calibration, describe_int8
 from clipad.core.progress import Tasks
+from clipad.core.writable import check_writable
 from clipad.runtime.serving import Served
 
 
@@ -22,6 +23,7 @@ def calibrate_artifacts(
     from clipad.deploy.artifacts import load_artifacts
     from clipad.deploy.manifest import MANIFEST, ONNX_INT8, OV_INT8_XML
 
+    check_writable(art_dir / MANIFEST, "--artifacts")  # the calibration and INT8 model go there, after the work
     if cfg.int8:
         art = load_artifacts(art_dir)
         check_int8_backend(art, cfg.int8_backend)
