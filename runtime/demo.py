@@ -66,7 +66,7 @@ DEMO_NOTE = (
 PANEL = (200, 160)  # width, height of one picture panel (the 160 x 128 images scaled by 1.25)
 
 
-_TOP_FILES = {"input.avi", "events.jsonl", PICTURE, "report.json", "report.md"}
+_TOP_FILES = {"input.avi", "events.jsonl", ".events.jsonl.lock", PICTURE, "report.json", "report.md"}
 _REFERENCE = re.compile(r"\d{3,}\.png")
 _VIDEO = video_pattern(Path("overlay.mp4"))
 _OWNERS = (
