@@ -15,6 +15,7 @@ signal, and it finds the synthetic defects even through a random backbone.
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import time
 from collections.abc import Callable
@@ -28,11 +29,13 @@ from PIL import Image
 
 from clipad.calibration.calibrate import calibrate
 from clipad.core.errors import ClipadError
+from clipad.core.owned import FolderKind, check_out, clear, resolve_out, within, write_marker
 from clipad.core.progress import Tasks
 from clipad.data import Sample, load_split
 from clipad.data.colour import to_bgr, to_rgb
 from clipad.data.images import load_mask, read_image, read_rgb
-from clipad.data.synth import make_synthetic
+from clipad.data.synth import SYNTH, make_synthetic
+from clipad.deploy.artifacts import ARTIFACTS
 from clipad.deploy.export import ExportConfig, export
 from clipad.deploy.reference_set import ReferenceConfig
 from clipad.evaluation.metrics import binary_metrics
@@ -41,7 +44,8 @@ from clipad.model.prompts import PROMPT_SETS
 from clipad.runtime.backends import select_backend
 from clipad.runtime.overlay import overlay
 from clipad.runtime.pipeline import Pipeline
-from clipad.runtime.predict import PREDICTIONS, predict
+from clipad.runtime.predict import PREDICTION_FILES, PREDICTIONS, predict
+from clipad.runtime.runfiles import video_pattern
 from clipad.runtime.scoring import Calibration
 from clipad.runtime.sinks import EventsSink, Sink, VideoSink
 from clipad.runtime.sources import VideoFileSource
@@ -60,6 +64,26 @@ DEMO_NOTE = (
     "is meaningful; zero-shot text scores are not"
 )
 PANEL = (200, 160)  # width, height of one picture panel (the 160 x 128 images scaled by 1.25)
+
+
+_TOP_FILES = {"input.avi", "events.jsonl", ".events.jsonl.lock", PICTURE, "report.json", "report.md"}
+_REFERENCE = re.compile(r"\d{3,}\.png")
+_VIDEO = video_pattern(Path("overlay.mp4"))
+_OWNERS = (
+    within("data", SYNTH.owns),
+    within(REFERENCE_DIR, lambda rel: _REFERENCE.fullmatch(rel) is not None),
+    within(f"artifacts/{CATEGORY}", ARTIFACTS.owns),
+    within("predictions", PREDICTION_FILES.owns),
+)
+DEMO = FolderKind(
+    "demo",
+    lambda rel: (
+        rel in _TOP_FILES
+        or _VIDEO.fullmatch(rel) is not None
+        or rel == f"artifacts/.{CATEGORY}.lock"
+        or any(owns(rel) for owns in _OWNERS)
+    ),
+)
 
 
 @dataclass(frozen=True)
@@ -98,12 +122,17 @@ def run_demo(
     tasks: Tasks | None = None,
     log: Callable[[str], None] = lambda s: None,
 ) -> dict[str, Any]:
-    """Run the whole demo into ``out``; returns what the report says."""
-    if out.exists() and not out.is_dir():
-        raise ClipadError(f"--out {out} is a file; the demo writes a folder")
+    """Run the whole demo into ``out``; returns what the report says.
+
+    ``out`` must be new, empty or an earlier demo's folder holding nothing but what the demo
+    writes (``clipad.core.owned``); the earlier demo's files are removed first, and report.md is
+    written last, so a folder without one is an interrupted demo."""
+    check_out(resolve_out(out), DEMO)  # new, empty, or an earlier demo's and nothing else
     tasks = tasks or Tasks(None)
     t0 = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
+    clear(out, DEMO)  # the earlier demo's files go first: none of them sits beside the new ones
+    write_marker(out, DEMO)
     data = out / "data"
     make_synthetic(
         data, n_train=N_CALIBRATION + SHOTS, n_good=N_GOOD, n_defect=N_DEFECT, defect_scale=DEFECT_SCALE, force=True

@@ -4,6 +4,7 @@ overlays), through the one image path and the one scoring step."""
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,8 +13,8 @@ import cv2
 import numpy as np
 
 from clipad.calibration.constants import Calibration
-from clipad.core.atomic import atomic_path
 from clipad.core.errors import ClipadError
+from clipad.core.owned import FolderKind, staged
 from clipad.core.progress import Tasks
 from clipad.data.colour import to_bgr
 from clipad.data.images import iter_image_batches, list_images
@@ -23,6 +24,8 @@ from clipad.runtime.records import OutputFiles
 from clipad.runtime.scoring import score_batch
 
 PREDICTIONS = "predictions.jsonl"
+_FILES = re.compile(rf"{re.escape(PREDICTIONS)}|maps/[^/]+\.npy|maps/[^/]+_mask\.png|overlays/[^/]+\.png")
+PREDICTION_FILES = FolderKind("predictions", lambda rel: _FILES.fullmatch(rel) is not None)
 
 
 @dataclass
@@ -57,12 +60,13 @@ def _imwrite(path: Path, image: np.ndarray) -> None:
         raise OSError("OpenCV could not write it (a folder of that name, or no space?)")
 
 
-def _write(path: Path, save: Callable[[Path, np.ndarray], object], array: np.ndarray) -> None:
-    """Write ``array`` to ``path`` with ``save``; any failure is a ClipadError naming ``path``."""
+def _write(path: Path, shown: Path, save: Callable[[Path, np.ndarray], object], array: np.ndarray) -> None:
+    """Write ``array`` to ``path`` (in the staging folder) with ``save``; any failure is a
+    ClipadError naming ``shown``, the file's place in the output folder."""
     try:
         save(path, array)
     except (OSError, cv2.error) as err:
-        raise ClipadError(f"cannot write {path}: {getattr(err, 'strerror', None) or err}") from None
+        raise ClipadError(f"cannot write {shown}: {getattr(err, 'strerror', None) or err}") from None
 
 
 def predict(
@@ -77,19 +81,20 @@ def predict(
 ) -> PredictResult:
     """Write OUT/predictions.jsonl, one record per readable image in file order; with
     ``save_maps`` also maps/<stem>.npy (float32 [S, S]) and, calibrated, maps/<stem>_mask.png;
-    with ``save_overlays`` overlays/<stem>.png. Each record names the files it wrote. A file that
-    cannot be written stops the command in one line (ClipadError naming it); predictions.jsonl is
-    then not written, so no record ever names a file that is not there."""
+    with ``save_overlays`` overlays/<stem>.png. Each record names the files it wrote.
+
+    All or nothing: OUT is built in a staging folder and swapped in whole when every file is
+    written (``clipad.core.owned``: OUT must be new, empty or earlier predictions), so OUT holds
+    one run's records and files, never a mix, also after a kill. A file that cannot be written,
+    or no readable image at all, stops the command in one line (ClipadError) and leaves OUT as
+    it was."""
     files = list_images(source)
-    for folder in [out, *(out / sub for wanted, sub in ((save_maps, "maps"), (save_overlays, "overlays")) if wanted)]:
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-        except OSError as err:
-            raise ClipadError(f"cannot write predictions to {folder}: {err.strerror or err}") from None
     advance = tasks.add("predict", len(files))
     used: set[str] = set()
     result = PredictResult()
-    with atomic_path(out / PREDICTIONS) as tmp, open(tmp, "w", encoding="utf-8") as f:
+    with staged(out, PREDICTION_FILES) as stage, open(stage / PREDICTIONS, "w", encoding="utf-8") as f:
+        for sub in ("maps",) * save_maps + ("overlays",) * save_overlays:
+            (stage / sub).mkdir()
         for batch in iter_image_batches(files, image_size, backend.max_batch, keep_originals=save_overlays):
             advance(batch.consumed)  # skipped files count as done
             result.skipped += batch.skipped
@@ -103,17 +108,19 @@ def predict(
                 if save_maps:
                     map_file = f"maps/{stem}.npy"
                     written = OutputFiles(map=map_file)
-                    _write(out / map_file, np.save, m.astype(np.float32))
+                    _write(stage / map_file, out / map_file, np.save, m.astype(np.float32))
                     if cal is not None:
                         mask_file = f"maps/{stem}_mask.png"
                         written = OutputFiles(map=map_file, mask=mask_file)
-                        _write(out / mask_file, _imwrite, cal.mask_image(m))
+                        _write(stage / mask_file, out / mask_file, _imwrite, cal.mask_image(m))
                 if save_overlays:
                     overlay_file = f"overlays/{stem}.png"
                     written = OutputFiles(written.map, written.mask, overlay_file)
                     assert batch.originals is not None  # kept: keep_originals=save_overlays
                     view = overlay(batch.originals[i], m, float(m.min()), float(m.max()))
-                    _write(out / overlay_file, _imwrite, to_bgr(view))
+                    _write(stage / overlay_file, out / overlay_file, _imwrite, to_bgr(view))
                 f.write(json.dumps(pred.with_files(written).prediction()) + "\n")
                 result.images += 1
+        if not result.images:
+            raise ClipadError(f"none of the {len(files)} images at {source} could be read ({result.skipped[0]})")
     return result

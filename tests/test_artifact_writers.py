@@ -10,9 +10,10 @@ import pytest
 
 from clipad.calibration.calibrate import calibrate
 from clipad.calibration.int8 import make_int8
+from clipad.core.owned import exchange_dirs
 from clipad.core.progress import Tasks
 from clipad.data.images import read_model_images
-from clipad.deploy.artifacts import artifact_lock, exchange_dirs, load_artifacts
+from clipad.deploy.artifacts import artifact_lock, load_artifacts
 from clipad.runtime.backends import open_backend
 from tests.helpers import TINY, assert_one_line_error, fresh, run
 

@@ -121,3 +121,16 @@ def test_demo_out_is_a_file(tmp_path, capsys):
     (tmp_path / "f").write_text("x")
     code, _, err = run(capsys, "demo", "--out", tmp_path / "f", "--quiet")
     assert_one_line_error(code, err, "is a file")
+
+
+def test_a_file_of_the_users_in_a_demo_folder_stops_the_next_demo(demo, capsys):
+    """The demo replaces its own earlier output only: a file it did not write is never deleted."""
+    _, _, _, d = demo
+    mine = d / "data" / "washer" / "notes.txt"
+    mine.write_text("mine")
+    try:
+        code, _, err = run(capsys, "demo", "--out", d, "--frames", "2", "--quiet")
+        assert_one_line_error(code, err, "clipad did not write (data/washer/notes.txt)")
+        assert mine.read_text() == "mine" and (d / "report.md").is_file()
+    finally:
+        mine.unlink()

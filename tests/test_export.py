@@ -350,7 +350,7 @@ def test_export_bad_input(tmp_path, capsys):
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "notes.txt").write_text("keep")
     code, _, err = run(capsys, "export", "--category", "bottle", "--out", tmp_path / "mine", *TINY)
-    assert_one_line_error(code, err, "not a clipad artifact directory")
+    assert_one_line_error(code, err, "was not written by clipad")
     assert (tmp_path / "mine" / "notes.txt").read_text() == "keep"
     assert not (tmp_path / "a").exists()
 

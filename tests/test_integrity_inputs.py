@@ -177,32 +177,37 @@ def test_a_folder_source_lists_a_linked_file_once(tmp_path):
 
 
 def test_a_failed_overlay_or_mask_write_fails_predict_in_one_line(art, tmp_path, capsys):
-    """cv2.imwrite says False instead of raising: the record once named a file never written."""
-    images = _images(tmp_path / "imgs", 3)
+    """cv2.imwrite says False instead of raising: the record once named a file never written. A
+    file name one step too long for the file system is a real failure (also as root): the source
+    names fit in 255 bytes, its mask's name and a second overlay of the same stem do not."""
+    stem = "y" * 250
+    images = _images(tmp_path / "imgs", 2)
+    shutil.copy(images / "x0.png", images / f"{stem}.png")
+    (images / "sub").mkdir()
+    shutil.copy(images / "x1.png", images / "sub" / f"{stem}.png")
     out = tmp_path / "p"
-    (out / "overlays" / "x1.png").mkdir(parents=True)  # a real failure, also as root
     code, _, err = run(capsys, "predict", images, "--artifacts", art.root, "--out", out, "--save-overlays", "--quiet")
-    assert_one_line_error(code, err, f"cannot write {out / 'overlays' / 'x1.png'}")
-    assert not (out / "predictions.jsonl").exists()
+    assert_one_line_error(code, err, f"cannot write {out / 'overlays' / (stem + '_2.png')}")
+    assert not out.exists()  # nothing of the failed run is left
     root = _calibrated(art, tmp_path)
-    out = tmp_path / "q"
-    (out / "maps" / "x0_mask.png").mkdir(parents=True)
     code, _, err = run(capsys, "predict", images, "--artifacts", root, "--out", out, "--save-maps", "--quiet")
-    assert_one_line_error(code, err, f"cannot write {out / 'maps' / 'x0_mask.png'}")
-    assert not (out / "predictions.jsonl").exists()
+    assert_one_line_error(code, err, f"cannot write {out / 'maps' / (stem + '_mask.png')}")
+    assert not out.exists()
 
 
 def test_unwritable_predict_outputs_are_one_line_naming_the_path(art, tmp_path, capsys):
     images = _images(tmp_path / "imgs", 1)
     (tmp_path / "file").write_text("not a folder")
     code, _, err = run(capsys, "predict", images, "--artifacts", art.root, "--out", tmp_path / "file", "--quiet")
-    assert_one_line_error(code, err, f"cannot write predictions to {tmp_path / 'file'}")
+    assert_one_line_error(code, err, f"--out {tmp_path / 'file'} is a file")
+    code, _, err = run(capsys, "predict", images, "--artifacts", art.root, "--out", tmp_path / "file" / "p", "--quiet")
+    assert_one_line_error(code, err, f"cannot write to {tmp_path / 'file'}")
     out = tmp_path / "p"
     out.mkdir()
     (out / "maps").write_text("a file where the maps folder belongs")
     code, _, err = run(capsys, "predict", images, "--artifacts", art.root, "--out", out, "--save-maps", "--quiet")
-    assert_one_line_error(code, err, f"cannot write predictions to {out / 'maps'}")
-    assert not (out / "predictions.jsonl").exists()
+    assert_one_line_error(code, err, f"--out {out} is not empty and was not written by clipad")
+    assert (out / "maps").read_text() == "a file where the maps folder belongs"
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -10,17 +10,22 @@ byte-identical files.
 
 from __future__ import annotations
 
-import shutil
-import tempfile
+import re
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
 
 from clipad.core.errors import ClipadError
+from clipad.core.owned import FolderKind, staged
 
 CATEGORIES = ("fabric", "washer")
 DEFECTS = ("scratch", "spot")
+_FILES = re.compile(
+    rf"({'|'.join(CATEGORIES)})/(train/good/\d{{3,}}\.png|test/(good|{'|'.join(DEFECTS)})/\d{{3,}}\.png"
+    rf"|ground_truth/({'|'.join(DEFECTS)})/\d{{3,}}_mask\.png)"
+)
+SYNTH = FolderKind("synth", lambda rel: _FILES.fullmatch(rel) is not None)  # what --force may replace
 
 
 def _fabric(rng: np.random.Generator, w: int, h: int) -> np.ndarray:
@@ -96,21 +101,18 @@ def make_synthetic(
     force: bool = False,
     defect_scale: float = 1.0,
 ) -> dict[str, int]:
-    """Write the dataset to ``out`` (atomically: built in a temp dir, then renamed).
+    """Write the dataset to ``out`` (atomically: built in a staging folder, then swapped in).
+
+    ``out`` must be new, empty or, with ``force``, a dataset this function wrote and nothing else
+    (``clipad.core.owned``); anything else is refused in one line.
 
     ``defect_scale`` enlarges the pasted defects (1 = the default sizes). Returns the number of
     test images per category.
     """
-    out = Path(out)
-    nonempty = (out.is_dir() and any(out.iterdir())) or out.is_file()
-    if nonempty and not force:
-        raise ClipadError(f"{out} exists and is not empty (use --force to replace it)")
     if min(n_good, n_defect) < 1 or n_train < 0 or min(width, height) < 32:
         raise ClipadError("synth needs >= 1 good and >= 1 defective test image per category and images >= 32 px")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     counts = {}
-    try:
+    with staged(out, SYNTH, force=force) as tmp:
         for ci, cat in enumerate(CATEGORIES):
             rng = np.random.default_rng([seed, ci])
             make = _fabric if cat == "fabric" else _washer
@@ -125,12 +127,6 @@ def make_synthetic(
                     _save(_paint(rng, make(rng, width, height), mask, kind), root / "test" / kind / f"{i:03d}.png")
                     _save((mask * 255).astype(np.uint8), root / "ground_truth" / kind / f"{i:03d}_mask.png")
             counts[cat] = n_good + n_defect * len(DEFECTS)
-        if out.exists():
-            shutil.rmtree(out) if out.is_dir() else out.unlink()
-        tmp.rename(out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
     return counts
 
 

@@ -9,13 +9,13 @@ the artifacts were made, the graph's inputs and outputs, parity figures, calibra
 use it.
 
 An export is built in a sibling ``<out>.partial-<pid>`` directory and renamed into place only
-when complete, so an interrupted export never leaves a half-written artifact directory.
+when complete, so an interrupted export never leaves a half-written artifact directory; the
+directory carries the marker ``.clipad-artifacts`` (``clipad.core.owned``: what an export may
+replace).
 """
 
 from __future__ import annotations
 
-import os
-import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -23,9 +23,9 @@ from pathlib import Path
 
 import numpy as np
 
-from clipad.core.atomic import fsync_path
 from clipad.core.errors import ClipadError
 from clipad.core.hashing import file_sha256
+from clipad.core.owned import FolderKind, has_marker, open_stage
 from clipad.deploy.manifest import (
     ARTIFACT_FILES,
     MANIFEST,
@@ -162,33 +162,6 @@ def hash_files(root: Path, names: tuple[str, ...] | list[str] = ARTIFACT_FILES) 
     return {n: file_sha256(root / n) for n in names if (root / n).is_file()}
 
 
-def _remove_stale_partials(out: Path) -> None:
-    for p in out.parent.glob(f"{out.name}.partial-*"):
-        pid = p.name.rsplit("-", 1)[-1]
-        try:
-            os.kill(int(pid), 0)  # still running: leave it alone
-        except (ValueError, ProcessLookupError):
-            shutil.rmtree(p, ignore_errors=True)
-        except PermissionError:
-            pass
-
-
-def exchange_dirs(a: Path, b: Path) -> bool:
-    """Swap two directories in one step (Linux renameat2 RENAME_EXCHANGE); False where the
-    platform or file system cannot, and nothing was changed."""
-    import ctypes
-    import ctypes.util
-
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        renameat2 = libc.renameat2
-    except (OSError, AttributeError):
-        return False
-    at_fdcwd, rename_exchange = -100, 2
-    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
-    return renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0
-
-
 def lock_path(root: Path) -> Path:
     """The lock file of an artifact directory: a sibling, so that replacing the directory keeps it."""
     return root.parent / f".{root.name}.lock"
@@ -222,41 +195,29 @@ def artifact_lock(root: str | Path) -> Iterator[None]:
         handle.close()  # releases the lock
 
 
+ARTIFACTS = FolderKind("artifacts", lambda rel: rel == MANIFEST or rel in ARTIFACT_FILES)
+
+
 @contextmanager
 def staging_dir(out: str | Path) -> Iterator[Path]:
-    """Yield an empty staging directory; on success it replaces ``out``.
+    """Yield an empty staging directory (marked as artifacts); on success it replaces ``out``.
 
-    ``out`` may already hold an earlier export (it has a manifest); anything else there is
-    refused rather than overwritten. Where the file system can swap two directories in one step,
-    ``out`` holds the old or the new export at every instant; elsewhere two renames leave a
-    moment in which ``out`` is absent (the old export then sits beside it as ``<out>.old-<pid>``).
+    ``out`` may be new, empty, or an earlier export: the artifacts' marker and a valid manifest,
+    and no file clipad did not write (``clipad.core.owned``); anything else is refused in one
+    line. Where the file system can swap two directories in one step, ``out`` holds the old or
+    the new export at every instant; elsewhere two renames leave a moment in which ``out`` is
+    absent (the old export then sits beside it as ``<out>.old-<pid>``).
     """
-    out = Path(out)
-    if out.exists() and not (out / MANIFEST).is_file() and (out.is_file() or any(out.iterdir())):
-        raise ClipadError(f"{out} exists and is not a clipad artifact directory; choose another --out")
+    stage = open_stage(out, ARTIFACTS)
     try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        _remove_stale_partials(out)
-        stage = out.parent / f"{out.name}.partial-{os.getpid()}"
-        shutil.rmtree(stage, ignore_errors=True)
-        stage.mkdir()
-    except OSError as err:
-        raise ClipadError(f"cannot write to {out.parent}: {err.strerror or err}") from None
-    try:
-        yield stage
-        fsync_path(stage)
-        if out.exists():
-            if exchange_dirs(stage, out):  # stage now holds the old export, removed below
-                fsync_path(out.parent)
-            else:
-                old = out.parent / f"{out.name}.old-{os.getpid()}"
-                out.rename(old)
-                stage.rename(out)
-                fsync_path(out.parent)
-                shutil.rmtree(old, ignore_errors=True)
-        else:
-            stage.rename(out)
-            fsync_path(out.parent)
+        if has_marker(stage.out, ARTIFACTS) and (stage.out / MANIFEST).exists():
+            try:
+                Manifest.read(stage.out / MANIFEST)
+            except ClipadError as err:
+                raise ClipadError(
+                    f"--out {stage.out} holds an invalid export ({err}); remove it or choose another --out"
+                ) from None
+        yield stage.path
+        stage.commit()
     finally:
-        if stage.exists():
-            shutil.rmtree(stage, ignore_errors=True)
+        stage.discard()

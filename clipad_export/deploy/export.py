@@ -4,9 +4,10 @@ Steps (each shown in the progress display): text vectors with RVS (computed once
 the reference SDPModel (with ``--reference``, the good images' memory baked into it, method.md
 section 14), the FP32 ONNX graph, optionally the mixed FP16 graph, parity of each
 graph in ONNX Runtime against the reference on deterministic inputs at batch 1 and 3 (the
-export fails when a tolerance is exceeded), optionally a TensorRT engine and a Triton model
-repository, then the manifest. Everything is written into a staging directory and renamed
-into place at the end.
+export fails when a tolerance is exceeded), optionally a TensorRT engine, then the manifest and
+optionally a Triton model repository. Everything is written into staging directories
+(``clipad.core.owned``) and renamed into place at the end, the Triton models right after the
+artifacts they serve.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from contextlib import nullcontext
+from contextlib import ExitStack, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, cast, get_args
@@ -26,6 +27,7 @@ from clipad import __version__
 from clipad.core.choices import Method, Precision, RvsMethod, RvsProfile, parse_choice
 from clipad.core.errors import ClipadError
 from clipad.core.hashing import file_sha256
+from clipad.core.owned import resolve_out
 from clipad.core.progress import Tasks
 from clipad.deploy.artifacts import Artifacts, artifact_lock, hash_files, staging_dir
 from clipad.deploy.gate_step import Baseline, gate_step
@@ -58,6 +60,7 @@ from clipad.model.sdp import DEFAULT_SIGMA, SDPModel
 
 if TYPE_CHECKING:
     from clipad.deploy.reference_set import ReferenceConfig
+    from clipad.deploy.triton_repo import StagedRepo
 
 # fp32: the FP32 graph only. fp16 and all: the FP32 graph (kept: INT8 calibration, the calibration
 # constants' identity and FP32 serving need it) and the mixed FP16 graph converted from it; they
@@ -125,9 +128,10 @@ def validate(cfg: ExportConfig, loaded: LoadedModel | None = None) -> None:
 
         require_tensorrt()
     if cfg.triton_repo is not None:
-        from clipad.deploy.triton_repo import require_model_config
+        from clipad.deploy.triton_repo import check_triton_repo, require_model_config
 
         require_model_config()
+        check_triton_repo(Path(cfg.triton_repo), cfg.category)
     if cfg.openvino:
         from clipad.deploy.openvino_ir import require_openvino
 
@@ -284,8 +288,11 @@ def export(loaded: LoadedModel, cfg: ExportConfig, tasks: Tasks) -> Artifacts:
         if not reference.score.maxima:
             warnings.append(f"reference: {reference.score.method}")
 
-    with artifact_lock(cfg.out):  # one writer per artifact directory (calibrate waits its turn)
-        with staging_dir(cfg.out) as stage:
+    out = resolve_out(cfg.out)  # a link is written through: its target is the directory (and its lock)
+    triton: list[StagedRepo] = []  # the Triton models, staged
+    with artifact_lock(out), ExitStack() as cleanup:  # one writer per artifact directory (calibrate waits)
+        cleanup.callback(_discard, triton)
+        with staging_dir(out) as stage:
             np.save(stage / TEXT_FEATURES, np.ascontiguousarray(tv.matrix.T, dtype=np.float32))
             if heads is not None:
                 save_heads(stage / HEADS_FILE, heads)
@@ -403,12 +410,19 @@ def export(loaded: LoadedModel, cfg: ExportConfig, tasks: Tasks) -> Artifacts:
                 manifest = manifest.with_engine(meta, hash_files(stage))
                 step(1)
             manifest.write(stage / MANIFEST)
-    final = Artifacts(Path(cfg.out), manifest)
-    if cfg.triton_repo is not None:
-        from clipad.deploy.triton_repo import write_triton_repo
+            if cfg.triton_repo is not None:  # written and validated before the artifacts are swapped in
+                from clipad.deploy.triton_repo import stage_triton_repo
 
-        write_triton_repo(final, cfg.triton_repo)
-    return final
+                triton.append(stage_triton_repo(Artifacts(stage, manifest), cfg.triton_repo))
+        for models in triton:
+            models.commit()
+    return Artifacts(Path(cfg.out), manifest)
+
+
+def _discard(staged: list[StagedRepo]) -> None:
+    """Remove staged Triton models that were not swapped in (the export failed)."""
+    for models in staged:
+        models.discard()
 
 
 def _drop_fp16(

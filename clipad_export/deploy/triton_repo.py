@@ -9,7 +9,10 @@ names it (``default_model_filename``), so the repository does not depend on Trit
 names. Batch is the first dimension, so dims leave it out; ``image_prob`` has no other
 dimension, which Triton expresses as dims [1] with an empty reshape. Each config is parsed with
 Triton's own ModelConfig protobuf (from tritonclient) and checked against the ONNX graph's
-inputs and outputs before the repository is renamed into place.
+inputs and outputs before the repository is renamed into place. Each model folder carries the
+marker ``.clipad-triton-model`` and is replaced only when it holds nothing but what clipad
+writes there (``clipad.core.owned``); an export stages its models before it swaps the artifacts
+in and swaps the models in right after them.
 
 Every config carries the manifest's sha256 of the file it serves (``parameters``:
 ``clipad_file`` and ``clipad_sha256``): the Python model refuses to load a graph with another
@@ -20,10 +23,13 @@ min(8, max batch)) and the max batch.
 
 from __future__ import annotations
 
+import os
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 from clipad.core.errors import ClipadError
+from clipad.core.owned import FolderKind, Staged, check_out, open_stage, resolve_out
 from clipad.deploy.artifacts import Artifacts
 from clipad.deploy.manifest import ONNX_FP16, ONNX_FP32, PLAN, Manifest, OnnxSpec, TensorSpec
 
@@ -143,35 +149,90 @@ def validate_config(text: str, io: OnnxSpec, max_batch: int):
     return cfg
 
 
-def write_triton_repo(artifacts: Artifacts, repo: str | Path) -> list[str]:
-    """Write (or replace) this category's models in ``repo``; returns the model names."""
-    repo = Path(repo)
+TRITON_MODEL = FolderKind(
+    "triton-model",
+    lambda rel: (
+        rel == "config.pbtxt"
+        or rel in {f"1/{n}" for n in (ONNX_FP32, ONNX_FP16, PLAN, PYTHON_MODEL.name)}
+        or rel.startswith("1/__pycache__/")
+    ),  # Triton's Python backend compiles model.py there
+)
+
+
+def model_names(category: str, plan: bool) -> list[str]:
+    """The Triton models of a category's repository: ONNX Runtime, Python and (with a plan) TensorRT."""
+    return [f"{category}_onnx", f"{category}_python"] + ([f"{category}_trt"] if plan else [])
+
+
+def check_triton_repo(repo: Path, category: str) -> None:
+    """Refuse, in one line and before any work, a --triton-repo that cannot be written or whose
+    models of ``category`` clipad may not replace (``clipad.core.owned``)."""
+    repo = resolve_out(repo)
+    if repo.exists() and not repo.is_dir():
+        raise ClipadError(f"--triton-repo {repo} is a file; it names a folder")
+    probe = repo
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
+        raise ClipadError(f"cannot write to {probe} (--triton-repo {repo})")
+    for name in model_names(category, plan=True):
+        check_out(repo / name, TRITON_MODEL, "--triton-repo model")
+
+
+@dataclass
+class StagedRepo:
+    """A category's models written and validated beside their places in the repository; ``commit``
+    swaps them in (after the artifacts they serve), ``discard`` removes them."""
+
+    stages: list[Staged]
+
+    def commit(self) -> list[str]:
+        for s in self.stages:
+            s.commit()
+        return [s.out.name for s in self.stages]
+
+    def discard(self) -> None:
+        for s in self.stages:
+            s.discard()
+
+
+def stage_triton_repo(artifacts: Artifacts, repo: str | Path) -> StagedRepo:
+    """Write and validate this category's models for ``repo`` (from ``artifacts``, which may be a
+    staging directory) without touching the models there yet."""
+    repo = resolve_out(repo)
     m = artifacts.manifest
-    io, max_batch, cat = m.onnx, m.max_batch, m.category
+    io, max_batch = m.onnx, m.max_batch
     onnx_file = (
         ONNX_FP32 if artifacts.has(ONNX_FP32) else ONNX_FP16
     )  # FP16 only in artifacts exported before model.onnx was kept
-    models = [(f"{cat}_onnx", "onnxruntime_onnx", onnx_file), (f"{cat}_python", "python", onnx_file)]
-    if artifacts.has(PLAN):
-        models.append((f"{cat}_trt", "tensorrt_plan", PLAN))
-    written = []
+    names = model_names(m.category, artifacts.has(PLAN))
+    sources = [(names[0], "onnxruntime_onnx", onnx_file), (names[1], "python", onnx_file)]
+    sources += [(names[2], "tensorrt_plan", PLAN)] if len(names) > 2 else []
+    staged = StagedRepo([])
     try:
-        repo.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise ClipadError(f"cannot create Triton repository {repo}: {err.strerror or err}") from None
-    for name, platform, src in models:
-        text = config_text(name, platform, max_batch, io, src, m.files[src], preferred_batches(m))
-        validate_config(text, io, max_batch)
-        stage = repo / f".{name}.partial"
-        shutil.rmtree(stage, ignore_errors=True)
-        (stage / "1").mkdir(parents=True)
-        (stage / "config.pbtxt").write_text(text)
-        shutil.copy2(artifacts.verified_path(src), stage / "1" / src)
-        if platform == "python":
-            shutil.copy2(PYTHON_MODEL, stage / "1" / "model.py")
-        final = repo / name
-        if final.exists():
-            shutil.rmtree(final)
-        stage.rename(final)
-        written.append(name)
-    return written
+        for name, platform, src in sources:
+            text = config_text(name, platform, max_batch, io, src, m.files[src], preferred_batches(m))
+            validate_config(text, io, max_batch)
+            stage = open_stage(repo / name, TRITON_MODEL, "--triton-repo model")
+            staged.stages.append(stage)
+            try:
+                (stage.path / "1").mkdir()
+                (stage.path / "config.pbtxt").write_text(text)
+                shutil.copy2(artifacts.verified_path(src), stage.path / "1" / src)
+                if platform == "python":
+                    shutil.copy2(PYTHON_MODEL, stage.path / "1" / PYTHON_MODEL.name)
+            except OSError as err:
+                raise ClipadError(f"cannot write Triton model {repo / name}: {err.strerror or err}") from None
+    except BaseException:
+        staged.discard()
+        raise
+    return staged
+
+
+def write_triton_repo(artifacts: Artifacts, repo: str | Path) -> list[str]:
+    """Write (or replace) this category's models in ``repo``; returns the model names."""
+    staged = stage_triton_repo(artifacts, repo)
+    try:
+        return staged.commit()
+    finally:
+        staged.discard()
