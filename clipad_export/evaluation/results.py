@@ -1,8 +1,8 @@
 """The results of `clipad eval` as typed records, serialised in one place (results.json).
 
 ``EvalResults``: per category a ``CategoryResult`` (the metric groups as fractions, None where
-undefined; counts; notes; the RVS summary, the timing and, in the normal-reference mode, the
-spread over the shot seeds) and their ``mean``. ``to_json`` writes results.json's structure
+undefined; counts; notes; the map smoothing (sigma) used; the RVS summary, the timing and, in the
+normal-reference mode, the spread over the shot seeds) and their ``mean``. ``to_json`` writes results.json's structure
 (category entries in order, then ``mean``); ``from_json`` reads it back.
 """
 
