@@ -21,7 +21,10 @@ from clipad.core.choices import Int8Backend, parse_choice
 from clipad.core.errors import ClipadError
 from clipad.core.hashing import file_sha256
 from clipad.core.progress import Tasks
+from clipad.core.values import AGREEMENT, AUROC_DROP, TARGET_FPR
+from clipad.data.folder import MASK_SUFFIX
 from clipad.data.images import IMAGE_SUFFIXES, ImageReadError, iter_image_batches, list_images, load_mask
+from clipad.data.samples import check_mask
 from clipad.deploy.artifacts import Artifacts
 from clipad.deploy.manifest import CalibrationConstants, CalibrationEntry, ParityFigures, QualityGate
 from clipad.methods.base import ImageScore
@@ -59,8 +62,7 @@ class CalibrateConfig:
             raise ClipadError("--anomalous and --masks need --good as well")
         if self.masks is not None and self.anomalous is None:
             raise ClipadError("--masks goes with --anomalous")
-        if not 0 < self.target_fpr < 1:
-            raise ClipadError(f"--target-fpr must be in (0, 1), not {self.target_fpr}")
+        TARGET_FPR.parse(self.target_fpr, "--target-fpr")
         if self.int8 and self.int8_images is None and self.good is None:
             raise ClipadError("--int8 needs calibration images: --images DIR (or --good DIR)")
         if self.gate_data is not None and not self.int8:
@@ -71,10 +73,8 @@ class CalibrateConfig:
         parse_choice(Int8Backend, self.int8_backend, "--int8-backend")
         if self.int8_backend != "onnxruntime" and not self.int8:
             raise ClipadError("--int8-backend goes with --int8 (it says which INT8 model to make)")
-        if not 0 <= self.min_agreement <= 1:
-            raise ClipadError(f"--min-agreement must be in [0, 1], not {self.min_agreement}")
-        if self.max_auroc_drop < 0:
-            raise ClipadError(f"--max-auroc-drop must be >= 0 AUROC points, not {self.max_auroc_drop}")
+        AGREEMENT.parse(self.min_agreement, "--min-agreement")
+        AUROC_DROP.parse(self.max_auroc_drop, "--max-auroc-drop")
 
     @property
     def int8_source(self) -> str | None:
@@ -133,12 +133,31 @@ def find_mask(image: Path, spec: str, masks_root: Path) -> Path | None:
     """The mask of ``image`` (found via ``spec``): the same path relative to the spec's root
     under ``masks_root``, named like the image or with a ``_mask`` suffix (MVTec), any extension."""
     rel = image.relative_to(spec_root(spec))
-    for stem in (rel.stem, rel.stem + "_mask"):
+    for stem in (rel.stem, rel.stem + MASK_SUFFIX):
         for suffix in sorted(IMAGE_SUFFIXES):
             p = masks_root / rel.parent / (stem + suffix)
-            if p.is_file():
+            if p.is_file() and not p.samefile(image):  # masks beside their images: not the image itself
                 return p
     return None
+
+
+def masked_images(spec: str, masks_root: Path) -> dict[Path, Path]:
+    """The anomalous images of ``spec``, each with its mask (``find_mask``), checked before any
+    model work as eval checks its masks (``check_mask``: same size as the image). A listed file
+    that is another listed image's mask (``<name>_mask`` beside it, the folder layout) is a mask,
+    not an image; an image without a mask is a one-line error."""
+    listed = list_images(spec)
+    found = {image: find_mask(image, spec, masks_root) for image in listed}
+    masks = {m.resolve() for m in found.values() if m is not None}
+    pairs = {}
+    for image, mask in found.items():
+        if image.resolve() in masks:
+            continue
+        if mask is None:
+            raise ClipadError(f"no mask for {image} under {masks_root} (same relative path, name or name_mask)")
+        check_mask(image, mask)
+        pairs[image] = mask
+    return pairs
 
 
 def observe(
@@ -149,10 +168,10 @@ def observe(
     if image_size * image_size > PIXELS_PER_IMAGE:
         sample_idx = np.sort(np.random.default_rng(0).choice(image_size * image_size, PIXELS_PER_IMAGE, replace=False))
     probs, maxes, labels, pixels, pixel_labels, files, mask_files, skipped = [], [], [], [], [], [], [], []
-    sets = [(good, 0)] + ([(anomalous, 1)] if anomalous else [])
-    listed = [(list_images(spec), label, spec) for spec, label in sets]
-    advance = tasks.add("calibration images", sum(len(paths) for paths, _, _ in listed))
-    for paths, label, spec in listed:
+    mask_of = masked_images(anomalous, masks) if anomalous and masks is not None else {}
+    listed = [(list_images(good), 0)] + ([(list(mask_of) or list_images(anomalous), 1)] if anomalous else [])
+    advance = tasks.add("calibration images", sum(len(paths) for paths, _ in listed))
+    for paths, label in listed:
         for batch in iter_image_batches(paths, image_size, backend.max_batch):
             advance(batch.consumed)
             skipped += batch.skipped
@@ -170,11 +189,7 @@ def observe(
                     if label == 0:
                         m = np.zeros(image_size * image_size, bool)
                     else:
-                        mask_path = find_mask(path, spec, masks)
-                        if mask_path is None:
-                            raise ClipadError(
-                                f"no mask for {path} under {masks} (same relative path, name or name_mask)"
-                            )
+                        mask_path = mask_of[path]
                         mask_files.append(mask_path)
                         try:
                             m = load_mask(mask_path, image_size).ravel()

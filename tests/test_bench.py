@@ -391,7 +391,7 @@ def test_flops_by_hand_for_the_tiny_config(tiny):
     "args, fragment",
     [
         (["--artifacts", "/nonexistent/bench"], "not a clipad artifact directory"),
-        (["--batch", "0"], "--batch sizes must be >= 1"),
+        (["--batch", "0"], "--batch must be an integer in [1, 1024]"),
         (["--batch", "1,x"], "--batch takes comma-separated values"),
         (
             ["--backends", "torch,tflite"],

@@ -181,7 +181,7 @@ def test_bad_calibration_sets(setup, tmp_path, capsys):
     code, _, err = run(capsys, "calibrate", "--artifacts", art, "--quiet")
     assert_one_line_error(code, err, "give --good")
     code, _, err = run(capsys, "calibrate", "--artifacts", art, "--good", few, "--target-fpr", 1.5, "--quiet")
-    assert_one_line_error(code, err, "--target-fpr must be in (0, 1)")
+    assert_one_line_error(code, err, "--target-fpr must be a finite number in [1e-06, 0.5]")
     code, _, err = run(
         capsys,
         "calibrate",

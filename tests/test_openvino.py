@@ -382,11 +382,11 @@ def test_calibrate_int8_backend_errors(art, tmp_path, capsys, tiny):
     code, _, err = run(
         capsys, "calibrate", "--artifacts", art.root, "--int8", "--images", tmp_path, "--max-auroc-drop", "-1"
     )
-    assert_one_line_error(code, err, "--max-auroc-drop must be >= 0")
+    assert_one_line_error(code, err, "--max-auroc-drop must be a finite number in [0, 100]")
     code, _, err = run(
         capsys, "calibrate", "--artifacts", art.root, "--int8", "--images", tmp_path, "--min-agreement", "1.5"
     )
-    assert_one_line_error(code, err, "--min-agreement must be in [0, 1]")
+    assert_one_line_error(code, err, "--min-agreement must be a finite number in [0, 1]")
     plain = export(
         tiny,
         ExportConfig(

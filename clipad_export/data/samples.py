@@ -24,21 +24,25 @@ class Sample:
     category: str
 
 
-def check_masks(split: dict[str, list[Sample]]) -> None:
-    """Fail before any model work if a mask's size differs from its image's (headers only)."""
+def check_mask(image: Path, mask: Path) -> None:
+    """A one-line error if ``mask``'s size differs from its ``image``'s (headers only)."""
     from PIL import Image
 
+    try:
+        with Image.open(image) as im, Image.open(mask) as mk:
+            isize, msize = im.size, mk.size
+    except OSError:
+        return  # unreadable files are reported (and images skipped) during the run
+    if isize != msize:
+        raise ClipadError(f"mask {mask} is {msize[0]}x{msize[1]} but its image is {isize[0]}x{isize[1]}")
+
+
+def check_masks(split: dict[str, list[Sample]]) -> None:
+    """Fail before any model work if a mask's size differs from its image's (``check_mask``)."""
     for samples in split.values():
         for s in samples:
-            if s.mask is None:
-                continue
-            try:
-                with Image.open(s.image) as im, Image.open(s.mask) as mk:
-                    isize, msize = im.size, mk.size
-            except OSError:
-                continue  # unreadable files are reported (and images skipped) during the run
-            if isize != msize:
-                raise ClipadError(f"mask {s.mask} is {msize[0]}x{msize[1]} but its image is {isize[0]}x{isize[1]}")
+            if s.mask is not None:
+                check_mask(s.image, s.mask)
 
 
 def load_batch(samples: list[Sample], size: int, skipped: list[str]):

@@ -29,6 +29,7 @@ from clipad.core.owned import FolderKind, has_marker, open_stage
 from clipad.deploy.manifest import (
     ARTIFACT_FILES,
     MANIFEST,
+    ONNX_FILES,
     PLAN_META,
     TEXT_FEATURES,
     EngineMeta,
@@ -59,8 +60,9 @@ class Artifacts:
         return name in self.manifest.files and (self.root / name).is_file()
 
     def verified_path(self, name: str) -> Path:
-        """The file's path after checking it against the manifest's sha256: ClipadError when the
-        manifest does not list it, IntegrityError when it is listed but missing or changed."""
+        """The file's path after checking it against the manifest's sha256 (and a graph against the
+        manifest's ``onnx`` record and image size): ClipadError when the manifest does not list it,
+        IntegrityError when it is listed but missing, changed or not the graph it describes."""
         expected = self.manifest.files.get(name)
         path = self.root / name
         if expected is None:
@@ -73,6 +75,10 @@ class Artifacts:
             raise IntegrityError(
                 f"{path} does not match the sha256 in its manifest: the file changed after export; re-export"
             )
+        if name in ONNX_FILES.values():
+            from clipad.deploy.graph_io import check_graph
+
+            check_graph(self.manifest, path)
         return path
 
     def warnings(self) -> list[str]:

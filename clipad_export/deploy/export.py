@@ -29,6 +29,7 @@ from clipad.core.errors import ClipadError
 from clipad.core.hashing import file_sha256
 from clipad.core.owned import resolve_out
 from clipad.core.progress import Tasks
+from clipad.core.values import AUROC_DROP, BATCH, SIGMA
 from clipad.deploy.artifacts import Artifacts, artifact_lock, hash_files, staging_dir
 from clipad.deploy.gate_step import Baseline, gate_step
 from clipad.deploy.manifest import (
@@ -106,14 +107,13 @@ def validate(cfg: ExportConfig, loaded: LoadedModel | None = None) -> None:
         )
     if cfg.object_name is not None and not cfg.object_name.strip():
         raise ClipadError("--object-name is empty")
-    if cfg.max_batch < 1:
-        raise ClipadError(f"--max-batch must be at least 1, got {cfg.max_batch}")
+    BATCH.parse(cfg.max_batch, "--max-batch")
     if cfg.opt_batch is not None:
         from clipad.deploy.tensorrt.plan import check_opt_batch
 
         check_opt_batch(cfg.opt_batch, cfg.max_batch)
-    if not cfg.sigma >= 0 or cfg.sigma == float("inf"):
-        raise ClipadError(f"--sigma must be a finite number >= 0 (0: no smoothing), got {cfg.sigma}")
+    SIGMA.parse(cfg.sigma, "--sigma")
+    AUROC_DROP.parse(cfg.max_auroc_drop, "--max-auroc-drop")
     parse_choice(RvsProfile, cfg.rvs_profile, "--rvs-profile")
     parse_choice(ExportPrecision, cfg.precision, "--precision")
     get_method(cfg.method).check_options(
@@ -250,7 +250,8 @@ def graph_parity(
 
 def export(loaded: LoadedModel, cfg: ExportConfig, tasks: Tasks) -> Artifacts:
     """Run the whole export; returns the finished artifact directory."""
-    from clipad.deploy.onnx_graph import export_onnx, io_spec
+    from clipad.deploy.graph_io import io_spec
+    from clipad.deploy.onnx_graph import export_onnx
 
     validate(cfg, loaded)
     method = get_method(cfg.method)

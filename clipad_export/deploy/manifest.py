@@ -16,9 +16,11 @@ JSON layout (format version 1):
 - ``rvs``: method, profile, dbscan ``{eps, min_samples}`` or null, ``used`` [normal, abnormal]
   (differs from method after a fallback), ``notes``;
 - ``prompts``: set, source, sha256, n_normal, n_abnormal;
-- ``image_size`` (px, > 0), ``mean``/``std`` (3 floats each), ``sigma`` (>= 0; 0 = no blur),
-  ``max_batch`` (>= 1), ``precisions`` (the servable graphs, in the order they were added);
+- ``image_size`` (px, 1..4096, the graph input's S), ``mean``/``std`` (3 finite floats each, std
+  > 0), ``sigma`` (0..64; 0 = no blur), ``max_batch`` (1..1024), ``precisions`` (the servable
+  graphs, in the order they were added; exactly the ONNX graphs ``files`` lists);
 - ``onnx``: the graph's ``inputs``/``outputs`` (name, dtype, shape with "batch" first) and opset;
+  every ONNX graph file must have exactly these (``check_graph``, when the graph is opened);
 - ``parity``: ``tolerances`` per precision, then the figures of each checked graph;
 - ``calibration``: null until `clipad calibrate` (every number finite, ``score_range`` min < max);
   ``int8``: how ``model.int8.onnx`` was made;
@@ -54,6 +56,7 @@ from pydantic import (
 from clipad.core.atomic import write_text_atomic
 from clipad.core.choices import Method, Precision, RvsMethod, ServedPrecision
 from clipad.core.errors import ClipadError
+from clipad.core.values import MAX_BATCH, MAX_IMAGE_SIZE, MAX_SIGMA
 from clipad.methods.registry import get_method
 
 FORMAT_VERSION = 1
@@ -233,9 +236,18 @@ class TensorSpec(Record):
 
 
 class OnnxSpec(Record):
-    inputs: Annotated[list[TensorSpec], Field(min_length=1)]
+    """The graph's one input (uint8 [batch, S, S, 3]) and its outputs, as the graph file has them."""
+
+    inputs: Annotated[list[TensorSpec], Field(min_length=1, max_length=1)]
     outputs: Annotated[list[TensorSpec], Field(min_length=1)]
     opset: Positive
+
+
+def graph_image_size(inputs: list[TensorSpec]) -> int | str:
+    """S of the graph input [batch, S, S, 3] (the shape as written when it is not of that form)."""
+    shape = inputs[0].shape
+    square = len(shape) == 4 and isinstance(shape[1], int) and shape[1] == shape[2] and shape[3] == 3
+    return shape[1] if square else str(shape)
 
 
 class Tolerance(Record):
@@ -499,11 +511,11 @@ class Manifest(Record):
     heads_sha256: Sha256 | None
     rvs: Rvs
     prompts: Prompts
-    image_size: Positive
-    mean: Annotated[list[float], Field(min_length=3, max_length=3)]
-    std: Annotated[list[Annotated[float, Field(gt=0)]], Field(min_length=3, max_length=3)]
-    sigma: NonNegative
-    max_batch: Annotated[int, Field(ge=1)]
+    image_size: Annotated[int, Field(gt=0, le=MAX_IMAGE_SIZE)]
+    mean: Annotated[list[Finite], Field(min_length=3, max_length=3)]
+    std: Annotated[list[Annotated[Finite, Field(gt=0)]], Field(min_length=3, max_length=3)]
+    sigma: Annotated[Finite, Field(ge=0, le=MAX_SIGMA)]
+    max_batch: Annotated[int, Field(ge=1, le=MAX_BATCH)]
     precisions: Annotated[list[Precision], Field(min_length=1)]
     onnx: OnnxSpec
     parity: Parity
@@ -527,6 +539,12 @@ class Manifest(Record):
                 raise ValueError(f"files: no {ONNX_FILES[p]} although precisions lists {p}")
             if self.parity.figures(p) is None:
                 raise ValueError(f"parity.{p}: missing although precisions lists {p}")
+        for graph, name in ONNX_FILES.items():
+            if name in self.files and graph not in self.precisions:
+                raise ValueError(f"precisions: no {graph} although files lists {name}")
+        taken = graph_image_size(self.onnx.inputs)
+        if taken != self.image_size:
+            raise ValueError(f"image_size: {self.image_size}, but onnx.inputs describes a {taken} px input")
         error = get_method(self.mode, "mode").manifest_error(
             heads=self.heads_sha256 is not None and HEADS_FILE in self.files, reference=self.reference is not None
         )

@@ -22,7 +22,6 @@ from clipad.model.sdp import SDPModel
 OPSET = 17
 INPUT = "image"
 OUTPUTS = ("anomaly_map", "image_prob")
-_ONNX_DTYPES = {onnx.TensorProto.UINT8: "uint8", onnx.TensorProto.FLOAT: "float32", onnx.TensorProto.FLOAT16: "float16"}
 
 
 def export_onnx(model: SDPModel, path: str | Path) -> None:
@@ -47,18 +46,3 @@ def export_onnx(model: SDPModel, path: str | Path) -> None:
         onnx.checker.check_model(str(path))
     except onnx.checker.ValidationError as err:
         raise ClipadError(f"the exported graph failed onnx.checker: {str(err).splitlines()[0]}") from None
-
-
-def io_spec(path: str | Path) -> dict[str, list[dict]]:
-    """Names, dtypes and shapes (symbolic dims as strings) of a graph's inputs and outputs."""
-    graph = onnx.load(str(path), load_external_data=False).graph
-
-    def describe(values) -> list[dict]:
-        out = []
-        for v in values:
-            t = v.type.tensor_type
-            dims = [d.dim_param if d.dim_param else int(d.dim_value) for d in t.shape.dim]
-            out.append({"name": v.name, "dtype": _ONNX_DTYPES.get(t.elem_type, str(t.elem_type)), "shape": dims})
-        return out
-
-    return {"inputs": describe(graph.input), "outputs": describe(graph.output)}

@@ -1,8 +1,8 @@
 """The results of `clipad eval` as typed records, serialised in one place (results.json).
 
 ``EvalResults``: per category a ``CategoryResult`` (the metric groups as fractions, None where
-undefined; counts; notes; the RVS summary, the timing and, in the normal-reference mode, the
-spread over the shot seeds) and their ``mean``. ``to_json`` writes results.json's structure
+undefined; counts; notes; the map smoothing (sigma) used; the RVS summary, the timing and, in the
+normal-reference mode, the spread over the shot seeds) and their ``mean``. ``to_json`` writes results.json's structure
 (category entries in order, then ``mean``); ``from_json`` reads it back.
 """
 
@@ -34,6 +34,7 @@ class CategoryResult:
     rvs: dict[str, Any] | None = None  # TextVectors.summary()
     timing_s: dict[str, float] | float | None = None
     shots: dict[str, Any] | None = None  # k, seeds, mode, memory_patches, std, per_seed, reference_images
+    sigma: float | None = None  # the map smoothing used (pixels), the default or --sigma
 
     def to_json(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None}
@@ -67,6 +68,11 @@ class EvalResults:
     def from_json(cls, d: dict[str, Any]) -> EvalResults:
         """results.json's structure; its ``mean`` is recomputed from the categories (the same figures)."""
         return cls.of({c: e for c, e in d.items() if c != "mean"})
+
+    def record_sigma(self, sigma: float) -> None:
+        """Record the map smoothing every category was evaluated with."""
+        for result in self.categories.values():
+            result.sigma = sigma
 
     def write(self, path: Path) -> None:
         write_text_atomic(path, json.dumps(self.to_json(), indent=2) + "\n")

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from clipad.core.lists import comma_list
+from clipad.core.values import SIGMA
 from clipad.core.weights import RANDOM_WEIGHTS_NOTE
 
 if TYPE_CHECKING:
@@ -36,6 +37,10 @@ class EvalRun:
     memory_patches: int = 1024
     device: str = "auto"
     out: Path | None = None  # where ``PreparedEval.run`` writes results.json (None: nowhere)
+
+    def __post_init__(self) -> None:
+        if self.sigma is not None:
+            SIGMA.parse(self.sigma, "--sigma")
 
     def prepare(self, log: Callable[[str], None]) -> PreparedEval:
         """Check the request, read the split, load the model and heads; ``log`` says what will run."""
@@ -93,6 +98,7 @@ class PreparedEval:
             results = evaluate_shots(
                 self.loaded, self.split, self.cfg, r.root, r.shots, self.seeds, tasks, r.memory_patches
             )
+        results.record_sigma(self.cfg.effective_sigma())
         if r.out is not None:
             results.write(r.out)
         return results

@@ -62,6 +62,8 @@ def load_heads(path: str | Path, width: int, embed_dim: int) -> Heads:
         for key, shape in ((f"fc.{j}.weight", (embed_dim, width)), (f"fc.{j}.bias", (embed_dim,))):
             if key not in state:
                 raise ClipadError(f"heads file {path} has no '{key}' (expected fc.0..3 weight/bias)")
+            if not isinstance(state[key], torch.Tensor):
+                raise ClipadError(f"heads file {path}: '{key}' is a {type(state[key]).__name__}, not a tensor")
             if tuple(state[key].shape) != shape:
                 raise ClipadError(
                     f"heads file {path}: '{key}' is {list(state[key].shape)}, this model needs {list(shape)}"

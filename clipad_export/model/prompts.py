@@ -5,12 +5,14 @@ templates, state-major order). Object names are used verbatim (``metal_nut`` sta
 The paper's medical edits (drop "scratch" and "crack", add "hemorrhage" / "tumor" /
 "polypus" + "polyp") are not in the official code; they are offered here as named sets.
 Custom sets come from a YAML or JSON file with ``normal`` and ``abnormal`` state lists and an
-optional ``templates`` list, each entry holding exactly one ``{}``.
+optional ``templates`` list (no other keys), each entry holding exactly one ``{}`` and no other
+braces.
 """
 
 from __future__ import annotations
 
 import json
+import string
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -101,12 +103,27 @@ PROMPT_SETS = {
 }
 
 
+FILE_KEYS = ("normal", "abnormal", "templates")  # a prompt file's keys; templates optional
+
+
+def _one_placeholder(entry: str) -> bool:
+    """Whether ``str.format`` sees exactly one field in ``entry`` and it is a bare ``{}``
+    (``{x}``, ``{0}`` or ``{:>3}`` would fail or misplace the word when the sentences are made)."""
+    try:
+        fields = [(name, spec, conv) for _, name, spec, conv in string.Formatter().parse(entry) if name is not None]
+    except ValueError:  # an unmatched brace
+        return False
+    return fields == [("", "", None)]
+
+
 def _check_entries(entries: object, key: str, source: str) -> tuple[str, ...]:
     if not isinstance(entries, list) or not entries or not all(isinstance(e, str) for e in entries):
         raise ClipadError(f"prompt file {source}: '{key}' must be a non-empty list of strings")
-    bad = [e for e in entries if e.count("{}") != 1]
+    bad = [e for e in entries if not _one_placeholder(e)]
     if bad:
-        raise ClipadError(f"prompt file {source}: '{key}' entry {bad[0]!r} must contain exactly one {{}}")
+        raise ClipadError(
+            f"prompt file {source}: '{key}' entry {bad[0]!r} must contain exactly one {{}} and no other braces"
+        )
     return tuple(entries)
 
 
@@ -126,6 +143,11 @@ def load_prompt_set(name_or_path: str) -> PromptSet:
         raise ClipadError(f"cannot read prompt file {path}: {str(err).splitlines()[0]}") from None
     if not isinstance(data, dict):
         raise ClipadError(f"prompt file {path} must map 'normal', 'abnormal' (and optionally 'templates') to lists")
+    unknown = [str(k) for k in data if k not in FILE_KEYS]
+    if unknown:
+        raise ClipadError(
+            f"prompt file {path}: unknown key '{unknown[0]}' (allowed: {', '.join(FILE_KEYS)}; templates optional)"
+        )
     templates = _check_entries(data["templates"], "templates", str(path)) if "templates" in data else TEMPLATES
     return PromptSet(
         path.stem,

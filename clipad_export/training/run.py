@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from clipad.core.errors import ClipadError
 from clipad.core.lists import comma_list
+from clipad.core.values import LEARNING_RATE
 
 if TYPE_CHECKING:
     from clipad.core.progress import Tasks
@@ -35,6 +36,9 @@ class TrainRun:
     val_root: Path | None = None
     val_categories: str | None = None
     device: str = "auto"
+
+    def __post_init__(self) -> None:
+        LEARNING_RATE.parse(self.lr, "--lr")
 
     def prepare(self) -> PreparedTraining:
         """Check the request, read the splits and load the model (one line for each mistake)."""

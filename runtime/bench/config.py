@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 from clipad.core.choices import Attention, BackendName, DeviceChoice, ServedPrecision, parse_choice
 from clipad.core.errors import ClipadError
 from clipad.core.lists import comma_list
+from clipad.core.values import BATCH, ITERATIONS, WARMUP
 
 if TYPE_CHECKING:
     from clipad.runtime.backends.triton_backend import TritonTarget
@@ -44,6 +45,15 @@ class BenchConfig:
     def validate(self) -> None:
         validate(self)
 
+    def fit(self, max_batch: int) -> None:
+        """One line when a batch size is above what the artifacts serve (``max_batch``)."""
+        over = [b for b in self.batches if b > max_batch]
+        if over:
+            raise ClipadError(
+                f"--batch {','.join(map(str, over))} is above the artifacts' max batch {max_batch} "
+                "(`clipad export --max-batch` sets it)"
+            )
+
 
 def validate(cfg: BenchConfig) -> None:
     """One-line errors for unusable settings, before any model work."""
@@ -55,8 +65,8 @@ def validate(cfg: BenchConfig) -> None:
         parse_choice(Attention, a, "--attention")
     if not cfg.backends or not cfg.precisions or not cfg.batches or not cfg.attentions:
         raise ClipadError("--backends, --precision, --batch and --attention each need at least one value")
-    if any(b < 1 for b in cfg.batches):
-        raise ClipadError(f"--batch sizes must be >= 1, got {','.join(map(str, cfg.batches))}")
-    if cfg.iterations < 1 or cfg.warmup < 0:
-        raise ClipadError("--iterations must be >= 1 and --warmup >= 0")
+    for b in cfg.batches:
+        BATCH.parse(b, "--batch")
+    ITERATIONS.parse(cfg.iterations, "--iterations")
+    WARMUP.parse(cfg.warmup, "--warmup")
     parse_choice(DeviceChoice, cfg.device, "--device")

@@ -42,6 +42,7 @@ def run_bench(art: Artifacts, cfg: BenchConfig, tasks: Tasks) -> BenchReport:
     from clipad.model.loading import resolve_device
 
     validate(cfg)
+    cfg.fit(art.max_batch)
     device = resolve_device(cfg.device)
     size = art.image_size
     frames = parity_images(size, max(2, *cfg.batches))
