@@ -369,7 +369,10 @@ def _calibrate(o: SimpleNamespace) -> None:
     ARTIFACTS,
     _o("--backends", "torch,onnxruntime,tensorrt", "Comma-separated: torch, onnxruntime, tensorrt, openvino, triton."),
     _o("--precision", "fp32,fp16,int8", "Comma-separated: fp32, fp16, int8, bf16 (openvino).", name="precisions"),
-    (_o("--batch", "1,8", "Comma-separated batch sizes.", name="batches"), _o("--iterations", 20, "Timed calls.")),
+    (
+        _o("--batch", None, "Sizes (default: 1, max batch).", str, name="batches"),
+        _o("--iterations", 20, "Timed calls."),
+    ),
     _o("--attention", "fused", "Torch rows: fused (SDPA), explicit (MatMul + Softmax).", name="attentions"),
     (_o("--warmup", 3, "Untimed calls before them."), DEVICE),
     (_o("--no-parity", False, "No parity figures."), _o("--json", None, "Every figure as JSON.", Path, writes="file")),

@@ -45,6 +45,7 @@ import signal
 import threading
 import time
 from collections import Counter
+from collections.abc import Iterable
 from pathlib import Path
 
 import cv2
@@ -225,8 +226,9 @@ def changed(root: Path, before: dict[str, tuple[int, str]], appended: set[str]) 
     return out
 
 
-def event_sources(lines: list[str]) -> tuple[Counter, Counter, list[float]]:
-    """Records per source, per label, and every latency_ms, of events-file lines."""
+def event_sources(lines: Iterable[str]) -> tuple[Counter, Counter, list[float]]:
+    """Records per source, per label, and every latency_ms, of events-file lines (read one by one:
+    a whole events file held in memory would count in the RSS figure)."""
     recorded: Counter = Counter()
     labels: Counter = Counter()
     latencies = []
@@ -247,7 +249,7 @@ def restart_runs(args, out: Path, backend, image_size: int, cal: Calibration, vi
     for old in (out / "snapshots").glob("*"):
         old.unlink()
     per_run = max(args.frames // 3, 1)
-    runs, modified, read_lines = [], [], 0
+    runs, modified, read_bytes = [], [], 0
     before: dict[str, tuple[int, str]] = {}
     for k in range(3):
         sources = [
@@ -275,9 +277,10 @@ def restart_runs(args, out: Path, backend, image_size: int, cal: Calibration, vi
         summary = pipe.run()
         if k == 2:
             probe["measure"](pipe, "end")
-        lines = events.read_text().splitlines()[read_lines:]
-        read_lines += len(lines)
-        recorded, labels, _ = event_sources(lines)
+        with events.open() as f:  # this run's records: the lines after the earlier runs' ones
+            f.seek(read_bytes)
+            recorded, labels, _ = event_sources(f)
+            read_bytes = f.tell()
         table = account(sources, recorded)
         if before:
             modified += changed(out, before, appended={"events.jsonl"})
@@ -358,17 +361,19 @@ def stalled_sink_phase(args, out: Path, backend, image_size: int, video: Path) -
     took = time.monotonic() - signalled["at"]
     delivered = drain(reader).decode().splitlines()
     os.close(reader)
-    cap = cv2.VideoCapture(str(saved))
-    decoded = 0
-    while cap.read()[0]:
-        decoded += 1
+    decoded = counted = 0  # one video per source, named by the run (runtime/runfiles.py)
+    for made in folder.glob(f"{saved.stem}-*{saved.suffix}"):
+        cap = cv2.VideoCapture(str(made))
+        counted += int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
+        while cap.read()[0]:
+            decoded += 1
     written = summary.frames - summary.unwritten
     table = account(sources, event_sources(delivered)[0])
     ok = (
         summary.error is not None
         and "EventsSink" in summary.error
         and took < SINK_STALL_S + 5
-        and decoded == int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) == written
+        and decoded == counted == written
         and written <= len(delivered) <= written + 1  # the blocked record reaches the pipe once it is drained
         and balanced(table, in_events=False)
     )

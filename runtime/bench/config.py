@@ -23,7 +23,7 @@ class BenchConfig:
 
     backends: list[BackendName]
     precisions: list[ServedPrecision]  # bf16: OpenVINO only (choices.SERVES)
-    batches: list[int]
+    batches: list[int]  # empty: 1 and the artifacts' max batch (``fit``)
     iterations: int = 20
     warmup: int = 3
     device: DeviceChoice = "auto"
@@ -32,12 +32,13 @@ class BenchConfig:
     attentions: list[Attention] = field(default_factory=lambda: ["fused"])
 
     @classmethod
-    def parse(cls, backends: str, precisions: str, batches: str, attentions: str, **rest: Any) -> BenchConfig:
-        """From the comma-separated option values (``--backends torch,onnxruntime --batch 1,8``)."""
+    def parse(cls, backends: str, precisions: str, batches: str | None, attentions: str, **rest: Any) -> BenchConfig:
+        """From the comma-separated option values (``--backends torch,onnxruntime --batch 1,8``);
+        ``batches`` None: 1 and the artifacts' max batch."""
         return cls(
             backends=comma_list(backends, "--backends"),
             precisions=comma_list(precisions, "--precision"),
-            batches=comma_list(batches, "--batch", int),
+            batches=comma_list(batches, "--batch", int) if batches is not None else [],
             attentions=comma_list(attentions, "--attention"),
             **rest,
         )
@@ -46,7 +47,10 @@ class BenchConfig:
         validate(self)
 
     def fit(self, max_batch: int) -> None:
-        """One line when a batch size is above what the artifacts serve (``max_batch``)."""
+        """One line when a batch size is above what the artifacts serve (``max_batch``); no sizes
+        given: 1 and ``max_batch``."""
+        if not self.batches:
+            self.batches = sorted({1, max_batch})
         over = [b for b in self.batches if b > max_batch]
         if over:
             raise ClipadError(
@@ -63,7 +67,7 @@ def validate(cfg: BenchConfig) -> None:
         parse_choice(ServedPrecision, p, "--precision")
     for a in cfg.attentions:
         parse_choice(Attention, a, "--attention")
-    if not cfg.backends or not cfg.precisions or not cfg.batches or not cfg.attentions:
+    if not cfg.backends or not cfg.precisions or not cfg.attentions:
         raise ClipadError("--backends, --precision, --batch and --attention each need at least one value")
     for b in cfg.batches:
         BATCH.parse(b, "--batch")
