@@ -36,7 +36,7 @@ from clipad.core.progress import Tasks
 from clipad.deploy import parity
 from clipad.deploy.artifacts import Artifacts, load_artifacts
 from clipad.deploy.export import ExportConfig, export
-from clipad.deploy.manifest import ARTIFACT_FILES, ONNX_INT8, PLAN, PLAN_META, EngineMeta
+from clipad.deploy.manifest import ARTIFACT_FILES, PLAN, PLAN_META, EngineMeta, Int8Entry
 from clipad.deploy.runners import cuda as cudab
 from clipad.deploy.runners import onnxruntime as ortb
 from clipad.deploy.runners import tensorrt as trtr
@@ -235,7 +235,12 @@ def test_tensorrt_ep_caches_are_inside_the_artifacts_and_not_in_the_manifest(art
 
 
 def test_precision_flags_match_the_graph_served(art16):
-    int8 = Artifacts(art16.root, art16.manifest.with_files({ONNX_INT8: "ab" * 32}))  # a hash only: nothing is read
+    m = art16.manifest
+    entry = Int8Entry.create(
+        min_agreement=0.9, format="QDQ", ops=["Conv"], calibration="minmax", source_sha256="c" * 64
+    )
+    # a hash only: nothing is read
+    int8 = Artifacts(art16.root, m.with_int8("ab" * 32, m.parity.graphs["fp32"], m.parity.tolerances["fp32"], entry))
     flags = {}
     for precision, a in (("fp32", art16), ("fp16", art16), ("int8", int8)):
         trt = dict(ortb.provider_config(a, precision, "auto", ALL_GPU, ort_version="1.32.0", trt_version="10.13"))[TRT]

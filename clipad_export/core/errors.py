@@ -6,3 +6,9 @@ class ClipadError(Exception):
 
     The CLI prints ``str(err)`` on one line and exits non-zero; tracebacks only with ``--debug``.
     """
+
+
+class IntegrityError(ClipadError):
+    """A file an artifact manifest lists is missing, or its content differs from the manifest's
+    sha256 or its recorded graph: the artifacts changed after export. Never a reason to fall back
+    to another backend."""

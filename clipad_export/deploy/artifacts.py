@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from clipad.core.errors import ClipadError
+from clipad.core.errors import ClipadError, IntegrityError
 from clipad.core.hashing import file_sha256
 from clipad.core.owned import FolderKind, has_marker, open_stage
 from clipad.deploy.manifest import (
@@ -36,11 +36,6 @@ from clipad.deploy.manifest import (
     Manifest,
     ParityFigures,
 )
-
-
-class IntegrityError(ClipadError):
-    """A file the manifest lists is missing, or its content differs from the manifest's sha256:
-    the artifacts changed after export. Never a reason to fall back to another backend."""
 
 
 @dataclass

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import onnx
 
-from clipad.deploy.artifacts import IntegrityError
+from clipad.core.errors import IntegrityError
 from clipad.deploy.manifest import MANIFEST, Manifest, OnnxSpec, graph_image_size
 
 _ONNX_DTYPES = {onnx.TensorProto.UINT8: "uint8", onnx.TensorProto.FLOAT: "float32", onnx.TensorProto.FLOAT16: "float16"}

@@ -26,8 +26,8 @@ from clipad.core.choices import (
     check_served,
     parse_choice,
 )
-from clipad.core.errors import ClipadError
-from clipad.deploy.artifacts import Artifacts, IntegrityError
+from clipad.core.errors import ClipadError, IntegrityError
+from clipad.deploy.artifacts import Artifacts
 from clipad.deploy.manifest import PLAN
 from clipad.runtime.backends.base import Backend, BackendInfo, BackendUnavailable, OpenVinoOptions, TorchOptions
 
