@@ -122,14 +122,15 @@ def _method(o: SimpleNamespace) -> SimpleNamespace:
 def _weights(o: SimpleNamespace):
     from clipad.model.loading import WeightSpec
 
-    return WeightSpec(**_fields(o, WeightSpec))
+    return WeightSpec(**_fields(o, WeightSpec)).checked(_options_given(o.ctx, set()))
 
 
 def _triton(o: SimpleNamespace, backend: str):
     from clipad.runtime.serving import triton_target
 
     inflight = getattr(o, "triton_inflight", 1)  # parity sends one request at a time
-    return triton_target(backend, o.url, o.triton_model, o.triton_version, o.triton_timeout, inflight, o.triton_shm)
+    target = (o.url, o.triton_model, o.triton_version, o.triton_timeout, inflight, o.triton_shm)
+    return triton_target(backend, *target, given=_options_given(o.ctx, set()))
 
 
 def _served(o: SimpleNamespace, artifacts: Path | None, triton: Any, **kw: Any):
@@ -160,7 +161,7 @@ WEIGHTS = _panel(
     _o("--pretrained", "laion400m_e31", "open_clip pretrained tag; downloaded once, then cached."),
     _o("--weights", None, "Offline open_clip state dict (.safetensors, or torch, read weights_only).", Path),
     _o("--random-weights", False, "Seeded random weights (smoke tests; heatmaps are meaningless)."),
-    (_o("--seed", 0, "Seed for --random-weights."), _o("--cache-dir", None, "open_clip's download cache.", Path)),
+    (_o("--seed", 0, "Seed for --random-weights."), _o("--cache-dir", None, "Download cache.", Path, writes="folder")),
 )
 RVS = _o("--rvs", "dbscan", "Representative vector method.", metavar=metavar(RvsMethod))
 _METHODS = "; ".join(f"{m.name}: {m.summary}" for m in METHODS.values()) + "."
@@ -415,9 +416,8 @@ def _triton_server(o: SimpleNamespace) -> None:
 )
 def _demo(o: SimpleNamespace) -> None:
     """Offline end-to-end run: a synthetic part, 8 good images baked in, stream, predict, picture, report."""
-    from clipad.runtime.demo import DEMO_NOTE, describe_demo, run_demo
+    from clipad.runtime.demo import describe_demo, run_demo
 
-    _say(DEMO_NOTE)
     with progress_bars(not o.quiet) as tasks:
         typer.echo(describe_demo(run_demo(o.out, o.model, o.frames, tasks, log=_say), o.out))
 

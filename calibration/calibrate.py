@@ -75,6 +75,14 @@ class CalibrateConfig:
             raise ClipadError("--int8-backend goes with --int8 (it says which INT8 model to make)")
         AGREEMENT.parse(self.min_agreement, "--min-agreement")
         AUROC_DROP.parse(self.max_auroc_drop, "--max-auroc-drop")
+        if self.int8_images is not None and not self.int8:
+            raise ClipadError("--images gives the INT8 calibration images: it goes with --int8")
+        for flag, spec in (("--good", self.good), ("--anomalous", self.anomalous), ("--images", self.int8_images)):
+            if spec is not None:  # listed again where they are read; a wrong path fails here, before any model work
+                try:
+                    list_images(spec)
+                except ClipadError as err:
+                    raise ClipadError(f"{flag}: {err}") from None
 
     @property
     def int8_source(self) -> str | None:

@@ -39,7 +39,7 @@ from clipad.deploy.artifacts import ARTIFACTS
 from clipad.deploy.export import ExportConfig, export
 from clipad.deploy.reference_set import ReferenceConfig
 from clipad.evaluation.metrics import binary_metrics
-from clipad.model.loading import TINY_MODEL, WeightSpec, load_model
+from clipad.model.loading import TINY_MODEL, WeightSpec, check_model_name, load_model
 from clipad.model.prompts import PROMPT_SETS
 from clipad.runtime.backends import select_backend
 from clipad.runtime.overlay import overlay
@@ -128,6 +128,8 @@ def run_demo(
     writes (``clipad.core.owned``); the earlier demo's files are removed first, and report.md is
     written last, so a folder without one is an interrupted demo."""
     check_out(resolve_out(out), DEMO)  # new, empty, or an earlier demo's and nothing else
+    check_model_name(model)  # before anything is written
+    log(DEMO_NOTE)
     tasks = tasks or Tasks(None)
     t0 = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)

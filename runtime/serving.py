@@ -7,6 +7,7 @@ constants made for another model), and say what the user should know about that 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal, cast
@@ -91,15 +92,25 @@ def open_served(
 
 
 def triton_target(
-    backend: str, url: str | None, model: str | None, version: str, timeout: float, inflight: int, shm: bool
+    backend: str,
+    url: str | None,
+    model: str | None,
+    version: str,
+    timeout: float,
+    inflight: int,
+    shm: bool,
+    given: Sequence[str] = (),
 ) -> TritonTarget | None:
     """The Triton server of ``--backend triton`` (None for the other backends), checked; one line for
-    Triton options given without it, or for it without ``--url``."""
+    Triton options given without it (``given``: the options on the command line; ``--url`` and
+    ``--triton-model`` also by value), or for it without ``--url``."""
     from clipad.runtime.backends.triton_backend import TritonTarget
 
     if backend != "triton":
-        if url is not None or model is not None:
-            raise ClipadError("--url and --triton-model go with --backend triton")
+        given = [f for f in given if f == "--url" or f.startswith("--triton-")]
+        given += [f for f, v in (("--url", url), ("--triton-model", model)) if v is not None]
+        if given:
+            raise ClipadError(f"{', '.join(dict.fromkeys(given))} go with the triton backend, which is not chosen")
         return None
     if url is None:
         raise ClipadError("--backend triton needs --url grpc://HOST:PORT or http://HOST:PORT")

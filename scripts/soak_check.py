@@ -275,6 +275,7 @@ def restart_runs(args, out: Path, backend, image_size: int, cal: Calibration, vi
         if k == 0:
             when_frames(pipe, min(10_000, per_run // 3), lambda p=pipe: probe["measure"](p, "after warm-up"))
         summary = pipe.run()
+        rss_at_end = round(rss_mb(), 1)
         if k == 2:
             probe["measure"](pipe, "end")
         with events.open() as f:  # this run's records: the lines after the earlier runs' ones
@@ -303,6 +304,7 @@ def restart_runs(args, out: Path, backend, image_size: int, cal: Calibration, vi
                 "accounting": table,
                 "summary line": summary.line(),
                 "log_lines": len(log),
+                "rss_mb_at_end": rss_at_end,
             }
         )
     ok = all(balanced(r["accounting"]) and r["error"] is None for r in runs) and not modified

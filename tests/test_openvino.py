@@ -372,19 +372,20 @@ def test_calibrate_int8_ir_not_kept_writes_nothing(copied, synth_root, capsys):
     assert {p.name: p.read_bytes() for p in copied.root.iterdir() if p.is_file()} == before
 
 
-def test_calibrate_int8_backend_errors(art, tmp_path, capsys, tiny):
+def test_calibrate_int8_backend_errors(art, tmp_path, capsys, tiny, synth_root):
+    images = synth_root / "washer" / "test" / "good"
     code, _, err = run(
-        capsys, "calibrate", "--artifacts", art.root, "--int8", "--int8-backend", "tensorrt", "--images", tmp_path
+        capsys, "calibrate", "--artifacts", art.root, "--int8", "--int8-backend", "tensorrt", "--images", images
     )
     assert_one_line_error(code, err, "--int8-backend must be one of onnxruntime, openvino")
-    code, _, err = run(capsys, "calibrate", "--artifacts", art.root, "--int8-backend", "openvino", "--good", tmp_path)
+    code, _, err = run(capsys, "calibrate", "--artifacts", art.root, "--int8-backend", "openvino", "--good", images)
     assert_one_line_error(code, err, "--int8-backend goes with --int8")
     code, _, err = run(
-        capsys, "calibrate", "--artifacts", art.root, "--int8", "--images", tmp_path, "--max-auroc-drop", "-1"
+        capsys, "calibrate", "--artifacts", art.root, "--int8", "--images", images, "--max-auroc-drop", "-1"
     )
     assert_one_line_error(code, err, "--max-auroc-drop must be a finite number in [0, 100]")
     code, _, err = run(
-        capsys, "calibrate", "--artifacts", art.root, "--int8", "--images", tmp_path, "--min-agreement", "1.5"
+        capsys, "calibrate", "--artifacts", art.root, "--int8", "--images", images, "--min-agreement", "1.5"
     )
     assert_one_line_error(code, err, "--min-agreement must be a finite number in [0, 1]")
     plain = export(
@@ -395,6 +396,6 @@ def test_calibrate_int8_backend_errors(art, tmp_path, capsys, tiny):
         Tasks(None),
     )
     code, _, err = run(
-        capsys, "calibrate", "--artifacts", plain.root, "--int8", "--int8-backend", "openvino", "--images", tmp_path
+        capsys, "calibrate", "--artifacts", plain.root, "--int8", "--int8-backend", "openvino", "--images", images
     )
     assert_one_line_error(code, err, "has no OpenVINO IR to quantise")

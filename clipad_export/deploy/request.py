@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar, cast
 
 from clipad.core.errors import ClipadError
+from clipad.core.values import MEMORY_PATCHES
 from clipad.core.weights import RANDOM_WEIGHTS_NOTE
 from clipad.deploy.artifacts import Artifacts, made_by_calibrate
 from clipad.deploy.manifest import ONNX_INT8, PLAN
@@ -93,14 +94,20 @@ class ExportRequest:
         """The library's export config, after the checks that need no model (one line each)."""
         from clipad.core.choices import RvsMethod, parse_choice
         from clipad.deploy.export import ExportConfig, ExportPrecision, validate
-        from clipad.deploy.reference_set import ReferenceConfig
+        from clipad.deploy.reference_set import ReferenceConfig, select_images
 
         method = self.chosen()
         method.check_options(self.heads is not None, self.reference is not None, "--reference GOOD_IMAGES")
         parse_choice(RvsMethod, self.rvs, "--rvs")
         if self.reference is None and self.shots is not None:
             raise ClipadError("--shots needs --reference GOOD_IMAGES")
+        MEMORY_PATCHES.parse(self.memory_patches, "--memory-patches")
+        if self.reference is None and self.memory_patches != ExportRequest.memory_patches:
+            raise ClipadError("--memory-patches bounds the reference memory: it goes with --reference GOOD_IMAGES")
         ref = ReferenceConfig(self.reference, self.shots, self.memory_patches) if self.reference is not None else None
+        if ref is not None:  # the images are listed again when baked; a wrong path fails here, before the model
+            ref.check()
+            select_images(ref.source, ref.shots)
         cfg = ExportConfig(
             category=self.category,
             out=self.target,

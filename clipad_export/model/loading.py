@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import math
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,6 +20,7 @@ from torch import nn
 
 from clipad.core.errors import ClipadError
 from clipad.core.hashing import file_sha256
+from clipad.core.values import SEED
 from clipad.core.weights import DEFAULT_MODEL, DEFAULT_PRETRAINED, cached_hub_file
 from clipad.model.preprocess import OPENAI_MEAN, OPENAI_STD
 
@@ -53,6 +54,15 @@ class WeightSpec:
     seed: int = 0
     cache_dir: Path | None = None
 
+    def checked(self, given: Sequence[str] = ()) -> WeightSpec:
+        """This spec, after one-line errors for a bad seed and for options that would be ignored:
+        ``given``: the options on the command line (--pretrained, --weights, --cache-dir)."""
+        SEED.parse(self.seed, "--seed")
+        unused = [f for f in given if f in ("--pretrained", "--weights", "--cache-dir")]
+        if self.random_weights and unused:
+            raise ClipadError(f"--random-weights loads no weights: {', '.join(unused)} would be ignored; leave it out")
+        return self
+
     def describe(self) -> str:
         if self.random_weights:
             return f"random(seed={self.seed})"
@@ -82,7 +92,8 @@ def available_models() -> list[str]:
     return list(_open_clip().list_models())
 
 
-def _check_model_name(name: str) -> None:
+def check_model_name(name: str) -> None:
+    """One line unless ``name`` is an open_clip architecture (the registered tiny one included)."""
     names = available_models()
     if name not in names:
         hint = ", ".join(n for n in names if "B-16" in n or n == TINY_MODEL)
@@ -184,7 +195,7 @@ def load_model(spec: WeightSpec, device: str | torch.device = "cpu") -> LoadedMo
     are raised as one-line ClipadErrors that name the weight options.
     """
     open_clip = _open_clip()
-    _check_model_name(spec.model)
+    check_model_name(spec.model)
     sha = None
     # open_clip logs a warning for models built without weights (we load them ourselves) and an
     # error before raising on failed downloads (we report those as one line).

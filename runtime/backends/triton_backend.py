@@ -40,6 +40,7 @@ import numpy as np
 from clipad.core.choices import Device, Precision
 from clipad.core.errors import ClipadError
 from clipad.core.redaction import is_credential_name, redact
+from clipad.core.values import INFLIGHT, TRITON_TIMEOUT
 from clipad.deploy.artifacts import Artifacts
 from clipad.deploy.manifest import ONNX_FILES, PLAN, TensorSpec
 from clipad.deploy.triton_repo import FILE_PARAM, HASH_PARAM, TRITON_DTYPES, config_difference
@@ -75,8 +76,10 @@ class TritonTarget:
                 f"--url {redact(self.url)} carries credentials, which the Triton client does not send; "
                 "give grpc://HOST:PORT or http://HOST:PORT (protect the server at the network level)"
             )
-        if self.timeout_s <= 0 or self.inflight < 1:
-            raise ClipadError("--triton-timeout must be > 0 and --triton-inflight >= 1")
+        TRITON_TIMEOUT.parse(self.timeout_s, "--triton-timeout")
+        INFLIGHT.parse(self.inflight, "--triton-inflight")
+        if self.version and not self.version.isdigit():  # Triton's versions are numbers; "": the server's policy
+            raise ClipadError(f"--triton-version must be a version number, got '{self.version}'")
 
     @property
     def protocol(self) -> str:
