@@ -21,7 +21,7 @@ import typer.core
 
 from clipad.core.choices import CacheDtype, Dataset, Int8Backend, Method, OpenVinoMode, RvsMethod, RvsProfile, metavar
 from clipad.core.errors import ClipadError
-from clipad.core.lists import comma_list
+from clipad.core.lists import comma_list, empty_values
 from clipad.core.packages import describe_failure, quiet_third_party
 from clipad.core.progress import progress_bars
 from clipad.core.writable import check_writable
@@ -462,6 +462,7 @@ def run(argv: list[str]) -> int:
     """Run the CLI on ``argv`` and return the exit code (errors as one line on stderr, unless --debug)."""
     _state["debug"] = "--debug" in argv[:1]
     try:  # usage errors come back as exceptions (not Typer's box): one line, as every other error
+        empty_values(argv)  # no option takes "" (a Path would read it as the current folder)
         code = app(args=argv, prog_name="clipad", standalone_mode=False)  # typer.Exit's code, else None
         return code if isinstance(code, int) else 0
     except SystemExit as err:

@@ -111,7 +111,7 @@ def run_parity(
     """Each named backend at each precision it serves, opened on ``device`` one at a time,
     against the CPU reference on uint8 [N, H, W, 3] ``images``; one row each. ``triton``: the
     server of backend triton (whose model has the precision of the file it serves)."""
-    names = [cast(BackendName, parse_choice(BackendName, n, "--backend")) for n in backends]
+    names = [cast(BackendName, parse_choice(BackendName, n, "--backends")) for n in backends]
     ref = reference_outputs(artifacts, images)
     rows = []
     for name in names:

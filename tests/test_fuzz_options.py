@@ -20,9 +20,10 @@ import typer.main
 from clipad import cli
 from tests.helpers import TINY
 
-# Numbers no option takes; "0" is added where zero is not a documented value.
-BAD_INTS = ("-1", "x")
-BAD_FLOATS = ("-1", "nan", "inf")
+# Values no option takes: out of bounds, not a number, infinite, empty, of another type; "0" is
+# added where zero is not a documented value.
+BAD_INTS = ("-1", "x", "", "1.5")
+BAD_FLOATS = ("-1", "nan", "inf", "x", "")
 ZERO_OK = {
     "seed",
     "train_seed",
@@ -37,9 +38,9 @@ ZERO_OK = {
 }
 # Paths no command can read or write (even root cannot create a file under /proc), and a path
 # below a file. What a command reads may also not be missing.
-BAD_PATHS = ("/proc/clipad/x", "a_file/below")
+BAD_PATHS = ("/proc/clipad/x", "a_file/below", "")
 OUTPUTS = {"out", "json", "plot", "log", "triton_repo", "cache_dir"}
-# Text options with no bad value to give: any text is a valid name or label for them.
+# Text options where any non-empty text is a valid name or label.
 FREE_TEXT = {"object_name", "category"}
 SKIPPED_COMMANDS = {"run"}
 
@@ -62,9 +63,7 @@ def _bad_values(param) -> tuple[str, ...]:
         return BAD_FLOATS + (() if param.name in ZERO_OK else ("0",))
     if kind == "Path":
         return BAD_PATHS + (() if param.name in OUTPUTS else ("missing/x",))
-    if param.name in FREE_TEXT:
-        return ()
-    return ("bogus,",)
+    return ("",) if param.name in FREE_TEXT else ("bogus,", "")
 
 
 def _cases():
@@ -79,8 +78,8 @@ def _cases():
 @pytest.fixture(scope="module")
 def bases(art, synth_root) -> dict[tuple[str, ...], list[str]]:
     """Arguments with which each command does its work (checked below: exit 0)."""
-    good = synth_root / "bottle" / "test" / "good"
-    data = ["--dataset", "mvtec", "--root", str(synth_root), "--categories", "bottle"]
+    good = synth_root / "washer" / "test" / "good"
+    data = ["--dataset", "mvtec", "--root", str(synth_root), "--categories", "washer"]
     return {
         ("synth",): ["--out", "new", "--n-train", "1", "--n-good", "1", "--n-defect", "1"],
         ("eval",): [*data, "--out", "new", *TINY],
@@ -136,4 +135,5 @@ def test_bad_option_value_is_one_line(command, flag, value, bases, workdir, art,
     assert code != 0, f"exit 0: {out}{err}"
     assert "Traceback" not in err, err
     assert len(lines) == 1, err
+    assert flag in lines[0] or (value and value in lines[0]), f"the error does not name {flag}: {lines[0]}"
     assert _tree_hash(workdir, art.root, synth_root) == before, "files changed"

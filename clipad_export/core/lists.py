@@ -18,3 +18,14 @@ def comma_list(value: str, what: str, cast: Callable[[str], Any] = str) -> list:
     if not values:
         raise ClipadError(f"{what} needs at least one value, got '{value}'")
     return values
+
+
+def empty_values(argv: list[str]) -> None:
+    """A one-line error for an empty argument (``--out ""``, ``--out=``): no clipad option or
+    argument takes one, and a path option would read it as the current folder."""
+    from clipad.core.errors import ClipadError
+
+    for before, arg in zip(["", *argv], argv, strict=False):
+        if arg == "" or (arg.startswith("--") and arg.endswith("=")):
+            named = arg.rstrip("=") if arg else before if before.startswith("-") else "an argument"
+            raise ClipadError(f"{named} is empty: give it a value")

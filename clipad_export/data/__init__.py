@@ -25,25 +25,29 @@ def check_root(root: Path) -> None:
 
 
 def select(
-    found: dict[str, list[Sample]], categories: list[str] | None, root: Path, kind: str
+    found: dict[str, list[Sample]], categories: list[str] | None, root: Path, kind: str, option: str = "--categories"
 ) -> dict[str, list[Sample]]:
-    """Keep the requested categories, failing in one line on unknown or empty ones."""
+    """Keep the requested categories, failing in one line (naming ``option``) on unknown or empty ones."""
     if not found:
         raise ClipadError(f"no {kind} categories found under {root}")
     names = categories or sorted(found)
     missing = [c for c in names if c not in found]
     if missing:
-        raise ClipadError(f"category '{missing[0]}' not found under {root} (available: {', '.join(sorted(found))})")
+        available = ", ".join(sorted(found))
+        raise ClipadError(f"{option}: category '{missing[0]}' not found under {root} (available: {available})")
     empty = [c for c in names if not found[c]]
     if empty:
         raise ClipadError(f"category '{empty[0]}' under {root} has no test images")
     return {c: found[c] for c in names}
 
 
-def load_split(kind: str, root: str | Path, categories: list[str] | None = None) -> dict[str, list[Sample]]:
-    """The test split of dataset ``kind`` (mvtec, visa or folder) under ``root``."""
+def load_split(
+    kind: str, root: str | Path, categories: list[str] | None = None, option: str = "--categories"
+) -> dict[str, list[Sample]]:
+    """The test split of dataset ``kind`` (mvtec, visa or folder) under ``root``; ``option``: the
+    command's option that named ``categories`` (said in the error for an unknown one)."""
     root = Path(root)
     check_root(root)
     readers = {"mvtec": mvtec.read, "visa": visa.read, "folder": folder.read}
     parse_choice(Dataset, kind, "--dataset")
-    return select(readers[kind](root), categories, root, kind)
+    return select(readers[kind](root), categories, root, kind, option)

@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from clipad.core.errors import ClipadError
 from clipad.core.owned import FolderKind, staged
+from clipad.core.values import SEED, Bounds
 
 CATEGORIES = ("fabric", "washer")
 DEFECTS = ("scratch", "spot")
@@ -109,8 +109,11 @@ def make_synthetic(
     ``defect_scale`` enlarges the pasted defects (1 = the default sizes). Returns the number of
     test images per category.
     """
-    if min(n_good, n_defect) < 1 or n_train < 0 or min(width, height) < 32:
-        raise ClipadError("synth needs >= 1 good and >= 1 defective test image per category and images >= 32 px")
+    for flag, value, low in (("--n-train", n_train, 0), ("--n-good", n_good, 1), ("--n-defect", n_defect, 1)):
+        Bounds(low, 100_000, integer=True, why="images per category").parse(value, flag)
+    for flag, value in (("--width", width), ("--height", height)):
+        Bounds(32, 4096, integer=True, why="pixels").parse(value, flag)
+    SEED.parse(seed, "--seed")
     counts = {}
     with staged(out, SYNTH, force=force) as tmp:
         for ci, cat in enumerate(CATEGORIES):

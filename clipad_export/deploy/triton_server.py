@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from clipad.core.errors import ClipadError
+from clipad.core.values import PORT
 
 START_TIMEOUT_S = 120.0
 STOP_TIMEOUT_S = 30.0  # SIGKILL after this
@@ -107,6 +108,10 @@ class Ports:
     grpc: int
     metrics: int
 
+    def __post_init__(self) -> None:
+        for flag, port in (("--http-port", self.http), ("--grpc-port", self.grpc), ("--metrics-port", self.metrics)):
+            PORT.parse(port, flag)
+
     @classmethod
     def free(cls) -> Ports:
         return cls(free_port(), free_port(), free_port())
@@ -132,7 +137,12 @@ class LocalTriton:
         self.install = find_install()
         self._tmp = Path(tempfile.mkdtemp(prefix="clipad-triton-"))
         self.backends = self._backend_dir()
-        self.models = models if models is not None else loadable_models(self.repo, self.backends)
+        loadable = loadable_models(self.repo, self.backends)
+        unknown = [m for m in models or [] if not (self.repo / m).is_dir()]
+        if unknown:
+            shutil.rmtree(self._tmp, ignore_errors=True)
+            raise ClipadError(f"--models: {repo} has no model '{unknown[0]}' (it has: {', '.join(loadable) or 'none'})")
+        self.models = models if models is not None else loadable
         if not self.models:
             shutil.rmtree(self._tmp, ignore_errors=True)
             raise ClipadError(

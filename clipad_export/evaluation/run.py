@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from clipad.core.lists import comma_list
-from clipad.core.values import SIGMA
+from clipad.core.values import MEMORY_PATCHES, SHOTS, SIGMA
 from clipad.core.weights import RANDOM_WEIGHTS_NOTE
 
 if TYPE_CHECKING:
@@ -41,6 +41,9 @@ class EvalRun:
     def __post_init__(self) -> None:
         if self.sigma is not None:
             SIGMA.parse(self.sigma, "--sigma")
+        if self.shots is not None:
+            SHOTS.parse(self.shots, "--shots")
+        MEMORY_PATCHES.parse(self.memory_patches, "--memory-patches")
 
     def prepare(self, log: Callable[[str], None]) -> PreparedEval:
         """Check the request, read the split, load the model and heads; ``log`` says what will run."""
@@ -60,7 +63,9 @@ class EvalRun:
         seeds = comma_list(self.shot_seeds, "--shot-seeds", int)
         prompt_set = load_prompt_set(self.prompts)
         split = load_split(
-            self.dataset, self.root, comma_list(self.categories, "--categories") if self.categories else None
+            self.dataset,
+            self.root,
+            comma_list(self.categories, "--categories") if self.categories is not None else None,
         )
         check_masks(split)
         loaded = method.load(self.weight_spec, resolve_device(self.device))

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from clipad.core.errors import ClipadError
 from clipad.core.lists import comma_list
-from clipad.core.values import LEARNING_RATE
+from clipad.core.values import LEARNING_RATE, SEED
 
 if TYPE_CHECKING:
     from clipad.core.progress import Tasks
@@ -39,6 +39,11 @@ class TrainRun:
 
     def __post_init__(self) -> None:
         LEARNING_RATE.parse(self.lr, "--lr")
+        SEED.parse(self.train_seed, "--train-seed")
+        if self.val_categories is not None and self.val_dataset is None:
+            raise ClipadError("--val-categories goes with --val-dataset and --val-root")
+        if self.resume is not None and not self.resume.is_file():
+            raise ClipadError(f"--resume {self.resume}: no such checkpoint file")
 
     def prepare(self) -> PreparedTraining:
         """Check the request, read the splits and load the model (one line for each mistake)."""
@@ -50,15 +55,17 @@ class TrainRun:
         parse_choice(RvsMethod, self.rvs, "--rvs")
         parse_choice(CacheDtype, self.cache_dtype, "--cache-dtype")
         split = load_split(
-            self.dataset, self.root, comma_list(self.categories, "--categories") if self.categories else None
+            self.dataset,
+            self.root,
+            comma_list(self.categories, "--categories") if self.categories is not None else None,
         )
         check_masks(split)
         if (self.val_dataset is None) != (self.val_root is None):
             raise ClipadError("--val-dataset and --val-root go together")
         val_split = None
         if self.val_dataset is not None and self.val_root is not None:  # both or neither, checked above
-            vcats = comma_list(self.val_categories, "--val-categories") if self.val_categories else None
-            val_split = load_split(self.val_dataset, self.val_root, vcats)
+            vcats = comma_list(self.val_categories, "--val-categories") if self.val_categories is not None else None
+            val_split = load_split(self.val_dataset, self.val_root, vcats, "--val-categories")
             check_masks(val_split)
         loaded = load_model(self.weight_spec, resolve_device(self.device))
         cfg = TrainConfig(
