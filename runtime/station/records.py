@@ -40,12 +40,15 @@ class Trigger:
     ``recipe``: the recipe to use (None: the active one); ``image``: the part's image as a path or
     encoded bytes (PNG/JPEG), or None to capture a frame from the recipe's source at the trigger;
     ``via``: where it came from; ``received``: monotonic seconds when the station received it
-    (deadlines and latencies); ``received_wall``: the same instant on the wall clock (labels only)."""
+    (deadlines and latencies); ``received_wall``: the same instant on the wall clock (labels only);
+    ``refused``: a trigger that could not be read (a malformed payload): it still gets a job id
+    and its one result, ERROR with this reason."""
 
     via: TriggerVia
     part_id: str | None = None
     recipe: str | None = None
     image: Path | bytes | None = None
+    refused: str | None = None
     received: float = field(default_factory=time.monotonic)
     received_wall: float = field(default_factory=time.time)
 
