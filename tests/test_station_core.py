@@ -331,3 +331,42 @@ def test_recipes_are_refused_at_load_in_one_line(art, root, tmp_path):
     with pytest.raises(ClipadError, match="loaded already"):
         book.prepare("later", root / "b")
     book.close()
+
+
+def test_clipad_station_replays_a_folder_and_serves_until_stopped(root, art, tmp_path, capsys):
+    from tests.helpers import assert_one_line_error, run
+
+    cpu = ["--backend", "onnxruntime", "--device", "cpu", "--precision", "fp32"]
+    events_file = tmp_path / "ev.jsonl"
+    recipes = ["--recipe", f"a={root / 'a'}", "--recipe", f"b={root / 'b'}", "--active", "b"]
+    code, _, err = run(capsys, "station", *recipes, "--replay", root / "good", "--events", events_file, *cpu)
+    assert code == 0, err
+    lines = [json.loads(line) for line in events_file.read_text().splitlines()]
+    assert len(lines) == 12 and {e["recipe"] for e in lines} == {"b"} and {e["via"] for e in lines} == {"replay"}
+    ok, ng = (sum(e["verdict"] == v for e in lines) for v in ("OK", "NG"))
+    assert f"summary: 12 jobs: OK {ok}, NG {ng}, error 0, timeout 0; late verdicts logged 0" in err
+    for args, message in (
+        ([f"raw={art.root}", "--replay", root / "good"], "is not calibrated"),
+        ([f"a={root / 'a'}"], "give --serve HOST:PORT"),
+        ([f"a={root / 'a'}", "--replay", root / "good", "--deadline-ms", "-5"], "--deadline-ms must be above 0"),
+        ([f"a={root / 'a'}", "--serve", "nohost"], "--serve takes HOST:PORT"),
+    ):
+        assert_one_line_error(*run(capsys, "station", "--recipe", *args, *cpu)[::2], message)
+
+    from clipad.runtime.station.run import StationRun
+
+    said: list[str] = []
+    station_run = StationRun([f"a={root / 'a'}"], serve="127.0.0.1:0", backend="onnxruntime", device="cpu")
+    thread = threading.Thread(target=station_run.run, args=(said.append,))
+    thread.start()
+    try:
+        wait_for(lambda: any(line.startswith("serving ") for line in said))
+        address = next(line for line in said if line.startswith("serving ")).rsplit(" at ", 1)[1]
+        import urllib.request
+
+        with urllib.request.urlopen(address + "readyz", timeout=10) as resp:
+            assert resp.status == 200 and json.loads(resp.read())["ready"] is True
+    finally:
+        station_run.stop.set()
+        thread.join(30)
+    assert not thread.is_alive() and said[-1].startswith("summary: 0 jobs")
