@@ -3,8 +3,9 @@
 Overhead per job = (result handed to the last publisher - trigger received) - the job's own
 inference time, all taken inside the station (monotonic clock): the trigger's ``received`` is
 stamped when its request head has arrived (HTTP) or when it is made (replay), and the time of
-publication by a publisher placed after the events file and the metrics. Jobs are sent one at a
-time (each after the previous result), so no queueing is counted. The deadline figure: with the
+publication by a publisher placed after the events file and the metrics. The HTTP triggers come
+from a client in another process, as a line controller's would. Jobs are sent one at a time
+(each after the previous result), so no queueing is counted. The deadline figure: with the
 backend stalled, TIMEOUT published - (received + deadline), over ``--jobs`` / 4 jobs.
 
     python scripts/station_overhead.py --artifacts ART --images DIR [--jobs 200]
@@ -16,8 +17,8 @@ from __future__ import annotations
 
 import argparse
 import base64
-import http.client
-import json
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -32,6 +33,17 @@ from clipad.runtime.station.metrics import StationMetrics
 from clipad.runtime.station.recipes import RecipeBook, ServeOptions, open_recipe_served
 from clipad.runtime.station.records import JobResult, Trigger
 from clipad.runtime.station.station import Station, StationConfig
+
+CLIENT = """
+import http.client, json, sys
+port, jobs, images = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3:]
+for k in range(jobs):
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    body = json.dumps({"part_id": k, "image_b64": images[k % len(images)]})
+    conn.request("POST", "/trigger?wait=1", body=body, headers={"Content-Type": "application/json"})
+    print(json.loads(conn.getresponse().read())["job_id"])
+    conn.close()
+"""
 
 
 class Stamps:
@@ -109,12 +121,15 @@ def measure(art: Path, images: list[Path], jobs: int, events: Path) -> None:
             stamps.wait(job)
             r = stamps.results[job]
             overhead["replay"].append((stamps.at[job] - station.received[job]) * 1000 - (r.inference_ms or 0))
-        for k in range(jobs):
-            conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
-            body = json.dumps({"part_id": k, "image_b64": encoded[k % len(encoded)]})
-            conn.request("POST", "/trigger", body=body, headers={"Content-Type": "application/json"})
-            job = json.loads(conn.getresponse().read())["job_id"]
-            conn.close()
+        # The HTTP client is another process, as a line controller is: it sends each trigger with
+        # ?wait=1 and the next one after the answer.
+        client = subprocess.run(
+            [sys.executable, "-c", CLIENT, str(server.port), str(jobs), *encoded],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        for job in client.stdout.split():
             stamps.wait(job)
             r = stamps.results[job]
             overhead["http"].append((stamps.at[job] - station.received[job]) * 1000 - (r.inference_ms or 0))
