@@ -29,7 +29,7 @@ from clipad.methods.registry import METHODS, get_method
 
 # `clipad --help` lists the commands in the order of the work, not of this file.
 WORKFLOW = tuple(
-    "demo doctor synth eval train export reference parity calibrate predict run bench triton-server".split()
+    "demo doctor synth eval train export reference parity calibrate predict run station bench triton-server".split()
 )
 REQUIRED, KEYWORD = inspect.Parameter.empty, inspect.Parameter.KEYWORD_ONLY
 Opt = tuple[str, Any, Any, dict[str, Any]]  # parameter name, type, default, typer.Option's arguments (flag, help, ...)
@@ -301,6 +301,20 @@ def _run(o: SimpleNamespace) -> None:
     cfg = RunConfig(**_fields(o, RunConfig))
     cfg.check()  # before any model work
     run_stream(cfg, _served(o, o.artifacts, _triton(o, o.backend), mode=o.openvino_mode), _say)
+
+
+@_command(
+    _o("--recipe", None, "NAME=ARTIFACTS_DIR, calibrated (repeatable).", list[str], name="recipes"),
+    (_o("--active", None, "The active recipe (default: the first).", str), _o("--queue", 16, "Jobs waiting.", min=1)),
+    _o("--deadline-ms", None, "Answer timeout when a job has no verdict within this.", float),
+    (_o("--events", None, "JSON Lines of every result.", Path), _o("--serve", None, "HOST:PORT of the HTTP API.", str)),
+    (_o("--replay", None, "Images to trigger on (folder, glob, list file).", str), *SERVING[1:4]),
+)
+def _station(o: SimpleNamespace) -> None:
+    """Inspect triggered parts (OK, NG, error, timeout) with recipes; results to the events file and /metrics."""
+    from clipad.runtime.station.run import StationRun
+
+    StationRun(**_fields(o, StationRun)).run(_say)
 
 
 @_command(

@@ -15,7 +15,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import cv2
 import numpy as np
@@ -104,8 +104,13 @@ class EventsSink:
         self._synced = time.monotonic()
 
     def write(self, result: FrameResult) -> None:
+        self.write_record(result.record.event())
+
+    def write_record(self, record: dict[str, Any]) -> None:
+        """One JSON object as one line, after ``run`` (the frame loop's events; the station's job
+        results), with the guarantees above; SinkError when the file cannot take it."""
         try:
-            self.file.write(to_json_line({"run": self.run, **result.record.event()}))
+            self.file.write(to_json_line({"run": self.run, **record}))
             self.file.flush()
             if self.regular and time.monotonic() - self._synced >= self.FSYNC_EVERY_S:
                 os.fsync(self.file.fileno())

@@ -21,6 +21,7 @@ graph (``clipad.model.preprocess``), so everything outside the model handles uin
 from __future__ import annotations
 
 import glob
+import io
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -100,14 +101,15 @@ def _once_each(paths: list[Path]) -> list[Path]:
 
 
 @contextmanager
-def _decoded(path: str | Path) -> Iterator[Image.Image]:
-    """The image file, fully decoded in its own mode, after its size has been checked against
-    the limits from its header; ImageReadError when it cannot be read or is too large."""
+def _decoded(path: str | Path, data: bytes | None = None) -> Iterator[Image.Image]:
+    """The image file (or, with ``data``, the encoded image ``data`` named ``path`` in messages),
+    fully decoded in its own mode, after its size has been checked against the limits from its
+    header; ImageReadError when it cannot be read or is too large."""
     try:
         with warnings.catch_warnings():
             # PIL warns from MAX_IMAGE_PIXELS (and refuses from twice that); the check below decides.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(path) as im:
+            with Image.open(path if data is None else io.BytesIO(data)) as im:
                 _check_size(path, im)
                 im.load()
                 yield im
@@ -143,6 +145,13 @@ def read_rgb(path: str | Path) -> np.ndarray:
     """Decode an image file to RGB uint8 [H, W, 3] at its own size (converted while the decoded
     image is open: no copy of it)."""
     with _decoded(path) as im:
+        return pil_to_rgb(im)
+
+
+def decode_rgb(data: bytes, name: str = "image bytes") -> np.ndarray:
+    """``read_rgb`` for an encoded image held in memory (PNG, JPEG, ... as a file would hold it):
+    RGB uint8 [H, W, 3]; ImageReadError naming ``name`` when it cannot be decoded or is too large."""
+    with _decoded(name, data) as im:
         return pil_to_rgb(im)
 
 

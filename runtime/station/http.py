@@ -1,0 +1,251 @@
+"""The station's HTTP server: triggers, results, metrics and probes.
+
+- ``POST /trigger``: a JSON object ``{"part_id": str|int, "recipe": str, "image": PATH}`` or with
+  ``"image_b64": BASE64`` instead of ``image`` (every field optional; no image: the station would
+  capture one, see ``station.NO_IMAGE``) -> 202 ``{"job_id": ...}``; with ``?wait=1`` the answer
+  waits for the result (up to the deadline and a second more, else ``WAIT_S``) and is 200 with the
+  result record. A body that is not such an object (malformed JSON, unknown fields, bad base64,
+  too large) is still a trigger: it gets a job id and its ERROR result, answered 400 (413 when too
+  large) ``{"job_id": ..., "error": why}``.
+- ``GET /result/<job_id>``: 200 the result record; 202 while the job is pending; 404 unknown or
+  forgotten.
+- ``GET /metrics``: the Prometheus text format (``metrics.StationMetrics``).
+- ``GET /healthz``: 200 while the process serves; ``GET /readyz``: 200 when recipes are loaded,
+  the station's threads alive and it is not halted, else 503 with the reasons.
+
+Who may call it is the live viewer's rule (``clipad.runtime.viewer_access``): bound to loopback,
+no token and the Host header must be a loopback name with this port; bound elsewhere, every
+request needs the token printed at start, as ``?token=``, as ``Authorization: Bearer TOKEN``
+(what Prometheus and probes send) or as the session cookie. Connections are gated like the
+viewer's (``viewer_gate``): a deadline for the request head, a cap on waiting connections, no
+tracebacks. The body of a trigger must arrive within ``BODY_DEADLINE_S``.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import json
+import secrets
+import threading
+import time
+from http.server import BaseHTTPRequestHandler
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, unquote, urlsplit
+
+from clipad.core.errors import ClipadError
+from clipad.runtime.station.metrics import CONTENT_TYPE, StationMetrics
+from clipad.runtime.station.records import Trigger
+from clipad.runtime.station.station import Station
+from clipad.runtime.viewer_access import Access, Verdict, is_loopback, url_host
+from clipad.runtime.viewer_gate import GatedServer, ViewerLimits
+
+MAX_BODY = 64 * 1024 * 1024  # bytes of a trigger's body (a base64 image of about 48 MB)
+BODY_DEADLINE_S = 30.0  # the whole body must arrive within this (a slow client cannot hold a thread longer)
+WAIT_S = 30.0  # the longest ?wait=1 answer without a deadline
+FIELDS = frozenset({"part_id", "recipe", "image", "image_b64"})
+MAX_ID = 256  # characters of a part id or recipe name in a trigger
+
+
+def parse_trigger(body: bytes, received: float, received_wall: float) -> Trigger:
+    """A trigger from a POST body; a body that is not a trigger gives a refused one (its reason in
+    ``refused``), which the station answers ERROR."""
+
+    def refused(why: str, part_id: str | None = None) -> Trigger:
+        return Trigger("http", part_id=part_id, refused=f"malformed trigger: {why}", received=received,
+                       received_wall=received_wall)  # fmt: skip
+
+    try:
+        obj = json.loads(body)
+    except (ValueError, UnicodeDecodeError) as err:
+        return refused(f"not JSON ({err})")
+    if not isinstance(obj, dict):
+        return refused(f"expected a JSON object, got {type(obj).__name__}")
+    part = obj.get("part_id")
+    if isinstance(part, int) and not isinstance(part, bool):
+        part = str(part)
+    if part is not None and (not isinstance(part, str) or not 0 < len(part) <= MAX_ID):
+        return refused(f"part_id must be a string of 1 to {MAX_ID} characters or an integer")
+    unknown = sorted(set(obj) - FIELDS)
+    if unknown:
+        return refused(f"unknown field {unknown[0]} (known: {', '.join(sorted(FIELDS))})", part)
+    recipe = obj.get("recipe")
+    if recipe is not None and (not isinstance(recipe, str) or not 0 < len(recipe) <= MAX_ID):
+        return refused(f"recipe must be a string of 1 to {MAX_ID} characters", part)
+    path, b64 = obj.get("image"), obj.get("image_b64")
+    if path is not None and b64 is not None:
+        return refused("give image or image_b64, not both", part)
+    image: Path | bytes | None = None
+    if path is not None:
+        if not isinstance(path, str) or not path:
+            return refused("image must be a file path", part)
+        image = Path(path)
+    elif b64 is not None:
+        try:
+            image = base64.b64decode(b64, validate=True) if isinstance(b64, str) else None
+        except (binascii.Error, ValueError):
+            image = None
+        if not image:
+            return refused("image_b64 must be base64 of an encoded image (PNG, JPEG, ...)", part)
+    return Trigger("http", part_id=part, recipe=recipe, image=image, received=received, received_wall=received_wall)
+
+
+class StationServer:
+    """The HTTP server of ``station`` on ``host``:``port`` (0: a free port), in its own thread.
+    ``token``: required on every request (None: a fresh one when bound to a non-loopback address,
+    none on loopback); ``metrics``: what /metrics shows (None: 404)."""
+
+    def __init__(
+        self,
+        station: Station,
+        host: str,
+        port: int,
+        metrics: StationMetrics | None = None,
+        token: str | None = None,
+        limits: ViewerLimits | None = None,
+    ):
+        self.station, self.metrics = station, metrics
+        self.limits = limits or ViewerLimits()
+        self.token = token if token is not None else (None if is_loopback(host) else secrets.token_urlsafe(18))
+        try:
+            self.server = GatedServer((host, port), _handler(self), self.limits)
+        except OSError as err:
+            raise ClipadError(f"cannot serve on {url_host(host)}:{port}: {err.strerror or err}") from None
+        self.host, self.port = host, self.server.server_address[1]
+        self.access = Access(self.token, self.port)
+        self.address = f"http://{url_host(host)}:{self.port}/"
+        self.thread = threading.Thread(target=self.server.serve_forever, name="station-http", daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def _handler(srv: StationServer) -> type[BaseHTTPRequestHandler]:
+    """The request handler class of ``srv``: the head read within the gate's deadline, then the
+    viewer's Host and token checks, then the answer."""
+    station, timeout_s = srv.station, srv.limits.write_timeout_s
+
+    class Handler(BaseHTTPRequestHandler):
+        timeout = timeout_s
+        server: GatedServer
+
+        def log_message(self, format, *args):  # quiet: the station reports through its own lines
+            pass
+
+        def handle(self):
+            head = self.server.wait_for_head(self.connection)
+            if head is None:
+                return
+            self.received, self.received_wall = time.monotonic(), time.time()
+            self.connection.settimeout(timeout_s)
+            self.rfile = io.BytesIO(head)  # the head and any body bytes that came with it; one request per connection
+            self.handle_one_request()
+
+        def _allowed(self) -> bool:
+            if not srv.access.host_allowed(self.headers.get("Host", ""), srv.port):
+                self.send_error(403, "unknown Host")
+                return False
+            query = parse_qs(urlsplit(self.path).query).get("token", [None])[0]
+            scheme, _, bearer = self.headers.get("Authorization", "").partition(" ")
+            given = query if query is not None else (bearer.strip() if scheme.lower() == "bearer" else None)
+            verdict = srv.access.check(given, self._cookie(srv.access.cookie_name))
+            if verdict is not Verdict.ALLOWED:
+                self.send_error(verdict.value, "this station needs the access token printed at start")
+                return False
+            return True
+
+        def do_GET(self):
+            if not self._allowed():
+                return
+            path = urlsplit(self.path).path
+            if path == "/healthz":
+                self._json(200, {"alive": True})
+            elif path == "/readyz":
+                problems = station.readiness()
+                self._json(503 if problems else 200, {"ready": not problems, "state": station.state,
+                                                      "problems": problems})  # fmt: skip
+            elif path == "/metrics" and srv.metrics is not None:
+                self._send(200, srv.metrics.render(), CONTENT_TYPE)
+            elif path.startswith("/result/"):
+                job_id = unquote(path[len("/result/") :])
+                result = station.result(job_id)
+                if result is not None:
+                    self._json(200, result.to_json())
+                elif station.pending(job_id):
+                    self._json(202, {"job_id": job_id, "pending": True})
+                else:
+                    self._json(404, {"job_id": job_id, "error": "unknown job (never submitted, or forgotten)"})
+            else:
+                self.send_error(404)
+
+        def do_POST(self):
+            if not self._allowed():
+                return
+            url = urlsplit(self.path)
+            if url.path != "/trigger":
+                self.send_error(404)
+                return
+            body, status = self._body()
+            if isinstance(body, str):  # the body could not be read: still a trigger, refused
+                trigger = Trigger("http", refused=f"malformed trigger: {body}", received=self.received,
+                                  received_wall=self.received_wall)  # fmt: skip
+            else:
+                trigger = parse_trigger(body, self.received, self.received_wall)
+            job_id = station.submit(trigger)
+            if trigger.refused is not None:
+                self._json(status, {"job_id": job_id, "error": trigger.refused})
+                return
+            if parse_qs(url.query).get("wait", ["0"])[0] not in ("1", "true", "yes"):
+                self._json(202, {"job_id": job_id})
+                return
+            deadline = station.config.deadline_ms
+            result = station.wait(job_id, WAIT_S if deadline is None else deadline / 1000 + 1.0)
+            self._json(200, result.to_json()) if result is not None else self._json(202, {"job_id": job_id})
+
+        def _body(self) -> tuple[bytes | str, int]:
+            """(the request body, 400) or (why it cannot be read, the status to answer)."""
+            length = self.headers.get("Content-Length")
+            if length is None or not length.strip().isdigit():
+                return "the request needs a Content-Length", 400
+            n = int(length)
+            if n > MAX_BODY:
+                return f"the body of {n} bytes is over the limit of {MAX_BODY}", 413
+            data = bytearray(self.rfile.read(n))
+            end = time.monotonic() + BODY_DEADLINE_S
+            while len(data) < n:
+                left = end - time.monotonic()
+                if left <= 0:
+                    return f"the body did not arrive within {BODY_DEADLINE_S:g} s", 400
+                self.connection.settimeout(min(left, timeout_s))
+                try:
+                    chunk = self.connection.recv(min(1 << 16, n - len(data)))
+                except OSError:
+                    chunk = b""
+                if not chunk:
+                    return "the body ended early", 400
+                data += chunk
+            return bytes(data), 400
+
+        def _cookie(self, name: str) -> str | None:
+            for part in self.headers.get("Cookie", "").split(";"):
+                key, _, value = part.strip().partition("=")
+                if key == name:
+                    return value
+            return None
+
+        def _json(self, status: int, obj: dict[str, Any]) -> None:
+            self._send(status, json.dumps(obj, allow_nan=False).encode(), "application/json")
+
+        def _send(self, status: int, body: bytes, ctype: str) -> None:
+            self.send_response(status)
+            self.send_header("Content-Type", ctype)
+            self.send_header("Content-Length", str(len(body)))
+            self.send_header("Cache-Control", "no-store")
+            self.end_headers()
+            self.wfile.write(body)
+
+    return Handler
