@@ -233,8 +233,9 @@ def test_broker_down_at_start_spools_then_delivers_in_order(tmp_path, broker, si
         side.pub.publish(result(i))
         slowest = max(slowest, time.perf_counter() - t0)
     assert slowest < 0.25, f"publish took {slowest * 1000:.0f} ms with the broker down"
+    wait_until(lambda: side.pub.counters().spooled_bytes > 0, what="the spool written")
     c = side.pub.counters()
-    assert (c.delivered, c.spooled, c.connected) == (0, 30, False) and c.spooled_bytes > 0
+    assert (c.delivered, c.spooled, c.connected) == (0, 30, False)
     broker.start()
     wait_until(lambda: len(set(sub.job_ids())) == 30, what="the 30 spooled results")
     assert first_seen(sub.job_ids()) == ids(0, 30)
@@ -311,8 +312,8 @@ def test_spool_bound_drops_the_oldest_counted_and_reported(tmp_path, broker, sid
     sides.append(side)
     for i in range(12):
         side.pub.publish(result(i))
-    c = side.pub.counters()
-    assert (c.dropped, c.spooled) == (7, 5)
+    wait_until(lambda: side.pub.counters().dropped == 7, what="the drops")
+    assert side.pub.counters().spooled == 5
     full = side.lines_with("spool full")
     assert len(full) == 1 and "j00000" in full[0], side.lines
     broker.start()
@@ -353,11 +354,12 @@ def test_a_spool_that_cannot_write_is_reported_and_the_result_still_delivered(tm
     side = Side(tmp_path, broker.port)
     sides.append(side)
     side.pub.publish(result(0))
+    wait_until(lambda: side.pub.counters().delivered == 1, what="the first result")
     side.pub.spool.segment_records = 1  # the next record opens a new segment: a full device
     (tmp_path / "spool" / "seg-000000000002.jsonl").symlink_to("/dev/full")
     side.pub.publish(result(1))
     side.pub.publish(result(2))
-    assert side.pub.counters().spool_errors == 2
+    wait_until(lambda: side.pub.counters().spool_errors == 2, what="the write errors")
     assert len(side.lines_with("spool cannot write")) == 1 and "No space left" in side.lines_with("cannot write")[0]
     wait_until(lambda: len(sub.job_ids()) == 3, what="3 results")
     assert sub.job_ids() == ids(0, 3)

@@ -19,14 +19,14 @@ Topics (``<root>`` is ``MqttOptions.topic_root``, "clipad" by default; ``<statio
 
 Order and delivery (``MqttPublisher``): each result is appended to the disk spool (fsynced,
 ``clipad.runtime.station.spool``) before it goes to the network, and leaves the spool only on the
-broker's PUBACK. A sender thread hands spooled records to paho in spool order, at most
-``max_inflight`` unacknowledged at a time (paho's own in-flight window is the same, so paho never
-queues behind it). When the connection drops, paho keeps the unacknowledged ones and resends them
-first, in order, on reconnect; the sender hands nothing new until those are acknowledged, so a
-new record can never overtake a resent one. While the broker is away, records accumulate in the
-spool (bounded: the oldest undelivered are dropped, counted, reported); a spool left by a stopped
-station is resent at its next start. ``publish`` only writes the spool: it never waits on the
-network.
+broker's PUBACK. ``publish`` only queues the result, so the station waits on neither disk nor
+network: a sender thread writes what has queued with one fsync (a group commit), then hands the
+spooled records to paho in spool order, at most ``max_inflight`` unacknowledged at a time (paho's
+own in-flight window is the same, so paho never queues behind it). When the connection drops,
+paho keeps the unacknowledged ones and resends them first, in order, on reconnect; the sender
+hands nothing new until those are acknowledged, so a new record can never overtake a resent one.
+While the broker is away, records accumulate in the spool (bounded: the oldest undelivered are
+dropped, counted, reported); a spool left by a stopped station is resent at its next start.
 
 The connection (``MqttLink``) is MQTT 5 with a clean start only on the station's first connect
 and a session that outlives a broker restart by ``session_expiry_s``, so commands published during
@@ -386,6 +386,8 @@ class MqttPublisher:
         self._events: queue.SimpleQueue[tuple[str, int, ReasonCode | None]] = queue.SimpleQueue()
         self._dropping = False  # in a drop episode (reported once, summed up when the spool drains)
         self._disk_failing = False
+        self._incoming: list[tuple[str, str, bytes]] = []  # published, not yet in the spool
+        self._incoming_lock = threading.Lock()
         self._refusals_reported: set[str] = set()
         link.on_up.append(lambda: self._events.put(("up", 0, None)))
         link.on_down.append(lambda: self._events.put(("down", 0, None)))
@@ -402,31 +404,14 @@ class MqttPublisher:
     # -- the station's thread ------------------------------------------------------------
 
     def publish(self, result: JobResult) -> None:
-        """Spool the result (durable on return unless the disk failed) and wake the sender."""
+        """Queue the result for the spool and wake the sender; returns at once (no disk, no
+        network: the sender thread writes and fsyncs the spool, then sends)."""
         topic = self.link.options.result_topic(result.recipe)
-        self._spool(result.job_id, topic, payload_bytes(result.to_json()))
+        self._queue(result.job_id, topic, payload_bytes(result.to_json()))
 
-    def _spool(self, job_id: str, topic: str, payload: bytes) -> None:
-        appended = self.spool.append(job_id, topic, payload)
-        if appended.error is not None:
-            self.spool_errors += 1
-            if not self._disk_failing:
-                self._disk_failing = True
-                self.link.log(
-                    f"error: MQTT spool cannot write ({appended.error}); results are kept in memory until delivered"
-                )
-        elif self._disk_failing:
-            self._disk_failing = False
-            self.link.log("MQTT spool writes again")
-        if appended.dropped:
-            self.dropped += len(appended.dropped)
-            if not self._dropping:
-                self._dropping = True
-                opts = self.link.options
-                self.link.log(
-                    f"warning: MQTT spool full ({opts.spool_max_records} results / {opts.spool_max_mib:g} MiB): "
-                    f"dropping the oldest undelivered results (first: job {appended.dropped[0].job_id})"
-                )
+    def _queue(self, job_id: str, topic: str, payload: bytes) -> None:
+        with self._incoming_lock:
+            self._incoming.append((job_id, topic, payload))
         self._events.put(("wake", 0, None))
 
     def resend(self, job_ids: Iterable[str]) -> list[str]:
@@ -435,7 +420,7 @@ class MqttPublisher:
         killed); they go out after the results already waiting. Returns the job ids re-queued."""
         found = self.spool.find(job_ids)
         for record in found:
-            self._spool(record.job_id, record.topic, record.payload)
+            self._queue(record.job_id, record.topic, record.payload)
         self.resent += len(found)
         if found:
             self.link.log(f"MQTT: {len(found)} result(s) re-sent after reconciliation")
@@ -444,7 +429,7 @@ class MqttPublisher:
     def counters(self) -> MqttCounters:
         return MqttCounters(
             delivered=self.delivered,
-            spooled=self.spool.pending_count,
+            spooled=self.spool.pending_count + len(self._incoming),
             spooled_bytes=self.spool.pending_bytes,
             dropped=self.dropped,
             refused=self.refused,
@@ -456,6 +441,7 @@ class MqttPublisher:
     def close(self) -> None:
         self._events.put(("stop", 0, None))
         self._thread.join()
+        self._write_incoming()  # anything published during the drain: sent at the next start
         self.spool.close()
 
     # -- the sender thread ---------------------------------------------------------------
@@ -474,6 +460,7 @@ class MqttPublisher:
                     event = self._events.get_nowait()
             except queue.Empty:
                 pass
+            self._write_incoming()
             if state.up and not state.resync:
                 self._hand_out(state)
             now = time.monotonic()
@@ -482,6 +469,36 @@ class MqttPublisher:
                 last_sync = now
             if stop_at is not None and (not state.up or self.spool.pending_count == 0 or now > stop_at):
                 return
+
+    def _write_incoming(self) -> None:
+        """The published results into the spool, one fsync for all of them (a group commit:
+        the station's thread never waits on the disk), before any of them is sent."""
+        with self._incoming_lock:
+            batch, self._incoming = self._incoming, []
+        if not batch:
+            return
+        appended = self.spool.append_many(batch)
+        errors = [a.error for a in appended if a.error is not None]
+        if errors:
+            self.spool_errors += len(errors)
+            if not self._disk_failing:
+                self._disk_failing = True
+                self.link.log(
+                    f"error: MQTT spool cannot write ({errors[0]}); results are kept in memory until delivered"
+                )
+        elif self._disk_failing:
+            self._disk_failing = False
+            self.link.log("MQTT spool writes again")
+        dropped = [r for a in appended for r in a.dropped]
+        if dropped:
+            self.dropped += len(dropped)
+            if not self._dropping:
+                self._dropping = True
+                opts = self.link.options
+                self.link.log(
+                    f"warning: MQTT spool full ({opts.spool_max_records} results / {opts.spool_max_mib:g} MiB): "
+                    f"dropping the oldest undelivered results (first: job {dropped[0].job_id})"
+                )
 
     def _handle(self, state: _SenderState, kind: str, mid: int, reason: ReasonCode | None) -> None:
         if kind == "up":

@@ -6,10 +6,10 @@ while the station restarts) are delivered later, in order. The spool knows nothi
 
 On disk, in the spool folder:
 - ``seg-<first seq, 12 digits>.jsonl``: segments of records, one JSON line each,
-  ``{"seq": 17, "job_id": "...", "topic": "...", "payload": {...}}``, appended and fsynced one
-  by one; ``seq`` counts up from 1 over the spool's life, across restarts. Each start writes a
-  new segment (a line torn by a crash stays behind in an old one and is skipped, counted);
-  a segment rolls over after ``segment_records`` records.
+  ``{"seq": 17, "job_id": "...", "topic": "...", "payload": {...}}``, appended and fsynced
+  (one fsync per batch: ``append_many``); ``seq`` counts up from 1 over the spool's life, across
+  restarts. Each start writes a new segment (a line torn by a crash stays behind in an old one
+  and is skipped, counted); a segment rolls over after ``segment_records`` records.
 - ``acked``: ``{"acked_through": N, "next_seq": M}``, replaced atomically: every record with
   ``seq <= N`` is done (acknowledged by the broker, or dropped by the bound). It is written
   lazily (``sync``), so a crash may resend a few acknowledged records (at least once, never less).
@@ -158,17 +158,24 @@ class Spool:
 
     def append(self, job_id: str, topic: str, payload: bytes) -> Appended:
         """Write one record (fsynced) and make it pending; apply the bound (see ``Appended``)."""
+        return self.append_many([(job_id, topic, payload)])[0]
+
+    def append_many(self, items: list[tuple[str, str, bytes]]) -> list[Appended]:
+        """Write records (job id, topic, payload) in order with one fsync for all of them (a
+        group commit), make them pending and apply the bound; one ``Appended`` per record."""
         with self._lock:
-            seq = self._next_seq
-            self._next_seq += 1
-            probe = SpoolRecord(seq, job_id, topic, payload, 0)
-            line = _line(probe)
-            record = SpoolRecord(seq, job_id, topic, payload, len(line))
-            error = self._write(record, line)
-            self._pending[seq] = record
-            self._pending_bytes += record.size
-            dropped = self._apply_bound()
-            return Appended(record, dropped, error)
+            written: list[tuple[SpoolRecord, str | None, list[SpoolRecord]]] = []
+            for job_id, topic, payload in items:
+                seq = self._next_seq
+                self._next_seq += 1
+                line = _line(SpoolRecord(seq, job_id, topic, payload, 0))
+                record = SpoolRecord(seq, job_id, topic, payload, len(line))
+                error = self._write(record, line)
+                self._pending[seq] = record
+                self._pending_bytes += record.size
+                written.append((record, error, self._apply_bound()))
+            sync_error = self._flush() if any(error is None for _, error, _ in written) else None
+            return [Appended(record, dropped, error or sync_error) for record, error, dropped in written]
 
     def _write(self, record: SpoolRecord, line: bytes) -> str | None:
         """Append ``line`` to the current segment (a new one at start and at roll-over)."""
@@ -180,8 +187,6 @@ class Spool:
             size = os.lseek(self._fd, 0, os.SEEK_END)
             try:
                 os.write(self._fd, line)
-                if self.fsync:
-                    os.fdatasync(self._fd)
             except OSError:
                 try:  # keep the segment whole: cut back a partial line
                     os.ftruncate(self._fd, size)
@@ -191,12 +196,28 @@ class Spool:
             segment.last_seq = record.seq
             return None
         except OSError as err:
-            return f"{err.strerror or err} ({self.folder})"
+            return self._why(err)
+
+    def _flush(self) -> str | None:
+        if not self.fsync or self._fd is None:
+            return None
+        try:
+            os.fdatasync(self._fd)
+            return None
+        except OSError as err:
+            return self._why(err)
+
+    def _why(self, err: OSError) -> str:
+        return f"{err.strerror or err} ({self.folder})"
 
     def _open_segment(self, first_seq: int) -> _Segment:
         if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
+            try:
+                if self.fsync:  # the closing segment's last lines belong to the batch being committed
+                    os.fdatasync(self._fd)
+            finally:
+                os.close(self._fd)
+                self._fd = None
         path = self.folder / f"seg-{first_seq:012d}.jsonl"
         self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         segment = _Segment(path, first_seq, first_seq - 1)
