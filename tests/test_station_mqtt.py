@@ -264,6 +264,7 @@ def test_broker_stopped_and_restarted_mid_run_loses_nothing_and_keeps_order(tmp_
         broker.stop()
         time.sleep(0.25)
         broker.start()
+        wait_until(lambda: side.link.connected, what="the reconnect")  # two outages, not one long one
     producer.join()
     wait_until(lambda: len(set(sub.job_ids())) == n, timeout=15, what=f"{n} results")
     assert first_seen(sub.job_ids()) == ids(0, n)

@@ -383,6 +383,10 @@ class MqttPublisher:
             fsync=opts.spool_fsync,
         )
         self.delivered = self.dropped = self.refused = self.resent = self.spool_errors = 0
+        # Undelivered results, kept exact as a count: +1 when published, -1 when acknowledged,
+        # refused or dropped (the spool's own count misses those on their way into it).
+        self._undelivered = self.spool.pending_count
+        self._count_lock = threading.Lock()
         self._events: queue.SimpleQueue[tuple[str, int, ReasonCode | None]] = queue.SimpleQueue()
         self._dropping = False  # in a drop episode (reported once, summed up when the spool drains)
         self._disk_failing = False
@@ -412,6 +416,7 @@ class MqttPublisher:
     def _queue(self, job_id: str, topic: str, payload: bytes) -> None:
         with self._incoming_lock:
             self._incoming.append((job_id, topic, payload))
+        self._settle(+1)
         self._events.put(("wake", 0, None))
 
     def resend(self, job_ids: Iterable[str]) -> list[str]:
@@ -426,10 +431,14 @@ class MqttPublisher:
             self.link.log(f"MQTT: {len(found)} result(s) re-sent after reconciliation")
         return [r.job_id for r in found]
 
+    def _settle(self, change: int) -> None:
+        with self._count_lock:
+            self._undelivered += change
+
     def counters(self) -> MqttCounters:
         return MqttCounters(
             delivered=self.delivered,
-            spooled=self.spool.pending_count + len(self._incoming),
+            spooled=self._undelivered,
             spooled_bytes=self.spool.pending_bytes,
             dropped=self.dropped,
             refused=self.refused,
@@ -492,6 +501,7 @@ class MqttPublisher:
         dropped = [r for a in appended for r in a.dropped]
         if dropped:
             self.dropped += len(dropped)
+            self._settle(-len(dropped))
             if not self._dropping:
                 self._dropping = True
                 opts = self.link.options
@@ -517,7 +527,8 @@ class MqttPublisher:
                     self.link.log(f"error: MQTT broker refused a result ({reason}); such results are dropped, counted")
             else:
                 self.delivered += 1
-            self.spool.ack(seq)
+            if self.spool.ack(seq) is not None:
+                self._settle(-1)
             if not state.inflight:
                 state.resync = False
             if self._dropping and self.spool.pending_count == 0:
@@ -535,6 +546,7 @@ class MqttPublisher:
             except ValueError as err:  # a topic or payload paho will not send: it never will
                 self.refused += 1
                 self.spool.ack(record.seq)
+                self._settle(-1)
                 self.link.log(f"error: MQTT result of job {record.job_id} not sendable ({err}); dropped, counted")
                 continue
             # On MQTT_ERR_NO_CONN paho keeps the message and sends it at reconnect, in order.
