@@ -304,7 +304,7 @@ def _run(o: SimpleNamespace) -> None:
 
 
 @_command(
-    _o("--recipe", None, "NAME=ARTIFACTS_DIR, calibrated (repeatable).", list[str], name="recipes"),
+    _o("--recipe", None, "NAME=ARTIFACTS_DIR, calibrated (repeatable).", list[str], name="recipes", metavar="NAME=DIR"),
     (_o("--active", None, "The active recipe (default: the first).", str), _o("--queue", 16, "Jobs waiting.", min=1)),
     _o("--deadline-ms", None, "Answer timeout when a job has no verdict within this.", float),
     (_o("--events", None, "JSON Lines of every result.", Path), _o("--serve", None, "HOST:PORT of the HTTP API.", str)),

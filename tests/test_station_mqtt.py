@@ -30,6 +30,8 @@ from clipad.runtime.station.records import JobResult, StationState, Trigger, Ver
 
 MOSQUITTO = "/usr/sbin/mosquitto"
 MOSQUITTO_PASSWD = "/usr/bin/mosquitto_passwd"
+if os.environ.get("CLIPAD_REQUIRE_MOSQUITTO") == "1":  # CI: a missing broker is a failure, not a skip
+    assert os.path.exists(MOSQUITTO), f"CLIPAD_REQUIRE_MOSQUITTO=1 but {MOSQUITTO} is missing"
 pytestmark = pytest.mark.skipif(not os.path.exists(MOSQUITTO), reason="Mosquitto is not installed (apt mosquitto)")
 
 

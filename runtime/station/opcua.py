@@ -267,8 +267,8 @@ class StationServer:
             for gen in self._events:
                 for name, value in zip(names, result_values(result), strict=True):
                     setattr(gen.event, name, value.Value)
-                for (name, _, _), value in zip(EVENT_EXTRA, extra, strict=True):
-                    setattr(gen.event, name, value)
+                for (name, _, _), field in zip(EVENT_EXTRA, extra, strict=True):
+                    setattr(gen.event, name, field)
                 gen.event.Severity = 100 if result.verdict.passes else 500
                 await gen.trigger(message=f"{result.verdict.value} part {result.part_id} (job {result.job_id})")
         await self._refresh()
