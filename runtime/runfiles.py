@@ -67,7 +67,11 @@ def create_new(name: Callable[[int], Path], write: Callable[[BinaryIO], object] 
             file = open(path, "xb")
         except FileExistsError:
             continue
-        with file:
-            write(file)
+        try:
+            with file:
+                write(file)
+        except BaseException:  # a failed write (full disk) leaves no half-written file behind
+            path.unlink(missing_ok=True)
+            raise
         return path
     raise FileExistsError(f"{name(1)} and {MAX_VARIANTS - 1} variants of it exist")

@@ -37,15 +37,19 @@ Random weights: the figures are about the runtime, not detection.
 from __future__ import annotations
 
 import argparse
+import builtins
+import errno
 import fcntl
 import hashlib
 import json
+import multiprocessing
 import os
 import signal
 import threading
 import time
 from collections import Counter
 from collections.abc import Iterable
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import cv2
@@ -133,16 +137,36 @@ class FaultyBackend:
         self.inner.close()
 
 
+class FillsUp:
+    """A file on a disk that fills up: half of each write lands, then ENOSPC."""
+
+    def __init__(self, f):
+        self.f = f
+
+    def write(self, data: bytes) -> int:
+        self.f.write(data[: len(data) // 2])
+        self.f.flush()
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.f.close()
+
+
 class FullDiskWindow:
-    """Makes cv2.imwrite fail (as on a full disk) between two moments of the run."""
+    """The disk under the snapshots is full between two moments of the run: the files the sinks
+    create (exclusively, mode "x") take half their bytes, then the write fails with ENOSPC.
+    Installed as ``open`` of the modules that create those files."""
 
     def __init__(self, start_s: float, end_s: float):
-        self.t0, self.start_s, self.end_s, self.real = time.monotonic(), start_s, end_s, cv2.imwrite
+        self.t0, self.start_s, self.end_s = time.monotonic(), start_s, end_s
 
-    def __call__(self, *args, **kwargs):
-        if self.start_s <= time.monotonic() - self.t0 < self.end_s:
-            return False
-        return self.real(*args, **kwargs)
+    def open(self, path, mode="r", *args, **kwargs):
+        f = builtins.open(path, mode, *args, **kwargs)
+        full = self.start_s <= time.monotonic() - self.t0 < self.end_s
+        return FillsUp(f) if full and "x" in mode else f
 
 
 class SteppedClock:
@@ -199,14 +223,27 @@ def balanced(table: list[dict], in_events: bool = True) -> bool:
     return all(r["grabbed = inferred + dropped"] and (r["inferred = in events"] or not in_events) for r in table)
 
 
+def _digest(path: Path, size: int | None = None) -> str:
+    """sha256 of the file's first ``size`` bytes (all when None), read in 64 KiB blocks: the
+    soak's own checks must not hold whole files (their buffers would count in the RSS figure)."""
+    h, left = hashlib.sha256(), size
+    with path.open("rb") as f:
+        while left is None or left > 0:
+            block = f.read(65536 if left is None else min(65536, left))
+            if not block:
+                break
+            h.update(block)
+            left = None if left is None else left - len(block)
+    return h.hexdigest()
+
+
 def file_states(root: Path, names: list[str]) -> dict[str, tuple[int, str]]:
     """(size, sha256) of every file under ``root``/``name`` for each of ``names``."""
     states = {}
     for name in names:
         base = root / name
         for p in [base] if base.is_file() else sorted(x for x in base.rglob("*") if x.is_file()):
-            data = p.read_bytes()
-            states[str(p.relative_to(root))] = (len(data), hashlib.sha256(data).hexdigest())
+            states[str(p.relative_to(root))] = (p.stat().st_size, _digest(p))
     return states
 
 
@@ -218,10 +255,10 @@ def changed(root: Path, before: dict[str, tuple[int, str]], appended: set[str]) 
         if not p.is_file():
             out.append(f"{name} (deleted)")
             continue
-        data = p.read_bytes()
-        if name not in appended and len(data) != size:
-            out.append(f"{name} (size {size} -> {len(data)})")
-        elif hashlib.sha256(data[:size]).hexdigest() != digest:
+        now = p.stat().st_size
+        if name not in appended and now != size:
+            out.append(f"{name} (size {size} -> {now})")
+        elif now < size or _digest(p, size) != digest:
             out.append(f"{name} (rewritten)")
     return out
 
@@ -241,6 +278,36 @@ def event_sources(lines: Iterable[str]) -> tuple[Counter, Counter, list[float]]:
     return recorded, labels, latencies
 
 
+def run_records(events: Path, offset: int) -> tuple[Counter, Counter, int]:
+    """Records per source and labels of the events file's lines after ``offset``; the new end."""
+    with events.open() as f:
+        f.seek(offset)
+        recorded, labels, _ = event_sources(f)
+        return recorded, labels, f.tell()
+
+
+def check_and_record_states(root: Path, states: Path, compare: bool) -> list[str]:
+    """The files of earlier runs that changed (``compare``: against ``states``), then the states now."""
+    modified = []
+    if compare:
+        before = {k: (int(v[0]), str(v[1])) for k, v in json.loads(states.read_text()).items()}
+        modified = changed(root, before, {"events.jsonl"})
+    states.write_text(json.dumps(file_states(root, ["events.jsonl", "snapshots"])))
+    return modified
+
+
+def partial_snapshots(folder: Path) -> list[str]:
+    """Snapshot files that do not end with PNG's IEND chunk (half-written)."""
+    iend = b"IEND\xaeB`\x82"
+    out = []
+    for p in sorted(folder.glob("*.png")):
+        with p.open("rb") as f:
+            f.seek(max(p.stat().st_size - len(iend), 0))
+            if f.read() != iend:
+                out.append(p.name)
+    return out
+
+
 def restart_runs(args, out: Path, backend, image_size: int, cal: Calibration, video: Path, probe: dict) -> dict:
     """The faulty sources served by three runs on one output folder, the first two stopped by
     SIGTERM; every frame of every run accounted for, no file of an earlier run modified."""
@@ -250,7 +317,8 @@ def restart_runs(args, out: Path, backend, image_size: int, cal: Calibration, vi
         old.unlink()
     per_run = max(args.frames // 3, 1)
     runs, modified, read_bytes = [], [], 0
-    before: dict[str, tuple[int, str]] = {}
+    states = out / "file_states.json"  # (size, sha256) of the earlier runs' files, kept by the helper
+    checker = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
     for k in range(3):
         sources = [
             FaultySource(str(video), "steady", fps=args.source_fps),
@@ -278,14 +346,12 @@ def restart_runs(args, out: Path, backend, image_size: int, cal: Calibration, vi
         rss_at_end = round(rss_mb(), 1)
         if k == 2:
             probe["measure"](pipe, "end")
-        with events.open() as f:  # this run's records: the lines after the earlier runs' ones
-            f.seek(read_bytes)
-            recorded, labels, _ = event_sources(f)
-            read_bytes = f.tell()
+        # The checks read every record and hash every file: in a helper process, so that their
+        # buffers and parsed records never count in this process's RSS figure.
+        recorded, labels, read_bytes = checker.submit(run_records, events, read_bytes).result()
         table = account(sources, recorded)
-        if before:
-            modified += changed(out, before, appended={"events.jsonl"})
-        before = file_states(out, ["events.jsonl", "snapshots"])
+        modified += checker.submit(check_and_record_states, out, states, k > 0).result()
+        partial = checker.submit(partial_snapshots, out / "snapshots").result()
         runs.append(
             {
                 "run": k + 1,
@@ -299,6 +365,7 @@ def restart_runs(args, out: Path, backend, image_size: int, cal: Calibration, vi
                 "snapshots": {
                     "written": snapshots.written,
                     "failed (full disk)": snapshots.failed,
+                    "half-written files left": len(partial),
                     "rate-limited": snapshots.skipped,
                 },
                 "accounting": table,
@@ -307,7 +374,9 @@ def restart_runs(args, out: Path, backend, image_size: int, cal: Calibration, vi
                 "rss_mb_at_end": rss_at_end,
             }
         )
+    checker.shutdown()
     ok = all(balanced(r["accounting"]) and r["error"] is None for r in runs) and not modified
+    ok = ok and not any(r["snapshots"]["half-written files left"] for r in runs)
     ok = ok and [r["stopped_by"] for r in runs] == ["SIGTERM", "SIGTERM", "--max-frames"]
     return {"ok": ok, "runs": runs, "files of earlier runs modified": modified}
 
@@ -515,6 +584,7 @@ def main() -> int:
         image_score=get_method(art.manifest.mode).image_score,
     )
 
+    import clipad.runtime.runfiles as runfiles_module
     import clipad.runtime.sinks as sinks_module
 
     rss: dict[str, float] = {}
@@ -529,12 +599,15 @@ def main() -> int:
 
     expected_s = args.frames / 300.0  # rough: the full-disk window sits in the middle of the runs
     full_disk = FullDiskWindow(0.3 * expected_s, 0.4 * expected_s)
-    sinks_module.cv2.imwrite = full_disk  # the snapshot sink's writes fail in that window
+    writers = (sinks_module, runfiles_module)  # the snapshot sink's files fail in that window
+    for module in writers:
+        module.open = full_disk.open
     t_start = time.perf_counter()
     try:
         restarts = restart_runs(args, out, backend, art.image_size, cal, video, {"measure": measure})
     finally:
-        sinks_module.cv2.imwrite = full_disk.real
+        for module in writers:
+            delattr(module, "open")
     seconds = time.perf_counter() - t_start
     frames_served = sum(r["frames"] for r in restarts["runs"])
     phases = {

@@ -362,7 +362,7 @@ def test_bad_reference_input(tmp_path, capsys, data):
     code, _, err = run(
         capsys, "export", "--category", "c", "--reference", good[0], "--memory-patches", 0, "--out", out, *TINY
     )
-    assert_one_line_error(code, err, "--memory-patches must be at least 1")
+    assert_one_line_error(code, err, "--memory-patches must be an integer in [1, 10000000]")
     assert not out.exists()  # nothing half-written
 
 

@@ -233,3 +233,42 @@ def test_snapshot_retention_keeps_the_newest_within_the_quota(tmp_path):
     assert [name.split("_")[3] for name in kept] == ["000003", "000003", "000004", "000004"], kept
     assert all(p.exists() for p in users) and sink.retention.removed == 6
     assert any("snapshots: retention removed 6 files" in n for n in sink.notes), list(sink.notes)
+
+
+class _FillsUp:
+    """A file on a disk that fills up: half of each write lands, then ENOSPC."""
+
+    def __init__(self, f):
+        self.f = f
+
+    def write(self, data: bytes) -> int:
+        import errno
+
+        self.f.write(data[: len(data) // 2])
+        self.f.flush()
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.f.close()
+
+
+def test_a_snapshot_that_meets_a_full_disk_leaves_no_partial_file(tmp_path, monkeypatch):
+    """The disk fills up in the middle of a snapshot: counted, said once, no half-written file left."""
+    import builtins
+
+    from clipad.runtime import runfiles
+
+    def full_open(path, mode="r", *args, **kwargs):
+        f = builtins.open(path, mode, *args, **kwargs)
+        return _FillsUp(f) if "x" in mode else f  # the sink creates its files exclusively
+
+    monkeypatch.setattr(runfiles, "open", full_open, raising=False)
+    sink = SnapshotSink(tmp_path / "s")
+    sink.write(FrameResult(anomalous("cam", 0, 0.0), FRAME, AMAP))
+    sink.close()
+    assert (sink.failed, sink.written) == (1, 0)
+    assert [p.name for p in (tmp_path / "s").glob("cam*")] == []
+    assert any("No space left on device" in n for n in sink.notes), list(sink.notes)

@@ -169,6 +169,8 @@ def test_every_job_gets_exactly_one_result_and_a_full_queue_answers_busy(station
         t.start()
     for t in threads:
         t.join()
+    # the busy answers are published from the publisher thread: wait until each has gone out
+    wait_for(lambda: sum(r.why == BUSY for _, r in rec.got) == st.busy_count)
     busy = [r for _, r in rec.got if r.why == BUSY]
     assert len(busy) >= 60 - 4 and all(r.verdict is Verdict.ERROR for r in busy)  # answered while the worker waits
     assert st.state == "busy" and st.queue_depth == 3

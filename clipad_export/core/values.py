@@ -27,8 +27,8 @@ class Bounds:
     why: str = ""
 
     def describe(self) -> str:
-        low, high = (int(b) if self.integer else b for b in (self.low, self.high))
-        return f"{'(' if self.low_open else '['}{low:g}, {high:g}]"
+        low, high = (f"{int(b)}" if self.integer else f"{b:g}" for b in (self.low, self.high))
+        return f"{'(' if self.low_open else '['}{low}, {high}]"
 
     def parse(self, value: float, what: str) -> float:
         """``value`` when it is of this kind; else a one-line error naming ``what`` (the option)."""
