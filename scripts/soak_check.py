@@ -38,13 +38,13 @@ from __future__ import annotations
 
 import argparse
 import builtins
-import errno
 import fcntl
 import hashlib
 import json
 import multiprocessing
 import os
 import signal
+import sys
 import threading
 import time
 from collections import Counter
@@ -67,6 +67,9 @@ from clipad.runtime.backends import open_backend
 from clipad.runtime.pipeline import SINK_STALL_S, Pipeline
 from clipad.runtime.sinks import EventsSink, SnapshotSink, VideoSink
 from clipad.runtime.sources import LiveSource
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository: tests.helpers
+from tests.helpers import FillsUp  # noqa: E402
 
 
 class ScheduledCapture:
@@ -135,24 +138,6 @@ class FaultyBackend:
 
     def close(self):
         self.inner.close()
-
-
-class FillsUp:
-    """A file on a disk that fills up: half of each write lands, then ENOSPC."""
-
-    def __init__(self, f):
-        self.f = f
-
-    def write(self, data: bytes) -> int:
-        self.f.write(data[: len(data) // 2])
-        self.f.flush()
-        raise OSError(errno.ENOSPC, "No space left on device")
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.f.close()
 
 
 class FullDiskWindow:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import shutil
 import socket
 from pathlib import Path
@@ -170,3 +171,22 @@ def onnx_pipeline(art, sources, sinks=(), **options):
     return Pipeline(
         open_backend(art, "onnxruntime", "fp32", "cpu"), sources, art.image_size, None, list(sinks), **options
     )
+
+
+class FillsUp:
+    """A file on a disk that fills up: half of each write lands, then ENOSPC (used by the tests
+    and by scripts/soak_check.py's full-disk window)."""
+
+    def __init__(self, f):
+        self.f = f
+
+    def write(self, data: bytes) -> int:
+        self.f.write(data[: len(data) // 2])
+        self.f.flush()
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.f.close()

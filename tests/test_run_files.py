@@ -20,7 +20,7 @@ from clipad.core.errors import ClipadError
 from clipad.data.synth import sample_images
 from clipad.runtime.records import FrameResult, Prediction
 from clipad.runtime.sinks import EventsSink, SnapshotSink, VideoSink
-from tests.helpers import run, write_video
+from tests.helpers import FillsUp, run, write_video
 
 FRAME, AMAP = np.zeros((48, 64, 3), np.uint8), np.zeros((4, 4), np.float32)
 
@@ -235,26 +235,6 @@ def test_snapshot_retention_keeps_the_newest_within_the_quota(tmp_path):
     assert any("snapshots: retention removed 6 files" in n for n in sink.notes), list(sink.notes)
 
 
-class _FillsUp:
-    """A file on a disk that fills up: half of each write lands, then ENOSPC."""
-
-    def __init__(self, f):
-        self.f = f
-
-    def write(self, data: bytes) -> int:
-        import errno
-
-        self.f.write(data[: len(data) // 2])
-        self.f.flush()
-        raise OSError(errno.ENOSPC, "No space left on device")
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.f.close()
-
-
 def test_a_snapshot_that_meets_a_full_disk_leaves_no_partial_file(tmp_path, monkeypatch):
     """The disk fills up in the middle of a snapshot: counted, said once, no half-written file left."""
     import builtins
@@ -263,7 +243,7 @@ def test_a_snapshot_that_meets_a_full_disk_leaves_no_partial_file(tmp_path, monk
 
     def full_open(path, mode="r", *args, **kwargs):
         f = builtins.open(path, mode, *args, **kwargs)
-        return _FillsUp(f) if "x" in mode else f  # the sink creates its files exclusively
+        return FillsUp(f) if "x" in mode else f  # the sink creates its files exclusively
 
     monkeypatch.setattr(runfiles, "open", full_open, raising=False)
     sink = SnapshotSink(tmp_path / "s")
