@@ -16,7 +16,6 @@ misbehave).
 
 from __future__ import annotations
 
-import io
 import json
 import secrets
 import threading
@@ -32,7 +31,7 @@ from clipad.core.errors import ClipadError
 from clipad.data.colour import to_bgr
 from clipad.runtime.records import FrameResult, Prediction
 from clipad.runtime.viewer_access import Access, Verdict, is_loopback, parse_serve, url_host
-from clipad.runtime.viewer_gate import GatedServer, ViewerLimits
+from clipad.runtime.viewer_gate import GatedHandler, GatedServer, ViewerLimits
 
 HISTORY = 600
 MAX_CLIENTS = ViewerLimits.streams
@@ -151,20 +150,8 @@ def _handler(viewer: Viewer) -> type[BaseHTTPRequestHandler]:
     Host and token checks, then the answer (a stream only in one of the gate's slots)."""
     server_timeout = viewer.limits.write_timeout_s
 
-    class Handler(BaseHTTPRequestHandler):
+    class Handler(GatedHandler):
         timeout = server_timeout  # a client that stops reading the stream or an answer is closed
-        server: GatedServer
-
-        def log_message(self, format, *args):  # quiet: the runtime has its own status line
-            pass
-
-        def handle(self):
-            head = self.server.wait_for_head(self.connection)
-            if head is None:
-                return
-            self.connection.settimeout(server_timeout)
-            self.rfile = io.BytesIO(head)  # one request per connection (HTTP/1.0): nothing follows the head
-            self.handle_one_request()
 
         def do_GET(self):
             url = urlsplit(self.path)

@@ -14,13 +14,14 @@
 
 from __future__ import annotations
 
+import io
 import socket
 import sys
 import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
-from http.server import ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 MAX_HEAD_BYTES = 16384  # request line and headers; a longer head is refused (the page's requests need < 1 KiB)
 
@@ -95,3 +96,24 @@ class GatedServer(ThreadingHTTPServer):
         if isinstance(err, OSError):  # the client hung up, reset or stopped reading: nothing to report
             return
         sys.stderr.write(f"viewer: a request from {client_address[0]} failed: {type(err).__name__}: {err}\n")
+
+
+class GatedHandler(BaseHTTPRequestHandler):
+    """The request handler of a ``GatedServer``: the whole head read within the gate's deadline,
+    then one request per connection (HTTP/1.0: nothing follows the head and its body bytes), and
+    no log lines of its own (the servers report through theirs). ``received``/``received_wall``:
+    when the head was complete (monotonic and wall seconds). Subclasses set ``timeout``."""
+
+    server: GatedServer
+
+    def log_message(self, format, *args):
+        pass
+
+    def handle(self):
+        head = self.server.wait_for_head(self.connection)
+        if head is None:
+            return
+        self.received, self.received_wall = time.monotonic(), time.time()
+        self.connection.settimeout(self.timeout)
+        self.rfile = io.BytesIO(head)
+        self.handle_one_request()

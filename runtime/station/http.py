@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import io
 import json
 import secrets
 import threading
@@ -40,7 +39,7 @@ from clipad.runtime.station.metrics import CONTENT_TYPE, StationMetrics
 from clipad.runtime.station.records import Trigger
 from clipad.runtime.station.station import Station
 from clipad.runtime.viewer_access import Access, Verdict, is_loopback, url_host
-from clipad.runtime.viewer_gate import GatedServer, ViewerLimits
+from clipad.runtime.viewer_gate import GatedHandler, GatedServer, ViewerLimits
 
 MAX_BODY = 64 * 1024 * 1024  # bytes of a trigger's body (a base64 image of about 48 MB)
 BODY_DEADLINE_S = 30.0  # the whole body must arrive within this (a slow client cannot hold a thread longer)
@@ -129,21 +128,8 @@ def _handler(srv: StationServer) -> type[BaseHTTPRequestHandler]:
     viewer's Host and token checks, then the answer."""
     station, timeout_s = srv.station, srv.limits.write_timeout_s
 
-    class Handler(BaseHTTPRequestHandler):
+    class Handler(GatedHandler):
         timeout = timeout_s
-        server: GatedServer
-
-        def log_message(self, format, *args):  # quiet: the station reports through its own lines
-            pass
-
-        def handle(self):
-            head = self.server.wait_for_head(self.connection)
-            if head is None:
-                return
-            self.received, self.received_wall = time.monotonic(), time.time()
-            self.connection.settimeout(timeout_s)
-            self.rfile = io.BytesIO(head)  # the head and any body bytes that came with it; one request per connection
-            self.handle_one_request()
 
         def _allowed(self) -> bool:
             if not srv.access.host_allowed(self.headers.get("Host", ""), srv.port):
