@@ -45,6 +45,7 @@ class Frame:
     image: np.ndarray
     monotonic: float = field(default_factory=lambda: time.monotonic())  # the module, not the field above
     fps: float | None = None
+    grab_began: float | None = None  # time.monotonic() when the call that delivered it began (live sources)
 
 
 @dataclass
@@ -71,6 +72,14 @@ class Source(ABC):
     @property
     def exhausted(self) -> bool:
         return False
+
+    def capture(self, after: float, timeout: float) -> Frame | None:
+        """A frame for a trigger received at ``after`` (time.monotonic()), never one captured
+        before it; None when none comes within ``timeout`` seconds (or a file source is
+        exhausted). Files and videos: the next frame in order (a replay of recorded parts).
+        Live sources override it to wait for a frame grabbed after the trigger; a camera with a
+        software trigger fires it here (one trigger, one frame)."""
+        return self.read(timeout)
 
     def interrupt(self) -> None:  # noqa: B027 - deliberately not abstract: a no-op for sources without a thread
         """Ask the source's threads to stop, without waiting (``close`` waits): interrupting every
@@ -231,11 +240,12 @@ class LiveSource(Source):
                     self.stats.reconnects += 1
                     self.stats.events.append(f"{self.name}: reconnected")
                     delay = self.backoff[0]
+                began = time.monotonic()
                 ok, img = self.cap.read()
                 if not ok or img is None:
                     self._lose("stream lost, reconnecting")
                     continue
-                frame = Frame(self.name, self._index, time.time(), to_rgb(img))
+                frame = Frame(self.name, self._index, time.time(), to_rgb(img), grab_began=began)
             except Exception as err:  # noqa: BLE001 - a capture thread that dies would lose the camera for good
                 self._lose(redact(f"capture failed ({type(err).__name__}: {err}), reconnecting"))
                 if self._stop.wait(delay):
@@ -276,6 +286,24 @@ class LiveSource(Source):
             self._fresh = False
             self.stats.frames += 1
             return self._latest
+
+    def capture(self, after: float, timeout: float) -> Frame | None:
+        """The first frame whose grab began at or after ``after``: a frame already waiting, or
+        being read when the trigger came, is older than the trigger and is skipped (counted as
+        dropped). Frames a camera driver buffered before the grab cannot be told apart here; a
+        camera with a software trigger (GenICam) has no such frames."""
+        end = time.monotonic() + timeout
+        with self._cond:
+            while True:
+                latest = self._latest
+                if self._fresh and latest is not None and (latest.grab_began or latest.monotonic) >= after:
+                    self._fresh = False
+                    self.stats.frames += 1
+                    return latest
+                left = end - time.monotonic()
+                if left <= 0 or self._stop.is_set():
+                    return None
+                self._cond.wait(min(left, 0.2))
 
     def interrupt(self) -> None:
         self._stop.set()

@@ -34,16 +34,20 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
+import numpy as np
+
 from clipad.core.errors import ClipadError
 from clipad.core.redaction import redact
 from clipad.data.images import ImageReadError, decode_rgb, model_batch, read_rgb
 from clipad.runtime.runfiles import new_run_id
 from clipad.runtime.scoring import score_batch
+from clipad.runtime.sources import Source
 from clipad.runtime.station.recipes import RecipeBook
 from clipad.runtime.station.records import JobResult, Publisher, StationState, Trigger, Verdict
 
 BUSY = "busy"
 NO_IMAGE = "no image and no source"
+CAPTURE_TIMEOUT_S = 5.0  # a trigger's frame must come within this (or the job's deadline, if shorter)
 POLL_S = 0.2  # how often idle threads look at the stop flag
 
 
@@ -77,6 +81,16 @@ class LateListener(Protocol):
     def late(self, result: JobResult) -> None: ...
 
 
+@runtime_checkable
+class InspectionWatcher(Protocol):
+    """Sees every inspected job with its pixels (the operator's page: live overlay, NG gallery).
+    ``image``: the job's RGB uint8 [H, W, 3] at its own size; ``amap``: the anomaly map float32
+    [S', S'] at model resolution; called on the worker after the result is handed out, so it
+    must only copy or queue (never encode or draw there)."""
+
+    def inspected(self, result: JobResult, image: np.ndarray, amap: np.ndarray) -> None: ...
+
+
 @dataclass
 class _Job:
     job_id: str
@@ -96,7 +110,8 @@ class Station:
 
     ``book``: the opened recipes (the station does not close it); ``publishers``: where results go
     (more can be added with ``add_publisher``; the station closes them); ``log``: one line per
-    thing the operator should know."""
+    thing the operator should know; ``source``: where a trigger without an image gets its frame
+    (``Source.capture``: never one captured before the trigger; the caller closes it)."""
 
     def __init__(
         self,
@@ -104,8 +119,10 @@ class Station:
         publishers: Sequence[Publisher] = (),
         config: StationConfig | None = None,
         log: Callable[[str], None] = lambda s: print(s, file=sys.stderr, flush=True),
+        source: Source | None = None,
     ):
-        self.book, self.config, self.log = book, config or StationConfig(), log
+        self.book, self.config, self.log, self.source = book, config or StationConfig(), log, source
+        self._watchers: list[InspectionWatcher] = []
         self.config.check()
         self.run = self.config.run or new_run_id()
         self._publishers: list[Publisher] = list(publishers)
@@ -290,6 +307,10 @@ class Station:
         """One more channel for the results from now on (an OPC UA server built on this station)."""
         self._publishers = [*self._publishers, publisher]  # the publisher thread reads a snapshot
 
+    def add_watcher(self, watcher: InspectionWatcher) -> None:
+        """One more ``InspectionWatcher`` from now on (the operator's page)."""
+        self._watchers = [*self._watchers, watcher]
+
     # -- finishing -----------------------------------------------------------------------
     def _finish(
         self,
@@ -364,14 +385,16 @@ class Station:
             self._finish(job, Verdict.ERROR, str(err), deciding=True)
             return
         image = job.trigger.image
-        if image is None:  # capture at the trigger from a live source: not built yet
-            self._finish(job, Verdict.ERROR, NO_IMAGE, deciding=True)
-            return
-        try:
-            rgb = decode_rgb(image, "the trigger's image") if isinstance(image, bytes) else read_rgb(Path(image))
-        except ImageReadError as err:
-            self._finish(job, Verdict.ERROR, str(err), deciding=True)
-            return
+        if image is None:
+            rgb = self._capture(job)
+            if rgb is None:
+                return
+        else:
+            try:
+                rgb = decode_rgb(image, "the trigger's image") if isinstance(image, bytes) else read_rgb(Path(image))
+            except ImageReadError as err:
+                self._finish(job, Verdict.ERROR, str(err), deciding=True)
+                return
         batch = model_batch([rgb], recipe.image_size)
         t0 = time.perf_counter()
         try:
@@ -390,6 +413,31 @@ class Station:
         else:
             verdict, why = Verdict.ERROR, pred.error or "no verdict from the scores"
         self._finish(job, verdict, why, pred.score, pred.defect_area, inference_ms, deciding=True)
+        if self._watchers:
+            result = self.result(job.job_id)
+            if result is not None and result.verdict is verdict:  # not a TIMEOUT answered first
+                for w in self._watchers:
+                    w.inspected(result, rgb, amap[0])
+
+    def _capture(self, job: _Job) -> np.ndarray | None:
+        """The job's frame from the station's source, grabbed after its trigger (RGB uint8
+        [H, W, 3]); None after finishing the job ERROR when there is no source or no frame."""
+        if self.source is None:
+            self._finish(job, Verdict.ERROR, NO_IMAGE, deciding=True)
+            return None
+        wait = CAPTURE_TIMEOUT_S
+        if self.config.deadline_ms is not None:
+            wait = min(wait, max(job.trigger.received + self.config.deadline_ms / 1000 - time.monotonic(), 0.0))
+        try:
+            frame = self.source.capture(job.trigger.received, wait)
+        except Exception as err:  # noqa: BLE001 - a capture library's failure is this job's ERROR
+            frame, why = None, f"capture from {self.source.name} failed: {_one_line(err)}"
+        else:
+            why = f"no frame from {self.source.name} within {wait:.3g} s of the trigger"
+        if frame is None:
+            self._finish(job, Verdict.ERROR, why, deciding=True)
+            return None
+        return frame.image
 
     # -- deadlines -----------------------------------------------------------------------
     def _watch_deadlines(self) -> None:
