@@ -309,6 +309,17 @@ def _run(o: SimpleNamespace) -> None:
     _o("--deadline-ms", None, "Answer timeout when a job has no verdict within this.", float),
     (_o("--events", None, "JSON Lines of every result.", Path), _o("--serve", None, "HOST:PORT of the HTTP API.", str)),
     (_o("--replay", None, "Images to trigger on (folder, glob, list file).", str), *SERVING[1:4]),
+    (_o("--source", None, "Camera/stream for triggers without an image.", str), _o("--name", None, "Station.", str)),
+    _o("--image-root", None, "Image paths in HTTP/MQTT triggers must be in this folder (else refused).", Path),
+    _panel(
+        "Line (passwords: a FILE or $VAR, never on the command line)",
+        _o("--mqtt", None, "Broker, mqtt://USER@HOST:PORT/TOPIC_ROOT (mqtts://: TLS).", str),
+        (_o("--mqtt-password", None, "", str, metavar="FILE|$VAR"), _o("--spool", None, "Unsent results.", Path)),
+        (_o("--mqtt-ca", None, "CA (mqtts).", Path), _o("--mqtt-cert", None, "Client cert.", Path)),
+        (_o("--mqtt-key", None, "Its key.", Path), _o("--opcua", None, "Server endpoint, opc.tcp://HOST:PORT", str)),
+        _o("--opcua-user", None, "A user who may log in (repeatable).", list[str], metavar="NAME=FILE|$VAR"),
+        (_o("--opcua-certs", None, "Server cert.", Path), _o("--opcua-trust", None, "Client cert.", list[Path])),
+    ),
 )
 def _station(o: SimpleNamespace) -> None:
     """Inspect triggered parts (OK, NG, error, timeout) with recipes; results to the events file and /metrics."""

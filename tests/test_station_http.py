@@ -19,6 +19,7 @@ from clipad.runtime.station.metrics import StationMetrics
 from clipad.runtime.station.recipes import RecipeBook
 from clipad.runtime.station.records import JobResult
 from clipad.runtime.station.station import Station, StationConfig
+from clipad.runtime.station.trigger_payload import ImagePaths
 from tests.test_station_core import CPU, make_recipes, noise_png
 
 
@@ -62,7 +63,7 @@ def served(root):
     metrics, published = StationMetrics(), Published()
     station = Station(book, [metrics, published], StationConfig(deadline_ms=5000))
     metrics.bind(station)
-    server = StationServer(station, "127.0.0.1", 0, metrics)
+    server = StationServer(station, "127.0.0.1", 0, metrics, paths=ImagePaths(root))
     yield server, station, published
     server.close()
     station.close()
@@ -100,6 +101,7 @@ def test_triggers_results_metrics_and_probes_over_http(served, root):
         ({"image": "x.png", "image_b64": b64}, "not both"),
         ({"image_b64": "***"}, "image_b64 must be base64"),
         ([1, 2], "expected a JSON object"),
+        ({"image": "/etc/passwd"}, "outside the station's image root"),
     ):
         code, answer = post(port, bad)
         assert code == 400 and why in answer["error"], answer
@@ -117,20 +119,20 @@ def test_triggers_results_metrics_and_probes_over_http(served, root):
         for family in text_string_to_metric_families(text.decode())
         for s in family.samples
     }
-    assert samples[("clipad_station_jobs_total", (("recipe", "a"), ("verdict", "error")))] == 5
+    assert samples[("clipad_station_jobs_total", (("recipe", "a"), ("verdict", "error")))] == 6
     assert samples[("clipad_station_jobs_total", (("recipe", "zzz"), ("verdict", "error")))] == 1
     judged = sum(
         samples.get(("clipad_station_jobs_total", (("recipe", r), ("verdict", v))), 0)
         for r in "ab"
         for v in ("OK", "NG")
     )
-    assert judged == 2 and samples[("clipad_station_latency_seconds_count", (("via", "http"),))] == 8
+    assert judged == 2 and samples[("clipad_station_latency_seconds_count", (("via", "http"),))] == 9
     assert samples[("clipad_station_queue_depth", ())] == 0 and samples[("clipad_station_backend_up", ())] == 1
     assert (
         samples[("clipad_station_state", (("state", "ready"),))] == 1 and samples[("clipad_station_recipes", ())] == 2
     )
     assert samples[("clipad_station_timeouts_total", ())] == 0 and samples[("clipad_station_late_total", ())] == 0
-    assert len(published.results) == 8 and len({r.job_id for r in published.results}) == 8
+    assert len(published.results) == 9 and len({r.job_id for r in published.results}) == 9
 
     station.close()
     code, _, body = call(port, "GET", "/readyz")

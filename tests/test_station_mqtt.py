@@ -27,6 +27,7 @@ import clipad
 from clipad.core.errors import ClipadError
 from clipad.runtime.station.mqtt import MqttCommands, MqttLink, MqttOptions, MqttPublisher
 from clipad.runtime.station.records import JobResult, StationState, Trigger, Verdict
+from clipad.runtime.station.trigger_payload import ImagePaths
 
 MOSQUITTO = "/usr/sbin/mosquitto"
 MOSQUITTO_PASSWD = "/usr/bin/mosquitto_passwd"
@@ -440,11 +441,11 @@ def test_commands_become_triggers_and_malformed_ones_refused_triggers(tmp_path, 
     side = Side(tmp_path, broker.port, max_command_mib=0.001)
     sides.append(side)
     station = StationDouble()
-    commands = MqttCommands(side.link, station)
+    commands = MqttCommands(side.link, station, ImagePaths(tmp_path))
     wait_until(commands.subscribed.is_set, what="the command subscription")
     png = b"\x89PNG\r\n\x1a\n fake image bytes"
     payloads = [
-        json.dumps({"part_id": "A1", "recipe": "gear", "image": "/data/a1.png"}).encode(),
+        json.dumps({"part_id": "A1", "recipe": "gear", "image": "a1.png"}).encode(),
         json.dumps({"part_id": 7, "image_b64": base64.b64encode(png).decode()}).encode(),
         b"{}",
         b"not json",
@@ -454,6 +455,8 @@ def test_commands_become_triggers_and_malformed_ones_refused_triggers(tmp_path, 
         json.dumps({"image_b64": "!!not base64!!"}).encode(),
         json.dumps({"image": "a.png", "image_b64": "AAAA"}).encode(),
         json.dumps({"part_id": True}).encode(),
+        json.dumps({"image": "/etc/passwd"}).encode(),
+        json.dumps({"image": "../x.png"}).encode(),
         json.dumps({"image_b64": "A" * 2000}).encode(),
     ]
     plc = paho.Client(CallbackAPIVersion.VERSION2, client_id="plc", protocol=MQTTProtocolVersion.MQTTv5)
@@ -466,17 +469,35 @@ def test_commands_become_triggers_and_malformed_ones_refused_triggers(tmp_path, 
     plc.loop_stop()
     t = station.triggers
     assert all(x.via == "mqtt" for x in t)
-    assert (t[0].part_id, t[0].recipe, t[0].image, t[0].refused) == ("A1", "gear", Path("/data/a1.png"), None)
+    assert (t[0].part_id, t[0].recipe, t[0].image, t[0].refused) == (
+        "A1",
+        "gear",
+        (tmp_path / "a1.png").resolve(),
+        None,
+    )
     assert (t[1].part_id, t[1].recipe, t[1].image, t[1].refused) == ("7", None, png, None)
     assert (t[2].part_id, t[2].image, t[2].refused) == (None, None, None)
     why = [x.refused for x in t[3:]]
     assert all(why), why
     for text, reason in zip(
-        ["not JSON", "not an object", "not UTF-8", "colour", "base64", "not both", "part_id", "over"], why, strict=True
+        [
+            "not JSON",
+            "expected a JSON object",
+            "not UTF-8",
+            "colour",
+            "base64",
+            "not both",
+            "part_id",
+            "outside",
+            "outside",
+            "over",
+        ],
+        why,
+        strict=True,  # fmt: skip
     ):
         assert text in reason, (text, reason)
     refused_lines = side.lines_with("refused")
-    assert len(refused_lines) == 8 and "job-4" in refused_lines[0] and commands.refused == 8
+    assert len(refused_lines) == 10 and "job-4" in refused_lines[0] and commands.refused == 10
     commands.close()
 
 

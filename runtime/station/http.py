@@ -1,12 +1,11 @@
 """The station's HTTP server: triggers, results, metrics and probes.
 
-- ``POST /trigger``: a JSON object ``{"part_id": str|int, "recipe": str, "image": PATH}`` or with
-  ``"image_b64": BASE64`` instead of ``image`` (every field optional; no image: the station would
-  capture one, see ``station.NO_IMAGE``) -> 202 ``{"job_id": ...}``; with ``?wait=1`` the answer
-  waits for the result (up to the deadline and a second more, else ``WAIT_S``) and is 200 with the
-  result record. A body that is not such an object (malformed JSON, unknown fields, bad base64,
-  too large) is still a trigger: it gets a job id and its ERROR result, answered 400 (413 when too
-  large) ``{"job_id": ..., "error": why}``.
+- ``POST /trigger``: a trigger payload (``trigger_payload``: part id, recipe, an image path inside
+  ``paths.root`` or the image in base64; no image: the station captures one) -> 202
+  ``{"job_id": ...}``; with ``?wait=1`` the answer waits for the result (up to the deadline and a
+  second more, else ``WAIT_S``) and is 200 with the result record. A body that is not a trigger
+  (malformed JSON, unknown fields, bad base64, a path outside the image root, too large) is still
+  a trigger: it gets a job id and its ERROR result, answered 400 (413 when too large) ``{"job_id": ..., "error": why}``.
 - ``GET /result/<job_id>``: 200 the result record; 202 while the job is pending; 404 unknown or
   forgotten.
 - ``GET /metrics``: the Prometheus text format (``metrics.StationMetrics``).
@@ -23,14 +22,11 @@ tracebacks. The body of a trigger must arrive within ``BODY_DEADLINE_S``.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import json
 import secrets
 import threading
 import time
 from http.server import BaseHTTPRequestHandler
-from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
@@ -38,57 +34,13 @@ from clipad.core.errors import ClipadError
 from clipad.runtime.station.metrics import CONTENT_TYPE, StationMetrics
 from clipad.runtime.station.records import Trigger
 from clipad.runtime.station.station import Station
+from clipad.runtime.station.trigger_payload import ImagePaths, trigger_from_payload
 from clipad.runtime.viewer_access import Access, Verdict, is_loopback, url_host
 from clipad.runtime.viewer_gate import GatedHandler, GatedServer, ViewerLimits
 
 MAX_BODY = 64 * 1024 * 1024  # bytes of a trigger's body (a base64 image of about 48 MB)
 BODY_DEADLINE_S = 30.0  # the whole body must arrive within this (a slow client cannot hold a thread longer)
 WAIT_S = 30.0  # the longest ?wait=1 answer without a deadline
-FIELDS = frozenset({"part_id", "recipe", "image", "image_b64"})
-MAX_ID = 256  # characters of a part id or recipe name in a trigger
-
-
-def parse_trigger(body: bytes, received: float, received_wall: float) -> Trigger:
-    """A trigger from a POST body; a body that is not a trigger gives a refused one (its reason in
-    ``refused``), which the station answers ERROR."""
-
-    def refused(why: str, part_id: str | None = None) -> Trigger:
-        return Trigger("http", part_id=part_id, refused=f"malformed trigger: {why}", received=received,
-                       received_wall=received_wall)  # fmt: skip
-
-    try:
-        obj = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as err:
-        return refused(f"not JSON ({err})")
-    if not isinstance(obj, dict):
-        return refused(f"expected a JSON object, got {type(obj).__name__}")
-    part = obj.get("part_id")
-    if isinstance(part, int) and not isinstance(part, bool):
-        part = str(part)
-    if part is not None and (not isinstance(part, str) or not 0 < len(part) <= MAX_ID):
-        return refused(f"part_id must be a string of 1 to {MAX_ID} characters or an integer")
-    unknown = sorted(set(obj) - FIELDS)
-    if unknown:
-        return refused(f"unknown field {unknown[0]} (known: {', '.join(sorted(FIELDS))})", part)
-    recipe = obj.get("recipe")
-    if recipe is not None and (not isinstance(recipe, str) or not 0 < len(recipe) <= MAX_ID):
-        return refused(f"recipe must be a string of 1 to {MAX_ID} characters", part)
-    path, b64 = obj.get("image"), obj.get("image_b64")
-    if path is not None and b64 is not None:
-        return refused("give image or image_b64, not both", part)
-    image: Path | bytes | None = None
-    if path is not None:
-        if not isinstance(path, str) or not path:
-            return refused("image must be a file path", part)
-        image = Path(path)
-    elif b64 is not None:
-        try:
-            image = base64.b64decode(b64, validate=True) if isinstance(b64, str) else None
-        except (binascii.Error, ValueError):
-            image = None
-        if not image:
-            return refused("image_b64 must be base64 of an encoded image (PNG, JPEG, ...)", part)
-    return Trigger("http", part_id=part, recipe=recipe, image=image, received=received, received_wall=received_wall)
 
 
 class StationServer:
@@ -104,8 +56,9 @@ class StationServer:
         metrics: StationMetrics | None = None,
         token: str | None = None,
         limits: ViewerLimits | None = None,
+        paths: ImagePaths | None = None,
     ):
-        self.station, self.metrics = station, metrics
+        self.station, self.metrics, self.paths = station, metrics, paths or ImagePaths()
         self.limits = limits or ViewerLimits()
         self.token = token if token is not None else (None if is_loopback(host) else secrets.token_urlsafe(18))
         try:
@@ -180,7 +133,8 @@ def _handler(srv: StationServer) -> type[BaseHTTPRequestHandler]:
                 trigger = Trigger("http", refused=f"malformed trigger: {body}", received=self.received,
                                   received_wall=self.received_wall)  # fmt: skip
             else:
-                trigger = parse_trigger(body, self.received, self.received_wall)
+                trigger = trigger_from_payload(body, "http", srv.paths, max_bytes=MAX_BODY, received=self.received,
+                                               received_wall=self.received_wall)  # fmt: skip
             job_id = station.submit(trigger)
             if trigger.refused is not None:
                 self._json(status, {"job_id": job_id, "error": trigger.refused})

@@ -13,13 +13,18 @@ Counted from results (``StationMetrics`` is a ``Publisher`` and a ``LateListener
 Read from the station at scrape time: ``clipad_station_queue_depth``, ``clipad_station_backlog``
 (results waiting for the publishers), ``clipad_station_backend_up``, ``clipad_station_recipes``,
 ``clipad_station_state{state}`` (1 for the current state), ``clipad_station_busy_total`` and
-``clipad_station_publish_errors_total``. Other parts of the station (sources, the MQTT spool)
-register their own metrics in ``registry``.
+``clipad_station_publish_errors_total``. With the station's channels (``watch``):
+``clipad_station_source_up{source}`` (1 while the capture source delivers) and
+``clipad_station_source_lost_total``, ``clipad_station_mqtt_up``, ``clipad_station_mqtt_delivered_total``,
+``clipad_station_mqtt_spooled`` (results in the spool, not yet acknowledged) and
+``clipad_station_mqtt_spool_bytes``, ``clipad_station_mqtt_dropped_total`` (spool overflow),
+``clipad_station_opcua_events_total`` and ``clipad_station_opcua_dropped_total``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, get_args
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
@@ -64,6 +69,10 @@ class StationMetrics:
         """Read ``station``'s queue, backlog, backend and state at every scrape."""
         self.registry.register(_StationGauges(station))
 
+    def watch(self, *readings: Reading) -> None:
+        """Read these values (a channel's counters) at every scrape."""
+        self.registry.register(_Readings(readings))
+
     # -- Publisher / LateListener --------------------------------------------------------
     def publish(self, result: JobResult) -> None:
         self.jobs.labels(result.verdict.value, result.recipe).inc()
@@ -82,6 +91,31 @@ class StationMetrics:
     def render(self) -> bytes:
         """The registry in the Prometheus text format (``CONTENT_TYPE``)."""
         return generate_latest(self.registry)
+
+
+@dataclass(frozen=True)
+class Reading:
+    """One value read at scrape time: ``name`` (a counter's without ``_total``), ``help``,
+    ``counter`` (else a gauge), ``read`` (returns the number), ``label`` (name, value) if any."""
+
+    name: str
+    help: str
+    read: Callable[[], float]
+    counter: bool = False
+    label: tuple[str, str] | None = None
+
+
+class _Readings(Collector):
+    def __init__(self, readings: tuple[Reading, ...]):
+        self.readings = readings
+
+    def collect(self) -> Iterator[Metric]:
+        for r in self.readings:
+            kind = CounterMetricFamily if r.counter else GaugeMetricFamily
+            labels = [r.label[0]] if r.label else None
+            family = kind(r.name, r.help, labels=labels)
+            family.add_metric([r.label[1]] if r.label else [], r.read())
+            yield family
 
 
 class _StationGauges(Collector):

@@ -9,13 +9,11 @@ Topics (``<root>`` is ``MqttOptions.topic_root``, "clipad" by default; ``<statio
 - ``<root>/<station>/status``: ``online`` (retained, QoS 1) on every connect; the connection's
   last will is ``offline`` (retained, QoS 1), which the broker publishes when the station's
   connection dies without a clean disconnect; a clean shutdown publishes ``offline`` itself.
-- ``<root>/<station>/cmd/trigger``: commands, subscribed with QoS 1. The payload is a JSON object
-  ``{"part_id": "A17", "recipe": "washer", "image": "/data/a17.png"}`` or with ``"image_b64"``
-  (the encoded PNG/JPEG in base64) instead of ``"image"``; every field is optional (no image:
-  the station captures a frame). Each command becomes one ``Trigger(via="mqtt")`` handed to
-  ``StationPort.submit``; a malformed one (not JSON, not an object, unknown or mistyped fields,
-  bad base64, both image fields, over ``max_command_mib``) becomes ``Trigger(via="mqtt",
-  refused=why)``, which still gets its job and its ERROR result, and one line to the operator.
+- ``<root>/<station>/cmd/trigger``: commands, subscribed with QoS 1. The payload is a trigger
+  payload (``trigger_payload``), e.g. ``{"part_id": "A17", "recipe": "washer", "image_b64": ...}``.
+  Each command becomes one ``Trigger(via="mqtt")`` handed to ``StationPort.submit``; a malformed
+  one (or one over ``max_command_mib``) is refused, still gets its job and its ERROR result, and
+  one line to the operator.
 
 Order and delivery (``MqttPublisher``): each result is appended to the disk spool (fsynced,
 ``clipad.runtime.station.spool``) before it goes to the network, and leaves the spool only on the
@@ -36,9 +34,6 @@ queued while it was down. Reconnects back off from ``reconnect_min_s`` to ``reco
 
 from __future__ import annotations
 
-import base64
-import binascii
-import json
 import os
 import queue
 import re
@@ -59,8 +54,9 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from clipad.core.errors import ClipadError
 from clipad.core.redaction import redact
-from clipad.runtime.station.records import JobResult, StationPort, Trigger
+from clipad.runtime.station.records import JobResult, StationPort
 from clipad.runtime.station.spool import Spool, payload_bytes
+from clipad.runtime.station.trigger_payload import ImagePaths, trigger_from_payload
 
 Log = Callable[[str], None]
 
@@ -553,52 +549,13 @@ class MqttPublisher:
             state.inflight[info.mid] = record.seq
 
 
-def trigger_from_command(payload: bytes, max_bytes: int) -> Trigger:
-    """One command payload (see the module docstring) as a trigger; a malformed one as a refused
-    trigger whose ``refused`` says why in one line."""
-    if len(payload) > max_bytes:
-        return Trigger(via="mqtt", refused=f"command payload of {len(payload)} bytes is over {max_bytes}")
-    try:
-        obj = json.loads(payload.decode("utf-8"))
-    except UnicodeDecodeError:
-        return Trigger(via="mqtt", refused="command payload is not UTF-8")
-    except ValueError as err:
-        return Trigger(via="mqtt", refused=f"command payload is not JSON ({err})")
-    if not isinstance(obj, dict):
-        return Trigger(via="mqtt", refused=f"command payload is a JSON {type(obj).__name__}, not an object")
-    unknown = sorted(set(obj) - {"part_id", "recipe", "image", "image_b64"})
-    if unknown:
-        return Trigger(via="mqtt", refused=f"unknown field(s) in command: {', '.join(unknown)}")
-    part_id, recipe = obj.get("part_id"), obj.get("recipe")
-    if part_id is not None and (isinstance(part_id, bool) or not isinstance(part_id, str | int) or part_id == ""):
-        return Trigger(via="mqtt", refused="part_id must be a non-empty string or an integer")
-    if recipe is not None and (not isinstance(recipe, str) or not recipe):
-        return Trigger(via="mqtt", refused="recipe must be a non-empty string")
-    part = None if part_id is None else str(part_id)
-    image: Path | bytes | None = None
-    if "image" in obj and "image_b64" in obj:
-        return Trigger(via="mqtt", part_id=part, refused="give image or image_b64, not both")
-    if obj.get("image") is not None:
-        if not isinstance(obj["image"], str) or not obj["image"]:
-            return Trigger(via="mqtt", part_id=part, refused="image must be a file path (a non-empty string)")
-        image = Path(obj["image"])
-    elif obj.get("image_b64") is not None:
-        try:
-            image = base64.b64decode(obj["image_b64"], validate=True)
-        except (binascii.Error, TypeError, ValueError):
-            return Trigger(via="mqtt", part_id=part, refused="image_b64 is not valid base64")
-        if not image:
-            return Trigger(via="mqtt", part_id=part, refused="image_b64 is empty")
-    return Trigger(via="mqtt", part_id=part, recipe=recipe, image=image)
-
-
 class MqttCommands:
     """Triggers from ``<root>/<station>/cmd/trigger`` (QoS 1, subscribed at every connect) to the
     station. ``submit`` runs on paho's network thread: it must return at once (it does: it hands
     the job to the station's queue)."""
 
-    def __init__(self, link: MqttLink, station: StationPort) -> None:
-        self.link, self.station = link, station
+    def __init__(self, link: MqttLink, station: StationPort, paths: ImagePaths | None = None) -> None:
+        self.link, self.station, self.paths = link, station, paths or ImagePaths()
         self.received = self.refused = 0
         self.subscribed = threading.Event()  # set at each SUBACK that grants the subscription
         self._max_bytes = int(link.options.max_command_mib * (1 << 20))
@@ -622,7 +579,7 @@ class MqttCommands:
             self.subscribed.set()
 
     def _on_message(self, _c: paho.Client, _u: Any, message: paho.MQTTMessage) -> None:
-        trigger = trigger_from_command(bytes(message.payload), self._max_bytes)
+        trigger = trigger_from_payload(bytes(message.payload), "mqtt", self.paths, max_bytes=self._max_bytes)
         self.received += 1
         try:
             job_id = self.station.submit(trigger)

@@ -114,6 +114,7 @@ class StationServer:
         self._closed = False
         self.dropped = 0  # results not delivered as an event (queue full, or published while not running)
         self.published = 0  # results delivered to the address space (== ResultCount before wrapping)
+        self.summary = ""  # the channel and who may log in, once started (no secrets)
 
     # -- lifecycle (any thread) ------------------------------------------------------------------
 
@@ -222,6 +223,7 @@ class StationServer:
         tasks = [asyncio.create_task(self._deliver()), asyncio.create_task(self._tick())]
         with self._lock:
             self._loop = asyncio.get_running_loop()
+        self.summary = summary
         log.info("OPC UA server on %s (%s)", self.endpoint.url, summary)
         self._started.set()
         try:

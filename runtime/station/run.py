@@ -8,6 +8,7 @@ results, /metrics and the probes until SIGINT or SIGTERM (after a replay, when b
 
 from __future__ import annotations
 
+import logging
 import signal
 import threading
 from collections import Counter
@@ -16,16 +17,44 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from clipad.core.errors import ClipadError
+from clipad.runtime.sources import open_source
 from clipad.runtime.station.events import EventsPublisher
 from clipad.runtime.station.http import StationServer
+from clipad.runtime.station.links import MqttCli, opcua_access, station_name
 from clipad.runtime.station.metrics import StationMetrics
+from clipad.runtime.station.mqtt import MqttCommands, MqttLink, MqttOptions, MqttPublisher
+from clipad.runtime.station.opcua import Endpoint
+from clipad.runtime.station.opcua import StationServer as OpcUaServer
+from clipad.runtime.station.opcua_access import OpcUaAccess, check_access
+from clipad.runtime.station.readings import mqtt_readings, opcua_readings, source_readings
 from clipad.runtime.station.recipes import RecipeBook, ServeOptions
 from clipad.runtime.station.records import JobResult, Publisher
 from clipad.runtime.station.replay import replay, replay_items
 from clipad.runtime.station.station import Station, StationConfig
+from clipad.runtime.station.trigger_payload import ImagePaths
 from clipad.runtime.viewer_access import parse_serve
 
 STOP_SIGNALS = tuple(getattr(signal, n) for n in ("SIGINT", "SIGTERM") if hasattr(signal, n))
+
+
+class _LogLines(logging.Handler):
+    """The station's own warnings from its channels' loggers (``clipad.station.*``: OPC UA) to the
+    operator as one line each, while the command runs."""
+
+    def __init__(self, say: Callable[[str], None]):
+        super().__init__(logging.WARNING)
+        self.say = say
+        self.logger = logging.getLogger("clipad.station")
+        self.logger.addHandler(self)
+        self.logger.propagate = False
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.say(f"{record.levelname.lower()}: {record.getMessage()}")
+
+    def close(self) -> None:
+        self.logger.removeHandler(self)
+        self.logger.propagate = True
+        super().close()
 
 
 class Tally:
@@ -59,7 +88,7 @@ class Tally:
 
 @dataclass
 class StationRun:
-    """The options of `clipad station` (see cli.py for their help)."""
+    """The options of `clipad station` (see cli.py for their help; links.py for the MQTT and OPC UA ones)."""
 
     recipes: list[str] | None = None
     active: str | None = None
@@ -68,29 +97,65 @@ class StationRun:
     events: Path | None = None
     serve: str | None = None
     replay: str | None = None
+    source: str | None = None
+    image_root: Path | None = None
+    name: str | None = None
+    mqtt: str | None = None
+    mqtt_password: str | None = None
+    mqtt_ca: Path | None = None
+    mqtt_cert: Path | None = None
+    mqtt_key: Path | None = None
+    spool: Path | None = None
+    opcua: str | None = None
+    opcua_user: list[str] | None = None
+    opcua_certs: Path | None = None
+    opcua_trust: list[Path] | None = None
     backend: str = "auto"
     device: str = "auto"
     precision: str = "auto"
     stop: threading.Event = field(default_factory=threading.Event)  # set by SIGINT/SIGTERM (or a test)
 
-    def check(self) -> None:
-        """One line for options that cannot work, before any model is loaded."""
+    def check(self) -> tuple[MqttOptions | None, OpcUaAccess | None]:
+        """One line for options that cannot work, before any model is loaded; the checked MQTT
+        options and OPC UA access (None where not asked for)."""
         if not self.recipes:
             raise ClipadError("a station needs at least one --recipe NAME=ARTIFACTS_DIR")
-        if self.serve is None and self.replay is None:
-            raise ClipadError("give --serve HOST:PORT (HTTP triggers) and/or --replay IMAGES (a folder or list file)")
+        if not (self.serve or self.replay or self.mqtt or self.opcua):
+            raise ClipadError("give a trigger source: --serve HOST:PORT, --mqtt URL, --opcua URL, --replay IMAGES")
         StationConfig(queue=self.queue, deadline_ms=self.deadline_ms).check()
         if self.serve is not None:
             parse_serve(self.serve)
+        if self.image_root is not None and not self.image_root.is_dir():
+            raise ClipadError(f"--image-root {self.image_root} is not a folder")
+        name = station_name(self.name)
+        mqtt = None
+        if self.mqtt is not None:
+            spool = self.spool or (self.events.parent if self.events else Path()) / f"{name}-mqtt-spool"
+            mqtt = MqttCli(self.mqtt, self.mqtt_password, self.mqtt_ca, self.mqtt_cert, self.mqtt_key).options(
+                name, spool
+            )
+        elif any(v is not None for v in (self.mqtt_password, self.mqtt_ca, self.mqtt_cert, self.mqtt_key, self.spool)):
+            raise ClipadError("--mqtt-password, --mqtt-ca, --mqtt-cert, --mqtt-key and --spool need --mqtt")
+        access = None
+        if self.opcua is not None:
+            access = opcua_access(self.opcua_user, self.opcua_certs, self.opcua_trust)
+            check_access(Endpoint.parse(self.opcua).host, access)
+        elif self.opcua_user or self.opcua_certs or self.opcua_trust:
+            raise ClipadError("--opcua-user, --opcua-certs and --opcua-trust need --opcua")
+        return mqtt, access
 
     def run(self, say: Callable[[str], None]) -> None:
-        self.check()
+        mqtt, access = self.check()
         items = replay_items(self.replay) if self.replay is not None else []
         book = RecipeBook.load(self.recipes or [], self.active, ServeOptions(self.backend, self.device, self.precision))
         closing: list = [book]
+        logs = _LogLines(say)
         try:
             for note in book.notes:
                 say(note)
+            source = open_source(self.source) if self.source is not None else None
+            if source is not None:
+                closing.append(source)
             tally, metrics = Tally(), StationMetrics()
             publishers: list[Publisher] = [metrics, tally]
             if self.events is not None:
@@ -98,23 +163,47 @@ class StationRun:
                 publishers.insert(0, events)
                 for note in events.notes:
                     say(note)
-            station = Station(book, publishers, StationConfig(queue=self.queue, deadline_ms=self.deadline_ms), say)
+            link = None
+            if mqtt is not None:
+                link = MqttLink(mqtt, log=say)
+                closing.append(link)  # closed after the station: its publisher drains through it
+                mqtt_out = MqttPublisher(link)
+                publishers.append(mqtt_out)
+                metrics.watch(*mqtt_readings(mqtt_out))
+            config = StationConfig(queue=self.queue, deadline_ms=self.deadline_ms)
+            paths = ImagePaths(self.image_root)
+            station = Station(book, publishers, config, say, source)
             closing.append(station)
             metrics.bind(station)
+            if source is not None:
+                metrics.watch(*source_readings(source))
             say(f"station {station.run}: recipes {', '.join(book.names)} (active {book.active})")
+            if self.opcua is not None:
+                opcua = OpcUaServer(station, self.opcua, access=access)
+                opcua.start()
+                station.add_publisher(opcua)  # closed by the station, after its last result
+                metrics.watch(*opcua_readings(opcua))
+                say(f"OPC UA server at {opcua.endpoint.url} ({opcua.summary})")
+            if link is not None and mqtt is not None:
+                closing.append(MqttCommands(link, station, paths))
+                link.start()
+                say(f"MQTT to {mqtt.broker}: results on {mqtt.base}/<recipe>/result, triggers on {mqtt.command_topic}")
             if self.serve is not None:
-                server = StationServer(station, *parse_serve(self.serve), metrics)
+                server = StationServer(station, *parse_serve(self.serve), metrics, paths=paths)
                 closing.append(server)
                 token = f"?token={server.token}" if server.token else ""
                 say(f"serving POST /trigger, /result/<job id>, /metrics, /healthz, /readyz at {server.address}{token}")
             if items:
                 ids = replay(station, items)
                 tally.wait_for(len(ids), 60 + len(ids) * ((self.deadline_ms or 10_000) / 1000))
-            if self.serve is not None:
+            if self.serve is not None or self.mqtt is not None or self.opcua is not None:
                 self._wait_for_stop()
         finally:
+            # Trigger front-ends first (HTTP server, MQTT commands), then the station (it drains its
+            # jobs and closes its publishers: events, MQTT spool, OPC UA), then the link and source.
             for thing in reversed(closing):
                 thing.close()
+            logs.close()
         say(tally.line())
 
     def _wait_for_stop(self) -> None:
