@@ -103,6 +103,7 @@ def test_json_report_holds_every_probe(capsys):
         "openvino",
         "triton",
         "chromium",
+        "station",
         "weights",
     }
     assert data["checks"]["torch"]["usable"] is True and data["facts"]["torch"]["imported"] is True
@@ -122,6 +123,18 @@ def test_doctor_imports_nothing_heavy():
 
 
 # -- broken environments, made real with packages in front of the installed ones ------------------------------
+
+
+def test_the_station_libraries_are_reported_and_one_that_does_not_import_is_a_finding(tmp_path):
+    from importlib.metadata import version
+
+    _package(tmp_path, "asyncua", "raise ImportError('cannot import name ua from partially initialized module')\n")
+    res = doctor(pythonpath=tmp_path)
+    assert res.returncode == 0, res.stderr
+    lines = {line.split()[0]: line for line in res.stdout.splitlines() if line.startswith("  ")}
+    assert f"paho-mqtt {version('paho-mqtt')}: results and triggers over MQTT" in lines["MQTT"]
+    assert f"asyncua {version('asyncua')}, but it does not import: ImportError: cannot import name ua" in lines["OPC"]
+    assert f"prometheus-client {version('prometheus-client')}: the station's /metrics" in lines["Metrics"]
 
 
 def test_a_torch_that_does_not_import_is_a_finding(tmp_path):

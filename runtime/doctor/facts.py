@@ -97,6 +97,26 @@ class ChromiumFacts:
 
 
 @dataclass(frozen=True)
+class LibraryFacts:
+    """One Python library: its version (None: not installed) and why it does not import, if so."""
+
+    version: str | None
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class StationFacts:
+    """What `clipad station` talks through: the MQTT client (paho-mqtt), the OPC UA stack
+    (asyncua), the metrics library (prometheus-client); a local Mosquitto (tests and demos only:
+    a line's broker usually runs elsewhere)."""
+
+    mqtt: LibraryFacts
+    opcua: LibraryFacts
+    metrics: LibraryFacts
+    mosquitto: str | None = None
+
+
+@dataclass(frozen=True)
 class WeightsFacts:
     model: str
     pretrained: str
@@ -115,6 +135,7 @@ FACTS: dict[str, type[Facts]] = {
     "cpu": CpuFacts,
     "triton": TritonFacts,
     "chromium": ChromiumFacts,
+    "station": StationFacts,
     "weights": WeightsFacts,
 }
 Facts = (
@@ -127,6 +148,7 @@ Facts = (
     | CpuFacts
     | TritonFacts
     | ChromiumFacts
+    | StationFacts
     | WeightsFacts
 )
 
@@ -152,6 +174,7 @@ class Findings:
     openvino: OpenVinoFacts | ProbeFailure | None = None
     triton: TritonFacts | ProbeFailure | None = None
     chromium: ChromiumFacts | ProbeFailure | None = None
+    station: StationFacts | ProbeFailure | None = None
     weights: WeightsFacts | ProbeFailure | None = None
 
     @classmethod
@@ -175,5 +198,7 @@ def from_json(name: str, data: dict[str, Any]) -> Facts:
     """The record of probe ``name`` from its JSON (unknown keys refused by the dataclass)."""
     if name == "cuda":
         data = {**data, "gpus": [GpuFacts(**g) for g in data.get("gpus", [])]}
+    if name == "station":
+        data = {**data, **{k: LibraryFacts(**data[k]) for k in ("mqtt", "opcua", "metrics")}}
     record: Facts = FACTS[name](**data)
     return record

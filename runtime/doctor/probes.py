@@ -7,6 +7,7 @@ failure into a field of their record."""
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import json
 import os
@@ -25,9 +26,11 @@ from clipad.runtime.doctor.facts import (
     CudaFacts,
     Facts,
     GpuFacts,
+    LibraryFacts,
     OnnxRuntimeFacts,
     OpenVinoFacts,
     PythonFacts,
+    StationFacts,
     TensorRTFacts,
     TorchFacts,
     TritonFacts,
@@ -245,6 +248,26 @@ def probe_chromium(deep: bool = False) -> ChromiumFacts:
     return ChromiumFacts(path, out or None)
 
 
+def _library(distribution: str, module: str) -> LibraryFacts:
+    version = installed_version(distribution)
+    if version is None:
+        return LibraryFacts(None)
+    try:
+        importlib.import_module(module)
+    except Exception as err:  # noqa: BLE001 - any import failure is the finding
+        return LibraryFacts(version, _error(err))
+    return LibraryFacts(version)
+
+
+def probe_station(deep: bool = False) -> StationFacts:
+    return StationFacts(
+        _library("paho-mqtt", "paho.mqtt.client"),
+        _library("asyncua", "asyncua"),
+        _library("prometheus-client", "prometheus_client"),
+        shutil.which("mosquitto") or next((p for p in ("/usr/sbin/mosquitto",) if os.path.exists(p)), None),
+    )
+
+
 def probe_weights(deep: bool = False) -> WeightsFacts:
     from clipad.core.weights import DEFAULT_HF_HUB, DEFAULT_MODEL, DEFAULT_PRETRAINED, cached_hub_file
 
@@ -268,6 +291,7 @@ PROBES: dict[str, Callable[[bool], Facts]] = {
     "openvino": probe_openvino,
     "triton": probe_triton,
     "chromium": probe_chromium,
+    "station": probe_station,
     "weights": probe_weights,
 }
 

@@ -19,8 +19,10 @@ from clipad.runtime.doctor.facts import (
     CudaFacts,
     Facts,
     Findings,
+    LibraryFacts,
     ProbeFailure,
     PythonFacts,
+    StationFacts,
     TensorRTFacts,
     WeightsFacts,
     from_json,
@@ -130,6 +132,8 @@ def _machine_lines(findings: Findings) -> list[tuple[str, str]]:
                 else "not found (the live viewer's browser test needs Debian's chromium)",
             )
         )
+    if (st := get("station", StationFacts)) is not None:
+        rows += _station_lines(st)
     if (w := get("weights", WeightsFacts)) is not None:
         state = (
             f"cached ({w.cached_file})"
@@ -138,6 +142,22 @@ def _machine_lines(findings: Findings) -> list[tuple[str, str]]:
         )
         rows.append(("Weights", f"{w.model} {w.pretrained}: {state}; cache {w.cache_dir}"))
     return rows
+
+
+def _station_lines(st: StationFacts) -> list[tuple[str, str]]:
+    """`clipad station`'s channels: MQTT and OPC UA (the `station` extra), metrics."""
+
+    def lib(f: LibraryFacts, name: str, what: str) -> str:
+        if f.version is None:
+            return f"{name} not installed: no {what} (pip install 'clipad[station]')"
+        return f"{name} {f.version}" + (f", but it does not import: {f.error}" if f.error else f": {what}")
+
+    broker = f"; a local broker at {st.mosquitto}" if st.mosquitto else "; no local broker (the line's is elsewhere?)"
+    return [
+        ("MQTT", lib(st.mqtt, "paho-mqtt", "results and triggers over MQTT") + broker),
+        ("OPC UA", lib(st.opcua, "asyncua", "the station's OPC UA server")),
+        ("Metrics", lib(st.metrics, "prometheus-client", "the station's /metrics")),
+    ]
 
 
 def render_text(report: DoctorReport) -> str:
