@@ -23,12 +23,14 @@ from clipad.core.progress import Tasks
 from clipad.deploy.artifacts import load_artifacts
 from clipad.runtime.backends import open_backend
 from clipad.runtime.serving import Served
+from clipad.runtime.sources import ImageFilesSource, LiveSource
 from clipad.runtime.station.events import EventsPublisher
 from clipad.runtime.station.metrics import StationMetrics
 from clipad.runtime.station.recipes import RecipeBook, ServeOptions, open_recipe_served
 from clipad.runtime.station.records import JobResult, Trigger, Verdict
 from clipad.runtime.station.replay import replay, replay_items
 from clipad.runtime.station.station import BUSY, NO_IMAGE, Station, StationConfig
+from tests.helpers import write_video
 
 CPU = ServeOptions("onnxruntime", "cpu", "fp32")
 
@@ -125,9 +127,10 @@ def station(book, backends, tmp_path):
     backends are put back to normal afterwards."""
     made: list[Station] = []
 
-    def make(**config) -> tuple[Station, Recorder, StationMetrics]:
+    def make(source=None, **config) -> tuple[Station, Recorder, StationMetrics]:
         rec, metrics = Recorder(), StationMetrics()
-        st = Station(book, [rec, metrics, EventsPublisher(tmp_path / "events.jsonl")], StationConfig(**config))
+        publishers = [rec, metrics, EventsPublisher(tmp_path / "events.jsonl")]
+        st = Station(book, publishers, StationConfig(**config), source=source)
         metrics.bind(st)
         made.append(st)
         return st, rec, metrics
@@ -231,6 +234,42 @@ def test_unknown_recipe_bad_images_refused_triggers_and_no_image_answer_error(st
         r = st.result(job)
         assert r is not None and r.verdict is Verdict.ERROR and not r.verdict.passes and why in (r.why or ""), r
     assert st.result(next(iter(cases))).recipe == "nope"
+
+
+def test_a_live_capture_skips_the_frame_grabbed_before_the_trigger(tmp_path):
+    write_video(tmp_path / "v.avi", 400, size=(64, 48))
+    cam = LiveSource(str(tmp_path / "v.avi"), name="cam", backoff=(0.05, 0.2))
+    try:
+        for _ in range(20):
+            wait_for(lambda: cam.has_frame, 10)
+            waiting = cam._latest
+            assert waiting is not None and waiting.grab_began is not None
+            trigger = time.monotonic()
+            frame = cam.capture(trigger, 5.0)
+            assert frame is not None and frame is not waiting, "the frame waiting at the trigger is older than it"
+            assert frame.grab_began is not None and frame.grab_began >= trigger > waiting.grab_began
+    finally:
+        cam.close()
+
+
+def test_a_trigger_without_an_image_captures_from_the_source_or_answers_error(station, tmp_path):
+    write_video(tmp_path / "v.avi", 400, size=(64, 48))
+    cam = LiveSource(str(tmp_path / "v.avi"), name="cam", backoff=(0.05, 0.2))
+    try:
+        st, _, _ = station(source=cam)
+        results = [st.wait(st.submit(Trigger("opcua", part_id=f"p{i}")), 30) for i in range(5)]
+        assert all(r is not None and r.verdict in (Verdict.OK, Verdict.NG) for r in results), results
+        st.close()  # the next station writes the same events file
+    finally:
+        cam.close()
+    one = tmp_path / "one"
+    one.mkdir()
+    (one / "x.png").write_bytes(noise_png(9))
+    st, _, _ = station(source=ImageFilesSource(str(one)), deadline_ms=3000)
+    first, second = (st.wait(st.submit(Trigger("opcua")), 30) for _ in range(2))
+    assert first is not None and first.verdict in (Verdict.OK, Verdict.NG)
+    assert second is not None and second.verdict is Verdict.ERROR and second.why is not None
+    assert second.why.startswith(f"no frame from {one} within"), second.why  # the folder has no second image
 
 
 def test_a_trigger_may_name_the_second_recipe_and_a_switch_changes_the_default(station):
@@ -349,7 +388,17 @@ def test_clipad_station_replays_a_folder_and_serves_until_stopped(root, art, tmp
     assert f"summary: 12 jobs: OK {ok}, NG {ng}, error 0, timeout 0; late verdicts logged 0" in err
     for args, message in (
         ([f"raw={art.root}", "--replay", root / "good"], "is not calibrated"),
-        ([f"a={root / 'a'}"], "give --serve HOST:PORT"),
+        ([f"a={root / 'a'}"], "give a trigger source: --serve HOST:PORT, --mqtt URL"),
+        ([f"a={root / 'a'}", "--mqtt", "mqtt://u:secret@127.0.0.1"], "--mqtt: no password in the URL"),
+        ([f"a={root / 'a'}", "--mqtt", "mqtt://h", "--mqtt-ca", events_file], "--mqtt-ca and --mqtt-cert need"),
+        ([f"a={root / 'a'}", "--mqtt", "mqtt://h", "--mqtt-password", "$1x"], "is not $NAME of an environment"),
+        ([f"a={root / 'a'}", "--mqtt", "tcp://h:1883"], "--mqtt takes a broker URL: scheme mqtt"),
+        ([f"a={root / 'a'}", "--replay", root / "good", "--spool", tmp_path], "--spool need --mqtt"),
+        ([f"a={root / 'a'}", "--opcua", "opc.tcp://192.0.2.1:4840"], "anonymous access is only for loopback"),
+        ([f"a={root / 'a'}", "--opcua", "opc.tcp://h:0"], "OPC UA endpoint must be opc.tcp://HOST:PORT"),
+        ([f"a={root / 'a'}", "--opcua", "opc.tcp://h:1", "--opcua-user", "plc"], "--opcua-user takes NAME="),
+        ([f"a={root / 'a'}", "--replay", root / "good", "--opcua-user", "plc=$P"], "--opcua-trust need --opcua"),
+        ([f"a={root / 'a'}", "--serve", ":0", "--image-root", events_file], "--image-root"),
         ([f"a={root / 'a'}", "--replay", root / "good", "--deadline-ms", "-5"], "--deadline-ms must be above 0"),
         ([f"a={root / 'a'}", "--serve", "nohost"], "--serve takes HOST:PORT"),
     ):

@@ -65,7 +65,9 @@ class MqttCli:
         parts = urlsplit(self.url)
         shown = redact_url(self.url)
         if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
-            raise ClipadError(f"--mqtt takes mqtt://[USER@]HOST[:PORT][/TOPIC_ROOT] (or mqtts://), got '{shown}'")
+            raise ClipadError(
+                f"--mqtt takes a broker URL: scheme mqtt (mqtts: TLS), [USER@]HOST[:PORT][/TOPIC_ROOT]; got '{shown}'"
+            )
         if parts.password is not None:
             raise ClipadError("--mqtt: no password in the URL (it would show in ps and logs); use --mqtt-password")
         if parts.query or parts.fragment:
