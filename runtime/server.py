@@ -1,7 +1,10 @@
 """`clipad run --serve HOST:PORT`: a small live viewer in the browser.
 
 - ``/``: the page: the live overlay (MJPEG), the current score, and a score-over-time plot
-  (the fused score once calibrated, the map maximum until then);
+  (``clipad.runtime.score_plot``: a fixed [0, 1] axis; the normalised score with its threshold
+  line at 0.5 once calibrated, the model's image_prob, also in [0, 1], without a threshold until
+  then);
+- ``/score_plot.js``: the plot's script;
 - ``/stream.mjpg``: the overlay frames as multipart/x-mixed-replace JPEG;
 - ``/status.json``: frames, fps, the last record and the recent score history.
 
@@ -30,6 +33,7 @@ import numpy as np
 from clipad.core.errors import ClipadError
 from clipad.data.colour import to_bgr
 from clipad.runtime.records import FrameResult, Prediction
+from clipad.runtime.score_plot import SCORE_PLOT_JS
 from clipad.runtime.viewer_access import Access, Verdict, is_loopback, parse_serve, url_host
 from clipad.runtime.viewer_gate import GatedHandler, GatedServer, ViewerLimits
 
@@ -42,36 +46,32 @@ PAGE = """<!doctype html>
 <style>body{font-family:sans-serif;margin:16px;background:#111;color:#eee}
 #wrap{display:flex;gap:16px;flex-wrap:wrap;align-items:flex-start}
 img{width:480px;max-width:100%;height:auto;border:1px solid #444}
-canvas{background:#1b1b1b;border:1px solid #444}.big{font-size:28px}</style></head>
+#plot{width:560px;height:240px;background:#1b1b1b;border:1px solid #444}.big{font-size:28px}</style></head>
 <body><h2>clipad live</h2><div id="wrap"><img id="live" src="/stream.mjpg" alt="live overlay">
 <div><div class="big" id="score">waiting for frames...</div><div id="meta"></div>
-<canvas id="plot" width="560" height="220"></canvas></div></div>
+<svg id="plot" width="560" height="240"></svg></div></div>
+<script src="/score_plot.js"></script>
 <script>
-window.statusUpdates = 0; window.plotPoints = 0; window.lastFrame = -1;
-function draw(hist, key) {
-  const c = document.getElementById('plot'), g = c.getContext('2d');
-  g.clearRect(0, 0, c.width, c.height);
-  const ys = hist.map(h => h[key]).filter(v => v !== null);
-  if (ys.length < 2) return;
-  const lo = Math.min(...ys), hi = Math.max(...ys), span = (hi - lo) || 1;
-  g.strokeStyle = '#4cf'; g.beginPath();
-  ys.forEach((v, i) => { const x = i * c.width / (ys.length - 1), y = c.height - 8 - (v - lo) / span * (c.height - 16);
-                         i ? g.lineTo(x, y) : g.moveTo(x, y); });
-  g.stroke(); window.plotPoints = ys.length;
-}
+window.statusUpdates = 0; window.plotPoints = 0; window.lastFrame = -1; window.plotInfo = null;
 async function poll() {
   try {
     const s = await (await fetch('/status.json', {cache: 'no-store'})).json();
     window.statusUpdates += 1;
     if (s.last) {
       window.lastFrame = s.frames;
-      const key = s.calibrated ? 'score' : 'map_max';
-      const v = s.last[key];
+      const l = s.last, num = v => v === null ? '-' : v.toFixed(3);
+      const max = l.map_max === null ? '-' : l.map_max.toPrecision(3);
       document.getElementById('score').textContent = s.calibrated
-        ? `score ${v.toFixed(3)} ${s.last.label}` : `map max ${v.toPrecision(3)} (uncalibrated)`;
+        ? `score ${num(l.score)} ${l.label}` : `p ${num(l.image_prob)} map max ${max} (uncalibrated)`;
       document.getElementById('meta').textContent =
-        `${s.frames} frames, ${s.fps.toFixed(1)} fps, source ${s.last.source}`;
-      draw(s.history, key);
+        `${s.frames} frames, ${s.fps.toFixed(1)} fps, source ${l.source}`;
+      // calibrated: the normalised score (0.5 at the threshold); uncalibrated: image_prob, also in [0, 1]
+      const key = s.calibrated ? 'score' : 'image_prob';
+      const pts = s.history.map(h => ({t: h.time, v: h[key],
+        ok: h.label === 'normal' ? true : h.label === 'anomalous' ? false : null}));
+      window.plotInfo = clipadPlot(document.getElementById('plot'), pts, s.calibrated
+        ? {threshold: 0.5, yLabel: 'score (normalised)'} : {threshold: null, yLabel: 'image_prob (uncalibrated)'});
+      window.plotPoints = window.plotInfo.points;
     }
   } catch (e) {}
   setTimeout(poll, 500);
@@ -134,7 +134,7 @@ class Viewer:
                 self.seq += 1
             self.frames += 1
             self.last = pred.event()
-            self.history.append({k: self.last[k] for k in ("time", "score", "map_max")})
+            self.history.append({k: self.last[k] for k in ("time", "score", "image_prob", "map_max", "label")})
             self.cond.notify_all()
 
     def close(self) -> None:
@@ -166,6 +166,8 @@ def _handler(viewer: Viewer) -> type[BaseHTTPRequestHandler]:
             if url.path in ("/", "/index.html"):
                 session = viewer.access.new_session() if viewer.token is not None else None
                 self._send(PAGE.encode(), "text/html; charset=utf-8", session)
+            elif url.path == "/score_plot.js":
+                self._send(SCORE_PLOT_JS.encode(), "text/javascript; charset=utf-8")
             elif url.path == "/status.json":
                 self._send(json.dumps(viewer.status(), allow_nan=False).encode(), "application/json")
             elif url.path == "/stream.mjpg":

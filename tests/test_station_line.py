@@ -114,7 +114,7 @@ def test_one_station_answers_http_mqtt_and_opcua_triggers_once_everywhere(root, 
         ]
     )
     try:
-        station.wait_for("serving POST /trigger")
+        station.wait_for("serving the operator")
         assert any(f"OPC UA server at {url} (unsecured channel; sessions: anonymous)" in x for x in station.lines)
         assert any("MQTT to 127.0.0.1" in x and "clipad/line1/cmd/trigger" in x for x in station.lines)
         wait_until(lambda: b"online" in [p for p, _ in mes.statuses("line1")], what="the station's online status")

@@ -11,6 +11,11 @@
 - ``GET /metrics``: the Prometheus text format (``metrics.StationMetrics``).
 - ``GET /healthz``: 200 while the process serves; ``GET /readyz``: 200 when recipes are loaded,
   the station's threads alive and it is not halted, else 503 with the reasons.
+- With the operator's page's views (``views.StationViews``): ``GET /`` the page (``page.PAGE``;
+  opened with the token it starts a session cookie, as the viewer's page does), ``GET /api/state``
+  its state (``page.PageState``), ``GET /score_plot.js`` its plot, ``GET /live/<camera index>.jpg``
+  the latest overlay, ``GET /ng/<key>/thumb.jpg`` and ``/ng/<key>/full.jpg`` an NG part's overlay
+  (404 once it has left the gallery). Without views these are 404.
 
 Who may call it is the live viewer's rule (``clipad.runtime.viewer_access``): bound to loopback,
 no token and the Host header must be a loopback name with this port; bound elsewhere, every
@@ -23,6 +28,7 @@ tracebacks. The body of a trigger must arrive within ``BODY_DEADLINE_S``.
 from __future__ import annotations
 
 import json
+import re
 import secrets
 import threading
 import time
@@ -31,22 +37,28 @@ from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from clipad.core.errors import ClipadError
+from clipad.runtime.score_plot import SCORE_PLOT_JS
 from clipad.runtime.station.metrics import CONTENT_TYPE, StationMetrics
+from clipad.runtime.station.page import PAGE, page_state
 from clipad.runtime.station.records import Trigger
 from clipad.runtime.station.station import Station
 from clipad.runtime.station.trigger_payload import ImagePaths, trigger_from_payload
+from clipad.runtime.station.views import StationViews
 from clipad.runtime.viewer_access import Access, Verdict, is_loopback, url_host
 from clipad.runtime.viewer_gate import GatedHandler, GatedServer, ViewerLimits
 
 MAX_BODY = 64 * 1024 * 1024  # bytes of a trigger's body (a base64 image of about 48 MB)
 BODY_DEADLINE_S = 30.0  # the whole body must arrive within this (a slow client cannot hold a thread longer)
 WAIT_S = 30.0  # the longest ?wait=1 answer without a deadline
+LIVE_JPEG = re.compile(r"/live/(\d{1,4})\.jpg")
+NG_JPEG = re.compile(r"/ng/(\d{1,18})/(thumb|full)\.jpg")
 
 
 class StationServer:
     """The HTTP server of ``station`` on ``host``:``port`` (0: a free port), in its own thread.
     ``token``: required on every request (None: a fresh one when bound to a non-loopback address,
-    none on loopback); ``metrics``: what /metrics shows (None: 404)."""
+    none on loopback); ``metrics``: what /metrics shows (None: 404); ``views``: what the operator's
+    page shows (None: no page)."""
 
     def __init__(
         self,
@@ -56,9 +68,11 @@ class StationServer:
         metrics: StationMetrics | None = None,
         token: str | None = None,
         limits: ViewerLimits | None = None,
+        views: StationViews | None = None,
         paths: ImagePaths | None = None,
     ):
-        self.station, self.metrics, self.paths = station, metrics, paths or ImagePaths()
+        self.station, self.metrics, self.views = station, metrics, views
+        self.paths = paths or ImagePaths()
         self.limits = limits or ViewerLimits()
         self.token = token if token is not None else (None if is_loopback(host) else secrets.token_urlsafe(18))
         try:
@@ -109,6 +123,8 @@ def _handler(srv: StationServer) -> type[BaseHTTPRequestHandler]:
                                                       "problems": problems})  # fmt: skip
             elif path == "/metrics" and srv.metrics is not None:
                 self._send(200, srv.metrics.render(), CONTENT_TYPE)
+            elif srv.views is not None and self._page(path, srv.views):
+                pass
             elif path.startswith("/result/"):
                 job_id = unquote(path[len("/result/") :])
                 result = station.result(job_id)
@@ -146,6 +162,22 @@ def _handler(srv: StationServer) -> type[BaseHTTPRequestHandler]:
             result = station.wait(job_id, WAIT_S if deadline is None else deadline / 1000 + 1.0)
             self._json(200, result.to_json()) if result is not None else self._json(202, {"job_id": job_id})
 
+        def _page(self, path: str, views: StationViews) -> bool:
+            """Answer a request of the operator's page; False when ``path`` is none of its."""
+            if path in ("/", "/index.html"):
+                session = srv.access.new_session() if srv.token is not None else None
+                self._send(200, PAGE.encode(), "text/html; charset=utf-8", session)
+            elif path == "/api/state":
+                self._json(200, page_state(station, views).to_json())
+            elif path == "/score_plot.js":
+                self._send(200, SCORE_PLOT_JS.encode(), "text/javascript; charset=utf-8")
+            elif (m := LIVE_JPEG.fullmatch(path) or NG_JPEG.fullmatch(path)) is not None:
+                jpeg = views.live_jpeg(int(m[1])) if m.re is LIVE_JPEG else views.ng_jpeg(int(m[1]), m[2] == "full")
+                self._send(200, jpeg, "image/jpeg") if jpeg is not None else self.send_error(404)
+            else:
+                return False
+            return True
+
         def _body(self) -> tuple[bytes | str, int]:
             """(the request body, 400) or (why it cannot be read, the status to answer)."""
             length = self.headers.get("Content-Length")
@@ -180,8 +212,10 @@ def _handler(srv: StationServer) -> type[BaseHTTPRequestHandler]:
         def _json(self, status: int, obj: dict[str, Any]) -> None:
             self._send(status, json.dumps(obj, allow_nan=False).encode(), "application/json")
 
-        def _send(self, status: int, body: bytes, ctype: str) -> None:
+        def _send(self, status: int, body: bytes, ctype: str, session: str | None = None) -> None:
             self.send_response(status)
+            if session is not None:
+                self.send_header("Set-Cookie", srv.access.cookie(session))
             self.send_header("Content-Type", ctype)
             self.send_header("Content-Length", str(len(body)))
             self.send_header("Cache-Control", "no-store")

@@ -32,6 +32,7 @@ from clipad.runtime.station.records import JobResult, Publisher
 from clipad.runtime.station.replay import replay, replay_items
 from clipad.runtime.station.station import Station, StationConfig
 from clipad.runtime.station.trigger_payload import ImagePaths
+from clipad.runtime.station.views import TRIGGER_IMAGES, StationViews
 from clipad.runtime.viewer_access import parse_serve
 
 STOP_SIGNALS = tuple(getattr(signal, n) for n in ("SIGINT", "SIGTERM") if hasattr(signal, n))
@@ -189,10 +190,15 @@ class StationRun:
                 link.start()
                 say(f"MQTT to {mqtt.broker}: results on {mqtt.base}/<recipe>/result, triggers on {mqtt.command_topic}")
             if self.serve is not None:
-                server = StationServer(station, *parse_serve(self.serve), metrics, paths=paths)
+                # the operator's page: counts every result, draws inspected jobs (the station closes it)
+                views = StationViews(station.source.name if station.source is not None else TRIGGER_IMAGES, log=say)
+                station.add_publisher(views)
+                station.add_watcher(views)
+                server = StationServer(station, *parse_serve(self.serve), metrics, views=views, paths=paths)
                 closing.append(server)
                 token = f"?token={server.token}" if server.token else ""
-                say(f"serving POST /trigger, /result/<job id>, /metrics, /healthz, /readyz at {server.address}{token}")
+                say(f"serving the operator's page /, POST /trigger, /result/<job id>, /metrics, /healthz, /readyz at "
+                    f"{server.address}{token}")  # fmt: skip
             if items:
                 ids = replay(station, items)
                 tally.wait_for(len(ids), 60 + len(ids) * ((self.deadline_ms or 10_000) / 1000))
