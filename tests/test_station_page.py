@@ -78,7 +78,7 @@ def test_the_operators_page_in_chromium(root, tmp_path):
 
     said: list[str] = []
     run = StationRun([f"a={root / 'a'}", f"b={root / 'b'}"], serve="127.0.0.1:0", backend="onnxruntime",
-                     device="cpu", precision="fp32")  # fmt: skip
+                     device="cpu", precision="fp32", image_root=root)  # fmt: skip
     thread = threading.Thread(target=run.run, args=(said.append,))
     thread.start()
     try:
