@@ -5,8 +5,8 @@ The options come from the Typer app itself, so an option added later is covered 
 added; the bad values come from a table per option type. Each command gets the arguments that
 make it run (the tiny model's export, the synthetic set, a fresh output path), so a bad value
 that is not refused shows as a command that did its work (exit 0, files written) and fails here.
-`clipad run` streams until stopped and `clipad station` needs calibrated recipes: their options are
-covered by their own tests (tests/test_runtime*.py, tests/test_station_core.py).
+`clipad run` streams until stopped: its options are covered by its own tests (tests/test_runtime*.py);
+`clipad station`'s base replays one image on a calibrated copy of the export.
 """
 
 from __future__ import annotations
@@ -40,10 +40,10 @@ ZERO_OK = {
 # Paths no command can read or write (even root cannot create a file under /proc), and a path
 # below a file. What a command reads may also not be missing.
 BAD_PATHS = ("/proc/clipad/x", "a_file/below", "")
-OUTPUTS = {"out", "json", "plot", "log", "triton_repo", "cache_dir"}
+OUTPUTS = {"out", "json", "plot", "log", "triton_repo", "cache_dir", "events", "spool"}
 # Text options where any non-empty text is a valid name or label.
 FREE_TEXT = {"object_name", "category"}
-SKIPPED_COMMANDS = {"run", "station"}
+SKIPPED_COMMANDS = {"run"}
 
 
 def _commands():
@@ -77,7 +77,24 @@ def _cases():
 
 
 @pytest.fixture(scope="module")
-def bases(art, synth_root) -> dict[tuple[str, ...], list[str]]:
+def recipe(art, synth_root, tmp_path_factory) -> Path:
+    """A calibrated copy of the tiny export, and beside it a folder of one image to replay."""
+    import shutil
+
+    root = tmp_path_factory.mktemp("recipe")
+    shutil.copytree(art.root, root / "a")
+    good = str(synth_root / "washer" / "test" / "good")
+    assert (
+        cli.run(["calibrate", "--artifacts", str(root / "a"), "--good", good, "--backend", "onnxruntime", "--quiet"])
+        == 0
+    )
+    (root / "one").mkdir()
+    shutil.copy(next((synth_root / "washer" / "test" / "good").iterdir()), root / "one")
+    return root
+
+
+@pytest.fixture(scope="module")
+def bases(art, synth_root, recipe) -> dict[tuple[str, ...], list[str]]:
     """Arguments with which each command does its work (checked below: exit 0)."""
     good = synth_root / "washer" / "test" / "good"
     data = ["--dataset", "mvtec", "--root", str(synth_root), "--categories", "washer"]
@@ -94,6 +111,7 @@ def bases(art, synth_root) -> dict[tuple[str, ...], list[str]]:
         ("train",): [*data, "--out", "new", "--epochs", "1", *TINY],
         ("doctor",): [],
         ("reference", "add"): [str(good), "--artifacts", "art_copy"],
+        ("station",): ["--recipe", f"a={recipe / 'a'}", "--replay", str(recipe / "one"), "--backend", "onnxruntime"],
     }
 
 
@@ -120,7 +138,7 @@ def test_every_command_has_a_base(bases):
 
 
 @pytest.mark.parametrize("command, flag, value", list(_cases()))
-def test_bad_option_value_is_one_line(command, flag, value, bases, workdir, art, synth_root, capfd):
+def test_bad_option_value_is_one_line(command, flag, value, bases, workdir, art, synth_root, recipe, capfd):
     args = [*command, *bases[command]]
     if command == ("reference", "add"):  # it writes into the artifacts: a copy of its own
         import shutil
@@ -129,7 +147,7 @@ def test_bad_option_value_is_one_line(command, flag, value, bases, workdir, art,
     if flag in args:  # the base's value is replaced by the bad one
         i = args.index(flag)
         del args[i : i + 2]
-    before = _tree_hash(workdir, art.root, synth_root)
+    before = _tree_hash(workdir, art.root, synth_root, recipe)
     code = cli.run([*args, flag, value])
     out, err = capfd.readouterr()
     lines = [ln for ln in err.splitlines() if ln.strip()]
@@ -137,4 +155,4 @@ def test_bad_option_value_is_one_line(command, flag, value, bases, workdir, art,
     assert "Traceback" not in err, err
     assert len(lines) == 1, err
     assert flag in lines[0] or (value and value in lines[0]), f"the error does not name {flag}: {lines[0]}"
-    assert _tree_hash(workdir, art.root, synth_root) == before, "files changed"
+    assert _tree_hash(workdir, art.root, synth_root, recipe) == before, "files changed"

@@ -148,15 +148,16 @@ class StationRun:
     def run(self, say: Callable[[str], None]) -> None:
         mqtt, access = self.check()
         items = replay_items(self.replay) if self.replay is not None else []
-        book = RecipeBook.load(self.recipes or [], self.active, ServeOptions(self.backend, self.device, self.precision))
-        closing: list = [book]
+        source = open_source(self.source) if self.source is not None else None  # a bad one: before any model
+        closing: list = [source] if source is not None else []
         logs = _LogLines(say)
         try:
+            book = RecipeBook.load(
+                self.recipes or [], self.active, ServeOptions(self.backend, self.device, self.precision)
+            )
+            closing.append(book)
             for note in book.notes:
                 say(note)
-            source = open_source(self.source) if self.source is not None else None
-            if source is not None:
-                closing.append(source)
             tally, metrics = Tally(), StationMetrics()
             publishers: list[Publisher] = [metrics, tally]
             if self.events is not None:
