@@ -103,6 +103,7 @@ def test_json_report_holds_every_probe(capsys):
         "openvino",
         "triton",
         "chromium",
+        "genicam",
         "weights",
     }
     assert data["checks"]["torch"]["usable"] is True and data["facts"]["torch"]["imported"] is True

@@ -97,6 +97,24 @@ class ChromiumFacts:
 
 
 @dataclass(frozen=True)
+class CameraFacts:
+    """One GenICam device Aravis found; ``source`` is the --source value that opens it."""
+
+    source: str
+    vendor: str
+    model: str
+    serial: str
+    address: str
+
+
+@dataclass(frozen=True)
+class GenICamFacts:
+    aravis_error: str | None  # why Aravis cannot be used (not installed); None: it can
+    devices: list[CameraFacts] = field(default_factory=list)
+    error: str | None = None  # the device listing failed
+
+
+@dataclass(frozen=True)
 class WeightsFacts:
     model: str
     pretrained: str
@@ -115,6 +133,7 @@ FACTS: dict[str, type[Facts]] = {
     "cpu": CpuFacts,
     "triton": TritonFacts,
     "chromium": ChromiumFacts,
+    "genicam": GenICamFacts,
     "weights": WeightsFacts,
 }
 Facts = (
@@ -127,6 +146,7 @@ Facts = (
     | CpuFacts
     | TritonFacts
     | ChromiumFacts
+    | GenICamFacts
     | WeightsFacts
 )
 
@@ -152,6 +172,7 @@ class Findings:
     openvino: OpenVinoFacts | ProbeFailure | None = None
     triton: TritonFacts | ProbeFailure | None = None
     chromium: ChromiumFacts | ProbeFailure | None = None
+    genicam: GenICamFacts | ProbeFailure | None = None
     weights: WeightsFacts | ProbeFailure | None = None
 
     @classmethod
@@ -175,5 +196,7 @@ def from_json(name: str, data: dict[str, Any]) -> Facts:
     """The record of probe ``name`` from its JSON (unknown keys refused by the dataclass)."""
     if name == "cuda":
         data = {**data, "gpus": [GpuFacts(**g) for g in data.get("gpus", [])]}
+    if name == "genicam":
+        data = {**data, "devices": [CameraFacts(**d) for d in data.get("devices", [])]}
     record: Facts = FACTS[name](**data)
     return record

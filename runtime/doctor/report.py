@@ -19,6 +19,7 @@ from clipad.runtime.doctor.facts import (
     CudaFacts,
     Facts,
     Findings,
+    GenICamFacts,
     ProbeFailure,
     PythonFacts,
     TensorRTFacts,
@@ -130,6 +131,13 @@ def _machine_lines(findings: Findings) -> list[tuple[str, str]]:
                 else "not found (the live viewer's browser test needs Debian's chromium)",
             )
         )
+    if (gc := get("genicam", GenICamFacts)) is not None:
+        if gc.aravis_error or gc.error:
+            rows.append(("Cameras", f"GenICam: {gc.aravis_error or gc.error}"))
+        elif not gc.devices:
+            rows.append(("Cameras", "GenICam: Aravis found no GigE Vision or USB3 Vision camera"))
+        for d in gc.devices:
+            rows.append(("Cameras", f"{d.vendor} {d.model}, serial {d.serial}, at {d.address or '-'}: {d.source}"))
     if (w := get("weights", WeightsFacts)) is not None:
         state = (
             f"cached ({w.cached_file})"
