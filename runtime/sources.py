@@ -23,6 +23,7 @@ from clipad.core.errors import ClipadError
 from clipad.core.redaction import redact
 from clipad.data.colour import to_rgb
 from clipad.data.images import ImageReadError, list_images, read_rgb
+from clipad.runtime.cameras.spec import is_camera_spec
 
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mkv", ".mov", ".m4v", ".webm", ".mpg", ".mpeg", ".wmv"}
 STREAM_SCHEMES = ("rtsp", "rtsps", "http", "https", "rtmp", "udp", "tcp")
@@ -46,6 +47,23 @@ class Frame:
     monotonic: float = field(default_factory=lambda: time.monotonic())  # the module, not the field above
     fps: float | None = None
     grab_began: float | None = None  # time.monotonic() when the call that delivered it began (live sources)
+    frame_id: int | None = None  # the camera's own frame (block) id, where it sends one (GenICam cameras)
+
+
+@dataclass(frozen=True)
+class Grab:
+    """One frame a live source's capture delivered (``LiveSource._grab``): ``image`` RGB uint8
+    [H, W, 3]; ``began``: time.monotonic() when the grab that delivered it began, or when the
+    software trigger that made it was fired; ``frame_id``: the camera's own frame id, if any."""
+
+    image: np.ndarray
+    began: float
+    frame_id: int | None = None
+
+
+class StreamLost(Exception):
+    """Raised by ``LiveSource._grab`` when the stream is gone: the source reports it (the text
+    says why) and reopens with backoff."""
 
 
 @dataclass
@@ -186,7 +204,12 @@ def wait_for_frames(sources: list[LiveSource], timeout: float) -> bool:
 
 class LiveSource(Source):
     """A camera index or stream URL. A grabber thread keeps only the newest frame (older unread
-    frames count as dropped); a lost stream is reopened with exponential backoff."""
+    frames count as dropped); a lost stream is reopened with exponential backoff.
+
+    Other capture APIs reuse the thread, the newest-frame policy and the reconnects by overriding
+    four hooks: ``_open`` (a capture handle, or None), ``_grab`` (one frame, None for nothing yet,
+    StreamLost when the stream is gone), ``_release`` and ``_unopened`` (the error when the first
+    open fails)."""
 
     live = True
 
@@ -203,9 +226,7 @@ class LiveSource(Source):
         self.connected = False
         self.cap = self._open()
         if self.cap is None:
-            if isinstance(spec, int):
-                raise ClipadError(f"no camera at index {spec} (or it is busy)")
-            raise ClipadError(f"cannot open stream {self.name} (opened nothing within {OPEN_TIMEOUT_MS / 1000:g} s)")
+            raise ClipadError(self._unopened())
         self._thread = threading.Thread(target=self._grab_loop, name=f"grab-{self.name}", daemon=True)
         self._thread.start()
 
@@ -222,6 +243,26 @@ class LiveSource(Source):
             return None
         self.connected = True
         return cap
+
+    def _unopened(self) -> str:
+        """The one line when the source cannot be opened at all."""
+        if isinstance(self.spec, int):
+            return f"no camera at index {self.spec} (or it is busy)"
+        return f"cannot open stream {self.name} (opened nothing within {OPEN_TIMEOUT_MS / 1000:g} s)"
+
+    def _grab(self) -> Grab | None:
+        """The next frame from the open capture ``self.cap``, blocking until one comes; None when
+        there is nothing this time but the stream is fine (a triggered camera between triggers);
+        raises StreamLost when the stream is gone."""
+        began = time.monotonic()
+        ok, img = self.cap.read()
+        if not ok or img is None:
+            raise StreamLost("stream lost")
+        return Grab(to_rgb(img), began)
+
+    def _release(self) -> None:
+        """Release the capture ``self.cap`` (not None)."""
+        self.cap.release()
 
     def _grab_loop(self) -> None:
         """Grab until closed. Anything that goes wrong (a failed read, an exception in the capture
@@ -240,12 +281,15 @@ class LiveSource(Source):
                     self.stats.reconnects += 1
                     self.stats.events.append(f"{self.name}: reconnected")
                     delay = self.backoff[0]
-                began = time.monotonic()
-                ok, img = self.cap.read()
-                if not ok or img is None:
-                    self._lose("stream lost, reconnecting")
+                grab = self._grab()
+                if grab is None:
                     continue
-                frame = Frame(self.name, self._index, time.time(), to_rgb(img), grab_began=began)
+                frame = Frame(
+                    self.name, self._index, time.time(), grab.image, grab_began=grab.began, frame_id=grab.frame_id
+                )
+            except StreamLost as err:
+                self._lose(f"{err}, reconnecting")
+                continue
             except Exception as err:  # noqa: BLE001 - a capture thread that dies would lose the camera for good
                 self._lose(redact(f"capture failed ({type(err).__name__}: {err}), reconnecting"))
                 if self._stop.wait(delay):
@@ -271,7 +315,7 @@ class LiveSource(Source):
         self.stats.events.append(f"{self.name}: {why}")
         if self.cap is not None:
             try:
-                self.cap.release()
+                self._release()
             except Exception:  # noqa: BLE001 - releasing a broken capture may fail too
                 pass
         self.cap = None
@@ -316,7 +360,7 @@ class LiveSource(Source):
                 self.stats.dropped += 1
                 self._fresh = False
         if self.cap is not None:
-            self.cap.release()
+            self._release()
 
     @property
     def grabbed(self) -> int:
@@ -325,7 +369,12 @@ class LiveSource(Source):
 
 
 def open_source(spec: str) -> Source:
-    """A --source value: stream URL, video file, image file, folder or glob."""
+    """A --source value: stream URL, GenICam camera (gige:// or u3v://), video file, image file,
+    folder or glob."""
+    if is_camera_spec(spec):
+        from clipad.runtime.cameras.genicam import GenICamSource  # Aravis is imported only when a camera is used
+
+        return GenICamSource(spec)
     if stream_url(spec) is not None:
         return LiveSource(spec)
     p = Path(spec)
@@ -333,7 +382,10 @@ def open_source(spec: str) -> Source:
         return VideoFileSource(spec)
     if p.exists() or any(c in spec for c in "*?["):
         return ImageFilesSource(spec)
-    raise ClipadError(f"source not found: {redact(spec)} (a video file, image file, folder, glob, or rtsp/http URL)")
+    raise ClipadError(
+        f"source not found: {redact(spec)} "
+        "(a video file, image file, folder, glob, rtsp/http URL, or gige:// or u3v:// camera)"
+    )
 
 
 def open_sources(cameras: list[int], specs: list[str]) -> tuple[list[Source], list[str]]:

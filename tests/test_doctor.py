@@ -104,6 +104,7 @@ def test_json_report_holds_every_probe(capsys):
         "triton",
         "chromium",
         "station",
+        "genicam",
         "weights",
     }
     assert data["checks"]["torch"]["usable"] is True and data["facts"]["torch"]["imported"] is True

@@ -117,6 +117,24 @@ class StationFacts:
 
 
 @dataclass(frozen=True)
+class CameraFacts:
+    """One GenICam device Aravis found; ``source`` is the --source value that opens it."""
+
+    source: str
+    vendor: str
+    model: str
+    serial: str
+    address: str
+
+
+@dataclass(frozen=True)
+class GenICamFacts:
+    aravis_error: str | None  # why Aravis cannot be used (not installed); None: it can
+    devices: list[CameraFacts] = field(default_factory=list)
+    error: str | None = None  # the device listing failed
+
+
+@dataclass(frozen=True)
 class WeightsFacts:
     model: str
     pretrained: str
@@ -136,6 +154,7 @@ FACTS: dict[str, type[Facts]] = {
     "triton": TritonFacts,
     "chromium": ChromiumFacts,
     "station": StationFacts,
+    "genicam": GenICamFacts,
     "weights": WeightsFacts,
 }
 Facts = (
@@ -149,6 +168,7 @@ Facts = (
     | TritonFacts
     | ChromiumFacts
     | StationFacts
+    | GenICamFacts
     | WeightsFacts
 )
 
@@ -175,6 +195,7 @@ class Findings:
     triton: TritonFacts | ProbeFailure | None = None
     chromium: ChromiumFacts | ProbeFailure | None = None
     station: StationFacts | ProbeFailure | None = None
+    genicam: GenICamFacts | ProbeFailure | None = None
     weights: WeightsFacts | ProbeFailure | None = None
 
     @classmethod
@@ -200,5 +221,7 @@ def from_json(name: str, data: dict[str, Any]) -> Facts:
         data = {**data, "gpus": [GpuFacts(**g) for g in data.get("gpus", [])]}
     if name == "station":
         data = {**data, **{k: LibraryFacts(**data[k]) for k in ("mqtt", "opcua", "metrics")}}
+    if name == "genicam":
+        data = {**data, "devices": [CameraFacts(**d) for d in data.get("devices", [])]}
     record: Facts = FACTS[name](**data)
     return record

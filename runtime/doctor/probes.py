@@ -21,10 +21,12 @@ from pathlib import Path
 
 from clipad.core.packages import installed_version
 from clipad.runtime.doctor.facts import (
+    CameraFacts,
     ChromiumFacts,
     CpuFacts,
     CudaFacts,
     Facts,
+    GenICamFacts,
     GpuFacts,
     LibraryFacts,
     OnnxRuntimeFacts,
@@ -268,6 +270,22 @@ def probe_station(deep: bool = False) -> StationFacts:
     )
 
 
+def probe_genicam(deep: bool = False) -> GenICamFacts:
+    """GenICam cameras (GigE Vision, USB3 Vision) that Aravis finds, or why Aravis is unusable."""
+    from clipad.core.errors import ClipadError
+    from clipad.runtime.cameras.aravis import list_devices, load_aravis
+
+    try:
+        load_aravis()
+    except ClipadError as err:
+        return GenICamFacts(str(err))
+    try:
+        found = list_devices()
+    except Exception as err:  # noqa: BLE001
+        return GenICamFacts(None, error=_error(err))
+    return GenICamFacts(None, [CameraFacts(d.source, d.vendor, d.model, d.serial, d.address) for d in found])
+
+
 def probe_weights(deep: bool = False) -> WeightsFacts:
     from clipad.core.weights import DEFAULT_HF_HUB, DEFAULT_MODEL, DEFAULT_PRETRAINED, cached_hub_file
 
@@ -292,6 +310,7 @@ PROBES: dict[str, Callable[[bool], Facts]] = {
     "triton": probe_triton,
     "chromium": probe_chromium,
     "station": probe_station,
+    "genicam": probe_genicam,
     "weights": probe_weights,
 }
 

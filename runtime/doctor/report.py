@@ -19,6 +19,7 @@ from clipad.runtime.doctor.facts import (
     CudaFacts,
     Facts,
     Findings,
+    GenICamFacts,
     LibraryFacts,
     ProbeFailure,
     PythonFacts,
@@ -134,6 +135,13 @@ def _machine_lines(findings: Findings) -> list[tuple[str, str]]:
         )
     if (st := get("station", StationFacts)) is not None:
         rows += _station_lines(st)
+    if (gc := get("genicam", GenICamFacts)) is not None:
+        if gc.aravis_error or gc.error:
+            rows.append(("Cameras", f"GenICam: {gc.aravis_error or gc.error}"))
+        elif not gc.devices:
+            rows.append(("Cameras", "GenICam: Aravis found no GigE Vision or USB3 Vision camera"))
+        for d in gc.devices:
+            rows.append(("Cameras", f"{d.vendor} {d.model}, serial {d.serial}, at {d.address or '-'}: {d.source}"))
     if (w := get("weights", WeightsFacts)) is not None:
         state = (
             f"cached ({w.cached_file})"
