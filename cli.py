@@ -281,7 +281,7 @@ def _parity(o: SimpleNamespace) -> None:
 
 @_command(
     _o("--camera", None, "Camera index (repeatable).", list[int], name="cameras"),
-    _o("--source", None, "Video file, image folder or glob, rtsp/http URL (repeatable).", list[str], name="sources"),
+    _o("--source", None, "Video, folder, glob, rtsp/http URL, gige:// or u3v:// camera.", list[str], name="sources"),
     SERVING,
     (_o("--save", None, "Overlay video (.mp4, .avi).", Path), _o("--events", None, "JSON Lines (appended).", Path)),
     _o("--events-max-mb", 0.0, "Rotate the events file at this size (events.jsonl.1 ... .5); 0: never."),
