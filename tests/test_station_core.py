@@ -363,9 +363,25 @@ def test_recipes_are_refused_at_load_in_one_line(art, root, tmp_path):
     data = bytearray(model.read_bytes())
     data[-1] ^= 0xFF
     model.write_bytes(bytes(data))
-    with pytest.raises(ClipadError) as err:
-        RecipeBook.load([f"a={root / 'a'}", f"bad={bad}"], options=CPU)
+    with pytest.raises(ClipadError) as err:  # the active recipe broken: the station does not start
+        RecipeBook.load([f"bad={bad}", f"a={root / 'a'}"], options=CPU)
     assert str(err.value).startswith("recipe bad: ") and "sha256" in str(err.value) and "\n" not in str(err.value)
+    book = RecipeBook.load([f"a={root / 'a'}", f"bad={bad}", f"raw={art.root}"], options=CPU)
+    try:  # another recipe broken: unavailable, said in one line each, its jobs answer error with why
+        assert book.names == ["a"] and set(book.unavailable) == {"bad", "raw"}
+        warnings = [n.split(" is unavailable")[0] for n in book.notes if n.startswith("warning")]
+        assert warnings == ["warning: recipe bad", "warning: recipe raw"]
+        station = Station(book)
+        try:
+            result = station.wait(station.submit(Trigger("mqtt", recipe="bad", image=noise_png(1))), 10)
+            assert result is not None and result.verdict is Verdict.ERROR and result.why is not None
+            assert result.why.startswith("recipe bad is unavailable: ") and "sha256" in result.why
+            ok = station.wait(station.submit(Trigger("mqtt", image=noise_png(1))), 10)
+            assert ok is not None and ok.verdict in (Verdict.OK, Verdict.NG)
+        finally:
+            station.close()
+    finally:
+        book.close()
     book = RecipeBook(CPU)
     book.prepare("later", root / "b")  # a changeover prepared ahead: loaded here, never in a job
     assert book.active == "later" and book.names == ["later"]

@@ -95,6 +95,7 @@ class RecipeBook:
         self._recipes: dict[str, Recipe] = {}
         self._active: str | None = None
         self.notes: list[str] = []  # what the operator should be told about the recipes, one line each
+        self.unavailable: dict[str, str] = {}  # recipes given at start that could not be opened -> why
 
     @classmethod
     def load(
@@ -105,8 +106,12 @@ class RecipeBook:
         opener: Opener = open_recipe_served,
     ) -> RecipeBook:
         """Every ``NAME=DIR`` of ``specs`` opened; ``active``: the active recipe (default: the first).
-        One line (ClipadError) for a bad spec, a duplicate name, artifacts that fail to open or
-        their hash check, or an uncalibrated recipe; whatever was opened is closed again then."""
+        One line (ClipadError) for a bad spec or a duplicate name, and when the active recipe
+        cannot be opened (its artifacts fail to open or their hash check, or are uncalibrated);
+        whatever was opened is closed again then. Another recipe that cannot be opened is
+        *unavailable*: the station starts without it, says why in one line (``notes``), and a job
+        for it is answered ERROR with that reason (``unavailable``), so one broken product does
+        not stop the line's others."""
         if not specs:
             raise ClipadError("a station needs at least one --recipe NAME=ARTIFACTS_DIR")
         parsed = [parse_recipe_spec(s) for s in specs]
@@ -117,13 +122,20 @@ class RecipeBook:
         if active is not None and active not in names:
             raise ClipadError(f"--active {active} is not one of the recipes ({', '.join(names)})")
         book = cls(options, opener)
+        active = active or names[0]
         try:
             for name, folder in parsed:
-                book.prepare(name, folder)
+                try:
+                    book.prepare(name, folder)
+                except ClipadError as err:
+                    if name == active:
+                        raise
+                    book.unavailable[name] = str(err).removeprefix(f"recipe {name}: ")
+                    book.notes.append(f"warning: recipe {name} is unavailable (its jobs answer error): {err}")
         except BaseException:
             book.close()
             raise
-        book.switch(active or names[0])
+        book.switch(active)
         return book
 
     def prepare(self, name: str, artifacts: Path) -> Recipe:
@@ -168,8 +180,13 @@ class RecipeBook:
         with self._lock:
             recipe = self._recipes.get(name)
         if recipe is None:
-            raise ClipadError(f"unknown recipe {name}")
+            raise ClipadError(self.why_not(name))
         return recipe
+
+    def why_not(self, name: str) -> str:
+        """Why a job cannot run on ``name``: unavailable (and why) or unknown."""
+        why = self.unavailable.get(name)
+        return f"recipe {name} is unavailable: {why}" if why is not None else f"unknown recipe {name}"
 
     def __contains__(self, name: object) -> bool:
         with self._lock:

@@ -197,7 +197,7 @@ class Station:
         if not job.recipe:
             return "no recipe is loaded"
         if job.recipe not in self.book:
-            return f"unknown recipe {job.recipe}"
+            return self.book.why_not(job.recipe)
         if len(self._outbox) >= self.config.backlog:
             with self._lock:
                 self.busy_count += 1
