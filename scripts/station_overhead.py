@@ -68,7 +68,7 @@ async def channels(recipes: Path, out: Path, jobs: int) -> dict[str, dict[str, l
             *("--trace", str(trace), "--serve", f"127.0.0.1:{http}", "--deadline-ms", "30000"),
             *("--mqtt", f"mqtt://127.0.0.1:{broker.port}", "--name", STATION, "--spool", str(out / "spool")),
             *("--opcua", url, "--source", str(source_folder(recipes, out / "source", jobs + 10))),
-            *("--image-root", str(recipes)),
+            *("--image-root", str(recipes), "--events", str(out / "events.jsonl")),
         ]
     )
     mes = Subscriber(broker.port, client_id="overhead-sub", topic=f"clipad/{STATION}/+/result")
