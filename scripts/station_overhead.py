@@ -1,49 +1,112 @@
-"""The station's own cost per job, and how closely it keeps a deadline (issue 25's goals).
+"""The station's own cost per job on each channel, its deadline and a recipe switch (issue 25's goals).
 
-Overhead per job = (result handed to the last publisher - trigger received) - the job's own
-inference time, all taken inside the station (monotonic clock): the trigger's ``received`` is
-stamped when its request head has arrived (HTTP) or when it is made (replay), and the time of
-publication by a publisher placed after the events file and the metrics. The HTTP triggers come
-from a client in another process, as a line controller's would. Jobs are sent one at a time
-(each after the previous result), so no queueing is counted. The deadline figure: with the
-backend stalled, TIMEOUT published - (received + deadline), over ``--jobs`` / 4 jobs.
+1. Overhead per job and channel: `clipad station` runs as a process with a real Mosquitto and
+   ``--trace``; a line controller here triggers ``--jobs`` jobs on each of HTTP (``POST
+   /trigger?wait=1``), MQTT (the command topic; the next after its result reached a subscriber)
+   and OPC UA (``StartSingleJob``; the next after its ResultReady event), one at a time, so no
+   queueing is counted. The figures are the station's own (``overhead.ChannelClock``, monotonic
+   clock): (result published on the trigger's channel - trigger received) - the job's inference
+   time; published = the ``?wait=1`` answer written (HTTP), handed to paho (MQTT), the event fired
+   (OPC UA). HTTP and MQTT triggers carry an image path; OPC UA triggers capture the frame from
+   the station's folder source (reading that file is part of the station's cost).
+2. Deadline (in this process, the real backend made to stall): TIMEOUT published - (trigger
+   received + deadline), over ``--jobs`` / 4 jobs.
+3. Recipe switch (in this process): recipes are loaded and warmed up at start (the load is
+   timed); then jobs on recipe a, the first job on recipe b and later ones on b (latency).
 
-    python scripts/station_overhead.py --artifacts ART --images DIR [--jobs 200]
+    python scripts/station_overhead.py --repeat 3                     # tiny model, built here
+    python scripts/station_overhead.py --artifacts ART --images DIR   # any calibrated export
 
-ART must be calibrated (`clipad calibrate`); DIR: a few images (they are replayed in a loop).
+Needs Mosquitto (/usr/sbin/mosquitto). Run it on a machine as idle as you can get.
 """
 
 from __future__ import annotations
 
 import argparse
-import base64
-import subprocess
-import sys
+import asyncio
+import json
+import logging
+import os
+import shutil
 import tempfile
 import threading
 import time
 from pathlib import Path
 
 import numpy as np
+from station_soak import STATION, OpcUa, Plc, build_recipes, source_folder
 
-from clipad.data.images import list_images
 from clipad.runtime.station.events import EventsPublisher
-from clipad.runtime.station.http import StationServer
-from clipad.runtime.station.metrics import StationMetrics
 from clipad.runtime.station.recipes import RecipeBook, ServeOptions, open_recipe_served
 from clipad.runtime.station.records import JobResult, Trigger
 from clipad.runtime.station.station import Station, StationConfig
+from tests.test_station_http import post
+from tests.test_station_line import StationProcess
+from tests.test_station_mqtt import Broker, Subscriber, free_port, wait_until
 
-CLIENT = """
-import http.client, json, sys
-port, jobs, images = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3:]
-for k in range(jobs):
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-    body = json.dumps({"part_id": k, "image_b64": images[k % len(images)]})
-    conn.request("POST", "/trigger?wait=1", body=body, headers={"Content-Type": "application/json"})
-    print(json.loads(conn.getresponse().read())["job_id"])
-    conn.close()
-"""
+CPU = ServeOptions("onnxruntime", "cpu", "fp32")
+
+
+def figures(values: list[float]) -> str:
+    p50, p99 = np.percentile(values, 50), np.percentile(values, 99)
+    return f"p50 {p50:.2f} ms, p99 {p99:.2f} ms, max {max(values):.2f} ms (n={len(values)})"
+
+
+# -- 1. overhead per channel, `clipad station` as a process ------------------------------------
+
+
+async def channels(recipes: Path, out: Path, jobs: int) -> dict[str, dict[str, list[float]]]:
+    """Run the station, trigger ``jobs`` jobs one at a time on each channel; the trace's figures
+    by trigger channel: {via: {"overhead": [...], "inference": [...]}} (inspected jobs only)."""
+    broker = Broker(out / "broker")
+    broker.start()
+    http, url = free_port(), f"opc.tcp://127.0.0.1:{free_port()}"
+    trace = out / "trace.jsonl"
+    station = StationProcess(
+        [
+            *("--recipe", f"a={recipes / 'a'}", "--backend", "onnxruntime", "--device", "cpu"),
+            *("--trace", str(trace), "--serve", f"127.0.0.1:{http}", "--deadline-ms", "30000"),
+            *("--mqtt", f"mqtt://127.0.0.1:{broker.port}", "--name", STATION, "--spool", str(out / "spool")),
+            *("--opcua", url, "--source", str(source_folder(recipes, out / "source", jobs + 10))),
+            *("--image-root", str(recipes), "--events", str(out / "events.jsonl")),
+        ]
+    )
+    mes = Subscriber(broker.port, client_id="overhead-sub", topic=f"clipad/{STATION}/+/result")
+    plc, opcua = Plc(broker.port), OpcUa(url)
+    try:
+        station.wait_for("serving the operator")
+        mes.wait_ready()
+        wait_until(plc.up.is_set, 30, "the controller's MQTT connection")
+        await opcua.connect()
+        for k in range(jobs):
+            post(http, {"part_id": f"h{k}", "image": f"good/part{k % 12:02d}.png"}, "/trigger?wait=1")
+        for k in range(-5, jobs):  # the first ones also wait for the station's command subscription
+            n = len(mes.log)
+            plc.trigger(f"m{k}", f"good/part{k % 12:02d}.png")
+            deadline = time.monotonic() + (2 if k < 0 else 30)
+            while len(mes.log) == n and time.monotonic() < deadline:
+                await asyncio.sleep(0.001)
+        for k in range(jobs):
+            job = await opcua.start_job(f"o{k}")
+            while job not in opcua.events:
+                await asyncio.sleep(0.001)
+    finally:
+        await opcua.disconnect()
+        plc.close()
+        mes.close()
+        station.stop(60)
+        broker.stop()
+    got: dict[str, dict[str, list[float]]] = {}
+    for line in trace.read_text().splitlines():
+        t = json.loads(line)
+        if t["channel"] == t["via"] and t["inference_ms"] is not None:
+            fig = got.setdefault(t["via"], {"overhead": [], "inference": []})
+            fig["overhead"].append(t["overhead_ms"])
+            fig["inference"].append(t["inference_ms"])
+    return got
+
+
+# -- 2. deadline and 3. recipe switch, in this process ------------------------------------------
 
 
 class Stamps:
@@ -62,9 +125,10 @@ class Stamps:
     def close(self) -> None:
         pass
 
-    def wait(self, job_id: str) -> None:
+    def wait(self, job_id: str) -> JobResult:
         with self.cond:
             self.cond.wait_for(lambda: job_id in self.at, 60)
+            return self.results[job_id]
 
 
 class Stallable:
@@ -84,22 +148,7 @@ class Stallable:
         self.real.close()
 
 
-class Timed(Station):
-    """The station, remembering each trigger's reception time by job id."""
-
-    received: dict[str, float]
-
-    def submit(self, trigger: Trigger) -> str:
-        job_id = super().submit(trigger)
-        self.received[job_id] = trigger.received
-        return job_id
-
-
-def figures(values: list[float]) -> str:
-    return f"p50 {np.percentile(values, 50):.2f} ms, p99 {np.percentile(values, 99):.2f} ms (n={len(values)})"
-
-
-def measure(art: Path, images: list[Path], jobs: int, events: Path) -> None:
+def deadline_and_switch(recipes: Path, images: list[Path], jobs: int, events: Path) -> None:
     stall = {"s": 0.0}
 
     def opener(folder: Path, options: ServeOptions):
@@ -107,68 +156,85 @@ def measure(art: Path, images: list[Path], jobs: int, events: Path) -> None:
         served.backend = Stallable(served.backend, stall)
         return served
 
-    book = RecipeBook.load([f"a={art}"], options=ServeOptions("onnxruntime", "cpu", "fp32"), opener=opener)
-    metrics, stamps = StationMetrics(), Stamps()
-    station = Timed(book, [EventsPublisher(events), metrics, stamps], StationConfig(deadline_ms=None))
-    station.received = {}
-    metrics.bind(station)
-    server = StationServer(station, "127.0.0.1", 0, metrics)
+    t0 = time.perf_counter()
+    book = RecipeBook.load([f"a={recipes / 'a'}"], options=CPU, opener=opener)
+    load_a = (time.perf_counter() - t0) * 1000
+    t0 = time.perf_counter()
+    book.prepare("b", recipes / "b")
+    load_b = (time.perf_counter() - t0) * 1000
+    print(f"recipe load at start (hash check, model load, one warm-up inference): a {load_a:.0f} ms, b {load_b:.0f} ms")
     try:
-        overhead: dict[str, list[float]] = {"replay": [], "http": []}
-        encoded = [base64.b64encode(p.read_bytes()).decode() for p in images]
-        for k in range(jobs):
-            job = station.submit(Trigger("replay", part_id=str(k), image=images[k % len(images)]))
-            stamps.wait(job)
-            r = stamps.results[job]
-            overhead["replay"].append((stamps.at[job] - station.received[job]) * 1000 - (r.inference_ms or 0))
-        # The HTTP client is another process, as a line controller is: it sends each trigger with
-        # ?wait=1 and the next one after the answer.
-        client = subprocess.run(
-            [sys.executable, "-c", CLIENT, str(server.port), str(jobs), *encoded],
-            capture_output=True,
-            text=True,
-            check=True,
+        stamps = Stamps()
+        station = Station(book, [EventsPublisher(events), stamps], StationConfig())
+        lat: dict[str, list[float]] = {"a": [], "b": []}
+        try:
+            for recipe in ("a", "b"):
+                for k in range(max(jobs // 4, 10)):
+                    job = station.submit(
+                        Trigger("replay", part_id=str(k), recipe=recipe, image=images[k % len(images)])
+                    )
+                    lat[recipe].append(stamps.wait(job).latency_ms)
+        finally:
+            station.close()
+        print(
+            f"recipe switch, latency: a first {lat['a'][0]:.2f} ms, a later p50 {np.median(lat['a'][1:]):.2f} ms; "
+            f"b first {lat['b'][0]:.2f} ms, b later p50 {np.median(lat['b'][1:]):.2f} ms, max {max(lat['b'][1:]):.2f}"
         )
-        for job in client.stdout.split():
-            stamps.wait(job)
-            r = stamps.results[job]
-            overhead["http"].append((stamps.at[job] - station.received[job]) * 1000 - (r.inference_ms or 0))
-        inference = [r.inference_ms for r in stamps.results.values() if r.inference_ms is not None]
-        print(f"inference (tiny model, ONNX Runtime CPU): {figures(inference)}")
-        for via, values in overhead.items():
-            print(f"overhead, {via} triggers: {figures(values)}")
-    finally:
-        server.close()
-        station.close()
 
-    deadline_ms = 50.0
-    stall["s"] = 0.2
-    stamps = Stamps()
-    station = Timed(book, [EventsPublisher(events), stamps], StationConfig(deadline_ms=deadline_ms, queue=1))
-    station.received = {}
-    try:
-        late_by = []
-        for k in range(max(jobs // 4, 10)):
-            job = station.submit(Trigger("replay", part_id=str(k), image=images[k % len(images)]))
-            stamps.wait(job)
-            late_by.append((stamps.at[job] - station.received[job]) * 1000 - deadline_ms)
-            station.room(5)  # the stalled job is still in the worker; the next waits for room
-            while station.state != "ready":
-                time.sleep(0.005)
-        print(f"TIMEOUT published after the {deadline_ms:g} ms deadline by: {figures(late_by)}")
+        deadline_ms = 50.0
+        stall["s"] = 0.2
+        stamps = Stamps()
+        station = Station(book, [EventsPublisher(events), stamps], StationConfig(deadline_ms=deadline_ms, queue=1))
+        try:
+            late_by = []
+            for k in range(max(jobs // 4, 10)):
+                job = station.submit(Trigger("replay", part_id=str(k), image=images[k % len(images)]))
+                result = stamps.wait(job)
+                assert result.received is not None and result.verdict.value == "timeout", result
+                late_by.append((stamps.at[job] - result.received) * 1000 - deadline_ms)
+                station.room(5)  # the stalled job is still in the worker; the next waits for room
+                while station.state != "ready":
+                    time.sleep(0.005)
+            print(f"TIMEOUT published after the {deadline_ms:g} ms deadline by: {figures(late_by)}")
+        finally:
+            station.close()
     finally:
-        station.close()
         book.close()
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--artifacts", type=Path, required=True)
-    ap.add_argument("--images", required=True)
-    ap.add_argument("--jobs", type=int, default=200)
+    ap.add_argument("--recipes", type=Path, help="make_recipes' folder (a/, b/, good/); default: the tiny model built")
+    ap.add_argument("--artifacts", type=Path, help="instead: one calibrated export (used as recipes a and b)")
+    ap.add_argument("--images", type=Path, help="with --artifacts: a folder of at least 12 images")
+    ap.add_argument("--jobs", type=int, default=200, help="jobs per channel")
+    ap.add_argument("--repeat", type=int, default=1, help="runs of the channel measurement (the spread)")
     a = ap.parse_args()
+    logging.getLogger("asyncua").setLevel(logging.ERROR)
+    print(f"load average before: {os.getloadavg()}")
     with tempfile.TemporaryDirectory() as tmp:
-        measure(a.artifacts, list_images(a.images), a.jobs, Path(tmp) / "events.jsonl")
+        out = Path(tmp)
+        recipes = a.recipes
+        if a.artifacts is not None:
+            recipes = out / "recipes"
+            (recipes / "good").mkdir(parents=True)
+            for name in ("a", "b"):
+                (recipes / name).symlink_to(a.artifacts.resolve())
+            for i, image in enumerate(sorted(a.images.iterdir())[:12]):
+                shutil.copy(image, recipes / "good" / f"part{i:02d}.png")
+        elif recipes is None:
+            recipes = build_recipes(out / "model")
+        for run in range(a.repeat):
+            got = asyncio.run(channels(recipes, out / f"run{run}", a.jobs))
+            for via in ("http", "mqtt", "opcua"):
+                f = got.get(via)
+                if f:
+                    print(
+                        f"run {run + 1}, overhead, {via}: {figures(f['overhead'])}; inference {figures(f['inference'])}"
+                    )
+            print(f"load average: {os.getloadavg()}")
+        images = sorted((recipes / "good").iterdir())
+        deadline_and_switch(recipes, images, a.jobs, out / "events.jsonl")
 
 
 if __name__ == "__main__":

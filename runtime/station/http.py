@@ -9,6 +9,10 @@
 - ``GET /result/<job_id>``: 200 the result record; 202 while the job is pending; 404 unknown or
   forgotten.
 - ``GET /metrics``: the Prometheus text format (``metrics.StationMetrics``).
+- ``POST /mqtt/resend`` ``{"job_ids": [...]}``: the operator's path for a reconciliation (an
+  MES log that lacks results the broker had acknowledged, e.g. before it was killed): the MQTT
+  spool's kept records of these jobs are sent again -> 200 ``{"resent": [...], "not_kept": [...]}``;
+  404 without ``--mqtt``, 400 for a body that is not such a list.
 - ``GET /healthz``: 200 while the process serves; ``GET /readyz``: 200 when recipes are loaded,
   the station's threads alive and it is not halted, else 503 with the reasons.
 - With the operator's page's views (``views.StationViews``): ``GET /`` the page (``page.PAGE``;
@@ -32,8 +36,9 @@ import re
 import secrets
 import threading
 import time
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from clipad.core.errors import ClipadError
@@ -47,6 +52,9 @@ from clipad.runtime.station.views import StationViews
 from clipad.runtime.viewer_access import Access, Verdict, is_loopback, url_host
 from clipad.runtime.viewer_gate import GatedHandler, GatedServer, ViewerLimits
 
+if TYPE_CHECKING:
+    from clipad.runtime.station.overhead import ChannelClock
+
 MAX_BODY = 64 * 1024 * 1024  # bytes of a trigger's body (a base64 image of about 48 MB)
 BODY_DEADLINE_S = 30.0  # the whole body must arrive within this (a slow client cannot hold a thread longer)
 WAIT_S = 30.0  # the longest ?wait=1 answer without a deadline
@@ -58,7 +66,8 @@ class StationServer:
     """The HTTP server of ``station`` on ``host``:``port`` (0: a free port), in its own thread.
     ``token``: required on every request (None: a fresh one when bound to a non-loopback address,
     none on loopback); ``metrics``: what /metrics shows (None: 404); ``views``: what the operator's
-    page shows (None: no page)."""
+    page shows (None: no page); ``clock``: told when a ``?wait=1`` answer has been written;
+    ``resend``: ``MqttPublisher.resend`` (None: no MQTT)."""
 
     def __init__(
         self,
@@ -70,9 +79,12 @@ class StationServer:
         limits: ViewerLimits | None = None,
         views: StationViews | None = None,
         paths: ImagePaths | None = None,
+        clock: ChannelClock | None = None,
+        resend: Callable[[list[str]], list[str]] | None = None,
     ):
         self.station, self.metrics, self.views = station, metrics, views
         self.paths = paths or ImagePaths()
+        self.clock, self.resend = clock, resend
         self.limits = limits or ViewerLimits()
         self.token = token if token is not None else (None if is_loopback(host) else secrets.token_urlsafe(18))
         try:
@@ -141,6 +153,9 @@ def _handler(srv: StationServer) -> type[BaseHTTPRequestHandler]:
             if not self._allowed():
                 return
             url = urlsplit(self.path)
+            if url.path == "/mqtt/resend":
+                self._resend()
+                return
             if url.path != "/trigger":
                 self.send_error(404)
                 return
@@ -160,7 +175,29 @@ def _handler(srv: StationServer) -> type[BaseHTTPRequestHandler]:
                 return
             deadline = station.config.deadline_ms
             result = station.wait(job_id, WAIT_S if deadline is None else deadline / 1000 + 1.0)
-            self._json(200, result.to_json()) if result is not None else self._json(202, {"job_id": job_id})
+            if result is None:
+                self._json(202, {"job_id": job_id})
+                return
+            self._json(200, result.to_json())
+            if srv.clock is not None:
+                srv.clock.sent("http", result)
+
+        def _resend(self) -> None:
+            """POST /mqtt/resend: the kept MQTT records of the listed job ids, sent again."""
+            if srv.resend is None:
+                self._json(404, {"error": "this station has no MQTT channel (--mqtt)"})
+                return
+            body, status = self._body()
+            try:
+                job_ids = json.loads(body)["job_ids"] if isinstance(body, bytes) else None
+            except (ValueError, TypeError, KeyError):
+                job_ids = None
+            if not isinstance(job_ids, list) or not all(isinstance(j, str) for j in job_ids):
+                why = body if isinstance(body, str) else 'the body must be {"job_ids": ["<job id>", ...]}'
+                self._json(status, {"error": why})
+                return
+            resent = srv.resend(job_ids)
+            self._json(200, {"resent": resent, "not_kept": sorted(set(job_ids) - set(resent))})
 
         def _page(self, path: str, views: StationViews) -> bool:
             """Answer a request of the operator's page; False when ``path`` is none of its."""

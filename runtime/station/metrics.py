@@ -7,6 +7,10 @@ Counted from results (``StationMetrics`` is a ``Publisher`` and a ``LateListener
 - ``clipad_station_latency_seconds{via}``: trigger received to result handed to the publishers,
   by trigger source (http, mqtt, opcua, replay);
 - ``clipad_station_inference_seconds{recipe}``: the backend's share of inspected jobs;
+- ``clipad_station_overhead_seconds{channel, via}``: the station's own share of a job on each
+  channel: (result published on ``channel`` - trigger received) - the job's inference time, for
+  inspected jobs; published = handed to paho (mqtt), the ResultReady event fired (opcua), the
+  ``?wait=1`` answer written (http) (``overhead.ChannelClock``);
 - ``clipad_station_timeouts_total`` and ``clipad_station_late_total``: TIMEOUT results, and
   verdicts that came after their TIMEOUT (logged, never published as the answer).
 
@@ -38,6 +42,8 @@ if TYPE_CHECKING:
 
 # Seconds; fine steps below 10 ms where the station's own overhead lives, then up to 10 s.
 LATENCY_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0)
+# Seconds; the overhead's goals are 5 and 10 ms, so steps of 0.5 to 2.5 ms up to there.
+OVERHEAD_BUCKETS = (0.0005, 0.001, 0.0015, 0.002, 0.003, 0.004, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.05, 0.1, 1.0)
 CONTENT_TYPE = CONTENT_TYPE_LATEST  # the text exposition format's media type, for /metrics
 
 
@@ -60,6 +66,13 @@ class StationMetrics:
             "The backend's share of inspected jobs",
             ["recipe"],
             buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.overhead = Histogram(
+            "clipad_station_overhead_seconds",
+            "Result published on the channel - trigger received - inference time",
+            ["channel", "via"],
+            buckets=OVERHEAD_BUCKETS,
             registry=r,
         )
         self.timeouts = Counter("clipad_station_timeouts", "Jobs answered TIMEOUT", registry=r)

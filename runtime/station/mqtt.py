@@ -44,7 +44,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
@@ -57,6 +57,9 @@ from clipad.core.redaction import redact
 from clipad.runtime.station.records import JobResult, StationPort
 from clipad.runtime.station.spool import Spool, payload_bytes
 from clipad.runtime.station.trigger_payload import ImagePaths, trigger_from_payload
+
+if TYPE_CHECKING:
+    from clipad.runtime.station.overhead import ChannelClock
 
 Log = Callable[[str], None]
 
@@ -196,6 +199,7 @@ class MqttOptions:
 
 
 ONLINE, OFFLINE = b"online", b"offline"
+MAX_TIMED = 100_000  # results waiting for their overhead figure (the spool's default bound)
 
 
 class MqttLink:
@@ -366,11 +370,13 @@ class _SenderState:
 class MqttPublisher:
     """Results to ``<root>/<station>/<recipe>/result`` through the spool (see the module
     docstring); a ``Publisher`` for the station. ``close`` waits up to ``drain_s`` for the spool
-    to empty while connected; whatever is left is sent at the next start."""
+    to empty while connected; whatever is left is sent at the next start. ``clock``: told when
+    each result of this run is handed to paho (the station's overhead per channel)."""
 
-    def __init__(self, link: MqttLink, drain_s: float = 2.0) -> None:
+    def __init__(self, link: MqttLink, drain_s: float = 2.0, clock: ChannelClock | None = None) -> None:
         opts = link.options
-        self.link, self.drain_s = link, drain_s
+        self.link, self.drain_s, self.clock = link, drain_s, clock
+        self._timed: dict[str, JobResult] = {}  # job id -> result, until handed to paho (with a clock)
         self.spool = Spool(
             opts.spool_dir,
             max_records=opts.spool_max_records,
@@ -407,6 +413,11 @@ class MqttPublisher:
         """Queue the result for the spool and wake the sender; returns at once (no disk, no
         network: the sender thread writes and fsyncs the spool, then sends)."""
         topic = self.link.options.result_topic(result.recipe)
+        if self.clock is not None:
+            with self._incoming_lock:
+                self._timed[result.job_id] = result
+                if len(self._timed) > MAX_TIMED:  # results dropped from the spool are never handed out
+                    del self._timed[next(iter(self._timed))]
         self._queue(result.job_id, topic, payload_bytes(result.to_json()))
 
     def _queue(self, job_id: str, topic: str, payload: bytes) -> None:
@@ -547,6 +558,11 @@ class MqttPublisher:
                 continue
             # On MQTT_ERR_NO_CONN paho keeps the message and sends it at reconnect, in order.
             state.inflight[info.mid] = record.seq
+            if self.clock is not None:
+                with self._incoming_lock:
+                    timed = self._timed.pop(record.job_id, None)
+                if timed is not None:
+                    self.clock.sent("mqtt", timed)
 
 
 class MqttCommands:

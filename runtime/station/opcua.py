@@ -18,6 +18,7 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 from urllib.parse import urlparse
 
 from asyncua import Server, ua
@@ -34,6 +35,9 @@ from clipad.runtime.station.opcua_model import (
     result_values,
 )
 from clipad.runtime.station.records import JobResult, StationPort, Trigger
+
+if TYPE_CHECKING:
+    from clipad.runtime.station.overhead import ChannelClock
 
 log = logging.getLogger("clipad.station.opcua")
 
@@ -81,7 +85,8 @@ class StationServer:
     the address to listen on when it is not the endpoint's host (behind NAT, or a test binding
     loopback for a LAN endpoint); ``access``: users and certificates (opcua_access.py);
     ``queue_size``: results waiting for the server loop before ``publish`` drops one (counted);
-    ``poll_s``: how often the station's state and recipes are read."""
+    ``poll_s``: how often the station's state and recipes are read; ``clock``: told when each
+    result's events have been fired (the station's overhead per channel)."""
 
     _nodes: StationNodes  # set on the server thread before the first client can connect
     _server: Server
@@ -96,6 +101,7 @@ class StationServer:
         access: OpcUaAccess | None = None,
         queue_size: int = 10_000,
         poll_s: float = 0.2,
+        clock: ChannelClock | None = None,
     ) -> None:
         self.endpoint = Endpoint.parse(endpoint, bind_host)
         self._station = station
@@ -103,6 +109,7 @@ class StationServer:
         check_access(self.endpoint.host, self._access)
         self._queue_size = queue_size
         self._poll_s = poll_s
+        self._clock = clock
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._queue: asyncio.Queue[JobResult | None] | None = None
@@ -273,6 +280,8 @@ class StationServer:
                     setattr(gen.event, name, field)
                 gen.event.Severity = 100 if result.verdict.passes else 500
                 await gen.trigger(message=f"{result.verdict.value} part {result.part_id} (job {result.job_id})")
+            if self._clock is not None:
+                self._clock.sent("opcua", result)
         await self._refresh()
 
     async def _tick(self) -> None:

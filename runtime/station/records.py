@@ -62,7 +62,8 @@ class JobResult:
     ``defect_area``: fraction of the image above the pixel threshold; ``inference_ms``: the
     backend's share of the job; ``latency_ms``: trigger received to result published;
     ``late``: a verdict that came after its TIMEOUT was published (logged, never published as the
-    job's answer)."""
+    job's answer); ``received``: the trigger's ``Trigger.received`` (monotonic seconds, this
+    process only: each channel's overhead is measured from it; not part of the record)."""
 
     job_id: str
     part_id: str
@@ -76,6 +77,7 @@ class JobResult:
     defect_area: float | None = None
     inference_ms: float | None = None
     late: bool = False
+    received: float | None = field(default=None, compare=False)
 
     def to_json(self) -> dict[str, Any]:
         """The result record of every channel (events file, MQTT payload, OPC UA fields, HTTP)."""

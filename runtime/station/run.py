@@ -26,6 +26,7 @@ from clipad.runtime.station.mqtt import MqttCommands, MqttLink, MqttOptions, Mqt
 from clipad.runtime.station.opcua import Endpoint
 from clipad.runtime.station.opcua import StationServer as OpcUaServer
 from clipad.runtime.station.opcua_access import OpcUaAccess, check_access
+from clipad.runtime.station.overhead import ChannelClock
 from clipad.runtime.station.readings import mqtt_readings, opcua_readings, source_readings
 from clipad.runtime.station.recipes import RecipeBook, ServeOptions
 from clipad.runtime.station.records import JobResult, Publisher
@@ -96,6 +97,7 @@ class StationRun:
     deadline_ms: float | None = None
     queue: int = 16
     events: Path | None = None
+    trace: Path | None = None
     serve: str | None = None
     replay: str | None = None
     source: str | None = None
@@ -159,17 +161,19 @@ class StationRun:
             for note in book.notes:
                 say(note)
             tally, metrics = Tally(), StationMetrics()
+            clock = ChannelClock(metrics, self.trace, say)
+            closing.insert(0, clock)  # closed last: every channel has reported to it
             publishers: list[Publisher] = [metrics, tally]
             if self.events is not None:
                 events = EventsPublisher(self.events)
                 publishers.insert(0, events)
                 for note in events.notes:
                     say(note)
-            link = None
+            link, mqtt_out = None, None
             if mqtt is not None:
                 link = MqttLink(mqtt, log=say)
                 closing.append(link)  # closed after the station: its publisher drains through it
-                mqtt_out = MqttPublisher(link)
+                mqtt_out = MqttPublisher(link, clock=clock)
                 publishers.append(mqtt_out)
                 metrics.watch(*mqtt_readings(mqtt_out))
             config = StationConfig(queue=self.queue, deadline_ms=self.deadline_ms)
@@ -181,7 +185,7 @@ class StationRun:
                 metrics.watch(*source_readings(source))
             say(f"station {station.run}: recipes {', '.join(book.names)} (active {book.active})")
             if self.opcua is not None:
-                opcua = OpcUaServer(station, self.opcua, access=access)
+                opcua = OpcUaServer(station, self.opcua, access=access, clock=clock)
                 opcua.start()
                 station.add_publisher(opcua)  # closed by the station, after its last result
                 metrics.watch(*opcua_readings(opcua))
@@ -195,7 +199,9 @@ class StationRun:
                 views = StationViews(station.source.name if station.source is not None else TRIGGER_IMAGES, log=say)
                 station.add_publisher(views)
                 station.add_watcher(views)
-                server = StationServer(station, *parse_serve(self.serve), metrics, views=views, paths=paths)
+                resend = mqtt_out.resend if mqtt_out is not None else None
+                server = StationServer(station, *parse_serve(self.serve), metrics, views=views, paths=paths,
+                                       clock=clock, resend=resend)  # fmt: skip
                 closing.append(server)
                 token = f"?token={server.token}" if server.token else ""
                 say(f"serving the operator's page /, POST /trigger, /result/<job id>, /metrics, /healthz, /readyz at "

@@ -338,6 +338,7 @@ class Station:
             score,
             area,
             inference_ms,
+            received=job.trigger.received,
         )
         with self._lock:
             answered = deciding and self._pending.pop(job.job_id, None) is None
