@@ -108,8 +108,9 @@ def test_short_soak_every_job_has_one_result_everywhere_through_broker_faults(re
     assert sum(r["verdicts"].values()) >= 300  # the parts and the warm-up jobs, OK or NG only (checked by the script)
     # the MES was away when the broker was killed: what the broker had acknowledged was lost, found and re-sent
     assert r["lost_after_ack"] > 0 and r["resent"] == r["lost_after_ack"] and r["not_kept"] == 0
-    # lost: results the broker took while the MES was away (a few written to the events file just before)
-    assert r["mes_away"][0] - 64 <= r["lost_at"][0] <= r["lost_at"][1] <= r["mes_away"][1]
+    # lost: results the broker held for the away MES (how many were still queued for it when it left depends on
+    # the machine's load, so only the end is bounded: nothing after the MES came back can have been lost)
+    assert r["lost_at"][0] <= r["lost_at"][1] <= r["mes_away"][1]
     assert r["opcua_events"] + r["opcua_fetched"] >= 300
     assert len(r["overhead_ms"]["mqtt"]) == len(r["overhead_ms"]["opcua"]) == 3  # --trace: p50, p99, max
     assert "checks: all passed" in run.stdout
