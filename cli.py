@@ -310,7 +310,7 @@ def _run(o: SimpleNamespace) -> None:
     (_o("--events", None, "JSON Lines of every result.", Path, writes="file"), _o("--serve", None, "HOST:PORT.", str)),
     (_o("--replay", None, "Images to trigger on (folder, glob, list file).", str), *SERVING[1:4]),
     (_o("--source", None, "Camera/stream for triggers without an image.", str), _o("--name", None, "Station.", str)),
-    (_o("--image-root", None, "Trigger image paths must be in it.", Path), _o("--trace", None, "Overheads.", Path)),
+    (_o("--image-root", None, "Trigger image paths: in it.", Path), _o("--trace", None, "", Path, writes="file")),
     _panel(
         "Line (passwords: a FILE or $VAR, never on the command line)",
         _o("--mqtt", None, "Broker, mqtt://USER@HOST:PORT/TOPIC_ROOT (mqtts://: TLS).", str),
