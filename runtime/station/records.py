@@ -40,10 +40,11 @@ class Verdict(StrEnum):
 class Trigger:
     """One request to inspect a part. ``part_id``: the line's id (None: the station numbers it);
     ``recipe``: the recipe to use (None: the active one); ``image``: the part's image as a path,
-    encoded bytes (PNG/JPEG) or an RGB uint8 [H, W, 3] array (a camera's frame, not decoded again),
-    or None to capture a frame from the station's source at the trigger; ``frame_id``: the frame an
-    array image is (the camera's frame id or the source's frame index); ``via``: where it came from; ``received``: monotonic seconds when the station received it
-    (deadlines and latencies); ``received_wall``: the same instant on the wall clock (labels only);
+    encoded bytes (PNG/JPEG) or an RGB uint8 [H, W, 3] array (a camera's frame, not decoded
+    again), or None to capture a frame from the station's source at the trigger; ``frame_id``:
+    the frame an array image is (the camera's frame id or the source's frame index); ``via``:
+    where it came from; ``received``: monotonic seconds when the station received it (deadlines
+    and latencies); ``received_wall``: the same instant on the wall clock (labels only);
     ``refused``: a trigger that could not be read (a malformed payload): it still gets a job id
     and its one result, ERROR with this reason."""
 

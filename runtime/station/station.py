@@ -6,8 +6,8 @@ another part wait on it or lose its answer:
 - the **worker** takes jobs from a bounded queue (a trigger that finds it full gets ERROR
   ``busy`` at once), decodes the image through the project's one image path
   (``clipad.data.images``; a camera's frame, captured at the trigger or sent with it, is RGB
-  already and names its frame in the result's ``frame_id``), runs the recipe's backend and scores with ``score_batch``: OK or NG
-  from the calibrated label, ERROR for anything else (never OK on doubt);
+  already and names its frame in the result's ``frame_id``), runs the recipe's backend and scores
+  with ``score_batch``: OK or NG from the calibrated label, ERROR for anything else (never OK on doubt);
 - the **deadline timer** publishes TIMEOUT for a job whose deadline passes before its verdict,
   without waiting for the worker; the verdict that comes later is logged only (``late=True``,
   to publishers that implement ``LateListener``: the events file and the metrics);
@@ -395,8 +395,8 @@ class Station:
             rgb, frame_id = frame.image, frame.index if frame.frame_id is None else frame.frame_id
         elif isinstance(image, np.ndarray):  # a camera's frame: RGB already
             if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
-                why = f"the trigger's image is not RGB uint8 [H, W, 3] ({image.dtype} {list(image.shape)})"
-                self._finish(job, Verdict.ERROR, why, deciding=True)
+                bad = f"the trigger's image is not RGB uint8 [H, W, 3] ({image.dtype} {list(image.shape)})"
+                self._finish(job, Verdict.ERROR, bad, deciding=True)
                 return
             rgb = image
         else:
