@@ -376,7 +376,7 @@ def test_every_frame_of_a_camera_is_one_job(camera, book):
     inspected = [r for r in by_part if r.verdict in (Verdict.OK, Verdict.NG)]
     errors = [r for r in by_part if r.verdict is Verdict.ERROR]
     assert len(inspected) + len(errors) == len(results) and len(inspected) >= 20
-    assert all(r.why and r.why.startswith(("frame dropped by", "incomplete frame from")) for r in errors)
+    assert all(r.why and r.why.startswith(("frame dropped by", "incomplete frame from", "busy")) for r in errors)
     assert strictly_increasing([r.frame_id for r in inspected])  # type: ignore[misc]
     assert all(r.latency_ms >= r.inference_ms > 0 for r in inspected)  # type: ignore[operator]
 

@@ -10,7 +10,8 @@ class supplies its hooks (open, grab, release) and the software trigger:
   time, so LiveSource.capture never hands over an older one). Frames waiting in the stream before
   the trigger is fired are discarded (``stale``); a trigger whose frame does not come within the
   capture's timeout makes the thread stop and restart acquisition, so that frame cannot answer a
-  later trigger. ``read`` (``clipad run``) fires one trigger a read.
+  later trigger. ``read`` (``clipad run``) keeps one trigger in flight: it fires the next one as
+  it hands a frame over, so the camera exposes while the pipeline infers.
 - hardware trigger: the camera waits for ``trigger_line``; every frame it sends is delivered as in
   free-run (implemented against the Aravis API; not verified: the fake camera has no line input).
   The station turns each such frame into a job (``clipad.runtime.station.feeder``); with
@@ -91,6 +92,7 @@ class GenICamSource(LiveSource):
         self._open_error = ""
         self._requests: deque[float] = deque()  # deadlines (time.monotonic()) of triggers asked for
         self._req_cond = threading.Condition()
+        self._serving = False  # the grabber thread is serving a trigger (fired, its frame not yet delivered)
         self._last_frame_at = self._last_check = time.monotonic()
         self._frame_period = 0.0
         self._chunks: Any = None  # Aravis' chunk parser, when part ids come from chunk data
@@ -155,13 +157,21 @@ class GenICamSource(LiveSource):
         return super().capture(after, timeout)
 
     def read(self, timeout: float = 1.0) -> Frame | None:
-        if self.settings.trigger == "software" and not self.has_frame:
-            with self._req_cond:
-                pending = bool(self._requests)
-            if not pending:
-                # The pipeline polls with timeout 0: the trigger's frame still has READ_TRIGGER_S.
-                self._ask(time.monotonic() + max(timeout, READ_TRIGGER_S))
-        return super().read(timeout)
+        if self.settings.trigger != "software":
+            return super().read(timeout)
+        self._ask_if_idle()
+        frame = super().read(timeout)
+        if frame is not None:
+            self._ask_if_idle()  # the next read's frame is on its way while this one is inferred
+        return frame
+
+    def _ask_if_idle(self) -> None:
+        """For ``read``: fire a trigger unless a frame waits or a trigger is asked for or in
+        flight. The pipeline polls with timeout 0, so the frame gets READ_TRIGGER_S."""
+        with self._req_cond:
+            idle = not (self.has_frame or self._requests or self._serving)
+        if idle:
+            self._ask(time.monotonic() + READ_TRIGGER_S)
 
     def interrupt(self) -> None:
         super().interrupt()
@@ -210,10 +220,17 @@ class GenICamSource(LiveSource):
             while self._requests:
                 deadline = self._requests.popleft()
                 if deadline > now:
+                    self._serving = True
                     return deadline
             return None
 
     def _grab_triggered(self, handle: _Open) -> Grab | None:
+        try:
+            return self._serve_trigger(handle)
+        finally:
+            self._serving = False
+
+    def _serve_trigger(self, handle: _Open) -> Grab | None:
         deadline = self._next_request()
         if deadline is None:
             self._check_alive(handle)

@@ -7,8 +7,9 @@ The feeder reads the source on its own thread and submits every frame as a ``Tri
 (the camera's, else the source's index) goes into the result, and the trigger's time is when the
 frame arrived. The part id is the frame's own (chunk data, where the camera sends one) or the
 feeder's counter (1, 2, ...). A part must never go without an answer: every frame the source
-dropped (the station fell behind and a newer frame replaced it) or could not use (an incomplete
-frame: lost packets) is still one job, answered ERROR at once with why.
+dropped (the feeder fell behind and a newer frame replaced it) or could not use (an incomplete
+frame: lost packets) is still one job, answered ERROR at once with why; a frame that finds the
+station's queue full is answered ERROR ``busy`` by the station, as any trigger.
 """
 
 from __future__ import annotations
@@ -71,7 +72,7 @@ class CameraFeeder:
         dropped, bad = stats.dropped - self._seen_dropped, stats.bad_frames - self._seen_bad
         self._seen_dropped += dropped
         self._seen_bad += bad
-        reasons = [f"frame dropped by {self.source.name}: the station fell behind"] * dropped
+        reasons = [f"frame dropped by {self.source.name}: a newer one came before it was read"] * dropped
         reasons += [f"incomplete frame from {self.source.name} (lost packets)"] * bad
         for why in reasons:
             self._submit(Trigger("camera", part_id=str(next(self._counter)), recipe=self.recipe, refused=why))
