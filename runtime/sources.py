@@ -48,17 +48,20 @@ class Frame:
     fps: float | None = None
     grab_began: float | None = None  # time.monotonic() when the call that delivered it began (live sources)
     frame_id: int | None = None  # the camera's own frame (block) id, where it sends one (GenICam cameras)
+    part_id: str | None = None  # a part id the camera sent with the frame (GenICam chunk data)
 
 
 @dataclass(frozen=True)
 class Grab:
     """One frame a live source's capture delivered (``LiveSource._grab``): ``image`` RGB uint8
     [H, W, 3]; ``began``: time.monotonic() when the grab that delivered it began, or when the
-    software trigger that made it was fired; ``frame_id``: the camera's own frame id, if any."""
+    software trigger that made it was fired; ``frame_id``: the camera's own frame id, if any;
+    ``part_id``: a part id the camera sent with the frame (chunk data), if any."""
 
     image: np.ndarray
     began: float
     frame_id: int | None = None
+    part_id: str | None = None
 
 
 class StreamLost(Exception):
@@ -285,7 +288,13 @@ class LiveSource(Source):
                 if grab is None:
                     continue
                 frame = Frame(
-                    self.name, self._index, time.time(), grab.image, grab_began=grab.began, frame_id=grab.frame_id
+                    self.name,
+                    self._index,
+                    time.time(),
+                    grab.image,
+                    grab_began=grab.began,
+                    frame_id=grab.frame_id,
+                    part_id=grab.part_id,
                 )
             except StreamLost as err:
                 self._lose(f"{err}, reconnecting")

@@ -11,6 +11,7 @@ fail instead."""
 from __future__ import annotations
 
 import errno
+import json
 import os
 import shutil
 import socket
@@ -79,6 +80,25 @@ class FakeCamera:
             self.proc.kill()
             self.proc.wait(10)
         self.proc = None
+
+
+@pytest.fixture(scope="module")
+def recipes(art, tmp_path_factory):
+    """Two calibrated copies of the tiny export (tests.test_station_core.make_recipes)."""
+    from tests.test_station_core import make_recipes
+
+    return make_recipes(art, tmp_path_factory.mktemp("recipes"))
+
+
+@pytest.fixture
+def book(recipes):
+    """The recipe "a" opened for the station tests (ONNX Runtime, CPU)."""
+    from clipad.runtime.station.recipes import RecipeBook
+    from tests.test_station_core import CPU
+
+    opened = RecipeBook.load([f"a={recipes / 'a'}"], options=CPU)
+    yield opened
+    opened.close()
 
 
 @pytest.fixture
@@ -280,14 +300,13 @@ def test_free_run_reconnects_after_the_camera_comes_back(camera):
 
 
 @needs_aravis
-def test_station_jobs_capture_from_the_camera(art, tmp_path):  # noqa: F811 - art is conftest's fixture
+def test_station_jobs_capture_from_the_camera(camera, book):
     """Every trigger without an image is one job that fires the camera once and is inspected on
     the frame that trigger produced."""
     from clipad.runtime.cameras.genicam import GenICamSource
-    from clipad.runtime.station.recipes import RecipeBook
     from clipad.runtime.station.records import Trigger, Verdict
     from clipad.runtime.station.station import Station, StationConfig
-    from tests.test_station_core import CPU, Recorder, make_recipes
+    from tests.test_station_core import Recorder
 
     class Recording(GenICamSource):
         """The real source, noting each trigger's time and the frame its capture returned."""
@@ -301,10 +320,6 @@ def test_station_jobs_capture_from_the_camera(art, tmp_path):  # noqa: F811 - ar
             self.captured.append((after, frame))
             return frame
 
-    root = make_recipes(art, tmp_path)
-    book = RecipeBook.load([f"a={root / 'a'}"], options=CPU)
-    fake = FakeCamera()
-    fake.start()
     src = Recording(f"gige://{ADDRESS}?{SMALL}&trigger=software", backoff=FAST)
     rec = Recorder()
     station = Station(book, [rec], StationConfig(deadline_ms=5000), source=src)
@@ -318,8 +333,92 @@ def test_station_jobs_capture_from_the_camera(art, tmp_path):  # noqa: F811 - ar
         assert all(f.grab_began >= after for after, f in src.captured if f is not None and f.grab_began is not None)
         assert strictly_increasing([f.frame_id for f in frames if f is not None])  # type: ignore[misc]
         assert src.triggers == 12 and src.stale == 0
+        # each result names the frame its job inspected (jobs are inspected in order, one capture each)
+        assert [r.frame_id for _, r in sorted(rec.got, key=lambda g: int(g[1].part_id[1:]))] == [
+            f.frame_id for f in frames if f is not None
+        ]
     finally:
         station.close()
         src.close()
-        book.close()
+
+
+@needs_aravis
+def test_every_frame_of_a_camera_is_one_job(camera, book):
+    """The hardware-trigger path minus the line (the emulator has no line input): a free-running
+    camera's frames fed to the station, each one job via "camera" whose result names its frame; a
+    frame the station could not take in time is still one job, answered error. The station skips
+    decoding: the frame is RGB already."""
+    from clipad.runtime.station.feeder import CameraFeeder
+    from clipad.runtime.station.records import Verdict
+    from clipad.runtime.station.station import Station, StationConfig
+    from tests.test_station_core import Recorder
+
+    # A refused part-id chunk (the emulator sends no chunk data) is one line; part ids are numbered.
+    src = open_camera(f"{SMALL}&frame_rate=40&part_id_chunk=FrameID", backoff=FAST)
+    rec = Recorder()
+    station = Station(book, [rec], StationConfig(queue=2), source=src)
+    try:
+        assert src.refused == [
+            f"gige://{ADDRESS}: camera refused part_id_chunk=FrameID (the camera sends no chunk data)"
+        ]
+        feeder = CameraFeeder(station, src)
+        wait_for(lambda: len(rec.got) >= 30, 60)
+        feeder.close()
+        wait_for(lambda: len(rec.got) == feeder.jobs, 30)
+    finally:
+        station.close()
+        src.close()
+    results = [r for _, r in rec.got]
+    assert len({r.job_id for r in results}) == len(results) == feeder.jobs
+    assert all(r.via == "camera" for r in results)
+    by_part = sorted(results, key=lambda r: int(r.part_id))
+    assert [r.part_id for r in by_part] == [str(i) for i in range(1, len(results) + 1)]
+    inspected = [r for r in by_part if r.verdict in (Verdict.OK, Verdict.NG)]
+    errors = [r for r in by_part if r.verdict is Verdict.ERROR]
+    assert len(inspected) + len(errors) == len(results) and len(inspected) >= 20
+    assert all(r.why and r.why.startswith(("frame dropped by", "incomplete frame from", "busy")) for r in errors)
+    assert strictly_increasing([r.frame_id for r in inspected])  # type: ignore[misc]
+    assert all(r.latency_ms >= r.inference_ms > 0 for r in inspected)  # type: ignore[operator]
+
+
+@needs_aravis
+def test_clipad_station_with_a_line_triggered_camera_feeds_its_frames(recipes):
+    """`clipad station --source gige://...?trigger=hardware` needs no other trigger source: it
+    sets the camera to wait for its line, starts the feeder and stops cleanly. No frame comes:
+    the emulator's line is never pulsed (what it does with a real pulse is not verified)."""
+    from tests.test_station_line import StationProcess
+
+    root = recipes
+    fake = FakeCamera()
+    fake.start()
+    spec = f"gige://{ADDRESS}?{SMALL}&trigger=hardware&trigger_activation=RisingEdge"
+    station = StationProcess(["--recipe", f"a={root / 'a'}", "--source", spec])
+    try:
+        station.wait_for(f"every frame gige://{ADDRESS} sends is a job (via camera)")
+        readback = station.wait_for("settings read back")
+        assert "trigger On/Line0" in readback
+        time.sleep(1.0)
+        assert station.stop() == 0
+        assert any(line.startswith("summary: 0 jobs") for line in station.lines), station.lines
+    finally:
+        if station.proc.poll() is None:
+            station.proc.kill()
         fake.kill()
+
+
+@needs_aravis
+def test_clipad_run_on_the_camera(camera, art, tmp_path, capsys):  # noqa: F811 - art is conftest's fixture
+    """`clipad run --source gige://...` end to end with the tiny model: each read fires the
+    camera's software trigger; every frame is inferred and recorded under the camera's name."""
+    from tests.helpers import run
+
+    events = tmp_path / "ev.jsonl"
+    spec = f"gige://{ADDRESS}?{SMALL}&trigger=software"
+    code, _, err = run(
+        capsys, "run", "--source", spec, "--artifacts", art.root, "--max-frames", "6", "--events", events
+    )
+    assert code == 0, err
+    records = [json.loads(line) for line in events.read_text().splitlines()]
+    assert len(records) == 6 and {r["source"] for r in records} == {f"gige://{ADDRESS}"}
+    assert [r["frame"] for r in records] == list(range(6))
+    assert "summary: 6 frames" in err and "settings read back: Mono8, 128x96+0+0" in err

@@ -49,7 +49,9 @@ class FakeStation:
         return self.results.get(job_id)
 
 
-def make_result(job_id: str, part_id: str, verdict: Verdict = Verdict.OK, score: float | None = 0.25) -> JobResult:
+def make_result(
+    job_id: str, part_id: str, verdict: Verdict = Verdict.OK, score: float | None = 0.25, frame_id: int | None = None
+) -> JobResult:
     return JobResult(
         job_id=job_id,
         part_id=part_id,
@@ -62,6 +64,7 @@ def make_result(job_id: str, part_id: str, verdict: Verdict = Verdict.OK, score:
         score=score,
         defect_area=None if score is None else 0.125,
         inference_ms=None if score is None else 8.0,
+        frame_id=frame_id,
     )
 
 
@@ -191,7 +194,8 @@ class Events:
 def test_every_result_is_one_event_and_fetchable_by_id(served):
     station, server, url = served
     results = [
-        make_result(f"ev-{i}", f"p{i % 7}", Verdict.NG if i % 3 else Verdict.OK, score=0.5 + i / 200) for i in range(49)
+        make_result(f"ev-{i}", f"p{i % 7}", Verdict.NG if i % 3 else Verdict.OK, score=0.5 + i / 200, frame_id=4000 + i)
+        for i in range(49)
     ]
     results.append(make_result("ev-49", "p0", Verdict.ERROR, score=None))
     station.results.update({r.job_id: r for r in results})
@@ -233,12 +237,12 @@ def test_every_result_is_one_event_and_fetchable_by_id(served):
                 1,
             )
             assert ng.Score == pytest.approx(0.505) and ng.DefectArea == 0.125 and ng.LatencyMs == 12.5
-            assert ng.Via == "opcua" and ng.Why == "" and ng.Late is False
+            assert ng.Via == "opcua" and ng.Why == "" and ng.Late is False and ng.FrameId == 4001
             assert ng.TriggerTime.timestamp() == pytest.approx(results[1].triggered_at, abs=1e-3)
             assert ng.CreationTime.timestamp() == pytest.approx(results[1].triggered_at + 0.0125, abs=1e-3)
             error = got[-1]
             assert (error.Verdict, error.ResultState, error.Why) == ("error", 4, "backend failed")
-            assert math.isnan(error.Score) and math.isnan(error.InferenceMs)
+            assert math.isnan(error.Score) and math.isnan(error.InferenceMs) and error.FrameId == -1
 
             assert await count.read_value() == start + 50
             last = await child(vs, idx, "ResultManagement", "LastResult")
@@ -249,9 +253,10 @@ def test_every_result_is_one_event_and_fetchable_by_id(served):
             manager = await child(vs, idx, "ResultManagement")
             fields = await manager.call_method(f"{idx}:GetResultById", "ev-1")
             assert fields[:6] == ["ev-1", "ev-1", "p1", "bottle", "NG", 1]
-            assert fields[7] == pytest.approx(0.505) and fields[11] == "opcua"
+            assert fields[7] == pytest.approx(0.505) and fields[11] == "opcua" and fields[15] == 4001
+            assert len(fields) == 16
             unknown = await manager.call_method(f"{idx}:GetResultById", "no-such-job")
-            assert unknown[:6] == ["no-such-job", "no-such-job", "", "", "unknown", 0]
+            assert unknown[:6] == ["no-such-job", "no-such-job", "", "", "unknown", 0] and unknown[15] == -1
             await sub.delete()
             await sub2.delete()
 

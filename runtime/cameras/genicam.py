@@ -10,9 +10,13 @@ class supplies its hooks (open, grab, release) and the software trigger:
   time, so LiveSource.capture never hands over an older one). Frames waiting in the stream before
   the trigger is fired are discarded (``stale``); a trigger whose frame does not come within the
   capture's timeout makes the thread stop and restart acquisition, so that frame cannot answer a
-  later trigger. ``read`` (``clipad run``) fires one trigger a read.
+  later trigger. ``read`` (``clipad run``) keeps one trigger in flight: it fires the next one as
+  it hands a frame over, so the camera exposes while the pipeline infers.
 - hardware trigger: the camera waits for ``trigger_line``; every frame it sends is delivered as in
   free-run (implemented against the Aravis API; not verified: the fake camera has no line input).
+  The station turns each such frame into a job (``clipad.runtime.station.feeder``); with
+  ``part_id_chunk`` the frame's part id is read from the chunk data the camera appends (not
+  verified either: the emulator has no chunks).
 
 Frames whose buffer is not complete (lost packets) are counted in ``incomplete`` (and
 stats.bad_frames) and never used; with a software trigger the trigger is fired again while the
@@ -37,6 +41,20 @@ from clipad.runtime.sources import Frame, Grab, LiveSource, StreamLost
 N_BUFFERS = 8  # frame buffers queued on the stream
 POP_S = 0.2  # the grabber thread waits at most this long at a time, so a stop is seen promptly
 RESYNC_SETTLE_S = 0.1  # after stopping acquisition, frames still on the wire arrive within this
+READ_TRIGGER_S = 2.0  # a software trigger fired by ``read`` waits at least this long for its frame
+
+
+@dataclass(frozen=True)
+class StreamCounts:
+    """Aravis' own counts for the open stream (since it was opened): buffers it completed, failed
+    (incomplete), missing frames (a gap in the camera's frame ids: nothing of them arrived),
+    underruns (a frame came with no buffer free), and buffers completed but not yet taken."""
+
+    completed: int
+    failures: int
+    missing: int
+    underruns: int
+    waiting: int
 
 
 @dataclass
@@ -74,8 +92,11 @@ class GenICamSource(LiveSource):
         self._open_error = ""
         self._requests: deque[float] = deque()  # deadlines (time.monotonic()) of triggers asked for
         self._req_cond = threading.Condition()
+        self._serving = False  # the grabber thread is serving a trigger (fired, its frame not yet delivered)
         self._last_frame_at = self._last_check = time.monotonic()
         self._frame_period = 0.0
+        self._chunks: Any = None  # Aravis' chunk parser, when part ids come from chunk data
+        self._chunk_misses = 0
         super().__init__(self.camera_spec.name, name=self.camera_spec.name, backoff=backoff)
 
     # --- LiveSource's hooks -------------------------------------------------------------------
@@ -136,12 +157,21 @@ class GenICamSource(LiveSource):
         return super().capture(after, timeout)
 
     def read(self, timeout: float = 1.0) -> Frame | None:
-        if self.settings.trigger == "software" and not self.has_frame:
-            with self._req_cond:
-                pending = bool(self._requests)
-            if not pending:
-                self._ask(time.monotonic() + timeout)
-        return super().read(timeout)
+        if self.settings.trigger != "software":
+            return super().read(timeout)
+        self._ask_if_idle()
+        frame = super().read(timeout)
+        if frame is not None:
+            self._ask_if_idle()  # the next read's frame is on its way while this one is inferred
+        return frame
+
+    def _ask_if_idle(self) -> None:
+        """For ``read``: fire a trigger unless a frame waits or a trigger is asked for or in
+        flight. The pipeline polls with timeout 0, so the frame gets READ_TRIGGER_S."""
+        with self._req_cond:
+            idle = not (self.has_frame or self._requests or self._serving)
+        if idle:
+            self._ask(time.monotonic() + READ_TRIGGER_S)
 
     def interrupt(self) -> None:
         super().interrupt()
@@ -151,6 +181,31 @@ class GenICamSource(LiveSource):
     def close(self) -> None:
         self.interrupt()
         super().close()
+
+    def stream_counts(self) -> StreamCounts | None:
+        """Aravis' counts for the stream now open (None while the camera is not open); exact only
+        once acquisition has stopped (``stop_acquisition``)."""
+        handle: _Open | None = self.cap
+        if handle is None or handle.stream is None:
+            return None
+        count = handle.stream.get_info_uint64_by_name
+        return StreamCounts(
+            count("n_completed_buffers"),
+            count("n_failures"),
+            count("n_missing_frames"),
+            count("n_underruns"),
+            handle.stream.get_n_buffers()[1],
+        )
+
+    def stop_acquisition(self) -> None:
+        """Stop the grabber thread and the camera's acquisition, keeping the stream open so that
+        ``stream_counts`` is final; ``close`` still follows."""
+        self.interrupt()
+        self._thread.join(POP_S * 10)
+        handle: _Open | None = self.cap
+        if handle is not None and handle.camera is not None:
+            handle.camera.stop_acquisition()
+            time.sleep(RESYNC_SETTLE_S)
 
     def _ask(self, deadline: float) -> None:
         with self._req_cond:
@@ -165,10 +220,17 @@ class GenICamSource(LiveSource):
             while self._requests:
                 deadline = self._requests.popleft()
                 if deadline > now:
+                    self._serving = True
                     return deadline
             return None
 
     def _grab_triggered(self, handle: _Open) -> Grab | None:
+        try:
+            return self._serve_trigger(handle)
+        finally:
+            self._serving = False
+
+    def _serve_trigger(self, handle: _Open) -> Grab | None:
         deadline = self._next_request()
         if deadline is None:
             self._check_alive(handle)
@@ -228,9 +290,28 @@ class GenICamSource(LiveSource):
                     )
                 return None
             image = decode(buf.get_data(), buf.get_image_width(), buf.get_image_height(), buf.get_image_pixel_format())
-            return Grab(image, began, int(buf.get_frame_id()))
+            return Grab(image, began, int(buf.get_frame_id()), self._chunk_part_id(buf))
         finally:
             handle.stream.push_buffer(buf)
+
+    def _chunk_part_id(self, buf: Any) -> str | None:
+        """The part id in ``buf``'s chunk data (``part_id_chunk``), or None (then the station's
+        feeder numbers the part); a frame without it is counted, and said at the 1st, 10th, 100th."""
+        if self._chunks is None:
+            return None
+        try:
+            if buf.has_chunks():
+                return str(self._chunks.get_integer_value(buf, f"Chunk{self.settings.part_id_chunk}"))
+            why = "the frame has no chunk data"
+        except Exception as err:  # noqa: BLE001 - GLib.Error from the chunk parser
+            why = aravis_error(err)
+        self._chunk_misses += 1
+        if self._chunk_misses in (1, 10) or self._chunk_misses % 100 == 0:
+            self.stats.events.append(
+                f"{self.name}: {self._chunk_misses} frame(s) without a part id in chunk "
+                f"{self.settings.part_id_chunk} ({why}); numbered instead"
+            )
+        return None
 
     def _check_alive(self, handle: _Open, force: bool = False) -> None:
         """At most every ``lost_after_s`` (or now with ``force``): ask the camera for its trigger
@@ -308,6 +389,8 @@ class GenICamSource(LiveSource):
             steps.append(("gain", s.gain, lambda: camera.set_gain(s.gain)))
         if s.frame_rate is not None:
             steps.append(("frame_rate", s.frame_rate, lambda: camera.set_frame_rate(s.frame_rate)))
+        if s.part_id_chunk is not None:
+            steps.append(("part_id_chunk", s.part_id_chunk, lambda: self._enable_chunk(camera, s.part_id_chunk)))
         for key, value in (("packet_size", s.packet_size), ("packet_delay", s.packet_delay)):
             if value is not None:
                 setter = getattr(camera, f"gv_set_{key}") if gige else None
@@ -336,6 +419,15 @@ class GenICamSource(LiveSource):
                 self.stats.events.append(line)
         self.readback = self._read_back(camera, gige)
         self.stats.events.append(self.readback)
+
+    def _enable_chunk(self, camera: Any, name: str) -> None:
+        """Have the camera append chunk ``name`` to every frame, and a parser to read it (GLib.Error
+        when the camera has no chunks or not this one: a refused setting)."""
+        self._chunks = None
+        if not camera.are_chunks_available():
+            raise ValueError("the camera sends no chunk data")
+        camera.set_chunks(name)  # chunk mode on, with this chunk enabled (and the others off)
+        self._chunks = camera.create_chunk_parser()
 
     def _read_back(self, camera: Any, gige: bool) -> str:
         """The camera's settings as it reports them, one line."""

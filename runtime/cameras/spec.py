@@ -8,6 +8,9 @@ Settings (every one optional; unset ones are left as the camera has them):
   default Line0, with ``trigger_activation`` such as RisingEdge); default off.
 - ``exposure_us`` (microseconds), ``gain`` (dB), ``frame_rate`` (frames a second, free-run),
   ``pixel_format`` (a PFNC name, see ``clipad.data.pixels``), ``roi`` = ``x,y,width,height``.
+- ``part_id_chunk``: a chunk the camera appends to each frame (e.g. ``CounterValue``, ``FrameID``)
+  whose integer value is the frame's part id (hardware trigger jobs; not verified: the emulator
+  sends no chunks); without it, part ids come from a counter.
 - GigE Vision only: ``packet_size`` (bytes a stream packet) and ``packet_delay`` (nanoseconds
   between packets: a camera's share of a link that many cameras share).
 
@@ -44,6 +47,7 @@ class CameraSettings:
     roi: tuple[int, int, int, int] | None = None
     packet_size: int | None = None
     packet_delay: int | None = None
+    part_id_chunk: str | None = None
 
 
 @dataclass(frozen=True)
@@ -64,6 +68,12 @@ def is_camera_spec(spec: str) -> bool:
     """Whether ``spec`` names a GenICam camera (gige:// or u3v://)."""
     scheme, sep, _ = spec.partition("://")
     return bool(sep) and scheme.lower() in SCHEMES
+
+
+def line_triggered(spec: str) -> bool:
+    """Whether ``spec`` is a camera the line triggers (``trigger=hardware``): its every frame is
+    a part (the station feeds each one as a job)."""
+    return is_camera_spec(spec) and parse_camera_spec(spec).settings.trigger == "hardware"
 
 
 _FIELDS = {f.name: f for f in dataclasses.fields(CameraSettings)}

@@ -51,10 +51,11 @@ RESULT_FIELDS: tuple[tuple[str, ua.VariantType, str], ...] = (
     ("DefectArea", V.Double, "fraction of the image above the pixel threshold"),
     ("LatencyMs", V.Double, "trigger received to result published, ms"),
     ("InferenceMs", V.Double, "the backend's share of the job, ms"),
-    ("Via", V.String, "where the trigger came from: opcua, mqtt, http or replay"),
+    ("Via", V.String, "where the trigger came from: opcua, mqtt, http, replay or camera"),
     ("TriggerTime", V.DateTime, "when the station received the trigger (UTC)"),
     ("CreationTime", V.DateTime, "when the result was made (trigger time + latency, UTC)"),
     ("Late", V.Boolean, "always false for a published result (a late verdict is only logged)"),
+    ("FrameId", V.Int64, "the camera frame the job inspected (camera frame id, else the source's frame index)"),
 )
 EVENT_EXTRA: tuple[tuple[str, ua.VariantType, str], ...] = (
     ("Sequence", V.UInt32, "the result counter after this result (ResultCount): a gap means a lost event"),
@@ -65,12 +66,14 @@ EVENT_EXTRA: tuple[tuple[str, ua.VariantType, str], ...] = (
 
 # A field without a value (no score for an error, every field of an unknown job) keeps its type,
 # so that a PLC's typed variables can always take it: "" for text, NaN for numbers, OPC UA's null
-# DateTime (1601-01-01, encoded as 0) for times, 0 for ResultState, false for Late.
+# DateTime (1601-01-01, encoded as 0) for times, 0 for ResultState, false for Late, -1 for FrameId
+# (no captured frame: the image came with the trigger).
 NO_VALUE: dict[ua.VariantType, object] = {
     V.String: "",
     V.Double: math.nan,
     V.DateTime: datetime(1601, 1, 1, tzinfo=UTC),
     V.Int32: 0,
+    V.Int64: -1,
     V.Boolean: False,
 }
 
@@ -101,6 +104,7 @@ def result_values(result: JobResult | None, job_id: str = "") -> list[ua.Variant
             trigger,
             created,
             result.late,
+            result.frame_id,
         ]
     return [
         ua.Variant(NO_VALUE[vtype] if v is None else v, vtype)

@@ -16,7 +16,9 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
-TriggerVia = Literal["opcua", "mqtt", "http", "replay"]
+import numpy as np
+
+TriggerVia = Literal["opcua", "mqtt", "http", "replay", "camera"]  # camera: a frame a triggered camera sent
 
 
 class Verdict(StrEnum):
@@ -37,17 +39,20 @@ class Verdict(StrEnum):
 @dataclass(frozen=True)
 class Trigger:
     """One request to inspect a part. ``part_id``: the line's id (None: the station numbers it);
-    ``recipe``: the recipe to use (None: the active one); ``image``: the part's image as a path or
-    encoded bytes (PNG/JPEG), or None to capture a frame from the recipe's source at the trigger;
-    ``via``: where it came from; ``received``: monotonic seconds when the station received it
-    (deadlines and latencies); ``received_wall``: the same instant on the wall clock (labels only);
+    ``recipe``: the recipe to use (None: the active one); ``image``: the part's image as a path,
+    encoded bytes (PNG/JPEG) or an RGB uint8 [H, W, 3] array (a camera's frame, not decoded
+    again), or None to capture a frame from the station's source at the trigger; ``frame_id``:
+    the frame an array image is (the camera's frame id or the source's frame index); ``via``:
+    where it came from; ``received``: monotonic seconds when the station received it (deadlines
+    and latencies); ``received_wall``: the same instant on the wall clock (labels only);
     ``refused``: a trigger that could not be read (a malformed payload): it still gets a job id
     and its one result, ERROR with this reason."""
 
     via: TriggerVia
     part_id: str | None = None
     recipe: str | None = None
-    image: Path | bytes | None = None
+    image: Path | bytes | np.ndarray | None = None
+    frame_id: int | None = None
     refused: str | None = None
     received: float = field(default_factory=time.monotonic)
     received_wall: float = field(default_factory=time.time)
@@ -61,9 +66,11 @@ class JobResult:
     ``score``: normalised in [0, 1], 0.5 at the threshold (None when there is none);
     ``defect_area``: fraction of the image above the pixel threshold; ``inference_ms``: the
     backend's share of the job; ``latency_ms``: trigger received to result published;
-    ``late``: a verdict that came after its TIMEOUT was published (logged, never published as the
-    job's answer); ``received``: the trigger's ``Trigger.received`` (monotonic seconds, this
-    process only: each channel's overhead is measured from it; not part of the record)."""
+    ``frame_id``: the frame a captured image came from (the camera's own frame id, else the
+    source's frame index; None for an image sent with the trigger); ``late``: a verdict that came
+    after its TIMEOUT was published (logged, never published as the job's answer); ``received``:
+    the trigger's ``Trigger.received`` (monotonic seconds, this process only: each channel's
+    overhead is measured from it; not part of the record)."""
 
     job_id: str
     part_id: str
@@ -76,6 +83,7 @@ class JobResult:
     score: float | None = None
     defect_area: float | None = None
     inference_ms: float | None = None
+    frame_id: int | None = None
     late: bool = False
     received: float | None = field(default=None, compare=False)
 
@@ -94,6 +102,7 @@ class JobResult:
             "via": self.via,
             "time": datetime.fromtimestamp(self.triggered_at, UTC).isoformat(timespec="milliseconds"),
             "late": self.late,
+            "frame_id": self.frame_id,
         }
 
 

@@ -1,9 +1,11 @@
 """`clipad station`: the recipes, the station, its publishers and its trigger front-ends, wired
 for the command line, and the summary line at the end.
 
-With ``--replay`` the images are triggered one after another (waiting for room in the queue)
-and the command ends when every job has its result; with ``--serve`` it serves HTTP triggers,
-results, /metrics and the probes until SIGINT or SIGTERM (after a replay, when both are given).
+With ``--source gige://...?trigger=hardware`` the camera is the trigger source: each frame it sends
+(one per pulse on its line) is one job (``feeder``). With ``--replay`` the images are triggered one
+after another (waiting for room in the queue) and the command ends when every job has its result;
+with ``--serve`` it serves HTTP triggers, results, /metrics and the probes until SIGINT or SIGTERM
+(after a replay, when both are given).
 """
 
 from __future__ import annotations
@@ -17,8 +19,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from clipad.core.errors import ClipadError
-from clipad.runtime.sources import open_source
+from clipad.runtime.cameras.spec import line_triggered
+from clipad.runtime.sources import Source, open_source
 from clipad.runtime.station.events import EventsPublisher
+from clipad.runtime.station.feeder import CameraFeeder
 from clipad.runtime.station.http import StationServer
 from clipad.runtime.station.links import MqttCli, opcua_access, station_name
 from clipad.runtime.station.metrics import StationMetrics
@@ -123,8 +127,11 @@ class StationRun:
         options and OPC UA access (None where not asked for)."""
         if not self.recipes:
             raise ClipadError("a station needs at least one --recipe NAME=ARTIFACTS_DIR")
-        if not (self.serve or self.replay or self.mqtt or self.opcua):
-            raise ClipadError("give a trigger source: --serve HOST:PORT, --mqtt URL, --opcua URL, --replay IMAGES")
+        if not (self.serve or self.replay or self.mqtt or self.opcua or self._camera_triggers):
+            raise ClipadError(
+                "give a trigger source: --serve HOST:PORT, --mqtt URL, --opcua URL, --replay IMAGES, "
+                "or --source gige://...?trigger=hardware"
+            )
         StationConfig(queue=self.queue, deadline_ms=self.deadline_ms).check()
         if self.serve is not None:
             parse_serve(self.serve)
@@ -146,6 +153,11 @@ class StationRun:
         elif self.opcua_user or self.opcua_certs or self.opcua_trust:
             raise ClipadError("--opcua-user, --opcua-certs and --opcua-trust need --opcua")
         return mqtt, access
+
+    @property
+    def _camera_triggers(self) -> bool:
+        """Whether --source is a camera the line triggers: its frames are the jobs."""
+        return self.source is not None and line_triggered(self.source)
 
     def run(self, say: Callable[[str], None]) -> None:
         mqtt, access = self.check()
@@ -184,6 +196,7 @@ class StationRun:
             if source is not None:
                 metrics.watch(*source_readings(source))
             say(f"station {station.run}: recipes {', '.join(book.names)} (active {book.active})")
+            self._say_source_events(say, source)  # a camera's settings read back, a refused one
             if self.opcua is not None:
                 opcua = OpcUaServer(station, self.opcua, access=access, clock=clock)
                 opcua.start()
@@ -206,27 +219,37 @@ class StationRun:
                 token = f"?token={server.token}" if server.token else ""
                 say(f"serving the operator's page /, POST /trigger, /result/<job id>, /metrics, /healthz, /readyz at "
                     f"{server.address}{token}")  # fmt: skip
+            if source is not None and self._camera_triggers:
+                closing.append(CameraFeeder(station, source, log=say))  # closed before the station
+                say(f"every frame {source.name} sends is a job (via camera)")
             if items:
                 ids = replay(station, items)
                 tally.wait_for(len(ids), 60 + len(ids) * ((self.deadline_ms or 10_000) / 1000))
-            if self.serve is not None or self.mqtt is not None or self.opcua is not None:
-                self._wait_for_stop()
+            if self.serve is not None or self.mqtt is not None or self.opcua is not None or self._camera_triggers:
+                self._wait_for_stop(lambda: self._say_source_events(say, source))
         finally:
             # Trigger front-ends first (HTTP server, MQTT commands), then the station (it drains its
             # jobs and closes its publishers: events, MQTT spool, OPC UA), then the link and source.
             for thing in reversed(closing):
                 thing.close()
             logs.close()
+        self._say_source_events(say, source)
         say(tally.line())
 
-    def _wait_for_stop(self) -> None:
+    @staticmethod
+    def _say_source_events(say: Callable[[str], None], source: Source | None) -> None:
+        """The source's lines not yet said (a lost stream, a reconnect, a camera's settings)."""
+        while source is not None and source.stats.events:
+            say(source.stats.events.popleft())
+
+    def _wait_for_stop(self, every: Callable[[], None] = lambda: None) -> None:
         old = {}
         if threading.current_thread() is threading.main_thread():
             for sig in STOP_SIGNALS:
                 old[sig] = signal.signal(sig, lambda *_: self.stop.set())
         try:
             while not self.stop.wait(0.5):
-                pass
+                every()
         finally:
             for sig, handler in old.items():
                 signal.signal(sig, handler)

@@ -5,8 +5,9 @@ another part wait on it or lose its answer:
 
 - the **worker** takes jobs from a bounded queue (a trigger that finds it full gets ERROR
   ``busy`` at once), decodes the image through the project's one image path
-  (``clipad.data.images``), runs the recipe's backend and scores with ``score_batch``: OK or NG
-  from the calibrated label, ERROR for anything else (never OK on doubt);
+  (``clipad.data.images``; a camera's frame, captured at the trigger or sent with it, is RGB
+  already and names its frame in the result's ``frame_id``), runs the recipe's backend and scores
+  with ``score_batch``: OK or NG from the calibrated label, ERROR for anything else (never OK on doubt);
 - the **deadline timer** publishes TIMEOUT for a job whose deadline passes before its verdict,
   without waiting for the worker; the verdict that comes later is logged only (``late=True``,
   to publishers that implement ``LateListener``: the events file and the metrics);
@@ -41,7 +42,7 @@ from clipad.core.redaction import redact
 from clipad.data.images import ImageReadError, decode_rgb, model_batch, read_rgb
 from clipad.runtime.runfiles import new_run_id
 from clipad.runtime.scoring import score_batch
-from clipad.runtime.sources import Source
+from clipad.runtime.sources import Frame, Source
 from clipad.runtime.station.recipes import RecipeBook
 from clipad.runtime.station.records import JobResult, Publisher, StationState, Trigger, Verdict
 
@@ -321,6 +322,7 @@ class Station:
         area: float | None = None,
         inference_ms: float | None = None,
         deciding: bool = False,
+        frame_id: int | None = None,
     ) -> None:
         """Make ``job``'s result and hand it to the publishers, or, when ``deciding`` (the worker's
         verdict or the timer's TIMEOUT) and another one already answered the job, log it as late
@@ -338,6 +340,7 @@ class Station:
             score,
             area,
             inference_ms,
+            frame_id,
             received=job.trigger.received,
         )
         with self._lock:
@@ -385,11 +388,18 @@ class Station:
         except ClipadError as err:
             self._finish(job, Verdict.ERROR, str(err), deciding=True)
             return
-        image = job.trigger.image
+        image, frame_id = job.trigger.image, job.trigger.frame_id
         if image is None:
-            rgb = self._capture(job)
-            if rgb is None:
+            frame = self._capture(job)
+            if frame is None:
                 return
+            rgb, frame_id = frame.image, frame.index if frame.frame_id is None else frame.frame_id
+        elif isinstance(image, np.ndarray):  # a camera's frame: RGB already
+            if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+                bad = f"the trigger's image is not RGB uint8 [H, W, 3] ({image.dtype} {list(image.shape)})"
+                self._finish(job, Verdict.ERROR, bad, deciding=True)
+                return
+            rgb = image
         else:
             try:
                 rgb = decode_rgb(image, "the trigger's image") if isinstance(image, bytes) else read_rgb(Path(image))
@@ -402,7 +412,7 @@ class Station:
             amap, prob = recipe.infer(batch)
         except Exception as err:  # noqa: BLE001 - ONNX Runtime and CUDA errors derive from Exception only
             self._backend_ok = False
-            self._finish(job, Verdict.ERROR, f"backend failed: {_one_line(err)}", deciding=True)
+            self._finish(job, Verdict.ERROR, f"backend failed: {_one_line(err)}", deciding=True, frame_id=frame_id)
             return
         inference_ms = (time.perf_counter() - t0) * 1000
         self._backend_ok = True
@@ -413,16 +423,16 @@ class Station:
             verdict, why = Verdict.OK, None
         else:
             verdict, why = Verdict.ERROR, pred.error or "no verdict from the scores"
-        self._finish(job, verdict, why, pred.score, pred.defect_area, inference_ms, deciding=True)
+        self._finish(job, verdict, why, pred.score, pred.defect_area, inference_ms, deciding=True, frame_id=frame_id)
         if self._watchers:
             result = self.result(job.job_id)
             if result is not None and result.verdict is verdict:  # not a TIMEOUT answered first
                 for w in self._watchers:
                     w.inspected(result, rgb, amap[0])
 
-    def _capture(self, job: _Job) -> np.ndarray | None:
-        """The job's frame from the station's source, grabbed after its trigger (RGB uint8
-        [H, W, 3]); None after finishing the job ERROR when there is no source or no frame."""
+    def _capture(self, job: _Job) -> Frame | None:
+        """The job's frame from the station's source, grabbed after its trigger; None after
+        finishing the job ERROR when there is no source or no frame."""
         if self.source is None:
             self._finish(job, Verdict.ERROR, NO_IMAGE, deciding=True)
             return None
@@ -438,7 +448,7 @@ class Station:
         if frame is None:
             self._finish(job, Verdict.ERROR, why, deciding=True)
             return None
-        return frame.image
+        return frame
 
     # -- deadlines -----------------------------------------------------------------------
     def _watch_deadlines(self) -> None:
