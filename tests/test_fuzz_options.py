@@ -40,7 +40,7 @@ ZERO_OK = {
 # Paths no command can read or write (even root cannot create a file under /proc), and a path
 # below a file. What a command reads may also not be missing.
 BAD_PATHS = ("/proc/clipad/x", "a_file/below", "")
-OUTPUTS = {"out", "json", "plot", "log", "triton_repo", "cache_dir", "events", "spool"}
+OUTPUTS = {"out", "json", "plot", "log", "triton_repo", "cache_dir", "events", "spool", "trace"}
 # Text options where any non-empty text is a valid name or label.
 FREE_TEXT = {"object_name", "category"}
 SKIPPED_COMMANDS = {"run"}

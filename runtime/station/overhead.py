@@ -50,6 +50,7 @@ class ChannelClock:
         self._file: IO[str] | None = None
         self._flushed = time.monotonic()
         if trace is not None:
+            trace.parent.mkdir(parents=True, exist_ok=True)
             self._file = trace.open("a", encoding="utf-8")
 
     def sent(self, channel: Channel, result: JobResult) -> None:
