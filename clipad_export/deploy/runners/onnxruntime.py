@@ -276,7 +276,12 @@ class OnnxRuntimeRunner(Runner):
         self.requested = wanted
         _load_gpu_libraries(ort, [n for n, _ in wanted])
         try:
-            self.session = ort.InferenceSession(str(path), providers=wanted)
+            opts = ort.SessionOptions()
+            # ONNX Runtime's pool threads spin for a while after each run; on a few cores that takes
+            # the CPU from the threads around inference (decode, scoring, publishing). Without it the
+            # station's p99 overhead fell from 13-33 to 7-17 ms on 2 cores (docs/benchmarks.md).
+            opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+            self.session = ort.InferenceSession(str(path), opts, providers=wanted)
         except Exception as err:  # noqa: BLE001 - ONNX Runtime's errors derive from Exception only
             first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
             raise ClipadError(
