@@ -178,3 +178,51 @@ def test_the_method_module_imports_no_torch_and_keeps_the_official_masking_table
     from clipad.methods.anomalydino import masking_default
 
     assert [masking_default(c) for c in ("screw", "bottle", "pcb1", "washer")] == [True, False, True, False]
+
+
+def features_of(state: dict, x: torch.Tensor, source: str = "weights") -> torch.Tensor:
+    with torch.no_grad():
+        return DinoFeatures("dinov2_vits14", state, (28, 42), source)(x)
+
+
+def test_weights_from_files_and_caches(tmp_path, monkeypatch):
+    """The official naming, timm's naming (as timm's Hugging Face files hold it) and the torch.hub
+    cache give the same features; no weights, a wrong size and an unreadable file are one line."""
+    from safetensors.torch import save_file
+    from timm.models.vision_transformer import checkpoint_filter_fn
+
+    from clipad.core.errors import ClipadError
+    from clipad.model.dinov2 import ARCHS, load_state
+
+    x = torch.randn(1, 3, 28, 42, generator=torch.Generator().manual_seed(0))
+    official_state = random_state("dinov2_vits14", 3)
+    want = features_of(official_state, x)
+    hub = tmp_path / "hub" / "checkpoints"
+    hub.mkdir(parents=True)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    empty_hf = tmp_path / "hf"
+    with pytest.raises(ClipadError, match="no dinov2_vits14 weights: give --weights FILE"):
+        load_state("dinov2_vits14", hf_cache=empty_hf)
+    torch.save(official_state, hub / ARCHS["dinov2_vits14"].hub_file)
+    cached = load_state("dinov2_vits14", hf_cache=empty_hf)
+    assert cached.source.endswith("dinov2_vits14_pretrain.pth")
+    torch.testing.assert_close(features_of(cached.state, x), want, rtol=0, atol=0)
+
+    import timm
+
+    vit = timm.create_model("vit_small_patch14_dinov2", pretrained=False, img_size=518, dynamic_img_size=True)
+    timm_state = checkpoint_filter_fn(dict(official_state), vit)
+    assert "mask_token" not in timm_state
+    save_file({k: v.contiguous() for k, v in timm_state.items()}, tmp_path / "timm.safetensors")
+    timm_file = load_state("dinov2_vits14", tmp_path / "timm.safetensors")
+    torch.testing.assert_close(features_of(timm_file.state, x), want, rtol=0, atol=0)
+
+    wider = {**official_state, "blocks.0.mlp.fc1.weight": torch.zeros(3072, 384)}  # a ViT-B/14 MLP
+    with pytest.raises(ClipadError, match=r"^b14 does not fit dinov2_vits14: 1 shape mismatches") as e:
+        features_of(wider, x, "b14")
+    assert "\n" not in str(e.value)
+    with pytest.raises(ClipadError, match="cannot read weights file"):
+        (tmp_path / "bad.safetensors").write_bytes(b"not a file")
+        load_state("dinov2_vits14", tmp_path / "bad.safetensors")
+    with pytest.raises(ClipadError, match="--backbone must be one of dinov2_vits14, dinov2_vitb14, dinov2_vitl14"):
+        load_state("dinov2_vitg14", random_weights=True)

@@ -8,9 +8,12 @@ in one place, the position embedding at a size other than 518 px: timm resamples
 embedding is interpolated here, once, with the official rule for the export's fixed grid, and
 held as a constant: the graph never resamples.
 
-Weights: a state dict in the official naming (``cls_token``, ``pos_embed``, ``blocks.i.ls1.gamma``,
-...), from a file or from ``random_state`` (seeded per parameter name, so the golden-file
-script builds the same tensors for the official model without sharing a file).
+Weights (``load_state``): the official checkpoints (``dinov2_vits14_pretrain.pth`` ...) or timm's
+state dicts, from ``--weights FILE`` (safetensors or a weights-only torch file), from the torch.hub
+cache (the official file name under ``torch.hub.get_dir()/checkpoints``) or from the Hugging Face
+cache (timm's ``timm/vit_*_patch14_dinov2.lvd142m``); or ``random_state`` (seeded per parameter
+name, so the golden-file script builds the same tensors for the official model without sharing a
+file). Nothing is downloaded.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from __future__ import annotations
 import math
 import zlib
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -40,12 +44,74 @@ class Arch:
     depth: int
     heads: int
 
+    @property
+    def hub_file(self) -> str:
+        """The official checkpoint's file name (torch.hub keeps the URL's name)."""
+        return f"dinov2_vit{self.timm.split('_')[1][0]}14_pretrain.pth"
+
 
 ARCHS: dict[str, Arch] = {  # the torch.hub names of facebookresearch/dinov2
     "dinov2_vits14": Arch("vit_small_patch14_dinov2", 384, 12, 6),
     "dinov2_vitb14": Arch("vit_base_patch14_dinov2", 768, 12, 12),
     "dinov2_vitl14": Arch("vit_large_patch14_dinov2", 1024, 24, 16),
 }
+HF_TAG = "lvd142m"  # timm's Hugging Face repositories: timm/<model>.lvd142m
+
+
+@dataclass(frozen=True)
+class DinoWeights:
+    """A backbone's state dict (official or timm naming) and where it came from (``source``:
+    "random (seed N)", or a file path)."""
+
+    backbone: str
+    state: dict[str, torch.Tensor]
+    source: str
+
+
+def cached_files(backbone: str, hf_cache: Path | None = None) -> list[Path]:
+    """The cached weight files of ``backbone`` that exist: the official checkpoint in the torch.hub
+    cache, timm's ``model.safetensors`` in the Hugging Face cache (``hf_cache``: its root, default
+    the library's). Reads the caches only."""
+    from huggingface_hub import try_to_load_from_cache
+
+    arch = ARCHS[backbone]
+    out = []
+    hub = Path(torch.hub.get_dir()) / "checkpoints" / arch.hub_file
+    if hub.is_file():
+        out.append(hub)
+    found = try_to_load_from_cache(
+        f"timm/{arch.timm}.{HF_TAG}", "model.safetensors", cache_dir=str(hf_cache) if hf_cache else None
+    )
+    if isinstance(found, str) and Path(found).is_file():
+        out.append(Path(found))
+    return out
+
+
+def load_state(
+    backbone: str,
+    weights: Path | None = None,
+    random_weights: bool = False,
+    seed: int = 0,
+    hf_cache: Path | None = None,
+) -> DinoWeights:
+    """The backbone's weights: random (``random_weights``), ``weights`` (a file), else the first
+    cached file; one-line ClipadErrors for an unknown backbone, an unreadable file or no weights."""
+    from clipad.core.errors import ClipadError
+    from clipad.model.loading import read_state_dict
+
+    if backbone not in ARCHS:
+        raise ClipadError(f"--backbone must be one of {', '.join(ARCHS)}, got '{backbone}'")
+    if random_weights:
+        return DinoWeights(backbone, random_state(backbone, seed), f"random (seed {seed})")
+    if weights is None:
+        cached = cached_files(backbone, hf_cache)
+        if not cached:
+            raise ClipadError(
+                f"no {backbone} weights: give --weights FILE (the official {ARCHS[backbone].hub_file} or timm's "
+                f"model.safetensors of timm/{ARCHS[backbone].timm}.{HF_TAG}), or --random-weights for a smoke test"
+            )
+        weights = cached[0]
+    return DinoWeights(backbone, read_state_dict(Path(weights)), str(weights))
 
 
 def official_shapes(arch: Arch) -> dict[str, tuple[int, ...]]:
@@ -137,10 +203,13 @@ class DinoFeatures(nn.Module):
 
     pos: torch.Tensor
 
-    def __init__(self, backbone: str, state: dict[str, torch.Tensor], size: tuple[int, int]):
+    def __init__(self, backbone: str, state: dict[str, torch.Tensor], size: tuple[int, int], source: str = "weights"):
         super().__init__()
         import timm
         from timm.models.vision_transformer import checkpoint_filter_fn
+
+        from clipad.core.errors import ClipadError
+        from clipad.model.loading import load_state_dict_checked
 
         if size[0] % PATCH or size[1] % PATCH:
             raise ValueError(f"input size {size} is not a multiple of {PATCH}")
@@ -150,7 +219,12 @@ class DinoFeatures(nn.Module):
         # dynamic_img_size: the patch embedding accepts any multiple of 14 (timm's own position
         # resampling is bypassed: forward adds ``pos``)
         vit: Any = timm.create_model(arch.timm, pretrained=False, img_size=PATCH * BASE_GRID, dynamic_img_size=True)
-        vit.load_state_dict(checkpoint_filter_fn(dict(state), vit), strict=True)
+        # official naming converted by timm (it drops mask_token); timm's own files pass unchanged
+        try:
+            converted = checkpoint_filter_fn(dict(state), vit)
+        except Exception as err:  # a state dict of another model family
+            raise ClipadError(f"{source} does not fit {backbone}: {str(err).splitlines()[0]}") from None
+        load_state_dict_checked(vit, converted, source, backbone)
         self.patch_embed: nn.Module = vit.patch_embed
         self.blocks: nn.Module = vit.blocks
         self.norm: nn.Module = vit.norm

@@ -135,7 +135,7 @@ def randomize_parameters(module: nn.Module, seed: int) -> None:
             p.copy_(value.to(p.dtype))
 
 
-def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise ClipadError(f"weights file not found: {path}")
     try:
@@ -212,7 +212,7 @@ def load_model(spec: WeightSpec, device: str | torch.device = "cpu") -> LoadedMo
         randomize_parameters(clip, spec.seed)
     elif spec.weights is not None:
         path = Path(spec.weights)
-        load_state_dict_checked(clip, _read_state_dict(path), f"weights file {path}", f"model {spec.model}")
+        load_state_dict_checked(clip, read_state_dict(path), f"weights file {path}", f"model {spec.model}")
         sha = file_sha256(path)
     clip = clip.to(resolve_device(str(device)) if isinstance(device, str) else device).eval()
     for p in clip.parameters():
