@@ -15,12 +15,15 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import onnx
 import onnxruntime as ort
 import pytest
 import torch
 from PIL import Image
 
+from clipad.deploy.fp16 import convert_fp16
 from clipad.deploy.onnx_graph import export_onnx
+from clipad.deploy.parity import TOLERANCES
 from clipad.model.anomalydino import AnomalyDinoModel, build_memory, first_component, foreground, grow, top_k
 from clipad.model.dinov2 import IMAGENET_MEAN, IMAGENET_STD, DinoFeatures, pos_embed_for, random_state
 from clipad.model.preprocess import normalize
@@ -109,8 +112,10 @@ def test_power_iteration_matches_exact_pca_and_the_official_mask(models, tests_i
     np.testing.assert_array_equal(mask, np.stack([golden[f"mask/{n}"] for n in META["tests"]]))
 
 
+@pytest.mark.slow  # two ViT-S/14 graphs written and run: about 20 s on 2 shared cores
 def test_onnx_graph_matches_the_official_code(models, tests_in, golden, tmp_path):
-    """The graph through the export path (clipad.deploy.onnx_graph), masking and rotations on."""
+    """The graph through the export path (clipad.deploy.onnx_graph), masking and rotations on;
+    and its FP16 conversion."""
     config = "masked_rotated"
     path = tmp_path / "anomalydino.onnx"
     export_onnx(models[config], path, models[config].size)
@@ -119,6 +124,14 @@ def test_onnx_graph_matches_the_official_code(models, tests_in, golden, tmp_path
     assert rel_l2(score, official(golden, config, "score")) <= ONNX_LIMIT
     stride = META["map_stride"]
     assert rel_l2(amap[:, ::stride, ::stride], official(golden, config, "map")) <= ONNX_LIMIT
+    # one static graph: no control flow (torch.diagonal and squeeze would have exported as If)
+    assert not {n.op_type for n in onnx.load(str(path)).graph.node} & {"If", "Loop", "Scan"}
+    # the FP16 graph (ViT in FP16, everything else FP32: deploy/fp16.py) within the house FP16 limit
+    convert_fp16(path, tmp_path / "fp16.onnx")
+    session = ort.InferenceSession(str(tmp_path / "fp16.onnx"), providers=["CPUExecutionProvider"])
+    amap, score = session.run(None, {"image": tests_in.numpy()})
+    assert rel_l2(amap[:, ::stride, ::stride], official(golden, config, "map")) <= TOLERANCES["fp16"]["rel_l2"]
+    assert np.abs(score - official(golden, config, "score")).max() <= TOLERANCES["fp16"]["prob_max_abs"]
 
 
 def test_grow_is_opencvs_dilation_of_a_column():

@@ -49,33 +49,37 @@ def rotate(image: np.ndarray, angle: float) -> np.ndarray:
 def first_component(f: torch.Tensor) -> torch.Tensor:
     """Projection of each patch on the first principal component: f float32 [B, N, W] -> [B, N].
 
-    The component v of the centred features c comes from the Gram matrix C = c^T c [W, W]:
-    SQUARINGS squarings (each divided by its trace, so C^(2^s) / trace stays bounded), the
+    The component v of the centred features c comes from the Gram matrix C = c^T c / trace [W, W]:
+    SQUARINGS squarings (each divided by its trace, so every entry stays within [-1, 1]), the
     column of the largest diagonal entry, then POLISH steps v <- C v / |C v|. Sign rule (that of
     scikit-learn >= 1.5, ``svd_flip(u_based_decision=False)``): the entry of v with the largest
     magnitude is positive.
     """
     c = f - f.mean(dim=1, keepdim=True)
-    g = torch.matmul(c.transpose(1, 2), c)  # [B, W, W]
+    # diagonals as products with a constant identity: torch.diagonal exports as If branches
+    eye = torch.eye(c.shape[-1], dtype=c.dtype, device=c.device)
+    # divided by the trace from the start: every entry stays within [-1, 1] (FP16-safe range)
+    s = c / (c * c).sum(dim=(1, 2), keepdim=True).sqrt()
+    g = torch.matmul(s.transpose(1, 2), s)  # [B, W, W], trace 1
     m = g
     for _ in range(SQUARINGS):
         m = torch.matmul(m, m)
-        m = m / torch.diagonal(m, dim1=1, dim2=2).sum(dim=1).view(-1, 1, 1)
-    j = torch.diagonal(m, dim1=1, dim2=2).argmax(dim=1)  # [B]
+        m = m / (m * eye).sum(dim=(1, 2), keepdim=True)
+    j = (m * eye).sum(dim=2).argmax(dim=1)  # [B]
     v = torch.gather(m, 2, j.view(-1, 1, 1).expand(-1, m.shape[1], 1))  # [B, W, 1]
     v = F.normalize(v, dim=1)
     for _ in range(POLISH):
         v = F.normalize(torch.matmul(g, v), dim=1)
     big = v.abs().argmax(dim=1, keepdim=True)  # [B, 1, 1]
     v = v * torch.sign(torch.gather(v, 1, big))
-    return torch.matmul(c, v).squeeze(2)
+    return torch.matmul(c, v)[:, :, 0]  # indexing, not squeeze: squeeze exports as If branches
 
 
 def grow(mask: torch.Tensor) -> torch.Tensor:
     """Dilation by 3 along the flattened patch order: float {0, 1} [B, N] -> [B, N]. The official
     code applies OpenCV's 3 x 3 kernel to an N x 1 column, so the neighbours are the previous and
     the next patch in row-major order (across row ends); the border adds nothing."""
-    return F.max_pool1d(mask.unsqueeze(1), 3, stride=1, padding=1).squeeze(1)
+    return F.max_pool1d(mask.unsqueeze(1), 3, stride=1, padding=1)[:, 0]
 
 
 def foreground(f: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
@@ -112,7 +116,7 @@ class AnomalyDinoModel(nn.Module):
 
     def __init__(self, features: DinoFeatures, memory: torch.Tensor, masking: bool):
         super().__init__()
-        self.features = features
+        self.vit = features  # named as SDPModel's ViT: the FP16 placement (deploy/fp16.py) keeps all else FP32
         self.masking = masking
         self.size = features.size
         self.grid = features.grid
@@ -126,7 +130,7 @@ class AnomalyDinoModel(nn.Module):
 
     def patch_features(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 [B, H, W, 3] -> the normalised last-layer patch tokens float32 [B, N, W]."""
-        return self.features(normalize(images, IMAGENET_MEAN, IMAGENET_STD))
+        return self.vit(normalize(images, IMAGENET_MEAN, IMAGENET_STD))
 
     def patch_distances(self, f: torch.Tensor) -> torch.Tensor:
         """Patch features [B, N, W] -> distances float32 [B, N] (masked patches 0)."""
