@@ -239,3 +239,23 @@ def test_weights_from_files_and_caches(tmp_path, monkeypatch):
         load_state("dinov2_vits14", tmp_path / "bad.safetensors")
     with pytest.raises(ClipadError, match="--backbone must be one of dinov2_vits14, dinov2_vitb14, dinov2_vitl14"):
         load_state("dinov2_vitg14", random_weights=True)
+
+
+@pytest.mark.parametrize("masking", [False, True])
+def test_flops_count_the_graph(masking):
+    """The method's analytic count equals torch's FlopCounterMode on the module plus the
+    attention products, which the counter misses inside the fused attention (flops.py)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from clipad.methods.anomalydino import METHOD, mask_flops
+    from clipad.model.flops import ViTDims
+
+    size, memory = 56, 40
+    features = DinoFeatures("dinov2_vits14", random_state("dinov2_vits14", 0), (size, size))
+    model = AnomalyDinoModel(features, torch.nn.functional.normalize(torch.randn(memory, 384), dim=1), masking)
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model.eval()(torch.zeros(1, size, size, 3, dtype=torch.uint8))
+    dims = ViTDims(size, 14, 384, 12, 1536, 384)
+    attention = dims.layers * 2 * (2 * dims.tokens**2 * dims.width)
+    want = METHOD.flops(dims, memory)["total"] + (mask_flops(384, dims.grid**2) if masking else 0)
+    assert counter.get_total_flops() + attention == want
