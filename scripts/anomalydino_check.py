@@ -24,14 +24,13 @@ from PIL import Image
 
 
 def load(path: Path, resolution: int, mask: bool = False) -> np.ndarray:
-    from clipad.data.images import read_rgb, resize_smaller_edge
+    from clipad.data.images import read_rgb, resize_smaller_edge, smaller_edge_size
 
     rgb = read_rgb(path)
     if not mask:
         return resize_smaller_edge(rgb, resolution, 14)
     binary = ((rgb.max(axis=2) > 0) * 255).astype(np.uint8)
-    h, w = binary.shape
-    nh, nw = (resolution, int(resolution * w / h)) if h <= w else (int(resolution * h / w), resolution)
+    nh, nw = smaller_edge_size(binary.shape[0], binary.shape[1], resolution)
     resized = np.asarray(Image.fromarray(binary).resize((nw, nh), Image.Resampling.BILINEAR)) >= 128
     return resized[: nh - nh % 14, : nw - nw % 14]
 
@@ -50,6 +49,7 @@ def main() -> None:
     import torch
 
     from clipad.evaluation.metrics import binary_metrics
+    from clipad.methods.anomalydino import official_references
     from clipad.model.anomalydino import AnomalyDinoModel, build_memory
     from clipad.model.dinov2 import DinoFeatures, random_state
 
@@ -58,7 +58,7 @@ def main() -> None:
     out: dict = {"shots": args.shots, "resolution": args.resolution, "rotations": args.rotations, "categories": {}}
     t0 = time.perf_counter()
     for cat in sorted(d.name for d in args.root.iterdir() if d.is_dir()):
-        good = sorted((args.root / cat / "train" / "good").glob("*.png"))
+        good = list((args.root / cat / "train" / "good").glob("*.png"))
         tests = sorted((args.root / cat / "test").glob("*/*.png"))
         images = np.stack([load(t, args.resolution) for t in tests])
         labels = np.array([t.parent.name != "good" for t in tests])
@@ -73,9 +73,7 @@ def main() -> None:
         features = DinoFeatures(args.backbone, state, images.shape[1:3])
         rows = []
         for seed in (int(s) for s in args.seeds.split(",")):
-            refs = good[seed * args.shots : (seed + 1) * args.shots]
-            if len(refs) < args.shots:
-                raise SystemExit(f"{cat}: {len(good)} good images, seed {seed} needs {(seed + 1) * args.shots}")
+            refs = official_references(good, args.shots, seed)
             memory = build_memory(features, np.stack([load(r, args.resolution) for r in refs]), args.rotations)
             model = AnomalyDinoModel(features, memory.tokens, masking=False).eval()
             with torch.no_grad():

@@ -259,3 +259,14 @@ def test_flops_count_the_graph(masking):
     attention = dims.layers * 2 * (2 * dims.tokens**2 * dims.width)
     want = METHOD.flops(dims, memory)["total"] + (mask_flops(384, dims.grid**2) if masking else 0)
     assert counter.get_total_flops() + attention == want
+
+
+def test_official_references_are_consecutive_slices_of_the_sorted_names(tmp_path):
+    from clipad.core.errors import ClipadError
+    from clipad.methods.anomalydino import official_references
+
+    good = [tmp_path / f"{i:03d}.png" for i in (5, 1, 0, 3, 2, 4)]
+    assert [p.name for p in official_references(good, 2, 1)] == ["002.png", "003.png"]
+    want = "^--shots 4 with shot seed 1 needs 8 good training images, the folder has 6$"
+    with pytest.raises(ClipadError, match=want):
+        official_references(good, 4, 1)

@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING
 from clipad.methods.base import EvalProtocol, Method
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     import numpy as np
 
     from clipad.model.anomalydino import AnomalyDinoModel
@@ -33,6 +35,21 @@ VISA = frozenset(
     {"candle", "capsules", "cashew", "chewinggum", "fryum", "macaroni1", "macaroni2"}
     | {"pcb1", "pcb2", "pcb3", "pcb4", "pipe_fryum"}
 )
+
+
+def official_references(good: list[Path], shots: int, seed: int) -> list[Path]:
+    """The official few-shot draw: ``sorted(good)[seed * shots:(seed + 1) * shots]`` (sorted by
+    file name, as the official ``sorted(os.listdir(...))``); a one-line ClipadError when the
+    folder holds too few."""
+    from clipad.core.errors import ClipadError
+
+    chosen = sorted(good, key=lambda p: p.name)[seed * shots : (seed + 1) * shots]
+    if len(chosen) < shots:
+        raise ClipadError(
+            f"--shots {shots} with shot seed {seed} needs {(seed + 1) * shots} good training images, "
+            f"the folder has {len(good)}"
+        )
+    return chosen
 
 
 def masking_default(category: str) -> bool:
