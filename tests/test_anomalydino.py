@@ -270,3 +270,17 @@ def test_official_references_are_consecutive_slices_of_the_sorted_names(tmp_path
     want = "^--shots 4 with shot seed 1 needs 8 good training images, the folder has 6$"
     with pytest.raises(ClipadError, match=want):
         official_references(good, 4, 1)
+
+
+def test_coreset_bounds_the_memory():
+    """With a bound the memory is the k-center coreset of the normalised patches and records
+    its coverage radius; without one (the official setting) every patch is kept."""
+    features = DinoFeatures("dinov2_vits14", random_state("dinov2_vits14", 0), (28, 42))
+    images = np.random.default_rng(0).integers(0, 256, (3, 28, 42, 3), dtype=np.uint8)
+    full = build_memory(features, images, rotations=False)
+    assert full.tokens.shape == (18, 384) and full.radius == 0.0 and full.source_patches == 18
+    torch.testing.assert_close(full.tokens.norm(dim=1), torch.ones(18))
+    bounded = build_memory(features, images, rotations=False, max_patches=5)
+    assert bounded.tokens.shape == (5, 384) and bounded.source_patches == 18
+    worst = 1 - (full.tokens @ bounded.tokens.T).amax(dim=1).min()  # the farthest patch from the coreset
+    assert bounded.radius == pytest.approx(float(worst), abs=1e-6) and bounded.radius > 0

@@ -218,13 +218,15 @@ class DinoFeatures(nn.Module):
         arch = ARCHS[backbone]
         # dynamic_img_size: the patch embedding accepts any multiple of 14 (timm's own position
         # resampling is bypassed: forward adds ``pos``)
-        vit: Any = timm.create_model(arch.timm, pretrained=False, img_size=PATCH * BASE_GRID, dynamic_img_size=True)
+        with torch.device("meta"):  # no random init: every tensor comes from the state dict
+            vit: Any = timm.create_model(arch.timm, pretrained=False, img_size=PATCH * BASE_GRID, dynamic_img_size=True)
         # official naming converted by timm (it drops mask_token); timm's own files pass unchanged
         try:
             converted = checkpoint_filter_fn(dict(state), vit)
         except Exception as err:  # a state dict of another model family
             raise ClipadError(f"{source} does not fit {backbone}: {str(err).splitlines()[0]}") from None
-        load_state_dict_checked(vit, converted, source, backbone)
+        converted = {k: v.to(torch.float32).contiguous() for k, v in converted.items()}
+        load_state_dict_checked(vit, converted, source, backbone, assign=True)
         self.patch_embed: nn.Module = vit.patch_embed
         self.blocks: nn.Module = vit.blocks
         self.norm: nn.Module = vit.norm

@@ -154,8 +154,11 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     return {k.removeprefix("module."): v for k, v in state.items()}
 
 
-def load_state_dict_checked(module: nn.Module, state: dict[str, torch.Tensor], source: str, what: str) -> None:
-    """Load ``state`` strictly, or fail with one line that says how it does not fit."""
+def load_state_dict_checked(
+    module: nn.Module, state: dict[str, torch.Tensor], source: str, what: str, assign: bool = False
+) -> None:
+    """Load ``state`` strictly, or fail with one line that says how it does not fit. ``assign``:
+    the module's tensors become the state's (a module built on the meta device)."""
     own = module.state_dict()
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
@@ -173,7 +176,7 @@ def load_state_dict_checked(module: nn.Module, state: dict[str, torch.Tensor], s
         if unexpected:
             parts.append(f"{len(unexpected)} unexpected keys (e.g. {unexpected[0]})")
         raise ClipadError(f"{source} does not fit {what}: " + "; ".join(parts))
-    module.load_state_dict(state, strict=True)
+    module.load_state_dict(state, strict=True, assign=assign)
 
 
 def resolve_device(device: str) -> torch.device:
