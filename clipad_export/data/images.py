@@ -165,6 +165,24 @@ def resize_to_model(rgb: np.ndarray, size: int) -> np.ndarray:
     return np.asarray(Image.fromarray(rgb).resize((size, size), Image.Resampling.BICUBIC), dtype=np.uint8)
 
 
+def smaller_edge_size(height: int, width: int, edge: int) -> tuple[int, int]:
+    """(h, w) of an image resized so its smaller edge is ``edge`` and the other int(edge * long /
+    short), as torchvision's ``Resize(int)`` computes it."""
+    return (edge, int(edge * width / height)) if height <= width else (int(edge * height / width), edge)
+
+
+def resize_smaller_edge(rgb: np.ndarray, edge: int, multiple: int) -> np.ndarray:
+    """AnomalyDINO's policy (method.md 15.1): resize an RGB uint8 [H, W, 3] image with PIL bicubic
+    to ``smaller_edge_size``, then crop from the top-left corner to multiples of ``multiple``:
+    uint8 [h, w, 3]."""
+    if rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
+        raise ClipadError(f"expected an RGB uint8 [H, W, 3] image, got {rgb.dtype} {list(rgb.shape)}")
+    nh, nw = smaller_edge_size(rgb.shape[0], rgb.shape[1], edge)
+    if (nh, nw) != rgb.shape[:2]:
+        rgb = np.asarray(Image.fromarray(rgb).resize((nw, nh), Image.Resampling.BICUBIC), dtype=np.uint8)
+    return rgb[: nh - nh % multiple, : nw - nw % multiple]
+
+
 def model_batch(frames: Sequence[np.ndarray], size: int) -> np.ndarray:
     """RGB uint8 frames of any sizes -> the model's input batch uint8 [B, size, size, 3]."""
     if not frames:

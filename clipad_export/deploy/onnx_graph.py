@@ -15,6 +15,7 @@ from pathlib import Path
 
 import onnx
 import torch
+from torch import nn
 
 from clipad.core.errors import ClipadError
 from clipad.model.sdp import SDPModel
@@ -24,10 +25,15 @@ INPUT = "image"
 OUTPUTS = ("anomaly_map", "image_prob")
 
 
-def export_onnx(model: SDPModel, path: str | Path) -> None:
-    """Write ``model`` to ``path`` (float32 graph, dynamic batch) and check it with onnx.checker."""
-    size = model.image_size
-    example = torch.zeros(2, size, size, 3, dtype=torch.uint8, device=model.text.device)
+def export_onnx(model: SDPModel | nn.Module, path: str | Path, size: tuple[int, int] | None = None) -> None:
+    """Write ``model`` to ``path`` (float32 graph, dynamic batch) and check it with onnx.checker.
+
+    ``size``: the input's (H, W); default the SDPModel's square ``image_size``."""
+    if size is None:
+        assert isinstance(model, SDPModel), "size is needed for a model other than SDPModel"
+        size = (model.image_size, model.image_size)
+    h, w = size
+    example = torch.zeros(2, h, w, 3, dtype=torch.uint8, device=next(model.parameters()).device)
     batch = {0: "batch"}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and tracer notices

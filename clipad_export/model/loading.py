@@ -135,7 +135,7 @@ def randomize_parameters(module: nn.Module, seed: int) -> None:
             p.copy_(value.to(p.dtype))
 
 
-def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise ClipadError(f"weights file not found: {path}")
     try:
@@ -154,8 +154,11 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     return {k.removeprefix("module."): v for k, v in state.items()}
 
 
-def load_state_dict_checked(module: nn.Module, state: dict[str, torch.Tensor], source: str, what: str) -> None:
-    """Load ``state`` strictly, or fail with one line that says how it does not fit."""
+def load_state_dict_checked(
+    module: nn.Module, state: dict[str, torch.Tensor], source: str, what: str, assign: bool = False
+) -> None:
+    """Load ``state`` strictly, or fail with one line that says how it does not fit. ``assign``:
+    the module's tensors become the state's (a module built on the meta device)."""
     own = module.state_dict()
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
@@ -173,7 +176,7 @@ def load_state_dict_checked(module: nn.Module, state: dict[str, torch.Tensor], s
         if unexpected:
             parts.append(f"{len(unexpected)} unexpected keys (e.g. {unexpected[0]})")
         raise ClipadError(f"{source} does not fit {what}: " + "; ".join(parts))
-    module.load_state_dict(state, strict=True)
+    module.load_state_dict(state, strict=True, assign=assign)
 
 
 def resolve_device(device: str) -> torch.device:
@@ -212,7 +215,7 @@ def load_model(spec: WeightSpec, device: str | torch.device = "cpu") -> LoadedMo
         randomize_parameters(clip, spec.seed)
     elif spec.weights is not None:
         path = Path(spec.weights)
-        load_state_dict_checked(clip, _read_state_dict(path), f"weights file {path}", f"model {spec.model}")
+        load_state_dict_checked(clip, read_state_dict(path), f"weights file {path}", f"model {spec.model}")
         sha = file_sha256(path)
     clip = clip.to(resolve_device(str(device)) if isinstance(device, str) else device).eval()
     for p in clip.parameters():
