@@ -272,6 +272,15 @@ def test_a_trigger_without_an_image_captures_from_the_source_or_answers_error(st
     assert second.why.startswith(f"no frame from {one} within"), second.why  # the folder has no second image
 
 
+def test_two_triggers_for_the_same_part_are_two_jobs_each_with_its_result(station):
+    st, rec, _ = station()
+    first, second = (st.submit(Trigger("opcua", part_id="P-7", image=noise_png(i))) for i in (1, 2))
+    results = [st.wait(j, 30) for j in (first, second)]
+    assert first != second and all(r is not None and r.part_id == "P-7" for r in results)
+    wait_for(lambda: len(rec.got) == 2)
+    assert [r.job_id for _, r in rec.got] == [first, second]  # keyed by job id: the re-inspection is not merged
+
+
 def test_a_trigger_may_name_the_second_recipe_and_a_switch_changes_the_default(station):
     st, rec, _ = station()
     image = noise_png(3)
