@@ -17,7 +17,7 @@ from clipad.runtime.retention import Limits
 from clipad.runtime.runfiles import new_run_id
 from clipad.runtime.serving import Served
 from clipad.runtime.sinks import EventsSink, ShowSink, Sink, SnapshotSink, VideoSink
-from clipad.runtime.sources import open_sources
+from clipad.runtime.source_specs import open_sources
 
 
 @dataclass

@@ -23,7 +23,6 @@ from clipad.core.errors import ClipadError
 from clipad.core.redaction import redact
 from clipad.data.colour import to_rgb
 from clipad.data.images import ImageReadError, list_images, read_rgb
-from clipad.runtime.cameras.spec import is_camera_spec
 
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mkv", ".mov", ".m4v", ".webm", ".mpg", ".mpeg", ".wmv"}
 STREAM_SCHEMES = ("rtsp", "rtsps", "http", "https", "rtmp", "udp", "tcp")
@@ -375,37 +374,3 @@ class LiveSource(Source):
     def grabbed(self) -> int:
         """Frames taken from the stream so far (read by the pipeline, or dropped)."""
         return self._index
-
-
-def open_source(spec: str) -> Source:
-    """A --source value: stream URL, GenICam camera (gige:// or u3v://), video file, image file,
-    folder or glob."""
-    if is_camera_spec(spec):
-        from clipad.runtime.cameras.genicam import GenICamSource  # Aravis is imported only when a camera is used
-
-        return GenICamSource(spec)
-    if stream_url(spec) is not None:
-        return LiveSource(spec)
-    p = Path(spec)
-    if p.is_file() and p.suffix.lower() in VIDEO_SUFFIXES:
-        return VideoFileSource(spec)
-    if p.exists() or any(c in spec for c in "*?["):
-        return ImageFilesSource(spec)
-    raise ClipadError(
-        f"source not found: {redact(spec)} "
-        "(a video file, image file, folder, glob, rtsp/http URL, or gige:// or u3v:// camera)"
-    )
-
-
-def open_sources(cameras: list[int], specs: list[str]) -> tuple[list[Source], list[str]]:
-    """Open every source; failures are reported and skipped unless nothing at all opens."""
-    opened, problems = [], []
-    every: list[int | str] = [*cameras, *specs]
-    for spec in every:
-        try:
-            opened.append(LiveSource(spec) if isinstance(spec, int) else open_source(spec))
-        except ClipadError as err:
-            problems.append(str(err))
-    if not opened:
-        raise ClipadError(problems[0] if len(problems) == 1 else "no source could be opened: " + "; ".join(problems))
-    return opened, problems

@@ -23,7 +23,8 @@ import pytest
 
 from clipad.core.errors import ClipadError
 from clipad.runtime.cameras.spec import CameraSettings, parse_camera_spec
-from clipad.runtime.sources import Frame, open_source
+from clipad.runtime.source_specs import open_source
+from clipad.runtime.sources import Frame
 
 FAKE = "arv-fake-gv-camera-0.8"
 ADDRESS = "127.0.0.1"  # the emulator serves only on an interface's own address
@@ -155,7 +156,7 @@ def test_a_camera_source_without_aravis_is_one_line():
     code = (
         "import sys; sys.modules['gi'] = None\n"
         "from clipad.core.errors import ClipadError\n"
-        "from clipad.runtime.sources import open_source\n"
+        "from clipad.runtime.source_specs import open_source\n"
         "try:\n    open_source('gige://127.0.0.1')\nexcept ClipadError as e:\n    print('ERR', e)\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)

@@ -20,11 +20,11 @@ def test_soak_script_short(art, tmp_path):
 
     assert not _port_taken(), f"something else serves GigE Vision on {ADDRESS}:{GVCP_PORT}"
     root = make_recipes(art, tmp_path)
-    cmd = [sys.executable, "scripts/genicam_soak.py", "--artifacts", str(root / "a"), "--triggers", "200"]
+    cmd = [sys.executable, "scripts/genicam_soak.py", "--artifacts", str(root / "a"), "--triggers", "120"]
     cmd += ["--restarts", "1", "--roi", "0,0,128,96", "--free-run-s", "2"]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=240)
     assert out.returncode == 0, out.stdout + out.stderr[-2000:]
-    assert "software trigger: 200 triggers" in out.stdout and "all checks passed" in out.stdout
+    assert "software trigger: 120 triggers" in out.stdout and "all checks passed" in out.stdout
     results = next(line for line in out.stdout.splitlines() if line.strip().startswith("results "))
-    assert "results 200: inspected" in results and "stale frames inspected 0" in results
+    assert "results 120: inspected" in results and "stale frames inspected 0" in results
     assert "reconnects 1" in results and "(all in outages: True)" in results

@@ -20,7 +20,8 @@ from pathlib import Path
 
 from clipad.core.errors import ClipadError
 from clipad.runtime.cameras.spec import line_triggered
-from clipad.runtime.sources import Source, open_source
+from clipad.runtime.source_specs import open_source
+from clipad.runtime.sources import Source
 from clipad.runtime.station.events import EventsPublisher
 from clipad.runtime.station.feeder import CameraFeeder
 from clipad.runtime.station.http import StationServer
