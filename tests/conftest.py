@@ -20,15 +20,6 @@ from tests.helpers import TINY
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 
-def pytest_collection_finish(session) -> None:
-    """The install dry runs wait on the package index for minutes: start them now, in the
-    background, when they are among the selected tests (tests/test_install.py awaits them)."""
-    if any(item.nodeid.startswith("tests/test_install.py::test_documented_install_resolves") for item in session.items):
-        from tests.test_install import start_resolutions
-
-        start_resolutions()
-
-
 @pytest.fixture(scope="session")
 def tiny() -> LoadedModel:
     return load_model(WeightSpec(model=TINY_MODEL, random_weights=True, seed=1))

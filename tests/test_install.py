@@ -14,15 +14,11 @@ import json
 import os
 import re
 import shlex
-import shutil
 import subprocess
 import sys
-import tempfile
 import tomllib
 import urllib.request
 import zipfile
-from collections.abc import Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import NamedTuple
 
@@ -228,38 +224,24 @@ def package_index():
         pytest.skip(f"PyPI unreachable ({e}) and CI unset: the dry runs need the package index")
 
 
-def _resolve(install: Install, tmp: Path) -> list[tuple[str, str]] | str:
-    """The packages pip would install for ``install``, or pip's failure."""
-    tmp.mkdir(parents=True)
-    try:
-        constraints = tensorrt_constraints(install.extras, tmp)
-        report = pip_dry_run(["-c", str(constraints), *install.pip_args()], tmp / "report.json")
-    except AssertionError as err:
-        return str(err)
-    return [(i["metadata"]["name"], i["metadata"]["version"]) for i in report["install"]]
-
-
-_STARTED: dict[Install, Future] = {}
-_FOLDER = Path(tempfile.gettempdir()) / f"clipad-dry-runs-{os.getpid()}"
-
-
-def start_resolutions() -> None:
-    """Start every documented install's dry run in the background, side by side: pip waits on the
-    package index most of the time, so tests/conftest.py starts them at collection and the rest of
-    the suite runs meanwhile (minutes of wall time saved; the results are awaited by the tests)."""
-    if _STARTED:
-        return
-    pool = ThreadPoolExecutor(max_workers=len(INSTALLS), thread_name_prefix="pip-dry-run")
-    _STARTED.update({i: pool.submit(_resolve, i, _FOLDER / str(n)) for n, i in enumerate(INSTALLS)})
-    pool.shutdown(wait=False)
-
-
 @pytest.fixture(scope="module")
-def resolutions(package_index) -> Iterator[dict[Install, list[tuple[str, str]] | str]]:
-    """Every documented install dry-run: the packages it would install, or pip's failure."""
-    start_resolutions()
-    yield {install: future.result() for install, future in _STARTED.items()}
-    shutil.rmtree(_FOLDER, ignore_errors=True)
+def resolutions(package_index, tmp_path_factory) -> dict[Install, list[tuple[str, str]] | str]:
+    """Every documented install dry-run side by side (pip waits on the index most of the time):
+    the packages it would install, or pip's failure."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def resolve(install: Install) -> list[tuple[str, str]] | str:
+        tmp = tmp_path_factory.mktemp("dry-run")
+        try:
+            report = pip_dry_run(
+                ["-c", str(tensorrt_constraints(install.extras, tmp)), *install.pip_args()], tmp / "report.json"
+            )
+        except AssertionError as err:
+            return str(err)
+        return [(i["metadata"]["name"], i["metadata"]["version"]) for i in report["install"]]
+
+    with ThreadPoolExecutor(max_workers=len(INSTALLS)) as pool:
+        return dict(zip(INSTALLS, pool.map(resolve, INSTALLS), strict=False))
 
 
 @pytest.mark.slow
