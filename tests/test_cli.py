@@ -14,7 +14,7 @@ from PIL import Image
 
 from clipad import cli
 from clipad.model.heads import save_heads
-from tests.helpers import TINY, assert_one_line_error, random_heads, run
+from tests.helpers import TINY, assert_one_line_error, few_prompts, random_heads, run
 
 
 def check_results(path: Path, categories: list[str]) -> dict:
@@ -174,7 +174,8 @@ def test_installed_entry_point_prints_one_line(tmp_path):
 
 @pytest.mark.slow
 def test_eval_full_size_model_end_to_end(tmp_path, capsys, synth_root):
-    """ViT-B-16-plus-240 with random weights on one synthetic category (about 2 minutes on 2 cores)."""
+    """ViT-B-16-plus-240 with random weights on one synthetic category (8 prompt sentences: the
+    text tower runs whole, in seconds)."""
     code, out, err = run(
         capsys,
         "eval",
@@ -188,6 +189,10 @@ def test_eval_full_size_model_end_to_end(tmp_path, capsys, synth_root):
         "--quiet",
         "--out",
         tmp_path / "r.json",
+        "--prompts",
+        few_prompts(tmp_path),
+        "--rvs",
+        "mean",
     )
     assert code == 0, err
     res = check_results(tmp_path / "r.json", ["washer"])

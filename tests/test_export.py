@@ -31,7 +31,7 @@ from clipad.model.heads import save_heads
 from clipad.model.prompts import PROMPT_SETS
 from clipad.model.rvs import text_vectors
 from clipad.runtime.backends import open_backend
-from tests.helpers import assert_one_line_error, random_heads, run
+from tests.helpers import assert_one_line_error, few_prompts, random_heads, run
 
 TINY = ["--model", "clipad-tiny", "--random-weights", "--quiet"]
 
@@ -369,8 +369,9 @@ def test_engine_requires_tensorrt(tmp_path, capsys):
 def test_full_size_export_parity(tmp_path, capsys):
     """ViT-B-16-plus-240 with random weights: export with parity; the FP16 graph is kept only
     within its tolerance (with random weights the maps span ~1e-3, so FP16 often is not)."""
+    prompts = ["--prompts", few_prompts(tmp_path), "--rvs", "mean"]
     code, out, err = run(
-        capsys, "export", "--category", "bottle", "--random-weights", "--quiet", "--out", tmp_path / "a"
+        capsys, "export", "--category", "bottle", "--random-weights", "--quiet", "--out", tmp_path / "a", *prompts
     )
     assert code == 0, err
     m = load_artifacts(tmp_path / "a").manifest

@@ -2,8 +2,10 @@
 OpenVINO's device default), run in batches.
 
 Performance mode: ``latency`` (each batch is one synchronous request) or ``throughput`` (the
-frames of a batch are spread over OpenVINO's optimal number of parallel requests,
-AsyncInferQueue). Imports openvino only when opened; never torch."""
+frames of a batch are spread over OpenVINO's optimal number of parallel requests). The parallel
+requests are started and then waited for from the calling thread: no Python callback runs on
+OpenVINO's threads, so none of them ever waits for the GIL while a request or the compiled
+model is being destroyed. Imports openvino only when opened; never torch."""
 
 from __future__ import annotations
 
@@ -35,34 +37,31 @@ class OpenVinoRunner(Runner):
         self.compiled = compile_ir(xml, precision, device, mode)
         self.max_batch = max_batch
         self.request: Any = self.compiled.create_infer_request()
-        self.queue: Any = None
+        self.parallel: list[Any] = []
         if mode == "throughput":
-            import openvino as ov
-
-            self.queue = ov.AsyncInferQueue(
-                self.compiled, int(self.compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
-            )
+            n = int(self.compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
+            self.parallel = [self.compiled.create_infer_request() for _ in range(max(1, n))]
 
     def infer(self, images: np.ndarray) -> Outputs:
         if self.compiled is None:
             raise ClipadError("the openvino model was closed")
-        if self.queue is None or len(images) == 1:
+        if not self.parallel or len(images) == 1:
             out = self.request.infer({0: images})
             return np.array(out[0], dtype=np.float32), np.array(out[1], dtype=np.float32)
-        maps: list = [None] * len(images)
-        probs: list = [None] * len(images)
-
-        def done(request, i: int) -> None:
-            maps[i] = np.array(request.get_output_tensor(0).data)
-            probs[i] = np.array(request.get_output_tensor(1).data)
-
-        self.queue.set_callback(done)
-        for i in range(len(images)):
-            self.queue.start_async({0: images[i : i + 1]}, userdata=i)
-        self.queue.wait_all()
+        maps: list[np.ndarray] = []
+        probs: list[np.ndarray] = []
+        for start in range(0, len(images), len(self.parallel)):
+            chunk = images[start : start + len(self.parallel)]
+            running = self.parallel[: len(chunk)]
+            for request, i in zip(running, range(len(chunk)), strict=True):
+                request.start_async({0: chunk[i : i + 1]})
+            for request in running:
+                request.wait()
+                maps.append(np.array(request.get_output_tensor(0).data, dtype=np.float32))
+                probs.append(np.array(request.get_output_tensor(1).data, dtype=np.float32))
         return np.concatenate(maps), np.concatenate(probs)
 
     def close(self) -> None:
-        self.queue = None
+        self.parallel = []
         self.request = None
         self.compiled = None
