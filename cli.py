@@ -196,7 +196,12 @@ SERVING = _panel(
 CATEGORIES = _o("--categories", None, "Comma-separated categories (default: all).", str)
 DATASET = (_o("--dataset", help="Dataset layout.", kind=str, metavar=metavar(Dataset)), _o("--root", kind=Path))
 SHOTS = _o("--shots", None, "K good images per category (eval: MVTec train split; export: of --reference).", int)
-MEMORY = _o("--memory-patches", 1024, "At most N memory patches per stage (k-center coreset beyond).")
+MEMORY = _o("--memory-patches", None, "At most N memory patches per stage (coreset beyond; default 1024).", int)
+DINO = _panel(  # DinoOptions (clipad.methods.anomalydino); None: not given
+    "AnomalyDINO (--method anomalydino)",
+    (_o("--backbone", None, "dinov2_vit{s,b,l}14; default s.", str), _o("--resolution", None, "px; default 448.", int)),
+    (_o("--rotations", False, "Also rotated good images."), _o("--masking", None, "auto (default), on, off.", str)),
+)
 
 
 @app.callback()
@@ -227,7 +232,7 @@ def _synth(o: SimpleNamespace) -> None:
     METHOD,
     (_o("--sigma", None, "Map smoothing (default 8; 2 for SDP+ on VisA).", float), _o("--batch-size", 8, min=1)),
     _panel("Normal reference", SHOTS, _o("--shot-seeds", "0", "Comma-separated seeds: mean and spread."), MEMORY),
-    (*WEIGHTS, DEVICE, QUIET),
+    (DINO, *WEIGHTS, DEVICE, QUIET),
     name="eval",
 )
 def _eval(o: SimpleNamespace) -> None:

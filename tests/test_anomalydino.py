@@ -284,3 +284,83 @@ def test_coreset_bounds_the_memory():
     assert bounded.tokens.shape == (5, 384) and bounded.source_patches == 18
     worst = 1 - (full.tokens @ bounded.tokens.T).amax(dim=1).min()  # the farthest patch from the coreset
     assert bounded.radius == pytest.approx(float(worst), abs=1e-6) and bounded.radius > 0
+
+
+# --- `clipad eval --method anomalydino --shots K` ------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def shots_root(tmp_path_factory):
+    from clipad.data.synth import make_synthetic
+
+    root = tmp_path_factory.mktemp("dino-eval") / "synth"
+    make_synthetic(root, n_train=4, n_good=3, n_defect=2)
+    return root
+
+
+def test_eval_draws_the_official_shots_and_detects(shots_root, tmp_path, capsys):
+    """K = 2 over seeds 0 and 1: the references are the official slices of the sorted names, the
+    image score is the top-1% mean alone (image and image_prob AUROC agree), and the synthetic
+    defects are found with random weights (kNN of random-ViT patch features)."""
+    from tests.helpers import run
+
+    out = tmp_path / "r.json"
+    args = ["--method", "anomalydino", "--shots", 2, "--shot-seeds", "0,1", "--resolution", 112, "--out", out]
+    code, _, err = run(capsys, "eval", "--dataset", "mvtec", "--root", shots_root, *args, "--random-weights", "--quiet")
+    assert code == 0, err
+    assert "dinov2_vits14 (random(seed=0)) at 112 px, masking auto, sigma 4" in err
+    res = json.loads(out.read_text())
+    for cat in ("fabric", "washer"):
+        names = sorted(p.name for p in (shots_root / cat / "train" / "good").iterdir())
+        s = res[cat]["shots"]
+        assert s["mode"] == "anomalydino" and s["memory_patches"] is None and "rvs" not in res[cat]
+        assert s["reference_images"] == {"0": names[:2], "1": names[2:4]}
+        assert res[cat]["image"]["auroc"] == res[cat]["image_prob"]["auroc"]
+        assert res[cat]["pixel"]["auroc"] > 0.8, res[cat]["pixel"]
+
+
+def test_eval_memory_bound_and_masking_choice(shots_root, tmp_path, capsys):
+    from tests.helpers import run
+
+    out = tmp_path / "r.json"
+    args = ["--method", "anomalydino", "--shots", 1, "--resolution", 56, "--memory-patches", 5, "--masking", "on"]
+    code, _, err = run(capsys, "eval", "--dataset", "mvtec", "--root", shots_root, *args, "--out", out, *TINY_DINO)
+    assert code == 0, err
+    assert "masking on" in err and json.loads(out.read_text())["fabric"]["shots"]["memory_patches"] == 5
+
+
+TINY_DINO = ["--random-weights", "--quiet", "--categories", "fabric"]
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (["--method", "sdp", "--backbone", "dinov2_vitb14"], "--backbone: only for --method anomalydino"),
+        (["--method", "reference", "--shots", "1", "--rotations"], "--rotations: only for --method anomalydino"),
+        (["--method", "anomalydino", "--shots", "1", "--rvs", "mean"], "--method anomalydino uses no --rvs"),
+        (["--method", "anomalydino", "--shots", "1", "--model", "clipad-tiny"], "anomalydino takes --backbone"),
+        (["--method", "anomalydino", "--shots", "1", "--resolution", "100"], "--resolution must be a multiple of 14"),
+        (["--method", "anomalydino", "--shots", "1", "--masking", "yes"], "--masking must be one of auto, on, off"),
+        (["--method", "anomalydino", "--shots", "1", "--backbone", "vits14"], "--backbone must be one of dinov2_"),
+        (["--method", "anomalydino"], "--method anomalydino needs --shots K"),
+        (
+            ["--method", "anomalydino", "--shots", "3", "--shot-seeds", "0,1"],
+            "--shots 3 with shot seed 1 needs 6 good training images, the folder has 4",
+        ),
+    ],
+)
+def test_eval_options_are_checked_in_one_line(shots_root, tmp_path, capsys, args, fragment):
+    from tests.helpers import assert_one_line_error, run
+
+    base = ["eval", "--dataset", "mvtec", "--root", shots_root, "--out", tmp_path / "r.json", *TINY_DINO]
+    code, _, err = run(capsys, *base, *args)
+    assert_one_line_error(code, err, fragment)
+    assert not (tmp_path / "r.json").exists()
+
+
+def test_export_refuses_anomalydino_in_one_line(tmp_path, capsys):
+    from tests.helpers import assert_one_line_error, run
+
+    code, _, err = run(capsys, "export", "--category", "x", "--method", "anomalydino", "--out", tmp_path / "a")
+    assert_one_line_error(code, err, "--method anomalydino is not exported yet")
+    assert not (tmp_path / "a").exists()

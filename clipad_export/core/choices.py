@@ -13,8 +13,11 @@ from typing import Any, Literal, TypeVar, get_args, overload
 from clipad.core.errors import ClipadError
 
 # The --method words: SDP (zero-shot), SDP+ (with the four trained heads), reference (good images
-# only, method.md 14). Each is one module of clipad.methods, registered in clipad.methods.registry.
-Method = Literal["sdp", "sdp+", "reference"]
+# only, method.md 14), anomalydino (few-shot DINOv2 nearest neighbours, method.md 15). Each is one
+# module of clipad.methods, registered in clipad.methods.registry.
+Method = Literal["sdp", "sdp+", "reference", "anomalydino"]
+DinoBackbone = Literal["dinov2_vits14", "dinov2_vitb14", "dinov2_vitl14"]  # AnomalyDINO's --backbone (torch.hub names)
+Masking = Literal["auto", "on", "off"]  # AnomalyDINO's foreground mask; auto: the official per-category table
 
 Precision = Literal["fp32", "fp16", "int8"]  # of a graph, an engine or a served backend
 PRECISIONS: tuple[str, ...] = get_args(Precision)

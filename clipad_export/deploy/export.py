@@ -116,6 +116,7 @@ def validate(cfg: ExportConfig, loaded: LoadedModel | None = None) -> None:
     AUROC_DROP.parse(cfg.max_auroc_drop, "--max-auroc-drop")
     parse_choice(RvsProfile, cfg.rvs_profile, "--rvs-profile")
     parse_choice(ExportPrecision, cfg.precision, "--precision")
+    get_method(cfg.method).check_exported()
     get_method(cfg.method).check_options(
         cfg.heads_path is not None, cfg.reference is not None, "--reference GOOD_IMAGES"
     )

@@ -9,7 +9,7 @@ the calibrated INT8 graph in ``out`` (``int8_engine``).
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar, cast
 
@@ -44,7 +44,7 @@ class ExportRequest:
     triton_repo: Path | None = None
     reference: str | None = None  # good images baked into the graph
     shots: int | None = None
-    memory_patches: int = 1024  # clipad.model.reference.DEFAULT_MEMORY_PATCHES (that module imports torch)
+    memory_patches: int | None = None  # None: clipad.model.reference.DEFAULT_MEMORY_PATCHES (1024)
     openvino: bool = False
     gate_data: Path | None = None
     max_auroc_drop: float = 0.5
@@ -97,14 +97,20 @@ class ExportRequest:
         from clipad.deploy.reference_set import ReferenceConfig, select_images
 
         method = self.chosen()
+        method.check_exported()
         method.check_options(self.heads is not None, self.reference is not None, "--reference GOOD_IMAGES")
         parse_choice(RvsMethod, self.rvs, "--rvs")
         if self.reference is None and self.shots is not None:
             raise ClipadError("--shots needs --reference GOOD_IMAGES")
-        MEMORY_PATCHES.parse(self.memory_patches, "--memory-patches")
-        if self.reference is None and self.memory_patches != ExportRequest.memory_patches:
-            raise ClipadError("--memory-patches bounds the reference memory: it goes with --reference GOOD_IMAGES")
-        ref = ReferenceConfig(self.reference, self.shots, self.memory_patches) if self.reference is not None else None
+        if self.memory_patches is not None:
+            MEMORY_PATCHES.parse(self.memory_patches, "--memory-patches")
+            if self.reference is None:
+                raise ClipadError("--memory-patches bounds the reference memory: it goes with --reference GOOD_IMAGES")
+        ref = None
+        if self.reference is not None:
+            ref = ReferenceConfig(self.reference, self.shots)
+            if self.memory_patches is not None:
+                ref = replace(ref, memory_patches=self.memory_patches)
         if ref is not None:  # the images are listed again when baked; a wrong path fails here, before the model
             ref.check()
             select_images(ref.source, ref.shots)

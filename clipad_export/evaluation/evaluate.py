@@ -23,8 +23,10 @@ from clipad.core.progress import Tasks
 from clipad.data import Sample, load_batch
 from clipad.evaluation.metrics import binary_metrics, pixel_metrics
 from clipad.evaluation.results import EvalResults
+from clipad.methods.anomalydino import DinoOptions
 from clipad.methods.base import EvalProtocol, ImageScore
 from clipad.methods.registry import get_method
+from clipad.model.anomalydino import AnomalyDinoModel
 from clipad.model.fusion import map_max, transductive_ranges
 from clipad.model.heads import Heads
 from clipad.model.loading import LoadedModel
@@ -44,6 +46,8 @@ class EvalConfig:
     prompts: PromptSet = PROMPT_SETS["industrial"]
     sigma: float | None = None  # None: the method's default_sigma(dataset)
     batch_size: int = 8
+    dino: DinoOptions | None = None  # exactly for AnomalyDINO: its backbone, resolution, rotations, masking
+    device: str = "cpu"  # where a model built during the run goes (AnomalyDINO's; the CLIP methods' follow loaded)
 
     def effective_sigma(self) -> float:
         if self.sigma is not None:
@@ -64,9 +68,12 @@ class CategoryOutput:
 
 
 @torch.no_grad()
-def run_category(model: SDPModel, samples: list[Sample], batch_size: int, advance=lambda n: None) -> CategoryOutput:
-    """Run ``model`` over ``samples`` in batches; unreadable images are skipped and listed."""
-    size, device = model.image_size, model.text.device
+def run_category(
+    model: SDPModel | AnomalyDinoModel, samples: list[Sample], batch_size: int, advance=lambda n: None
+) -> CategoryOutput:
+    """Run ``model`` (an SDPModel or an AnomalyDinoModel: square ``image_size``) over ``samples``
+    in batches; unreadable images are skipped and listed."""
+    size, device = model.image_size, next(model.parameters()).device
     labels: list[int] = []
     probs: list[np.ndarray] = []
     maps: list[np.ndarray] = []

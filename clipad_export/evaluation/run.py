@@ -4,10 +4,12 @@ options), checked and loaded by ``prepare`` before the slow part, run by ``Prepa
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
+from clipad.core.choices import DinoBackbone, Masking
+from clipad.core.errors import ClipadError
 from clipad.core.lists import comma_list
 from clipad.core.values import MEMORY_PATCHES, SHOTS, SIGMA
 from clipad.core.weights import RANDOM_WEIGHTS_NOTE
@@ -17,7 +19,9 @@ if TYPE_CHECKING:
     from clipad.data import Sample
     from clipad.evaluation.evaluate import EvalConfig
     from clipad.evaluation.results import EvalResults
-    from clipad.model.loading import LoadedModel, WeightSpec
+    from clipad.methods.anomalydino import DinoOptions
+    from clipad.methods.base import Method
+    from clipad.model.loading import WeightSpec
 
 
 @dataclass
@@ -34,7 +38,11 @@ class EvalRun:
     batch_size: int = 8
     shots: int | None = None  # the normal-reference mode: K good training images per category and seed
     shot_seeds: str = "0"
-    memory_patches: int = 1024
+    memory_patches: int | None = None  # None: 1024 in the reference mode, every patch for AnomalyDINO
+    backbone: str | None = None  # AnomalyDINO's options (None: not given; DinoOptions' defaults)
+    resolution: int | None = None
+    rotations: bool = False
+    masking: str | None = None
     device: str = "auto"
     out: Path | None = None  # where ``PreparedEval.run`` writes results.json (None: nowhere)
 
@@ -43,7 +51,47 @@ class EvalRun:
             SIGMA.parse(self.sigma, "--sigma")
         if self.shots is not None:
             SHOTS.parse(self.shots, "--shots")
-        MEMORY_PATCHES.parse(self.memory_patches, "--memory-patches")
+        if self.memory_patches is not None:
+            MEMORY_PATCHES.parse(self.memory_patches, "--memory-patches")
+
+    def dino_options(self, method: Method) -> DinoOptions | None:
+        """AnomalyDINO's options for ``method``; one line when they are given to another method, or
+        when an option of the CLIP methods is given to AnomalyDINO (it would be ignored)."""
+        from clipad.methods.anomalydino import DinoOptions
+        from clipad.model.loading import DEFAULT_MODEL, DEFAULT_PRETRAINED
+
+        given = {
+            "--backbone": self.backbone is not None,
+            "--resolution": self.resolution is not None,
+            "--rotations": self.rotations,
+            "--masking": self.masking is not None,
+        }
+        if method.backbone != "dinov2":
+            if any(given.values()):
+                names = ", ".join(k for k, v in given.items() if v)
+                raise ClipadError(f"{names}: only for --method anomalydino")
+            return None
+        spec = self.weight_spec
+        clip_only = {
+            "--model (anomalydino takes --backbone)": spec.model != DEFAULT_MODEL,
+            "--pretrained": spec.pretrained != DEFAULT_PRETRAINED,
+            "--cache-dir": spec.cache_dir is not None,
+            "--heads": self.heads is not None,
+            "--rvs": self.rvs != "dbscan",
+            "--prompts": self.prompts != "industrial",
+            "--sigma (anomalydino blurs with the official sigma 4)": self.sigma is not None,
+        }
+        if unused := [k for k, v in clip_only.items() if v]:
+            raise ClipadError(
+                f"--method anomalydino uses no {', '.join(unused)}: leave {'it' if len(unused) == 1 else 'them'} out"
+            )
+        d = DinoOptions()
+        return DinoOptions(  # the words are checked by DinoOptions
+            cast(DinoBackbone, d.backbone if self.backbone is None else self.backbone),
+            d.resolution if self.resolution is None else self.resolution,
+            self.rotations,
+            cast(Masking, d.masking if self.masking is None else self.masking),
+        )
 
     def prepare(self, log: Callable[[str], None]) -> PreparedEval:
         """Check the request, read the split, load the model and heads; ``log`` says what will run."""
@@ -56,9 +104,12 @@ class EvalRun:
         from clipad.model.prompts import load_prompt_set
 
         method = get_method(self.method)
+        dino = self.dino_options(method)
         method.check_options(
             self.heads is not None, self.shots is not None, "--shots K (good training images per category)"
         )
+        if self.memory_patches is not None and self.shots is None:
+            raise ClipadError("--memory-patches bounds the memory of the good images: it goes with --shots K")
         parse_choice(RvsMethod, self.rvs, "--rvs")
         seeds = comma_list(self.shot_seeds, "--shot-seeds", int)
         prompt_set = load_prompt_set(self.prompts)
@@ -68,16 +119,22 @@ class EvalRun:
             comma_list(self.categories, "--categories") if self.categories is not None else None,
         )
         check_masks(split)
-        loaded = method.load(self.weight_spec, resolve_device(self.device))
-        visual: Any = loaded.clip.visual  # open_clip's VisionTransformer (no type stubs)
-        width, embed_dim = visual.conv1.out_channels, visual.proj.shape[1]
-        # check_options: heads are given exactly when the method takes them
-        heads = load_heads(self.heads, width, embed_dim) if self.heads is not None else None
-        cfg = EvalConfig(self.dataset, method.name, heads, self.rvs, prompt_set, self.sigma, self.batch_size)
+        device = resolve_device(self.device)
+        spec = self.weight_spec if dino is None else replace(self.weight_spec, model=dino.backbone)
+        loaded = method.load(spec, device)
+        heads = None
+        if self.heads is not None:  # check_options: heads are given exactly when the method takes them
+            visual: Any = loaded.clip.visual  # open_clip's VisionTransformer (no type stubs)
+            heads = load_heads(self.heads, visual.conv1.out_channels, visual.proj.shape[1])
+        cfg = EvalConfig(
+            self.dataset, method.name, heads, self.rvs, prompt_set, self.sigma, self.batch_size, dino, str(device)
+        )
+        at = (
+            f" at {dino.resolution} px{', rotations' if dino.rotations else ''}, masking {dino.masking}" if dino else ""
+        )
         log(
             f"evaluating {method.label(self.shots)} on {sum(len(v) for v in split.values())} images in "
-            f"{len(split)} categories with "
-            f"{self.weight_spec.model} ({loaded.spec.describe()}), sigma {cfg.effective_sigma():g}"
+            f"{len(split)} categories with {spec.model} ({spec.describe()}){at}, sigma {cfg.effective_sigma():g}"
         )
         if self.weight_spec.random_weights:
             log(RANDOM_WEIGHTS_NOTE)
@@ -87,7 +144,7 @@ class EvalRun:
 @dataclass
 class PreparedEval:
     request: EvalRun
-    loaded: LoadedModel
+    loaded: Any  # Method.load's: a LoadedModel, or DinoWeights for AnomalyDINO
     split: dict[str, list[Sample]]
     cfg: EvalConfig
     seeds: list[int]

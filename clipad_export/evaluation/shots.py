@@ -1,16 +1,21 @@
-"""`clipad eval --shots K`: the normal-reference mode under the usual few-shot protocol.
+"""`clipad eval --shots K`: the few-shot methods under their protocols.
 
-Per category and shot seed: K good *training* images drawn at random (numpy's default_rng(seed),
-without replacement, from the sorted list), the memory baked from them exactly as `clipad export
---reference` bakes it (``clipad.model.reference.bake``), then the test split scored and measured
-as `clipad eval` does (``run_category``, ``category_metrics``). Each category's entry holds the
-mean over seeds, the standard deviation over seeds (``shots.std``) and every seed's figures.
+Per category and shot seed: K good *training* images drawn by the method (``Method.draw``: the
+reference mode draws with numpy's default_rng(seed) from the sorted list, AnomalyDINO takes the
+official ``sorted(good)[seed*K:(seed+1)*K]``); the model built from them (the CLIP methods: the
+memory baked exactly as `clipad export --reference` bakes it, ``clipad.model.reference.bake``;
+AnomalyDINO: its DINOv2 memory, ``AnomalyDino.build_model``); then the test split scored and
+measured as `clipad eval` does (``run_category``, ``category_metrics``). Each category's entry
+holds the mean over seeds, the standard deviation over seeds (``shots.std``) and every seed's
+figures.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -21,9 +26,12 @@ from clipad.data.images import is_image_file, load_image
 from clipad.evaluation.evaluate import EvalConfig, category_metrics, category_model, run_category
 from clipad.evaluation.metrics import mean_of
 from clipad.evaluation.results import METRIC_GROUPS, EvalResults
+from clipad.methods.anomalydino import METHOD, DinoOptions
 from clipad.methods.registry import get_method
+from clipad.model.anomalydino import AnomalyDinoModel
 from clipad.model.loading import LoadedModel
 from clipad.model.reference import DEFAULT_MEMORY_PATCHES, bake
+from clipad.model.sdp import SDPModel
 
 
 def train_good_images(dataset: str, root: Path, category: str) -> list[Path]:
@@ -38,14 +46,6 @@ def train_good_images(dataset: str, root: Path, category: str) -> list[Path]:
     if not files:
         raise ClipadError(f"no good training images for category '{category}' in {folder}")
     return files
-
-
-def draw(files: list[Path], k: int, seed: int) -> list[Path]:
-    """K of ``files`` for one shot seed; one line when there are fewer than K."""
-    if k > len(files):
-        raise ClipadError(f"--shots {k} is more than the {len(files)} good training images in {files[0].parent}")
-    idx = np.random.default_rng(seed).choice(len(files), size=k, replace=False)
-    return [files[i] for i in sorted(idx)]
 
 
 def _std(entries: list[dict]) -> dict:
@@ -67,29 +67,33 @@ def evaluate_shots(
     shots: int,
     seeds: list[int],
     tasks: Tasks,
-    memory_patches: int = DEFAULT_MEMORY_PATCHES,
+    memory_patches: int | None = None,
 ) -> EvalResults:
     """The results: per category the mean over ``seeds`` plus ``shots``
     {k, seeds, mode, std, per_seed, reference_images}; ``mean`` over categories. ``cfg.method``
-    without a text path: the reference map alone, else added to the method's map (method.md 14)."""
+    without a text path: the reference map alone, else added to the method's map (method.md 14).
+    ``loaded``: the method's weights (``Method.load``: a LoadedModel, or DinoWeights for
+    AnomalyDINO); ``memory_patches``: the memory's coreset bound (None: the reference mode's
+    default, AnomalyDINO's every patch)."""
     if shots < 1:
         raise ClipadError(f"--shots must be at least 1, got {shots}")
     if not seeds:
         raise ClipadError("--shot-seeds needs at least one seed")
+    method = get_method(cfg.method)
     files = {cat: train_good_images(cfg.dataset, root, cat) for cat in split}  # every error before model work
     for cat in split:
-        draw(files[cat], shots, seeds[0])
-    method = get_method(cfg.method)
+        for seed in seeds:
+            method.draw(files[cat], shots, seed)
+    if memory_patches is None and method.backbone == "clip":
+        memory_patches = DEFAULT_MEMORY_PATCHES
     results: dict = {}
     for cat, samples in split.items():
-        tv, base = category_model(loaded, cat, cfg, tasks)
-        base.eval()
+        size, build, rvs = _shot_models(loaded, cat, cfg, memory_patches, tasks)
         per_seed, chosen = [], {}
         for seed in seeds:
             t0 = time.perf_counter()
-            picked = draw(files[cat], shots, seed)
-            images = np.stack([load_image(p, loaded.image_size) for p in picked])
-            model = bake(base, images, memory_patches, not method.text_path).model
+            picked = method.draw(files[cat], shots, seed)
+            model = build(np.stack([load_image(p, size) for p in picked]))
             out = run_category(model, samples, cfg.batch_size, tasks.add(f"{cat} seed {seed}: images", len(samples)))
             entry = category_metrics(out, method.image_score)
             entry["timing_s"] = round(time.perf_counter() - t0, 3)
@@ -102,7 +106,7 @@ def evaluate_shots(
             "n_skipped": first["n_skipped"],
             "skipped": first["skipped"],
             "notes": first["notes"],
-            "rvs": tv.summary(),
+            "rvs": rvs,
             "shots": {
                 "k": shots,
                 "seeds": list(seeds),
@@ -114,3 +118,30 @@ def evaluate_shots(
             },
         }
     return EvalResults.of(results)
+
+
+def _shot_models(
+    loaded: Any, category: str, cfg: EvalConfig, memory_patches: int | None, tasks: Tasks
+) -> tuple[int, Callable[[np.ndarray], SDPModel | AnomalyDinoModel], dict | None]:
+    """For one category: the side (px) at which its good images are read, the function that
+    builds the scored model from them (uint8 [K, S, S, 3]), and the RVS summary (None without
+    text vectors)."""
+    method = get_method(cfg.method)
+    if method.backbone == "dinov2":
+        dino = cfg.dino or DinoOptions()
+        masked = dino.masked(category)
+
+        def build_dino(images: np.ndarray) -> AnomalyDinoModel:
+            return METHOD.build_model(
+                loaded.backbone, loaded.state, images, dino.rotations, masked, memory_patches, cfg.device
+            )
+
+        return dino.resolution, build_dino, None
+    tv, base = category_model(loaded, category, cfg, tasks)
+    base.eval()
+    bound = DEFAULT_MEMORY_PATCHES if memory_patches is None else memory_patches
+
+    def build_clip(images: np.ndarray) -> SDPModel:
+        return bake(base, images, bound, not method.text_path).model
+
+    return loaded.image_size, build_clip, tv.summary()

@@ -2,30 +2,39 @@
 
 The graph (``clipad.model.anomalydino.AnomalyDinoModel``) holds the backbone, the good images'
 memory, the optional foreground mask and the official top-1% score; image_prob is that score
-(a cosine distance, not a probability). Needs good images; no text path, no heads.
+(a cosine distance, not a probability), and the method's image score is it alone
+(``ImageScore.PROB``). Needs good images; no text path, no heads; DINOv2 weights (``load``).
 
-Not registered yet (``registry.METHODS``): export, eval and the manifest are still CLIP-shaped
-(text vectors, square ``image_size``, open_clip weights), so `--method anomalydino` would fail
-inside them. This module is what the registration will add; ``masking_default`` is the official
-per-category table.
+Registered for `clipad eval --method anomalydino --shots K` (the official protocol: ``draw``).
+Not exported yet (``exported``): the manifest and the serving paths are still CLIP-shaped (text
+vectors, open_clip weights), so `clipad export` refuses it in one line. Inputs are square
+(``resolution`` x ``resolution``, squashed like every method's); the official code keeps the
+aspect ratio (the smaller edge at the resolution), which differs for non-square images only.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from clipad.methods.base import EvalProtocol, Method
+from clipad.core.choices import DinoBackbone, Masking
+from clipad.core.errors import ClipadError
+from clipad.methods.base import EvalProtocol, ImageScore, Method
 
 if TYPE_CHECKING:
     from pathlib import Path
 
     import numpy as np
+    import torch
 
     from clipad.model.anomalydino import AnomalyDinoModel
+    from clipad.model.dinov2 import DinoWeights
     from clipad.model.flops import ViTDims
+    from clipad.model.loading import WeightSpec
 
 BACKBONES = ("dinov2_vits14", "dinov2_vitb14", "dinov2_vitl14")  # the torch.hub names
 DEFAULT_RESOLUTION = 448
+PATCH = 14  # DINOv2's patch size: the input side is a multiple of it
 # The official "agnostic" preset: masked categories (MVTec AD: those below; VisA: all of them).
 MVTEC_MASKED = frozenset({"capsule", "hazelnut", "pill", "screw", "toothbrush"})
 MVTEC = frozenset(
@@ -57,12 +66,61 @@ def masking_default(category: str) -> bool:
     return category in MVTEC_MASKED or category in VISA
 
 
+@dataclass(frozen=True)
+class DinoOptions:
+    """AnomalyDINO's choices (`--backbone`, `--resolution`, `--rotations`, `--masking`):
+    ``resolution`` px, the square input's side (a multiple of 14); ``rotations``: each good image
+    also rotated by 45, ..., 315 degrees in the memory."""
+
+    backbone: DinoBackbone = "dinov2_vits14"
+    resolution: int = DEFAULT_RESOLUTION
+    rotations: bool = False
+    masking: Masking = "auto"
+
+    def __post_init__(self) -> None:
+        from clipad.core.choices import parse_choice
+
+        parse_choice(DinoBackbone, self.backbone, "--backbone")
+        parse_choice(Masking, self.masking, "--masking")
+        if isinstance(self.resolution, bool) or not isinstance(self.resolution, int) or self.resolution < PATCH:
+            raise ClipadError(f"--resolution must be a whole number of pixels >= {PATCH}, got {self.resolution}")
+        if self.resolution % PATCH or self.resolution > 4096:
+            raise ClipadError(
+                f"--resolution must be a multiple of {PATCH} (DINOv2's patch) up to 4096, e.g. 224, 336 or 448, "
+                f"got {self.resolution}"
+            )
+
+    def masked(self, category: str) -> bool:
+        """Whether the foreground mask is on for ``category``."""
+        return masking_default(category) if self.masking == "auto" else self.masking == "on"
+
+
 class AnomalyDino(Method):
-    name = "anomalydino"  # type: ignore[assignment]  # not yet a clipad.core.choices.Method word (see above)
-    summary = "few-shot DINOv2 nearest neighbours (--reference, --shots)"
+    name = "anomalydino"
+    summary = "few-shot DINOv2 nearest neighbours (eval --shots; not exported yet)"
     text_path = False
     needs_reference = True
+    image_score = ImageScore.PROB
     eval_protocol = EvalProtocol.FEW_SHOT
+    backbone = "dinov2"
+    exported = False
+
+    def draw(self, good: list[Path], shots: int, seed: int) -> list[Path]:
+        """The official few-shot draw (``official_references``)."""
+        return official_references(good, shots, seed)
+
+    def default_sigma(self, dataset: str) -> float:
+        """The official map blur, sigma 4 px at the map's size (fixed in the graph)."""
+        from clipad.model.anomalydino import SIGMA
+
+        return SIGMA
+
+    def load(self, spec: WeightSpec, device: str | torch.device = "cpu") -> DinoWeights:  # type: ignore[override]
+        """The DINOv2 state dict of ``spec.model`` (a backbone name): ``--random-weights``,
+        ``--weights FILE``, else the torch.hub or Hugging Face cache; nothing is downloaded."""
+        from clipad.model.dinov2 import load_state
+
+        return load_state(spec.model, spec.weights, spec.random_weights, spec.seed)
 
     def flops(self, dims: ViTDims, memory_patches: int = 0) -> dict[str, int]:
         """The ViT (original path only, all tokens through the final norm), the memory product
@@ -81,16 +139,24 @@ class AnomalyDino(Method):
         )
 
     def build_model(
-        self, backbone: str, state: dict, references: np.ndarray, rotations: bool, masking: bool
+        self,
+        backbone: str,
+        state: dict,
+        references: np.ndarray,
+        rotations: bool,
+        masking: bool,
+        max_patches: int | None = None,
+        device: str | torch.device = "cpu",
     ) -> AnomalyDinoModel:
         """The model of one category from good images uint8 [K, H, W, 3] (H, W multiples of 14:
-        the export's fixed size) and a DINOv2 state dict in the official naming."""
+        the export's fixed size) and a DINOv2 state dict in the official naming; ``max_patches``:
+        the memory's coreset bound (None: every patch, the official protocol)."""
         from clipad.model.anomalydino import AnomalyDinoModel, build_memory
         from clipad.model.dinov2 import DinoFeatures
 
-        features = DinoFeatures(backbone, state, (int(references.shape[1]), int(references.shape[2])))
-        memory = build_memory(features, references, rotations)
-        return AnomalyDinoModel(features, memory.tokens, masking).eval()
+        features = DinoFeatures(backbone, state, (int(references.shape[1]), int(references.shape[2]))).to(device)
+        memory = build_memory(features, references, rotations, max_patches)
+        return AnomalyDinoModel(features, memory.tokens, masking).to(device).eval()
 
 
 def mask_flops(width: int, patches: int) -> int:

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from enum import StrEnum
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from clipad.core.choices import Method as MethodName
 from clipad.core.errors import ClipadError
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     import numpy as np
     import torch
 
@@ -31,11 +33,14 @@ class ImageScore(StrEnum):
     when called: the CLI and `clipad doctor` read the registry without numpy)."""
 
     PROB_PLUS_MAX = "prob+max"  # minmax(image_prob) + minmax(map_max) (method.md section 6)
+    PROB = "prob"  # minmax(image_prob) alone: the method's own image score (AnomalyDINO's top-1% mean, method.md 15)
 
     def fuse(self, image_prob: np.ndarray, map_max: np.ndarray, prob_range: Range, max_range: Range) -> np.ndarray:
         """image_prob [N], map_max [N] and their ranges -> the image score, float64 [N]."""
-        from clipad.model.fusion import fused_score
+        from clipad.model.fusion import fused_score, minmax
 
+        if self is ImageScore.PROB:
+            return minmax(image_prob, *prob_range)
         return fused_score(image_prob, map_max, prob_range, max_range)
 
 
@@ -62,7 +67,9 @@ class Method(ABC):
     ``text_path`` (false: no text vectors in the maps, the reference memory alone),
     ``needs_reference`` (good images needed: ``--reference`` on export, ``--shots`` on eval),
     ``preprocess``, ``image_score`` (how calibration and the runtime fuse image_prob with the map
-    maximum), ``eval_protocol``.
+    maximum), ``eval_protocol``, ``backbone`` (whose weights ``load`` reads: open_clip's CLIP, or
+    DINOv2 for AnomalyDINO, whose few-shot model ``clipad.evaluation.shots`` builds from the good
+    images alone), ``exported`` (false: `clipad export` refuses the method in one line).
     """
 
     name: ClassVar[MethodName]
@@ -73,6 +80,8 @@ class Method(ABC):
     preprocess: ClassVar[Preprocess] = Preprocess.SQUASH
     image_score: ClassVar[ImageScore] = ImageScore.PROB_PLUS_MAX
     eval_protocol: ClassVar[EvalProtocol] = EvalProtocol.ZERO_SHOT
+    backbone: ClassVar[Literal["clip", "dinov2"]] = "clip"
+    exported: ClassVar[bool] = True
 
     def __repr__(self) -> str:
         return f"<method {self.name}>"
@@ -90,9 +99,18 @@ class Method(ABC):
         if self.needs_reference and not reference:
             raise ClipadError(f"--method {self.name} needs {reference_option}")
 
+    def check_exported(self) -> None:
+        """A one-line ClipadError when `clipad export` cannot export this method yet."""
+        if not self.exported:
+            raise ClipadError(
+                f"--method {self.name} is not exported yet (evaluate it: clipad eval --method {self.name} --shots K)"
+            )
+
     def manifest_error(self, heads: bool, reference: bool) -> str | None:
         """Why a manifest of this method is inconsistent ("field: reason"), or None: ``heads``:
         the manifest has heads (sha256 and file), ``reference``: it has a reference memory."""
+        if not self.exported:
+            return f"mode: {self.name} artifacts are not made by this clipad (not exported yet)"
         if heads != self.takes_heads:
             return (
                 f"heads_sha256: mode {self.name} {'needs' if self.takes_heads else 'takes no'} heads (sha256 and file)"
@@ -110,6 +128,16 @@ class Method(ABC):
     def shots_label(self) -> str:
         """The ``shots.mode`` entry of results.json under --shots."""
         return self.name if not self.text_path else f"{self.name} + reference"
+
+    def draw(self, good: list[Path], shots: int, seed: int) -> list[Path]:
+        """The ``shots`` good training images of one shot seed (`clipad eval --shots`): numpy's
+        default_rng(seed) choice without replacement from the sorted list; one line when too few."""
+        import numpy as np
+
+        if shots > len(good):
+            raise ClipadError(f"--shots {shots} is more than the {len(good)} good training images in {good[0].parent}")
+        idx = np.random.default_rng(seed).choice(len(good), size=shots, replace=False)
+        return [good[i] for i in sorted(idx)]
 
     def default_sigma(self, dataset: str) -> float:
         """The map's Gaussian sigma when none is given (method.md 7.2, 10 item 8): 8."""

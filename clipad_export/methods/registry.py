@@ -7,10 +7,10 @@ The names are ``clipad.core.choices.Method``'s words (the ``--method`` choices, 
 from __future__ import annotations
 
 from clipad.core.choices import parse_choice
-from clipad.methods import reference, sdp, sdp_plus
+from clipad.methods import anomalydino, reference, sdp, sdp_plus
 from clipad.methods.base import Method
 
-METHODS: dict[str, Method] = {m.name: m for m in (sdp.METHOD, sdp_plus.METHOD, reference.METHOD)}
+METHODS: dict[str, Method] = {m.name: m for m in (sdp.METHOD, sdp_plus.METHOD, reference.METHOD, anomalydino.METHOD)}
 
 
 def get_method(name: str, option: str = "--method") -> Method:

@@ -128,6 +128,13 @@ class AnomalyDinoModel(nn.Module):
         self.register_buffer("rows", as_tensor(rows), persistent=False)
         self.register_buffer("cols", as_tensor(cols), persistent=False)
 
+    @property
+    def image_size(self) -> int:
+        """The square input's side in pixels (the eval path's and the manifest's S)."""
+        if self.size[0] != self.size[1]:
+            raise ValueError(f"the model's input is {self.size[0]} x {self.size[1]}, not square")
+        return self.size[0]
+
     def patch_features(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 [B, H, W, 3] -> the normalised last-layer patch tokens float32 [B, N, W]."""
         return self.vit(normalize(images, IMAGENET_MEAN, IMAGENET_STD))
