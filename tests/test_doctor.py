@@ -204,6 +204,30 @@ def test_cached_default_weights_are_found(tmp_path):
     assert facts["cached_file"] == str(weights) and facts["cache_dir"] == str(tmp_path / "hub")
 
 
+def test_cached_dinov2_weights_are_found(tmp_path):
+    """AnomalyDINO's backbones: the official checkpoint in the torch.hub cache ($TORCH_HOME) and
+    timm's file in the Hugging Face cache, each reported by name; the text report says so."""
+    from clipad.core.weights import DINOV2_HF_TAG, DINOV2_TIMM
+
+    (tmp_path / "torch" / "hub" / "checkpoints").mkdir(parents=True)
+    official = tmp_path / "torch" / "hub" / "checkpoints" / "dinov2_vitb14_pretrain.pth"
+    official.write_bytes(b"weights")
+    repo = tmp_path / "hf" / f"models--timm--{DINOV2_TIMM['dinov2_vits14']}.{DINOV2_HF_TAG}"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text("0123abcd")
+    (repo / "snapshots" / "0123abcd").mkdir(parents=True)
+    (repo / "snapshots" / "0123abcd" / "model.safetensors").write_bytes(b"weights")
+    env = {"HF_HUB_CACHE": str(tmp_path / "hf"), "TORCH_HOME": str(tmp_path / "torch")}
+    facts = json.loads(doctor("--json", env=env).stdout)["facts"]["weights"]
+    assert facts["dinov2"] == {
+        "dinov2_vits14": str(repo / "snapshots" / "0123abcd" / "model.safetensors"),
+        "dinov2_vitb14": str(official),
+    }
+    assert "DINOv2 for --method anomalydino: dinov2_vits14 (" in doctor(env=env).stdout
+    empty = {"HF_HUB_CACHE": str(tmp_path / "none"), "TORCH_HOME": str(tmp_path / "none")}
+    assert "DINOv2 for --method anomalydino: none cached (give --weights FILE)" in doctor(env=empty).stdout
+
+
 def test_default_weights_hub_entry_is_open_clips():
     import open_clip
 

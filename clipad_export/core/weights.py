@@ -29,4 +29,43 @@ def cached_hub_file(hub: str, cache_dir: str | Path | None = None) -> str | None
     return None
 
 
+# AnomalyDINO's DINOv2 backbones (the torch.hub names) -> timm's model names; timm keeps the weights
+# on the Hugging Face hub as timm/<model>.lvd142m (model.safetensors), torch.hub as
+# <hub dir>/checkpoints/<backbone>_pretrain.pth (the official URL's file name).
+DINOV2_TIMM = {
+    "dinov2_vits14": "vit_small_patch14_dinov2",
+    "dinov2_vitb14": "vit_base_patch14_dinov2",
+    "dinov2_vitl14": "vit_large_patch14_dinov2",
+}
+DINOV2_HF_TAG = "lvd142m"
+
+
+def torch_hub_dir() -> Path:
+    """torch.hub.get_dir()'s default without torch: $TORCH_HOME/hub, else $XDG_CACHE_HOME/torch/hub,
+    else ~/.cache/torch/hub."""
+    import os
+
+    if home := os.environ.get("TORCH_HOME"):
+        return Path(home).expanduser() / "hub"
+    cache = os.environ.get("XDG_CACHE_HOME") or str(Path("~/.cache").expanduser())
+    return Path(cache) / "torch" / "hub"
+
+
+def dinov2_cached_files(backbone: str, hf_cache: str | Path | None = None) -> list[Path]:
+    """The cached weight files of a DINOv2 ``backbone`` that exist, in the order they are used: the
+    official checkpoint in the torch.hub cache, timm's ``model.safetensors`` in the Hugging Face
+    cache (``hf_cache``: its root; default the library's). Reads the caches only (no network)."""
+    from huggingface_hub import try_to_load_from_cache
+
+    out = []
+    hub = torch_hub_dir() / "checkpoints" / f"{backbone}_pretrain.pth"
+    if hub.is_file():
+        out.append(hub)
+    repo = f"timm/{DINOV2_TIMM[backbone]}.{DINOV2_HF_TAG}"
+    found = try_to_load_from_cache(repo, "model.safetensors", cache_dir=str(hf_cache) if hf_cache else None)
+    if isinstance(found, str) and Path(found).is_file():
+        out.append(Path(found))
+    return out
+
+
 RANDOM_WEIGHTS_NOTE = "note: random weights give meaningless heatmaps; use them for smoke tests only"

@@ -69,22 +69,11 @@ class DinoWeights:
 
 
 def cached_files(backbone: str, hf_cache: Path | None = None) -> list[Path]:
-    """The cached weight files of ``backbone`` that exist: the official checkpoint in the torch.hub
-    cache, timm's ``model.safetensors`` in the Hugging Face cache (``hf_cache``: its root, default
-    the library's). Reads the caches only."""
-    from huggingface_hub import try_to_load_from_cache
+    """The cached weight files of ``backbone`` that exist (``clipad.core.weights.dinov2_cached_files``:
+    the torch.hub cache, then the Hugging Face cache)."""
+    from clipad.core.weights import dinov2_cached_files
 
-    arch = ARCHS[backbone]
-    out = []
-    hub = Path(torch.hub.get_dir()) / "checkpoints" / arch.hub_file
-    if hub.is_file():
-        out.append(hub)
-    found = try_to_load_from_cache(
-        f"timm/{arch.timm}.{HF_TAG}", "model.safetensors", cache_dir=str(hf_cache) if hf_cache else None
-    )
-    if isinstance(found, str) and Path(found).is_file():
-        out.append(Path(found))
-    return out
+    return dinov2_cached_files(backbone, hf_cache)
 
 
 def load_state(

@@ -141,6 +141,7 @@ class WeightsFacts:
     cache_dir: str | None
     cached_file: str | None = None
     error: str | None = None
+    dinov2: dict[str, str] = field(default_factory=dict)  # AnomalyDINO's backbones cached: name -> file
 
 
 FACTS: dict[str, type[Facts]] = {

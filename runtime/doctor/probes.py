@@ -287,13 +287,26 @@ def probe_genicam(deep: bool = False) -> GenICamFacts:
 
 
 def probe_weights(deep: bool = False) -> WeightsFacts:
-    from clipad.core.weights import DEFAULT_HF_HUB, DEFAULT_MODEL, DEFAULT_PRETRAINED, cached_hub_file
+    from clipad.core.weights import (
+        DEFAULT_HF_HUB,
+        DEFAULT_MODEL,
+        DEFAULT_PRETRAINED,
+        DINOV2_TIMM,
+        cached_hub_file,
+        dinov2_cached_files,
+    )
 
     try:
         from huggingface_hub import constants
 
+        dinov2 = {b: str(found[0]) for b in DINOV2_TIMM if (found := dinov2_cached_files(b))}
         return WeightsFacts(
-            DEFAULT_MODEL, DEFAULT_PRETRAINED, str(constants.HF_HUB_CACHE), cached_hub_file(DEFAULT_HF_HUB)
+            DEFAULT_MODEL,
+            DEFAULT_PRETRAINED,
+            str(constants.HF_HUB_CACHE),
+            cached_hub_file(DEFAULT_HF_HUB),
+            None,
+            dinov2,
         )
     except Exception as err:  # noqa: BLE001
         return WeightsFacts(DEFAULT_MODEL, DEFAULT_PRETRAINED, None, error=_error(err))

@@ -149,6 +149,9 @@ def _machine_lines(findings: Findings) -> list[tuple[str, str]]:
             else w.error or "not in the cache: downloaded on first use, or pass --weights FILE on an offline machine"
         )
         rows.append(("Weights", f"{w.model} {w.pretrained}: {state}; cache {w.cache_dir}"))
+        if not w.error:
+            dino = ", ".join(f"{b} ({path})" for b, path in w.dinov2.items()) or "none cached (give --weights FILE)"
+            rows.append(("Weights", f"DINOv2 for --method anomalydino: {dino}"))
     return rows
 
 
