@@ -188,6 +188,26 @@ def test_fp16_graph_keeps_sensitive_ops_in_fp32(fp16_graph):
     assert all(o.type.tensor_type.elem_type == f32 for o in g.output)
 
 
+def test_fp32_islands_pass_no_value_through_fp16(fp16_graph):
+    """Between two FP32 nodes a value stays FP32: the converter's Cast(FP16) -> Cast(FP32) round
+    trips are gone, the softmax's logits and the graph's outputs among them (a double cast to
+    FP16 first, as from ln_pre into the FP16 residual stream, is FP16 by design)."""
+    g = onnx.load(str(fp16_graph)).graph
+    to = {n.name: next(a.i for a in n.attribute if a.name == "to") for n in g.node if n.op_type == "Cast"}
+    producer = {o: n for n in g.node for o in n.output}
+    trips = [
+        n.name
+        for n in g.node
+        if to.get(n.name) == onnx.TensorProto.FLOAT
+        and (half := producer.get(n.input[0])) is not None
+        and to.get(half.name) == onnx.TensorProto.FLOAT16
+        and not (
+            producer.get(half.input[0]) is not None and to.get(producer[half.input[0]].name) == onnx.TensorProto.FLOAT16
+        )
+    ]
+    assert trips == []
+
+
 def test_fp16_parity_failure_drops_the_graph_or_fails(tiny, tmp_path, monkeypatch, capsys):
     from clipad.deploy import parity
 
