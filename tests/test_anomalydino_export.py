@@ -19,6 +19,7 @@ import torch
 
 from clipad import cli
 from clipad.core.errors import ClipadError
+from clipad.core.hashing import file_sha256
 from clipad.core.progress import Tasks
 from clipad.deploy.artifacts import load_artifacts
 from clipad.deploy.export import ExportConfig, export
@@ -132,6 +133,34 @@ def test_the_memory_bound_rotations_and_masking_are_recorded(tmp_path, synth_roo
         want = [t.numpy() for t in reference_model(art)(torch.from_numpy(x))]
     got = open_backend(art, "onnxruntime", "fp32", "cpu")(x)
     assert compare(tuple(want), got, "pytorch", limits="fp32").violations == []
+
+
+def test_weights_file_is_recorded_and_checked_when_rebuilt(tmp_path, synth_root):
+    """--weights FILE: path and sha256 in the manifest; the reference is rebuilt from that file,
+    and a file changed since export is refused in one line."""
+    from safetensors.torch import save_file
+
+    weights = tmp_path / "dinov2_vits14.safetensors"
+    save_file(random_state("dinov2_vits14", 5), str(weights))
+    cfg = ExportConfig(
+        category="washer",
+        out=tmp_path / "a",
+        method="anomalydino",
+        reference=ReferenceConfig(str(synth_root / "washer" / "train" / "good")),
+        precision="fp32",
+        dino=DinoOptions(resolution=SIZE),
+    )
+    art = export(load_state("dinov2_vits14", weights), cfg, Tasks(None))
+    w = art.manifest.weights
+    assert w.source == "file" and w.path == str(weights.resolve()) and w.sha256 == file_sha256(weights)
+    x = parity_images(SIZE, 2)
+    with torch.no_grad():
+        want = reference_model(art)(torch.from_numpy(x))[1].numpy()
+    np.testing.assert_allclose(open_backend(art, "onnxruntime", "fp32", "cpu")(x)[1], want, atol=1e-5)
+    save_file(random_state("dinov2_vits14", 6), str(weights))
+    with pytest.raises(ClipadError, match="changed since export") as e:
+        reference_model(art)
+    assert "\n" not in str(e.value)
 
 
 def test_calibrate_predict_and_run_serve_it(exported, synth_root, tmp_path, capsys):
