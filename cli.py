@@ -196,7 +196,7 @@ SERVING = _panel(
 CATEGORIES = _o("--categories", None, "Comma-separated categories (default: all).", str)
 DATASET = (_o("--dataset", help="Dataset layout.", kind=str, metavar=metavar(Dataset)), _o("--root", kind=Path))
 SHOTS = _o("--shots", None, "K good images per category (eval: MVTec train split; export: of --reference).", int)
-MEMORY = _o("--memory-patches", None, "At most N memory patches per stage (coreset beyond; default 1024).", int)
+MEMORY = _o("--memory-patches", None, "At most N memory patches per stage (coreset; default 1024, DINO: all).", int)
 DINO = _panel(  # DinoOptions (clipad.methods.anomalydino); None: not given
     "AnomalyDINO (--method anomalydino)",
     (_o("--backbone", None, "dinov2_vit{s,b,l}14; default s.", str), _o("--resolution", None, "px; default 448.", int)),
@@ -247,14 +247,14 @@ def _eval(o: SimpleNamespace) -> None:
     _o("--object-name", None, "Object name in the prompts (default: the category, verbatim).", str),
     METHOD,
     _o("--rvs-profile", "mvtec", "DBSCAN: mvtec (eps 0.5, 15) or visa (eps 1.5, 25).", metavar=metavar(RvsProfile)),
-    (_o("--sigma", 8.0, "Gaussian smoothing sigma of the map."), _o("--max-batch", 8, "Largest batch served.")),
+    (_o("--sigma", None, "Map smoothing sigma (default 8).", float), _o("--max-batch", 8, "Largest batch served.")),
     _o("--precision", "all", "fp32, fp16, all (fp16 within limits), int8 (--engine).", metavar="[fp32|fp16|all|int8]"),
     (_o("--engine", False, "A TensorRT engine (GPU)."), _o("--triton-repo", None, "Also this.", Path, writes="folder")),
     _o("--opt-batch", None, "With --engine: the batch TensorRT tunes for (default min(8, max batch)).", int),
     _panel("Normal reference", _o("--reference", None, "Good images baked in (folder, glob).", str), SHOTS, MEMORY),
     _o("--openvino", False, "Also the OpenVINO IRs (FP32, NNCF INT8), parity-checked (clipad\\[openvino])."),
     (*GATE, _o("--out", None, "Artifact directory (default artifacts/<category>).", Path, writes="folder")),
-    (*WEIGHTS, CPU, QUIET),
+    (DINO, *WEIGHTS, CPU, QUIET),
 )
 def _export(o: SimpleNamespace) -> None:
     """Export one category: RVS text vectors baked into an ONNX graph (FP32 and mixed FP16), parity-checked."""

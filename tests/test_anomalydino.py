@@ -356,11 +356,3 @@ def test_eval_options_are_checked_in_one_line(shots_root, tmp_path, capsys, args
     code, _, err = run(capsys, *base, *args)
     assert_one_line_error(code, err, fragment)
     assert not (tmp_path / "r.json").exists()
-
-
-def test_export_refuses_anomalydino_in_one_line(tmp_path, capsys):
-    from tests.helpers import assert_one_line_error, run
-
-    code, _, err = run(capsys, "export", "--category", "x", "--method", "anomalydino", "--out", tmp_path / "a")
-    assert_one_line_error(code, err, "--method anomalydino is not exported yet")
-    assert not (tmp_path / "a").exists()

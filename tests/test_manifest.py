@@ -265,7 +265,7 @@ BAD = [
     (
         "unknown mode",
         lambda d: d.update(mode="sdp++"),
-        "manifest.json: mode: must be 'sdp', 'sdp+' or 'reference' (got 'sdp++')",
+        "manifest.json: mode: must be 'sdp', 'sdp+', 'reference' or 'anomalydino' (got 'sdp++')",
     ),
     (
         "unknown precision",

@@ -22,9 +22,11 @@ from clipad.deploy.rebuild import reference_model
 from clipad.deploy.reference_set import ReferenceConfig
 from clipad.evaluation.evaluate import EvalConfig, evaluate
 from clipad.methods import registry
+from clipad.methods.anomalydino import DinoOptions
 from clipad.methods.registry import METHODS, get_method
 from clipad.methods.sdp import Sdp
 from clipad.model.heads import save_heads
+from clipad.model.loading import WeightSpec
 from clipad.model.prompts import PROMPT_SETS
 from clipad.runtime.backends import open_backend
 from tests.helpers import TINY, assert_one_line_error, random_heads, run
@@ -75,16 +77,21 @@ def test_each_method_checks_its_options(name, heads, reference, error):
 EXPORTED = {name: m for name, m in METHODS.items() if m.exported}
 
 
+def test_every_method_is_exported():
+    assert set(EXPORTED) == set(METHODS)
+
+
 @pytest.fixture(scope="module")
 def exports(tmp_path_factory, tiny, synth_root):
-    """Every exported method (``Method.exported``; AnomalyDINO is not yet) exported (FP32) from the
-    tiny model: name -> Artifacts."""
+    """Every exported method (``Method.exported``) exported (FP32): the CLIP methods from the tiny
+    model, AnomalyDINO from random ViT-S/14 weights at 56 px: name -> Artifacts."""
     root = tmp_path_factory.mktemp("methods")
     visual = tiny.clip.visual
     save_heads(root / "heads.safetensors", random_heads(visual.conv1.out_channels, visual.proj.shape[1], seed=2))
     good = str(synth_root / "washer" / "train" / "good")
     out = {}
     for name, method in EXPORTED.items():
+        dino = method.backbone == "dinov2"
         cfg = ExportConfig(
             category="washer",
             out=root / name.replace("+", "_plus"),
@@ -94,8 +101,10 @@ def exports(tmp_path_factory, tiny, synth_root):
             prompts=PROMPT_SETS["industrial"],
             max_batch=2,
             precision="fp32",
+            dino=DinoOptions(resolution=56) if dino else None,
         )
-        out[name] = export(tiny, cfg, Tasks(None))
+        loaded = method.load(WeightSpec(model="dinov2_vits14", random_weights=True)) if dino else tiny
+        out[name] = export(loaded, cfg, Tasks(None))
     return out
 
 
@@ -108,7 +117,8 @@ def test_every_method_round_trips(exports, name):
     method = get_method(manifest.mode)
     assert method is METHODS[name]
     assert (manifest.heads_sha256 is not None) == method.takes_heads
-    assert (manifest.reference is not None) == method.needs_reference
+    assert (manifest.reference is not None or manifest.anomalydino is not None) == method.needs_reference
+    assert (manifest.rvs is not None) == (method.backbone == "clip")
     x = parity_images(art.image_size, 2)
     with torch.no_grad():
         want = [t.numpy() for t in reference_model(art)(torch.from_numpy(x))]

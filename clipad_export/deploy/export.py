@@ -1,8 +1,10 @@
 """`clipad export`: one category's self-contained artifacts, with parity checked every time.
 
-Steps (each shown in the progress display): text vectors with RVS (computed once, baked in),
-the reference SDPModel (with ``--reference``, the good images' memory baked into it, method.md
-section 14), the FP32 ONNX graph, optionally the mixed FP16 graph, parity of each
+Steps (each shown in the progress display): the method's model and what it writes beside its
+graph (``Source``): for the CLIP methods text vectors with RVS (computed once, baked in) and the
+reference SDPModel (with ``--reference``, the good images' memory baked into it, method.md
+section 14); for AnomalyDINO the DINOv2 model with its memory (``clipad.deploy.anomalydino_export``);
+then the FP32 ONNX graph, optionally the mixed FP16 graph, parity of each
 graph in ONNX Runtime against the reference on deterministic inputs at batch 1 and 3 (the
 export fails when a tolerance is exceeded), optionally a TensorRT engine, then the manifest and
 optionally a Triton model repository. Everything is written into staging directories
@@ -15,8 +17,9 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from collections.abc import Callable
 from contextlib import ExitStack, nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, cast, get_args
 
@@ -42,12 +45,16 @@ from clipad.deploy.manifest import (
     ONNX_FP32,
     REFERENCE_MEMORY,
     TEXT_FEATURES,
+    AnomalyDinoEntry,
     FileWeights,
     Manifest,
     OpenClipWeights,
     ParityFigures,
+    Prompts,
     QualityGate,
     RandomWeights,
+    ReferenceEntry,
+    Rvs,
 )
 from clipad.deploy.parity import TOLERANCES, compare, parity_images
 from clipad.deploy.quality_gate import GateSet
@@ -60,8 +67,13 @@ from clipad.model.rvs import dbscan_params, n_sentences, text_vectors
 from clipad.model.sdp import DEFAULT_SIGMA, SDPModel
 
 if TYPE_CHECKING:
+    from torch import nn
+
     from clipad.deploy.reference_set import ReferenceConfig
     from clipad.deploy.triton_repo import StagedRepo
+    from clipad.methods.anomalydino import DinoOptions
+    from clipad.model.anomalydino import AnomalyDinoModel
+    from clipad.model.dinov2 import DinoWeights
 
 # fp32: the FP32 graph only. fp16 and all: the FP32 graph (kept: INT8 calibration, the calibration
 # constants' identity and FP32 serving need it) and the mixed FP16 graph converted from it; they
@@ -93,6 +105,8 @@ class ExportConfig:
     openvino: bool = False  # also the OpenVINO IR (deploy/openvino_export.py)
     gate_root: Path | None = None  # labelled images (MVTec layout) for the reduced precisions' quality gate
     max_auroc_drop: float = 0.5  # the gate's limit, AUROC points
+    dino: DinoOptions | None = None  # AnomalyDINO's options (None: its defaults; only for that method)
+    device: str = "cpu"  # where a method built from a state dict (AnomalyDINO) bakes its memory
 
     @property
     def precisions(self) -> list[Precision]:
@@ -116,10 +130,11 @@ def validate(cfg: ExportConfig, loaded: LoadedModel | None = None) -> None:
     AUROC_DROP.parse(cfg.max_auroc_drop, "--max-auroc-drop")
     parse_choice(RvsProfile, cfg.rvs_profile, "--rvs-profile")
     parse_choice(ExportPrecision, cfg.precision, "--precision")
-    get_method(cfg.method).check_exported()
-    get_method(cfg.method).check_options(
-        cfg.heads_path is not None, cfg.reference is not None, "--reference GOOD_IMAGES"
-    )
+    method = get_method(cfg.method)
+    method.check_exported(cfg.engine, cfg.openvino, cfg.triton_repo is not None)
+    method.check_options(cfg.heads_path is not None, cfg.reference is not None, "--reference GOOD_IMAGES")
+    if cfg.dino is not None and method.backbone != "dinov2":
+        raise ClipadError("--backbone, --resolution, --rotations, --masking: only for --method anomalydino")
     if cfg.reference is not None:
         cfg.reference.check()
     if cfg.heads_path is not None and not Path(cfg.heads_path).is_file():
@@ -181,6 +196,30 @@ def prompt_set_sha256(ps: PromptSet) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
+@dataclass
+class Source:
+    """What a method's model brings to the export: the reference ``model`` (uint8 [B, S, S, 3] ->
+    anomaly_map float32 [B, S, S], image_prob float32 [B]), the manifest's model name, weights
+    record, S (``image_size``), ``mean``/``std``, ``sigma`` and its method records (text vectors'
+    ``rvs``/``prompts``, ``heads_sha256``, ``reference``, ``anomalydino``), ``write``: writes its
+    files into the staging directory; ``warnings`` for the manifest."""
+
+    model: SDPModel | AnomalyDinoModel
+    model_name: str
+    weights: RandomWeights | FileWeights | OpenClipWeights
+    image_size: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    sigma: float
+    write: Callable[[Path], None]
+    rvs: Rvs | None = None
+    prompts: Prompts | None = None
+    heads_sha256: str | None = None
+    reference: ReferenceEntry | None = None
+    anomalydino: AnomalyDinoEntry | None = None
+    warnings: list[str] = field(default_factory=list)
+
+
 def weights_record(loaded: LoadedModel) -> RandomWeights | FileWeights | OpenClipWeights:
     spec = loaded.spec
     if spec.random_weights:
@@ -208,8 +247,16 @@ def _versions() -> dict[str, str]:
 PARITY_INPUTS = "3 synthetic images (2 parts with defects, 1 noise), batch 3 and batch 1"
 
 
+def model_device(model: nn.Module) -> torch.device:
+    """Where ``model``'s parameters are (its inputs go there)."""
+    return next(model.parameters()).device
+
+
 def graph_parity(
-    model: SDPModel, onnx_paths: dict[Precision, Path], gate: GateSet | None = None, max_batch: int = 1
+    model: SDPModel | AnomalyDinoModel,
+    onnx_paths: dict[Precision, Path],
+    gate: GateSet | None = None,
+    max_batch: int = 1,
 ) -> tuple[dict[Precision, ParityFigures], dict[Precision, QualityGate] | None]:
     """Parity of each graph at batch 3 and batch 1 in ONNX Runtime: the FP32 graph against the
     reference, the FP16 graph against the FP32 graph, each entry listing its tolerance
@@ -217,7 +264,7 @@ def graph_parity(
     quality gate against the FP32 graph."""
     images = parity_images(model.image_size, 3)
     with torch.no_grad():
-        ref_map, ref_prob = (t.cpu().numpy() for t in model(torch.from_numpy(images).to(model.text.device)))
+        ref_map, ref_prob = (t.cpu().numpy() for t in model(torch.from_numpy(images).to(model_device(model))))
     baseline = Baseline(images, (ref_map, ref_prob), "pytorch reference", batch=len(images))
     figures: dict[Precision, ParityFigures] = {}
     gates: dict[Precision, QualityGate] = {}
@@ -249,20 +296,16 @@ def graph_parity(
     return figures, gates or None
 
 
-def export(loaded: LoadedModel, cfg: ExportConfig, tasks: Tasks) -> Artifacts:
-    """Run the whole export; returns the finished artifact directory."""
-    from clipad.deploy.graph_io import io_spec
-    from clipad.deploy.onnx_graph import export_onnx
-
-    validate(cfg, loaded)
+def _clip_source(
+    loaded: LoadedModel, cfg: ExportConfig, tasks: Tasks, timings: dict[str, float], object_name: str
+) -> Source:
+    """The CLIP methods' model: RVS text vectors, the method's SDPModel, with --reference the
+    good images' memory baked into it; text features, heads and memory written beside it."""
     method = get_method(cfg.method)
-    object_name = cfg.object_name or cfg.category
     visual: Any = loaded.clip.visual  # open_clip's VisionTransformer (no type stubs)
     width, embed_dim = visual.conv1.out_channels, visual.proj.shape[1]
     heads: Heads | None = load_heads(cfg.heads_path, width, embed_dim) if cfg.heads_path else None
-    timings: dict[str, float] = {}
-    warnings: list[str] = list(cfg.notes)
-
+    warnings: list[str] = []
     t0 = time.perf_counter()
     assert cfg.prompts is not None  # callers set the prompt set before exporting (cli, reference_add, demo)
     tv = text_vectors(
@@ -290,18 +333,72 @@ def export(loaded: LoadedModel, cfg: ExportConfig, tasks: Tasks) -> Artifacts:
         if not reference.score.maxima:
             warnings.append(f"reference: {reference.score.method}")
 
+    def write(stage: Path) -> None:
+        np.save(stage / TEXT_FEATURES, np.ascontiguousarray(tv.matrix.T, dtype=np.float32))
+        if heads is not None:
+            save_heads(stage / HEADS_FILE, heads)
+        if baked is not None:
+            from clipad.deploy.reference_set import save_memory
+
+            save_memory(stage / REFERENCE_MEMORY, baked.memory)
+
+    return Source(
+        model=model,
+        model_name=loaded.spec.model,
+        weights=weights_record(loaded),
+        image_size=loaded.image_size,
+        mean=tuple(loaded.mean),
+        std=tuple(loaded.std),
+        sigma=cfg.sigma,
+        write=write,
+        rvs=Rvs.create(
+            method=cfg.rvs,
+            profile=cfg.rvs_profile,
+            dbscan=dict(zip(("eps", "min_samples"), dbscan_params(cfg.rvs_profile), strict=False))
+            if cfg.rvs == "dbscan"
+            else None,
+            used=[tv.normal.used, tv.abnormal.used],
+            notes=tv.summary()["notes"],
+        ),
+        prompts=Prompts.create(
+            set=cfg.prompts.name,
+            source=cfg.prompts_source,
+            sha256=prompt_set_sha256(cfg.prompts),
+            n_normal=len(cfg.prompts.normal) * len(cfg.prompts.templates),
+            n_abnormal=len(cfg.prompts.abnormal) * len(cfg.prompts.templates),
+        ),
+        # heads is set exactly when heads_path is
+        heads_sha256=file_sha256(Path(cast(Path, cfg.heads_path))) if heads else None,
+        reference=reference,
+        warnings=warnings,
+    )
+
+
+def export(loaded: LoadedModel | DinoWeights, cfg: ExportConfig, tasks: Tasks) -> Artifacts:
+    """Run the whole export; returns the finished artifact directory. ``loaded``: the method's
+    weights (``Method.load``: a LoadedModel, or DinoWeights for AnomalyDINO)."""
+    from clipad.deploy.graph_io import io_spec
+    from clipad.deploy.onnx_graph import export_onnx
+
+    validate(cfg, loaded if isinstance(loaded, LoadedModel) else None)
+    method = get_method(cfg.method)
+    object_name = cfg.object_name or cfg.category
+    timings: dict[str, float] = {}
+    if isinstance(loaded, LoadedModel):
+        source = _clip_source(loaded, cfg, tasks, timings, object_name)
+    else:
+        from clipad.deploy.anomalydino_export import dino_source
+
+        source = dino_source(loaded, cfg, tasks, timings)
+    model = source.model
+    warnings: list[str] = [*cfg.notes, *source.warnings]
+
     out = resolve_out(cfg.out)  # a link is written through: its target is the directory (and its lock)
     triton: list[StagedRepo] = []  # the Triton models, staged
     with artifact_lock(out), ExitStack() as cleanup:  # one writer per artifact directory (calibrate waits)
         cleanup.callback(_discard, triton)
         with staging_dir(out) as stage:
-            np.save(stage / TEXT_FEATURES, np.ascontiguousarray(tv.matrix.T, dtype=np.float32))
-            if heads is not None:
-                save_heads(stage / HEADS_FILE, heads)
-            if baked is not None:
-                from clipad.deploy.reference_set import save_memory
-
-                save_memory(stage / REFERENCE_MEMORY, baked.memory)
+            source.write(stage)
             step = tasks.add("ONNX export", 1)
             t0 = time.perf_counter()
             export_onnx(model, stage / ONNX_FP32)
@@ -323,7 +420,7 @@ def export(loaded: LoadedModel, cfg: ExportConfig, tasks: Tasks) -> Artifacts:
                 from clipad.deploy.quality_gate import gate_images
 
                 gate_set = gate_images(
-                    Path(cfg.gate_root), cfg.category, loaded.image_size, cfg.max_auroc_drop, method.image_score
+                    Path(cfg.gate_root), cfg.category, source.image_size, cfg.max_auroc_drop, method.image_score
                 )
             step = tasks.add(
                 "parity" + (" and quality gate" if gate_set and "fp16" in paths else "") + " (ONNX Runtime)", 1
@@ -364,31 +461,16 @@ def export(loaded: LoadedModel, cfg: ExportConfig, tasks: Tasks) -> Artifacts:
                 created=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                 category=cfg.category,
                 object_name=object_name,
-                model=loaded.spec.model,
-                weights=weights_record(loaded),
+                model=source.model_name,
+                weights=source.weights,
                 mode=method.name,
-                # heads is set exactly when heads_path is
-                heads_sha256=file_sha256(Path(cast(Path, cfg.heads_path))) if heads else None,
-                rvs={
-                    "method": cfg.rvs,
-                    "profile": cfg.rvs_profile,
-                    "dbscan": dict(zip(("eps", "min_samples"), dbscan_params(cfg.rvs_profile), strict=False))
-                    if cfg.rvs == "dbscan"
-                    else None,
-                    "used": [tv.normal.used, tv.abnormal.used],
-                    "notes": tv.summary()["notes"],
-                },
-                prompts={
-                    "set": cfg.prompts.name,
-                    "source": cfg.prompts_source,
-                    "sha256": prompt_set_sha256(cfg.prompts),
-                    "n_normal": len(cfg.prompts.normal) * len(cfg.prompts.templates),
-                    "n_abnormal": len(cfg.prompts.abnormal) * len(cfg.prompts.templates),
-                },
-                image_size=loaded.image_size,
-                mean=list(loaded.mean),
-                std=list(loaded.std),
-                sigma=cfg.sigma,
+                heads_sha256=source.heads_sha256,
+                rvs=source.rvs,
+                prompts=source.prompts,
+                image_size=source.image_size,
+                mean=list(source.mean),
+                std=list(source.std),
+                sigma=source.sigma,
                 max_batch=cfg.max_batch,
                 precisions=[p for p in paths if (stage / ONNX_FILES[p]).is_file()],
                 # Both graphs take and give the same tensors (the FP16 graph casts inside), so the FP32
@@ -400,7 +482,8 @@ def export(loaded: LoadedModel, cfg: ExportConfig, tasks: Tasks) -> Artifacts:
                 warnings=warnings,
                 versions=_versions(),
                 files=hash_files(stage),
-                reference=reference,
+                reference=source.reference,
+                anomalydino=source.anomalydino,
             )
             if cfg.openvino:
                 manifest = _openvino_step(model, stage, manifest, tasks, timings, gate_set)
@@ -440,7 +523,7 @@ def _drop_fp16(
 
 
 def _openvino_step(
-    model: SDPModel,
+    model: SDPModel | AnomalyDinoModel,
     stage: Path,
     manifest: Manifest,
     tasks: Tasks,
@@ -455,7 +538,7 @@ def _openvino_step(
     t0 = time.perf_counter()
     images = np.concatenate([parity_images(model.image_size, 3), parity_images(model.image_size, 3, seed=1)[:2]])
     with torch.no_grad():
-        ref_map, ref_prob = (t.cpu().numpy() for t in model(torch.from_numpy(images).to(model.text.device)))
+        ref_map, ref_prob = (t.cpu().numpy() for t in model(torch.from_numpy(images).to(model_device(model))))
     calibration = parity_images(model.image_size, 9, seed=2)[:8]
     entry, warnings = make_openvino(stage, images, (ref_map, ref_prob), calibration, manifest.max_batch, gate_set)
     timings["openvino_s"] = time.perf_counter() - t0

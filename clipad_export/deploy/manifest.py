@@ -7,15 +7,16 @@ validated records; nothing else parses or writes ``manifest.json``. Changes are 
 
 JSON layout (format version 1):
 
-- ``format_version`` 1, ``created``, ``category``, ``object_name``, ``model`` (open_clip name);
+- ``format_version`` 1, ``created``, ``category``, ``object_name``, ``model`` (open_clip name, or
+  the DINOv2 backbone's torch.hub name for AnomalyDINO);
 - ``weights``: ``{"source": "random", "seed"}`` | ``{"source": "file", "path", "sha256"}`` |
   ``{"source": "open_clip", "tag"}``;
-- ``mode``: the method's name (``--method``: "sdp" | "sdp+" | "reference"), ``heads_sha256``
+- ``mode``: the method's name (``--method``: "sdp" | "sdp+" | "reference" | "anomalydino"), ``heads_sha256``
   (sdp+ only, else null); which records a method needs is the method's rule (``clipad.methods``:
   ``Method.manifest_error``);
 - ``rvs``: method, profile, dbscan ``{eps, min_samples}`` or null, ``used`` [normal, abnormal]
-  (differs from method after a fallback), ``notes``;
-- ``prompts``: set, source, sha256, n_normal, n_abnormal;
+  (differs from method after a fallback), ``notes``; absent for a method without text vectors
+  (AnomalyDINO), as ``prompts``: set, source, sha256, n_normal, n_abnormal;
 - ``image_size`` (px, 1..4096, the graph input's S), ``mean``/``std`` (3 finite floats each, std
   > 0), ``sigma`` (0..64; 0 = no blur), ``max_batch`` (1..1024), ``precisions`` (the servable
   graphs, in the order they were added; exactly the ONNX graphs ``files`` lists);
@@ -26,6 +27,8 @@ JSON layout (format version 1):
   ``int8``: how ``model.int8.onnx`` was made;
 - ``engine``: the TensorRT sidecar's content (``model.plan.json``), when there is a plan;
 - ``reference``: the baked normal-reference memory (``ReferenceEntry``), absent without one;
+- ``anomalydino``: AnomalyDINO's backbone, options and memory (``AnomalyDinoEntry``; the memory
+  itself in ``dino_memory.safetensors``), for mode anomalydino only;
 - ``openvino``: the OpenVINO IR (``model.xml``/``.bin``, ``model.int8.xml``/``.bin``), its
   precisions, parity figures and quality gates, when exported with ``--openvino``;
 - ``timings_s``, ``warnings``, ``versions``; ``files``: sha256 of every artifact file.
@@ -54,7 +57,7 @@ from pydantic import (
 )
 
 from clipad.core.atomic import write_text_atomic
-from clipad.core.choices import Method, Precision, RvsMethod, ServedPrecision
+from clipad.core.choices import DinoBackbone, Masking, Method, Precision, RvsMethod, ServedPrecision
 from clipad.core.errors import ClipadError
 from clipad.core.values import MAX_BATCH, MAX_IMAGE_SIZE, MAX_SIGMA
 from clipad.methods.registry import get_method
@@ -72,6 +75,7 @@ PLAN = "model.plan"
 PLAN_META = "model.plan.json"
 HEADS_FILE = "heads.safetensors"  # sdp+ only
 REFERENCE_MEMORY = "reference_memory.safetensors"  # with a reference: float32 [stages, patches, width], unit rows
+DINO_MEMORY = "dino_memory.safetensors"  # anomalydino: float32 [patches, width], unit rows (a constant of the graph)
 # OpenVINO IR (`clipad export --openvino`): the FP32 IR converted from model.onnx, with its FP32
 # islands marked (deploy/openvino_ir.py); fp32, bf16 and fp16 compile from it with an explicit
 # precision hint. The INT8 IR is NNCF's quantisation of it.
@@ -86,6 +90,7 @@ ARTIFACT_FILES = (
     PLAN_META,
     HEADS_FILE,
     REFERENCE_MEMORY,
+    DINO_MEMORY,
     OV_XML,
     OV_BIN,
     OV_INT8_XML,
@@ -478,6 +483,42 @@ class ReferenceEntry(Record):
         return {i.sha256 for i in self.images}
 
 
+class AnomalyDinoEntry(Record):
+    """AnomalyDINO's export (method.md section 15): the ``backbone`` (torch.hub name), the square
+    input's side ``resolution`` (px, a multiple of 14), ``rotations`` (each good image also
+    rotated by 45, ..., 315 degrees), ``masking`` (the foreground mask on or off, as resolved)
+    and ``masking_option`` (what was asked: auto, on, off); the good ``images`` and their number
+    ``shots``; the memory: ``memory_patches`` (the coreset bound asked; absent: every patch, the
+    official protocol), ``patches`` kept of ``source_patches``, each ``width`` wide, the coverage
+    radius (cosine distance; 0: all kept), its bytes; the images' original [width, height]."""
+
+    backbone: DinoBackbone
+    resolution: Positive
+    rotations: bool
+    masking: bool
+    masking_option: Masking
+    images: Annotated[list[ReferenceImage], Field(min_length=1)]
+    shots: Positive
+    memory_patches: Omitted[Positive] = None
+    patches: Positive
+    source_patches: Positive
+    width: Positive
+    coreset_radius: NonNegative
+    memory_bytes: Positive
+    source_size: Annotated[list[Positive], Field(min_length=2, max_length=2)]
+
+    @model_validator(mode="after")
+    def check_counts(self) -> Self:
+        if self.patches > self.source_patches:
+            raise ValueError(f"patches: {self.patches} kept of {self.source_patches} source patches")
+        if self.shots != len(self.images):
+            raise ValueError(f"shots: {self.shots}, but {len(self.images)} images are listed")
+        return self
+
+    def sha256s(self) -> set[str]:
+        return {i.sha256 for i in self.images}
+
+
 OvPrecision = ServedPrecision  # an OpenVINO compile precision (fp32/bf16/fp16: hints on model.xml)
 
 
@@ -509,8 +550,8 @@ class Manifest(Record):
     weights: Weights
     mode: Method  # the method's name (JSON key "mode", format version 1)
     heads_sha256: Sha256 | None
-    rvs: Rvs
-    prompts: Prompts
+    rvs: Omitted[Rvs] = None  # absent: a method without text vectors (Method.manifest_error)
+    prompts: Omitted[Prompts] = None
     image_size: Annotated[int, Field(gt=0, le=MAX_IMAGE_SIZE)]
     mean: Annotated[list[Finite], Field(min_length=3, max_length=3)]
     std: Annotated[list[Annotated[Finite, Field(gt=0)]], Field(min_length=3, max_length=3)]
@@ -527,6 +568,7 @@ class Manifest(Record):
     files: dict[ArtifactFile, Sha256]
     int8: Omitted[Int8Entry] = None
     reference: Omitted[ReferenceEntry] = None
+    anomalydino: Omitted[AnomalyDinoEntry] = None
     openvino: Omitted[OpenVinoEntry] = None
 
     @model_validator(mode="after")
@@ -545,11 +587,26 @@ class Manifest(Record):
         taken = graph_image_size(self.onnx.inputs)
         if taken != self.image_size:
             raise ValueError(f"image_size: {self.image_size}, but onnx.inputs describes a {taken} px input")
+        if (self.rvs is None) != (self.prompts is None):
+            raise ValueError("prompts: present exactly when rvs is (the text vectors' records)")
         error = get_method(self.mode, "mode").manifest_error(
-            heads=self.heads_sha256 is not None and HEADS_FILE in self.files, reference=self.reference is not None
+            heads=self.heads_sha256 is not None and HEADS_FILE in self.files,
+            reference=self.reference is not None,
+            text=self.rvs is not None,
+            dino=self.anomalydino is not None,
         )
         if error is not None:
             raise ValueError(error)
+        if (self.anomalydino is not None) != (DINO_MEMORY in self.files):
+            raise ValueError(f"anomalydino: present exactly when files lists {DINO_MEMORY}")
+        if self.anomalydino is not None and (self.model, self.image_size) != (
+            self.anomalydino.backbone,
+            self.anomalydino.resolution,
+        ):
+            raise ValueError(
+                f"model: {self.model} at {self.image_size} px, but anomalydino records {self.anomalydino.backbone} "
+                f"at {self.anomalydino.resolution} px"
+            )
         if (self.engine is not None) != (PLAN in self.files and PLAN_META in self.files):
             raise ValueError(f"engine: present exactly when files lists {PLAN} and {PLAN_META}")
         if (self.int8 is not None) != ("int8" in self.precisions):

@@ -1,4 +1,5 @@
-"""Export the reference SDPModel as one ONNX graph: uint8 image in, map and probability out.
+"""Export the reference SDPModel (or AnomalyDinoModel) as one ONNX graph: uint8 image in, map and
+probability out.
 
 The exported module *is* the reference (clipad.model.sdp.SDPModel): normalisation, the
 dual-path ViT, feature surgery, the SDP+ heads, both upsampling conventions and the blur (as
@@ -18,6 +19,7 @@ import torch
 from torch import nn
 
 from clipad.core.errors import ClipadError
+from clipad.model.anomalydino import AnomalyDinoModel
 from clipad.model.sdp import SDPModel
 
 OPSET = 17
@@ -28,9 +30,9 @@ OUTPUTS = ("anomaly_map", "image_prob")
 def export_onnx(model: SDPModel | nn.Module, path: str | Path, size: tuple[int, int] | None = None) -> None:
     """Write ``model`` to ``path`` (float32 graph, dynamic batch) and check it with onnx.checker.
 
-    ``size``: the input's (H, W); default the SDPModel's square ``image_size``."""
+    ``size``: the input's (H, W); default the SDPModel's or AnomalyDinoModel's square ``image_size``."""
     if size is None:
-        assert isinstance(model, SDPModel), "size is needed for a model other than SDPModel"
+        assert isinstance(model, SDPModel | AnomalyDinoModel), "size is needed for another model"
         size = (model.image_size, model.image_size)
     h, w = size
     example = torch.zeros(2, h, w, 3, dtype=torch.uint8, device=next(model.parameters()).device)

@@ -1,10 +1,12 @@
 """The PyTorch reference of an artifact directory: its manifest's weights, text vectors, heads
-and reference memory (hash-checked) handed to ``clipad.model.rebuild``. Used by `clipad reference
-add`, the torch backend, `clipad parity` and `clipad bench`."""
+and reference memory (hash-checked) handed to ``clipad.model.rebuild``; for AnomalyDINO its
+weights and memory file (``clipad.deploy.anomalydino_export.dino_reference``). Used by `clipad
+reference add`, the torch backend, `clipad parity` and `clipad bench`."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -15,6 +17,9 @@ from clipad.methods.registry import get_method
 from clipad.model.loading import WeightSpec
 from clipad.model.rebuild import BakedReference, build_reference_model
 from clipad.model.sdp import SDPModel
+
+if TYPE_CHECKING:
+    from clipad.model.anomalydino import AnomalyDinoModel
 
 
 def weight_spec(m: Manifest) -> WeightSpec:
@@ -27,11 +32,15 @@ def weight_spec(m: Manifest) -> WeightSpec:
     return WeightSpec(model=m.model, pretrained=w.tag)
 
 
-def reference_model(artifacts: Artifacts, device: str | torch.device = "cpu") -> SDPModel:
+def reference_model(artifacts: Artifacts, device: str | torch.device = "cpu") -> SDPModel | AnomalyDinoModel:
     """Rebuild the PyTorch reference of an artifact directory from its manifest."""
     m = artifacts.manifest
     w = m.weights
     method = get_method(m.mode, "mode")
+    if method.backbone == "dinov2":
+        from clipad.deploy.anomalydino_export import dino_reference
+
+        return dino_reference(artifacts, device)
     loaded = method.load(weight_spec(m), device)
     if isinstance(w, FileWeights) and loaded.weights_sha256 != w.sha256:
         raise ClipadError(f"weights file {w.path} changed since export (sha256 differs); re-export")

@@ -27,7 +27,11 @@ def add_reference(root: str | Path, images: str, tasks: Tasks, device: str = "cp
     """Re-bake the memory of the artifacts at ``root`` with the good images at ``images``."""
     art = load_artifacts(root)
     m = art.manifest
-    if m.reference is None:
+    if m.anomalydino is not None:
+        raise ClipadError(
+            f"{root} is an AnomalyDINO export: export it again with all the good images (--reference GOOD_IMAGES)"
+        )
+    if m.reference is None or m.rvs is None or m.prompts is None:
         raise ClipadError(f"{root} has no reference memory: export it with --reference GOOD_IMAGES first")
     prompts = load_prompt_set(m.prompts.source)
     if prompt_set_sha256(prompts) != m.prompts.sha256:

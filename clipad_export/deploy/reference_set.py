@@ -34,18 +34,19 @@ MEMORY_KEY = "memory"
 @dataclass
 class ReferenceConfig:
     """``source``: folder, file or glob of good images; ``shots``: K, the first K in sorted order
-    (None: all); ``memory_patches``: N per stage.
+    (None: all); ``memory_patches``: N per stage (None: the method's default, 1024 in the
+    reference mode, every patch for AnomalyDINO).
     ``prior``: the existing reference of the artifacts (`clipad reference add`)."""
 
     source: str
     shots: int | None = None
-    memory_patches: int = DEFAULT_MEMORY_PATCHES
+    memory_patches: int | None = None
     prior: Prior | None = None
 
     def check(self) -> None:
         if self.shots is not None and self.shots < 1:
             raise ClipadError(f"--shots must be at least 1, got {self.shots}")
-        if self.memory_patches < 1:
+        if self.memory_patches is not None and self.memory_patches < 1:
             raise ClipadError(f"--memory-patches must be at least 1, got {self.memory_patches}")
 
 
@@ -129,6 +130,7 @@ def bake_reference(model: SDPModel, cfg: ReferenceConfig, only: bool) -> tuple[B
     # the manifest's source_size is validated as exactly two sizes
     source_size = cast(tuple[int, int], tuple(prior.entry.source_size)) if prior else None
     refs = read_images(paths, model.image_size, source_size)
+    bound = DEFAULT_MEMORY_PATCHES if cfg.memory_patches is None else cfg.memory_patches
     if prior is not None:
         known = prior.entry.sha256s()
         again = [p for p, h in zip(refs.paths, refs.sha256, strict=False) if h in known]
@@ -137,7 +139,7 @@ def bake_reference(model: SDPModel, cfg: ReferenceConfig, only: bool) -> tuple[B
     baked = bake(
         model,
         refs.images,
-        cfg.memory_patches,
+        bound,
         only,
         prior.memory if prior else None,
         prior.entry.score.maxima if prior else None,
@@ -148,7 +150,7 @@ def bake_reference(model: SDPModel, cfg: ReferenceConfig, only: bool) -> tuple[B
     entry = ReferenceEntry.create(
         images=old + new,
         shots=len(old) + len(new),
-        memory_patches=cfg.memory_patches,
+        memory_patches=bound,
         patches_per_stage=int(mem.tokens.shape[1]),
         source_patches=mem.source_patches,
         coreset_radius=[float(r) for r in mem.radius],

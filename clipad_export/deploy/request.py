@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from clipad.core.progress import Tasks
     from clipad.deploy.export import ExportConfig
     from clipad.methods.base import Method
+    from clipad.model.dinov2 import DinoWeights
     from clipad.model.loading import LoadedModel, WeightSpec
 
 
@@ -36,7 +37,7 @@ class ExportRequest:
     rvs: str = "dbscan"
     rvs_profile: str = "mvtec"
     prompts: str = "industrial"
-    sigma: float = 8.0
+    sigma: float | None = None  # None: the method's (8; AnomalyDINO's fixed 4)
     max_batch: int = 8
     precision: str = "all"  # fp32, fp16, all; int8: the engine from the calibrated INT8 graph
     engine: bool = False
@@ -44,7 +45,11 @@ class ExportRequest:
     triton_repo: Path | None = None
     reference: str | None = None  # good images baked into the graph
     shots: int | None = None
-    memory_patches: int | None = None  # None: clipad.model.reference.DEFAULT_MEMORY_PATCHES (1024)
+    memory_patches: int | None = None  # None: 1024 in the reference mode, every patch for AnomalyDINO
+    backbone: str | None = None  # AnomalyDINO's options (None: not given; DinoOptions' defaults)
+    resolution: int | None = None
+    rotations: bool = False
+    masking: str | None = None
     openvino: bool = False
     gate_data: Path | None = None
     max_auroc_drop: float = 0.5
@@ -90,14 +95,29 @@ class ExportRequest:
             f"batch {meta.profile.min}..{meta.profile.max} tuned for {meta.profile.opt})"
         )
 
-    def config(self) -> ExportConfig:
-        """The library's export config, after the checks that need no model (one line each)."""
+    def config(self, weights: WeightSpec | None = None) -> ExportConfig:
+        """The library's export config, after the checks that need no model (one line each);
+        ``weights``: the weight options (the CLIP ones are refused for AnomalyDINO)."""
         from clipad.core.choices import RvsMethod, parse_choice
         from clipad.deploy.export import ExportConfig, ExportPrecision, validate
         from clipad.deploy.reference_set import ReferenceConfig, select_images
+        from clipad.methods.anomalydino import dino_options
+        from clipad.model.loading import WeightSpec, resolve_device
+        from clipad.model.sdp import DEFAULT_SIGMA
 
         method = self.chosen()
-        method.check_exported()
+        method.check_exported(self.engine, self.openvino, self.triton_repo is not None)
+        clip_only = {
+            "--heads": self.heads is not None,
+            "--rvs": self.rvs != "dbscan",
+            "--rvs-profile": self.rvs_profile != "mvtec",
+            "--prompts": self.prompts != "industrial",
+            "--object-name": self.object_name is not None,
+            "--sigma (anomalydino blurs with the official sigma 4)": self.sigma is not None,
+        }
+        dino = dino_options(
+            method, weights or WeightSpec(), self.backbone, self.resolution, self.rotations, self.masking, clip_only
+        )
         method.check_options(self.heads is not None, self.reference is not None, "--reference GOOD_IMAGES")
         parse_choice(RvsMethod, self.rvs, "--rvs")
         if self.reference is None and self.shots is not None:
@@ -123,7 +143,7 @@ class ExportRequest:
             rvs=cast(RvsMethod, self.rvs),  # checked by parse_choice above
             rvs_profile=self.rvs_profile,
             prompts_source=self.prompts,
-            sigma=self.sigma,
+            sigma=DEFAULT_SIGMA if self.sigma is None else self.sigma,
             max_batch=self.max_batch,
             precision=cast(ExportPrecision, self.precision),  # checked by validate below
             engine=self.engine,
@@ -133,6 +153,8 @@ class ExportRequest:
             gate_root=self.gate_data,
             max_auroc_drop=self.max_auroc_drop,
             reference=ref,
+            dino=dino,
+            device=str(resolve_device(self.device)),
         )
         validate(cfg)
         return cfg
@@ -142,10 +164,11 @@ class ExportRequest:
         from clipad.model.loading import resolve_device
         from clipad.model.prompts import load_prompt_set
 
-        cfg = self.config()
+        cfg = self.config(weights)
         previous = made_by_calibrate(cfg.out)
         cfg.prompts = load_prompt_set(self.prompts)
-        loaded = self.chosen().load(weights, resolve_device(self.device))
+        spec = weights if cfg.dino is None else replace(weights, model=cfg.dino.backbone)
+        loaded = self.chosen().load(spec, resolve_device(self.device))
         if weights.random_weights:
             log(RANDOM_WEIGHTS_NOTE)
         return PreparedExport(cfg, loaded, previous)
@@ -154,7 +177,7 @@ class ExportRequest:
 @dataclass
 class PreparedExport:
     cfg: ExportConfig
-    loaded: LoadedModel
+    loaded: LoadedModel | DinoWeights  # Method.load's
     previous: list[str]  # what `clipad calibrate` had added to the artifacts the export replaces
 
     def run(self, tasks: Tasks) -> ExportResult:

@@ -6,9 +6,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
-from clipad.core.choices import DinoBackbone, Masking
 from clipad.core.errors import ClipadError
 from clipad.core.lists import comma_list
 from clipad.core.values import MEMORY_PATCHES, SHOTS, SIGMA
@@ -55,42 +54,17 @@ class EvalRun:
             MEMORY_PATCHES.parse(self.memory_patches, "--memory-patches")
 
     def dino_options(self, method: Method) -> DinoOptions | None:
-        """AnomalyDINO's options for ``method``; one line when they are given to another method, or
-        when an option of the CLIP methods is given to AnomalyDINO (it would be ignored)."""
-        from clipad.methods.anomalydino import DinoOptions
-        from clipad.model.loading import DEFAULT_MODEL, DEFAULT_PRETRAINED
+        """AnomalyDINO's options for ``method`` (``clipad.methods.anomalydino.dino_options``)."""
+        from clipad.methods.anomalydino import dino_options
 
-        given = {
-            "--backbone": self.backbone is not None,
-            "--resolution": self.resolution is not None,
-            "--rotations": self.rotations,
-            "--masking": self.masking is not None,
-        }
-        if method.backbone != "dinov2":
-            if any(given.values()):
-                names = ", ".join(k for k, v in given.items() if v)
-                raise ClipadError(f"{names}: only for --method anomalydino")
-            return None
-        spec = self.weight_spec
         clip_only = {
-            "--model (anomalydino takes --backbone)": spec.model != DEFAULT_MODEL,
-            "--pretrained": spec.pretrained != DEFAULT_PRETRAINED,
-            "--cache-dir": spec.cache_dir is not None,
             "--heads": self.heads is not None,
             "--rvs": self.rvs != "dbscan",
             "--prompts": self.prompts != "industrial",
             "--sigma (anomalydino blurs with the official sigma 4)": self.sigma is not None,
         }
-        if unused := [k for k, v in clip_only.items() if v]:
-            raise ClipadError(
-                f"--method anomalydino uses no {', '.join(unused)}: leave {'it' if len(unused) == 1 else 'them'} out"
-            )
-        d = DinoOptions()
-        return DinoOptions(  # the words are checked by DinoOptions
-            cast(DinoBackbone, d.backbone if self.backbone is None else self.backbone),
-            d.resolution if self.resolution is None else self.resolution,
-            self.rotations,
-            cast(Masking, d.masking if self.masking is None else self.masking),
+        return dino_options(
+            method, self.weight_spec, self.backbone, self.resolution, self.rotations, self.masking, clip_only
         )
 
     def prepare(self, log: Callable[[str], None]) -> PreparedEval:

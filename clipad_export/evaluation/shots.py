@@ -134,7 +134,7 @@ def _shot_models(
         def build_dino(images: np.ndarray) -> AnomalyDinoModel:
             return METHOD.build_model(
                 loaded.backbone, loaded.state, images, dino.rotations, masked, memory_patches, cfg.device
-            )
+            )[0]
 
         return dino.resolution, build_dino, None
     tv, base = category_model(loaded, category, cfg, tasks)

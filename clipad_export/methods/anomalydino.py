@@ -5,17 +5,19 @@ memory, the optional foreground mask and the official top-1% score; image_prob i
 (a cosine distance, not a probability), and the method's image score is it alone
 (``ImageScore.PROB``). Needs good images; no text path, no heads; DINOv2 weights (``load``).
 
-Registered for `clipad eval --method anomalydino --shots K` (the official protocol: ``draw``).
-Not exported yet (``exported``): the manifest and the serving paths are still CLIP-shaped (text
-vectors, open_clip weights), so `clipad export` refuses it in one line. Inputs are square
+`clipad eval --method anomalydino --shots K` runs the official protocol (``draw``); `clipad
+export --method anomalydino --reference GOOD_IMAGES` bakes the memory into one graph
+(``clipad.deploy.anomalydino_export``), served by ONNX Runtime and the torch backend
+(``onnx_only``). Both commands check the options with ``dino_options``. Inputs are square
 (``resolution`` x ``resolution``, squashed like every method's); the official code keeps the
 aspect ratio (the smaller edge at the resolution), which differs for non-square images only.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from clipad.core.choices import DinoBackbone, Masking
 from clipad.core.errors import ClipadError
@@ -27,7 +29,7 @@ if TYPE_CHECKING:
     import numpy as np
     import torch
 
-    from clipad.model.anomalydino import AnomalyDinoModel
+    from clipad.model.anomalydino import AnomalyDinoModel, DinoMemory
     from clipad.model.dinov2 import DinoWeights
     from clipad.model.flops import ViTDims
     from clipad.model.loading import WeightSpec
@@ -95,15 +97,76 @@ class DinoOptions:
         return masking_default(category) if self.masking == "auto" else self.masking == "on"
 
 
+def dino_options(
+    method: Method,
+    spec: WeightSpec,
+    backbone: str | None,
+    resolution: int | None,
+    rotations: bool,
+    masking: str | None,
+    clip_only: Mapping[str, bool],
+) -> DinoOptions | None:
+    """AnomalyDINO's options of one command (`clipad eval`, `clipad export`) for ``method``: None
+    for another method. ``backbone``, ``resolution``, ``masking``: None when not given.
+    One-line ClipadErrors when they are given to another method, or when an option of the CLIP
+    methods is given to AnomalyDINO (it would be ignored): ``spec``'s --model, --pretrained,
+    --cache-dir, and ``clip_only``: the command's own (option words -> given)."""
+    from clipad.model.loading import DEFAULT_MODEL, DEFAULT_PRETRAINED
+
+    given = {
+        "--backbone": backbone is not None,
+        "--resolution": resolution is not None,
+        "--rotations": rotations,
+        "--masking": masking is not None,
+    }
+    if method.backbone != "dinov2":
+        if any(given.values()):
+            raise ClipadError(f"{', '.join(k for k, v in given.items() if v)}: only for --method anomalydino")
+        return None
+    unused = [
+        k
+        for k, v in {
+            "--model (anomalydino takes --backbone)": spec.model != DEFAULT_MODEL,
+            "--pretrained": spec.pretrained != DEFAULT_PRETRAINED,
+            "--cache-dir": spec.cache_dir is not None,
+            **clip_only,
+        }.items()
+        if v
+    ]
+    if unused:
+        raise ClipadError(
+            f"--method anomalydino uses no {', '.join(unused)}: leave {'it' if len(unused) == 1 else 'them'} out"
+        )
+    d = DinoOptions()
+    return DinoOptions(  # the words are checked by DinoOptions
+        cast(DinoBackbone, d.backbone if backbone is None else backbone),
+        d.resolution if resolution is None else resolution,
+        rotations,
+        cast(Masking, d.masking if masking is None else masking),
+    )
+
+
 class AnomalyDino(Method):
     name = "anomalydino"
-    summary = "few-shot DINOv2 nearest neighbours (eval --shots; not exported yet)"
+    summary = "few-shot DINOv2 nearest neighbours (--reference, --shots)"
     text_path = False
     needs_reference = True
     image_score = ImageScore.PROB
     eval_protocol = EvalProtocol.FEW_SHOT
     backbone = "dinov2"
-    exported = False
+    onnx_only = True
+
+    def manifest_error(self, heads: bool, reference: bool, text: bool = False, dino: bool = True) -> str | None:
+        """No heads, no text vectors (rvs, prompts), no CLIP reference memory: its own record."""
+        if heads:
+            return "heads_sha256: mode anomalydino takes no heads (sha256 and file)"
+        if text:
+            return "rvs: mode anomalydino has no text vectors (no rvs, no prompts)"
+        if reference:
+            return "reference: mode anomalydino keeps its memory in its own record (anomalydino)"
+        if not dino:
+            return "anomalydino: mode anomalydino needs its record (backbone, memory, reference images)"
+        return None
 
     def draw(self, good: list[Path], shots: int, seed: int) -> list[Path]:
         """The official few-shot draw (``official_references``)."""
@@ -147,16 +210,34 @@ class AnomalyDino(Method):
         masking: bool,
         max_patches: int | None = None,
         device: str | torch.device = "cpu",
-    ) -> AnomalyDinoModel:
+    ) -> tuple[AnomalyDinoModel, DinoMemory]:
         """The model of one category from good images uint8 [K, H, W, 3] (H, W multiples of 14:
-        the export's fixed size) and a DINOv2 state dict in the official naming; ``max_patches``:
-        the memory's coreset bound (None: every patch, the official protocol)."""
+        the export's fixed size) and a DINOv2 state dict in the official naming, and the memory
+        it baked (its size and coverage: the export's record); ``max_patches``: the memory's
+        coreset bound (None: every patch, the official protocol)."""
         from clipad.model.anomalydino import AnomalyDinoModel, build_memory
         from clipad.model.dinov2 import DinoFeatures
 
         features = DinoFeatures(backbone, state, (int(references.shape[1]), int(references.shape[2]))).to(device)
         memory = build_memory(features, references, rotations, max_patches)
-        return AnomalyDinoModel(features, memory.tokens, masking).to(device).eval()
+        return AnomalyDinoModel(features, memory.tokens, masking).to(device).eval(), memory
+
+    def from_memory(
+        self,
+        backbone: str,
+        state: dict,
+        size: tuple[int, int],
+        memory: torch.Tensor,
+        masking: bool,
+        device: str | torch.device = "cpu",
+    ) -> AnomalyDinoModel:
+        """The model at the input size ``size`` (H, W px) around a memory float32 [M, W] of unit
+        rows (baked, or read back from an export: ``clipad.deploy.rebuild``)."""
+        from clipad.model.anomalydino import AnomalyDinoModel
+        from clipad.model.dinov2 import DinoFeatures
+
+        features = DinoFeatures(backbone, state, size)
+        return AnomalyDinoModel(features, memory, masking).to(device).eval()
 
 
 def mask_flops(width: int, patches: int) -> int:

@@ -69,7 +69,8 @@ class Method(ABC):
     ``preprocess``, ``image_score`` (how calibration and the runtime fuse image_prob with the map
     maximum), ``eval_protocol``, ``backbone`` (whose weights ``load`` reads: open_clip's CLIP, or
     DINOv2 for AnomalyDINO, whose few-shot model ``clipad.evaluation.shots`` builds from the good
-    images alone), ``exported`` (false: `clipad export` refuses the method in one line).
+    images alone), ``exported`` (false: `clipad export` refuses the method in one line),
+    ``onnx_only`` (its export makes the ONNX graphs only: no --engine, --openvino, --triton-repo).
     """
 
     name: ClassVar[MethodName]
@@ -82,6 +83,7 @@ class Method(ABC):
     eval_protocol: ClassVar[EvalProtocol] = EvalProtocol.ZERO_SHOT
     backbone: ClassVar[Literal["clip", "dinov2"]] = "clip"
     exported: ClassVar[bool] = True
+    onnx_only: ClassVar[bool] = False
 
     def __repr__(self) -> str:
         return f"<method {self.name}>"
@@ -99,18 +101,29 @@ class Method(ABC):
         if self.needs_reference and not reference:
             raise ClipadError(f"--method {self.name} needs {reference_option}")
 
-    def check_exported(self) -> None:
-        """A one-line ClipadError when `clipad export` cannot export this method yet."""
+    def check_exported(self, engine: bool = False, openvino: bool = False, triton_repo: bool = False) -> None:
+        """A one-line ClipadError when `clipad export` cannot export this method yet, or not to
+        the targets asked (``onnx_only``: no TensorRT engine, OpenVINO IR or Triton repository)."""
         if not self.exported:
             raise ClipadError(
                 f"--method {self.name} is not exported yet (evaluate it: clipad eval --method {self.name} --shots K)"
             )
+        asked = [f for f, on in (("--engine", engine), ("--openvino", openvino), ("--triton-repo", triton_repo)) if on]
+        if self.onnx_only and asked:
+            raise ClipadError(
+                f"{', '.join(asked)}: --method {self.name} is exported for ONNX Runtime (and the torch backend) only"
+            )
 
-    def manifest_error(self, heads: bool, reference: bool) -> str | None:
+    def manifest_error(self, heads: bool, reference: bool, text: bool = True, dino: bool = False) -> str | None:
         """Why a manifest of this method is inconsistent ("field: reason"), or None: ``heads``:
-        the manifest has heads (sha256 and file), ``reference``: it has a reference memory."""
+        the manifest has heads (sha256 and file), ``reference``: it has a reference memory,
+        ``text``: its text vectors' records (rvs and prompts), ``dino``: an AnomalyDINO record."""
         if not self.exported:
             return f"mode: {self.name} artifacts are not made by this clipad (not exported yet)"
+        if not text:
+            return f"rvs: mode {self.name} needs the records of its text vectors (rvs and prompts)"
+        if dino:
+            return f"anomalydino: only for mode anomalydino, not {self.name}"
         if heads != self.takes_heads:
             return (
                 f"heads_sha256: mode {self.name} {'needs' if self.takes_heads else 'takes no'} heads (sha256 and file)"

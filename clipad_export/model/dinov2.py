@@ -61,11 +61,12 @@ HF_TAG = "lvd142m"  # timm's Hugging Face repositories: timm/<model>.lvd142m
 @dataclass(frozen=True)
 class DinoWeights:
     """A backbone's state dict (official or timm naming) and where it came from (``source``:
-    "random (seed N)", or a file path)."""
+    "random (seed N)", or a file path); ``seed``: the random weights' seed (None: from a file)."""
 
     backbone: str
     state: dict[str, torch.Tensor]
     source: str
+    seed: int | None = None
 
 
 def cached_files(backbone: str, hf_cache: Path | None = None) -> list[Path]:
@@ -91,7 +92,7 @@ def load_state(
     if backbone not in ARCHS:
         raise ClipadError(f"--backbone must be one of {', '.join(ARCHS)}, got '{backbone}'")
     if random_weights:
-        return DinoWeights(backbone, random_state(backbone, seed), f"random (seed {seed})")
+        return DinoWeights(backbone, random_state(backbone, seed), f"random (seed {seed})", seed)
     if weights is None:
         cached = cached_files(backbone, hf_cache)
         if not cached:

@@ -7,7 +7,7 @@ default); "explicit" through MatMul, scale and Softmax, the form the exported gr
 
 from __future__ import annotations
 
-from typing import Literal, cast
+from typing import TYPE_CHECKING, Literal, cast
 
 import numpy as np
 import torch
@@ -20,6 +20,9 @@ from clipad.model.loading import resolve_device
 from clipad.model.sdp import SDPModel
 from clipad.model.surgery import DualPathViT
 from clipad.runtime.backends.base import Backend, BackendInfo
+
+if TYPE_CHECKING:
+    from clipad.model.anomalydino import AnomalyDinoModel
 
 
 class TorchBackend(Backend):
@@ -37,7 +40,9 @@ class TorchBackend(Backend):
         self.device = resolve_device(device)
         if precision == "fp16" and self.device.type != "cuda":
             raise ClipadError("the torch backend runs fp16 (autocast) on CUDA only")
-        self.model: SDPModel | None = reference_model(artifacts, self.device)
+        self.model: SDPModel | AnomalyDinoModel | None = reference_model(artifacts, self.device)
+        if precision == "fp16" and not isinstance(self.model, SDPModel):
+            raise ClipadError(f"the torch backend runs {artifacts.manifest.mode} in fp32 only")
         for m in self.model.modules():
             if isinstance(m, DualPathViT):
                 m.fused = attention == "fused"
@@ -50,7 +55,9 @@ class TorchBackend(Backend):
         if self.model is None:
             raise ClipadError("the torch backend was closed")
         x = torch.from_numpy(images).to(self.device)
-        amap, prob = self.model.forward_fp16(x) if self.precision == "fp16" else self.model(x)
+        model = self.model
+        # __init__ refuses fp16 for another model
+        amap, prob = model.forward_fp16(x) if self.precision == "fp16" and isinstance(model, SDPModel) else model(x)
         return amap.cpu().numpy(), prob.cpu().numpy()
 
     def info(self) -> BackendInfo:

@@ -42,6 +42,8 @@ def run_bench(art: Artifacts, cfg: BenchConfig, tasks: Tasks) -> BenchReport:
     from clipad.model.loading import resolve_device
 
     validate(cfg)
+    if get_method(art.manifest.mode).backbone != "clip":  # its FLOP floor and dual-path rows are the ViT's of CLIP
+        raise ClipadError(f"clipad bench measures the CLIP methods' exports, not mode {art.manifest.mode} (yet)")
     cfg.fit(art.max_batch)
     device = resolve_device(cfg.device)
     size = art.image_size

@@ -1,0 +1,121 @@
+"""AnomalyDINO's part of `clipad export` and of the rebuilt reference (method.md section 15).
+
+``dino_source``: the good images read through the one image path at the square ``--resolution``
+(``clipad.deploy.reference_set``: the same choice and checks as the reference mode), the memory
+baked (every patch, or the ``--memory-patches`` coreset bound), the model, the manifest's
+``anomalydino`` record and weights record, and the writer of ``dino_memory.safetensors``
+(float32 [M, W], unit rows: the graph's constant, kept so the PyTorch reference can be rebuilt).
+No text vectors: the manifest has no ``rvs``/``prompts`` and no ``text_features.npy``.
+``dino_reference``: that model rebuilt from an artifact directory (weights record + memory file).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from clipad.core.errors import ClipadError
+from clipad.core.hashing import file_sha256
+from clipad.deploy.export import ExportConfig, Source
+from clipad.deploy.manifest import DINO_MEMORY, AnomalyDinoEntry, FileWeights, RandomWeights, ReferenceImage
+from clipad.deploy.reference_set import image_names, read_images, select_images
+from clipad.methods.anomalydino import METHOD, DinoOptions
+from clipad.model.dinov2 import IMAGENET_MEAN, IMAGENET_STD
+
+if TYPE_CHECKING:
+    from clipad.core.progress import Tasks
+    from clipad.deploy.artifacts import Artifacts
+    from clipad.model.anomalydino import AnomalyDinoModel
+    from clipad.model.dinov2 import DinoWeights
+
+MEMORY_KEY = "memory"
+
+
+def weights_record(weights: DinoWeights) -> RandomWeights | FileWeights:
+    """Random (seed), or the file read (``--weights`` or a cache's) with its sha256."""
+    if weights.seed is not None:
+        return RandomWeights(source="random", seed=weights.seed)
+    path = Path(weights.source).resolve()
+    return FileWeights(source="file", path=str(path), sha256=file_sha256(path))
+
+
+def dino_source(weights: DinoWeights, cfg: ExportConfig, tasks: Tasks, timings: dict[str, float]) -> Source:
+    """The AnomalyDINO model of ``cfg.category`` from ``cfg.reference``'s good images, and what
+    the export writes beside its graph; ``timings`` gains ``reference_s``."""
+    options = cfg.dino or DinoOptions()
+    ref = cfg.reference
+    if ref is None:  # validate(): the method needs good images
+        raise ClipadError("--method anomalydino needs --reference GOOD_IMAGES")
+    if weights.backbone != options.backbone:
+        raise ValueError(f"weights of {weights.backbone} for --backbone {options.backbone}")
+    step = tasks.add("memory of the good images", 1)
+    t0 = time.perf_counter()
+    refs = read_images(select_images(ref.source, ref.shots), options.resolution)
+    masked = options.masked(cfg.category)
+    model, memory = METHOD.build_model(
+        weights.backbone, weights.state, refs.images, options.rotations, masked, ref.memory_patches, cfg.device
+    )
+    timings["reference_s"] = time.perf_counter() - t0
+    step(1)
+    tokens = memory.tokens.detach().cpu().contiguous()
+    names = image_names(refs.paths)
+    entry = AnomalyDinoEntry.create(
+        backbone=options.backbone,
+        resolution=options.resolution,
+        rotations=options.rotations,
+        masking=masked,
+        masking_option=options.masking,
+        images=[ReferenceImage.create(name=n, sha256=h) for n, h in zip(names, refs.sha256, strict=True)],
+        shots=len(names),
+        memory_patches=ref.memory_patches,
+        patches=int(tokens.shape[0]),
+        source_patches=memory.source_patches,
+        width=int(tokens.shape[1]),
+        coreset_radius=float(memory.radius),
+        memory_bytes=tokens.numel() * tokens.element_size(),
+        source_size=list(refs.source_size),
+    )
+    return Source(
+        model=model,
+        model_name=options.backbone,
+        weights=weights_record(weights),
+        image_size=options.resolution,
+        mean=IMAGENET_MEAN,
+        std=IMAGENET_STD,
+        sigma=METHOD.default_sigma(""),
+        write=lambda stage: save_file({MEMORY_KEY: tokens}, str(stage / DINO_MEMORY)),
+        anomalydino=entry,
+    )
+
+
+def load_dino_memory(path: Path, entry: AnomalyDinoEntry) -> torch.Tensor:
+    """The memory file back: float32 [patches, width] as its manifest record says; one line otherwise."""
+    try:
+        tokens = load_file(str(path))[MEMORY_KEY]
+    except (OSError, KeyError, ValueError) as err:
+        raise ClipadError(f"cannot read the AnomalyDINO memory {path}: {err}") from None
+    if tokens.dtype != torch.float32 or list(tokens.shape) != [entry.patches, entry.width]:
+        raise ClipadError(f"{path} is not the memory its manifest describes ({list(tokens.shape)}, {tokens.dtype})")
+    return tokens
+
+
+def dino_reference(artifacts: Artifacts, device: str | torch.device = "cpu") -> AnomalyDinoModel:
+    """The PyTorch reference of an AnomalyDINO export: the weights its manifest records (a file's
+    sha256 checked) and the memory file (hash-checked), at the recorded size and masking."""
+    from clipad.deploy.rebuild import weight_spec
+
+    m = artifacts.manifest
+    entry = m.anomalydino
+    if entry is None:  # the manifest's rule: mode anomalydino has the record
+        raise ClipadError(f"{artifacts.root}: mode anomalydino without its anomalydino record; re-export")
+    w = m.weights
+    if isinstance(w, FileWeights) and (not Path(w.path).is_file() or file_sha256(Path(w.path)) != w.sha256):
+        raise ClipadError(f"weights file {w.path} is missing or changed since export (sha256 differs); re-export")
+    weights = METHOD.load(weight_spec(m))
+    memory = load_dino_memory(artifacts.verified_path(DINO_MEMORY), entry)
+    size = (entry.resolution, entry.resolution)
+    return METHOD.from_memory(weights.backbone, weights.state, size, memory, entry.masking, device)

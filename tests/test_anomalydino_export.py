@@ -1,0 +1,229 @@
+"""`clipad export --method anomalydino` (method.md section 15, docs/anomalydino-export.md): the
+graph and manifest it writes, the graph against the PyTorch model and against the reference
+rebuilt from the artifacts, the manifest's rules, serving (predict, calibrate, run) on it, and
+the one-line errors of wrong option combinations.
+
+DINOv2 ViT-S/14 with seeded random weights at 56 px (a 4 x 4 patch grid) keeps each export to
+seconds; the oracle against the official code is tests/test_anomalydino.py's.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from clipad import cli
+from clipad.core.errors import ClipadError
+from clipad.core.hashing import file_sha256
+from clipad.core.progress import Tasks
+from clipad.deploy.artifacts import load_artifacts
+from clipad.deploy.export import ExportConfig, export
+from clipad.deploy.manifest import DINO_MEMORY, MANIFEST, ONNX_FP16, ONNX_FP32, TEXT_FEATURES, Manifest
+from clipad.deploy.parity import TOLERANCES, compare, parity_images
+from clipad.deploy.rebuild import reference_model
+from clipad.deploy.reference_set import ReferenceConfig, read_images, select_images
+from clipad.methods.anomalydino import METHOD, DinoOptions
+from clipad.model.dinov2 import IMAGENET_MEAN, IMAGENET_STD, load_state, random_state
+from clipad.runtime.backends import open_backend
+from tests.helpers import TINY, assert_one_line_error, run
+
+SIZE = 56
+DINO = ["--method", "anomalydino", "--resolution", str(SIZE), "--random-weights", "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory, synth_root):
+    """fabric's one good training image as the memory (every patch, masking auto: off), FP32 and FP16."""
+    out = tmp_path_factory.mktemp("dino") / "fabric"
+    good = synth_root / "fabric" / "train" / "good"
+    args = ["export", "--category", "fabric", "--reference", str(good), "--out", str(out), *DINO]
+    assert cli.run(args) == 0
+    return load_artifacts(out)
+
+
+def test_export_writes_the_graph_and_its_manifest(exported):
+    m = Manifest.read(exported.root / MANIFEST)
+    d = m.anomalydino
+    assert m.mode == "anomalydino" and m.model == "dinov2_vits14" and m.weights.source == "random"
+    assert m.rvs is None and m.prompts is None and m.reference is None and m.heads_sha256 is None
+    assert (m.image_size, m.sigma, tuple(m.mean), tuple(m.std)) == (SIZE, 4.0, IMAGENET_MEAN, IMAGENET_STD)
+    assert d is not None and (d.backbone, d.resolution, d.rotations, d.masking, d.masking_option) == (
+        "dinov2_vits14",
+        SIZE,
+        False,
+        False,
+        "auto",
+    )
+    grid = (SIZE // 14) ** 2
+    assert (d.shots, d.memory_patches, d.patches, d.source_patches, d.width) == (1, None, grid, grid, 384)
+    assert d.coreset_radius == 0 and d.memory_bytes == grid * 384 * 4 and d.images[0].name == "000.png"
+    assert m.precisions == ["fp32", "fp16"]
+    assert set(m.files) == {ONNX_FP32, ONNX_FP16, DINO_MEMORY} and not (exported.root / TEXT_FEATURES).exists()
+    assert "rvs" not in json.loads((exported.root / MANIFEST).read_text())
+    for p in m.precisions:  # parity judged at export, within the house limits
+        assert m.parity.graphs[p].violations == [] and m.parity.graphs[p].rel_l2 <= TOLERANCES[p]["rel_l2"]
+    graph = onnx.load(str(exported.root / ONNX_FP32)).graph
+    dims = [d.dim_param or d.dim_value for d in graph.input[0].type.tensor_type.shape.dim]
+    assert dims == ["batch", SIZE, SIZE, 3] and [o.name for o in graph.output] == ["anomaly_map", "image_prob"]
+
+
+def test_graph_equals_the_pytorch_model_and_the_rebuilt_reference(exported, synth_root):
+    """The FP32 graph against the model built here from the same weights and good image (rel L2
+    within the house FP32 limit), and the reference rebuilt from the artifacts equal to that model."""
+    refs = read_images(select_images(str(synth_root / "fabric" / "train" / "good"), None), SIZE)
+    model = METHOD.build_model("dinov2_vits14", random_state("dinov2_vits14", 0), refs.images, False, False)[0]
+    x = parity_images(SIZE, 3)
+    with torch.no_grad():
+        want = tuple(t.numpy() for t in model(torch.from_numpy(x)))
+        rebuilt = tuple(t.numpy() for t in reference_model(exported)(torch.from_numpy(x)))
+    got = open_backend(exported, "onnxruntime", "fp32", "cpu")(x)
+    f = compare(want, got, "pytorch", limits="fp32")
+    assert f.violations == [] and f.rel_l2 <= 1e-4 and f.prob_max_abs <= 1e-4
+    np.testing.assert_array_equal(rebuilt[0], want[0])
+    np.testing.assert_array_equal(rebuilt[1], want[1])
+    torch_backend = open_backend(exported, "torch", "fp32", "cpu")(x)
+    np.testing.assert_array_equal(torch_backend[1], want[1])
+
+
+def test_manifest_round_trips_and_keeps_its_rules(exported, tmp_path):
+    text = (exported.root / MANIFEST).read_text()
+    assert Manifest.read(exported.root / MANIFEST).to_json() == text
+    data = json.loads(text)
+
+    def refused(change, fragment):
+        broken = json.loads(json.dumps(data))
+        change(broken)
+        (tmp_path / MANIFEST).write_text(json.dumps(broken))
+        with pytest.raises(ClipadError, match=fragment) as e:
+            Manifest.read(tmp_path / MANIFEST)
+        assert "\n" not in str(e.value)
+
+    refused(lambda d: d.pop("anomalydino"), "anomalydino: mode anomalydino needs its record")
+    refused(lambda d: d["files"].pop(DINO_MEMORY), "anomalydino: present exactly when files lists")
+    refused(lambda d: d.update(model="dinov2_vitb14"), "model: dinov2_vitb14 at 56 px, but anomalydino records")
+    refused(lambda d: d["anomalydino"].update(patches=10_000), "patches: 10000 kept of 16 source patches")
+    refused(lambda d: d.update(mode="sdp"), "rvs: mode sdp needs the records of its text vectors")
+    prompts = {"set": "x", "source": "x", "sha256": "0" * 64, "n_normal": 1, "n_abnormal": 1}
+    refused(lambda d: d.update(prompts=prompts), "prompts: present exactly when rvs is")
+
+
+def test_the_memory_bound_rotations_and_masking_are_recorded(tmp_path, synth_root):
+    """The library path: --memory-patches as a k-center bound over the rotated views, masking on."""
+    cfg = ExportConfig(
+        category="washer",
+        out=tmp_path / "a",
+        method="anomalydino",
+        reference=ReferenceConfig(str(synth_root / "washer" / "train" / "good"), memory_patches=20),
+        precision="fp32",
+        max_batch=2,
+        dino=DinoOptions(resolution=SIZE, rotations=True, masking="on"),
+    )
+    art = export(load_state("dinov2_vits14", random_weights=True, seed=3), cfg, Tasks(None))
+    d, m = art.manifest.anomalydino, art.manifest
+    assert d is not None and (d.memory_patches, d.patches, d.source_patches) == (20, 20, 8 * 16)
+    assert d.rotations and d.masking and d.masking_option == "on" and d.coreset_radius > 0
+    assert m.weights.source == "random" and m.weights.seed == 3 and m.parity.graphs["fp32"].violations == []
+    x = parity_images(SIZE, 2)
+    with torch.no_grad():
+        want = [t.numpy() for t in reference_model(art)(torch.from_numpy(x))]
+    got = open_backend(art, "onnxruntime", "fp32", "cpu")(x)
+    assert compare(tuple(want), got, "pytorch", limits="fp32").violations == []
+
+
+def test_weights_file_is_recorded_and_checked_when_rebuilt(tmp_path, synth_root):
+    """--weights FILE: path and sha256 in the manifest; the reference is rebuilt from that file,
+    and a file changed since export is refused in one line."""
+    from safetensors.torch import save_file
+
+    weights = tmp_path / "dinov2_vits14.safetensors"
+    save_file(random_state("dinov2_vits14", 5), str(weights))
+    cfg = ExportConfig(
+        category="washer",
+        out=tmp_path / "a",
+        method="anomalydino",
+        reference=ReferenceConfig(str(synth_root / "washer" / "train" / "good")),
+        precision="fp32",
+        dino=DinoOptions(resolution=SIZE),
+    )
+    art = export(load_state("dinov2_vits14", weights), cfg, Tasks(None))
+    w = art.manifest.weights
+    assert w.source == "file" and w.path == str(weights.resolve()) and w.sha256 == file_sha256(weights)
+    x = parity_images(SIZE, 2)
+    with torch.no_grad():
+        want = reference_model(art)(torch.from_numpy(x))[1].numpy()
+    np.testing.assert_allclose(open_backend(art, "onnxruntime", "fp32", "cpu")(x)[1], want, atol=1e-5)
+    save_file(random_state("dinov2_vits14", 6), str(weights))
+    with pytest.raises(ClipadError, match="changed since export") as e:
+        reference_model(art)
+    assert "\n" not in str(e.value)
+
+
+def test_calibrate_predict_and_run_serve_it(exported, synth_root, tmp_path, capsys):
+    """Calibration and the runtime score with the method's own image score (ImageScore.PROB: the
+    top-1% mean alone), ONNX Runtime and torch alike."""
+    art = tmp_path / "a"
+    shutil.copytree(exported.root, art)
+    test = synth_root / "fabric" / "test"
+    code, out, err = run(
+        capsys, "calibrate", "--artifacts", art, "--good", test / "good", "--anomalous", f"{test}/[!g]*/*.png",
+        "--backend", "onnxruntime", "--quiet",
+    )  # fmt: skip
+    assert code == 0, err
+    c = Manifest.read(art / MANIFEST).calibration
+    assert c is not None and c.set.good == 3 and c.set.anomalous == 4
+    code, _, err = run(capsys, "predict", test, "--artifacts", art, "--out", tmp_path / "p", "--backend", "onnxruntime")
+    assert code == 0, err
+    recs = [json.loads(line) for line in (tmp_path / "p" / "predictions.jsonl").read_text().splitlines()]
+    lo, hi = c.image_prob_range
+    for r in recs:  # the fused score is image_prob's min-max alone: the map maximum plays no part
+        assert r["fused"] == pytest.approx((r["image_prob"] - lo) / (hi - lo), abs=1e-6)
+    assert {r["label"] for r in recs} == {"normal", "anomalous"}
+    code, _, err = run(capsys, "run", "--source", test, "--artifacts", art, "--backend", "torch", "--events",
+                       tmp_path / "e.jsonl")  # fmt: skip
+    assert code == 0, err
+    events = [json.loads(line) for line in (tmp_path / "e.jsonl").read_text().splitlines()]
+    assert [e["label"] for e in events] == [r["label"] for r in recs]
+    np.testing.assert_allclose([e["image_prob"] for e in events], [r["image_prob"] for r in recs], atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        ([*DINO, "--heads", "h.safetensors"], "--method anomalydino uses no --heads"),
+        ([*DINO, "--rvs", "mean"], "--method anomalydino uses no --rvs"),
+        ([*DINO, "--sigma", "2"], "uses no --sigma (anomalydino blurs with the official sigma 4)"),
+        ([*DINO, "--object-name", "cloth"], "uses no --object-name"),
+        ([*DINO, "--model", "clipad-tiny"], "--model (anomalydino takes --backbone)"),
+        ([*DINO, "--engine"], "--engine: --method anomalydino is exported for ONNX Runtime"),
+        ([*DINO, "--openvino"], "--openvino: --method anomalydino is exported for ONNX Runtime"),
+        ([*DINO, "--triton-repo", "repo"], "--triton-repo: --method anomalydino is exported for ONNX Runtime"),
+        ([*DINO, "--resolution", "100"], "--resolution must be a multiple of 14"),
+        ([*DINO, "--masking", "yes"], "--masking must be one of auto, on, off"),
+        ([*DINO, "--backbone", "vits14"], "--backbone must be one of dinov2_"),
+        (DINO, "--method anomalydino needs --reference GOOD_IMAGES"),
+        ([*TINY, "--resolution", "112"], "--resolution: only for --method anomalydino"),
+        ([*TINY, "--backbone", "dinov2_vitb14", "--rotations"], "--backbone, --rotations: only for --method anomaly"),
+    ],
+)
+def test_wrong_combinations_are_one_line(args, fragment, synth_root, tmp_path, capsys):
+    ref = [] if args == DINO else ["--reference", synth_root / "fabric" / "train" / "good"]
+    base = ["export", "--category", "fabric", "--out", tmp_path / "a", *ref]
+    code, _, err = run(capsys, *base, *args)
+    assert_one_line_error(code, err, fragment)
+    assert not (tmp_path / "a").exists()
+
+
+def test_commands_for_the_clip_methods_refuse_it_in_one_line(exported, synth_root, tmp_path, capsys):
+    copy = tmp_path / "a"
+    shutil.copytree(exported.root, copy)
+    code, _, err = run(capsys, "reference", "add", synth_root / "fabric" / "test" / "good", "--artifacts", copy)
+    assert_one_line_error(code, err, "is an AnomalyDINO export: export it again with all the good images")
+    code, _, err = run(capsys, "bench", "--artifacts", copy, "--backends", "onnxruntime", "--iterations", "1")
+    assert_one_line_error(code, err, "clipad bench measures the CLIP methods' exports, not mode anomalydino")
+    code, _, err = run(capsys, "predict", synth_root / "fabric" / "test", "--artifacts", copy, "--backend", "openvino")
+    assert_one_line_error(code, err, "has no OpenVINO IR")
