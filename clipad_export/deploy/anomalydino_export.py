@@ -1,12 +1,12 @@
-"""AnomalyDINO's part of `clipad export` and of the rebuilt reference (method.md section 15).
+"""AnomalyDINO's part of `clipad export` (method.md section 15).
 
 ``dino_source``: the good images read through the one image path at the square ``--resolution``
 (``clipad.deploy.reference_set``: the same choice and checks as the reference mode), the memory
 baked (every patch, or the ``--memory-patches`` coreset bound), the model, the manifest's
 ``anomalydino`` record and weights record, and the writer of ``dino_memory.safetensors``
 (float32 [M, W], unit rows: the graph's constant, kept so the PyTorch reference can be rebuilt).
-No text vectors: the manifest has no ``rvs``/``prompts`` and no ``text_features.npy``.
-``dino_reference``: that model rebuilt from an artifact directory (weights record + memory file).
+No text vectors: the manifest has no ``rvs``/``prompts`` and no ``text_features.npy``. The
+model is rebuilt from an artifact directory by ``clipad.deploy.rebuild.dino_reference``.
 """
 
 from __future__ import annotations
@@ -15,24 +15,21 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from clipad.core.errors import ClipadError
 from clipad.core.hashing import file_sha256
-from clipad.deploy.export import ExportConfig, Source
+from clipad.deploy.export_config import ExportConfig
 from clipad.deploy.manifest import DINO_MEMORY, AnomalyDinoEntry, FileWeights, RandomWeights, ReferenceImage
+from clipad.deploy.rebuild import MEMORY_KEY
 from clipad.deploy.reference_set import image_names, read_images, select_images
+from clipad.deploy.source import Source
 from clipad.methods.anomalydino import METHOD, DinoOptions
 from clipad.model.dinov2 import IMAGENET_MEAN, IMAGENET_STD
 
 if TYPE_CHECKING:
     from clipad.core.progress import Tasks
-    from clipad.deploy.artifacts import Artifacts
-    from clipad.model.anomalydino import AnomalyDinoModel
     from clipad.model.dinov2 import DinoWeights
-
-MEMORY_KEY = "memory"
 
 
 def weights_record(weights: DinoWeights) -> RandomWeights | FileWeights:
@@ -90,32 +87,3 @@ def dino_source(weights: DinoWeights, cfg: ExportConfig, tasks: Tasks, timings: 
         write=lambda stage: save_file({MEMORY_KEY: tokens}, str(stage / DINO_MEMORY)),
         anomalydino=entry,
     )
-
-
-def load_dino_memory(path: Path, entry: AnomalyDinoEntry) -> torch.Tensor:
-    """The memory file back: float32 [patches, width] as its manifest record says; one line otherwise."""
-    try:
-        tokens = load_file(str(path))[MEMORY_KEY]
-    except (OSError, KeyError, ValueError) as err:
-        raise ClipadError(f"cannot read the AnomalyDINO memory {path}: {err}") from None
-    if tokens.dtype != torch.float32 or list(tokens.shape) != [entry.patches, entry.width]:
-        raise ClipadError(f"{path} is not the memory its manifest describes ({list(tokens.shape)}, {tokens.dtype})")
-    return tokens
-
-
-def dino_reference(artifacts: Artifacts, device: str | torch.device = "cpu") -> AnomalyDinoModel:
-    """The PyTorch reference of an AnomalyDINO export: the weights its manifest records (a file's
-    sha256 checked) and the memory file (hash-checked), at the recorded size and masking."""
-    from clipad.deploy.rebuild import weight_spec
-
-    m = artifacts.manifest
-    entry = m.anomalydino
-    if entry is None:  # the manifest's rule: mode anomalydino has the record
-        raise ClipadError(f"{artifacts.root}: mode anomalydino without its anomalydino record; re-export")
-    w = m.weights
-    if isinstance(w, FileWeights) and (not Path(w.path).is_file() or file_sha256(Path(w.path)) != w.sha256):
-        raise ClipadError(f"weights file {w.path} is missing or changed since export (sha256 differs); re-export")
-    weights = METHOD.load(weight_spec(m))
-    memory = load_dino_memory(artifacts.verified_path(DINO_MEMORY), entry)
-    size = (entry.resolution, entry.resolution)
-    return METHOD.from_memory(weights.backbone, weights.state, size, memory, entry.masking, device)

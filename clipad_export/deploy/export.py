@@ -17,23 +17,22 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from collections.abc import Callable
 from contextlib import ExitStack, nullcontext
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, cast, get_args
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import torch
 
 from clipad import __version__
-from clipad.core.choices import Method, Precision, RvsMethod, RvsProfile, parse_choice
+from clipad.core.choices import Precision, RvsProfile, parse_choice
 from clipad.core.errors import ClipadError
 from clipad.core.hashing import file_sha256
 from clipad.core.owned import resolve_out
 from clipad.core.progress import Tasks
 from clipad.core.values import AUROC_DROP, BATCH, SIGMA
 from clipad.deploy.artifacts import Artifacts, artifact_lock, hash_files, staging_dir
+from clipad.deploy.export_config import ExportConfig, ExportPrecision
 from clipad.deploy.gate_step import Baseline, gate_step
 from clipad.deploy.manifest import (
     CATEGORY_RE,
@@ -45,7 +44,6 @@ from clipad.deploy.manifest import (
     ONNX_FP32,
     REFERENCE_MEMORY,
     TEXT_FEATURES,
-    AnomalyDinoEntry,
     FileWeights,
     Manifest,
     OpenClipWeights,
@@ -53,64 +51,25 @@ from clipad.deploy.manifest import (
     Prompts,
     QualityGate,
     RandomWeights,
-    ReferenceEntry,
     Rvs,
 )
 from clipad.deploy.parity import TOLERANCES, compare, parity_images
 from clipad.deploy.quality_gate import GateSet
 from clipad.deploy.runners.onnxruntime import OnnxRuntimeRunner
+from clipad.deploy.source import Source
 from clipad.methods.registry import get_method
 from clipad.model.heads import Heads, load_heads, save_heads
 from clipad.model.loading import LoadedModel
 from clipad.model.prompts import PromptSet
 from clipad.model.rvs import dbscan_params, n_sentences, text_vectors
-from clipad.model.sdp import DEFAULT_SIGMA, SDPModel
+from clipad.model.sdp import SDPModel
 
 if TYPE_CHECKING:
     from torch import nn
 
-    from clipad.deploy.reference_set import ReferenceConfig
     from clipad.deploy.triton_repo import StagedRepo
-    from clipad.methods.anomalydino import DinoOptions
     from clipad.model.anomalydino import AnomalyDinoModel
     from clipad.model.dinov2 import DinoWeights
-
-# fp32: the FP32 graph only. fp16 and all: the FP32 graph (kept: INT8 calibration, the calibration
-# constants' identity and FP32 serving need it) and the mixed FP16 graph converted from it; they
-# differ only when the FP16 graph misses its parity limits: all drops it with a warning, fp16
-# fails the export.
-ExportPrecision = Literal["fp32", "fp16", "all"]
-PRECISIONS: tuple[str, ...] = get_args(ExportPrecision)
-
-
-@dataclass
-class ExportConfig:
-    category: str
-    out: Path
-    object_name: str | None = None
-    method: Method = "sdp"  # clipad.methods: what the graph computes; the manifest's mode
-    heads_path: Path | None = None
-    rvs: RvsMethod = "dbscan"
-    rvs_profile: str = "mvtec"
-    prompts: PromptSet | None = None
-    prompts_source: str = "industrial"
-    sigma: float = DEFAULT_SIGMA
-    max_batch: int = 8
-    precision: ExportPrecision = "all"
-    engine: bool = False
-    opt_batch: int | None = None  # the engine profile's opt batch (None: tensorrt.plan.default_opt_batch)
-    triton_repo: Path | None = None
-    reference: ReferenceConfig | None = None  # good images baked into the graph (method.md 14)
-    notes: tuple[str, ...] = ()  # warnings the caller adds to the manifest (`clipad reference add`)
-    openvino: bool = False  # also the OpenVINO IR (deploy/openvino_export.py)
-    gate_root: Path | None = None  # labelled images (MVTec layout) for the reduced precisions' quality gate
-    max_auroc_drop: float = 0.5  # the gate's limit, AUROC points
-    dino: DinoOptions | None = None  # AnomalyDINO's options (None: its defaults; only for that method)
-    device: str = "cpu"  # where a method built from a state dict (AnomalyDINO) bakes its memory
-
-    @property
-    def precisions(self) -> list[Precision]:
-        return ["fp32"] if self.precision == "fp32" else ["fp32", "fp16"]  # fp16 is converted from fp32
 
 
 def validate(cfg: ExportConfig, loaded: LoadedModel | None = None) -> None:
@@ -194,30 +153,6 @@ def _check_prompt_length(loaded: LoadedModel, cfg: ExportConfig) -> None:
 def prompt_set_sha256(ps: PromptSet) -> str:
     blob = json.dumps({"normal": ps.normal, "abnormal": ps.abnormal, "templates": ps.templates}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()
-
-
-@dataclass
-class Source:
-    """What a method's model brings to the export: the reference ``model`` (uint8 [B, S, S, 3] ->
-    anomaly_map float32 [B, S, S], image_prob float32 [B]), the manifest's model name, weights
-    record, S (``image_size``), ``mean``/``std``, ``sigma`` and its method records (text vectors'
-    ``rvs``/``prompts``, ``heads_sha256``, ``reference``, ``anomalydino``), ``write``: writes its
-    files into the staging directory; ``warnings`` for the manifest."""
-
-    model: SDPModel | AnomalyDinoModel
-    model_name: str
-    weights: RandomWeights | FileWeights | OpenClipWeights
-    image_size: int
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-    sigma: float
-    write: Callable[[Path], None]
-    rvs: Rvs | None = None
-    prompts: Prompts | None = None
-    heads_sha256: str | None = None
-    reference: ReferenceEntry | None = None
-    anomalydino: AnomalyDinoEntry | None = None
-    warnings: list[str] = field(default_factory=list)
 
 
 def weights_record(loaded: LoadedModel) -> RandomWeights | FileWeights | OpenClipWeights:

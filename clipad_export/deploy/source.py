@@ -1,0 +1,47 @@
+"""What a method's model brings to `clipad export` (``Source``): the reference model, the
+manifest's records that belong to the method, and the writer of its files."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from clipad.deploy.manifest import (
+    AnomalyDinoEntry,
+    FileWeights,
+    OpenClipWeights,
+    Prompts,
+    RandomWeights,
+    ReferenceEntry,
+    Rvs,
+)
+
+if TYPE_CHECKING:
+    from clipad.model.anomalydino import AnomalyDinoModel
+    from clipad.model.sdp import SDPModel
+
+
+@dataclass
+class Source:
+    """What a method's model brings to the export: the reference ``model`` (uint8 [B, S, S, 3] ->
+    anomaly_map float32 [B, S, S], image_prob float32 [B]), the manifest's model name, weights
+    record, S (``image_size``), ``mean``/``std``, ``sigma`` and its method records (text vectors'
+    ``rvs``/``prompts``, ``heads_sha256``, ``reference``, ``anomalydino``), ``write``: writes its
+    files into the staging directory; ``warnings`` for the manifest."""
+
+    model: SDPModel | AnomalyDinoModel
+    model_name: str
+    weights: RandomWeights | FileWeights | OpenClipWeights
+    image_size: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    sigma: float
+    write: Callable[[Path], None]
+    rvs: Rvs | None = None
+    prompts: Prompts | None = None
+    heads_sha256: str | None = None
+    reference: ReferenceEntry | None = None
+    anomalydino: AnomalyDinoEntry | None = None
+    warnings: list[str] = field(default_factory=list)
