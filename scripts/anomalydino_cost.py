@@ -63,7 +63,7 @@ def dino_graph(folder: Path, size: int, shots: int, rotations: bool) -> Graph:
 
     arch = ARCHS["dinov2_vits14"]
     good = np.concatenate([parity_images(size, 3, seed=s) for s in range(1 + shots // 3)])[:shots]
-    model = METHOD.build_model("dinov2_vits14", random_state("dinov2_vits14", 0), good, rotations, False)
+    model, _ = METHOD.build_model("dinov2_vits14", random_state("dinov2_vits14", 0), good, rotations, False)
     memory = int(model.memory.shape[0])
     path = folder / f"dino_{size}_{'rot' if rotations else 'plain'}.onnx"
     export_onnx(model, path, (size, size))
