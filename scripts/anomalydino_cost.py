@@ -8,8 +8,11 @@ ViT-S/14 at each --resolutions (K good images in the memory, masking off, withou
 interleaved rounds, so that a change in the machine's load touches all of them alike; the
 figures are the median per graph over all rounds, and each graph's ratio to SDP's.
 Analytic FLOPs per image beside them (clipad.model.flops; the methods' own counts).
+With --openvino-artifacts, an AnomalyDINO export made with `clipad export --openvino
+--gate-data ...`: its OpenVINO INT8 IR is timed in the same rounds (OpenVINO latency mode,
+batch 1), with the IR's quality gate as the manifest records it.
 
-    python scripts/anomalydino_cost.py --json dino_cost.json   # about 5 minutes on 2 cores
+    python scripts/anomalydino_cost.py --json dino_cost.json   # about 3 minutes on 2 cores
 """
 
 from __future__ import annotations
@@ -79,6 +82,7 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=6)
     p.add_argument("--calls", type=int, default=5, help="timed calls per graph and round")
     p.add_argument("--json", type=Path)
+    p.add_argument("--openvino-artifacts", type=Path, help="an AnomalyDINO export with its OpenVINO INT8 IR")
     args = p.parse_args()
 
     from clipad.deploy.parity import parity_images
@@ -92,7 +96,26 @@ def main() -> None:
         graphs = [sdp_graph(folder)]
         for size in (int(r) for r in args.resolutions.split(",")):
             graphs += [dino_graph(folder, size, args.shots, rot) for rot in (False, True)]
-        runners = [OnnxRuntimeRunner(g.path, "fp32", "cpu", max_batch=1) for g in graphs]
+        runners: list = [OnnxRuntimeRunner(g.path, "fp32", "cpu", max_batch=1) for g in graphs]
+        gate = None
+        if args.openvino_artifacts:
+            from clipad.deploy.artifacts import load_artifacts
+            from clipad.deploy.runners.openvino import OpenVinoRunner
+
+            art = load_artifacts(args.openvino_artifacts)
+            m, ov = art.manifest, art.manifest.openvino
+            if ov is None or "int8" not in ov.ir or m.anomalydino is None:
+                raise SystemExit(f"{art.root} is not an AnomalyDINO export with an OpenVINO INT8 IR")
+            entry = m.anomalydino
+            g = ov.gates["int8"] if ov.gates else None
+            gate = (
+                None
+                if g is None
+                else {"passed": g.passed, "pixel_drop": g.pixel_drop_points, "image_drop": g.image_drop_points}
+            )
+            name = f"AnomalyDINO ViT-S/14 {m.image_size} px K={entry.shots} OpenVINO INT8"
+            graphs.append(Graph(name, art.root / ov.ir["int8"], m.image_size, entry.patches, 0.0, []))
+            runners.append(OpenVinoRunner(art.root / ov.ir["int8"], "int8", 1))
         inputs = [parity_images(g.size, 1, seed=7) for g in graphs]
         for runner, x in zip(runners, inputs, strict=True):
             time_calls(lambda r=runner, x=x: r.run(x), warmup=2, iterations=1)
@@ -109,10 +132,15 @@ def main() -> None:
     )
     print("| graph | memory patches | GFLOPs | p50 ms | vs SDP |\n|---|---|---|---|---|")
     for g in graphs:
-        print(f"| {g.name} | {g.memory_patches:,} | {g.gflops:.1f} | {g.p50:.1f} | {g.p50 / sdp:.2f}x |")
+        flops = f"{g.gflops:.1f}" if g.gflops else "-"
+        print(f"| {g.name} | {g.memory_patches:,} | {flops} | {g.p50:.1f} | {g.p50 / sdp:.2f}x |")
+    if gate is not None:
+        print(f"OpenVINO INT8 quality gate (from the manifest): {gate}")
     if args.json:
         rows = [{**asdict(g), "path": g.path.name, "p50_ms": g.p50, "vs_sdp": g.p50 / sdp} for g in graphs]
-        args.json.write_text(json.dumps({"machine": machine, "rows": rows}, indent=2) + "\n")
+        args.json.write_text(
+            json.dumps({"machine": machine, "rows": rows, "openvino_int8_gate": gate}, indent=2) + "\n"
+        )
 
 
 if __name__ == "__main__":

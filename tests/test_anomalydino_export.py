@@ -199,9 +199,8 @@ def test_calibrate_predict_and_run_serve_it(exported, synth_root, tmp_path, caps
         ([*DINO, "--sigma", "2"], "uses no --sigma (anomalydino blurs with the official sigma 4)"),
         ([*DINO, "--object-name", "cloth"], "uses no --object-name"),
         ([*DINO, "--model", "clipad-tiny"], "--model (anomalydino takes --backbone)"),
-        ([*DINO, "--engine"], "--engine: --method anomalydino is exported for ONNX Runtime"),
-        ([*DINO, "--openvino"], "--openvino: --method anomalydino is exported for ONNX Runtime"),
-        ([*DINO, "--triton-repo", "repo"], "--triton-repo: --method anomalydino is exported for ONNX Runtime"),
+        ([*DINO, "--engine"], "--engine: not built for --method anomalydino yet"),
+        ([*DINO, "--engine", "--triton-repo", "r"], "--engine, --triton-repo: not built for --method anomalydino"),
         ([*DINO, "--resolution", "100"], "--resolution must be a multiple of 14"),
         ([*DINO, "--masking", "yes"], "--masking must be one of auto, on, off"),
         ([*DINO, "--backbone", "vits14"], "--backbone must be one of dinov2_"),
@@ -227,3 +226,28 @@ def test_commands_for_the_clip_methods_refuse_it_in_one_line(exported, synth_roo
     assert_one_line_error(code, err, "clipad bench measures the CLIP methods' exports, not mode anomalydino")
     code, _, err = run(capsys, "predict", synth_root / "fabric" / "test", "--artifacts", copy, "--backend", "openvino")
     assert_one_line_error(code, err, "has no OpenVINO IR")
+
+
+def test_openvino_irs_parity_gate_and_serving(synth_root, tmp_path, capsys):
+    """`--openvino` with `--gate-data`: the FP32 IR within the FP32 limit of the PyTorch reference,
+    every reduced precision's parity and AUROC gate recorded, and `predict --backend openvino`
+    serving the FP32 IR with the ONNX graph's scores."""
+    pytest.importorskip("openvino", reason="OpenVINO is not installed (pip install 'clipad[openvino]')")
+    out = tmp_path / "fabric"
+    good = synth_root / "fabric" / "train" / "good"
+    args = ["export", "--category", "fabric", "--reference", good, "--out", out, "--precision", "fp32", *DINO]
+    code, _, err = run(capsys, *args, "--openvino", "--gate-data", synth_root)
+    assert code == 0, err
+    ov = load_artifacts(out).manifest.openvino
+    assert ov is not None and ov.parity["fp32"].rel_l2 <= TOLERANCES["fp32"]["rel_l2"]
+    assert set(ov.parity) == {"fp32", "bf16", "fp16", "int8"} and ov.gates is not None and "int8" in ov.gates
+    records = {}
+    for backend in ("onnxruntime", "openvino"):
+        pred = tmp_path / backend
+        cmd = ["predict", synth_root / "fabric" / "test", "--artifacts", out, "--backend", backend, "--precision"]
+        code, _, err = run(capsys, *cmd, "fp32", "--out", pred, "--quiet")
+        assert code == 0, err
+        records[backend] = [
+            json.loads(line)["image_prob"] for line in (pred / "predictions.jsonl").read_text().splitlines()
+        ]
+    np.testing.assert_allclose(records["openvino"], records["onnxruntime"], rtol=1e-4, atol=1e-5)

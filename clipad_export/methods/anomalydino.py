@@ -7,8 +7,9 @@ memory, the optional foreground mask and the official top-1% score; image_prob i
 
 `clipad eval --method anomalydino --shots K` runs the official protocol (``draw``); `clipad
 export --method anomalydino --reference GOOD_IMAGES` bakes the memory into one graph
-(``clipad.deploy.anomalydino_export``), served by ONNX Runtime and the torch backend
-(``onnx_only``). Both commands check the options with ``dino_options``. Inputs are square
+(``clipad.deploy.anomalydino_export``), served by ONNX Runtime, OpenVINO and the torch backend
+(``refused_targets``: no TensorRT engine or Triton repository yet). Both commands check the
+options with ``dino_options``. Inputs are square
 (``resolution`` x ``resolution``, squashed like every method's); the official code keeps the
 aspect ratio (the smaller edge at the resolution), which differs for non-square images only.
 """
@@ -154,7 +155,7 @@ class AnomalyDino(Method):
     image_score = ImageScore.PROB
     eval_protocol = EvalProtocol.FEW_SHOT
     backbone = "dinov2"
-    onnx_only = True
+    refused_targets = ("--engine", "--triton-repo")
 
     def manifest_error(self, heads: bool, reference: bool, text: bool = False, dino: bool = True) -> str | None:
         """No heads, no text vectors (rvs, prompts), no CLIP reference memory: its own record."""

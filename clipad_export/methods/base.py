@@ -70,7 +70,8 @@ class Method(ABC):
     maximum), ``eval_protocol``, ``backbone`` (whose weights ``load`` reads: open_clip's CLIP, or
     DINOv2 for AnomalyDINO, whose few-shot model ``clipad.evaluation.shots`` builds from the good
     images alone), ``exported`` (false: `clipad export` refuses the method in one line),
-    ``onnx_only`` (its export makes the ONNX graphs only: no --engine, --openvino, --triton-repo).
+    ``refused_targets`` (the export targets not built for it yet: "--engine", "--openvino",
+    "--triton-repo"; each refused in one line).
     """
 
     name: ClassVar[MethodName]
@@ -83,7 +84,7 @@ class Method(ABC):
     eval_protocol: ClassVar[EvalProtocol] = EvalProtocol.ZERO_SHOT
     backbone: ClassVar[Literal["clip", "dinov2"]] = "clip"
     exported: ClassVar[bool] = True
-    onnx_only: ClassVar[bool] = False
+    refused_targets: ClassVar[tuple[str, ...]] = ()
 
     def __repr__(self) -> str:
         return f"<method {self.name}>"
@@ -103,15 +104,16 @@ class Method(ABC):
 
     def check_exported(self, engine: bool = False, openvino: bool = False, triton_repo: bool = False) -> None:
         """A one-line ClipadError when `clipad export` cannot export this method yet, or not to
-        the targets asked (``onnx_only``: no TensorRT engine, OpenVINO IR or Triton repository)."""
+        the targets asked (``refused_targets``)."""
         if not self.exported:
             raise ClipadError(
                 f"--method {self.name} is not exported yet (evaluate it: clipad eval --method {self.name} --shots K)"
             )
         asked = [f for f, on in (("--engine", engine), ("--openvino", openvino), ("--triton-repo", triton_repo)) if on]
-        if self.onnx_only and asked:
+        if refused := [f for f in asked if f in self.refused_targets]:
             raise ClipadError(
-                f"{', '.join(asked)}: --method {self.name} is exported for ONNX Runtime (and the torch backend) only"
+                f"{', '.join(refused)}: not built for --method {self.name} yet (ONNX Runtime, OpenVINO "
+                "and the torch backend serve it)"
             )
 
     def manifest_error(self, heads: bool, reference: bool, text: bool = True, dino: bool = False) -> str | None:
