@@ -139,9 +139,9 @@ def _shot_models(
         return dino.resolution, build_dino, None
     tv, base = category_model(loaded, category, cfg, tasks)
     base.eval()
-    bound = DEFAULT_MEMORY_PATCHES if memory_patches is None else memory_patches
+    assert memory_patches is not None  # evaluate_shots gives the CLIP methods the reference mode's default
 
     def build_clip(images: np.ndarray) -> SDPModel:
-        return bake(base, images, bound, not method.text_path).model
+        return bake(base, images, memory_patches, not method.text_path).model
 
     return loaded.image_size, build_clip, tv.summary()

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, cast
 
 from clipad.core.choices import DinoBackbone, Masking
 from clipad.core.errors import ClipadError
+from clipad.core.values import MAX_IMAGE_SIZE
 from clipad.methods.base import EvalProtocol, ImageScore, Method
 
 if TYPE_CHECKING:
@@ -35,7 +36,6 @@ if TYPE_CHECKING:
     from clipad.model.flops import ViTDims
     from clipad.model.loading import WeightSpec
 
-BACKBONES = ("dinov2_vits14", "dinov2_vitb14", "dinov2_vitl14")  # the torch.hub names
 DEFAULT_RESOLUTION = 448
 PATCH = 14  # DINOv2's patch size: the input side is a multiple of it
 # The official "agnostic" preset: masked categories (MVTec AD: those below; VisA: all of them).
@@ -87,10 +87,10 @@ class DinoOptions:
         parse_choice(Masking, self.masking, "--masking")
         if isinstance(self.resolution, bool) or not isinstance(self.resolution, int) or self.resolution < PATCH:
             raise ClipadError(f"--resolution must be a whole number of pixels >= {PATCH}, got {self.resolution}")
-        if self.resolution % PATCH or self.resolution > 4096:
+        if self.resolution % PATCH or self.resolution > MAX_IMAGE_SIZE:
             raise ClipadError(
-                f"--resolution must be a multiple of {PATCH} (DINOv2's patch) up to 4096, e.g. 224, 336 or 448, "
-                f"got {self.resolution}"
+                f"--resolution must be a multiple of {PATCH} (DINOv2's patch) up to {MAX_IMAGE_SIZE}, "
+                f"e.g. 224, 336 or 448, got {self.resolution}"
             )
 
     def masked(self, category: str) -> bool:
