@@ -345,7 +345,7 @@ def _predict(o: SimpleNamespace) -> None:
 
     served = _served(o, o.artifacts, _triton(o, o.backend), mode=o.openvino_mode)
     with progress_bars(not o.quiet) as tasks:
-        res = predict(served.backend, o.source, o.out, served.artifacts.image_size, served.calibration, tasks,
+        res = predict(served.backend, o.source, o.out, served.artifacts.geometry, served.calibration, tasks,
                       o.save_maps, o.save_overlays)  # fmt: skip
     for line in res.warnings():
         _say(line)

@@ -23,6 +23,7 @@ from clipad.core.hashing import file_sha256
 from clipad.core.progress import Tasks
 from clipad.core.values import AGREEMENT, AUROC_DROP, TARGET_FPR
 from clipad.data.folder import MASK_SUFFIX
+from clipad.data.geometry import Geometry
 from clipad.data.images import IMAGE_SUFFIXES, ImageReadError, iter_image_batches, list_images, load_mask
 from clipad.data.samples import check_mask
 from clipad.deploy.artifacts import Artifacts
@@ -169,18 +170,19 @@ def masked_images(spec: str, masks_root: Path) -> dict[Path, Path]:
 
 
 def observe(
-    backend: ScoringModel, good: str, anomalous: str | None, masks: Path | None, image_size: int, tasks: Tasks
+    backend: ScoringModel, good: str, anomalous: str | None, masks: Path | None, size: Geometry, tasks: Tasks
 ) -> Observations:
-    """Run ``backend`` over the good (label 0) and anomalous (label 1) images."""
+    """Run ``backend`` over the good (label 0) and anomalous (label 1) images, fitted to ``size``."""
     sample_idx = None
-    if image_size * image_size > PIXELS_PER_IMAGE:
-        sample_idx = np.sort(np.random.default_rng(0).choice(image_size * image_size, PIXELS_PER_IMAGE, replace=False))
+    n_pixels = size.height * size.width
+    if n_pixels > PIXELS_PER_IMAGE:
+        sample_idx = np.sort(np.random.default_rng(0).choice(n_pixels, PIXELS_PER_IMAGE, replace=False))
     probs, maxes, labels, pixels, pixel_labels, files, mask_files, skipped = [], [], [], [], [], [], [], []
     mask_of = masked_images(anomalous, masks) if anomalous and masks is not None else {}
     listed = [(list_images(good), 0)] + ([(list(mask_of) or list_images(anomalous), 1)] if anomalous else [])
     advance = tasks.add("calibration images", sum(len(paths) for paths, _ in listed))
     for paths, label in listed:
-        for batch in iter_image_batches(paths, image_size, backend.max_batch):
+        for batch in iter_image_batches(paths, size, backend.max_batch):
             advance(batch.consumed)
             skipped += batch.skipped
             if not batch.paths:
@@ -195,12 +197,12 @@ def observe(
             if masks is not None:
                 for path in batch.paths:
                     if label == 0:
-                        m = np.zeros(image_size * image_size, bool)
+                        m = np.zeros(n_pixels, bool)
                     else:
                         mask_path = mask_of[path]
                         mask_files.append(mask_path)
                         try:
-                            m = load_mask(mask_path, image_size).ravel()
+                            m = load_mask(mask_path, size).ravel()
                         except ImageReadError as err:
                             raise ClipadError(f"cannot read mask {mask_path}: {err}") from None
                     pixel_labels.append(m if sample_idx is None else m[sample_idx])
@@ -320,7 +322,7 @@ def calibrate(
     CalibrateConfig(good=good, anomalous=anomalous, masks=masks, target_fpr=target_fpr).check()
     refuse_reference_images(art, [spec for spec in (good, anomalous) if spec is not None])
     with art.writing():
-        obs = observe(backend, good, anomalous, masks, art.image_size, tasks)
+        obs = observe(backend, good, anomalous, masks, art.geometry, tasks)
         fixed, warnings = constants(obs, target_fpr, get_method(art.manifest.mode).image_score)
         entry = CalibrationEntry.create(
             **{

@@ -222,7 +222,7 @@ def make_int8(
     gate_set = None
     if gate_root is not None:
         score = get_method(art.manifest.mode, "mode").image_score
-        gate_set = gate_images(Path(gate_root), art.manifest.category, art.image_size, max_auroc_drop, score)
+        gate_set = gate_images(Path(gate_root), art.manifest.category, art.geometry, max_auroc_drop, score)
     with art.writing():
         entry = None
         if backend == "onnxruntime":
@@ -233,7 +233,7 @@ def make_int8(
         with tempfile.TemporaryDirectory(dir=art.root) as tmp:
             dst = Path(tmp) / target.files[-1]
             _quantise(target, src, dst, images, tasks)
-            check = np.concatenate([parity_images(art.image_size, 3), images[:8]])
+            check = np.concatenate([parity_images(art.geometry, 3), images[:8]])
             with _runner(target, src, "fp32", art.max_batch) as fp32, _runner(target, dst, "int8", art.max_batch) as q:
                 baseline = Baseline(check, fp32.run(check), target.against)
                 judged = gate_step(

@@ -28,7 +28,7 @@ def calibrate_artifacts(
         art = load_artifacts(art_dir)
         check_int8_backend(art, cfg.int8_backend)
         # cfg.check(): --int8 comes with --images or --good, so int8_source names them
-        imgs = read_model_images(cast(str, cfg.int8_source), art.image_size, cfg.int8_max_images)
+        imgs = read_model_images(cast(str, cfg.int8_source), art.geometry, cfg.int8_max_images)
         f, gate = make_int8(art, imgs, tasks, cfg.min_agreement, cfg.gate_data, cfg.max_auroc_drop, cfg.int8_backend)
         written = ONNX_INT8 if cfg.int8_backend == "onnxruntime" else OV_INT8_XML
         yield from describe_int8(written, len(imgs), f, gate, cfg.int8_backend)

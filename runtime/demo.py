@@ -33,6 +33,7 @@ from clipad.core.owned import FolderKind, check_out, clear, resolve_out, within,
 from clipad.core.progress import Tasks
 from clipad.data import Sample, load_split
 from clipad.data.colour import to_bgr, to_rgb
+from clipad.data.geometry import Geometry
 from clipad.data.images import load_mask, read_image, read_rgb
 from clipad.data.synth import SYNTH, make_synthetic
 from clipad.deploy.artifacts import ARTIFACTS
@@ -170,7 +171,7 @@ def run_demo(
     summary = Pipeline(
         backend,
         [VideoFileSource(str(video))],
-        art.image_size,
+        art.geometry,
         cal,
         sinks,
         status_every=1e9,
@@ -183,14 +184,14 @@ def run_demo(
         backend,
         str(data / CATEGORY / "test"),
         pred_dir,
-        art.image_size,
+        art.geometry,
         cal,
         tasks,
         save_maps=True,
         save_overlays=True,
     )
     parts = read_parts(samples, pred_dir)
-    figures = detection_figures(parts, art.image_size)
+    figures = detection_figures(parts, art.geometry)
     log(f"test set: image AUROC {figures['image_auroc']:.3f}, pixel AUROC {figures['pixel_auroc']:.3f}")
     picture = write_picture(out / PICTURE, pick_parts(parts))
     log(f"picture: {picture}")
@@ -216,7 +217,7 @@ def run_demo(
             "defective": sum(p.sample.label for p in parts),
         },
         **figures,
-        "map_size": art.image_size,
+        "map_size": art.manifest.image_size,
         "picture": str(picture),
         "seconds": round(time.perf_counter() - t0, 1),
     }
@@ -238,13 +239,13 @@ def read_parts(samples: list[Sample], pred_dir: Path) -> list[Part]:
     return parts
 
 
-def detection_figures(parts: list[Part], size: int) -> dict[str, float | None]:
+def detection_figures(parts: list[Part], size: Geometry) -> dict[str, float | None]:
     """Image AUROC of the calibrated fused score (the score the label thresholds) and pixel AUROC
     of the maps against the masks resized as `clipad eval` resizes them (method.md section 2)."""
     labels = np.array([p.sample.label for p in parts])
     fused = np.array([p.record["fused"] for p in parts], dtype=np.float64)
     masks = np.stack(
-        [load_mask(p.sample.mask, size) if p.sample.mask is not None else np.zeros((size, size), bool) for p in parts]
+        [load_mask(p.sample.mask, size) if p.sample.mask is not None else np.zeros(size.hw, bool) for p in parts]
     )
     maps = np.stack([p.amap for p in parts])
     return {

@@ -31,7 +31,7 @@ def check_parity(
     from clipad.runtime.parity import format_rows, run_parity
 
     art = load_artifacts(artifacts)
-    size = art.image_size
+    size = art.geometry
     x = read_model_images(images, size, MAX_IMAGES) if images else parity_images(size, PARITY_INPUTS)
     rows = run_parity(art, backends, x, device, triton)
     say(format_rows(rows))

@@ -37,6 +37,7 @@ import numpy as np
 
 from clipad.calibration.constants import Calibration
 from clipad.core.redaction import redact
+from clipad.data.geometry import ModelSize, geometry
 from clipad.data.images import model_batch
 from clipad.runtime.backends import Backend, BackendUnavailable
 from clipad.runtime.records import FrameResult, Prediction
@@ -129,7 +130,7 @@ class Pipeline:
         self,
         backend: Backend,
         sources: list[Source],
-        image_size: int,
+        size: ModelSize,
         calibration: Calibration | None,
         sinks: list[Sink],
         max_frames: int | None = None,
@@ -137,7 +138,7 @@ class Pipeline:
         log: Callable[[str], None] = lambda s: print(s, file=sys.stderr, flush=True),
         needs_view: bool = False,
     ):
-        self.backend, self.sources, self.size = backend, sources, image_size
+        self.backend, self.sources, self.size = backend, sources, geometry(size)
         self.cal, self.sinks, self.max_frames = calibration, sinks, max_frames
         self.status_every, self.log, self.needs_view = status_every, log, needs_view
         self.stop = threading.Event()
@@ -207,7 +208,7 @@ class Pipeline:
                 self._take(active, limit, frames)
         self._counter += len(frames)
         if not frames:
-            return Batch([], np.zeros((0, self.size, self.size, 3), np.uint8), 0.0, 0.0) if self.live else None
+            return Batch([], np.zeros((0, *self.size.hw, 3), np.uint8), 0.0, 0.0) if self.live else None
         t1 = time.perf_counter()
         images = model_batch([f.image for f in frames], self.size)
         t2 = time.perf_counter()
@@ -264,7 +265,9 @@ class Pipeline:
             sink = None
             try:
                 for f, m, r in zip(frames, amap, records, strict=False):
-                    view = render_view(f.image, m, r, lo, hi, self.summary.fps) if self.needs_view else None
+                    view = None
+                    if self.needs_view:  # drawn on the part of the frame the model saw
+                        view = render_view(self.size.inspected(f.image), m, r, lo, hi, self.summary.fps)
                     result = FrameResult(r, f.image, m, view, f.fps)
                     for sink in self.sinks:
                         if not self._enter(sink):
@@ -367,7 +370,7 @@ class Pipeline:
                 t1 = time.perf_counter()
                 now = time.monotonic()
                 if outputs is None:  # the backend kept failing: the frames are recorded as errors
-                    amap = np.zeros((len(batch.frames), self.size, self.size), np.float32)
+                    amap = np.zeros((len(batch.frames), *self.size.hw), np.float32)
                     scores = [
                         Prediction.failed(f.source, s.error or self._unavailable or "backend failed")
                         for f in batch.frames

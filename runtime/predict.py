@@ -17,6 +17,7 @@ from clipad.core.errors import ClipadError
 from clipad.core.owned import FolderKind, staged
 from clipad.core.progress import Tasks
 from clipad.data.colour import to_bgr
+from clipad.data.geometry import ModelSize, geometry
 from clipad.data.images import iter_image_batches, list_images
 from clipad.runtime.backends import Backend
 from clipad.runtime.overlay import overlay
@@ -73,29 +74,30 @@ def predict(
     backend: Backend,
     source: str,
     out: Path,
-    image_size: int,
+    size: ModelSize,
     cal: Calibration | None,
     tasks: Tasks,
     save_maps: bool = False,
     save_overlays: bool = False,
 ) -> PredictResult:
     """Write OUT/predictions.jsonl, one record per readable image in file order; with
-    ``save_maps`` also maps/<stem>.npy (float32 [S, S]) and, calibrated, maps/<stem>_mask.png;
-    with ``save_overlays`` overlays/<stem>.png. Each record names the files it wrote.
+    ``save_maps`` also maps/<stem>.npy (float32 [H, W]) and, calibrated, maps/<stem>_mask.png;
+    with ``save_overlays`` overlays/<stem>.png (the part of the image the model saw:
+    ``Geometry.inspected``). Each record names the files it wrote.
 
     All or nothing: OUT is built in a staging folder and swapped in whole when every file is
     written (``clipad.core.owned``: OUT must be new, empty or earlier predictions), so OUT holds
     one run's records and files, never a mix, also after a kill. A file that cannot be written,
     or no readable image at all, stops the command in one line (ClipadError) and leaves OUT as
     it was."""
-    files = list_images(source)
+    files, fit = list_images(source), geometry(size)
     advance = tasks.add("predict", len(files))
     used: set[str] = set()
     result = PredictResult()
     with staged(out, PREDICTION_FILES) as stage, open(stage / PREDICTIONS, "w", encoding="utf-8") as f:
         for sub in ("maps",) * save_maps + ("overlays",) * save_overlays:
             (stage / sub).mkdir()
-        for batch in iter_image_batches(files, image_size, backend.max_batch, keep_originals=save_overlays):
+        for batch in iter_image_batches(files, size, backend.max_batch, keep_originals=save_overlays):
             advance(batch.consumed)  # skipped files count as done
             result.skipped += batch.skipped
             if not batch.paths:
@@ -117,7 +119,7 @@ def predict(
                     overlay_file = f"overlays/{stem}.png"
                     written = OutputFiles(written.map, written.mask, overlay_file)
                     assert batch.originals is not None  # kept: keep_originals=save_overlays
-                    view = overlay(batch.originals[i], m, float(m.min()), float(m.max()))
+                    view = overlay(fit.inspected(batch.originals[i]), m, float(m.min()), float(m.max()))
                     _write(stage / overlay_file, out / overlay_file, _imwrite, to_bgr(view))
                 f.write(json.dumps(pred.with_files(written).prediction()) + "\n")
                 result.images += 1

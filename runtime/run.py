@@ -120,7 +120,7 @@ def run_stream(cfg: RunConfig, served: Served, log: Callable[[str], None]) -> Su
     pipe = Pipeline(
         served.backend,
         sources,
-        served.artifacts.image_size,
+        served.artifacts.geometry,
         served.calibration,
         sinks,
         cfg.max_frames,

@@ -133,7 +133,7 @@ def main() -> int:
     art = load_artifacts(art_dir)
     res["int8_parity_in_manifest"] = art.manifest.parity.figures("int8").model_dump()
     # the last 16 held-out images: never among the INT8 calibration images (the first ones with --n-cal 0)
-    x = read_model_images(out / "held", art.image_size)[-16:]
+    x = read_model_images(out / "held", art.geometry)[-16:]
     fp32, int8 = open_backend(art, "onnxruntime", "fp32", "cpu"), open_backend(art, "onnxruntime", "int8", "cpu")
     ref, q = fp32(x), int8(x)
     res["int8_vs_fp32_held_out_16"] = compare(ref, q, "onnxruntime fp32").values()

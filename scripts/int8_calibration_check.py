@@ -41,7 +41,7 @@ def main() -> None:
         sys.exit(__doc__)
     art = load_artifacts(sys.argv[1])
     xml = art.verified_path(OV_XML)
-    size, mb = art.image_size, art.max_batch
+    size, mb = art.geometry, art.max_batch
     sets = {Path(r).name: gate_images(Path(r), art.manifest.category, size) for r in sys.argv[3:]}
     fp32 = {}
     fp32_runner = OpenVinoRunner(xml, "fp32", max_batch=mb)

@@ -72,7 +72,7 @@ def main() -> int:
     src = VideoFileSource(str(video))
     frames = []
     while (f := src.read()) is not None:
-        frames.append(resize_to_model(f.image, art.image_size))
+        frames.append(resize_to_model(f.image, art.geometry))
     batch = np.stack(frames)
     be(batch[: be.max_batch])  # warm-up
     t0 = time.perf_counter()
@@ -80,7 +80,7 @@ def main() -> int:
         be(batch[i : i + be.max_batch])
     bare = len(batch) / (time.perf_counter() - t0)
     pipe = Pipeline(
-        be, [VideoFileSource(str(video))], art.image_size, None, [Collect()], status_every=1e9, log=lambda s: None
+        be, [VideoFileSource(str(video))], art.geometry, None, [Collect()], status_every=1e9, log=lambda s: None
     )
     summary = pipe.run()
     res["bare_backend_fps"] = round(bare, 2)
@@ -94,7 +94,7 @@ def main() -> int:
         sink = Collect()
         samples = []
         pipe = Pipeline(
-            be, [live], art.image_size, None, [sink], max_frames=args.soak, status_every=1e9, log=lambda s: None
+            be, [live], art.geometry, None, [sink], max_frames=args.soak, status_every=1e9, log=lambda s: None
         )
         stop = threading.Event()
 

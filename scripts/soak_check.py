@@ -557,7 +557,7 @@ def main() -> int:
     writer.release()
     # Constants that make a share of frames anomalous, so that snapshots are written.
     backend = open_backend(art, "onnxruntime", "fp32", "cpu")
-    sample = np.stack([cv2.resize(f, (art.image_size, art.image_size)) for f in frames])
+    sample = np.stack([cv2.resize(f, (art.manifest.image_size, art.manifest.image_size)) for f in frames])
     amap, prob = backend(sample)
     mmax = amap.reshape(len(amap), -1).max(1)
     cal = Calibration(
@@ -589,16 +589,16 @@ def main() -> int:
         module.open = full_disk.open
     t_start = time.perf_counter()
     try:
-        restarts = restart_runs(args, out, backend, art.image_size, cal, video, {"measure": measure})
+        restarts = restart_runs(args, out, backend, art.manifest.image_size, cal, video, {"measure": measure})
     finally:
         for module in writers:
             delattr(module, "open")
     seconds = time.perf_counter() - t_start
     frames_served = sum(r["frames"] for r in restarts["runs"])
     phases = {
-        "stalled sink": stalled_sink_phase(args, out, backend, art.image_size, video),
-        "fairness": fairness_phase(args, backend, art.image_size, video),
-        "clock step": clock_step_phase(args, out, backend, art.image_size, cal, video),
+        "stalled sink": stalled_sink_phase(args, out, backend, art.manifest.image_size, video),
+        "fairness": fairness_phase(args, backend, art.manifest.image_size, video),
+        "clock step": clock_step_phase(args, out, backend, art.manifest.image_size, cal, video),
     }
     report = {
         "frames": frames_served,

@@ -78,7 +78,7 @@ def worker(args) -> None:
     from clipad.runtime.backends.triton_backend import TritonTarget
 
     art = load_artifacts(args.artifacts)
-    x = images(args.batch, art.image_size, seed=args.seed)
+    x = images(args.batch, art.manifest.image_size, seed=args.seed)
     with open_backend(art, "triton", None, "cpu", TritonTarget(args.url, inflight=1, timeout_s=600)) as be:
         be(x)  # connected and warm
         time.sleep(max(0.0, args.start_at - time.time()))
@@ -165,8 +165,8 @@ def main() -> None:
         lines += [f"machine: {json.dumps(machine_info())}", ""]
     except Exception as err:  # noqa: BLE001 - the figures matter more than the description
         lines += [f"machine: unknown ({err})", ""]
-    x1 = images(1, art.image_size)
-    xb = images(args.batch, art.image_size)
+    x1 = images(1, art.manifest.image_size)
+    xb = images(args.batch, art.manifest.image_size)
     rows = []
     with open_backend(art, "onnxruntime", "fp32", "cpu") as ort:
         load = os.getloadavg()[0]

@@ -182,7 +182,7 @@ def onnx_pipeline(art, sources, sinks=(), **options):
 
     options = {"status_every": 999, "log": lambda s: None, **options}
     return Pipeline(
-        open_backend(art, "onnxruntime", "fp32", "cpu"), sources, art.image_size, None, list(sinks), **options
+        open_backend(art, "onnxruntime", "fp32", "cpu"), sources, art.manifest.image_size, None, list(sinks), **options
     )
 
 

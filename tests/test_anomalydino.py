@@ -172,13 +172,15 @@ def test_resize_smaller_edge_is_the_official_transform(shape):
     multiples of 14 from the top-left corner) gives the same pixels, before ToTensor."""
     from torchvision import transforms
 
-    from clipad.data.images import resize_smaller_edge
+    from clipad.methods.anomalydino import DinoOptions
 
     rgb = np.random.default_rng(1).integers(0, 256, (*shape, 3), dtype=np.uint8)
     resized = transforms.Resize(224, interpolation=transforms.InterpolationMode.BICUBIC, antialias=True)
     want = np.asarray(resized(Image.fromarray(rgb)))
     want = want[: want.shape[0] - want.shape[0] % 14, : want.shape[1] - want.shape[1] % 14]
-    np.testing.assert_array_equal(resize_smaller_edge(rgb, 224, 14), want)
+    fit = DinoOptions(resolution=224).geometry(*shape)
+    assert fit.hw == want.shape[:2]
+    np.testing.assert_array_equal(fit.fit(rgb), want)
 
 
 def test_the_method_module_imports_no_torch_and_keeps_the_official_masking_table():

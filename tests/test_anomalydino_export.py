@@ -3,8 +3,9 @@ graph and manifest it writes, the graph against the PyTorch model and against th
 rebuilt from the artifacts, the manifest's rules, serving (predict, calibrate, run) on it, and
 the one-line errors of wrong option combinations.
 
-DINOv2 ViT-S/14 with seeded random weights at 56 px (a 4 x 4 patch grid) keeps each export to
-seconds; the oracle against the official code is tests/test_anomalydino.py's.
+DINOv2 ViT-S/14 with seeded random weights at 56 px keeps each export to seconds: the synthetic
+160 x 128 images keep their aspect ratio (method.md 15.1), so the input is 56 x 70 (a 4 x 5
+patch grid). The oracle against the official code is tests/test_anomalydino.py's.
 """
 
 from __future__ import annotations
@@ -16,11 +17,13 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from PIL import Image
 
 from clipad import cli
 from clipad.core.errors import ClipadError
 from clipad.core.hashing import file_sha256
 from clipad.core.progress import Tasks
+from clipad.data.geometry import Geometry
 from clipad.deploy.artifacts import load_artifacts
 from clipad.deploy.export import ExportConfig, export
 from clipad.deploy.manifest import DINO_MEMORY, MANIFEST, ONNX_FP16, ONNX_FP32, TEXT_FEATURES, Manifest
@@ -33,6 +36,8 @@ from clipad.runtime.backends import open_backend
 from tests.helpers import TINY, assert_one_line_error, run
 
 SIZE = 56
+HW = (56, 70)  # 128 x 160 images with the smaller edge at 56 px
+GRID = (HW[0] // 14) * (HW[1] // 14)
 DINO = ["--method", "anomalydino", "--resolution", str(SIZE), "--random-weights", "--quiet"]
 
 
@@ -51,7 +56,8 @@ def test_export_writes_the_graph_and_its_manifest(exported):
     d = m.anomalydino
     assert m.mode == "anomalydino" and m.model == "dinov2_vits14" and m.weights.source == "random"
     assert m.rvs is None and m.prompts is None and m.reference is None and m.heads_sha256 is None
-    assert (m.image_size, m.sigma, tuple(m.mean), tuple(m.std)) == (SIZE, 4.0, IMAGENET_MEAN, IMAGENET_STD)
+    assert (m.image_size, m.sigma, tuple(m.mean), tuple(m.std)) == (list(HW), 4.0, IMAGENET_MEAN, IMAGENET_STD)
+    assert m.geometry == Geometry(*HW, SIZE) and exported.geometry.covered(128, 160) == (128, 160)
     assert d is not None and (d.backbone, d.resolution, d.rotations, d.masking, d.masking_option) == (
         "dinov2_vits14",
         SIZE,
@@ -59,7 +65,7 @@ def test_export_writes_the_graph_and_its_manifest(exported):
         False,
         "auto",
     )
-    grid = (SIZE // 14) ** 2
+    grid = GRID
     assert (d.shots, d.memory_patches, d.patches, d.source_patches, d.width) == (1, None, grid, grid, 384)
     assert d.coreset_radius == 0 and d.memory_bytes == grid * 384 * 4 and d.images[0].name == "000.png"
     assert m.precisions == ["fp32", "fp16"]
@@ -69,15 +75,17 @@ def test_export_writes_the_graph_and_its_manifest(exported):
         assert m.parity.graphs[p].violations == [] and m.parity.graphs[p].rel_l2 <= TOLERANCES[p]["rel_l2"]
     graph = onnx.load(str(exported.root / ONNX_FP32)).graph
     dims = [d.dim_param or d.dim_value for d in graph.input[0].type.tensor_type.shape.dim]
-    assert dims == ["batch", SIZE, SIZE, 3] and [o.name for o in graph.output] == ["anomaly_map", "image_prob"]
+    assert dims == ["batch", *HW, 3] and [o.name for o in graph.output] == ["anomaly_map", "image_prob"]
 
 
 def test_graph_equals_the_pytorch_model_and_the_rebuilt_reference(exported, synth_root):
     """The FP32 graph against the model built here from the same weights and good image (rel L2
     within the house FP32 limit), and the reference rebuilt from the artifacts equal to that model."""
-    refs = read_images(select_images(str(synth_root / "fabric" / "train" / "good"), None), SIZE)
+    good = select_images(str(synth_root / "fabric" / "train" / "good"), None)
+    refs = read_images(good, DinoOptions(resolution=SIZE).geometry)
+    assert refs.images.shape[1:3] == HW
     model = METHOD.build_model("dinov2_vits14", random_state("dinov2_vits14", 0), refs.images, False, False)[0]
-    x = parity_images(SIZE, 3)
+    x = parity_images(exported.geometry, 3)
     with torch.no_grad():
         want = tuple(t.numpy() for t in model(torch.from_numpy(x)))
         rebuilt = tuple(t.numpy() for t in reference_model(exported)(torch.from_numpy(x)))
@@ -105,9 +113,9 @@ def test_manifest_round_trips_and_keeps_its_rules(exported, tmp_path):
 
     refused(lambda d: d.pop("anomalydino"), "anomalydino: mode anomalydino needs its record")
     refused(lambda d: d["files"].pop(DINO_MEMORY), "anomalydino: present exactly when files lists")
-    refused(lambda d: d.update(model="dinov2_vitb14"), "model: dinov2_vitb14 at 56 px, but anomalydino records")
-    refused(lambda d: d["anomalydino"].update(patches=10_000), "patches: 10000 kept of 16 source patches")
-    refused(lambda d: d.update(mode="sdp"), "rvs: mode sdp needs the records of its text vectors")
+    refused(lambda d: d.update(model="dinov2_vitb14"), r"model: dinov2_vitb14 at \[56, 70\] px, but anomalydino")
+    refused(lambda d: d["anomalydino"].update(patches=10_000), f"patches: 10000 kept of {GRID} source patches")
+    refused(lambda d: d.update(mode="sdp"), r"image_size: mode sdp takes a square input, not \[56, 70\]")
     prompts = {"set": "x", "source": "x", "sha256": "0" * 64, "n_normal": 1, "n_abnormal": 1}
     refused(lambda d: d.update(prompts=prompts), "prompts: present exactly when rvs is")
 
@@ -125,10 +133,10 @@ def test_the_memory_bound_rotations_and_masking_are_recorded(tmp_path, synth_roo
     )
     art = export(load_state("dinov2_vits14", random_weights=True, seed=3), cfg, Tasks(None))
     d, m = art.manifest.anomalydino, art.manifest
-    assert d is not None and (d.memory_patches, d.patches, d.source_patches) == (20, 20, 8 * 16)
+    assert d is not None and (d.memory_patches, d.patches, d.source_patches) == (20, 20, 8 * GRID)
     assert d.rotations and d.masking and d.masking_option == "on" and d.coreset_radius > 0
     assert m.weights.source == "random" and m.weights.seed == 3 and m.parity.graphs["fp32"].violations == []
-    x = parity_images(SIZE, 2)
+    x = parity_images(art.geometry, 2)
     with torch.no_grad():
         want = [t.numpy() for t in reference_model(art)(torch.from_numpy(x))]
     got = open_backend(art, "onnxruntime", "fp32", "cpu")(x)
@@ -153,7 +161,7 @@ def test_weights_file_is_recorded_and_checked_when_rebuilt(tmp_path, synth_root)
     art = export(load_state("dinov2_vits14", weights), cfg, Tasks(None))
     w = art.manifest.weights
     assert w.source == "file" and w.path == str(weights.resolve()) and w.sha256 == file_sha256(weights)
-    x = parity_images(SIZE, 2)
+    x = parity_images(art.geometry, 2)
     with torch.no_grad():
         want = reference_model(art)(torch.from_numpy(x))[1].numpy()
     np.testing.assert_allclose(open_backend(art, "onnxruntime", "fp32", "cpu")(x)[1], want, atol=1e-5)
@@ -176,9 +184,13 @@ def test_calibrate_predict_and_run_serve_it(exported, synth_root, tmp_path, caps
     assert code == 0, err
     c = Manifest.read(art / MANIFEST).calibration
     assert c is not None and c.set.good == 3 and c.set.anomalous == 4
-    code, _, err = run(capsys, "predict", test, "--artifacts", art, "--out", tmp_path / "p", "--backend", "onnxruntime")
+    code, _, err = run(capsys, "predict", test, "--artifacts", art, "--out", tmp_path / "p", "--backend", "onnxruntime",
+                       "--save-maps", "--save-overlays")  # fmt: skip
     assert code == 0, err
     recs = [json.loads(line) for line in (tmp_path / "p" / "predictions.jsonl").read_text().splitlines()]
+    first = recs[0]["files"]  # the non-square input's map, and the overlay on the whole 160 x 128 image it covers
+    assert np.load(tmp_path / "p" / first["map"]).shape == HW
+    assert np.asarray(Image.open(tmp_path / "p" / first["overlay"])).shape == (128, 160, 3)
     lo, hi = c.image_prob_range
     for r in recs:  # the fused score is image_prob's min-max alone: the map maximum plays no part
         assert r["fused"] == pytest.approx((r["image_prob"] - lo) / (hi - lo), abs=1e-6)

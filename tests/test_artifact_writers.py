@@ -37,7 +37,7 @@ def test_an_update_made_meanwhile_is_not_lost(setup, tmp_path):  # noqa: F811
     root = fresh(setup, tmp_path)
     stale = load_artifacts(root)  # opened (e.g. by `clipad calibrate`) before the INT8 graph exists
     other = load_artifacts(root)
-    make_int8(other, read_model_images(setup / "cal", other.image_size, 8), Tasks(None), min_agreement=0.0)
+    make_int8(other, read_model_images(setup / "cal", other.geometry, 8), Tasks(None), min_agreement=0.0)
     with open_backend(stale, "onnxruntime", "fp32", "cpu") as backend:
         calibrate(stale, backend, str(setup / "cal"), Tasks(None), target_fpr=0.1)
     m = load_artifacts(root).manifest

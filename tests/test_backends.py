@@ -127,7 +127,7 @@ def with_plan(art, tmp_path_factory) -> Artifacts:
     root = tmp_path_factory.mktemp("plan") / "art"
     shutil.copytree(art.root, root)
     (root / PLAN).write_bytes(b"not a TensorRT plan: the backend must refuse before reading it")
-    s = art.image_size
+    s = art.manifest.image_size
     meta = EngineMeta.create(
         tensorrt="10.13.0.35",
         gpu="NVIDIA H200",
@@ -259,7 +259,7 @@ def test_precision_flags_match_the_graph_served(art16):
 
 
 def test_profile_shapes_cover_batch_1_to_max(art):
-    s = art.image_size
+    s = art.manifest.image_size
     trt = dict(ortb.provider_config(art, "fp32", "auto", ALL_GPU))[TRT]
     # no plan: the default opt batch of `clipad export --engine` (min(8, max batch) = 4 here)
     assert trt["trt_profile_min_shapes"] == f"image:1x{s}x{s}x3"
@@ -270,7 +270,7 @@ def test_profile_shapes_cover_batch_1_to_max(art):
 def test_profile_opt_follows_the_plan_sidecar(with_plan):
     meta = with_plan.manifest.engine.replace(profile={"min": 1, "opt": 2, "max": 4})
     a = Artifacts(with_plan.root, with_plan.manifest.replace(engine=meta))
-    s = a.image_size
+    s = a.manifest.image_size
     trt = dict(ortb.provider_config(a, "fp32", "auto", ALL_GPU))[TRT]
     assert trt["trt_profile_opt_shapes"] == f"image:2x{s}x{s}x3"
 
@@ -398,7 +398,7 @@ def test_cache_directories_are_created_lazily_and_leave_the_artifacts_valid(art,
     for name in b.manifest.files:
         b.verified_path(name)  # every listed file still matches its sha256
     with open_backend(b, "onnxruntime", "fp32", "cpu") as be:
-        be(np.zeros((1, b.image_size, b.image_size, 3), np.uint8))
+        be(np.zeros((1, b.manifest.image_size, b.manifest.image_size, 3), np.uint8))
 
 
 def test_unwritable_cache_serves_without_caches_and_says_so(art, tmp_path):
@@ -560,7 +560,7 @@ def test_bench_with_device_cpu_never_opens_tensorrt(with_plan, no_tensorrt_impor
     cfg = BenchConfig(
         backends=["tensorrt"], precisions=["fp32"], batches=[1], iterations=1, warmup=0, device="cpu", parity=False
     )
-    s = with_plan.image_size
+    s = with_plan.manifest.image_size
     ctx = RowContext(cfg, np.zeros((1, s, s, 3), np.uint8), HostMemory(), 1, {}, None, lambda n: None)
     (row,) = bench_combination(with_plan, "tensorrt", "fp32", ctx)
     assert row.status == "unavailable" and "--device cpu" in row.reason
@@ -694,8 +694,8 @@ def _good(s: int) -> list[EngineTensor]:
 
 
 def test_engine_io_matching_the_manifest_passes(art):
-    check_engine_io(_good(art.image_size), art.manifest.onnx)
-    check_engine_io(list(reversed(_good(art.image_size))), art.manifest.onnx)  # order does not matter
+    check_engine_io(_good(art.manifest.image_size), art.manifest.onnx)
+    check_engine_io(list(reversed(_good(art.manifest.image_size))), art.manifest.onnx)  # order does not matter
 
 
 @pytest.mark.parametrize(
@@ -728,7 +728,7 @@ def test_engine_io_matching_the_manifest_passes(art):
 )
 def test_engine_io_differences_are_one_line_naming_them(art, change, fragments):
     with pytest.raises(ClipadError) as e:
-        check_engine_io(change(_good(art.image_size)), art.manifest.onnx)
+        check_engine_io(change(_good(art.manifest.image_size)), art.manifest.onnx)
     _one_line(e.value, "model.plan does not match the exported graph", "clipad export --engine", *fragments)
 
 
@@ -749,7 +749,7 @@ def test_dims_of_no_tensor():
 
 def test_engine_profile_against_the_sidecar(with_plan):
     meta = with_plan.manifest.engine
-    s = with_plan.image_size
+    s = with_plan.manifest.image_size
     profile = [(1, s, s, 3), (4, s, s, 3), (4, s, s, 3)]
     assert check_engine_profile("image", profile, meta) == 4
     with pytest.raises(ClipadError) as e:
@@ -766,7 +766,7 @@ def test_engine_profile_against_the_sidecar(with_plan):
 @pytest.mark.parametrize("name", ["onnxruntime", "torch"])
 def test_close_twice(art, name):
     be = open_backend(art, name, "fp32", "cpu")
-    x = np.zeros((2, art.image_size, art.image_size, 3), np.uint8)
+    x = np.zeros((2, art.manifest.image_size, art.manifest.image_size, 3), np.uint8)
     be(x)
     be.close()
     be.close()
@@ -804,7 +804,7 @@ def test_onnxruntime_runner_is_the_backends_session(art):
     device cpu, same outputs, any batch size; a closed runner says so in one line."""
     from clipad.deploy.manifest import ONNX_FP32
 
-    x = parity.parity_images(art.image_size, 5)
+    x = parity.parity_images(art.geometry, 5)
     with open_backend(art, "onnxruntime", "fp32", "cpu") as be, ortb.OnnxRuntimeRunner(art.root / ONNX_FP32) as r:
         assert r.providers == be.providers == [CPU] and r.max_batch == 1
         want = be(x)

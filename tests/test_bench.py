@@ -99,7 +99,7 @@ class CountingBackend(Backend):
 def test_warmup_calls_are_made_but_not_recorded(artifacts):
     inner = open_backend(artifacts, "onnxruntime", "fp32", "cpu")
     backend = CountingBackend(inner, slow_calls=2, delay=1.0)
-    images = parity_images(artifacts.image_size, 2)
+    images = parity_images(artifacts.geometry, 2)
     samples = time_backend(backend, images, warmup=2, iterations=5)
     assert backend.calls == 7 and len(samples) == 5
     # the two slow (warm-up) calls took over 1000 ms each; none of them is among the samples
@@ -180,7 +180,7 @@ def test_parity_figures_are_those_of_clipad_parity(bench_run, artifacts):
     """bench's parity column and `clipad parity` come from one driver: same frames, same CPU
     reference, same figures; `clipad parity --json` keeps its keys."""
     _, _, res, _ = bench_run
-    rows = run_parity(artifacts, ["onnxruntime"], parity_images(artifacts.image_size, 3), "cpu")
+    rows = run_parity(artifacts, ["onnxruntime"], parity_images(artifacts.geometry, 3), "cpu")
     assert [list(r.to_json()) for r in rows] == [
         [
             "backend",

@@ -24,7 +24,7 @@ def outputs(art_dir, spec):
     """image_prob, map_max and maps straight from the backend (the independent side of the checks)."""
     art = load_artifacts(art_dir)
     be = open_backend(art, "onnxruntime", "fp32", "cpu")
-    x = np.stack([load_image(p, art.image_size) for p in list_images(spec)])
+    x = np.stack([load_image(p, art.geometry) for p in list_images(spec)])
     amap, prob = be(x)
     return prob.astype(np.float64), amap.reshape(len(amap), -1).max(1).astype(np.float64), amap
 

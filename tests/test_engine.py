@@ -204,6 +204,6 @@ def test_engine_parity_through_the_tensorrt_backend(fp16_engine):
     from clipad.runtime.parity import run_parity
 
     art = load_artifacts(fp16_engine / "a")
-    rows = run_parity(art, ["tensorrt"], parity_images(art.image_size, 3), "cuda")
+    rows = run_parity(art, ["tensorrt"], parity_images(art.geometry, 3), "cuda")
     assert rows[0].backend.startswith("tensorrt") and rows[0].n_images == 3
     assert rows[0].figures.rel_l2 < 5e-2 and rows[0].figures.prob_max_abs < 5e-3

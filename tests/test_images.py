@@ -85,7 +85,7 @@ def test_file_kinds_are_decoded_to_rgb(tmp_path):
 
 def test_eval_run_and_predict_feed_the_model_the_same_bytes(art, tmp_path):  # noqa: F811
     files = write_files(tmp_path / "imgs")
-    size = art.image_size
+    size = art.manifest.image_size
     images, kept, _ = load_batch([Sample(p, 0, None, "good", "x") for p in files], size, skipped=[])
     assert [s.image for s in kept] == files
     evaluated = np.stack(images)  # what run_category hands to SDPModel

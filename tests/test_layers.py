@@ -143,7 +143,7 @@ from clipad.core.progress import Tasks
 from pathlib import Path
 art = load_artifacts(sys.argv[1])
 be = select_backend(art, "onnxruntime", "cpu", "fp32")
-res = predict(be, sys.argv[2], Path(sys.argv[3]), art.image_size, None, Tasks(None), save_maps=True, save_overlays=True)
+res = predict(be, sys.argv[2], Path(sys.argv[3]), art.geometry, None, Tasks(None), save_maps=True, save_overlays=True)
 heavy = sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "open_clip", "torchvision"))
 print(json.dumps({"images": res.images, "heavy": heavy}))
 """

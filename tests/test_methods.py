@@ -119,7 +119,7 @@ def test_every_method_round_trips(exports, name):
     assert (manifest.heads_sha256 is not None) == method.takes_heads
     assert (manifest.reference is not None or manifest.anomalydino is not None) == method.needs_reference
     assert (manifest.rvs is not None) == (method.backbone == "clip")
-    x = parity_images(art.image_size, 2)
+    x = parity_images(art.geometry, 2)
     with torch.no_grad():
         want = [t.numpy() for t in reference_model(art)(torch.from_numpy(x))]
     got = open_backend(art, "onnxruntime", "fp32", "cpu")(x)
@@ -150,7 +150,7 @@ def test_export_builds_the_graph_the_method_builds(tmp_path, tiny, monkeypatch):
         ExportConfig("washer", tmp_path / "wider", prompts=PROMPT_SETS["industrial"], precision="fp32"),
         Tasks(None),
     )
-    x = parity_images(plain.image_size, 2)
+    x = parity_images(plain.geometry, 2)
     plain_map = open_backend(plain, "onnxruntime", "fp32", "cpu")(x)[0]
     wider_map = open_backend(wider, "onnxruntime", "fp32", "cpu")(x)[0]
     assert not np.allclose(plain_map, wider_map, rtol=1e-3)  # the method's sigma 2, not the config's 8

@@ -77,7 +77,7 @@ def test_islands_are_marked_in_the_ir(art):
 
 
 def test_backend_fp32_parity(art):
-    images = parity_images(art.image_size, 3)
+    images = parity_images(art.geometry, 3)
     ref = reference_outputs(art, images)
     for mode in ("latency", "throughput"):
         with open_backend(art, "openvino", "fp32", "cpu", OpenVinoOptions(mode)) as be:
@@ -188,7 +188,7 @@ def test_int8_ir_quantises_only_the_vit_matrix_products(art):
     }
     assert consumers and not any(fp32_layer(t, n) for t, n in consumers)
     assert {t for t, _ in consumers} <= {"MatMul", "Convolution", "FakeQuantize", "Convert", "Transpose", "Reshape"}
-    images = parity_images(art.image_size, 3)
+    images = parity_images(art.geometry, 3)
     ref = reference_outputs(art, images)
     with open_backend(art, "openvino", "int8", "cpu") as be:
         amap, prob = be(images)
@@ -226,7 +226,7 @@ def test_gate_is_computed_and_recorded(gated, synth_root):
 
     entry = Manifest.read(gated.root / "manifest.json").openvino
     assert set(entry.gates) == set(entry.ir) - {"fp32"}
-    gate = gate_images(synth_root, "washer", gated.image_size)
+    gate = gate_images(synth_root, "washer", gated.geometry)
     images, labels, masks = gate.images, gate.labels, gate.masks
     for _precision, g in entry.gates.items():
         assert g.n_images == len(images) and g.n_anomalous == int(labels.sum())
@@ -268,7 +268,7 @@ def test_predict_cli_with_openvino_throughput(art, capsys, tmp_path):
 
     folder = tmp_path / "imgs"
     folder.mkdir()
-    for i, im in enumerate(parity_images(art.image_size, 3)):
+    for i, im in enumerate(parity_images(art.geometry, 3)):
         Image.fromarray(im).save(folder / f"{i}.png")
     code, out, err = run(
         capsys,
@@ -345,7 +345,7 @@ def test_calibrate_remakes_the_int8_ir_from_part_images(copied, synth_root, caps
     assert f"only {gate.n_images} held-out images: one reordered pair moves the image AUROC by {step:.2g} points" in out
     assert m.openvino.gates["bf16"] == before.openvino.gates["bf16"] if "bf16" in before.openvino.gates else True
     assert m.parity == before.parity and m.int8 is None  # the ONNX Runtime side is untouched
-    images = parity_images(copied.image_size, 2)
+    images = parity_images(copied.geometry, 2)
     with open_backend(load_artifacts(copied.root), "openvino", "int8", "cpu") as be:
         amap, prob = be(images)
     assert np.isfinite(amap).all() and np.isfinite(prob).all()

@@ -94,7 +94,7 @@ def test_sigterm_during_a_backend_outage_is_a_clean_stop(art, tmp_path):  # noqa
     write_video(tmp_path / "v.avi", 400, size=(64, 48))
     backend = DownBackend(open_backend(art, "onnxruntime", "fp32", "cpu"))
     pipe = Pipeline(
-        backend, [VideoFileSource(str(tmp_path / "v.avi"))], art.image_size, None, [], status_every=999, log=print
+        backend, [VideoFileSource(str(tmp_path / "v.avi"))], art.geometry, None, [], status_every=999, log=print
     )
     timer = threading.Timer(0.7, os.kill, (os.getpid(), signal.SIGTERM))  # during the retries' waits
     timer.start()
@@ -159,7 +159,7 @@ def test_a_wall_clock_step_never_makes_latencies_negative(art, tmp_path, monkeyp
     backend = ClockStepBackend(open_backend(art, "onnxruntime", "fp32", "cpu"), monkeypatch)
     ev = tmp_path / "ev.jsonl"
     pipe = Pipeline(
-        backend, [VideoFileSource(str(tmp_path / "v.avi"))], art.image_size, None, [EventsSink(ev)], log=print
+        backend, [VideoFileSource(str(tmp_path / "v.avi"))], art.manifest.image_size, None, [EventsSink(ev)], log=print
     )
     summary = run_in_thread(pipe.run)["result"]
     latencies = [json.loads(line)["latency_ms"] for line in ev.read_text().splitlines()]

@@ -93,7 +93,7 @@ def test_fp16_graph_gated_on_reference_maps(tiny, data, tmp_path):
     )
     art = export(tiny, cfg, Tasks(None))
     gate = Manifest.read(art.root / "manifest.json").parity.gates["fp16"]
-    gate_set = gate_images(data, "fabric", art.image_size)
+    gate_set = gate_images(data, "fabric", art.geometry)
     images, masks = gate_set.images, gate_set.masks
     assert gate.n_images == len(images) and 0 < gate.n_anomalous < gate.n_images
     amap, _ = open_backend(art, "onnxruntime", "fp32", "cpu")(images)

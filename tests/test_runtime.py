@@ -81,7 +81,7 @@ def test_events_match_the_backend(art, tmp_path, capsys):
     assert code == 0, err
     events = [json.loads(ln) for ln in (tmp_path / "ev.jsonl").read_text().splitlines()]
     amap, prob = open_backend(art, "onnxruntime", "fp32", "cpu")(
-        np.stack([resize_to_model(im, art.image_size) for im in images])
+        np.stack([resize_to_model(im, art.geometry) for im in images])
     )
     np.testing.assert_allclose([e["image_prob"] for e in events], prob, rtol=1e-6)  # FFV1 is lossless
     np.testing.assert_allclose([e["map_max"] for e in events], amap.reshape(3, -1).max(1), rtol=1e-6)
@@ -146,7 +146,7 @@ def test_unusual_frames_become_rgb(art, tmp_path, capsys):
 
 
 def test_predict_contract_and_maps(art, tmp_path, capsys):
-    size = art.image_size
+    size = art.manifest.image_size
     images = sample_images(3)
     for i, im in enumerate(images):
         cv2.imwrite(str(tmp_path / f"x{i}.png"), cv2.cvtColor(im, cv2.COLOR_RGB2BGR))
@@ -265,7 +265,7 @@ def test_live_source_keeps_only_the_latest_frame(art, tmp_path):
     pipe = Pipeline(
         SlowBackend(open_backend(art, "onnxruntime", "fp32", "cpu"), delay),
         [src],
-        art.image_size,
+        art.manifest.image_size,
         None,
         [],
         max_frames=6,
@@ -367,7 +367,7 @@ def test_lost_stream_is_reopened_and_reported(art, tmp_path):
     pipe = Pipeline(
         open_backend(art, "onnxruntime", "fp32", "cpu"),
         [src],
-        art.image_size,
+        art.manifest.image_size,
         None,
         [],
         max_frames=12,

@@ -68,7 +68,7 @@ def test_a_sink_failure_stops_the_run_instead_of_hanging(art, tmp_path):  # noqa
     pipe = Pipeline(
         open_backend(art, "onnxruntime", "fp32", "cpu"),
         [VideoFileSource(str(tmp_path / "v.avi"))],
-        art.image_size,
+        art.manifest.image_size,
         None,
         [EventsSink(ev), BrokenSink(3)],
         status_every=999,
@@ -112,7 +112,7 @@ def test_a_reader_failure_is_an_error_not_the_end_of_input(art, tmp_path):  # no
     pipe = Pipeline(
         open_backend(art, "onnxruntime", "fp32", "cpu"),
         [RaisingSource(str(tmp_path / "v.avi"), 6)],
-        art.image_size,
+        art.manifest.image_size,
         None,
         [EventsSink(ev)],
         status_every=999,
@@ -151,7 +151,7 @@ def test_non_finite_outputs_fail_closed_and_json_stays_strict(art, tmp_path):  #
     summary = Pipeline(
         backend,
         [VideoFileSource(str(tmp_path / "v.avi"))],
-        art.image_size,
+        art.manifest.image_size,
         None,
         [EventsSink(ev)],
         status_every=999,
@@ -332,7 +332,7 @@ def test_a_silent_camera_does_not_slow_the_others(art, tmp_path):  # noqa: F811
     pipe = Pipeline(
         open_backend(art, "onnxruntime", "fp32", "cpu"),
         [silent, live],
-        art.image_size,
+        art.manifest.image_size,
         None,
         [],
         max_frames=10,
@@ -470,7 +470,7 @@ def test_every_grabbed_frame_is_accounted_for(art, tmp_path):  # noqa: F811
     summary = Pipeline(
         open_backend(art, "onnxruntime", "fp32", "cpu"),
         sources,
-        art.image_size,
+        art.manifest.image_size,
         None,
         [EventsSink(ev)],
         max_frames=40,

@@ -114,7 +114,7 @@ def test_auto_backend_on_fp32_artifacts_is_onnxruntime_cpu_and_says_so(art, imag
     assert code == 0, err
     assert CPU_LINE in err, err
     # and what it serves is ONNX Runtime's FP32 graph
-    x = np.stack([load_image(p, art.image_size) for p in sorted((images / "bad").iterdir())])
+    x = np.stack([load_image(p, art.geometry) for p in sorted((images / "bad").iterdir())])
     _, prob = open_backend(art, "onnxruntime", "fp32", "cpu")(x)
     np.testing.assert_allclose([r["image_prob"] for r in preds(tmp_path / "p")], prob, rtol=1e-6)
 
@@ -202,7 +202,7 @@ def test_fp16_graph_is_served_when_asked(art16, images, tmp_path, capsys):
     assert "backend: onnxruntime fp16 (CPUExecutionProvider)" in err, err
     import onnxruntime as ort
 
-    x = np.stack([load_image(p, art16.image_size) for p in sorted((images / "bad").iterdir())])
+    x = np.stack([load_image(p, art16.geometry) for p in sorted((images / "bad").iterdir())])
     _, p16 = ort.InferenceSession(str(art16.root / "model.fp16.onnx"), providers=["CPUExecutionProvider"]).run(
         None, {"image": x}
     )
@@ -270,7 +270,7 @@ def test_snapshots_of_anomalous_frames_only(calibrated, images, tmp_path, capsys
     good = [e for e in events if not Path(e["source"]).name.startswith(("scratch", "spot"))]
     assert len(good) == 10 and sum(e["label"] == "anomalous" for e in good) == 3  # the calibration images at FPR 0.3
 
-    size = calibrated.image_size
+    size = calibrated.geometry
     x = np.stack([load_image(p, size) for p in files])
     maps, _ = open_backend(calibrated, "onnxruntime", "fp32", "cpu")(x)
     assert (
@@ -294,10 +294,10 @@ def test_snapshots_of_anomalous_frames_only(calibrated, images, tmp_path, capsys
         overlay = cv2.imread(str(parts["overlay.png"]))
         assert overlay.shape == frame.shape
         m = np.load(parts["map.npy"])
-        assert m.shape == (size, size) and m.dtype == np.float32
+        assert m.shape == size.hw and m.dtype == np.float32
         np.testing.assert_allclose(m, maps[i], rtol=0, atol=1e-6)
         mask = cv2.imread(str(parts["mask.png"]), cv2.IMREAD_UNCHANGED)
-        assert mask.shape == (size, size) and np.array_equal(mask > 0, maps[i] >= thr)
+        assert mask.shape == size.hw and np.array_equal(mask > 0, maps[i] >= thr)
     assert {p.name for p in snaps.iterdir()} == expected_files  # nothing else, nothing for normal frames
 
 
@@ -338,7 +338,7 @@ def test_two_live_sources_share_inference_calls(art, tmp_path):
     be = Recording(inner)
     sources = [LiveSource(str(tmp_path / f"{n}.avi"), name=n, backoff=(0.05, 0.2)) for n in sizes]
     sink = Collect()
-    pipe = Pipeline(be, sources, art.image_size, None, [sink], max_frames=16, status_every=999, log=lambda s: None)
+    pipe = Pipeline(be, sources, art.geometry, None, [sink], max_frames=16, status_every=999, log=lambda s: None)
     summary = pipe.run()
     assert summary.frames == 16 and len(sink.items) == 16
     assert 2 in be.sizes and set(be.sizes) <= {1, 2}, be.sizes  # one frame per source per call, both in one call
@@ -351,7 +351,7 @@ def test_two_live_sources_share_inference_calls(art, tmp_path):
     for pred, frame, amap in sink.items:
         w, h = sizes[pred.source]
         assert frame.shape == (h, w, 3), (pred.source, frame.shape)  # the record names the stream its frame came from
-        m, p = inner(resize_to_model(frame, art.image_size)[None])
+        m, p = inner(resize_to_model(frame, art.geometry)[None])
         np.testing.assert_allclose(pred.image_prob, p[0], rtol=1e-5)
         np.testing.assert_allclose(amap, m[0], rtol=0, atol=1e-6)
 
@@ -399,7 +399,7 @@ def test_a_lasting_backend_error_ends_the_run_and_records_the_batch(art, tmp_pat
     )
     ev = tmp_path / "ev.jsonl"
     logged: list[str] = []
-    pipe = Pipeline(be, [src], art.image_size, None, [EventsSink(ev)], status_every=999, log=logged.append)
+    pipe = Pipeline(be, [src], art.manifest.image_size, None, [EventsSink(ev)], status_every=999, log=logged.append)
     out = run_in_thread(pipe.run)
     summary = out["result"]
     assert be.calls == 2 + 1 + BACKEND_RETRIES  # two good calls, the failing one and its retries
@@ -424,7 +424,7 @@ def test_a_transient_backend_error_is_retried(art, tmp_path):
     pipe = Pipeline(
         be,
         [VideoFileSource(str(tmp_path / "v.avi"))],
-        art.image_size,
+        art.manifest.image_size,
         None,
         [EventsSink(ev)],
         status_every=999,
@@ -493,7 +493,7 @@ def test_snapshots_of_two_sources_with_the_same_stems_are_both_kept(calibrated, 
     from clipad.calibration.constants import Calibration
 
     good = sorted((images / "good").iterdir())
-    x = np.stack([load_image(p, calibrated.image_size) for p in good])
+    x = np.stack([load_image(p, calibrated.geometry) for p in good])
     maps, prob = open_backend(calibrated, "onnxruntime", "fp32", "cpu")(x)
     _, _, anomalous = Calibration.from_manifest(calibrated.manifest).decide(prob, maps.reshape(len(maps), -1).max(1))
     first, second = [p for p, a in zip(good, anomalous, strict=False) if a][:2]

@@ -104,7 +104,7 @@ def test_triton_outputs_match_onnxruntime(exported, server, protocol, shm):
     from clipad.runtime.backends.triton_backend import TritonTarget
 
     art = exported[0]
-    x = parity_images(art.image_size, 6)
+    x = parity_images(art.geometry, 6)
     with open_backend(art, "onnxruntime", "fp32", "cpu") as ort:
         ref_map, ref_prob = ort(x)
     url = server.grpc_url if protocol == "grpc" else server.http_url
@@ -402,7 +402,7 @@ from clipad.runtime.backends import select_backend
 from clipad.runtime.backends.triton_backend import TritonTarget
 art = load_artifacts(sys.argv[1])
 with select_backend(art, "triton", "cpu", "auto", TritonTarget(sys.argv[2])) as be:
-    amap, prob = be(np.zeros((2, art.image_size, art.image_size, 3), np.uint8))
+    amap, prob = be(np.zeros((2, art.manifest.image_size, art.manifest.image_size, 3), np.uint8))
 heavy = sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "open_clip", "torchvision"))
 print(json.dumps({"shape": list(amap.shape), "heavy": heavy}))
 """

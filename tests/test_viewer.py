@@ -86,7 +86,7 @@ def test_viewer_page_stream_and_plot_in_chromium(art, tmp_path):  # noqa: F811
     pipe = Pipeline(
         open_backend(art, "onnxruntime", "fp32", "cpu"),
         [source],
-        art.image_size,
+        art.manifest.image_size,
         None,
         [sink],
         status_every=1e9,

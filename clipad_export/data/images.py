@@ -6,7 +6,8 @@ predict`, `clipad calibrate`, the INT8 calibration, `clipad parity --images` and
 
     decode (PIL for files; OpenCV for video and cameras)
       -> RGB uint8 (``clipad.data.colour.to_rgb``: grey replicated, alpha dropped, 16-bit / 257)
-      -> squash-resize to size x size with PIL bicubic (aspect ratio not kept)
+      -> resize to the model input with PIL bicubic (``clipad.data.geometry``: squashed to
+         S x S, aspect ratio not kept, for CLIP-AD; smaller edge and top-left crop for AnomalyDINO)
 
 so the same file gives the model the same bytes in evaluation and in serving. For RGB and
 greyscale files this equals the official order (resize in the file's own mode, then RGB;
@@ -33,6 +34,7 @@ from PIL import Image, ImageMode, UnidentifiedImageError
 
 from clipad.core.errors import ClipadError
 from clipad.data.colour import pil_to_rgb
+from clipad.data.geometry import ModelSize, geometry
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"})
 # Larger images are refused from the file's header, before decoding (a decompression bomb would
@@ -155,49 +157,29 @@ def decode_rgb(data: bytes, name: str = "image bytes") -> np.ndarray:
         return pil_to_rgb(im)
 
 
-def resize_to_model(rgb: np.ndarray, size: int) -> np.ndarray:
-    """Squash-resize an RGB uint8 [H, W, 3] image to uint8 [size, size, 3] with PIL bicubic
+def resize_to_model(rgb: np.ndarray, size: ModelSize) -> np.ndarray:
+    """An RGB uint8 [H, W, 3] image -> the model input uint8 [height, width, 3] of ``size`` (S:
+    squash to S x S; a Geometry: its policy, ``clipad.data.geometry``) with PIL bicubic
     (antialiased when downscaling, 8-bit rounding); a frame already at size is returned as is."""
-    if rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
-        raise ClipadError(f"expected an RGB uint8 [H, W, 3] image, got {rgb.dtype} {list(rgb.shape)}")
-    if rgb.shape[0] == size and rgb.shape[1] == size:
-        return rgb
-    return np.asarray(Image.fromarray(rgb).resize((size, size), Image.Resampling.BICUBIC), dtype=np.uint8)
+    return geometry(size).fit(rgb)
 
 
-def smaller_edge_size(height: int, width: int, edge: int) -> tuple[int, int]:
-    """(h, w) of an image resized so its smaller edge is ``edge`` and the other int(edge * long /
-    short), as torchvision's ``Resize(int)`` computes it."""
-    return (edge, int(edge * width / height)) if height <= width else (int(edge * height / width), edge)
-
-
-def resize_smaller_edge(rgb: np.ndarray, edge: int, multiple: int) -> np.ndarray:
-    """AnomalyDINO's policy (method.md 15.1): resize an RGB uint8 [H, W, 3] image with PIL bicubic
-    to ``smaller_edge_size``, then crop from the top-left corner to multiples of ``multiple``:
-    uint8 [h, w, 3]."""
-    if rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
-        raise ClipadError(f"expected an RGB uint8 [H, W, 3] image, got {rgb.dtype} {list(rgb.shape)}")
-    nh, nw = smaller_edge_size(rgb.shape[0], rgb.shape[1], edge)
-    if (nh, nw) != rgb.shape[:2]:
-        rgb = np.asarray(Image.fromarray(rgb).resize((nw, nh), Image.Resampling.BICUBIC), dtype=np.uint8)
-    return rgb[: nh - nh % multiple, : nw - nw % multiple]
-
-
-def model_batch(frames: Sequence[np.ndarray], size: int) -> np.ndarray:
-    """RGB uint8 frames of any sizes -> the model's input batch uint8 [B, size, size, 3]."""
+def model_batch(frames: Sequence[np.ndarray], size: ModelSize) -> np.ndarray:
+    """RGB uint8 frames of any sizes -> the model's input batch uint8 [B, height, width, 3]."""
+    fit = geometry(size)
     if not frames:
-        return np.zeros((0, size, size, 3), np.uint8)
-    return np.stack([resize_to_model(f, size) for f in frames])
+        return np.zeros((0, fit.height, fit.width, 3), np.uint8)
+    return np.stack([fit.fit(f) for f in frames])
 
 
-def load_image(path: str | Path, size: int) -> np.ndarray:
-    """Read an image file and resize it for the model: uint8 RGB [size, size, 3]."""
+def load_image(path: str | Path, size: ModelSize) -> np.ndarray:
+    """Read an image file and resize it for the model: uint8 RGB [height, width, 3]."""
     return resize_to_model(read_rgb(path), size)
 
 
 @dataclass
 class ImageBatch:
-    """A batch read from files. images: uint8 [B, size, size, 3] for ``paths`` (the readable
+    """A batch read from files. images: uint8 [B, height, width, 3] for ``paths`` (the readable
     ones, in order); ``originals``: the decoded RGB images at their own size when asked for;
     ``skipped``: one message per unreadable file of this batch; ``consumed``: files read or skipped."""
 
@@ -209,7 +191,7 @@ class ImageBatch:
 
 
 def iter_image_batches(
-    paths: Sequence[Path], size: int, batch_size: int, keep_originals: bool = False
+    paths: Sequence[Path], size: ModelSize, batch_size: int, keep_originals: bool = False
 ) -> Iterator[ImageBatch]:
     """Read ``paths`` in order, ``batch_size`` files at a time; unreadable files are skipped and
     reported in the batch that met them (a batch may then be smaller, or empty)."""
@@ -226,9 +208,9 @@ def iter_image_batches(
         yield ImageBatch(kept, model_batch(rgbs, size), rgbs if keep_originals else None, skipped, len(chunk))
 
 
-def read_model_images(spec: str | Path, size: int, limit: int | None = None) -> np.ndarray:
+def read_model_images(spec: str | Path, size: ModelSize, limit: int | None = None) -> np.ndarray:
     """Up to ``limit`` readable images named by ``spec`` (see ``list_images``), for the model:
-    uint8 [N, size, size, 3]. ClipadError when none can be read."""
+    uint8 [N, height, width, 3]. ClipadError when none can be read."""
     out: list[np.ndarray] = []
     for batch in iter_image_batches(list_images(spec), size, 16):
         out.extend(batch.images)
@@ -239,19 +221,14 @@ def read_model_images(spec: str | Path, size: int, limit: int | None = None) -> 
     return np.stack(out[:limit])
 
 
-def resize_mask(mask: Image.Image | np.ndarray, size: int) -> np.ndarray:
-    """Binarise (> 0), bilinear-resize and threshold at 0.5: bool [size, size] (method.md section 2)."""
-    arr = np.asarray(mask)
-    if arr.ndim == 3:  # colour-coded masks: any non-zero channel is defect
-        arr = arr.max(axis=2)
-    binary = Image.fromarray(((arr > 0) * 255).astype(np.uint8), mode="L")
-    resized = np.asarray(binary.resize((size, size), Image.Resampling.BILINEAR))
-    # ToTensor (/255) then > 0.5  <=>  value >= 128 on uint8.
-    return resized >= 128
+def resize_mask(mask: Image.Image | np.ndarray, size: ModelSize) -> np.ndarray:
+    """Binarise (> 0), bilinear-resize through the image's geometry and threshold at 0.5: bool
+    [height, width] (method.md section 2)."""
+    return geometry(size).fit_mask(np.asarray(mask))
 
 
-def load_mask(path: str | Path, size: int, expect_size: tuple[int, int] | None = None) -> np.ndarray:
-    """Read a ground-truth mask and resize it: bool [size, size].
+def load_mask(path: str | Path, size: ModelSize, expect_size: tuple[int, int] | None = None) -> np.ndarray:
+    """Read a ground-truth mask and resize it: bool [height, width].
 
     ``expect_size`` is the (width, height) of the mask's image; a mismatch is a ClipadError.
     """

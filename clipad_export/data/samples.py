@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from clipad.core.errors import ClipadError
+from clipad.data.geometry import ModelSize, geometry
 from clipad.data.images import iter_image_batches, load_mask
 
 
@@ -45,13 +46,14 @@ def check_masks(split: dict[str, list[Sample]]) -> None:
                 check_mask(s.image, s.mask)
 
 
-def load_batch(samples: list[Sample], size: int, skipped: list[str]):
+def load_batch(samples: list[Sample], size: ModelSize, skipped: list[str]):
     """Read samples for the model through the one image path (``iter_image_batches``): (images
-    uint8 [S, S, 3] list, the samples kept, masks).
+    uint8 [H, W, 3] list, the samples kept, masks).
 
     Unreadable images are skipped and their errors appended to ``skipped``. A mask is bool
-    [S, S]: zeros for normal images, None for an anomalous image without a mask file; a mask
-    whose size differs from its image's is a ClipadError.
+    [H, W], fitted like its image (``clipad.data.geometry``): zeros for normal images, None for
+    an anomalous image without a mask file; a mask whose size differs from its image's is a
+    ClipadError.
     """
     import numpy as np
 
@@ -65,7 +67,7 @@ def load_batch(samples: list[Sample], size: int, skipped: list[str]):
     masks: list[np.ndarray | None] = []
     for s, rgb in zip(kept, batch.originals, strict=False):
         if s.label == 0:
-            masks.append(np.zeros((size, size), dtype=bool))
+            masks.append(np.zeros(geometry(size).hw, dtype=bool))
         else:
             h, w = rgb.shape[:2]
             masks.append(load_mask(s.mask, size, expect_size=(w, h)) if s.mask is not None else None)

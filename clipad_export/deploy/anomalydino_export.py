@@ -1,7 +1,9 @@
 """AnomalyDINO's part of `clipad export` (method.md section 15).
 
-``dino_source``: the good images read through the one image path at the square ``--resolution``
-(``clipad.deploy.reference_set``: the same choice and checks as the reference mode), the memory
+``dino_source``: the good images read through the one image path (``clipad.deploy.reference_set``:
+the same choice and checks as the reference mode), fitted with the official policy: the smaller
+edge at ``--resolution``, the top-left crop to multiples of 14; their size fixes the graph's input
+[H, W] (``DinoOptions.geometry``; S when they are square). Then the memory
 baked (every patch, or the ``--memory-patches`` coreset bound), the model, the manifest's
 ``anomalydino`` record and weights record, and the writer of ``dino_memory.safetensors``
 (float32 [M, W], unit rows: the graph's constant, kept so the PyTorch reference can be rebuilt).
@@ -19,6 +21,7 @@ from safetensors.torch import save_file
 
 from clipad.core.errors import ClipadError
 from clipad.core.hashing import file_sha256
+from clipad.data.geometry import Geometry
 from clipad.deploy.export_config import ExportConfig
 from clipad.deploy.manifest import DINO_MEMORY, AnomalyDinoEntry, FileWeights, RandomWeights, ReferenceImage
 from clipad.deploy.rebuild import MEMORY_KEY
@@ -51,7 +54,7 @@ def dino_source(weights: DinoWeights, cfg: ExportConfig, tasks: Tasks, timings: 
         raise ValueError(f"weights of {weights.backbone} for --backbone {options.backbone}")
     step = tasks.add("memory of the good images", 1)
     t0 = time.perf_counter()
-    refs = read_images(select_images(ref.source, ref.shots), options.resolution)
+    refs = read_images(select_images(ref.source, ref.shots), options.geometry)
     masked = options.masked(cfg.category)
     model, memory = METHOD.build_model(
         weights.backbone, weights.state, refs.images, options.rotations, masked, ref.memory_patches, cfg.device
@@ -80,7 +83,7 @@ def dino_source(weights: DinoWeights, cfg: ExportConfig, tasks: Tasks, timings: 
         model=model,
         model_name=options.backbone,
         weights=weights_record(weights),
-        image_size=options.resolution,
+        geometry=Geometry(int(refs.images.shape[1]), int(refs.images.shape[2]), options.resolution),
         mean=IMAGENET_MEAN,
         std=IMAGENET_STD,
         sigma=METHOD.default_sigma(""),

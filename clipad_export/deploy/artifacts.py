@@ -26,6 +26,7 @@ import numpy as np
 from clipad.core.errors import ClipadError, IntegrityError
 from clipad.core.hashing import file_sha256
 from clipad.core.owned import FolderKind, has_marker, open_stage
+from clipad.data.geometry import Geometry
 from clipad.deploy.manifest import (
     ARTIFACT_FILES,
     MANIFEST,
@@ -116,8 +117,9 @@ class Artifacts:
         return EngineMeta.read(self.verified_path(PLAN_META))
 
     @property
-    def image_size(self) -> int:
-        return self.manifest.image_size
+    def geometry(self) -> Geometry:
+        """The model input's size and how images are fitted to it (``Manifest.geometry``)."""
+        return self.manifest.geometry
 
     @property
     def max_batch(self) -> int:

@@ -31,6 +31,7 @@ from clipad.core.hashing import file_sha256
 from clipad.core.owned import resolve_out
 from clipad.core.progress import Tasks
 from clipad.core.values import AUROC_DROP, BATCH, SIGMA
+from clipad.data.geometry import Geometry
 from clipad.deploy.artifacts import Artifacts, artifact_lock, hash_files, staging_dir
 from clipad.deploy.export_config import ExportConfig, ExportPrecision
 from clipad.deploy.gate_step import Baseline, gate_step
@@ -189,6 +190,7 @@ def model_device(model: nn.Module) -> torch.device:
 
 def graph_parity(
     model: SDPModel | AnomalyDinoModel,
+    size: Geometry,
     onnx_paths: dict[Precision, Path],
     gate: GateSet | None = None,
     max_batch: int = 1,
@@ -197,7 +199,7 @@ def graph_parity(
     reference, the FP16 graph against the FP32 graph, each entry listing its tolerance
     ``violations``; with ``gate`` (labelled images, run at ``max_batch``) the FP16 graph's
     quality gate against the FP32 graph."""
-    images = parity_images(model.image_size, 3)
+    images = parity_images(size, 3)
     with torch.no_grad():
         ref_map, ref_prob = (t.cpu().numpy() for t in model(torch.from_numpy(images).to(model_device(model))))
     baseline = Baseline(images, (ref_map, ref_prob), "pytorch reference", batch=len(images))
@@ -281,7 +283,7 @@ def _clip_source(
         model=model,
         model_name=loaded.spec.model,
         weights=weights_record(loaded),
-        image_size=loaded.image_size,
+        geometry=Geometry.square(loaded.image_size),
         mean=tuple(loaded.mean),
         std=tuple(loaded.std),
         sigma=cfg.sigma,
@@ -336,7 +338,7 @@ def export(loaded: LoadedModel | DinoWeights, cfg: ExportConfig, tasks: Tasks) -
             source.write(stage)
             step = tasks.add("ONNX export", 1)
             t0 = time.perf_counter()
-            export_onnx(model, stage / ONNX_FP32)
+            export_onnx(model, stage / ONNX_FP32, source.geometry.hw)
             timings["onnx_s"] = time.perf_counter() - t0
             step(1)
             paths: dict[Precision, Path] = {"fp32": stage / ONNX_FP32}
@@ -355,13 +357,13 @@ def export(loaded: LoadedModel | DinoWeights, cfg: ExportConfig, tasks: Tasks) -
                 from clipad.deploy.quality_gate import gate_images
 
                 gate_set = gate_images(
-                    Path(cfg.gate_root), cfg.category, source.image_size, cfg.max_auroc_drop, method.image_score
+                    Path(cfg.gate_root), cfg.category, source.geometry, cfg.max_auroc_drop, method.image_score
                 )
             step = tasks.add(
                 "parity" + (" and quality gate" if gate_set and "fp16" in paths else "") + " (ONNX Runtime)", 1
             )
             t0 = time.perf_counter()
-            parity, gates = graph_parity(model, paths, gate_set, cfg.max_batch)
+            parity, gates = graph_parity(model, source.geometry, paths, gate_set, cfg.max_batch)
             timings["parity_s"] = time.perf_counter() - t0
             step(1)
             for precision, f in list(parity.items()):
@@ -402,7 +404,7 @@ def export(loaded: LoadedModel | DinoWeights, cfg: ExportConfig, tasks: Tasks) -
                 heads_sha256=source.heads_sha256,
                 rvs=source.rvs,
                 prompts=source.prompts,
-                image_size=source.image_size,
+                image_size=source.geometry.square_size or list(source.geometry.hw),
                 mean=list(source.mean),
                 std=list(source.std),
                 sigma=source.sigma,
@@ -421,7 +423,7 @@ def export(loaded: LoadedModel | DinoWeights, cfg: ExportConfig, tasks: Tasks) -
                 anomalydino=source.anomalydino,
             )
             if cfg.openvino:
-                manifest = _openvino_step(model, stage, manifest, tasks, timings, gate_set)
+                manifest = _openvino_step(model, source.geometry, stage, manifest, tasks, timings, gate_set)
             if cfg.engine:
                 from clipad.deploy.tensorrt.build import build_engine
 
@@ -459,6 +461,7 @@ def _drop_fp16(
 
 def _openvino_step(
     model: SDPModel | AnomalyDinoModel,
+    size: Geometry,
     stage: Path,
     manifest: Manifest,
     tasks: Tasks,
@@ -471,10 +474,10 @@ def _openvino_step(
 
     step = tasks.add("OpenVINO IR (fp32, bf16, int8)", 1)
     t0 = time.perf_counter()
-    images = np.concatenate([parity_images(model.image_size, 3), parity_images(model.image_size, 3, seed=1)[:2]])
+    images = np.concatenate([parity_images(size, 3), parity_images(size, 3, seed=1)[:2]])
     with torch.no_grad():
         ref_map, ref_prob = (t.cpu().numpy() for t in model(torch.from_numpy(images).to(model_device(model))))
-    calibration = parity_images(model.image_size, 9, seed=2)[:8]
+    calibration = parity_images(size, 9, seed=2)[:8]
     entry, warnings = make_openvino(stage, images, (ref_map, ref_prob), calibration, manifest.max_batch, gate_set)
     timings["openvino_s"] = time.perf_counter() - t0
     step(1)

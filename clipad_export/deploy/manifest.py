@@ -17,7 +17,9 @@ JSON layout (format version 1):
 - ``rvs``: method, profile, dbscan ``{eps, min_samples}`` or null, ``used`` [normal, abnormal]
   (differs from method after a fallback), ``notes``; absent for a method without text vectors
   (AnomalyDINO), as ``prompts``: set, source, sha256, n_normal, n_abnormal;
-- ``image_size`` (px, 1..4096, the graph input's S), ``mean``/``std`` (3 finite floats each, std
+- ``image_size``: the graph input's size in px (1..4096): S for an S x S input, or [H, W] for a
+  non-square one (AnomalyDINO keeps its reference images' aspect ratio; the policy that fills it
+  is the method's: ``Manifest.geometry``), ``mean``/``std`` (3 finite floats each, std
   > 0), ``sigma`` (0..64; 0 = no blur), ``max_batch`` (1..1024), ``precisions`` (the servable
   graphs, in the order they were added; exactly the ONNX graphs ``files`` lists);
 - ``onnx``: the graph's ``inputs``/``outputs`` (name, dtype, shape with "batch" first) and opset;
@@ -60,6 +62,8 @@ from clipad.core.atomic import write_text_atomic
 from clipad.core.choices import DinoBackbone, Masking, Method, Precision, RvsMethod, ServedPrecision
 from clipad.core.errors import ClipadError
 from clipad.core.values import MAX_BATCH, MAX_IMAGE_SIZE, MAX_SIGMA
+from clipad.data.geometry import Geometry
+from clipad.methods.base import Preprocess
 from clipad.methods.registry import get_method
 
 FORMAT_VERSION = 1
@@ -232,6 +236,24 @@ class Prompts(Record):
     n_abnormal: Positive
 
 
+def _image_size(value: Any) -> int | list[int]:
+    # S (an S x S input) or [H, W]; one check, so an error names the field, not a union member.
+    def side(v: Any) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool) and 0 < v <= MAX_IMAGE_SIZE
+
+    if side(value) or isinstance(value, list) and len(value) == 2 and all(map(side, value)):
+        return value
+    if isinstance(value, list):
+        raise ValueError(f"must be S or [H, W] with sides > 0 and <= {MAX_IMAGE_SIZE} (got {value!r})")
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"must be an integer (got {value!r})")
+    raise ValueError(f"must be > 0 and <= {MAX_IMAGE_SIZE} (got {value!r})")
+
+
+# A square input is always written as S (``graph_image_size``).
+ImageSize = Annotated[int | list[int], PlainValidator(_image_size)]
+
+
 class TensorSpec(Record):
     """One graph input or output: shape with symbolic dims as strings ("batch" first)."""
 
@@ -248,11 +270,13 @@ class OnnxSpec(Record):
     opset: Positive
 
 
-def graph_image_size(inputs: list[TensorSpec]) -> int | str:
-    """S of the graph input [batch, S, S, 3] (the shape as written when it is not of that form)."""
+def graph_image_size(inputs: list[TensorSpec]) -> int | list[int] | str:
+    """The manifest's ``image_size`` of the graph input [batch, H, W, 3]: S when H = W = S, else
+    [H, W] (the shape as written when it is not of that form)."""
     shape = inputs[0].shape
-    square = len(shape) == 4 and isinstance(shape[1], int) and shape[1] == shape[2] and shape[3] == 3
-    return shape[1] if square else str(shape)
+    if not (len(shape) == 4 and isinstance(shape[1], int) and isinstance(shape[2], int) and shape[3] == 3):
+        return str(shape)
+    return shape[1] if shape[1] == shape[2] else [shape[1], shape[2]]
 
 
 class Tolerance(Record):
@@ -484,8 +508,8 @@ class ReferenceEntry(Record):
 
 
 class AnomalyDinoEntry(Record):
-    """AnomalyDINO's export (method.md section 15): the ``backbone`` (torch.hub name), the square
-    input's side ``resolution`` (px, a multiple of 14), ``rotations`` (each good image also
+    """AnomalyDINO's export (method.md section 15): the ``backbone`` (torch.hub name), the
+    ``resolution`` (px, a multiple of 14: the smaller edge images are resized to), ``rotations`` (each good image also
     rotated by 45, ..., 315 degrees), ``masking`` (the foreground mask on or off, as resolved)
     and ``masking_option`` (what was asked: auto, on, off); the good ``images`` and their number
     ``shots``; the memory: ``memory_patches`` (the coreset bound asked; absent: every patch, the
@@ -552,7 +576,7 @@ class Manifest(Record):
     heads_sha256: Sha256 | None
     rvs: Omitted[Rvs] = None  # absent: a method without text vectors (Method.manifest_error)
     prompts: Omitted[Prompts] = None
-    image_size: Annotated[int, Field(gt=0, le=MAX_IMAGE_SIZE)]
+    image_size: ImageSize
     mean: Annotated[list[Finite], Field(min_length=3, max_length=3)]
     std: Annotated[list[Annotated[Finite, Field(gt=0)]], Field(min_length=3, max_length=3)]
     sigma: Annotated[Finite, Field(ge=0, le=MAX_SIGMA)]
@@ -587,6 +611,8 @@ class Manifest(Record):
         taken = graph_image_size(self.onnx.inputs)
         if taken != self.image_size:
             raise ValueError(f"image_size: {self.image_size}, but onnx.inputs describes a {taken} px input")
+        if isinstance(self.image_size, list) and get_method(self.mode, "mode").preprocess is Preprocess.SQUASH:
+            raise ValueError(f"image_size: mode {self.mode} takes a square input, not {self.image_size}")
         if (self.rvs is None) != (self.prompts is None):
             raise ValueError("prompts: present exactly when rvs is (the text vectors' records)")
         error = get_method(self.mode, "mode").manifest_error(
@@ -599,9 +625,8 @@ class Manifest(Record):
             raise ValueError(error)
         if (self.anomalydino is not None) != (DINO_MEMORY in self.files):
             raise ValueError(f"anomalydino: present exactly when files lists {DINO_MEMORY}")
-        if self.anomalydino is not None and (self.model, self.image_size) != (
-            self.anomalydino.backbone,
-            self.anomalydino.resolution,
+        if self.anomalydino is not None and (
+            self.model != self.anomalydino.backbone or self.anomalydino.resolution not in self.geometry.hw
         ):
             raise ValueError(
                 f"model: {self.model} at {self.image_size} px, but anomalydino records {self.anomalydino.backbone} "
@@ -619,6 +644,17 @@ class Manifest(Record):
                     if name not in self.files:
                         raise ValueError(f"openvino.ir: no {name} in files")
         return self
+
+    @property
+    def geometry(self) -> Geometry:
+        """The graph input's size and the policy that fills it from an image of any size: the
+        method's (``Method.preprocess``: squash for CLIP-AD; AnomalyDINO's smaller edge at its
+        ``resolution``, then the top-left crop)."""
+        h, w = (self.image_size, self.image_size) if isinstance(self.image_size, int) else self.image_size
+        if get_method(self.mode, "mode").preprocess is Preprocess.SQUASH:
+            return Geometry(h, w)
+        assert self.anomalydino is not None  # check_consistency: the smaller-edge method's record
+        return Geometry(h, w, self.anomalydino.resolution)
 
     # --- reading and writing -------------------------------------------------------------
 

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from clipad.data.geometry import ModelSize, geometry
 from clipad.data.images import model_batch
 from clipad.data.synth import sample_images
 from clipad.deploy.manifest import ParityFigures
@@ -84,8 +85,9 @@ def violations(figures: ParityFigures, precision: str) -> list[str]:
     return out
 
 
-def parity_images(size: int, n: int = 3, seed: int = 0) -> np.ndarray:
-    """Deterministic uint8 RGB [n, size, size, 3] (n >= 2): synthetic parts with defects, then noise."""
+def parity_images(size: ModelSize, n: int = 3, seed: int = 0) -> np.ndarray:
+    """Deterministic uint8 RGB [n, H, W, 3] (n >= 2) fitted to ``size``: synthetic parts with
+    defects, then noise."""
     parts = model_batch(sample_images(n - 1, seed=seed), size)
-    noise = np.random.default_rng(seed).integers(0, 256, (1, size, size, 3), dtype=np.uint8)
+    noise = np.random.default_rng(seed).integers(0, 256, (1, *geometry(size).hw, 3), dtype=np.uint8)
     return np.concatenate([parts, noise])

@@ -21,6 +21,7 @@ import numpy as np
 
 from clipad.core.errors import ClipadError
 from clipad.data import load_batch, load_split
+from clipad.data.geometry import ModelSize
 from clipad.deploy.manifest import QualityGate
 from clipad.deploy.parity import compare
 from clipad.deploy.runners.base import Outputs
@@ -47,7 +48,7 @@ class GateSet:
 def gate_images(
     root: Path,
     category: str,
-    size: int,
+    size: ModelSize,
     max_drop_points: float = DEFAULT_MAX_DROP_POINTS,
     image_score: ImageScore = ImageScore.PROB_PLUS_MAX,
 ) -> GateSet:

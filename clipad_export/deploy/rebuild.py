@@ -68,7 +68,7 @@ def reference_model(artifacts: Artifacts, device: str | torch.device = "cpu") ->
     return build_reference_model(
         loaded,
         artifacts.text_features(),
-        m.image_size,
+        m.geometry.height,  # square: the CLIP methods' manifests are (Manifest.check_consistency)
         m.sigma,
         tuple(m.mean),
         tuple(m.std),
@@ -100,5 +100,4 @@ def dino_reference(artifacts: Artifacts, device: str | torch.device = "cpu") -> 
         raise ClipadError(f"weights file {w.path} is missing or changed since export (sha256 differs); re-export")
     weights = METHOD.load(weight_spec(m))
     memory = load_dino_memory(artifacts.verified_path(DINO_MEMORY), entry)
-    size = (entry.resolution, entry.resolution)
-    return METHOD.from_memory(weights.backbone, weights.state, size, memory, entry.masking, device)
+    return METHOD.from_memory(weights.backbone, weights.state, m.geometry.hw, memory, entry.masking, device)

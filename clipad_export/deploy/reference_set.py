@@ -13,6 +13,7 @@ Every image is then read and resized through the one image path (``clipad.data.i
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import cast
@@ -23,7 +24,8 @@ from safetensors.torch import load_file, save_file
 
 from clipad.core.errors import ClipadError
 from clipad.core.hashing import file_sha256
-from clipad.data.images import ImageReadError, list_images, read_rgb, resize_to_model
+from clipad.data.geometry import Geometry, ModelSize, geometry
+from clipad.data.images import ImageReadError, list_images, read_rgb
 from clipad.deploy.manifest import ReferenceEntry, ReferenceImage, ReferenceScore
 from clipad.model.reference import DEFAULT_MEMORY_PATCHES, STAGE_COMBINE, Baked, Memory, bake
 from clipad.model.sdp import SDPModel
@@ -82,9 +84,14 @@ def select_images(source: str, shots: int | None) -> list[Path]:
     return paths[:shots] if shots is not None else paths
 
 
-def read_images(paths: list[Path], size: int, expect_size: tuple[int, int] | None = None) -> ReferenceImages:
-    """Read every file through the one image path; one line for an unreadable file, a size that
-    differs from ``expect_size`` (default: the first image's) or a file given twice."""
+def read_images(
+    paths: list[Path], size: ModelSize | Callable[[int, int], Geometry], expect_size: tuple[int, int] | None = None
+) -> ReferenceImages:
+    """Read every file through the one image path, fitted to ``size`` (S, a Geometry, or the
+    function giving the Geometry from the first image's height and width); one line for an
+    unreadable file, a size that differs from ``expect_size`` (default: the first image's) or a
+    file given twice."""
+    fit = None if callable(size) else geometry(size)
     images: list[np.ndarray] = []
     hashes: list[str] = []
     first = expect_size
@@ -107,7 +114,9 @@ def read_images(paths: list[Path], size: int, expect_size: tuple[int, int] | Non
                 f"reference image {p} is identical to {paths[hashes.index(sha)]}: give each good part once"
             )
         hashes.append(sha)
-        images.append(resize_to_model(rgb, size))
+        if fit is None:
+            fit = cast(Callable[[int, int], Geometry], size)(rgb.shape[0], rgb.shape[1])
+        images.append(fit.fit(rgb))
     stacked = np.stack(images)  # fails on an empty list, before ``first`` is read
     assert first is not None  # the first image's size when expect_size is None
     return ReferenceImages(stacked, list(paths), hashes, (int(first[0]), int(first[1])))

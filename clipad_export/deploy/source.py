@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from clipad.data.geometry import Geometry
 from clipad.deploy.manifest import (
     AnomalyDinoEntry,
     FileWeights,
@@ -25,16 +26,17 @@ if TYPE_CHECKING:
 
 @dataclass
 class Source:
-    """What a method's model brings to the export: the reference ``model`` (uint8 [B, S, S, 3] ->
-    anomaly_map float32 [B, S, S], image_prob float32 [B]), the manifest's model name, weights
-    record, S (``image_size``), ``mean``/``std``, ``sigma`` and its method records (text vectors'
-    ``rvs``/``prompts``, ``heads_sha256``, ``reference``, ``anomalydino``), ``write``: writes its
-    files into the staging directory; ``warnings`` for the manifest."""
+    """What a method's model brings to the export: the reference ``model`` (uint8 [B, H, W, 3] ->
+    anomaly_map float32 [B, H, W], image_prob float32 [B]), the manifest's model name, weights
+    record, the input's ``geometry`` (its size is the manifest's ``image_size``), ``mean``/``std``,
+    ``sigma`` and its method records (text vectors' ``rvs``/``prompts``, ``heads_sha256``,
+    ``reference``, ``anomalydino``), ``write``: writes its files into the staging directory;
+    ``warnings`` for the manifest."""
 
     model: SDPModel | AnomalyDinoModel
     model_name: str
     weights: RandomWeights | FileWeights | OpenClipWeights
-    image_size: int
+    geometry: Geometry
     mean: tuple[float, ...]
     std: tuple[float, ...]
     sigma: float

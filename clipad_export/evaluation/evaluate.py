@@ -21,6 +21,7 @@ from clipad.core.choices import Method
 from clipad.core.errors import ClipadError
 from clipad.core.progress import Tasks
 from clipad.data import Sample, load_batch
+from clipad.data.geometry import ModelSize
 from clipad.evaluation.metrics import binary_metrics, pixel_metrics
 from clipad.evaluation.results import EvalResults
 from clipad.methods.anomalydino import DinoOptions
@@ -69,11 +70,15 @@ class CategoryOutput:
 
 @torch.no_grad()
 def run_category(
-    model: SDPModel | AnomalyDinoModel, samples: list[Sample], batch_size: int, advance=lambda n: None
+    model: SDPModel | AnomalyDinoModel,
+    samples: list[Sample],
+    batch_size: int,
+    size: ModelSize,
+    advance=lambda n: None,
 ) -> CategoryOutput:
-    """Run ``model`` (an SDPModel or an AnomalyDinoModel: square ``image_size``) over ``samples``
-    in batches; unreadable images are skipped and listed."""
-    size, device = model.image_size, next(model.parameters()).device
+    """Run ``model`` (an SDPModel or an AnomalyDinoModel) over ``samples`` fitted to its input
+    ``size`` (``clipad.data.geometry``), in batches; unreadable images are skipped and listed."""
+    device = next(model.parameters()).device
     labels: list[int] = []
     probs: list[np.ndarray] = []
     maps: list[np.ndarray] = []
@@ -142,7 +147,7 @@ def evaluate(loaded: LoadedModel, split: dict[str, list[Sample]], cfg: EvalConfi
         t0 = time.perf_counter()
         tv, model = category_model(loaded, cat, cfg, tasks)
         t1 = time.perf_counter()
-        out = run_category(model, samples, cfg.batch_size, tasks.add(f"{cat}: images", len(samples)))
+        out = run_category(model, samples, cfg.batch_size, model.image_size, tasks.add(f"{cat}: images", len(samples)))
         t2 = time.perf_counter()
         entry = category_metrics(out, method.image_score)
         entry["rvs"] = tv.summary()

@@ -22,7 +22,8 @@ import numpy as np
 from clipad.core.errors import ClipadError
 from clipad.core.progress import Tasks
 from clipad.data import Sample
-from clipad.data.images import is_image_file, load_image
+from clipad.data.geometry import Geometry
+from clipad.data.images import is_image_file, read_rgb
 from clipad.evaluation.evaluate import EvalConfig, category_metrics, category_model, run_category
 from clipad.evaluation.metrics import mean_of
 from clipad.evaluation.results import METRIC_GROUPS, EvalResults
@@ -93,8 +94,11 @@ def evaluate_shots(
         for seed in seeds:
             t0 = time.perf_counter()
             picked = method.draw(files[cat], shots, seed)
-            model = build(np.stack([load_image(p, size) for p in picked]))
-            out = run_category(model, samples, cfg.batch_size, tasks.add(f"{cat} seed {seed}: images", len(samples)))
+            good = [read_rgb(p) for p in picked]
+            fit = size(*good[0].shape[:2])
+            model = build(np.stack([fit.fit(rgb) for rgb in good]))
+            advance = tasks.add(f"{cat} seed {seed}: images", len(samples))
+            out = run_category(model, samples, cfg.batch_size, fit, advance)
             entry = category_metrics(out, method.image_score)
             entry["timing_s"] = round(time.perf_counter() - t0, 3)
             per_seed.append(entry)
@@ -122,10 +126,11 @@ def evaluate_shots(
 
 def _shot_models(
     loaded: Any, category: str, cfg: EvalConfig, memory_patches: int | None, tasks: Tasks
-) -> tuple[int, Callable[[np.ndarray], SDPModel | AnomalyDinoModel], dict | None]:
-    """For one category: the side (px) at which its good images are read, the function that
-    builds the scored model from them (uint8 [K, S, S, 3]), and the RVS summary (None without
-    text vectors)."""
+) -> tuple[Callable[[int, int], Geometry], Callable[[np.ndarray], SDPModel | AnomalyDinoModel], dict | None]:
+    """For one category: the model input's geometry given the first good image's height and
+    width (AnomalyDINO keeps its aspect ratio; the CLIP methods squash to S x S), the function
+    that builds the scored model from the good images (uint8 [K, H, W, 3]), and the RVS summary
+    (None without text vectors)."""
     method = get_method(cfg.method)
     if method.backbone == "dinov2":
         dino = cfg.dino or DinoOptions()
@@ -136,7 +141,7 @@ def _shot_models(
                 loaded.backbone, loaded.state, images, dino.rotations, masked, memory_patches, cfg.device
             )[0]
 
-        return dino.resolution, build_dino, None
+        return dino.geometry, build_dino, None
     tv, base = category_model(loaded, category, cfg, tasks)
     base.eval()
     assert memory_patches is not None  # evaluate_shots gives the CLIP methods the reference mode's default
@@ -144,4 +149,4 @@ def _shot_models(
     def build_clip(images: np.ndarray) -> SDPModel:
         return bake(base, images, memory_patches, not method.text_path).model
 
-    return loaded.image_size, build_clip, tv.summary()
+    return lambda height, width: Geometry.square(loaded.image_size), build_clip, tv.summary()

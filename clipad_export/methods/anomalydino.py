@@ -9,9 +9,9 @@ memory, the optional foreground mask and the official top-1% score; image_prob i
 export --method anomalydino --reference GOOD_IMAGES` bakes the memory into one graph
 (``clipad.deploy.anomalydino_export``), served by ONNX Runtime, OpenVINO and the torch backend
 (``refused_targets``: no TensorRT engine or Triton repository yet). Both commands check the
-options with ``dino_options``. Inputs are square
-(``resolution`` x ``resolution``, squashed like every method's); the official code keeps the
-aspect ratio (the smaller edge at the resolution), which differs for non-square images only.
+options with ``dino_options``. Images keep their aspect ratio as in the official code
+(``preprocess``: the smaller edge resized to ``resolution``, then the top-left crop to multiples
+of 14); the input's fixed size is that of the good images (``DinoOptions.geometry``).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, cast
 from clipad.core.choices import DinoBackbone, Masking
 from clipad.core.errors import ClipadError
 from clipad.core.values import MAX_IMAGE_SIZE
-from clipad.methods.base import EvalProtocol, ImageScore, Method
+from clipad.methods.base import EvalProtocol, ImageScore, Method, Preprocess
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     import numpy as np
     import torch
 
+    from clipad.data.geometry import Geometry
     from clipad.model.anomalydino import AnomalyDinoModel, DinoMemory
     from clipad.model.dinov2 import DinoWeights
     from clipad.model.flops import ViTDims
@@ -72,8 +73,8 @@ def masking_default(category: str) -> bool:
 @dataclass(frozen=True)
 class DinoOptions:
     """AnomalyDINO's choices (`--backbone`, `--resolution`, `--rotations`, `--masking`):
-    ``resolution`` px, the square input's side (a multiple of 14); ``rotations``: each good image
-    also rotated by 45, ..., 315 degrees in the memory."""
+    ``resolution`` px, the smaller edge images are resized to (a multiple of 14); ``rotations``:
+    each good image also rotated by 45, ..., 315 degrees in the memory."""
 
     backbone: DinoBackbone = "dinov2_vits14"
     resolution: int = DEFAULT_RESOLUTION
@@ -92,6 +93,13 @@ class DinoOptions:
                 f"--resolution must be a multiple of {PATCH} (DINOv2's patch) up to {MAX_IMAGE_SIZE}, "
                 f"e.g. 224, 336 or 448, got {self.resolution}"
             )
+
+    def geometry(self, height: int, width: int) -> Geometry:
+        """The input for good images of ``height`` x ``width`` px: the smaller edge at
+        ``resolution``, each side floored to a multiple of 14 (method.md 15.1)."""
+        from clipad.data.geometry import Geometry
+
+        return Geometry.smaller_edge(self.resolution, PATCH, height, width)
 
     def masked(self, category: str) -> bool:
         """Whether the foreground mask is on for ``category``."""
@@ -153,6 +161,7 @@ class AnomalyDino(Method):
     text_path = False
     needs_reference = True
     image_score = ImageScore.PROB
+    preprocess = Preprocess.SMALLER_EDGE
     eval_protocol = EvalProtocol.FEW_SHOT
     backbone = "dinov2"
     refused_targets = ("--engine", "--triton-repo")

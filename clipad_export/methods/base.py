@@ -45,10 +45,11 @@ class ImageScore(StrEnum):
 
 
 class Preprocess(StrEnum):
-    """How an image of any size becomes the model's input. Declared per method; the one image path
-    (``clipad.data.images``) implements SQUASH only and does not read it yet (docs/architecture.md)."""
+    """How an image of any size becomes the model's input (``clipad.data.geometry.Geometry``, made
+    from the manifest by ``Manifest.geometry``)."""
 
     SQUASH = "squash"  # resized to image_size x image_size, aspect ratio not kept (method.md section 2)
+    SMALLER_EDGE = "smaller-edge"  # smaller edge to the resolution, top-left crop (method.md 15.1)
 
 
 class EvalProtocol(StrEnum):

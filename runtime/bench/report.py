@@ -22,7 +22,7 @@ class BenchReport:
     artifacts: str
     model: str
     mode: str
-    image_size: int
+    image_size: int | list[int]  # the manifest's: S, or [H, W]
     max_batch: int
     weights: str
     machine: dict[str, Any]

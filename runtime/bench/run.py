@@ -46,12 +46,12 @@ def run_bench(art: Artifacts, cfg: BenchConfig, tasks: Tasks) -> BenchReport:
         raise ClipadError(f"clipad bench measures the CLIP methods' exports, not mode {art.manifest.mode} (yet)")
     cfg.fit(art.max_batch)
     device = resolve_device(cfg.device)
-    size = art.image_size
+    size = art.geometry
     frames = parity_images(size, max(2, *cfg.batches))
     memory = HostMemory()
 
     reference = reference_model(art, "cpu")
-    flops = flop_figures(reference, size, get_method(art.manifest.mode))
+    flops = flop_figures(reference, size.height, get_method(art.manifest.mode))
     # the parity targets first: the dual-path timing below moves the reference to the bench device
     target = reference_outputs(art, parity_images(size, PARITY_IMAGES), reference) if cfg.parity else None
     advance = tasks.add("dual path vs plain encoding", 1)
@@ -90,7 +90,7 @@ def run_bench(art: Artifacts, cfg: BenchConfig, tasks: Tasks) -> BenchReport:
         artifacts=str(art.root),
         model=m.model,
         mode=m.mode,
-        image_size=size,
+        image_size=m.image_size,
         max_batch=art.max_batch,
         weights=m.weights.source,
         machine=machine,

@@ -19,6 +19,7 @@ import numpy as np
 
 from clipad.calibration.constants import Calibration
 from clipad.core.errors import ClipadError
+from clipad.data.geometry import Geometry
 from clipad.runtime.serving import Served, open_served
 
 RECIPE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
@@ -57,12 +58,12 @@ class Recipe:
         return self.served.calibration
 
     @property
-    def image_size(self) -> int:
-        """The model's input side in pixels (images are squash-resized to it)."""
-        return self.served.artifacts.image_size
+    def geometry(self) -> Geometry:
+        """The model's input size and how images are fitted to it (``clipad.data.geometry``)."""
+        return self.served.artifacts.geometry
 
     def infer(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """uint8 RGB [B, S, S, 3] -> (anomaly maps float32 [B, S', S'], image_prob float32 [B])."""
+        """uint8 RGB [B, H, W, 3] -> (anomaly maps float32 [B, H, W], image_prob float32 [B])."""
         return self.served.backend(images)
 
     def describe(self) -> str:
@@ -158,9 +159,8 @@ class RecipeBook:
                     "--good IMAGES` first (a station needs thresholds to say OK or NG)"
                 )
             recipe = Recipe(name, artifacts, served)
-            size = recipe.image_size
             try:  # the first inference allocates the backend's buffers: done here, not in a job
-                recipe.infer(np.zeros((1, size, size, 3), np.uint8))
+                recipe.infer(np.zeros((1, *recipe.geometry.hw, 3), np.uint8))
             except Exception as err:  # noqa: BLE001 - any backend failure is this recipe's one line
                 raise ClipadError(f"recipe {name}: the backend failed its first inference: {err}") from None
             with self._lock:
