@@ -7,9 +7,10 @@ memory, the optional foreground mask and the official top-1% score; image_prob i
 
 `clipad eval --method anomalydino --shots K` runs the official protocol (``draw``); `clipad
 export --method anomalydino --reference GOOD_IMAGES` bakes the memory into one graph
-(``clipad.deploy.anomalydino_export``), served by ONNX Runtime, OpenVINO and the torch backend
-(``refused_targets``: no TensorRT engine or Triton repository yet). Both commands check the
-options with ``dino_options``. Inputs are square
+(``clipad.deploy.anomalydino_export``), served by ONNX Runtime, OpenVINO, the torch backend,
+a Triton repository (``--triton-repo``) and a TensorRT engine (``--engine``: the graphs pass the
+parser check, the build itself is not verified here). `clipad bench` takes its FLOPs from
+``graph_flops``. Both commands check the options with ``dino_options``. Inputs are square
 (``resolution`` x ``resolution``, squashed like every method's); the official code keeps the
 aspect ratio (the smaller edge at the resolution), which differs for non-square images only.
 """
@@ -23,7 +24,7 @@ from typing import TYPE_CHECKING, cast
 from clipad.core.choices import DinoBackbone, Masking
 from clipad.core.errors import ClipadError
 from clipad.core.values import MAX_IMAGE_SIZE
-from clipad.methods.base import EvalProtocol, ImageScore, Method
+from clipad.methods.base import EvalProtocol, GraphFlops, ImageScore, Method
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -155,7 +156,6 @@ class AnomalyDino(Method):
     image_score = ImageScore.PROB
     eval_protocol = EvalProtocol.FEW_SHOT
     backbone = "dinov2"
-    refused_targets = ("--engine", "--triton-repo")
 
     def manifest_error(self, heads: bool, reference: bool, text: bool = False, dino: bool = True) -> str | None:
         """No heads, no text vectors (rvs, prompts), no CLIP reference memory: its own record."""
@@ -201,6 +201,18 @@ class AnomalyDino(Method):
                 "upsample_blur": 2 * dims.image_size * dims.grid * (dims.grid + dims.image_size),
             }
         )
+
+    def graph_flops(self, reference: AnomalyDinoModel, image_size: int) -> GraphFlops:
+        """``flops`` of the export's backbone at ``image_size`` px and its memory's M patches, plus
+        the foreground mask's ``mask`` part when the graph masks; no plain encoding (no dual path)."""
+        from clipad.model.flops import with_total
+
+        dims = reference.vit.arch.dims(image_size)
+        parts = self.flops(dims, int(reference.memory.shape[0]))
+        if not reference.masking:
+            return GraphFlops(parts, dims, None)
+        parts = {k: v for k, v in parts.items() if k != "total"} | {"mask": mask_flops(dims.width, dims.grid**2)}
+        return GraphFlops(with_total(parts), dims, None)
 
     def build_model(
         self,
