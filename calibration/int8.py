@@ -104,7 +104,10 @@ def quantise(src: Path, dst: Path, images: np.ndarray, tasks: Tasks) -> None:
             calibrate_method=CalibrationMethod.MinMax,
             # Symmetric for TensorRT. MinMax keeps only per-tensor reductions per image, so memory stays
             # small (ORT 1.32 drops data when CalibMaxIntermediateOutputs is set, so it is not).
-            extra_options={"ActivationSymmetric": True, "WeightSymmetric": True},
+            # Biases stay float: a quantised Conv/Gemm bias is an INT32 DequantizeLinear, which
+            # TensorRT's parser does not take (onnx-tensorrt docs/operators.md, 10.1-GA: INT8, FP8,
+            # INT4 only); DINOv2's patch embedding is the first Conv with a bias.
+            extra_options={"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False},
         )
     finally:
         logging.disable(logging.NOTSET)

@@ -62,15 +62,13 @@ def dino_graph(folder: Path, size: int, shots: int, rotations: bool) -> Graph:
     from clipad.deploy.parity import parity_images
     from clipad.methods.anomalydino import METHOD
     from clipad.model.dinov2 import ARCHS, random_state
-    from clipad.model.flops import ViTDims
-
     arch = ARCHS["dinov2_vits14"]
     good = np.concatenate([parity_images(size, 3, seed=s) for s in range(1 + shots // 3)])[:shots]
     model, _ = METHOD.build_model("dinov2_vits14", random_state("dinov2_vits14", 0), good, rotations, False)
     memory = int(model.memory.shape[0])
     path = folder / f"dino_{size}_{'rot' if rotations else 'plain'}.onnx"
     export_onnx(model, path, (size, size))
-    dims = ViTDims(size, 14, arch.width, arch.depth, 4 * arch.width, arch.width)
+    dims = arch.dims(size, size)
     name = f"AnomalyDINO ViT-S/14 {size} px K={shots}{' + rotations' if rotations else ''}"
     return Graph(name, path, size, memory, METHOD.flops(dims, memory)["total"] / 1e9, [])
 

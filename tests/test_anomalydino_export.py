@@ -141,6 +141,66 @@ def test_the_memory_bound_rotations_and_masking_are_recorded(tmp_path, synth_roo
         want = [t.numpy() for t in reference_model(art)(torch.from_numpy(x))]
     got = open_backend(art, "onnxruntime", "fp32", "cpu")(x)
     assert compare(tuple(want), got, "pytorch", limits="fp32").violations == []
+    # TensorRT's parser check on the masked graph (ArgMax, GatherElements, 1-D MaxPool, a constant
+    # identity) in FP32, FP16 and INT8 (`clipad calibrate --int8`'s quantiser, on 2 synthetic images)
+    from clipad.calibration.int8 import quantise
+    from clipad.deploy.fp16 import convert_fp16
+    from clipad.deploy.tensorrt.parser_check import unsupported_ops
+
+    convert_fp16(art.root / ONNX_FP32, tmp_path / "fp16.onnx")
+    quantise(art.root / ONNX_FP32, tmp_path / "int8.onnx", parity_images(SIZE, 2), Tasks(None))
+    for path in (art.root / ONNX_FP32, tmp_path / "fp16.onnx", tmp_path / "int8.onnx"):
+        assert unsupported_ops(path) == [], path.name
+    int8 = onnx.load(str(tmp_path / "int8.onnx")).graph
+    assert {"QuantizeLinear", "ArgMax", "GatherElements", "MaxPool"} <= {n.op_type for n in int8.node}
+    assert "EyeLike" not in {n.op_type for n in int8.node}
+    # the patch embedding's bias stays float: an INT32 DequantizeLinear is not TensorRT's
+    conv = next(n for n in int8.node if n.op_type == "Conv")
+    assert len(conv.input) == 3 and conv.input[2] in {t.name for t in int8.initializer}
+
+
+def test_tensorrt_parser_check_takes_its_graphs(exported):
+    """Masking off, no rotations: the export's FP32 and FP16 graphs pass TensorRT's parser check
+    (INT8 and the masked graph: test_the_memory_bound_rotations_and_masking_are_recorded)."""
+    from clipad.deploy.tensorrt.parser_check import unsupported_ops
+
+    for name in (ONNX_FP32, ONNX_FP16):
+        assert unsupported_ops(exported.root / name) == [], name
+
+
+def test_engine_goes_as_far_as_sdp_without_tensorrt(synth_root, tmp_path, capsys):
+    """`--engine` is accepted; without TensorRT it stops, as SDP's does, in one line before any work."""
+    try:
+        import tensorrt  # noqa: F401
+    except ImportError:
+        good = synth_root / "fabric" / "train" / "good"
+        args = ["export", "--category", "fabric", "--reference", good, "--out", tmp_path / "a", *DINO, "--engine"]
+        code, _, err = run(capsys, *args)
+        assert_one_line_error(code, err, "--engine needs TensorRT")
+        assert not (tmp_path / "a").exists()
+    else:
+        pytest.skip("tensorrt is installed here; tests/test_engine.py covers the build")
+
+
+def test_bench_takes_its_flops_from_the_method(exported, tmp_path, capsys):
+    """`clipad bench` on an AnomalyDINO export: its rows, the FLOPs of methods/anomalydino.py for
+    this export (ViT-S/14 at 56 px, the memory's patches, no mask), no dual path."""
+    from clipad.model.dinov2 import ARCHS
+
+    report = tmp_path / "bench.json"
+    args = ["--backends", "onnxruntime", "--precision", "fp32", "--batch", "1", "--iterations", "2", "--warmup", "0"]
+    code, out, err = run(capsys, "bench", "--artifacts", exported.root, *args, "--device", "cpu", "--json", report)
+    assert code == 0, err
+    res = json.loads(report.read_text())
+    d = exported.manifest.anomalydino
+    assert d is not None and res["mode"] == "anomalydino" and res["model"] == "dinov2_vits14"
+    want = METHOD.flops(ARCHS["dinov2_vits14"].dims(*HW), d.patches)
+    assert res["flops"]["per_image"] == want and want["memory"] == 2 * 16 * d.patches * 384
+    assert res["flops"]["plain_encoding_per_image"] is None and res["dual_path"] == []
+    (row,) = res["rows"]
+    assert row["status"] == "ok" and row["parity"]["within_tolerance"] is True
+    assert row["gflops_per_s"] == pytest.approx(want["total"] * row["images_per_s"] / 1e9)
+    assert f"FLOPs per image (dinov2_vits14, anomalydino): {want['total'] / 1e9:.4g} GFLOP" in out
 
 
 def test_weights_file_is_recorded_and_checked_when_rebuilt(tmp_path, synth_root):
@@ -211,8 +271,6 @@ def test_calibrate_predict_and_run_serve_it(exported, synth_root, tmp_path, caps
         ([*DINO, "--sigma", "2"], "uses no --sigma (anomalydino blurs with the official sigma 4)"),
         ([*DINO, "--object-name", "cloth"], "uses no --object-name"),
         ([*DINO, "--model", "clipad-tiny"], "--model (anomalydino takes --backbone)"),
-        ([*DINO, "--engine"], "--engine: not built for --method anomalydino yet"),
-        ([*DINO, "--engine", "--triton-repo", "r"], "--engine, --triton-repo: not built for --method anomalydino"),
         ([*DINO, "--resolution", "100"], "--resolution must be a multiple of 14"),
         ([*DINO, "--masking", "yes"], "--masking must be one of auto, on, off"),
         ([*DINO, "--backbone", "vits14"], "--backbone must be one of dinov2_"),
@@ -234,8 +292,6 @@ def test_commands_for_the_clip_methods_refuse_it_in_one_line(exported, synth_roo
     shutil.copytree(exported.root, copy)
     code, _, err = run(capsys, "reference", "add", synth_root / "fabric" / "test" / "good", "--artifacts", copy)
     assert_one_line_error(code, err, "is an AnomalyDINO export: export it again with all the good images")
-    code, _, err = run(capsys, "bench", "--artifacts", copy, "--backends", "onnxruntime", "--iterations", "1")
-    assert_one_line_error(code, err, "clipad bench measures the CLIP methods' exports, not mode anomalydino")
     code, _, err = run(capsys, "predict", synth_root / "fabric" / "test", "--artifacts", copy, "--backend", "openvino")
     assert_one_line_error(code, err, "has no OpenVINO IR")
 

@@ -545,3 +545,49 @@ def test_sidecars_from_before_the_opt_batch_still_load(sidecar, tmp_path):
     assert loaded.profile.opt == 1 and loaded.tf32 is None
     assert "tf32" not in loaded.model_dump()  # rewritten as it was read
     plan.check_plan_shapes(loaded, art.manifest)  # its shapes still fit; only its tuning batch differs
+
+
+def test_restrictions_of_the_mask_and_score_operators(tmp_path):
+    """The matrix's restrictions (onnx-tensorrt 10.1-GA): TopK's K a build-time constant below
+    3840 and sorted; EyeLike of static dimensions (one made from a computed shape is what
+    AnomalyDINO's mask exported before its identity became a constant); MaxPool 1-D to 3-D with
+    unit dilations; a reduction's axes an initializer. The allowed forms pass."""
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 8])
+    k_ok = numpy_helper.from_array(np.array([2], np.int64), "k_ok")
+    k_big = numpy_helper.from_array(np.array([4000], np.int64), "k_big")
+
+    def problems(nodes, inits=(), rank=2):
+        y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [f"d{i}" for i in range(rank)])
+        return parser_check.unsupported_ops(_save(tmp_path, nodes, [x], [y], [k_ok, k_big, *inits]))
+
+    assert problems([helper.make_node("TopK", ["x", "k_ok"], ["y", "i"], axis=1, name="t")]) == []
+    found = problems([helper.make_node("TopK", ["x", "k_big"], ["y", "i"], axis=1, name="t")])
+    assert found == ["TopK (t): K 4000: TensorRT takes K < 3840"]
+    found = problems([helper.make_node("TopK", ["x", "k_ok"], ["y", "i"], axis=1, sorted=0, name="t")])
+    assert found == ["TopK (t): sorted 0: TensorRT needs sorted 1"]
+    dynamic_k = [
+        helper.make_node("Shape", ["x"], ["s"], start=1, name="shape"),
+        helper.make_node("TopK", ["x", "s"], ["y", "i"], axis=1, name="t"),
+    ]
+    assert problems(dynamic_k) == ["TopK (t): K 's' is not a build-time constant"]
+
+    computed_eye = [
+        helper.make_node("Shape", ["x"], ["s"], name="shape"),
+        helper.make_node("ConstantOfShape", ["s"], ["z"], name="fill"),
+        helper.make_node("EyeLike", ["z"], ["y"], name="eye"),
+    ]
+    assert problems(computed_eye) == [
+        "EyeLike (eye): input 'z' has dimensions [None, None]: TensorRT needs them static (rank 2)"
+    ]
+
+    pool = [helper.make_node("Unsqueeze", ["x", "one"], ["u"], name="u")]
+    one = numpy_helper.from_array(np.array([1], np.int64), "one")
+    assert problems([*pool, helper.make_node("MaxPool", ["u"], ["y"], kernel_shape=[3], pads=[1, 1])], [one], 3) == []
+    dilated = helper.make_node("MaxPool", ["u"], ["y"], kernel_shape=[3], pads=[2, 2], dilations=[2], name="p")
+    assert problems([*pool, dilated], [one], 3) == ["MaxPool (p): dilations [2]: TensorRT needs all ones"]
+
+    axes_from_shape = [
+        helper.make_node("Shape", ["x"], ["s"], start=1, name="shape"),
+        helper.make_node("ReduceSum", ["x", "s"], ["y"], name="r"),
+    ]
+    assert problems(axes_from_shape) == ["ReduceSum (r): axes 's' is not a build-time constant"]

@@ -452,3 +452,40 @@ def _is_stub_of(proc_dir: Path, repo: Path) -> bool:
         return str(repo).encode() in (proc_dir / "cmdline").read_bytes()
     except OSError:
         return False
+
+
+def test_anomalydino_repository_is_served_with_onnxruntime_outputs(exported, server, synth_root, tmp_path):
+    """`clipad export --method anomalydino --triton-repo` into the running server's repository:
+    its Python model, loaded there (explicit model control), answers as ONNX Runtime does on the
+    same images. DINOv2 ViT-S/14, seeded random weights, 56 px, FP32."""
+    import tritonclient.http as http
+
+    from clipad import cli
+    from clipad.deploy.artifacts import load_artifacts
+    from clipad.deploy.parity import compare, parity_images
+    from clipad.runtime.backends import open_backend
+    from clipad.runtime.backends.triton_backend import TritonTarget
+
+    repo, out = exported[1], tmp_path / "fabric"
+    good = synth_root / "fabric" / "train" / "good"
+    args = ["export", "--method", "anomalydino", "--category", "fabric", "--reference", str(good), "--out", str(out)]
+    extra = ["--resolution", "56", "--random-weights", "--precision", "fp32", "--max-batch", "4", "--quiet"]
+    assert cli.run([*args, *extra, "--triton-repo", str(repo)]) == 0
+    art = load_artifacts(out)
+    client = http.InferenceServerClient(server.http_url.removeprefix("http://"))
+    try:
+        client.load_model("fabric_python")
+        x = parity_images(56, 6)
+        with open_backend(art, "onnxruntime", "fp32", "cpu") as ort:
+            want = ort(x)
+        with open_backend(art, "triton", None, "cpu", TritonTarget(server.http_url)) as be:
+            assert be.describe().startswith("triton fp32 (fabric_python at ")
+            got = be(x)
+    finally:
+        client.unload_model("fabric_python")
+        client.close()
+        for name in ("fabric_onnx", "fabric_python"):  # the module's other tests serve washer alone
+            shutil.rmtree(repo / name)
+    assert got[0].shape == want[0].shape == (6, 56, 56) and got[1].shape == want[1].shape == (6,)
+    assert compare(want, got, "onnxruntime fp32").rel_l2 <= 1e-5
+    np.testing.assert_allclose(got[1], want[1], rtol=1e-5, atol=1e-7)

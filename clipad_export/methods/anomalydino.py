@@ -7,11 +7,13 @@ memory, the optional foreground mask and the official top-1% score; image_prob i
 
 `clipad eval --method anomalydino --shots K` runs the official protocol (``draw``); `clipad
 export --method anomalydino --reference GOOD_IMAGES` bakes the memory into one graph
-(``clipad.deploy.anomalydino_export``), served by ONNX Runtime, OpenVINO and the torch backend
-(``refused_targets``: no TensorRT engine or Triton repository yet). Both commands check the
-options with ``dino_options``. Images keep their aspect ratio as in the official code
-(``preprocess``: the smaller edge resized to ``resolution``, then the top-left crop to multiples
-of 14); the input's fixed size is that of the good images (``DinoOptions.geometry``).
+(``clipad.deploy.anomalydino_export``), served by ONNX Runtime, OpenVINO, the torch backend,
+a Triton repository (``--triton-repo``) and a TensorRT engine (``--engine``: the graphs pass the
+parser check, the build itself is not verified here). `clipad bench` takes its FLOPs from
+``graph_flops``. Both commands check the options with ``dino_options``. Images keep their aspect
+ratio as in the official code (``preprocess``: the smaller edge resized to ``resolution``, then
+the top-left crop to multiples of 14); the input's fixed size is that of the good images
+(``DinoOptions.geometry``).
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from typing import TYPE_CHECKING, cast
 from clipad.core.choices import DinoBackbone, Masking
 from clipad.core.errors import ClipadError
 from clipad.core.values import MAX_IMAGE_SIZE
-from clipad.methods.base import EvalProtocol, ImageScore, Method, Preprocess
+from clipad.methods.base import EvalProtocol, GraphFlops, ImageScore, Method, Preprocess
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -164,7 +166,6 @@ class AnomalyDino(Method):
     preprocess = Preprocess.SMALLER_EDGE
     eval_protocol = EvalProtocol.FEW_SHOT
     backbone = "dinov2"
-    refused_targets = ("--engine", "--triton-repo")
 
     def manifest_error(self, heads: bool, reference: bool, text: bool = False, dino: bool = True) -> str | None:
         """No heads, no text vectors (rvs, prompts), no CLIP reference memory: its own record."""
@@ -201,15 +202,29 @@ class AnomalyDino(Method):
         counted by ``mask_flops``."""
         from clipad.model.flops import original_block_flops, patch_embed_flops, with_total
 
-        p = dims.grid**2
+        p, h, w = dims.patches, dims.image_size, dims.image_width or dims.image_size
         return with_total(
             {
                 "patch_embed": patch_embed_flops(dims),
                 "original_path": dims.layers * original_block_flops(dims),
                 "memory": 2 * p * memory_patches * dims.width,
-                "upsample_blur": 2 * dims.image_size * dims.grid * (dims.grid + dims.image_size),
+                # rows [H, gh] @ map [gh, gw], then @ cols^T [gw, W] (the blur is folded into both)
+                "upsample_blur": 2 * h * dims.grid_width * (dims.grid + w),
             }
         )
+
+    def graph_flops(self, reference: AnomalyDinoModel, image_size: int) -> GraphFlops:
+        """``flops`` of the export's backbone at its input size (the reference's [H, W]; a square
+        ``image_size`` is the same) and its memory's M patches, plus the foreground mask's ``mask``
+        part when the graph masks; no plain encoding (no dual path)."""
+        from clipad.model.flops import with_total
+
+        dims = reference.vit.arch.dims(*reference.size)
+        parts = self.flops(dims, int(reference.memory.shape[0]))
+        if not reference.masking:
+            return GraphFlops(parts, dims, None)
+        parts = {k: v for k, v in parts.items() if k != "total"} | {"mask": mask_flops(dims.width, dims.patches)}
+        return GraphFlops(with_total(parts), dims, None)
 
     def build_model(
         self,

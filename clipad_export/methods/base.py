@@ -9,6 +9,7 @@ need torch (``load``, ``build``, ``flops``) import it when called.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
@@ -57,6 +58,18 @@ class EvalProtocol(StrEnum):
 
     ZERO_SHOT = "zero-shot"  # the test split scored as it is; --shots K adds a K-shot reference memory
     FEW_SHOT = "few-shot"  # only with --shots K: K good training images per category and seed (method.md 14)
+
+
+@dataclass(frozen=True)
+class GraphFlops:
+    """FLOPs of one image through an exported graph (`clipad bench`'s ``flops``): ``per_image``,
+    by part with their ``total``; ``dims``, the ViT's shape counted from; ``plain_encoding``, a
+    plain open_clip image encoding of the same ViT, what the CLIP methods' dual path is set
+    against (None: the method has no dual path)."""
+
+    per_image: dict[str, int]
+    dims: ViTDims
+    plain_encoding: int | None
 
 
 class Method(ABC):
@@ -179,6 +192,17 @@ class Method(ABC):
             raise ValueError(f"method {self.name}: heads {'needed' if self.takes_heads else 'not used'}")
         visual: Any = loaded.clip.visual  # open_clip's VisionTransformer (no type stubs)
         return SDPModel(visual, text, loaded.image_size, sigma, heads, loaded.mean, loaded.std)
+
+    def graph_flops(self, reference: Any, image_size: int) -> GraphFlops:
+        """The FLOPs of an export of this method, from its PyTorch reference (``clipad.deploy.rebuild``:
+        an SDPModel, or a ReferenceModel around one) at ``image_size`` px: ``flops`` of the CLIP ViT's
+        dimensions and the baked reference memory's M per stage."""
+        from clipad.model.flops import ViTDims, plain_encoding_flops
+
+        dims = ViTDims.from_visual(reference.vit.visual, image_size)
+        memory = getattr(getattr(reference, "reference", None), "memory", None)  # a ReferenceModel's [S, M, W]
+        per_image = self.flops(dims, 0 if memory is None else int(memory.shape[1]))
+        return GraphFlops(per_image, dims, plain_encoding_flops(dims))
 
     @abstractmethod
     def flops(self, dims: ViTDims, memory_patches: int = 0) -> dict[str, int]:

@@ -46,8 +46,9 @@ def rotate(image: np.ndarray, angle: float) -> np.ndarray:
     return cv2.warpAffine(image, m, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101)
 
 
-def first_component(f: torch.Tensor) -> torch.Tensor:
+def first_component(f: torch.Tensor, eye: torch.Tensor | None = None) -> torch.Tensor:
     """Projection of each patch on the first principal component: f float32 [B, N, W] -> [B, N].
+    ``eye``: the identity float32 [W, W] (the model's constant; None: made here).
 
     The component v of the centred features c comes from the Gram matrix C = c^T c / trace [W, W]:
     SQUARINGS squarings (each divided by its trace, so every entry stays within [-1, 1]), the
@@ -56,8 +57,12 @@ def first_component(f: torch.Tensor) -> torch.Tensor:
     magnitude is positive.
     """
     c = f - f.mean(dim=1, keepdim=True)
-    # diagonals as products with a constant identity: torch.diagonal exports as If branches
-    eye = torch.eye(c.shape[-1], dtype=c.dtype, device=c.device)
+    # diagonals as products with a constant identity: torch.diagonal exports as If branches, and
+    # an identity made from c's shape exports as EyeLike of a computed shape, which TensorRT's
+    # parser refuses ("Eyelike does not work for dynamically shaped tensors": the model passes
+    # its identity as a constant)
+    if eye is None:
+        eye = torch.eye(c.shape[-1], dtype=c.dtype, device=c.device)
     # divided by the trace from the start: every entry stays within [-1, 1] (FP16-safe range)
     s = c / (c * c).sum(dim=(1, 2), keepdim=True).sqrt()
     g = torch.matmul(s.transpose(1, 2), s)  # [B, W, W], trace 1
@@ -82,13 +87,14 @@ def grow(mask: torch.Tensor) -> torch.Tensor:
     return F.max_pool1d(mask.unsqueeze(1), 3, stride=1, padding=1)[:, 0]
 
 
-def foreground(f: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
-    """The official foreground mask from patch features f float32 [B, N, W]: float {0, 1} [B, N].
+def foreground(f: torch.Tensor, grid: tuple[int, int], eye: torch.Tensor | None = None) -> torch.Tensor:
+    """The official foreground mask from patch features f float32 [B, N, W]: float {0, 1} [B, N]
+    (``eye``: as ``first_component``'s).
 
     pc > 10; when the centre crop keeps at most 35% of its patches, -pc > 10 instead; then a
     dilation and a closing (dilation, erosion), each by 3 along the patch order (``grow``).
     """
-    pc = first_component(f)
+    pc = first_component(f, eye)
     gh, gw = grid
     r0, r1 = int(gh * CENTRE_BORDER), int(gh * (1 - CENTRE_BORDER))
     c0, c1 = int(gw * CENTRE_BORDER), int(gw * (1 - CENTRE_BORDER))
@@ -107,12 +113,13 @@ class AnomalyDinoModel(nn.Module):
     graph), 0 on background patches when ``masking``; the map is the patch grid resized
     bilinearly (half-pixel) to H x W and blurred with sigma 4 (``rows`` [H, gh], ``cols``
     [W, gw]: the two as one constant product each); image_prob the mean of the ``k`` largest
-    patch distances.
+    patch distances. With ``masking``, ``eye`` is the mask's identity [W, W], a constant too.
     """
 
     memory: torch.Tensor  # buffers
     rows: torch.Tensor
     cols: torch.Tensor
+    eye: torch.Tensor | None
 
     def __init__(self, features: DinoFeatures, memory: torch.Tensor, masking: bool):
         super().__init__()
@@ -127,6 +134,8 @@ class AnomalyDinoModel(nn.Module):
         cols = gaussian_matrix(w, SIGMA) @ bilinear_matrix(gw, w, align_corners=False)
         self.register_buffer("rows", as_tensor(rows), persistent=False)
         self.register_buffer("cols", as_tensor(cols), persistent=False)
+        eye = torch.eye(self.memory.shape[1], dtype=torch.float32) if masking else None
+        self.register_buffer("eye", eye, persistent=False)
 
     @property
     def image_size(self) -> int:
@@ -144,7 +153,7 @@ class AnomalyDinoModel(nn.Module):
         z = F.normalize(f, dim=-1)
         d = 1.0 - torch.matmul(z, self.memory.t()).amax(dim=-1)
         if self.masking:
-            d = d * foreground(f, self.grid)
+            d = d * foreground(f, self.grid, self.eye)
         return d
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -22,11 +22,14 @@ import math
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+if TYPE_CHECKING:
+    from clipad.model.flops import ViTDims
 
 PATCH = 14
 BASE_GRID = 37  # the checkpoints' position embedding: 37 x 37 patches (518 px) + the class token
@@ -43,6 +46,13 @@ class Arch:
     width: int
     depth: int
     heads: int
+
+    def dims(self, height: int, width: int) -> ViTDims:
+        """The shape the FLOP count needs (``clipad.model.flops``) at a ``height`` x ``width`` px
+        input: patch 14, MLP 4 W; the embedding is the width (the patch tokens are the features)."""
+        from clipad.model.flops import ViTDims
+
+        return ViTDims(height, PATCH, self.width, self.depth, 4 * self.width, self.width, width)
 
     @property
     def hub_file(self) -> str:
@@ -206,6 +216,7 @@ class DinoFeatures(nn.Module):
         self.size = size
         self.grid = (size[0] // PATCH, size[1] // PATCH)
         arch = ARCHS[backbone]
+        self.arch = arch
         # dynamic_img_size: the patch embedding accepts any multiple of 14 (timm's own position
         # resampling is bypassed: forward adds ``pos``)
         with torch.device("meta"):  # no random init: every tensor comes from the state dict

@@ -37,7 +37,8 @@ N_CLASSES = 2
 
 @dataclass(frozen=True)
 class ViTDims:
-    """The shape of an open_clip ViT as the FLOP count needs it."""
+    """The shape of a ViT as the FLOP count needs it: the input ``image_size`` px high and
+    ``image_width`` px wide (None: square, the CLIP methods'; AnomalyDINO's may be [H, W])."""
 
     image_size: int
     patch: int
@@ -45,14 +46,24 @@ class ViTDims:
     layers: int
     mlp: int
     embed_dim: int
+    image_width: int | None = None
 
     @property
     def grid(self) -> int:
+        """Patches along the height (along each side of a square input)."""
         return self.image_size // self.patch
 
     @property
+    def grid_width(self) -> int:
+        return (self.image_width or self.image_size) // self.patch
+
+    @property
+    def patches(self) -> int:
+        return self.grid * self.grid_width
+
+    @property
     def tokens(self) -> int:
-        return self.grid**2 + 1
+        return self.patches + 1
 
     @classmethod
     def from_visual(cls, visual: nn.Module, image_size: int) -> ViTDims:
@@ -76,7 +87,7 @@ def _separable(n_out: int, n_in: int) -> int:
 
 
 def patch_embed_flops(d: ViTDims) -> int:
-    return 2 * d.grid**2 * d.width * 3 * d.patch**2
+    return 2 * d.patches * d.width * 3 * d.patch**2
 
 
 def original_block_flops(d: ViTDims) -> int:

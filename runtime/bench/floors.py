@@ -9,22 +9,19 @@ import numpy as np
 import torch
 
 from clipad.methods.base import Method
-from clipad.model.flops import ViTDims, plain_encoding_flops
 from clipad.model.preprocess import normalize
 from clipad.runtime.bench.timing import cuda_sync, percentiles, time_calls
 
 
 def flop_figures(reference: Any, image_size: int, method: Method) -> dict[str, Any]:
-    """FLOPs of one image through ``reference`` (SDPModel) by part as ``method`` counts them, and
-    of open_clip's plain encoding, from the ViT's dimensions (``clipad.model.flops``); the JSON's
-    ``flops``."""
-    dims = ViTDims.from_visual(reference.vit.visual, image_size)
-    memory = getattr(getattr(reference, "reference", None), "memory", None)  # a ReferenceModel's [S, M, W]
-    per_image = method.flops(dims, 0 if memory is None else int(memory.shape[1]))
+    """FLOPs of one image through ``reference`` (the export's PyTorch reference) by part as
+    ``method`` counts them (``Method.graph_flops``), and of a plain open_clip encoding of the same
+    ViT (None for a method without the dual path); the JSON's ``flops``."""
+    fig = method.graph_flops(reference, image_size)
     return {
-        "per_image": per_image,
-        "plain_encoding_per_image": plain_encoding_flops(dims),
-        "dims": dims.__dict__,
+        "per_image": fig.per_image,
+        "plain_encoding_per_image": fig.plain_encoding,
+        "dims": fig.dims.__dict__,
         "convention": "multiply-add = 2 FLOPs; matrix products and the patch conv only",
     }
 

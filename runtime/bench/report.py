@@ -131,8 +131,12 @@ def format_markdown(res: BenchReport) -> str:
     parts = ", ".join(f"{k} {v / 1e9:.3g}" for k, v in f["per_image"].items() if k != "total")
     lines += [
         "",
-        f"FLOPs per image ({res.model}, {res.mode}): {f['per_image']['total'] / 1e9:.4g} GFLOP ({parts}); "
-        f"plain open_clip encoding {f['plain_encoding_per_image'] / 1e9:.4g} GFLOP",
+        f"FLOPs per image ({res.model}, {res.mode}): {f['per_image']['total'] / 1e9:.4g} GFLOP ({parts})"
+        + (
+            ""
+            if f["plain_encoding_per_image"] is None
+            else f"; plain open_clip encoding {f['plain_encoding_per_image'] / 1e9:.4g} GFLOP"
+        ),
     ]
     lines.append(
         "Matmul ceiling: "

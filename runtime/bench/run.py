@@ -34,16 +34,15 @@ PARITY_IMAGES = 3  # as `clipad parity`: 2 synthetic parts with defects and 1 no
 def run_bench(art: Artifacts, cfg: BenchConfig, tasks: Tasks) -> BenchReport:
     """Every combination of ``cfg`` on ``art``: the report that ``--json`` writes.
 
-    Order: the FP32 reference on the CPU (parity targets, model dimensions, dual-path cost), the
-    matmul ceilings, then each backend/precision opened alone (the reference released first so
-    that it does not count in their memory) and timed at every batch size.
+    Order: the FP32 reference on the CPU (parity targets, the method's FLOPs, the dual-path cost
+    where the method has one: the CLIP methods), the matmul ceilings, then each backend/precision
+    opened alone (the reference released first so that it does not count in their memory) and
+    timed at every batch size.
     """
     from clipad.deploy.rebuild import reference_model
     from clipad.model.loading import resolve_device
 
     validate(cfg)
-    if get_method(art.manifest.mode).backbone != "clip":  # its FLOP floor and dual-path rows are the ViT's of CLIP
-        raise ClipadError(f"clipad bench measures the CLIP methods' exports, not mode {art.manifest.mode} (yet)")
     cfg.fit(art.max_batch)
     device = resolve_device(cfg.device)
     size = art.geometry
@@ -54,9 +53,11 @@ def run_bench(art: Artifacts, cfg: BenchConfig, tasks: Tasks) -> BenchReport:
     flops = flop_figures(reference, size.height, get_method(art.manifest.mode))
     # the parity targets first: the dual-path timing below moves the reference to the bench device
     target = reference_outputs(art, parity_images(size, PARITY_IMAGES), reference) if cfg.parity else None
-    advance = tasks.add("dual path vs plain encoding", 1)
-    dual = dual_path_cost(reference.to(device), frames[: min(cfg.batches)], device, cfg.warmup, cfg.iterations)
-    advance(1)
+    dual: list[dict] = []
+    if flops["plain_encoding_per_image"] is not None:  # the CLIP methods' dual path against a plain encoding
+        advance = tasks.add("dual path vs plain encoding", 1)
+        dual = dual_path_cost(reference.to(device), frames[: min(cfg.batches)], device, cfg.warmup, cfg.iterations)
+        advance(1)
     del reference
     gc.collect()
     if device.type == "cuda":

@@ -26,5 +26,6 @@ DEFINITIONS = {
     "(the reduced-precision goal counts only rows whose AUROC quality gate in the manifest passed)",
     "ratios": "ratios of two rows of this run reported without a limit (OpenVINO over ONNX Runtime FP32, per batch)",
     "dual_path": "DualPathViT forward (both paths, taps projected) over the plain open_clip image encoding "
-    "visual(x) on the same normalised input, same warm-up and iterations",
+    "visual(x) on the same normalised input, same warm-up and iterations; empty for a method without a dual path "
+    "(anomalydino, whose flops.plain_encoding_per_image is null too)",
 }

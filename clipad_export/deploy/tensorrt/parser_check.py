@@ -44,6 +44,9 @@ TRT_OPS: dict[str, set[str]] = {
             "Sign",
             "Pad",
             "TopK",
+            "ArgMax",
+            "LessOrEqual",
+            "GreaterOrEqual",
         )
     },
     **{
@@ -64,6 +67,8 @@ TRT_OPS: dict[str, set[str]] = {
             "Split",
             "Flatten",
             "ConstantOfShape",
+            "GatherElements",
+            "EyeLike",
         )
     },
     **{
@@ -89,6 +94,7 @@ TRT_OPS: dict[str, set[str]] = {
             "Round",
             "Pow",
             "CumSum",
+            "MaxPool",
         )
     },
     **{op: {"bool"} for op in ("And", "Or", "Not")},
@@ -101,6 +107,7 @@ TRT_OPS: dict[str, set[str]] = {
 # Inputs that carry indices, shapes, axes, pads or counts (int32/int64) rather than data.
 _INDEX_INPUTS: dict[str, set[int]] = {
     "Gather": {1},
+    "GatherElements": {1},
     "Reshape": {1},
     "Expand": {1},
     "Tile": {1},
@@ -116,6 +123,8 @@ _INDEX_INPUTS: dict[str, set[int]] = {
     **{op: {1} for op in ("ReduceSum", "ReduceL2", "ReduceMax", "ReduceMean", "ReduceMin")},
 }
 _BOOL_INPUTS: dict[str, set[int]] = {"Where": {0}}
+_AXES_CONSTANT = ("ReduceSum", "ReduceL2", "ReduceMax", "ReduceMean", "ReduceMin", "Squeeze", "Slice", "CumSum")
+TOPK_MAX_K = 3840  # operators.md, TopK: "`K` input must be less than 3840"
 
 _ELEM = {v: k.lower() for k, v in onnx.TensorProto.DataType.items()}
 _ELEM.update({onnx.TensorProto.FLOAT: "float32", onnx.TensorProto.DOUBLE: "float64"})
@@ -135,7 +144,13 @@ def unsupported_ops(path: str | Path) -> list[str]:
     """
     model = onnx.shape_inference.infer_shapes(onnx.load(str(path)))
     g = model.graph
-    types = {v.name: v.type.tensor_type.elem_type for v in list(g.input) + list(g.output) + list(g.value_info)}
+    values = list(g.input) + list(g.output) + list(g.value_info)
+    types = {v.name: v.type.tensor_type.elem_type for v in values}
+    shapes = {
+        v.name: [d.dim_value if d.HasField("dim_value") else None for d in v.type.tensor_type.shape.dim]
+        for v in values
+        if v.type.tensor_type.HasField("shape")
+    }
     types.update({t.name: t.data_type for t in g.initializer})
     consts = _constants(g)
     for name, tensor in consts.items():
@@ -171,10 +186,53 @@ def unsupported_ops(path: str | Path) -> list[str]:
                 problems.append(f"{where}: {dtype} input '{name}' is not supported by TensorRT")
         if n.op_type in ("QuantizeLinear", "DequantizeLinear"):
             problems += [f"{where}: {p}" for p in _qdq_problems(n, types, consts)]
+        problems += [f"{where}: {p}" for p in _restrictions(n, consts, shapes)]
         for name in n.output:
             if types.get(name) == onnx.TensorProto.UINT8 and name not in io_names:
                 problems.append(f"{where}: uint8 output '{name}' inside the network")
     return problems
+
+
+def _restrictions(
+    n: onnx.NodeProto, consts: Mapping[str, onnx.TensorProto], shapes: Mapping[str, list[int | None]]
+) -> list[str]:
+    """The matrix's "Restrictions" column (10.1-GA docs/operators.md) and the importers' checks
+    (onnxOpImporters.cpp, importerUtils.cpp at the same commit) for the operators clipad's graphs
+    hold where a graph could break them:
+    - TopK: ``K`` a build-time constant below 3840, ``sorted`` 1;
+    - the reductions, Squeeze, Slice, CumSum: ``axes`` (an input from opset 13/18) an initializer;
+    - EyeLike: a rank-2 input of static dimensions (importer: "Eyelike does not work for
+      dynamically shaped tensors");
+    - MaxPool: 1-D (the importer expands a rank-3 input to 2-D, poolingHelper), 2-D or 3-D, no
+      ``Indices`` output, ``dilations`` empty or all ones.
+    """
+    attrs = {a.name: onnx.helper.get_attribute_value(a) for a in n.attribute}
+    op, out = n.op_type, []
+    if op == "TopK":
+        k = consts.get(n.input[1]) if len(n.input) > 1 else None
+        if k is None:
+            out.append(f"K '{n.input[1] if len(n.input) > 1 else ''}' is not a build-time constant")
+        elif int(numpy_helper.to_array(k).reshape(-1)[0]) >= TOPK_MAX_K:
+            out.append(f"K {int(numpy_helper.to_array(k).reshape(-1)[0])}: TensorRT takes K < {TOPK_MAX_K}")
+        if attrs.get("sorted", 1) != 1:
+            out.append("sorted 0: TensorRT needs sorted 1")
+    elif op in _AXES_CONSTANT:
+        index = 3 if op == "Slice" else 1
+        if len(n.input) > index and n.input[index] and n.input[index] not in consts:
+            out.append(f"axes '{n.input[index]}' is not a build-time constant")
+    elif op == "EyeLike":
+        dims = shapes.get(n.input[0])
+        if dims is None or len(dims) != 2 or None in dims:
+            out.append(f"input '{n.input[0]}' has dimensions {dims}: TensorRT needs them static (rank 2)")
+    elif op == "MaxPool":
+        rank = len(shapes.get(n.input[0]) or [])
+        if rank not in (3, 4, 5):
+            out.append(f"input of rank {rank}: TensorRT pools 1-D (rank 3), 2-D or 3-D")
+        if len(n.output) > 1 and n.output[1]:
+            out.append("Indices output: not supported by TensorRT")
+        if any(d != 1 for d in attrs.get("dilations", [])):
+            out.append(f"dilations {attrs['dilations']}: TensorRT needs all ones")
+    return out
 
 
 def _constants(g: onnx.GraphProto) -> dict[str, onnx.TensorProto]:
