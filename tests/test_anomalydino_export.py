@@ -148,7 +148,7 @@ def test_the_memory_bound_rotations_and_masking_are_recorded(tmp_path, synth_roo
     from clipad.deploy.tensorrt.parser_check import unsupported_ops
 
     convert_fp16(art.root / ONNX_FP32, tmp_path / "fp16.onnx")
-    quantise(art.root / ONNX_FP32, tmp_path / "int8.onnx", parity_images(SIZE, 2), Tasks(None))
+    quantise(art.root / ONNX_FP32, tmp_path / "int8.onnx", parity_images(art.geometry, 2), Tasks(None))
     for path in (art.root / ONNX_FP32, tmp_path / "fp16.onnx", tmp_path / "int8.onnx"):
         assert unsupported_ops(path) == [], path.name
     int8 = onnx.load(str(tmp_path / "int8.onnx")).graph
@@ -195,7 +195,7 @@ def test_bench_takes_its_flops_from_the_method(exported, tmp_path, capsys):
     d = exported.manifest.anomalydino
     assert d is not None and res["mode"] == "anomalydino" and res["model"] == "dinov2_vits14"
     want = METHOD.flops(ARCHS["dinov2_vits14"].dims(*HW), d.patches)
-    assert res["flops"]["per_image"] == want and want["memory"] == 2 * 16 * d.patches * 384
+    assert res["flops"]["per_image"] == want and want["memory"] == 2 * GRID * d.patches * 384
     assert res["flops"]["plain_encoding_per_image"] is None and res["dual_path"] == []
     (row,) = res["rows"]
     assert row["status"] == "ok" and row["parity"]["within_tolerance"] is True

@@ -417,7 +417,7 @@ def test_the_triton_client_does_not_import_torch(exported, server):
     )
     assert proc.returncode == 0, proc.stderr
     res = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert res["shape"] == [2, exported[0].image_size, exported[0].image_size] and res["heavy"] == []
+    assert res["shape"] == [2, exported[0].manifest.image_size, exported[0].manifest.image_size] and res["heavy"] == []
 
 
 def test_triton_server_command_serves_until_sigterm(exported, tmp_path):
@@ -457,7 +457,7 @@ def _is_stub_of(proc_dir: Path, repo: Path) -> bool:
 def test_anomalydino_repository_is_served_with_onnxruntime_outputs(exported, server, synth_root, tmp_path):
     """`clipad export --method anomalydino --triton-repo` into the running server's repository:
     its Python model, loaded there (explicit model control), answers as ONNX Runtime does on the
-    same images. DINOv2 ViT-S/14, seeded random weights, 56 px, FP32."""
+    same images. DINOv2 ViT-S/14, seeded random weights, 56 px (a non-square 56 x 70 input), FP32."""
     import tritonclient.http as http
 
     from clipad import cli
@@ -475,7 +475,7 @@ def test_anomalydino_repository_is_served_with_onnxruntime_outputs(exported, ser
     client = http.InferenceServerClient(server.http_url.removeprefix("http://"))
     try:
         client.load_model("fabric_python")
-        x = parity_images(56, 6)
+        x = parity_images(art.geometry, 6)
         with open_backend(art, "onnxruntime", "fp32", "cpu") as ort:
             want = ort(x)
         with open_backend(art, "triton", None, "cpu", TritonTarget(server.http_url)) as be:
@@ -486,6 +486,6 @@ def test_anomalydino_repository_is_served_with_onnxruntime_outputs(exported, ser
         client.close()
         for name in ("fabric_onnx", "fabric_python"):  # the module's other tests serve washer alone
             shutil.rmtree(repo / name)
-    assert got[0].shape == want[0].shape == (6, 56, 56) and got[1].shape == want[1].shape == (6,)
+    assert got[0].shape == want[0].shape == (6, 56, 70) and got[1].shape == want[1].shape == (6,)
     assert compare(want, got, "onnxruntime fp32").rel_l2 <= 1e-5
     np.testing.assert_allclose(got[1], want[1], rtol=1e-5, atol=1e-7)
