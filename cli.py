@@ -236,7 +236,7 @@ def _synth(o: SimpleNamespace) -> None:
     name="eval",
 )
 def _eval(o: SimpleNamespace) -> None:
-    """Evaluate SDP/SDP+ (or, with --shots, the normal reference) on a test split; writes results.json."""
+    """Evaluate SDP/SDP+ (with --shots: the normal reference or AnomalyDINO) on a test split; writes results.json."""
     from clipad.evaluation.run import EvalRun
 
     _finish(o, EvalRun(weight_spec=_weights(o), **_fields(_method(o), EvalRun)).prepare(_say))

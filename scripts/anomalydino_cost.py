@@ -26,12 +26,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from clipad.data.geometry import Geometry
+
 
 @dataclass
 class Graph:
     name: str
     path: Path
-    size: int
+    size: int | Geometry  # S (an S x S input) or the export's geometry
     memory_patches: int
     gflops: float
     samples_ms: list[float]
@@ -62,6 +64,7 @@ def dino_graph(folder: Path, size: int, shots: int, rotations: bool) -> Graph:
     from clipad.deploy.parity import parity_images
     from clipad.methods.anomalydino import METHOD
     from clipad.model.dinov2 import ARCHS, random_state
+
     arch = ARCHS["dinov2_vits14"]
     good = np.concatenate([parity_images(size, 3, seed=s) for s in range(1 + shots // 3)])[:shots]
     model, _ = METHOD.build_model("dinov2_vits14", random_state("dinov2_vits14", 0), good, rotations, False)
@@ -111,8 +114,8 @@ def main() -> None:
                 if g is None
                 else {"passed": g.passed, "pixel_drop": g.pixel_drop_points, "image_drop": g.image_drop_points}
             )
-            name = f"AnomalyDINO ViT-S/14 {m.image_size} px K={entry.shots} OpenVINO INT8"
-            graphs.append(Graph(name, art.root / ov.ir["int8"], m.image_size, entry.patches, 0.0, []))
+            name = f"AnomalyDINO ViT-S/14 {art.geometry} K={entry.shots} OpenVINO INT8"
+            graphs.append(Graph(name, art.root / ov.ir["int8"], art.geometry, entry.patches, 0.0, []))
             runners.append(OpenVinoRunner(art.root / ov.ir["int8"], "int8", 1))
         inputs = [parity_images(g.size, 1, seed=7) for g in graphs]
         for runner, x in zip(runners, inputs, strict=True):

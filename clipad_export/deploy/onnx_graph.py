@@ -30,10 +30,11 @@ OUTPUTS = ("anomaly_map", "image_prob")
 def export_onnx(model: SDPModel | nn.Module, path: str | Path, size: tuple[int, int] | None = None) -> None:
     """Write ``model`` to ``path`` (float32 graph, dynamic batch) and check it with onnx.checker.
 
-    ``size``: the input's (H, W); default the SDPModel's or AnomalyDinoModel's square ``image_size``."""
+    ``size``: the input's (H, W); default the SDPModel's square ``image_size`` or the
+    AnomalyDinoModel's ``size``."""
     if size is None:
         assert isinstance(model, SDPModel | AnomalyDinoModel), "size is needed for another model"
-        size = (model.image_size, model.image_size)
+        size = (model.image_size, model.image_size) if isinstance(model, SDPModel) else model.size
     h, w = size
     example = torch.zeros(2, h, w, 3, dtype=torch.uint8, device=next(model.parameters()).device)
     batch = {0: "batch"}

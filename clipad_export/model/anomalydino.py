@@ -137,13 +137,6 @@ class AnomalyDinoModel(nn.Module):
         eye = torch.eye(self.memory.shape[1], dtype=torch.float32) if masking else None
         self.register_buffer("eye", eye, persistent=False)
 
-    @property
-    def image_size(self) -> int:
-        """The square input's side in pixels (the eval path's and the manifest's S)."""
-        if self.size[0] != self.size[1]:
-            raise ValueError(f"the model's input is {self.size[0]} x {self.size[1]}, not square")
-        return self.size[0]
-
     def patch_features(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 [B, H, W, 3] -> the normalised last-layer patch tokens float32 [B, N, W]."""
         return self.vit(normalize(images, IMAGENET_MEAN, IMAGENET_STD))
