@@ -23,7 +23,7 @@ from clipad.core.hashing import file_sha256
 from clipad.core.progress import Tasks
 from clipad.core.values import AGREEMENT, AUROC_DROP, TARGET_FPR
 from clipad.data.folder import MASK_SUFFIX
-from clipad.data.geometry import Geometry
+from clipad.data.geometry import ModelSize, geometry
 from clipad.data.images import IMAGE_SUFFIXES, ImageReadError, iter_image_batches, list_images, load_mask
 from clipad.data.samples import check_mask
 from clipad.deploy.artifacts import Artifacts
@@ -170,11 +170,11 @@ def masked_images(spec: str, masks_root: Path) -> dict[Path, Path]:
 
 
 def observe(
-    backend: ScoringModel, good: str, anomalous: str | None, masks: Path | None, size: Geometry, tasks: Tasks
+    backend: ScoringModel, good: str, anomalous: str | None, masks: Path | None, size: ModelSize, tasks: Tasks
 ) -> Observations:
     """Run ``backend`` over the good (label 0) and anomalous (label 1) images, fitted to ``size``."""
     sample_idx = None
-    n_pixels = size.height * size.width
+    n_pixels = geometry(size).height * geometry(size).width
     if n_pixels > PIXELS_PER_IMAGE:
         sample_idx = np.sort(np.random.default_rng(0).choice(n_pixels, PIXELS_PER_IMAGE, replace=False))
     probs, maxes, labels, pixels, pixel_labels, files, mask_files, skipped = [], [], [], [], [], [], [], []

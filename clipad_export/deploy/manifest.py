@@ -247,7 +247,7 @@ def _image_size(value: Any) -> int | list[int]:
         raise ValueError(f"must be S or [H, W] with sides > 0 and <= {MAX_IMAGE_SIZE} (got {value!r})")
     if isinstance(value, bool) or not isinstance(value, int):
         raise ValueError(f"must be an integer (got {value!r})")
-    raise ValueError(f"must be > 0 and <= {MAX_IMAGE_SIZE} (got {value!r})")
+    raise ValueError(f"must be > 0 (got {value!r})" if value <= 0 else f"must be <= {MAX_IMAGE_SIZE} (got {value!r})")
 
 
 # A square input is always written as S (``graph_image_size``).
