@@ -174,7 +174,8 @@ def observe(
 ) -> Observations:
     """Run ``backend`` over the good (label 0) and anomalous (label 1) images, fitted to ``size``."""
     sample_idx = None
-    n_pixels = geometry(size).height * geometry(size).width
+    fit = geometry(size)
+    n_pixels = fit.height * fit.width
     if n_pixels > PIXELS_PER_IMAGE:
         sample_idx = np.sort(np.random.default_rng(0).choice(n_pixels, PIXELS_PER_IMAGE, replace=False))
     probs, maxes, labels, pixels, pixel_labels, files, mask_files, skipped = [], [], [], [], [], [], [], []
@@ -182,7 +183,7 @@ def observe(
     listed = [(list_images(good), 0)] + ([(list(mask_of) or list_images(anomalous), 1)] if anomalous else [])
     advance = tasks.add("calibration images", sum(len(paths) for paths, _ in listed))
     for paths, label in listed:
-        for batch in iter_image_batches(paths, size, backend.max_batch):
+        for batch in iter_image_batches(paths, fit, backend.max_batch):
             advance(batch.consumed)
             skipped += batch.skipped
             if not batch.paths:
@@ -202,7 +203,7 @@ def observe(
                         mask_path = mask_of[path]
                         mask_files.append(mask_path)
                         try:
-                            m = load_mask(mask_path, size).ravel()
+                            m = load_mask(mask_path, fit).ravel()
                         except ImageReadError as err:
                             raise ClipadError(f"cannot read mask {mask_path}: {err}") from None
                     pixel_labels.append(m if sample_idx is None else m[sample_idx])

@@ -126,8 +126,8 @@ class Method(ABC):
         asked = [f for f, on in (("--engine", engine), ("--openvino", openvino), ("--triton-repo", triton_repo)) if on]
         if refused := [f for f in asked if f in self.refused_targets]:
             raise ClipadError(
-                f"{', '.join(refused)}: not built for --method {self.name} yet (ONNX Runtime, OpenVINO "
-                "and the torch backend serve it)"
+                f"{', '.join(refused)}: not built for --method {self.name} yet (ONNX Runtime and the torch "
+                "backend serve every method)"
             )
 
     def manifest_error(self, heads: bool, reference: bool, text: bool = True, dino: bool = False) -> str | None:

@@ -406,7 +406,8 @@ class Station:
             except ImageReadError as err:
                 self._finish(job, Verdict.ERROR, str(err), deciding=True)
                 return
-        batch = model_batch([rgb], recipe.geometry)
+        fit = recipe.geometry  # read from the recipe's manifest once per job
+        batch = model_batch([rgb], fit)
         t0 = time.perf_counter()
         try:
             amap, prob = recipe.infer(batch)
@@ -428,7 +429,7 @@ class Station:
             result = self.result(job.job_id)
             if result is not None and result.verdict is verdict:  # not a TIMEOUT answered first
                 for w in self._watchers:
-                    w.inspected(result, recipe.geometry.inspected(rgb), amap[0])
+                    w.inspected(result, fit.inspected(rgb), amap[0])
 
     def _capture(self, job: _Job) -> Frame | None:
         """The job's frame from the station's source, grabbed after its trigger; None after
