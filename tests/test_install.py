@@ -36,6 +36,8 @@ NVIDIA_INDEX = "https://pypi.nvidia.com"
 PYPI = "https://pypi.org/simple/pip/"
 PIP_TIMEOUT_S = 600
 TORCH = "2.14.1"
+NETWORK_ATTEMPTS = 3
+NETWORK_FAILURE = re.compile(r"issue with network connectivity|Connection (?:interrupted|reset|refused)|Read timed out")
 TENSORRT_MAJOR = 10  # the major onnxruntime-gpu's TensorRT execution provider links
 
 FENCE = re.compile(r"^\s*```[^\n]*\n(.*?)^\s*```", re.MULTILINE | re.DOTALL)
@@ -131,9 +133,19 @@ def resolution_problems(installs: list[tuple[str, str]], extras) -> list[str]:
 
 
 def pip_dry_run(args: list[str], report: Path) -> dict:
+    """pip's report of what ``pip install ARGS`` would install.
+
+    ``fast-deps`` reads each wheel's METADATA with HTTP range requests. Without it, pip downloads
+    every wheel whole when the index serves no PEP 658 metadata files (this one serves none): the
+    gpu extra's CUDA wheels are gigabytes, which filled CI's disk and broke later tests there.
+    """
     cmd = [sys.executable, "-m", "pip", "install", "--dry-run", "--ignore-installed", "--quiet"]
+    cmd += ["--use-feature=fast-deps"]
     cmd += ["--report", str(report), *args]
-    proc = subprocess.run(cmd, check=False, cwd=ROOT, capture_output=True, text=True, timeout=PIP_TIMEOUT_S)
+    for _ in range(NETWORK_ATTEMPTS):  # CI's link to the index drops now and then; the resolution does not change
+        proc = subprocess.run(cmd, check=False, cwd=ROOT, capture_output=True, text=True, timeout=PIP_TIMEOUT_S)
+        if proc.returncode == 0 or not NETWORK_FAILURE.search(proc.stderr):
+            break
     assert proc.returncode == 0, f"pip failed: {shlex.join(cmd)}\n{proc.stderr[-3000:]}"
     return json.loads(report.read_text())
 
