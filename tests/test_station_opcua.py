@@ -87,14 +87,18 @@ async def until(probe: Callable[[], Awaitable[bool]], timeout_s: float = 5.0) ->
 
 @pytest.fixture(scope="module")
 def served() -> Iterator[tuple[FakeStation, StationServer, str]]:
-    threads_before = {t.ident for t in threading.enumerate()}
+    threads_before = set(threading.enumerate())
     station = FakeStation()
     port = free_port()
     server = StationServer(station, f"opc.tcp://127.0.0.1:{port}")
     server.start()
     yield station, server, f"opc.tcp://127.0.0.1:{port}"
     server.close()
-    leaked = [t.name for t in threading.enumerate() if t.ident not in threads_before]
+    # pytest-timeout (timeout_method = "thread") runs a timer thread per test: the current test's is
+    # not the server's. Threads are compared as objects: a new thread may reuse a dead one's ident.
+    leaked = [
+        t.name for t in threading.enumerate() if t not in threads_before and not t.name.startswith("pytest_timeout ")
+    ]
     assert not leaked, f"threads left after close: {leaked}"
 
 
